@@ -1,0 +1,292 @@
+//! The six eligibility rules (CONTRACT.md, "Eligibility"), each with a name and a human reason.
+//!
+//! Every rule is always evaluated, so `plan`, `status` and traces show the whole picture even
+//! when an early rule already fails.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use super::desired::DesiredState;
+use super::image::ImageRef;
+use super::observed::Observed;
+use super::version::Version;
+use super::Millis;
+
+/// The rules, in the contract's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rule {
+    /// 1. The desired version's channel is the controller's channel.
+    Channel,
+    /// 2. The auto-update switch is on.
+    AutoUpdate,
+    /// 3. The infrastructure has the version the runner version requires.
+    Infrastructure,
+    /// 4. The desired version is newer than the running one.
+    NewerVersion,
+    /// 5. The desired image differs from the running image.
+    DifferentImage,
+    /// 6. This version and image have not already failed.
+    NotFailed,
+}
+
+impl Rule {
+    /// All rules, in order.
+    pub const ALL: [Rule; 6] =
+        [Rule::Channel, Rule::AutoUpdate, Rule::Infrastructure, Rule::NewerVersion, Rule::DifferentImage, Rule::NotFailed];
+
+    /// The rule's stable name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Channel => "channel",
+            Rule::AutoUpdate => "auto-update",
+            Rule::Infrastructure => "infrastructure",
+            Rule::NewerVersion => "newer-version",
+            Rule::DifferentImage => "different-image",
+            Rule::NotFailed => "not-failed",
+        }
+    }
+
+    /// Parses a stable name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|rule| rule.name() == name)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One rule's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutcome {
+    /// The rule.
+    pub rule: Rule,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why, in words for on-call.
+    pub reason: String,
+}
+
+/// All six outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// One per rule, in order.
+    pub outcomes: Vec<RuleOutcome>,
+}
+
+impl Verdict {
+    /// Eligible when every rule passed.
+    #[must_use]
+    pub fn eligible(&self) -> bool {
+        self.outcomes.iter().all(|o| o.passed)
+    }
+
+    /// The first failing rule, if any.
+    #[must_use]
+    pub fn first_failure(&self) -> Option<&RuleOutcome> {
+        self.outcomes.iter().find(|o| !o.passed)
+    }
+}
+
+/// A version (and image) that failed, quarantined until the desired state changes or ops retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedMark {
+    /// The failed version.
+    pub version: String,
+    /// The failed image.
+    pub image: String,
+    /// Why it failed.
+    pub reason: String,
+    /// When.
+    pub at: Millis,
+}
+
+impl FailedMark {
+    /// Whether this mark quarantines that target.
+    #[must_use]
+    pub fn matches(&self, version: &Version, image: &ImageRef) -> bool {
+        self.version == version.to_string() && self.image == image.to_string()
+    }
+}
+
+/// What the rules read.
+#[derive(Debug, Clone, Copy)]
+pub struct EligibilityInput<'a> {
+    /// Desired state.
+    pub desired: &'a DesiredState,
+    /// Observed state.
+    pub observed: &'a Observed,
+    /// The controller's channel.
+    pub controller_channel: &'a str,
+    /// Quarantined versions.
+    pub failed: &'a [FailedMark],
+}
+
+/// Evaluates every rule.
+#[must_use]
+pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
+    let EligibilityInput { desired, observed, controller_channel, failed } = input;
+    let outcome = |rule, passed, reason: String| RuleOutcome { rule, passed, reason };
+    let channel = if desired.channel == controller_channel {
+        outcome(Rule::Channel, true, format!("channel {} is the controller's channel", desired.channel))
+    } else {
+        outcome(
+            Rule::Channel,
+            false,
+            format!("channel {} is not the controller's channel {controller_channel}", desired.channel),
+        )
+    };
+    let auto_update = if desired.auto_update {
+        outcome(Rule::AutoUpdate, true, "auto-update is on".to_owned())
+    } else {
+        outcome(Rule::AutoUpdate, false, "auto-update is off: the runner is held where it is".to_owned())
+    };
+    let infrastructure = match (&desired.infra_version, &observed.infra_version) {
+        (None, _) => outcome(Rule::Infrastructure, true, "no infrastructure version required".to_owned()),
+        (Some(wanted), Some(have)) if wanted == have => {
+            outcome(Rule::Infrastructure, true, format!("infrastructure is at the required version {have}"))
+        }
+        (Some(wanted), have) => outcome(
+            Rule::Infrastructure,
+            false,
+            format!(
+                "version {} requires infrastructure {wanted}, the stacks are at {}",
+                desired.version,
+                have.as_deref().unwrap_or("an unknown version")
+            ),
+        ),
+    };
+    let newer = match &observed.current_version {
+        None => outcome(Rule::NewerVersion, true, format!("the running version is unknown; {} is the target", desired.version)),
+        Some(current) => match desired.version.compare(current) {
+            Some(Ordering::Greater) => {
+                outcome(Rule::NewerVersion, true, format!("{} is newer than the running {current}", desired.version))
+            }
+            Some(Ordering::Equal) => {
+                outcome(Rule::NewerVersion, false, format!("{} is already the running version", desired.version))
+            }
+            Some(Ordering::Less) => outcome(
+                Rule::NewerVersion,
+                false,
+                format!("{} is older than the running {current}: downgrades are never automatic", desired.version),
+            ),
+            None => outcome(
+                Rule::NewerVersion,
+                false,
+                format!(
+                    "{} ({}) cannot be compared with the running {current} ({})",
+                    desired.version,
+                    desired.version.form(),
+                    current.form()
+                ),
+            ),
+        },
+    };
+    let different_image = if desired.image == observed.running_image {
+        outcome(Rule::DifferentImage, false, format!("{} is already the running image", desired.image))
+    } else {
+        outcome(Rule::DifferentImage, true, format!("{} differs from the running {}", desired.image, observed.running_image))
+    };
+    let not_failed = match failed.iter().find(|mark| mark.matches(&desired.version, &desired.image)) {
+        Some(mark) => outcome(
+            Rule::NotFailed,
+            false,
+            format!(
+                "{} ({}) already failed: {}; change the desired version or image, or run `runner-updater retry`",
+                mark.version, mark.image, mark.reason
+            ),
+        ),
+        None => outcome(Rule::NotFailed, true, "this version has not failed before".to_owned()),
+    };
+    Verdict { outcomes: vec![channel, auto_update, infrastructure, newer, different_image, not_failed] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::observed::ServiceState;
+    use std::collections::BTreeMap;
+
+    fn desired() -> DesiredState {
+        DesiredState {
+            version: Version::parse("2.14.0").unwrap(),
+            image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
+            channel: "stable".to_owned(),
+            auto_update: true,
+            infra_version: None,
+            stacks: BTreeMap::new(),
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            service: ServiceState {
+                cluster: "c".to_owned(),
+                service: "s".to_owned(),
+                task_definition_arn: "td:1".to_owned(),
+                deployments: vec![],
+                tasks: vec![],
+            },
+            running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
+            current_version: Some(Version::parse("2.13.0").unwrap()),
+            has_health_check: true,
+            infra_version: Some("7".to_owned()),
+        }
+    }
+
+    /// One row: a change to the eligible baseline, and the single rule it must fail.
+    type Row = (&'static str, fn(&mut DesiredState, &mut Observed, &mut Vec<FailedMark>), Option<Rule>);
+
+    #[test]
+    fn each_rule_passes_and_fails_on_its_own() {
+        let rows: &[Row] = &[
+            ("baseline is eligible", |_, _, _| {}, None),
+            ("other channel", |d, _, _| d.channel = "beta".to_owned(), Some(Rule::Channel)),
+            ("auto-update off", |d, _, _| d.auto_update = false, Some(Rule::AutoUpdate)),
+            ("infra matches", |d, _, _| d.infra_version = Some("7".to_owned()), None),
+            ("infra differs", |d, _, _| d.infra_version = Some("8".to_owned()), Some(Rule::Infrastructure)),
+            ("infra unknown", |d, o, _| {
+                d.infra_version = Some("8".to_owned());
+                o.infra_version = None;
+            }, Some(Rule::Infrastructure)),
+            ("same version, other image", |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()), Some(Rule::NewerVersion)),
+            ("downgrade", |_, o, _| o.current_version = Some(Version::parse("2.15.0").unwrap()), Some(Rule::NewerVersion)),
+            ("forms differ", |_, o, _| o.current_version = Some(Version::parse("20250301.1").unwrap()), Some(Rule::NewerVersion)),
+            ("unknown current version", |_, o, _| o.current_version = None, None),
+            ("same image, older tag in version", |_, o, _| o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap(), Some(Rule::DifferentImage)),
+            ("failed before", |_, _, f| f.push(FailedMark {
+                version: "2.14.0".to_owned(),
+                image: "registry.example/runner:2.14.0".to_owned(),
+                reason: "circuit breaker".to_owned(),
+                at: Millis(0),
+            }), Some(Rule::NotFailed)),
+            ("failed with another image", |_, _, f| f.push(FailedMark {
+                version: "2.14.0".to_owned(),
+                image: "registry.example/runner:2.14.0-hotfix".to_owned(),
+                reason: "circuit breaker".to_owned(),
+                at: Millis(0),
+            }), None),
+        ];
+        for (name, change, failing) in rows {
+            let (mut d, mut o, mut f) = (desired(), observed(), Vec::new());
+            change(&mut d, &mut o, &mut f);
+            let verdict = evaluate(EligibilityInput { desired: &d, observed: &o, controller_channel: "stable", failed: &f });
+            let failed_rules: Vec<Rule> = verdict.outcomes.iter().filter(|o| !o.passed).map(|o| o.rule).collect();
+            assert_eq!(failed_rules, failing.iter().copied().collect::<Vec<_>>(), "row {name:?}: {verdict:?}");
+            assert_eq!(verdict.eligible(), failing.is_none(), "row {name:?}");
+            assert_eq!(verdict.outcomes.len(), 6);
+            assert!(verdict.outcomes.iter().all(|o| !o.reason.is_empty()));
+        }
+    }
+
+    #[test]
+    fn rule_names_round_trip() {
+        for rule in Rule::ALL {
+            assert_eq!(Rule::from_name(rule.name()), Some(rule));
+        }
+    }
+}

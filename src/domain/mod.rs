@@ -1,0 +1,67 @@
+//! The pure domain: desired state, observed state, versions, images, task-definition cloning and
+//! eligibility. **No IO, no clock, no AWS types**: everything here is a function of its inputs.
+
+pub mod desired;
+pub mod eligibility;
+pub mod image;
+pub mod observed;
+pub mod task_definition;
+pub mod version;
+
+use std::fmt;
+use std::time::Duration;
+
+/// A point in time: milliseconds since the Unix epoch. Time enters the core only as a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `self + duration`, saturating.
+    #[must_use]
+    pub fn after(self, duration: Duration) -> Millis {
+        let add = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Millis(self.0.saturating_add(add))
+    }
+
+    /// `self - earlier`, zero when `earlier` is later.
+    #[must_use]
+    pub fn since(self, earlier: Millis) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Millis {
+    /// RFC 3339 in UTC, to the second.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seconds = self.0 / 1000;
+        let (days, rest) = (seconds / 86_400, seconds % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        write!(f, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_display_is_rfc3339() {
+        assert_eq!(Millis(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(Millis(1_740_823_200_000).to_string(), "2025-03-01T10:00:00Z");
+        assert_eq!(Millis(951_782_400_000).to_string(), "2000-02-29T00:00:00Z");
+    }
+}

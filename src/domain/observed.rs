@@ -1,0 +1,262 @@
+//! Observed state: what ECS and CloudFormation say right now, reduced to what decisions need.
+
+use super::image::ImageRef;
+use super::task_definition::TaskDefinition;
+use super::version::Version;
+
+/// Tag carrying the runner version on task definitions the controller registers.
+pub const VERSION_TAG: &str = "runner-updater:version";
+/// Tag carrying the attempt id on task definitions the controller registers.
+pub const ATTEMPT_TAG: &str = "runner-updater:attempt";
+/// Stack tag carrying the infrastructure version.
+pub const INFRA_VERSION_TAG: &str = "runner-updater:infra-version";
+/// Stack output read when the tag is absent.
+pub const INFRA_VERSION_OUTPUT: &str = "InfrastructureVersion";
+
+/// ECS deployment status within a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    /// The deployment the service converges to.
+    Primary,
+    /// An older deployment still draining.
+    Active,
+    /// Finished and drained.
+    Inactive,
+}
+
+/// ECS rollout state of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Still converging.
+    InProgress,
+    /// Reached steady state.
+    Completed,
+    /// The circuit breaker failed it.
+    Failed,
+}
+
+/// One ECS deployment of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// The deployment id (`ecs-svc/…`).
+    pub id: String,
+    /// PRIMARY / ACTIVE / INACTIVE.
+    pub status: DeploymentStatus,
+    /// Its task definition.
+    pub task_definition_arn: String,
+    /// Rollout state.
+    pub rollout_state: RolloutState,
+    /// ECS's reason text for the rollout state, when any.
+    pub rollout_reason: Option<String>,
+    /// Desired tasks.
+    pub desired_count: u32,
+    /// Running tasks.
+    pub running_count: u32,
+    /// Tasks of this deployment that failed to start or stopped unexpectedly.
+    pub failed_tasks: u32,
+}
+
+/// ECS task lifecycle, reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    /// Provisioning / pending / activating.
+    Pending,
+    /// Running.
+    Running,
+    /// Stopping or stopped.
+    Stopped,
+}
+
+/// Container health as ECS reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No health check, or not yet decided.
+    Unknown,
+    /// Health check passing.
+    Healthy,
+    /// Health check failing.
+    Unhealthy,
+}
+
+/// One task of the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The task's task definition.
+    pub task_definition_arn: String,
+    /// Lifecycle.
+    pub status: TaskStatus,
+    /// Health.
+    pub health: Health,
+}
+
+/// A service as seen through DescribeServices and DescribeTasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Cluster name.
+    pub cluster: String,
+    /// Service name.
+    pub service: String,
+    /// The service's current task definition.
+    pub task_definition_arn: String,
+    /// Its deployments, PRIMARY first.
+    pub deployments: Vec<Deployment>,
+    /// Its tasks.
+    pub tasks: Vec<Task>,
+}
+
+impl ServiceState {
+    /// The PRIMARY deployment, if any.
+    #[must_use]
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.status == DeploymentStatus::Primary)
+    }
+
+    /// A deployment by id.
+    #[must_use]
+    pub fn deployment(&self, id: &str) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.id == id)
+    }
+
+    /// Running tasks of a task definition with the given health.
+    #[must_use]
+    pub fn tasks_with(&self, task_definition_arn: &str, health: Health) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Running)
+            .filter(|t| t.health == health)
+            .count()
+    }
+}
+
+/// Infrastructure as seen through DescribeStacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackState {
+    /// Stack name.
+    pub name: String,
+    /// `UPDATE_COMPLETE`, `UPDATE_ROLLBACK_FAILED`, …
+    pub status: String,
+    /// Tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Outputs.
+    pub outputs: std::collections::BTreeMap<String, String>,
+}
+
+impl StackState {
+    /// The infrastructure version: the tag, falling back to the output.
+    #[must_use]
+    pub fn infra_version(&self) -> Option<&str> {
+        self.tags
+            .get(INFRA_VERSION_TAG)
+            .or_else(|| self.outputs.get(INFRA_VERSION_OUTPUT))
+            .map(String::as_str)
+    }
+}
+
+/// Everything the decisions need about the running runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The service.
+    pub service: ServiceState,
+    /// The runner container's image in the service's current task definition.
+    pub running_image: ImageRef,
+    /// The current version: the task definition's version tag, else the image tag.
+    pub current_version: Option<Version>,
+    /// Whether the runner container has a health check (then HEALTHY is required).
+    pub has_health_check: bool,
+    /// The runner's infrastructure version (from its last stack), when it has stacks.
+    pub infra_version: Option<String>,
+}
+
+/// Why the running runner cannot be observed well enough to act.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObserveError {
+    /// The cluster or service does not exist.
+    #[error("service {service} not found in cluster {cluster}")]
+    ServiceNotFound {
+        /// Cluster.
+        cluster: String,
+        /// Service.
+        service: String,
+    },
+    /// The task definition has no container of the configured name.
+    #[error("task definition {task_definition} has no container named {container:?}")]
+    ContainerNotFound {
+        /// Task definition ARN.
+        task_definition: String,
+        /// The configured container.
+        container: String,
+    },
+    /// The running image is not a parseable reference.
+    #[error("the running image {0:?} is not an image reference")]
+    BadRunningImage(String),
+    /// A configured stack does not exist.
+    #[error("stack {0} not found")]
+    StackNotFound(String),
+    /// A stack is in a failed or rollback state: no action until a human looks.
+    #[error("stack {name} is in {status}: no action until it is repaired (see the README runbook)")]
+    StackFailed {
+        /// Stack.
+        name: String,
+        /// Its status.
+        status: String,
+    },
+}
+
+impl ObserveError {
+    /// A stable, kebab-case name for status, traces and metrics.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            ObserveError::ServiceNotFound { .. } => "service-not-found",
+            ObserveError::ContainerNotFound { .. } => "container-not-found",
+            ObserveError::BadRunningImage(_) => "bad-running-image",
+            ObserveError::StackNotFound(_) => "stack-not-found",
+            ObserveError::StackFailed { .. } => "stack-failed",
+        }
+    }
+}
+
+/// Combines the service, its task definition and the stacks into an [`Observed`].
+///
+/// # Errors
+/// An [`ObserveError`] when the runner is not in a state the controller can act on.
+pub fn observe(
+    service: ServiceState,
+    task_definition: &TaskDefinition,
+    container: &str,
+    stacks: &[StackState],
+) -> Result<Observed, ObserveError> {
+    let runner = task_definition.container(container).ok_or_else(|| ObserveError::ContainerNotFound {
+        task_definition: task_definition.arn.clone(),
+        container: container.to_owned(),
+    })?;
+    let image_text = runner.image().unwrap_or_default();
+    let running_image =
+        ImageRef::parse(image_text).map_err(|_| ObserveError::BadRunningImage(image_text.to_owned()))?;
+    let current_version = task_definition
+        .tags
+        .get(VERSION_TAG)
+        .and_then(|v| Version::parse(v).ok())
+        .or_else(|| running_image.tag().and_then(|t| Version::parse(t).ok()));
+    for stack in stacks {
+        if is_failed_stack_status(&stack.status) {
+            return Err(ObserveError::StackFailed { name: stack.name.clone(), status: stack.status.clone() });
+        }
+    }
+    let infra_version = stacks.last().and_then(StackState::infra_version).map(str::to_owned);
+    Ok(Observed {
+        service,
+        has_health_check: runner.has_health_check(),
+        running_image,
+        current_version,
+        infra_version,
+    })
+}
+
+/// Stack statuses that need a human before anything else happens.
+#[must_use]
+pub fn is_failed_stack_status(status: &str) -> bool {
+    // UPDATE_ROLLBACK_COMPLETE is usable (the stack is back on its previous template);
+    // ROLLBACK_COMPLETE is what a failed creation leaves, and can only be deleted.
+    status.ends_with("_FAILED") || status == "ROLLBACK_COMPLETE" || status.starts_with("DELETE_")
+}

@@ -1,0 +1,11 @@
+//! runner-updater: keeps a fleet of ECS runners on the versions ops ask for.
+//!
+//! See `ARCHITECTURE.md` for the code map and its invariants.
+
+pub mod domain;
+#[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
+pub mod machine;
+pub mod ports;
+pub mod record;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,939 @@
+//! The update state machine: **synchronous, sans-IO**, built on `statig`.
+//!
+//! The machine only decides. Every input carries the time (`Input::now`); handlers and entry
+//! actions write [`Command`]s into the caller-owned [`Ctx`] outbox and never perform IO. The
+//! driver (`crate::driver`) persists the new state *before* it executes those commands, and
+//! feeds their results back as [`Event`]s.
+//!
+//! # Expected flow
+//! `Idle → Checking → Locked → Deploying{RegisteringTaskDefinition → UpdatingService} →
+//! HealthGate{AwaitingRollout → Soaking} → Done`, or `HealthGate{RollingBack} → RolledBack`.
+//!
+//! # Guarantees
+//! - Each state that needs an effect issues its command from its **entry action**. statig
+//!   re-runs entry actions when a machine is restored (`init_with_context`), so a restored
+//!   machine re-issues exactly the command of the state it stopped in; every command is
+//!   idempotent per attempt (see `driver`), so nothing is repeated.
+//! - Transitions outside [`phase::TRANSITIONS`] are recorded in [`Ctx::violations`].
+//! - A failed version is quarantined in the same transition that leaves the happy path, so a
+//!   crash cannot lose the mark.
+//!
+//! # Caveats
+//! statig's `before_transition` hook has its arguments swapped in 0.4.1 (issue #76); only
+//! `after_transition` is used.
+
+pub mod phase;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use statig::prelude::*;
+
+use crate::domain::desired::{DesiredError, DesiredState};
+use crate::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Verdict};
+use crate::domain::image::ImageRef;
+use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
+use crate::domain::version::Version;
+use crate::domain::Millis;
+use phase::Phase;
+
+/// Settings that shape decisions (from the configuration; not persisted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The controller's release channel.
+    pub channel: String,
+    /// Failed or unhealthy tasks of the new revision that trigger a rollback (fail fast).
+    pub fail_fast_tasks: u32,
+    /// How long the rollout may take to become healthy.
+    pub rollout_timeout: Duration,
+    /// How long the new revision must stay healthy.
+    pub soak: Duration,
+    /// How long a rollback may take to be confirmed.
+    pub rollback_timeout: Duration,
+    /// Transitions kept in the record.
+    pub history_max: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            channel: "stable".to_owned(),
+            fail_fast_tasks: 2,
+            rollout_timeout: Duration::from_secs(30 * 60),
+            soak: Duration::from_secs(5 * 60),
+            rollback_timeout: Duration::from_secs(30 * 60),
+            history_max: 20,
+        }
+    }
+}
+
+/// One update attempt: created when the runner becomes eligible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Unique id, carried in tags and idempotency tokens.
+    pub id: String,
+    /// Version being deployed.
+    pub target_version: Version,
+    /// Image being deployed.
+    pub target_image: ImageRef,
+    /// Version running when the attempt started.
+    pub from_version: Option<Version>,
+    /// Image running when the attempt started.
+    pub from_image: ImageRef,
+    /// When the attempt started.
+    pub started_at: Millis,
+}
+
+/// What the service looked like under the lock, before any change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Baseline {
+    /// The task definition to roll back to.
+    pub task_definition_arn: String,
+    /// Deployment ids present before our update (a new one means our update happened).
+    pub deployment_ids: Vec<String>,
+}
+
+/// An attempt holding the lock, with its baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The attempt.
+    pub attempt: Attempt,
+    /// Fencing token of the lock.
+    pub epoch: u64,
+    /// The baseline.
+    pub baseline: Baseline,
+}
+
+/// A rollout under observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gate {
+    /// The run.
+    pub run: Run,
+    /// The task definition this attempt registered.
+    pub new_task_definition_arn: String,
+    /// The ECS deployment this attempt created.
+    pub deployment_id: String,
+    /// When the rollout must be healthy by.
+    pub deadline: Millis,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Stable kebab-case code.
+    pub code: String,
+    /// Words for on-call.
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(code: &str, reason: impl Into<String>) -> Self {
+        Failure { code: code.to_owned(), reason: reason.into() }
+    }
+}
+
+/// An effect the driver performs. Every command is idempotent per attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Read desired and observed state now and feed [`Event::Observed`].
+    Observe,
+    /// Take the runner's lock.
+    AcquireLock {
+        /// The attempt that wants it.
+        attempt_id: String,
+    },
+    /// Give the lock back (no-op if it is not ours any more).
+    ReleaseLock {
+        /// Fencing token held.
+        epoch: u64,
+    },
+    /// Register the clone of the baseline with the target image, tagged with the attempt id
+    /// (or find the one registered before a crash).
+    RegisterTaskDefinition {
+        /// Attempt id (tag).
+        attempt_id: String,
+        /// Fencing token.
+        epoch: u64,
+        /// The task definition to clone.
+        base_task_definition_arn: String,
+        /// Target image.
+        image: String,
+        /// Target version (tag).
+        version: String,
+    },
+    /// Point the service at the new task definition, unless a deployment not in the baseline
+    /// shows that this was already done.
+    UpdateService {
+        /// Attempt id.
+        attempt_id: String,
+        /// Fencing token.
+        epoch: u64,
+        /// New task definition.
+        task_definition_arn: String,
+        /// Deployment ids before the update.
+        baseline_deployment_ids: Vec<String>,
+    },
+    /// Point the service back at the baseline task definition, unless it already is.
+    RollBackService {
+        /// Attempt id.
+        attempt_id: String,
+        /// Fencing token.
+        epoch: u64,
+        /// The baseline task definition.
+        task_definition_arn: String,
+    },
+}
+
+impl Command {
+    /// The command's stable name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Observe => "observe",
+            Command::AcquireLock { .. } => "acquire_lock",
+            Command::ReleaseLock { .. } => "release_lock",
+            Command::RegisterTaskDefinition { .. } => "register_task_definition",
+            Command::UpdateService { .. } => "update_service",
+            Command::RollBackService { .. } => "roll_back_service",
+        }
+    }
+
+    /// Whether the command changes the runner (and so must be fenced).
+    #[must_use]
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Command::RegisterTaskDefinition { .. } | Command::UpdateService { .. } | Command::RollBackService { .. }
+        )
+    }
+}
+
+/// Desired and observed state, as read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Parsed desired state, or why it cannot be used.
+    pub desired: Result<DesiredState, DesiredError>,
+    /// Observed state, or why the runner cannot be acted on.
+    pub observed: Result<Observed, ObserveError>,
+}
+
+/// How a command failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Retrying later may succeed (throttling, 5xx, timeouts); retries are exhausted for now.
+    Transient,
+    /// Retrying will not help (validation, access denied, not found).
+    Permanent,
+    /// Our fencing token is stale: another controller holds the lock.
+    Fenced,
+}
+
+/// The machine's events: observations and command results.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A fresh observation.
+    Observed(Box<Observation>),
+    /// The lock is ours with this fencing token.
+    LockAcquired {
+        /// Fencing token.
+        epoch: u64,
+    },
+    /// Someone else holds the lock.
+    LockBusy {
+        /// Who.
+        holder: String,
+    },
+    /// The lock was released (or was not ours).
+    LockReleased,
+    /// The new task definition exists.
+    TaskDefinitionRegistered {
+        /// Its ARN.
+        arn: String,
+    },
+    /// The service points at the new task definition.
+    ServiceUpdated {
+        /// The deployment this created.
+        deployment_id: String,
+    },
+    /// The rollback update was issued (or ECS had already rolled back).
+    RollbackStarted,
+    /// A command failed.
+    CommandFailed {
+        /// Which command.
+        command: &'static str,
+        /// How.
+        class: FailureClass,
+        /// What the port said.
+        message: String,
+    },
+}
+
+/// An event with the time it is handled at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Input {
+    /// Now.
+    pub now: Millis,
+    /// The event.
+    pub event: Event,
+}
+
+/// The caller-owned outbox and diagnostics of one `handle`.
+#[derive(Debug, Default)]
+pub struct Ctx {
+    /// Now (set by the caller before each `handle`; used for transition timestamps).
+    pub now: Millis,
+    /// Commands to execute after the new state is persisted.
+    pub commands: Vec<Command>,
+    /// Transitions taken that the table does not allow (bugs).
+    pub violations: Vec<String>,
+}
+
+/// One recorded transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionEntry {
+    /// From.
+    pub from: Phase,
+    /// To.
+    pub to: Phase,
+    /// When.
+    pub at: Millis,
+    /// The attempt, when one is in flight.
+    pub attempt_id: Option<String>,
+    /// Why, when there is something to say.
+    pub note: Option<String>,
+}
+
+/// The latest reason worth showing on-call (a bad value, an ineligible rule, an abort).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Stable kebab-case code.
+    pub code: String,
+    /// Words for on-call.
+    pub message: String,
+    /// Since when.
+    pub at: Millis,
+}
+
+/// The machine's persisted memory besides the current state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Memory {
+    /// Quarantined versions.
+    pub failed: Vec<FailedMark>,
+    /// Last transitions, oldest first.
+    pub history: VecDeque<TransitionEntry>,
+    /// Latest reason.
+    pub note: Option<Note>,
+    /// Latest eligibility verdict.
+    pub verdict: Option<Verdict>,
+    /// Attempts started so far (part of attempt ids).
+    pub attempts_started: u64,
+    /// When the current state was entered.
+    pub since: Millis,
+    /// When the last attempt reached Done.
+    pub last_success: Option<Millis>,
+}
+
+/// The statig shared storage: one runner's machine.
+#[derive(Debug)]
+pub struct RunnerMachine {
+    /// The runner's name.
+    pub runner: String,
+    /// Decision settings.
+    pub settings: Settings,
+    /// Persisted memory.
+    pub memory: Memory,
+    /// A note for the next recorded transition.
+    pending_note: Option<String>,
+}
+
+/// What the health gate sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GateStatus {
+    Healthy,
+    Waiting(String),
+    Failed(Failure),
+    Foreign(String),
+}
+
+#[state_machine(
+    initial = "State::idle()",
+    state(derive(Debug, Clone, PartialEq, Eq)),
+    superstate(derive(Debug)),
+    event_identifier = "input",
+    context_identifier = "ctx",
+    after_transition = "Self::after_transition"
+)]
+impl RunnerMachine {
+    /// At rest. Outgoing: `Checking` when eligible.
+    #[state]
+    fn idle(&mut self, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        self.consider(ctx, input)
+    }
+
+    /// Taking the lock. Outgoing: `Locked`, or `Idle` when the lock is busy.
+    #[state(entry_action = "enter_checking")]
+    fn checking(&mut self, attempt: &mut Attempt, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        match &input.event {
+            Event::LockAcquired { epoch } => Transition(State::locked(attempt.clone(), *epoch)),
+            Event::LockBusy { holder } => {
+                self.note_now("lock-busy", format!("the lock is held by {holder}"), input.now);
+                Transition(State::idle())
+            }
+            Event::CommandFailed { message, .. } => {
+                self.note_now("lock-failed", format!("could not take the lock: {message}"), input.now);
+                Transition(State::idle())
+            }
+            Event::Observed(_) => {
+                Self::enter_checking(attempt, ctx);
+                Handled
+            }
+            _ => Handled,
+        }
+    }
+
+    #[action]
+    fn enter_checking(attempt: &mut Attempt, ctx: &mut Ctx) {
+        ctx.commands.push(Command::AcquireLock { attempt_id: attempt.id.clone() });
+    }
+
+    /// Lock held: re-check on a fresh observation. Outgoing: `RegisteringTaskDefinition`, or
+    /// `Idle` when no longer eligible.
+    #[state(entry_action = "enter_locked")]
+    fn locked(&mut self, attempt: &mut Attempt, epoch: &mut u64, input: &Input, ctx: &mut Ctx) -> Outcome<State> {
+        let Event::Observed(observation) = &input.event else { return Handled };
+        let (desired, observed) = match (&observation.desired, &observation.observed) {
+            (Ok(desired), Ok(observed)) => (desired, observed),
+            (Err(error), _) => return self.abort(Some(*epoch), error.code(), error.to_string(), ctx, input.now),
+            (_, Err(error)) => return self.abort(Some(*epoch), error.code(), error.to_string(), ctx, input.now),
+        };
+        let verdict = self.verdict(desired, observed);
+        if let Some(failure) = verdict.first_failure() {
+            let (code, message) = (failure.rule.name(), format!("no longer eligible under the lock: {}", failure.reason));
+            self.memory.verdict = Some(verdict);
+            return self.abort(Some(*epoch), code, message, ctx, input.now);
+        }
+        if desired.version != attempt.target_version || desired.image != attempt.target_image {
+            let message = format!("the desired state changed to {} ({}) before the update began", desired.version, desired.image);
+            return self.abort(Some(*epoch), "desired-changed", message, ctx, input.now);
+        }
+        let baseline = Baseline {
+            task_definition_arn: observed.service.task_definition_arn.clone(),
+            deployment_ids: observed.service.deployments.iter().map(|d| d.id.clone()).collect(),
+        };
+        Transition(State::registering_task_definition(Run { attempt: attempt.clone(), epoch: *epoch, baseline }))
+    }
+
+    #[action]
+    fn enter_locked(ctx: &mut Ctx) {
+        ctx.commands.push(Command::Observe);
+    }
+
+    /// Groups the sub-states that change the runner.
+    #[superstate]
+    fn deploying(input: &Input) -> Outcome<State> {
+        let _ = input;
+        Handled
+    }
+
+    /// Outgoing: `UpdatingService`; `RolledBack` when refused; `Idle` on a foreign writer or a
+    /// lost lock.
+    #[state(superstate = "deploying", entry_action = "enter_registering_task_definition")]
+    fn registering_task_definition(&mut self, run: &mut Run, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        match &input.event {
+            Event::TaskDefinitionRegistered { arn } => Transition(State::updating_service(run.clone(), arn.clone())),
+            Event::CommandFailed { class, message, .. } => {
+                self.command_failed(run, *class, "register-refused", message, ctx, input.now)
+            }
+            Event::Observed(observation) => {
+                if let Ok(observed) = &observation.observed {
+                    let current = &observed.service.task_definition_arn;
+                    if *current != run.baseline.task_definition_arn {
+                        return self.foreign(run, current, ctx, input.now);
+                    }
+                }
+                Self::enter_registering_task_definition(run, ctx);
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_registering_task_definition(run: &mut Run, ctx: &mut Ctx) {
+        ctx.commands.push(Command::RegisterTaskDefinition {
+            attempt_id: run.attempt.id.clone(),
+            epoch: run.epoch,
+            base_task_definition_arn: run.baseline.task_definition_arn.clone(),
+            image: run.attempt.target_image.to_string(),
+            version: run.attempt.target_version.to_string(),
+        });
+    }
+
+    /// Outgoing: `AwaitingRollout`; `RolledBack` when refused; `Idle` on a foreign writer or a
+    /// lost lock.
+    #[state(superstate = "deploying", entry_action = "enter_updating_service")]
+    fn updating_service(&mut self, run: &mut Run, new_td: &mut String, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        match &input.event {
+            Event::ServiceUpdated { deployment_id } => {
+                let deadline = input.now.after(self.settings.rollout_timeout);
+                let gate = Gate {
+                    run: run.clone(),
+                    new_task_definition_arn: new_td.clone(),
+                    deployment_id: deployment_id.clone(),
+                    deadline,
+                };
+                Transition(State::awaiting_rollout(gate))
+            }
+            Event::CommandFailed { class, message, .. } => {
+                self.command_failed(run, *class, "update-refused", message, ctx, input.now)
+            }
+            Event::Observed(observation) => {
+                if let Ok(observed) = &observation.observed {
+                    let current = &observed.service.task_definition_arn;
+                    if *current != run.baseline.task_definition_arn && current != new_td {
+                        return self.foreign(run, current, ctx, input.now);
+                    }
+                }
+                Self::enter_updating_service(run, new_td, ctx);
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_updating_service(run: &mut Run, new_td: &mut String, ctx: &mut Ctx) {
+        ctx.commands.push(Command::UpdateService {
+            attempt_id: run.attempt.id.clone(),
+            epoch: run.epoch,
+            task_definition_arn: new_td.clone(),
+            baseline_deployment_ids: run.baseline.deployment_ids.clone(),
+        });
+    }
+
+    /// Groups the sub-states that watch a rollout and undo it.
+    #[superstate]
+    fn health_gate(input: &Input) -> Outcome<State> {
+        let _ = input;
+        Handled
+    }
+
+    /// Outgoing: `Soaking` when healthy; `RollingBack` on failure, unhealthy tasks or timeout;
+    /// `Idle` on a foreign writer.
+    #[state(superstate = "health_gate")]
+    fn awaiting_rollout(&mut self, gate: &mut Gate, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let Event::Observed(observation) = &input.event else { return Super };
+        let status = self.gate_status(gate, observation);
+        match status {
+            GateStatus::Healthy => Transition(State::soaking(gate.clone(), input.now.after(self.settings.soak))),
+            GateStatus::Failed(failure) => self.roll_back(&gate.run, failure, input.now),
+            GateStatus::Foreign(current) => self.foreign(&gate.run, &current, ctx, input.now),
+            GateStatus::Waiting(_) if input.now >= gate.deadline => {
+                let failure = Failure::new(
+                    "health-gate-timeout",
+                    format!("the new revision was not healthy within {}s", self.settings.rollout_timeout.as_secs()),
+                );
+                self.roll_back(&gate.run, failure, input.now)
+            }
+            GateStatus::Waiting(_) => Handled,
+        }
+    }
+
+    /// Outgoing: `Done` after the soak; `AwaitingRollout` when health wavers; `RollingBack` on
+    /// failure; `Idle` on a foreign writer.
+    #[state(superstate = "health_gate")]
+    fn soaking(&mut self, gate: &mut Gate, until: &mut Millis, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let Event::Observed(observation) = &input.event else { return Super };
+        match self.gate_status(gate, observation) {
+            GateStatus::Healthy if input.now >= *until => {
+                self.memory.last_success = Some(input.now);
+                self.pending_note = Some(format!("{} is live", gate.run.attempt.target_version));
+                Transition(State::done(gate.run.clone()))
+            }
+            GateStatus::Healthy => Handled,
+            GateStatus::Failed(failure) => self.roll_back(&gate.run, failure, input.now),
+            GateStatus::Foreign(current) => self.foreign(&gate.run, &current, ctx, input.now),
+            GateStatus::Waiting(why) => {
+                if input.now >= gate.deadline {
+                    let failure = Failure::new("health-gate-timeout", format!("health wavered during the soak: {why}"));
+                    self.roll_back(&gate.run, failure, input.now)
+                } else {
+                    self.pending_note = Some(format!("health wavered during the soak: {why}"));
+                    Transition(State::awaiting_rollout(gate.clone()))
+                }
+            }
+        }
+    }
+
+    /// Outgoing: `RolledBack` once the service runs the baseline again (or the deadline passes).
+    #[state(superstate = "health_gate", entry_action = "enter_rolling_back")]
+    fn rolling_back(
+        &mut self,
+        run: &mut Run,
+        failure: &mut Failure,
+        deadline: &mut Millis,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
+        match &input.event {
+            Event::RollbackStarted => Handled,
+            Event::CommandFailed { class: FailureClass::Fenced, message, .. } => {
+                self.note_now("lock-lost", message.clone(), input.now);
+                Transition(State::idle())
+            }
+            Event::CommandFailed { class: FailureClass::Permanent, message, .. } => {
+                let mut failure = failure.clone();
+                failure.reason = format!("{}; the rollback itself was refused ({message}): needs a human", failure.reason);
+                self.pending_note = Some(failure.reason.clone());
+                Transition(State::rolled_back(run.clone(), failure))
+            }
+            Event::Observed(observation) => {
+                let restored = observation.observed.as_ref().is_ok_and(|observed| {
+                    let service = &observed.service;
+                    service.task_definition_arn == run.baseline.task_definition_arn
+                        && service.primary().is_some_and(|p| {
+                            p.task_definition_arn == run.baseline.task_definition_arn
+                                && p.rollout_state == RolloutState::Completed
+                                && p.running_count == p.desired_count
+                        })
+                });
+                if restored {
+                    self.pending_note = Some(failure.reason.clone());
+                    Transition(State::rolled_back(run.clone(), failure.clone()))
+                } else if input.now >= *deadline {
+                    let mut failure = failure.clone();
+                    failure.reason = format!(
+                        "{}; the rollback was not confirmed within {}s: check the service",
+                        failure.reason,
+                        self.settings.rollback_timeout.as_secs()
+                    );
+                    self.pending_note = Some(failure.reason.clone());
+                    Transition(State::rolled_back(run.clone(), failure))
+                } else {
+                    Self::enter_rolling_back(run, ctx);
+                    Handled
+                }
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_rolling_back(run: &mut Run, ctx: &mut Ctx) {
+        ctx.commands.push(Command::RollBackService {
+            attempt_id: run.attempt.id.clone(),
+            epoch: run.epoch,
+            task_definition_arn: run.baseline.task_definition_arn.clone(),
+        });
+    }
+
+    /// The attempt succeeded. Outgoing: `Checking` when a newer version becomes eligible.
+    #[state(entry_action = "enter_done")]
+    fn done(&mut self, run: &mut Run, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let _ = run;
+        self.consider(ctx, input)
+    }
+
+    #[action]
+    fn enter_done(run: &mut Run, ctx: &mut Ctx) {
+        ctx.commands.push(Command::ReleaseLock { epoch: run.epoch });
+    }
+
+    /// The attempt failed and was undone. Outgoing: `Checking` when the desired state changes
+    /// to something eligible.
+    #[state(entry_action = "enter_rolled_back")]
+    fn rolled_back(&mut self, run: &mut Run, failure: &mut Failure, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let _ = (run, failure);
+        self.consider(ctx, input)
+    }
+
+    #[action]
+    fn enter_rolled_back(run: &mut Run, ctx: &mut Ctx) {
+        ctx.commands.push(Command::ReleaseLock { epoch: run.epoch });
+    }
+}
+
+impl RunnerMachine {
+    /// A machine at rest for a runner.
+    #[must_use]
+    pub fn new(runner: &str, settings: Settings) -> Self {
+        RunnerMachine { runner: runner.to_owned(), settings, memory: Memory::default(), pending_note: None }
+    }
+
+    /// A machine with restored memory.
+    #[must_use]
+    pub fn with_memory(runner: &str, settings: Settings, memory: Memory) -> Self {
+        RunnerMachine { runner: runner.to_owned(), settings, memory, pending_note: None }
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, ctx: &mut Ctx) {
+        let (from, to) = (phase_of(source), phase_of(target));
+        if !phase::allowed(from, to) {
+            ctx.violations.push(format!("transition {from} -> {to} is not in the transition table"));
+        }
+        self.memory.since = ctx.now;
+        self.memory.history.push_back(TransitionEntry {
+            from,
+            to,
+            at: ctx.now,
+            attempt_id: attempt_of(target).or_else(|| attempt_of(source)).map(|a| a.id.clone()),
+            note: self.pending_note.take(),
+        });
+        while self.memory.history.len() > self.settings.history_max.max(1) {
+            self.memory.history.pop_front();
+        }
+    }
+
+    /// Resting states: evaluate eligibility and start an attempt when every rule passes.
+    fn consider(&mut self, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let _ = ctx;
+        let Event::Observed(observation) = &input.event else { return Handled };
+        let (desired, observed) = match (&observation.desired, &observation.observed) {
+            (Ok(desired), Ok(observed)) => (desired, observed),
+            (Err(error), _) => {
+                self.note_now(error.code(), error.to_string(), input.now);
+                return Handled;
+            }
+            (_, Err(error)) => {
+                self.note_now(error.code(), error.to_string(), input.now);
+                return Handled;
+            }
+        };
+        let verdict = self.verdict(desired, observed);
+        let eligible = verdict.eligible();
+        if let Some(failure) = verdict.first_failure() {
+            let (code, reason) = (failure.rule.name(), failure.reason.clone());
+            self.note_now(code, reason, input.now);
+        }
+        self.memory.verdict = Some(verdict);
+        if !eligible {
+            return Handled;
+        }
+        self.memory.note = None;
+        self.memory.attempts_started += 1;
+        let attempt = Attempt {
+            id: format!("{}-{}-{:x}", self.runner, self.memory.attempts_started, input.now.0 / 1000),
+            target_version: desired.version.clone(),
+            target_image: desired.image.clone(),
+            from_version: observed.current_version.clone(),
+            from_image: observed.running_image.clone(),
+            started_at: input.now,
+        };
+        self.pending_note = Some(format!(
+            "update {} -> {}",
+            attempt.from_version.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            attempt.target_version
+        ));
+        Transition(State::checking(attempt))
+    }
+
+    fn verdict(&self, desired: &DesiredState, observed: &Observed) -> Verdict {
+        evaluate(EligibilityInput {
+            desired,
+            observed,
+            controller_channel: &self.settings.channel,
+            failed: &self.memory.failed,
+        })
+    }
+
+    /// Records a note; the timestamp only moves when the note changes (no churn in the record).
+    fn note_now(&mut self, code: &str, message: String, now: Millis) {
+        let unchanged = self.memory.note.as_ref().is_some_and(|n| n.code == code && n.message == message);
+        if !unchanged {
+            self.memory.note = Some(Note { code: code.to_owned(), message, at: now });
+        }
+    }
+
+    /// Stops the attempt without marking anything failed; releases the lock when held.
+    fn abort(&mut self, epoch: Option<u64>, code: &str, message: String, ctx: &mut Ctx, now: Millis) -> Outcome<State> {
+        self.pending_note = Some(message.clone());
+        self.note_now(code, message, now);
+        if let Some(epoch) = epoch {
+            ctx.commands.push(Command::ReleaseLock { epoch });
+        }
+        Transition(State::idle())
+    }
+
+    fn foreign(&mut self, run: &Run, current: &str, ctx: &mut Ctx, now: Millis) -> Outcome<State> {
+        let message = format!(
+            "foreign writer: the service now runs {current}, set outside this attempt; stopping and re-planning from what is observed"
+        );
+        self.abort(Some(run.epoch), "foreign-writer", message, ctx, now)
+    }
+
+    fn command_failed(
+        &mut self,
+        run: &Run,
+        class: FailureClass,
+        code: &str,
+        message: &str,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
+        match class {
+            FailureClass::Transient => {
+                self.note_now("retrying", format!("{code}: {message} (will retry)"), now);
+                Handled
+            }
+            FailureClass::Fenced => {
+                self.pending_note = Some(format!("lock lost: {message}"));
+                self.note_now("lock-lost", message.to_owned(), now);
+                Transition(State::idle())
+            }
+            FailureClass::Permanent => {
+                let _ = ctx;
+                let failure = Failure::new(code, message.to_owned());
+                self.quarantine(&run.attempt, &failure, now);
+                self.pending_note = Some(failure.reason.clone());
+                Transition(State::rolled_back(run.clone(), failure))
+            }
+        }
+    }
+
+    fn roll_back(&mut self, run: &Run, failure: Failure, now: Millis) -> Outcome<State> {
+        self.quarantine(&run.attempt, &failure, now);
+        self.pending_note = Some(failure.reason.clone());
+        let deadline = now.after(self.settings.rollback_timeout);
+        Transition(State::rolling_back(run.clone(), failure, deadline))
+    }
+
+    /// Marks the attempt's target failed (once).
+    fn quarantine(&mut self, attempt: &Attempt, failure: &Failure, now: Millis) {
+        let known = self.memory.failed.iter().any(|m| m.matches(&attempt.target_version, &attempt.target_image));
+        if !known {
+            self.memory.failed.push(FailedMark {
+                version: attempt.target_version.to_string(),
+                image: attempt.target_image.to_string(),
+                reason: format!("{}: {}", failure.code, failure.reason),
+                at: now,
+            });
+        }
+        self.note_now(&failure.code, failure.reason.clone(), now);
+    }
+
+    /// Clears the failed marks (`runner-updater retry`). Returns how many were cleared.
+    pub fn clear_failed(&mut self) -> usize {
+        let cleared = self.memory.failed.len();
+        self.memory.failed.clear();
+        cleared
+    }
+
+    fn gate_status(&self, gate: &Gate, observation: &Observation) -> GateStatus {
+        let observed = match &observation.observed {
+            Ok(observed) => observed,
+            Err(error) => return GateStatus::Waiting(format!("cannot observe the service: {error}")),
+        };
+        let service = &observed.service;
+        let (new_td, baseline_td) = (&gate.new_task_definition_arn, &gate.run.baseline.task_definition_arn);
+        if service.task_definition_arn != *new_td && service.task_definition_arn != *baseline_td {
+            return GateStatus::Foreign(service.task_definition_arn.clone());
+        }
+        let ours = service.deployment(&gate.deployment_id);
+        if let Some(deployment) = ours.filter(|d| d.rollout_state == RolloutState::Failed) {
+            let reason = deployment.rollout_reason.clone().unwrap_or_else(|| "no reason given".to_owned());
+            return GateStatus::Failed(Failure::new(
+                "circuit-breaker",
+                format!("the ECS circuit breaker failed deployment {}: {reason}", deployment.id),
+            ));
+        }
+        if service.task_definition_arn == *baseline_td {
+            return GateStatus::Failed(Failure::new(
+                "circuit-breaker",
+                format!("ECS rolled the service back to {baseline_td}; deployment {} is gone", gate.deployment_id),
+            ));
+        }
+        let Some(ours) = ours else {
+            return GateStatus::Foreign(format!("{} (deployment {} was replaced)", service.task_definition_arn, gate.deployment_id));
+        };
+        let unhealthy = service.tasks_with(new_td, Health::Unhealthy);
+        let bad = ours.failed_tasks as usize + unhealthy;
+        if bad >= self.settings.fail_fast_tasks as usize {
+            return GateStatus::Failed(Failure::new(
+                "unhealthy-tasks",
+                format!(
+                    "{} task(s) of the new revision failed and {unhealthy} are unhealthy (fail-fast threshold {})",
+                    ours.failed_tasks, self.settings.fail_fast_tasks
+                ),
+            ));
+        }
+        let primary_is_ours = service.primary().is_some_and(|p| p.id == ours.id);
+        if !primary_is_ours {
+            return GateStatus::Waiting(format!("deployment {} is not PRIMARY", ours.id));
+        }
+        if ours.rollout_state != RolloutState::Completed || ours.running_count != ours.desired_count {
+            return GateStatus::Waiting(format!(
+                "rollout in progress: {}/{} running",
+                ours.running_count, ours.desired_count
+            ));
+        }
+        if observed.has_health_check {
+            let healthy = service.tasks_with(new_td, Health::Healthy);
+            if healthy < ours.desired_count as usize {
+                return GateStatus::Waiting(format!("{healthy}/{} tasks HEALTHY", ours.desired_count));
+            }
+        }
+        GateStatus::Healthy
+    }
+}
+
+/// The phase of a state.
+#[must_use]
+pub fn phase_of(state: &State) -> Phase {
+    match state {
+        State::Idle {} => Phase::Idle,
+        State::Checking { .. } => Phase::Checking,
+        State::Locked { .. } => Phase::Locked,
+        State::RegisteringTaskDefinition { .. } => Phase::RegisteringTaskDefinition,
+        State::UpdatingService { .. } => Phase::UpdatingService,
+        State::AwaitingRollout { .. } => Phase::AwaitingRollout,
+        State::Soaking { .. } => Phase::Soaking,
+        State::RollingBack { .. } => Phase::RollingBack,
+        State::Done { .. } => Phase::Done,
+        State::RolledBack { .. } => Phase::RolledBack,
+    }
+}
+
+/// The attempt of a state, when one is in flight or just ended.
+#[must_use]
+pub fn attempt_of(state: &State) -> Option<&Attempt> {
+    match state {
+        State::Idle {} => None,
+        State::Checking { attempt } | State::Locked { attempt, .. } => Some(attempt),
+        State::RegisteringTaskDefinition { run }
+        | State::UpdatingService { run, .. }
+        | State::RollingBack { run, .. }
+        | State::Done { run }
+        | State::RolledBack { run, .. } => Some(&run.attempt),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run.attempt),
+    }
+}
+
+/// The run (attempt under lock) of a state, when there is one.
+#[must_use]
+pub fn run_of(state: &State) -> Option<&Run> {
+    match state {
+        State::RegisteringTaskDefinition { run }
+        | State::UpdatingService { run, .. }
+        | State::RollingBack { run, .. }
+        | State::Done { run }
+        | State::RolledBack { run, .. } => Some(run),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run),
+        State::Idle {} | State::Checking { .. } | State::Locked { .. } => None,
+    }
+}
+
+/// A statig machine, initialised.
+pub type Machine = statig::blocking::InitializedStateMachine<RunnerMachine>;
+
+/// Builds an initialised machine in `state` (restoring from a record, or fresh in `Idle`).
+///
+/// statig has no "start in state X" API: the machine is created uninitialised, its state set,
+/// and `init_with_context` run, which re-runs the entry actions down to that state. Those entry
+/// actions only write commands into `ctx`, so the caller receives the restored state's command
+/// to re-issue (idempotently) — that is how a resumed machine picks up where it stopped.
+#[must_use]
+pub fn restore(machine: RunnerMachine, state: State, ctx: &mut Ctx) -> Machine {
+    let mut uninitialized = machine.uninitialized_state_machine();
+    *uninitialized.state_mut() = state;
+    uninitialized.init_with_context(ctx)
+}

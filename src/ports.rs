@@ -1,0 +1,227 @@
+//! Ports: the traits the driver performs effects through. Each has an in-process simulated
+//! implementation (`crate::sim`) and, from issue 3 on, an AWS SDK adapter; shared contract tests
+//! hold them to the same behaviour.
+//!
+//! Errors are classified ([`ErrorKind`]) so the driver's error policy can pick: retry with
+//! backoff (transient), stop the attempt with a named reason (permanent), or treat as a lost
+//! lock (fenced).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::domain::observed::{ServiceState, StackState};
+use crate::domain::task_definition::TaskDefinition;
+use crate::domain::Millis;
+use crate::record::{Record, RecordError};
+
+/// How a port call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Throttling, 5xx, timeouts: retry with backoff.
+    Transient,
+    /// Validation, access denied: do not retry.
+    Permanent,
+    /// The thing does not exist.
+    NotFound,
+    /// A conditional write lost (e.g. `ParameterAlreadyExists`).
+    Conflict,
+}
+
+/// A failed port call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct PortError {
+    /// Classification.
+    pub kind: ErrorKind,
+    /// The API operation (`UpdateService`, …).
+    pub operation: &'static str,
+    /// What the service said (with its request id where there is one).
+    pub message: String,
+}
+
+impl PortError {
+    /// Builds an error.
+    #[must_use]
+    pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+        PortError { kind, operation, message: message.into() }
+    }
+
+    /// Whether a retry may help.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+/// A parameter value with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameter {
+    /// Value.
+    pub value: String,
+    /// SSM version (increases on every overwrite).
+    pub version: u64,
+}
+
+/// SSM Parameter Store.
+#[async_trait]
+pub trait ParameterStore: Send + Sync {
+    /// Every parameter under `path` (recursive), by full name.
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError>;
+    /// One parameter.
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError>;
+    /// Writes a parameter; with `overwrite = false` an existing name fails with
+    /// [`ErrorKind::Conflict`] (atomic create). Returns the new version.
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError>;
+}
+
+/// Amazon ECS.
+#[async_trait]
+pub trait Ecs: Send + Sync {
+    /// The service with its deployments and tasks.
+    async fn describe_service(&self, cluster: &str, service: &str) -> Result<ServiceState, PortError>;
+    /// A task definition with its tags.
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;
+    /// The task definition of `family` tagged with this attempt id, if one was registered.
+    async fn find_task_definition(&self, family: &str, attempt_id: &str) -> Result<Option<TaskDefinition>, PortError>;
+    /// Registers a new revision; returns its ARN.
+    async fn register_task_definition(
+        &self,
+        document: Map<String, Value>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError>;
+    /// Points the service at a task definition with the circuit breaker (rollback on); returns
+    /// the id of the new PRIMARY deployment.
+    async fn update_service(&self, cluster: &str, service: &str, task_definition_arn: &str) -> Result<String, PortError>;
+}
+
+/// AWS CloudFormation (its shape now; change sets come with issue 4).
+#[async_trait]
+pub trait CloudFormation: Send + Sync {
+    /// A stack's status, tags and outputs.
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError>;
+}
+
+/// The result of trying to take a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// Held by us with this fencing token.
+    Acquired {
+        /// Fencing token.
+        epoch: u64,
+    },
+    /// Held by someone else.
+    Busy {
+        /// Who.
+        holder: String,
+        /// Until when.
+        expires_at: Millis,
+    },
+}
+
+/// The per-runner lease (in-process here; SSM from issue 3 on).
+#[async_trait]
+pub trait Lock: Send + Sync {
+    /// Takes (or renews, if already ours) the runner's lease for `ttl`.
+    async fn acquire(&self, runner: &str, holder: &str, now: Millis, ttl: Duration) -> Result<LockOutcome, PortError>;
+    /// Whether `holder` still holds the lease with `epoch` (the fencing check).
+    async fn check(&self, runner: &str, holder: &str, epoch: u64, now: Millis) -> Result<bool, PortError>;
+    /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
+    async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
+}
+
+/// A failed state-store operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stored record cannot be used.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// IO or service failure.
+    #[error("state store: {0}")]
+    Io(String),
+}
+
+/// Where records are persisted.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The runner's record, if one was saved.
+    async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError>;
+    /// Saves the record (durably, atomically) before the caller acts on it.
+    async fn save(&self, record: &Record) -> Result<(), StoreError>;
+    /// Runners with a record.
+    async fn list(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Time. The only place the controller reads the clock or waits.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> Millis;
+    /// Waits (a simulated clock advances instead).
+    async fn sleep(&self, duration: Duration);
+}
+
+/// A value shared by the lock implementations: the pure lease rules.
+pub mod lease {
+    use std::time::Duration;
+
+    use crate::domain::Millis;
+
+    /// A lease as stored.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Lease {
+        /// Holder id.
+        pub holder: String,
+        /// Fencing token; never decreases, even across releases.
+        pub epoch: u64,
+        /// Expiry (a released lease has expiry 0).
+        pub expires_at: Millis,
+    }
+
+    /// Takes, renews or refuses: the new lease, or the current one when it is someone else's
+    /// and unexpired.
+    ///
+    /// # Errors
+    /// The current lease when it is busy.
+    pub fn acquire(current: Option<&Lease>, holder: &str, now: Millis, ttl: Duration) -> Result<Lease, Lease> {
+        match current {
+            None => Ok(Lease { holder: holder.to_owned(), epoch: 1, expires_at: now.after(ttl) }),
+            Some(lease) if lease.holder == holder && now < lease.expires_at => {
+                Ok(Lease { expires_at: now.after(ttl), ..lease.clone() })
+            }
+            Some(lease) if now >= lease.expires_at => {
+                Ok(Lease { holder: holder.to_owned(), epoch: lease.epoch + 1, expires_at: now.after(ttl) })
+            }
+            Some(lease) => Err(lease.clone()),
+        }
+    }
+
+    /// The fencing check.
+    #[must_use]
+    pub fn valid(current: Option<&Lease>, holder: &str, epoch: u64, now: Millis) -> bool {
+        current.is_some_and(|l| l.holder == holder && l.epoch == epoch && now < l.expires_at)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn takeover_only_after_expiry_and_epochs_only_grow() {
+            let ttl = Duration::from_secs(30);
+            let a = acquire(None, "a", Millis(0), ttl).unwrap();
+            assert_eq!(a.epoch, 1);
+            assert!(acquire(Some(&a), "b", Millis(29_999), ttl).is_err());
+            let renewed = acquire(Some(&a), "a", Millis(20_000), ttl).unwrap();
+            assert_eq!((renewed.epoch, renewed.expires_at), (1, Millis(50_000)));
+            let b = acquire(Some(&renewed), "b", Millis(50_000), ttl).unwrap();
+            assert_eq!(b.epoch, 2);
+            assert!(!valid(Some(&b), "a", 1, Millis(50_001)));
+            assert!(valid(Some(&b), "b", 2, Millis(50_001)));
+            let released = Lease { expires_at: Millis(0), ..b };
+            assert_eq!(acquire(Some(&released), "a", Millis(60_000), ttl).unwrap().epoch, 3);
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The persisted record: a **separate, versioned** serialisable type (a boundary type), converted
+//! from and to the machine. Domain and machine types are not `Serialize`.
+//!
+//! Decoding checks `schema_version` before anything else, so a record written by a newer
+//! controller is refused with a clear reason instead of being misread or overwritten.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::eligibility::{FailedMark, Rule, RuleOutcome, Verdict};
+use crate::domain::image::ImageRef;
+use crate::domain::version::Version;
+use crate::domain::Millis;
+use crate::machine::phase::Phase;
+use crate::machine::{
+    attempt_of, phase_of, Attempt, Baseline, Failure, Gate, Machine, Memory, Note, Run, RunnerMachine, Settings, State,
+    TransitionEntry,
+};
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The persisted state of one runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Runner name.
+    pub runner: String,
+    /// Current phase (snake_case name).
+    pub phase: String,
+    /// When the phase was entered (ms since epoch).
+    pub since: u64,
+    /// The attempt in flight or last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptRecord>,
+    /// Fencing token of the lock held by the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_epoch: Option<u64>,
+    /// Service before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineRecord>,
+    /// Task definition registered by the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_task_definition_arn: Option<String>,
+    /// ECS deployment created by the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// Deadline of the current wait (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    /// End of the soak (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_until: Option<u64>,
+    /// Why the attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureRecord>,
+    /// Attempts started so far.
+    #[serde(default)]
+    pub attempts_started: u64,
+    /// Quarantined versions.
+    #[serde(default)]
+    pub failed: Vec<FailedRecord>,
+    /// Latest reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<NoteRecord>,
+    /// Latest eligibility verdict.
+    #[serde(default)]
+    pub verdict: Vec<RuleRecord>,
+    /// Last transitions, oldest first.
+    #[serde(default)]
+    pub transitions: Vec<TransitionRecord>,
+    /// Last success (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<u64>,
+    /// W3C traceparent of the attempt (filled by the tracing layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// An attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Id.
+    pub id: String,
+    /// Target version.
+    pub target_version: String,
+    /// Target image.
+    pub target_image: String,
+    /// Version before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// Image before.
+    pub from_image: String,
+    /// Start (ms).
+    pub started_at: u64,
+}
+
+/// The baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineRecord {
+    /// Task definition before.
+    pub task_definition_arn: String,
+    /// Deployment ids before.
+    pub deployment_ids: Vec<String>,
+}
+
+/// A failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// Code.
+    pub code: String,
+    /// Reason.
+    pub reason: String,
+}
+
+/// A quarantined version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedRecord {
+    /// Version.
+    pub version: String,
+    /// Image.
+    pub image: String,
+    /// Reason.
+    pub reason: String,
+    /// When (ms).
+    pub at: u64,
+}
+
+/// A note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteRecord {
+    /// Code.
+    pub code: String,
+    /// Message.
+    pub message: String,
+    /// Since (ms).
+    pub at: u64,
+}
+
+/// One rule's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRecord {
+    /// Rule name.
+    pub rule: String,
+    /// Passed.
+    pub passed: bool,
+    /// Reason.
+    pub reason: String,
+}
+
+/// A transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// From phase.
+    pub from: String,
+    /// To phase.
+    pub to: String,
+    /// When (ms).
+    pub at: u64,
+    /// Attempt id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
+    /// Note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Why a stored record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON, truncated, or the wrong shape.
+    #[error("the state record is corrupt: {0}")]
+    Corrupt(String),
+    /// Written by a newer controller.
+    #[error("the state record has schema version {found}; this controller reads up to {SCHEMA_VERSION}: upgrade the controller")]
+    NewerSchema {
+        /// The record's version.
+        found: u64,
+    },
+    /// A field is missing or invalid for its phase.
+    #[error("the state record is invalid: {0}")]
+    Invalid(String),
+}
+
+impl RecordError {
+    /// A stable, kebab-case name.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecordError::Corrupt(_) => "record-corrupt",
+            RecordError::NewerSchema { .. } => "record-newer-schema",
+            RecordError::Invalid(_) => "record-invalid",
+        }
+    }
+}
+
+impl Record {
+    /// Decodes a stored record, checking the schema version first.
+    ///
+    /// # Errors
+    /// A [`RecordError`] when the text is not a record this controller can use.
+    pub fn decode(text: &str) -> Result<Record, RecordError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let version = value
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| RecordError::Corrupt("no schema_version".to_owned()))?;
+        if version > u64::from(SCHEMA_VERSION) {
+            return Err(RecordError::NewerSchema { found: version });
+        }
+        serde_json::from_value(value).map_err(|e| RecordError::Corrupt(e.to_string()))
+    }
+
+    /// Encodes as compact JSON.
+    ///
+    /// # Errors
+    /// Never in practice (all fields are plain data); kept typed for the store's sake.
+    pub fn encode(&self) -> Result<String, RecordError> {
+        serde_json::to_string(self).map_err(|e| RecordError::Corrupt(e.to_string()))
+    }
+
+    /// The record's phase.
+    ///
+    /// # Errors
+    /// When the phase name is unknown.
+    pub fn phase(&self) -> Result<Phase, RecordError> {
+        Phase::from_name(&self.phase).ok_or_else(|| RecordError::Invalid(format!("unknown phase {:?}", self.phase)))
+    }
+
+    /// Captures the machine's state and memory.
+    #[must_use]
+    pub fn capture(machine: &Machine) -> Record {
+        let state = machine.state();
+        let inner: &RunnerMachine = machine.inner();
+        let memory = &inner.memory;
+        let mut record = Record {
+            schema_version: SCHEMA_VERSION,
+            runner: inner.runner.clone(),
+            phase: phase_of(state).name().to_owned(),
+            since: memory.since.0,
+            attempt: attempt_of(state).map(attempt_record),
+            lock_epoch: None,
+            baseline: None,
+            new_task_definition_arn: None,
+            deployment_id: None,
+            deadline: None,
+            soak_until: None,
+            failure: None,
+            attempts_started: memory.attempts_started,
+            failed: memory
+                .failed
+                .iter()
+                .map(|m| FailedRecord { version: m.version.clone(), image: m.image.clone(), reason: m.reason.clone(), at: m.at.0 })
+                .collect(),
+            note: memory.note.as_ref().map(|n| NoteRecord { code: n.code.clone(), message: n.message.clone(), at: n.at.0 }),
+            verdict: memory
+                .verdict
+                .iter()
+                .flat_map(|v| &v.outcomes)
+                .map(|o| RuleRecord { rule: o.rule.name().to_owned(), passed: o.passed, reason: o.reason.clone() })
+                .collect(),
+            transitions: memory
+                .history
+                .iter()
+                .map(|t| TransitionRecord {
+                    from: t.from.name().to_owned(),
+                    to: t.to.name().to_owned(),
+                    at: t.at.0,
+                    attempt: t.attempt_id.clone(),
+                    note: t.note.clone(),
+                })
+                .collect(),
+            last_success: memory.last_success.map(|m| m.0),
+            traceparent: None,
+        };
+        let set_run = |record: &mut Record, run: &Run| {
+            record.lock_epoch = Some(run.epoch);
+            record.baseline = Some(BaselineRecord {
+                task_definition_arn: run.baseline.task_definition_arn.clone(),
+                deployment_ids: run.baseline.deployment_ids.clone(),
+            });
+        };
+        let set_gate = |record: &mut Record, gate: &Gate| {
+            set_run(record, &gate.run);
+            record.new_task_definition_arn = Some(gate.new_task_definition_arn.clone());
+            record.deployment_id = Some(gate.deployment_id.clone());
+            record.deadline = Some(gate.deadline.0);
+        };
+        let failure_record = |f: &Failure| FailureRecord { code: f.code.clone(), reason: f.reason.clone() };
+        match state {
+            State::Idle {} | State::Checking { .. } => {}
+            State::Locked { epoch, .. } => record.lock_epoch = Some(*epoch),
+            State::RegisteringTaskDefinition { run } | State::Done { run } => set_run(&mut record, run),
+            State::UpdatingService { run, new_td } => {
+                set_run(&mut record, run);
+                record.new_task_definition_arn = Some(new_td.clone());
+            }
+            State::AwaitingRollout { gate } => set_gate(&mut record, gate),
+            State::Soaking { gate, until } => {
+                set_gate(&mut record, gate);
+                record.soak_until = Some(until.0);
+            }
+            State::RollingBack { run, failure, deadline } => {
+                set_run(&mut record, run);
+                record.failure = Some(failure_record(failure));
+                record.deadline = Some(deadline.0);
+            }
+            State::RolledBack { run, failure } => {
+                set_run(&mut record, run);
+                record.failure = Some(failure_record(failure));
+            }
+        }
+        record
+    }
+
+    /// Rebuilds the machine's shared storage and state from the record.
+    ///
+    /// # Errors
+    /// [`RecordError::Invalid`] when a field the phase needs is missing or malformed.
+    pub fn restore(&self, settings: Settings) -> Result<(RunnerMachine, State), RecordError> {
+        let phase = self.phase()?;
+        let memory = self.memory()?;
+        let machine = RunnerMachine::with_memory(&self.runner, settings, memory);
+        let attempt = || -> Result<Attempt, RecordError> { parse_attempt(need(&self.attempt, "attempt")?) };
+        let epoch = || need(&self.lock_epoch, "lock_epoch").copied();
+        let run = || -> Result<Run, RecordError> {
+            let baseline = need(&self.baseline, "baseline")?;
+            Ok(Run {
+                attempt: attempt()?,
+                epoch: epoch()?,
+                baseline: Baseline {
+                    task_definition_arn: baseline.task_definition_arn.clone(),
+                    deployment_ids: baseline.deployment_ids.clone(),
+                },
+            })
+        };
+        let new_td = || need(&self.new_task_definition_arn, "new_task_definition_arn").cloned();
+        let deadline = || need(&self.deadline, "deadline").map(|d| Millis(*d));
+        let gate = || -> Result<Gate, RecordError> {
+            Ok(Gate {
+                run: run()?,
+                new_task_definition_arn: new_td()?,
+                deployment_id: need(&self.deployment_id, "deployment_id")?.clone(),
+                deadline: deadline()?,
+            })
+        };
+        let failure = || -> Result<Failure, RecordError> {
+            let f = need(&self.failure, "failure")?;
+            Ok(Failure { code: f.code.clone(), reason: f.reason.clone() })
+        };
+        let state = match phase {
+            Phase::Idle => State::Idle {},
+            Phase::Checking => State::Checking { attempt: attempt()? },
+            Phase::Locked => State::Locked { attempt: attempt()?, epoch: epoch()? },
+            Phase::RegisteringTaskDefinition => State::RegisteringTaskDefinition { run: run()? },
+            Phase::UpdatingService => State::UpdatingService { run: run()?, new_td: new_td()? },
+            Phase::AwaitingRollout => State::AwaitingRollout { gate: gate()? },
+            Phase::Soaking => State::Soaking { gate: gate()?, until: Millis(*need(&self.soak_until, "soak_until")?) },
+            Phase::RollingBack => State::RollingBack { run: run()?, failure: failure()?, deadline: deadline()? },
+            Phase::Done => State::Done { run: run()? },
+            Phase::RolledBack => State::RolledBack { run: run()?, failure: failure()? },
+        };
+        Ok((machine, state))
+    }
+
+    fn memory(&self) -> Result<Memory, RecordError> {
+        let history = self
+            .transitions
+            .iter()
+            .map(|t| {
+                Ok(TransitionEntry {
+                    from: phase_named(&t.from)?,
+                    to: phase_named(&t.to)?,
+                    at: Millis(t.at),
+                    attempt_id: t.attempt.clone(),
+                    note: t.note.clone(),
+                })
+            })
+            .collect::<Result<VecDeque<_>, RecordError>>()?;
+        let outcomes = self
+            .verdict
+            .iter()
+            .map(|r| {
+                let rule = Rule::from_name(&r.rule).ok_or_else(|| RecordError::Invalid(format!("unknown rule {:?}", r.rule)))?;
+                Ok(RuleOutcome { rule, passed: r.passed, reason: r.reason.clone() })
+            })
+            .collect::<Result<Vec<_>, RecordError>>()?;
+        Ok(Memory {
+            failed: self
+                .failed
+                .iter()
+                .map(|f| FailedMark { version: f.version.clone(), image: f.image.clone(), reason: f.reason.clone(), at: Millis(f.at) })
+                .collect(),
+            history,
+            note: self.note.as_ref().map(|n| Note { code: n.code.clone(), message: n.message.clone(), at: Millis(n.at) }),
+            verdict: (!outcomes.is_empty()).then_some(Verdict { outcomes }),
+            attempts_started: self.attempts_started,
+            since: Millis(self.since),
+            last_success: self.last_success.map(Millis),
+        })
+    }
+}
+
+fn need<'a, T>(field: &'a Option<T>, name: &str) -> Result<&'a T, RecordError> {
+    field.as_ref().ok_or_else(|| RecordError::Invalid(format!("{name} is missing")))
+}
+
+fn phase_named(name: &str) -> Result<Phase, RecordError> {
+    Phase::from_name(name).ok_or_else(|| RecordError::Invalid(format!("unknown phase {name:?}")))
+}
+
+fn attempt_record(attempt: &Attempt) -> AttemptRecord {
+    AttemptRecord {
+        id: attempt.id.clone(),
+        target_version: attempt.target_version.to_string(),
+        target_image: attempt.target_image.to_string(),
+        from_version: attempt.from_version.as_ref().map(ToString::to_string),
+        from_image: attempt.from_image.to_string(),
+        started_at: attempt.started_at.0,
+    }
+}
+
+fn parse_attempt(record: &AttemptRecord) -> Result<Attempt, RecordError> {
+    let version = |text: &str| Version::parse(text).map_err(|e| RecordError::Invalid(format!("attempt version: {e}")));
+    let image = |text: &str| ImageRef::parse(text).map_err(|e| RecordError::Invalid(format!("attempt image: {e}")));
+    Ok(Attempt {
+        id: record.id.clone(),
+        target_version: version(&record.target_version)?,
+        target_image: image(&record.target_image)?,
+        from_version: record.from_version.as_deref().map(version).transpose()?,
+        from_image: image(&record.from_image)?,
+        started_at: Millis(record.started_at),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_corrupt_and_newer_records_are_named() {
+        let machine = crate::machine::restore(
+            RunnerMachine::new("runner-a", Settings::default()),
+            State::Idle {},
+            &mut crate::machine::Ctx::default(),
+        );
+        let text = Record::capture(&machine).encode().unwrap();
+        assert!(Record::decode(&text).is_ok());
+        assert_eq!(Record::decode(&text[..text.len() / 2]).unwrap_err().code(), "record-corrupt");
+        assert_eq!(Record::decode("\u{0}garbage").unwrap_err().code(), "record-corrupt");
+        let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
+        assert_eq!(Record::decode(&newer).unwrap_err(), RecordError::NewerSchema { found: 99 });
+        let mut invalid = Record::decode(&text).unwrap();
+        invalid.phase = "soaking".to_owned();
+        assert_eq!(invalid.restore(Settings::default()).unwrap_err().code(), "record-invalid");
+    }
+}

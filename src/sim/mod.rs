@@ -1,0 +1,304 @@
+//! The in-process **simulated AWS**: SSM parameters, ECS services whose deployments progress
+//! over simulated time, CloudFormation stacks, the runner lock, and a simulated clock.
+//!
+//! Deterministic: one seed and the simulated clock decide everything; nothing sleeps. The
+//! behaviour of a deployment is chosen per image by the scenario ([`ImageBehaviour`]).
+//! What it models, and what it does not, is listed in the README ("The simulated AWS").
+
+mod ecs;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::observed::StackState;
+use crate::domain::Millis;
+use crate::ports::{lease, CloudFormation, Clock, ErrorKind, Lock, LockOutcome, Parameter, ParameterStore, PortError};
+
+pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
+
+/// Locks a mutex, turning poisoning into a port error (a panicked test thread).
+fn guard<'a, T>(mutex: &'a Mutex<T>, operation: &'static str) -> Result<MutexGuard<'a, T>, PortError> {
+    mutex.lock().map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
+}
+
+/// Faults queued per operation: the next calls of that operation fail with these kinds.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    queued: Arc<Mutex<HashMap<&'static str, VecDeque<ErrorKind>>>>,
+}
+
+impl Faults {
+    /// Makes the next call of `operation` fail with `kind`.
+    pub fn push(&self, operation: &'static str, kind: ErrorKind) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.entry(operation).or_default().push_back(kind);
+        }
+    }
+
+    /// Fails the call if a fault is queued for it.
+    ///
+    /// # Errors
+    /// The queued fault.
+    pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+        let kind = self.queued.lock().ok().and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front));
+        match kind {
+            Some(kind) => Err(PortError::new(kind, operation, format!("injected {kind:?} fault"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A simulated clock: `sleep` advances time instantly.
+#[derive(Debug, Clone)]
+pub struct SimClock {
+    now_ms: Arc<AtomicU64>,
+}
+
+impl SimClock {
+    /// A clock at `start`.
+    #[must_use]
+    pub fn new(start: Millis) -> Self {
+        SimClock { now_ms: Arc::new(AtomicU64::new(start.0)) }
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, duration: Duration) {
+        let add = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms.fetch_add(add, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Clock for SimClock {
+    fn now(&self) -> Millis {
+        Millis(self.now_ms.load(Ordering::SeqCst))
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        self.advance(duration);
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64): the simulation's only source of variation.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (bound > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+}
+
+/// Simulated SSM Parameter Store: versions and atomic create.
+#[derive(Debug, Clone, Default)]
+pub struct SimSsm {
+    parameters: Arc<Mutex<BTreeMap<String, Parameter>>>,
+    /// Faults to inject.
+    pub faults: Faults,
+}
+
+impl SimSsm {
+    /// Writes a parameter as ops would (overwrite).
+    pub fn set(&self, name: &str, value: &str) {
+        if let Ok(mut parameters) = self.parameters.lock() {
+            let version = parameters.get(name).map_or(1, |p| p.version + 1);
+            parameters.insert(name.to_owned(), Parameter { value: value.to_owned(), version });
+        }
+    }
+
+    /// Deletes a parameter as ops would.
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut parameters) = self.parameters.lock() {
+            parameters.remove(name);
+        }
+    }
+}
+
+#[async_trait]
+impl ParameterStore for SimSsm {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        self.faults.check("GetParametersByPath")?;
+        let prefix = if path.ends_with('/') { path.to_owned() } else { format!("{path}/") };
+        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        Ok(parameters
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, p)| (name.clone(), p.value.clone()))
+            .collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        self.faults.check("GetParameter")?;
+        Ok(guard(&self.parameters, "GetParameter")?.get(name).cloned())
+    }
+
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        self.faults.check("PutParameter")?;
+        let mut parameters = guard(&self.parameters, "PutParameter")?;
+        let version = match parameters.get(name) {
+            Some(_) if !overwrite => {
+                return Err(PortError::new(ErrorKind::Conflict, "PutParameter", format!("ParameterAlreadyExists: {name}")))
+            }
+            Some(p) => p.version + 1,
+            None => 1,
+        };
+        parameters.insert(name.to_owned(), Parameter { value: value.to_owned(), version });
+        Ok(version)
+    }
+}
+
+/// Simulated CloudFormation (describe only until issue 4).
+#[derive(Debug, Clone, Default)]
+pub struct SimCfn {
+    stacks: Arc<Mutex<BTreeMap<String, StackState>>>,
+    /// Faults to inject.
+    pub faults: Faults,
+}
+
+impl SimCfn {
+    /// Creates or replaces a stack.
+    pub fn put_stack(&self, stack: StackState) {
+        if let Ok(mut stacks) = self.stacks.lock() {
+            stacks.insert(stack.name.clone(), stack);
+        }
+    }
+}
+
+#[async_trait]
+impl CloudFormation for SimCfn {
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
+        self.faults.check("DescribeStacks")?;
+        guard(&self.stacks, "DescribeStacks")?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PortError::new(ErrorKind::NotFound, "DescribeStacks", format!("Stack with id {name} does not exist")))
+    }
+}
+
+/// The in-process lock with lease semantics (expiry, fencing epochs).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLock {
+    leases: Arc<Mutex<HashMap<String, lease::Lease>>>,
+}
+
+#[async_trait]
+impl Lock for MemoryLock {
+    async fn acquire(&self, runner: &str, holder: &str, now: Millis, ttl: Duration) -> Result<LockOutcome, PortError> {
+        let mut leases = guard(&self.leases, "AcquireLock")?;
+        match lease::acquire(leases.get(runner), holder, now, ttl) {
+            Ok(taken) => {
+                let epoch = taken.epoch;
+                leases.insert(runner.to_owned(), taken);
+                Ok(LockOutcome::Acquired { epoch })
+            }
+            Err(busy) => Ok(LockOutcome::Busy { holder: busy.holder, expires_at: busy.expires_at }),
+        }
+    }
+
+    async fn check(&self, runner: &str, holder: &str, epoch: u64, now: Millis) -> Result<bool, PortError> {
+        Ok(lease::valid(guard(&self.leases, "CheckLock")?.get(runner), holder, epoch, now))
+    }
+
+    async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {
+        let mut leases = guard(&self.leases, "ReleaseLock")?;
+        if let Some(current) = leases.get_mut(runner) {
+            if current.holder == holder && current.epoch == epoch {
+                current.expires_at = Millis(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A runner to create in the simulation.
+#[derive(Debug, Clone)]
+pub struct SimRunnerSpec {
+    /// ECS cluster.
+    pub cluster: String,
+    /// ECS service.
+    pub service: String,
+    /// Runner container name.
+    pub container: String,
+    /// Task definition family.
+    pub family: String,
+    /// Image running now.
+    pub image: String,
+    /// Version running now (tag on the task definition).
+    pub version: String,
+    /// Tasks.
+    pub desired_count: u32,
+    /// Whether the runner container has a health check.
+    pub health_check: bool,
+    /// Stacks and their infrastructure versions, in order.
+    pub stacks: Vec<(String, String)>,
+}
+
+/// The whole simulated AWS.
+#[derive(Debug, Clone)]
+pub struct SimAws {
+    /// The clock.
+    pub clock: SimClock,
+    /// SSM.
+    pub ssm: SimSsm,
+    /// ECS.
+    pub ecs: SimEcs,
+    /// CloudFormation.
+    pub cfn: SimCfn,
+    /// The runner lock.
+    pub lock: MemoryLock,
+}
+
+/// 2025-03-01T10:00:00Z: where simulated time starts unless told otherwise.
+pub const SIM_EPOCH: Millis = Millis(1_740_823_200_000);
+
+impl SimAws {
+    /// A fresh world.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        let clock = SimClock::new(SIM_EPOCH);
+        SimAws {
+            ecs: SimEcs::new(clock.clone(), seed),
+            clock,
+            ssm: SimSsm::default(),
+            cfn: SimCfn::default(),
+            lock: MemoryLock::default(),
+        }
+    }
+
+    /// Creates a runner's service, its running task definition (settled) and its stacks.
+    ///
+    /// # Errors
+    /// When the task definition is refused (a bug in the spec).
+    pub fn create_runner(&self, spec: &SimRunnerSpec) -> Result<(), PortError> {
+        self.ecs.create_service(spec)?;
+        for (name, infra_version) in &spec.stacks {
+            self.cfn.put_stack(StackState {
+                name: name.clone(),
+                status: "CREATE_COMPLETE".to_owned(),
+                tags: BTreeMap::from([(crate::domain::observed::INFRA_VERSION_TAG.to_owned(), infra_version.clone())]),
+                outputs: BTreeMap::new(),
+            });
+        }
+        Ok(())
+    }
+}
