@@ -9,3 +9,5 @@ pub mod ports;
 pub mod record;
 pub mod sim;
 pub mod store;
+pub mod config;
+pub mod driver;

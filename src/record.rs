@@ -292,7 +292,8 @@ impl Record {
         match state {
             State::Idle {} | State::Checking { .. } => {}
             State::Locked { epoch, .. } => record.lock_epoch = Some(*epoch),
-            State::RegisteringTaskDefinition { run } | State::Done { run } => set_run(&mut record, run),
+            State::RegisteringTaskDefinition { run } => set_run(&mut record, run),
+            State::Done { gate } => set_gate(&mut record, gate),
             State::UpdatingService { run, new_td } => {
                 set_run(&mut record, run);
                 record.new_task_definition_arn = Some(new_td.clone());
@@ -359,7 +360,7 @@ impl Record {
             Phase::AwaitingRollout => State::AwaitingRollout { gate: gate()? },
             Phase::Soaking => State::Soaking { gate: gate()?, until: Millis(*need(&self.soak_until, "soak_until")?) },
             Phase::RollingBack => State::RollingBack { run: run()?, failure: failure()?, deadline: deadline()? },
-            Phase::Done => State::Done { run: run()? },
+            Phase::Done => State::Done { gate: gate()? },
             Phase::RolledBack => State::RolledBack { run: run()?, failure: failure()? },
         };
         Ok((machine, state))

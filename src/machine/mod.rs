@@ -548,7 +548,7 @@ impl RunnerMachine {
             GateStatus::Healthy if input.now >= *until => {
                 self.memory.last_success = Some(input.now);
                 self.pending_note = Some(format!("{} is live", gate.run.attempt.target_version));
-                Transition(State::done(gate.run.clone()))
+                Transition(State::done(gate.clone()))
             }
             GateStatus::Healthy => Handled,
             GateStatus::Failed(failure) => self.roll_back(&gate.run, failure, input.now),
@@ -629,14 +629,14 @@ impl RunnerMachine {
 
     /// The attempt succeeded. Outgoing: `Checking` when a newer version becomes eligible.
     #[state(entry_action = "enter_done")]
-    fn done(&mut self, run: &mut Run, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
-        let _ = run;
+    fn done(&mut self, gate: &mut Gate, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        let _ = gate;
         self.consider(ctx, input)
     }
 
     #[action]
-    fn enter_done(run: &mut Run, ctx: &mut Ctx) {
-        ctx.commands.push(Command::ReleaseLock { epoch: run.epoch });
+    fn enter_done(gate: &mut Gate, ctx: &mut Ctx) {
+        ctx.commands.push(Command::ReleaseLock { epoch: gate.run.epoch });
     }
 
     /// The attempt failed and was undone. Outgoing: `Checking` when the desired state changes
@@ -902,9 +902,8 @@ pub fn attempt_of(state: &State) -> Option<&Attempt> {
         State::RegisteringTaskDefinition { run }
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
-        | State::Done { run }
         | State::RolledBack { run, .. } => Some(&run.attempt),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run.attempt),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => Some(&gate.run.attempt),
     }
 }
 
@@ -915,9 +914,8 @@ pub fn run_of(state: &State) -> Option<&Run> {
         State::RegisteringTaskDefinition { run }
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
-        | State::Done { run }
         | State::RolledBack { run, .. } => Some(run),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => Some(&gate.run),
         State::Idle {} | State::Checking { .. } | State::Locked { .. } => None,
     }
 }

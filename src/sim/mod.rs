@@ -6,6 +6,7 @@
 //! What it models, and what it does not, is listed in the README ("The simulated AWS").
 
 mod ecs;
+pub mod scenario;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

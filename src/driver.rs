@@ -1,0 +1,487 @@
+//! The driver: the only place where the machine meets IO.
+//!
+//! One [`RunnerDriver`] per runner. A [`tick`](RunnerDriver::tick) is one pass:
+//! load (first time) → re-issue the restored state's command, or observe → `handle` →
+//! **persist** → execute the commands → feed their results back → persist → …
+//!
+//! # Guarantees
+//! - **Write-ahead**: a command is executed only after the state that asked for it is saved.
+//!   If the save fails, the commands are dropped and the machine is reloaded from the store.
+//! - **Idempotent effects**: registering finds a task definition already tagged with the
+//!   attempt id; updating the service is skipped when a deployment that is not in the baseline
+//!   exists; rolling back is skipped when the service already runs the baseline; the lock is
+//!   re-entrant for its holder.
+//! - **Fencing**: before every mutating call the lease is checked with the attempt's epoch.
+//! - Every loop and retry is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::config::{Config, RunnerConfig};
+use crate::domain::desired::{parse_desired, RunnerPolicy};
+use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
+use crate::domain::task_definition::{clone_with_image, TaskDefinition};
+use crate::domain::Millis;
+use crate::machine::phase::Phase;
+use crate::machine::{self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Observation, RunnerMachine, Settings, State, TransitionEntry};
+use crate::ports::{Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, PortError, StateStore, StoreError};
+use crate::record::Record;
+
+/// Tag naming the runner on task definitions the controller registers.
+pub const RUNNER_TAG: &str = "runner-updater:runner";
+/// Commands executed per tick at most (a bound, far above a real pass's needs).
+const COMMANDS_PER_TICK_MAX: usize = 64;
+/// Task definitions kept in the per-runner cache (they are immutable).
+const TASK_DEFINITION_CACHE_MAX: usize = 8;
+
+/// The ports a driver uses.
+#[derive(Clone)]
+pub struct Ports {
+    /// SSM.
+    pub ssm: Arc<dyn ParameterStore>,
+    /// ECS.
+    pub ecs: Arc<dyn Ecs>,
+    /// CloudFormation.
+    pub cfn: Arc<dyn CloudFormation>,
+    /// The runner lock.
+    pub lock: Arc<dyn Lock>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Bounded retries with exponential backoff and jitter, for transient errors only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub retries: usize,
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { retries: 3, min_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) }
+    }
+}
+
+/// Where to stop the process on purpose (crash tests and the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CrashPlan {
+    /// Crash right after the n-th save (1-based), before executing what it asked for.
+    pub after_save: Option<u32>,
+    /// Crash right after the n-th command (1-based), before its result is handled.
+    pub after_command: Option<u32>,
+}
+
+/// Why a tick stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The state store failed or holds an unusable record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading AWS failed after the retries.
+    #[error("observing failed: {0}")]
+    Observe(#[source] PortError),
+    /// A crash injected by a [`CrashPlan`].
+    #[error("injected crash: {0}")]
+    Crashed(String),
+    /// The machine took a transition that is not in the table (a bug).
+    #[error("bug: {0}")]
+    Bug(String),
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Transitions taken.
+    pub transitions: Vec<TransitionEntry>,
+    /// Commands executed, by name.
+    pub commands: Vec<&'static str>,
+    /// Records saved.
+    pub saves: u32,
+}
+
+/// Drives one runner's machine.
+pub struct RunnerDriver {
+    runner: RunnerConfig,
+    prefix: String,
+    holder: String,
+    settings: Settings,
+    policy: RunnerPolicy,
+    lease_ttl: Duration,
+    rest_interval: Duration,
+    active_interval: Duration,
+    retry: RetryPolicy,
+    ports: Ports,
+    machine: Option<Machine>,
+    pending: Vec<Command>,
+    last_saved: Option<Record>,
+    task_definitions: HashMap<String, TaskDefinition>,
+    crash: CrashPlan,
+    saves: u32,
+    commands: u32,
+    jitter_seed: u64,
+}
+
+impl RunnerDriver {
+    /// A driver for `runner` as `holder` (this controller's identity in the lock).
+    #[must_use]
+    pub fn new(config: &Config, runner: &RunnerConfig, holder: &str, ports: Ports) -> Self {
+        RunnerDriver {
+            runner: runner.clone(),
+            prefix: config.prefix.clone(),
+            holder: holder.to_owned(),
+            settings: config.settings(runner),
+            policy: config.policy(runner),
+            lease_ttl: Duration::from_secs(config.lease_secs),
+            rest_interval: Duration::from_secs(config.poll_interval_secs),
+            active_interval: Duration::from_secs(config.active_poll_interval_secs),
+            retry: RetryPolicy::default(),
+            ports,
+            machine: None,
+            pending: Vec::new(),
+            last_saved: None,
+            task_definitions: HashMap::new(),
+            crash: CrashPlan::default(),
+            saves: 0,
+            commands: 0,
+            jitter_seed: runner.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+        }
+    }
+
+    /// Plans a crash (tests, demo).
+    #[must_use]
+    pub fn with_crash(mut self, crash: CrashPlan) -> Self {
+        self.crash = crash;
+        self
+    }
+
+    /// Overrides the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The runner's name.
+    #[must_use]
+    pub fn runner(&self) -> &str {
+        &self.runner.name
+    }
+
+    /// The current phase (Idle before the first tick).
+    #[must_use]
+    pub fn phase(&self) -> Phase {
+        self.machine.as_ref().map_or(Phase::Idle, |m| phase_of(m.state()))
+    }
+
+    /// The last saved record.
+    #[must_use]
+    pub fn record(&self) -> Option<&Record> {
+        self.last_saved.as_ref()
+    }
+
+    /// How long to wait before the next tick.
+    #[must_use]
+    pub fn requeue_after(&self) -> Duration {
+        if self.phase().is_resting() {
+            self.rest_interval
+        } else {
+            self.active_interval
+        }
+    }
+
+    /// One pass.
+    ///
+    /// # Errors
+    /// A [`DriverError`]; the next tick starts again from the store when the machine may be
+    /// ahead of it.
+    pub async fn tick(&mut self) -> Result<TickReport, DriverError> {
+        let mut report = TickReport::default();
+        let result = self.tick_inner(&mut report).await;
+        if result.is_err() {
+            // Whatever happened, the store is the truth: rebuild from it next time.
+            self.machine = None;
+            self.pending.clear();
+        }
+        result.map(|()| report)
+    }
+
+    async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
+        if self.machine.is_none() {
+            self.load().await?;
+        }
+        self.renew_lease().await;
+        let mut queue = std::mem::take(&mut self.pending);
+        if queue.is_empty() {
+            let observation = self.observe().await?;
+            queue = self.handle(Event::Observed(Box::new(observation)), report).await?;
+        }
+        let mut executed = 0;
+        while !queue.is_empty() {
+            executed += 1;
+            if executed > COMMANDS_PER_TICK_MAX {
+                return Err(DriverError::Bug(format!("more than {COMMANDS_PER_TICK_MAX} commands in one pass")));
+            }
+            let command = queue.remove(0);
+            report.commands.push(command.name());
+            let event = self.execute(&command).await?;
+            self.commands += 1;
+            if self.crash.after_command == Some(self.commands) {
+                return Err(DriverError::Crashed(format!("after command #{} ({})", self.commands, command.name())));
+            }
+            queue.extend(self.handle(event, report).await?);
+        }
+        Ok(())
+    }
+
+    async fn load(&mut self) -> Result<(), DriverError> {
+        let record = self.ports.store.load(&self.runner.name).await?;
+        let (shared, state) = match &record {
+            Some(record) => record.restore(self.settings.clone()).map_err(StoreError::from)?,
+            None => (RunnerMachine::new(&self.runner.name, self.settings.clone()), State::Idle {}),
+        };
+        let mut ctx = Ctx { now: self.ports.clock.now(), ..Ctx::default() };
+        let machine = machine::restore(shared, state, &mut ctx);
+        tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
+        self.machine = Some(machine);
+        self.last_saved = record;
+        self.pending = ctx.commands;
+        Ok(())
+    }
+
+    /// Handles one event, persists if anything changed, and returns the commands to execute.
+    async fn handle(&mut self, event: Event, report: &mut TickReport) -> Result<Vec<Command>, DriverError> {
+        let now = self.ports.clock.now();
+        let Some(machine) = self.machine.as_mut() else {
+            return Err(DriverError::Bug("handle without a machine".to_owned()));
+        };
+        let history_before = machine.inner().memory.history.len();
+        let last_before = machine.inner().memory.history.back().cloned();
+        let mut ctx = Ctx { now, ..Ctx::default() };
+        machine.handle_with_context(&Input { now, event }, &mut ctx);
+        if let Some(violation) = ctx.violations.first() {
+            return Err(DriverError::Bug(violation.clone()));
+        }
+        let history = &machine.inner().memory.history;
+        if history.back() != last_before.as_ref() || history.len() != history_before {
+            let new = history.iter().rev().take_while(|t| Some(*t) != last_before.as_ref()).cloned().collect::<Vec<_>>();
+            for transition in new.into_iter().rev() {
+                tracing::info!(runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
+                report.transitions.push(transition);
+            }
+        }
+        let record = Record::capture(machine);
+        if self.last_saved.as_ref() != Some(&record) {
+            self.ports.store.save(&record).await?;
+            self.last_saved = Some(record);
+            self.saves += 1;
+            report.saves += 1;
+            if self.crash.after_save == Some(self.saves) {
+                return Err(DriverError::Crashed(format!("after save #{}", self.saves)));
+            }
+        }
+        Ok(ctx.commands)
+    }
+
+    async fn renew_lease(&mut self) {
+        let Some(epoch) = self.machine.as_ref().and_then(|m| held_epoch(m.state())) else { return };
+        let now = self.ports.clock.now();
+        match self.ports.lock.acquire(&self.runner.name, &self.holder, now, self.lease_ttl).await {
+            Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => {}
+            Ok(outcome) => tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; the next mutation will be fenced"),
+            Err(error) => tracing::warn!(runner = %self.runner.name, %error, "lease renewal failed"),
+        }
+    }
+
+    /// Runs an operation with bounded, jittered retries on transient errors.
+    async fn retrying<T, F, Fut>(&self, mut operation: F) -> Result<T, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.retries)
+            .with_jitter_seed(self.jitter_seed ^ u64::from(self.commands))
+            .with_jitter()
+            .build();
+        loop {
+            match operation().await {
+                Err(error) if error.is_transient() => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(runner = %self.runner.name, %error, ?delay, "retrying");
+                        self.ports.clock.sleep(delay).await;
+                    }
+                    None => return Err(error),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads the desired and observed state.
+    async fn observe(&mut self) -> Result<Observation, DriverError> {
+        let folder = format!("{}/{}/", self.prefix, self.runner.name);
+        let desired_path = format!("{folder}desired");
+        let parameters = self.retrying(|| self.ports.ssm.get_by_path(&desired_path)).await.map_err(DriverError::Observe)?;
+        let relative: BTreeMap<String, String> = parameters
+            .into_iter()
+            .filter_map(|(name, value)| name.strip_prefix(&folder).map(|n| (n.to_owned(), value)))
+            .collect();
+        let desired = parse_desired(&relative, &self.policy);
+        let observed = self.observe_runner().await?;
+        Ok(Observation { desired, observed })
+    }
+
+    async fn observe_runner(&mut self) -> Result<Result<crate::domain::observed::Observed, ObserveError>, DriverError> {
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        let state = match self.retrying(|| self.ports.ecs.describe_service(cluster, service)).await {
+            Ok(state) => state,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Ok(Err(ObserveError::ServiceNotFound { cluster: cluster.clone(), service: service.clone() }))
+            }
+            Err(e) => return Err(DriverError::Observe(e)),
+        };
+        let task_definition = self.task_definition(&state.task_definition_arn).await.map_err(DriverError::Observe)?;
+        let mut stacks = Vec::with_capacity(self.runner.stacks.len());
+        for name in &self.runner.stacks {
+            match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
+                Ok(stack) => stacks.push(stack),
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(Err(ObserveError::StackNotFound(name.clone()))),
+                Err(e) => return Err(DriverError::Observe(e)),
+            }
+        }
+        Ok(observe(state, &task_definition, &self.runner.container, &stacks))
+    }
+
+    /// A task definition, from the cache when possible (revisions are immutable).
+    async fn task_definition(&mut self, arn: &str) -> Result<TaskDefinition, PortError> {
+        if let Some(cached) = self.task_definitions.get(arn) {
+            return Ok(cached.clone());
+        }
+        let fetched = self.retrying(|| self.ports.ecs.describe_task_definition(arn)).await?;
+        if self.task_definitions.len() >= TASK_DEFINITION_CACHE_MAX {
+            self.task_definitions.clear();
+        }
+        self.task_definitions.insert(arn.to_owned(), fetched.clone());
+        Ok(fetched)
+    }
+
+    async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
+        let now = self.ports.clock.now();
+        tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");
+        if let Some(epoch) = fencing_epoch(command) {
+            let held = self.ports.lock.check(&self.runner.name, &self.holder, epoch, now).await;
+            if !held.unwrap_or(false) {
+                return Ok(Event::CommandFailed {
+                    command: command.name(),
+                    class: FailureClass::Fenced,
+                    message: format!("fencing token {epoch} is no longer valid: another controller may hold the lock"),
+                });
+            }
+        }
+        let result = match command {
+            Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
+            Command::AcquireLock { .. } => {
+                self.ports.lock.acquire(&self.runner.name, &self.holder, now, self.lease_ttl).await.map(|outcome| match outcome {
+                    LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
+                    LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
+                })
+            }
+            Command::ReleaseLock { epoch } => {
+                self.ports.lock.release(&self.runner.name, &self.holder, *epoch).await.map(|()| Event::LockReleased)
+            }
+            Command::RegisterTaskDefinition { attempt_id, base_task_definition_arn, image, version, .. } => {
+                self.register(attempt_id, base_task_definition_arn, image, version).await
+            }
+            Command::UpdateService { task_definition_arn, baseline_deployment_ids, .. } => {
+                self.update_service(task_definition_arn, baseline_deployment_ids).await
+            }
+            Command::RollBackService { task_definition_arn, .. } => self.roll_back_service(task_definition_arn).await,
+        };
+        Ok(result.unwrap_or_else(|error| Event::CommandFailed {
+            command: command.name(),
+            class: if error.is_transient() { FailureClass::Transient } else { FailureClass::Permanent },
+            message: error.to_string(),
+        }))
+    }
+
+    async fn register(&mut self, attempt_id: &str, base_arn: &str, image: &str, version: &str) -> Result<Event, PortError> {
+        let base = self.task_definition(base_arn).await?;
+        let family = base.family().unwrap_or_default().to_owned();
+        let ecs = &self.ports.ecs;
+        if let Some(found) = self.retrying(|| ecs.find_task_definition(&family, attempt_id)).await? {
+            let same_image = found.container(&self.runner.container).and_then(|c| c.image()) == Some(image);
+            if same_image {
+                tracing::info!(runner = %self.runner.name, arn = %found.arn, "task definition of this attempt already registered");
+                return Ok(Event::TaskDefinitionRegistered { arn: found.arn });
+            }
+        }
+        let document = clone_with_image(&base.document, &self.runner.container, image)
+            .map_err(|e| PortError::new(ErrorKind::Permanent, "RegisterTaskDefinition", e.to_string()))?;
+        let mut tags = base.tags.clone();
+        tags.insert(VERSION_TAG.to_owned(), version.to_owned());
+        tags.insert(ATTEMPT_TAG.to_owned(), attempt_id.to_owned());
+        tags.insert(RUNNER_TAG.to_owned(), self.runner.name.clone());
+        let arn = self.retrying(|| ecs.register_task_definition(document.clone(), tags.clone())).await?;
+        Ok(Event::TaskDefinitionRegistered { arn })
+    }
+
+    async fn update_service(&self, task_definition_arn: &str, baseline_ids: &[String]) -> Result<Event, PortError> {
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        let ecs = &self.ports.ecs;
+        let state = self.retrying(|| ecs.describe_service(cluster, service)).await?;
+        let new: Vec<_> = state.deployments.iter().filter(|d| !baseline_ids.contains(&d.id)).collect();
+        let already = new.iter().find(|d| d.task_definition_arn == task_definition_arn).or_else(|| new.first());
+        if let Some(deployment) = already {
+            tracing::info!(runner = %self.runner.name, deployment = %deployment.id, "service already updated by this attempt");
+            return Ok(Event::ServiceUpdated { deployment_id: deployment.id.clone() });
+        }
+        let deployment_id = self.retrying(|| ecs.update_service(cluster, service, task_definition_arn)).await?;
+        Ok(Event::ServiceUpdated { deployment_id })
+    }
+
+    async fn roll_back_service(&self, task_definition_arn: &str) -> Result<Event, PortError> {
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        let ecs = &self.ports.ecs;
+        let state = self.retrying(|| ecs.describe_service(cluster, service)).await?;
+        if state.task_definition_arn != task_definition_arn {
+            self.retrying(|| ecs.update_service(cluster, service, task_definition_arn)).await?;
+        }
+        Ok(Event::RollbackStarted)
+    }
+
+    /// Now, by the driver's clock.
+    #[must_use]
+    pub fn now(&self) -> Millis {
+        self.ports.clock.now()
+    }
+}
+
+/// The lease epoch held in a state, if the state holds the lock.
+fn held_epoch(state: &State) -> Option<u64> {
+    match state {
+        State::Locked { epoch, .. } => Some(*epoch),
+        State::Done { .. } | State::RolledBack { .. } => None,
+        other => machine::run_of(other).map(|run| run.epoch),
+    }
+}
+
+fn fencing_epoch(command: &Command) -> Option<u64> {
+    match command {
+        Command::RegisterTaskDefinition { epoch, .. }
+        | Command::UpdateService { epoch, .. }
+        | Command::RollBackService { epoch, .. } => Some(*epoch),
+        Command::Observe | Command::AcquireLock { .. } | Command::ReleaseLock { .. } => None,
+    }
+}

@@ -1,0 +1,158 @@
+//! A scenario: the simulated AWS, a configuration and a state store, wired together, with the
+//! ops-side helpers (write a desired value) and a bounded drive loop on simulated time.
+
+use std::sync::Arc;
+
+use super::{ImageBehaviour, SimAws, SimRunnerSpec};
+use crate::config::{Config, ConfigError, EMBEDDED_CONFIG};
+use crate::driver::{DriverError, Ports, RetryPolicy, RunnerDriver, TickReport};
+use crate::machine::phase::Phase;
+use crate::ports::{Clock, StateStore};
+use crate::store::MemoryStore;
+
+/// The version every scenario runner starts on.
+pub const START_VERSION: &str = "2.13.0";
+
+/// The simulated world plus configuration and store.
+#[derive(Clone)]
+pub struct Scenario {
+    /// The simulated AWS.
+    pub aws: SimAws,
+    /// The configuration.
+    pub config: Config,
+    /// The state store (in memory unless replaced).
+    pub store: Arc<dyn StateStore>,
+}
+
+/// Why a scenario could not be built or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The simulation refused a set-up call.
+    #[error(transparent)]
+    Port(#[from] crate::ports::PortError),
+    /// A tick failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The condition did not hold within the tick budget.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl Scenario {
+    /// The embedded configuration on a fresh simulated AWS; every runner runs
+    /// [`START_VERSION`] (healthy, with a health check, three tasks) and its desired version is
+    /// set to the same.
+    ///
+    /// # Errors
+    /// When the embedded configuration or the set-up is refused (a bug).
+    pub fn new(seed: u64) -> Result<Self, ScenarioError> {
+        Self::with_config(seed, Config::from_toml(EMBEDDED_CONFIG)?)
+    }
+
+    /// Like [`new`](Self::new) with another configuration.
+    ///
+    /// # Errors
+    /// When the set-up is refused.
+    pub fn with_config(seed: u64, config: Config) -> Result<Self, ScenarioError> {
+        let aws = SimAws::new(seed);
+        let scenario = Scenario { aws, config, store: Arc::new(MemoryStore::new()) };
+        for runner in &scenario.config.runners {
+            let image = format!("{}:{START_VERSION}", runner.image_repository);
+            scenario.aws.create_runner(&SimRunnerSpec {
+                cluster: runner.cluster.clone(),
+                service: runner.service.clone(),
+                container: runner.container.clone(),
+                family: runner.name.clone(),
+                image,
+                version: START_VERSION.to_owned(),
+                desired_count: 3,
+                health_check: true,
+                stacks: runner.stacks.iter().map(|s| (s.clone(), "1".to_owned())).collect(),
+            })?;
+            scenario.set_desired(&runner.name, "version", START_VERSION);
+        }
+        Ok(scenario)
+    }
+
+    /// The ports of this world.
+    #[must_use]
+    pub fn ports(&self) -> Ports {
+        Ports {
+            ssm: Arc::new(self.aws.ssm.clone()),
+            ecs: Arc::new(self.aws.ecs.clone()),
+            cfn: Arc::new(self.aws.cfn.clone()),
+            lock: Arc::new(self.aws.lock.clone()),
+            store: self.store.clone(),
+            clock: Arc::new(self.aws.clock.clone()),
+        }
+    }
+
+    /// A driver for a configured runner, as controller `controller-1`; `None` for an unknown
+    /// runner.
+    #[must_use]
+    pub fn driver(&self, runner: &str) -> Option<RunnerDriver> {
+        self.driver_as(runner, "controller-1")
+    }
+
+    /// A driver as a given lock holder.
+    #[must_use]
+    pub fn driver_as(&self, runner: &str, holder: &str) -> Option<RunnerDriver> {
+        let config = self.config.runner(runner)?;
+        let retry = RetryPolicy { retries: 3, ..RetryPolicy::default() };
+        Some(RunnerDriver::new(&self.config, config, holder, self.ports()).with_retry(retry))
+    }
+
+    /// Ops: `aws ssm put-parameter --name <prefix>/<runner>/desired/<key> --value <value> --overwrite`.
+    pub fn set_desired(&self, runner: &str, key: &str, value: &str) {
+        self.aws.ssm.set(&format!("{}/{runner}/desired/{key}", self.config.prefix), value);
+    }
+
+    /// Sets how an image's tasks behave.
+    pub fn image_behaves(&self, image: &str, behaviour: ImageBehaviour) {
+        self.aws.ecs.set_behaviour(image, behaviour);
+    }
+
+    /// The image a runner would get for a version.
+    #[must_use]
+    pub fn image_for(&self, runner: &str, version: &str) -> String {
+        let repository = self.config.runner(runner).map_or("", |r| r.image_repository.as_str());
+        format!("{repository}:{version}")
+    }
+
+    /// Ticks `driver` (sleeping on the simulated clock between ticks) until `done` holds after
+    /// a tick, at most `ticks_max` ticks. Returns every tick's report.
+    ///
+    /// # Errors
+    /// The first failing tick, or [`ScenarioError::Timeout`].
+    pub async fn drive_until(
+        &self,
+        driver: &mut RunnerDriver,
+        ticks_max: usize,
+        mut done: impl FnMut(&RunnerDriver) -> bool,
+    ) -> Result<Vec<TickReport>, ScenarioError> {
+        let mut reports = Vec::new();
+        for _ in 0..ticks_max {
+            reports.push(driver.tick().await?);
+            if done(driver) {
+                return Ok(reports);
+            }
+            self.aws.clock.sleep(driver.requeue_after()).await;
+        }
+        Err(ScenarioError::Timeout(format!(
+            "{} still in {} after {ticks_max} ticks",
+            driver.runner(),
+            driver.phase()
+        )))
+    }
+
+    /// Ticks until the runner rests in `phase` (after at least one transition into it).
+    ///
+    /// # Errors
+    /// As [`drive_until`](Self::drive_until).
+    pub async fn drive_to(&self, driver: &mut RunnerDriver, phase: Phase, ticks_max: usize) -> Result<Vec<TickReport>, ScenarioError> {
+        self.drive_until(driver, ticks_max, |d| d.phase() == phase).await
+    }
+}
