@@ -216,10 +216,13 @@ impl RunnerDriver {
     }
 
     async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
-        if self.machine.is_none() {
+        let fresh = self.machine.is_none();
+        if fresh {
             self.load().await?;
         }
-        self.renew_lease().await;
+        if !self.secure_lease(fresh, report).await? {
+            return Ok(());
+        }
         let mut queue = std::mem::take(&mut self.pending);
         if queue.is_empty() {
             let observation = self.observe().await?;
@@ -292,13 +295,36 @@ impl RunnerDriver {
         Ok(ctx.commands)
     }
 
-    async fn renew_lease(&mut self) {
-        let Some(epoch) = self.machine.as_ref().and_then(|m| held_epoch(m.state())) else { return };
+    /// Renews the lease of an attempt in flight. Returns whether this pass may act.
+    ///
+    /// A machine just loaded from the store whose lease expired takes it again and adopts the
+    /// new fencing token (a restarted controller resuming its attempt). A machine that was
+    /// already in memory and finds its lease gone is dropped and reloaded from the store next
+    /// pass: the store, not a stale memory, says what happens next.
+    async fn secure_lease(&mut self, fresh: bool, report: &mut TickReport) -> Result<bool, DriverError> {
+        let Some(epoch) = self.machine.as_ref().and_then(|m| held_epoch(m.state())) else { return Ok(true) };
         let now = self.ports.clock.now();
         match self.ports.lock.acquire(&self.runner.name, &self.holder, now, self.lease_ttl).await {
-            Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => {}
-            Ok(outcome) => tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; the next mutation will be fenced"),
-            Err(error) => tracing::warn!(runner = %self.runner.name, %error, "lease renewal failed"),
+            Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => Ok(true),
+            Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
+                tracing::info!(runner = %self.runner.name, old = epoch, new = adopted, "adopted the expired lease of the persisted attempt");
+                self.handle(Event::LeaseAdopted { epoch: adopted }, report).await?;
+                // The commands issued on restore carry the old token: reload the record just
+                // saved with the new one, which re-issues them.
+                self.load().await?;
+                Ok(true)
+            }
+            Ok(outcome) => {
+                tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                self.machine = None;
+                self.pending.clear();
+                Ok(false)
+            }
+            Err(error) => {
+                // Acting is still safe: every mutation is fenced by a fresh check.
+                tracing::warn!(runner = %self.runner.name, %error, "lease renewal failed");
+                Ok(true)
+            }
         }
     }
 

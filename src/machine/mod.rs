@@ -245,6 +245,12 @@ pub enum Event {
     },
     /// The lock was released (or was not ours).
     LockReleased,
+    /// After a restart, the expired lease of the persisted attempt was taken again with a new
+    /// fencing token: the attempt continues under it.
+    LeaseAdopted {
+        /// The new fencing token.
+        epoch: u64,
+    },
     /// The new task definition exists.
     TaskDefinitionRegistered {
         /// Its ARN.
@@ -400,6 +406,10 @@ impl RunnerMachine {
     /// `Idle` when no longer eligible.
     #[state(entry_action = "enter_locked")]
     fn locked(&mut self, attempt: &mut Attempt, epoch: &mut u64, input: &Input, ctx: &mut Ctx) -> Outcome<State> {
+        if let Event::LeaseAdopted { epoch: adopted } = input.event {
+            *epoch = adopted;
+            return Handled;
+        }
         let Event::Observed(observation) = &input.event else { return Handled };
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
@@ -430,8 +440,10 @@ impl RunnerMachine {
 
     /// Groups the sub-states that change the runner.
     #[superstate]
-    fn deploying(input: &Input) -> Outcome<State> {
-        let _ = input;
+    fn deploying(run: &mut Run, input: &Input) -> Outcome<State> {
+        if let Event::LeaseAdopted { epoch } = input.event {
+            run.epoch = epoch;
+        }
         Handled
     }
 
@@ -522,6 +534,10 @@ impl RunnerMachine {
     /// `Idle` on a foreign writer.
     #[state(superstate = "health_gate")]
     fn awaiting_rollout(&mut self, gate: &mut Gate, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        if let Event::LeaseAdopted { epoch } = input.event {
+            gate.run.epoch = epoch;
+            return Handled;
+        }
         let Event::Observed(observation) = &input.event else { return Super };
         let status = self.gate_status(gate, observation);
         match status {
@@ -543,6 +559,10 @@ impl RunnerMachine {
     /// failure; `Idle` on a foreign writer.
     #[state(superstate = "health_gate")]
     fn soaking(&mut self, gate: &mut Gate, until: &mut Millis, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+        if let Event::LeaseAdopted { epoch } = input.event {
+            gate.run.epoch = epoch;
+            return Handled;
+        }
         let Event::Observed(observation) = &input.event else { return Super };
         match self.gate_status(gate, observation) {
             GateStatus::Healthy if input.now >= *until => {
@@ -577,6 +597,10 @@ impl RunnerMachine {
     ) -> Outcome<State> {
         match &input.event {
             Event::RollbackStarted => Handled,
+            Event::LeaseAdopted { epoch } => {
+                run.epoch = *epoch;
+                Handled
+            }
             Event::CommandFailed { class: FailureClass::Fenced, message, .. } => {
                 self.note_now("lock-lost", message.clone(), input.now);
                 Transition(State::idle())
