@@ -56,7 +56,10 @@ pub struct StateStoreConfig {
 
 impl Default for StateStoreConfig {
     fn default() -> Self {
-        StateStoreConfig { backend: default_backend(), path: default_state_path() }
+        StateStoreConfig {
+            backend: default_backend(),
+            path: default_state_path(),
+        }
     }
 }
 
@@ -107,7 +110,7 @@ pub struct RunnerConfig {
     /// Further repositories an image may come from.
     #[serde(default)]
     pub allowed_repositories: Vec<String>,
-    /// CloudFormation stacks, in update order (IAM-role stack first).
+    /// `CloudFormation` stacks, in update order (IAM-role stack first).
     #[serde(default)]
     pub stacks: Vec<String>,
     /// Overrides of the health-gate defaults.
@@ -169,7 +172,9 @@ pub fn is_runner_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 48
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 impl Config {
@@ -199,9 +204,11 @@ impl Config {
             self.state_store.path = PathBuf::from(path);
         }
         if let Some(secs) = get("RUNNER_UPDATER_POLL_INTERVAL_SECS") {
-            self.poll_interval_secs = secs
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("RUNNER_UPDATER_POLL_INTERVAL_SECS={secs:?} is not a number")))?;
+            self.poll_interval_secs = secs.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "RUNNER_UPDATER_POLL_INTERVAL_SECS={secs:?} is not a number"
+                ))
+            })?;
         }
         self.validate()?;
         Ok(self)
@@ -209,11 +216,18 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//") {
-            return invalid(format!("prefix {:?} must start with '/' and not end with '/'", self.prefix));
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//")
+        {
+            return invalid(format!(
+                "prefix {:?} must start with '/' and not end with '/'",
+                self.prefix
+            ));
         }
         if !self.known_channels.contains(&self.channel) {
-            return invalid(format!("channel {:?} is not in known_channels", self.channel));
+            return invalid(format!(
+                "channel {:?} is not in known_channels",
+                self.channel
+            ));
         }
         if self.poll_interval_secs == 0 || self.active_poll_interval_secs == 0 {
             return invalid("poll intervals must be at least 1 second".to_owned());
@@ -226,7 +240,10 @@ impl Config {
             ));
         }
         if self.state_store.backend != "file" {
-            return invalid(format!("state_store.backend {:?}: only \"file\" is available in this build", self.state_store.backend));
+            return invalid(format!(
+                "state_store.backend {:?}: only \"file\" is available in this build",
+                self.state_store.backend
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for runner in &self.runners {
@@ -236,14 +253,22 @@ impl Config {
             if !names.insert(runner.name.as_str()) {
                 return invalid(format!("runner {:?} is listed twice", runner.name));
             }
-            for repository in std::iter::once(&runner.image_repository).chain(&runner.allowed_repositories) {
+            for repository in
+                std::iter::once(&runner.image_repository).chain(&runner.allowed_repositories)
+            {
                 if ImageRef::with_tag(repository, "1.0.0").is_err() {
-                    return invalid(format!("runner {:?}: {repository:?} is not an image repository", runner.name));
+                    return invalid(format!(
+                        "runner {:?}: {repository:?} is not an image repository",
+                        runner.name
+                    ));
                 }
             }
             let health = runner.health.unwrap_or(self.health);
             if health.fail_fast_tasks == 0 {
-                return invalid(format!("runner {:?}: fail_fast_tasks must be at least 1", runner.name));
+                return invalid(format!(
+                    "runner {:?}: fail_fast_tasks must be at least 1",
+                    runner.name
+                ));
             }
         }
         Ok(())

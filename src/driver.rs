@@ -27,8 +27,14 @@ use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use crate::domain::task_definition::{clone_with_image, TaskDefinition};
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
-use crate::machine::{self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Observation, RunnerMachine, Settings, State, TransitionEntry};
-use crate::ports::{Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, PortError, StateStore, StoreError};
+use crate::machine::{
+    self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Observation, RunnerMachine,
+    Settings, State, TransitionEntry,
+};
+use crate::ports::{
+    Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, PortError,
+    StateStore, StoreError,
+};
 use crate::record::Record;
 
 /// Tag naming the runner on task definitions the controller registers.
@@ -45,7 +51,7 @@ pub struct Ports {
     pub ssm: Arc<dyn ParameterStore>,
     /// ECS.
     pub ecs: Arc<dyn Ecs>,
-    /// CloudFormation.
+    /// `CloudFormation`.
     pub cfn: Arc<dyn CloudFormation>,
     /// The runner lock.
     pub lock: Arc<dyn Lock>,
@@ -68,7 +74,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { retries: 3, min_delay: Duration::from_millis(200), max_delay: Duration::from_secs(5) }
+        RetryPolicy {
+            retries: 3,
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
     }
 }
 
@@ -79,6 +89,8 @@ pub struct CrashPlan {
     pub after_save: Option<u32>,
     /// Crash right after the n-th command (1-based), before its result is handled.
     pub after_command: Option<u32>,
+    /// Crash right after the first command of this name, before its result is handled.
+    pub after_command_named: Option<&'static str>,
 }
 
 /// Why a tick stopped.
@@ -124,6 +136,7 @@ pub struct RunnerDriver {
     machine: Option<Machine>,
     pending: Vec<Command>,
     last_saved: Option<Record>,
+    failed_report: Option<TickReport>,
     task_definitions: HashMap<String, TaskDefinition>,
     crash: CrashPlan,
     saves: u32,
@@ -149,11 +162,14 @@ impl RunnerDriver {
             machine: None,
             pending: Vec::new(),
             last_saved: None,
+            failed_report: None,
             task_definitions: HashMap::new(),
             crash: CrashPlan::default(),
             saves: 0,
             commands: 0,
-            jitter_seed: runner.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)),
+            jitter_seed: runner.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            }),
         }
     }
 
@@ -180,7 +196,9 @@ impl RunnerDriver {
     /// The current phase (Idle before the first tick).
     #[must_use]
     pub fn phase(&self) -> Phase {
-        self.machine.as_ref().map_or(Phase::Idle, |m| phase_of(m.state()))
+        self.machine
+            .as_ref()
+            .map_or(Phase::Idle, |m| phase_of(m.state()))
     }
 
     /// The last saved record.
@@ -211,8 +229,15 @@ impl RunnerDriver {
             // Whatever happened, the store is the truth: rebuild from it next time.
             self.machine = None;
             self.pending.clear();
+            self.failed_report = Some(report);
+            return result.map(|()| TickReport::default());
         }
         result.map(|()| report)
+    }
+
+    /// What the last failed tick did before it failed (transitions it saved, commands it ran).
+    pub fn take_failed_report(&mut self) -> Option<TickReport> {
+        self.failed_report.take()
     }
 
     async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
@@ -226,20 +251,30 @@ impl RunnerDriver {
         let mut queue = std::mem::take(&mut self.pending);
         if queue.is_empty() {
             let observation = self.observe().await?;
-            queue = self.handle(Event::Observed(Box::new(observation)), report).await?;
+            queue = self
+                .handle(Event::Observed(Box::new(observation)), report)
+                .await?;
         }
         let mut executed = 0;
         while !queue.is_empty() {
             executed += 1;
             if executed > COMMANDS_PER_TICK_MAX {
-                return Err(DriverError::Bug(format!("more than {COMMANDS_PER_TICK_MAX} commands in one pass")));
+                return Err(DriverError::Bug(format!(
+                    "more than {COMMANDS_PER_TICK_MAX} commands in one pass"
+                )));
             }
             let command = queue.remove(0);
             report.commands.push(command.name());
             let event = self.execute(&command).await?;
             self.commands += 1;
-            if self.crash.after_command == Some(self.commands) {
-                return Err(DriverError::Crashed(format!("after command #{} ({})", self.commands, command.name())));
+            if self.crash.after_command == Some(self.commands)
+                || self.crash.after_command_named == Some(command.name())
+            {
+                return Err(DriverError::Crashed(format!(
+                    "after command #{} ({})",
+                    self.commands,
+                    command.name()
+                )));
             }
             queue.extend(self.handle(event, report).await?);
         }
@@ -249,10 +284,18 @@ impl RunnerDriver {
     async fn load(&mut self) -> Result<(), DriverError> {
         let record = self.ports.store.load(&self.runner.name).await?;
         let (shared, state) = match &record {
-            Some(record) => record.restore(self.settings.clone()).map_err(StoreError::from)?,
-            None => (RunnerMachine::new(&self.runner.name, self.settings.clone()), State::Idle {}),
+            Some(record) => record
+                .restore(self.settings.clone())
+                .map_err(StoreError::from)?,
+            None => (
+                RunnerMachine::new(&self.runner.name, self.settings.clone()),
+                State::Idle {},
+            ),
         };
-        let mut ctx = Ctx { now: self.ports.clock.now(), ..Ctx::default() };
+        let mut ctx = Ctx {
+            now: self.ports.clock.now(),
+            ..Ctx::default()
+        };
         let machine = machine::restore(shared, state, &mut ctx);
         tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
         self.machine = Some(machine);
@@ -262,21 +305,33 @@ impl RunnerDriver {
     }
 
     /// Handles one event, persists if anything changed, and returns the commands to execute.
-    async fn handle(&mut self, event: Event, report: &mut TickReport) -> Result<Vec<Command>, DriverError> {
+    async fn handle(
+        &mut self,
+        event: Event,
+        report: &mut TickReport,
+    ) -> Result<Vec<Command>, DriverError> {
         let now = self.ports.clock.now();
         let Some(machine) = self.machine.as_mut() else {
             return Err(DriverError::Bug("handle without a machine".to_owned()));
         };
         let history_before = machine.inner().memory.history.len();
         let last_before = machine.inner().memory.history.back().cloned();
-        let mut ctx = Ctx { now, ..Ctx::default() };
+        let mut ctx = Ctx {
+            now,
+            ..Ctx::default()
+        };
         machine.handle_with_context(&Input { now, event }, &mut ctx);
         if let Some(violation) = ctx.violations.first() {
             return Err(DriverError::Bug(violation.clone()));
         }
         let history = &machine.inner().memory.history;
         if history.back() != last_before.as_ref() || history.len() != history_before {
-            let new = history.iter().rev().take_while(|t| Some(*t) != last_before.as_ref()).cloned().collect::<Vec<_>>();
+            let new = history
+                .iter()
+                .rev()
+                .take_while(|t| Some(*t) != last_before.as_ref())
+                .cloned()
+                .collect::<Vec<_>>();
             for transition in new.into_iter().rev() {
                 tracing::info!(runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
                 report.transitions.push(transition);
@@ -301,14 +356,26 @@ impl RunnerDriver {
     /// new fencing token (a restarted controller resuming its attempt). A machine that was
     /// already in memory and finds its lease gone is dropped and reloaded from the store next
     /// pass: the store, not a stale memory, says what happens next.
-    async fn secure_lease(&mut self, fresh: bool, report: &mut TickReport) -> Result<bool, DriverError> {
-        let Some(epoch) = self.machine.as_ref().and_then(|m| held_epoch(m.state())) else { return Ok(true) };
+    async fn secure_lease(
+        &mut self,
+        fresh: bool,
+        report: &mut TickReport,
+    ) -> Result<bool, DriverError> {
+        let Some(epoch) = self.machine.as_ref().and_then(|m| held_epoch(m.state())) else {
+            return Ok(true);
+        };
         let now = self.ports.clock.now();
-        match self.ports.lock.acquire(&self.runner.name, &self.holder, now, self.lease_ttl).await {
+        match self
+            .ports
+            .lock
+            .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+            .await
+        {
             Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => Ok(true),
             Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
                 tracing::info!(runner = %self.runner.name, old = epoch, new = adopted, "adopted the expired lease of the persisted attempt");
-                self.handle(Event::LeaseAdopted { epoch: adopted }, report).await?;
+                self.handle(Event::LeaseAdopted { epoch: adopted }, report)
+                    .await?;
                 // The commands issued on restore carry the old token: reload the record just
                 // saved with the new one, which re-issues them.
                 self.load().await?;
@@ -359,7 +426,10 @@ impl RunnerDriver {
     async fn observe(&mut self) -> Result<Observation, DriverError> {
         let folder = format!("{}/{}/", self.prefix, self.runner.name);
         let desired_path = format!("{folder}desired");
-        let parameters = self.retrying(|| self.ports.ssm.get_by_path(&desired_path)).await.map_err(DriverError::Observe)?;
+        let parameters = self
+            .retrying(|| self.ports.ssm.get_by_path(&desired_path))
+            .await
+            .map_err(DriverError::Observe)?;
         let relative: BTreeMap<String, String> = parameters
             .into_iter()
             .filter_map(|(name, value)| name.strip_prefix(&folder).map(|n| (n.to_owned(), value)))
@@ -369,25 +439,43 @@ impl RunnerDriver {
         Ok(Observation { desired, observed })
     }
 
-    async fn observe_runner(&mut self) -> Result<Result<crate::domain::observed::Observed, ObserveError>, DriverError> {
+    async fn observe_runner(
+        &mut self,
+    ) -> Result<Result<crate::domain::observed::Observed, ObserveError>, DriverError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
-        let state = match self.retrying(|| self.ports.ecs.describe_service(cluster, service)).await {
+        let state = match self
+            .retrying(|| self.ports.ecs.describe_service(cluster, service))
+            .await
+        {
             Ok(state) => state,
             Err(e) if e.kind == ErrorKind::NotFound => {
-                return Ok(Err(ObserveError::ServiceNotFound { cluster: cluster.clone(), service: service.clone() }))
+                return Ok(Err(ObserveError::ServiceNotFound {
+                    cluster: cluster.clone(),
+                    service: service.clone(),
+                }))
             }
             Err(e) => return Err(DriverError::Observe(e)),
         };
-        let task_definition = self.task_definition(&state.task_definition_arn).await.map_err(DriverError::Observe)?;
+        let task_definition = self
+            .task_definition(&state.task_definition_arn)
+            .await
+            .map_err(DriverError::Observe)?;
         let mut stacks = Vec::with_capacity(self.runner.stacks.len());
         for name in &self.runner.stacks {
             match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
                 Ok(stack) => stacks.push(stack),
-                Err(e) if e.kind == ErrorKind::NotFound => return Ok(Err(ObserveError::StackNotFound(name.clone()))),
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    return Ok(Err(ObserveError::StackNotFound(name.clone())))
+                }
                 Err(e) => return Err(DriverError::Observe(e)),
             }
         }
-        Ok(observe(state, &task_definition, &self.runner.container, &stacks))
+        Ok(observe(
+            state,
+            &task_definition,
+            &self.runner.container,
+            &stacks,
+        ))
     }
 
     /// A task definition, from the cache when possible (revisions are immutable).
@@ -395,11 +483,14 @@ impl RunnerDriver {
         if let Some(cached) = self.task_definitions.get(arn) {
             return Ok(cached.clone());
         }
-        let fetched = self.retrying(|| self.ports.ecs.describe_task_definition(arn)).await?;
+        let fetched = self
+            .retrying(|| self.ports.ecs.describe_task_definition(arn))
+            .await?;
         if self.task_definitions.len() >= TASK_DEFINITION_CACHE_MAX {
             self.task_definitions.clear();
         }
-        self.task_definitions.insert(arn.to_owned(), fetched.clone());
+        self.task_definitions
+            .insert(arn.to_owned(), fetched.clone());
         Ok(fetched)
     }
 
@@ -407,7 +498,11 @@ impl RunnerDriver {
         let now = self.ports.clock.now();
         tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");
         if let Some(epoch) = fencing_epoch(command) {
-            let held = self.ports.lock.check(&self.runner.name, &self.holder, epoch, now).await;
+            let held = self
+                .ports
+                .lock
+                .check(&self.runner.name, &self.holder, epoch, now)
+                .await;
             if !held.unwrap_or(false) {
                 return Ok(Event::CommandFailed {
                     command: command.name(),
@@ -418,73 +513,146 @@ impl RunnerDriver {
         }
         let result = match command {
             Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
-            Command::AcquireLock { .. } => {
-                self.ports.lock.acquire(&self.runner.name, &self.holder, now, self.lease_ttl).await.map(|outcome| match outcome {
+            Command::AcquireLock { .. } => self
+                .ports
+                .lock
+                .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+                .await
+                .map(|outcome| match outcome {
                     LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
                     LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
-                })
+                }),
+            Command::ReleaseLock { epoch } => self
+                .ports
+                .lock
+                .release(&self.runner.name, &self.holder, *epoch)
+                .await
+                .map(|()| Event::LockReleased),
+            Command::RegisterTaskDefinition {
+                attempt_id,
+                base_task_definition_arn,
+                image,
+                version,
+                ..
+            } => {
+                self.register(attempt_id, base_task_definition_arn, image, version)
+                    .await
             }
-            Command::ReleaseLock { epoch } => {
-                self.ports.lock.release(&self.runner.name, &self.holder, *epoch).await.map(|()| Event::LockReleased)
+            Command::UpdateService {
+                task_definition_arn,
+                baseline_deployment_ids,
+                ..
+            } => {
+                self.update_service(task_definition_arn, baseline_deployment_ids)
+                    .await
             }
-            Command::RegisterTaskDefinition { attempt_id, base_task_definition_arn, image, version, .. } => {
-                self.register(attempt_id, base_task_definition_arn, image, version).await
-            }
-            Command::UpdateService { task_definition_arn, baseline_deployment_ids, .. } => {
-                self.update_service(task_definition_arn, baseline_deployment_ids).await
-            }
-            Command::RollBackService { task_definition_arn, .. } => self.roll_back_service(task_definition_arn).await,
+            Command::RollBackService {
+                task_definition_arn,
+                ..
+            } => self.roll_back_service(task_definition_arn).await,
         };
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
             command: command.name(),
-            class: if error.is_transient() { FailureClass::Transient } else { FailureClass::Permanent },
+            class: if error.is_transient() {
+                FailureClass::Transient
+            } else {
+                FailureClass::Permanent
+            },
             message: error.to_string(),
         }))
     }
 
-    async fn register(&mut self, attempt_id: &str, base_arn: &str, image: &str, version: &str) -> Result<Event, PortError> {
+    async fn register(
+        &mut self,
+        attempt_id: &str,
+        base_arn: &str,
+        image: &str,
+        version: &str,
+    ) -> Result<Event, PortError> {
         let base = self.task_definition(base_arn).await?;
         let family = base.family().unwrap_or_default().to_owned();
         let ecs = &self.ports.ecs;
-        if let Some(found) = self.retrying(|| ecs.find_task_definition(&family, attempt_id)).await? {
-            let same_image = found.container(&self.runner.container).and_then(|c| c.image()) == Some(image);
+        if let Some(found) = self
+            .retrying(|| ecs.find_task_definition(&family, attempt_id))
+            .await?
+        {
+            let same_image = found
+                .container(&self.runner.container)
+                .and_then(|c| c.image())
+                == Some(image);
             if same_image {
                 tracing::info!(runner = %self.runner.name, arn = %found.arn, "task definition of this attempt already registered");
                 return Ok(Event::TaskDefinitionRegistered { arn: found.arn });
             }
         }
-        let document = clone_with_image(&base.document, &self.runner.container, image)
-            .map_err(|e| PortError::new(ErrorKind::Permanent, "RegisterTaskDefinition", e.to_string()))?;
+        let document =
+            clone_with_image(&base.document, &self.runner.container, image).map_err(|e| {
+                PortError::new(
+                    ErrorKind::Permanent,
+                    "RegisterTaskDefinition",
+                    e.to_string(),
+                )
+            })?;
         let mut tags = base.tags.clone();
         tags.insert(VERSION_TAG.to_owned(), version.to_owned());
         tags.insert(ATTEMPT_TAG.to_owned(), attempt_id.to_owned());
         tags.insert(RUNNER_TAG.to_owned(), self.runner.name.clone());
-        let arn = self.retrying(|| ecs.register_task_definition(document.clone(), tags.clone())).await?;
+        let arn = self
+            .retrying(|| ecs.register_task_definition(document.clone(), tags.clone()))
+            .await?;
         Ok(Event::TaskDefinitionRegistered { arn })
     }
 
-    async fn update_service(&self, task_definition_arn: &str, baseline_ids: &[String]) -> Result<Event, PortError> {
+    async fn update_service(
+        &self,
+        task_definition_arn: &str,
+        baseline_ids: &[String],
+    ) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
-        let state = self.retrying(|| ecs.describe_service(cluster, service)).await?;
-        let new: Vec<_> = state.deployments.iter().filter(|d| !baseline_ids.contains(&d.id)).collect();
-        let already = new.iter().find(|d| d.task_definition_arn == task_definition_arn).or_else(|| new.first());
+        let state = self
+            .retrying(|| ecs.describe_service(cluster, service))
+            .await?;
+        let new: Vec<_> = state
+            .deployments
+            .iter()
+            .filter(|d| !baseline_ids.contains(&d.id))
+            .collect();
+        let already = new
+            .iter()
+            .find(|d| d.task_definition_arn == task_definition_arn)
+            .or_else(|| new.first());
         if let Some(deployment) = already {
             tracing::info!(runner = %self.runner.name, deployment = %deployment.id, "service already updated by this attempt");
-            return Ok(Event::ServiceUpdated { deployment_id: deployment.id.clone() });
+            return Ok(Event::ServiceUpdated {
+                deployment_id: deployment.id.clone(),
+            });
         }
-        let deployment_id = self.retrying(|| ecs.update_service(cluster, service, task_definition_arn)).await?;
+        let deployment_id = self
+            .retrying(|| ecs.update_service(cluster, service, task_definition_arn))
+            .await?;
         Ok(Event::ServiceUpdated { deployment_id })
     }
 
     async fn roll_back_service(&self, task_definition_arn: &str) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
-        let state = self.retrying(|| ecs.describe_service(cluster, service)).await?;
+        let state = self
+            .retrying(|| ecs.describe_service(cluster, service))
+            .await?;
         if state.task_definition_arn != task_definition_arn {
-            self.retrying(|| ecs.update_service(cluster, service, task_definition_arn)).await?;
+            self.retrying(|| ecs.update_service(cluster, service, task_definition_arn))
+                .await?;
         }
         Ok(Event::RollbackStarted)
+    }
+
+    /// Reads the desired and observed state now (for `plan`).
+    ///
+    /// # Errors
+    /// When AWS cannot be read after the retries.
+    pub async fn observe_now(&mut self) -> Result<Observation, DriverError> {
+        self.observe().await
     }
 
     /// Now, by the driver's clock.

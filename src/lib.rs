@@ -2,12 +2,15 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and its invariants.
 
+pub mod config;
+pub mod demo;
+pub mod diagram;
 pub mod domain;
+pub mod driver;
 #[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
 pub mod machine;
 pub mod ports;
 pub mod record;
+pub mod report;
 pub mod sim;
 pub mod store;
-pub mod config;
-pub mod driver;

@@ -1,1 +1,323 @@
-fn main(){}
+//! The `runner-updater` command line. `anyhow` is used here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use runner_updater::config::{Config, EMBEDDED_CONFIG};
+use runner_updater::diagram::{self, Format, Level};
+use runner_updater::ports::StateStore;
+use runner_updater::report::{plan_view, render_plan, render_status, status_view};
+use runner_updater::sim::scenario::Scenario;
+use runner_updater::store::FileStore;
+
+/// Keeps a fleet of ECS runners on the versions ops write into SSM Parameter Store.
+#[derive(Debug, Parser)]
+#[command(name = "runner-updater", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded default configuration is used.
+    #[arg(long, global = true, env = "RUNNER_UPDATER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNNER_UPDATER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DiagramFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DiagramLevel {
+    Top,
+    Full,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The controller loop.
+    Run {
+        /// Run against the in-process simulated AWS (the only backend until the AWS adapters land).
+        #[arg(long)]
+        simulated: bool,
+        /// Stop after this many passes (default: run until interrupted).
+        #[arg(long)]
+        passes: Option<u64>,
+        /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
+        #[arg(long, value_parser = parse_pair)]
+        desired: Vec<(String, String)>,
+        /// Simulated mode only: seed of the simulation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Persisted state, reasons, next step and last transitions of each runner.
+    Status {
+        /// One runner (default: all with a record).
+        runner: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run: each eligibility rule and what the controller would do next.
+    Plan {
+        /// One runner (default: all configured).
+        runner: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
+        #[arg(long, value_parser = parse_pair)]
+        desired: Vec<(String, String)>,
+    },
+    /// The state machine, generated from its transition table.
+    Diagram {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DiagramFormat::Mermaid)]
+        format: DiagramFormat,
+        /// Top-level states only, or every sub-state.
+        #[arg(long, value_enum, default_value_t = DiagramLevel::Top)]
+        level: DiagramLevel,
+        /// Write every file of `state-diagrams/` into this directory instead of printing.
+        #[arg(long)]
+        write_all: Option<PathBuf>,
+    },
+    /// The whole story on the embedded simulated AWS; no account needed.
+    Demo {
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the demo's records in this directory (then try `status` on it).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not RUNNER=VERSION"))
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let config = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => Config::from_toml(EMBEDDED_CONFIG)?,
+    };
+    Ok(config.with_env(|key| std::env::var(key).ok())?)
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation only happens in tests of main; ignoring it is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("runner-updater: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, quiet);
+    match cli.command {
+        Command::Demo { seed, state_dir } => {
+            let store: Option<Arc<dyn StateStore>> =
+                state_dir.map(|dir| Arc::new(FileStore::new(dir)) as Arc<dyn StateStore>);
+            let mut stdout = std::io::stdout().lock();
+            runner_updater::demo::run(seed, store, &mut stdout).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diagram {
+            format,
+            level,
+            write_all,
+        } => {
+            if let Some(directory) = write_all {
+                std::fs::create_dir_all(&directory)
+                    .with_context(|| format!("creating {}", directory.display()))?;
+                for (name, format, level) in diagram::FILES {
+                    let path = directory.join(name);
+                    std::fs::write(&path, diagram::render(format, level))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let format = match format {
+                DiagramFormat::Mermaid => Format::Mermaid,
+                DiagramFormat::Dot => Format::Dot,
+            };
+            let level = match level {
+                DiagramLevel::Top => Level::Top,
+                DiagramLevel::Full => Level::Full,
+            };
+            print!("{}", diagram::render(format, level));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { runner, json } => {
+            let config = load_config(cli.config.as_ref())?;
+            let store = FileStore::new(&config.state_store.path);
+            let runners = match runner {
+                Some(runner) => vec![runner],
+                None => store.list().await?,
+            };
+            let mut views = Vec::new();
+            for runner in &runners {
+                match store.load(runner).await {
+                    Ok(Some(record)) => views.push(status_view(&record)),
+                    Ok(None) => bail!(
+                        "runner {runner} has no record in {}",
+                        config.state_store.path.display()
+                    ),
+                    Err(error) => bail!("runner {runner}: {error}"),
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                print!("{}", render_status(&views, 8));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            runner,
+            json,
+            desired,
+        } => {
+            let config = load_config(cli.config.as_ref())?;
+            let mut scenario = Scenario::with_config(1, config.clone())?;
+            scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+            for (name, version) in &desired {
+                scenario.set_desired(name, "version", version);
+            }
+            let names: Vec<String> = match runner {
+                Some(runner) => vec![runner],
+                None => config.runners.iter().map(|r| r.name.clone()).collect(),
+            };
+            let mut views = Vec::new();
+            for name in &names {
+                let Some(mut driver) = scenario.driver(name) else {
+                    bail!("runner {name} is not configured")
+                };
+                let observation = driver.observe_now().await?;
+                let record = scenario.store.load(name).await?;
+                views.push(plan_view(
+                    name,
+                    record.as_ref(),
+                    &observation,
+                    &config.channel,
+                ));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                eprintln!("(plan reads the simulated AWS until the AWS adapters land)");
+                for view in &views {
+                    print!("{}", render_plan(view));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            simulated,
+            passes,
+            desired,
+            seed,
+        } => {
+            if !simulated {
+                bail!("the AWS backend is not built yet: use `runner-updater run --simulated` (or `runner-updater demo`)");
+            }
+            let config = load_config(cli.config.as_ref())?;
+            run_simulated(config, passes, &desired, seed).await
+        }
+    }
+}
+
+/// The controller loop on the simulated AWS, paced in real time (the simulated clock follows).
+async fn run_simulated(
+    config: Config,
+    passes: Option<u64>,
+    desired: &[(String, String)],
+    seed: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut scenario = Scenario::with_config(seed, config.clone())?;
+    scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+    for (name, version) in desired {
+        if config.runner(name).is_none() {
+            bail!("--desired {name}={version}: runner {name} is not configured");
+        }
+        scenario.set_desired(name, "version", version);
+    }
+    let holder =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("controller-{}", std::process::id()));
+    let mut drivers: BTreeMap<String, _> = BTreeMap::new();
+    for runner in &config.runners {
+        if let Some(driver) = scenario.driver_as(&runner.name, &holder) {
+            drivers.insert(runner.name.clone(), driver);
+        }
+    }
+    tracing::info!(runners = drivers.len(), %holder, state = %config.state_store.path.display(), "controller started on the simulated AWS");
+    let mut pass: u64 = 0;
+    loop {
+        pass += 1;
+        for driver in drivers.values_mut() {
+            if let Err(error) = driver.tick().await {
+                tracing::warn!(runner = driver.runner(), %error, "pass failed; retrying next pass");
+            }
+        }
+        if passes.is_some_and(|max| pass >= max) {
+            break;
+        }
+        let wait = drivers
+            .values()
+            .map(runner_updater::driver::RunnerDriver::requeue_after)
+            .min()
+            .unwrap_or(Duration::from_mins(1));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => scenario.aws.clock.advance(wait),
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; stopping");
+                break;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

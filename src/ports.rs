@@ -46,7 +46,11 @@ impl PortError {
     /// Builds an error.
     #[must_use]
     pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
-        PortError { kind, operation, message: message.into() }
+        PortError {
+            kind,
+            operation,
+            message: message.into(),
+        }
     }
 
     /// Whether a retry may help.
@@ -81,11 +85,19 @@ pub trait ParameterStore: Send + Sync {
 #[async_trait]
 pub trait Ecs: Send + Sync {
     /// The service with its deployments and tasks.
-    async fn describe_service(&self, cluster: &str, service: &str) -> Result<ServiceState, PortError>;
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError>;
     /// A task definition with its tags.
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;
     /// The task definition of `family` tagged with this attempt id, if one was registered.
-    async fn find_task_definition(&self, family: &str, attempt_id: &str) -> Result<Option<TaskDefinition>, PortError>;
+    async fn find_task_definition(
+        &self,
+        family: &str,
+        attempt_id: &str,
+    ) -> Result<Option<TaskDefinition>, PortError>;
     /// Registers a new revision; returns its ARN.
     async fn register_task_definition(
         &self,
@@ -94,10 +106,15 @@ pub trait Ecs: Send + Sync {
     ) -> Result<String, PortError>;
     /// Points the service at a task definition with the circuit breaker (rollback on); returns
     /// the id of the new PRIMARY deployment.
-    async fn update_service(&self, cluster: &str, service: &str, task_definition_arn: &str) -> Result<String, PortError>;
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError>;
 }
 
-/// AWS CloudFormation (its shape now; change sets come with issue 4).
+/// AWS `CloudFormation` (its shape now; change sets come with issue 4).
 #[async_trait]
 pub trait CloudFormation: Send + Sync {
     /// A stack's status, tags and outputs.
@@ -125,9 +142,21 @@ pub enum LockOutcome {
 #[async_trait]
 pub trait Lock: Send + Sync {
     /// Takes (or renews, if already ours) the runner's lease for `ttl`.
-    async fn acquire(&self, runner: &str, holder: &str, now: Millis, ttl: Duration) -> Result<LockOutcome, PortError>;
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError>;
     /// Whether `holder` still holds the lease with `epoch` (the fencing check).
-    async fn check(&self, runner: &str, holder: &str, epoch: u64, now: Millis) -> Result<bool, PortError>;
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<bool, PortError>;
     /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
 }
@@ -185,15 +214,27 @@ pub mod lease {
     ///
     /// # Errors
     /// The current lease when it is busy.
-    pub fn acquire(current: Option<&Lease>, holder: &str, now: Millis, ttl: Duration) -> Result<Lease, Lease> {
+    pub fn acquire(
+        current: Option<&Lease>,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<Lease, Lease> {
         match current {
-            None => Ok(Lease { holder: holder.to_owned(), epoch: 1, expires_at: now.after(ttl) }),
-            Some(lease) if lease.holder == holder && now < lease.expires_at => {
-                Ok(Lease { expires_at: now.after(ttl), ..lease.clone() })
-            }
-            Some(lease) if now >= lease.expires_at => {
-                Ok(Lease { holder: holder.to_owned(), epoch: lease.epoch + 1, expires_at: now.after(ttl) })
-            }
+            None => Ok(Lease {
+                holder: holder.to_owned(),
+                epoch: 1,
+                expires_at: now.after(ttl),
+            }),
+            Some(lease) if lease.holder == holder && now < lease.expires_at => Ok(Lease {
+                expires_at: now.after(ttl),
+                ..lease.clone()
+            }),
+            Some(lease) if now >= lease.expires_at => Ok(Lease {
+                holder: holder.to_owned(),
+                epoch: lease.epoch + 1,
+                expires_at: now.after(ttl),
+            }),
             Some(lease) => Err(lease.clone()),
         }
     }
@@ -220,8 +261,16 @@ pub mod lease {
             assert_eq!(b.epoch, 2);
             assert!(!valid(Some(&b), "a", 1, Millis(50_001)));
             assert!(valid(Some(&b), "b", 2, Millis(50_001)));
-            let released = Lease { expires_at: Millis(0), ..b };
-            assert_eq!(acquire(Some(&released), "a", Millis(60_000), ttl).unwrap().epoch, 3);
+            let released = Lease {
+                expires_at: Millis(0),
+                ..b
+            };
+            assert_eq!(
+                acquire(Some(&released), "a", Millis(60_000), ttl)
+                    .unwrap()
+                    .epoch,
+                3
+            );
         }
     }
 }

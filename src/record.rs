@@ -14,8 +14,8 @@ use crate::domain::version::Version;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
-    attempt_of, phase_of, Attempt, Baseline, Failure, Gate, Machine, Memory, Note, Run, RunnerMachine, Settings, State,
-    TransitionEntry,
+    attempt_of, phase_of, Attempt, Baseline, Failure, Gate, Machine, Memory, Note, Run,
+    RunnerMachine, Settings, State, TransitionEntry,
 };
 
 /// The schema this build writes and reads.
@@ -28,7 +28,7 @@ pub struct Record {
     pub schema_version: u32,
     /// Runner name.
     pub runner: String,
-    /// Current phase (snake_case name).
+    /// Current phase (`snake_case` name).
     pub phase: String,
     /// When the phase was entered (ms since epoch).
     pub since: u64,
@@ -202,7 +202,8 @@ impl Record {
     /// # Errors
     /// A [`RecordError`] when the text is not a record this controller can use.
     pub fn decode(text: &str) -> Result<Record, RecordError> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| RecordError::Corrupt(e.to_string()))?;
         let version = value
             .get("schema_version")
             .and_then(serde_json::Value::as_u64)
@@ -226,7 +227,8 @@ impl Record {
     /// # Errors
     /// When the phase name is unknown.
     pub fn phase(&self) -> Result<Phase, RecordError> {
-        Phase::from_name(&self.phase).ok_or_else(|| RecordError::Invalid(format!("unknown phase {:?}", self.phase)))
+        Phase::from_name(&self.phase)
+            .ok_or_else(|| RecordError::Invalid(format!("unknown phase {:?}", self.phase)))
     }
 
     /// Captures the machine's state and memory.
@@ -252,14 +254,27 @@ impl Record {
             failed: memory
                 .failed
                 .iter()
-                .map(|m| FailedRecord { version: m.version.clone(), image: m.image.clone(), reason: m.reason.clone(), at: m.at.0 })
+                .map(|m| FailedRecord {
+                    version: m.version.clone(),
+                    image: m.image.clone(),
+                    reason: m.reason.clone(),
+                    at: m.at.0,
+                })
                 .collect(),
-            note: memory.note.as_ref().map(|n| NoteRecord { code: n.code.clone(), message: n.message.clone(), at: n.at.0 }),
+            note: memory.note.as_ref().map(|n| NoteRecord {
+                code: n.code.clone(),
+                message: n.message.clone(),
+                at: n.at.0,
+            }),
             verdict: memory
                 .verdict
                 .iter()
                 .flat_map(|v| &v.outcomes)
-                .map(|o| RuleRecord { rule: o.rule.name().to_owned(), passed: o.passed, reason: o.reason.clone() })
+                .map(|o| RuleRecord {
+                    rule: o.rule.name().to_owned(),
+                    passed: o.passed,
+                    reason: o.reason.clone(),
+                })
                 .collect(),
             transitions: memory
                 .history
@@ -288,22 +303,28 @@ impl Record {
             record.deployment_id = Some(gate.deployment_id.clone());
             record.deadline = Some(gate.deadline.0);
         };
-        let failure_record = |f: &Failure| FailureRecord { code: f.code.clone(), reason: f.reason.clone() };
+        let failure_record = |f: &Failure| FailureRecord {
+            code: f.code.clone(),
+            reason: f.reason.clone(),
+        };
         match state {
             State::Idle {} | State::Checking { .. } => {}
             State::Locked { epoch, .. } => record.lock_epoch = Some(*epoch),
             State::RegisteringTaskDefinition { run } => set_run(&mut record, run),
-            State::Done { gate } => set_gate(&mut record, gate),
             State::UpdatingService { run, new_td } => {
                 set_run(&mut record, run);
                 record.new_task_definition_arn = Some(new_td.clone());
             }
-            State::AwaitingRollout { gate } => set_gate(&mut record, gate),
+            State::AwaitingRollout { gate } | State::Done { gate } => set_gate(&mut record, gate),
             State::Soaking { gate, until } => {
                 set_gate(&mut record, gate);
                 record.soak_until = Some(until.0);
             }
-            State::RollingBack { run, failure, deadline } => {
+            State::RollingBack {
+                run,
+                failure,
+                deadline,
+            } => {
                 set_run(&mut record, run);
                 record.failure = Some(failure_record(failure));
                 record.deadline = Some(deadline.0);
@@ -324,10 +345,12 @@ impl Record {
         let phase = self.phase()?;
         let memory = self.memory()?;
         let machine = RunnerMachine::with_memory(&self.runner, settings, memory);
-        let attempt = || -> Result<Attempt, RecordError> { parse_attempt(need(&self.attempt, "attempt")?) };
-        let epoch = || need(&self.lock_epoch, "lock_epoch").copied();
+        let attempt = || -> Result<Attempt, RecordError> {
+            parse_attempt(need(self.attempt.as_ref(), "attempt")?)
+        };
+        let epoch = || need(self.lock_epoch.as_ref(), "lock_epoch").copied();
         let run = || -> Result<Run, RecordError> {
-            let baseline = need(&self.baseline, "baseline")?;
+            let baseline = need(self.baseline.as_ref(), "baseline")?;
             Ok(Run {
                 attempt: attempt()?,
                 epoch: epoch()?,
@@ -337,31 +360,58 @@ impl Record {
                 },
             })
         };
-        let new_td = || need(&self.new_task_definition_arn, "new_task_definition_arn").cloned();
-        let deadline = || need(&self.deadline, "deadline").map(|d| Millis(*d));
+        let new_td = || {
+            need(
+                self.new_task_definition_arn.as_ref(),
+                "new_task_definition_arn",
+            )
+            .cloned()
+        };
+        let deadline = || need(self.deadline.as_ref(), "deadline").map(|d| Millis(*d));
         let gate = || -> Result<Gate, RecordError> {
             Ok(Gate {
                 run: run()?,
                 new_task_definition_arn: new_td()?,
-                deployment_id: need(&self.deployment_id, "deployment_id")?.clone(),
+                deployment_id: need(self.deployment_id.as_ref(), "deployment_id")?.clone(),
                 deadline: deadline()?,
             })
         };
         let failure = || -> Result<Failure, RecordError> {
-            let f = need(&self.failure, "failure")?;
-            Ok(Failure { code: f.code.clone(), reason: f.reason.clone() })
+            let f = need(self.failure.as_ref(), "failure")?;
+            Ok(Failure {
+                code: f.code.clone(),
+                reason: f.reason.clone(),
+            })
         };
         let state = match phase {
             Phase::Idle => State::Idle {},
-            Phase::Checking => State::Checking { attempt: attempt()? },
-            Phase::Locked => State::Locked { attempt: attempt()?, epoch: epoch()? },
+            Phase::Checking => State::Checking {
+                attempt: attempt()?,
+            },
+            Phase::Locked => State::Locked {
+                attempt: attempt()?,
+                epoch: epoch()?,
+            },
             Phase::RegisteringTaskDefinition => State::RegisteringTaskDefinition { run: run()? },
-            Phase::UpdatingService => State::UpdatingService { run: run()?, new_td: new_td()? },
+            Phase::UpdatingService => State::UpdatingService {
+                run: run()?,
+                new_td: new_td()?,
+            },
             Phase::AwaitingRollout => State::AwaitingRollout { gate: gate()? },
-            Phase::Soaking => State::Soaking { gate: gate()?, until: Millis(*need(&self.soak_until, "soak_until")?) },
-            Phase::RollingBack => State::RollingBack { run: run()?, failure: failure()?, deadline: deadline()? },
+            Phase::Soaking => State::Soaking {
+                gate: gate()?,
+                until: Millis(*need(self.soak_until.as_ref(), "soak_until")?),
+            },
+            Phase::RollingBack => State::RollingBack {
+                run: run()?,
+                failure: failure()?,
+                deadline: deadline()?,
+            },
             Phase::Done => State::Done { gate: gate()? },
-            Phase::RolledBack => State::RolledBack { run: run()?, failure: failure()? },
+            Phase::RolledBack => State::RolledBack {
+                run: run()?,
+                failure: failure()?,
+            },
         };
         Ok((machine, state))
     }
@@ -384,18 +434,32 @@ impl Record {
             .verdict
             .iter()
             .map(|r| {
-                let rule = Rule::from_name(&r.rule).ok_or_else(|| RecordError::Invalid(format!("unknown rule {:?}", r.rule)))?;
-                Ok(RuleOutcome { rule, passed: r.passed, reason: r.reason.clone() })
+                let rule = Rule::from_name(&r.rule)
+                    .ok_or_else(|| RecordError::Invalid(format!("unknown rule {:?}", r.rule)))?;
+                Ok(RuleOutcome {
+                    rule,
+                    passed: r.passed,
+                    reason: r.reason.clone(),
+                })
             })
             .collect::<Result<Vec<_>, RecordError>>()?;
         Ok(Memory {
             failed: self
                 .failed
                 .iter()
-                .map(|f| FailedMark { version: f.version.clone(), image: f.image.clone(), reason: f.reason.clone(), at: Millis(f.at) })
+                .map(|f| FailedMark {
+                    version: f.version.clone(),
+                    image: f.image.clone(),
+                    reason: f.reason.clone(),
+                    at: Millis(f.at),
+                })
                 .collect(),
             history,
-            note: self.note.as_ref().map(|n| Note { code: n.code.clone(), message: n.message.clone(), at: Millis(n.at) }),
+            note: self.note.as_ref().map(|n| Note {
+                code: n.code.clone(),
+                message: n.message.clone(),
+                at: Millis(n.at),
+            }),
             verdict: (!outcomes.is_empty()).then_some(Verdict { outcomes }),
             attempts_started: self.attempts_started,
             since: Millis(self.since),
@@ -404,8 +468,8 @@ impl Record {
     }
 }
 
-fn need<'a, T>(field: &'a Option<T>, name: &str) -> Result<&'a T, RecordError> {
-    field.as_ref().ok_or_else(|| RecordError::Invalid(format!("{name} is missing")))
+fn need<'a, T>(field: Option<&'a T>, name: &str) -> Result<&'a T, RecordError> {
+    field.ok_or_else(|| RecordError::Invalid(format!("{name} is missing")))
 }
 
 fn phase_named(name: &str) -> Result<Phase, RecordError> {
@@ -424,8 +488,12 @@ fn attempt_record(attempt: &Attempt) -> AttemptRecord {
 }
 
 fn parse_attempt(record: &AttemptRecord) -> Result<Attempt, RecordError> {
-    let version = |text: &str| Version::parse(text).map_err(|e| RecordError::Invalid(format!("attempt version: {e}")));
-    let image = |text: &str| ImageRef::parse(text).map_err(|e| RecordError::Invalid(format!("attempt image: {e}")));
+    let version = |text: &str| {
+        Version::parse(text).map_err(|e| RecordError::Invalid(format!("attempt version: {e}")))
+    };
+    let image = |text: &str| {
+        ImageRef::parse(text).map_err(|e| RecordError::Invalid(format!("attempt image: {e}")))
+    };
     Ok(Attempt {
         id: record.id.clone(),
         target_version: version(&record.target_version)?,
@@ -449,12 +517,24 @@ mod tests {
         );
         let text = Record::capture(&machine).encode().unwrap();
         assert!(Record::decode(&text).is_ok());
-        assert_eq!(Record::decode(&text[..text.len() / 2]).unwrap_err().code(), "record-corrupt");
-        assert_eq!(Record::decode("\u{0}garbage").unwrap_err().code(), "record-corrupt");
+        assert_eq!(
+            Record::decode(&text[..text.len() / 2]).unwrap_err().code(),
+            "record-corrupt"
+        );
+        assert_eq!(
+            Record::decode("\u{0}garbage").unwrap_err().code(),
+            "record-corrupt"
+        );
         let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
-        assert_eq!(Record::decode(&newer).unwrap_err(), RecordError::NewerSchema { found: 99 });
+        assert_eq!(
+            Record::decode(&newer).unwrap_err(),
+            RecordError::NewerSchema { found: 99 }
+        );
         let mut invalid = Record::decode(&text).unwrap();
         invalid.phase = "soaking".to_owned();
-        assert_eq!(invalid.restore(Settings::default()).unwrap_err().code(), "record-invalid");
+        assert_eq!(
+            invalid.restore(Settings::default()).unwrap_err().code(),
+            "record-invalid"
+        );
     }
 }

@@ -22,15 +22,21 @@ impl FileStore {
     /// A store in `directory` (created on first save).
     #[must_use]
     pub fn new(directory: impl Into<PathBuf>) -> Self {
-        FileStore { directory: directory.into() }
+        FileStore {
+            directory: directory.into(),
+        }
     }
 
     fn path(&self, runner: &str) -> Result<PathBuf, StoreError> {
         let safe = !runner.is_empty()
             && runner.len() <= 64
-            && runner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && runner
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !safe {
-            return Err(StoreError::Io(format!("runner name {runner:?} is not a safe file name")));
+            return Err(StoreError::Io(format!(
+                "runner name {runner:?} is not a safe file name"
+            )));
         }
         Ok(self.directory.join(format!("{runner}.json")))
     }
@@ -44,7 +50,8 @@ fn write_atomically(directory: &Path, path: &Path, text: &str) -> Result<(), Sto
     std::fs::create_dir_all(directory).map_err(|e| io("creating", directory, &e))?;
     let temporary = path.with_extension("json.tmp");
     let mut file = std::fs::File::create(&temporary).map_err(|e| io("creating", &temporary, &e))?;
-    file.write_all(text.as_bytes()).map_err(|e| io("writing", &temporary, &e))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| io("writing", &temporary, &e))?;
     file.sync_all().map_err(|e| io("syncing", &temporary, &e))?;
     drop(file);
     std::fs::rename(&temporary, path).map_err(|e| io("renaming", &temporary, &e))?;
@@ -81,7 +88,11 @@ impl StateStore for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(runners),
             Err(e) => return Err(io("listing", &self.directory, &e)),
         };
-        while let Some(entry) = entries.next_entry().await.map_err(|e| io("listing", &self.directory, &e))? {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| io("listing", &self.directory, &e))?
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(runner) = name.strip_suffix(".json") {
                 runners.push(runner.to_owned());
@@ -123,18 +134,25 @@ impl MemoryStore {
 impl StateStore for MemoryStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let text = self.raw(runner);
-        text.map(|t| Record::decode(&t).map_err(StoreError::from)).transpose()
+        text.map(|t| Record::decode(&t).map_err(StoreError::from))
+            .transpose()
     }
 
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
         let text = record.encode()?;
-        let mut records = self.records.lock().map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
+        let mut records = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
         records.insert(record.runner.clone(), text);
         Ok(())
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let records = self.records.lock().map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
+        let records = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
         Ok(records.keys().cloned().collect())
     }
 }

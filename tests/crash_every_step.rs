@@ -4,6 +4,8 @@
 //! must converge to the same end with exactly one task definition registered and one forward
 //! service update (plus at most one rollback update) for the attempt.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
 use std::time::Duration;
 
 use runner_updater::driver::{CrashPlan, DriverError};
@@ -26,11 +28,21 @@ struct Story {
 }
 
 const STORIES: [Story; 3] = [
-    Story { name: "success", version: "2.14.0", behaviour: None, fail_fast_tasks: 2, breaker_minimum: 10, end: Phase::Done, rollback_updates: 0 },
+    Story {
+        name: "success",
+        version: "2.14.0",
+        behaviour: None,
+        fail_fast_tasks: 2,
+        breaker_minimum: 10,
+        end: Phase::Done,
+        rollback_updates: 0,
+    },
     Story {
         name: "fail-fast rollback",
         version: "2.15.0",
-        behaviour: Some(ImageBehaviour::Crashing { after: Duration::from_secs(20) }),
+        behaviour: Some(ImageBehaviour::Crashing {
+            after: Duration::from_secs(20),
+        }),
         fail_fast_tasks: 2,
         breaker_minimum: 10,
         end: Phase::RolledBack,
@@ -39,7 +51,9 @@ const STORIES: [Story; 3] = [
     Story {
         name: "circuit-breaker rollback",
         version: "2.15.0",
-        behaviour: Some(ImageBehaviour::Crashing { after: Duration::from_secs(15) }),
+        behaviour: Some(ImageBehaviour::Crashing {
+            after: Duration::from_secs(15),
+        }),
         fail_fast_tasks: 50,
         breaker_minimum: 3,
         end: Phase::RolledBack,
@@ -65,14 +79,24 @@ async fn measure(story: &Story) -> (u32, u32) {
     let mut driver = s.driver(RUNNER).unwrap();
     let reports = s.drive_to(&mut driver, story.end, TICKS).await.unwrap();
     let saves = reports.iter().map(|r| r.saves).sum();
-    let commands = reports.iter().map(|r| u32::try_from(r.commands.len()).unwrap()).sum();
+    let commands = reports
+        .iter()
+        .map(|r| u32::try_from(r.commands.len()).unwrap())
+        .sum();
     (saves, commands)
 }
 
 /// Crashes per `plan`, restarts as `restart_holder`, and checks the end state and effect counts.
-async fn crash_and_resume(story: &Story, plan: CrashPlan, restart_holder: &str) -> Result<bool, String> {
+async fn crash_and_resume(
+    story: &Story,
+    plan: CrashPlan,
+    restart_holder: &str,
+) -> Result<bool, String> {
     let s = scenario(story);
-    let context = format!("story {:?}, {plan:?}, restart as {restart_holder}", story.name);
+    let context = format!(
+        "story {:?}, {plan:?}, restart as {restart_holder}",
+        story.name
+    );
     let mut first = s.driver(RUNNER).unwrap().with_crash(plan);
     let crashed = match s.drive_to(&mut first, story.end, TICKS).await {
         Ok(_) => false,
@@ -81,7 +105,10 @@ async fn crash_and_resume(story: &Story, plan: CrashPlan, restart_holder: &str) 
     };
     drop(first);
     let mut second = s.driver_as(RUNNER, restart_holder).unwrap();
-    s.drive_to(&mut second, story.end, TICKS).await.map_err(|e| format!("{context}: resume failed: {e}"))?;
+    let end = story.end;
+    s.drive_until(&mut second, TICKS, |d| d.phase() == end)
+        .await
+        .map_err(|e| format!("{context}: resume failed: {e}"))?;
     // A few more passes must not repeat anything.
     for _ in 0..5 {
         second.tick().await.map_err(|e| format!("{context}: {e}"))?;
@@ -89,15 +116,28 @@ async fn crash_and_resume(story: &Story, plan: CrashPlan, restart_holder: &str) 
 
     let registrations = s.aws.ecs.registrations();
     if registrations.len() != 1 {
-        return Err(format!("{context}: {} task definitions registered: {registrations:?}", registrations.len()));
+        return Err(format!(
+            "{context}: {} task definitions registered: {registrations:?}",
+            registrations.len()
+        ));
     }
     let updates = s.aws.ecs.updates();
-    let forward = updates.iter().filter(|u| u.task_definition_arn == registrations[0]).count();
+    let forward = updates
+        .iter()
+        .filter(|u| u.task_definition_arn == registrations[0])
+        .count();
     let rollback = updates.len() - forward;
     if forward != 1 || rollback != story.rollback_updates {
-        return Err(format!("{context}: {forward} forward and {rollback} rollback updates: {updates:?}"));
+        return Err(format!(
+            "{context}: {forward} forward and {rollback} rollback updates: {updates:?}"
+        ));
     }
-    let record = s.store.load(RUNNER).await.map_err(|e| e.to_string())?.ok_or("no record")?;
+    let record = s
+        .store
+        .load(RUNNER)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no record")?;
     if record.phase != story.end.name() {
         return Err(format!("{context}: ended in {}", record.phase));
     }
@@ -114,21 +154,42 @@ async fn every_crash_point_of_every_story_converges_without_repeating_a_side_eff
     let mut crash_points = 0;
     for story in &STORIES {
         let (saves, commands) = measure(story).await;
-        assert!(saves >= 7, "story {:?} saved only {saves} times", story.name);
+        assert!(
+            saves >= 7,
+            "story {:?} saved only {saves} times",
+            story.name
+        );
         let plans = (1..=saves)
-            .map(|k| CrashPlan { after_save: Some(k), after_command: None })
-            .chain((1..=commands).map(|k| CrashPlan { after_save: None, after_command: Some(k) }));
+            .map(|k| CrashPlan {
+                after_save: Some(k),
+                ..CrashPlan::default()
+            })
+            .chain((1..=commands).map(|k| CrashPlan {
+                after_command: Some(k),
+                ..CrashPlan::default()
+            }));
         for plan in plans {
             for holder in ["controller-1", "controller-2"] {
                 match crash_and_resume(story, plan, holder).await {
                     Ok(true) => crash_points += 1,
-                    Ok(false) => failures.push(format!("{:?} {plan:?}: the planned crash never happened", story.name)),
+                    Ok(false) => failures.push(format!(
+                        "{:?} {plan:?}: the planned crash never happened",
+                        story.name
+                    )),
                     Err(error) => failures.push(error),
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert!(crash_points > 60, "only {crash_points} crash points exercised");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        crash_points > 60,
+        "only {crash_points} crash points exercised"
+    );
     println!("{crash_points} crash points exercised");
 }

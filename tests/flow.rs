@@ -1,11 +1,13 @@
-//! End-to-end update flows on the simulated AWS: each story from idle to Done or RolledBack.
+//! End-to-end update flows on the simulated AWS: each story from idle to Done or `RolledBack`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
 use std::time::Duration;
 
 use runner_updater::domain::observed::{DeploymentStatus, RolloutState, ATTEMPT_TAG, VERSION_TAG};
 use runner_updater::domain::task_definition::READ_ONLY_FIELDS;
 use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Ecs, ErrorKind, StateStore};
+use runner_updater::ports::{Ecs, ErrorKind};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::ImageBehaviour;
 
@@ -23,26 +25,42 @@ async fn record(s: &Scenario, runner: &str) -> runner_updater::record::Record {
 async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
     let s = scenario();
     let mut driver = s.driver("runner-a").unwrap();
-    s.drive_until(&mut driver, 3, |d| d.phase() == Phase::Idle).await.unwrap();
-    assert!(s.aws.ecs.registrations().is_empty(), "nothing happens while desired = running");
+    s.drive_until(&mut driver, 3, |d| d.phase() == Phase::Idle)
+        .await
+        .unwrap();
+    assert!(
+        s.aws.ecs.registrations().is_empty(),
+        "nothing happens while desired = running"
+    );
 
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
 
     let registrations = s.aws.ecs.registrations();
-    assert_eq!(registrations.len(), 1, "exactly one task definition registered");
+    assert_eq!(
+        registrations.len(),
+        1,
+        "exactly one task definition registered"
+    );
     let updates = s.aws.ecs.updates();
     assert_eq!(updates.len(), 1, "exactly one service update");
     assert_eq!(updates[0].task_definition_arn, registrations[0]);
 
     let new = s.aws.ecs.task_definition(&registrations[0]).unwrap();
-    let old = s.aws.ecs.task_definition("arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1").unwrap();
+    let old = s
+        .aws
+        .ecs
+        .task_definition("arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1")
+        .unwrap();
     for (key, value) in &old.document {
         if READ_ONLY_FIELDS.contains(&key.as_str()) {
             continue;
         }
         if key == "containerDefinitions" {
-            let (before, after) = (value.as_array().unwrap(), new.document[key].as_array().unwrap());
+            let (before, after) = (
+                value.as_array().unwrap(),
+                new.document[key].as_array().unwrap(),
+            );
             assert_eq!(before.len(), after.len());
             for (b, a) in before.iter().zip(after) {
                 for (field, v) in b.as_object().unwrap() {
@@ -61,13 +79,26 @@ async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
     let rec = record(&s, "runner-a").await;
     assert_eq!(new.tags[ATTEMPT_TAG], rec.attempt.as_ref().unwrap().id);
 
-    let service = s.aws.ecs.describe_service("runners", "runner-a").await.unwrap();
+    let service = s
+        .aws
+        .ecs
+        .describe_service("runners", "runner-a")
+        .await
+        .unwrap();
     let primary = service.primary().unwrap();
     assert_eq!(primary.task_definition_arn, registrations[0]);
     assert_eq!(primary.rollout_state, RolloutState::Completed);
-    assert_eq!(rec.deployment_id.as_deref(), Some(primary.id.as_str()), "Done names the attempt's own deployment");
+    assert_eq!(
+        rec.deployment_id.as_deref(),
+        Some(primary.id.as_str()),
+        "Done names the attempt's own deployment"
+    );
     assert_eq!(rec.phase, "done");
-    let path: Vec<(String, String)> = rec.transitions.iter().map(|t| (t.from.clone(), t.to.clone())).collect();
+    let path: Vec<(String, String)> = rec
+        .transitions
+        .iter()
+        .map(|t| (t.from.clone(), t.to.clone()))
+        .collect();
     let expected = [
         ("idle", "checking"),
         ("checking", "locked"),
@@ -77,23 +108,36 @@ async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
         ("awaiting_rollout", "soaking"),
         ("soaking", "done"),
     ];
-    let expected: Vec<(String, String)> = expected.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
     assert_eq!(path, expected);
 
     // A later pass sees version 2.14.0 running and does nothing more.
     s.drive_until(&mut driver, 3, |_| false).await.ok();
     assert_eq!(s.aws.ecs.updates().len(), 1);
     let rec = record(&s, "runner-a").await;
-    assert!(rec.verdict.iter().any(|r| r.rule == "newer-version" && !r.passed));
+    assert!(rec
+        .verdict
+        .iter()
+        .any(|r| r.rule == "newer-version" && !r.passed));
 }
 
 #[tokio::test]
 async fn a_crashing_version_fails_fast_rolls_back_and_is_quarantined() {
     let s = scenario();
-    s.image_behaves(&s.image_for("runner-a", "2.15.0"), ImageBehaviour::Crashing { after: Duration::from_secs(20) });
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(20),
+        },
+    );
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
-    s.drive_to(&mut driver, Phase::RolledBack, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
 
     let rec = record(&s, "runner-a").await;
     assert_eq!(rec.failure.as_ref().unwrap().code, "unhealthy-tasks");
@@ -101,17 +145,34 @@ async fn a_crashing_version_fails_fast_rolls_back_and_is_quarantined() {
     assert_eq!(rec.failed[0].version, "2.15.0");
     let updates = s.aws.ecs.updates();
     assert_eq!(updates.len(), 2, "one forward update and one rollback");
-    assert_eq!(updates[1].task_definition_arn, rec.baseline.as_ref().unwrap().task_definition_arn);
-    let service = s.aws.ecs.describe_service("runners", "runner-a").await.unwrap();
-    assert_eq!(service.task_definition_arn, rec.baseline.as_ref().unwrap().task_definition_arn);
-    assert!(service.deployments.iter().all(|d| d.failed_tasks < 10), "rolled back before the circuit breaker's threshold");
+    assert_eq!(
+        updates[1].task_definition_arn,
+        rec.baseline.as_ref().unwrap().task_definition_arn
+    );
+    let service = s
+        .aws
+        .ecs
+        .describe_service("runners", "runner-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        service.task_definition_arn,
+        rec.baseline.as_ref().unwrap().task_definition_arn
+    );
+    assert!(
+        service.deployments.iter().all(|d| d.failed_tasks < 10),
+        "rolled back before the circuit breaker's threshold"
+    );
 
     // Not retried while the desired state stays the same.
     s.drive_until(&mut driver, 20, |_| false).await.ok();
     assert_eq!(s.aws.ecs.updates().len(), 2);
     assert_eq!(s.aws.ecs.registrations().len(), 1);
     let rec = record(&s, "runner-a").await;
-    assert!(rec.verdict.iter().any(|r| r.rule == "not-failed" && !r.passed));
+    assert!(rec
+        .verdict
+        .iter()
+        .any(|r| r.rule == "not-failed" && !r.passed));
 
     // A changed desired version is eligible again.
     s.set_desired("runner-a", "version", "2.15.1");
@@ -125,26 +186,47 @@ async fn a_circuit_breaker_rollback_is_rolled_back_never_done() {
     config.health.fail_fast_tasks = 50; // let ECS's own circuit breaker act first
     let s = Scenario::with_config(9, config).unwrap();
     s.aws.ecs.set_circuit_breaker_minimum(3);
-    s.image_behaves(&s.image_for("runner-a", "2.15.0"), ImageBehaviour::Crashing { after: Duration::from_secs(15) });
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(15),
+        },
+    );
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
-    s.drive_to(&mut driver, Phase::RolledBack, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
     let rec = record(&s, "runner-a").await;
     assert_eq!(rec.failure.as_ref().unwrap().code, "circuit-breaker");
     let updates = s.aws.ecs.updates();
-    assert_eq!(updates.len(), 1, "ECS rolled back by itself: no second update from us");
+    assert_eq!(
+        updates.len(),
+        1,
+        "ECS rolled back by itself: no second update from us"
+    );
     assert!(rec.transitions.iter().all(|t| t.to != "done"));
 }
 
 #[tokio::test]
 async fn tasks_turning_unhealthy_during_the_soak_roll_back() {
     let s = scenario();
-    s.image_behaves(&s.image_for("runner-a", "2.15.0"), ImageBehaviour::UnhealthyAfter { after: Duration::from_secs(60) });
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::UnhealthyAfter {
+            after: Duration::from_mins(1),
+        },
+    );
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
-    s.drive_to(&mut driver, Phase::RolledBack, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
     let rec = record(&s, "runner-a").await;
-    assert!(rec.transitions.iter().any(|t| t.from == "awaiting_rollout" && t.to == "soaking"));
+    assert!(rec
+        .transitions
+        .iter()
+        .any(|t| t.from == "awaiting_rollout" && t.to == "soaking"));
     assert!(rec.transitions.iter().any(|t| t.to == "rolling_back"));
     assert_eq!(rec.failed.len(), 1);
 }
@@ -156,11 +238,19 @@ async fn a_rollout_that_never_gets_healthy_times_out_and_rolls_back() {
     config.health.fail_fast_tasks = 100;
     let s = Scenario::with_config(3, config).unwrap();
     s.aws.ecs.set_circuit_breaker_minimum(100);
-    s.image_behaves(&s.image_for("runner-a", "2.15.0"), ImageBehaviour::NeverHealthy);
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::NeverHealthy,
+    );
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
-    s.drive_to(&mut driver, Phase::RolledBack, TICKS).await.unwrap();
-    assert_eq!(record(&s, "runner-a").await.failure.unwrap().code, "health-gate-timeout");
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    assert_eq!(
+        record(&s, "runner-a").await.failure.unwrap().code,
+        "health-gate-timeout"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +288,9 @@ async fn a_foreign_writer_stops_the_attempt_instead_of_fighting_it() {
     let s = scenario();
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
-    s.drive_to(&mut driver, Phase::AwaitingRollout, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
     // Someone points the service at the original revision's clone by hand (Terraform, the console).
     let original = "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1";
     let ecs = &s.aws.ecs;
@@ -206,12 +298,22 @@ async fn a_foreign_writer_stops_the_attempt_instead_of_fighting_it() {
     for field in READ_ONLY_FIELDS {
         doc.remove(*field);
     }
-    let foreign = ecs.register_task_definition(doc, Default::default()).await.unwrap();
-    ecs.update_service_as("runners", "runner-a", &foreign, "terraform").unwrap();
+    let foreign = ecs
+        .register_task_definition(doc, std::collections::BTreeMap::default())
+        .await
+        .unwrap();
+    ecs.update_service_as("runners", "runner-a", &foreign, "terraform")
+        .unwrap();
     s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
     let rec = record(&s, "runner-a").await;
     assert_eq!(rec.note.unwrap().code, "foreign-writer");
-    assert_eq!(ecs.updates().iter().filter(|u| u.actor == "controller").count(), 1);
+    assert_eq!(
+        ecs.updates()
+            .iter()
+            .filter(|u| u.actor == "controller")
+            .count(),
+        1
+    );
     assert!(rec.failed.is_empty(), "a foreign writer is not our failure");
 }
 
@@ -220,7 +322,9 @@ async fn a_lock_held_elsewhere_keeps_the_runner_idle_until_it_expires() {
     let s = scenario();
     let lock = s.ports().lock;
     let now = s.ports().clock.now();
-    lock.acquire("runner-a", "controller-2", now, Duration::from_secs(300)).await.unwrap();
+    lock.acquire("runner-a", "controller-2", now, Duration::from_mins(5))
+        .await
+        .unwrap();
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     driver.tick().await.unwrap();
@@ -228,14 +332,20 @@ async fn a_lock_held_elsewhere_keeps_the_runner_idle_until_it_expires() {
     assert_eq!(rec.note.unwrap().code, "lock-busy");
     assert!(s.aws.ecs.registrations().is_empty());
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
-    assert!(s.ports().clock.now().0 >= now.0 + 300_000, "taken only after the lease expired");
+    assert!(
+        s.ports().clock.now().0 >= now.0 + 300_000,
+        "taken only after the lease expired"
+    );
 }
 
 #[tokio::test]
 async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
     let s = scenario();
     for _ in 0..2 {
-        s.aws.ecs.faults.push("RegisterTaskDefinition", ErrorKind::Transient);
+        s.aws
+            .ecs
+            .faults
+            .push("RegisterTaskDefinition", ErrorKind::Transient);
     }
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
@@ -244,10 +354,16 @@ async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
 
     s.aws.ecs.faults.push("UpdateService", ErrorKind::Permanent);
     s.set_desired("runner-a", "version", "2.15.0");
-    s.drive_to(&mut driver, Phase::RolledBack, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
     let rec = record(&s, "runner-a").await;
     assert_eq!(rec.failure.unwrap().code, "update-refused");
-    assert_eq!(s.aws.ecs.updates().len(), 1, "the refused update changed nothing");
+    assert_eq!(
+        s.aws.ecs.updates().len(),
+        1,
+        "the refused update changed nothing"
+    );
 }
 
 #[tokio::test]
@@ -255,9 +371,18 @@ async fn deployments_in_the_record_match_ecs() {
     let s = scenario();
     let mut driver = s.driver("runner-b").unwrap();
     s.set_desired("runner-b", "version", "2.14.0");
-    s.drive_to(&mut driver, Phase::Soaking, TICKS).await.unwrap();
+    s.drive_to(&mut driver, Phase::Soaking, TICKS)
+        .await
+        .unwrap();
     let rec = record(&s, "runner-b").await;
-    let service = s.aws.ecs.describe_service("runners", "runner-b").await.unwrap();
-    let ours = service.deployment(rec.deployment_id.as_deref().unwrap()).unwrap();
+    let service = s
+        .aws
+        .ecs
+        .describe_service("runners", "runner-b")
+        .await
+        .unwrap();
+    let ours = service
+        .deployment(rec.deployment_id.as_deref().unwrap())
+        .unwrap();
     assert_eq!(ours.status, DeploymentStatus::Primary);
 }

@@ -72,7 +72,9 @@ pub enum DesiredError {
     #[error("desired/image: {0}")]
     InvalidImage(#[source] ImageError),
     /// The image's repository is not in the runner's allow-list.
-    #[error("desired/image: repository {repository:?} is not in the runner's allowed repositories")]
+    #[error(
+        "desired/image: repository {repository:?} is not in the runner's allowed repositories"
+    )]
     ImageNotAllowed {
         /// The refused repository.
         repository: String,
@@ -137,9 +139,15 @@ pub fn parse_desired(
     parameters: &BTreeMap<String, String>,
     policy: &RunnerPolicy,
 ) -> Result<DesiredState, DesiredError> {
-    for (name, value) in parameters.iter().filter(|(name, _)| name.starts_with("desired/")) {
+    for (name, value) in parameters
+        .iter()
+        .filter(|(name, _)| name.starts_with("desired/"))
+    {
         if value.len() > PARAMETER_LENGTH_MAX {
-            return Err(DesiredError::TooLong { name: name.clone(), length: value.len() });
+            return Err(DesiredError::TooLong {
+                name: name.clone(),
+                length: value.len(),
+            });
         }
     }
     let get = |name: &str| parameters.get(name).map(String::as_str);
@@ -153,13 +161,18 @@ pub fn parse_desired(
     }
     .map_err(DesiredError::InvalidImage)?;
     let allowed = image.repository() == policy.image_repository
-        || policy.allowed_repositories.iter().any(|r| r == image.repository());
+        || policy
+            .allowed_repositories
+            .iter()
+            .any(|r| r == image.repository());
     if !allowed {
-        return Err(DesiredError::ImageNotAllowed { repository: image.repository().to_owned() });
+        return Err(DesiredError::ImageNotAllowed {
+            repository: image.repository().to_owned(),
+        });
     }
 
     let channel = get("desired/channel").unwrap_or("stable").to_owned();
-    if !policy.known_channels.iter().any(|known| *known == channel) {
+    if !policy.known_channels.contains(&channel) {
         return Err(DesiredError::UnknownChannel(channel));
     }
 
@@ -176,14 +189,23 @@ pub fn parse_desired(
     };
 
     let stacks = parse_stacks(parameters, policy)?;
-    Ok(DesiredState { version, image, channel, auto_update, infra_version, stacks })
+    Ok(DesiredState {
+        version,
+        image,
+        channel,
+        auto_update,
+        infra_version,
+        stacks,
+    })
 }
 
 /// An infrastructure version is an opaque label: 1–64 of `[A-Za-z0-9._-]`.
 fn is_infra_version(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn parse_stacks(
@@ -192,7 +214,9 @@ fn parse_stacks(
 ) -> Result<BTreeMap<String, DesiredStack>, DesiredError> {
     let mut stacks: BTreeMap<String, DesiredStack> = BTreeMap::new();
     for (name, value) in parameters.range("desired/stacks/".to_owned()..) {
-        let Some(rest) = name.strip_prefix("desired/stacks/") else { break };
+        let Some(rest) = name.strip_prefix("desired/stacks/") else {
+            break;
+        };
         let (stack, leaf) = rest.split_once('/').unwrap_or((rest, ""));
         if !policy.stacks.iter().any(|s| s == stack) {
             return Err(DesiredError::UnknownStack(stack.to_owned()));
@@ -204,7 +228,10 @@ fn parse_stacks(
                     && value.len() <= 1024
                     && !value.chars().any(|c| c.is_whitespace() || c.is_control());
                 if !ok {
-                    return Err(DesiredError::InvalidTemplateUrl { stack: stack.to_owned(), url: value.clone() });
+                    return Err(DesiredError::InvalidTemplateUrl {
+                        stack: stack.to_owned(),
+                        url: value.clone(),
+                    });
                 }
                 entry.template_url = Some(value.clone());
             }
@@ -216,8 +243,14 @@ fn parse_stacks(
     Ok(stacks)
 }
 
-fn parse_stack_parameters(stack: &str, text: &str) -> Result<BTreeMap<String, String>, DesiredError> {
-    let invalid = |reason: String| DesiredError::InvalidStackParameters { stack: stack.to_owned(), reason };
+fn parse_stack_parameters(
+    stack: &str,
+    text: &str,
+) -> Result<BTreeMap<String, String>, DesiredError> {
+    let invalid = |reason: String| DesiredError::InvalidStackParameters {
+        stack: stack.to_owned(),
+        reason,
+    };
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| invalid(format!("not JSON ({e})")))?;
     let serde_json::Value::Object(object) = value else {
@@ -229,7 +262,9 @@ fn parse_stack_parameters(stack: &str, text: &str) -> Result<BTreeMap<String, St
             serde_json::Value::String(s) => Ok((key, s)),
             serde_json::Value::Number(n) => Ok((key, n.to_string())),
             serde_json::Value::Bool(b) => Ok((key, b.to_string())),
-            other => Err(invalid(format!("parameter {key:?} is not a string, number or boolean: {other}"))),
+            other => Err(invalid(format!(
+                "parameter {key:?} is not a string, number or boolean: {other}"
+            ))),
         })
         .collect()
 }
@@ -248,7 +283,10 @@ mod tests {
     }
 
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -266,15 +304,24 @@ mod tests {
             &params(&[
                 ("desired/version", "20250301.12"),
                 ("desired/infra-version", "7"),
-                ("desired/stacks/main/template-url", "https://bucket.s3.amazonaws.com/main.json"),
-                ("desired/stacks/main/parameters", r#"{"Subnets":"a,b","Size":3}"#),
+                (
+                    "desired/stacks/main/template-url",
+                    "https://bucket.s3.amazonaws.com/main.json",
+                ),
+                (
+                    "desired/stacks/main/parameters",
+                    r#"{"Subnets":"a,b","Size":3}"#,
+                ),
             ]),
             &policy(),
         )
         .unwrap();
         let main = &desired.stacks["main"];
         assert_eq!(main.parameters["Size"], "3");
-        assert_eq!(main.template_url.as_deref(), Some("https://bucket.s3.amazonaws.com/main.json"));
+        assert_eq!(
+            main.template_url.as_deref(),
+            Some("https://bucket.s3.amazonaws.com/main.json")
+        );
     }
 
     #[test]
@@ -282,15 +329,60 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "missing-version"),
             (&[("desired/version", "two")], "invalid-version"),
-            (&[("desired/version", "2.14.0"), ("desired/image", "runner")], "invalid-image"),
-            (&[("desired/version", "2.14.0"), ("desired/image", "evil.example/runner:2.14.0")], "image-not-allowed"),
-            (&[("desired/version", "2.14.0"), ("desired/channel", "stabel")], "unknown-channel"),
-            (&[("desired/version", "2.14.0"), ("desired/auto-update", "yes")], "invalid-auto-update"),
-            (&[("desired/version", "2.14.0"), ("desired/infra-version", "")], "invalid-infra-version"),
-            (&[("desired/version", "2.14.0"), ("desired/stacks/other/parameters", "{}")], "unknown-stack"),
-            (&[("desired/version", "2.14.0"), ("desired/stacks/main/parameters", "[1]")], "invalid-stack-parameters"),
-            (&[("desired/version", "2.14.0"), ("desired/stacks/main/parameters", "{")], "invalid-stack-parameters"),
-            (&[("desired/version", "2.14.0"), ("desired/stacks/main/template-url", "http://x")], "invalid-template-url"),
+            (
+                &[("desired/version", "2.14.0"), ("desired/image", "runner")],
+                "invalid-image",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/image", "evil.example/runner:2.14.0"),
+                ],
+                "image-not-allowed",
+            ),
+            (
+                &[("desired/version", "2.14.0"), ("desired/channel", "stabel")],
+                "unknown-channel",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/auto-update", "yes"),
+                ],
+                "invalid-auto-update",
+            ),
+            (
+                &[("desired/version", "2.14.0"), ("desired/infra-version", "")],
+                "invalid-infra-version",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/stacks/other/parameters", "{}"),
+                ],
+                "unknown-stack",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/stacks/main/parameters", "[1]"),
+                ],
+                "invalid-stack-parameters",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/stacks/main/parameters", "{"),
+                ],
+                "invalid-stack-parameters",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/stacks/main/template-url", "http://x"),
+                ],
+                "invalid-template-url",
+            ),
         ];
         for (pairs, code) in cases {
             let error = parse_desired(&params(pairs), &policy()).unwrap_err();
@@ -304,7 +396,10 @@ mod tests {
     #[test]
     fn the_allow_list_accepts_extra_repositories() {
         let desired = parse_desired(
-            &params(&[("desired/version", "2.14.0"), ("desired/image", "registry.example/runner-canary:2.14.0")]),
+            &params(&[
+                ("desired/version", "2.14.0"),
+                ("desired/image", "registry.example/runner-canary:2.14.0"),
+            ]),
             &policy(),
         )
         .unwrap();

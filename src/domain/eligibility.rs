@@ -31,8 +31,14 @@ pub enum Rule {
 
 impl Rule {
     /// All rules, in order.
-    pub const ALL: [Rule; 6] =
-        [Rule::Channel, Rule::AutoUpdate, Rule::Infrastructure, Rule::NewerVersion, Rule::DifferentImage, Rule::NotFailed];
+    pub const ALL: [Rule; 6] = [
+        Rule::Channel,
+        Rule::AutoUpdate,
+        Rule::Infrastructure,
+        Rule::NewerVersion,
+        Rule::DifferentImage,
+        Rule::NotFailed,
+    ];
 
     /// The rule's stable name.
     #[must_use]
@@ -129,27 +135,53 @@ pub struct EligibilityInput<'a> {
 /// Evaluates every rule.
 #[must_use]
 pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
-    let EligibilityInput { desired, observed, controller_channel, failed } = input;
-    let outcome = |rule, passed, reason: String| RuleOutcome { rule, passed, reason };
+    let EligibilityInput {
+        desired,
+        observed,
+        controller_channel,
+        failed,
+    } = input;
+    let outcome = |rule, passed, reason: String| RuleOutcome {
+        rule,
+        passed,
+        reason,
+    };
     let channel = if desired.channel == controller_channel {
-        outcome(Rule::Channel, true, format!("channel {} is the controller's channel", desired.channel))
+        outcome(
+            Rule::Channel,
+            true,
+            format!("channel {} is the controller's channel", desired.channel),
+        )
     } else {
         outcome(
             Rule::Channel,
             false,
-            format!("channel {} is not the controller's channel {controller_channel}", desired.channel),
+            format!(
+                "channel {} is not the controller's channel {controller_channel}",
+                desired.channel
+            ),
         )
     };
     let auto_update = if desired.auto_update {
         outcome(Rule::AutoUpdate, true, "auto-update is on".to_owned())
     } else {
-        outcome(Rule::AutoUpdate, false, "auto-update is off: the runner is held where it is".to_owned())
+        outcome(
+            Rule::AutoUpdate,
+            false,
+            "auto-update is off: the runner is held where it is".to_owned(),
+        )
     };
     let infrastructure = match (&desired.infra_version, &observed.infra_version) {
-        (None, _) => outcome(Rule::Infrastructure, true, "no infrastructure version required".to_owned()),
-        (Some(wanted), Some(have)) if wanted == have => {
-            outcome(Rule::Infrastructure, true, format!("infrastructure is at the required version {have}"))
-        }
+        (None, _) => outcome(
+            Rule::Infrastructure,
+            true,
+            "no infrastructure version required".to_owned(),
+        ),
+        (Some(wanted), Some(have)) if wanted == have => outcome(
+            Rule::Infrastructure,
+            true,
+            format!("infrastructure is at the required version {have}"),
+        ),
         (Some(wanted), have) => outcome(
             Rule::Infrastructure,
             false,
@@ -161,18 +193,32 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
         ),
     };
     let newer = match &observed.current_version {
-        None => outcome(Rule::NewerVersion, true, format!("the running version is unknown; {} is the target", desired.version)),
+        None => outcome(
+            Rule::NewerVersion,
+            true,
+            format!(
+                "the running version is unknown; {} is the target",
+                desired.version
+            ),
+        ),
         Some(current) => match desired.version.compare(current) {
-            Some(Ordering::Greater) => {
-                outcome(Rule::NewerVersion, true, format!("{} is newer than the running {current}", desired.version))
-            }
-            Some(Ordering::Equal) => {
-                outcome(Rule::NewerVersion, false, format!("{} is already the running version", desired.version))
-            }
+            Some(Ordering::Greater) => outcome(
+                Rule::NewerVersion,
+                true,
+                format!("{} is newer than the running {current}", desired.version),
+            ),
+            Some(Ordering::Equal) => outcome(
+                Rule::NewerVersion,
+                false,
+                format!("{} is already the running version", desired.version),
+            ),
             Some(Ordering::Less) => outcome(
                 Rule::NewerVersion,
                 false,
-                format!("{} is older than the running {current}: downgrades are never automatic", desired.version),
+                format!(
+                    "{} is older than the running {current}: downgrades are never automatic",
+                    desired.version
+                ),
             ),
             None => outcome(
                 Rule::NewerVersion,
@@ -187,22 +233,49 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
         },
     };
     let different_image = if desired.image == observed.running_image {
-        outcome(Rule::DifferentImage, false, format!("{} is already the running image", desired.image))
+        outcome(
+            Rule::DifferentImage,
+            false,
+            format!("{} is already the running image", desired.image),
+        )
     } else {
-        outcome(Rule::DifferentImage, true, format!("{} differs from the running {}", desired.image, observed.running_image))
+        outcome(
+            Rule::DifferentImage,
+            true,
+            format!(
+                "{} differs from the running {}",
+                desired.image, observed.running_image
+            ),
+        )
     };
-    let not_failed = match failed.iter().find(|mark| mark.matches(&desired.version, &desired.image)) {
+    let not_failed = match failed
+        .iter()
+        .find(|mark| mark.matches(&desired.version, &desired.image))
+    {
         Some(mark) => outcome(
             Rule::NotFailed,
             false,
             format!(
-                "{} ({}) already failed: {}; change the desired version or image, or run `runner-updater retry`",
+                "{} ({}) already failed: {}; change the desired version or image to try again",
                 mark.version, mark.image, mark.reason
             ),
         ),
-        None => outcome(Rule::NotFailed, true, "this version has not failed before".to_owned()),
+        None => outcome(
+            Rule::NotFailed,
+            true,
+            "this version has not failed before".to_owned(),
+        ),
     };
-    Verdict { outcomes: vec![channel, auto_update, infrastructure, newer, different_image, not_failed] }
+    Verdict {
+        outcomes: vec![
+            channel,
+            auto_update,
+            infrastructure,
+            newer,
+            different_image,
+            not_failed,
+        ],
+    }
 }
 
 #[cfg(test)]
@@ -239,44 +312,116 @@ mod tests {
     }
 
     /// One row: a change to the eligible baseline, and the single rule it must fail.
-    type Row = (&'static str, fn(&mut DesiredState, &mut Observed, &mut Vec<FailedMark>), Option<Rule>);
+    type Row = (
+        &'static str,
+        fn(&mut DesiredState, &mut Observed, &mut Vec<FailedMark>),
+        Option<Rule>,
+    );
 
     #[test]
     fn each_rule_passes_and_fails_on_its_own() {
         let rows: &[Row] = &[
             ("baseline is eligible", |_, _, _| {}, None),
-            ("other channel", |d, _, _| d.channel = "beta".to_owned(), Some(Rule::Channel)),
-            ("auto-update off", |d, _, _| d.auto_update = false, Some(Rule::AutoUpdate)),
-            ("infra matches", |d, _, _| d.infra_version = Some("7".to_owned()), None),
-            ("infra differs", |d, _, _| d.infra_version = Some("8".to_owned()), Some(Rule::Infrastructure)),
-            ("infra unknown", |d, o, _| {
-                d.infra_version = Some("8".to_owned());
-                o.infra_version = None;
-            }, Some(Rule::Infrastructure)),
-            ("same version, other image", |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()), Some(Rule::NewerVersion)),
-            ("downgrade", |_, o, _| o.current_version = Some(Version::parse("2.15.0").unwrap()), Some(Rule::NewerVersion)),
-            ("forms differ", |_, o, _| o.current_version = Some(Version::parse("20250301.1").unwrap()), Some(Rule::NewerVersion)),
-            ("unknown current version", |_, o, _| o.current_version = None, None),
-            ("same image, older tag in version", |_, o, _| o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap(), Some(Rule::DifferentImage)),
-            ("failed before", |_, _, f| f.push(FailedMark {
-                version: "2.14.0".to_owned(),
-                image: "registry.example/runner:2.14.0".to_owned(),
-                reason: "circuit breaker".to_owned(),
-                at: Millis(0),
-            }), Some(Rule::NotFailed)),
-            ("failed with another image", |_, _, f| f.push(FailedMark {
-                version: "2.14.0".to_owned(),
-                image: "registry.example/runner:2.14.0-hotfix".to_owned(),
-                reason: "circuit breaker".to_owned(),
-                at: Millis(0),
-            }), None),
+            (
+                "other channel",
+                |d, _, _| d.channel = "beta".to_owned(),
+                Some(Rule::Channel),
+            ),
+            (
+                "auto-update off",
+                |d, _, _| d.auto_update = false,
+                Some(Rule::AutoUpdate),
+            ),
+            (
+                "infra matches",
+                |d, _, _| d.infra_version = Some("7".to_owned()),
+                None,
+            ),
+            (
+                "infra differs",
+                |d, _, _| d.infra_version = Some("8".to_owned()),
+                Some(Rule::Infrastructure),
+            ),
+            (
+                "infra unknown",
+                |d, o, _| {
+                    d.infra_version = Some("8".to_owned());
+                    o.infra_version = None;
+                },
+                Some(Rule::Infrastructure),
+            ),
+            (
+                "same version, other image",
+                |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()),
+                Some(Rule::NewerVersion),
+            ),
+            (
+                "downgrade",
+                |_, o, _| o.current_version = Some(Version::parse("2.15.0").unwrap()),
+                Some(Rule::NewerVersion),
+            ),
+            (
+                "forms differ",
+                |_, o, _| o.current_version = Some(Version::parse("20250301.1").unwrap()),
+                Some(Rule::NewerVersion),
+            ),
+            (
+                "unknown current version",
+                |_, o, _| o.current_version = None,
+                None,
+            ),
+            (
+                "same image, older tag in version",
+                |_, o, _| {
+                    o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap();
+                },
+                Some(Rule::DifferentImage),
+            ),
+            (
+                "failed before",
+                |_, _, f| {
+                    f.push(FailedMark {
+                        version: "2.14.0".to_owned(),
+                        image: "registry.example/runner:2.14.0".to_owned(),
+                        reason: "circuit breaker".to_owned(),
+                        at: Millis(0),
+                    });
+                },
+                Some(Rule::NotFailed),
+            ),
+            (
+                "failed with another image",
+                |_, _, f| {
+                    f.push(FailedMark {
+                        version: "2.14.0".to_owned(),
+                        image: "registry.example/runner:2.14.0-hotfix".to_owned(),
+                        reason: "circuit breaker".to_owned(),
+                        at: Millis(0),
+                    });
+                },
+                None,
+            ),
         ];
         for (name, change, failing) in rows {
             let (mut d, mut o, mut f) = (desired(), observed(), Vec::new());
             change(&mut d, &mut o, &mut f);
-            let verdict = evaluate(EligibilityInput { desired: &d, observed: &o, controller_channel: "stable", failed: &f });
-            let failed_rules: Vec<Rule> = verdict.outcomes.iter().filter(|o| !o.passed).map(|o| o.rule).collect();
-            assert_eq!(failed_rules, failing.iter().copied().collect::<Vec<_>>(), "row {name:?}: {verdict:?}");
+            let verdict = evaluate(EligibilityInput {
+                desired: &d,
+                observed: &o,
+                controller_channel: "stable",
+                failed: &f,
+            });
+            let failed_rules: Vec<Rule> = verdict
+                .outcomes
+                .iter()
+                .filter(|o| !o.passed)
+                .map(|o| o.rule)
+                .collect();
+            assert_eq!(
+                failed_rules,
+                failing.iter().copied().collect::<Vec<_>>(),
+                "row {name:?}: {verdict:?}"
+            );
             assert_eq!(verdict.eligible(), failing.is_none(), "row {name:?}");
             assert_eq!(verdict.outcomes.len(), 6);
             assert!(verdict.outcomes.iter().all(|o| !o.reason.is_empty()));

@@ -42,7 +42,9 @@ pub enum ImageError {
         character: char,
     },
     /// Neither a tag nor a digest: we never deploy an implicit `latest`.
-    #[error("the image reference {0:?} has no tag or digest (an implicit 'latest' is never deployed)")]
+    #[error(
+        "the image reference {0:?} has no tag or digest (an implicit 'latest' is never deployed)"
+    )]
     MissingTag(String),
     /// Malformed repository, tag or digest.
     #[error("the image reference {0:?} is malformed")]
@@ -61,15 +63,21 @@ impl ImageRef {
         if value.len() > IMAGE_LENGTH_MAX {
             return Err(ImageError::TooLong(value.len()));
         }
-        if let Some(character) = value
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')))
-        {
-            return Err(ImageError::ForbiddenCharacter { value: value.to_owned(), character });
+        if let Some(character) = value.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'))
+        }) {
+            return Err(ImageError::ForbiddenCharacter {
+                value: value.to_owned(),
+                character,
+            });
         }
         let (repository, reference) = if let Some((repository, digest)) = value.split_once('@') {
             let hex = digest.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
                 return Err(ImageError::Malformed(value.to_owned()));
             }
             (repository, ImageTagOrDigest::Digest(digest.to_owned()))
@@ -82,7 +90,9 @@ impl ImageRef {
             let tag_ok = !tag.is_empty()
                 && tag.len() <= 128
                 && !tag.starts_with(['.', '-'])
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !tag_ok {
                 return Err(ImageError::Malformed(value.to_owned()));
             }
@@ -96,7 +106,10 @@ impl ImageRef {
         if !repository_ok {
             return Err(ImageError::Malformed(value.to_owned()));
         }
-        Ok(ImageRef { repository: repository.to_owned(), reference })
+        Ok(ImageRef {
+            repository: repository.to_owned(),
+            reference,
+        })
     }
 
     /// `repository:tag` for a repository and a version.
@@ -138,8 +151,12 @@ mod tests {
 
     #[test]
     fn accepts_registry_tag_and_digest_forms() {
-        let image = ImageRef::parse("123456789012.dkr.ecr.eu-west-1.amazonaws.com/runner:2.14.0").unwrap();
-        assert_eq!(image.repository(), "123456789012.dkr.ecr.eu-west-1.amazonaws.com/runner");
+        let image =
+            ImageRef::parse("123456789012.dkr.ecr.eu-west-1.amazonaws.com/runner:2.14.0").unwrap();
+        assert_eq!(
+            image.repository(),
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/runner"
+        );
         assert_eq!(image.tag(), Some("2.14.0"));
         let with_port = ImageRef::parse("registry.local:5000/team/runner:1.0.0").unwrap();
         assert_eq!(with_port.repository(), "registry.local:5000/team/runner");
@@ -162,6 +179,9 @@ mod tests {
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} was accepted");
         }
-        assert!(matches!(ImageRef::parse("runner"), Err(ImageError::MissingTag(_))));
+        assert!(matches!(
+            ImageRef::parse("runner"),
+            Err(ImageError::MissingTag(_))
+        ));
     }
 }

@@ -36,7 +36,13 @@ impl fmt::Display for Millis {
         let seconds = self.0 / 1000;
         let (days, rest) = (seconds / 86_400, seconds % 86_400);
         let (year, month, day) = civil_from_days(days);
-        write!(f, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            rest / 3600,
+            rest / 60 % 60,
+            rest % 60
+        )
     }
 }
 
@@ -61,7 +67,10 @@ mod tests {
     #[test]
     fn millis_display_is_rfc3339() {
         assert_eq!(Millis(0).to_string(), "1970-01-01T00:00:00Z");
-        assert_eq!(Millis(1_740_823_200_000).to_string(), "2025-03-01T10:00:00Z");
+        assert_eq!(
+            Millis(1_740_823_200_000).to_string(),
+            "2025-03-01T10:00:00Z"
+        );
         assert_eq!(Millis(951_782_400_000).to_string(), "2000-02-29T00:00:00Z");
     }
 }

@@ -1,4 +1,4 @@
-//! Observed state: what ECS and CloudFormation say right now, reduced to what decisions need.
+//! Observed state: what ECS and `CloudFormation` say right now, reduced to what decisions need.
 
 use super::image::ImageRef;
 use super::task_definition::TaskDefinition;
@@ -89,7 +89,7 @@ pub struct Task {
     pub health: Health,
 }
 
-/// A service as seen through DescribeServices and DescribeTasks.
+/// A service as seen through `DescribeServices` and `DescribeTasks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceState {
     /// Cluster name.
@@ -108,7 +108,9 @@ impl ServiceState {
     /// The PRIMARY deployment, if any.
     #[must_use]
     pub fn primary(&self) -> Option<&Deployment> {
-        self.deployments.iter().find(|d| d.status == DeploymentStatus::Primary)
+        self.deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
     }
 
     /// A deployment by id.
@@ -122,13 +124,15 @@ impl ServiceState {
     pub fn tasks_with(&self, task_definition_arn: &str, health: Health) -> usize {
         self.tasks
             .iter()
-            .filter(|t| t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Running)
+            .filter(|t| {
+                t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Running
+            })
             .filter(|t| t.health == health)
             .count()
     }
 }
 
-/// Infrastructure as seen through DescribeStacks.
+/// Infrastructure as seen through `DescribeStacks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackState {
     /// Stack name.
@@ -193,7 +197,9 @@ pub enum ObserveError {
     #[error("stack {0} not found")]
     StackNotFound(String),
     /// A stack is in a failed or rollback state: no action until a human looks.
-    #[error("stack {name} is in {status}: no action until it is repaired (see the README runbook)")]
+    #[error(
+        "stack {name} is in {status}: no action until it is repaired (see the README runbook)"
+    )]
     StackFailed {
         /// Stack.
         name: String,
@@ -226,13 +232,16 @@ pub fn observe(
     container: &str,
     stacks: &[StackState],
 ) -> Result<Observed, ObserveError> {
-    let runner = task_definition.container(container).ok_or_else(|| ObserveError::ContainerNotFound {
-        task_definition: task_definition.arn.clone(),
-        container: container.to_owned(),
-    })?;
+    let runner =
+        task_definition
+            .container(container)
+            .ok_or_else(|| ObserveError::ContainerNotFound {
+                task_definition: task_definition.arn.clone(),
+                container: container.to_owned(),
+            })?;
     let image_text = runner.image().unwrap_or_default();
-    let running_image =
-        ImageRef::parse(image_text).map_err(|_| ObserveError::BadRunningImage(image_text.to_owned()))?;
+    let running_image = ImageRef::parse(image_text)
+        .map_err(|_| ObserveError::BadRunningImage(image_text.to_owned()))?;
     let current_version = task_definition
         .tags
         .get(VERSION_TAG)
@@ -240,10 +249,16 @@ pub fn observe(
         .or_else(|| running_image.tag().and_then(|t| Version::parse(t).ok()));
     for stack in stacks {
         if is_failed_stack_status(&stack.status) {
-            return Err(ObserveError::StackFailed { name: stack.name.clone(), status: stack.status.clone() });
+            return Err(ObserveError::StackFailed {
+                name: stack.name.clone(),
+                status: stack.status.clone(),
+            });
         }
     }
-    let infra_version = stacks.last().and_then(StackState::infra_version).map(str::to_owned);
+    let infra_version = stacks
+        .last()
+        .and_then(StackState::infra_version)
+        .map(str::to_owned);
     Ok(Observed {
         service,
         has_health_check: runner.has_health_check(),

@@ -167,7 +167,8 @@ mod tests {
     #[test]
     fn clone_changes_only_the_runner_image_and_drops_read_only_fields() {
         let original = rich_document();
-        let clone = clone_with_image(&original, "runner", "registry.example/runner:2.14.0").unwrap();
+        let clone =
+            clone_with_image(&original, "runner", "registry.example/runner:2.14.0").unwrap();
         for field in READ_ONLY_FIELDS {
             assert!(!clone.contains_key(*field), "{field} must be removed");
         }
@@ -175,19 +176,31 @@ mod tests {
             if READ_ONLY_FIELDS.contains(&key.as_str()) || key == "containerDefinitions" {
                 continue;
             }
-            assert_eq!(clone.get(key), Some(value), "field {key} changed or was dropped");
+            assert_eq!(
+                clone.get(key),
+                Some(value),
+                "field {key} changed or was dropped"
+            );
         }
         let before = original["containerDefinitions"].as_array().unwrap();
         let after = clone["containerDefinitions"].as_array().unwrap();
         assert_eq!(before.len(), after.len());
         for (old, new) in before.iter().zip(after) {
             let (old, new) = (old.as_object().unwrap(), new.as_object().unwrap());
-            assert_eq!(old.len(), new.len(), "a container field was added or dropped");
+            assert_eq!(
+                old.len(),
+                new.len(),
+                "a container field was added or dropped"
+            );
             for (key, value) in old {
                 if old["name"] == "runner" && key == "image" {
                     assert_eq!(new[key], "registry.example/runner:2.14.0");
                 } else {
-                    assert_eq!(&new[key], value, "container {} field {key} changed", old["name"]);
+                    assert_eq!(
+                        &new[key], value,
+                        "container {} field {key} changed",
+                        old["name"]
+                    );
                 }
             }
         }

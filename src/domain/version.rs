@@ -87,8 +87,14 @@ impl Version {
         match (self, other) {
             (Version::Semver(a), Version::Semver(b)) => Some(a.cmp(b)),
             (
-                Version::DateBuild { date: da, build: ba },
-                Version::DateBuild { date: db, build: bb },
+                Version::DateBuild {
+                    date: da,
+                    build: ba,
+                },
+                Version::DateBuild {
+                    date: db,
+                    build: bb,
+                },
             ) => Some((da, ba).cmp(&(db, bb))),
             _ => None,
         }
@@ -137,8 +143,12 @@ fn parse_date_build(value: &str) -> Result<Option<Version>, VersionError> {
         return Ok(None);
     }
     // Both parses cannot fail after the shape check (8 and at most 9 digits fit in u32).
-    let date: u32 = date_text.parse().map_err(|_| VersionError::BadDate(value.to_owned(), 0))?;
-    let build: u32 = build_text.parse().map_err(|_| VersionError::BadDate(value.to_owned(), date))?;
+    let date: u32 = date_text
+        .parse()
+        .map_err(|_| VersionError::BadDate(value.to_owned(), 0))?;
+    let build: u32 = build_text
+        .parse()
+        .map_err(|_| VersionError::BadDate(value.to_owned(), date))?;
     let (year, month, day) = (date / 10_000, date / 100 % 100, date % 100);
     let days_in_month = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -170,8 +180,14 @@ mod tests {
 
     #[test]
     fn date_build_orders_numerically_not_as_text() {
-        assert_eq!(v("20250301.9").compare(&v("20250301.12")), Some(Ordering::Less));
-        assert_eq!(v("20250302.1").compare(&v("20250301.99")), Some(Ordering::Greater));
+        assert_eq!(
+            v("20250301.9").compare(&v("20250301.12")),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            v("20250302.1").compare(&v("20250301.99")),
+            Some(Ordering::Greater)
+        );
         assert_eq!(v("20250301.12").to_string(), "20250301.12");
     }
 
@@ -182,13 +198,24 @@ mod tests {
 
     #[test]
     fn bad_versions_are_named() {
-        let cases: &[(&str, fn(&VersionError) -> bool)] = &[
+        type Check = fn(&VersionError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, VersionError::Empty)),
-            (" 2.14.0", |e| matches!(e, VersionError::SurroundingWhitespace(_))),
-            ("2.14.0\n", |e| matches!(e, VersionError::SurroundingWhitespace(_))),
+            (" 2.14.0", |e| {
+                matches!(e, VersionError::SurroundingWhitespace(_))
+            }),
+            ("2.14.0\n", |e| {
+                matches!(e, VersionError::SurroundingWhitespace(_))
+            }),
             ("２.14.0", |e| matches!(e, VersionError::NotAscii(_))),
-            ("v2.14.0", |e| matches!(e, VersionError::Unrecognised { hint, .. } if hint.contains("'v'"))),
-            ("2.14", |e| matches!(e, VersionError::Unrecognised { hint, .. } if hint.contains("three"))),
+            (
+                "v2.14.0",
+                |e| matches!(e, VersionError::Unrecognised { hint, .. } if hint.contains("'v'")),
+            ),
+            (
+                "2.14",
+                |e| matches!(e, VersionError::Unrecognised { hint, .. } if hint.contains("three")),
+            ),
             ("latest", |e| matches!(e, VersionError::Unrecognised { .. })),
             ("20251301.1", |e| matches!(e, VersionError::BadDate(..))),
             ("20250230.1", |e| matches!(e, VersionError::BadDate(..))),
@@ -197,7 +224,10 @@ mod tests {
             let error = Version::parse(input).unwrap_err();
             assert!(check(&error), "{input:?} gave {error:?}");
         }
-        assert!(matches!(Version::parse(&"1".repeat(8192)), Err(VersionError::TooLong(8192))));
+        assert!(matches!(
+            Version::parse(&"1".repeat(8192)),
+            Err(VersionError::TooLong(8192))
+        ));
     }
 
     #[test]

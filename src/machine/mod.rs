@@ -59,9 +59,9 @@ impl Default for Settings {
         Settings {
             channel: "stable".to_owned(),
             fail_fast_tasks: 2,
-            rollout_timeout: Duration::from_secs(30 * 60),
-            soak: Duration::from_secs(5 * 60),
-            rollback_timeout: Duration::from_secs(30 * 60),
+            rollout_timeout: Duration::from_mins(30),
+            soak: Duration::from_mins(5),
+            rollback_timeout: Duration::from_mins(30),
             history_max: 20,
         }
     }
@@ -128,7 +128,10 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: &str, reason: impl Into<String>) -> Self {
-        Failure { code: code.to_owned(), reason: reason.into() }
+        Failure {
+            code: code.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -203,7 +206,9 @@ impl Command {
     pub fn is_mutation(&self) -> bool {
         matches!(
             self,
-            Command::RegisterTaskDefinition { .. } | Command::UpdateService { .. } | Command::RollBackService { .. }
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
         )
     }
 }
@@ -382,11 +387,19 @@ impl RunnerMachine {
         match &input.event {
             Event::LockAcquired { epoch } => Transition(State::locked(attempt.clone(), *epoch)),
             Event::LockBusy { holder } => {
-                self.note_now("lock-busy", format!("the lock is held by {holder}"), input.now);
+                self.note_now(
+                    "lock-busy",
+                    format!("the lock is held by {holder}"),
+                    input.now,
+                );
                 Transition(State::idle())
             }
             Event::CommandFailed { message, .. } => {
-                self.note_now("lock-failed", format!("could not take the lock: {message}"), input.now);
+                self.note_now(
+                    "lock-failed",
+                    format!("could not take the lock: {message}"),
+                    input.now,
+                );
                 Transition(State::idle())
             }
             Event::Observed(_) => {
@@ -399,38 +412,79 @@ impl RunnerMachine {
 
     #[action]
     fn enter_checking(attempt: &mut Attempt, ctx: &mut Ctx) {
-        ctx.commands.push(Command::AcquireLock { attempt_id: attempt.id.clone() });
+        ctx.commands.push(Command::AcquireLock {
+            attempt_id: attempt.id.clone(),
+        });
     }
 
     /// Lock held: re-check on a fresh observation. Outgoing: `RegisteringTaskDefinition`, or
     /// `Idle` when no longer eligible.
     #[state(entry_action = "enter_locked")]
-    fn locked(&mut self, attempt: &mut Attempt, epoch: &mut u64, input: &Input, ctx: &mut Ctx) -> Outcome<State> {
+    fn locked(
+        &mut self,
+        attempt: &mut Attempt,
+        epoch: &mut u64,
+        input: &Input,
+        ctx: &mut Ctx,
+    ) -> Outcome<State> {
         if let Event::LeaseAdopted { epoch: adopted } = input.event {
             *epoch = adopted;
             return Handled;
         }
-        let Event::Observed(observation) = &input.event else { return Handled };
+        let Event::Observed(observation) = &input.event else {
+            return Handled;
+        };
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
-            (Err(error), _) => return self.abort(Some(*epoch), error.code(), error.to_string(), ctx, input.now),
-            (_, Err(error)) => return self.abort(Some(*epoch), error.code(), error.to_string(), ctx, input.now),
+            (Err(error), _) => {
+                return self.abort(
+                    Some(*epoch),
+                    error.code(),
+                    error.to_string(),
+                    ctx,
+                    input.now,
+                )
+            }
+            (_, Err(error)) => {
+                return self.abort(
+                    Some(*epoch),
+                    error.code(),
+                    error.to_string(),
+                    ctx,
+                    input.now,
+                )
+            }
         };
         let verdict = self.verdict(desired, observed);
         if let Some(failure) = verdict.first_failure() {
-            let (code, message) = (failure.rule.name(), format!("no longer eligible under the lock: {}", failure.reason));
+            let (code, message) = (
+                failure.rule.name(),
+                format!("no longer eligible under the lock: {}", failure.reason),
+            );
             self.memory.verdict = Some(verdict);
             return self.abort(Some(*epoch), code, message, ctx, input.now);
         }
         if desired.version != attempt.target_version || desired.image != attempt.target_image {
-            let message = format!("the desired state changed to {} ({}) before the update began", desired.version, desired.image);
+            let message = format!(
+                "the desired state changed to {} ({}) before the update began",
+                desired.version, desired.image
+            );
             return self.abort(Some(*epoch), "desired-changed", message, ctx, input.now);
         }
         let baseline = Baseline {
             task_definition_arn: observed.service.task_definition_arn.clone(),
-            deployment_ids: observed.service.deployments.iter().map(|d| d.id.clone()).collect(),
+            deployment_ids: observed
+                .service
+                .deployments
+                .iter()
+                .map(|d| d.id.clone())
+                .collect(),
         };
-        Transition(State::registering_task_definition(Run { attempt: attempt.clone(), epoch: *epoch, baseline }))
+        Transition(State::registering_task_definition(Run {
+            attempt: attempt.clone(),
+            epoch: *epoch,
+            baseline,
+        }))
     }
 
     #[action]
@@ -449,10 +503,20 @@ impl RunnerMachine {
 
     /// Outgoing: `UpdatingService`; `RolledBack` when refused; `Idle` on a foreign writer or a
     /// lost lock.
-    #[state(superstate = "deploying", entry_action = "enter_registering_task_definition")]
-    fn registering_task_definition(&mut self, run: &mut Run, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    #[state(
+        superstate = "deploying",
+        entry_action = "enter_registering_task_definition"
+    )]
+    fn registering_task_definition(
+        &mut self,
+        run: &mut Run,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
         match &input.event {
-            Event::TaskDefinitionRegistered { arn } => Transition(State::updating_service(run.clone(), arn.clone())),
+            Event::TaskDefinitionRegistered { arn } => {
+                Transition(State::updating_service(run.clone(), arn.clone()))
+            }
             Event::CommandFailed { class, message, .. } => {
                 self.command_failed(run, *class, "register-refused", message, ctx, input.now)
             }
@@ -484,7 +548,13 @@ impl RunnerMachine {
     /// Outgoing: `AwaitingRollout`; `RolledBack` when refused; `Idle` on a foreign writer or a
     /// lost lock.
     #[state(superstate = "deploying", entry_action = "enter_updating_service")]
-    fn updating_service(&mut self, run: &mut Run, new_td: &mut String, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    fn updating_service(
+        &mut self,
+        run: &mut Run,
+        new_td: &mut String,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
         match &input.event {
             Event::ServiceUpdated { deployment_id } => {
                 let deadline = input.now.after(self.settings.rollout_timeout);
@@ -513,6 +583,8 @@ impl RunnerMachine {
         }
     }
 
+    // statig hands state-local storage to actions by its declared type (`&mut String`).
+    #[allow(clippy::ptr_arg)]
     #[action]
     fn enter_updating_service(run: &mut Run, new_td: &mut String, ctx: &mut Ctx) {
         ctx.commands.push(Command::UpdateService {
@@ -533,21 +605,34 @@ impl RunnerMachine {
     /// Outgoing: `Soaking` when healthy; `RollingBack` on failure, unhealthy tasks or timeout;
     /// `Idle` on a foreign writer.
     #[state(superstate = "health_gate")]
-    fn awaiting_rollout(&mut self, gate: &mut Gate, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    fn awaiting_rollout(
+        &mut self,
+        gate: &mut Gate,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
         if let Event::LeaseAdopted { epoch } = input.event {
             gate.run.epoch = epoch;
             return Handled;
         }
-        let Event::Observed(observation) = &input.event else { return Super };
+        let Event::Observed(observation) = &input.event else {
+            return Super;
+        };
         let status = self.gate_status(gate, observation);
         match status {
-            GateStatus::Healthy => Transition(State::soaking(gate.clone(), input.now.after(self.settings.soak))),
+            GateStatus::Healthy => Transition(State::soaking(
+                gate.clone(),
+                input.now.after(self.settings.soak),
+            )),
             GateStatus::Failed(failure) => self.roll_back(&gate.run, failure, input.now),
             GateStatus::Foreign(current) => self.foreign(&gate.run, &current, ctx, input.now),
             GateStatus::Waiting(_) if input.now >= gate.deadline => {
                 let failure = Failure::new(
                     "health-gate-timeout",
-                    format!("the new revision was not healthy within {}s", self.settings.rollout_timeout.as_secs()),
+                    format!(
+                        "the new revision was not healthy within {}s",
+                        self.settings.rollout_timeout.as_secs()
+                    ),
                 );
                 self.roll_back(&gate.run, failure, input.now)
             }
@@ -558,12 +643,20 @@ impl RunnerMachine {
     /// Outgoing: `Done` after the soak; `AwaitingRollout` when health wavers; `RollingBack` on
     /// failure; `Idle` on a foreign writer.
     #[state(superstate = "health_gate")]
-    fn soaking(&mut self, gate: &mut Gate, until: &mut Millis, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    fn soaking(
+        &mut self,
+        gate: &mut Gate,
+        until: &mut Millis,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
         if let Event::LeaseAdopted { epoch } = input.event {
             gate.run.epoch = epoch;
             return Handled;
         }
-        let Event::Observed(observation) = &input.event else { return Super };
+        let Event::Observed(observation) = &input.event else {
+            return Super;
+        };
         match self.gate_status(gate, observation) {
             GateStatus::Healthy if input.now >= *until => {
                 self.memory.last_success = Some(input.now);
@@ -575,7 +668,10 @@ impl RunnerMachine {
             GateStatus::Foreign(current) => self.foreign(&gate.run, &current, ctx, input.now),
             GateStatus::Waiting(why) => {
                 if input.now >= gate.deadline {
-                    let failure = Failure::new("health-gate-timeout", format!("health wavered during the soak: {why}"));
+                    let failure = Failure::new(
+                        "health-gate-timeout",
+                        format!("health wavered during the soak: {why}"),
+                    );
                     self.roll_back(&gate.run, failure, input.now)
                 } else {
                     self.pending_note = Some(format!("health wavered during the soak: {why}"));
@@ -601,13 +697,24 @@ impl RunnerMachine {
                 run.epoch = *epoch;
                 Handled
             }
-            Event::CommandFailed { class: FailureClass::Fenced, message, .. } => {
+            Event::CommandFailed {
+                class: FailureClass::Fenced,
+                message,
+                ..
+            } => {
                 self.note_now("lock-lost", message.clone(), input.now);
                 Transition(State::idle())
             }
-            Event::CommandFailed { class: FailureClass::Permanent, message, .. } => {
+            Event::CommandFailed {
+                class: FailureClass::Permanent,
+                message,
+                ..
+            } => {
                 let mut failure = failure.clone();
-                failure.reason = format!("{}; the rollback itself was refused ({message}): needs a human", failure.reason);
+                failure.reason = format!(
+                    "{}; the rollback itself was refused ({message}): needs a human",
+                    failure.reason
+                );
                 self.pending_note = Some(failure.reason.clone());
                 Transition(State::rolled_back(run.clone(), failure))
             }
@@ -660,13 +767,21 @@ impl RunnerMachine {
 
     #[action]
     fn enter_done(gate: &mut Gate, ctx: &mut Ctx) {
-        ctx.commands.push(Command::ReleaseLock { epoch: gate.run.epoch });
+        ctx.commands.push(Command::ReleaseLock {
+            epoch: gate.run.epoch,
+        });
     }
 
     /// The attempt failed and was undone. Outgoing: `Checking` when the desired state changes
     /// to something eligible.
     #[state(entry_action = "enter_rolled_back")]
-    fn rolled_back(&mut self, run: &mut Run, failure: &mut Failure, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    fn rolled_back(
+        &mut self,
+        run: &mut Run,
+        failure: &mut Failure,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
         let _ = (run, failure);
         self.consider(ctx, input)
     }
@@ -681,26 +796,40 @@ impl RunnerMachine {
     /// A machine at rest for a runner.
     #[must_use]
     pub fn new(runner: &str, settings: Settings) -> Self {
-        RunnerMachine { runner: runner.to_owned(), settings, memory: Memory::default(), pending_note: None }
+        RunnerMachine {
+            runner: runner.to_owned(),
+            settings,
+            memory: Memory::default(),
+            pending_note: None,
+        }
     }
 
     /// A machine with restored memory.
     #[must_use]
     pub fn with_memory(runner: &str, settings: Settings, memory: Memory) -> Self {
-        RunnerMachine { runner: runner.to_owned(), settings, memory, pending_note: None }
+        RunnerMachine {
+            runner: runner.to_owned(),
+            settings,
+            memory,
+            pending_note: None,
+        }
     }
 
     fn after_transition(&mut self, source: &State, target: &State, ctx: &mut Ctx) {
         let (from, to) = (phase_of(source), phase_of(target));
         if !phase::allowed(from, to) {
-            ctx.violations.push(format!("transition {from} -> {to} is not in the transition table"));
+            ctx.violations.push(format!(
+                "transition {from} -> {to} is not in the transition table"
+            ));
         }
         self.memory.since = ctx.now;
         self.memory.history.push_back(TransitionEntry {
             from,
             to,
             at: ctx.now,
-            attempt_id: attempt_of(target).or_else(|| attempt_of(source)).map(|a| a.id.clone()),
+            attempt_id: attempt_of(target)
+                .or_else(|| attempt_of(source))
+                .map(|a| a.id.clone()),
             note: self.pending_note.take(),
         });
         while self.memory.history.len() > self.settings.history_max.max(1) {
@@ -711,7 +840,9 @@ impl RunnerMachine {
     /// Resting states: evaluate eligibility and start an attempt when every rule passes.
     fn consider(&mut self, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
         let _ = ctx;
-        let Event::Observed(observation) = &input.event else { return Handled };
+        let Event::Observed(observation) = &input.event else {
+            return Handled;
+        };
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
             (Err(error), _) => {
@@ -736,7 +867,12 @@ impl RunnerMachine {
         self.memory.note = None;
         self.memory.attempts_started += 1;
         let attempt = Attempt {
-            id: format!("{}-{}-{:x}", self.runner, self.memory.attempts_started, input.now.0 / 1000),
+            id: format!(
+                "{}-{}-{:x}",
+                self.runner,
+                self.memory.attempts_started,
+                input.now.0 / 1000
+            ),
             target_version: desired.version.clone(),
             target_image: desired.image.clone(),
             from_version: observed.current_version.clone(),
@@ -745,7 +881,10 @@ impl RunnerMachine {
         };
         self.pending_note = Some(format!(
             "update {} -> {}",
-            attempt.from_version.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            attempt
+                .from_version
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
             attempt.target_version
         ));
         Transition(State::checking(attempt))
@@ -762,14 +901,29 @@ impl RunnerMachine {
 
     /// Records a note; the timestamp only moves when the note changes (no churn in the record).
     fn note_now(&mut self, code: &str, message: String, now: Millis) {
-        let unchanged = self.memory.note.as_ref().is_some_and(|n| n.code == code && n.message == message);
+        let unchanged = self
+            .memory
+            .note
+            .as_ref()
+            .is_some_and(|n| n.code == code && n.message == message);
         if !unchanged {
-            self.memory.note = Some(Note { code: code.to_owned(), message, at: now });
+            self.memory.note = Some(Note {
+                code: code.to_owned(),
+                message,
+                at: now,
+            });
         }
     }
 
     /// Stops the attempt without marking anything failed; releases the lock when held.
-    fn abort(&mut self, epoch: Option<u64>, code: &str, message: String, ctx: &mut Ctx, now: Millis) -> Outcome<State> {
+    fn abort(
+        &mut self,
+        epoch: Option<u64>,
+        code: &str,
+        message: String,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
         self.pending_note = Some(message.clone());
         self.note_now(code, message, now);
         if let Some(epoch) = epoch {
@@ -823,7 +977,11 @@ impl RunnerMachine {
 
     /// Marks the attempt's target failed (once).
     fn quarantine(&mut self, attempt: &Attempt, failure: &Failure, now: Millis) {
-        let known = self.memory.failed.iter().any(|m| m.matches(&attempt.target_version, &attempt.target_image));
+        let known = self
+            .memory
+            .failed
+            .iter()
+            .any(|m| m.matches(&attempt.target_version, &attempt.target_image));
         if !known {
             self.memory.failed.push(FailedMark {
                 version: attempt.target_version.to_string(),
@@ -845,29 +1003,46 @@ impl RunnerMachine {
     fn gate_status(&self, gate: &Gate, observation: &Observation) -> GateStatus {
         let observed = match &observation.observed {
             Ok(observed) => observed,
-            Err(error) => return GateStatus::Waiting(format!("cannot observe the service: {error}")),
+            Err(error) => {
+                return GateStatus::Waiting(format!("cannot observe the service: {error}"))
+            }
         };
         let service = &observed.service;
-        let (new_td, baseline_td) = (&gate.new_task_definition_arn, &gate.run.baseline.task_definition_arn);
+        let (new_td, baseline_td) = (
+            &gate.new_task_definition_arn,
+            &gate.run.baseline.task_definition_arn,
+        );
         if service.task_definition_arn != *new_td && service.task_definition_arn != *baseline_td {
             return GateStatus::Foreign(service.task_definition_arn.clone());
         }
         let ours = service.deployment(&gate.deployment_id);
         if let Some(deployment) = ours.filter(|d| d.rollout_state == RolloutState::Failed) {
-            let reason = deployment.rollout_reason.clone().unwrap_or_else(|| "no reason given".to_owned());
+            let reason = deployment
+                .rollout_reason
+                .clone()
+                .unwrap_or_else(|| "no reason given".to_owned());
             return GateStatus::Failed(Failure::new(
                 "circuit-breaker",
-                format!("the ECS circuit breaker failed deployment {}: {reason}", deployment.id),
+                format!(
+                    "the ECS circuit breaker failed deployment {}: {reason}",
+                    deployment.id
+                ),
             ));
         }
         if service.task_definition_arn == *baseline_td {
             return GateStatus::Failed(Failure::new(
                 "circuit-breaker",
-                format!("ECS rolled the service back to {baseline_td}; deployment {} is gone", gate.deployment_id),
+                format!(
+                    "ECS rolled the service back to {baseline_td}; deployment {} is gone",
+                    gate.deployment_id
+                ),
             ));
         }
         let Some(ours) = ours else {
-            return GateStatus::Foreign(format!("{} (deployment {} was replaced)", service.task_definition_arn, gate.deployment_id));
+            return GateStatus::Foreign(format!(
+                "{} (deployment {} was replaced)",
+                service.task_definition_arn, gate.deployment_id
+            ));
         };
         let unhealthy = service.tasks_with(new_td, Health::Unhealthy);
         let bad = ours.failed_tasks as usize + unhealthy;
@@ -884,7 +1059,8 @@ impl RunnerMachine {
         if !primary_is_ours {
             return GateStatus::Waiting(format!("deployment {} is not PRIMARY", ours.id));
         }
-        if ours.rollout_state != RolloutState::Completed || ours.running_count != ours.desired_count {
+        if ours.rollout_state != RolloutState::Completed || ours.running_count != ours.desired_count
+        {
             return GateStatus::Waiting(format!(
                 "rollout in progress: {}/{} running",
                 ours.running_count, ours.desired_count
@@ -893,7 +1069,10 @@ impl RunnerMachine {
         if observed.has_health_check {
             let healthy = service.tasks_with(new_td, Health::Healthy);
             if healthy < ours.desired_count as usize {
-                return GateStatus::Waiting(format!("{healthy}/{} tasks HEALTHY", ours.desired_count));
+                return GateStatus::Waiting(format!(
+                    "{healthy}/{} tasks HEALTHY",
+                    ours.desired_count
+                ));
             }
         }
         GateStatus::Healthy
@@ -927,7 +1106,9 @@ pub fn attempt_of(state: &State) -> Option<&Attempt> {
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
         | State::RolledBack { run, .. } => Some(&run.attempt),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => Some(&gate.run.attempt),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => {
+            Some(&gate.run.attempt)
+        }
     }
 }
 
@@ -939,7 +1120,9 @@ pub fn run_of(state: &State) -> Option<&Run> {
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
         | State::RolledBack { run, .. } => Some(run),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => Some(&gate.run),
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => {
+            Some(&gate.run)
+        }
         State::Idle {} | State::Checking { .. } | State::Locked { .. } => None,
     }
 }

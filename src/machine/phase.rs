@@ -63,7 +63,7 @@ impl Phase {
         Phase::RolledBack,
     ];
 
-    /// The stable snake_case name used in records, metrics and traces.
+    /// The stable `snake_case` name used in records, metrics and traces.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -186,22 +186,62 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(Phase::RolledBack, Phase::Checking, "eligible"),
     edge(Phase::Checking, Phase::Locked, "lock acquired"),
     edge(Phase::Checking, Phase::Idle, "lock busy"),
-    edge(Phase::Locked, Phase::RegisteringTaskDefinition, "still eligible"),
+    edge(
+        Phase::Locked,
+        Phase::RegisteringTaskDefinition,
+        "still eligible",
+    ),
     edge(Phase::Locked, Phase::Idle, "no longer eligible"),
-    edge(Phase::RegisteringTaskDefinition, Phase::UpdatingService, "registered"),
-    edge(Phase::RegisteringTaskDefinition, Phase::RolledBack, "register refused"),
-    edge(Phase::RegisteringTaskDefinition, Phase::Idle, "foreign writer / lock lost"),
-    edge(Phase::UpdatingService, Phase::AwaitingRollout, "service updated"),
+    edge(
+        Phase::RegisteringTaskDefinition,
+        Phase::UpdatingService,
+        "registered",
+    ),
+    edge(
+        Phase::RegisteringTaskDefinition,
+        Phase::RolledBack,
+        "register refused",
+    ),
+    edge(
+        Phase::RegisteringTaskDefinition,
+        Phase::Idle,
+        "foreign writer / lock lost",
+    ),
+    edge(
+        Phase::UpdatingService,
+        Phase::AwaitingRollout,
+        "service updated",
+    ),
     edge(Phase::UpdatingService, Phase::RolledBack, "update refused"),
-    edge(Phase::UpdatingService, Phase::Idle, "foreign writer / lock lost"),
+    edge(
+        Phase::UpdatingService,
+        Phase::Idle,
+        "foreign writer / lock lost",
+    ),
     edge(Phase::AwaitingRollout, Phase::Soaking, "healthy"),
-    edge(Phase::AwaitingRollout, Phase::RollingBack, "failed / unhealthy / timeout"),
-    edge(Phase::AwaitingRollout, Phase::Idle, "foreign writer / lock lost"),
+    edge(
+        Phase::AwaitingRollout,
+        Phase::RollingBack,
+        "failed / unhealthy / timeout",
+    ),
+    edge(
+        Phase::AwaitingRollout,
+        Phase::Idle,
+        "foreign writer / lock lost",
+    ),
     edge(Phase::Soaking, Phase::Done, "soak passed"),
-    edge(Phase::Soaking, Phase::AwaitingRollout, "not healthy any more"),
+    edge(
+        Phase::Soaking,
+        Phase::AwaitingRollout,
+        "not healthy any more",
+    ),
     edge(Phase::Soaking, Phase::RollingBack, "failed / unhealthy"),
     edge(Phase::Soaking, Phase::Idle, "foreign writer / lock lost"),
-    edge(Phase::RollingBack, Phase::RolledBack, "previous revision restored"),
+    edge(
+        Phase::RollingBack,
+        Phase::RolledBack,
+        "previous revision restored",
+    ),
     edge(Phase::RollingBack, Phase::Idle, "lock lost"),
 ];
 
@@ -233,9 +273,15 @@ mod tests {
         for phase in Phase::ALL {
             assert_eq!(Phase::from_name(phase.name()), Some(phase));
             if phase != Phase::Idle {
-                assert!(TRANSITIONS.iter().any(|e| e.to == phase), "{phase} is unreachable");
+                assert!(
+                    TRANSITIONS.iter().any(|e| e.to == phase),
+                    "{phase} is unreachable"
+                );
             }
-            assert!(TRANSITIONS.iter().any(|e| e.from == phase), "{phase} is a dead end");
+            assert!(
+                TRANSITIONS.iter().any(|e| e.from == phase),
+                "{phase} is a dead end"
+            );
         }
     }
 

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 
 use super::{guard, Faults, Rng, SimClock, SimRunnerSpec};
 use crate::domain::observed::{
-    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, ATTEMPT_TAG, VERSION_TAG,
+    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
+    ATTEMPT_TAG, VERSION_TAG,
 };
 use crate::domain::task_definition::{TaskDefinition, READ_ONLY_FIELDS};
 use crate::domain::Millis;
@@ -137,14 +138,21 @@ impl EcsWorld {
         let Some(td) = self.task_definitions.get(task_definition_arn) else {
             return (ImageBehaviour::Healthy, false);
         };
-        let containers = td.document.get("containerDefinitions").and_then(Value::as_array);
+        let containers = td
+            .document
+            .get("containerDefinitions")
+            .and_then(Value::as_array);
         let mut behaviour = ImageBehaviour::Healthy;
         let mut health_check = false;
         for container in containers.into_iter().flatten() {
             if container.get("healthCheck").is_some_and(|h| !h.is_null()) {
                 health_check = true;
             }
-            if let Some(b) = container.get("image").and_then(Value::as_str).and_then(|i| self.behaviours.get(i)) {
+            if let Some(b) = container
+                .get("image")
+                .and_then(Value::as_str)
+                .and_then(|i| self.behaviours.get(i))
+            {
                 behaviour = *b;
             }
         }
@@ -152,7 +160,9 @@ impl EcsWorld {
     }
 
     fn advance(&mut self, key: &(String, String), now: Millis) {
-        let Some(mut service) = self.services.remove(key) else { return };
+        let Some(mut service) = self.services.remove(key) else {
+            return;
+        };
         while service.last_step.after(STEP) <= now {
             let t = service.last_step.after(STEP);
             self.step(&mut service, t);
@@ -167,7 +177,11 @@ impl EcsWorld {
 
     fn step(&mut self, service: &mut SimService, t: Millis) {
         let mut failed_by_deployment: BTreeMap<String, u32> = BTreeMap::new();
-        for task in service.tasks.iter_mut().filter(|task| task.status != TaskStatus::Stopped) {
+        for task in service
+            .tasks
+            .iter_mut()
+            .filter(|task| task.status != TaskStatus::Stopped)
+        {
             let (behaviour, health_check) = self.behaviour_of(&task.task_definition_arn);
             if task.status == TaskStatus::Pending && t >= task.running_at {
                 task.status = TaskStatus::Running;
@@ -179,16 +193,23 @@ impl EcsWorld {
             match behaviour {
                 ImageBehaviour::Crashing { after } if running_for >= after => {
                     task.status = TaskStatus::Stopped;
-                    *failed_by_deployment.entry(task.deployment.clone()).or_default() += 1;
+                    *failed_by_deployment
+                        .entry(task.deployment.clone())
+                        .or_default() += 1;
                     continue;
                 }
                 ImageBehaviour::NeverHealthy if health_check && running_for >= HEALTHY_AFTER => {
                     task.health = Health::Unhealthy;
                 }
-                ImageBehaviour::UnhealthyAfter { after } if health_check && running_for >= after => {
+                ImageBehaviour::UnhealthyAfter { after }
+                    if health_check && running_for >= after =>
+                {
                     task.health = Health::Unhealthy;
                 }
-                _ if health_check && running_for >= HEALTHY_AFTER && task.health == Health::Unknown => {
+                _ if health_check
+                    && running_for >= HEALTHY_AFTER
+                    && task.health == Health::Unknown =>
+                {
                     task.health = Health::Healthy;
                 }
                 _ => {}
@@ -197,20 +218,30 @@ impl EcsWorld {
                 let since = *task.unhealthy_since.get_or_insert(t);
                 if t.since(since) >= UNHEALTHY_GRACE {
                     task.status = TaskStatus::Stopped;
-                    *failed_by_deployment.entry(task.deployment.clone()).or_default() += 1;
+                    *failed_by_deployment
+                        .entry(task.deployment.clone())
+                        .or_default() += 1;
                 }
             }
         }
         for deployment in &mut service.deployments {
-            deployment.failed_tasks += failed_by_deployment.get(&deployment.id).copied().unwrap_or(0);
+            deployment.failed_tasks += failed_by_deployment
+                .get(&deployment.id)
+                .copied()
+                .unwrap_or(0);
         }
-        service.tasks.retain(|task| task.status != TaskStatus::Stopped);
+        service
+            .tasks
+            .retain(|task| task.status != TaskStatus::Stopped);
 
-        let threshold = self.breaker_minimum.max(service.desired_count.div_ceil(2).min(200));
-        let tripped = service
-            .deployments
-            .iter()
-            .position(|d| d.status == DeploymentStatus::Primary && d.rollout_state == RolloutState::InProgress && d.failed_tasks >= threshold);
+        let threshold = self
+            .breaker_minimum
+            .max(service.desired_count.div_ceil(2).min(200));
+        let tripped = service.deployments.iter().position(|d| {
+            d.status == DeploymentStatus::Primary
+                && d.rollout_state == RolloutState::InProgress
+                && d.failed_tasks >= threshold
+        });
         if let Some(index) = tripped {
             let failed_id = service.deployments[index].id.clone();
             service.deployments[index].rollout_state = RolloutState::Failed;
@@ -235,10 +266,19 @@ impl EcsWorld {
             );
         }
 
-        let Some(primary) = service.deployments.iter().find(|d| d.status == DeploymentStatus::Primary).cloned() else {
+        let Some(primary) = service
+            .deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
+            .cloned()
+        else {
             return;
         };
-        let alive = service.tasks.iter().filter(|task| task.deployment == primary.id).count();
+        let alive = service
+            .tasks
+            .iter()
+            .filter(|task| task.deployment == primary.id)
+            .count();
         let missing = (service.desired_count as usize).saturating_sub(alive);
         for _ in 0..missing {
             let jitter = Duration::from_millis(self.rng.below(START_JITTER_MS));
@@ -258,7 +298,9 @@ impl EcsWorld {
             .filter(|task| task.deployment == primary.id && task.status == TaskStatus::Running)
             .filter(|task| !health_check || task.health == Health::Healthy)
             .count();
-        if primary.rollout_state == RolloutState::InProgress && ready >= service.desired_count as usize {
+        if primary.rollout_state == RolloutState::InProgress
+            && ready >= service.desired_count as usize
+        {
             service.tasks.retain(|task| task.deployment == primary.id);
             service.deployments.retain(|d| d.id == primary.id);
             if let Some(d) = service.deployments.first_mut() {
@@ -268,10 +310,19 @@ impl EcsWorld {
         }
     }
 
-    fn register(&mut self, mut document: Map<String, Value>, tags: BTreeMap<String, String>, now: Millis) -> Result<String, PortError> {
-        let refuse = |message: String| PortError::new(ErrorKind::Permanent, "RegisterTaskDefinition", message);
+    fn register(
+        &mut self,
+        mut document: Map<String, Value>,
+        tags: BTreeMap<String, String>,
+        now: Millis,
+    ) -> Result<String, PortError> {
+        let refuse = |message: String| {
+            PortError::new(ErrorKind::Permanent, "RegisterTaskDefinition", message)
+        };
         if let Some(field) = READ_ONLY_FIELDS.iter().find(|f| document.contains_key(**f)) {
-            return Err(refuse(format!("ClientException: unexpected read-only field {field}")));
+            return Err(refuse(format!(
+                "ClientException: unexpected read-only field {field}"
+            )));
         }
         let family = document
             .get("family")
@@ -283,15 +334,21 @@ impl EcsWorld {
             .get("containerDefinitions")
             .and_then(Value::as_array)
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| refuse("ClientException: containerDefinitions is required".to_owned()))?;
+            .ok_or_else(|| {
+                refuse("ClientException: containerDefinitions is required".to_owned())
+            })?;
         let task_memory = document.contains_key("memory");
         for container in containers {
             let has = |key: &str| container.get(key).is_some_and(|v| !v.is_null());
             if !has("name") || !has("image") {
-                return Err(refuse("ClientException: every container needs a name and an image".to_owned()));
+                return Err(refuse(
+                    "ClientException: every container needs a name and an image".to_owned(),
+                ));
             }
             if !task_memory && !has("memory") && !has("memoryReservation") {
-                return Err(refuse("ClientException: a container needs memory when the task has none".to_owned()));
+                return Err(refuse(
+                    "ClientException: a container needs memory when the task has none".to_owned(),
+                ));
             }
         }
         let revision = self.revisions.entry(family.clone()).or_insert(0);
@@ -301,8 +358,18 @@ impl EcsWorld {
         document.insert("revision".to_owned(), Value::from(*revision));
         document.insert("status".to_owned(), Value::String("ACTIVE".to_owned()));
         document.insert("registeredAt".to_owned(), Value::from(now.0));
-        document.insert("registeredBy".to_owned(), Value::String(format!("arn:aws:iam::{ACCOUNT}:role/controller")));
-        self.task_definitions.insert(arn.clone(), TaskDefinition { arn: arn.clone(), document, tags });
+        document.insert(
+            "registeredBy".to_owned(),
+            Value::String(format!("arn:aws:iam::{ACCOUNT}:role/controller")),
+        );
+        self.task_definitions.insert(
+            arn.clone(),
+            TaskDefinition {
+                arn: arn.clone(),
+                document,
+                tags,
+            },
+        );
         self.registrations.push(arn.clone());
         Ok(arn)
     }
@@ -310,8 +377,14 @@ impl EcsWorld {
 
 fn is_steady(service: &SimService) -> bool {
     service.deployments.len() == 1
-        && service.deployments.iter().all(|d| d.rollout_state == RolloutState::Completed)
-        && service.tasks.iter().all(|t| t.status == TaskStatus::Running && t.health != Health::Unhealthy)
+        && service
+            .deployments
+            .iter()
+            .all(|d| d.rollout_state == RolloutState::Completed)
+        && service
+            .tasks
+            .iter()
+            .all(|t| t.status == TaskStatus::Running && t.health != Health::Unhealthy)
 }
 
 impl SimEcs {
@@ -352,13 +425,19 @@ impl SimEcs {
     /// Service updates so far, every actor.
     #[must_use]
     pub fn updates(&self) -> Vec<ServiceUpdate> {
-        self.world.lock().map(|w| w.updates.clone()).unwrap_or_default()
+        self.world
+            .lock()
+            .map(|w| w.updates.clone())
+            .unwrap_or_default()
     }
 
     /// Task definitions registered so far (after the initial ones), in order.
     #[must_use]
     pub fn registrations(&self) -> Vec<String> {
-        self.world.lock().map(|w| w.registrations.clone()).unwrap_or_default()
+        self.world
+            .lock()
+            .map(|w| w.registrations.clone())
+            .unwrap_or_default()
     }
 
     /// A registered task definition.
@@ -398,7 +477,11 @@ impl SimEcs {
             "containerDefinitions": [runner, {"name": "log-router", "image": "public.ecr.aws/aws-observability/aws-for-fluent-bit:stable", "essential": false, "memory": 128}]
         });
         let Value::Object(document) = document else {
-            return Err(PortError::new(ErrorKind::Permanent, "CreateService", "document is not an object"));
+            return Err(PortError::new(
+                ErrorKind::Permanent,
+                "CreateService",
+                "document is not an object",
+            ));
         };
         let tags = BTreeMap::from([(VERSION_TAG.to_owned(), spec.version.clone())]);
         let arn = world.register(document, tags, now)?;
@@ -410,7 +493,11 @@ impl SimEcs {
                 task_definition_arn: arn.clone(),
                 running_at: now,
                 status: TaskStatus::Running,
-                health: if spec.health_check { Health::Healthy } else { Health::Unknown },
+                health: if spec.health_check {
+                    Health::Healthy
+                } else {
+                    Health::Unknown
+                },
                 unhealthy_since: None,
             })
             .collect();
@@ -441,7 +528,13 @@ impl SimEcs {
     ///
     /// # Errors
     /// When the service or task definition does not exist.
-    pub fn update_service_as(&self, cluster: &str, service: &str, task_definition_arn: &str, actor: &str) -> Result<String, PortError> {
+    pub fn update_service_as(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+        actor: &str,
+    ) -> Result<String, PortError> {
         let now = self.clock.now();
         let mut world = guard(&self.world, "UpdateService")?;
         let key = (cluster.to_owned(), service.to_owned());
@@ -450,12 +543,18 @@ impl SimEcs {
             return Err(PortError::new(
                 ErrorKind::Permanent,
                 "UpdateService",
-                format!("InvalidParameterException: TaskDefinition not found: {task_definition_arn}"),
+                format!(
+                    "InvalidParameterException: TaskDefinition not found: {task_definition_arn}"
+                ),
             ));
         }
         let id = format!("ecs-svc/{:019}", world.id());
         let Some(svc) = world.services.get_mut(&key) else {
-            return Err(PortError::new(ErrorKind::NotFound, "UpdateService", format!("ServiceNotFoundException: {service}")));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                "UpdateService",
+                format!("ServiceNotFoundException: {service}"),
+            ));
         };
         for deployment in &mut svc.deployments {
             if deployment.status == DeploymentStatus::Primary {
@@ -487,14 +586,22 @@ impl SimEcs {
 
 #[async_trait]
 impl Ecs for SimEcs {
-    async fn describe_service(&self, cluster: &str, service: &str) -> Result<ServiceState, PortError> {
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
         self.faults.check("DescribeServices")?;
         let now = self.clock.now();
         let mut world = guard(&self.world, "DescribeServices")?;
         let key = (cluster.to_owned(), service.to_owned());
         world.advance(&key, now);
         let svc = world.services.get(&key).ok_or_else(|| {
-            PortError::new(ErrorKind::NotFound, "DescribeServices", format!("MISSING: service {service} in cluster {cluster}"))
+            PortError::new(
+                ErrorKind::NotFound,
+                "DescribeServices",
+                format!("MISSING: service {service} in cluster {cluster}"),
+            )
         })?;
         Ok(ServiceState {
             cluster: svc.cluster.clone(),
@@ -511,8 +618,15 @@ impl Ecs for SimEcs {
                         task_definition_arn: d.task_definition_arn.clone(),
                         rollout_state: d.rollout_state,
                         rollout_reason: d.reason.clone(),
-                        desired_count: if d.status == DeploymentStatus::Primary { svc.desired_count } else { 0 },
-                        running_count: u32::try_from(of_d().filter(|t| t.status == TaskStatus::Running).count()).unwrap_or(u32::MAX),
+                        desired_count: if d.status == DeploymentStatus::Primary {
+                            svc.desired_count
+                        } else {
+                            0
+                        },
+                        running_count: u32::try_from(
+                            of_d().filter(|t| t.status == TaskStatus::Running).count(),
+                        )
+                        .unwrap_or(u32::MAX),
                         failed_tasks: d.failed_tasks,
                     }
                 })
@@ -520,19 +634,35 @@ impl Ecs for SimEcs {
             tasks: svc
                 .tasks
                 .iter()
-                .map(|t| Task { task_definition_arn: t.task_definition_arn.clone(), status: t.status, health: t.health })
+                .map(|t| Task {
+                    task_definition_arn: t.task_definition_arn.clone(),
+                    status: t.status,
+                    health: t.health,
+                })
                 .collect(),
         })
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.faults.check("DescribeTaskDefinition")?;
-        guard(&self.world, "DescribeTaskDefinition")?.task_definitions.get(arn).cloned().ok_or_else(|| {
-            PortError::new(ErrorKind::NotFound, "DescribeTaskDefinition", format!("ClientException: Unable to describe task definition {arn}"))
-        })
+        guard(&self.world, "DescribeTaskDefinition")?
+            .task_definitions
+            .get(arn)
+            .cloned()
+            .ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::NotFound,
+                    "DescribeTaskDefinition",
+                    format!("ClientException: Unable to describe task definition {arn}"),
+                )
+            })
     }
 
-    async fn find_task_definition(&self, family: &str, attempt_id: &str) -> Result<Option<TaskDefinition>, PortError> {
+    async fn find_task_definition(
+        &self,
+        family: &str,
+        attempt_id: &str,
+    ) -> Result<Option<TaskDefinition>, PortError> {
         self.faults.check("ListTaskDefinitions")?;
         let world = guard(&self.world, "ListTaskDefinitions")?;
         Ok(world
@@ -544,13 +674,22 @@ impl Ecs for SimEcs {
             .cloned())
     }
 
-    async fn register_task_definition(&self, document: Map<String, Value>, tags: BTreeMap<String, String>) -> Result<String, PortError> {
+    async fn register_task_definition(
+        &self,
+        document: Map<String, Value>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
         self.faults.check("RegisterTaskDefinition")?;
         let now = self.clock.now();
         guard(&self.world, "RegisterTaskDefinition")?.register(document, tags, now)
     }
 
-    async fn update_service(&self, cluster: &str, service: &str, task_definition_arn: &str) -> Result<String, PortError> {
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError> {
         self.faults.check("UpdateService")?;
         self.update_service_as(cluster, service, task_definition_arn, "controller")
     }

@@ -1,5 +1,5 @@
 //! The in-process **simulated AWS**: SSM parameters, ECS services whose deployments progress
-//! over simulated time, CloudFormation stacks, the runner lock, and a simulated clock.
+//! over simulated time, `CloudFormation` stacks, the runner lock, and a simulated clock.
 //!
 //! Deterministic: one seed and the simulated clock decide everything; nothing sleeps. The
 //! behaviour of a deployment is chosen per image by the scenario ([`ImageBehaviour`]).
@@ -17,13 +17,21 @@ use async_trait::async_trait;
 
 use crate::domain::observed::StackState;
 use crate::domain::Millis;
-use crate::ports::{lease, CloudFormation, Clock, ErrorKind, Lock, LockOutcome, Parameter, ParameterStore, PortError};
+use crate::ports::{
+    lease, Clock, CloudFormation, ErrorKind, Lock, LockOutcome, Parameter, ParameterStore,
+    PortError,
+};
 
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
 
 /// Locks a mutex, turning poisoning into a port error (a panicked test thread).
-fn guard<'a, T>(mutex: &'a Mutex<T>, operation: &'static str) -> Result<MutexGuard<'a, T>, PortError> {
-    mutex.lock().map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
+fn guard<'a, T>(
+    mutex: &'a Mutex<T>,
+    operation: &'static str,
+) -> Result<MutexGuard<'a, T>, PortError> {
+    mutex
+        .lock()
+        .map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
 }
 
 /// Faults queued per operation: the next calls of that operation fail with these kinds.
@@ -45,9 +53,17 @@ impl Faults {
     /// # Errors
     /// The queued fault.
     pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
-        let kind = self.queued.lock().ok().and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front));
+        let kind = self
+            .queued
+            .lock()
+            .ok()
+            .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front));
         match kind {
-            Some(kind) => Err(PortError::new(kind, operation, format!("injected {kind:?} fault"))),
+            Some(kind) => Err(PortError::new(
+                kind,
+                operation,
+                format!("injected {kind:?} fault"),
+            )),
             None => Ok(()),
         }
     }
@@ -63,7 +79,9 @@ impl SimClock {
     /// A clock at `start`.
     #[must_use]
     pub fn new(start: Millis) -> Self {
-        SimClock { now_ms: Arc::new(AtomicU64::new(start.0)) }
+        SimClock {
+            now_ms: Arc::new(AtomicU64::new(start.0)),
+        }
     }
 
     /// Moves time forward.
@@ -123,7 +141,13 @@ impl SimSsm {
     pub fn set(&self, name: &str, value: &str) {
         if let Ok(mut parameters) = self.parameters.lock() {
             let version = parameters.get(name).map_or(1, |p| p.version + 1);
-            parameters.insert(name.to_owned(), Parameter { value: value.to_owned(), version });
+            parameters.insert(
+                name.to_owned(),
+                Parameter {
+                    value: value.to_owned(),
+                    version,
+                },
+            );
         }
     }
 
@@ -139,7 +163,11 @@ impl SimSsm {
 impl ParameterStore for SimSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
         self.faults.check("GetParametersByPath")?;
-        let prefix = if path.ends_with('/') { path.to_owned() } else { format!("{path}/") };
+        let prefix = if path.ends_with('/') {
+            path.to_owned()
+        } else {
+            format!("{path}/")
+        };
         let parameters = guard(&self.parameters, "GetParametersByPath")?;
         Ok(parameters
             .range(prefix.clone()..)
@@ -158,17 +186,27 @@ impl ParameterStore for SimSsm {
         let mut parameters = guard(&self.parameters, "PutParameter")?;
         let version = match parameters.get(name) {
             Some(_) if !overwrite => {
-                return Err(PortError::new(ErrorKind::Conflict, "PutParameter", format!("ParameterAlreadyExists: {name}")))
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "PutParameter",
+                    format!("ParameterAlreadyExists: {name}"),
+                ))
             }
             Some(p) => p.version + 1,
             None => 1,
         };
-        parameters.insert(name.to_owned(), Parameter { value: value.to_owned(), version });
+        parameters.insert(
+            name.to_owned(),
+            Parameter {
+                value: value.to_owned(),
+                version,
+            },
+        );
         Ok(version)
     }
 }
 
-/// Simulated CloudFormation (describe only until issue 4).
+/// Simulated `CloudFormation` (describe only until issue 4).
 #[derive(Debug, Clone, Default)]
 pub struct SimCfn {
     stacks: Arc<Mutex<BTreeMap<String, StackState>>>,
@@ -192,7 +230,13 @@ impl CloudFormation for SimCfn {
         guard(&self.stacks, "DescribeStacks")?
             .get(name)
             .cloned()
-            .ok_or_else(|| PortError::new(ErrorKind::NotFound, "DescribeStacks", format!("Stack with id {name} does not exist")))
+            .ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::NotFound,
+                    "DescribeStacks",
+                    format!("Stack with id {name} does not exist"),
+                )
+            })
     }
 }
 
@@ -204,7 +248,13 @@ pub struct MemoryLock {
 
 #[async_trait]
 impl Lock for MemoryLock {
-    async fn acquire(&self, runner: &str, holder: &str, now: Millis, ttl: Duration) -> Result<LockOutcome, PortError> {
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError> {
         let mut leases = guard(&self.leases, "AcquireLock")?;
         match lease::acquire(leases.get(runner), holder, now, ttl) {
             Ok(taken) => {
@@ -212,12 +262,26 @@ impl Lock for MemoryLock {
                 leases.insert(runner.to_owned(), taken);
                 Ok(LockOutcome::Acquired { epoch })
             }
-            Err(busy) => Ok(LockOutcome::Busy { holder: busy.holder, expires_at: busy.expires_at }),
+            Err(busy) => Ok(LockOutcome::Busy {
+                holder: busy.holder,
+                expires_at: busy.expires_at,
+            }),
         }
     }
 
-    async fn check(&self, runner: &str, holder: &str, epoch: u64, now: Millis) -> Result<bool, PortError> {
-        Ok(lease::valid(guard(&self.leases, "CheckLock")?.get(runner), holder, epoch, now))
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<bool, PortError> {
+        Ok(lease::valid(
+            guard(&self.leases, "CheckLock")?.get(runner),
+            holder,
+            epoch,
+            now,
+        ))
     }
 
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {
@@ -263,7 +327,7 @@ pub struct SimAws {
     pub ssm: SimSsm,
     /// ECS.
     pub ecs: SimEcs,
-    /// CloudFormation.
+    /// `CloudFormation`.
     pub cfn: SimCfn,
     /// The runner lock.
     pub lock: MemoryLock,
@@ -296,7 +360,10 @@ impl SimAws {
             self.cfn.put_stack(StackState {
                 name: name.clone(),
                 status: "CREATE_COMPLETE".to_owned(),
-                tags: BTreeMap::from([(crate::domain::observed::INFRA_VERSION_TAG.to_owned(), infra_version.clone())]),
+                tags: BTreeMap::from([(
+                    crate::domain::observed::INFRA_VERSION_TAG.to_owned(),
+                    infra_version.clone(),
+                )]),
                 outputs: BTreeMap::new(),
             });
         }

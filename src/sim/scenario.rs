@@ -58,7 +58,11 @@ impl Scenario {
     /// When the set-up is refused.
     pub fn with_config(seed: u64, config: Config) -> Result<Self, ScenarioError> {
         let aws = SimAws::new(seed);
-        let scenario = Scenario { aws, config, store: Arc::new(MemoryStore::new()) };
+        let scenario = Scenario {
+            aws,
+            config,
+            store: Arc::new(MemoryStore::new()),
+        };
         for runner in &scenario.config.runners {
             let image = format!("{}:{START_VERSION}", runner.image_repository);
             scenario.aws.create_runner(&SimRunnerSpec {
@@ -70,7 +74,11 @@ impl Scenario {
                 version: START_VERSION.to_owned(),
                 desired_count: 3,
                 health_check: true,
-                stacks: runner.stacks.iter().map(|s| (s.clone(), "1".to_owned())).collect(),
+                stacks: runner
+                    .stacks
+                    .iter()
+                    .map(|s| (s.clone(), "1".to_owned()))
+                    .collect(),
             })?;
             scenario.set_desired(&runner.name, "version", START_VERSION);
         }
@@ -101,13 +109,19 @@ impl Scenario {
     #[must_use]
     pub fn driver_as(&self, runner: &str, holder: &str) -> Option<RunnerDriver> {
         let config = self.config.runner(runner)?;
-        let retry = RetryPolicy { retries: 3, ..RetryPolicy::default() };
+        let retry = RetryPolicy {
+            retries: 3,
+            ..RetryPolicy::default()
+        };
         Some(RunnerDriver::new(&self.config, config, holder, self.ports()).with_retry(retry))
     }
 
     /// Ops: `aws ssm put-parameter --name <prefix>/<runner>/desired/<key> --value <value> --overwrite`.
     pub fn set_desired(&self, runner: &str, key: &str, value: &str) {
-        self.aws.ssm.set(&format!("{}/{runner}/desired/{key}", self.config.prefix), value);
+        self.aws.ssm.set(
+            &format!("{}/{runner}/desired/{key}", self.config.prefix),
+            value,
+        );
     }
 
     /// Sets how an image's tasks behave.
@@ -118,7 +132,10 @@ impl Scenario {
     /// The image a runner would get for a version.
     #[must_use]
     pub fn image_for(&self, runner: &str, version: &str) -> String {
-        let repository = self.config.runner(runner).map_or("", |r| r.image_repository.as_str());
+        let repository = self
+            .config
+            .runner(runner)
+            .map_or("", |r| r.image_repository.as_str());
         format!("{repository}:{version}")
     }
 
@@ -148,11 +165,30 @@ impl Scenario {
         )))
     }
 
-    /// Ticks until the runner rests in `phase` (after at least one transition into it).
+    /// Ticks until the runner makes a transition into `phase`.
     ///
     /// # Errors
     /// As [`drive_until`](Self::drive_until).
-    pub async fn drive_to(&self, driver: &mut RunnerDriver, phase: Phase, ticks_max: usize) -> Result<Vec<TickReport>, ScenarioError> {
-        self.drive_until(driver, ticks_max, |d| d.phase() == phase).await
+    pub async fn drive_to(
+        &self,
+        driver: &mut RunnerDriver,
+        phase: Phase,
+        ticks_max: usize,
+    ) -> Result<Vec<TickReport>, ScenarioError> {
+        let mut reports = Vec::new();
+        for _ in 0..ticks_max {
+            let report = driver.tick().await?;
+            let arrived = report.transitions.iter().any(|t| t.to == phase);
+            reports.push(report);
+            if arrived {
+                return Ok(reports);
+            }
+            self.aws.clock.sleep(driver.requeue_after()).await;
+        }
+        Err(ScenarioError::Timeout(format!(
+            "{} did not reach {phase} in {ticks_max} ticks (in {})",
+            driver.runner(),
+            driver.phase()
+        )))
     }
 }

@@ -1,0 +1,322 @@
+//! What on-call reads: `status` (from the persisted record alone — it works without the
+//! controller running) and `plan` (a dry run of the eligibility rules). Pure rendering.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Rule};
+use crate::domain::Millis;
+use crate::machine::phase::Phase;
+use crate::machine::Observation;
+use crate::record::{Record, RuleRecord};
+
+/// One runner's status, for humans and for `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusView {
+    /// Runner.
+    pub runner: String,
+    /// Top-level state (the card's name).
+    pub state: String,
+    /// Sub-state (phase).
+    pub phase: String,
+    /// Since (RFC 3339).
+    pub since: String,
+    /// Attempt id.
+    pub attempt: Option<String>,
+    /// Version before the attempt.
+    pub from_version: Option<String>,
+    /// Target version.
+    pub target_version: Option<String>,
+    /// Target image.
+    pub target_image: Option<String>,
+    /// Why it is where it is (code and words).
+    pub reason_code: Option<String>,
+    /// Reason.
+    pub reason: Option<String>,
+    /// What happens next.
+    pub next_step: String,
+    /// Trace id of the attempt (from the persisted traceparent).
+    pub trace_id: Option<String>,
+    /// Lock fencing token held by the attempt.
+    pub lock_epoch: Option<u64>,
+    /// The full record.
+    pub record: Record,
+}
+
+/// Builds the status of one record.
+#[must_use]
+pub fn status_view(record: &Record) -> StatusView {
+    let phase = record.phase().ok();
+    let attempt = record.attempt.as_ref();
+    let (reason_code, reason) = match (&record.failure, &record.note) {
+        (Some(f), _) if matches!(phase, Some(Phase::RollingBack | Phase::RolledBack)) => {
+            (Some(f.code.clone()), Some(f.reason.clone()))
+        }
+        (_, Some(n)) => (Some(n.code.clone()), Some(n.message.clone())),
+        _ => (None, None),
+    };
+    StatusView {
+        runner: record.runner.clone(),
+        state: phase
+            .map_or("Unknown", |p| p.top_level().title())
+            .to_owned(),
+        phase: record.phase.clone(),
+        since: Millis(record.since).to_string(),
+        attempt: attempt.map(|a| a.id.clone()),
+        from_version: attempt.and_then(|a| a.from_version.clone()),
+        target_version: attempt.map(|a| a.target_version.clone()),
+        target_image: attempt.map(|a| a.target_image.clone()),
+        reason_code,
+        reason,
+        next_step: next_step(record, phase),
+        trace_id: record
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
+            .map(str::to_owned),
+        lock_epoch: record.lock_epoch,
+        record: record.clone(),
+    }
+}
+
+fn next_step(record: &Record, phase: Option<Phase>) -> String {
+    let at = |ms: Option<u64>| ms.map_or_else(|| "?".to_owned(), |m| Millis(m).to_string());
+    let target = record
+        .attempt
+        .as_ref()
+        .map_or("?", |a| a.target_version.as_str());
+    match phase {
+        None => format!(
+            "unknown phase {:?}: the record needs attention",
+            record.phase
+        ),
+        Some(Phase::Idle) => match &record.note {
+            Some(note) => format!("polling; not updating because {}", note.message),
+            None => "polling for a new desired version".to_owned(),
+        },
+        Some(Phase::Checking) => format!("taking the lock for {target}"),
+        Some(Phase::Locked) => "re-checking eligibility under the lock".to_owned(),
+        Some(Phase::RegisteringTaskDefinition) => format!(
+            "registering a task definition cloned from {} with {}",
+            record
+                .baseline
+                .as_ref()
+                .map_or("?", |b| b.task_definition_arn.as_str()),
+            record
+                .attempt
+                .as_ref()
+                .map_or("?", |a| a.target_image.as_str())
+        ),
+        Some(Phase::UpdatingService) => format!(
+            "pointing the service at {}",
+            record.new_task_definition_arn.as_deref().unwrap_or("?")
+        ),
+        Some(Phase::AwaitingRollout) => format!(
+            "waiting for deployment {} to complete healthy (deadline {})",
+            record.deployment_id.as_deref().unwrap_or("?"),
+            at(record.deadline)
+        ),
+        Some(Phase::Soaking) => format!("holding healthy until {}", at(record.soak_until)),
+        Some(Phase::RollingBack) => format!(
+            "restoring {} (deadline {})",
+            record
+                .baseline
+                .as_ref()
+                .map_or("?", |b| b.task_definition_arn.as_str()),
+            at(record.deadline)
+        ),
+        Some(Phase::Done) => format!("{target} is live; polling for the next version"),
+        Some(Phase::RolledBack) => {
+            format!("{target} is quarantined; change desired/version or desired/image to try again")
+        }
+    }
+}
+
+/// The human status table, then a detail block per runner.
+#[must_use]
+pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
+    if views.is_empty() {
+        return "no runner has a record yet (has the controller run?)\n".to_owned();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<12} {:<28} {:<22} {:<10} REASON",
+        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET"
+    );
+    for v in views {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<12} {:<28} {:<22} {:<10} {}",
+            v.runner,
+            v.state,
+            v.phase,
+            v.since,
+            v.target_version.as_deref().unwrap_or("-"),
+            v.reason_code.as_deref().unwrap_or("-")
+        );
+    }
+    for v in views {
+        let _ = writeln!(out, "\n{}", v.runner);
+        let _ = writeln!(out, "  next step : {}", v.next_step);
+        if let Some(reason) = &v.reason {
+            let _ = writeln!(out, "  reason    : {reason}");
+        }
+        if let Some(attempt) = &v.attempt {
+            let _ = writeln!(
+                out,
+                "  attempt   : {attempt} ({} -> {})",
+                v.from_version.as_deref().unwrap_or("unknown"),
+                v.target_version.as_deref().unwrap_or("?")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  trace id  : {}",
+            v.trace_id.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            out,
+            "  lock epoch: {}",
+            v.lock_epoch
+                .map_or_else(|| "-".to_owned(), |e| e.to_string())
+        );
+        for failed in &v.record.failed {
+            let _ = writeln!(
+                out,
+                "  failed    : {} ({}) at {}: {}",
+                failed.version,
+                failed.image,
+                Millis(failed.at),
+                failed.reason
+            );
+        }
+        let transitions = &v.record.transitions;
+        if !transitions.is_empty() {
+            let _ = writeln!(out, "  last transitions:");
+            for t in transitions.iter().rev().take(transitions_max).rev() {
+                let note = t
+                    .note
+                    .as_deref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    {}  {} -> {}{note}", Millis(t.at), t.from, t.to);
+            }
+        }
+    }
+    out
+}
+
+/// A dry run's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanView {
+    /// Runner.
+    pub runner: String,
+    /// The persisted phase.
+    pub phase: String,
+    /// Each rule (empty when the desired or observed state is unusable).
+    pub rules: Vec<RuleRecord>,
+    /// Why nothing can be evaluated, if so.
+    pub blocked: Option<String>,
+    /// What the controller would do next.
+    pub next: String,
+}
+
+/// Evaluates the rules against a fresh observation, with the failed marks of the record.
+#[must_use]
+pub fn plan_view(
+    runner: &str,
+    record: Option<&Record>,
+    observation: &Observation,
+    channel: &str,
+) -> PlanView {
+    let phase = record.map_or_else(|| "idle".to_owned(), |r| r.phase.clone());
+    let failed: Vec<FailedMark> = record
+        .map(|r| {
+            r.failed
+                .iter()
+                .map(|f| FailedMark {
+                    version: f.version.clone(),
+                    image: f.image.clone(),
+                    reason: f.reason.clone(),
+                    at: Millis(f.at),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut view = PlanView {
+        runner: runner.to_owned(),
+        phase: phase.clone(),
+        rules: Vec::new(),
+        blocked: None,
+        next: String::new(),
+    };
+    let (desired, observed) = match (&observation.desired, &observation.observed) {
+        (Ok(d), Ok(o)) => (d, o),
+        (Err(e), _) => {
+            view.blocked = Some(format!("{}: {e}", e.code()));
+            view.next = "nothing: the desired state is invalid".to_owned();
+            return view;
+        }
+        (_, Err(e)) => {
+            view.blocked = Some(format!("{}: {e}", e.code()));
+            view.next = "nothing: the runner cannot be observed".to_owned();
+            return view;
+        }
+    };
+    let verdict = evaluate(EligibilityInput {
+        desired,
+        observed,
+        controller_channel: channel,
+        failed: &failed,
+    });
+    view.rules = verdict
+        .outcomes
+        .iter()
+        .map(|o| RuleRecord {
+            rule: o.rule.name().to_owned(),
+            passed: o.passed,
+            reason: o.reason.clone(),
+        })
+        .collect();
+    let resting = Phase::from_name(&phase).is_none_or(Phase::is_resting);
+    view.next = if !resting {
+        format!("continue the attempt in progress ({phase})")
+    } else if verdict.eligible() {
+        format!(
+            "update {} -> {}: take the lock, register a task definition cloned from {} with image {}, update service {}/{} with the circuit breaker, gate on health",
+            observed.current_version.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            desired.version,
+            observed.service.task_definition_arn,
+            desired.image,
+            observed.service.cluster,
+            observed.service.service
+        )
+    } else {
+        let first = verdict.first_failure().map_or(Rule::Channel, |o| o.rule);
+        format!("nothing: rule {first} fails")
+    };
+    view
+}
+
+/// The human plan.
+#[must_use]
+pub fn render_plan(view: &PlanView) -> String {
+    let mut out = format!("{} (persisted phase: {})\n", view.runner, view.phase);
+    if let Some(blocked) = &view.blocked {
+        let _ = writeln!(out, "  blocked: {blocked}");
+    }
+    for (index, rule) in view.rules.iter().enumerate() {
+        let mark = if rule.passed { "pass" } else { "FAIL" };
+        let _ = writeln!(
+            out,
+            "  {}. {:<16} {mark}  {}",
+            index + 1,
+            rule.rule,
+            rule.reason
+        );
+    }
+    let _ = writeln!(out, "  next: {}", view.next);
+    out
+}
