@@ -24,7 +24,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use crate::config::{Config, RunnerConfig};
 use crate::domain::desired::{parse_desired, RunnerPolicy};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
-use crate::domain::task_definition::{clone_with_image, TaskDefinition};
+use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
@@ -570,35 +570,39 @@ impl RunnerDriver {
         version: &str,
     ) -> Result<Event, PortError> {
         let base = self.task_definition(base_arn).await?;
-        let family = base.family().unwrap_or_default().to_owned();
         let ecs = &self.ports.ecs;
         if let Some(found) = self
-            .retrying(|| ecs.find_task_definition(&family, attempt_id))
+            .retrying(|| ecs.find_task_definition(&base.family, attempt_id))
             .await?
         {
             let same_image = found
                 .container(&self.runner.container)
-                .and_then(|c| c.image())
+                .and_then(|c| c.image.as_deref())
                 == Some(image);
             if same_image {
                 tracing::info!(runner = %self.runner.name, arn = %found.arn, "task definition of this attempt already registered");
                 return Ok(Event::TaskDefinitionRegistered { arn: found.arn });
             }
         }
-        let document =
-            clone_with_image(&base.document, &self.runner.container, image).map_err(|e| {
-                PortError::new(
-                    ErrorKind::Permanent,
-                    "RegisterTaskDefinition",
-                    e.to_string(),
-                )
-            })?;
-        let mut tags = base.tags.clone();
-        tags.insert(VERSION_TAG.to_owned(), version.to_owned());
-        tags.insert(ATTEMPT_TAG.to_owned(), attempt_id.to_owned());
-        tags.insert(RUNNER_TAG.to_owned(), self.runner.name.clone());
+        if base.container(&self.runner.container).is_none() {
+            let message = format!(
+                "{base_arn} has no container named {:?}",
+                self.runner.container
+            );
+            return Err(PortError::new(
+                ErrorKind::Permanent,
+                "RegisterTaskDefinition",
+                message,
+            ));
+        }
+        let tags = BTreeMap::from([
+            (VERSION_TAG.to_owned(), version.to_owned()),
+            (ATTEMPT_TAG.to_owned(), attempt_id.to_owned()),
+            (RUNNER_TAG.to_owned(), self.runner.name.clone()),
+        ]);
+        let container = &self.runner.container;
         let arn = self
-            .retrying(|| ecs.register_task_definition(document.clone(), tags.clone()))
+            .retrying(|| ecs.register_clone(base_arn, container, image, tags.clone()))
             .await?;
         Ok(Event::TaskDefinitionRegistered { arn })
     }

@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the code map and its invariants.
 
+pub mod aws;
 pub mod config;
 pub mod demo;
 pub mod diagram;

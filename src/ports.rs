@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 
 use crate::domain::observed::{ServiceState, StackState};
 use crate::domain::task_definition::TaskDefinition;
@@ -98,10 +97,13 @@ pub trait Ecs: Send + Sync {
         family: &str,
         attempt_id: &str,
     ) -> Result<Option<TaskDefinition>, PortError>;
-    /// Registers a new revision; returns its ARN.
-    async fn register_task_definition(
+    /// Registers a new revision of `base_arn` identical in every field except `container`'s
+    /// image; the base's tags are kept and `tags` added over them. Returns the new ARN.
+    async fn register_clone(
         &self,
-        document: Map<String, Value>,
+        base_arn: &str,
+        container: &str,
+        image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError>;
     /// Points the service at a task definition with the circuit breaker (rollback on); returns

@@ -47,19 +47,20 @@ async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
     assert_eq!(updates[0].task_definition_arn, registrations[0]);
 
     let new = s.aws.ecs.task_definition(&registrations[0]).unwrap();
-    let old = s
+    let new_document = s.aws.ecs.document(&registrations[0]).unwrap();
+    let old_document = s
         .aws
         .ecs
-        .task_definition("arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1")
+        .document("arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1")
         .unwrap();
-    for (key, value) in &old.document {
+    for (key, value) in &old_document {
         if READ_ONLY_FIELDS.contains(&key.as_str()) {
             continue;
         }
         if key == "containerDefinitions" {
             let (before, after) = (
                 value.as_array().unwrap(),
-                new.document[key].as_array().unwrap(),
+                new_document[key].as_array().unwrap(),
             );
             assert_eq!(before.len(), after.len());
             for (b, a) in before.iter().zip(after) {
@@ -72,7 +73,7 @@ async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
                 }
             }
         } else {
-            assert_eq!(new.document.get(key), Some(value), "field {key} changed");
+            assert_eq!(new_document.get(key), Some(value), "field {key} changed");
         }
     }
     assert_eq!(new.tags[VERSION_TAG], "2.14.0");
@@ -294,13 +295,12 @@ async fn a_foreign_writer_stops_the_attempt_instead_of_fighting_it() {
     // Someone points the service at the original revision's clone by hand (Terraform, the console).
     let original = "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1";
     let ecs = &s.aws.ecs;
-    let mut doc = ecs.task_definition(original).unwrap().document;
+    let mut doc = ecs.document(original).unwrap();
     for field in READ_ONLY_FIELDS {
         doc.remove(*field);
     }
     let foreign = ecs
-        .register_task_definition(doc, std::collections::BTreeMap::default())
-        .await
+        .register_document(doc, std::collections::BTreeMap::default())
         .unwrap();
     ecs.update_service_as("runners", "runner-a", &foreign, "terraform")
         .unwrap();

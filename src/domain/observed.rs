@@ -239,7 +239,7 @@ pub fn observe(
                 task_definition: task_definition.arn.clone(),
                 container: container.to_owned(),
             })?;
-    let image_text = runner.image().unwrap_or_default();
+    let image_text = runner.image.as_deref().unwrap_or_default();
     let running_image = ImageRef::parse(image_text)
         .map_err(|_| ObserveError::BadRunningImage(image_text.to_owned()))?;
     let current_version = task_definition
@@ -261,7 +261,7 @@ pub fn observe(
         .map(str::to_owned);
     Ok(Observed {
         service,
-        has_health_check: runner.has_health_check(),
+        has_health_check: runner.has_health_check,
         running_image,
         current_version,
         infra_version,

@@ -1,10 +1,12 @@
-//! Task definitions as documents in the ECS API shape (`RegisterTaskDefinition` input, camelCase),
-//! and the pure clone that swaps one container's image and keeps every other field.
+//! Task definitions: the summary the controller decides on ([`TaskDefinition`]), and the
+//! reference clone on documents in the ECS API shape (`RegisterTaskDefinition` input, camelCase)
+//! that swaps one container's image and keeps every other field.
 //!
 //! Working on the document rather than on a hand-written struct is what makes the clone
 //! faithful: a field that this code does not know about (a new ECS feature) is carried over
 //! untouched instead of being dropped. Only the read-only fields that `DescribeTaskDefinition`
-//! returns and `RegisterTaskDefinition` refuses are removed.
+//! returns and `RegisterTaskDefinition` refuses are removed. The simulated ECS clones with it;
+//! the SDK adapter copies the typed fields and is held to the same result by the contract tests.
 
 use std::collections::BTreeMap;
 
@@ -22,33 +24,28 @@ pub const READ_ONLY_FIELDS: &[&str] = &[
     "deregisteredAt",
 ];
 
-/// A registered task definition: its ARN, the document and its tags.
-#[derive(Debug, Clone, PartialEq)]
+/// What the controller needs to know of a registered task definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskDefinition {
     /// ARN of this revision.
     pub arn: String,
-    /// The document in the API shape (may still contain read-only fields).
-    pub document: Map<String, Value>,
+    /// Family.
+    pub family: String,
+    /// Its containers.
+    pub containers: Vec<ContainerSummary>,
     /// Tags (`DescribeTaskDefinition(include=[TAGS])`).
     pub tags: BTreeMap<String, String>,
 }
 
-/// A view of one container definition.
-#[derive(Debug, Clone, Copy)]
-pub struct ContainerView<'a>(&'a Map<String, Value>);
-
-impl<'a> ContainerView<'a> {
-    /// The container's image.
-    #[must_use]
-    pub fn image(&self) -> Option<&'a str> {
-        self.0.get("image").and_then(Value::as_str)
-    }
-
-    /// Whether the container defines a health check.
-    #[must_use]
-    pub fn has_health_check(&self) -> bool {
-        self.0.get("healthCheck").is_some_and(|h| !h.is_null())
-    }
+/// One container definition, reduced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSummary {
+    /// Name.
+    pub name: String,
+    /// Image.
+    pub image: Option<String>,
+    /// Whether it defines a health check.
+    pub has_health_check: bool,
 }
 
 /// Why a clone cannot be made.
@@ -63,22 +60,45 @@ pub enum CloneError {
 }
 
 impl TaskDefinition {
-    /// The family, from the document.
-    #[must_use]
-    pub fn family(&self) -> Option<&str> {
-        self.document.get("family").and_then(Value::as_str)
-    }
-
     /// The container of that name.
     #[must_use]
-    pub fn container(&self, name: &str) -> Option<ContainerView<'_>> {
-        self.document
+    pub fn container(&self, name: &str) -> Option<&ContainerSummary> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Summarises an API-shaped document.
+    #[must_use]
+    pub fn from_document(
+        arn: &str,
+        document: &Map<String, Value>,
+        tags: BTreeMap<String, String>,
+    ) -> Self {
+        let containers = document
             .get("containerDefinitions")
-            .and_then(Value::as_array)?
-            .iter()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
             .filter_map(Value::as_object)
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-            .map(ContainerView)
+            .map(|c| ContainerSummary {
+                name: c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                image: c.get("image").and_then(Value::as_str).map(str::to_owned),
+                has_health_check: c.get("healthCheck").is_some_and(|h| !h.is_null()),
+            })
+            .collect();
+        TaskDefinition {
+            arn: arn.to_owned(),
+            family: document
+                .get("family")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            containers,
+            tags,
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::domain::observed::{
     Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
     ATTEMPT_TAG, VERSION_TAG,
 };
-use crate::domain::task_definition::{TaskDefinition, READ_ONLY_FIELDS};
+use crate::domain::task_definition::{clone_with_image, TaskDefinition, READ_ONLY_FIELDS};
 use crate::domain::Millis;
 use crate::ports::{Clock, Ecs, ErrorKind, PortError};
 
@@ -106,10 +106,27 @@ pub struct SimService {
     last_step: Millis,
 }
 
+/// A registered task definition as the simulation keeps it: the full API-shaped document.
+#[derive(Debug, Clone)]
+struct StoredTaskDefinition {
+    document: Map<String, Value>,
+    tags: BTreeMap<String, String>,
+}
+
+impl StoredTaskDefinition {
+    fn summary(&self, arn: &str) -> TaskDefinition {
+        TaskDefinition::from_document(arn, &self.document, self.tags.clone())
+    }
+
+    fn revision(&self) -> Option<u64> {
+        self.document.get("revision").and_then(Value::as_u64)
+    }
+}
+
 #[derive(Debug)]
 struct EcsWorld {
     services: BTreeMap<(String, String), SimService>,
-    task_definitions: BTreeMap<String, TaskDefinition>,
+    task_definitions: BTreeMap<String, StoredTaskDefinition>,
     revisions: BTreeMap<String, u32>,
     behaviours: BTreeMap<String, ImageBehaviour>,
     updates: Vec<ServiceUpdate>,
@@ -362,14 +379,8 @@ impl EcsWorld {
             "registeredBy".to_owned(),
             Value::String(format!("arn:aws:iam::{ACCOUNT}:role/controller")),
         );
-        self.task_definitions.insert(
-            arn.clone(),
-            TaskDefinition {
-                arn: arn.clone(),
-                document,
-                tags,
-            },
-        );
+        self.task_definitions
+            .insert(arn.clone(), StoredTaskDefinition { document, tags });
         self.registrations.push(arn.clone());
         Ok(arn)
     }
@@ -443,7 +454,41 @@ impl SimEcs {
     /// A registered task definition.
     #[must_use]
     pub fn task_definition(&self, arn: &str) -> Option<TaskDefinition> {
-        self.world.lock().ok()?.task_definitions.get(arn).cloned()
+        Some(
+            self.world
+                .lock()
+                .ok()?
+                .task_definitions
+                .get(arn)?
+                .summary(arn),
+        )
+    }
+
+    /// The full document of a registered task definition (as `DescribeTaskDefinition` returns it).
+    #[must_use]
+    pub fn document(&self, arn: &str) -> Option<Map<String, Value>> {
+        Some(
+            self.world
+                .lock()
+                .ok()?
+                .task_definitions
+                .get(arn)?
+                .document
+                .clone(),
+        )
+    }
+
+    /// Registers a document as someone else would (a foreign writer in tests).
+    ///
+    /// # Errors
+    /// When the document is refused, as ECS would.
+    pub fn register_document(
+        &self,
+        document: Map<String, Value>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
+        let now = self.clock.now();
+        guard(&self.world, "RegisterTaskDefinition")?.register(document, tags, now)
     }
 
     /// Creates a settled service running `spec.image`.
@@ -645,17 +690,15 @@ impl Ecs for SimEcs {
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.faults.check("DescribeTaskDefinition")?;
-        guard(&self.world, "DescribeTaskDefinition")?
-            .task_definitions
-            .get(arn)
-            .cloned()
-            .ok_or_else(|| {
-                PortError::new(
-                    ErrorKind::NotFound,
-                    "DescribeTaskDefinition",
-                    format!("ClientException: Unable to describe task definition {arn}"),
-                )
-            })
+        let world = guard(&self.world, "DescribeTaskDefinition")?;
+        let stored = world.task_definitions.get(arn).ok_or_else(|| {
+            PortError::new(
+                ErrorKind::NotFound,
+                "DescribeTaskDefinition",
+                format!("ClientException: Unable to describe task definition {arn}"),
+            )
+        })?;
+        Ok(stored.summary(arn))
     }
 
     async fn find_task_definition(
@@ -667,21 +710,44 @@ impl Ecs for SimEcs {
         let world = guard(&self.world, "ListTaskDefinitions")?;
         Ok(world
             .task_definitions
-            .values()
-            .filter(|td| td.family() == Some(family))
-            .filter(|td| td.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id))
-            .max_by_key(|td| td.document.get("revision").and_then(Value::as_u64))
-            .cloned())
+            .iter()
+            .filter(|(_, td)| td.document.get("family").and_then(Value::as_str) == Some(family))
+            .filter(|(_, td)| td.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id))
+            .max_by_key(|(_, td)| td.revision())
+            .map(|(arn, td)| td.summary(arn)))
     }
 
-    async fn register_task_definition(
+    async fn register_clone(
         &self,
-        document: Map<String, Value>,
+        base_arn: &str,
+        container: &str,
+        image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
         self.faults.check("RegisterTaskDefinition")?;
         let now = self.clock.now();
-        guard(&self.world, "RegisterTaskDefinition")?.register(document, tags, now)
+        let mut world = guard(&self.world, "RegisterTaskDefinition")?;
+        let base = world
+            .task_definitions
+            .get(base_arn)
+            .cloned()
+            .ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::NotFound,
+                    "DescribeTaskDefinition",
+                    format!("ClientException: Unable to describe task definition {base_arn}"),
+                )
+            })?;
+        let document = clone_with_image(&base.document, container, image).map_err(|e| {
+            PortError::new(
+                ErrorKind::Permanent,
+                "RegisterTaskDefinition",
+                e.to_string(),
+            )
+        })?;
+        let mut merged = base.tags;
+        merged.extend(tags);
+        world.register(document, merged, now)
     }
 
     async fn update_service(

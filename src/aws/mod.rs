@@ -1,0 +1,164 @@
+//! Adapters on the AWS SDK behind the ports: SSM, ECS, CloudFormation.
+//!
+//! **Boundary module**: SDK types never leave it. Credentials come from the standard chain;
+//! `AWS_REGION` and `AWS_ENDPOINT_URL` are honoured by `aws-config`. The SDK retries its own
+//! calls (standard mode, bounded attempts); the driver's own retries apply on top only to
+//! errors classified transient here.
+
+mod cfn;
+mod ecs;
+mod ssm;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::operation::RequestId;
+
+use crate::ports::{ErrorKind, PortError};
+
+pub use cfn::AwsCloudFormation;
+pub use ecs::{AwsEcs, COPIED_FIELDS, READ_ONLY_SDK_FIELDS};
+pub use ssm::AwsSsm;
+
+/// How the SDK clients are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SdkSettings {
+    /// Attempts per call, first included (SDK standard retry mode, with jittered backoff).
+    pub max_attempts: u32,
+    /// Timeout of one attempt.
+    pub attempt_timeout: Duration,
+    /// Timeout of a call, retries included.
+    pub operation_timeout: Duration,
+}
+
+impl Default for SdkSettings {
+    fn default() -> Self {
+        SdkSettings {
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The three clients, from one shared SDK configuration.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    /// SSM.
+    pub ssm: AwsSsm,
+    /// ECS.
+    pub ecs: AwsEcs,
+    /// CloudFormation.
+    pub cfn: AwsCloudFormation,
+}
+
+impl AwsClients {
+    /// Loads the standard configuration (environment, profile, web identity, container and
+    /// instance credentials; `AWS_REGION`, `AWS_ENDPOINT_URL`).
+    pub async fn from_env(settings: SdkSettings) -> Self {
+        let config = aws_config::defaults(BehaviorVersion::v2026_01_12())
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.operation_timeout)
+                    .build(),
+            )
+            .load()
+            .await;
+        AwsClients {
+            ssm: AwsSsm::new(aws_sdk_ssm::Client::new(&config)),
+            ecs: AwsEcs::new(aws_sdk_ecs::Client::new(&config)),
+            cfn: AwsCloudFormation::new(aws_sdk_cloudformation::Client::new(&config)),
+        }
+    }
+}
+
+/// Error codes that mean "slow down and try again".
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "TooManyUpdates",
+];
+
+/// Error codes of server-side trouble.
+const SERVER_CODES: &[&str] = &[
+    "ServerException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "InternalError",
+];
+
+/// Error codes that mean "it does not exist".
+const NOT_FOUND_CODES: &[&str] = &[
+    "ParameterNotFound",
+    "ServiceNotFoundException",
+    "ClusterNotFoundException",
+    "ChangeSetNotFound",
+];
+
+/// Classifies an SDK error for the error policy, keeping the code, message and request id
+/// (what AWS support asks for).
+pub(crate) fn classify<E>(operation: &'static str, error: &SdkError<E>) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let request_id = error
+        .request_id()
+        .map(|id| format!(" (request id {id})"))
+        .unwrap_or_default();
+    match error {
+        SdkError::TimeoutError(_) => PortError::new(
+            ErrorKind::Transient,
+            operation,
+            format!("timed out{request_id}"),
+        ),
+        SdkError::DispatchFailure(failure) => PortError::new(
+            ErrorKind::Transient,
+            operation,
+            format!("could not reach AWS: {failure:?}"),
+        ),
+        SdkError::ResponseError(_) => PortError::new(
+            ErrorKind::Transient,
+            operation,
+            format!("unreadable response{request_id}"),
+        ),
+        SdkError::ServiceError(context) => {
+            let code = context.err().code().unwrap_or("Unknown");
+            let message = context.err().message().unwrap_or("");
+            let status = context.raw().status().as_u16();
+            let kind = if THROTTLING_CODES.contains(&code)
+                || status == 429
+                || SERVER_CODES.contains(&code)
+                || status >= 500
+            {
+                ErrorKind::Transient
+            } else if NOT_FOUND_CODES.contains(&code)
+                || (code == "ValidationError" && message.contains("does not exist"))
+            {
+                ErrorKind::NotFound
+            } else if code == "ParameterAlreadyExists" {
+                ErrorKind::Conflict
+            } else {
+                ErrorKind::Permanent
+            };
+            PortError::new(
+                kind,
+                operation,
+                format!("{code}: {message} (HTTP {status}){request_id}"),
+            )
+        }
+        other => PortError::new(ErrorKind::Permanent, operation, format!("{other:?}")),
+    }
+}

@@ -1,0 +1,100 @@
+//! SSM Parameter Store on the SDK.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_ssm::types::ParameterType;
+
+use super::classify;
+use crate::ports::{ErrorKind, Parameter, ParameterStore, PortError};
+
+/// Pages read per `get_by_path` at most (10 parameters a page): a bound, far above a runner's needs.
+const PAGES_MAX: usize = 100;
+
+/// SSM through the SDK.
+#[derive(Debug, Clone)]
+pub struct AwsSsm {
+    client: aws_sdk_ssm::Client,
+}
+
+impl AwsSsm {
+    /// Wraps a client.
+    #[must_use]
+    pub fn new(client: aws_sdk_ssm::Client) -> Self {
+        AwsSsm { client }
+    }
+}
+
+#[async_trait]
+impl ParameterStore for AwsSsm {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        let mut found = BTreeMap::new();
+        let mut token: Option<String> = None;
+        for _ in 0..PAGES_MAX {
+            let page = self
+                .client
+                .get_parameters_by_path()
+                .path(path)
+                .recursive(true)
+                .with_decryption(true)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify("GetParametersByPath", &e))?;
+            for parameter in page.parameters() {
+                if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
+                    found.insert(name.to_owned(), value.to_owned());
+                }
+            }
+            match page.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+        Err(PortError::new(
+            ErrorKind::Permanent,
+            "GetParametersByPath",
+            format!("more than {PAGES_MAX} pages under {path}"),
+        ))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        match self
+            .client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.parameter().and_then(|p| {
+                Some(Parameter {
+                    value: p.value()?.to_owned(),
+                    version: u64::try_from(p.version()).unwrap_or(0),
+                })
+            })),
+            Err(error) => {
+                let error = classify("GetParameter", &error);
+                if error.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        let output = self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(overwrite)
+            .send()
+            .await
+            .map_err(|e| classify("PutParameter", &e))?;
+        Ok(u64::try_from(output.version()).unwrap_or(0))
+    }
+}
