@@ -22,7 +22,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::config::{Config, RunnerConfig};
-use crate::domain::desired::{parse_desired, RunnerPolicy};
+use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
@@ -99,9 +99,9 @@ pub enum DriverError {
     /// The state store failed or holds an unusable record.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Reading AWS failed after the retries.
-    #[error("observing failed: {0}")]
-    Observe(#[source] PortError),
+    /// The lock could not be read.
+    #[error("lock: {0}")]
+    Lock(#[source] PortError),
     /// A crash injected by a [`CrashPlan`].
     #[error("injected crash: {0}")]
     Crashed(String),
@@ -337,8 +337,19 @@ impl RunnerDriver {
                 report.transitions.push(transition);
             }
         }
+        if phase_of(machine.state()) == Phase::Checking {
+            // The lease comes first: nothing is written before it is ours. Taking it changes
+            // nothing on the runner; its result leads to Locked (saved) or back to rest.
+            return Ok(ctx.commands);
+        }
         let record = Record::capture(machine);
         if self.last_saved.as_ref() != Some(&record) {
+            if !self.may_write().await? {
+                tracing::info!(runner = %self.runner.name, "another controller holds the runner: not writing; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
             self.ports.store.save(&record).await?;
             self.last_saved = Some(record);
             self.saves += 1;
@@ -348,6 +359,26 @@ impl RunnerDriver {
             }
         }
         Ok(ctx.commands)
+    }
+
+    /// Whether this controller may write the runner's record now: during an attempt only with
+    /// a valid fencing token; at rest only when no other controller holds a live lease. The
+    /// record is shared (the SSM store): a controller that lost the runner must not overwrite
+    /// the holder's progress.
+    async fn may_write(&self) -> Result<bool, DriverError> {
+        let Some(machine) = self.machine.as_ref() else {
+            return Ok(false);
+        };
+        let now = self.ports.clock.now();
+        let (lock, runner) = (&self.ports.lock, &self.runner.name);
+        if let Some(epoch) = held_epoch(machine.state()) {
+            return lock
+                .check(runner, &self.holder, epoch, now)
+                .await
+                .map_err(DriverError::Lock);
+        }
+        let holder = lock.holder(runner, now).await.map_err(DriverError::Lock)?;
+        Ok(holder.is_none_or(|h| h == self.holder))
     }
 
     /// Renews the lease of an attempt in flight. Returns whether this pass may act.
@@ -426,22 +457,33 @@ impl RunnerDriver {
     async fn observe(&mut self) -> Result<Observation, DriverError> {
         let folder = format!("{}/{}/", self.prefix, self.runner.name);
         let desired_path = format!("{folder}desired");
-        let parameters = self
+        // An unreadable AWS is an observation too: the machine still sees time pass and checks
+        // its deadlines.
+        let desired = match self
             .retrying(|| self.ports.ssm.get_by_path(&desired_path))
             .await
-            .map_err(DriverError::Observe)?;
-        let relative: BTreeMap<String, String> = parameters
-            .into_iter()
-            .filter_map(|(name, value)| name.strip_prefix(&folder).map(|n| (n.to_owned(), value)))
-            .collect();
-        let desired = parse_desired(&relative, &self.policy);
-        let observed = self.observe_runner().await?;
+        {
+            Ok(parameters) => {
+                let relative: BTreeMap<String, String> = parameters
+                    .into_iter()
+                    .filter_map(|(name, value)| {
+                        name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
+                    })
+                    .collect();
+                parse_desired(&relative, &self.policy)
+            }
+            Err(error) => Err(DesiredError::Unavailable(error.to_string())),
+        };
+        let observed = match self.observe_runner().await {
+            Ok(observed) => observed,
+            Err(error) => Err(ObserveError::Unavailable(error.to_string())),
+        };
         Ok(Observation { desired, observed })
     }
 
     async fn observe_runner(
         &mut self,
-    ) -> Result<Result<crate::domain::observed::Observed, ObserveError>, DriverError> {
+    ) -> Result<Result<crate::domain::observed::Observed, ObserveError>, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let state = match self
             .retrying(|| self.ports.ecs.describe_service(cluster, service))
@@ -454,12 +496,9 @@ impl RunnerDriver {
                     service: service.clone(),
                 }))
             }
-            Err(e) => return Err(DriverError::Observe(e)),
+            Err(e) => return Err(e),
         };
-        let task_definition = self
-            .task_definition(&state.task_definition_arn)
-            .await
-            .map_err(DriverError::Observe)?;
+        let task_definition = self.task_definition(&state.task_definition_arn).await?;
         let mut stacks = Vec::with_capacity(self.runner.stacks.len());
         for name in &self.runner.stacks {
             match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
@@ -467,7 +506,7 @@ impl RunnerDriver {
                 Err(e) if e.kind == ErrorKind::NotFound => {
                     return Ok(Err(ObserveError::StackNotFound(name.clone())))
                 }
-                Err(e) => return Err(DriverError::Observe(e)),
+                Err(e) => return Err(e),
             }
         }
         Ok(observe(
@@ -553,10 +592,10 @@ impl RunnerDriver {
         };
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
             command: command.name(),
-            class: if error.is_transient() {
-                FailureClass::Transient
-            } else {
-                FailureClass::Permanent
+            class: match error.kind {
+                ErrorKind::Transient => FailureClass::Transient,
+                ErrorKind::Conflict => FailureClass::Conflict,
+                ErrorKind::Permanent | ErrorKind::NotFound => FailureClass::Permanent,
             },
             message: error.to_string(),
         }))
@@ -622,11 +661,48 @@ impl RunnerDriver {
             .iter()
             .filter(|d| !baseline_ids.contains(&d.id))
             .collect();
-        let already = new
+        // Only a deployment of *our* task definition is ours. Any other deployment outside the
+        // baseline (a console force-deploy, Terraform, or ECS having rolled ours back while we
+        // were down) means the world moved under the attempt: a foreign writer, never "done".
+        // The one exception: ECS's own circuit-breaker rollback of our deployment (its reason
+        // says so), which leaves the service on the baseline; the gate then reports it.
+        let ours_rolled_back = new.iter().find(|d| {
+            d.rollout_reason
+                .as_deref()
+                .is_some_and(|r| r.to_ascii_lowercase().contains("circuit breaker"))
+        });
+        if let (Some(rollback), false) = (
+            ours_rolled_back,
+            new.iter()
+                .any(|d| d.task_definition_arn == task_definition_arn),
+        ) {
+            tracing::info!(runner = %self.runner.name, deployment = %rollback.id, "ECS already rolled back this attempt's deployment");
+            return Ok(Event::ServiceUpdated {
+                deployment_id: rollback.id.clone(),
+            });
+        }
+        if let Some(other) = new
+            .iter()
+            .find(|d| d.task_definition_arn != task_definition_arn)
+        {
+            if !new
+                .iter()
+                .any(|d| d.task_definition_arn == task_definition_arn)
+            {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "UpdateService",
+                    format!(
+                        "deployment {} of {} appeared on the service outside this attempt",
+                        other.id, other.task_definition_arn
+                    ),
+                ));
+            }
+        }
+        if let Some(deployment) = new
             .iter()
             .find(|d| d.task_definition_arn == task_definition_arn)
-            .or_else(|| new.first());
-        if let Some(deployment) = already {
+        {
             tracing::info!(runner = %self.runner.name, deployment = %deployment.id, "service already updated by this attempt");
             return Ok(Event::ServiceUpdated {
                 deployment_id: deployment.id.clone(),

@@ -78,6 +78,8 @@ pub trait ParameterStore: Send + Sync {
     /// Writes a parameter; with `overwrite = false` an existing name fails with
     /// [`ErrorKind::Conflict`] (atomic create). Returns the new version.
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError>;
+    /// Deletes a parameter (absent is fine).
+    async fn delete(&self, name: &str) -> Result<(), PortError>;
 }
 
 /// Amazon ECS.
@@ -159,6 +161,8 @@ pub trait Lock: Send + Sync {
         epoch: u64,
         now: Millis,
     ) -> Result<bool, PortError>;
+    /// Who holds a live lease on the runner now, if anyone.
+    async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError>;
     /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
 }

@@ -288,7 +288,7 @@ impl Record {
                 })
                 .collect(),
             last_success: memory.last_success.map(|m| m.0),
-            traceparent: None,
+            traceparent: memory.traceparent.clone(),
         };
         let set_run = |record: &mut Record, run: &Run| {
             record.lock_epoch = Some(run.epoch);
@@ -464,6 +464,7 @@ impl Record {
             attempts_started: self.attempts_started,
             since: Millis(self.since),
             last_success: self.last_success.map(Millis),
+            traceparent: self.traceparent.clone(),
         })
     }
 }

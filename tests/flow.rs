@@ -228,7 +228,13 @@ async fn tasks_turning_unhealthy_during_the_soak_roll_back() {
         .transitions
         .iter()
         .any(|t| t.from == "awaiting_rollout" && t.to == "soaking"));
-    assert!(rec.transitions.iter().any(|t| t.to == "rolling_back"));
+    assert!(
+        rec.transitions
+            .iter()
+            .any(|t| t.from == "soaking" && t.to == "rolling_back"),
+        "the rollback happened during the soak"
+    );
+    assert_eq!(rec.failure.unwrap().code, "unhealthy-tasks");
     assert_eq!(rec.failed.len(), 1);
 }
 
@@ -314,7 +320,23 @@ async fn a_foreign_writer_stops_the_attempt_instead_of_fighting_it() {
             .count(),
         1
     );
-    assert!(rec.failed.is_empty(), "a foreign writer is not our failure");
+    let hold = &rec.failed[0];
+    assert!(hold.reason.starts_with("foreign-writer"), "{}", hold.reason);
+    // The writer is not fought on the next passes: the target is held until the desired state changes.
+    s.drive_until(&mut driver, 10, |_| false).await.ok();
+    assert_eq!(
+        ecs.updates()
+            .iter()
+            .filter(|u| u.actor == "controller")
+            .count(),
+        1
+    );
+    assert_eq!(ecs.updates().last().unwrap().actor, "terraform");
+    assert!(record(&s, "runner-a")
+        .await
+        .verdict
+        .iter()
+        .any(|r| r.rule == "not-failed" && !r.passed));
 }
 
 #[tokio::test]
@@ -328,8 +350,10 @@ async fn a_lock_held_elsewhere_keeps_the_runner_idle_until_it_expires() {
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     driver.tick().await.unwrap();
-    let rec = record(&s, "runner-a").await;
-    assert_eq!(rec.note.unwrap().code, "lock-busy");
+    assert!(
+        s.store.load("runner-a").await.unwrap().is_none(),
+        "nothing is written while another controller holds the runner"
+    );
     assert!(s.aws.ecs.registrations().is_empty());
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
     assert!(
@@ -351,6 +375,25 @@ async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
     assert_eq!(s.aws.ecs.registrations().len(), 1);
+    assert_eq!(
+        s.aws.ecs.faults.pending("RegisterTaskDefinition"),
+        0,
+        "the faults were hit"
+    );
+
+    // More transient faults than the driver retries: the attempt waits and succeeds later.
+    for _ in 0..6 {
+        s.aws
+            .ecs
+            .faults
+            .push("RegisterTaskDefinition", ErrorKind::Transient);
+    }
+    s.set_desired("runner-a", "version", "2.14.1");
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(s.aws.ecs.faults.pending("RegisterTaskDefinition"), 0);
+    assert_eq!(s.aws.ecs.registrations().len(), 2);
+    let rec = record(&s, "runner-a").await;
+    assert!(rec.transitions.iter().all(|t| t.to != "rolled_back"));
 
     s.aws.ecs.faults.push("UpdateService", ErrorKind::Permanent);
     s.set_desired("runner-a", "version", "2.15.0");
@@ -361,8 +404,8 @@ async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
     assert_eq!(rec.failure.unwrap().code, "update-refused");
     assert_eq!(
         s.aws.ecs.updates().len(),
-        1,
-        "the refused update changed nothing"
+        2,
+        "the refused update changed nothing (two earlier successful updates)"
     );
 }
 

@@ -97,4 +97,14 @@ impl ParameterStore for AwsSsm {
             .map_err(|e| classify("PutParameter", &e))?;
         Ok(u64::try_from(output.version()).unwrap_or(0))
     }
+
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        match self.client.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(error) => match classify("DeleteParameter", &error) {
+                e if e.kind == ErrorKind::NotFound => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
 }

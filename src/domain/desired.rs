@@ -54,6 +54,9 @@ pub struct DesiredState {
 /// Why the desired parameters cannot be acted on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DesiredError {
+    /// SSM could not be read (after retries).
+    #[error("the desired state cannot be read: {0}")]
+    Unavailable(String),
     /// `desired/version` is absent.
     #[error("desired/version is not set")]
     MissingVersion,
@@ -114,6 +117,7 @@ impl DesiredError {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
+            DesiredError::Unavailable(_) => "aws-unavailable",
             DesiredError::MissingVersion => "missing-version",
             DesiredError::TooLong { .. } => "value-too-long",
             DesiredError::InvalidVersion(_) => "invalid-version",

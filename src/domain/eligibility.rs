@@ -256,7 +256,7 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             Rule::NotFailed,
             false,
             format!(
-                "{} ({}) already failed: {}; change the desired version or image to try again",
+                "{} ({}) is quarantined: {}; change the desired version or image to try again",
                 mark.version, mark.image, mark.reason
             ),
         ),

@@ -119,6 +119,17 @@ impl ServiceState {
         self.deployments.iter().find(|d| d.id == id)
     }
 
+    /// Stopped tasks of a task definition (still listed by ECS for about an hour).
+    #[must_use]
+    pub fn stopped_tasks(&self, task_definition_arn: &str) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| {
+                t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Stopped
+            })
+            .count()
+    }
+
     /// Running tasks of a task definition with the given health.
     #[must_use]
     pub fn tasks_with(&self, task_definition_arn: &str, health: Health) -> usize {
@@ -174,6 +185,9 @@ pub struct Observed {
 /// Why the running runner cannot be observed well enough to act.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ObserveError {
+    /// AWS could not be read (after retries).
+    #[error("the runner cannot be observed: {0}")]
+    Unavailable(String),
     /// The cluster or service does not exist.
     #[error("service {service} not found in cluster {cluster}")]
     ServiceNotFound {
@@ -213,6 +227,7 @@ impl ObserveError {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
+            ObserveError::Unavailable(_) => "aws-unavailable",
             ObserveError::ServiceNotFound { .. } => "service-not-found",
             ObserveError::ContainerNotFound { .. } => "container-not-found",
             ObserveError::BadRunningImage(_) => "bad-running-image",

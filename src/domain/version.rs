@@ -85,7 +85,8 @@ impl Version {
     #[must_use]
     pub fn compare(&self, other: &Version) -> Option<Ordering> {
         match (self, other) {
-            (Version::Semver(a), Version::Semver(b)) => Some(a.cmp(b)),
+            // Precedence, not `cmp`: build metadata (`+abc`) does not make a version newer.
+            (Version::Semver(a), Version::Semver(b)) => Some(a.cmp_precedence(b)),
             (
                 Version::DateBuild {
                     date: da,

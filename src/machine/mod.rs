@@ -231,6 +231,8 @@ pub enum FailureClass {
     Permanent,
     /// Our fencing token is stale: another controller holds the lock.
     Fenced,
+    /// The world changed under the attempt, not by our hand (a foreign writer).
+    Conflict,
 }
 
 /// The machine's events: observations and command results.
@@ -342,7 +344,13 @@ pub struct Memory {
     pub since: Millis,
     /// When the last attempt reached Done.
     pub last_success: Option<Millis>,
+    /// W3C traceparent of the current attempt (set by the tracing layer; kept across saves).
+    pub traceparent: Option<String>,
 }
+
+/// Quarantine marks kept at most (the oldest go first; only a return to a very old desired
+/// version could be affected).
+pub const FAILED_MARKS_MAX: usize = 50;
 
 /// The statig shared storage: one runner's machine.
 #[derive(Debug)]
@@ -377,8 +385,8 @@ enum GateStatus {
 impl RunnerMachine {
     /// At rest. Outgoing: `Checking` when eligible.
     #[state]
-    fn idle(&mut self, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
-        self.consider(ctx, input)
+    fn idle(&mut self, input: &Input) -> Outcome<State> {
+        self.consider(input)
     }
 
     /// Taking the lock. Outgoing: `Locked`, or `Idle` when the lock is busy.
@@ -470,6 +478,17 @@ impl RunnerMachine {
                 desired.version, desired.image
             );
             return self.abort(Some(*epoch), "desired-changed", message, ctx, input.now);
+        }
+        let steady = observed.service.deployments.len() == 1
+            && observed
+                .service
+                .primary()
+                .is_some_and(|p| p.rollout_state == RolloutState::Completed);
+        if !steady {
+            let message =
+                "the service is not steady (a deployment is in progress): waiting for it to settle"
+                    .to_owned();
+            return self.abort(Some(*epoch), "service-not-steady", message, ctx, input.now);
         }
         let baseline = Baseline {
             task_definition_arn: observed.service.task_definition_arn.clone(),
@@ -760,9 +779,10 @@ impl RunnerMachine {
 
     /// The attempt succeeded. Outgoing: `Checking` when a newer version becomes eligible.
     #[state(entry_action = "enter_done")]
-    fn done(&mut self, gate: &mut Gate, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
+    fn done(&mut self, gate: &mut Gate, input: &Input) -> Outcome<State> {
+        // Declared for statig (state data); read by the entry action and the record.
         let _ = gate;
-        self.consider(ctx, input)
+        self.consider(input)
     }
 
     #[action]
@@ -779,11 +799,12 @@ impl RunnerMachine {
         &mut self,
         run: &mut Run,
         failure: &mut Failure,
-        ctx: &mut Ctx,
         input: &Input,
     ) -> Outcome<State> {
+        // statig declares a state's data through its handler's arguments; these are read by
+        // the entry action and the record, not here.
         let _ = (run, failure);
-        self.consider(ctx, input)
+        self.consider(input)
     }
 
     #[action]
@@ -838,8 +859,7 @@ impl RunnerMachine {
     }
 
     /// Resting states: evaluate eligibility and start an attempt when every rule passes.
-    fn consider(&mut self, ctx: &mut Ctx, input: &Input) -> Outcome<State> {
-        let _ = ctx;
+    fn consider(&mut self, input: &Input) -> Outcome<State> {
         let Event::Observed(observation) = &input.event else {
             return Handled;
         };
@@ -936,6 +956,23 @@ impl RunnerMachine {
         let message = format!(
             "foreign writer: the service now runs {current}, set outside this attempt; stopping and re-planning from what is observed"
         );
+        self.foreign_message(run, message, ctx, now)
+    }
+
+    /// Stops the attempt for a foreign writer and holds its target (like a failed version), so
+    /// the next pass does not fight the writer; a change of the desired state lifts the hold.
+    fn foreign_message(
+        &mut self,
+        run: &Run,
+        message: String,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
+        self.quarantine(
+            &run.attempt,
+            &Failure::new("foreign-writer", message.clone()),
+            now,
+        );
         self.abort(Some(run.epoch), "foreign-writer", message, ctx, now)
     }
 
@@ -958,8 +995,10 @@ impl RunnerMachine {
                 self.note_now("lock-lost", message.to_owned(), now);
                 Transition(State::idle())
             }
+            FailureClass::Conflict => {
+                self.foreign_message(run, format!("foreign writer: {message}"), ctx, now)
+            }
             FailureClass::Permanent => {
-                let _ = ctx;
                 let failure = Failure::new(code, message.to_owned());
                 self.quarantine(&run.attempt, &failure, now);
                 self.pending_note = Some(failure.reason.clone());
@@ -989,6 +1028,8 @@ impl RunnerMachine {
                 reason: format!("{}: {}", failure.code, failure.reason),
                 at: now,
             });
+            let excess = self.memory.failed.len().saturating_sub(FAILED_MARKS_MAX);
+            self.memory.failed.drain(..excess);
         }
         self.note_now(&failure.code, failure.reason.clone(), now);
     }
@@ -1045,13 +1086,17 @@ impl RunnerMachine {
             ));
         };
         let unhealthy = service.tasks_with(new_td, Health::Unhealthy);
-        let bad = ours.failed_tasks as usize + unhealthy;
+        // ECS's `failedTasks` counts only consecutive failures and stops counting once a task
+        // ran; stopped tasks of the new revision are counted too (they are unique to the attempt).
+        let stopped = service.stopped_tasks(new_td);
+        let failed = (ours.failed_tasks as usize).max(stopped);
+        let bad = failed + unhealthy;
         if bad >= self.settings.fail_fast_tasks as usize {
             return GateStatus::Failed(Failure::new(
                 "unhealthy-tasks",
                 format!(
-                    "{} task(s) of the new revision failed and {unhealthy} are unhealthy (fail-fast threshold {})",
-                    ours.failed_tasks, self.settings.fail_fast_tasks
+                    "{failed} task(s) of the new revision failed and {unhealthy} are unhealthy (fail-fast threshold {})",
+                    self.settings.fail_fast_tasks
                 ),
             ));
         }

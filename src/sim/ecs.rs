@@ -31,6 +31,8 @@ const START_DELAY: Duration = Duration::from_secs(10);
 const START_JITTER_MS: u64 = 5_000;
 const HEALTHY_AFTER: Duration = Duration::from_secs(15);
 const UNHEALTHY_GRACE: Duration = Duration::from_secs(30);
+/// Stopped tasks listed per service at most.
+const STOPPED_KEPT: usize = 50;
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "eu-west-1";
 
@@ -247,9 +249,18 @@ impl EcsWorld {
                 .copied()
                 .unwrap_or(0);
         }
-        service
+        // ECS lists stopped tasks for a while; keep the most recent ones.
+        let stopped = service
             .tasks
-            .retain(|task| task.status != TaskStatus::Stopped);
+            .iter()
+            .filter(|t| t.status == TaskStatus::Stopped)
+            .count();
+        let mut excess = stopped.saturating_sub(STOPPED_KEPT);
+        service.tasks.retain(|task| {
+            let drop = task.status == TaskStatus::Stopped && excess > 0;
+            excess -= usize::from(drop);
+            !drop
+        });
 
         let threshold = self
             .breaker_minimum
@@ -294,7 +305,7 @@ impl EcsWorld {
         let alive = service
             .tasks
             .iter()
-            .filter(|task| task.deployment == primary.id)
+            .filter(|task| task.deployment == primary.id && task.status != TaskStatus::Stopped)
             .count();
         let missing = (service.desired_count as usize).saturating_sub(alive);
         for _ in 0..missing {
@@ -395,6 +406,7 @@ fn is_steady(service: &SimService) -> bool {
         && service
             .tasks
             .iter()
+            .filter(|t| t.status != TaskStatus::Stopped)
             .all(|t| t.status == TaskStatus::Running && t.health != Health::Unhealthy)
 }
 

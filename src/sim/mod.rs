@@ -48,6 +48,16 @@ impl Faults {
         }
     }
 
+    /// Faults still queued for `operation` (tests assert they were consumed).
+    #[must_use]
+    pub fn pending(&self, operation: &'static str) -> usize {
+        self.queued
+            .lock()
+            .ok()
+            .and_then(|q| q.get(operation).map(VecDeque::len))
+            .unwrap_or(0)
+    }
+
     /// Fails the call if a fault is queued for it.
     ///
     /// # Errors
@@ -204,6 +214,12 @@ impl ParameterStore for SimSsm {
         );
         Ok(version)
     }
+
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        self.faults.check("DeleteParameter")?;
+        guard(&self.parameters, "DeleteParameter")?.remove(name);
+        Ok(())
+    }
 }
 
 /// Simulated `CloudFormation` (describe only until issue 4).
@@ -292,6 +308,14 @@ impl Lock for MemoryLock {
             }
         }
         Ok(())
+    }
+
+    async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError> {
+        let leases = guard(&self.leases, "CheckLock")?;
+        Ok(leases
+            .get(runner)
+            .filter(|l| now < l.expires_at)
+            .map(|l| l.holder.clone()))
     }
 }
 
