@@ -46,7 +46,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StateStoreConfig {
-    /// `file` (the only backend until the SSM store lands).
+    /// `ssm` (`<prefix>/<runner>/status`, shared by every replica) or `file` (local).
     #[serde(default = "default_backend")]
     pub backend: String,
     /// Directory of the `file` backend.
@@ -148,7 +148,7 @@ fn default_lease_secs() -> u64 {
     120
 }
 fn default_backend() -> String {
-    "file".to_owned()
+    "ssm".to_owned()
 }
 fn default_state_path() -> PathBuf {
     PathBuf::from("runner-updater-state")
@@ -239,9 +239,9 @@ impl Config {
                 3 * self.active_poll_interval_secs
             ));
         }
-        if self.state_store.backend != "file" {
+        if !matches!(self.state_store.backend.as_str(), "ssm" | "file") {
             return invalid(format!(
-                "state_store.backend {:?}: only \"file\" is available in this build",
+                "state_store.backend {:?}: use \"ssm\" or \"file\"",
                 self.state_store.backend
             ));
         }

@@ -1,6 +1,5 @@
 //! The `runner-updater` command line. `anyhow` is used here and nowhere else.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,12 +9,18 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use runner_updater::aws::{AwsClients, SdkSettings};
+use runner_updater::clock::SystemClock;
 use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
+use runner_updater::driver::{Ports, RunnerDriver};
+use runner_updater::lease::SsmLease;
+use runner_updater::ports::ParameterStore;
 use runner_updater::ports::StateStore;
 use runner_updater::report::{plan_view, render_plan, render_status, status_view};
 use runner_updater::sim::scenario::Scenario;
-use runner_updater::store::FileStore;
+use runner_updater::sim::SimClock;
+use runner_updater::store::{FileStore, SsmStore};
 
 /// Keeps a fleet of ECS runners on the versions ops write into SSM Parameter Store.
 #[derive(Debug, Parser)]
@@ -53,7 +58,7 @@ enum DiagramLevel {
 enum Command {
     /// The controller loop.
     Run {
-        /// Run against the in-process simulated AWS (the only backend until the AWS adapters land).
+        /// Run against the in-process simulated AWS instead of AWS.
         #[arg(long)]
         simulated: bool,
         /// Stop after this many passes (default: run until interrupted).
@@ -81,6 +86,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Read the in-process simulated AWS instead of AWS.
+        #[arg(long)]
+        simulated: bool,
         /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
         #[arg(long, value_parser = parse_pair)]
         desired: Vec<(String, String)>,
@@ -194,7 +202,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { runner, json } => {
             let config = load_config(cli.config.as_ref())?;
-            let store = FileStore::new(&config.state_store.path);
+            let store = state_store(&config).await;
             let runners = match runner {
                 Some(runner) => vec![runner],
                 None => store.list().await?,
@@ -204,8 +212,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 match store.load(runner).await {
                     Ok(Some(record)) => views.push(status_view(&record)),
                     Ok(None) => bail!(
-                        "runner {runner} has no record in {}",
-                        config.state_store.path.display()
+                        "runner {runner} has no record yet (backend {})",
+                        config.state_store.backend
                     ),
                     Err(error) => bail!("runner {runner}: {error}"),
                 }
@@ -220,25 +228,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan {
             runner,
             json,
+            simulated,
             desired,
         } => {
             let config = load_config(cli.config.as_ref())?;
-            let mut scenario = Scenario::with_config(1, config.clone())?;
-            scenario.store = Arc::new(FileStore::new(&config.state_store.path));
-            for (name, version) in &desired {
-                scenario.set_desired(name, "version", version);
-            }
+            let ports = if simulated {
+                let mut scenario = Scenario::with_config(1, config.clone())?;
+                scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+                for (name, version) in &desired {
+                    scenario.set_desired(name, "version", version);
+                }
+                scenario.ports()
+            } else {
+                if !desired.is_empty() {
+                    bail!("--desired is for --simulated only: against AWS, ops write desired versions into SSM");
+                }
+                aws_ports(&config).await
+            };
             let names: Vec<String> = match runner {
                 Some(runner) => vec![runner],
                 None => config.runners.iter().map(|r| r.name.clone()).collect(),
             };
             let mut views = Vec::new();
             for name in &names {
-                let Some(mut driver) = scenario.driver(name) else {
+                let Some(runner_config) = config.runner(name) else {
                     bail!("runner {name} is not configured")
                 };
+                let mut driver = RunnerDriver::new(&config, runner_config, "plan", ports.clone());
                 let observation = driver.observe_now().await?;
-                let record = scenario.store.load(name).await?;
+                let record = ports.store.load(name).await?;
                 views.push(plan_view(
                     name,
                     record.as_ref(),
@@ -249,7 +267,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
-                eprintln!("(plan reads the simulated AWS until the AWS adapters land)");
+                if simulated {
+                    eprintln!("(plan on a fresh simulated AWS: every runner at its start version)");
+                }
                 for view in &views {
                     print!("{}", render_plan(view));
                 }
@@ -262,13 +282,48 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             desired,
             seed,
         } => {
-            if !simulated {
-                bail!("the AWS backend is not built yet: use `runner-updater run --simulated` (or `runner-updater demo`)");
-            }
             let config = load_config(cli.config.as_ref())?;
-            run_simulated(config, passes, &desired, seed).await
+            if simulated {
+                return run_simulated(config, passes, &desired, seed).await;
+            }
+            if !desired.is_empty() {
+                bail!("--desired is for --simulated only: against AWS, ops write desired versions into SSM");
+            }
+            let ports = aws_ports(&config).await;
+            control_loop(&config, ports, passes, None).await
         }
     }
+}
+
+/// The ports on AWS: SDK clients from the standard configuration, the SSM lease, the store.
+async fn aws_ports(config: &Config) -> Ports {
+    let clients = AwsClients::from_env(SdkSettings::default()).await;
+    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
+    Ports {
+        ssm: ssm.clone(),
+        ecs: Arc::new(clients.ecs),
+        cfn: Arc::new(clients.cfn),
+        lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
+        store: store_on(config, ssm),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore> {
+    if config.state_store.backend == "file" {
+        Arc::new(FileStore::new(&config.state_store.path))
+    } else {
+        Arc::new(SsmStore::new(ssm, &config.prefix))
+    }
+}
+
+/// The configured state store (SSM needs AWS credentials; the file store does not).
+async fn state_store(config: &Config) -> Arc<dyn StateStore> {
+    if config.state_store.backend == "file" {
+        return Arc::new(FileStore::new(&config.state_store.path));
+    }
+    let clients = AwsClients::from_env(SdkSettings::default()).await;
+    store_on(config, Arc::new(clients.ssm))
 }
 
 /// The controller loop on the simulated AWS, paced in real time (the simulated clock follows).
@@ -286,38 +341,58 @@ async fn run_simulated(
         }
         scenario.set_desired(name, "version", version);
     }
+    control_loop(
+        &config,
+        scenario.ports(),
+        passes,
+        Some(scenario.aws.clock.clone()),
+    )
+    .await
+}
+
+/// Passes over every runner until interrupted (SIGINT, SIGTERM) or `passes` are done. A
+/// simulated clock, when given, is advanced by the time slept.
+async fn control_loop(
+    config: &Config,
+    ports: Ports,
+    passes: Option<u64>,
+    simulated: Option<SimClock>,
+) -> anyhow::Result<ExitCode> {
     let holder =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("controller-{}", std::process::id()));
-    let mut drivers: BTreeMap<String, _> = BTreeMap::new();
-    for runner in &config.runners {
-        if let Some(driver) = scenario.driver_as(&runner.name, &holder) {
-            drivers.insert(runner.name.clone(), driver);
-        }
-    }
-    tracing::info!(runners = drivers.len(), %holder, state = %config.state_store.path.display(), "controller started on the simulated AWS");
+    let mut drivers: Vec<RunnerDriver> = config
+        .runners
+        .iter()
+        .map(|runner| RunnerDriver::new(config, runner, &holder, ports.clone()))
+        .collect();
+    tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut pass: u64 = 0;
     loop {
         pass += 1;
-        for driver in drivers.values_mut() {
+        for driver in &mut drivers {
             if let Err(error) = driver.tick().await {
-                tracing::warn!(runner = driver.runner(), %error, "pass failed; retrying next pass");
+                tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
             }
         }
         if passes.is_some_and(|max| pass >= max) {
             break;
         }
         let wait = drivers
-            .values()
-            .map(runner_updater::driver::RunnerDriver::requeue_after)
+            .iter()
+            .map(RunnerDriver::requeue_after)
             .min()
-            .unwrap_or(Duration::from_mins(1));
+            .unwrap_or(Duration::from_secs(60));
         tokio::select! {
-            () = tokio::time::sleep(wait) => scenario.aws.clock.advance(wait),
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; stopping");
-                break;
+            () = tokio::time::sleep(wait) => {
+                if let Some(clock) = &simulated {
+                    clock.advance(wait);
+                }
             }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
         }
     }
+    tracing::info!("controller stopped");
     Ok(ExitCode::SUCCESS)
 }

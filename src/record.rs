@@ -179,6 +179,14 @@ pub enum RecordError {
         /// The record's version.
         found: u64,
     },
+    /// Too large for the store even after shortening.
+    #[error("the state record needs {bytes} bytes, more than the store's {limit}")]
+    TooLarge {
+        /// Size.
+        bytes: usize,
+        /// Limit.
+        limit: usize,
+    },
     /// A field is missing or invalid for its phase.
     #[error("the state record is invalid: {0}")]
     Invalid(String),
@@ -192,6 +200,7 @@ impl RecordError {
             RecordError::Corrupt(_) => "record-corrupt",
             RecordError::NewerSchema { .. } => "record-newer-schema",
             RecordError::Invalid(_) => "record-invalid",
+            RecordError::TooLarge { .. } => "record-too-large",
         }
     }
 }
@@ -220,6 +229,52 @@ impl Record {
     /// Never in practice (all fields are plain data); kept typed for the store's sake.
     pub fn encode(&self) -> Result<String, RecordError> {
         serde_json::to_string(self).map_err(|e| RecordError::Corrupt(e.to_string()))
+    }
+
+    /// Encodes within `limit` bytes (an SSM Standard parameter holds 4 KB): long texts are
+    /// shortened first, then the oldest transitions dropped (at least three are kept), then the
+    /// verdict's reasons. Quarantine marks are never dropped.
+    ///
+    /// # Errors
+    /// [`RecordError::TooLarge`] when even that is not enough.
+    pub fn encode_within(&self, limit: usize) -> Result<String, RecordError> {
+        let text = self.encode()?;
+        if text.len() <= limit {
+            return Ok(text);
+        }
+        let mut fitted = self.clone();
+        if let Some(note) = &mut fitted.note {
+            shorten(&mut note.message, 300);
+        }
+        if let Some(failure) = &mut fitted.failure {
+            shorten(&mut failure.reason, 300);
+        }
+        for mark in &mut fitted.failed {
+            shorten(&mut mark.reason, 160);
+        }
+        for transition in &mut fitted.transitions {
+            if let Some(note) = &mut transition.note {
+                shorten(note, 100);
+            }
+        }
+        loop {
+            let text = fitted.encode()?;
+            if text.len() <= limit {
+                return Ok(text);
+            }
+            if fitted.transitions.len() > 3 {
+                fitted.transitions.remove(0);
+            } else if fitted.verdict.iter().any(|r| !r.reason.is_empty()) {
+                for rule in &mut fitted.verdict {
+                    rule.reason.clear();
+                }
+            } else {
+                return Err(RecordError::TooLarge {
+                    bytes: text.len(),
+                    limit,
+                });
+            }
+        }
     }
 
     /// The record's phase.
@@ -469,6 +524,17 @@ impl Record {
     }
 }
 
+fn shorten(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max.saturating_sub(1);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
 fn need<'a, T>(field: Option<&'a T>, name: &str) -> Result<&'a T, RecordError> {
     field.ok_or_else(|| RecordError::Invalid(format!("{name} is missing")))
 }
@@ -531,6 +597,27 @@ mod tests {
             Record::decode(&newer).unwrap_err(),
             RecordError::NewerSchema { found: 99 }
         );
+        let mut big = Record::decode(&text).unwrap();
+        for i in 0..40 {
+            big.transitions.push(TransitionRecord {
+                from: "idle".to_owned(),
+                to: "checking".to_owned(),
+                at: i,
+                attempt: Some("runner-a-1-abc".to_owned()),
+                note: Some("x".repeat(400)),
+            });
+        }
+        big.failed.push(FailedRecord {
+            version: "2.15.0".to_owned(),
+            image: "r:2.15.0".to_owned(),
+            reason: "y".repeat(2000),
+            at: 1,
+        });
+        let fitted = big.encode_within(4096).unwrap();
+        assert!(fitted.len() <= 4096);
+        let back = Record::decode(&fitted).unwrap();
+        assert_eq!(back.failed.len(), 1, "quarantine marks are never dropped");
+        assert!(back.transitions.len() >= 3);
         let mut invalid = Record::decode(&text).unwrap();
         invalid.phase = "soaking".to_owned();
         assert_eq!(

@@ -1,4 +1,5 @@
-//! State stores: `file` (local, atomic) and `memory` (tests). The SSM store comes with issue 3.
+//! State stores: `ssm` (production, shared by every replica), `file` (local, atomic) and
+//! `memory` (tests).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use crate::ports::{StateStore, StoreError};
+use crate::ports::{ParameterStore, StateStore, StoreError};
 use crate::record::Record;
 
 /// One JSON file per runner in a directory. A save writes a temporary file, fsyncs it, renames
@@ -154,5 +155,139 @@ impl StateStore for MemoryStore {
             .lock()
             .map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
         Ok(records.keys().cloned().collect())
+    }
+}
+
+/// An SSM Standard parameter holds 4 KB; the record is fitted under it (see
+/// [`Record::encode_within`]). The Advanced tier is deliberately not used: it costs money per
+/// parameter and month, and a fitted record says everything on-call needs.
+pub const SSM_RECORD_BYTES_MAX: usize = 4096;
+
+/// Records in SSM at `<prefix>/<runner>/status`, a JSON document.
+#[derive(Clone)]
+pub struct SsmStore {
+    ssm: Arc<dyn ParameterStore>,
+    prefix: String,
+}
+
+impl SsmStore {
+    /// A store under `prefix`.
+    #[must_use]
+    pub fn new(ssm: Arc<dyn ParameterStore>, prefix: &str) -> Self {
+        SsmStore {
+            ssm,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn name(&self, runner: &str) -> String {
+        format!("{}/{runner}/status", self.prefix)
+    }
+}
+
+#[async_trait]
+impl StateStore for SsmStore {
+    async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
+        let parameter = self
+            .ssm
+            .get(&self.name(runner))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        parameter
+            .map(|p| Record::decode(&p.value).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let text = record.encode_within(SSM_RECORD_BYTES_MAX)?;
+        self.ssm
+            .put(&self.name(&record.runner), &text, true)
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let folder = format!("{}/", self.prefix);
+        let parameters = self
+            .ssm
+            .get_by_path(&folder)
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(parameters
+            .keys()
+            .filter_map(|name| name.strip_prefix(&folder)?.strip_suffix("/status"))
+            .filter(|runner| !runner.contains('/'))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{restore, Ctx, RunnerMachine, Settings, State};
+    use crate::record::RecordError;
+
+    fn record(runner: &str) -> Record {
+        let machine = restore(
+            RunnerMachine::new(runner, Settings::default()),
+            State::Idle {},
+            &mut Ctx::default(),
+        );
+        Record::capture(&machine)
+    }
+
+    #[tokio::test]
+    async fn the_file_store_round_trips_atomically_and_lists() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = FileStore::new(directory.path().join("state"));
+        assert_eq!(store.load("runner-a").await.unwrap(), None);
+        store.save(&record("runner-a")).await.unwrap();
+        store.save(&record("runner-b")).await.unwrap();
+        assert_eq!(
+            store.load("runner-a").await.unwrap(),
+            Some(record("runner-a"))
+        );
+        assert_eq!(store.list().await.unwrap(), vec!["runner-a", "runner-b"]);
+        let leftovers: Vec<_> = std::fs::read_dir(directory.path().join("state"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file is left behind");
+        std::fs::write(
+            directory.path().join("state/runner-a.json"),
+            "{\"schema_version\": 1, \"runn",
+        )
+        .unwrap();
+        let error = store.load("runner-a").await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Record(ref e) if e.code() == "record-corrupt"),
+            "{error}"
+        );
+        assert!(store.save(&record("../escape")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_ssm_store_keeps_records_beside_the_desired_state() {
+        let ssm = crate::sim::SimSsm::default();
+        ssm.set("/ru/runner-a/desired/version", "2.14.0");
+        let store = SsmStore::new(Arc::new(ssm.clone()), "/ru");
+        store.save(&record("runner-a")).await.unwrap();
+        assert_eq!(
+            store.load("runner-a").await.unwrap(),
+            Some(record("runner-a"))
+        );
+        assert_eq!(store.list().await.unwrap(), vec!["runner-a"]);
+        ssm.set("/ru/runner-a/status", "{\"schema_version\": 7}");
+        let error = store.load("runner-a").await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::Record(RecordError::NewerSchema { found: 7 })
+            ),
+            "{error}"
+        );
     }
 }

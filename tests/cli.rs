@@ -114,7 +114,13 @@ fn a_bad_configuration_is_refused_with_its_reason() {
 fn plan_shows_every_rule_and_the_next_step() {
     let directory = tempfile::tempdir().unwrap();
     let output = binary()
-        .args(["plan", "runner-a", "--desired", "runner-a=2.14.0"])
+        .args([
+            "plan",
+            "runner-a",
+            "--simulated",
+            "--desired",
+            "runner-a=2.14.0",
+        ])
         .env("RUNNER_UPDATER_STATE_DIR", directory.path())
         .output()
         .unwrap();
@@ -162,6 +168,13 @@ fn run_on_the_simulated_aws_updates_and_persists() {
         record.contains("\"phase\":\"awaiting_rollout\""),
         "{record}"
     );
-    let refused = binary().arg("run").output().unwrap();
-    assert!(!refused.status.success());
+    let refused = binary()
+        .args(["run", "--desired", "runner-b=2.14.0"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "--desired is for the simulation only"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--simulated only"));
 }
