@@ -382,7 +382,7 @@ async fn control_loop(
             .iter()
             .map(RunnerDriver::requeue_after)
             .min()
-            .unwrap_or(Duration::from_secs(60));
+            .unwrap_or(Duration::from_mins(1));
         tokio::select! {
             () = tokio::time::sleep(wait) => {
                 if let Some(clock) = &simulated {
