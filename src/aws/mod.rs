@@ -69,6 +69,12 @@ impl AwsClients {
             )
             .load()
             .await;
+        Self::from_sdk_config(&config)
+    }
+
+    /// Clients from an explicit SDK configuration (tests point them at an emulator).
+    #[must_use]
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
         AwsClients {
             ssm: AwsSsm::new(aws_sdk_ssm::Client::new(&config)),
             ecs: AwsEcs::new(aws_sdk_ecs::Client::new(&config)),
