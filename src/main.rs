@@ -13,7 +13,7 @@ use runner_updater::aws::{AwsClients, SdkSettings};
 use runner_updater::clock::SystemClock;
 use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
-use runner_updater::driver::{Ports, RunnerDriver};
+use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
 use runner_updater::ports::ParameterStore;
 use runner_updater::ports::StateStore;
@@ -295,6 +295,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A crash planned for tests: `RUNNER_UPDATER_TEST_CRASH=after_save:N` or
+/// `after_command:NAME` makes the process abort right there (per runner driver).
+fn test_crash_plan() -> anyhow::Result<CrashPlan> {
+    let Ok(text) = std::env::var("RUNNER_UPDATER_TEST_CRASH") else { return Ok(CrashPlan::default()) };
+    let mut plan = CrashPlan::default();
+    match text.split_once(':') {
+        Some(("after_save", n)) => plan.after_save = Some(n.parse().context("RUNNER_UPDATER_TEST_CRASH after_save:N")?),
+        Some(("after_command", name)) => {
+            let known = ["observe", "acquire_lock", "release_lock", "register_task_definition", "update_service", "roll_back_service"];
+            let Some(name) = known.into_iter().find(|k| *k == name) else { bail!("RUNNER_UPDATER_TEST_CRASH: unknown command {name:?}") };
+            plan.after_command_named = Some(name);
+        }
+        _ => bail!("RUNNER_UPDATER_TEST_CRASH={text:?}: use after_save:N or after_command:NAME"),
+    }
+    tracing::warn!(?plan, "a crash is planned (test hook)");
+    Ok(plan)
+}
+
 /// The ports on AWS: SDK clients from the standard configuration, the SSM lease, the store.
 async fn aws_ports(config: &Config) -> Ports {
     let clients = AwsClients::from_env(SdkSettings::default()).await;
@@ -360,10 +378,11 @@ async fn control_loop(
 ) -> anyhow::Result<ExitCode> {
     let holder =
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("controller-{}", std::process::id()));
+    let crash = test_crash_plan()?;
     let mut drivers: Vec<RunnerDriver> = config
         .runners
         .iter()
-        .map(|runner| RunnerDriver::new(config, runner, &holder, ports.clone()))
+        .map(|runner| RunnerDriver::new(config, runner, &holder, ports.clone()).with_crash(crash))
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -372,6 +391,11 @@ async fn control_loop(
         pass += 1;
         for driver in &mut drivers {
             if let Err(error) = driver.tick().await {
+                if matches!(error, runner_updater::driver::DriverError::Crashed(_)) {
+                    // The test hook: die at once, without cleanup, like `kill -9`.
+                    eprintln!("runner-updater: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)");
+                    std::process::abort();
+                }
                 tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
             }
         }

@@ -29,12 +29,18 @@ pub fn venv_bin() -> std::path::PathBuf {
 impl Moto {
     /// Starts the harness and waits (bounded) until it answers.
     pub fn start() -> Moto {
+        Self::start_with(&[])
+    }
+
+    /// Starts the harness with extra environment (e.g. `HARNESS_LOG`).
+    pub fn start_with(env: &[(&str, &str)]) -> Moto {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_harness/server.py");
         let child = Command::new(python())
             .arg(script)
             .arg(port.to_string())
             .env("HARNESS_ROLLOUT_SECONDS", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

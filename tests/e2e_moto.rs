@@ -1,0 +1,206 @@
+//! End to end with the real binary against moto (plus our harness): `runner-updater run` is
+//! started as a process, ops write desired values with the real AWS CLI, and the tests read the
+//! outcome from ECS and from the record in SSM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use runner_updater::ports::StateStore;
+use runner_updater::record::Record;
+use runner_updater::store::SsmStore;
+
+const PREFIX: &str = "/e2e";
+const WAIT: Duration = Duration::from_secs(90);
+
+struct World {
+    moto: common::Moto,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    updates_log: PathBuf,
+}
+
+impl World {
+    async fn new(runners: &[&str]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let updates_log = dir.path().join("updates.log");
+        let moto = common::Moto::start_with(&[("HARNESS_LOG", updates_log.to_str().unwrap())]);
+        let sdk = moto.sdk_config().await;
+        let ecs = aws_sdk_ecs::Client::new(&sdk);
+        ecs.create_cluster().cluster_name("runners").send().await.unwrap();
+        let mut config = format!(
+            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\n\
+             [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = 1\nrollback_timeout_secs = 60\n"
+        );
+        for runner in runners {
+            let container = aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("runner")
+                .image("registry.example/runner:2.13.0")
+                .memory(512)
+                .build();
+            let td = ecs.register_task_definition().family(*runner).container_definitions(container).send().await.unwrap();
+            let arn = td.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
+            ecs.create_service().cluster("runners").service_name(*runner).task_definition(arn).desired_count(1).send().await.unwrap();
+            config.push_str(&format!(
+                "[[runners]]\nname = \"{runner}\"\ncluster = \"runners\"\nservice = \"{runner}\"\nimage_repository = \"registry.example/runner\"\n"
+            ));
+        }
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        World { moto, dir, config: path, updates_log }
+    }
+
+    /// Ops: the real AWS CLI against the emulator.
+    fn put(&self, runner: &str, key: &str, value: &str) {
+        let status = Command::new(common::venv_bin().join("aws"))
+            .args(["ssm", "put-parameter", "--overwrite", "--type", "String", "--name"])
+            .arg(format!("{PREFIX}/{runner}/desired/{key}"))
+            .args(["--value", value, "--endpoint-url", &self.moto.url])
+            .envs(self.moto.env())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "aws ssm put-parameter failed");
+    }
+
+    fn controller(&self, name: &str, crash: Option<&str>) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runner-updater"));
+        command.arg("--config").arg(&self.config).arg("run").envs(self.moto.env()).env("HOSTNAME", name).stdout(Stdio::null()).stderr(log);
+        if let Some(crash) = crash {
+            command.env("RUNNER_UPDATER_TEST_CRASH", crash);
+        }
+        command.spawn().unwrap()
+    }
+
+    async fn record(&self, runner: &str) -> Option<Record> {
+        let store = SsmStore::new(std::sync::Arc::new(self.moto.clients().await.ssm), PREFIX);
+        store.load(runner).await.unwrap()
+    }
+
+    async fn wait_for_phase(&self, runner: &str, phase: &str, attempt_min: u64) -> Record {
+        common::eventually(&format!("{runner} in {phase}"), WAIT, || async {
+            self.record(runner).await.filter(|r| r.phase == phase && r.attempts_started >= attempt_min)
+        })
+        .await
+    }
+
+    fn updates(&self, runner: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.updates_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{runner} ")).map(str::to_owned))
+            .collect()
+    }
+
+    async fn revisions(&self, runner: &str) -> usize {
+        let ecs = aws_sdk_ecs::Client::new(&self.moto.sdk_config().await);
+        ecs.list_task_definitions().family_prefix(runner).send().await.unwrap().task_definition_arns().len()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
+    let world = World::new(&["runner-a", "runner-b"]).await;
+    let controller = world.controller("controller-1", None);
+
+    // A clean update.
+    world.put("runner-a", "version", "2.14.0");
+    let done = world.wait_for_phase("runner-a", "done", 1).await;
+    assert_eq!(world.revisions("runner-a").await, 2, "one new task definition");
+    assert_eq!(world.updates("runner-a").len(), 1, "one service update");
+    assert_eq!(done.new_task_definition_arn.as_deref(), Some(world.updates("runner-a")[0].as_str()));
+
+    // A failed update (the harness fails tasks of images tagged -crash): rolled back, quarantined.
+    world.put("runner-b", "image", "registry.example/runner:2.15.0-crash");
+    world.put("runner-b", "version", "2.15.0");
+    let rolled_back = world.wait_for_phase("runner-b", "rolled_back", 1).await;
+    assert_eq!(rolled_back.failure.as_ref().unwrap().code, "unhealthy-tasks", "{rolled_back:?}");
+    assert_eq!(rolled_back.failed.len(), 1, "{:?}", rolled_back.failed);
+    assert_eq!(world.updates("runner-b").len(), 2, "forward and rollback");
+
+    // auto-update=false holds.
+    world.put("runner-a", "auto-update", "false");
+    world.put("runner-a", "version", "2.16.0");
+    common::eventually("the hold to be reported", WAIT, || async {
+        world.record("runner-a").await.filter(|r| r.note.as_ref().is_some_and(|n| n.code == "auto-update"))
+    })
+    .await;
+    assert_eq!(world.revisions("runner-a").await, 2, "held: nothing registered");
+
+    // A bad value is reported and ignored.
+    world.put("runner-a", "version", "2.17");
+    world.put("runner-a", "auto-update", "true");
+    let bad = common::eventually("the bad value to be reported", WAIT, || async {
+        world.record("runner-a").await.filter(|r| r.note.as_ref().is_some_and(|n| n.code == "invalid-version"))
+    })
+    .await;
+    assert_eq!(bad.phase, "done");
+    assert_eq!(world.updates("runner-a").len(), 1);
+    kill(controller);
+}
+
+#[tokio::test]
+async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect() {
+    // Instant steps are reached with the abort hook; the long ones (rollout, soak) with SIGKILL.
+    let crashes = [
+        "after_save:1",
+        "after_save:2",
+        "after_save:3",
+        "after_command:register_task_definition",
+        "after_command:update_service",
+        "after_save:4",
+    ];
+    let runners: Vec<String> = (0..crashes.len() + 2).map(|i| format!("kill-{i}")).collect();
+    let names: Vec<&str> = runners.iter().map(String::as_str).collect();
+    let world = World::new(&names).await;
+    let mut cases: Vec<(String, Option<&str>)> = runners.iter().zip(crashes.iter().map(|c| Some(*c))).map(|(r, c)| (r.clone(), c)).collect();
+    cases.push((runners[crashes.len()].clone(), None)); // SIGKILL in awaiting_rollout
+    cases.push((runners[crashes.len() + 1].clone(), None)); // SIGKILL in soaking
+    // Only one runner at a time is given a new version, so each crash hits its own update.
+    for (index, (runner, crash)) in cases.iter().enumerate() {
+        let victim = world.controller(&format!("victim-{index}"), *crash);
+        world.put(runner, "version", "2.14.0");
+        match crash {
+            Some(_) => {
+                let mut victim = victim;
+                let status = common::eventually("the planned crash", WAIT, || {
+                    let exited = victim.try_wait().unwrap();
+                    async move { exited }
+                })
+                .await;
+                assert!(!status.success(), "{runner}: the victim should have aborted");
+            }
+            None => {
+                let phase = if index == crashes.len() { "awaiting_rollout" } else { "soaking" };
+                world.wait_for_phase(runner, phase, 1).await;
+                kill(victim);
+            }
+        }
+        let survivor = world.controller(&format!("survivor-{index}"), None);
+        world.wait_for_phase(runner, "done", 1).await;
+        kill(survivor);
+        assert_eq!(world.revisions(runner).await, 2, "{runner} ({crash:?}): one task definition registered\n{}", world.logs());
+        assert_eq!(world.updates(runner).len(), 1, "{runner} ({crash:?}): one service update\n{}", world.logs());
+    }
+}
+
