@@ -298,13 +298,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A crash planned for tests: `RUNNER_UPDATER_TEST_CRASH=after_save:N` or
 /// `after_command:NAME` makes the process abort right there (per runner driver).
 fn test_crash_plan() -> anyhow::Result<CrashPlan> {
-    let Ok(text) = std::env::var("RUNNER_UPDATER_TEST_CRASH") else { return Ok(CrashPlan::default()) };
+    let Ok(text) = std::env::var("RUNNER_UPDATER_TEST_CRASH") else {
+        return Ok(CrashPlan::default());
+    };
     let mut plan = CrashPlan::default();
     match text.split_once(':') {
-        Some(("after_save", n)) => plan.after_save = Some(n.parse().context("RUNNER_UPDATER_TEST_CRASH after_save:N")?),
+        Some(("after_save", n)) => {
+            plan.after_save = Some(
+                n.parse()
+                    .context("RUNNER_UPDATER_TEST_CRASH after_save:N")?,
+            );
+        }
         Some(("after_command", name)) => {
-            let known = ["observe", "acquire_lock", "release_lock", "register_task_definition", "update_service", "roll_back_service"];
-            let Some(name) = known.into_iter().find(|k| *k == name) else { bail!("RUNNER_UPDATER_TEST_CRASH: unknown command {name:?}") };
+            let known = [
+                "observe",
+                "acquire_lock",
+                "release_lock",
+                "register_task_definition",
+                "update_service",
+                "roll_back_service",
+            ];
+            let Some(name) = known.into_iter().find(|k| *k == name) else {
+                bail!("RUNNER_UPDATER_TEST_CRASH: unknown command {name:?}")
+            };
             plan.after_command_named = Some(name);
         }
         _ => bail!("RUNNER_UPDATER_TEST_CRASH={text:?}: use after_save:N or after_command:NAME"),

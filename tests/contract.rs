@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret, Ulimit, UlimitName, Volume};
+use aws_sdk_ecs::types::{
+    ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret, Ulimit,
+    UlimitName, Volume,
+};
 use runner_updater::domain::observed::{DeploymentStatus, ATTEMPT_TAG};
 use runner_updater::domain::Millis;
 use runner_updater::lease::SsmLease;
@@ -18,14 +21,32 @@ use runner_updater::sim::{SimAws, SimRunnerSpec, SimSsm};
 use runner_updater::store::SsmStore;
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
-    assert_eq!(ssm.put("/c/a/x", "1", false).await.unwrap(), 1, "{who}: first version");
+    assert_eq!(
+        ssm.put("/c/a/x", "1", false).await.unwrap(),
+        1,
+        "{who}: first version"
+    );
     let conflict = ssm.put("/c/a/x", "2", false).await.unwrap_err();
-    assert_eq!(conflict.kind, ErrorKind::Conflict, "{who}: atomic create refuses an existing name");
-    assert_eq!(ssm.put("/c/a/x", "3", true).await.unwrap(), 2, "{who}: overwrite bumps the version");
+    assert_eq!(
+        conflict.kind,
+        ErrorKind::Conflict,
+        "{who}: atomic create refuses an existing name"
+    );
+    assert_eq!(
+        ssm.put("/c/a/x", "3", true).await.unwrap(),
+        2,
+        "{who}: overwrite bumps the version"
+    );
     assert_eq!(ssm.get("/c/a/x").await.unwrap().unwrap().value, "3");
-    assert_eq!(ssm.get("/c/a/absent").await.unwrap(), None, "{who}: a missing parameter is None");
+    assert_eq!(
+        ssm.get("/c/a/absent").await.unwrap(),
+        None,
+        "{who}: a missing parameter is None"
+    );
     for i in 0..23 {
-        ssm.put(&format!("/c/a/deep/p{i:02}"), "v", true).await.unwrap();
+        ssm.put(&format!("/c/a/deep/p{i:02}"), "v", true)
+            .await
+            .unwrap();
     }
     ssm.put("/c/b/other", "v", true).await.unwrap();
     let under = ssm.get_by_path("/c/a/").await.unwrap();
@@ -33,31 +54,69 @@ async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     assert!(!under.contains_key("/c/b/other"));
     ssm.delete("/c/a/x").await.unwrap();
     ssm.delete("/c/a/x").await.unwrap();
-    assert_eq!(ssm.get("/c/a/x").await.unwrap(), None, "{who}: deleted, and deleting twice is fine");
+    assert_eq!(
+        ssm.get("/c/a/x").await.unwrap(),
+        None,
+        "{who}: deleted, and deleting twice is fine"
+    );
 }
 
 async fn lease_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     let lease = SsmLease::new(ssm.clone(), "/lease");
     let ttl = Duration::from_secs(30);
-    assert_eq!(lease.acquire("r", "c1", Millis(0), ttl).await.unwrap(), LockOutcome::Acquired { epoch: 1 }, "{who}");
-    assert!(matches!(lease.acquire("r", "c2", Millis(1_000), ttl).await.unwrap(), LockOutcome::Busy { .. }), "{who}");
-    assert_eq!(lease.holder("r", Millis(1_000)).await.unwrap().as_deref(), Some("c1"));
-    assert_eq!(lease.acquire("r", "c2", Millis(60_000), ttl).await.unwrap(), LockOutcome::Acquired { epoch: 2 }, "{who}");
-    assert!(!lease.check("r", "c1", 1, Millis(60_001)).await.unwrap(), "{who}: stale token fenced");
+    assert_eq!(
+        lease.acquire("r", "c1", Millis(0), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 1 },
+        "{who}"
+    );
+    assert!(
+        matches!(
+            lease.acquire("r", "c2", Millis(1_000), ttl).await.unwrap(),
+            LockOutcome::Busy { .. }
+        ),
+        "{who}"
+    );
+    assert_eq!(
+        lease.holder("r", Millis(1_000)).await.unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        lease.acquire("r", "c2", Millis(60_000), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 2 },
+        "{who}"
+    );
+    assert!(
+        !lease.check("r", "c1", 1, Millis(60_001)).await.unwrap(),
+        "{who}: stale token fenced"
+    );
     assert!(lease.check("r", "c2", 2, Millis(60_001)).await.unwrap());
     lease.release("r", "c2", 2).await.unwrap();
-    assert_eq!(lease.holder("r", Millis(60_002)).await.unwrap(), None, "{who}: released");
+    assert_eq!(
+        lease.holder("r", Millis(60_002)).await.unwrap(),
+        None,
+        "{who}: released"
+    );
 }
 
 async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     let s = runner_updater::sim::scenario::Scenario::new(1).unwrap();
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
-    s.drive_to(&mut driver, runner_updater::machine::phase::Phase::Done, 200).await.unwrap();
+    s.drive_to(
+        &mut driver,
+        runner_updater::machine::phase::Phase::Done,
+        200,
+    )
+    .await
+    .unwrap();
     let record = s.store.load("runner-a").await.unwrap().unwrap();
     let store = SsmStore::new(ssm, "/store");
     store.save(&record).await.unwrap();
-    assert_eq!(store.load("runner-a").await.unwrap(), Some(record), "{who}: round trip");
+    assert_eq!(
+        store.load("runner-a").await.unwrap(),
+        Some(record),
+        "{who}: round trip"
+    );
     assert_eq!(store.list().await.unwrap(), vec!["runner-a"], "{who}");
 }
 
@@ -65,7 +124,10 @@ async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
 async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
     let moto = common::Moto::start();
     let clients = moto.clients().await;
-    let targets: [(Arc<dyn ParameterStore>, &str); 2] = [(Arc::new(SimSsm::default()), "simulation"), (Arc::new(clients.ssm.clone()), "moto")];
+    let targets: [(Arc<dyn ParameterStore>, &str); 2] = [
+        (Arc::new(SimSsm::default()), "simulation"),
+        (Arc::new(clients.ssm.clone()), "moto"),
+    ];
     for (ssm, who) in targets {
         parameter_store_contract(ssm.clone(), who).await;
         lease_contract(ssm.clone(), who).await;
@@ -76,18 +138,50 @@ async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
 /// Creates, on moto, a cluster, a rich task definition and a service running it.
 async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
     let ecs = aws_sdk_ecs::Client::new(sdk);
-    ecs.create_cluster().cluster_name("runners").send().await.unwrap();
+    ecs.create_cluster()
+        .cluster_name("runners")
+        .send()
+        .await
+        .unwrap();
     let runner = ContainerDefinition::builder()
         .name("runner")
         .image("registry.example/runner:2.13.0")
         .memory(1024)
         .essential(true)
-        .environment(KeyValuePair::builder().name("MODE").value("production").build())
-        .secrets(Secret::builder().name("TOKEN").value_from("arn:aws:ssm:eu-west-1:123456789012:parameter/token").build().unwrap())
-        .log_configuration(LogConfiguration::builder().log_driver(LogDriver::Awslogs).options("awslogs-group", "/runner").build().unwrap())
-        .ulimits(Ulimit::builder().name(UlimitName::Nofile).soft_limit(65536).hard_limit(65536).build().unwrap())
+        .environment(
+            KeyValuePair::builder()
+                .name("MODE")
+                .value("production")
+                .build(),
+        )
+        .secrets(
+            Secret::builder()
+                .name("TOKEN")
+                .value_from("arn:aws:ssm:eu-west-1:123456789012:parameter/token")
+                .build()
+                .unwrap(),
+        )
+        .log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::Awslogs)
+                .options("awslogs-group", "/runner")
+                .build()
+                .unwrap(),
+        )
+        .ulimits(
+            Ulimit::builder()
+                .name(UlimitName::Nofile)
+                .soft_limit(65536)
+                .hard_limit(65536)
+                .build()
+                .unwrap(),
+        )
         .build();
-    let sidecar = ContainerDefinition::builder().name("log-router").image("fluent-bit:stable").memory(128).build();
+    let sidecar = ContainerDefinition::builder()
+        .name("log-router")
+        .image("fluent-bit:stable")
+        .memory(128)
+        .build();
     let registered = ecs
         .register_task_definition()
         .family("runner-a")
@@ -99,12 +193,29 @@ async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
         .volumes(Volume::builder().name("work").build())
         .container_definitions(runner)
         .container_definitions(sidecar)
-        .tags(aws_sdk_ecs::types::Tag::builder().key("team").value("ci").build())
+        .tags(
+            aws_sdk_ecs::types::Tag::builder()
+                .key("team")
+                .value("ci")
+                .build(),
+        )
         .send()
         .await
         .unwrap();
-    let arn = registered.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
-    ecs.create_service().cluster("runners").service_name("runner-a").task_definition(&arn).desired_count(1).send().await.unwrap();
+    let arn = registered
+        .task_definition()
+        .unwrap()
+        .task_definition_arn()
+        .unwrap()
+        .to_owned();
+    ecs.create_service()
+        .cluster("runners")
+        .service_name("runner-a")
+        .task_definition(&arn)
+        .desired_count(1)
+        .send()
+        .await
+        .unwrap();
     arn
 }
 
@@ -130,7 +241,11 @@ async fn the_task_definition_clone_keeps_every_field_on_moto() {
     let base = moto_runner(&sdk).await;
     let clients = moto.clients().await;
     let tags = BTreeMap::from([(ATTEMPT_TAG.to_owned(), "runner-a-1-x".to_owned())]);
-    let clone = clients.ecs.register_clone(&base, "runner", "registry.example/runner:2.14.0", tags).await.unwrap();
+    let clone = clients
+        .ecs
+        .register_clone(&base, "runner", "registry.example/runner:2.14.0", tags)
+        .await
+        .unwrap();
     let raw = aws_sdk_ecs::Client::new(&sdk);
     let describe = |arn: String| {
         let raw = raw.clone();
@@ -144,34 +259,87 @@ async fn the_task_definition_clone_keeps_every_field_on_moto() {
         }
     };
     let (before, after) = (describe(base.clone()).await, describe(clone.clone()).await);
-    assert_eq!(normalised(before.task_definition().unwrap()), normalised(after.task_definition().unwrap()));
-    let image = after.task_definition().unwrap().container_definitions().iter().find(|c| c.name() == Some("runner")).unwrap().image();
+    assert_eq!(
+        normalised(before.task_definition().unwrap()),
+        normalised(after.task_definition().unwrap())
+    );
+    let image = after
+        .task_definition()
+        .unwrap()
+        .container_definitions()
+        .iter()
+        .find(|c| c.name() == Some("runner"))
+        .unwrap()
+        .image();
     assert_eq!(image, Some("registry.example/runner:2.14.0"));
     let tag_keys: Vec<_> = after.tags().iter().filter_map(|t| t.key()).collect();
-    assert!(tag_keys.contains(&"team") && tag_keys.contains(&ATTEMPT_TAG), "base tags kept, ours added: {tag_keys:?}");
-    let found = clients.ecs.find_task_definition("runner-a", "runner-a-1-x").await.unwrap().unwrap();
+    assert!(
+        tag_keys.contains(&"team") && tag_keys.contains(&ATTEMPT_TAG),
+        "base tags kept, ours added: {tag_keys:?}"
+    );
+    let found = clients
+        .ecs
+        .find_task_definition("runner-a", "runner-a-1-x")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.arn, clone);
-    assert_eq!(clients.ecs.find_task_definition("runner-a", "other").await.unwrap(), None);
+    assert_eq!(
+        clients
+            .ecs
+            .find_task_definition("runner-a", "other")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
     let service = ecs.describe_service("runners", "runner-a").await.unwrap();
     assert_eq!(service.task_definition_arn, base, "{who}");
-    assert_eq!(service.deployments.len(), 1, "{who}: a settled service has one deployment");
+    assert_eq!(
+        service.deployments.len(),
+        1,
+        "{who}: a settled service has one deployment"
+    );
     let missing = ecs.describe_service("runners", "absent").await.unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
     let td = ecs.describe_task_definition(base).await.unwrap();
     assert!(td.container("runner").is_some(), "{who}");
     let tags = BTreeMap::from([(ATTEMPT_TAG.to_owned(), format!("{who}-attempt"))]);
-    let new = ecs.register_clone(base, "runner", "registry.example/runner:2.14.0", tags).await.unwrap();
-    let refused = ecs.register_clone(base, "absent", "registry.example/runner:2.14.0", BTreeMap::new()).await.unwrap_err();
+    let new = ecs
+        .register_clone(base, "runner", "registry.example/runner:2.14.0", tags)
+        .await
+        .unwrap();
+    let refused = ecs
+        .register_clone(
+            base,
+            "absent",
+            "registry.example/runner:2.14.0",
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Permanent, "{who}: {refused}");
-    let deployment = ecs.update_service("runners", "runner-a", &new).await.unwrap();
+    let deployment = ecs
+        .update_service("runners", "runner-a", &new)
+        .await
+        .unwrap();
     let service = ecs.describe_service("runners", "runner-a").await.unwrap();
     assert_eq!(service.task_definition_arn, new, "{who}");
     let primary = service.primary().unwrap();
-    assert_eq!((primary.id.as_str(), primary.task_definition_arn.as_str()), (deployment.as_str(), new.as_str()), "{who}");
-    assert!(service.deployments.iter().any(|d| d.status == DeploymentStatus::Active && d.task_definition_arn == base), "{who}");
+    assert_eq!(
+        (primary.id.as_str(), primary.task_definition_arn.as_str()),
+        (deployment.as_str(), new.as_str()),
+        "{who}"
+    );
+    assert!(
+        service
+            .deployments
+            .iter()
+            .any(|d| d.status == DeploymentStatus::Active && d.task_definition_arn == base),
+        "{who}"
+    );
 }
 
 #[tokio::test]
@@ -194,5 +362,10 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
         stacks: vec![],
     })
     .unwrap();
-    ecs_contract(&sim.ecs, "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1", "simulation").await;
+    ecs_contract(
+        &sim.ecs,
+        "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1",
+        "simulation",
+    )
+    .await;
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -31,7 +32,11 @@ impl World {
         let moto = common::Moto::start_with(&[("HARNESS_LOG", updates_log.to_str().unwrap())]);
         let sdk = moto.sdk_config().await;
         let ecs = aws_sdk_ecs::Client::new(&sdk);
-        ecs.create_cluster().cluster_name("runners").send().await.unwrap();
+        ecs.create_cluster()
+            .cluster_name("runners")
+            .send()
+            .await
+            .unwrap();
         let mut config = format!(
             "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\n\
              [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = 1\nrollback_timeout_secs = 60\n"
@@ -42,22 +47,53 @@ impl World {
                 .image("registry.example/runner:2.13.0")
                 .memory(512)
                 .build();
-            let td = ecs.register_task_definition().family(*runner).container_definitions(container).send().await.unwrap();
-            let arn = td.task_definition().unwrap().task_definition_arn().unwrap().to_owned();
-            ecs.create_service().cluster("runners").service_name(*runner).task_definition(arn).desired_count(1).send().await.unwrap();
-            config.push_str(&format!(
+            let td = ecs
+                .register_task_definition()
+                .family(*runner)
+                .container_definitions(container)
+                .send()
+                .await
+                .unwrap();
+            let arn = td
+                .task_definition()
+                .unwrap()
+                .task_definition_arn()
+                .unwrap()
+                .to_owned();
+            ecs.create_service()
+                .cluster("runners")
+                .service_name(*runner)
+                .task_definition(arn)
+                .desired_count(1)
+                .send()
+                .await
+                .unwrap();
+            let _ = write!(
+                config,
                 "[[runners]]\nname = \"{runner}\"\ncluster = \"runners\"\nservice = \"{runner}\"\nimage_repository = \"registry.example/runner\"\n"
-            ));
+            );
         }
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).unwrap();
-        World { moto, dir, config: path, updates_log }
+        World {
+            moto,
+            dir,
+            config: path,
+            updates_log,
+        }
     }
 
     /// Ops: the real AWS CLI against the emulator.
     fn put(&self, runner: &str, key: &str, value: &str) {
         let status = Command::new(common::venv_bin().join("aws"))
-            .args(["ssm", "put-parameter", "--overwrite", "--type", "String", "--name"])
+            .args([
+                "ssm",
+                "put-parameter",
+                "--overwrite",
+                "--type",
+                "String",
+                "--name",
+            ])
             .arg(format!("{PREFIX}/{runner}/desired/{key}"))
             .args(["--value", value, "--endpoint-url", &self.moto.url])
             .envs(self.moto.env())
@@ -70,7 +106,14 @@ impl World {
     fn controller(&self, name: &str, crash: Option<&str>) -> Child {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_runner-updater"));
-        command.arg("--config").arg(&self.config).arg("run").envs(self.moto.env()).env("HOSTNAME", name).stdout(Stdio::null()).stderr(log);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .envs(self.moto.env())
+            .env("HOSTNAME", name)
+            .stdout(Stdio::null())
+            .stderr(log);
         if let Some(crash) = crash {
             command.env("RUNNER_UPDATER_TEST_CRASH", crash);
         }
@@ -84,7 +127,9 @@ impl World {
 
     async fn wait_for_phase(&self, runner: &str, phase: &str, attempt_min: u64) -> Record {
         common::eventually(&format!("{runner} in {phase}"), WAIT, || async {
-            self.record(runner).await.filter(|r| r.phase == phase && r.attempts_started >= attempt_min)
+            self.record(runner)
+                .await
+                .filter(|r| r.phase == phase && r.attempts_started >= attempt_min)
         })
         .await
     }
@@ -99,7 +144,13 @@ impl World {
 
     async fn revisions(&self, runner: &str) -> usize {
         let ecs = aws_sdk_ecs::Client::new(&self.moto.sdk_config().await);
-        ecs.list_task_definitions().family_prefix(runner).send().await.unwrap().task_definition_arns().len()
+        ecs.list_task_definitions()
+            .family_prefix(runner)
+            .send()
+            .await
+            .unwrap()
+            .task_definition_arns()
+            .len()
     }
 
     fn logs(&self) -> String {
@@ -126,15 +177,26 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     // A clean update.
     world.put("runner-a", "version", "2.14.0");
     let done = world.wait_for_phase("runner-a", "done", 1).await;
-    assert_eq!(world.revisions("runner-a").await, 2, "one new task definition");
+    assert_eq!(
+        world.revisions("runner-a").await,
+        2,
+        "one new task definition"
+    );
     assert_eq!(world.updates("runner-a").len(), 1, "one service update");
-    assert_eq!(done.new_task_definition_arn.as_deref(), Some(world.updates("runner-a")[0].as_str()));
+    assert_eq!(
+        done.new_task_definition_arn.as_deref(),
+        Some(world.updates("runner-a")[0].as_str())
+    );
 
     // A failed update (the harness fails tasks of images tagged -crash): rolled back, quarantined.
     world.put("runner-b", "image", "registry.example/runner:2.15.0-crash");
     world.put("runner-b", "version", "2.15.0");
     let rolled_back = world.wait_for_phase("runner-b", "rolled_back", 1).await;
-    assert_eq!(rolled_back.failure.as_ref().unwrap().code, "unhealthy-tasks", "{rolled_back:?}");
+    assert_eq!(
+        rolled_back.failure.as_ref().unwrap().code,
+        "unhealthy-tasks",
+        "{rolled_back:?}"
+    );
     assert_eq!(rolled_back.failed.len(), 1, "{:?}", rolled_back.failed);
     assert_eq!(world.updates("runner-b").len(), 2, "forward and rollback");
 
@@ -142,16 +204,26 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     world.put("runner-a", "auto-update", "false");
     world.put("runner-a", "version", "2.16.0");
     common::eventually("the hold to be reported", WAIT, || async {
-        world.record("runner-a").await.filter(|r| r.note.as_ref().is_some_and(|n| n.code == "auto-update"))
+        world
+            .record("runner-a")
+            .await
+            .filter(|r| r.note.as_ref().is_some_and(|n| n.code == "auto-update"))
     })
     .await;
-    assert_eq!(world.revisions("runner-a").await, 2, "held: nothing registered");
+    assert_eq!(
+        world.revisions("runner-a").await,
+        2,
+        "held: nothing registered"
+    );
 
     // A bad value is reported and ignored.
     world.put("runner-a", "version", "2.17");
     world.put("runner-a", "auto-update", "true");
     let bad = common::eventually("the bad value to be reported", WAIT, || async {
-        world.record("runner-a").await.filter(|r| r.note.as_ref().is_some_and(|n| n.code == "invalid-version"))
+        world
+            .record("runner-a")
+            .await
+            .filter(|r| r.note.as_ref().is_some_and(|n| n.code == "invalid-version"))
     })
     .await;
     assert_eq!(bad.phase, "done");
@@ -170,28 +242,42 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
         "after_command:update_service",
         "after_save:4",
     ];
-    let runners: Vec<String> = (0..crashes.len() + 2).map(|i| format!("kill-{i}")).collect();
+    let runners: Vec<String> = (0..crashes.len() + 2)
+        .map(|i| format!("kill-{i}"))
+        .collect();
     let names: Vec<&str> = runners.iter().map(String::as_str).collect();
     let world = World::new(&names).await;
-    let mut cases: Vec<(String, Option<&str>)> = runners.iter().zip(crashes.iter().map(|c| Some(*c))).map(|(r, c)| (r.clone(), c)).collect();
+    let mut cases: Vec<(String, Option<&str>)> = runners
+        .iter()
+        .zip(crashes.iter().map(|c| Some(*c)))
+        .map(|(r, c)| (r.clone(), c))
+        .collect();
     cases.push((runners[crashes.len()].clone(), None)); // SIGKILL in awaiting_rollout
     cases.push((runners[crashes.len() + 1].clone(), None)); // SIGKILL in soaking
-    // Only one runner at a time is given a new version, so each crash hits its own update.
+                                                            // Only one runner at a time is given a new version, so each crash hits its own update.
     for (index, (runner, crash)) in cases.iter().enumerate() {
         let victim = world.controller(&format!("victim-{index}"), *crash);
         world.put(runner, "version", "2.14.0");
-        match crash {
-            Some(_) => {
+        if crash.is_some() {
+            {
                 let mut victim = victim;
                 let status = common::eventually("the planned crash", WAIT, || {
                     let exited = victim.try_wait().unwrap();
                     async move { exited }
                 })
                 .await;
-                assert!(!status.success(), "{runner}: the victim should have aborted");
+                assert!(
+                    !status.success(),
+                    "{runner}: the victim should have aborted"
+                );
             }
-            None => {
-                let phase = if index == crashes.len() { "awaiting_rollout" } else { "soaking" };
+        } else {
+            {
+                let phase = if index == crashes.len() {
+                    "awaiting_rollout"
+                } else {
+                    "soaking"
+                };
                 world.wait_for_phase(runner, phase, 1).await;
                 kill(victim);
             }
@@ -199,8 +285,98 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
         let survivor = world.controller(&format!("survivor-{index}"), None);
         world.wait_for_phase(runner, "done", 1).await;
         kill(survivor);
-        assert_eq!(world.revisions(runner).await, 2, "{runner} ({crash:?}): one task definition registered\n{}", world.logs());
-        assert_eq!(world.updates(runner).len(), 1, "{runner} ({crash:?}): one service update\n{}", world.logs());
+        assert_eq!(
+            world.revisions(runner).await,
+            2,
+            "{runner} ({crash:?}): one task definition registered\n{}",
+            world.logs()
+        );
+        assert_eq!(
+            world.updates(runner).len(),
+            1,
+            "{runner} ({crash:?}): one service update\n{}",
+            world.logs()
+        );
     }
 }
 
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
+    let world = World::new(&["shared"]).await;
+    let controllers: Vec<Child> = (0..5)
+        .map(|i| world.controller(&format!("replica-{i}"), None))
+        .collect();
+    world.put("shared", "version", "2.14.0");
+    world.wait_for_phase("shared", "done", 1).await;
+    assert_eq!(
+        world.revisions("shared").await,
+        2,
+        "exactly one controller registered\n{}",
+        world.logs()
+    );
+    assert_eq!(
+        world.updates("shared").len(),
+        1,
+        "exactly one controller updated\n{}",
+        world.logs()
+    );
+
+    // Freeze the holder in the middle of the next rollout.
+    world.put("shared", "version", "2.15.0");
+    world.wait_for_phase("shared", "awaiting_rollout", 2).await;
+    let ssm = world.moto.clients().await.ssm;
+    let leases =
+        runner_updater::ports::ParameterStore::get_by_path(&ssm, &format!("{PREFIX}/shared/lock/"))
+            .await
+            .unwrap();
+    let (_, value) = leases.iter().next_back().unwrap();
+    let holder: serde_json::Value = serde_json::from_str(value).unwrap();
+    let holder = holder["holder"].as_str().unwrap().to_owned();
+    let index: usize = holder.trim_start_matches("replica-").parse().unwrap();
+    signal(&controllers[index], "STOP");
+
+    // Another replica takes over after the lease expires and finishes the same attempt.
+    let done = world.wait_for_phase("shared", "done", 2).await;
+    assert_eq!(
+        done.attempts_started, 2,
+        "the attempt was adopted, not restarted"
+    );
+    signal(&controllers[index], "CONT");
+    // The thawed replica must not act on its stale state: give it several passes.
+    let settled = world.record("shared").await.unwrap();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = world.record("shared").await.unwrap();
+        assert_eq!(
+            now.phase,
+            "done",
+            "the stale holder changed the record\n{}",
+            world.logs()
+        );
+        assert_eq!(now.attempts_started, settled.attempts_started);
+    }
+    assert_eq!(
+        world.revisions("shared").await,
+        3,
+        "one task definition per attempt\n{}",
+        world.logs()
+    );
+    assert_eq!(
+        world.updates("shared").len(),
+        2,
+        "one service update per attempt\n{}",
+        world.logs()
+    );
+    for child in controllers {
+        kill(child);
+    }
+}

@@ -76,9 +76,9 @@ impl AwsClients {
     #[must_use]
     pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
         AwsClients {
-            ssm: AwsSsm::new(aws_sdk_ssm::Client::new(&config)),
-            ecs: AwsEcs::new(aws_sdk_ecs::Client::new(&config)),
-            cfn: AwsCloudFormation::new(aws_sdk_cloudformation::Client::new(&config)),
+            ssm: AwsSsm::new(aws_sdk_ssm::Client::new(config)),
+            ecs: AwsEcs::new(aws_sdk_ecs::Client::new(config)),
+            cfn: AwsCloudFormation::new(aws_sdk_cloudformation::Client::new(config)),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The moto harness for tests: started per test on a free 127.0.0.1 port, killed on drop.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test binaries
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// shared by several test binaries
+// These helpers wait on real processes (moto, the controller) in wall-clock time, with deadlines.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +26,10 @@ pub fn python() -> String {
 
 /// The virtualenv's bin directory (the AWS CLI is there).
 pub fn venv_bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(python()).parent().unwrap().to_path_buf()
+    std::path::PathBuf::from(python())
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 impl Moto {
@@ -34,7 +40,11 @@ impl Moto {
 
     /// Starts the harness with extra environment (e.g. `HARNESS_LOG`).
     pub fn start_with(env: &[(&str, &str)]) -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_harness/server.py");
         let child = Command::new(python())
             .arg(script)
@@ -45,10 +55,16 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the moto harness");
-        let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the moto harness did not listen on {port} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the moto harness did not listen on {port} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         moto
@@ -59,7 +75,9 @@ impl Moto {
         aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new("eu-west-1"))
-            .credentials_provider(aws_sdk_ssm::config::Credentials::new("test", "test", None, None, "tests"))
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
             .load()
             .await
@@ -101,7 +119,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
