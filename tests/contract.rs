@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{
-    ContainerDefinition, KeyValuePair, LogConfiguration, LogDriver, NetworkMode, Secret, Ulimit,
-    UlimitName, Volume,
+    ContainerCondition, ContainerDefinition, ContainerDependency, CpuArchitecture,
+    EphemeralStorage, HealthCheck, KeyValuePair, LinuxParameters, LogConfiguration, LogDriver,
+    NetworkMode, OsFamily, ProxyConfiguration, RuntimePlatform, Secret,
+    TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, Ulimit, UlimitName,
+    Volume,
 };
 use runner_updater::domain::observed::{DeploymentStatus, ATTEMPT_TAG};
 use runner_updater::domain::Millis;
@@ -176,6 +179,26 @@ async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
                 .build()
                 .unwrap(),
         )
+        .health_check(
+            HealthCheck::builder()
+                .command("CMD-SHELL")
+                .command("curl -f http://localhost/health")
+                .interval(10)
+                .build()
+                .unwrap(),
+        )
+        .depends_on(
+            ContainerDependency::builder()
+                .container_name("log-router")
+                .condition(ContainerCondition::Start)
+                .build()
+                .unwrap(),
+        )
+        .linux_parameters(
+            LinuxParameters::builder()
+                .init_process_enabled(true)
+                .build(),
+        )
         .build();
     let sidecar = ContainerDefinition::builder()
         .name("log-router")
@@ -191,6 +214,31 @@ async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
         .cpu("512")
         .memory("2048")
         .volumes(Volume::builder().name("work").build())
+        .placement_constraints(
+            TaskDefinitionPlacementConstraint::builder()
+                .r#type(TaskDefinitionPlacementConstraintType::MemberOf)
+                .expression("attribute:ecs.availability-zone in [eu-west-1a]")
+                .build(),
+        )
+        .runtime_platform(
+            RuntimePlatform::builder()
+                .cpu_architecture(CpuArchitecture::Arm64)
+                .operating_system_family(OsFamily::Linux)
+                .build(),
+        )
+        .ephemeral_storage(EphemeralStorage::builder().size_in_gib(40).build())
+        .proxy_configuration(
+            ProxyConfiguration::builder()
+                .container_name("log-router")
+                .properties(
+                    KeyValuePair::builder()
+                        .name("AppPorts")
+                        .value("8080")
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
         .container_definitions(runner)
         .container_definitions(sidecar)
         .tags(
@@ -263,6 +311,20 @@ async fn the_task_definition_clone_keeps_every_field_on_moto() {
         normalised(before.task_definition().unwrap()),
         normalised(after.task_definition().unwrap())
     );
+    let echoed = format!("{:?}", after.task_definition().unwrap());
+    for field in [
+        "health_check: Some",
+        "secrets: Some",
+        "execution_role_arn: Some",
+        "ulimits: Some",
+        "log_configuration: Some",
+        "depends_on: Some",
+    ] {
+        assert!(
+            echoed.contains(field),
+            "the clone lost {field} (or moto no longer echoes it): {echoed}"
+        );
+    }
     let image = after
         .task_definition()
         .unwrap()
