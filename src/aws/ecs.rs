@@ -121,6 +121,20 @@ impl AwsEcs {
         Ok((definition, output.tags().to_vec()))
     }
 
+    async fn describe_services_raw(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<aws_sdk_ecs::operation::describe_services::DescribeServicesOutput, PortError> {
+        self.client
+            .describe_services()
+            .cluster(cluster)
+            .services(service)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeServices", &e))
+    }
+
     async fn tasks(&self, cluster: &str, service: &str) -> Result<Vec<Task>, PortError> {
         let mut arns = Vec::new();
         let mut token: Option<String> = None;
@@ -233,14 +247,7 @@ impl Ecs for AwsEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        let output = self
-            .client
-            .describe_services()
-            .cluster(cluster)
-            .services(service)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeServices", &e))?;
+        let output = self.describe_services_raw(cluster, service).await?;
         let Some(found) = output
             .services()
             .iter()
@@ -366,14 +373,7 @@ impl Ecs for AwsEcs {
     ) -> Result<String, PortError> {
         // Keep the service's deployment configuration (min/max percent, alarms, …); only make sure
         // the circuit breaker is on with rollback.
-        let current = self
-            .client
-            .describe_services()
-            .cluster(cluster)
-            .services(service)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeServices", &e))?;
+        let current = self.describe_services_raw(cluster, service).await?;
         let configuration = current
             .services()
             .first()
