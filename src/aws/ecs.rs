@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_ecs::operation::register_task_definition::builders::RegisterTaskDefinitionFluentBuilder;
 use aws_sdk_ecs::types::{
-    DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentRolloutState, SortOrder, Tag,
-    TaskDefinitionField,
+    DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentRolloutState, DesiredStatus,
+    SortOrder, Tag, TaskDefinitionField,
 };
 
 use super::classify;
@@ -136,24 +136,32 @@ impl AwsEcs {
     }
 
     async fn tasks(&self, cluster: &str, service: &str) -> Result<Vec<Task>, PortError> {
+        // Running and stopped tasks: ECS lists stopped ones for about an hour, and the health
+        // gate counts stopped tasks of the new revision (ECS's own `failedTasks` stops counting
+        // once a task has run).
         let mut arns = Vec::new();
-        let mut token: Option<String> = None;
-        for _ in 0..TASK_PAGES_MAX {
-            let page = self
-                .client
-                .list_tasks()
-                .cluster(cluster)
-                .service_name(service)
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| classify("ListTasks", &e))?;
-            arns.extend(page.task_arns().iter().cloned());
-            match page.next_token() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => break,
+        for desired in [DesiredStatus::Running, DesiredStatus::Stopped] {
+            let mut token: Option<String> = None;
+            for _ in 0..TASK_PAGES_MAX {
+                let page = self
+                    .client
+                    .list_tasks()
+                    .cluster(cluster)
+                    .service_name(service)
+                    .desired_status(desired.clone())
+                    .set_next_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| classify("ListTasks", &e))?;
+                arns.extend(page.task_arns().iter().cloned());
+                match page.next_token() {
+                    Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                    _ => break,
+                }
             }
         }
+        arns.sort();
+        arns.dedup();
         let group = format!("service:{service}");
         let mut tasks = Vec::new();
         for chunk in arns.chunks(100) {
@@ -186,10 +194,26 @@ impl AwsEcs {
                         Some("UNHEALTHY") => Health::Unhealthy,
                         _ => Health::Unknown,
                     },
+                    failed: stopped_by_failure(task),
                 });
             }
         }
         Ok(tasks)
+    }
+}
+
+/// Whether a stopped task failed, from its stop code and reason (scale-in and deployment drains
+/// are `ServiceSchedulerInitiated` too, but their reason does not mention a failed health check).
+fn stopped_by_failure(task: &aws_sdk_ecs::types::Task) -> bool {
+    use aws_sdk_ecs::types::TaskStopCode;
+    let reason = task
+        .stopped_reason()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match task.stop_code() {
+        Some(TaskStopCode::EssentialContainerExited | TaskStopCode::TaskFailedToStart) => true,
+        Some(TaskStopCode::ServiceSchedulerInitiated) => reason.contains("health check"),
+        _ => false,
     }
 }
 
@@ -471,6 +495,37 @@ mod tests {
             writable, copied,
             "the SDK's TaskDefinition has fields the clone does not copy (or the reverse)"
         );
+    }
+
+    #[test]
+    fn only_failures_count_as_failed_stopped_tasks() {
+        use aws_sdk_ecs::types::TaskStopCode;
+        let task = |code: TaskStopCode, reason: &str| {
+            aws_sdk_ecs::types::Task::builder()
+                .stop_code(code)
+                .stopped_reason(reason)
+                .build()
+        };
+        assert!(stopped_by_failure(&task(
+            TaskStopCode::EssentialContainerExited,
+            "Essential container in task exited"
+        )));
+        assert!(stopped_by_failure(&task(
+            TaskStopCode::TaskFailedToStart,
+            "CannotPullContainerError"
+        )));
+        assert!(stopped_by_failure(&task(
+            TaskStopCode::ServiceSchedulerInitiated,
+            "Task failed container health checks"
+        )));
+        assert!(!stopped_by_failure(&task(
+            TaskStopCode::ServiceSchedulerInitiated,
+            "Scaling activity initiated by deployment ecs-svc/1"
+        )));
+        assert!(!stopped_by_failure(&task(
+            TaskStopCode::UserInitiated,
+            "stopped by ops"
+        )));
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct Task {
     pub status: TaskStatus,
     /// Health.
     pub health: Health,
+    /// Stopped because it failed (exited, failed to start, failed its health check) — not
+    /// because of scale-in or a deployment draining it.
+    pub failed: bool,
 }
 
 /// A service as seen through `DescribeServices` and `DescribeTasks`.
@@ -119,13 +122,15 @@ impl ServiceState {
         self.deployments.iter().find(|d| d.id == id)
     }
 
-    /// Stopped tasks of a task definition (still listed by ECS for about an hour).
+    /// Failed stopped tasks of a task definition (ECS lists stopped tasks for about an hour).
     #[must_use]
     pub fn stopped_tasks(&self, task_definition_arn: &str) -> usize {
         self.tasks
             .iter()
             .filter(|t| {
-                t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Stopped
+                t.task_definition_arn == task_definition_arn
+                    && t.status == TaskStatus::Stopped
+                    && t.failed
             })
             .count()
     }

@@ -695,6 +695,8 @@ impl Ecs for SimEcs {
                     task_definition_arn: t.task_definition_arn.clone(),
                     status: t.status,
                     health: t.health,
+                    // The simulation stops tasks only when they fail.
+                    failed: t.status == TaskStatus::Stopped,
                 })
                 .collect(),
         })
