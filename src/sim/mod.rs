@@ -17,10 +17,7 @@ use async_trait::async_trait;
 
 use crate::domain::observed::StackState;
 use crate::domain::Millis;
-use crate::ports::{
-    lease, Clock, CloudFormation, ErrorKind, Lock, LockOutcome, Parameter, ParameterStore,
-    PortError,
-};
+use crate::ports::{Clock, CloudFormation, ErrorKind, Parameter, ParameterStore, PortError};
 
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
 
@@ -256,69 +253,6 @@ impl CloudFormation for SimCfn {
     }
 }
 
-/// The in-process lock with lease semantics (expiry, fencing epochs).
-#[derive(Debug, Clone, Default)]
-pub struct MemoryLock {
-    leases: Arc<Mutex<HashMap<String, lease::Lease>>>,
-}
-
-#[async_trait]
-impl Lock for MemoryLock {
-    async fn acquire(
-        &self,
-        runner: &str,
-        holder: &str,
-        now: Millis,
-        ttl: Duration,
-    ) -> Result<LockOutcome, PortError> {
-        let mut leases = guard(&self.leases, "AcquireLock")?;
-        match lease::acquire(leases.get(runner), holder, now, ttl) {
-            Ok(taken) => {
-                let epoch = taken.epoch;
-                leases.insert(runner.to_owned(), taken);
-                Ok(LockOutcome::Acquired { epoch })
-            }
-            Err(busy) => Ok(LockOutcome::Busy {
-                holder: busy.holder,
-                expires_at: busy.expires_at,
-            }),
-        }
-    }
-
-    async fn check(
-        &self,
-        runner: &str,
-        holder: &str,
-        epoch: u64,
-        now: Millis,
-    ) -> Result<bool, PortError> {
-        Ok(lease::valid(
-            guard(&self.leases, "CheckLock")?.get(runner),
-            holder,
-            epoch,
-            now,
-        ))
-    }
-
-    async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {
-        let mut leases = guard(&self.leases, "ReleaseLock")?;
-        if let Some(current) = leases.get_mut(runner) {
-            if current.holder == holder && current.epoch == epoch {
-                current.expires_at = Millis(0);
-            }
-        }
-        Ok(())
-    }
-
-    async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError> {
-        let leases = guard(&self.leases, "CheckLock")?;
-        Ok(leases
-            .get(runner)
-            .filter(|l| now < l.expires_at)
-            .map(|l| l.holder.clone()))
-    }
-}
-
 /// A runner to create in the simulation.
 #[derive(Debug, Clone)]
 pub struct SimRunnerSpec {
@@ -353,8 +287,6 @@ pub struct SimAws {
     pub ecs: SimEcs,
     /// `CloudFormation`.
     pub cfn: SimCfn,
-    /// The runner lock.
-    pub lock: MemoryLock,
 }
 
 /// 2025-03-01T10:00:00Z: where simulated time starts unless told otherwise.
@@ -370,7 +302,6 @@ impl SimAws {
             clock,
             ssm: SimSsm::default(),
             cfn: SimCfn::default(),
-            lock: MemoryLock::default(),
         }
     }
 

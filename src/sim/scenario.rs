@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{ImageBehaviour, SimAws, SimRunnerSpec};
 use crate::config::{Config, ConfigError, EMBEDDED_CONFIG};
 use crate::driver::{DriverError, Ports, RetryPolicy, RunnerDriver, TickReport};
+use crate::lease::SsmLease;
 use crate::machine::phase::Phase;
 use crate::ports::{Clock, StateStore};
 use crate::store::MemoryStore;
@@ -92,7 +93,10 @@ impl Scenario {
             ssm: Arc::new(self.aws.ssm.clone()),
             ecs: Arc::new(self.aws.ecs.clone()),
             cfn: Arc::new(self.aws.cfn.clone()),
-            lock: Arc::new(self.aws.lock.clone()),
+            lock: Arc::new(SsmLease::new(
+                Arc::new(self.aws.ssm.clone()),
+                &self.config.prefix,
+            )),
             store: self.store.clone(),
             clock: Arc::new(self.aws.clock.clone()),
         }
