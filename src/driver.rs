@@ -266,6 +266,19 @@ impl RunnerDriver {
             let command = queue.remove(0);
             report.commands.push(command.name());
             let event = self.execute(&command).await?;
+            if matches!(
+                event,
+                Event::CommandFailed {
+                    class: FailureClass::Fenced,
+                    ..
+                }
+            ) {
+                // The runner is someone else's now: write nothing, reload from the store.
+                tracing::warn!(runner = %self.runner.name, command = command.name(), "fenced: another controller holds the runner; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(());
+            }
             self.commands += 1;
             if self.crash.after_command == Some(self.commands)
                 || self.crash.after_command_named == Some(command.name())
@@ -404,6 +417,20 @@ impl RunnerDriver {
         {
             Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => Ok(true),
             Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
+                // The record may have moved on between our load and this take-over (its holder
+                // finished and released): read it again, under the new lease.
+                self.load().await?;
+                let still = self.machine.as_ref().and_then(|m| held_epoch(m.state()));
+                if still != Some(epoch) {
+                    self.ports
+                        .lock
+                        .release(&self.runner.name, &self.holder, adopted)
+                        .await
+                        .map_err(DriverError::Lock)?;
+                    self.machine = None;
+                    self.pending.clear();
+                    return Ok(false);
+                }
                 tracing::info!(runner = %self.runner.name, old = epoch, new = adopted, "adopted the expired lease of the persisted attempt");
                 self.handle(Event::LeaseAdopted { epoch: adopted }, report)
                     .await?;
@@ -413,6 +440,14 @@ impl RunnerDriver {
                 Ok(true)
             }
             Ok(outcome) => {
+                if let LockOutcome::Acquired { epoch: taken } = outcome {
+                    // Taken by this renewal, not held by the state in memory: give it back.
+                    self.ports
+                        .lock
+                        .release(&self.runner.name, &self.holder, taken)
+                        .await
+                        .map_err(DriverError::Lock)?;
+                }
                 tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
                 self.machine = None;
                 self.pending.clear();
@@ -542,12 +577,23 @@ impl RunnerDriver {
                 .lock
                 .check(&self.runner.name, &self.holder, epoch, now)
                 .await;
-            if !held.unwrap_or(false) {
-                return Ok(Event::CommandFailed {
-                    command: command.name(),
-                    class: FailureClass::Fenced,
-                    message: format!("fencing token {epoch} is no longer valid: another controller may hold the lock"),
-                });
+            match held {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Ok(Event::CommandFailed {
+                        command: command.name(),
+                        class: FailureClass::Fenced,
+                        message: format!("fencing token {epoch} is no longer valid: another controller may hold the lock"),
+                    })
+                }
+                // Not knowing is not losing: try again next pass, without acting now.
+                Err(error) => {
+                    return Ok(Event::CommandFailed {
+                        command: command.name(),
+                        class: FailureClass::Transient,
+                        message: format!("cannot check the lease: {error}"),
+                    })
+                }
             }
         }
         let result = match command {
@@ -640,9 +686,9 @@ impl RunnerDriver {
             (RUNNER_TAG.to_owned(), self.runner.name.clone()),
         ]);
         let container = &self.runner.container;
-        let arn = self
-            .retrying(|| ecs.register_clone(base_arn, container, image, tags.clone()))
-            .await?;
+        // Not retried here: RegisterTaskDefinition has no idempotency token. A failure (even one
+        // after AWS succeeded) comes back next pass, and the attempt-tag lookup above runs first.
+        let arn = ecs.register_clone(base_arn, container, image, tags).await?;
         Ok(Event::TaskDefinitionRegistered { arn })
     }
 
@@ -708,8 +754,10 @@ impl RunnerDriver {
                 deployment_id: deployment.id.clone(),
             });
         }
-        let deployment_id = self
-            .retrying(|| ecs.update_service(cluster, service, task_definition_arn))
+        // Not retried here: a lost answer comes back next pass, and the baseline check above
+        // finds the deployment instead of updating twice.
+        let deployment_id = ecs
+            .update_service(cluster, service, task_definition_arn)
             .await?;
         Ok(Event::ServiceUpdated { deployment_id })
     }
@@ -721,7 +769,7 @@ impl RunnerDriver {
             .retrying(|| ecs.describe_service(cluster, service))
             .await?;
         if state.task_definition_arn != task_definition_arn {
-            self.retrying(|| ecs.update_service(cluster, service, task_definition_arn))
+            ecs.update_service(cluster, service, task_definition_arn)
                 .await?;
         }
         Ok(Event::RollbackStarted)

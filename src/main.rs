@@ -203,8 +203,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { runner, json } => {
             let config = load_config(cli.config.as_ref())?;
             let store = state_store(&config).await;
+            // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
             let runners = match runner {
                 Some(runner) => vec![runner],
+                None if !config.runners.is_empty() && config.state_store.backend == "ssm" => {
+                    config.runners.iter().map(|r| r.name.clone()).collect()
+                }
                 None => store.list().await?,
             };
             let mut views = Vec::new();
@@ -392,8 +396,9 @@ async fn control_loop(
     passes: Option<u64>,
     simulated: Option<SimClock>,
 ) -> anyhow::Result<ExitCode> {
-    let holder =
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("controller-{}", std::process::id()));
+    // Unique per process: two processes sharing a host name must not both "renew" one lease.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".to_owned());
+    let holder = format!("{host}-{}", std::process::id());
     let crash = test_crash_plan()?;
     let mut drivers: Vec<RunnerDriver> = config
         .runners

@@ -250,7 +250,7 @@ impl Record {
             shorten(&mut failure.reason, 300);
         }
         for mark in &mut fitted.failed {
-            shorten(&mut mark.reason, 160);
+            shorten(&mut mark.reason, 120);
         }
         for transition in &mut fitted.transitions {
             if let Some(note) = &mut transition.note {
@@ -607,16 +607,22 @@ mod tests {
                 note: Some("x".repeat(400)),
             });
         }
-        big.failed.push(FailedRecord {
-            version: "2.15.0".to_owned(),
-            image: "r:2.15.0".to_owned(),
-            reason: "y".repeat(2000),
-            at: 1,
-        });
+        for n in 0..crate::machine::FAILED_MARKS_MAX {
+            big.failed.push(FailedRecord {
+                version: format!("2.15.{n}"),
+                image: format!("registry.example/runner:2.15.{n}"),
+                reason: "y".repeat(2000),
+                at: 1,
+            });
+        }
         let fitted = big.encode_within(4096).unwrap();
         assert!(fitted.len() <= 4096);
         let back = Record::decode(&fitted).unwrap();
-        assert_eq!(back.failed.len(), 1, "quarantine marks are never dropped");
+        assert_eq!(
+            back.failed.len(),
+            crate::machine::FAILED_MARKS_MAX,
+            "quarantine marks are never dropped"
+        );
         assert!(back.transitions.len() >= 3);
         let mut invalid = Record::decode(&text).unwrap();
         invalid.phase = "soaking".to_owned();

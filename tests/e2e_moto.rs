@@ -27,9 +27,18 @@ struct World {
 
 impl World {
     async fn new(runners: &[&str]) -> World {
+        Self::with_timing(runners, 1, 1).await
+    }
+
+    /// `rollout_secs`: how long the harness takes to complete a rollout; `soak_secs`: the soak.
+    async fn with_timing(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
         let dir = tempfile::tempdir().unwrap();
         let updates_log = dir.path().join("updates.log");
-        let moto = common::Moto::start_with(&[("HARNESS_LOG", updates_log.to_str().unwrap())]);
+        let rollout = rollout_secs.to_string();
+        let moto = common::Moto::start_with(&[
+            ("HARNESS_LOG", updates_log.to_str().unwrap()),
+            ("HARNESS_ROLLOUT_SECONDS", &rollout),
+        ]);
         let sdk = moto.sdk_config().await;
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         ecs.create_cluster()
@@ -39,7 +48,7 @@ impl World {
             .unwrap();
         let mut config = format!(
             "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\n\
-             [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = 1\nrollback_timeout_secs = 60\n"
+             [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = {soak_secs}\nrollback_timeout_secs = 60\n"
         );
         for runner in runners {
             let container = aws_sdk_ecs::types::ContainerDefinition::builder()
@@ -103,7 +112,7 @@ impl World {
         assert!(status.success(), "aws ssm put-parameter failed");
     }
 
-    fn controller(&self, name: &str, crash: Option<&str>) -> Child {
+    fn controller(&self, name: &str, crash: Option<&str>) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_runner-updater"));
         command
@@ -117,7 +126,7 @@ impl World {
         if let Some(crash) = crash {
             command.env("RUNNER_UPDATER_TEST_CRASH", crash);
         }
-        command.spawn().unwrap()
+        Proc(command.spawn().unwrap())
     }
 
     async fn record(&self, runner: &str) -> Option<Record> {
@@ -164,9 +173,18 @@ impl World {
     }
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// A controller process, killed (and reaped) when dropped: a failing test leaves none behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kill(process: Proc) {
+    drop(process);
 }
 
 #[tokio::test]
@@ -246,7 +264,8 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
         .map(|i| format!("kill-{i}"))
         .collect();
     let names: Vec<&str> = runners.iter().map(String::as_str).collect();
-    let world = World::new(&names).await;
+    // Rollout and soak long enough that SIGKILL lands in the phase it names.
+    let world = World::with_timing(&names, 4, 4).await;
     let mut cases: Vec<(String, Option<&str>)> = runners
         .iter()
         .zip(crashes.iter().map(|c| Some(*c)))
@@ -262,7 +281,7 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
             {
                 let mut victim = victim;
                 let status = common::eventually("the planned crash", WAIT, || {
-                    let exited = victim.try_wait().unwrap();
+                    let exited = victim.0.try_wait().unwrap();
                     async move { exited }
                 })
                 .await;
@@ -280,6 +299,8 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
                 };
                 world.wait_for_phase(runner, phase, 1).await;
                 kill(victim);
+                let at_kill = world.record(runner).await.unwrap();
+                assert_eq!(at_kill.phase, phase, "{runner}: killed in {phase}");
             }
         }
         let survivor = world.controller(&format!("survivor-{index}"), None);
@@ -300,10 +321,10 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
     }
 }
 
-fn signal(child: &Child, signal: &str) {
+fn signal(process: &Proc, signal: &str) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
+        .arg(process.0.id().to_string())
         .status()
         .unwrap();
     assert!(status.success());
@@ -311,8 +332,9 @@ fn signal(child: &Child, signal: &str) {
 
 #[tokio::test]
 async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
-    let world = World::new(&["shared"]).await;
-    let controllers: Vec<Child> = (0..5)
+    // A long rollout so the holder is frozen mid-rollout, not after it.
+    let world = World::with_timing(&["shared"], 8, 1).await;
+    let controllers: Vec<Proc> = (0..5)
         .map(|i| world.controller(&format!("replica-{i}"), None))
         .collect();
     world.put("shared", "version", "2.14.0");
@@ -341,14 +363,21 @@ async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
     let (_, value) = leases.iter().next_back().unwrap();
     let holder: serde_json::Value = serde_json::from_str(value).unwrap();
     let holder = holder["holder"].as_str().unwrap().to_owned();
-    let index: usize = holder.trim_start_matches("replica-").parse().unwrap();
+    // Holder ids are `<HOSTNAME>-<pid>`.
+    let index: usize = holder.split('-').nth(1).unwrap().parse().unwrap();
     signal(&controllers[index], "STOP");
 
     // Another replica takes over after the lease expires and finishes the same attempt.
+    let frozen = world.record("shared").await.unwrap();
+    assert_eq!(frozen.phase, "awaiting_rollout", "frozen mid-rollout");
     let done = world.wait_for_phase("shared", "done", 2).await;
     assert_eq!(
         done.attempts_started, 2,
         "the attempt was adopted, not restarted"
+    );
+    assert!(
+        done.lock_epoch > frozen.lock_epoch,
+        "another replica took over with a new fencing token"
     );
     signal(&controllers[index], "CONT");
     // The thawed replica must not act on its stale state: give it several passes.

@@ -22,7 +22,7 @@ use crate::domain::task_definition::{ContainerSummary, TaskDefinition};
 use crate::ports::{Ecs, ErrorKind, PortError};
 
 /// Revisions of a family searched for an attempt's task definition (newest first).
-const ATTEMPT_SEARCH_REVISIONS: i32 = 10;
+const ATTEMPT_SEARCH_REVISIONS: usize = 10;
 /// Task pages read per service at most (100 tasks a page).
 const TASK_PAGES_MAX: usize = 20;
 
@@ -217,6 +217,14 @@ fn stopped_by_failure(task: &aws_sdk_ecs::types::Task) -> bool {
     }
 }
 
+/// `RegisterTaskDefinition` and `UpdateService` are not idempotent: the SDK must not resend them
+/// (a timeout after AWS acted would duplicate the effect). The driver's next pass re-checks
+/// what happened first (attempt tag, baseline deployments) and only then calls again.
+fn no_retries() -> aws_sdk_ecs::config::Builder {
+    aws_sdk_ecs::config::Builder::default()
+        .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+}
+
 fn summary(definition: &aws_sdk_ecs::types::TaskDefinition, tags: &[Tag]) -> TaskDefinition {
     TaskDefinition {
         arn: definition
@@ -336,11 +344,22 @@ impl Ecs for AwsEcs {
             .list_task_definitions()
             .family_prefix(family)
             .sort(SortOrder::Desc)
-            .max_results(ATTEMPT_SEARCH_REVISIONS)
+            .max_results(100)
             .send()
             .await
             .map_err(|e| classify("ListTaskDefinitions", &e))?;
-        for arn in output.task_definition_arns() {
+        // The prefix also matches other families (`runner-a-canary`): keep this family's own
+        // revisions (`…:task-definition/<family>:<revision>`), newest first, a bounded few.
+        let own = output
+            .task_definition_arns()
+            .iter()
+            .filter(|arn| {
+                arn.rsplit_once('/')
+                    .and_then(|(_, tail)| tail.rsplit_once(':'))
+                    .is_some_and(|(f, _)| f == family)
+            })
+            .take(ATTEMPT_SEARCH_REVISIONS);
+        for arn in own {
             let (definition, tags) = self.describe_raw(arn).await?;
             let found = summary(&definition, &tags);
             if found.family == family
@@ -373,6 +392,8 @@ impl Ecs for AwsEcs {
         let output = copy_fluent(self.client.register_task_definition(), &base)
             .set_container_definitions(Some(containers))
             .set_tags(Some(tags))
+            .customize()
+            .config_override(no_retries())
             .send()
             .await
             .map_err(|e| classify("RegisterTaskDefinition", &e))?;
@@ -417,6 +438,8 @@ impl Ecs for AwsEcs {
             .service(service)
             .task_definition(task_definition_arn)
             .deployment_configuration(configuration)
+            .customize()
+            .config_override(no_retries())
             .send()
             .await
             .map_err(|e| classify("UpdateService", &e))?;

@@ -122,7 +122,7 @@ where
 {
     let request_id = error
         .request_id()
-        .map(|id| format!(" (request id {id})"))
+        .map(|id| format!(", request id {id}"))
         .unwrap_or_default();
     match error {
         SdkError::TimeoutError(_) => PortError::new(
@@ -162,7 +162,8 @@ where
             PortError::new(
                 kind,
                 operation,
-                format!("{code}: {message} (HTTP {status}){request_id}"),
+                // Code, status and request id first: long messages get shortened from the end.
+                format!("{code} (HTTP {status}{request_id}): {message}"),
             )
         }
         other => PortError::new(ErrorKind::Permanent, operation, format!("{other:?}")),

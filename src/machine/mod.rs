@@ -350,7 +350,7 @@ pub struct Memory {
 
 /// Quarantine marks kept at most (the oldest go first; only a return to a very old desired
 /// version could be affected).
-pub const FAILED_MARKS_MAX: usize = 50;
+pub const FAILED_MARKS_MAX: usize = 10;
 
 /// The statig shared storage: one runner's machine.
 #[derive(Debug)]

@@ -60,7 +60,11 @@ impl Moto {
             url: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut moto = moto;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = moto.child.try_wait().unwrap() {
+                panic!("the moto harness exited at start-up ({status}): run it by hand: {} {script} {port}", python());
+            }
             assert!(
                 Instant::now() < deadline,
                 "the moto harness did not listen on {port} within 30 s"

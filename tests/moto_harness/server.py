@@ -15,8 +15,8 @@ task definitions and updates services, but never runs a rollout: UpdateService o
                            HARNESS_BREAKER_THRESHOLD failures the circuit breaker fails the
                            deployment and rolls back to the last completed task definition
                            (a new PRIMARY deployment whose reason says so).
-* With HARNESS_LOG set, every UpdateService that changes the task definition is appended to
-  that file (tests count side effects with it).
+* With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
+  that file (tests count side effects with it, repeated calls included).
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
 
 Task health is not simulated here (moto starts no tasks for services): tests on moto use task
@@ -67,16 +67,16 @@ def _deployment(service, task_definition, reason):
 
 def update_service(self, properties):
     new_task_definition = properties.get("task_definition")
+    log = os.environ.get("HARNESS_LOG")
+    if log and new_task_definition:  # every UpdateService with a task definition: tests count them
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{properties.get('service', '').split('/')[-1]} {new_task_definition}\n")
     service = _original_update(self, dict(properties))
     if not new_task_definition or not service.deployments:
         return service
     primary = service.deployments[0]
     if primary.get("taskDefinition") == new_task_definition and "_harness_started" in primary:
         return service
-    log = os.environ.get("HARNESS_LOG")
-    if log:  # one line per UpdateService that changed the task definition: tests count them
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"{service.name} {new_task_definition}\n")
     if not hasattr(service, "_harness_last_completed"):
         service._harness_last_completed = primary.get("taskDefinition")
     for deployment in service.deployments:
