@@ -431,3 +431,46 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
     )
     .await;
 }
+
+async fn cloudformation_contract(cfn: &dyn runner_updater::ports::CloudFormation, who: &str) {
+    let stack = cfn.describe_stack("runner-a-main").await.unwrap();
+    assert_eq!(stack.status, "CREATE_COMPLETE", "{who}");
+    assert_eq!(
+        stack.infra_version(),
+        Some("7"),
+        "{who}: the infrastructure version tag"
+    );
+    let missing = cfn.describe_stack("absent").await.unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
+}
+
+#[tokio::test]
+async fn cloudformation_behaves_alike_on_the_simulation_and_on_moto() {
+    let moto = common::Moto::start();
+    let sdk = moto.sdk_config().await;
+    let template = r#"{"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}, "Outputs": {"InfrastructureVersion": {"Value": "6"}}}"#;
+    aws_sdk_cloudformation::Client::new(&sdk)
+        .create_stack()
+        .stack_name("runner-a-main")
+        .template_body(template)
+        .tags(
+            aws_sdk_cloudformation::types::Tag::builder()
+                .key("runner-updater:infra-version")
+                .value("7")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    cloudformation_contract(&moto.clients().await.cfn, "moto").await;
+
+    let sim = SimAws::new(1);
+    sim.cfn
+        .put_stack(runner_updater::domain::observed::StackState {
+            name: "runner-a-main".to_owned(),
+            status: "CREATE_COMPLETE".to_owned(),
+            tags: BTreeMap::from([("runner-updater:infra-version".to_owned(), "7".to_owned())]),
+            outputs: BTreeMap::from([("InfrastructureVersion".to_owned(), "6".to_owned())]),
+        });
+    cloudformation_contract(&sim.cfn, "simulation").await;
+}
