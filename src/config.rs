@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::domain::desired::RunnerPolicy;
 use crate::domain::image::ImageRef;
+use crate::domain::infra::ApprovalPolicy;
 use crate::machine::Settings;
 
 /// The whole configuration.
@@ -37,6 +38,9 @@ pub struct Config {
     /// Health-gate defaults for every runner.
     #[serde(default)]
     pub health: HealthConfig,
+    /// CloudFormation waits.
+    #[serde(default)]
+    pub infrastructure: InfrastructureConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
@@ -92,6 +96,40 @@ impl Default for HealthConfig {
     }
 }
 
+/// CloudFormation waits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InfrastructureConfig {
+    /// Seconds CloudFormation may take to compute a change set.
+    #[serde(default = "default_change_set_timeout_secs")]
+    pub change_set_timeout_secs: u64,
+    /// Seconds after which a stack update still running is reported as slow (it is never
+    /// abandoned half way).
+    #[serde(default = "default_stack_update_timeout_secs")]
+    pub stack_update_timeout_secs: u64,
+}
+
+impl Default for InfrastructureConfig {
+    fn default() -> Self {
+        InfrastructureConfig {
+            change_set_timeout_secs: default_change_set_timeout_secs(),
+            stack_update_timeout_secs: default_stack_update_timeout_secs(),
+        }
+    }
+}
+
+fn default_change_set_timeout_secs() -> u64 {
+    900
+}
+
+fn default_stack_update_timeout_secs() -> u64 {
+    3600
+}
+
+fn default_auto_execute() -> String {
+    "safe".to_owned()
+}
+
 /// One runner.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +154,10 @@ pub struct RunnerConfig {
     /// Overrides of the health-gate defaults.
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// Which change sets run without `runner-updater approve`: `never`, `safe` (no
+    /// replacement, no IAM change) or `always`.
+    #[serde(default = "default_auto_execute")]
+    pub auto_execute: String,
 }
 
 /// Why a configuration is refused.
@@ -263,6 +305,12 @@ impl Config {
                     ));
                 }
             }
+            if ApprovalPolicy::parse(&runner.auto_execute).is_none() {
+                return invalid(format!(
+                    "runner {:?}: auto_execute {:?}: use \"never\", \"safe\" or \"always\"",
+                    runner.name, runner.auto_execute
+                ));
+            }
             let health = runner.health.unwrap_or(self.health);
             if health.fail_fast_tasks == 0 {
                 return invalid(format!(
@@ -291,6 +339,11 @@ impl Config {
             soak: Duration::from_secs(health.soak_secs),
             rollback_timeout: Duration::from_secs(health.rollback_timeout_secs),
             history_max: Settings::default().history_max,
+            approval: ApprovalPolicy::parse(&runner.auto_execute).unwrap_or_default(),
+            change_set_timeout: Duration::from_secs(self.infrastructure.change_set_timeout_secs),
+            stack_update_timeout: Duration::from_secs(
+                self.infrastructure.stack_update_timeout_secs,
+            ),
         }
     }
 

@@ -23,6 +23,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::config::{Config, RunnerConfig};
 use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
+use crate::domain::infra::{self, Creation, StackPlan, StackProgress};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
@@ -32,8 +33,8 @@ use crate::machine::{
     Settings, State, TransitionEntry,
 };
 use crate::ports::{
-    Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, PortError,
-    StateStore, StoreError,
+    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
+    PortError, StateStore, StoreError,
 };
 use crate::record::Record;
 
@@ -635,6 +636,24 @@ impl RunnerDriver {
                 task_definition_arn,
                 ..
             } => self.roll_back_service(task_definition_arn).await,
+            Command::PrepareChangeSet {
+                attempt_id,
+                name,
+                plan,
+                ..
+            } => self.prepare_change_set(attempt_id, name, plan).await,
+            Command::AwaitChangeSet {
+                attempt_id,
+                stack,
+                name,
+                ..
+            } => self.await_change_set(attempt_id, stack, name).await,
+            Command::DeleteChangeSet { stack, name, .. } => {
+                let cfn = &self.ports.cfn;
+                self.retrying(|| cfn.delete_change_set(stack, name))
+                    .await
+                    .map(|()| Event::ChangeSetDeleted)
+            }
         };
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
             command: command.name(),
@@ -762,6 +781,172 @@ impl RunnerDriver {
         Ok(Event::ServiceUpdated { deployment_id })
     }
 
+    /// Finds the attempt's change set or creates it, and reports where its creation stands.
+    async fn prepare_change_set(
+        &self,
+        attempt_id: &str,
+        name: &str,
+        plan: &StackPlan,
+    ) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        let stack = plan.stack.as_str();
+        let mut found = self
+            .retrying(|| cfn.describe_change_set(stack, name))
+            .await?;
+        if found.is_none() {
+            let template_url = plan.template_url.as_deref();
+            let summary = self
+                .retrying(|| cfn.template_summary(stack, template_url))
+                .await?;
+            if let Some(other) = summary
+                .capabilities
+                .iter()
+                .find(|c| !matches!(c.as_str(), "CAPABILITY_IAM" | "CAPABILITY_NAMED_IAM"))
+            {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    "GetTemplateSummary",
+                    format!("the template of {stack} needs {other} (macros or nested stacks), which the controller does not acknowledge: apply it by hand"),
+                ));
+            }
+            let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+            let keep_parameters = summary
+                .parameters
+                .iter()
+                .filter(|p| current.parameters.contains_key(*p) && !plan.parameters.contains_key(*p))
+                .cloned()
+                .collect();
+            let mut description = format!("runner-updater {attempt_id}: {}", plan.describe());
+            description.truncate(description.floor_char_boundary(1024));
+            let request = ChangeSetRequest {
+                stack: stack.to_owned(),
+                name: name.to_owned(),
+                template_url: plan.template_url.clone(),
+                parameters: plan.parameters.clone(),
+                keep_parameters,
+                capabilities: summary.capabilities,
+                tags: plan.tags.clone(),
+                client_token: name.to_owned(),
+                description,
+            };
+            // The client token makes a resent creation the same request.
+            match self.retrying(|| cfn.create_change_set(&request)).await {
+                Ok(id) => {
+                    tracing::info!(runner = %self.runner.name, stack, change_set = name, %id, "change set created");
+                }
+                Err(error) if error.kind == ErrorKind::Conflict => {
+                    tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set already created by this attempt");
+                }
+                Err(error) => return Err(error),
+            }
+            found = self
+                .retrying(|| cfn.describe_change_set(stack, name))
+                .await?;
+        }
+        let Some(set) = found else {
+            return Ok(Event::ChangeSetPending);
+        };
+        Ok(match set.creation() {
+            Creation::Pending => Event::ChangeSetPending,
+            Creation::NoChanges => Event::ChangeSetEmpty,
+            Creation::Failed => Event::ChangeSetFailed {
+                reason: set
+                    .status_reason
+                    .unwrap_or_else(|| format!("status {}", set.status)),
+            },
+            Creation::Ready => {
+                let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+                let review = infra::review(&set, &current.parameters);
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, id = %set.id, review = %review.summary(), "change set reviewed");
+                Event::ChangeSetReady { id: set.id, review }
+            }
+        })
+    }
+
+    /// Executes the change set unless it already ran (the token makes a resent execution the
+    /// same request), then reports the stack's progress.
+    async fn await_change_set(
+        &self,
+        attempt_id: &str,
+        stack: &str,
+        name: &str,
+    ) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        let token = infra::execution_token(attempt_id, stack);
+        let set = self
+            .retrying(|| cfn.describe_change_set(stack, name))
+            .await?;
+        let execution = set.as_ref().map(|s| s.execution_status.clone());
+        match execution.as_deref() {
+            Some("AVAILABLE") => {
+                // Not retried here: a lost answer shows next pass as a change set that is no
+                // longer AVAILABLE, or is accepted again as the same token.
+                cfn.execute_change_set(stack, name, &token).await?;
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set executed");
+                return Ok(Event::StackUpdatePending {
+                    status: "UPDATE_IN_PROGRESS".to_owned(),
+                });
+            }
+            Some("OBSOLETE") => {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "DescribeChangeSet",
+                    format!("change set {name} is obsolete: another update of stack {stack} ran"),
+                ))
+            }
+            _ => {}
+        }
+        let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+        let ours = current.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id);
+        match infra::progress(&current.status) {
+            StackProgress::InProgress => Ok(Event::StackUpdatePending {
+                status: current.status,
+            }),
+            StackProgress::Complete if ours => Ok(Event::StackUpdated),
+            StackProgress::Complete => match execution.as_deref() {
+                Some("EXECUTE_IN_PROGRESS" | "UNAVAILABLE") => Ok(Event::StackUpdatePending {
+                    status: current.status,
+                }),
+                _ => Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "DescribeStacks",
+                    format!(
+                        "stack {stack} is {} without this attempt's tag (change set {name}: {}): updated outside this attempt",
+                        current.status,
+                        execution.as_deref().unwrap_or("gone")
+                    ),
+                )),
+            },
+            StackProgress::RolledBack | StackProgress::NeedsHuman => {
+                let events = self.retrying(|| cfn.stack_events(stack)).await?;
+                let ran = execution.as_deref() == Some("EXECUTE_FAILED")
+                    || events.iter().any(|e| e.token.as_deref() == Some(token.as_str()));
+                if !ran {
+                    if infra::progress(&current.status) == StackProgress::NeedsHuman {
+                        return Err(PortError::new(
+                            ErrorKind::Permanent,
+                            "DescribeStacks",
+                            format!("stack {stack} is {}: needs a human", current.status),
+                        ));
+                    }
+                    return Ok(Event::StackUpdatePending {
+                        status: current.status,
+                    });
+                }
+                let since = current.last_updated.unwrap_or_default();
+                let (resource, reason) = infra::first_failure(&events, stack, &token, since)
+                    .map_or((None, "no failed resource in the stack events".to_owned()), |(r, why)| {
+                        (Some(r), why)
+                    });
+                Ok(Event::StackUpdateFailed {
+                    status: current.status,
+                    resource,
+                    reason,
+                })
+            }
+        }
+    }
+
     async fn roll_back_service(&self, task_definition_arn: &str) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
@@ -803,7 +988,10 @@ fn fencing_epoch(command: &Command) -> Option<u64> {
     match command {
         Command::RegisterTaskDefinition { epoch, .. }
         | Command::UpdateService { epoch, .. }
-        | Command::RollBackService { epoch, .. } => Some(*epoch),
+        | Command::RollBackService { epoch, .. }
+        | Command::PrepareChangeSet { epoch, .. }
+        | Command::AwaitChangeSet { epoch, .. }
+        | Command::DeleteChangeSet { epoch, .. } => Some(*epoch),
         Command::Observe | Command::AcquireLock { .. } | Command::ReleaseLock { .. } => None,
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::domain::infra::{ChangeSet, StackEvent};
 use crate::domain::observed::{ServiceState, StackState};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
@@ -118,11 +119,65 @@ pub trait Ecs: Send + Sync {
     ) -> Result<String, PortError>;
 }
 
-/// AWS `CloudFormation` (its shape now; change sets come with issue 4).
+/// What `GetTemplateSummary` says about a template.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TemplateSummary {
+    /// Capabilities the template needs (`CAPABILITY_IAM`, `CAPABILITY_NAMED_IAM`, …).
+    pub capabilities: Vec<String>,
+    /// Parameters it declares.
+    pub parameters: Vec<String>,
+}
+
+/// A change set to create (`ChangeSetType=UPDATE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSetRequest {
+    /// Stack.
+    pub stack: String,
+    /// Change set name (deterministic per attempt and stack).
+    pub name: String,
+    /// New template; `None` for `UsePreviousTemplate`.
+    pub template_url: Option<String>,
+    /// Parameters given a value.
+    pub parameters: BTreeMap<String, String>,
+    /// Parameters sent with `UsePreviousValue` (every other one the template declares).
+    pub keep_parameters: Vec<String>,
+    /// Capabilities acknowledged.
+    pub capabilities: Vec<String>,
+    /// The stack's full tag set after the change.
+    pub tags: BTreeMap<String, String>,
+    /// Idempotency token of the creation.
+    pub client_token: String,
+    /// Description shown in the console.
+    pub description: String,
+}
+
+/// AWS `CloudFormation`: stacks, change sets and events.
 #[async_trait]
 pub trait CloudFormation: Send + Sync {
-    /// A stack's status, tags and outputs.
+    /// A stack's status, tags, outputs, parameters and last update.
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError>;
+    /// The summary of a new template (`template_url`) or of the stack's current one.
+    async fn template_summary(
+        &self,
+        stack: &str,
+        template_url: Option<&str>,
+    ) -> Result<TemplateSummary, PortError>;
+    /// Creates a change set; an existing name fails with [`ErrorKind::Conflict`]. Returns its id.
+    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError>;
+    /// A change set by name, `None` when it does not exist (any more).
+    async fn describe_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<Option<ChangeSet>, PortError>;
+    /// Executes a change set, rolling back every resource on failure, with `token` as the
+    /// `ClientRequestToken` (a retry with the same token is the same request).
+    async fn execute_change_set(&self, stack: &str, name: &str, token: &str)
+        -> Result<(), PortError>;
+    /// Deletes a change set (absent is fine).
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError>;
+    /// The stack's recent events, newest first.
+    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError>;
 }
 
 /// The result of trying to take a lock.

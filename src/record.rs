@@ -8,13 +8,15 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::eligibility::{FailedMark, Rule, RuleOutcome, Verdict};
+use crate::domain::eligibility::{AttemptKind, FailedMark, Rule, RuleOutcome, Verdict};
+use crate::domain::infra::Review;
 use crate::domain::image::ImageRef;
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
-    attempt_of, phase_of, Attempt, Baseline, Failure, Gate, Machine, Memory, Note, Run,
+    attempt_of, phase_of, Attempt, Baseline, ChangeSetStep, Failure, Gate, Machine, Memory, Note,
+    Run,
     RunnerMachine, Settings, State, TransitionEntry,
 };
 
@@ -77,6 +79,50 @@ pub struct Record {
     /// W3C traceparent of the attempt (filled by the tracing layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The change set in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_set: Option<ChangeSetRecord>,
+}
+
+/// A stack's change set within the attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSetRecord {
+    /// Stack.
+    pub stack: String,
+    /// Change set name.
+    pub name: String,
+    /// Change set id (ARN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Stacks finished earlier in the attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+    /// The review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewRecord>,
+}
+
+/// A change set's review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    /// Resources added.
+    pub added: u32,
+    /// Resources modified.
+    pub modified: u32,
+    /// Resources removed.
+    pub removed: u32,
+    /// Replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    /// IAM resources touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iam: Vec<String>,
+    /// Parameters changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+    /// Warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// An attempt.
@@ -95,6 +141,23 @@ pub struct AttemptRecord {
     pub from_image: String,
     /// Start (ms).
     pub started_at: u64,
+    /// `runner` or `infrastructure` (infrastructure only).
+    #[serde(default = "runner_kind", skip_serializing_if = "is_runner_kind")]
+    pub kind: String,
+    /// Fingerprint of the desired infrastructure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra: Option<String>,
+    /// Infrastructure version targeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_version: Option<String>,
+}
+
+fn runner_kind() -> String {
+    "runner".to_owned()
+}
+
+fn is_runner_kind(kind: &str) -> bool {
+    kind == "runner"
 }
 
 /// The baseline.
@@ -126,6 +189,9 @@ pub struct FailedRecord {
     pub reason: String,
     /// When (ms).
     pub at: u64,
+    /// Fingerprint of the desired infrastructure of the failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra: Option<String>,
 }
 
 /// A note.
@@ -314,6 +380,7 @@ impl Record {
                     image: m.image.clone(),
                     reason: m.reason.clone(),
                     at: m.at.0,
+                    infra: m.infra.clone(),
                 })
                 .collect(),
             note: memory.note.as_ref().map(|n| NoteRecord {
@@ -344,6 +411,7 @@ impl Record {
                 .collect(),
             last_success: memory.last_success.map(|m| m.0),
             traceparent: memory.traceparent.clone(),
+            change_set: None,
         };
         let set_run = |record: &mut Record, run: &Run| {
             record.lock_epoch = Some(run.epoch);
@@ -362,15 +430,41 @@ impl Record {
             code: f.code.clone(),
             reason: f.reason.clone(),
         };
+        let set_step = |record: &mut Record, run: &Run, step: &ChangeSetStep| {
+            set_run(record, run);
+            record.deadline = Some(step.deadline.0);
+            record.change_set = Some(ChangeSetRecord {
+                stack: step.stack.clone(),
+                name: step.name.clone(),
+                id: step.id.clone(),
+                done: step.done.clone(),
+                review: step.review.as_ref().map(|r| ReviewRecord {
+                    added: r.added,
+                    modified: r.modified,
+                    removed: r.removed,
+                    replaced: r.replaced.clone(),
+                    iam: r.iam.clone(),
+                    parameters: r.parameters.clone(),
+                    warnings: r.warnings.clone(),
+                }),
+            });
+        };
         match state {
             State::Idle {} | State::Checking { .. } => {}
             State::Locked { epoch, .. } => record.lock_epoch = Some(*epoch),
+            State::CreatingChangeSet { run, step }
+            | State::AwaitingApproval { run, step }
+            | State::ExecutingChangeSet { run, step } => set_step(&mut record, run, step),
             State::RegisteringTaskDefinition { run } => set_run(&mut record, run),
             State::UpdatingService { run, new_td } => {
                 set_run(&mut record, run);
                 record.new_task_definition_arn = Some(new_td.clone());
             }
-            State::AwaitingRollout { gate } | State::Done { gate } => set_gate(&mut record, gate),
+            State::AwaitingRollout { gate } => set_gate(&mut record, gate),
+            State::Done { run, gate } => match gate {
+                Some(gate) => set_gate(&mut record, gate),
+                None => set_run(&mut record, run),
+            },
             State::Soaking { gate, until } => {
                 set_gate(&mut record, gate);
                 record.soak_until = Some(until.0);
@@ -438,6 +532,25 @@ impl Record {
                 reason: f.reason.clone(),
             })
         };
+        let step = || -> Result<ChangeSetStep, RecordError> {
+            let c = need(self.change_set.as_ref(), "change_set")?;
+            Ok(ChangeSetStep {
+                stack: c.stack.clone(),
+                name: c.name.clone(),
+                id: c.id.clone(),
+                done: c.done.clone(),
+                review: c.review.as_ref().map(|r| Review {
+                    added: r.added,
+                    modified: r.modified,
+                    removed: r.removed,
+                    replaced: r.replaced.clone(),
+                    iam: r.iam.clone(),
+                    parameters: r.parameters.clone(),
+                    warnings: r.warnings.clone(),
+                }),
+                deadline: deadline()?,
+            })
+        };
         let state = match phase {
             Phase::Idle => State::Idle {},
             Phase::Checking => State::Checking {
@@ -446,6 +559,18 @@ impl Record {
             Phase::Locked => State::Locked {
                 attempt: attempt()?,
                 epoch: epoch()?,
+            },
+            Phase::CreatingChangeSet => State::CreatingChangeSet {
+                run: run()?,
+                step: step()?,
+            },
+            Phase::AwaitingApproval => State::AwaitingApproval {
+                run: run()?,
+                step: step()?,
+            },
+            Phase::ExecutingChangeSet => State::ExecutingChangeSet {
+                run: run()?,
+                step: step()?,
             },
             Phase::RegisteringTaskDefinition => State::RegisteringTaskDefinition { run: run()? },
             Phase::UpdatingService => State::UpdatingService {
@@ -462,7 +587,14 @@ impl Record {
                 failure: failure()?,
                 deadline: deadline()?,
             },
-            Phase::Done => State::Done { gate: gate()? },
+            Phase::Done => State::Done {
+                run: run()?,
+                gate: if self.new_task_definition_arn.is_some() {
+                    Some(gate()?)
+                } else {
+                    None
+                },
+            },
             Phase::RolledBack => State::RolledBack {
                 run: run()?,
                 failure: failure()?,
@@ -507,6 +639,7 @@ impl Record {
                     image: f.image.clone(),
                     reason: f.reason.clone(),
                     at: Millis(f.at),
+                    infra: f.infra.clone(),
                 })
                 .collect(),
             history,
@@ -551,6 +684,13 @@ fn attempt_record(attempt: &Attempt) -> AttemptRecord {
         from_version: attempt.from_version.as_ref().map(ToString::to_string),
         from_image: attempt.from_image.to_string(),
         started_at: attempt.started_at.0,
+        kind: match attempt.kind {
+            AttemptKind::Runner => "runner",
+            AttemptKind::InfrastructureOnly => "infrastructure",
+        }
+        .to_owned(),
+        infra: attempt.infra.clone(),
+        infra_version: attempt.infra_version.clone(),
     }
 }
 
@@ -568,6 +708,17 @@ fn parse_attempt(record: &AttemptRecord) -> Result<Attempt, RecordError> {
         from_version: record.from_version.as_deref().map(version).transpose()?,
         from_image: image(&record.from_image)?,
         started_at: Millis(record.started_at),
+        kind: match record.kind.as_str() {
+            "runner" => AttemptKind::Runner,
+            "infrastructure" => AttemptKind::InfrastructureOnly,
+            other => {
+                return Err(RecordError::Invalid(format!(
+                    "unknown attempt kind {other:?}"
+                )))
+            }
+        },
+        infra: record.infra.clone(),
+        infra_version: record.infra_version.clone(),
     })
 }
 
@@ -613,6 +764,7 @@ mod tests {
                 image: format!("registry.example/runner:2.15.{n}"),
                 reason: "y".repeat(2000),
                 at: 1,
+                infra: Some("0123456789abcdef".to_owned()),
             });
         }
         let fitted = big.encode_within(4096).unwrap();

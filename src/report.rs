@@ -40,8 +40,22 @@ pub struct StatusView {
     pub trace_id: Option<String>,
     /// Lock fencing token held by the attempt.
     pub lock_epoch: Option<u64>,
+    /// The change set in progress: stack, name and review.
+    pub change_set: Option<String>,
     /// The full record.
     pub record: Record,
+}
+
+fn review_of(r: &crate::record::ReviewRecord) -> crate::domain::infra::Review {
+    crate::domain::infra::Review {
+        added: r.added,
+        modified: r.modified,
+        removed: r.removed,
+        replaced: r.replaced.clone(),
+        iam: r.iam.clone(),
+        parameters: r.parameters.clone(),
+        warnings: r.warnings.clone(),
+    }
 }
 
 /// Builds the status of one record.
@@ -76,6 +90,18 @@ pub fn status_view(record: &Record) -> StatusView {
             .and_then(|t| t.split('-').nth(1))
             .map(str::to_owned),
         lock_epoch: record.lock_epoch,
+        change_set: record.change_set.as_ref().map(|c| {
+            let review = c.review.as_ref().map_or_else(
+                || "not reviewed yet".to_owned(),
+                |r| review_of(r).summary(),
+            );
+            let done = if c.done.is_empty() {
+                String::new()
+            } else {
+                format!("; done before: {}", c.done.join(", "))
+            };
+            format!("{} on stack {}: {review}{done}", c.name, c.stack)
+        }),
         record: record.clone(),
     }
 }
@@ -97,6 +123,22 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
         },
         Some(Phase::Checking) => format!("taking the lock for {target}"),
         Some(Phase::Locked) => "re-checking eligibility under the lock".to_owned(),
+        Some(Phase::CreatingChangeSet) => format!(
+            "waiting for CloudFormation to compute change set {} (deadline {})",
+            record.change_set.as_ref().map_or("?", |c| c.name.as_str()),
+            at(record.deadline)
+        ),
+        Some(Phase::AwaitingApproval) => format!(
+            "waiting for approval: review change set {} on stack {}, then run `runner-updater approve {}` (or switch desired/auto-update off to cancel)",
+            record.change_set.as_ref().map_or("?", |c| c.name.as_str()),
+            record.change_set.as_ref().map_or("?", |c| c.stack.as_str()),
+            record.runner
+        ),
+        Some(Phase::ExecutingChangeSet) => format!(
+            "waiting for stack {} to be UPDATE_COMPLETE (slow after {})",
+            record.change_set.as_ref().map_or("?", |c| c.stack.as_str()),
+            at(record.deadline)
+        ),
         Some(Phase::RegisteringTaskDefinition) => format!(
             "registering a task definition cloned from {} with {}",
             record
@@ -125,6 +167,14 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
                 .as_ref()
                 .map_or("?", |b| b.task_definition_arn.as_str()),
             at(record.deadline)
+        ),
+        Some(Phase::Done) if record.new_task_definition_arn.is_none() => format!(
+            "infrastructure {} is live; polling",
+            record
+                .attempt
+                .as_ref()
+                .and_then(|a| a.infra_version.as_deref())
+                .unwrap_or("update")
         ),
         Some(Phase::Done) => format!("{target} is live; polling for the next version"),
         Some(Phase::RolledBack) => {
@@ -170,6 +220,9 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
                 v.from_version.as_deref().unwrap_or("unknown"),
                 v.target_version.as_deref().unwrap_or("?")
             );
+        }
+        if let Some(change_set) = &v.change_set {
+            let _ = writeln!(out, "  change set: {change_set}");
         }
         let _ = writeln!(
             out,
@@ -241,6 +294,7 @@ pub fn plan_view(
                     image: f.image.clone(),
                     reason: f.reason.clone(),
                     at: Millis(f.at),
+                    infra: f.infra.clone(),
                 })
                 .collect()
         })

@@ -465,12 +465,15 @@ async fn cloudformation_behaves_alike_on_the_simulation_and_on_moto() {
     cloudformation_contract(&moto.clients().await.cfn, "moto").await;
 
     let sim = SimAws::new(1);
-    sim.cfn
-        .put_stack(runner_updater::domain::observed::StackState {
-            name: "runner-a-main".to_owned(),
-            status: "CREATE_COMPLETE".to_owned(),
-            tags: BTreeMap::from([("runner-updater:infra-version".to_owned(), "7".to_owned())]),
-            outputs: BTreeMap::from([("InfrastructureVersion".to_owned(), "6".to_owned())]),
-        });
+    let mut template = runner_updater::sim::SimTemplate::default();
+    template
+        .outputs
+        .insert("InfrastructureVersion".to_owned(), "6".to_owned());
+    sim.cfn.create_stack(
+        "runner-a-main",
+        template,
+        &[],
+        &[("runner-updater:infra-version", "7")],
+    );
     cloudformation_contract(&sim.cfn, "simulation").await;
 }

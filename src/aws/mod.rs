@@ -154,7 +154,7 @@ where
                 || (code == "ValidationError" && message.contains("does not exist"))
             {
                 ErrorKind::NotFound
-            } else if code == "ParameterAlreadyExists" {
+            } else if code == "ParameterAlreadyExists" || code == "AlreadyExistsException" {
                 ErrorKind::Conflict
             } else {
                 ErrorKind::Permanent

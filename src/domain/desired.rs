@@ -49,6 +49,9 @@ pub struct DesiredState {
     pub infra_version: Option<String>,
     /// Desired infrastructure per stack (only stacks of the runner's configuration).
     pub stacks: BTreeMap<String, DesiredStack>,
+    /// The held change set ops approved (`desired/approved-change-set`, written by
+    /// `runner-updater approve`).
+    pub approved_change_set: Option<String>,
 }
 
 /// Why the desired parameters cannot be acted on.
@@ -102,6 +105,12 @@ pub enum DesiredError {
         /// The refused value.
         url: String,
     },
+    /// A template URL without `desired/infra-version`: nothing would say it was applied.
+    #[error("desired/stacks/{0}/template-url is set but desired/infra-version is not: the version tags the stacks once the template is applied")]
+    TemplateWithoutInfraVersion(String),
+    /// `desired/approved-change-set` is not a change set name.
+    #[error("desired/approved-change-set: {0:?} is not a change set name")]
+    InvalidApproval(String),
     /// Stack parameters that are not a JSON object of scalar values.
     #[error("desired/stacks/{stack}/parameters: {reason}")]
     InvalidStackParameters {
@@ -129,6 +138,8 @@ impl DesiredError {
             DesiredError::UnknownStack(_) => "unknown-stack",
             DesiredError::InvalidTemplateUrl { .. } => "invalid-template-url",
             DesiredError::InvalidStackParameters { .. } => "invalid-stack-parameters",
+            DesiredError::TemplateWithoutInfraVersion(_) => "template-without-infra-version",
+            DesiredError::InvalidApproval(_) => "invalid-approval",
         }
     }
 }
@@ -193,6 +204,16 @@ pub fn parse_desired(
     };
 
     let stacks = parse_stacks(parameters, policy)?;
+    if infra_version.is_none() {
+        if let Some((stack, _)) = stacks.iter().find(|(_, s)| s.template_url.is_some()) {
+            return Err(DesiredError::TemplateWithoutInfraVersion(stack.clone()));
+        }
+    }
+    let approved_change_set = match get("desired/approved-change-set") {
+        None => None,
+        Some(text) if is_change_set_name(text) => Some(text.to_owned()),
+        Some(text) => return Err(DesiredError::InvalidApproval(text.to_owned())),
+    };
     Ok(DesiredState {
         version,
         image,
@@ -200,7 +221,15 @@ pub fn parse_desired(
         auto_update,
         infra_version,
         stacks,
+        approved_change_set,
     })
+}
+
+/// A CloudFormation change set name: `[A-Za-z][-A-Za-z0-9]*`, at most 128 characters.
+fn is_change_set_name(text: &str) -> bool {
+    text.len() <= 128
+        && text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// An infrastructure version is an opaque label: 1–64 of `[A-Za-z0-9._-]`.
@@ -386,6 +415,20 @@ mod tests {
                     ("desired/stacks/main/template-url", "http://x"),
                 ],
                 "invalid-template-url",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/stacks/main/template-url", "https://b.s3.amazonaws.com/t.json"),
+                ],
+                "template-without-infra-version",
+            ),
+            (
+                &[
+                    ("desired/version", "2.14.0"),
+                    ("desired/approved-change-set", "ru-x; rm -rf"),
+                ],
+                "invalid-approval",
             ),
         ];
         for (pairs, code) in cases {

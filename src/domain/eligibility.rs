@@ -8,6 +8,7 @@ use std::fmt;
 
 use super::desired::DesiredState;
 use super::image::ImageRef;
+use super::infra;
 use super::observed::Observed;
 use super::version::Version;
 use super::Millis;
@@ -109,14 +110,51 @@ pub struct FailedMark {
     pub reason: String,
     /// When.
     pub at: Millis,
+    /// Fingerprint of the desired infrastructure of the failed attempt (see
+    /// [`infra::fingerprint`]); a change of the desired infrastructure lifts the mark too.
+    pub infra: Option<String>,
 }
 
 impl FailedMark {
     /// Whether this mark quarantines that target.
     #[must_use]
-    pub fn matches(&self, version: &Version, image: &ImageRef) -> bool {
-        self.version == version.to_string() && self.image == image.to_string()
+    pub fn matches(&self, version: &Version, image: &ImageRef, infra: Option<&str>) -> bool {
+        self.version == version.to_string()
+            && self.image == image.to_string()
+            && self.infra.as_deref() == infra
     }
+}
+
+/// What an eligible attempt does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// Update the runner (after the due stacks, when there are any).
+    Runner,
+    /// The runner already runs the desired image: update the due stacks only.
+    InfrastructureOnly,
+}
+
+/// Whether the verdict starts an attempt, and which. Every rule passing means a runner update;
+/// a runner already on the desired image with stacks due means an infrastructure-only attempt
+/// (channel, auto-update, infrastructure and not-failed must still pass).
+#[must_use]
+pub fn attempt_kind(verdict: &Verdict, infra_due: bool) -> Option<AttemptKind> {
+    if verdict.eligible() {
+        return Some(AttemptKind::Runner);
+    }
+    let passed = |rule: Rule| verdict.outcomes.iter().any(|o| o.rule == rule && o.passed);
+    let same_image = verdict
+        .outcomes
+        .iter()
+        .any(|o| o.rule == Rule::DifferentImage && !o.passed);
+    let gates = [
+        Rule::Channel,
+        Rule::AutoUpdate,
+        Rule::Infrastructure,
+        Rule::NotFailed,
+    ];
+    (infra_due && same_image && gates.into_iter().all(passed))
+        .then_some(AttemptKind::InfrastructureOnly)
 }
 
 /// What the rules read.
@@ -171,26 +209,35 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             "auto-update is off: the runner is held where it is".to_owned(),
         )
     };
-    let infrastructure = match (&desired.infra_version, &observed.infra_version) {
-        (None, _) => outcome(
-            Rule::Infrastructure,
-            true,
-            "no infrastructure version required".to_owned(),
-        ),
-        (Some(wanted), Some(have)) if wanted == have => outcome(
-            Rule::Infrastructure,
-            true,
-            format!("infrastructure is at the required version {have}"),
-        ),
-        (Some(wanted), have) => outcome(
+    let infrastructure = match infra::plan(desired, &observed.stacks, &[], "") {
+        Err(gap) => outcome(
             Rule::Infrastructure,
             false,
+            format!("version {} cannot be served: {}", desired.version, gap.reason()),
+        ),
+        Ok(due) if !due.is_empty() => outcome(
+            Rule::Infrastructure,
+            true,
             format!(
-                "version {} requires infrastructure {wanted}, the stacks are at {}",
-                desired.version,
-                have.as_deref().unwrap_or("an unknown version")
+                "the infrastructure is updated first: {}",
+                due.iter()
+                    .map(infra::StackPlan::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ),
+        Ok(_) => match &desired.infra_version {
+            None => outcome(
+                Rule::Infrastructure,
+                true,
+                "no infrastructure version required".to_owned(),
+            ),
+            Some(wanted) => outcome(
+                Rule::Infrastructure,
+                true,
+                format!("the infrastructure is at the required version {wanted}"),
+            ),
+        },
     };
     let newer = match &observed.current_version {
         None => outcome(
@@ -248,9 +295,10 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             ),
         )
     };
+    let fingerprint = infra::fingerprint(desired);
     let not_failed = match failed
         .iter()
-        .find(|mark| mark.matches(&desired.version, &desired.image))
+        .find(|mark| mark.matches(&desired.version, &desired.image, fingerprint.as_deref()))
     {
         Some(mark) => outcome(
             Rule::NotFailed,
@@ -292,6 +340,26 @@ mod tests {
             auto_update: true,
             infra_version: None,
             stacks: BTreeMap::new(),
+            approved_change_set: None,
+        }
+    }
+
+    fn main_stack(version: Option<&str>) -> crate::domain::observed::StackState {
+        crate::domain::observed::StackState {
+            name: "main".to_owned(),
+            status: "UPDATE_COMPLETE".to_owned(),
+            tags: version
+                .map(|v| {
+                    (
+                        crate::domain::observed::INFRA_VERSION_TAG.to_owned(),
+                        v.to_owned(),
+                    )
+                })
+                .into_iter()
+                .collect(),
+            outputs: BTreeMap::new(),
+            parameters: BTreeMap::new(),
+            last_updated: None,
         }
     }
 
@@ -308,6 +376,7 @@ mod tests {
             current_version: Some(Version::parse("2.13.0").unwrap()),
             has_health_check: true,
             infra_version: Some("7".to_owned()),
+            stacks: vec![main_stack(Some("7"))],
         }
     }
 
@@ -346,9 +415,23 @@ mod tests {
                 "infra unknown",
                 |d, o, _| {
                     d.infra_version = Some("8".to_owned());
-                    o.infra_version = None;
+                    o.stacks = vec![main_stack(None)];
                 },
                 Some(Rule::Infrastructure),
+            ),
+            (
+                "infra differs, a template brings it there",
+                |d, _, _| {
+                    d.infra_version = Some("8".to_owned());
+                    d.stacks.insert(
+                        "main".to_owned(),
+                        crate::domain::desired::DesiredStack {
+                            template_url: Some("https://b.s3.amazonaws.com/m.json".to_owned()),
+                            parameters: BTreeMap::new(),
+                        },
+                    );
+                },
+                None,
             ),
             (
                 "same version, other image",
@@ -385,6 +468,7 @@ mod tests {
                         image: "registry.example/runner:2.14.0".to_owned(),
                         reason: "circuit breaker".to_owned(),
                         at: Millis(0),
+                        infra: None,
                     });
                 },
                 Some(Rule::NotFailed),
@@ -397,6 +481,7 @@ mod tests {
                         image: "registry.example/runner:2.14.0-hotfix".to_owned(),
                         reason: "circuit breaker".to_owned(),
                         at: Millis(0),
+                        infra: None,
                     });
                 },
                 None,
@@ -433,5 +518,34 @@ mod tests {
         for rule in Rule::ALL {
             assert_eq!(Rule::from_name(rule.name()), Some(rule));
         }
+    }
+
+    #[test]
+    fn infrastructure_only_attempts_need_the_gates_and_the_runner_in_place() {
+        let verdict = |pass: &[bool; 6]| Verdict {
+            outcomes: Rule::ALL
+                .iter()
+                .zip(pass)
+                .map(|(rule, passed)| RuleOutcome {
+                    rule: *rule,
+                    passed: *passed,
+                    reason: "r".to_owned(),
+                })
+                .collect(),
+        };
+        let all = verdict(&[true; 6]);
+        assert_eq!(attempt_kind(&all, false), Some(AttemptKind::Runner));
+        let in_place = verdict(&[true, true, true, false, false, true]);
+        assert_eq!(
+            attempt_kind(&in_place, true),
+            Some(AttemptKind::InfrastructureOnly)
+        );
+        assert_eq!(attempt_kind(&in_place, false), None, "nothing due");
+        let paused = verdict(&[true, false, true, false, false, true]);
+        assert_eq!(attempt_kind(&paused, true), None, "auto-update off holds stacks too");
+        let quarantined = verdict(&[true, true, true, false, false, false]);
+        assert_eq!(attempt_kind(&quarantined, true), None);
+        let downgrade = verdict(&[true, true, true, false, true, true]);
+        assert_eq!(attempt_kind(&downgrade, true), None, "only with the desired image running");
     }
 }

@@ -4,6 +4,7 @@
 pub mod desired;
 pub mod eligibility;
 pub mod image;
+pub mod infra;
 pub mod observed;
 pub mod task_definition;
 pub mod version;

@@ -159,6 +159,10 @@ pub struct StackState {
     pub tags: std::collections::BTreeMap<String, String>,
     /// Outputs.
     pub outputs: std::collections::BTreeMap<String, String>,
+    /// Current parameter values (`****` for `NoEcho` ones).
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// When the stack was last updated (`LastUpdatedTime`), if ever.
+    pub last_updated: Option<super::Millis>,
 }
 
 impl StackState {
@@ -185,6 +189,8 @@ pub struct Observed {
     pub has_health_check: bool,
     /// The runner's infrastructure version (from its last stack), when it has stacks.
     pub infra_version: Option<String>,
+    /// The runner's stacks, in the configured order.
+    pub stacks: Vec<StackState>,
 }
 
 /// Why the running runner cannot be observed well enough to act.
@@ -285,6 +291,7 @@ pub fn observe(
         running_image,
         current_version,
         infra_version,
+        stacks: stacks.to_vec(),
     })
 }
 

@@ -30,7 +30,11 @@ use std::time::Duration;
 use statig::prelude::*;
 
 use crate::domain::desired::{DesiredError, DesiredState};
-use crate::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Verdict};
+use crate::domain::eligibility::{
+    attempt_kind, evaluate, AttemptKind, EligibilityInput, FailedMark, Verdict,
+};
+use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
+use crate::domain::observed::ATTEMPT_TAG;
 use crate::domain::image::ImageRef;
 use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
 use crate::domain::version::Version;
@@ -52,6 +56,12 @@ pub struct Settings {
     pub rollback_timeout: Duration,
     /// Transitions kept in the record.
     pub history_max: usize,
+    /// When change sets run without a human.
+    pub approval: ApprovalPolicy,
+    /// How long CloudFormation may take to compute a change set.
+    pub change_set_timeout: Duration,
+    /// How long a stack update may take before on-call is told it is slow.
+    pub stack_update_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +73,9 @@ impl Default for Settings {
             soak: Duration::from_mins(5),
             rollback_timeout: Duration::from_mins(30),
             history_max: 20,
+            approval: ApprovalPolicy::Safe,
+            change_set_timeout: Duration::from_mins(15),
+            stack_update_timeout: Duration::from_mins(60),
         }
     }
 }
@@ -82,6 +95,29 @@ pub struct Attempt {
     pub from_image: ImageRef,
     /// When the attempt started.
     pub started_at: Millis,
+    /// What the attempt does.
+    pub kind: AttemptKind,
+    /// Fingerprint of the desired infrastructure the attempt started with.
+    pub infra: Option<String>,
+    /// The infrastructure version the attempt brings the stacks to.
+    pub infra_version: Option<String>,
+}
+
+/// One stack's change set within an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSetStep {
+    /// The stack.
+    pub stack: String,
+    /// The change set's name (deterministic per attempt and stack).
+    pub name: String,
+    /// Its id, once CloudFormation gave it.
+    pub id: Option<String>,
+    /// Stacks finished earlier in this attempt, in order.
+    pub done: Vec<String>,
+    /// The review, once the change set is computed.
+    pub review: Option<Review>,
+    /// Deadline of the current wait.
+    pub deadline: Millis,
 }
 
 /// What the service looked like under the lock, before any change.
@@ -176,6 +212,39 @@ pub enum Command {
         /// Deployment ids before the update.
         baseline_deployment_ids: Vec<String>,
     },
+    /// Find the attempt's change set for a stack, or create it; report its creation status and,
+    /// once computed, its review.
+    PrepareChangeSet {
+        /// Attempt id.
+        attempt_id: String,
+        /// Fencing token.
+        epoch: u64,
+        /// Change set name.
+        name: String,
+        /// What to ask for.
+        plan: StackPlan,
+    },
+    /// Execute the change set unless it already was (same token), then report the stack's
+    /// progress; on a rollback, read the events for the first failure.
+    AwaitChangeSet {
+        /// Attempt id.
+        attempt_id: String,
+        /// Fencing token.
+        epoch: u64,
+        /// Stack.
+        stack: String,
+        /// Change set name.
+        name: String,
+    },
+    /// Delete a change set that will not run (absent is fine).
+    DeleteChangeSet {
+        /// Fencing token.
+        epoch: u64,
+        /// Stack.
+        stack: String,
+        /// Change set name.
+        name: String,
+    },
     /// Point the service back at the baseline task definition, unless it already is.
     RollBackService {
         /// Attempt id.
@@ -198,6 +267,9 @@ impl Command {
             Command::RegisterTaskDefinition { .. } => "register_task_definition",
             Command::UpdateService { .. } => "update_service",
             Command::RollBackService { .. } => "roll_back_service",
+            Command::PrepareChangeSet { .. } => "prepare_change_set",
+            Command::AwaitChangeSet { .. } => "await_change_set",
+            Command::DeleteChangeSet { .. } => "delete_change_set",
         }
     }
 
@@ -209,6 +281,9 @@ impl Command {
             Command::RegisterTaskDefinition { .. }
                 | Command::UpdateService { .. }
                 | Command::RollBackService { .. }
+                | Command::PrepareChangeSet { .. }
+                | Command::AwaitChangeSet { .. }
+                | Command::DeleteChangeSet { .. }
         )
     }
 }
@@ -270,6 +345,40 @@ pub enum Event {
     },
     /// The rollback update was issued (or ECS had already rolled back).
     RollbackStarted,
+    /// The change set is still being computed.
+    ChangeSetPending,
+    /// The change set is computed.
+    ChangeSetReady {
+        /// Its id.
+        id: String,
+        /// Its review.
+        review: Review,
+    },
+    /// CloudFormation found nothing to change.
+    ChangeSetEmpty,
+    /// CloudFormation refused the change set.
+    ChangeSetFailed {
+        /// Its status reason.
+        reason: String,
+    },
+    /// The stack is still updating (or rolling back).
+    StackUpdatePending {
+        /// Its status.
+        status: String,
+    },
+    /// The stack update completed.
+    StackUpdated,
+    /// A change set was deleted (or was already gone).
+    ChangeSetDeleted,
+    /// The stack update failed.
+    StackUpdateFailed {
+        /// `UPDATE_ROLLBACK_COMPLETE` or a status that needs a human.
+        status: String,
+        /// The first failed resource, when the events name one.
+        resource: Option<String>,
+        /// Its reason.
+        reason: String,
+    },
     /// A command failed.
     CommandFailed {
         /// Which command.
@@ -464,46 +573,54 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        if let Some(failure) = verdict.first_failure() {
-            let (code, message) = (
-                failure.rule.name(),
-                format!("no longer eligible under the lock: {}", failure.reason),
+        let due = infra::plan(desired, &observed.stacks, &[], &attempt.id).unwrap_or_default();
+        let kind = attempt_kind(&verdict, !due.is_empty());
+        if kind.is_none() {
+            let (code, message) = verdict.first_failure().map_or_else(
+                || ("not-eligible", "no longer eligible under the lock".to_owned()),
+                |failure| {
+                    (
+                        failure.rule.name(),
+                        format!("no longer eligible under the lock: {}", failure.reason),
+                    )
+                },
             );
             self.memory.verdict = Some(verdict);
             return self.abort(Some(*epoch), code, message, ctx, input.now);
         }
-        if desired.version != attempt.target_version || desired.image != attempt.target_image {
+        if desired.version != attempt.target_version
+            || desired.image != attempt.target_image
+            || infra::fingerprint(desired) != attempt.infra
+            || kind != Some(attempt.kind)
+        {
             let message = format!(
                 "the desired state changed to {} ({}) before the update began",
                 desired.version, desired.image
             );
             return self.abort(Some(*epoch), "desired-changed", message, ctx, input.now);
         }
-        let steady = observed.service.deployments.len() == 1
-            && observed
-                .service
-                .primary()
-                .is_some_and(|p| p.rollout_state == RolloutState::Completed);
-        if !steady {
-            let message =
-                "the service is not steady (a deployment is in progress): waiting for it to settle"
-                    .to_owned();
-            return self.abort(Some(*epoch), "service-not-steady", message, ctx, input.now);
+        if let Err((code, message)) = steady(observed) {
+            return self.abort(Some(*epoch), code, message, ctx, input.now);
         }
-        let baseline = Baseline {
-            task_definition_arn: observed.service.task_definition_arn.clone(),
-            deployment_ids: observed
-                .service
-                .deployments
-                .iter()
-                .map(|d| d.id.clone())
-                .collect(),
-        };
-        Transition(State::registering_task_definition(Run {
+        let run = Run {
             attempt: attempt.clone(),
             epoch: *epoch,
-            baseline,
-        }))
+            baseline: baseline_of(observed),
+        };
+        match due.first() {
+            Some(first) => {
+                self.pending_note = Some(format!(
+                    "infrastructure first: {}",
+                    due.iter()
+                        .map(StackPlan::describe)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                let step = self.step(&run.attempt.id, &first.stack, Vec::new(), input.now);
+                Transition(State::creating_change_set(run, step))
+            }
+            None => Transition(State::registering_task_definition(run)),
+        }
     }
 
     #[action]
@@ -614,6 +731,253 @@ impl RunnerMachine {
         });
     }
 
+    /// Creating (or finding) the attempt's change set of one stack and waiting for it to be
+    /// computed. Outgoing: `ExecutingChangeSet` when the policy lets it run;
+    /// `AwaitingApproval` when it needs a human; the next stack, `RegisteringTaskDefinition` or
+    /// `Done` when it has no changes; `RolledBack` when refused or late; `Idle` when ops changed
+    /// their mind, a foreign writer, or a lost lock.
+    #[state(superstate = "deploying", entry_action = "enter_creating_change_set")]
+    fn creating_change_set(
+        &mut self,
+        run: &mut Run,
+        step: &mut ChangeSetStep,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
+        let now = input.now;
+        match &input.event {
+            Event::Observed(observation) => {
+                let (desired, observed) = match self.infra_check(run, step, observation, ctx, now) {
+                    Ok(pair) => pair,
+                    Err(outcome) => return outcome,
+                };
+                if step.done.contains(&step.stack) {
+                    // No changes: delete it (again, after a crash) and go on.
+                    ctx.commands.push(delete_command(run, step));
+                    return self.advance(run, step.done.clone(), desired, observed, ctx, now);
+                }
+                let due = match infra::plan(desired, &observed.stacks, &step.done, &run.attempt.id) {
+                    Ok(due) => due,
+                    Err(gap) => {
+                        let failure = Failure::new("infra-version-not-reached", gap.reason());
+                        return self.fail(run, failure, now);
+                    }
+                };
+                let Some(plan) = due.into_iter().find(|p| p.stack == step.stack) else {
+                    // The stack no longer differs (someone applied it): nothing to do here.
+                    ctx.commands.push(delete_command(run, step));
+                    let mut done = step.done.clone();
+                    done.push(step.stack.clone());
+                    return self.advance(run, done, desired, observed, ctx, now);
+                };
+                if now >= step.deadline {
+                    ctx.commands.push(delete_command(run, step));
+                    let failure = Failure::new(
+                        "change-set-timeout",
+                        format!(
+                            "change set {} of stack {} was not computed within {}s",
+                            step.name,
+                            step.stack,
+                            self.settings.change_set_timeout.as_secs()
+                        ),
+                    );
+                    return self.fail(run, failure, now);
+                }
+                ctx.commands.push(Command::PrepareChangeSet {
+                    attempt_id: run.attempt.id.clone(),
+                    epoch: run.epoch,
+                    name: step.name.clone(),
+                    plan,
+                });
+                Handled
+            }
+            Event::ChangeSetPending => Handled,
+            Event::ChangeSetReady { id, review } => {
+                step.id = Some(id.clone());
+                step.review = Some(review.clone());
+                let summary = format!(
+                    "change set {} of {}: {}",
+                    step.name,
+                    step.stack,
+                    review.summary()
+                );
+                if infra::needs_approval(self.settings.approval, review) {
+                    self.pending_note = Some(format!(
+                        "{summary}; held for approval (policy {})",
+                        self.settings.approval.name()
+                    ));
+                    self.note_now(
+                        "approval-needed",
+                        format!(
+                            "{summary}; run `runner-updater approve {}` to execute it",
+                            self.runner
+                        ),
+                        now,
+                    );
+                    Transition(State::awaiting_approval(run.clone(), step.clone()))
+                } else {
+                    self.pending_note = Some(format!("{summary}; executing"));
+                    let mut step = step.clone();
+                    step.deadline = now.after(self.settings.stack_update_timeout);
+                    Transition(State::executing_change_set(run.clone(), step))
+                }
+            }
+            Event::ChangeSetEmpty => {
+                step.done.push(step.stack.clone());
+                ctx.commands.push(delete_command(run, step));
+                ctx.commands.push(Command::Observe);
+                Handled
+            }
+            Event::ChangeSetFailed { reason } => {
+                let failure = Failure::new(
+                    "change-set-failed",
+                    format!(
+                        "CloudFormation refused change set {} of stack {}: {reason}",
+                        step.name, step.stack
+                    ),
+                );
+                self.fail(run, failure, now)
+            }
+            Event::CommandFailed { class, message, .. } => {
+                self.command_failed(run, *class, "change-set-refused", message, ctx, now)
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_creating_change_set(ctx: &mut Ctx) {
+        ctx.commands.push(Command::Observe);
+    }
+
+    /// A change set held by the approval policy. Outgoing: `ExecutingChangeSet` once ops run
+    /// `runner-updater approve`; `Idle` when ops change the desired state or switch auto-update
+    /// off (the change set is deleted), or the lock is lost.
+    #[state(superstate = "deploying")]
+    fn awaiting_approval(
+        &mut self,
+        run: &mut Run,
+        step: &mut ChangeSetStep,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
+        let now = input.now;
+        match &input.event {
+            Event::Observed(observation) => {
+                let (desired, _) = match self.infra_check(run, step, observation, ctx, now) {
+                    Ok(pair) => pair,
+                    Err(outcome) => return outcome,
+                };
+                if desired.approved_change_set.as_deref() == Some(step.name.as_str()) {
+                    self.pending_note = Some(format!("change set {} approved", step.name));
+                    self.memory.note = None;
+                    let mut step = step.clone();
+                    step.deadline = now.after(self.settings.stack_update_timeout);
+                    return Transition(State::executing_change_set(run.clone(), step));
+                }
+                Handled
+            }
+            Event::CommandFailed { class, message, .. } => {
+                self.command_failed(run, *class, "change-set-refused", message, ctx, now)
+            }
+            _ => Super,
+        }
+    }
+
+    /// Executing the change set and waiting for the stack. Nothing aborts a stack update half
+    /// way: a change of the desired state is acted on after it. Outgoing: the next stack,
+    /// `RegisteringTaskDefinition` or `Done` on `UPDATE_COMPLETE`; `RolledBack` when
+    /// CloudFormation rolled the stack back (or could not); `Idle` on a foreign writer or a lost
+    /// lock.
+    #[state(superstate = "deploying", entry_action = "enter_executing_change_set")]
+    fn executing_change_set(
+        &mut self,
+        run: &mut Run,
+        step: &mut ChangeSetStep,
+        ctx: &mut Ctx,
+        input: &Input,
+    ) -> Outcome<State> {
+        let now = input.now;
+        match &input.event {
+            Event::Observed(observation) => {
+                if let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed)
+                {
+                    let complete = observed.stacks.iter().any(|s| {
+                        s.name == step.stack
+                            && infra::progress(&s.status) == infra::StackProgress::Complete
+                            && s.tags.get(ATTEMPT_TAG) == Some(&run.attempt.id)
+                    });
+                    if complete {
+                        let mut done = step.done.clone();
+                        done.push(step.stack.clone());
+                        self.pending_note = Some(format!("stack {} updated", step.stack));
+                        return self.advance(run, done, desired, observed, ctx, now);
+                    }
+                }
+                if now >= step.deadline {
+                    self.note_now(
+                        "stack-update-slow",
+                        format!(
+                            "stack {} has been updating for more than {}s; CloudFormation cannot be left half way, so the controller keeps waiting (see the README runbook)",
+                            step.stack,
+                            self.settings.stack_update_timeout.as_secs()
+                        ),
+                        now,
+                    );
+                }
+                Self::enter_executing_change_set(run, step, ctx);
+                Handled
+            }
+            Event::StackUpdatePending { .. } => Handled,
+            Event::StackUpdated => {
+                ctx.commands.push(Command::Observe);
+                Handled
+            }
+            Event::StackUpdateFailed {
+                status,
+                resource,
+                reason,
+            } => {
+                let cause = match resource {
+                    Some(resource) => format!("{resource} failed: {reason}"),
+                    None => reason.clone(),
+                };
+                let failure = if infra::progress(status) == infra::StackProgress::RolledBack {
+                    Failure::new(
+                        "stack-rolled-back",
+                        format!(
+                            "stack {} rolled back ({status}): {cause}",
+                            step.stack
+                        ),
+                    )
+                } else {
+                    Failure::new(
+                        "stack-rollback-failed",
+                        format!(
+                            "stack {} is in {status} after {cause}: needs a human (README runbook: a stack in a failed state)",
+                            step.stack
+                        ),
+                    )
+                };
+                self.fail(run, failure, now)
+            }
+            Event::CommandFailed { class, message, .. } => {
+                self.command_failed(run, *class, "execute-refused", message, ctx, now)
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_executing_change_set(run: &mut Run, step: &mut ChangeSetStep, ctx: &mut Ctx) {
+        ctx.commands.push(Command::AwaitChangeSet {
+            attempt_id: run.attempt.id.clone(),
+            epoch: run.epoch,
+            stack: step.stack.clone(),
+            name: step.name.clone(),
+        });
+    }
+
     /// Groups the sub-states that watch a rollout and undo it.
     #[superstate]
     fn health_gate(input: &Input) -> Outcome<State> {
@@ -680,7 +1044,7 @@ impl RunnerMachine {
             GateStatus::Healthy if input.now >= *until => {
                 self.memory.last_success = Some(input.now);
                 self.pending_note = Some(format!("{} is live", gate.run.attempt.target_version));
-                Transition(State::done(gate.clone()))
+                Transition(State::done(gate.run.clone(), Some(gate.clone())))
             }
             GateStatus::Healthy => Handled,
             GateStatus::Failed(failure) => self.roll_back(&gate.run, failure, input.now),
@@ -779,17 +1143,15 @@ impl RunnerMachine {
 
     /// The attempt succeeded. Outgoing: `Checking` when a newer version becomes eligible.
     #[state(entry_action = "enter_done")]
-    fn done(&mut self, gate: &mut Gate, input: &Input) -> Outcome<State> {
+    fn done(&mut self, run: &mut Run, gate: &mut Option<Gate>, input: &Input) -> Outcome<State> {
         // Declared for statig (state data); read by the entry action and the record.
-        let _ = gate;
+        let _ = (run, gate);
         self.consider(input)
     }
 
     #[action]
-    fn enter_done(gate: &mut Gate, ctx: &mut Ctx) {
-        ctx.commands.push(Command::ReleaseLock {
-            epoch: gate.run.epoch,
-        });
+    fn enter_done(run: &mut Run, ctx: &mut Ctx) {
+        ctx.commands.push(Command::ReleaseLock { epoch: run.epoch });
     }
 
     /// The attempt failed and was undone. Outgoing: `Checking` when the desired state changes
@@ -875,15 +1237,16 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        let eligible = verdict.eligible();
-        if let Some(failure) = verdict.first_failure() {
+        let due = infra::plan(desired, &observed.stacks, &[], "").unwrap_or_default();
+        let kind = attempt_kind(&verdict, !due.is_empty());
+        if let (Some(failure), None) = (verdict.first_failure(), kind) {
             let (code, reason) = (failure.rule.name(), failure.reason.clone());
             self.note_now(code, reason, input.now);
         }
         self.memory.verdict = Some(verdict);
-        if !eligible {
+        let Some(kind) = kind else {
             return Handled;
-        }
+        };
         self.memory.note = None;
         self.memory.attempts_started += 1;
         let attempt = Attempt {
@@ -898,15 +1261,27 @@ impl RunnerMachine {
             from_version: observed.current_version.clone(),
             from_image: observed.running_image.clone(),
             started_at: input.now,
+            kind,
+            infra: infra::fingerprint(desired),
+            infra_version: desired.infra_version.clone(),
         };
-        self.pending_note = Some(format!(
-            "update {} -> {}",
-            attempt
-                .from_version
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
-            attempt.target_version
-        ));
+        self.pending_note = Some(match kind {
+            AttemptKind::Runner => format!(
+                "update {} -> {}",
+                attempt
+                    .from_version
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_owned(), ToString::to_string),
+                attempt.target_version
+            ),
+            AttemptKind::InfrastructureOnly => format!(
+                "infrastructure update: {}",
+                due.iter()
+                    .map(StackPlan::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
         Transition(State::checking(attempt))
     }
 
@@ -998,13 +1373,161 @@ impl RunnerMachine {
             FailureClass::Conflict => {
                 self.foreign_message(run, format!("foreign writer: {message}"), ctx, now)
             }
-            FailureClass::Permanent => {
-                let failure = Failure::new(code, message.to_owned());
-                self.quarantine(&run.attempt, &failure, now);
-                self.pending_note = Some(failure.reason.clone());
-                Transition(State::rolled_back(run.clone(), failure))
-            }
+            FailureClass::Permanent => self.fail(run, Failure::new(code, message.to_owned()), now),
         }
+    }
+
+    /// Quarantines the attempt's target and ends it in `RolledBack` (nothing of the runner was
+    /// changed, or CloudFormation already put the stack back).
+    fn fail(&mut self, run: &Run, failure: Failure, now: Millis) -> Outcome<State> {
+        self.quarantine(&run.attempt, &failure, now);
+        self.pending_note = Some(failure.reason.clone());
+        Transition(State::rolled_back(run.clone(), failure))
+    }
+
+    /// A change set step for `stack`.
+    fn step(&self, attempt_id: &str, stack: &str, done: Vec<String>, now: Millis) -> ChangeSetStep {
+        ChangeSetStep {
+            stack: stack.to_owned(),
+            name: infra::change_set_name(attempt_id, stack),
+            id: None,
+            done,
+            review: None,
+            deadline: now.after(self.settings.change_set_timeout),
+        }
+    }
+
+    /// Before a change set runs: the desired state must still be the attempt's, and ops'
+    /// switches on. Otherwise the change set is deleted and the attempt stops. An unreadable
+    /// AWS is waited out.
+    fn infra_check<'o>(
+        &mut self,
+        run: &Run,
+        step: &ChangeSetStep,
+        observation: &'o Observation,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Result<(&'o DesiredState, &'o Observed), Outcome<State>> {
+        let desired = match &observation.desired {
+            Ok(desired) => desired,
+            Err(DesiredError::Unavailable(_)) => return Err(Handled),
+            Err(error) => {
+                let message = format!("{error}; change set {} deleted", step.name);
+                return Err(self.abort_change_set(run, step, error.code(), message, ctx, now));
+            }
+        };
+        let observed = match &observation.observed {
+            Ok(observed) => observed,
+            Err(ObserveError::Unavailable(_)) => return Err(Handled),
+            Err(error) => {
+                let message = format!("{error}; change set {} deleted", step.name);
+                return Err(self.abort_change_set(run, step, error.code(), message, ctx, now));
+            }
+        };
+        let attempt = &run.attempt;
+        let stop = if !desired.auto_update {
+            Some(("auto-update", "auto-update was switched off".to_owned()))
+        } else if desired.channel != self.settings.channel {
+            Some(("channel", format!("the channel changed to {}", desired.channel)))
+        } else if desired.version != attempt.target_version
+            || desired.image != attempt.target_image
+            || infra::fingerprint(desired) != attempt.infra
+        {
+            Some(("desired-changed", "the desired state changed".to_owned()))
+        } else {
+            None
+        };
+        match stop {
+            Some((code, why)) => {
+                let message = format!(
+                    "{why} before change set {} of {} ran: deleted it; re-planning",
+                    step.name, step.stack
+                );
+                Err(self.abort_change_set(run, step, code, message, ctx, now))
+            }
+            None => Ok((desired, observed)),
+        }
+    }
+
+    fn abort_change_set(
+        &mut self,
+        run: &Run,
+        step: &ChangeSetStep,
+        code: &str,
+        message: String,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
+        ctx.commands.push(delete_command(run, step));
+        self.abort(Some(run.epoch), code, message, ctx, now)
+    }
+
+    /// After a stack: the next due stack, or the runner update, or the end of an
+    /// infrastructure-only attempt.
+    fn advance(
+        &mut self,
+        run: &Run,
+        done: Vec<String>,
+        desired: &DesiredState,
+        observed: &Observed,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
+        match infra::plan(desired, &observed.stacks, &done, &run.attempt.id) {
+            Err(gap) => self.fail(run, Failure::new("infra-version-not-reached", gap.reason()), now),
+            Ok(due) => match due.first() {
+                Some(next) => {
+                    let step = self.step(&run.attempt.id, &next.stack, done, now);
+                    Transition(State::creating_change_set(run.clone(), step))
+                }
+                None => self.infrastructure_done(run, desired, observed, ctx, now),
+            },
+        }
+    }
+
+    fn infrastructure_done(
+        &mut self,
+        run: &Run,
+        desired: &DesiredState,
+        observed: &Observed,
+        ctx: &mut Ctx,
+        now: Millis,
+    ) -> Outcome<State> {
+        if run.attempt.kind == AttemptKind::InfrastructureOnly {
+            self.memory.last_success = Some(now);
+            self.pending_note = Some(format!(
+                "infrastructure {} is live",
+                run.attempt.infra_version.as_deref().unwrap_or("update")
+            ));
+            return Transition(State::done(run.clone(), None));
+        }
+        if let Err(gap) = infra::at_version(desired, &observed.stacks) {
+            let failure = Failure::new(
+                "infra-version-not-reached",
+                format!(
+                    "the stacks were updated but {} carries infrastructure {}, not {}",
+                    gap.stack,
+                    gap.have.as_deref().unwrap_or("unknown"),
+                    gap.wanted
+                ),
+            );
+            return self.fail(run, failure, now);
+        }
+        if let Err((code, message)) = steady(observed) {
+            return self.abort(Some(run.epoch), code, message, ctx, now);
+        }
+        let mut run = run.clone();
+        // The stacks may own parts of the service: the runner update starts from what runs now.
+        run.baseline = baseline_of(observed);
+        self.pending_note = Some(format!(
+            "infrastructure ready; update {} -> {}",
+            run.attempt
+                .from_version
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string),
+            run.attempt.target_version
+        ));
+        Transition(State::registering_task_definition(run))
     }
 
     fn roll_back(&mut self, run: &Run, failure: Failure, now: Millis) -> Outcome<State> {
@@ -1016,17 +1539,20 @@ impl RunnerMachine {
 
     /// Marks the attempt's target failed (once).
     fn quarantine(&mut self, attempt: &Attempt, failure: &Failure, now: Millis) {
-        let known = self
-            .memory
-            .failed
-            .iter()
-            .any(|m| m.matches(&attempt.target_version, &attempt.target_image));
+        let known = self.memory.failed.iter().any(|m| {
+            m.matches(
+                &attempt.target_version,
+                &attempt.target_image,
+                attempt.infra.as_deref(),
+            )
+        });
         if !known {
             self.memory.failed.push(FailedMark {
                 version: attempt.target_version.to_string(),
                 image: attempt.target_image.to_string(),
                 reason: format!("{}: {}", failure.code, failure.reason),
                 at: now,
+                infra: attempt.infra.clone(),
             });
             let excess = self.memory.failed.len().saturating_sub(FAILED_MARKS_MAX);
             self.memory.failed.drain(..excess);
@@ -1124,6 +1650,57 @@ impl RunnerMachine {
     }
 }
 
+/// Whether the service (and the stacks) are settled enough to start changing them.
+fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
+    let service = &observed.service;
+    let settled = service.deployments.len() == 1
+        && service
+            .primary()
+            .is_some_and(|p| p.rollout_state == RolloutState::Completed);
+    if !settled {
+        return Err((
+            "service-not-steady",
+            "the service is not steady (a deployment is in progress): waiting for it to settle"
+                .to_owned(),
+        ));
+    }
+    if let Some(stack) = observed
+        .stacks
+        .iter()
+        .find(|s| infra::progress(&s.status) == infra::StackProgress::InProgress)
+    {
+        return Err((
+            "stack-busy",
+            format!(
+                "stack {} is {}: waiting for it to settle",
+                stack.name, stack.status
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The service as it is before the runner update.
+fn baseline_of(observed: &Observed) -> Baseline {
+    Baseline {
+        task_definition_arn: observed.service.task_definition_arn.clone(),
+        deployment_ids: observed
+            .service
+            .deployments
+            .iter()
+            .map(|d| d.id.clone())
+            .collect(),
+    }
+}
+
+fn delete_command(run: &Run, step: &ChangeSetStep) -> Command {
+    Command::DeleteChangeSet {
+        epoch: run.epoch,
+        stack: step.stack.clone(),
+        name: step.name.clone(),
+    }
+}
+
 /// The phase of a state.
 #[must_use]
 pub fn phase_of(state: &State) -> Phase {
@@ -1131,6 +1708,9 @@ pub fn phase_of(state: &State) -> Phase {
         State::Idle {} => Phase::Idle,
         State::Checking { .. } => Phase::Checking,
         State::Locked { .. } => Phase::Locked,
+        State::CreatingChangeSet { .. } => Phase::CreatingChangeSet,
+        State::AwaitingApproval { .. } => Phase::AwaitingApproval,
+        State::ExecutingChangeSet { .. } => Phase::ExecutingChangeSet,
         State::RegisteringTaskDefinition { .. } => Phase::RegisteringTaskDefinition,
         State::UpdatingService { .. } => Phase::UpdatingService,
         State::AwaitingRollout { .. } => Phase::AwaitingRollout,
@@ -1148,12 +1728,14 @@ pub fn attempt_of(state: &State) -> Option<&Attempt> {
         State::Idle {} => None,
         State::Checking { attempt } | State::Locked { attempt, .. } => Some(attempt),
         State::RegisteringTaskDefinition { run }
+        | State::CreatingChangeSet { run, .. }
+        | State::AwaitingApproval { run, .. }
+        | State::ExecutingChangeSet { run, .. }
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
+        | State::Done { run, .. }
         | State::RolledBack { run, .. } => Some(&run.attempt),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => {
-            Some(&gate.run.attempt)
-        }
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run.attempt),
     }
 }
 
@@ -1162,12 +1744,14 @@ pub fn attempt_of(state: &State) -> Option<&Attempt> {
 pub fn run_of(state: &State) -> Option<&Run> {
     match state {
         State::RegisteringTaskDefinition { run }
+        | State::CreatingChangeSet { run, .. }
+        | State::AwaitingApproval { run, .. }
+        | State::ExecutingChangeSet { run, .. }
         | State::UpdatingService { run, .. }
         | State::RollingBack { run, .. }
+        | State::Done { run, .. }
         | State::RolledBack { run, .. } => Some(run),
-        State::AwaitingRollout { gate } | State::Soaking { gate, .. } | State::Done { gate } => {
-            Some(&gate.run)
-        }
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => Some(&gate.run),
         State::Idle {} | State::Checking { .. } | State::Locked { .. } => None,
     }
 }

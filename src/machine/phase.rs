@@ -13,6 +13,12 @@ pub enum Phase {
     Checking,
     /// Lock held: re-checking eligibility on a fresh observation and recording the baseline.
     Locked,
+    /// Creating (or finding) a stack's change set and waiting for CloudFormation to compute it.
+    CreatingChangeSet,
+    /// A change set held by the approval policy, waiting for `runner-updater approve`.
+    AwaitingApproval,
+    /// Executing a change set and waiting for the stack to be `UPDATE_COMPLETE`.
+    ExecutingChangeSet,
     /// Registering the cloned task definition (found again by its attempt tag after a crash).
     RegisteringTaskDefinition,
     /// Pointing the service at the new task definition (with the circuit breaker).
@@ -50,10 +56,13 @@ pub enum TopLevel {
 
 impl Phase {
     /// Every phase, in flow order.
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 13] = [
         Phase::Idle,
         Phase::Checking,
         Phase::Locked,
+        Phase::CreatingChangeSet,
+        Phase::AwaitingApproval,
+        Phase::ExecutingChangeSet,
         Phase::RegisteringTaskDefinition,
         Phase::UpdatingService,
         Phase::AwaitingRollout,
@@ -70,6 +79,9 @@ impl Phase {
             Phase::Idle => "idle",
             Phase::Checking => "checking",
             Phase::Locked => "locked",
+            Phase::CreatingChangeSet => "creating_change_set",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::ExecutingChangeSet => "executing_change_set",
             Phase::RegisteringTaskDefinition => "registering_task_definition",
             Phase::UpdatingService => "updating_service",
             Phase::AwaitingRollout => "awaiting_rollout",
@@ -93,6 +105,9 @@ impl Phase {
             Phase::Idle => "Idle",
             Phase::Checking => "Checking",
             Phase::Locked => "Locked",
+            Phase::CreatingChangeSet => "CreatingChangeSet",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::ExecutingChangeSet => "ExecutingChangeSet",
             Phase::RegisteringTaskDefinition => "RegisteringTaskDefinition",
             Phase::UpdatingService => "UpdatingService",
             Phase::AwaitingRollout => "AwaitingRollout",
@@ -110,7 +125,11 @@ impl Phase {
             Phase::Idle => TopLevel::Idle,
             Phase::Checking => TopLevel::Checking,
             Phase::Locked => TopLevel::Locked,
-            Phase::RegisteringTaskDefinition | Phase::UpdatingService => TopLevel::Deploying,
+            Phase::CreatingChangeSet
+            | Phase::AwaitingApproval
+            | Phase::ExecutingChangeSet
+            | Phase::RegisteringTaskDefinition
+            | Phase::UpdatingService => TopLevel::Deploying,
             Phase::AwaitingRollout | Phase::Soaking | Phase::RollingBack => TopLevel::HealthGate,
             Phase::Done => TopLevel::Done,
             Phase::RolledBack => TopLevel::RolledBack,
@@ -192,6 +211,82 @@ pub const TRANSITIONS: &[Edge] = &[
         "still eligible",
     ),
     edge(Phase::Locked, Phase::Idle, "no longer eligible"),
+    edge(
+        Phase::Locked,
+        Phase::CreatingChangeSet,
+        "infrastructure due",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::ExecutingChangeSet,
+        "computed, policy allows",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::AwaitingApproval,
+        "computed, needs approval",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::CreatingChangeSet,
+        "no changes: next stack",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::RegisteringTaskDefinition,
+        "no changes: infrastructure ready",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::Done,
+        "no changes: infrastructure-only attempt done",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::RolledBack,
+        "refused / timeout",
+    ),
+    edge(
+        Phase::CreatingChangeSet,
+        Phase::Idle,
+        "desired changed / foreign writer / lock lost",
+    ),
+    edge(
+        Phase::AwaitingApproval,
+        Phase::ExecutingChangeSet,
+        "approved",
+    ),
+    edge(Phase::AwaitingApproval, Phase::RolledBack, "refused"),
+    edge(
+        Phase::AwaitingApproval,
+        Phase::Idle,
+        "desired changed / switched off / lock lost",
+    ),
+    edge(
+        Phase::ExecutingChangeSet,
+        Phase::CreatingChangeSet,
+        "stack updated: next stack",
+    ),
+    edge(
+        Phase::ExecutingChangeSet,
+        Phase::RegisteringTaskDefinition,
+        "stack updated: infrastructure ready",
+    ),
+    edge(
+        Phase::ExecutingChangeSet,
+        Phase::Done,
+        "stack updated: infrastructure-only attempt done",
+    ),
+    edge(
+        Phase::ExecutingChangeSet,
+        Phase::RolledBack,
+        "stack rolled back / rollback failed",
+    ),
+    edge(
+        Phase::ExecutingChangeSet,
+        Phase::Idle,
+        "foreign writer / lock lost / service not steady",
+    ),
     edge(
         Phase::RegisteringTaskDefinition,
         Phase::UpdatingService,

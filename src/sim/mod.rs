@@ -5,6 +5,7 @@
 //! behaviour of a deployment is chosen per image by the scenario ([`ImageBehaviour`]).
 //! What it models, and what it does not, is listed in the README ("The simulated AWS").
 
+mod cfn;
 mod ecs;
 pub mod scenario;
 
@@ -15,10 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::observed::StackState;
 use crate::domain::Millis;
-use crate::ports::{Clock, CloudFormation, ErrorKind, Parameter, ParameterStore, PortError};
+use crate::ports::{Clock, ErrorKind, Parameter, ParameterStore, PortError};
 
+pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
 
 /// Locks a mutex, turning poisoning into a port error (a panicked test thread).
@@ -219,40 +220,6 @@ impl ParameterStore for SimSsm {
     }
 }
 
-/// Simulated `CloudFormation` (describe only until issue 4).
-#[derive(Debug, Clone, Default)]
-pub struct SimCfn {
-    stacks: Arc<Mutex<BTreeMap<String, StackState>>>,
-    /// Faults to inject.
-    pub faults: Faults,
-}
-
-impl SimCfn {
-    /// Creates or replaces a stack.
-    pub fn put_stack(&self, stack: StackState) {
-        if let Ok(mut stacks) = self.stacks.lock() {
-            stacks.insert(stack.name.clone(), stack);
-        }
-    }
-}
-
-#[async_trait]
-impl CloudFormation for SimCfn {
-    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.faults.check("DescribeStacks")?;
-        guard(&self.stacks, "DescribeStacks")?
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                PortError::new(
-                    ErrorKind::NotFound,
-                    "DescribeStacks",
-                    format!("Stack with id {name} does not exist"),
-                )
-            })
-    }
-}
-
 /// A runner to create in the simulation.
 #[derive(Debug, Clone)]
 pub struct SimRunnerSpec {
@@ -299,9 +266,9 @@ impl SimAws {
         let clock = SimClock::new(SIM_EPOCH);
         SimAws {
             ecs: SimEcs::new(clock.clone(), seed),
+            cfn: SimCfn::new(clock.clone()),
             clock,
             ssm: SimSsm::default(),
-            cfn: SimCfn::default(),
         }
     }
 
@@ -312,16 +279,22 @@ impl SimAws {
     pub fn create_runner(&self, spec: &SimRunnerSpec) -> Result<(), PortError> {
         self.ecs.create_service(spec)?;
         for (name, infra_version) in &spec.stacks {
-            self.cfn.put_stack(StackState {
-                name: name.clone(),
-                status: "CREATE_COMPLETE".to_owned(),
-                tags: BTreeMap::from([(
-                    crate::domain::observed::INFRA_VERSION_TAG.to_owned(),
-                    infra_version.clone(),
-                )]),
-                outputs: BTreeMap::new(),
-            });
+            self.cfn.create_stack(
+                name,
+                initial_template(),
+                &[],
+                &[(crate::domain::observed::INFRA_VERSION_TAG, infra_version)],
+            );
         }
         Ok(())
     }
+}
+
+/// The template every simulated stack starts from: one parameter and two resources.
+#[must_use]
+pub fn initial_template() -> SimTemplate {
+    SimTemplate::default()
+        .parameter("Size", Some("2"))
+        .resource(SimResource::new("Config", "AWS::SSM::Parameter", "v1"))
+        .resource(SimResource::new("Queue", "AWS::SQS::Queue", "v1").using(&["Size"]))
 }

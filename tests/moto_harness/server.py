@@ -22,12 +22,56 @@ task definitions and updates services, but never runs a rollout: UpdateService o
 Task health is not simulated here (moto starts no tasks for services): tests on moto use task
 definitions without health checks; health is covered on the in-process simulated AWS.
 
+CloudFormation (UPDATE change sets only; CreateStack and CREATE change sets stay moto's). moto
+5.2.1 answers CreateChangeSet/ExecuteChangeSet with a happy path that ignores tags, ClientToken,
+ClientRequestToken, capabilities and failures (see shared/EMULATOR.md and check_cfn.py). This
+harness replaces, on top of moto's own CloudFormation backend:
+
+* CreateChangeSet(UPDATE): TemplateBody, TemplateURL or UsePreviousTemplate=true; parameters
+  resolved as AWS does (ParameterValue, UsePreviousValue=true, else the template Default, else
+  "Parameters: [X] must have values"; undeclared keys and UsePreviousValue on a key the stack
+  lacks are ValidationErrors, not 500s). Tags absent = the stack's tags. Capabilities are
+  enforced (InsufficientCapabilitiesException "Requires capabilities : [CAPABILITY_IAM]", or
+  CAPABILITY_NAMED_IAM when an IAM resource sets its name). Changes: Add / Modify / Remove
+  (Modify also when only a referenced parameter changed; Replacement "False", or the value of
+  the resource's Metadata "HarnessReplacement"). A change set that differs only in Tags is
+  CREATE_COMPLETE with no Changes; one with no difference at all is FAILED / UNAVAILABLE with
+  AWS's "didn't contain changes" StatusReason. A second change set of the same name on the stack
+  is AlreadyExistsException, unless it repeats the same ClientToken and template (then the same Id).
+  Stacks not in *_COMPLETE (other than ROLLBACK_COMPLETE) refuse it with AWS's "can not be updated".
+* Change sets are looked up per stack (moto searches every stack by name). DescribeChangeSet of a
+  missing one is ChangeSetNotFound (404); DeleteChangeSet of a missing one is a 200 no-op.
+* GetTemplateSummary returns Capabilities and CapabilitiesReason.
+* ExecuteChangeSet(ClientRequestToken): stack UPDATE_IN_PROGRESS, the stack's other change sets
+  deleted, LastUpdatedTime = now; then
+    - default: UPDATE_COMPLETE with the change set's template, parameters, tags and outputs;
+      change set ExecutionStatus EXECUTE_COMPLETE (still describable);
+    - a resource of the new template has Metadata {"HarnessFail": "<reason>"}: that resource is
+      UPDATE_FAILED (CREATE_FAILED if the change set adds it) with <reason>, the stack goes
+      UPDATE_ROLLBACK_IN_PROGRESS, then UPDATE_ROLLBACK_COMPLETE with its previous template,
+      parameters and tags; change set EXECUTE_FAILED;
+    - Metadata {"HarnessRollbackFail": "<reason>"}: the same, but the rollback of that resource
+      fails with <reason> and the stack ends UPDATE_ROLLBACK_FAILED (StackStatusReason "The
+      following resource(s) failed to update: [ID]."), keeping the new template, parameters, tags.
+  Every event of the execution (stack and resource events) carries its ClientRequestToken.
+  Executing again with the same ClientRequestToken is a 200 no-op; otherwise a non-AVAILABLE
+  change set gives InvalidChangeSetStatus (400). ExecuteChangeSet returns 200 in every case above.
+* HARNESS_CFN_SECONDS (default 0 = immediate): the stack stays UPDATE_IN_PROGRESS that many
+  wall-clock seconds, and a failing one UPDATE_ROLLBACK_IN_PROGRESS that many more; resolved
+  lazily when the stack or the change set is read (DescribeStacks, DescribeStackEvents, ...).
+* With HARNESS_LOG set, every ExecuteChangeSet call appends `cfn-execute STACK CHANGESET TOKEN`
+  (the request's values, `-` when absent; retries included).
+
 Usage: python server.py PORT   (binds 127.0.0.1)
 """
 
+import json
 import os
+import re
 import sys
+import threading
 import time
+from datetime import timedelta
 
 import moto
 
@@ -39,6 +83,10 @@ os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
 from moto.ecs import models as ecs  # noqa: E402
 from moto.moto_api._internal import mock_random  # noqa: E402
 from moto.core.utils import utcnow  # noqa: E402
+from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
+from moto.cloudformation import models as cfn  # noqa: E402
+from moto.cloudformation import responses as cfn_responses  # noqa: E402
+from moto.cloudformation.exceptions import CloudFormationError, ValidationError  # noqa: E402
 
 ROLLOUT_SECONDS = float(os.environ.get("HARNESS_ROLLOUT_SECONDS", "1"))
 BREAKER_THRESHOLD = int(os.environ.get("HARNESS_BREAKER_THRESHOLD", "10"))
@@ -138,13 +186,480 @@ ecs.EC2ContainerServiceBackend.update_service = update_service
 ecs.EC2ContainerServiceBackend.describe_services = describe_services
 
 
+# --- CloudFormation ------------------------------------------------------------------------------
+
+CFN_SECONDS = float(os.environ.get("HARNESS_CFN_SECONDS", "0"))
+NO_CHANGES = "The submitted information didn't contain changes. Submit different information to create a change set."
+UPDATABLE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE", "IMPORT_ROLLBACK_COMPLETE"}
+# IAM resource types that need a capability, with the property that makes them "named".
+IAM_TYPES = {
+    "AWS::IAM::Role": "RoleName",
+    "AWS::IAM::User": "UserName",
+    "AWS::IAM::Group": "GroupName",
+    "AWS::IAM::ManagedPolicy": "ManagedPolicyName",
+    "AWS::IAM::InstanceProfile": "InstanceProfileName",
+    "AWS::IAM::Policy": None,
+    "AWS::IAM::AccessKey": None,
+    "AWS::IAM::UserToGroupAddition": None,
+}
+_cfn_lock = threading.RLock()  # ThreadedMotoServer serves requests concurrently
+
+_original_get_stack = cfn.CloudFormationBackend.get_stack
+_original_describe_stacks = cfn.CloudFormationBackend.describe_stacks
+_original_create_change_set = cfn_responses.CloudFormationResponse.create_change_set
+_original_execute_change_set = cfn_responses.CloudFormationResponse.execute_change_set
+_original_get_template_summary = cfn_responses.CloudFormationResponse.get_template_summary
+
+
+class ChangeSetNotFound(CloudFormationError):
+    code = "ChangeSetNotFound"  # 404 from the botocore model
+
+    def __init__(self, name):
+        super().__init__(f"ChangeSet [{name}] does not exist")
+
+
+class InvalidChangeSetStatus(CloudFormationError):
+    code = "InvalidChangeSetStatus"
+
+
+class ChangeSetAlreadyExists(CloudFormationError):
+    code = "AlreadyExistsException"
+
+
+class InsufficientCapabilities(CloudFormationError):
+    code = "InsufficientCapabilitiesException"
+
+
+def _log(line):
+    log = os.environ.get("HARNESS_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _truthy(value):
+    return value is True or str(value).lower() == "true"
+
+
+def _text(value):
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _references(node):
+    """Parameter/resource names a template fragment refers to (Ref and ${Name} in Fn::Sub)."""
+    found = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) and value else value
+                if isinstance(text, str):
+                    found.update(n for n in re.findall(r"\$\{([^}!.]+)\}", text))
+                found |= _references(value[1:] if isinstance(value, list) else None)
+            else:
+                found |= _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _references(item)
+    return found
+
+
+def _previous_parameters(stack):
+    """The stack's parameter values as a caller sees them (input or template default), as text."""
+    previous = {}
+    inputs = stack.resource_map.input_parameters
+    for key, spec in (stack.template_dict.get("Parameters") or {}).items():
+        if key in inputs:
+            previous[key] = _text(inputs[key])
+        elif spec.get("Default") is not None:
+            previous[key] = _text(spec["Default"])
+    return previous
+
+
+def _resolve_parameters(stack, template_dict, incoming):
+    declared = template_dict.get("Parameters") or {}
+    previous = _previous_parameters(stack)
+    given = {}
+    for parameter in incoming:
+        key = parameter["ParameterKey"]
+        if _truthy(parameter.get("UsePreviousValue", False)):
+            if parameter.get("ParameterValue") not in (None, ""):
+                raise ValidationError(
+                    message=f"Invalid input for parameter key {key}. Cannot specify usePreviousValue as true "
+                    "and non empty value for a parameter"
+                )
+            if key not in previous:
+                raise ValidationError(
+                    message=f"Invalid input for parameter key {key}. Cannot specify usePreviousValue as true "
+                    "for a parameter key not in the previous template"
+                )
+            given[key] = previous[key]
+        else:
+            given[key] = _text(parameter.get("ParameterValue", ""))
+    undeclared = [key for key in given if key not in declared]
+    if undeclared:
+        raise ValidationError(message=f"Parameters: [{', '.join(undeclared)}] do not exist in the template")
+    resolved, missing = {}, []
+    for key, spec in declared.items():
+        if key in given:
+            resolved[key] = given[key]
+        elif spec.get("Default") is not None:
+            resolved[key] = _text(spec["Default"])
+        else:
+            missing.append(key)
+    if missing:
+        raise ValidationError(message=f"Parameters: [{', '.join(missing)}] must have values")
+    return resolved
+
+
+def _required_capabilities(template_dict):
+    types, named = [], False
+    for resource in (template_dict.get("Resources") or {}).values():
+        kind = resource.get("Type")
+        if kind in IAM_TYPES:
+            types.append(kind)
+            name_property = IAM_TYPES[kind]
+            named = named or bool(name_property and name_property in (resource.get("Properties") or {}))
+    if not types:
+        return [], []
+    return (["CAPABILITY_NAMED_IAM"] if named else ["CAPABILITY_IAM"]), sorted(set(types))
+
+
+def _check_capabilities(template_dict, given):
+    required, _ = _required_capabilities(template_dict)
+    if required == ["CAPABILITY_IAM"] and ({"CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"} & set(given)):
+        return
+    if required == ["CAPABILITY_NAMED_IAM"] and "CAPABILITY_NAMED_IAM" in given:
+        return
+    if required:
+        raise InsufficientCapabilities(f"Requires capabilities : [{required[0]}]")
+
+
+def _check_updatable(stack):
+    if stack.status not in UPDATABLE:
+        raise ValidationError(message=f"Stack:{stack.stack_id} is in {stack.status} state and can not be updated.")
+
+
+def _changes(stack, template_dict, old_parameters, new_parameters):
+    old = stack.template_dict.get("Resources") or {}
+    new = template_dict.get("Resources") or {}
+    changed = {k for k in set(old_parameters) | set(new_parameters) if old_parameters.get(k) != new_parameters.get(k)}
+    changes = []
+    for name, resource in new.items():
+        if name not in old:
+            changes.append(cfn.Change("Add", name, resource.get("Type")))
+        elif resource != old[name] or changed & _references(resource):
+            change = cfn.Change("Modify", name, resource.get("Type"))
+            change.replacement = str((resource.get("Metadata") or {}).get("HarnessReplacement", "False"))
+            changes.append(change)
+    for name, resource in old.items():
+        if name not in new:
+            changes.append(cfn.Change("Remove", name, resource.get("Type")))
+    return changes
+
+
+def _failure(template_dict):
+    """(logical id, type, forward reason, rollback reason or None) of the first marked resource."""
+    for name, resource in (template_dict.get("Resources") or {}).items():
+        metadata = resource.get("Metadata") or {}
+        if isinstance(metadata, dict) and ("HarnessFail" in metadata or "HarnessRollbackFail" in metadata):
+            rollback = metadata.get("HarnessRollbackFail")
+            forward = metadata.get("HarnessFail", rollback)
+            return name, resource.get("Type"), str(forward), (None if rollback is None else str(rollback))
+    return None
+
+
+def _stack_change_sets(backend, stack):
+    return [cs for cs in backend.change_sets.values() if cs.stack_id == stack.stack_id]
+
+
+def _lookup_change_set(backend, stack_name, change_set_name):
+    if change_set_name and change_set_name.startswith("arn:"):
+        change_set = backend.change_sets.get(change_set_name)
+        if change_set is None:
+            raise ChangeSetNotFound(change_set_name)
+        return change_set
+    if not stack_name:
+        raise ValidationError(message="StackName must be specified if ChangeSetName is not specified as an ARN.")
+    stack = backend.get_stack(stack_name)
+    for change_set in _stack_change_sets(backend, stack):
+        if change_set.change_set_name == change_set_name:
+            return change_set
+    raise ChangeSetNotFound(change_set_name)
+
+
+def _event(stack, token, when, logical_id, status, reason=None, resource_type=None):
+    if logical_id is None:
+        logical_id, physical_id, resource_type = stack.name, stack.stack_id, "AWS::CloudFormation::Stack"
+    else:
+        resource = stack.resource_map._parsed_resources.get(logical_id)
+        physical_id = getattr(resource, "physical_resource_id", "") or ""
+    event = cfn.Event(stack.stack_id, stack.name, logical_id, physical_id, resource_type, status, reason, None)
+    event.client_request_token = token
+    if stack.events and when <= stack.events[-1].timestamp:  # keep timestamps strictly increasing
+        when = stack.events[-1].timestamp + timedelta(milliseconds=1)
+    event.timestamp = when
+    stack.events.append(event)
+
+
+_VERBS = {"Add": "CREATE", "Modify": "UPDATE", "Remove": "DELETE"}
+
+
+def _begin(backend, stack, change_set, token):
+    now = utcnow()
+    for other in _stack_change_sets(backend, stack):  # AWS deletes the stack's other change sets
+        if other is not change_set:
+            del backend.change_sets[other.change_set_id]
+    change_set.execution_status = "EXECUTE_IN_PROGRESS"
+    change_set._harness_exec_token = token
+    stack.status = "UPDATE_IN_PROGRESS"
+    stack.stack_status_reason = "User Initiated"
+    stack.last_updated_time = now
+    failure = _failure(change_set.template_dict)
+    _event(stack, token, now, None, "UPDATE_IN_PROGRESS", "User Initiated")
+    touched = [(c.logical_resource_id, c.resource_type, _VERBS[c.action]) for c in change_set.changes if c.action != "Remove"]
+    if failure and failure[0] not in [t[0] for t in touched]:
+        touched.append((failure[0], failure[1], "UPDATE"))
+    for logical_id, resource_type, verb in touched:
+        _event(stack, token, now, logical_id, f"{verb}_IN_PROGRESS", resource_type=resource_type)
+    stack._harness_op = {
+        "change_set": change_set,
+        "token": token,
+        "started": time.monotonic(),
+        "wall": now,
+        "phase": "update",
+        "failure": failure,
+        "touched": touched,
+    }
+
+
+def _apply(stack, change_set):
+    change_set.apply()  # moto's own resource update
+    stack.template = change_set.template
+    stack._parse_template()
+    stack.description = stack.template_dict.get("Description")
+    stack.parameters = dict(change_set.parameters)
+    stack.output_map = stack._create_output_map()
+    stack.tags = dict(change_set.tags or {})
+
+
+def _settle(stack):
+    """Advance a harness execution of this stack by wall-clock time (HARNESS_CFN_SECONDS)."""
+    op = getattr(stack, "_harness_op", None)
+    while op is not None:
+        elapsed = time.monotonic() - op["started"]
+        change_set, token, failure = op["change_set"], op["token"], op["failure"]
+        if op["phase"] == "update":
+            if elapsed < CFN_SECONDS:
+                return
+            when = op["wall"] + timedelta(seconds=CFN_SECONDS)
+            for logical_id, resource_type, verb in op["touched"]:
+                if not failure or logical_id != failure[0]:
+                    _event(stack, token, when, logical_id, f"{verb}_COMPLETE", resource_type=resource_type)
+            if failure is None:
+                _apply(stack, change_set)
+                _event(stack, token, when, None, "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS")
+                for change in change_set.changes:
+                    if change.action == "Remove":
+                        _event(stack, token, when, change.logical_resource_id, "DELETE_IN_PROGRESS", resource_type=change.resource_type)
+                        _event(stack, token, when, change.logical_resource_id, "DELETE_COMPLETE", resource_type=change.resource_type)
+                _event(stack, token, when, None, "UPDATE_COMPLETE")
+                stack.status, stack.stack_status_reason = "UPDATE_COMPLETE", None
+                change_set.execution_status = "EXECUTE_COMPLETE"
+                stack._harness_op = op = None
+                continue
+            verb = dict((t[0], t[2]) for t in op["touched"])[failure[0]]
+            _event(stack, token, when, failure[0], f"{verb}_FAILED", failure[2], failure[1])
+            reason = f"The following resource(s) failed to {verb.lower()}: [{failure[0]}]. "
+            _event(stack, token, when, None, "UPDATE_ROLLBACK_IN_PROGRESS", reason)
+            stack.status, stack.stack_status_reason = "UPDATE_ROLLBACK_IN_PROGRESS", reason
+            op["phase"] = "rollback"
+        else:
+            if elapsed < 2 * CFN_SECONDS:
+                return
+            when = op["wall"] + timedelta(seconds=2 * CFN_SECONDS)
+            if failure[3] is not None:  # HarnessRollbackFail: the rollback of that resource fails
+                _event(stack, token, when, failure[0], "UPDATE_IN_PROGRESS", resource_type=failure[1])
+                _event(stack, token, when, failure[0], "UPDATE_FAILED", failure[3], failure[1])
+                reason = f"The following resource(s) failed to update: [{failure[0]}]."
+                _apply(stack, change_set)  # nothing restored
+                _event(stack, token, when, None, "UPDATE_ROLLBACK_FAILED", reason)
+                stack.status, stack.stack_status_reason = "UPDATE_ROLLBACK_FAILED", reason
+            else:  # the previous template, parameters and tags stay (moto never applied the change set)
+                for logical_id, resource_type, verb in op["touched"]:
+                    if verb == "UPDATE":
+                        _event(stack, token, when, logical_id, "UPDATE_IN_PROGRESS", resource_type=resource_type)
+                        _event(stack, token, when, logical_id, "UPDATE_COMPLETE", resource_type=resource_type)
+                _event(stack, token, when, None, "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS")
+                for logical_id, resource_type, verb in op["touched"]:
+                    if verb == "CREATE":
+                        _event(stack, token, when, logical_id, "DELETE_IN_PROGRESS", resource_type=resource_type)
+                        _event(stack, token, when, logical_id, "DELETE_COMPLETE", resource_type=resource_type)
+                _event(stack, token, when, None, "UPDATE_ROLLBACK_COMPLETE")
+                stack.status, stack.stack_status_reason = "UPDATE_ROLLBACK_COMPLETE", None
+            change_set.execution_status = "EXECUTE_FAILED"
+            stack._harness_op = op = None
+
+
+def get_stack(self, name_or_stack_id):
+    with _cfn_lock:
+        stack = _original_get_stack(self, name_or_stack_id)
+        _settle(stack)
+        return stack
+
+
+def describe_stacks(self, name_or_stack_id):
+    with _cfn_lock:
+        stacks = _original_describe_stacks(self, name_or_stack_id)
+        for stack in stacks:
+            _settle(stack)
+        return stacks
+
+
+def create_change_set(self):
+    if self._get_param("ChangeSetType", "CREATE") != "UPDATE":
+        return _original_create_change_set(self)
+    with _cfn_lock:
+        backend = self.cloudformation_backend
+        stack = backend.get_stack(self._get_param("StackName"))
+        self.validate_template_and_stack_body()
+        _check_updatable(stack)
+        if self._get_bool_param("UsePreviousTemplate", False):
+            body = stack.template
+        elif self._get_param("TemplateURL"):
+            body = self._get_stack_from_s3_url(self._get_param("TemplateURL"))
+        else:
+            body = self._get_param("TemplateBody")
+        template_dict = cfn.Stack.parse_template(body)
+        parameters = _resolve_parameters(stack, template_dict, self._get_param("Parameters", []))
+        capabilities = self._get_param("Capabilities", [])
+        _check_capabilities(template_dict, capabilities)
+        tags = {t["Key"]: t["Value"] for t in self._get_param("Tags", [])} or dict(stack.tags)
+        name, token = self._get_param("ChangeSetName"), self._get_param("ClientToken")
+        for existing in _stack_change_sets(backend, stack):
+            if existing.change_set_name != name:
+                continue
+            if not token or token != getattr(existing, "_harness_client_token", None):
+                raise ChangeSetAlreadyExists(f"ChangeSet {name} cannot be created due to a mismatch with existing attribute ClientToken")
+            if existing.template_dict != template_dict:
+                raise ChangeSetAlreadyExists(f"ChangeSet {name} cannot be created due to a mismatch with existing attribute Template")
+            return ActionResult({"Id": existing.change_set_id, "StackId": stack.stack_id})
+        change_set_id, stack_id = backend.create_change_set(
+            stack_name=stack.name,
+            change_set_name=name,
+            template=body,
+            parameters=parameters,
+            description=self._get_param("Description"),
+            change_set_type="UPDATE",
+            notification_arns=self._get_param("NotificationARNs", []),
+            tags=tags,
+            role_arn=self._get_param("RoleARN"),
+        )
+        change_set = backend.change_sets[change_set_id]
+        change_set.stack = stack  # moto matches by name only; make sure it is this stack
+        change_set.capabilities = capabilities or None
+        change_set._harness_client_token = token
+        previous = _previous_parameters(stack)
+        change_set.changes = _changes(stack, template_dict, previous, parameters)
+        if template_dict == stack.template_dict and parameters == previous and tags == stack.tags:
+            change_set.status, change_set.execution_status = "FAILED", "UNAVAILABLE"
+            change_set.status_reason = NO_CHANGES
+        else:
+            change_set.status, change_set.execution_status, change_set.status_reason = "CREATE_COMPLETE", "AVAILABLE", None
+        return ActionResult({"Id": change_set_id, "StackId": stack_id})
+
+
+def describe_change_set(self):
+    with _cfn_lock:
+        backend = self.cloudformation_backend
+        change_set = _lookup_change_set(backend, self._get_param("StackName"), self._get_param("ChangeSetName"))
+        _settle(change_set.stack)
+        return ActionResult(change_set)
+
+
+def delete_change_set(self):
+    with _cfn_lock:
+        backend = self.cloudformation_backend
+        try:
+            change_set = _lookup_change_set(backend, self._get_param("StackName"), self._get_param("ChangeSetName"))
+        except ChangeSetNotFound:
+            return EmptyResult()  # AWS answers 200 for a missing change set of an existing stack
+        _settle(change_set.stack)
+        if change_set.execution_status == "EXECUTE_IN_PROGRESS":
+            raise InvalidChangeSetStatus(
+                "An operation on this ChangeSet is currently in progress.  Please attempt this operation again later."
+            )
+        del backend.change_sets[change_set.change_set_id]
+        return EmptyResult()
+
+
+def execute_change_set(self):
+    stack_name, name = self._get_param("StackName"), self._get_param("ChangeSetName")
+    token = self._get_param("ClientRequestToken")
+    _log(f"cfn-execute {stack_name or '-'} {name or '-'} {token or '-'}")
+    with _cfn_lock:
+        backend = self.cloudformation_backend
+        change_set = _lookup_change_set(backend, stack_name, name)
+        if change_set.change_set_type != "UPDATE":
+            return _original_execute_change_set(self)
+        stack = change_set.stack
+        _settle(stack)
+        if (
+            token
+            and token == getattr(change_set, "_harness_exec_token", None)
+            and change_set.execution_status in ("EXECUTE_IN_PROGRESS", "EXECUTE_COMPLETE", "EXECUTE_FAILED")
+        ):
+            return EmptyResult()  # an idempotent retry of the same execution
+        if change_set.status != "CREATE_COMPLETE":
+            raise InvalidChangeSetStatus(
+                f"ChangeSet [{change_set.change_set_id}] cannot be executed in its current status of [{change_set.status}]"
+            )
+        if change_set.execution_status != "AVAILABLE":
+            raise InvalidChangeSetStatus(
+                f"ChangeSet [{change_set.change_set_id}] cannot be executed in its current execution status of "
+                f"[{change_set.execution_status}]"
+            )
+        _check_updatable(stack)
+        _begin(backend, stack, change_set, token)
+        _settle(stack)
+        return EmptyResult()
+
+
+def get_template_summary(self):
+    with _cfn_lock:
+        result = _original_get_template_summary(self)
+    summary = result.result
+    capabilities, types = _required_capabilities(summary)
+    if capabilities:
+        summary["Capabilities"] = capabilities
+        summary["CapabilitiesReason"] = f"The following resource(s) require capabilities: [{', '.join(types)}]"
+    if isinstance(summary.get("Metadata"), dict):
+        summary["Metadata"] = json.dumps(summary["Metadata"])
+    return result
+
+
+cfn.CloudFormationBackend.get_stack = get_stack
+cfn.CloudFormationBackend.describe_stacks = describe_stacks
+cfn_responses.CloudFormationResponse.create_change_set = create_change_set
+cfn_responses.CloudFormationResponse.describe_change_set = describe_change_set
+cfn_responses.CloudFormationResponse.delete_change_set = delete_change_set
+cfn_responses.CloudFormationResponse.execute_change_set = execute_change_set
+cfn_responses.CloudFormationResponse.get_template_summary = get_template_summary
+cfn_responses.CloudFormationResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["DescribeChangeSetOutput.Tags"] = (
+    lambda tags: cfn_responses.transform_dict(tags or {})
+)
+
+
 def main():
     port = int(sys.argv[1])
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    print(f"harness: moto {moto.__version__} + runner-updater ECS rollouts on 127.0.0.1:{port}", flush=True)
+    print(f"harness: moto {moto.__version__} + runner-updater ECS rollouts and CloudFormation on 127.0.0.1:{port}", flush=True)
     try:
         while True:
             time.sleep(3600)
