@@ -813,7 +813,9 @@ impl RunnerDriver {
             let keep_parameters = summary
                 .parameters
                 .iter()
-                .filter(|p| current.parameters.contains_key(*p) && !plan.parameters.contains_key(*p))
+                .filter(|p| {
+                    current.parameters.contains_key(*p) && !plan.parameters.contains_key(*p)
+                })
                 .cloned()
                 .collect();
             let mut description = format!("runner-updater {attempt_id}: {}", plan.describe());
@@ -854,6 +856,10 @@ impl RunnerDriver {
                     .status_reason
                     .unwrap_or_else(|| format!("status {}", set.status)),
             },
+            Creation::Ready if infra::changes_nothing(&set, plan) => {
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, "the change set changes no resource and no version: not executed");
+                Event::ChangeSetEmpty
+            }
             Creation::Ready => {
                 let current = self.retrying(|| cfn.describe_stack(stack)).await?;
                 let review = infra::review(&set, &current.parameters);

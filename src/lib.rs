@@ -12,6 +12,7 @@ pub mod driver;
 pub mod lease;
 #[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
 pub mod machine;
+pub mod ops;
 pub mod ports;
 pub mod record;
 pub mod report;

@@ -15,6 +15,7 @@ use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
 use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
+use runner_updater::ops;
 use runner_updater::ports::ParameterStore;
 use runner_updater::ports::StateStore;
 use runner_updater::report::{plan_view, render_plan, render_status, status_view};
@@ -92,6 +93,11 @@ enum Command {
         /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
         #[arg(long, value_parser = parse_pair)]
         desired: Vec<(String, String)>,
+    },
+    /// Approve the change set a runner holds for review (`awaiting_approval` in `status`).
+    Approve {
+        /// The runner.
+        runner: String,
     },
     /// The state machine, generated from its transition table.
     Diagram {
@@ -198,6 +204,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 DiagramLevel::Full => Level::Full,
             };
             print!("{}", diagram::render(format, level));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve { runner } => {
+            let config = load_config(cli.config.as_ref())?;
+            if config.runner(&runner).is_none() {
+                bail!("runner {runner} is not configured");
+            }
+            let clients = AwsClients::from_env(SdkSettings::default()).await;
+            let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
+            let store = store_on(&config, ssm.clone());
+            let approval =
+                ops::approve(store.as_ref(), ssm.as_ref(), &config.prefix, &runner).await?;
+            println!(
+                "approved change set {} of stack {} (written to {}); the controller executes it on its next pass",
+                approval.change_set, approval.stack, approval.parameter
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { runner, json } => {

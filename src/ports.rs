@@ -172,8 +172,12 @@ pub trait CloudFormation: Send + Sync {
     ) -> Result<Option<ChangeSet>, PortError>;
     /// Executes a change set, rolling back every resource on failure, with `token` as the
     /// `ClientRequestToken` (a retry with the same token is the same request).
-    async fn execute_change_set(&self, stack: &str, name: &str, token: &str)
-        -> Result<(), PortError>;
+    async fn execute_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<(), PortError>;
     /// Deletes a change set (absent is fine).
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError>;
     /// The stack's recent events, newest first.

@@ -9,15 +9,14 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::eligibility::{AttemptKind, FailedMark, Rule, RuleOutcome, Verdict};
-use crate::domain::infra::Review;
 use crate::domain::image::ImageRef;
+use crate::domain::infra::Review;
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
     attempt_of, phase_of, Attempt, Baseline, ChangeSetStep, Failure, Gate, Machine, Memory, Note,
-    Run,
-    RunnerMachine, Settings, State, TransitionEntry,
+    Run, RunnerMachine, Settings, State, TransitionEntry,
 };
 
 /// The schema this build writes and reads.
@@ -82,6 +81,9 @@ pub struct Record {
     /// The change set in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_set: Option<ChangeSetRecord>,
+    /// Fingerprint of the desired infrastructure last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_applied: Option<String>,
 }
 
 /// A stack's change set within the attempt.
@@ -412,6 +414,7 @@ impl Record {
             last_success: memory.last_success.map(|m| m.0),
             traceparent: memory.traceparent.clone(),
             change_set: None,
+            infra_applied: memory.infra_applied.clone(),
         };
         let set_run = |record: &mut Record, run: &Run| {
             record.lock_epoch = Some(run.epoch);
@@ -653,6 +656,7 @@ impl Record {
             since: Millis(self.since),
             last_success: self.last_success.map(Millis),
             traceparent: self.traceparent.clone(),
+            infra_applied: self.infra_applied.clone(),
         })
     }
 }

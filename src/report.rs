@@ -91,10 +91,10 @@ pub fn status_view(record: &Record) -> StatusView {
             .map(str::to_owned),
         lock_epoch: record.lock_epoch,
         change_set: record.change_set.as_ref().map(|c| {
-            let review = c.review.as_ref().map_or_else(
-                || "not reviewed yet".to_owned(),
-                |r| review_of(r).summary(),
-            );
+            let review = c
+                .review
+                .as_ref()
+                .map_or_else(|| "not reviewed yet".to_owned(), |r| review_of(r).summary());
             let done = if c.done.is_empty() {
                 String::new()
             } else {

@@ -10,9 +10,7 @@ use super::classify;
 use crate::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use crate::domain::observed::StackState;
 use crate::domain::Millis;
-use crate::ports::{
-    ChangeSetRequest, CloudFormation, ErrorKind, PortError, TemplateSummary,
-};
+use crate::ports::{ChangeSetRequest, CloudFormation, ErrorKind, PortError, TemplateSummary};
 
 /// Pages of `DescribeChangeSet` read at most (a page holds up to 100 changes).
 const CHANGE_PAGES_MAX: usize = 10;
@@ -183,7 +181,10 @@ impl CloudFormation for AwsCloudFormation {
             let changes = output.changes().iter().filter_map(|c| {
                 let r = c.resource_change()?;
                 Some(ResourceChange {
-                    action: r.action().map(|a| a.as_str().to_owned()).unwrap_or_default(),
+                    action: r
+                        .action()
+                        .map(|a| a.as_str().to_owned())
+                        .unwrap_or_default(),
                     logical_id: r.logical_resource_id().unwrap_or_default().to_owned(),
                     resource_type: r.resource_type().unwrap_or_default().to_owned(),
                     replacement: r

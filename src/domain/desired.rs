@@ -419,7 +419,10 @@ mod tests {
             (
                 &[
                     ("desired/version", "2.14.0"),
-                    ("desired/stacks/main/template-url", "https://b.s3.amazonaws.com/t.json"),
+                    (
+                        "desired/stacks/main/template-url",
+                        "https://b.s3.amazonaws.com/t.json",
+                    ),
                 ],
                 "template-without-infra-version",
             ),

@@ -213,7 +213,11 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
         Err(gap) => outcome(
             Rule::Infrastructure,
             false,
-            format!("version {} cannot be served: {}", desired.version, gap.reason()),
+            format!(
+                "version {} cannot be served: {}",
+                desired.version,
+                gap.reason()
+            ),
         ),
         Ok(due) if !due.is_empty() => outcome(
             Rule::Infrastructure,
@@ -542,10 +546,18 @@ mod tests {
         );
         assert_eq!(attempt_kind(&in_place, false), None, "nothing due");
         let paused = verdict(&[true, false, true, false, false, true]);
-        assert_eq!(attempt_kind(&paused, true), None, "auto-update off holds stacks too");
+        assert_eq!(
+            attempt_kind(&paused, true),
+            None,
+            "auto-update off holds stacks too"
+        );
         let quarantined = verdict(&[true, true, true, false, false, false]);
         assert_eq!(attempt_kind(&quarantined, true), None);
         let downgrade = verdict(&[true, true, true, false, true, true]);
-        assert_eq!(attempt_kind(&downgrade, true), None, "only with the desired image running");
+        assert_eq!(
+            attempt_kind(&downgrade, true),
+            None,
+            "only with the desired image running"
+        );
     }
 }

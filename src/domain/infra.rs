@@ -13,6 +13,7 @@
 //!   is recognised by CloudFormation as the same request.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use super::desired::DesiredState;
 use super::observed::{StackState, ATTEMPT_TAG, INFRA_VERSION_OUTPUT, INFRA_VERSION_TAG};
@@ -79,6 +80,12 @@ pub struct StackPlan {
 }
 
 impl StackPlan {
+    /// Whether the update brings the stack to another infrastructure version.
+    #[must_use]
+    pub fn changes_version(&self) -> bool {
+        self.to_version.is_some() && self.to_version != self.from_version
+    }
+
     /// One line for status and logs.
     #[must_use]
     pub fn describe(&self) -> String {
@@ -225,12 +232,13 @@ pub fn fingerprint(desired: &DesiredState) -> Option<String> {
     }
     let mut text = format!("v={}\n", desired.infra_version.as_deref().unwrap_or(""));
     for (name, stack) in &desired.stacks {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "s={name}\nt={}\n",
             stack.template_url.as_deref().unwrap_or("")
-        ));
+        );
         for (key, value) in &stack.parameters {
-            text.push_str(&format!("p={key}={value}\n"));
+            let _ = writeln!(text, "p={key}={value}");
         }
     }
     Some(format!("{:016x}", fnv1a(text.as_bytes())))
@@ -367,16 +375,16 @@ impl Review {
     pub fn summary(&self) -> String {
         let mut text = format!("+{} ~{} -{}", self.added, self.modified, self.removed);
         if !self.replaced.is_empty() {
-            text.push_str(&format!("; replaces {}", self.replaced.join(", ")));
+            let _ = write!(text, "; replaces {}", self.replaced.join(", "));
         }
         if !self.iam.is_empty() {
-            text.push_str(&format!("; IAM {}", self.iam.join(", ")));
+            let _ = write!(text, "; IAM {}", self.iam.join(", "));
         }
         if !self.parameters.is_empty() {
-            text.push_str(&format!("; parameters {}", self.parameters.join(", ")));
+            let _ = write!(text, "; parameters {}", self.parameters.join(", "));
         }
         for warning in &self.warnings {
-            text.push_str(&format!("; warning: {warning}"));
+            let _ = write!(text, "; warning: {warning}");
         }
         text
     }
@@ -445,6 +453,15 @@ pub fn review(change_set: &ChangeSet, before: &BTreeMap<String, String>) -> Revi
         parameters: capped(parameters),
         warnings,
     }
+}
+
+/// Whether a computed change set changes nothing worth an update: no resource changes and no
+/// new infrastructure version to tag (only the attempt tag, or a parameter no resource reads).
+/// It is deleted instead of executed, like one CloudFormation refused as "didn't contain
+/// changes".
+#[must_use]
+pub fn changes_nothing(change_set: &ChangeSet, plan: &StackPlan) -> bool {
+    change_set.changes.is_empty() && !plan.changes_version()
 }
 
 /// Whether the change set waits for `runner-updater approve` under `policy`.
@@ -525,7 +542,9 @@ pub fn first_failure(
         .map(|e| {
             (
                 format!("{} ({})", e.logical_id, e.resource_type),
-                e.reason.clone().unwrap_or_else(|| "no reason given".to_owned()),
+                e.reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".to_owned()),
             )
         })
 }
@@ -554,7 +573,9 @@ mod tests {
         }
     }
 
-    fn desired(infra: Option<&str>, stacks: &[(&str, Option<&str>, &[(&str, &str)])]) -> DesiredState {
+    type StackRow<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+
+    fn desired(infra: Option<&str>, stacks: &[StackRow<'_>]) -> DesiredState {
         DesiredState {
             version: Version::parse("2.14.0").unwrap(),
             image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
@@ -587,7 +608,11 @@ mod tests {
             Some("5"),
             &[
                 ("iam", Some("https://b.s3.amazonaws.com/iam-5.json"), &[]),
-                ("main", Some("https://b.s3.amazonaws.com/main-5.json"), &[("Size", "2")]),
+                (
+                    "main",
+                    Some("https://b.s3.amazonaws.com/main-5.json"),
+                    &[("Size", "2")],
+                ),
             ],
         );
         let due = plan(&want, &stacks, &[], "runner-a-1-x").unwrap();
@@ -604,7 +629,11 @@ mod tests {
 
     #[test]
     fn parameters_only_updates_keep_the_template_and_masked_values_never_loop() {
-        let stacks = [stack("main", "5", &[("Subnets", "a,b"), ("Secret", MASKED_VALUE)])];
+        let stacks = [stack(
+            "main",
+            "5",
+            &[("Subnets", "a,b"), ("Secret", MASKED_VALUE)],
+        )];
         let want = desired(
             Some("5"),
             &[(
@@ -617,7 +646,10 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].template_url, None, "version reached: template kept");
         assert_eq!(due[0].changed_parameters, vec!["Subnets".to_owned()]);
-        let settled = desired(Some("5"), &[("main", None, &[("Subnets", "a,b"), ("Secret", "x")])]);
+        let settled = desired(
+            Some("5"),
+            &[("main", None, &[("Subnets", "a,b"), ("Secret", "x")])],
+        );
         assert!(plan(&settled, &stacks, &[], "a").unwrap().is_empty());
     }
 
@@ -698,7 +730,9 @@ mod tests {
         assert!(!needs_approval(ApprovalPolicy::Always, &review));
         assert!(needs_approval(ApprovalPolicy::Never, &Review::default()));
         assert!(!needs_approval(ApprovalPolicy::Safe, &Review::default()));
-        assert!(review.summary().starts_with("+1 ~2 -1; replaces Db; IAM TaskRole"));
+        assert!(review
+            .summary()
+            .starts_with("+1 ~2 -1; replaces Db; IAM TaskRole"));
     }
 
     #[test]
@@ -717,10 +751,19 @@ mod tests {
         assert_eq!(set.creation(), Creation::NoChanges);
         set.status_reason = Some("Parameters: [Nope] do not exist in the template".to_owned());
         assert_eq!(set.creation(), Creation::Failed);
-        assert_eq!(progress("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"), StackProgress::InProgress);
+        assert_eq!(
+            progress("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"),
+            StackProgress::InProgress
+        );
         assert_eq!(progress("UPDATE_COMPLETE"), StackProgress::Complete);
-        assert_eq!(progress("UPDATE_ROLLBACK_COMPLETE"), StackProgress::RolledBack);
-        assert_eq!(progress("UPDATE_ROLLBACK_FAILED"), StackProgress::NeedsHuman);
+        assert_eq!(
+            progress("UPDATE_ROLLBACK_COMPLETE"),
+            StackProgress::RolledBack
+        );
+        assert_eq!(
+            progress("UPDATE_ROLLBACK_FAILED"),
+            StackProgress::NeedsHuman
+        );
     }
 
     #[test]
@@ -735,7 +778,13 @@ mod tests {
         };
         let events = vec![
             event("main", "UPDATE_ROLLBACK_COMPLETE", "", 50, "t2"),
-            event("Other", "UPDATE_FAILED", "Resource update cancelled", 40, "t2"),
+            event(
+                "Other",
+                "UPDATE_FAILED",
+                "Resource update cancelled",
+                40,
+                "t2",
+            ),
             event("Queue", "UPDATE_FAILED", "quota exceeded", 30, "t2"),
             event("Old", "UPDATE_FAILED", "an older failure", 10, "t1"),
         ];

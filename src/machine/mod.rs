@@ -33,9 +33,9 @@ use crate::domain::desired::{DesiredError, DesiredState};
 use crate::domain::eligibility::{
     attempt_kind, evaluate, AttemptKind, EligibilityInput, FailedMark, Verdict,
 };
+use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
 use crate::domain::observed::ATTEMPT_TAG;
-use crate::domain::image::ImageRef;
 use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
 use crate::domain::version::Version;
 use crate::domain::Millis;
@@ -75,7 +75,7 @@ impl Default for Settings {
             history_max: 20,
             approval: ApprovalPolicy::Safe,
             change_set_timeout: Duration::from_mins(15),
-            stack_update_timeout: Duration::from_mins(60),
+            stack_update_timeout: Duration::from_hours(1),
         }
     }
 }
@@ -455,6 +455,10 @@ pub struct Memory {
     pub last_success: Option<Millis>,
     /// W3C traceparent of the current attempt (set by the tracing layer; kept across saves).
     pub traceparent: Option<String>,
+    /// Fingerprint of the desired infrastructure last applied. CloudFormation may find nothing
+    /// to change in a parameters-only update (a parameter no resource reads) and leave the
+    /// stack's value as it was: such a desired state is not applied again and again.
+    pub infra_applied: Option<String>,
 }
 
 /// Quarantine marks kept at most (the oldest go first; only a return to a very old desired
@@ -573,11 +577,16 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        let due = infra::plan(desired, &observed.stacks, &[], &attempt.id).unwrap_or_default();
+        let due = self.infra_due(desired, observed, &attempt.id);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if kind.is_none() {
             let (code, message) = verdict.first_failure().map_or_else(
-                || ("not-eligible", "no longer eligible under the lock".to_owned()),
+                || {
+                    (
+                        "not-eligible",
+                        "no longer eligible under the lock".to_owned(),
+                    )
+                },
                 |failure| {
                     (
                         failure.rule.name(),
@@ -756,7 +765,8 @@ impl RunnerMachine {
                     ctx.commands.push(delete_command(run, step));
                     return self.advance(run, step.done.clone(), desired, observed, ctx, now);
                 }
-                let due = match infra::plan(desired, &observed.stacks, &step.done, &run.attempt.id) {
+                let due = match infra::plan(desired, &observed.stacks, &step.done, &run.attempt.id)
+                {
                     Ok(due) => due,
                     Err(gap) => {
                         let failure = Failure::new("infra-version-not-reached", gap.reason());
@@ -900,8 +910,7 @@ impl RunnerMachine {
         let now = input.now;
         match &input.event {
             Event::Observed(observation) => {
-                if let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed)
-                {
+                if let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed) {
                     let complete = observed.stacks.iter().any(|s| {
                         s.name == step.stack
                             && infra::progress(&s.status) == infra::StackProgress::Complete
@@ -945,10 +954,7 @@ impl RunnerMachine {
                 let failure = if infra::progress(status) == infra::StackProgress::RolledBack {
                     Failure::new(
                         "stack-rolled-back",
-                        format!(
-                            "stack {} rolled back ({status}): {cause}",
-                            step.stack
-                        ),
+                        format!("stack {} rolled back ({status}): {cause}", step.stack),
                     )
                 } else {
                     Failure::new(
@@ -1237,7 +1243,7 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        let due = infra::plan(desired, &observed.stacks, &[], "").unwrap_or_default();
+        let due = self.infra_due(desired, observed, "");
         let kind = attempt_kind(&verdict, !due.is_empty());
         if let (Some(failure), None) = (verdict.first_failure(), kind) {
             let (code, reason) = (failure.rule.name(), failure.reason.clone());
@@ -1385,6 +1391,26 @@ impl RunnerMachine {
         Transition(State::rolled_back(run.clone(), failure))
     }
 
+    /// The stacks an attempt would update now (a gap shows as rule 3 failing instead).
+    fn infra_due(
+        &self,
+        desired: &DesiredState,
+        observed: &Observed,
+        attempt_id: &str,
+    ) -> Vec<StackPlan> {
+        let due = infra::plan(desired, &observed.stacks, &[], attempt_id).unwrap_or_default();
+        let parameters_only = due
+            .iter()
+            .all(|p| p.template_url.is_none() && !p.changes_version());
+        if parameters_only
+            && self.memory.infra_applied.is_some()
+            && self.memory.infra_applied == infra::fingerprint(desired)
+        {
+            return Vec::new();
+        }
+        due
+    }
+
     /// A change set step for `stack`.
     fn step(&self, attempt_id: &str, stack: &str, done: Vec<String>, now: Millis) -> ChangeSetStep {
         ChangeSetStep {
@@ -1400,6 +1426,8 @@ impl RunnerMachine {
     /// Before a change set runs: the desired state must still be the attempt's, and ops'
     /// switches on. Otherwise the change set is deleted and the attempt stops. An unreadable
     /// AWS is waited out.
+    // The error is the handler's answer, returned as is (statig's `Outcome` is large).
+    #[allow(clippy::result_large_err)]
     fn infra_check<'o>(
         &mut self,
         run: &Run,
@@ -1425,10 +1453,13 @@ impl RunnerMachine {
             }
         };
         let attempt = &run.attempt;
-        let stop = if !desired.auto_update {
+        let halt = if !desired.auto_update {
             Some(("auto-update", "auto-update was switched off".to_owned()))
         } else if desired.channel != self.settings.channel {
-            Some(("channel", format!("the channel changed to {}", desired.channel)))
+            Some((
+                "channel",
+                format!("the channel changed to {}", desired.channel),
+            ))
         } else if desired.version != attempt.target_version
             || desired.image != attempt.target_image
             || infra::fingerprint(desired) != attempt.infra
@@ -1437,7 +1468,7 @@ impl RunnerMachine {
         } else {
             None
         };
-        match stop {
+        match halt {
             Some((code, why)) => {
                 let message = format!(
                     "{why} before change set {} of {} ran: deleted it; re-planning",
@@ -1474,7 +1505,11 @@ impl RunnerMachine {
         now: Millis,
     ) -> Outcome<State> {
         match infra::plan(desired, &observed.stacks, &done, &run.attempt.id) {
-            Err(gap) => self.fail(run, Failure::new("infra-version-not-reached", gap.reason()), now),
+            Err(gap) => self.fail(
+                run,
+                Failure::new("infra-version-not-reached", gap.reason()),
+                now,
+            ),
             Ok(due) => match due.first() {
                 Some(next) => {
                     let step = self.step(&run.attempt.id, &next.stack, done, now);
@@ -1493,6 +1528,7 @@ impl RunnerMachine {
         ctx: &mut Ctx,
         now: Millis,
     ) -> Outcome<State> {
+        self.memory.infra_applied.clone_from(&run.attempt.infra);
         if run.attempt.kind == AttemptKind::InfrastructureOnly {
             self.memory.last_success = Some(now);
             self.pending_note = Some(format!(

@@ -4,8 +4,9 @@
 //!
 //! Modelled: change set creation (`CREATE_PENDING` for [`CREATE_DELAY`], then
 //! `CREATE_COMPLETE` or `FAILED`), Add / Modify / Remove with replacement, parameter changes,
-//! tag-only change sets (created with no resource changes, as AWS does), "didn't contain
-//! changes", missing or undeclared parameters, capabilities, execution tokens, `UPDATE_*` and
+//! tag-only change sets and changes of parameters no resource reads (created with an empty
+//! change list, as AWS does), "didn't contain changes" (nothing differs), missing or undeclared
+//! parameters, capabilities, execution tokens, `UPDATE_*` and
 //! `UPDATE_ROLLBACK_*` statuses, the deletion of the stack's other change sets on execution,
 //! and events with the execution's token. Not modelled: drift, nested stacks, stack policies,
 //! resource-level timing.
@@ -21,7 +22,7 @@ use crate::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use crate::domain::observed::StackState;
 use crate::domain::Millis;
 use crate::ports::{
-    ChangeSetRequest, CloudFormation, Clock, ErrorKind, PortError, TemplateSummary,
+    ChangeSetRequest, Clock, CloudFormation, ErrorKind, PortError, TemplateSummary,
 };
 
 /// How long a change set takes to be computed.
@@ -163,7 +164,11 @@ struct Operation {
     started: Millis,
     /// The resource that fails, with its reason and whether its rollback fails too.
     failure: Option<(SimResource, String)>,
-    previous: (SimTemplate, BTreeMap<String, String>, BTreeMap<String, String>),
+    previous: (
+        SimTemplate,
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+    ),
 }
 
 #[derive(Debug, Clone)]
@@ -310,7 +315,7 @@ fn not_found(operation: &'static str, what: String) -> PortError {
     PortError::new(ErrorKind::NotFound, operation, what)
 }
 
-fn validation(operation: &'static str, message: String) -> PortError {
+fn validation(operation: &'static str, message: &str) -> PortError {
     PortError::new(
         ErrorKind::Permanent,
         operation,
@@ -353,7 +358,14 @@ fn advance(stack: &mut SimStack, now: Millis) {
             stack.state.outputs = stack.template.outputs.clone();
             stack.events.insert(
                 0,
-                event(&name, "AWS::CloudFormation::Stack", "UPDATE_COMPLETE", None, finished, token),
+                event(
+                    &name,
+                    "AWS::CloudFormation::Stack",
+                    "UPDATE_COMPLETE",
+                    None,
+                    finished,
+                    token,
+                ),
             );
             if let Some(set) = stack.change_sets.get_mut(&operation.change_set) {
                 set.execution = Execution::Complete;
@@ -365,11 +377,25 @@ fn advance(stack: &mut SimStack, now: Millis) {
                 stack.state.status = "UPDATE_ROLLBACK_IN_PROGRESS".to_owned();
                 stack.events.insert(
                     0,
-                    event(&resource.logical_id, &resource.resource_type, "UPDATE_FAILED", Some(reason), finished, token),
+                    event(
+                        &resource.logical_id,
+                        &resource.resource_type,
+                        "UPDATE_FAILED",
+                        Some(reason),
+                        finished,
+                        token,
+                    ),
                 );
                 stack.events.insert(
                     0,
-                    event(&name, "AWS::CloudFormation::Stack", "UPDATE_ROLLBACK_IN_PROGRESS", Some("The following resource(s) failed to update"), finished, token),
+                    event(
+                        &name,
+                        "AWS::CloudFormation::Stack",
+                        "UPDATE_ROLLBACK_IN_PROGRESS",
+                        Some("The following resource(s) failed to update"),
+                        finished,
+                        token,
+                    ),
                 );
             }
             let rolled = finished.after(UPDATE_DURATION);
@@ -388,7 +414,14 @@ fn advance(stack: &mut SimStack, now: Millis) {
             let status = stack.state.status.clone();
             stack.events.insert(
                 0,
-                event(&name, "AWS::CloudFormation::Stack", &status, None, rolled, token),
+                event(
+                    &name,
+                    "AWS::CloudFormation::Stack",
+                    &status,
+                    None,
+                    rolled,
+                    token,
+                ),
             );
             if let Some(set) = stack.change_sets.get_mut(&operation.change_set) {
                 set.execution = Execution::Failed;
@@ -428,7 +461,11 @@ fn diff(
                     || old.resource_type != resource.resource_type
                     || parameter_changed
                 {
-                    let replacement = if resource.replace_on_change { "True" } else { "False" };
+                    let replacement = if resource.replace_on_change {
+                        "True"
+                    } else {
+                        "False"
+                    };
                     changes.push(change("Modify", resource, replacement));
                 }
             }
@@ -448,10 +485,12 @@ impl CloudFormation for SimCfn {
         self.faults.check("DescribeStacks")?;
         let now = self.clock.now();
         let mut world = guard(&self.world, "DescribeStacks")?;
-        let stack = world
-            .stacks
-            .get_mut(name)
-            .ok_or_else(|| not_found("DescribeStacks", format!("Stack with id {name} does not exist")))?;
+        let stack = world.stacks.get_mut(name).ok_or_else(|| {
+            not_found(
+                "DescribeStacks",
+                format!("Stack with id {name} does not exist"),
+            )
+        })?;
         advance(stack, now);
         Ok(stack.state.clone())
     }
@@ -465,13 +504,23 @@ impl CloudFormation for SimCfn {
         let world = guard(&self.world, "GetTemplateSummary")?;
         let template = match template_url {
             Some(url) => world.templates.get(url).ok_or_else(|| {
-                validation("GetTemplateSummary", format!("TemplateURL must be a supported URL: {url} not found"))
+                validation(
+                    "GetTemplateSummary",
+                    &format!("TemplateURL must be a supported URL: {url} not found"),
+                )
             })?,
-            None => &world
-                .stacks
-                .get(stack)
-                .ok_or_else(|| not_found("GetTemplateSummary", format!("Stack with id {stack} does not exist")))?
-                .template,
+            None => {
+                &world
+                    .stacks
+                    .get(stack)
+                    .ok_or_else(|| {
+                        not_found(
+                            "GetTemplateSummary",
+                            format!("Stack with id {stack} does not exist"),
+                        )
+                    })?
+                    .template
+            }
         };
         Ok(TemplateSummary {
             capabilities: template.capabilities(),
@@ -486,16 +535,19 @@ impl CloudFormation for SimCfn {
         let mut guard = guard(&self.world, OP)?;
         let world = &mut *guard;
         let new_template = match &request.template_url {
-            Some(url) => world
-                .templates
-                .get(url)
-                .cloned()
-                .ok_or_else(|| validation(OP, format!("TemplateURL must be a supported URL: {url} not found")))?,
+            Some(url) => world.templates.get(url).cloned().ok_or_else(|| {
+                validation(
+                    OP,
+                    &format!("TemplateURL must be a supported URL: {url} not found"),
+                )
+            })?,
             None => world
                 .stacks
                 .get(&request.stack)
                 .map(|s| s.template.clone())
-                .ok_or_else(|| not_found(OP, format!("Stack [{}] does not exist", request.stack)))?,
+                .ok_or_else(|| {
+                    not_found(OP, format!("Stack [{}] does not exist", request.stack))
+                })?,
         };
         world.next_id += 1;
         let id = format!(
@@ -511,15 +563,27 @@ impl CloudFormation for SimCfn {
             return Err(PortError::new(
                 ErrorKind::Conflict,
                 OP,
-                format!("AlreadyExistsException: ChangeSet {} already exists", request.name),
+                format!(
+                    "AlreadyExistsException: ChangeSet {} already exists",
+                    request.name
+                ),
             ));
         }
         if stack.state.status.ends_with("_IN_PROGRESS") {
-            return Err(validation(OP, format!("Stack:{} is in {} state and can not be updated.", request.stack, stack.state.status)));
+            return Err(validation(
+                OP,
+                &format!(
+                    "Stack:{} is in {} state and can not be updated.",
+                    request.stack, stack.state.status
+                ),
+            ));
         }
         for key in request.parameters.keys().chain(&request.keep_parameters) {
             if !new_template.parameters.contains_key(key) {
-                return Err(validation(OP, format!("Parameters: [{key}] do not exist in the template")));
+                return Err(validation(
+                    OP,
+                    &format!("Parameters: [{key}] do not exist in the template"),
+                ));
             }
         }
         let needed = new_template.capabilities();
@@ -557,11 +621,18 @@ impl CloudFormation for SimCfn {
                 None => failure = Some(format!("Parameters: [{key}] must have values")),
             }
         }
-        let changes = diff(&stack.template, &stack.state.parameters, &new_template, &parameters);
+        let changes = diff(
+            &stack.template,
+            &stack.state.parameters,
+            &new_template,
+            &parameters,
+        );
+        // Nothing differs at all: AWS refuses the change set. (A tag-only or an unread
+        // parameter's change is created with an empty change list, as AWS does.)
         if failure.is_none()
             && changes.is_empty()
-            && parameters == stack.state.parameters
             && request.tags == stack.state.tags
+            && parameters == stack.state.parameters
         {
             failure = Some("The submitted information didn't contain changes. Submit different information to create a change set.".to_owned());
         }
@@ -579,7 +650,9 @@ impl CloudFormation for SimCfn {
                 token: None,
             },
         );
-        world.creations.push((request.stack.clone(), request.name.clone()));
+        world
+            .creations
+            .push((request.stack.clone(), request.name.clone()));
         Ok(id)
     }
 
@@ -620,7 +693,11 @@ impl CloudFormation for SimCfn {
             status: status.to_owned(),
             status_reason: reason,
             execution_status: execution.to_owned(),
-            changes: if ready { set.changes.clone() } else { Vec::new() },
+            changes: if ready {
+                set.changes.clone()
+            } else {
+                Vec::new()
+            },
             parameters: set.parameters.clone(),
         }))
     }
@@ -664,7 +741,13 @@ impl CloudFormation for SimCfn {
             ));
         }
         if sim.state.status.ends_with("_IN_PROGRESS") {
-            return Err(validation(OP, format!("Stack:{stack} is in {} state and can not be updated.", sim.state.status)));
+            return Err(validation(
+                OP,
+                &format!(
+                    "Stack:{stack} is in {} state and can not be updated.",
+                    sim.state.status
+                ),
+            ));
         }
         let failure = set
             .template
@@ -688,7 +771,14 @@ impl CloudFormation for SimCfn {
         sim.state.last_updated = Some(now);
         sim.events.insert(
             0,
-            event(stack, "AWS::CloudFormation::Stack", "UPDATE_IN_PROGRESS", Some("User Initiated"), now, token),
+            event(
+                stack,
+                "AWS::CloudFormation::Stack",
+                "UPDATE_IN_PROGRESS",
+                Some("User Initiated"),
+                now,
+                token,
+            ),
         );
         for (other_name, other) in &mut sim.change_sets {
             if other_name != name && other.execution == Execution::Available {

@@ -290,11 +290,13 @@ impl SimAws {
     }
 }
 
-/// The template every simulated stack starts from: one parameter and two resources.
+/// The template every simulated stack starts from: two parameters (`Owner` read by no
+/// resource) and two resources.
 #[must_use]
 pub fn initial_template() -> SimTemplate {
     SimTemplate::default()
         .parameter("Size", Some("2"))
+        .parameter("Owner", Some("ops"))
         .resource(SimResource::new("Config", "AWS::SSM::Parameter", "v1"))
         .resource(SimResource::new("Queue", "AWS::SQS::Queue", "v1").using(&["Size"]))
 }

@@ -128,6 +128,30 @@ impl Scenario {
         );
     }
 
+    /// Ops: `runner-updater approve <runner>` on this world.
+    ///
+    /// # Errors
+    /// When nothing is held.
+    pub async fn approve(
+        &self,
+        runner: &str,
+    ) -> Result<crate::ops::Approval, crate::ops::ApproveError> {
+        crate::ops::approve(
+            self.store.as_ref(),
+            &self.aws.ssm,
+            &self.config.prefix,
+            runner,
+        )
+        .await
+    }
+
+    /// Ops: clears a desired value.
+    pub fn clear_desired(&self, runner: &str, key: &str) {
+        self.aws
+            .ssm
+            .remove(&format!("{}/{runner}/desired/{key}", self.config.prefix));
+    }
+
     /// Sets how an image's tasks behave.
     pub fn image_behaves(&self, image: &str, behaviour: ImageBehaviour) {
         self.aws.ecs.set_behaviour(image, behaviour);

@@ -1,0 +1,71 @@
+//! Ops' commands that change what the controller does: `approve` (a held change set).
+
+use crate::ports::{ParameterStore, PortError, StateStore, StoreError};
+
+/// Why an approval was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    /// The runner has no record yet.
+    #[error("runner {0} has no record: the controller has not run for it yet")]
+    NoRecord(String),
+    /// Nothing is held.
+    #[error("runner {runner} is in {phase}, not awaiting_approval: there is no held change set to approve")]
+    NotAwaiting {
+        /// Runner.
+        runner: String,
+        /// Its phase.
+        phase: String,
+    },
+    /// The record could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// SSM refused the write.
+    #[error("writing the approval: {0}")]
+    Ssm(#[from] PortError),
+}
+
+/// What was approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The stack.
+    pub stack: String,
+    /// The change set.
+    pub change_set: String,
+    /// The name of the parameter written.
+    pub parameter: String,
+}
+
+/// Approves the change set the runner holds: writes its name to
+/// `<prefix>/<runner>/desired/approved-change-set`. Only that change set runs: a later attempt's
+/// change sets have other names and need their own approval.
+///
+/// # Errors
+/// An [`ApproveError`] when nothing is held or the record or SSM cannot be used.
+pub async fn approve(
+    store: &dyn StateStore,
+    ssm: &dyn ParameterStore,
+    prefix: &str,
+    runner: &str,
+) -> Result<Approval, ApproveError> {
+    let record = store
+        .load(runner)
+        .await?
+        .ok_or_else(|| ApproveError::NoRecord(runner.to_owned()))?;
+    let held = record
+        .change_set
+        .as_ref()
+        .filter(|_| record.phase == "awaiting_approval");
+    let Some(held) = held else {
+        return Err(ApproveError::NotAwaiting {
+            runner: runner.to_owned(),
+            phase: record.phase.clone(),
+        });
+    };
+    let parameter = format!("{prefix}/{runner}/desired/approved-change-set");
+    ssm.put(&parameter, &held.name, true).await?;
+    Ok(Approval {
+        stack: held.stack.clone(),
+        change_set: held.name.clone(),
+        parameter,
+    })
+}
