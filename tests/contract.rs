@@ -16,11 +16,16 @@ use aws_sdk_ecs::types::{
     TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, Ulimit, UlimitName,
     Volume,
 };
-use runner_updater::domain::observed::{DeploymentStatus, ATTEMPT_TAG};
+use runner_updater::domain::infra::{self, Creation, StackProgress};
+use runner_updater::domain::observed::{
+    DeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
+};
 use runner_updater::domain::Millis;
 use runner_updater::lease::SsmLease;
-use runner_updater::ports::{Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, StateStore};
-use runner_updater::sim::{SimAws, SimRunnerSpec, SimSsm};
+use runner_updater::ports::{
+    ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, StateStore,
+};
+use runner_updater::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
 use runner_updater::store::SsmStore;
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
@@ -432,48 +437,318 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
     .await;
 }
 
-async fn cloudformation_contract(cfn: &dyn runner_updater::ports::CloudFormation, who: &str) {
-    let stack = cfn.describe_stack("runner-a-main").await.unwrap();
+/// How a contract waits for the backend to move on: simulated time, or wall-clock polling.
+enum Pace {
+    Sim(runner_updater::sim::SimClock),
+    Wall,
+}
+
+impl Pace {
+    async fn step(&self) {
+        match self {
+            Pace::Sim(clock) => clock.advance(Duration::from_secs(5)),
+            Pace::Wall => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Template URLs of a contract run: the v2 template (adds a topic and an IAM role, reads Size
+/// in the queue) and a v3 whose new queue `Broken` fails with "quota exceeded".
+struct Templates {
+    v2: String,
+    v3_failing: String,
+}
+
+async fn change_set_status(
+    cfn: &dyn CloudFormation,
+    pace: &Pace,
+    name: &str,
+) -> runner_updater::domain::infra::ChangeSet {
+    for _ in 0..100 {
+        let set = cfn.describe_change_set(STACK, name).await.unwrap().unwrap();
+        if set.creation() != Creation::Pending {
+            return set;
+        }
+        pace.step().await;
+    }
+    panic!("change set {name} still pending");
+}
+
+async fn settled(cfn: &dyn CloudFormation, pace: &Pace) -> StackState {
+    for _ in 0..200 {
+        let stack = cfn.describe_stack(STACK).await.unwrap();
+        if infra::progress(&stack.status) != StackProgress::InProgress {
+            return stack;
+        }
+        pace.step().await;
+    }
+    panic!("stack {STACK} still in progress");
+}
+
+const STACK: &str = "runner-a-main";
+
+fn request(
+    name: &str,
+    url: Option<&str>,
+    size: Option<&str>,
+    version: &str,
+    capabilities: &[String],
+) -> ChangeSetRequest {
+    let mut keep = vec!["Owner".to_owned()];
+    let mut parameters = BTreeMap::new();
+    match size {
+        Some(size) => {
+            parameters.insert("Size".to_owned(), size.to_owned());
+        }
+        None => keep.push("Size".to_owned()),
+    }
+    ChangeSetRequest {
+        stack: STACK.to_owned(),
+        name: name.to_owned(),
+        template_url: url.map(str::to_owned),
+        parameters,
+        keep_parameters: keep,
+        capabilities: capabilities.to_vec(),
+        tags: BTreeMap::from([(INFRA_VERSION_TAG.to_owned(), version.to_owned())]),
+        client_token: format!("{name}-token"),
+        description: "contract".to_owned(),
+    }
+}
+
+async fn cloudformation_contract(
+    cfn: &dyn CloudFormation,
+    pace: &Pace,
+    urls: &Templates,
+    who: &str,
+) {
+    let stack = cfn.describe_stack(STACK).await.unwrap();
     assert_eq!(stack.status, "CREATE_COMPLETE", "{who}");
     assert_eq!(
-        stack.infra_version(),
-        Some("7"),
-        "{who}: the infrastructure version tag"
+        infra::stack_version(&stack),
+        Some("1"),
+        "{who}: the version tag"
     );
+    assert_eq!(stack.parameters["Size"], "2", "{who}");
     let missing = cfn.describe_stack("absent").await.unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
+    assert_eq!(
+        cfn.describe_change_set(STACK, "absent").await.unwrap(),
+        None,
+        "{who}"
+    );
+    cfn.delete_change_set(STACK, "absent").await.unwrap();
+
+    // Summary, creation, review.
+    let summary = cfn.template_summary(STACK, Some(&urls.v2)).await.unwrap();
+    assert!(
+        summary
+            .capabilities
+            .iter()
+            .any(|c| c.starts_with("CAPABILITY_")),
+        "{who}: {summary:?}"
+    );
+    assert!(
+        summary.parameters.contains(&"Size".to_owned()),
+        "{who}: {summary:?}"
+    );
+    let refused = cfn
+        .create_change_set(&request("no-caps", Some(&urls.v2), Some("3"), "2", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind,
+        ErrorKind::Permanent,
+        "{who}: IAM needs a capability: {refused}"
+    );
+    let first = request(
+        "cs-1",
+        Some(&urls.v2),
+        Some("3"),
+        "2",
+        &summary.capabilities,
+    );
+    cfn.create_change_set(&first).await.unwrap();
+    let mut again = first.clone();
+    again.client_token = "another-token".to_owned();
+    let conflict = cfn.create_change_set(&again).await.unwrap_err();
+    assert_eq!(conflict.kind, ErrorKind::Conflict, "{who}: {conflict}");
+    let set = change_set_status(cfn, pace, "cs-1").await;
+    assert_eq!(set.creation(), Creation::Ready, "{who}: {set:?}");
+    assert_eq!(set.execution_status, "AVAILABLE", "{who}");
+    let review = infra::review(&set, &stack.parameters);
+    assert_eq!(review.added, 2, "{who}: {review:?}");
+    assert!(review.iam.contains(&"Role".to_owned()), "{who}: {review:?}");
+    assert!(
+        review.parameters.contains(&"Size".to_owned()),
+        "{who}: {review:?}"
+    );
+    assert!(
+        set.changes
+            .iter()
+            .any(|c| c.logical_id == "Queue" && c.action == "Modify"),
+        "{who}: {set:?}"
+    );
+
+    // Execution, idempotent by token.
+    cfn.execute_change_set(STACK, "cs-1", "exec-1")
+        .await
+        .unwrap();
+    cfn.execute_change_set(STACK, "cs-1", "exec-1")
+        .await
+        .unwrap();
+    let stack = settled(cfn, pace).await;
+    assert_eq!(stack.status, "UPDATE_COMPLETE", "{who}");
+    assert_eq!(
+        infra::stack_version(&stack),
+        Some("2"),
+        "{who}: tags applied"
+    );
+    assert_eq!(stack.parameters["Size"], "3", "{who}");
+    assert_eq!(
+        stack.parameters["Owner"], "ops",
+        "{who}: previous value kept"
+    );
+    assert!(stack.last_updated.is_some(), "{who}");
+    let executed = cfn
+        .describe_change_set(STACK, "cs-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(executed.execution_status, "EXECUTE_COMPLETE", "{who}");
+    let replay = cfn
+        .execute_change_set(STACK, "cs-1", "exec-other")
+        .await
+        .unwrap_err();
+    assert_eq!(replay.kind, ErrorKind::Permanent, "{who}: {replay}");
+
+    // Nothing differs: "didn't contain changes".
+    let current = cfn.template_summary(STACK, None).await.unwrap();
+    assert!(
+        current.capabilities.iter().any(|c| c.starts_with("CAPABILITY_")),
+        "{who}: the stack's own template has the role now: {current:?}"
+    );
+    cfn.create_change_set(&request("cs-2", None, None, "2", &current.capabilities))
+        .await
+        .unwrap();
+    let empty = change_set_status(cfn, pace, "cs-2").await;
+    assert_eq!(empty.creation(), Creation::NoChanges, "{who}: {empty:?}");
+    cfn.delete_change_set(STACK, "cs-2").await.unwrap();
+    assert_eq!(
+        cfn.describe_change_set(STACK, "cs-2").await.unwrap(),
+        None,
+        "{who}"
+    );
+
+    // A failing resource: CloudFormation rolls every resource back.
+    let summary = cfn
+        .template_summary(STACK, Some(&urls.v3_failing))
+        .await
+        .unwrap();
+    cfn.create_change_set(&request(
+        "cs-3",
+        Some(&urls.v3_failing),
+        None,
+        "3",
+        &summary.capabilities,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        change_set_status(cfn, pace, "cs-3").await.creation(),
+        Creation::Ready,
+        "{who}"
+    );
+    cfn.execute_change_set(STACK, "cs-3", "exec-3")
+        .await
+        .unwrap();
+    let stack = settled(cfn, pace).await;
+    assert_eq!(stack.status, "UPDATE_ROLLBACK_COMPLETE", "{who}");
+    assert_eq!(
+        infra::stack_version(&stack),
+        Some("2"),
+        "{who}: tags rolled back"
+    );
+    let events = cfn.stack_events(STACK).await.unwrap();
+    let (resource, reason) = infra::first_failure(&events, STACK, "exec-3", Millis(0))
+        .unwrap_or_else(|| panic!("{who}: {events:#?}"));
+    assert_eq!(resource, "Broken (AWS::SQS::Queue)", "{who}");
+    assert!(reason.contains("quota exceeded"), "{who}: {reason}");
+    let failed = cfn
+        .describe_change_set(STACK, "cs-3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.execution_status, "EXECUTE_FAILED", "{who}");
+}
+
+const TEMPLATE_V1: &str = r#"{
+  "AWSTemplateFormatVersion": "2010-09-09",
+  "Parameters": {"Size": {"Type": "String", "Default": "2"}, "Owner": {"Type": "String", "Default": "ops"}},
+  "Resources": {
+    "Config": {"Type": "AWS::SSM::Parameter", "Properties": {"Name": "/contract/config", "Type": "String", "Value": "v1"}},
+    "Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": {"Fn::Sub": "queue-${Size}"}}}
+  }
+}"#;
+
+const TEMPLATE_V2_EXTRA: &str = r#"
+    "Topic": {"Type": "AWS::SNS::Topic"},
+    "Role": {"Type": "AWS::IAM::Role", "Properties": {"AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}}}"#;
+
+fn moto_template(extra: &str) -> String {
+    TEMPLATE_V1.replace(
+        r#""Queue": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": {"Fn::Sub": "queue-${Size}"}}}"#,
+        &format!(r#""Queue": {{"Type": "AWS::SQS::Queue", "Properties": {{"QueueName": {{"Fn::Sub": "queue-${{Size}}"}}}}}},{extra}"#),
+    )
 }
 
 #[tokio::test]
 async fn cloudformation_behaves_alike_on_the_simulation_and_on_moto() {
     let moto = common::Moto::start();
     let sdk = moto.sdk_config().await;
-    let template = r#"{"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}, "Outputs": {"InfrastructureVersion": {"Value": "6"}}}"#;
     aws_sdk_cloudformation::Client::new(&sdk)
         .create_stack()
-        .stack_name("runner-a-main")
-        .template_body(template)
+        .stack_name(STACK)
+        .template_body(TEMPLATE_V1)
         .tags(
             aws_sdk_cloudformation::types::Tag::builder()
-                .key("runner-updater:infra-version")
-                .value("7")
+                .key(INFRA_VERSION_TAG)
+                .value("1")
                 .build(),
         )
         .send()
         .await
         .unwrap();
-    cloudformation_contract(&moto.clients().await.cfn, "moto").await;
+    let urls = Templates {
+        v2: moto.put_template(
+            "templates",
+            "main-2.json",
+            &moto_template(TEMPLATE_V2_EXTRA),
+        ),
+        v3_failing: moto.put_template(
+            "templates",
+            "main-3.json",
+            &moto_template(&format!(
+                r#"{TEMPLATE_V2_EXTRA},
+    "Broken": {{"Type": "AWS::SQS::Queue", "Metadata": {{"HarnessFail": "quota exceeded"}}}}"#
+            )),
+        ),
+    };
+    cloudformation_contract(&moto.clients().await.cfn, &Pace::Wall, &urls, "moto").await;
 
     let sim = SimAws::new(1);
-    let mut template = runner_updater::sim::SimTemplate::default();
-    template
-        .outputs
-        .insert("InfrastructureVersion".to_owned(), "6".to_owned());
-    sim.cfn.create_stack(
-        "runner-a-main",
-        template,
-        &[],
-        &[("runner-updater:infra-version", "7")],
-    );
-    cloudformation_contract(&sim.cfn, "simulation").await;
+    sim.cfn
+        .create_stack(STACK, initial_template(), &[], &[(INFRA_VERSION_TAG, "1")]);
+    let v2 = initial_template()
+        .resource(SimResource::new("Topic", "AWS::SNS::Topic", "v2"))
+        .resource(SimResource::new("Role", "AWS::IAM::Role", "v2"));
+    let v3 = v2
+        .clone()
+        .resource(SimResource::new("Broken", "AWS::SQS::Queue", "v3").failing("quota exceeded"));
+    let urls = Templates {
+        v2: "https://templates.s3.amazonaws.com/main-2.json".to_owned(),
+        v3_failing: "https://templates.s3.amazonaws.com/main-3.json".to_owned(),
+    };
+    sim.cfn.put_template(&urls.v2, v2);
+    sim.cfn.put_template(&urls.v3_failing, v3);
+    cloudformation_contract(&sim.cfn, &Pace::Sim(sim.clock.clone()), &urls, "simulation").await;
 }

@@ -105,6 +105,49 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// Uploads `body` to moto's S3 and returns its `https://BUCKET.s3.amazonaws.com/KEY` URL
+    /// (the form moto's CloudFormation resolves to its own S3), through the AWS CLI.
+    pub fn put_template(&self, bucket: &str, key: &str, body: &str) -> String {
+        let aws = venv_bin().join("aws");
+        let run = |args: &[&str]| {
+            let output = Command::new(&aws)
+                .args(args)
+                .envs(self.env())
+                .output()
+                .expect("running the AWS CLI");
+            output
+        };
+        // Creating an existing bucket fails harmlessly; the upload below must succeed.
+        let _ = run(&[
+            "s3api",
+            "create-bucket",
+            "--bucket",
+            bucket,
+            "--create-bucket-configuration",
+            "LocationConstraint=eu-west-1",
+        ]);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        let output = run(&[
+            "s3api",
+            "put-object",
+            "--bucket",
+            bucket,
+            "--key",
+            key,
+            "--body",
+            file.path().to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "put-object: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        format!("https://{bucket}.s3.amazonaws.com/{key}")
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
