@@ -624,7 +624,10 @@ async fn cloudformation_contract(
     // Nothing differs: "didn't contain changes".
     let current = cfn.template_summary(STACK, None).await.unwrap();
     assert!(
-        current.capabilities.iter().any(|c| c.starts_with("CAPABILITY_")),
+        current
+            .capabilities
+            .iter()
+            .any(|c| c.starts_with("CAPABILITY_")),
         "{who}: the stack's own template has the role now: {current:?}"
     );
     cfn.create_change_set(&request("cs-2", None, None, "2", &current.capabilities))

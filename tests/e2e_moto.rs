@@ -106,10 +106,21 @@ impl World {
             .arg(format!("{PREFIX}/{runner}/desired/{key}"))
             .args(["--value", value, "--endpoint-url", &self.moto.url])
             .envs(self.moto.env())
+            // AWS CLI v1 would fetch an https:// value instead of storing it (template URLs).
+            .env("AWS_CONFIG_FILE", self.cli_config())
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "aws ssm put-parameter failed");
+    }
+
+    /// An AWS CLI configuration that stores URL values as they are.
+    fn cli_config(&self) -> PathBuf {
+        let path = self.dir.path().join("aws-cli-config");
+        if !path.exists() {
+            std::fs::write(&path, "[default]\ncli_follow_urlparam = false\n").unwrap();
+        }
+        path
     }
 
     fn controller(&self, name: &str, crash: Option<&str>) -> Proc {
@@ -408,4 +419,125 @@ async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
     for child in controllers {
         kill(child);
     }
+}
+
+const STACK_V1: &str = r#"{"AWSTemplateFormatVersion": "2010-09-09",
+  "Resources": {"Config": {"Type": "AWS::SSM::Parameter", "Properties": {"Name": "/e2e-stack/NAME", "Type": "String", "Value": "v1"}}}}"#;
+
+const ROLE: &str = r#""Role": {"Type": "AWS::IAM::Role", "Properties": {"AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}]}}}"#;
+
+fn stack_template(name: &str, extra: Option<&str>) -> String {
+    let body = STACK_V1.replace("NAME", name);
+    match extra {
+        None => body,
+        Some(extra) => body.replacen("}}}}", &format!("}}}}, {extra}}}}}"), 1),
+    }
+}
+
+#[tokio::test]
+async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on_moto() {
+    let world = World::new(&["runner-c"]).await;
+    let (iam, main) = ("runner-c-iam", "runner-c-main");
+    let mut config = std::fs::read_to_string(&world.config).unwrap();
+    config.push_str(&format!(
+        "stacks = [\"{iam}\", \"{main}\"]\nauto_execute = \"safe\"\n"
+    ));
+    std::fs::write(&world.config, config).unwrap();
+    let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
+    for stack in [iam, main] {
+        cfn.create_stack()
+            .stack_name(stack)
+            .template_body(stack_template(stack, None))
+            .tags(
+                aws_sdk_cloudformation::types::Tag::builder()
+                    .key("runner-updater:infra-version")
+                    .value("1")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    // Version 2: the IAM stack gains a role (held for approval), the main stack a topic (safe).
+    let iam_url =
+        world
+            .moto
+            .put_template("templates", "iam-2.json", &stack_template(iam, Some(ROLE)));
+    let main_url = world.moto.put_template(
+        "templates",
+        "main-2.json",
+        &stack_template(main, Some(r#""Topic": {"Type": "AWS::SNS::Topic"}"#)),
+    );
+    let controller = world.controller("controller-1", None);
+    world.put("runner-c", "infra-version", "2");
+    world.put("runner-c", &format!("stacks/{iam}/template-url"), &iam_url);
+    world.put(
+        "runner-c",
+        &format!("stacks/{main}/template-url"),
+        &main_url,
+    );
+    world.put("runner-c", "version", "2.14.0");
+
+    let held = world
+        .wait_for_phase("runner-c", "awaiting_approval", 1)
+        .await;
+    let change_set = held.change_set.clone().unwrap();
+    assert_eq!(change_set.stack, iam, "{held:?}");
+    assert!(change_set.review.unwrap().iam.contains(&"Role".to_owned()));
+    assert_eq!(
+        world.revisions("runner-c").await,
+        1,
+        "the runner waits for its infrastructure"
+    );
+
+    let approve = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["approve", "runner-c"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        approve.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    assert!(String::from_utf8_lossy(&approve.stdout).contains(&change_set.name));
+
+    let done = world.wait_for_phase("runner-c", "done", 1).await;
+    let executions: Vec<String> = std::fs::read_to_string(&world.updates_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("cfn-execute ").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        executions.len(),
+        2,
+        "one execution per stack: {executions:?}"
+    );
+    assert!(
+        executions[0].starts_with(iam) && executions[1].starts_with(main),
+        "{executions:?}"
+    );
+    for stack in [iam, main] {
+        let described = cfn
+            .describe_stacks()
+            .stack_name(stack)
+            .send()
+            .await
+            .unwrap();
+        let tags = described.stacks()[0].tags();
+        assert!(
+            tags.iter()
+                .any(|t| t.key() == Some("runner-updater:infra-version") && t.value() == Some("2")),
+            "{stack}: {tags:?}"
+        );
+    }
+    assert_eq!(
+        world.revisions("runner-c").await,
+        2,
+        "then the runner: {done:?}"
+    );
+    assert_eq!(world.updates("runner-c").len(), 1);
+    kill(controller);
 }
