@@ -11,7 +11,10 @@ use crate::machine::phase::Phase;
 use crate::ports::{Clock, StateStore};
 use crate::report::{render_status, status_view};
 use crate::sim::scenario::{Scenario, ScenarioError, START_VERSION};
-use crate::sim::ImageBehaviour;
+use crate::sim::{initial_template, ImageBehaviour, SimResource};
+
+/// Where the demo's templates are published (the simulation's S3).
+const TEMPLATES: &str = "https://runner-templates.s3.amazonaws.com/";
 
 /// Ticks a story may take at most.
 const TICKS_MAX: usize = 500;
@@ -161,7 +164,7 @@ impl Demo<'_> {
     }
 }
 
-/// Runs the three stories and prints the summary and the final status.
+/// Runs the four stories and prints the summary and the final status.
 ///
 /// # Errors
 /// A [`DemoError`] when the world fails or a story ends otherwise than told.
@@ -241,10 +244,55 @@ pub async fn run(
         .await?,
     );
 
+    outcomes.push(
+        demo.story("4. Infrastructure first: runner-a 2.14.1 → 2.16.0 needs infrastructure 2 (IAM stack, then main stack)", Phase::Done, async |d: &mut Demo<'_>| {
+            let (iam, main) = (TEMPLATES.to_owned() + "iam-2.json", TEMPLATES.to_owned() + "main-2.json");
+            let mut iam_template = initial_template();
+            if let Some(config) = iam_template.resources.first_mut() {
+                "v2".clone_into(&mut config.properties);
+            }
+            let mut main_template = initial_template().parameter("AvailabilityZones", Some("a,b"));
+            if let Some(queue) = main_template.resources.get_mut(1) {
+                *queue = SimResource::new("Queue", "AWS::SQS::Queue", "v2").using(&["Size"]).replaced();
+            }
+            d.scenario.aws.cfn.put_template(&iam, iam_template);
+            d.scenario.aws.cfn.put_template(&main, main_template);
+            writeln!(d.out, "  (simulation: templates published in S3; the main one replaces the queue, so policy `safe` holds it for a human)")?;
+            let mut driver = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
+            d.ops("runner-a", "infra-version", "2")?;
+            d.ops("runner-a", "stacks/runner-a-iam/template-url", &iam)?;
+            d.ops("runner-a", "stacks/runner-a-main/template-url", &main)?;
+            d.ops("runner-a", "stacks/runner-a-main/parameters", r#"{"AvailabilityZones":"a,b,c"}"#)?;
+            d.ops("runner-a", "version", "2.16.0")?;
+            d.drive(&mut driver, Phase::AwaitingApproval).await?;
+            if let Some(record) = d.scenario.store.load("runner-a").await? {
+                let view = status_view(&record);
+                writeln!(d.out, "  status    {}", view.change_set.unwrap_or_default())?;
+                writeln!(d.out, "  next step {}", view.next_step)?;
+            }
+            for _ in 0..3 {
+                d.scenario.aws.clock.sleep(driver.requeue_after()).await;
+                let report = driver.tick().await.map_err(ScenarioError::Driver)?;
+                d.print("runner-a", &report)?;
+            }
+            let approval = d.scenario.approve("runner-a").await.map_err(|e| DemoError::Story { story: "infrastructure", what: e.to_string() })?;
+            writeln!(d.out, "  {}  ops       runner-updater approve runner-a   (approves {})", Demo::time(d.clock()), approval.change_set)?;
+            d.drive(&mut driver, Phase::Done).await?;
+            let executed: Vec<String> = d.scenario.aws.cfn.executions().into_iter().map(|(stack, _)| stack).collect();
+            if executed != ["runner-a-iam", "runner-a-main"] {
+                return Err(DemoError::Story { story: "infrastructure", what: format!("executions {executed:?}") });
+            }
+            writeln!(d.out, "  stacks updated in order: {}; then the runner", executed.join(" → "))?;
+            Ok(())
+        })
+        .await?,
+    );
+
     let Demo { scenario, out } = demo;
     let expected = [
         (Phase::Done, 1, 1),
         (Phase::RolledBack, 1, 2),
+        (Phase::Done, 1, 1),
         (Phase::Done, 1, 1),
     ];
     for (outcome, (end, registrations, updates)) in outcomes.iter().zip(expected) {
@@ -274,7 +322,7 @@ pub async fn run(
             o.service_updates
         )?;
     }
-    writeln!(out, "  (story 2 counts the rollback as its second service update; story 3 registered and updated once despite the crash)")?;
+    writeln!(out, "  (story 2 counts the rollback as its second service update; story 3 registered and updated once despite the crash; story 4 executed one change set per stack before the runner update)")?;
     writeln!(out, "\n$ runner-updater status")?;
     let mut views = Vec::new();
     for runner in ["runner-a", "runner-b"] {

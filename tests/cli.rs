@@ -9,7 +9,7 @@ fn binary() -> Command {
 }
 
 #[test]
-fn demo_tells_the_three_stories_and_exits_zero() {
+fn demo_tells_the_four_stories_and_exits_zero() {
     let output = binary().arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -26,6 +26,12 @@ fn demo_tells_the_three_stories_and_exits_zero() {
         "3. A crash in the middle",
         "process killed",
         "restarted",
+        "4. Infrastructure first",
+        "creating_change_set → awaiting_approval",
+        "replaces Queue",
+        "warning: the availability-zone parameter changes but no subnet parameter does",
+        "runner-updater approve runner-a",
+        "stacks updated in order: runner-a-iam → runner-a-main",
         "Summary",
         "$ runner-updater status",
     ] {
