@@ -439,7 +439,10 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     let world = World::new(&["runner-c"]).await;
     let (iam, main) = ("runner-c-iam", "runner-c-main");
     let mut config = std::fs::read_to_string(&world.config).unwrap();
-    let _ = write!(config, "stacks = [\"{iam}\", \"{main}\"]\nauto_execute = \"safe\"\n");
+    let _ = write!(
+        config,
+        "stacks = [\"{iam}\", \"{main}\"]\nauto_execute = \"safe\"\n"
+    );
     std::fs::write(&world.config, config).unwrap();
     let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
     for stack in [iam, main] {
