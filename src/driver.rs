@@ -42,6 +42,9 @@ use crate::record::Record;
 pub const RUNNER_TAG: &str = "runner-updater:runner";
 /// Commands executed per tick at most (a bound, far above a real pass's needs).
 const COMMANDS_PER_TICK_MAX: usize = 64;
+/// Checks of a change set still being created before deleting it, and the wait between them.
+const DELETE_WAITS_MAX: usize = 12;
+const DELETE_WAIT: Duration = Duration::from_secs(5);
 /// Task definitions kept in the per-runner cache (they are immutable).
 const TASK_DEFINITION_CACHE_MAX: usize = 8;
 
@@ -649,10 +652,7 @@ impl RunnerDriver {
                 ..
             } => self.await_change_set(attempt_id, stack, name).await,
             Command::DeleteChangeSet { stack, name, .. } => {
-                let cfn = &self.ports.cfn;
-                self.retrying(|| cfn.delete_change_set(stack, name))
-                    .await
-                    .map(|()| Event::ChangeSetDeleted)
+                self.delete_change_set(stack, name).await
             }
         };
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
@@ -884,10 +884,24 @@ impl RunnerDriver {
             .await?;
         let execution = set.as_ref().map(|s| s.execution_status.clone());
         match execution.as_deref() {
+            None => {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    "DescribeChangeSet",
+                    format!("change set {name} of stack {stack} no longer exists: deleted by someone, or dropped when another update of the stack ran"),
+                ))
+            }
             Some("AVAILABLE") => {
-                // Not retried here: a lost answer shows next pass as a change set that is no
-                // longer AVAILABLE, or is accepted again as the same token.
-                cfn.execute_change_set(stack, name, &token).await?;
+                // Not retried blindly: a lost answer or a repeat is settled by asking the change
+                // set again (the token makes a resent execution the same request).
+                if let Err(error) = cfn.execute_change_set(stack, name, &token).await {
+                    let again = self
+                        .retrying(|| cfn.describe_change_set(stack, name))
+                        .await?;
+                    if !again.is_some_and(|s| s.execution_status.starts_with("EXECUTE_")) {
+                        return Err(error);
+                    }
+                }
                 tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set executed");
                 return Ok(Event::StackUpdatePending {
                     status: "UPDATE_IN_PROGRESS".to_owned(),
@@ -903,54 +917,73 @@ impl RunnerDriver {
             _ => {}
         }
         let current = self.retrying(|| cfn.describe_stack(stack)).await?;
-        let ours = current.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id);
-        match infra::progress(&current.status) {
-            StackProgress::InProgress => Ok(Event::StackUpdatePending {
+        let progress = infra::progress(&current.status);
+        match (execution.as_deref(), progress) {
+            (_, StackProgress::InProgress) => Ok(Event::StackUpdatePending {
                 status: current.status,
             }),
-            StackProgress::Complete if ours => Ok(Event::StackUpdated),
-            StackProgress::Complete => match execution.as_deref() {
-                Some("EXECUTE_IN_PROGRESS" | "UNAVAILABLE") => Ok(Event::StackUpdatePending {
-                    status: current.status,
-                }),
-                _ => Err(PortError::new(
-                    ErrorKind::Conflict,
-                    "DescribeStacks",
-                    format!(
-                        "stack {stack} is {} without this attempt's tag (change set {name}: {}): updated outside this attempt",
-                        current.status,
-                        execution.as_deref().unwrap_or("gone")
-                    ),
-                )),
-            },
-            StackProgress::RolledBack | StackProgress::NeedsHuman => {
+            (Some("EXECUTE_COMPLETE"), StackProgress::Complete) => Ok(Event::StackUpdated),
+            (Some("EXECUTE_FAILED"), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
                 let events = self.retrying(|| cfn.stack_events(stack)).await?;
-                let ran = execution.as_deref() == Some("EXECUTE_FAILED")
-                    || events.iter().any(|e| e.token.as_deref() == Some(token.as_str()));
-                if !ran {
-                    if infra::progress(&current.status) == StackProgress::NeedsHuman {
-                        return Err(PortError::new(
-                            ErrorKind::Permanent,
-                            "DescribeStacks",
-                            format!("stack {stack} is {}: needs a human", current.status),
-                        ));
-                    }
-                    return Ok(Event::StackUpdatePending {
-                        status: current.status,
-                    });
-                }
                 let since = current.last_updated.unwrap_or_default();
                 let (resource, reason) = infra::first_failure(&events, stack, &token, since)
-                    .map_or((None, "no failed resource in the stack events".to_owned()), |(r, why)| {
-                        (Some(r), why)
-                    });
+                    .map_or(
+                        (None, "no failed resource in the stack events".to_owned()),
+                        |(r, why)| (Some(r), why),
+                    );
                 Ok(Event::StackUpdateFailed {
                     status: current.status,
                     resource,
                     reason,
                 })
             }
+            (Some("EXECUTE_FAILED"), StackProgress::Complete) => Err(PortError::new(
+                ErrorKind::Permanent,
+                "ExecuteChangeSet",
+                format!(
+                    "the execution of change set {name} failed and stack {stack} is {}",
+                    current.status
+                ),
+            )),
+            (Some("EXECUTE_COMPLETE"), _) => Err(PortError::new(
+                ErrorKind::Conflict,
+                "DescribeStacks",
+                format!(
+                    "change set {name} completed but stack {stack} is now {}: updated outside this attempt",
+                    current.status
+                ),
+            )),
+            // EXECUTE_IN_PROGRESS, UNAVAILABLE: CloudFormation has not reported yet.
+            _ => Ok(Event::StackUpdatePending {
+                status: current.status,
+            }),
         }
+    }
+
+    /// Deletes a change set, first letting CloudFormation finish computing it (it refuses to
+    /// delete one being created); bounded.
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        for _ in 0..DELETE_WAITS_MAX {
+            let found = self
+                .retrying(|| cfn.describe_change_set(stack, name))
+                .await?;
+            match found {
+                None => return Ok(Event::ChangeSetDeleted),
+                Some(set) if set.creation() == Creation::Pending => {
+                    self.ports.clock.sleep(DELETE_WAIT).await;
+                }
+                Some(_) => {
+                    self.retrying(|| cfn.delete_change_set(stack, name)).await?;
+                    return Ok(Event::ChangeSetDeleted);
+                }
+            }
+        }
+        Err(PortError::new(
+            ErrorKind::Transient,
+            "DeleteChangeSet",
+            format!("change set {name} of stack {stack} is still being created; not deleted"),
+        ))
     }
 
     async fn roll_back_service(&self, task_definition_arn: &str) -> Result<Event, PortError> {

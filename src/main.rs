@@ -98,6 +98,8 @@ enum Command {
     Approve {
         /// The runner.
         runner: String,
+        /// The change set reviewed (as `status` shows it); refused if another one is held.
+        change_set: Option<String>,
     },
     /// The state machine, generated from its transition table.
     Diagram {
@@ -206,7 +208,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", diagram::render(format, level));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Approve { runner } => {
+        Command::Approve { runner, change_set } => {
             let config = load_config(cli.config.as_ref())?;
             if config.runner(&runner).is_none() {
                 bail!("runner {runner} is not configured");
@@ -214,8 +216,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let clients = AwsClients::from_env(SdkSettings::default()).await;
             let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
             let store = store_on(&config, ssm.clone());
-            let approval =
-                ops::approve(store.as_ref(), ssm.as_ref(), &config.prefix, &runner).await?;
+            let approval = ops::approve(
+                store.as_ref(),
+                ssm.as_ref(),
+                &config.prefix,
+                &runner,
+                change_set.as_deref(),
+            )
+            .await?;
             println!(
                 "approved change set {} of stack {} (written to {}); the controller executes it on its next pass",
                 approval.change_set, approval.stack, approval.parameter

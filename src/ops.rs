@@ -16,6 +16,16 @@ pub enum ApproveError {
         /// Its phase.
         phase: String,
     },
+    /// The held change set is not the one named.
+    #[error("runner {runner} holds change set {held}, not {named}: review it (runner-updater status) and approve it by name")]
+    OtherChangeSet {
+        /// Runner.
+        runner: String,
+        /// What is held.
+        held: String,
+        /// What was named.
+        named: String,
+    },
     /// The record could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -37,15 +47,18 @@ pub struct Approval {
 
 /// Approves the change set the runner holds: writes its name to
 /// `<prefix>/<runner>/desired/approved-change-set`. Only that change set runs: a later attempt's
-/// change sets have other names and need their own approval.
+/// change sets have other names and need their own approval. With `named`, the held change set
+/// must be that one (what ops reviewed).
 ///
 /// # Errors
-/// An [`ApproveError`] when nothing is held or the record or SSM cannot be used.
+/// An [`ApproveError`] when nothing (or another change set) is held or the record or SSM cannot
+/// be used.
 pub async fn approve(
     store: &dyn StateStore,
     ssm: &dyn ParameterStore,
     prefix: &str,
     runner: &str,
+    named: Option<&str>,
 ) -> Result<Approval, ApproveError> {
     let record = store
         .load(runner)
@@ -61,6 +74,13 @@ pub async fn approve(
             phase: record.phase.clone(),
         });
     };
+    if let Some(named) = named.filter(|n| *n != held.name) {
+        return Err(ApproveError::OtherChangeSet {
+            runner: runner.to_owned(),
+            held: held.name.clone(),
+            named: named.to_owned(),
+        });
+    }
     let parameter = format!("{prefix}/{runner}/desired/approved-change-set");
     ssm.put(&parameter, &held.name, true).await?;
     Ok(Approval {

@@ -102,6 +102,9 @@ pub struct ChangeSetRecord {
     /// The review.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewRecord>,
+    /// CloudFormation reported the stack updated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub updated: bool,
 }
 
 /// A change set's review.
@@ -332,6 +335,21 @@ impl Record {
             }
             if fitted.transitions.len() > 3 {
                 fitted.transitions.remove(0);
+            } else if let Some(review) = fitted
+                .change_set
+                .as_mut()
+                .and_then(|c| c.review.as_mut())
+                .filter(|r| {
+                    !(r.replaced.len() <= 1 && r.parameters.is_empty() && r.warnings.is_empty())
+                })
+            {
+                // Counts, IAM names and whether anything is replaced stay (they decide the
+                // policy); the rest is in the logs and the transition notes.
+                if !review.replaced.is_empty() {
+                    review.replaced = vec!["(names shortened)".to_owned()];
+                }
+                review.parameters.clear();
+                review.warnings.clear();
             } else if fitted.verdict.iter().any(|r| !r.reason.is_empty()) {
                 for rule in &mut fitted.verdict {
                     rule.reason.clear();
@@ -450,6 +468,7 @@ impl Record {
                     parameters: r.parameters.clone(),
                     warnings: r.warnings.clone(),
                 }),
+                updated: step.updated,
             });
         };
         match state {
@@ -552,6 +571,7 @@ impl Record {
                     warnings: r.warnings.clone(),
                 }),
                 deadline: deadline()?,
+                updated: c.updated,
             })
         };
         let state = match phase {
@@ -771,6 +791,30 @@ mod tests {
                 infra: Some("0123456789abcdef".to_owned()),
             });
         }
+        let long = |n: usize| {
+            (0..n)
+                .map(|i| format!("{}{i}", "L".repeat(62)))
+                .collect::<Vec<_>>()
+        };
+        big.change_set = Some(ChangeSetRecord {
+            stack: "runner-a-main".to_owned(),
+            name: "ru-runner-a-1-67c2dd20-runner-a-main".to_owned(),
+            id: Some(format!(
+                "arn:aws:cloudformation:eu-west-1:123456789012:changeSet/{}",
+                "x".repeat(100)
+            )),
+            done: vec!["runner-a-iam".to_owned()],
+            review: Some(ReviewRecord {
+                added: 40,
+                modified: 30,
+                removed: 2,
+                replaced: long(9),
+                iam: long(9),
+                parameters: long(9),
+                warnings: vec!["w".repeat(200)],
+            }),
+            updated: false,
+        });
         let fitted = big.encode_within(4096).unwrap();
         assert!(fitted.len() <= 4096);
         let back = Record::decode(&fitted).unwrap();
@@ -780,6 +824,16 @@ mod tests {
             "quarantine marks are never dropped"
         );
         assert!(back.transitions.len() >= 3);
+        let review = back.change_set.unwrap().review.unwrap();
+        assert_eq!(
+            (review.added, review.removed, review.iam.len()),
+            (40, 2, 9),
+            "what decides the policy stays"
+        );
+        assert!(
+            !review.replaced.is_empty(),
+            "a replacement is still visible"
+        );
         let mut invalid = Record::decode(&text).unwrap();
         invalid.phase = "soaking".to_owned();
         assert_eq!(

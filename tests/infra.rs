@@ -101,12 +101,14 @@ async fn two_stacks_are_updated_in_order_before_the_runner() {
     assert_eq!(stacks_of(&s.aws.cfn.creations()), [IAM, MAIN]);
     assert_eq!(stacks_of(&s.aws.cfn.executions()), [IAM, MAIN]);
     let rec = record(&s).await;
-    let attempt = rec.attempt.clone().unwrap();
     for stack in [IAM, MAIN] {
         let state = s.aws.cfn.stack(stack).unwrap();
         assert_eq!(state.status, "UPDATE_COMPLETE");
         assert_eq!(state.tags[INFRA_VERSION_TAG], "2");
-        assert_eq!(state.tags[ATTEMPT_TAG], attempt.id);
+        assert!(
+            !state.tags.contains_key(ATTEMPT_TAG),
+            "nothing per attempt is tagged (tags propagate to every resource)"
+        );
     }
     let expected = [
         ("locked", "creating_change_set"),
@@ -423,6 +425,90 @@ async fn a_stack_updated_by_someone_else_stops_the_attempt() {
         "ours never ran"
     );
     assert!(s.aws.ecs.registrations().is_empty());
+}
+
+#[tokio::test]
+async fn a_desired_change_during_a_stack_update_is_acted_on_after_it() {
+    let s = scenario();
+    let mut driver = s.driver(RUNNER).unwrap();
+    want_infra_2(&s, "main-2");
+    s.drive_to(&mut driver, Phase::ExecutingChangeSet, TICKS)
+        .await
+        .unwrap();
+    // Ops pause the runner while the IAM stack is updating.
+    s.set_desired(RUNNER, "auto-update", "false");
+    s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
+    assert_eq!(
+        s.aws.cfn.stack(IAM).unwrap().status,
+        "UPDATE_COMPLETE",
+        "the running update was not abandoned"
+    );
+    assert_eq!(
+        stacks_of(&s.aws.cfn.executions()),
+        [IAM],
+        "nothing started after it"
+    );
+    assert!(s.aws.ecs.registrations().is_empty());
+    let rec = record(&s).await;
+    assert_eq!(rec.note.unwrap().code, "auto-update");
+    assert!(rec.failed.is_empty());
+}
+
+#[tokio::test]
+async fn a_change_set_still_being_computed_is_deleted_once_computed_when_ops_cancel() {
+    let s = scenario();
+    let mut driver = s.driver(RUNNER).unwrap();
+    want_infra_2(&s, "main-2");
+    s.drive_to(&mut driver, Phase::CreatingChangeSet, TICKS)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.aws.cfn.change_sets(IAM).len(),
+        1,
+        "created, still being computed"
+    );
+    s.set_desired(RUNNER, "version", "2.14.1");
+    s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
+    assert!(
+        s.aws.cfn.change_sets(IAM).is_empty(),
+        "deleted, not orphaned"
+    );
+    assert!(s.aws.cfn.executions().is_empty());
+    assert_eq!(record(&s).await.note.unwrap().code, "desired-changed");
+}
+
+#[tokio::test]
+async fn approving_by_name_refuses_another_change_set() {
+    let s = scenario();
+    let mut driver = s.driver(RUNNER).unwrap();
+    want_infra_2(&s, "main-2-replacing");
+    s.drive_to(&mut driver, Phase::AwaitingApproval, TICKS)
+        .await
+        .unwrap();
+    let held = record(&s).await.change_set.unwrap().name;
+    let wrong = runner_updater::ops::approve(
+        s.store.as_ref(),
+        &s.aws.ssm,
+        &s.config.prefix,
+        RUNNER,
+        Some("ru-an-older-attempt-runner-a-main"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(wrong, ApproveError::OtherChangeSet { .. }),
+        "{wrong}"
+    );
+    let right = runner_updater::ops::approve(
+        s.store.as_ref(),
+        &s.aws.ssm,
+        &s.config.prefix,
+        RUNNER,
+        Some(&held),
+    )
+    .await
+    .unwrap();
+    assert_eq!(right.change_set, held);
 }
 
 #[test]

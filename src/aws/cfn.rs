@@ -14,6 +14,8 @@ use crate::ports::{ChangeSetRequest, CloudFormation, ErrorKind, PortError, Templ
 
 /// Pages of `DescribeChangeSet` read at most (a page holds up to 100 changes).
 const CHANGE_PAGES_MAX: usize = 10;
+/// Pages of `DescribeStackEvents` read at most (newest first, up to 100 events a page).
+const EVENT_PAGES_MAX: usize = 10;
 
 /// CloudFormation through the SDK.
 #[derive(Debug, Clone)]
@@ -264,27 +266,41 @@ impl CloudFormation for AwsCloudFormation {
     }
 
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        let output = self
-            .client
-            .describe_stack_events()
-            .stack_name(stack)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeStackEvents", &e))?;
-        Ok(output
-            .stack_events()
-            .iter()
-            .map(|e| StackEvent {
-                logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
-                resource_type: e.resource_type().unwrap_or_default().to_owned(),
-                status: e
-                    .resource_status()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_default(),
-                reason: e.resource_status_reason().map(str::to_owned),
-                timestamp: millis(e.timestamp()).unwrap_or_default(),
-                token: e.client_request_token().map(str::to_owned),
-            })
-            .collect())
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..EVENT_PAGES_MAX {
+            let output = self
+                .client
+                .describe_stack_events()
+                .stack_name(stack)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify("DescribeStackEvents", &e))?;
+            events.extend(output.stack_events().iter().map(|e| {
+                StackEvent {
+                    logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
+                    resource_type: e.resource_type().unwrap_or_default().to_owned(),
+                    status: e
+                        .resource_status()
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                    reason: e.resource_status_reason().map(str::to_owned),
+                    timestamp: millis(e.timestamp()).unwrap_or_default(),
+                    token: e.client_request_token().map(str::to_owned),
+                }
+            }));
+            // Newest first: the start of the latest user-initiated operation ends the search.
+            let started = output.stack_events().iter().any(|e| {
+                e.logical_resource_id() == Some(stack)
+                    && e.resource_status()
+                        .is_some_and(|s| s.as_str() == "UPDATE_IN_PROGRESS")
+            });
+            match output.next_token() {
+                Some(next) if !next.is_empty() && !started => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(events)
     }
 }

@@ -209,7 +209,7 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             "auto-update is off: the runner is held where it is".to_owned(),
         )
     };
-    let infrastructure = match infra::plan(desired, &observed.stacks, &[], "") {
+    let infrastructure = match infra::plan(desired, &observed.stacks, &[]) {
         Err(gap) => outcome(
             Rule::Infrastructure,
             false,

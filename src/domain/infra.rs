@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::desired::DesiredState;
-use super::observed::{StackState, ATTEMPT_TAG, INFRA_VERSION_OUTPUT, INFRA_VERSION_TAG};
+use super::observed::{StackState, INFRA_VERSION_OUTPUT, INFRA_VERSION_TAG};
 use super::Millis;
 
 /// What CloudFormation shows instead of a `NoEcho` parameter's value.
@@ -74,8 +74,9 @@ pub struct StackPlan {
     pub from_version: Option<String>,
     /// The version it is tagged with by the update.
     pub to_version: Option<String>,
-    /// The full tag set for the change set: the stack's tags, the version and the attempt
-    /// (CloudFormation replaces a stack's tags with the change set's).
+    /// The full tag set for the change set: the stack's tags and the version (CloudFormation
+    /// replaces a stack's tags with the change set's, and propagates them to the resources, so
+    /// nothing per attempt is tagged: an unchanged version changes no tag).
     pub tags: BTreeMap<String, String>,
 }
 
@@ -150,7 +151,6 @@ pub fn plan(
     desired: &DesiredState,
     stacks: &[StackState],
     done: &[String],
-    attempt_id: &str,
 ) -> Result<Vec<StackPlan>, InfraGap> {
     let mut plans = Vec::new();
     for stack in stacks {
@@ -190,7 +190,6 @@ pub fn plan(
         if let Some(version) = &desired.infra_version {
             tags.insert(INFRA_VERSION_TAG.to_owned(), version.clone());
         }
-        tags.insert(ATTEMPT_TAG.to_owned(), attempt_id.to_owned());
         plans.push(StackPlan {
             stack: stack.name.clone(),
             template_url: if behind { wanted.template_url } else { None },
@@ -364,10 +363,11 @@ pub struct Review {
 }
 
 impl Review {
-    /// Safe: no replacement and no IAM change.
+    /// Safe: no replacement, no IAM or resource-policy change, and no removal (a removal is a
+    /// replacement without a successor).
     #[must_use]
     pub fn is_safe(&self) -> bool {
-        self.replaced.is_empty() && self.iam.is_empty()
+        self.replaced.is_empty() && self.iam.is_empty() && self.removed == 0
     }
 
     /// One line: `+1 ~2 -0; replaces Db; IAM TaskRole; parameters Subnets; warning: …`.
@@ -390,7 +390,26 @@ impl Review {
     }
 }
 
+/// IAM resources, resource policies (`AWS::S3::BucketPolicy`, `AWS::SQS::QueuePolicy`, …) and
+/// Lambda permissions: what changes who may do what.
+fn touches_access(resource_type: &str) -> bool {
+    resource_type.starts_with("AWS::IAM::")
+        || resource_type.ends_with("Policy")
+        || resource_type == "AWS::Lambda::Permission"
+}
+
+/// At most [`REVIEW_NAMES_MAX`] names of at most 64 characters, then a count.
 fn capped(mut names: Vec<String>) -> Vec<String> {
+    for name in &mut names {
+        if name.len() > 64 {
+            let mut end = 63;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+            name.push('…');
+        }
+    }
     if names.len() > REVIEW_NAMES_MAX {
         let more = names.len() - REVIEW_NAMES_MAX;
         names.truncate(REVIEW_NAMES_MAX);
@@ -449,7 +468,7 @@ pub fn review(change_set: &ChangeSet, before: &BTreeMap<String, String>) -> Revi
         modified: count("Modify") + count("Dynamic"),
         removed: count("Remove"),
         replaced: names(&|c| c.replacement == "True" || c.replacement == "Conditional"),
-        iam: names(&|c| c.resource_type.starts_with("AWS::IAM::")),
+        iam: names(&|c| touches_access(&c.resource_type)),
         parameters: capped(parameters),
         warnings,
     }
@@ -615,14 +634,19 @@ mod tests {
                 ),
             ],
         );
-        let due = plan(&want, &stacks, &[], "runner-a-1-x").unwrap();
+        let due = plan(&want, &stacks, &[]).unwrap();
         assert_eq!(due.len(), 2);
         assert_eq!(due[0].stack, "iam");
         assert_eq!(due[1].changed_parameters, Vec::<String>::new());
         assert_eq!(due[0].tags.get(INFRA_VERSION_TAG).unwrap(), "5");
-        assert_eq!(due[0].tags.get(ATTEMPT_TAG).unwrap(), "runner-a-1-x");
+        assert_eq!(
+            due[0].tags.len(),
+            2,
+            "no per-attempt tag: {:?}",
+            due[0].tags
+        );
         assert_eq!(due[0].tags.get("team").unwrap(), "runners", "tags kept");
-        let after_iam = plan(&want, &stacks, &["iam".to_owned()], "runner-a-1-x").unwrap();
+        let after_iam = plan(&want, &stacks, &["iam".to_owned()]).unwrap();
         assert_eq!(after_iam.len(), 1);
         assert_eq!(after_iam[0].stack, "main");
     }
@@ -642,7 +666,7 @@ mod tests {
                 &[("Subnets", "a,b,c"), ("Secret", "x")],
             )],
         );
-        let due = plan(&want, &stacks, &[], "a").unwrap();
+        let due = plan(&want, &stacks, &[]).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].template_url, None, "version reached: template kept");
         assert_eq!(due[0].changed_parameters, vec!["Subnets".to_owned()]);
@@ -650,14 +674,14 @@ mod tests {
             Some("5"),
             &[("main", None, &[("Subnets", "a,b"), ("Secret", "x")])],
         );
-        assert!(plan(&settled, &stacks, &[], "a").unwrap().is_empty());
+        assert!(plan(&settled, &stacks, &[]).unwrap().is_empty());
     }
 
     #[test]
     fn a_stack_behind_without_a_template_is_a_gap() {
         let stacks = [stack("iam", "4", &[]), stack("main", "5", &[])];
         let want = desired(Some("5"), &[]);
-        let gap = plan(&want, &stacks, &[], "a").unwrap_err();
+        let gap = plan(&want, &stacks, &[]).unwrap_err();
         assert_eq!(gap.stack, "iam");
         assert!(gap.reason().contains("desired/stacks/iam/template-url"));
         assert!(at_version(&want, &stacks).is_err());

@@ -35,7 +35,6 @@ use crate::domain::eligibility::{
 };
 use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
-use crate::domain::observed::ATTEMPT_TAG;
 use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
 use crate::domain::version::Version;
 use crate::domain::Millis;
@@ -118,6 +117,8 @@ pub struct ChangeSetStep {
     pub review: Option<Review>,
     /// Deadline of the current wait.
     pub deadline: Millis,
+    /// CloudFormation reported the stack updated by this change set.
+    pub updated: bool,
 }
 
 /// What the service looked like under the lock, before any change.
@@ -577,7 +578,7 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        let due = self.infra_due(desired, observed, &attempt.id);
+        let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if kind.is_none() {
             let (code, message) = verdict.first_failure().map_or_else(
@@ -765,8 +766,7 @@ impl RunnerMachine {
                     ctx.commands.push(delete_command(run, step));
                     return self.advance(run, step.done.clone(), desired, observed, ctx, now);
                 }
-                let due = match infra::plan(desired, &observed.stacks, &step.done, &run.attempt.id)
-                {
+                let due = match infra::plan(desired, &observed.stacks, &step.done) {
                     Ok(due) => due,
                     Err(gap) => {
                         let failure = Failure::new("infra-version-not-reached", gap.reason());
@@ -774,6 +774,13 @@ impl RunnerMachine {
                     }
                 };
                 let Some(plan) = due.into_iter().find(|p| p.stack == step.stack) else {
+                    let busy = observed.stacks.iter().any(|s| {
+                        s.name == step.stack
+                            && infra::progress(&s.status) != infra::StackProgress::Complete
+                    });
+                    if busy {
+                        return Handled; // someone else's update: wait for its outcome
+                    }
                     // The stack no longer differs (someone applied it): nothing to do here.
                     ctx.commands.push(delete_command(run, step));
                     let mut done = step.done.clone();
@@ -910,18 +917,24 @@ impl RunnerMachine {
         let now = input.now;
         match &input.event {
             Event::Observed(observation) => {
-                if let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed) {
-                    let complete = observed.stacks.iter().any(|s| {
-                        s.name == step.stack
-                            && infra::progress(&s.status) == infra::StackProgress::Complete
-                            && s.tags.get(ATTEMPT_TAG) == Some(&run.attempt.id)
-                    });
-                    if complete {
-                        let mut done = step.done.clone();
-                        done.push(step.stack.clone());
-                        self.pending_note = Some(format!("stack {} updated", step.stack));
-                        return self.advance(run, done, desired, observed, ctx, now);
+                if step.updated {
+                    // Updated: go on from a good observation (wait for one otherwise). What ops
+                    // changed during the update is acted on now, before anything else starts.
+                    let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed)
+                    else {
+                        return Handled;
+                    };
+                    if let Some((code, why)) = self.halt_reason(run, desired) {
+                        let message = format!(
+                            "{why} while stack {} was updating: stopping after it; re-planning",
+                            step.stack
+                        );
+                        return self.abort(Some(run.epoch), code, message, ctx, now);
                     }
+                    let mut done = step.done.clone();
+                    done.push(step.stack.clone());
+                    self.pending_note = Some(format!("stack {} updated", step.stack));
+                    return self.advance(run, done, desired, observed, ctx, now);
                 }
                 if now >= step.deadline {
                     self.note_now(
@@ -939,6 +952,7 @@ impl RunnerMachine {
             }
             Event::StackUpdatePending { .. } => Handled,
             Event::StackUpdated => {
+                step.updated = true;
                 ctx.commands.push(Command::Observe);
                 Handled
             }
@@ -976,6 +990,10 @@ impl RunnerMachine {
 
     #[action]
     fn enter_executing_change_set(run: &mut Run, step: &mut ChangeSetStep, ctx: &mut Ctx) {
+        if step.updated {
+            ctx.commands.push(Command::Observe);
+            return;
+        }
         ctx.commands.push(Command::AwaitChangeSet {
             attempt_id: run.attempt.id.clone(),
             epoch: run.epoch,
@@ -1243,7 +1261,7 @@ impl RunnerMachine {
             }
         };
         let verdict = self.verdict(desired, observed);
-        let due = self.infra_due(desired, observed, "");
+        let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if let (Some(failure), None) = (verdict.first_failure(), kind) {
             let (code, reason) = (failure.rule.name(), failure.reason.clone());
@@ -1392,13 +1410,8 @@ impl RunnerMachine {
     }
 
     /// The stacks an attempt would update now (a gap shows as rule 3 failing instead).
-    fn infra_due(
-        &self,
-        desired: &DesiredState,
-        observed: &Observed,
-        attempt_id: &str,
-    ) -> Vec<StackPlan> {
-        let due = infra::plan(desired, &observed.stacks, &[], attempt_id).unwrap_or_default();
+    fn infra_due(&self, desired: &DesiredState, observed: &Observed) -> Vec<StackPlan> {
+        let due = infra::plan(desired, &observed.stacks, &[]).unwrap_or_default();
         let parameters_only = due
             .iter()
             .all(|p| p.template_url.is_none() && !p.changes_version());
@@ -1420,6 +1433,7 @@ impl RunnerMachine {
             done,
             review: None,
             deadline: now.after(self.settings.change_set_timeout),
+            updated: false,
         }
     }
 
@@ -1452,8 +1466,22 @@ impl RunnerMachine {
                 return Err(self.abort_change_set(run, step, error.code(), message, ctx, now));
             }
         };
+        match self.halt_reason(run, desired) {
+            Some((code, why)) => {
+                let message = format!(
+                    "{why} before change set {} of {} ran: deleted it; re-planning",
+                    step.name, step.stack
+                );
+                Err(self.abort_change_set(run, step, code, message, ctx, now))
+            }
+            None => Ok((desired, observed)),
+        }
+    }
+
+    /// Why the attempt must stop now that ops changed their mind, if they did.
+    fn halt_reason(&self, run: &Run, desired: &DesiredState) -> Option<(&'static str, String)> {
         let attempt = &run.attempt;
-        let halt = if !desired.auto_update {
+        if !desired.auto_update {
             Some(("auto-update", "auto-update was switched off".to_owned()))
         } else if desired.channel != self.settings.channel {
             Some((
@@ -1467,16 +1495,6 @@ impl RunnerMachine {
             Some(("desired-changed", "the desired state changed".to_owned()))
         } else {
             None
-        };
-        match halt {
-            Some((code, why)) => {
-                let message = format!(
-                    "{why} before change set {} of {} ran: deleted it; re-planning",
-                    step.name, step.stack
-                );
-                Err(self.abort_change_set(run, step, code, message, ctx, now))
-            }
-            None => Ok((desired, observed)),
         }
     }
 
@@ -1504,7 +1522,7 @@ impl RunnerMachine {
         ctx: &mut Ctx,
         now: Millis,
     ) -> Outcome<State> {
-        match infra::plan(desired, &observed.stacks, &done, &run.attempt.id) {
+        match infra::plan(desired, &observed.stacks, &done) {
             Err(gap) => self.fail(
                 run,
                 Failure::new("infra-version-not-reached", gap.reason()),

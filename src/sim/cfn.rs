@@ -804,17 +804,19 @@ impl CloudFormation for SimCfn {
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
         const OP: &str = "DeleteChangeSet";
         self.faults.check(OP)?;
+        let now = self.clock.now();
         let mut world = guard(&self.world, OP)?;
         if let Some(sim) = world.stacks.get_mut(stack) {
-            if sim
-                .change_sets
-                .get(name)
-                .is_some_and(|s| s.execution == Execution::InProgress)
-            {
+            let busy = sim.change_sets.get(name).is_some_and(|s| {
+                s.execution == Execution::InProgress || now < s.created_at.after(CREATE_DELAY)
+            });
+            if busy {
                 return Err(PortError::new(
                     ErrorKind::Permanent,
                     OP,
-                    format!("InvalidChangeSetStatus: ChangeSet [{name}] is being executed"),
+                    format!(
+                        "InvalidChangeSetStatus: ChangeSet [{name}] is being created or executed"
+                    ),
                 ));
             }
             sim.change_sets.remove(name);

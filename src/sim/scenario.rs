@@ -141,6 +141,7 @@ impl Scenario {
             &self.aws.ssm,
             &self.config.prefix,
             runner,
+            None,
         )
         .await
     }
