@@ -238,6 +238,34 @@ pub struct TransitionRecord {
     pub note: Option<String>,
 }
 
+impl From<&Review> for ReviewRecord {
+    fn from(r: &Review) -> Self {
+        ReviewRecord {
+            added: r.added,
+            modified: r.modified,
+            removed: r.removed,
+            replaced: r.replaced.clone(),
+            iam: r.iam.clone(),
+            parameters: r.parameters.clone(),
+            warnings: r.warnings.clone(),
+        }
+    }
+}
+
+impl From<&ReviewRecord> for Review {
+    fn from(r: &ReviewRecord) -> Self {
+        Review {
+            added: r.added,
+            modified: r.modified,
+            removed: r.removed,
+            replaced: r.replaced.clone(),
+            iam: r.iam.clone(),
+            parameters: r.parameters.clone(),
+            warnings: r.warnings.clone(),
+        }
+    }
+}
+
 /// Why a stored record cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -459,15 +487,7 @@ impl Record {
                 name: step.name.clone(),
                 id: step.id.clone(),
                 done: step.done.clone(),
-                review: step.review.as_ref().map(|r| ReviewRecord {
-                    added: r.added,
-                    modified: r.modified,
-                    removed: r.removed,
-                    replaced: r.replaced.clone(),
-                    iam: r.iam.clone(),
-                    parameters: r.parameters.clone(),
-                    warnings: r.warnings.clone(),
-                }),
+                review: step.review.as_ref().map(ReviewRecord::from),
                 updated: step.updated,
             });
         };
@@ -561,15 +581,7 @@ impl Record {
                 name: c.name.clone(),
                 id: c.id.clone(),
                 done: c.done.clone(),
-                review: c.review.as_ref().map(|r| Review {
-                    added: r.added,
-                    modified: r.modified,
-                    removed: r.removed,
-                    replaced: r.replaced.clone(),
-                    iam: r.iam.clone(),
-                    parameters: r.parameters.clone(),
-                    warnings: r.warnings.clone(),
-                }),
+                review: c.review.as_ref().map(Review::from),
                 deadline: deadline()?,
                 updated: c.updated,
             })

@@ -46,18 +46,6 @@ pub struct StatusView {
     pub record: Record,
 }
 
-fn review_of(r: &crate::record::ReviewRecord) -> crate::domain::infra::Review {
-    crate::domain::infra::Review {
-        added: r.added,
-        modified: r.modified,
-        removed: r.removed,
-        replaced: r.replaced.clone(),
-        iam: r.iam.clone(),
-        parameters: r.parameters.clone(),
-        warnings: r.warnings.clone(),
-    }
-}
-
 /// Builds the status of one record.
 #[must_use]
 pub fn status_view(record: &Record) -> StatusView {
@@ -91,10 +79,10 @@ pub fn status_view(record: &Record) -> StatusView {
             .map(str::to_owned),
         lock_epoch: record.lock_epoch,
         change_set: record.change_set.as_ref().map(|c| {
-            let review = c
-                .review
-                .as_ref()
-                .map_or_else(|| "not reviewed yet".to_owned(), |r| review_of(r).summary());
+            let review = c.review.as_ref().map_or_else(
+                || "not reviewed yet".to_owned(),
+                |r| crate::domain::infra::Review::from(r).summary(),
+            );
             let done = if c.done.is_empty() {
                 String::new()
             } else {

@@ -37,6 +37,18 @@ fn millis(time: Option<&aws_sdk_cloudformation::primitives::DateTime>) -> Option
         .map(Millis)
 }
 
+fn parameter_map(parameters: &[Parameter]) -> std::collections::BTreeMap<String, String> {
+    parameters
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.parameter_key()?.to_owned(),
+                p.parameter_value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
+}
+
 fn is_change_set_missing(error: &PortError) -> bool {
     error.kind == ErrorKind::NotFound || error.message.contains("ChangeSetNotFound")
 }
@@ -74,16 +86,7 @@ impl CloudFormation for AwsCloudFormation {
                 .iter()
                 .filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned())))
                 .collect(),
-            parameters: stack
-                .parameters()
-                .iter()
-                .filter_map(|p| {
-                    Some((
-                        p.parameter_key()?.to_owned(),
-                        p.parameter_value().unwrap_or_default().to_owned(),
-                    ))
-                })
-                .collect(),
+            parameters: parameter_map(stack.parameters()),
             last_updated: millis(stack.last_updated_time()),
         })
     }
@@ -210,16 +213,7 @@ impl CloudFormation for AwsCloudFormation {
                             .map(|s| s.as_str().to_owned())
                             .unwrap_or_default(),
                         changes: changes.collect(),
-                        parameters: output
-                            .parameters()
-                            .iter()
-                            .filter_map(|p| {
-                                Some((
-                                    p.parameter_key()?.to_owned(),
-                                    p.parameter_value().unwrap_or_default().to_owned(),
-                                ))
-                            })
-                            .collect(),
+                        parameters: parameter_map(output.parameters()),
                     });
                 }
             }
