@@ -379,7 +379,6 @@ mod tests {
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),
             has_health_check: true,
-            infra_version: Some("7".to_owned()),
             stacks: vec![main_stack(Some("7"))],
         }
     }

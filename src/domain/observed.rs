@@ -165,17 +165,6 @@ pub struct StackState {
     pub last_updated: Option<super::Millis>,
 }
 
-impl StackState {
-    /// The infrastructure version: the tag, falling back to the output.
-    #[must_use]
-    pub fn infra_version(&self) -> Option<&str> {
-        self.tags
-            .get(INFRA_VERSION_TAG)
-            .or_else(|| self.outputs.get(INFRA_VERSION_OUTPUT))
-            .map(String::as_str)
-    }
-}
-
 /// Everything the decisions need about the running runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -187,8 +176,6 @@ pub struct Observed {
     pub current_version: Option<Version>,
     /// Whether the runner container has a health check (then HEALTHY is required).
     pub has_health_check: bool,
-    /// The runner's infrastructure version (from its last stack), when it has stacks.
-    pub infra_version: Option<String>,
     /// The runner's stacks, in the configured order.
     pub stacks: Vec<StackState>,
 }
@@ -281,16 +268,11 @@ pub fn observe(
             });
         }
     }
-    let infra_version = stacks
-        .last()
-        .and_then(StackState::infra_version)
-        .map(str::to_owned);
     Ok(Observed {
         service,
         has_health_check: runner.has_health_check,
         running_image,
         current_version,
-        infra_version,
         stacks: stacks.to_vec(),
     })
 }
