@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tracing::Instrument;
 
 use crate::config::{Config, RunnerConfig};
 use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
@@ -37,6 +38,7 @@ use crate::ports::{
     PortError, StateStore, StoreError,
 };
 use crate::record::Record;
+use crate::telemetry;
 
 /// Tag naming the runner on task definitions the controller registers.
 pub const RUNNER_TAG: &str = "runner-updater:runner";
@@ -146,6 +148,10 @@ pub struct RunnerDriver {
     saves: u32,
     commands: u32,
     jitter_seed: u64,
+    /// W3C traceparent of the current (or last) attempt's trace.
+    traceparent: Option<String>,
+    /// The span of the state the attempt is in (ended when the state is left).
+    state_span: Option<tracing::Span>,
 }
 
 impl RunnerDriver {
@@ -174,6 +180,8 @@ impl RunnerDriver {
             jitter_seed: runner.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             }),
+            traceparent: None,
+            state_span: None,
         }
     }
 
@@ -245,6 +253,10 @@ impl RunnerDriver {
     }
 
     async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
+        if self.phase().is_resting() {
+            // The attempt's last state (Done, RolledBack) ended with the previous pass.
+            self.state_span = None;
+        }
         let fresh = self.machine.is_none();
         if fresh {
             self.load().await?;
@@ -269,7 +281,21 @@ impl RunnerDriver {
             }
             let command = queue.remove(0);
             report.commands.push(command.name());
-            let event = self.execute(&command).await?;
+            let span = self.command_span(&command);
+            let event = self.execute(&command).instrument(span.clone()).await?;
+            span.record(
+                "outcome",
+                match &event {
+                    Event::CommandFailed { class, .. } => match class {
+                        FailureClass::Transient => "transient-error",
+                        FailureClass::Permanent => "permanent-error",
+                        FailureClass::Fenced => "fenced",
+                        FailureClass::Conflict => "conflict",
+                    },
+                    _ => "ok",
+                },
+            );
+            drop(span);
             if matches!(
                 event,
                 Event::CommandFailed {
@@ -315,6 +341,20 @@ impl RunnerDriver {
         };
         let machine = machine::restore(shared, state, &mut ctx);
         tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
+        self.traceparent = record.as_ref().and_then(|r| r.traceparent.clone());
+        let phase = phase_of(machine.state());
+        self.state_span = machine::attempt_of(machine.state())
+            .filter(|_| !phase.is_resting())
+            .map(|attempt| {
+                telemetry::state_span(
+                    &self.runner.name,
+                    phase,
+                    attempt,
+                    held_epoch(machine.state()),
+                    self.traceparent.as_deref(),
+                    true,
+                )
+            });
         self.machine = Some(machine);
         self.last_saved = record;
         self.pending = ctx.commands;
@@ -349,8 +389,36 @@ impl RunnerDriver {
                 .take_while(|t| Some(*t) != last_before.as_ref())
                 .cloned()
                 .collect::<Vec<_>>();
+            let state = machine.state();
+            let phase = phase_of(state);
+            let attempt = machine::attempt_of(state).cloned();
+            let epoch = held_epoch(state);
+            if let (Some(attempt), true) = (
+                &attempt,
+                new.iter()
+                    .any(|t| t.from.is_resting() && t.to == Phase::Checking),
+            ) {
+                // A new attempt: its root span, ended at once (a crash cannot lose it).
+                let root = telemetry::attempt_span(&self.runner.name, attempt);
+                self.traceparent = telemetry::traceparent(&root);
+            }
+            // Leaving a state ends its span; entering one opens the next.
+            self.state_span = attempt
+                .as_ref()
+                .filter(|_| phase != Phase::Idle)
+                .map(|attempt| {
+                    telemetry::state_span(
+                        &self.runner.name,
+                        phase,
+                        attempt,
+                        epoch,
+                        self.traceparent.as_deref(),
+                        false,
+                    )
+                });
+            let span = self.state_span.clone().unwrap_or_else(tracing::Span::none);
             for transition in new.into_iter().rev() {
-                tracing::info!(runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
+                tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
                 report.transitions.push(transition);
             }
         }
@@ -359,7 +427,10 @@ impl RunnerDriver {
             // nothing on the runner; its result leads to Locked (saved) or back to rest.
             return Ok(ctx.commands);
         }
-        let record = Record::capture(machine);
+        let mut record = Record::capture(machine);
+        if self.traceparent.is_some() {
+            record.traceparent.clone_from(&self.traceparent);
+        }
         if self.last_saved.as_ref() != Some(&record) {
             if !self.may_write().await? {
                 tracing::info!(runner = %self.runner.name, "another controller holds the runner: not writing; reloading next pass");
@@ -463,6 +534,21 @@ impl RunnerDriver {
                 Ok(true)
             }
         }
+    }
+
+    /// A span for one command, under the current state's span.
+    fn command_span(&self, command: &Command) -> tracing::Span {
+        let Some(parent) = &self.state_span else {
+            return tracing::Span::none(); // at rest: no trace
+        };
+        tracing::info_span!(
+            parent: parent,
+            "command",
+            otel.name = command.name(),
+            runner = %self.runner.name,
+            command = command.name(),
+            outcome = tracing::field::Empty,
+        )
     }
 
     /// Runs an operation with bounded, jittered retries on transient errors.

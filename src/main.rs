@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 use runner_updater::aws::{AwsClients, SdkSettings};
 use runner_updater::clock::SystemClock;
@@ -22,6 +21,7 @@ use runner_updater::report::{plan_view, render_plan, render_status, status_view}
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::SimClock;
 use runner_updater::store::{FileStore, SsmStore};
+use runner_updater::telemetry;
 
 /// Keeps a fleet of ECS runners on the versions ops write into SSM Parameter Store.
 #[derive(Debug, Parser)]
@@ -142,19 +142,6 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(config.with_env(|key| std::env::var(key).ok())?)
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation only happens in tests of main; ignoring it is harmless.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -173,7 +160,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         "warn"
     };
-    init_logging(cli.log_format, quiet);
+    let format = match cli.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    };
+    let telemetry = telemetry::init(format, quiet)?;
+    let result = run_command(cli).await;
+    // Spans still buffered are exported before the process ends.
+    telemetry.shutdown();
+    result
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo { seed, state_dir } => {
             let store: Option<Arc<dyn StateStore>> =

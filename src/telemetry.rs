@@ -1,0 +1,283 @@
+//! Telemetry: logs (`tracing-subscriber`, text or JSON) and OpenTelemetry traces.
+//!
+//! # Traces
+//! - One trace per update attempt. Its root span, `update <runner> <from> → <to>`, is short: it
+//!   is created when the attempt starts and ended at once, so it is exported even if the process
+//!   dies later. Its W3C `traceparent` is persisted in the record.
+//! - Each state the attempt passes through is a span, a child of that root, opened when the
+//!   state is entered and ended when it is left. After a restart the restored state's span is
+//!   parented to the persisted `traceparent`: one trace tells the whole update, crash included.
+//! - Each command is a span under its state's span.
+//!
+//! # Export
+//! OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set: protocol from
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or `grpc`), service name and
+//! resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`, sampler from
+//! `OTEL_TRACES_SAMPLER`. Without an endpoint nothing is exported and nothing is retried.
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry::Context;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::machine::phase::Phase;
+use crate::machine::Attempt;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An `OTEL_*` variable has a value this build does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The exporter could not be built.
+    #[error("OpenTelemetry exporter: {0}")]
+    Exporter(String),
+}
+
+/// The installed telemetry; [`shutdown`](Telemetry::shutdown) flushes the spans.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether traces are exported.
+    #[must_use]
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Flushes and stops the exporter (bounded by the SDK's own export timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!(%error, "flushing spans at shutdown failed");
+            }
+        }
+    }
+}
+
+fn env_value(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// Builds the exporting tracer provider from the standard variables, or `None` when no
+/// endpoint is set.
+///
+/// # Errors
+/// An unsupported protocol, or an exporter that cannot be built.
+pub fn provider_from_env() -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    if env_value(&[
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ])
+    .is_none()
+    {
+        return Ok(None);
+    }
+    let protocol = env_value(&[
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ])
+    .unwrap_or_else(|| "http/protobuf".to_owned());
+    let exporter = match protocol.as_str() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build(),
+        other => {
+            return Err(TelemetryError::Unsupported(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: use \"http/protobuf\" or \"grpc\""
+            )))
+        }
+    }
+    .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if env_value(&["OTEL_SERVICE_NAME"]).is_none() {
+        resource = resource.with_service_name("runner-updater");
+    }
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
+/// Installs logging (and tracing when an endpoint is set) as the global subscriber. Call from
+/// within the tokio runtime.
+///
+/// # Errors
+/// As [`provider_from_env`].
+pub fn init(format: LogFormat, default_level: &str) -> Result<Telemetry, TelemetryError> {
+    let provider = provider_from_env()?;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("runner-updater"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+    });
+    // A second initialisation only happens in tests of main; ignoring it is harmless.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+use tracing_subscriber::Layer as _;
+
+/// The W3C `traceparent` of a span, when it is recorded by OpenTelemetry.
+#[must_use]
+pub fn traceparent(span: &Span) -> Option<String> {
+    let context = span.context();
+    let span_ref = context.span();
+    let sc = span_ref.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The trace id in a `traceparent`.
+#[must_use]
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1)
+}
+
+/// Parses a W3C `traceparent` into a remote parent context.
+#[must_use]
+pub fn parent_context(traceparent: &str) -> Option<Context> {
+    let mut parts = traceparent.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || trace.len() != 32 || span.len() != 16 {
+        return None;
+    }
+    let context = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context
+        .is_valid()
+        .then(|| Context::new().with_remote_span_context(context))
+}
+
+/// The root span of an attempt (ended by the caller at once, so a crash cannot lose it).
+#[must_use]
+pub fn attempt_span(runner: &str, attempt: &Attempt) -> Span {
+    let from = attempt
+        .from_version
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    let name = format!("update {runner} {from} → {}", attempt.target_version);
+    tracing::info_span!(
+        parent: None,
+        "attempt",
+        otel.name = %name,
+        runner = %runner,
+        attempt.id = %attempt.id,
+        version.from = %from,
+        version.to = %attempt.target_version,
+        image.to = %attempt.target_image,
+        infra.version = attempt.infra_version.as_deref().unwrap_or(""),
+    )
+}
+
+/// The span of one state of an attempt, parented to the attempt's trace.
+#[must_use]
+pub fn state_span(
+    runner: &str,
+    phase: Phase,
+    attempt: &Attempt,
+    epoch: Option<u64>,
+    traceparent: Option<&str>,
+    resumed: bool,
+) -> Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "state",
+        otel.name = phase.name(),
+        runner = %runner,
+        state = phase.name(),
+        attempt.id = %attempt.id,
+        version.to = %attempt.target_version,
+        lock.epoch = epoch.unwrap_or_default(),
+        resumed,
+        change_set.id = tracing::field::Empty,
+    );
+    if let Some(context) = traceparent.and_then(parent_context) {
+        let _ = span.set_parent(context);
+    }
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_parse_and_refuse_garbage() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = parent_context(good).unwrap();
+        let span = context.span();
+        let sc = span.span_context();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(sc.is_remote());
+        assert_eq!(trace_id(good), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-xyz-00f067aa0ba902b7-01",
+        ] {
+            assert!(parent_context(bad).is_none(), "{bad:?}");
+        }
+    }
+}
