@@ -124,6 +124,10 @@ impl World {
     }
 
     fn controller(&self, name: &str, crash: Option<&str>) -> Proc {
+        self.controller_with(name, crash, &[])
+    }
+
+    fn controller_with(&self, name: &str, crash: Option<&str>, env: &[(&str, &str)]) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_runner-updater"));
         command
@@ -132,6 +136,7 @@ impl World {
             .arg("run")
             .envs(self.moto.env())
             .env("HOSTNAME", name)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(crash) = crash {
@@ -186,6 +191,29 @@ impl World {
 
 /// A controller process, killed (and reaped) when dropped: a failing test leaves none behind.
 struct Proc(Child);
+
+impl Proc {
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -541,4 +569,112 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     );
     assert_eq!(world.updates("runner-c").len(), 1);
     kill(controller);
+}
+
+/// A receiver of OTLP/HTTP traces (tests/otlp_receiver/receiver.py), killed on drop.
+struct Receiver {
+    process: Proc,
+    url: String,
+    out: PathBuf,
+}
+
+impl Receiver {
+    #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+    fn start(dir: &std::path::Path) -> Receiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = dir.join("spans.jsonl");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/otlp_receiver/receiver.py"
+        );
+        let child = Command::new(common::python())
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&out)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the OTLP receiver did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Receiver {
+            process: Proc(child),
+            url: format!("http://127.0.0.1:{port}"),
+            out,
+        }
+    }
+
+    fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn traces_reach_a_real_otlp_receiver_and_are_flushed_on_shutdown() {
+    let world = World::new(&["runner-a"]).await;
+    let receiver = Receiver::start(world.dir.path());
+    let controller = world.controller_with(
+        "controller-1",
+        None,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "runner-updater-e2e"),
+        ],
+    );
+    world.put("runner-a", "version", "2.14.0");
+    let done = world.wait_for_phase("runner-a", "done", 1).await;
+    let status = controller.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+
+    let spans = receiver.spans();
+    let root = spans
+        .iter()
+        .find(|s| s["name"] == "update runner-a 2.13.0 → 2.14.0")
+        .unwrap_or_else(|| panic!("no root span among {spans:#?}"));
+    assert_eq!(root["service"], "runner-updater-e2e");
+    let trace = root["trace_id"].as_str().unwrap();
+    for state in [
+        "locked",
+        "registering_task_definition",
+        "updating_service",
+        "awaiting_rollout",
+        "soaking",
+        "done",
+    ] {
+        let span = spans
+            .iter()
+            .find(|s| s["name"] == state)
+            .unwrap_or_else(|| panic!("no {state} span among {spans:#?}"));
+        assert_eq!(span["trace_id"], trace, "{state}");
+        assert_eq!(span["parent_span_id"], root["span_id"], "{state}");
+        assert_eq!(span["attributes"]["runner"], "runner-a");
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "update_service" && s["attributes"]["outcome"] == "ok"),
+        "command spans arrive too"
+    );
+    assert_eq!(
+        done.traceparent
+            .as_deref()
+            .and_then(runner_updater::telemetry::trace_id),
+        Some(trace),
+        "the record names the trace"
+    );
+    drop(receiver.process);
 }
