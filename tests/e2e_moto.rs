@@ -571,7 +571,7 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     kill(controller);
 }
 
-/// A receiver of OTLP/HTTP traces (tests/otlp_receiver/receiver.py), killed on drop.
+/// A receiver of OTLP/HTTP traces (`tests/otlp_receiver/receiver.py`), killed on drop.
 struct Receiver {
     process: Proc,
     url: String,
