@@ -33,6 +33,7 @@ use crate::machine::{
     self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Observation, RunnerMachine,
     Settings, State, TransitionEntry,
 };
+use crate::metrics::Metrics;
 use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
     PortError, StateStore, StoreError,
@@ -152,6 +153,9 @@ pub struct RunnerDriver {
     traceparent: Option<String>,
     /// The span of the state the attempt is in (ended when the state is left).
     state_span: Option<tracing::Span>,
+    metrics: Option<Arc<Metrics>>,
+    /// Whether the last observation could read AWS.
+    aws_readable: bool,
 }
 
 impl RunnerDriver {
@@ -182,6 +186,8 @@ impl RunnerDriver {
             }),
             traceparent: None,
             state_span: None,
+            metrics: None,
+            aws_readable: true,
         }
     }
 
@@ -190,6 +196,19 @@ impl RunnerDriver {
     pub fn with_crash(mut self, crash: CrashPlan) -> Self {
         self.crash = crash;
         self
+    }
+
+    /// Reports into these metrics.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether the runner's record has been loaded (the machine is in memory).
+    #[must_use]
+    pub fn loaded(&self) -> bool {
+        self.machine.is_some()
     }
 
     /// Overrides the retry policy.
@@ -236,7 +255,24 @@ impl RunnerDriver {
     /// ahead of it.
     pub async fn tick(&mut self) -> Result<TickReport, DriverError> {
         let mut report = TickReport::default();
+        let started = self.ports.clock.now();
         let result = self.tick_inner(&mut report).await;
+        if let Some(metrics) = &self.metrics {
+            let now = self.ports.clock.now();
+            metrics.pass(
+                &self.runner.name,
+                now.since(started).as_secs_f64(),
+                now,
+                self.aws_readable,
+            );
+            if let Some(machine) = &self.machine {
+                metrics.runner_status(
+                    &self.runner.name,
+                    held_epoch(machine.state()).is_some(),
+                    machine.inner().memory.last_success,
+                );
+            }
+        }
         if result.is_err() {
             // Whatever happened, the store is the truth: rebuild from it next time.
             self.machine = None;
@@ -283,19 +319,20 @@ impl RunnerDriver {
             report.commands.push(command.name());
             let span = self.command_span(&command);
             let event = self.execute(&command).instrument(span.clone()).await?;
-            span.record(
-                "outcome",
-                match &event {
-                    Event::CommandFailed { class, .. } => match class {
-                        FailureClass::Transient => "transient-error",
-                        FailureClass::Permanent => "permanent-error",
-                        FailureClass::Fenced => "fenced",
-                        FailureClass::Conflict => "conflict",
-                    },
-                    _ => "ok",
+            let outcome = match &event {
+                Event::CommandFailed { class, .. } => match class {
+                    FailureClass::Transient => "transient-error",
+                    FailureClass::Permanent => "permanent-error",
+                    FailureClass::Fenced => "fenced",
+                    FailureClass::Conflict => "conflict",
                 },
-            );
+                _ => "ok",
+            };
+            span.record("outcome", outcome);
             drop(span);
+            if let Some(metrics) = &self.metrics {
+                metrics.command(&self.runner.name, command.name(), outcome);
+            }
             if matches!(
                 event,
                 Event::CommandFailed {
@@ -343,6 +380,9 @@ impl RunnerDriver {
         tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
         self.traceparent = record.as_ref().and_then(|r| r.traceparent.clone());
         let phase = phase_of(machine.state());
+        if let Some(metrics) = &self.metrics {
+            metrics.set_state(&self.runner.name, phase);
+        }
         self.state_span = machine::attempt_of(machine.state())
             .filter(|_| !phase.is_resting())
             .map(|attempt| {
@@ -417,6 +457,12 @@ impl RunnerDriver {
                     )
                 });
             let span = self.state_span.clone().unwrap_or_else(tracing::Span::none);
+            if let Some(metrics) = &self.metrics {
+                for t in &new {
+                    metrics.transition(&self.runner.name, t.from, t.to);
+                }
+                metrics.set_state(&self.runner.name, phase);
+            }
             for transition in new.into_iter().rev() {
                 tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
                 report.transitions.push(transition);
@@ -569,6 +615,9 @@ impl RunnerDriver {
                 Err(error) if error.is_transient() => match delays.next() {
                     Some(delay) => {
                         tracing::debug!(runner = %self.runner.name, %error, ?delay, "retrying");
+                        if let Some(metrics) = &self.metrics {
+                            metrics.retry(&self.runner.name);
+                        }
                         self.ports.clock.sleep(delay).await;
                     }
                     None => return Err(error),
@@ -603,6 +652,8 @@ impl RunnerDriver {
             Ok(observed) => observed,
             Err(error) => Err(ObserveError::Unavailable(error.to_string())),
         };
+        self.aws_readable = !matches!(desired, Err(DesiredError::Unavailable(_)))
+            && !matches!(observed, Err(ObserveError::Unavailable(_)));
         Ok(Observation { desired, observed })
     }
 

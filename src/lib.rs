@@ -12,10 +12,12 @@ pub mod driver;
 pub mod lease;
 #[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
 pub mod machine;
+pub mod metrics;
 pub mod ops;
 pub mod ports;
 pub mod record;
 pub mod report;
+pub mod server;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

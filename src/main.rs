@@ -14,10 +14,12 @@ use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
 use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
+use runner_updater::metrics::Metrics;
 use runner_updater::ops;
 use runner_updater::ports::ParameterStore;
 use runner_updater::ports::StateStore;
 use runner_updater::report::{plan_view, render_plan, render_status, status_view};
+use runner_updater::server::{self, Endpoints};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::SimClock;
 use runner_updater::store::{FileStore, SsmStore};
@@ -71,6 +73,9 @@ enum Command {
         /// Simulated mode only: seed of the simulation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Address of `/metrics`, `/healthz` and `/readyz` (`off` to serve none).
+        #[arg(long, env = "RUNNER_UPDATER_LISTEN", default_value = "0.0.0.0:9464")]
+        listen: String,
     },
     /// Persisted state, reasons, next step and last transitions of each runner.
     Status {
@@ -313,16 +318,23 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             passes,
             desired,
             seed,
+            listen,
         } => {
             let config = load_config(cli.config.as_ref())?;
+            let listen: Option<std::net::SocketAddr> = match listen.as_str() {
+                "off" => None,
+                address => Some(address.parse().with_context(|| {
+                    format!("--listen {address:?}: use HOST:PORT (0.0.0.0:9464) or off")
+                })?),
+            };
             if simulated {
-                return run_simulated(config, passes, &desired, seed).await;
+                return run_simulated(config, passes, &desired, seed, listen).await;
             }
             if !desired.is_empty() {
                 bail!("--desired is for --simulated only: against AWS, ops write desired versions into SSM");
             }
             let ports = aws_ports(&config).await;
-            control_loop(&config, ports, passes, None).await
+            control_loop(&config, ports, passes, None, listen).await
         }
     }
 }
@@ -398,6 +410,7 @@ async fn run_simulated(
     passes: Option<u64>,
     desired: &[(String, String)],
     seed: u64,
+    listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let mut scenario = Scenario::with_config(seed, config.clone())?;
     scenario.store = Arc::new(FileStore::new(&config.state_store.path));
@@ -412,6 +425,7 @@ async fn run_simulated(
         scenario.ports(),
         passes,
         Some(scenario.aws.clock.clone()),
+        listen,
     )
     .await
 }
@@ -423,7 +437,28 @@ async fn control_loop(
     ports: Ports,
     passes: Option<u64>,
     simulated: Option<SimClock>,
+    listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address}"))?;
+            tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+            let endpoints = Arc::new(Endpoints {
+                metrics: metrics.clone(),
+                clock: ports.clock.clone(),
+                // Alive while passes keep ending: three rest intervals, plus a pass's own time.
+                liveness: Duration::from_secs(3 * config.poll_interval_secs + 60),
+            });
+            Some(tokio::spawn(server::serve(listener, endpoints, async {
+                let _ = server_stopped.await;
+            })))
+        }
+        None => None,
+    };
     // Unique per process: two processes sharing a host name must not both "renew" one lease.
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".to_owned());
     let holder = format!("{host}-{}", std::process::id());
@@ -431,7 +466,11 @@ async fn control_loop(
     let mut drivers: Vec<RunnerDriver> = config
         .runners
         .iter()
-        .map(|runner| RunnerDriver::new(config, runner, &holder, ports.clone()).with_crash(crash))
+        .map(|runner| {
+            RunnerDriver::new(config, runner, &holder, ports.clone())
+                .with_crash(crash)
+                .with_metrics(metrics.clone())
+        })
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -447,6 +486,9 @@ async fn control_loop(
                 }
                 tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
             }
+        }
+        if drivers.iter().all(RunnerDriver::loaded) {
+            metrics.set_loaded();
         }
         if passes.is_some_and(|max| pass >= max) {
             break;
@@ -464,6 +506,14 @@ async fn control_loop(
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+        }
+    }
+    let _ = stop_server.send(());
+    if let Some(server) = server {
+        match server.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics server failed"),
+            Err(error) => tracing::warn!(%error, "the metrics server task failed"),
+            Ok(Ok(())) => {}
         }
     }
     tracing::info!("controller stopped");

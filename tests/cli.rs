@@ -160,6 +160,8 @@ fn run_on_the_simulated_aws_updates_and_persists() {
             "1",
             "--desired",
             "runner-b=2.14.0",
+            "--listen",
+            "off",
         ])
         .env("RUNNER_UPDATER_STATE_DIR", directory.path())
         .output()
@@ -175,7 +177,7 @@ fn run_on_the_simulated_aws_updates_and_persists() {
         "{record}"
     );
     let refused = binary()
-        .args(["run", "--desired", "runner-b=2.14.0"])
+        .args(["run", "--desired", "runner-b=2.14.0", "--listen", "off"])
         .output()
         .unwrap();
     assert!(
@@ -183,4 +185,109 @@ fn run_on_the_simulated_aws_updates_and_persists() {
         "--desired is for the simulation only"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--simulated only"));
+}
+
+/// `GET path` over HTTP/1.1 on 127.0.0.1; (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
+fn run_serves_metrics_health_and_readiness() {
+    let directory = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = binary()
+        .args([
+            "run",
+            "--simulated",
+            "--desired",
+            "runner-b=2.14.0",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUNNER_UPDATER_STATE_DIR", directory.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, body)) = http_get(port, "/metrics") {
+            if body
+                .contains("runner_updater_state{runner=\"runner-b\",state=\"awaiting_rollout\"} 1")
+            {
+                break body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics of the first pass within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    for line in [
+        "runner_updater_transitions_total{runner=\"runner-b\",from=\"idle\",to=\"checking\"} 1",
+        "runner_updater_commands_total{runner=\"runner-b\",command=\"update_service\",outcome=\"ok\"} 1",
+        "runner_updater_lease_held{runner=\"runner-b\"} 1",
+        "runner_updater_lease_held{runner=\"runner-a\"} 0",
+        "runner_updater_aws_reachable{runner=\"runner-a\"} 1",
+        "# TYPE runner_updater_reconcile_duration_seconds histogram",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(port, "/nothing").unwrap().0, 404);
+
+    // The exposition is valid for Prometheus itself.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; tests/run installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        http_get(port, "/healthz").is_none(),
+        "the server stopped with the controller"
+    );
 }

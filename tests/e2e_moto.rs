@@ -134,6 +134,7 @@ impl World {
             .arg("--config")
             .arg(&self.config)
             .arg("run")
+            .args(["--listen", "off"])
             .envs(self.moto.env())
             .env("HOSTNAME", name)
             .envs(env.iter().copied())

@@ -1,0 +1,99 @@
+//! The HTTP endpoints of `runner-updater run`: `/metrics` (Prometheus text format), `/healthz`
+//! (the loop is alive: a pass ended recently) and `/readyz` (records loaded, AWS readable).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::metrics::Metrics;
+use crate::ports::Clock;
+
+/// What the endpoints read.
+pub struct Endpoints {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The clock (liveness compares the last pass with now).
+    pub clock: Arc<dyn Clock>,
+    /// How old the last pass may be for `/healthz` to answer 200.
+    pub liveness: Duration,
+}
+
+async fn metrics(
+    State(endpoints): State<Arc<Endpoints>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            endpoints.metrics.render_openmetrics(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            endpoints.metrics.render(),
+        )
+    }
+}
+
+async fn healthz(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    if endpoints
+        .metrics
+        .alive(endpoints.clock.now(), endpoints.liveness)
+    {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no pass ended within the last {}s\n",
+                endpoints.liveness.as_secs()
+            ),
+        )
+    }
+}
+
+async fn readyz(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    if endpoints.metrics.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: records not loaded yet, or AWS cannot be read\n",
+        )
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoints: Arc<Endpoints>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(endpoints);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
