@@ -440,6 +440,7 @@ async fn control_loop(
     listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
+    runner_updater::metrics::install_global(metrics.clone());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = match listen {
         Some(address) => {

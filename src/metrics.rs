@@ -2,6 +2,7 @@
 //! `/healthz` and `/readyz`. The driver reports into [`Metrics`]; `server` serves them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +14,19 @@ use prometheus_client::registry::Registry;
 
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
+
+static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
+
+/// Makes `metrics` the process's registry for what has no driver at hand (the AWS adapters).
+/// The first call wins.
+pub fn install_global(metrics: Arc<Metrics>) {
+    let _ = GLOBAL.set(metrics);
+}
+
+/// The process's registry, once installed.
+pub fn global() -> Option<&'static Arc<Metrics>> {
+    GLOBAL.get()
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunnerLabels {
@@ -39,6 +53,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     runner: String,
     command: String,
@@ -58,6 +78,7 @@ pub struct Metrics {
     updates: Family<ResultLabels, Counter>,
     rollbacks: Family<RunnerLabels, Counter>,
     commands: Family<CommandLabels, Counter>,
+    aws_calls: Family<AwsLabels, Counter>,
     retries: Family<RunnerLabels, Counter>,
     reconcile: Family<RunnerLabels, Histogram, fn() -> Histogram>,
     lease_held: Family<RunnerLabels, Gauge>,
@@ -85,6 +106,7 @@ impl Metrics {
             updates: Family::default(),
             rollbacks: Family::default(),
             commands: Family::default(),
+            aws_calls: Family::default(),
             retries: Family::default(),
             reconcile: Family::new_with_constructor(reconcile_histogram),
             lease_held: Family::default(),
@@ -119,6 +141,11 @@ impl Metrics {
             "commands",
             "Effects performed against AWS (each one or more AWS calls), by command and outcome",
             metrics.commands.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls, by operation and outcome (ok, transient-error, permanent-error, not-found, conflict)",
+            metrics.aws_calls.clone(),
         );
         registry.register(
             "retries",
@@ -197,6 +224,16 @@ impl Metrics {
             .get_or_create(&CommandLabels {
                 runner: runner.to_owned(),
                 command: command.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An AWS API call ended.
+    pub fn aws_call(&self, operation: &str, outcome: &str) {
+        self.aws_calls
+            .get_or_create(&AwsLabels {
+                operation: operation.to_owned(),
                 outcome: outcome.to_owned(),
             })
             .inc();
@@ -314,6 +351,7 @@ mod tests {
         metrics.transition("runner-b", Phase::AwaitingRollout, Phase::RollingBack);
         metrics.command("runner-a", "update_service", "ok");
         metrics.retry("runner-a");
+        metrics.aws_call("DescribeServices", "ok");
         metrics.pass("runner-a", 0.2, Millis(5_000), true);
         metrics.runner_status("runner-a", true, Some(Millis(4_000)));
         let text = metrics.render();
@@ -325,6 +363,7 @@ mod tests {
             "runner_updater_rollbacks_total{runner=\"runner-b\"} 1",
             "runner_updater_commands_total{runner=\"runner-a\",command=\"update_service\",outcome=\"ok\"} 1",
             "runner_updater_retries_total{runner=\"runner-a\"} 1",
+            "runner_updater_aws_calls_total{operation=\"DescribeServices\",outcome=\"ok\"} 1",
             "runner_updater_reconcile_duration_seconds_count{runner=\"runner-a\"} 1",
             "runner_updater_lease_held{runner=\"runner-a\"} 1",
             "runner_updater_last_success_timestamp_seconds{runner=\"runner-a\"} 4",

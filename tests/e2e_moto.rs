@@ -664,11 +664,20 @@ async fn traces_reach_a_real_otlp_receiver_and_are_flushed_on_shutdown() {
         assert_eq!(span["parent_span_id"], root["span_id"], "{state}");
         assert_eq!(span["attributes"]["runner"], "runner-a");
     }
+    let command = spans
+        .iter()
+        .find(|s| s["name"] == "update_service" && s["attributes"]["outcome"] == "ok")
+        .expect("command spans arrive too");
+    let call = spans
+        .iter()
+        .find(|s| s["name"] == "UpdateService" && s["parent_span_id"] == command["span_id"])
+        .expect("the AWS call is a span under its command");
+    assert_eq!(call["attributes"]["outcome"], "ok");
     assert!(
-        spans
-            .iter()
-            .any(|s| s["name"] == "update_service" && s["attributes"]["outcome"] == "ok"),
-        "command spans arrive too"
+        call["attributes"]["aws.request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "the request id AWS support asks for: {call}"
     );
     assert_eq!(
         done.traceparent

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag};
 
-use super::classify;
+use super::{classify, Traced};
 use crate::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use crate::domain::observed::StackState;
 use crate::domain::Millis;
@@ -61,6 +61,7 @@ impl CloudFormation for AwsCloudFormation {
             .describe_stacks()
             .stack_name(name)
             .send()
+            .traced("DescribeStacks")
             .await
             .map_err(|e| classify("DescribeStacks", &e))?;
         let stack = output.stacks().first().ok_or_else(|| {
@@ -103,6 +104,7 @@ impl CloudFormation for AwsCloudFormation {
         };
         let output = request
             .send()
+            .traced("GetTemplateSummary")
             .await
             .map_err(|e| classify("GetTemplateSummary", &e))?;
         Ok(TemplateSummary {
@@ -156,6 +158,7 @@ impl CloudFormation for AwsCloudFormation {
         }
         let output = call
             .send()
+            .traced("CreateChangeSet")
             .await
             .map_err(|e| classify("CreateChangeSet", &e))?;
         Ok(output.id().unwrap_or(&request.name).to_owned())
@@ -176,6 +179,7 @@ impl CloudFormation for AwsCloudFormation {
                 .change_set_name(name)
                 .set_next_token(token.take())
                 .send()
+                .traced("DescribeChangeSet")
                 .await
                 .map_err(|e| classify("DescribeChangeSet", &e))
             {
@@ -238,6 +242,7 @@ impl CloudFormation for AwsCloudFormation {
             .client_request_token(token)
             .disable_rollback(false)
             .send()
+            .traced("ExecuteChangeSet")
             .await
             .map_err(|e| classify("ExecuteChangeSet", &e))?;
         Ok(())
@@ -250,6 +255,7 @@ impl CloudFormation for AwsCloudFormation {
             .stack_name(stack)
             .change_set_name(name)
             .send()
+            .traced("DeleteChangeSet")
             .await
             .map_err(|e| classify("DeleteChangeSet", &e))
         {
@@ -269,6 +275,7 @@ impl CloudFormation for AwsCloudFormation {
                 .stack_name(stack)
                 .set_next_token(token.take())
                 .send()
+                .traced("DescribeStackEvents")
                 .await
                 .map_err(|e| classify("DescribeStackEvents", &e))?;
             events.extend(output.stack_events().iter().map(|e| {

@@ -14,7 +14,7 @@ use aws_sdk_ecs::types::{
     SortOrder, Tag, TaskDefinitionField,
 };
 
-use super::classify;
+use super::{classify, Traced};
 use crate::domain::observed::{
     Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, ATTEMPT_TAG,
 };
@@ -103,6 +103,7 @@ impl AwsEcs {
             .task_definition(arn)
             .include(TaskDefinitionField::Tags)
             .send()
+            .traced("DescribeTaskDefinition")
             .await
             .map_err(|e| {
                 let mut error = classify("DescribeTaskDefinition", &e);
@@ -131,6 +132,7 @@ impl AwsEcs {
             .cluster(cluster)
             .services(service)
             .send()
+            .traced("DescribeServices")
             .await
             .map_err(|e| classify("DescribeServices", &e))
     }
@@ -151,6 +153,7 @@ impl AwsEcs {
                     .desired_status(desired.clone())
                     .set_next_token(token.take())
                     .send()
+                    .traced("ListTasks")
                     .await
                     .map_err(|e| classify("ListTasks", &e))?;
                 arns.extend(page.task_arns().iter().cloned());
@@ -171,6 +174,7 @@ impl AwsEcs {
                 .cluster(cluster)
                 .set_tasks(Some(chunk.to_vec()))
                 .send()
+                .traced("DescribeTasks")
                 .await
                 .map_err(|e| classify("DescribeTasks", &e))?;
             // Filter by group as well: some emulators ignore ListTasks' serviceName filter.
@@ -346,6 +350,7 @@ impl Ecs for AwsEcs {
             .sort(SortOrder::Desc)
             .max_results(100)
             .send()
+            .traced("ListTaskDefinitions")
             .await
             .map_err(|e| classify("ListTaskDefinitions", &e))?;
         // The prefix also matches other families (`runner-a-canary`): keep this family's own
@@ -395,6 +400,7 @@ impl Ecs for AwsEcs {
             .customize()
             .config_override(no_retries())
             .send()
+            .traced("RegisterTaskDefinition")
             .await
             .map_err(|e| classify("RegisterTaskDefinition", &e))?;
         output
@@ -441,6 +447,7 @@ impl Ecs for AwsEcs {
             .customize()
             .config_override(no_retries())
             .send()
+            .traced("UpdateService")
             .await
             .map_err(|e| classify("UpdateService", &e))?;
         output

@@ -9,7 +9,10 @@ mod cfn;
 mod ecs;
 mod ssm;
 
+use std::future::Future;
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -18,6 +21,56 @@ use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::operation::RequestId;
 
 use crate::ports::{ErrorKind, PortError};
+
+/// Sends an SDK call inside a span (`aws.operation`, `outcome`, `aws.request_id`, the id AWS
+/// support asks for) and counts it in `runner_updater_aws_calls_total`.
+pub(crate) trait Traced<T, E>: Future<Output = Result<T, SdkError<E>>> + Sized
+where
+    T: RequestId,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    fn traced(self, operation: &'static str) -> impl Future<Output = Result<T, SdkError<E>>> {
+        let span = tracing::info_span!(
+            "aws",
+            otel.name = operation,
+            aws.operation = operation,
+            outcome = tracing::field::Empty,
+            aws.request_id = tracing::field::Empty,
+        );
+        let recorded = span.clone();
+        async move {
+            let result = self.instrument(span).await;
+            let (outcome, request_id) = match &result {
+                Ok(output) => ("ok", output.request_id().map(str::to_owned)),
+                Err(error) => (
+                    match classify(operation, error).kind {
+                        ErrorKind::Transient => "transient-error",
+                        ErrorKind::Permanent => "permanent-error",
+                        ErrorKind::NotFound => "not-found",
+                        ErrorKind::Conflict => "conflict",
+                    },
+                    error.request_id().map(str::to_owned),
+                ),
+            };
+            recorded.record("outcome", outcome);
+            if let Some(id) = &request_id {
+                recorded.record("aws.request_id", id.as_str());
+            }
+            if let Some(metrics) = crate::metrics::global() {
+                metrics.aws_call(operation, outcome);
+            }
+            result
+        }
+    }
+}
+
+impl<F, T, E> Traced<T, E> for F
+where
+    F: Future<Output = Result<T, SdkError<E>>>,
+    T: RequestId,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+}
 
 pub use cfn::AwsCloudFormation;
 pub use ecs::{AwsEcs, COPIED_FIELDS, READ_ONLY_SDK_FIELDS};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
 
-use super::classify;
+use super::{classify, Traced};
 use crate::ports::{ErrorKind, Parameter, ParameterStore, PortError};
 
 /// Pages read per `get_by_path` at most (10 parameters a page): a bound, far above a runner's needs.
@@ -39,6 +39,7 @@ impl ParameterStore for AwsSsm {
                 .with_decryption(true)
                 .set_next_token(token.take())
                 .send()
+                .traced("GetParametersByPath")
                 .await
                 .map_err(|e| classify("GetParametersByPath", &e))?;
             for parameter in page.parameters() {
@@ -65,6 +66,7 @@ impl ParameterStore for AwsSsm {
             .name(name)
             .with_decryption(true)
             .send()
+            .traced("GetParameter")
             .await
         {
             Ok(output) => Ok(output.parameter().and_then(|p| {
@@ -93,13 +95,21 @@ impl ParameterStore for AwsSsm {
             .r#type(ParameterType::String)
             .overwrite(overwrite)
             .send()
+            .traced("PutParameter")
             .await
             .map_err(|e| classify("PutParameter", &e))?;
         Ok(u64::try_from(output.version()).unwrap_or(0))
     }
 
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        match self.client.delete_parameter().name(name).send().await {
+        match self
+            .client
+            .delete_parameter()
+            .name(name)
+            .send()
+            .traced("DeleteParameter")
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) => match classify("DeleteParameter", &error) {
                 e if e.kind == ErrorKind::NotFound => Ok(()),
