@@ -227,7 +227,8 @@ pub fn attempt_span(runner: &str, attempt: &Attempt) -> Span {
     )
 }
 
-/// The span of one state of an attempt, parented to the attempt's trace.
+/// The span of one state of an attempt, parented to the attempt's trace. It carries the trace
+/// id as a field too, so every log line inside the update names its trace.
 #[must_use]
 pub fn state_span(
     runner: &str,
@@ -247,8 +248,11 @@ pub fn state_span(
         version.to = %attempt.target_version,
         lock.epoch = epoch.unwrap_or_default(),
         resumed,
-        change_set.id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
+    if let Some(id) = traceparent.and_then(trace_id) {
+        span.record("trace_id", id);
+    }
     if let Some(context) = traceparent.and_then(parent_context) {
         let _ = span.set_parent(context);
     }
