@@ -100,6 +100,22 @@ pub struct CrashPlan {
     pub after_command_named: Option<&'static str>,
 }
 
+impl CrashPlan {
+    /// One plan per crash point of a run that saved `saves` times and ran `commands` commands:
+    /// after each save, then after each command.
+    pub fn every_step(saves: u32, commands: u32) -> impl Iterator<Item = CrashPlan> {
+        (1..=saves)
+            .map(|k| CrashPlan {
+                after_save: Some(k),
+                ..CrashPlan::default()
+            })
+            .chain((1..=commands).map(|k| CrashPlan {
+                after_command: Some(k),
+                ..CrashPlan::default()
+            }))
+    }
+}
+
 /// Why a tick stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {

@@ -648,15 +648,7 @@ async fn every_crash_point_of_every_infrastructure_story_converges_without_repea
             "story {:?} saved only {saves} times",
             story.name
         );
-        let plans = (1..=saves)
-            .map(|k| CrashPlan {
-                after_save: Some(k),
-                ..CrashPlan::default()
-            })
-            .chain((1..=commands).map(|k| CrashPlan {
-                after_command: Some(k),
-                ..CrashPlan::default()
-            }));
+        let plans = CrashPlan::every_step(saves, commands);
         for plan in plans {
             for holder in ["controller-1", "controller-2"] {
                 match crash_and_resume(story, plan, holder).await {
