@@ -41,9 +41,34 @@ pub struct Config {
     /// CloudFormation waits.
     #[serde(default)]
     pub infrastructure: InfrastructureConfig,
+    /// Tracing.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
+}
+
+/// Tracing settings (the exporter itself is configured by the standard `OTEL_*` variables).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A pass at rest that leads nowhere gets a `check` span when its outcome changes, and
+    /// otherwise once in this many passes (0: only on a change).
+    #[serde(default = "default_check_span_every_passes")]
+    pub check_span_every_passes: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            check_span_every_passes: default_check_span_every_passes(),
+        }
+    }
+}
+
+fn default_check_span_every_passes() -> u32 {
+    60
 }
 
 /// The state store.

@@ -327,7 +327,11 @@ pub async fn run(
     let mut views = Vec::new();
     for runner in ["runner-a", "runner-b"] {
         if let Some(record) = scenario.store.load(runner).await? {
-            views.push(status_view(&record));
+            let mut view = status_view(&record);
+            let ports = scenario.ports();
+            view.lease =
+                crate::ops::lease_view(ports.lock.as_ref(), runner, ports.clock.now()).await;
+            views.push(view);
         }
     }
     write!(out, "{}", render_status(&views, 4))?;

@@ -24,14 +24,15 @@ use tracing::Instrument;
 
 use crate::config::{Config, RunnerConfig};
 use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
+use crate::domain::eligibility::{Rule, Verdict};
 use crate::domain::infra::{self, Creation, StackPlan, StackProgress};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
-    self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Observation, RunnerMachine,
-    Settings, State, TransitionEntry,
+    self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note, Observation,
+    RunnerMachine, Settings, State, TransitionEntry,
 };
 use crate::metrics::Metrics;
 use crate::ports::{
@@ -172,6 +173,12 @@ pub struct RunnerDriver {
     metrics: Option<Arc<Metrics>>,
     /// Whether the last observation could read AWS.
     aws_readable: bool,
+    /// Which passes at rest that lead nowhere get a `check` span.
+    check_sampler: telemetry::CheckSampler,
+    /// Whether an attempt took the lock during the current pass.
+    attempt_locked: bool,
+    /// The note and verdict of the last event handled at rest in the current pass.
+    rest_outcome: Option<(Option<Note>, Option<Verdict>)>,
 }
 
 impl RunnerDriver {
@@ -204,6 +211,9 @@ impl RunnerDriver {
             state_span: None,
             metrics: None,
             aws_readable: true,
+            check_sampler: telemetry::CheckSampler::new(config.telemetry.check_span_every_passes),
+            attempt_locked: false,
+            rest_outcome: None,
         }
     }
 
@@ -305,10 +315,41 @@ impl RunnerDriver {
     }
 
     async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
-        if self.phase().is_resting() {
+        let resting = self.phase().is_resting();
+        if resting {
             // The attempt's last state (Done, RolledBack) ended with the previous pass.
             self.state_span = None;
         }
+        self.attempt_locked = false;
+        self.rest_outcome = None;
+        let result = self.pass(report).await;
+        if resting && !self.attempt_locked && self.phase().is_resting() {
+            self.trace_check();
+        }
+        result
+    }
+
+    /// A pass at rest that led nowhere: a short `check` span, when sampled.
+    fn trace_check(&mut self) {
+        let Some((note, verdict)) = self.rest_outcome.take() else {
+            return;
+        };
+        let (outcome, reason) = note.as_ref().map_or(("idle", ""), |note| {
+            (note.code.as_str(), note.message.as_str())
+        });
+        if !self.check_sampler.sample(outcome) {
+            return;
+        }
+        // The verdict is this pass's only when the rules ran (not on a bad value or an
+        // unreadable AWS, which stop before them).
+        let verdict = verdict.as_ref().filter(|_| {
+            matches!(outcome, "idle" | "lock-busy" | "lock-failed")
+                || Rule::from_name(outcome).is_some()
+        });
+        telemetry::check_span(&self.runner.name, outcome, reason, verdict);
+    }
+
+    async fn pass(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
         let fresh = self.machine.is_none();
         if fresh {
             self.load().await?;
@@ -411,6 +452,11 @@ impl RunnerDriver {
                     true,
                 )
             });
+        if let (Some(span), Some(step)) =
+            (&self.state_span, machine::change_set_of(machine.state()))
+        {
+            telemetry::record_change_set(span, step);
+        }
         self.machine = Some(machine);
         self.last_saved = record;
         self.pending = ctx.commands;
@@ -437,6 +483,12 @@ impl RunnerDriver {
         if let Some(violation) = ctx.violations.first() {
             return Err(DriverError::Bug(violation.clone()));
         }
+        if phase_of(machine.state()).is_resting() {
+            // What a pass at rest concluded, for its check span (kept here: a refused write
+            // below drops the machine).
+            let memory = &machine.inner().memory;
+            self.rest_outcome = Some((memory.note.clone(), memory.verdict.clone()));
+        }
         let history = &machine.inner().memory.history;
         if history.back() != last_before.as_ref() || history.len() != history_before {
             let new = history
@@ -452,16 +504,30 @@ impl RunnerDriver {
             if let (Some(attempt), true) = (
                 &attempt,
                 new.iter()
-                    .any(|t| t.from.is_resting() && t.to == Phase::Checking),
+                    .any(|t| t.from == Phase::Checking && t.to == Phase::Locked),
             ) {
-                // A new attempt: its root span, ended at once (a crash cannot lose it).
+                // An attempt under the lock: its root span, ended at once (a crash cannot lose
+                // it), then its `checking` span with the verdict that started it. A Checking
+                // that ends without the lock is not an attempt: it is told by a check span.
                 let root = telemetry::attempt_span(&self.runner.name, attempt);
                 self.traceparent = telemetry::traceparent(&root);
+                self.attempt_locked = true;
+                let checking = telemetry::state_span(
+                    &self.runner.name,
+                    Phase::Checking,
+                    attempt,
+                    epoch,
+                    self.traceparent.as_deref(),
+                    false,
+                );
+                if let Some(verdict) = &machine.inner().memory.verdict {
+                    telemetry::record_verdict(&checking, verdict);
+                }
             }
             // Leaving a state ends its span; entering one opens the next.
             self.state_span = attempt
                 .as_ref()
-                .filter(|_| phase != Phase::Idle)
+                .filter(|_| !matches!(phase, Phase::Idle | Phase::Checking))
                 .map(|attempt| {
                     telemetry::state_span(
                         &self.runner.name,
@@ -483,6 +549,11 @@ impl RunnerDriver {
                 tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
                 report.transitions.push(transition);
             }
+        }
+        if let (Some(span), Some(step)) =
+            (&self.state_span, machine::change_set_of(machine.state()))
+        {
+            telemetry::record_change_set(span, step);
         }
         if phase_of(machine.state()) == Phase::Checking {
             // The lease comes first: nothing is written before it is ours. Taking it changes
@@ -630,7 +701,7 @@ impl RunnerDriver {
             match operation().await {
                 Err(error) if error.is_transient() => match delays.next() {
                     Some(delay) => {
-                        tracing::debug!(runner = %self.runner.name, %error, ?delay, "retrying");
+                        tracing::info!(runner = %self.runner.name, %error, ?delay, "retrying");
                         if let Some(metrics) = &self.metrics {
                             metrics.retry(&self.runner.name);
                         }

@@ -16,9 +16,9 @@ use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
 use runner_updater::metrics::Metrics;
 use runner_updater::ops;
-use runner_updater::ports::ParameterStore;
 use runner_updater::ports::StateStore;
-use runner_updater::report::{plan_view, render_plan, render_status, status_view};
+use runner_updater::ports::{Clock as _, ParameterStore};
+use runner_updater::report::{plan_view, render_plan, render_status, status_view, LeaseView};
 use runner_updater::server::{self, Endpoints};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::SimClock;
@@ -150,7 +150,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli).await {
+    match Box::pin(dispatch(cli)).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("runner-updater: {error:#}");
@@ -170,7 +170,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         LogFormat::Json => telemetry::LogFormat::Json,
     };
     let telemetry = telemetry::init(format, quiet)?;
-    let result = run_command(cli).await;
+    let result = Box::pin(run_command(cli)).await;
     // Spans still buffered are exported before the process ends.
     telemetry.shutdown();
     result
@@ -235,7 +235,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { runner, json } => {
             let config = load_config(cli.config.as_ref())?;
-            let store = state_store(&config).await;
+            let (store, lock) = status_sources(&config).await;
             // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
             let runners = match runner {
                 Some(runner) => vec![runner],
@@ -247,7 +247,16 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut views = Vec::new();
             for runner in &runners {
                 match store.load(runner).await {
-                    Ok(Some(record)) => views.push(status_view(&record)),
+                    Ok(Some(record)) => {
+                        let mut view = status_view(&record);
+                        view.lease = match &lock {
+                            None => LeaseView::NotRead(
+                                "file store: status does not contact AWS".to_owned(),
+                            ),
+                            Some(lock) => ops::lease_view(lock, runner, SystemClock.now()).await,
+                        };
+                        views.push(view);
+                    }
                     Ok(None) => bail!(
                         "runner {runner} has no record yet (backend {})",
                         config.state_store.backend
@@ -395,13 +404,18 @@ fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore
     }
 }
 
-/// The configured state store (SSM needs AWS credentials; the file store does not).
-async fn state_store(config: &Config) -> Arc<dyn StateStore> {
+/// What `status` reads: the configured state store and, with the SSM store, the leases (the
+/// file store is read without AWS, so it works with no credentials at all).
+async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<SsmLease>) {
     if config.state_store.backend == "file" {
-        return Arc::new(FileStore::new(&config.state_store.path));
+        return (Arc::new(FileStore::new(&config.state_store.path)), None);
     }
     let clients = AwsClients::from_env(SdkSettings::default()).await;
-    store_on(config, Arc::new(clients.ssm))
+    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
+    (
+        store_on(config, ssm.clone()),
+        Some(SsmLease::new(ssm, &config.prefix)),
+    )
 }
 
 /// The controller loop on the simulated AWS, paced in real time (the simulated clock follows).

@@ -1,6 +1,18 @@
-//! Ops' commands that change what the controller does: `approve` (a held change set).
+//! Ops' commands that change what the controller does: `approve` (a held change set); and the
+//! live read `status` adds to a record (who holds the lease).
 
-use crate::ports::{ParameterStore, PortError, StateStore, StoreError};
+use crate::domain::Millis;
+use crate::ports::{Lock, ParameterStore, PortError, StateStore, StoreError};
+use crate::report::LeaseView;
+
+/// Who holds the runner's lease now, for `status`.
+pub async fn lease_view(lock: &dyn Lock, runner: &str, now: Millis) -> LeaseView {
+    match lock.holder(runner, now).await {
+        Ok(Some(holder)) => LeaseView::Held(holder),
+        Ok(None) => LeaseView::Free,
+        Err(error) => LeaseView::NotRead(error.to_string()),
+    }
+}
 
 /// Why an approval was not written.
 #[derive(Debug, thiserror::Error)]

@@ -42,8 +42,34 @@ pub struct StatusView {
     pub lock_epoch: Option<u64>,
     /// The change set in progress: stack, name and review.
     pub change_set: Option<String>,
+    /// Who holds the runner's lease now (read from SSM by `status`, not from the record).
+    pub lease: LeaseView,
     /// The full record.
     pub record: Record,
+}
+
+/// The runner's lease as `status` found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "detail", rename_all = "kebab-case")]
+pub enum LeaseView {
+    /// A live lease, by this holder.
+    Held(String),
+    /// No live lease.
+    Free,
+    /// Not read, and why (the file store is read without AWS; SSM could not be read).
+    NotRead(String),
+}
+
+impl LeaseView {
+    /// A short form for the table.
+    #[must_use]
+    pub fn short(&self) -> &str {
+        match self {
+            LeaseView::Held(holder) => holder,
+            LeaseView::Free => "free",
+            LeaseView::NotRead(_) => "?",
+        }
+    }
 }
 
 /// Builds the status of one record.
@@ -90,6 +116,7 @@ pub fn status_view(record: &Record) -> StatusView {
             };
             format!("{} on stack {}: {review}{done}", c.name, c.stack)
         }),
+        lease: LeaseView::NotRead("not read".to_owned()),
         record: record.clone(),
     }
 }
@@ -180,18 +207,19 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<12} {:<28} {:<22} {:<10} REASON",
-        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET"
+        "{:<16} {:<12} {:<28} {:<22} {:<10} {:<20} REASON",
+        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET", "LEASE"
     );
     for v in views {
         let _ = writeln!(
             out,
-            "{:<16} {:<12} {:<28} {:<22} {:<10} {}",
+            "{:<16} {:<12} {:<28} {:<22} {:<10} {:<20} {}",
             v.runner,
             v.state,
             v.phase,
             v.since,
             v.target_version.as_deref().unwrap_or("-"),
+            v.lease.short(),
             v.reason_code.as_deref().unwrap_or("-")
         );
     }
@@ -222,6 +250,15 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
             "  lock epoch: {}",
             v.lock_epoch
                 .map_or_else(|| "-".to_owned(), |e| e.to_string())
+        );
+        let _ = writeln!(
+            out,
+            "  lease     : {}",
+            match &v.lease {
+                LeaseView::Held(holder) => format!("held by {holder}"),
+                LeaseView::Free => "free".to_owned(),
+                LeaseView::NotRead(why) => format!("not read ({why})"),
+            }
         );
         for failed in &v.record.failed {
             let _ = writeln!(

@@ -26,8 +26,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+use crate::domain::eligibility::Verdict;
 use crate::machine::phase::Phase;
-use crate::machine::Attempt;
+use crate::machine::{Attempt, ChangeSetStep};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +130,11 @@ pub fn provider_from_env() -> Result<Option<SdkTracerProvider>, TelemetryError> 
     ))
 }
 
-/// Installs logging (and tracing when an endpoint is set) as the global subscriber. Call from
-/// within the tokio runtime.
+/// Installs logging and tracing as the global subscriber. Call from within the tokio runtime.
+///
+/// Without an endpoint, spans still get trace ids (a tracer provider with no exporter): the
+/// record, `status` and the log lines name each attempt's trace all the same, and nothing is
+/// sent or retried.
 ///
 /// # Errors
 /// As [`provider_from_env`].
@@ -138,24 +142,34 @@ pub fn init(format: LogFormat, default_level: &str) -> Result<Telemetry, Telemet
     let provider = provider_from_env()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("runner-updater"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
-    let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
-    let json = (format == LogFormat::Json).then(|| {
-        tracing_subscriber::fmt::layer()
+    let tracer = provider.as_ref().map_or_else(
+        || {
+            SdkTracerProvider::builder()
+                .build()
+                .tracer("runner-updater")
+        },
+        |p| p.tracer("runner-updater"),
+    );
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    // `RUST_LOG` (or the default level) filters the log lines only: spans are recorded for the
+    // traces whatever the log level, so quiet commands still name their traces.
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_writer(std::io::stderr)
-    });
+            .with_filter(filter)
+            .boxed(),
+    };
     // A second initialisation only happens in tests of main; ignoring it is harmless.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(text)
-        .with(json)
+        .with(logs)
         .with(otel)
         .try_init();
     Ok(Telemetry { provider })
@@ -259,9 +273,111 @@ pub fn state_span(
     span
 }
 
+/// Records each eligibility rule's outcome on a span: `eligibility.<rule>` = `pass` or
+/// `fail: <reason>`, and `eligibility.eligible`.
+pub fn record_verdict(span: &Span, verdict: &Verdict) {
+    for outcome in &verdict.outcomes {
+        let value = if outcome.passed {
+            "pass".to_owned()
+        } else {
+            format!("fail: {}", outcome.reason)
+        };
+        span.set_attribute(format!("eligibility.{}", outcome.rule.name()), value);
+    }
+    span.set_attribute("eligibility.eligible", verdict.eligible());
+}
+
+/// Records the change set a state works on: `stack`, `change_set.name`, `change_set.id`
+/// (once CloudFormation gave it) and the stacks done before it.
+pub fn record_change_set(span: &Span, step: &ChangeSetStep) {
+    span.set_attribute("stack", step.stack.clone());
+    span.set_attribute("change_set.name", step.name.clone());
+    if let Some(id) = &step.id {
+        span.set_attribute("change_set.id", id.clone());
+    }
+    if !step.done.is_empty() {
+        span.set_attribute("stacks.done", step.done.join(","));
+    }
+}
+
+/// A pass at rest that led nowhere (nothing to do, a rule failed, a bad value, the lock busy):
+/// a short root span of its own, `check <runner>`, created and ended at once. Emitted only
+/// when [`CheckSampler`] says so, so that they do not drown the update traces.
+pub fn check_span(runner: &str, outcome: &str, reason: &str, verdict: Option<&Verdict>) {
+    let span = tracing::info_span!(
+        parent: None,
+        "check",
+        otel.name = %format!("check {runner}"),
+        runner = %runner,
+        outcome = %outcome,
+        reason = %reason,
+    );
+    if let Some(verdict) = verdict {
+        record_verdict(&span, verdict);
+    }
+}
+
+/// Decides which passes at rest get a [`check_span`]: every change of outcome, and otherwise
+/// one pass in `every` (so a steady "nothing to do" shows up about once an hour at the default
+/// poll interval, and a new reason at once). `every` = 0 emits only changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSampler {
+    every: u32,
+    last: Option<String>,
+    skipped: u32,
+}
+
+impl CheckSampler {
+    /// One in `every` unchanged passes, and every change.
+    #[must_use]
+    pub fn new(every: u32) -> Self {
+        CheckSampler {
+            every,
+            last: None,
+            skipped: 0,
+        }
+    }
+
+    /// Whether this pass, with this outcome, is traced.
+    pub fn sample(&mut self, outcome: &str) -> bool {
+        let changed = self.last.as_deref() != Some(outcome);
+        self.skipped += 1;
+        if changed || (self.every > 0 && self.skipped >= self.every) {
+            self.last = Some(outcome.to_owned());
+            self.skipped = 0;
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_spans_are_sampled_on_change_and_one_in_n() {
+        let mut sampler = CheckSampler::new(3);
+        let picks: Vec<bool> = [
+            "newer-version",
+            "newer-version",
+            "newer-version",
+            "newer-version",
+            "lock-busy",
+            "newer-version",
+            "newer-version",
+        ]
+        .iter()
+        .map(|o| sampler.sample(o))
+        .collect();
+        assert_eq!(picks, [true, false, false, true, true, true, false]);
+        let mut changes_only = CheckSampler::new(0);
+        let picks: Vec<bool> = ["a", "a", "a", "b", "b"]
+            .iter()
+            .map(|o| changes_only.sample(o))
+            .collect();
+        assert_eq!(picks, [true, false, false, true, false]);
+    }
 
     #[test]
     fn traceparents_parse_and_refuse_garbage() {

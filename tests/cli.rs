@@ -66,6 +66,14 @@ fn status_reads_the_records_a_demo_left_behind() {
     assert_eq!(views[0]["state"], "Done");
     assert_eq!(views[1]["state"], "RolledBack");
     assert_eq!(views[1]["reason_code"], "unhealthy-tasks");
+    assert_eq!(
+        views[0]["lease"]["state"], "not-read",
+        "the file store is read without AWS"
+    );
+    assert!(
+        views[0]["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+        "each attempt names its trace, with no exporter configured"
+    );
     let human = binary()
         .args(["status", "runner-b"])
         .env("RUNNER_UPDATER_STATE_DIR", &state)

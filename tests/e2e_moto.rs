@@ -520,6 +520,38 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
         "the runner waits for its infrastructure"
     );
 
+    // On-call's view while it waits: the held change set, the trace and the lease's holder,
+    // read from SSM by `status` with no controller involved.
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["status", "runner-c", "--json"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let views: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let view = &views[0];
+    assert_eq!(view["phase"], "awaiting_approval");
+    assert_eq!(view["lease"]["state"], "held", "{view}");
+    assert!(
+        view["lease"]["detail"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("controller-1-")),
+        "the holder is named: {view}"
+    );
+    assert!(
+        view["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+        "the attempt's trace id, without any exporter: {view}"
+    );
+    assert!(view["change_set"]
+        .as_str()
+        .is_some_and(|c| c.contains(&change_set.name)));
+
     let approve = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
         .arg("--config")
         .arg(&world.config)
@@ -572,7 +604,8 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     kill(controller);
 }
 
-/// A receiver of OTLP/HTTP traces (`tests/otlp_receiver/receiver.py`), killed on drop.
+/// A receiver of OTLP traces over HTTP or gRPC (`tests/otlp_receiver/receiver.py`), killed on
+/// drop.
 struct Receiver {
     process: Proc,
     url: String,
@@ -581,7 +614,7 @@ struct Receiver {
 
 impl Receiver {
     #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
-    fn start(dir: &std::path::Path) -> Receiver {
+    fn start(dir: &std::path::Path, protocol: &str) -> Receiver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -596,6 +629,7 @@ impl Receiver {
             .arg(script)
             .arg(port.to_string())
             .arg(&out)
+            .arg(protocol)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -624,15 +658,26 @@ impl Receiver {
 }
 
 #[tokio::test]
-async fn traces_reach_a_real_otlp_receiver_and_are_flushed_on_shutdown() {
+async fn traces_reach_a_real_otlp_http_receiver_and_are_flushed_on_shutdown() {
+    traces_reach_a_real_otlp_receiver("http", "http/protobuf").await;
+}
+
+#[tokio::test]
+async fn traces_reach_a_real_otlp_grpc_receiver_and_are_flushed_on_shutdown() {
+    traces_reach_a_real_otlp_receiver("grpc", "grpc").await;
+}
+
+/// The controller, configured only by the standard `OTEL_*` variables, exports one trace per
+/// attempt to a real receiver over `protocol`, and flushes it on SIGTERM.
+async fn traces_reach_a_real_otlp_receiver(receiver_protocol: &str, otel_protocol: &str) {
     let world = World::new(&["runner-a"]).await;
-    let receiver = Receiver::start(world.dir.path());
+    let receiver = Receiver::start(world.dir.path(), receiver_protocol);
     let controller = world.controller_with(
         "controller-1",
         None,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", otel_protocol),
             ("OTEL_SERVICE_NAME", "runner-updater-e2e"),
         ],
     );
@@ -647,8 +692,13 @@ async fn traces_reach_a_real_otlp_receiver_and_are_flushed_on_shutdown() {
         .find(|s| s["name"] == "update runner-a 2.13.0 → 2.14.0")
         .unwrap_or_else(|| panic!("no root span among {spans:#?}"));
     assert_eq!(root["service"], "runner-updater-e2e");
+    assert!(
+        spans.iter().all(|s| s["protocol"] == receiver_protocol),
+        "every span came over {receiver_protocol}"
+    );
     let trace = root["trace_id"].as_str().unwrap();
     for state in [
+        "checking",
         "locked",
         "registering_task_definition",
         "updating_service",
@@ -664,6 +714,8 @@ async fn traces_reach_a_real_otlp_receiver_and_are_flushed_on_shutdown() {
         assert_eq!(span["parent_span_id"], root["span_id"], "{state}");
         assert_eq!(span["attributes"]["runner"], "runner-a");
     }
+    let checking = spans.iter().find(|s| s["name"] == "checking").unwrap();
+    assert_eq!(checking["attributes"]["eligibility.newer-version"], "pass");
     let command = spans
         .iter()
         .find(|s| s["name"] == "update_service" && s["attributes"]["outcome"] == "ok")

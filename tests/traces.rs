@@ -8,6 +8,7 @@ use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use runner_updater::driver::{CrashPlan, DriverError};
 use runner_updater::machine::phase::Phase;
+use runner_updater::ports::Clock as _;
 use runner_updater::sim::scenario::{Scenario, ScenarioError};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -18,15 +19,25 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .map(|kv| kv.value.to_string())
 }
 
-#[tokio::test]
-async fn one_trace_tells_the_whole_update_across_a_crash() {
+/// Spans of this thread go to an in-memory exporter until the guard is dropped.
+fn capture() -> (
+    InMemorySpanExporter,
+    SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let guard = tracing::subscriber::set_default(subscriber);
+    (exporter, provider, guard)
+}
+
+#[tokio::test]
+async fn one_trace_tells_the_whole_update_across_a_crash() {
+    let (exporter, provider, _guard) = capture();
 
     let s = Scenario::new(3).unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
@@ -86,6 +97,25 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
             "{phase}"
         );
     }
+    let checking = states.iter().find(|s| s.name == "checking").unwrap();
+    assert_eq!(
+        attribute(checking, "eligibility.eligible").as_deref(),
+        Some("true")
+    );
+    for rule in [
+        "channel",
+        "auto-update",
+        "infrastructure",
+        "newer-version",
+        "different-image",
+        "not-failed",
+    ] {
+        assert_eq!(
+            attribute(checking, &format!("eligibility.{rule}")).as_deref(),
+            Some("pass"),
+            "each rule's outcome is on the checking span"
+        );
+    }
     let resumed: Vec<&&SpanData> = states
         .iter()
         .filter(|s| attribute(s, "resumed").as_deref() == Some("true"))
@@ -121,4 +151,141 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
 
 fn names(spans: &[SpanData]) -> Vec<String> {
     spans.iter().map(|s| s.name.to_string()).collect()
+}
+
+fn checks(spans: &[SpanData]) -> Vec<String> {
+    spans
+        .iter()
+        .filter(|s| s.name == "check runner-a")
+        .map(|s| attribute(s, "outcome").unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn passes_that_lead_nowhere_are_short_sampled_check_spans_of_their_own() {
+    let (exporter, provider, _guard) = capture();
+    let mut config =
+        runner_updater::config::Config::from_toml(runner_updater::config::EMBEDDED_CONFIG).unwrap();
+    config.telemetry.check_span_every_passes = 5;
+    let s = Scenario::with_config(3, config).unwrap();
+    let mut driver = s.driver("runner-a").unwrap();
+    // Nothing to do (desired = running): 12 passes, one span for the first and then one in 5.
+    for _ in 0..12 {
+        driver.tick().await.unwrap();
+        s.aws.clock.sleep(driver.requeue_after()).await;
+    }
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(
+        checks(&spans),
+        ["newer-version", "newer-version", "newer-version"],
+        "{:#?}",
+        names(&spans)
+    );
+    let check = spans.iter().find(|s| s.name == "check runner-a").unwrap();
+    assert_eq!(check.parent_span_id, SpanId::INVALID, "a trace of its own");
+    assert!(attribute(check, "eligibility.newer-version")
+        .unwrap()
+        .starts_with("fail: "));
+    assert_eq!(
+        spans.len(),
+        3,
+        "the reads of a pass at rest are not traced one by one: {:#?}",
+        names(&spans)
+    );
+
+    // A new reason is traced at once: a bad value, then the lock held by another controller.
+    exporter.reset();
+    s.set_desired("runner-a", "version", "v2.14");
+    driver.tick().await.unwrap();
+    let lock = s.ports().lock;
+    let now = s.ports().clock.now();
+    lock.acquire(
+        "runner-a",
+        "controller-2",
+        now,
+        std::time::Duration::from_mins(5),
+    )
+    .await
+    .unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.aws.clock.sleep(driver.requeue_after()).await;
+    driver.tick().await.unwrap();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(checks(&spans), ["invalid-version", "lock-busy"]);
+    let busy = spans
+        .iter()
+        .find(|s| attribute(s, "outcome").as_deref() == Some("lock-busy"))
+        .unwrap();
+    assert!(attribute(busy, "reason").unwrap().contains("controller-2"));
+    assert_eq!(
+        attribute(busy, "eligibility.eligible").as_deref(),
+        Some("true")
+    );
+    assert!(
+        !spans.iter().any(|s| s.name.starts_with("update ")),
+        "a Checking that does not get the lock starts no update trace: {:#?}",
+        names(&spans)
+    );
+}
+
+#[tokio::test]
+async fn change_set_states_name_their_stack_and_change_set() {
+    use runner_updater::sim::{initial_template, SimResource};
+    let (exporter, provider, _guard) = capture();
+    let s = Scenario::new(5).unwrap();
+    let url = |name: &str| format!("https://templates.s3.amazonaws.com/{name}.json");
+    let mut iam = initial_template();
+    iam.resources[0].properties = "v2".to_owned();
+    s.aws.cfn.put_template(&url("iam-2"), iam);
+    s.aws.cfn.put_template(
+        &url("main-2"),
+        initial_template().resource(SimResource::new("Topic", "AWS::SNS::Topic", "v2")),
+    );
+    s.set_desired("runner-a", "infra-version", "2");
+    s.set_desired(
+        "runner-a",
+        "stacks/runner-a-iam/template-url",
+        &url("iam-2"),
+    );
+    s.set_desired(
+        "runner-a",
+        "stacks/runner-a-main/template-url",
+        &url("main-2"),
+    );
+    s.set_desired("runner-a", "version", "2.14.0");
+    let mut driver = s.driver("runner-a").unwrap();
+    s.drive_to(&mut driver, Phase::Done, 400).await.unwrap();
+    drop(driver);
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let executing: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "executing_change_set")
+        .collect();
+    let stacks: Vec<String> = executing
+        .iter()
+        .map(|s| attribute(s, "stack").unwrap())
+        .collect();
+    assert_eq!(stacks, ["runner-a-iam", "runner-a-main"], "in order");
+    for span in executing {
+        let name = attribute(span, "change_set.name").unwrap();
+        assert!(name.starts_with("ru-"), "{name}");
+        assert!(
+            attribute(span, "change_set.id").is_some_and(|id| id.contains(&name)),
+            "the change set's id, as CloudFormation gave it"
+        );
+    }
+    let main = spans
+        .iter()
+        .find(|s| {
+            s.name == "executing_change_set"
+                && attribute(s, "stack").as_deref() == Some("runner-a-main")
+        })
+        .unwrap();
+    assert_eq!(
+        attribute(main, "stacks.done").as_deref(),
+        Some("runner-a-iam")
+    );
 }

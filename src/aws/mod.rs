@@ -23,20 +23,26 @@ use aws_sdk_ecs::operation::RequestId;
 use crate::ports::{ErrorKind, PortError};
 
 /// Sends an SDK call inside a span (`aws.operation`, `outcome`, `aws.request_id`, the id AWS
-/// support asks for) and counts it in `runner_updater_aws_calls_total`.
+/// support asks for) under the current span, and counts it in `runner_updater_aws_calls_total`.
 pub(crate) trait Traced<T, E>: Future<Output = Result<T, SdkError<E>>> + Sized
 where
     T: RequestId,
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     fn traced(self, operation: &'static str) -> impl Future<Output = Result<T, SdkError<E>>> {
-        let span = tracing::info_span!(
-            "aws",
-            otel.name = operation,
-            aws.operation = operation,
-            outcome = tracing::field::Empty,
-            aws.request_id = tracing::field::Empty,
-        );
+        // A call outside any span (the reads of a pass at rest) is counted but not traced: a
+        // root span per call would drown the update traces.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "aws",
+                otel.name = operation,
+                aws.operation = operation,
+                outcome = tracing::field::Empty,
+                aws.request_id = tracing::field::Empty,
+            )
+        };
         let recorded = span.clone();
         async move {
             let result = self.instrument(span).await;

@@ -1793,6 +1793,17 @@ pub fn attempt_of(state: &State) -> Option<&Attempt> {
     }
 }
 
+/// The change set a state works on, when it is an infrastructure state.
+#[must_use]
+pub fn change_set_of(state: &State) -> Option<&ChangeSetStep> {
+    match state {
+        State::CreatingChangeSet { step, .. }
+        | State::AwaitingApproval { step, .. }
+        | State::ExecutingChangeSet { step, .. } => Some(step),
+        _ => None,
+    }
+}
+
 /// The run (attempt under lock) of a state, when there is one.
 #[must_use]
 pub fn run_of(state: &State) -> Option<&Run> {
