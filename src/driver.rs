@@ -419,7 +419,24 @@ impl RunnerDriver {
     }
 
     async fn load(&mut self) -> Result<(), DriverError> {
-        let record = self.ports.store.load(&self.runner.name).await?;
+        let record = match self.ports.store.load(&self.runner.name).await {
+            Ok(record) => record,
+            Err(error) => {
+                if let StoreError::Record(unusable) = &error {
+                    // Nothing is done with (or written over) a record this controller cannot
+                    // read; the pass says why, by name.
+                    self.rest_outcome = Some((
+                        Some(Note {
+                            code: unusable.code().to_owned(),
+                            message: unusable.to_string(),
+                            at: self.ports.clock.now(),
+                        }),
+                        None,
+                    ));
+                }
+                return Err(error.into());
+            }
+        };
         let (shared, state) = match &record {
             Some(record) => record
                 .restore(self.settings.clone())
@@ -861,8 +878,12 @@ impl RunnerDriver {
             }
             Command::RollBackService {
                 task_definition_arn,
+                baseline_deployments,
                 ..
-            } => self.roll_back_service(task_definition_arn).await,
+            } => {
+                self.roll_back_service(task_definition_arn, baseline_deployments)
+                    .await
+            }
             Command::PrepareChangeSet {
                 attempt_id,
                 name,
@@ -1210,13 +1231,26 @@ impl RunnerDriver {
         ))
     }
 
-    async fn roll_back_service(&self, task_definition_arn: &str) -> Result<Event, PortError> {
+    /// Points the service back at the baseline, unless that was done already: the service
+    /// runs it, or a deployment of it exists that the service did not have before the attempt
+    /// (our rollback before a crash, since moved on by someone else, or ECS's own). The
+    /// machine then sees where the service is and does not fight a foreign writer.
+    async fn roll_back_service(
+        &self,
+        task_definition_arn: &str,
+        baseline_deployments: &[String],
+    ) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
         let state = self
             .retrying(|| ecs.describe_service(cluster, service))
             .await?;
-        if state.task_definition_arn != task_definition_arn {
+        let made = state.task_definition_arn == task_definition_arn
+            || state.deployments.iter().any(|d| {
+                d.task_definition_arn == task_definition_arn
+                    && !baseline_deployments.contains(&d.id)
+            });
+        if !made {
             ecs.update_service(cluster, service, task_definition_arn)
                 .await?;
         }

@@ -16,9 +16,11 @@ use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
 use runner_updater::metrics::Metrics;
 use runner_updater::ops;
-use runner_updater::ports::StateStore;
 use runner_updater::ports::{Clock as _, ParameterStore};
-use runner_updater::report::{plan_view, render_plan, render_status, status_view, LeaseView};
+use runner_updater::ports::{StateStore, StoreError};
+use runner_updater::report::{
+    plan_view, render_plan, render_status, status_view, unreadable_view, LeaseView,
+};
 use runner_updater::server::{self, Endpoints};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::SimClock;
@@ -118,6 +120,28 @@ enum Command {
         #[arg(long)]
         write_all: Option<PathBuf>,
     },
+    /// Deterministic simulation: seeds of chaos (faults, crashes, ops changes, a second
+    /// controller, clock skew) on the simulated AWS, every invariant checked after every step.
+    Simulate {
+        /// Replay this one seed (with --verbose: every action as it happens).
+        #[arg(long, conflicts_with_all = ["from", "seeds"])]
+        seed: Option<u64>,
+        /// First seed of a run.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// How many seeds to run (a soak: as many as you like).
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// Chaos steps per seed (before the drain).
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+        /// Print every action of the seed.
+        #[arg(long)]
+        verbose: bool,
+        /// Print the figures as the README's Markdown table.
+        #[arg(long)]
+        report: bool,
+    },
     /// The whole story on the embedded simulated AWS; no account needed.
     Demo {
         /// Seed of the simulation.
@@ -160,10 +184,11 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let quiet = if matches!(cli.command, Command::Run { .. }) {
-        "info"
-    } else {
-        "warn"
+    let quiet = match cli.command {
+        Command::Run { .. } => "info",
+        // The simulation injects faults by the thousand: their warnings would drown its report.
+        Command::Simulate { .. } => "error",
+        _ => "warn",
     };
     let format = match cli.log_format {
         LogFormat::Text => telemetry::LogFormat::Text,
@@ -184,6 +209,21 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut stdout = std::io::stdout().lock();
             runner_updater::demo::run(seed, store, &mut stdout).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            seed,
+            from,
+            seeds,
+            steps,
+            verbose,
+            report,
+        } => {
+            let settings = runner_updater::sim::dst::Settings {
+                steps,
+                ..runner_updater::sim::dst::Settings::default()
+            };
+            let (from, seeds) = seed.map_or((from, seeds), |seed| (seed, 1));
+            simulate(from, seeds, settings, verbose, report).await
         }
         Command::Diagram {
             format,
@@ -261,6 +301,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                         "runner {runner} has no record yet (backend {})",
                         config.state_store.backend
                     ),
+                    // One unreadable record must not hide the others.
+                    Err(StoreError::Record(error)) => views.push(unreadable_view(
+                        runner,
+                        &config.prefix,
+                        error.code(),
+                        &error.to_string(),
+                    )),
                     Err(error) => bail!("runner {runner}: {error}"),
                 }
             }
@@ -404,6 +451,62 @@ fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore
     }
 }
 
+/// Runs seeds `from..from + seeds`, printing progress, the fault mix and the first violation.
+async fn simulate(
+    from: u64,
+    seeds: u64,
+    settings: runner_updater::sim::dst::Settings,
+    verbose: bool,
+    report: bool,
+) -> anyhow::Result<ExitCode> {
+    use runner_updater::sim::dst;
+    let started = SystemClock.now();
+    let mut tally = dst::Tally::default();
+    let progress_every = (seeds / 10).max(1);
+    for seed in from..from.saturating_add(seeds) {
+        match dst::run_seed(seed, settings, verbose).await? {
+            Ok(one) => tally.add(&one),
+            Err(violation) => {
+                eprintln!("{violation}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        let done = seed - from + 1;
+        if !report && done.is_multiple_of(progress_every) && done < seeds {
+            let seconds = SystemClock.now().since(started).as_secs_f64().max(0.001);
+            #[allow(clippy::cast_precision_loss)] // a rate for humans
+            let rate = done as f64 / seconds;
+            eprintln!("  {done}/{seeds} seeds, {rate:.1} seeds/s");
+        }
+    }
+    let seconds = SystemClock.now().since(started).as_secs_f64().max(0.001);
+    #[allow(clippy::cast_precision_loss)] // a rate for humans
+    let rate = tally.seeds as f64 / seconds;
+    if report {
+        println!("| figure | count |\n|---|---:|");
+        for (name, value) in tally.rows() {
+            println!("| {name} | {value} |");
+        }
+        println!("| invariant violations | 0 |");
+        println!(
+            "\nSeeds {from}..={}, {} chaos steps each; {seconds:.0} s ({rate:.1} seeds/s) on this machine.",
+            from + seeds - 1,
+            settings.steps
+        );
+    } else {
+        println!(
+            "{} seeds ({from}..={}) in {seconds:.1} s: {rate:.1} seeds/s; no invariant violated",
+            tally.seeds,
+            from + seeds - 1
+        );
+        println!("fault mix:");
+        for (name, value) in tally.rows() {
+            println!("  {name:<26} {value}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What `status` reads: the configured state store and, with the SSM store, the leases (the
 /// file store is read without AWS, so it works with no credentials at all).
 async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<SsmLease>) {
@@ -502,6 +605,7 @@ async fn control_loop(
                 tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
             }
         }
+        metrics.heartbeat(ports.clock.now());
         if drivers.iter().all(RunnerDriver::loaded) {
             metrics.set_loaded();
         }

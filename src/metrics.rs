@@ -276,6 +276,12 @@ impl Metrics {
         }
     }
 
+    /// The control loop finished a round over every runner at `now` (also with no runner at
+    /// all: liveness is the loop's, not a runner's).
+    pub fn heartbeat(&self, now: Millis) {
+        self.last_pass_ms.store(now.0, Ordering::Relaxed);
+    }
+
     /// Every runner's record was loaded from the store at least once.
     pub fn set_loaded(&self) {
         self.loaded.store(true, Ordering::Relaxed);

@@ -54,6 +54,9 @@ pub struct Record {
     /// End of the soak (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak_until: Option<u64>,
+    /// `RollingBack`: the service update back to the baseline was made (never made twice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_issued: bool,
     /// Why the attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureRecord>,
@@ -418,6 +421,7 @@ impl Record {
             deployment_id: None,
             deadline: None,
             soak_until: None,
+            rollback_issued: false,
             failure: None,
             attempts_started: memory.attempts_started,
             failed: memory
@@ -515,10 +519,12 @@ impl Record {
                 run,
                 failure,
                 deadline,
+                issued,
             } => {
                 set_run(&mut record, run);
                 record.failure = Some(failure_record(failure));
                 record.deadline = Some(deadline.0);
+                record.rollback_issued = *issued;
             }
             State::RolledBack { run, failure } => {
                 set_run(&mut record, run);
@@ -621,6 +627,7 @@ impl Record {
                 run: run()?,
                 failure: failure()?,
                 deadline: deadline()?,
+                issued: self.rollback_issued,
             },
             Phase::Done => State::Done {
                 run: run()?,

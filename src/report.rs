@@ -44,8 +44,8 @@ pub struct StatusView {
     pub change_set: Option<String>,
     /// Who holds the runner's lease now (read from SSM by `status`, not from the record).
     pub lease: LeaseView,
-    /// The full record.
-    pub record: Record,
+    /// The full record (`None` when it cannot be read: see the reason).
+    pub record: Option<Record>,
 }
 
 /// The runner's lease as `status` found it.
@@ -117,7 +117,33 @@ pub fn status_view(record: &Record) -> StatusView {
             format!("{} on stack {}: {review}{done}", c.name, c.stack)
         }),
         lease: LeaseView::NotRead("not read".to_owned()),
-        record: record.clone(),
+        record: Some(record.clone()),
+    }
+}
+
+/// The status of a runner whose record cannot be read (corrupt, truncated, from a newer
+/// controller): the controller does nothing to that runner until ops mend it.
+#[must_use]
+pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> StatusView {
+    StatusView {
+        runner: runner.to_owned(),
+        state: "Unreadable".to_owned(),
+        phase: "-".to_owned(),
+        since: "-".to_owned(),
+        attempt: None,
+        from_version: None,
+        target_version: None,
+        target_image: None,
+        reason_code: Some(code.to_owned()),
+        reason: Some(reason.to_owned()),
+        next_step: format!(
+            "nothing: the controller leaves {runner} alone until its record ({prefix}/{runner}/status) is mended, or deleted to start afresh (see the runbook)"
+        ),
+        trace_id: None,
+        lock_epoch: None,
+        change_set: None,
+        lease: LeaseView::NotRead("not read".to_owned()),
+        record: None,
     }
 }
 
@@ -260,7 +286,11 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
                 LeaseView::NotRead(why) => format!("not read ({why})"),
             }
         );
-        for failed in &v.record.failed {
+        let (failed, transitions) = v
+            .record
+            .as_ref()
+            .map_or((&[][..], &[][..]), |r| (&r.failed[..], &r.transitions[..]));
+        for failed in failed {
             let _ = writeln!(
                 out,
                 "  failed    : {} ({}) at {}: {}",
@@ -270,7 +300,6 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
                 failed.reason
             );
         }
-        let transitions = &v.record.transitions;
         if !transitions.is_empty() {
             let _ = writeln!(out, "  last transitions:");
             for t in transitions.iter().rev().take(transitions_max).rev() {

@@ -286,6 +286,60 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     .await;
     assert_eq!(bad.phase, "done");
     assert_eq!(world.updates("runner-a").len(), 1);
+
+    // From the catalogue of bad input (tests/bad_input.rs), on moto: runner-b's record made
+    // unreadable, then an image outside runner-a's allow-list.
+    let ssm = world.moto.clients().await.ssm;
+    let garbage = "{\"schema_version\":1,\"runner\":\"runner-b\",\"pha";
+    runner_updater::ports::ParameterStore::put(
+        &ssm,
+        &format!("{PREFIX}/runner-b/status"),
+        garbage,
+        true,
+    )
+    .await
+    .unwrap();
+    world.put("runner-a", "version", "2.18.0");
+    world.put("runner-a", "image", "evil.example/runner:2.18.0");
+    common::eventually("the image to be refused", WAIT, || async {
+        world.record("runner-a").await.filter(|r| {
+            r.note
+                .as_ref()
+                .is_some_and(|n| n.code == "image-not-allowed")
+        })
+    })
+    .await;
+    assert_eq!(world.updates("runner-a").len(), 1, "nothing deployed");
+    let kept =
+        runner_updater::ports::ParameterStore::get(&ssm, &format!("{PREFIX}/runner-b/status"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        kept.value, garbage,
+        "the unreadable record is left as it was"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["status", "--json"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "one unreadable record does not hide the others: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let views: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let b = views
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["runner"] == "runner-b")
+        .unwrap();
+    assert_eq!(b["state"], "Unreadable");
+    assert_eq!(b["reason_code"], "record-corrupt");
     kill(controller);
 }
 

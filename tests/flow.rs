@@ -180,6 +180,101 @@ async fn a_crashing_version_fails_fast_rolls_back_and_is_quarantined() {
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
 }
 
+/// Found by the deterministic simulation (seed 1): a foreign writer moving the service after
+/// our rollback update made the controller roll back a second time, fighting it.
+#[tokio::test]
+async fn a_rollback_is_made_once_and_a_foreign_writer_after_it_is_not_fought() {
+    let s = scenario();
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(20),
+        },
+    );
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.15.0");
+    s.drive_to(&mut driver, Phase::RollingBack, TICKS)
+        .await
+        .unwrap();
+    let updates = s.aws.ecs.updates();
+    assert_eq!(updates.len(), 2, "the forward update and the rollback");
+    // Terraform points the service at the failed revision again, mid-rollback.
+    let failed_revision = updates[0].task_definition_arn.clone();
+    s.aws
+        .ecs
+        .update_service_as("runners", "runner-a", &failed_revision, "terraform")
+        .unwrap();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let by_us = s
+        .aws
+        .ecs
+        .updates()
+        .iter()
+        .filter(|u| u.actor == "controller")
+        .count();
+    assert_eq!(by_us, 2, "no second rollback: {:?}", s.aws.ecs.updates());
+    let rec = record(&s, "runner-a").await;
+    assert!(
+        rec.failure
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("not fighting it"),
+        "{:?}",
+        rec.failure
+    );
+    assert!(!rec.rollback_issued, "the flag belongs to RollingBack only");
+}
+
+/// Found by the deterministic simulation (seed 556): a crash right after the rollback call and
+/// before its record, then a foreign writer; the restarted controller rolled back again.
+#[tokio::test]
+async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write() {
+    let s = scenario();
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::NeverHealthy,
+    );
+    let plan = runner_updater::driver::CrashPlan {
+        after_command_named: Some("roll_back_service"),
+        ..runner_updater::driver::CrashPlan::default()
+    };
+    let mut first = s.driver("runner-a").unwrap().with_crash(plan);
+    s.set_desired("runner-a", "version", "2.15.0");
+    match s.drive_to(&mut first, Phase::RolledBack, TICKS).await {
+        Err(runner_updater::sim::scenario::ScenarioError::Driver(
+            runner_updater::driver::DriverError::Crashed(_),
+        )) => {}
+        other => panic!("expected the planned crash, got {other:?}"),
+    }
+    drop(first);
+    let updates = s.aws.ecs.updates();
+    assert_eq!(updates.len(), 2, "the forward update and the rollback");
+    s.aws
+        .ecs
+        .update_service_as(
+            "runners",
+            "runner-a",
+            &updates[0].task_definition_arn,
+            "terraform",
+        )
+        .unwrap();
+    let mut second = s.driver_as("runner-a", "controller-2").unwrap();
+    s.drive_to(&mut second, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let by_us = s
+        .aws
+        .ecs
+        .updates()
+        .iter()
+        .filter(|u| u.actor == "controller")
+        .count();
+    assert_eq!(by_us, 2, "not made again: {:?}", s.aws.ecs.updates());
+}
+
 #[tokio::test]
 async fn a_circuit_breaker_rollback_is_rolled_back_never_done() {
     let s = scenario();

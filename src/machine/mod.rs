@@ -254,6 +254,9 @@ pub enum Command {
         epoch: u64,
         /// The baseline task definition.
         task_definition_arn: String,
+        /// Deployments the service had before the attempt: a deployment of the baseline that
+        /// is not among them is a rollback already made (ours before a crash, or ECS's).
+        baseline_deployments: Vec<String>,
     },
 }
 
@@ -1088,18 +1091,27 @@ impl RunnerMachine {
         }
     }
 
-    /// Outgoing: `RolledBack` once the service runs the baseline again (or the deadline passes).
+    /// Outgoing: `RolledBack` once the service runs the baseline again (or the deadline passes,
+    /// or a foreign writer moves the service after the rollback was made: it is not fought).
+    ///
+    /// The service update back to the baseline is made once: `issued` is persisted once it is
+    /// done, and a crash before that re-issues it, where the driver skips it when the service
+    /// already runs the baseline.
     #[state(superstate = "health_gate", entry_action = "enter_rolling_back")]
     fn rolling_back(
         &mut self,
         run: &mut Run,
         failure: &mut Failure,
         deadline: &mut Millis,
+        issued: &mut bool,
         ctx: &mut Ctx,
         input: &Input,
     ) -> Outcome<State> {
         match &input.event {
-            Event::RollbackStarted => Handled,
+            Event::RollbackStarted => {
+                *issued = true;
+                Handled
+            }
             Event::LeaseAdopted { epoch } => {
                 run.epoch = *epoch;
                 Handled
@@ -1147,8 +1159,21 @@ impl RunnerMachine {
                     );
                     self.pending_note = Some(failure.reason.clone());
                     Transition(State::rolled_back(run.clone(), failure))
+                } else if let (true, Ok(observed)) = (*issued, &observation.observed) {
+                    let current = &observed.service.task_definition_arn;
+                    if *current == run.baseline.task_definition_arn {
+                        Handled // the rollback's deployment is under way
+                    } else {
+                        let mut failure = failure.clone();
+                        failure.reason = format!(
+                            "{}; after the rollback, someone else pointed the service at {current}: not fighting it",
+                            failure.reason
+                        );
+                        self.pending_note = Some(failure.reason.clone());
+                        Transition(State::rolled_back(run.clone(), failure))
+                    }
                 } else {
-                    Self::enter_rolling_back(run, ctx);
+                    Self::enter_rolling_back(run, issued, ctx);
                     Handled
                 }
             }
@@ -1157,12 +1182,15 @@ impl RunnerMachine {
     }
 
     #[action]
-    fn enter_rolling_back(run: &mut Run, ctx: &mut Ctx) {
-        ctx.commands.push(Command::RollBackService {
-            attempt_id: run.attempt.id.clone(),
-            epoch: run.epoch,
-            task_definition_arn: run.baseline.task_definition_arn.clone(),
-        });
+    fn enter_rolling_back(run: &mut Run, issued: &mut bool, ctx: &mut Ctx) {
+        if !*issued {
+            ctx.commands.push(Command::RollBackService {
+                attempt_id: run.attempt.id.clone(),
+                epoch: run.epoch,
+                task_definition_arn: run.baseline.task_definition_arn.clone(),
+                baseline_deployments: run.baseline.deployment_ids.clone(),
+            });
+        }
     }
 
     /// The attempt succeeded. Outgoing: `Checking` when a newer version becomes eligible.
@@ -1271,6 +1299,12 @@ impl RunnerMachine {
         let Some(kind) = kind else {
             return Handled;
         };
+        if let Err((code, reason)) = steady(observed) {
+            // Someone else's deployment or stack update is under way: wait for it at rest
+            // rather than take the lock only to give it back.
+            self.note_now(code, reason, input.now);
+            return Handled;
+        }
         self.memory.note = None;
         self.memory.attempts_started += 1;
         let attempt = Attempt {
@@ -1588,7 +1622,7 @@ impl RunnerMachine {
         self.quarantine(&run.attempt, &failure, now);
         self.pending_note = Some(failure.reason.clone());
         let deadline = now.after(self.settings.rollback_timeout);
-        Transition(State::rolling_back(run.clone(), failure, deadline))
+        Transition(State::rolling_back(run.clone(), failure, deadline, false))
     }
 
     /// Marks the attempt's target failed (once).
@@ -1707,10 +1741,12 @@ impl RunnerMachine {
 /// Whether the service (and the stacks) are settled enough to start changing them.
 fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
     let service = &observed.service;
-    let settled = service.deployments.len() == 1
-        && service
-            .primary()
-            .is_some_and(|p| p.rollout_state == RolloutState::Completed);
+    // No rollout under way: the PRIMARY deployment completed, or failed for good (ECS gave up:
+    // the circuit breaker without rollback, or a rollback that failed in turn). Deployments
+    // still listed beside it (draining) are in the baseline, so never taken for ours.
+    let settled = service
+        .primary()
+        .is_some_and(|p| p.rollout_state != RolloutState::InProgress);
     if !settled {
         return Err((
             "service-not-steady",

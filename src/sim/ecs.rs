@@ -270,7 +270,22 @@ impl EcsWorld {
                 && d.rollout_state == RolloutState::InProgress
                 && d.failed_tasks >= threshold
         });
-        if let Some(index) = tripped {
+        if let Some(index) = tripped.filter(|&index| {
+            // Nothing to roll back to: the failing deployment runs the last completed task
+            // definition (a rollback that fails in turn). The deployment is marked FAILED and
+            // stays PRIMARY, as with the rollback option off, instead of rolling back into
+            // itself for ever.
+            let same = service.deployments[index].task_definition_arn
+                == service.last_completed_task_definition;
+            if same {
+                service.deployments[index].rollout_state = RolloutState::Failed;
+                service.deployments[index].reason = Some(format!(
+                    "ECS deployment circuit breaker: tasks failed to start ({} failed, threshold {threshold}); nothing to roll back to",
+                    service.deployments[index].failed_tasks
+                ));
+            }
+            !same
+        }) {
             let failed_id = service.deployments[index].id.clone();
             service.deployments[index].rollout_state = RolloutState::Failed;
             service.deployments[index].status = DeploymentStatus::Active;
@@ -427,6 +442,16 @@ impl SimEcs {
                 breaker_minimum: 10,
             })),
             clock,
+            faults: Faults::default(),
+        }
+    }
+
+    /// The same ECS without fault injection (for checkers).
+    #[must_use]
+    pub fn without_faults(&self) -> SimEcs {
+        SimEcs {
+            world: self.world.clone(),
+            clock: self.clock.clone(),
             faults: Faults::default(),
         }
     }

