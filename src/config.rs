@@ -32,6 +32,15 @@ pub struct Config {
     /// Lease length of the runner lock, in seconds (renewed every active pass).
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// Runners passed over at the same time (a slow or failing runner never holds the others
+    /// up beyond this bound).
+    #[serde(default = "default_max_concurrent_runners")]
+    pub max_concurrent_runners: usize,
+    /// Seconds after entering a state that makes a non-idempotent ECS call during which a read
+    /// showing no trace of the call is not trusted (the call's own time plus ECS's eventual
+    /// consistency): a resumed or retried call is decided only after it.
+    #[serde(default = "default_consistency_window_secs")]
+    pub consistency_window_secs: u64,
     /// Where records are kept.
     #[serde(default)]
     pub state_store: StateStoreConfig,
@@ -141,6 +150,14 @@ impl Default for InfrastructureConfig {
             stack_update_timeout_secs: default_stack_update_timeout_secs(),
         }
     }
+}
+
+fn default_max_concurrent_runners() -> usize {
+    16
+}
+
+fn default_consistency_window_secs() -> u64 {
+    60
 }
 
 fn default_change_set_timeout_secs() -> u64 {
@@ -298,6 +315,9 @@ impl Config {
         }
         if self.poll_interval_secs == 0 || self.active_poll_interval_secs == 0 {
             return invalid("poll intervals must be at least 1 second".to_owned());
+        }
+        if self.max_concurrent_runners == 0 {
+            return invalid("max_concurrent_runners must be at least 1".to_owned());
         }
         if self.lease_secs < 3 * self.active_poll_interval_secs {
             return invalid(format!(

@@ -146,6 +146,9 @@ pub struct TickReport {
 }
 
 /// Drives one runner's machine.
+// Independent per-pass facts (AWS readable, an attempt active, a transition taken, the record
+// unreadable), not a state machine in disguise: the machine is statig's.
+#[allow(clippy::struct_excessive_bools)]
 pub struct RunnerDriver {
     runner: RunnerConfig,
     prefix: String,
@@ -175,8 +178,17 @@ pub struct RunnerDriver {
     aws_readable: bool,
     /// Which passes at rest that lead nowhere get a `check` span.
     check_sampler: telemetry::CheckSampler,
-    /// Whether an attempt took the lock during the current pass.
-    attempt_locked: bool,
+    /// Whether the machine took a transition in the current pass (its state's command is
+    /// then a first call, not one that may already have been made).
+    entered_this_pass: bool,
+    /// See `consistency_window_secs`.
+    consistency_window: Duration,
+    /// When this driver last made (or may have made) a non-idempotent ECS call.
+    last_call_at: Option<Millis>,
+    /// Whether an attempt was under way (under the lock) during the current pass.
+    attempt_active: bool,
+    /// The last load found the record unreadable.
+    unreadable: bool,
     /// The note and verdict of the last event handled at rest in the current pass.
     rest_outcome: Option<(Option<Note>, Option<Verdict>)>,
 }
@@ -212,7 +224,11 @@ impl RunnerDriver {
             metrics: None,
             aws_readable: true,
             check_sampler: telemetry::CheckSampler::new(config.telemetry.check_span_every_passes),
-            attempt_locked: false,
+            entered_this_pass: false,
+            last_call_at: None,
+            consistency_window: Duration::from_secs(config.consistency_window_secs),
+            attempt_active: false,
+            unreadable: false,
             rest_outcome: None,
         }
     }
@@ -231,10 +247,11 @@ impl RunnerDriver {
         self
     }
 
-    /// Whether the runner's record has been loaded (the machine is in memory).
+    /// Whether the runner's record has been read: loaded (the machine is in memory), or found
+    /// unreadable (the runner is left alone until ops mend it; that is not "still loading").
     #[must_use]
     pub fn loaded(&self) -> bool {
-        self.machine.is_some()
+        self.machine.is_some() || self.unreadable
     }
 
     /// Overrides the retry policy.
@@ -320,10 +337,11 @@ impl RunnerDriver {
             // The attempt's last state (Done, RolledBack) ended with the previous pass.
             self.state_span = None;
         }
-        self.attempt_locked = false;
+        self.attempt_active = false;
+        self.entered_this_pass = false;
         self.rest_outcome = None;
         let result = self.pass(report).await;
-        if resting && !self.attempt_locked && self.phase().is_resting() {
+        if resting && !self.attempt_active && self.phase().is_resting() {
             self.trace_check();
         }
         result
@@ -419,12 +437,33 @@ impl RunnerDriver {
     }
 
     async fn load(&mut self) -> Result<(), DriverError> {
-        let record = match self.ports.store.load(&self.runner.name).await {
-            Ok(record) => record,
+        let loaded =
+            self.ports
+                .store
+                .load(&self.runner.name)
+                .await
+                .and_then(|record| match record {
+                    Some(record) => {
+                        let restored = record
+                            .restore(self.settings.clone())
+                            .map_err(StoreError::from)?;
+                        Ok((Some(record), restored))
+                    }
+                    None => Ok((
+                        None,
+                        (
+                            RunnerMachine::new(&self.runner.name, self.settings.clone()),
+                            State::Idle {},
+                        ),
+                    )),
+                });
+        let (record, (shared, state)) = match loaded {
+            Ok(loaded) => loaded,
             Err(error) => {
                 if let StoreError::Record(unusable) = &error {
                     // Nothing is done with (or written over) a record this controller cannot
                     // read; the pass says why, by name.
+                    self.unreadable = true;
                     self.rest_outcome = Some((
                         Some(Note {
                             code: unusable.code().to_owned(),
@@ -437,15 +476,7 @@ impl RunnerDriver {
                 return Err(error.into());
             }
         };
-        let (shared, state) = match &record {
-            Some(record) => record
-                .restore(self.settings.clone())
-                .map_err(StoreError::from)?,
-            None => (
-                RunnerMachine::new(&self.runner.name, self.settings.clone()),
-                State::Idle {},
-            ),
-        };
+        self.unreadable = false;
         let mut ctx = Ctx {
             now: self.ports.clock.now(),
             ..Ctx::default()
@@ -454,6 +485,7 @@ impl RunnerDriver {
         tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
         self.traceparent = record.as_ref().and_then(|r| r.traceparent.clone());
         let phase = phase_of(machine.state());
+        self.attempt_active |= !phase.is_resting();
         if let Some(metrics) = &self.metrics {
             metrics.set_state(&self.runner.name, phase);
         }
@@ -500,6 +532,9 @@ impl RunnerDriver {
         if let Some(violation) = ctx.violations.first() {
             return Err(DriverError::Bug(violation.clone()));
         }
+        if !matches!(phase_of(machine.state()), p if p.is_resting() || p == Phase::Checking) {
+            self.attempt_active = true;
+        }
         if phase_of(machine.state()).is_resting() {
             // What a pass at rest concluded, for its check span (kept here: a refused write
             // below drops the machine).
@@ -514,6 +549,7 @@ impl RunnerDriver {
                 .take_while(|t| Some(*t) != last_before.as_ref())
                 .cloned()
                 .collect::<Vec<_>>();
+            self.entered_this_pass = true;
             let state = machine.state();
             let phase = phase_of(state);
             let attempt = machine::attempt_of(state).cloned();
@@ -528,7 +564,6 @@ impl RunnerDriver {
                 // that ends without the lock is not an attempt: it is told by a check span.
                 let root = telemetry::attempt_span(&self.runner.name, attempt);
                 self.traceparent = telemetry::traceparent(&root);
-                self.attempt_locked = true;
                 let checking = telemetry::state_span(
                     &self.runner.name,
                     Phase::Checking,
@@ -582,6 +617,12 @@ impl RunnerDriver {
             record.traceparent.clone_from(&self.traceparent);
         }
         if self.last_saved.as_ref() != Some(&record) {
+            if self.written_by_another().await? {
+                tracing::info!(runner = %self.runner.name, "the record changed since this controller read it (another controller's attempt): reloading");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
             if !self.may_write().await? {
                 tracing::info!(runner = %self.runner.name, "another controller holds the runner: not writing; reloading next pass");
                 self.machine = None;
@@ -597,6 +638,53 @@ impl RunnerDriver {
             }
         }
         Ok(ctx.commands)
+    }
+
+    /// How long to wait before a non-idempotent ECS call may be decided, if at all: only when
+    /// its state was not entered in this pass (a restore, a retry) and was entered, or the call
+    /// last tried, less than the consistency window (`consistency_window_secs`: the call's
+    /// own time, up to the SDK's 30 s operation timeout, plus ECS's eventual consistency) ago.
+    fn settling(&self, command: &Command, now: Millis) -> Option<Duration> {
+        let checked = matches!(
+            command,
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
+        );
+        let since = self.machine.as_ref()?.inner().memory.since;
+        // The call may have been made later than the state was entered: by this process
+        // before a failed save or a reload (remembered here), or by a crashed process before
+        // its lease expired (then the lease's expiry, longer than the window, covers it).
+        let reference = self.last_call_at.map_or(since, |at| at.max(since));
+        let age = now.since(reference);
+        (checked && !self.entered_this_pass && age < self.consistency_window)
+            .then(|| self.consistency_window.saturating_sub(age))
+    }
+
+    /// Whether another controller wrote the record since this one last read or wrote it, while
+    /// this one was at rest (at rest nothing fences the record: a controller whose lease
+    /// expired mid-attempt, crashed or frozen, left its attempt there, and a stale at-rest
+    /// machine must adopt it, not overwrite it). During an attempt the fencing token keeps
+    /// everyone else out, so the extra read is made only from rest.
+    async fn written_by_another(&self) -> Result<bool, DriverError> {
+        let from_rest = self
+            .last_saved
+            .as_ref()
+            .is_none_or(|r| r.phase().is_ok_and(Phase::is_resting));
+        if !from_rest {
+            return Ok(false);
+        }
+        let stored = self.ports.store.load(&self.runner.name).await?;
+        // The store may shorten what it keeps (the 4 KB fit): compare what identifies a state.
+        let key = |r: &Record| {
+            (
+                r.phase.clone(),
+                r.since,
+                r.attempt.as_ref().map(|a| a.id.clone()),
+                r.lock_epoch,
+            )
+        };
+        Ok(stored.as_ref().map(key) != self.last_saved.as_ref().map(key))
     }
 
     /// Whether this controller may write the runner's record now: during an attempt only with
@@ -816,6 +904,29 @@ impl RunnerDriver {
     async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
         let now = self.ports.clock.now();
         tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");
+        if let Some(wait) = self.settling(command, now) {
+            // A call that may already have been made (its state was entered in an earlier
+            // pass: a crash, a failed save, a retry) is decided on a read of ECS, which is
+            // eventually consistent: a read just after the call may not show it yet, and
+            // would make us call again. Wait until the read can be trusted.
+            return Ok(Event::CommandFailed {
+                command: command.name(),
+                class: FailureClass::Transient,
+                message: format!(
+                    "waiting {}s more for ECS's view to settle before checking whether the last {} was made",
+                    wait.as_secs().max(1),
+                    command.name()
+                ),
+            });
+        }
+        if matches!(
+            command,
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
+        ) {
+            self.last_call_at = Some(now);
+        }
         if let Some(epoch) = fencing_epoch(command) {
             let held = self
                 .ports
@@ -877,11 +988,12 @@ impl RunnerDriver {
                     .await
             }
             Command::RollBackService {
+                attempt_id,
                 task_definition_arn,
                 baseline_deployments,
                 ..
             } => {
-                self.roll_back_service(task_definition_arn, baseline_deployments)
+                self.roll_back_service(attempt_id, task_definition_arn, baseline_deployments)
                     .await
             }
             Command::PrepareChangeSet {
@@ -1236,22 +1348,35 @@ impl RunnerDriver {
     /// (our rollback before a crash, since moved on by someone else, or ECS's own). The
     /// machine then sees where the service is and does not fight a foreign writer.
     async fn roll_back_service(
-        &self,
+        &mut self,
+        attempt_id: &str,
         task_definition_arn: &str,
         baseline_deployments: &[String],
     ) -> Result<Event, PortError> {
-        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
-        let ecs = &self.ports.ecs;
-        let state = self
-            .retrying(|| ecs.describe_service(cluster, service))
-            .await?;
+        let state = {
+            let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+            let ecs = &self.ports.ecs;
+            self.retrying(|| ecs.describe_service(cluster, service))
+                .await?
+        };
         let made = state.task_definition_arn == task_definition_arn
             || state.deployments.iter().any(|d| {
                 d.task_definition_arn == task_definition_arn
                     && !baseline_deployments.contains(&d.id)
             });
-        if !made {
-            ecs.update_service(cluster, service, task_definition_arn)
+        // Only our own revision is rolled back: a service on a third one was moved by someone
+        // else (the machine then ends the attempt, saying so, without fighting them).
+        let ours = self
+            .task_definition(&state.task_definition_arn)
+            .await?
+            .tags
+            .get(ATTEMPT_TAG)
+            .is_some_and(|tag| tag == attempt_id);
+        if !made && ours {
+            let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+            self.ports
+                .ecs
+                .update_service(cluster, service, task_definition_arn)
                 .await?;
         }
         Ok(Event::RollbackStarted)

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the code map and its invariants.
 
 pub mod aws;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt as _;
 
 use runner_updater::aws::{AwsClients, SdkSettings};
 use runner_updater::clock::SystemClock;
@@ -16,11 +17,9 @@ use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
 use runner_updater::lease::SsmLease;
 use runner_updater::metrics::Metrics;
 use runner_updater::ops;
+use runner_updater::ports::StateStore;
 use runner_updater::ports::{Clock as _, ParameterStore};
-use runner_updater::ports::{StateStore, StoreError};
-use runner_updater::report::{
-    plan_view, render_plan, render_status, status_view, unreadable_view, LeaseView,
-};
+use runner_updater::report::{plan_view, render_plan, render_status};
 use runner_updater::server::{self, Endpoints};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::sim::SimClock;
@@ -142,6 +141,16 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// The fleet benchmark on the simulated AWS: calls per runner per pass, pass time against
+    /// the rate limits, CPU, memory, update-wave convergence, restart-to-first-action.
+    Bench {
+        /// Fleet sizes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [10_usize, 1_000, 10_000])]
+        runners: Vec<usize>,
+        /// Latency assumed per AWS call, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+    },
     /// The whole story on the embedded simulated AWS; no account needed.
     Demo {
         /// Seed of the simulation.
@@ -222,9 +231,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 steps,
                 ..runner_updater::sim::dst::Settings::default()
             };
-            let (from, seeds) = seed.map_or((from, seeds), |seed| (seed, 1));
+            let (from, seeds) = seed.map_or((from, seeds.max(1)), |seed| (seed, 1));
             simulate(from, seeds, settings, verbose, report).await
         }
+        Command::Bench {
+            runners,
+            latency_ms,
+        } => bench(&runners, latency_ms).await,
         Command::Diagram {
             format,
             level,
@@ -284,33 +297,14 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => store.list().await?,
             };
-            let mut views = Vec::new();
-            for runner in &runners {
-                match store.load(runner).await {
-                    Ok(Some(record)) => {
-                        let mut view = status_view(&record);
-                        view.lease = match &lock {
-                            None => LeaseView::NotRead(
-                                "file store: status does not contact AWS".to_owned(),
-                            ),
-                            Some(lock) => ops::lease_view(lock, runner, SystemClock.now()).await,
-                        };
-                        views.push(view);
-                    }
-                    Ok(None) => bail!(
-                        "runner {runner} has no record yet (backend {})",
-                        config.state_store.backend
-                    ),
-                    // One unreadable record must not hide the others.
-                    Err(StoreError::Record(error)) => views.push(unreadable_view(
-                        runner,
-                        &config.prefix,
-                        error.code(),
-                        &error.to_string(),
-                    )),
-                    Err(error) => bail!("runner {runner}: {error}"),
-                }
-            }
+            let views = ops::status_views(
+                &config,
+                store.as_ref(),
+                lock.as_ref().map(|l| l as &dyn runner_updater::ports::Lock),
+                &runners,
+                SystemClock.now(),
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
@@ -451,6 +445,66 @@ fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore
     }
 }
 
+/// The fleet benchmark, then the idle memory of `run` with one runner (a child process).
+async fn bench(sizes: &[usize], latency_ms: u64) -> anyhow::Result<ExitCode> {
+    use runner_updater::bench;
+    let assumptions = bench::Assumptions {
+        latency: Duration::from_millis(latency_ms),
+        ..bench::Assumptions::default()
+    };
+    let mut figures = Vec::new();
+    for &size in sizes {
+        eprintln!("  measuring {size} runners…");
+        figures.push(bench::measure(size, assumptions).await?);
+    }
+    print!("{}", bench::render(&figures, &assumptions));
+    let resume = bench::resume_time().await?;
+    println!(
+        "\nrestart to first resumed action (the controller's share, no AWS latency): {} ms   (target: < 1 s plus one AWS round trip)",
+        resume.as_millis()
+    );
+    match idle_memory_kib().await {
+        Some(kib) => println!(
+            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB   (target: < 20 MiB)",
+            f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
+        ),
+        None => println!("idle memory of `run`: not measured (no /proc here)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Peak memory of `runner-updater run --simulated` with one runner after a few passes.
+async fn idle_memory_kib() -> Option<u64> {
+    let directory =
+        std::env::temp_dir().join(format!("runner-updater-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).ok()?;
+    let config = directory.join("one.toml");
+    let text = format!(
+        "poll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 3\n[state_store]\nbackend = \"file\"\npath = \"{}\"\n[[runners]]\nname = \"runner-a\"\ncluster = \"runners\"\nservice = \"runner-a\"\nimage_repository = \"registry.example/runner\"\n",
+        directory.join("state").display()
+    );
+    std::fs::write(&config, text).ok()?;
+    let mut child = tokio::process::Command::new(std::env::current_exe().ok()?)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--simulated", "--listen", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let pid = child.id()?.to_string();
+    let mut peak = None;
+    // A few passes (one a second), sampled every 100 ms for 3 s.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = runner_updater::bench::peak_memory_kib(&pid).or(peak);
+    }
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&directory);
+    peak
+}
+
 /// Runs seeds `from..from + seeds`, printing progress, the fault mix and the first violation.
 async fn simulate(
     from: u64,
@@ -558,6 +612,8 @@ async fn control_loop(
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     runner_updater::metrics::install_global(metrics.clone());
+    // `POST /trigger` and SIGHUP start the next pass at once.
+    let trigger = Arc::new(tokio::sync::Notify::new());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = match listen {
         Some(address) => {
@@ -570,6 +626,7 @@ async fn control_loop(
                 clock: ports.clock.clone(),
                 // Alive while passes keep ending: three rest intervals, plus a pass's own time.
                 liveness: Duration::from_secs(3 * config.poll_interval_secs + 60),
+                trigger: trigger.clone(),
             });
             Some(tokio::spawn(server::serve(listener, endpoints, async {
                 let _ = server_stopped.await;
@@ -592,19 +649,26 @@ async fn control_loop(
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut pass: u64 = 0;
     loop {
         pass += 1;
-        for driver in &mut drivers {
-            if let Err(error) = driver.tick().await {
-                if matches!(error, runner_updater::driver::DriverError::Crashed(_)) {
-                    // The test hook: die at once, without cleanup, like `kill -9`.
-                    eprintln!("runner-updater: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)");
-                    std::process::abort();
+        // Runners are passed over concurrently, at most `max_concurrent_runners` at a time: a
+        // slow or failing runner holds up no more than its own slot.
+        futures_util::stream::iter(drivers.iter_mut())
+            .for_each_concurrent(config.max_concurrent_runners, |driver| async move {
+                if let Err(error) = driver.tick().await {
+                    if matches!(error, runner_updater::driver::DriverError::Crashed(_)) {
+                        // The test hook: die at once, without cleanup, like `kill -9`.
+                        eprintln!(
+                            "runner-updater: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)"
+                        );
+                        std::process::abort();
+                    }
+                    tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
                 }
-                tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
-            }
-        }
+            })
+            .await;
         metrics.heartbeat(ports.clock.now());
         if drivers.iter().all(RunnerDriver::loaded) {
             metrics.set_loaded();
@@ -622,6 +686,12 @@ async fn control_loop(
                 if let Some(clock) = &simulated {
                     clock.advance(wait);
                 }
+            }
+            () = trigger.notified() => {
+                tracing::info!("POST /trigger: a pass now");
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: a pass now");
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,

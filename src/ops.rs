@@ -5,6 +5,49 @@ use crate::domain::Millis;
 use crate::ports::{Lock, ParameterStore, PortError, StateStore, StoreError};
 use crate::report::LeaseView;
 
+/// What `runner-updater status` shows for `runners`: each record's view; `Unreadable` for a
+/// record this controller cannot use (corrupt, truncated, from a newer controller, invalid for
+/// its phase); `NoRecord` for a runner without one; each with the runner's lease when `lock`
+/// is given. One bad runner never hides the others.
+///
+/// # Errors
+/// When the store itself cannot be read.
+pub async fn status_views(
+    config: &crate::config::Config,
+    store: &dyn StateStore,
+    lock: Option<&dyn Lock>,
+    runners: &[String],
+    now: Millis,
+) -> Result<Vec<crate::report::StatusView>, StoreError> {
+    use crate::report::{no_record_view, status_view, unreadable_view};
+    let mut views = Vec::with_capacity(runners.len());
+    for runner in runners {
+        let unreadable = |error: &crate::record::RecordError| {
+            unreadable_view(runner, &config.prefix, error.code(), &error.to_string())
+        };
+        let mut view = match store.load(runner).await {
+            Ok(Some(record)) => {
+                let restored = config
+                    .runner(runner)
+                    .map(|r| record.restore(config.settings(r)));
+                match restored {
+                    Some(Err(error)) => unreadable(&error),
+                    _ => status_view(&record),
+                }
+            }
+            Ok(None) => no_record_view(runner),
+            Err(StoreError::Record(error)) => unreadable(&error),
+            Err(error) => return Err(error),
+        };
+        view.lease = match lock {
+            Some(lock) => lease_view(lock, runner, now).await,
+            None => LeaseView::NotRead("file store: status does not contact AWS".to_owned()),
+        };
+        views.push(view);
+    }
+    Ok(views)
+}
+
 /// Who holds the runner's lease now, for `status`.
 pub async fn lease_view(lock: &dyn Lock, runner: &str, now: Millis) -> LeaseView {
     match lock.holder(runner, now).await {

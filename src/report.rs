@@ -147,6 +147,30 @@ pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> 
     }
 }
 
+/// The status of a configured runner without a record: the controller has not written one
+/// (it has not run for it, or another controller holds the runner's lease: see the lease).
+#[must_use]
+pub fn no_record_view(runner: &str) -> StatusView {
+    StatusView {
+        runner: runner.to_owned(),
+        state: "NoRecord".to_owned(),
+        phase: "-".to_owned(),
+        since: "-".to_owned(),
+        attempt: None,
+        from_version: None,
+        target_version: None,
+        target_image: None,
+        reason_code: Some("no-record".to_owned()),
+        reason: Some("no record has been written for this runner yet".to_owned()),
+        next_step: "wait for the controller's first pass (if the lease is held by someone else, or unreadable, see the lease)".to_owned(),
+        trace_id: None,
+        lock_epoch: None,
+        change_set: None,
+        lease: LeaseView::NotRead("not read".to_owned()),
+        record: None,
+    }
+}
+
 fn next_step(record: &Record, phase: Option<Phase>) -> String {
     let at = |ms: Option<u64>| ms.map_or_else(|| "?".to_owned(), |m| Millis(m).to_string());
     let target = record

@@ -1,4 +1,5 @@
-//! The HTTP endpoints of `runner-updater run`: `/metrics` (Prometheus text format), `/healthz`
+//! The HTTP endpoints of `runner-updater run`: `POST /trigger` (a pass now), `/metrics`
+//! (Prometheus text format), `/healthz`
 //! (the loop is alive: a pass ended recently) and `/readyz` (records loaded, AWS readable).
 
 use std::future::Future;
@@ -22,6 +23,16 @@ pub struct Endpoints {
     pub clock: Arc<dyn Clock>,
     /// How old the last pass may be for `/healthz` to answer 200.
     pub liveness: Duration,
+    /// Woken by `POST /trigger`: the loop starts its next pass now.
+    pub trigger: Arc<tokio::sync::Notify>,
+}
+
+async fn trigger(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    endpoints.trigger.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        "a pass over every runner starts now\n",
+    )
 }
 
 async fn metrics(
@@ -92,6 +103,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/trigger", axum::routing::post(trigger))
         .with_state(endpoints);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

@@ -16,8 +16,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Clock as _, StateStore as _, StoreError};
-use runner_updater::report::status_view;
+use runner_updater::ports::{Clock as _, StoreError};
 use runner_updater::sim::scenario::Scenario;
 use runner_updater::store::SsmStore;
 use tracing_subscriber::layer::SubscriberExt;
@@ -419,18 +418,35 @@ async fn run(case: &Case) -> Outcome {
                 .set(&format!("{PREFIX}/runner-a/lock/000000000001"), text);
         }
     }
-    let (runner_a_td, runner_a_service) = {
+    // runner-a's service in the world, and where the (maybe changed) configuration points.
+    let runner_a_td = "task-definition/runner-a:".to_owned();
+    let runner_a_services = {
         let c = s.config.runner("runner-a").unwrap();
-        (
-            format!("task-definition/{}:", c.name),
+        [
+            ("runners".to_owned(), "runner-a".to_owned()),
             (c.cluster.clone(), c.service.clone()),
-        )
+        ]
     };
     let mut a = s.driver("runner-a").unwrap();
     let mut b = s.driver("runner-b").unwrap();
     let mut b_done = false;
+    let mut failures = Vec::new();
+    let mut tick_a = |result: Result<
+        runner_updater::driver::TickReport,
+        runner_updater::driver::DriverError,
+    >| {
+        match (result, case.bad) {
+            (Ok(_), _) => {}
+            // An unreadable record fails the pass, by design, with the record's code.
+            (
+                Err(runner_updater::driver::DriverError::Store(StoreError::Record(e))),
+                Bad::Record(_),
+            ) if e.code() == case.code => {}
+            (Err(error), _) => failures.push(format!("runner-a's pass failed: {error}")),
+        }
+    };
     for _ in 0..80 {
-        let _ = a.tick().await; // an unreadable record fails the pass, by design
+        tick_a(a.tick().await);
         let report = b.tick().await.unwrap();
         b_done |= report.transitions.iter().any(|t| t.to == Phase::Done);
         if b_done {
@@ -440,12 +456,11 @@ async fn run(case: &Case) -> Outcome {
     }
     // A few more passes of runner-a alone: still nothing.
     for _ in 0..3 {
-        let _ = a.tick().await;
+        tick_a(a.tick().await);
         s.aws.clock.sleep(a.requeue_after()).await;
     }
     provider.force_flush().unwrap();
 
-    let mut failures = Vec::new();
     if !b_done {
         failures.push("runner-b was not updated: the bad input spilled over".to_owned());
     }
@@ -464,7 +479,7 @@ async fn run(case: &Case) -> Outcome {
         .ecs
         .updates()
         .into_iter()
-        .filter(|u| (u.cluster.clone(), u.service.clone()) == runner_a_service)
+        .filter(|u| runner_a_services.contains(&(u.cluster.clone(), u.service.clone())))
         .collect();
     if !updates.is_empty() {
         failures.push(format!("runner-a's service was updated: {updates:?}"));
@@ -473,12 +488,21 @@ async fn run(case: &Case) -> Outcome {
     if !change_sets.is_empty() {
         failures.push(format!("change sets were created: {change_sets:?}"));
     }
-    let status_code = match store.load("runner-a").await {
-        Ok(Some(record)) => status_view(&record).reason_code,
-        Ok(None) => None,
-        Err(StoreError::Record(error)) => Some(error.code().to_owned()),
-        Err(error) => Some(format!("store error {error}")),
-    };
+    // What `runner-updater status` shows (the product's own path).
+    let ports = s.ports();
+    let views = runner_updater::ops::status_views(
+        &s.config,
+        store.as_ref(),
+        Some(ports.lock.as_ref()),
+        &["runner-a".to_owned(), "runner-b".to_owned()],
+        ports.clock.now(),
+    )
+    .await
+    .unwrap();
+    if views[1].state != "Done" {
+        failures.push(format!("status shows runner-b {}", views[1].state));
+    }
+    let status_code = views[0].reason_code.clone();
     if let Bad::Record(text) = case.bad {
         let kept = s.aws.ssm.without_faults();
         let now = runner_updater::ports::ParameterStore::get(&kept, &raw_record)
@@ -490,18 +514,15 @@ async fn run(case: &Case) -> Outcome {
         }
     }
     let status_code = if let Bad::Lease(_) = case.bad {
-        // Nobody may write runner-a's record while its lease is unreadable: status names the
-        // lease's holder instead.
-        let ports = s.ports();
-        match runner_updater::ops::lease_view(ports.lock.as_ref(), "runner-a", ports.clock.now())
-            .await
-        {
-            runner_updater::report::LeaseView::Held(holder)
+        // Nobody may write runner-a's record while its lease is unreadable: status shows no
+        // record, and names the lease's holder.
+        match (&views[0].lease, status_code.as_deref()) {
+            (runner_updater::report::LeaseView::Held(holder), Some("no-record"))
                 if holder.starts_with("unreadable-lease") =>
             {
                 Some("lock-busy".to_owned())
             }
-            other => Some(format!("lease {other:?}")),
+            (other, code) => Some(format!("lease {other:?}, status {code:?}")),
         }
     } else {
         status_code

@@ -197,11 +197,15 @@ fn run_on_the_simulated_aws_updates_and_persists() {
 
 /// `GET path` over HTTP/1.1 on 127.0.0.1; (status, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(port, "GET", path)
+}
+
+fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -298,4 +302,63 @@ fn run_serves_metrics_health_and_readiness() {
         http_get(port, "/healthz").is_none(),
         "the server stopped with the controller"
     );
+}
+
+/// The number of passes a controller has made, from its metrics (`reconcile_duration_seconds`
+/// counts one per runner per pass).
+fn passes(port: u16, runner: &str) -> Option<u64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    let prefix = format!("runner_updater_reconcile_duration_seconds_count{{runner=\"{runner}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
+fn a_pass_can_be_triggered_now_by_http_or_sighup() {
+    let directory = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = binary()
+        .args(["run", "--simulated", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUNNER_UPDATER_STATE_DIR", directory.path())
+        // An hour between passes: only a trigger makes the next one.
+        .env("RUNNER_UPDATER_POLL_INTERVAL_SECS", "3600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |at_least: u64, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if passes(port, "runner-a").is_some_and(|n| n >= at_least) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(1, "no first pass within 30 s");
+    let first = passes(port, "runner-a").unwrap();
+    let (status, body) = http(port, "POST", "/trigger").unwrap();
+    assert_eq!(status, 202, "{body}");
+    wait_for(first + 1, "POST /trigger made no pass");
+    let second = passes(port, "runner-a").unwrap();
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    wait_for(second + 1, "SIGHUP made no pass");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the controller"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

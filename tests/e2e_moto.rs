@@ -47,7 +47,7 @@ impl World {
             .await
             .unwrap();
         let mut config = format!(
-            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\n\
+            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\nconsistency_window_secs = 1\n\
              [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = {soak_secs}\nrollback_timeout_secs = 60\n"
         );
         for runner in runners {

@@ -275,6 +275,59 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
     assert_eq!(by_us, 2, "not made again: {:?}", s.aws.ecs.updates());
 }
 
+/// Found by the deterministic simulation (seeds 28, 170, 509): ECS's reads are eventually
+/// consistent; a service update made just before a crash or a failed save was missing from the
+/// next read, and the resumed attempt updated the service a second time.
+#[tokio::test]
+async fn a_service_update_missing_from_a_stale_read_is_not_made_twice() {
+    let s = scenario();
+    let plan = runner_updater::driver::CrashPlan {
+        after_command_named: Some("update_service"),
+        ..runner_updater::driver::CrashPlan::default()
+    };
+    let mut first = s.driver("runner-a").unwrap().with_crash(plan);
+    s.set_desired("runner-a", "version", "2.14.0");
+    assert!(s.drive_to(&mut first, Phase::Done, TICKS).await.is_err());
+    drop(first);
+    assert_eq!(s.aws.ecs.updates().len(), 1);
+    // Reads of the service show it as it was before the update for a while.
+    s.aws.ecs.stale_reads(10);
+    let mut again = s.driver("runner-a").unwrap();
+    again.tick().await.unwrap();
+    assert_eq!(s.aws.ecs.updates().len(), 1, "not decided on a stale read");
+    assert_eq!(record(&s, "runner-a").await.note.unwrap().code, "retrying");
+    s.aws.ecs.stale_reads(0);
+    s.drive_to(&mut again, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(s.aws.ecs.updates().len(), 1, "{:?}", s.aws.ecs.updates());
+}
+
+/// Found in review: a controller at rest keeps its machine in memory; when another controller
+/// died mid-attempt and its lease expired, the first one wrote its own state at rest over the
+/// attempt in flight, which was then lost with its deployment unwatched.
+#[tokio::test]
+async fn an_attempt_left_by_a_dead_controller_is_adopted_not_overwritten() {
+    let s = scenario();
+    let mut idle = s.driver_as("runner-a", "controller-2").unwrap();
+    idle.tick().await.unwrap(); // at rest, machine in memory
+    let mut first = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut first, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    let attempt = record(&s, "runner-a").await.attempt.unwrap().id;
+    drop(first); // dies; its lease runs out
+    s.aws.clock.advance(Duration::from_mins(3));
+    s.drive_to(&mut idle, Phase::Done, TICKS).await.unwrap();
+    let rec = record(&s, "runner-a").await;
+    assert_eq!(
+        rec.attempt.unwrap().id,
+        attempt,
+        "the same attempt, finished"
+    );
+    assert_eq!(s.aws.ecs.registrations().len(), 1);
+    assert_eq!(s.aws.ecs.updates().len(), 1);
+}
+
 #[tokio::test]
 async fn a_circuit_breaker_rollback_is_rolled_back_never_done() {
     let s = scenario();

@@ -1741,12 +1741,19 @@ impl RunnerMachine {
 /// Whether the service (and the stacks) are settled enough to start changing them.
 fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
     let service = &observed.service;
-    // No rollout under way: the PRIMARY deployment completed, or failed for good (ECS gave up:
-    // the circuit breaker without rollback, or a rollback that failed in turn). Deployments
-    // still listed beside it (draining) are in the baseline, so never taken for ours.
-    let settled = service
-        .primary()
-        .is_some_and(|p| p.rollout_state != RolloutState::InProgress);
+    // No rollout under way: the PRIMARY deployment completed, or it is ECS's own circuit-breaker
+    // rollback and failed in turn (ECS does not roll a rollback back: nothing more will move).
+    // A failed deployment that is not a rollback may still be rolled back by ECS: wait. The
+    // deployments still listed beside a settled PRIMARY (draining) are in the baseline, so
+    // never taken for ours.
+    let settled = service.primary().is_some_and(|p| match p.rollout_state {
+        RolloutState::Completed => true,
+        RolloutState::Failed => p
+            .rollout_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("rolling back")),
+        RolloutState::InProgress => false,
+    });
     if !settled {
         return Err((
             "service-not-steady",

@@ -11,7 +11,9 @@
 //!   values; downgrades; a return to a failed version; the auto-update switch; new
 //!   infrastructure versions whose templates succeed, fail (CloudFormation rolls back) or
 //!   replace a resource (held for approval); approvals;
-//! - AWS faults queued on any operation (transient: throttling, 5xx, timeouts; or permanent);
+//! - AWS faults queued on any operation (transient: throttling, 5xx, timeouts; or permanent),
+//!   slow calls (simulated time passes inside the call: a lease may expire meanwhile), and stale
+//!   `DescribeServices` reads just after an update (eventual consistency);
 //! - a foreign writer (Terraform, the console) pointing a service at another task definition;
 //! - process crashes: at a planned save or command of a pass (the crash points of
 //!   [`CrashPlan`]), or between passes, with a restart from the persisted state under a new
@@ -29,7 +31,7 @@
 //! # Caveats
 //! Passes are interleaved whole: two controllers never run inside one pass at the same time,
 //! so the window between a fencing check and its mutation (documented in the README) is not
-//! explored. Eventual consistency and slow calls are not modelled.
+//! explored. Stale reads are modelled for `DescribeServices` only (within 5 s of an update).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -111,7 +113,7 @@ const SKEW_MAX_MS: u64 = 2_000;
 const LOG_TAIL: usize = 60;
 
 /// Operations faults can be queued on.
-const FAULTABLE: [&str; 17] = [
+const FAULTABLE: [&str; 16] = [
     "GetParametersByPath",
     "GetParameter",
     "PutParameter",
@@ -128,7 +130,6 @@ const FAULTABLE: [&str; 17] = [
     "ExecuteChangeSet",
     "DeleteChangeSet",
     "DescribeStackEvents",
-    "PutParameter",
 ];
 
 /// Bad desired values ops may write (each must be refused by name, never acted on).
@@ -146,8 +147,9 @@ const BAD_VALUES: [(&str, &str); 8] = [
 /// The promises checked after every step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
-    /// At most one attempt in flight per runner: one controller at most is in an update state
-    /// under the runner's current lease.
+    /// One attempt in flight per runner: a record holding an attempt in flight is only ever
+    /// replaced by that attempt's own continuation (never by another attempt, nor by a stale
+    /// controller's state at rest), so no attempt is lost with its deployment unwatched.
     OneAttemptInFlight,
     /// At most one task definition registered per attempt.
     OneRegistrationPerAttempt,
@@ -265,6 +267,10 @@ pub struct Tally {
     pub transient_faults: u64,
     /// Permanent faults queued (validation, access denied).
     pub permanent_faults: u64,
+    /// Slow calls (simulated time passing inside a call).
+    pub slow_calls: u64,
+    /// Stale `DescribeServices` reads queued (eventual consistency after an update).
+    pub stale_reads: u64,
     /// Crashes at a planned save or command inside a pass.
     pub crashes_in_pass: u64,
     /// Crashes between passes.
@@ -289,6 +295,9 @@ pub struct Tally {
     pub done: u64,
     /// Attempts that ended `RolledBack`.
     pub rolled_back: u64,
+    /// A hash of every action taken and every ECS update and CloudFormation execution made:
+    /// two runs of one seed must agree on it (summed over seeds).
+    pub fingerprint: u64,
 }
 
 impl Tally {
@@ -300,6 +309,8 @@ impl Tally {
             passes,
             transient_faults,
             permanent_faults,
+            slow_calls,
+            stale_reads,
             crashes_in_pass,
             crashes_between_passes,
             restarts,
@@ -312,12 +323,15 @@ impl Tally {
             foreign_writes,
             done,
             rolled_back,
+            fingerprint,
         } = other;
         self.seeds += seeds;
         self.steps += steps;
         self.passes += passes;
         self.transient_faults += transient_faults;
         self.permanent_faults += permanent_faults;
+        self.slow_calls += slow_calls;
+        self.stale_reads += stale_reads;
         self.crashes_in_pass += crashes_in_pass;
         self.crashes_between_passes += crashes_between_passes;
         self.restarts += restarts;
@@ -330,17 +344,20 @@ impl Tally {
         self.foreign_writes += foreign_writes;
         self.done += done;
         self.rolled_back += rolled_back;
+        self.fingerprint = self.fingerprint.wrapping_add(*fingerprint);
     }
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 17] {
+    pub fn rows(&self) -> [(&'static str, u64); 19] {
         [
             ("seeds", self.seeds),
             ("chaos steps", self.steps),
             ("controller passes", self.passes),
             ("transient AWS faults", self.transient_faults),
             ("permanent AWS faults", self.permanent_faults),
+            ("slow AWS calls", self.slow_calls),
+            ("stale reads queued", self.stale_reads),
             ("crashes inside a pass", self.crashes_in_pass),
             ("crashes between passes", self.crashes_between_passes),
             ("controller restarts", self.restarts),
@@ -374,7 +391,18 @@ pub async fn run_seed(
             return Ok(Err(violation));
         }
     }
-    Ok(world.drain(settings).await.map(|()| world.tally))
+    if let Err(violation) = world.drain(settings).await {
+        return Ok(Err(violation));
+    }
+    for update in world.aws.ecs.updates() {
+        let line = format!("{update:?}");
+        world.tally.fingerprint = fnv(world.tally.fingerprint, line.as_bytes());
+    }
+    for execution in world.aws.cfn.executions() {
+        let line = format!("{execution:?}");
+        world.tally.fingerprint = fnv(world.tally.fingerprint, line.as_bytes());
+    }
+    Ok(Ok(world.tally))
 }
 
 /// A controller process: its drivers while it is up.
@@ -411,6 +439,8 @@ struct World {
     next_infra: u32,
     /// Last phase seen per runner (to count outcomes).
     phases: HashMap<String, String>,
+    /// Attempts whose controller crashed right after its rollback call, before recording it.
+    ambiguous_rollbacks: std::collections::BTreeSet<String>,
     log: VecDeque<String>,
     tally: Tally,
 }
@@ -443,7 +473,7 @@ impl World {
                 START_VERSION,
             );
         }
-        let audit = Audit::new(&config, ssm.clone());
+        let audit = Audit::new(&config, ssm.clone(), aws.clock.clone());
         let mut world = World {
             seed,
             rng: Rng::new(seed ^ 0x005e_ed0f_c4a0),
@@ -457,6 +487,7 @@ impl World {
             versions: HashMap::new(),
             next_infra: 2,
             phases: HashMap::new(),
+            ambiguous_rollbacks: std::collections::BTreeSet::new(),
             log: VecDeque::new(),
             tally: Tally {
                 seeds: 1,
@@ -480,6 +511,7 @@ impl World {
     }
 
     fn note(&mut self, line: String) {
+        self.tally.fingerprint = fnv(self.tally.fingerprint, line.as_bytes());
         if self.verbose {
             println!("{:>10}  {line}", self.aws.clock.now().0 / 1000);
         }
@@ -519,8 +551,12 @@ impl World {
         };
         controller.incarnation += 1;
         let holder = controller.holder();
+        let ssm: Arc<dyn ParameterStore> = Arc::new(SlowSsm {
+            inner: self.aws.ssm.clone(),
+            audit: self.audit.clone(),
+        });
         let ports = Ports {
-            ssm: Arc::new(self.aws.ssm.clone()),
+            ssm: ssm.clone(),
             ecs: Arc::new(AuditedEcs {
                 inner: self.aws.ecs.clone(),
                 audit: self.audit.clone(),
@@ -531,14 +567,12 @@ impl World {
                 audit: self.audit.clone(),
                 holder: holder.clone(),
             }),
-            lock: Arc::new(SsmLease::new(
-                Arc::new(self.aws.ssm.clone()),
-                &self.config.prefix,
-            )),
-            store: Arc::new(SsmStore::new(
-                Arc::new(self.aws.ssm.clone()),
-                &self.config.prefix,
-            )),
+            lock: Arc::new(SsmLease::new(ssm.clone(), &self.config.prefix)),
+            store: Arc::new(AuditedStore {
+                inner: SsmStore::new(ssm, &self.config.prefix),
+                audit: self.audit.clone(),
+                holder: holder.clone(),
+            }),
             clock: Arc::new(SkewedClock {
                 base: self.aws.clock.clone(),
                 skew_ms: controller.skew.clone(),
@@ -667,6 +701,16 @@ impl World {
             }
             Err(DriverError::Crashed(at)) => {
                 self.tally.crashes_in_pass += 1;
+                if at.contains("(roll_back_service)") {
+                    // The one ambiguity the README owns up to: a rollback made but not recorded;
+                    // if a foreign writer then puts the service back on this attempt's own
+                    // revision and ours drains away, the next controller rolls back again.
+                    if let Ok(Some(record)) = self.record(&name).await {
+                        if let Some(attempt) = record.attempt {
+                            self.ambiguous_rollbacks.insert(attempt.id);
+                        }
+                    }
+                }
                 self.crash(index, &format!("{name} {at}"));
             }
             Err(error) => {
@@ -821,6 +865,27 @@ impl World {
     fn fault(&mut self) {
         let index = usize::try_from(self.rng.below(FAULTABLE.len() as u64)).unwrap_or(0);
         let operation = FAULTABLE[index];
+        if self.rng.below(8) == 0 {
+            // Eventual consistency: the next reads of a service updated a moment ago show it
+            // as it was before the update.
+            let count = 1 + u32::try_from(self.rng.below(3)).unwrap_or(0);
+            self.tally.stale_reads += u64::from(count);
+            self.aws.ecs.stale_reads(count);
+            self.note(format!(
+                "stale reads: the next {count} recent DescribeServices"
+            ));
+            return;
+        }
+        if self.rng.below(5) == 0 {
+            // A slow call (a slow network, a long GC pause), within the SDK's operation timeout
+            // (30 s): a slower one would have failed on the client's side.
+            let seconds = 1 + self.rng.below(29);
+            self.tally.slow_calls += 1;
+            self.audit
+                .slow_down(operation, Duration::from_secs(seconds));
+            self.note(format!("slow call: the next {operation} takes {seconds}s"));
+            return;
+        }
         let count = 1 + self.rng.below(3);
         let kind = if self.rng.below(100) < 15 {
             self.tally.permanent_faults += count;
@@ -916,8 +981,8 @@ impl World {
 
     /// Every invariant that can be checked at any moment.
     async fn check(&mut self, step: usize) -> Result<(), Box<Violation>> {
-        if let Some(detail) = self.audit.take_violation() {
-            return Err(self.violation(step, Invariant::NoStaleMutation, detail));
+        if let Some((invariant, detail)) = self.audit.take_violation() {
+            return Err(self.violation(step, invariant, detail));
         }
         self.check_effects(step)?;
         let now = self.aws.clock.now();
@@ -975,7 +1040,7 @@ impl World {
                 }
             }
         }
-        self.check_in_flight(step).await
+        Ok(())
     }
 
     /// The longest an attempt may take, every deadline and every wait for a crashed
@@ -1038,27 +1103,14 @@ impl World {
             ));
         }
         // Per attempt (the one in the record when the call was made: records are written
-        // before the calls they ask for), one update to its own revision and one rollback. A
-        // second rollback is allowed only after a foreign writer moved the service: when a
-        // crash hid whether ours was made and the foreign deployment replaced it, the
-        // controller cannot tell (README, "Crash safety").
+        // before the calls they ask for), one update to its own revision and one rollback.
         let updates = self.aws.ecs.updates();
-        let mut ours = self.audit.updates().into_iter();
         let mut per_attempt: HashMap<(String, bool), usize> = HashMap::new();
-        let mut foreign_since: HashMap<(String, String), bool> = HashMap::new();
-        for update in &updates {
-            let service = (update.cluster.clone(), update.service.clone());
-            if update.actor != "controller" {
-                foreign_since.insert(service, true);
-                continue;
-            }
-            let Some((attempt, arn)) = ours.next() else {
-                continue;
-            };
+        for (attempt, arn) in self.audit.updates() {
             let forward = attempt_of.get(&arn) == Some(&attempt);
             let count = per_attempt.entry((attempt.clone(), forward)).or_default();
             *count += 1;
-            let excused = !forward && foreign_since.get(&service) == Some(&true);
+            let excused = !forward && *count == 2 && self.ambiguous_rollbacks.contains(&attempt);
             if *count > 1 && !excused {
                 return Err(self.violation(
                     step,
@@ -1069,7 +1121,6 @@ impl World {
                     ),
                 ));
             }
-            foreign_since.insert(service, false);
         }
         let mut last: HashMap<(String, String), (String, String)> = HashMap::new();
         for update in &updates {
@@ -1109,36 +1160,6 @@ impl World {
         Ok(())
     }
 
-    /// At most one controller in an update state under the runner's current lease.
-    async fn check_in_flight(&self, step: usize) -> Result<(), Box<Violation>> {
-        for (index, runner) in self.runner_names().iter().enumerate() {
-            let current = self.audit.current(runner).await;
-            let mut holders = Vec::new();
-            for controller in &self.controllers {
-                let Some(driver) = controller.drivers.as_ref().and_then(|d| d.get(index)) else {
-                    continue;
-                };
-                let phase = driver.phase();
-                let in_flight = !phase.is_resting() && phase != Phase::Checking;
-                if in_flight
-                    && current
-                        .as_ref()
-                        .is_some_and(|(holder, _)| *holder == controller.holder())
-                {
-                    holders.push(controller.holder());
-                }
-            }
-            if holders.len() > 1 {
-                return Err(self.violation(
-                    step,
-                    Invariant::OneAttemptInFlight,
-                    format!("{runner}: in flight under the lease at once: {holders:?}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Faults stop, every controller is up, ops ask for one last valid, deployable version
     /// (and good infrastructure); the fleet must converge on it.
     async fn drain(&mut self, settings: Settings) -> Result<(), Box<Violation>> {
@@ -1146,16 +1167,19 @@ impl World {
         self.aws.ssm.faults.clear();
         self.aws.ecs.faults.clear();
         self.aws.cfn.faults.clear();
+        self.aws.ecs.stale_reads(0);
+        if let Ok(mut slow) = self.audit.slow.lock() {
+            slow.clear();
+        }
         for index in 0..self.controllers.len() {
             if let Ok(mut skew) = self.controllers[index].skew.lock() {
                 *skew = 0;
             }
-            if self.controllers[index].drivers.is_none() {
-                self.tally.restarts += 1;
-                self.start(index, false);
-            }
+            // Every controller (re)started without planned crashes: the drain is calm.
+            self.tally.restarts += 1;
+            self.start(index, false);
         }
-        self.note("drain: faults off, every controller up".to_owned());
+        self.note("drain: faults off, every controller restarted".to_owned());
         let mut targets = BTreeMap::new();
         for runner in self.runner_names() {
             for key in ["image", "channel"] {
@@ -1224,6 +1248,17 @@ impl World {
                 .service(&config.cluster, &config.service)
                 .await
                 .map_err(|e| e.to_string())?;
+            if service.primary().is_some_and(|p| {
+                p.rollout_state == crate::domain::observed::RolloutState::Failed
+                    && !p
+                        .rollout_reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("rolling back"))
+            }) {
+                // ECS failed a deployment and had nothing to roll back to: a human decides
+                // (the controller waits with `service-not-steady`).
+                continue;
+            }
             let running = self
                 .aws
                 .ecs
@@ -1264,6 +1299,18 @@ impl World {
     }
 }
 
+/// FNV-1a over `bytes`, continuing from `hash`.
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    let start = if hash == 0 {
+        0xcbf2_9ce4_8422_2325
+    } else {
+        hash
+    };
+    bytes.iter().fold(start, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A stack template at infrastructure version `infra`: the initial one with a changed
 /// property.
 fn template_changed(infra: u32) -> SimTemplate {
@@ -1300,14 +1347,17 @@ struct Audit {
     prefix: String,
     /// Runner of each stack and of each `cluster/service`.
     owners: Arc<HashMap<String, String>>,
-    violation: Arc<Mutex<Option<String>>>,
+    violation: Arc<Mutex<Option<(Invariant, String)>>>,
     /// Every `UpdateService` by a controller: (the attempt in the runner's record, the task
     /// definition).
     updates: Arc<Mutex<Vec<(String, String)>>>,
+    /// Slow calls queued per operation: the next call of it takes this long (simulated time).
+    slow: Arc<Mutex<BTreeMap<String, VecDeque<Duration>>>>,
+    clock: SimClock,
 }
 
 impl Audit {
-    fn new(config: &Config, ssm: SimSsm) -> Audit {
+    fn new(config: &Config, ssm: SimSsm, clock: SimClock) -> Audit {
         let mut owners = HashMap::new();
         for runner in &config.runners {
             owners.insert(
@@ -1325,6 +1375,8 @@ impl Audit {
             owners: Arc::new(owners),
             violation: Arc::new(Mutex::new(None)),
             updates: Arc::new(Mutex::new(Vec::new())),
+            slow: Arc::new(Mutex::new(BTreeMap::new())),
+            clock,
         }
     }
 
@@ -1346,11 +1398,72 @@ impl Audit {
         };
         let current = self.current(runner).await;
         if current.as_ref().is_none_or(|(h, _)| h != holder) {
-            if let Ok(mut violation) = self.violation.lock() {
-                violation.get_or_insert(format!(
-                    "{holder} called {operation} on {runner} while the lease is {current:?}"
-                ));
-            }
+            self.report(
+                Invariant::NoStaleMutation,
+                format!("{holder} called {operation} on {runner} while the lease is {current:?}"),
+            );
+        }
+    }
+
+    fn report(&self, invariant: Invariant, detail: String) {
+        if let Ok(mut violation) = self.violation.lock() {
+            violation.get_or_insert((invariant, detail));
+        }
+    }
+
+    /// A controller saves `record`: if the stored one holds an attempt in flight, the new one
+    /// must continue it (same attempt, or a transition out of the stored phase after it was
+    /// entered: the attempt ending or stopping).
+    async fn save(&self, holder: &str, record: &Record) {
+        let store = SsmStore::new(Arc::new(self.ssm.clone()), &self.prefix);
+        let Ok(Some(stored)) = store.load(&record.runner).await else {
+            return;
+        };
+        let Some(attempt) = stored.attempt.as_ref() else {
+            return;
+        };
+        let in_flight = stored.phase().is_ok_and(|p| !p.is_resting());
+        let same = record.attempt.as_ref().is_some_and(|a| a.id == attempt.id);
+        let continues = record
+            .transitions
+            .iter()
+            // Each controller stamps with its own (skewed) clock.
+            .any(|t| t.from == stored.phase && t.at + 2 * SKEW_MAX_MS >= stored.since);
+        if in_flight && !same && !continues {
+            self.report(
+                Invariant::OneAttemptInFlight,
+                format!(
+                    "{holder} wrote {} ({}) over attempt {} in flight ({})",
+                    record.phase,
+                    record
+                        .attempt
+                        .as_ref()
+                        .map_or("no attempt", |a| a.id.as_str()),
+                    attempt.id,
+                    stored.phase
+                ),
+            );
+        }
+    }
+
+    /// Makes the next call of `operation` slow.
+    fn slow_down(&self, operation: &str, duration: Duration) {
+        if let Ok(mut slow) = self.slow.lock() {
+            slow.entry(operation.to_owned())
+                .or_default()
+                .push_back(duration);
+        }
+    }
+
+    /// A call of `operation` starts: simulated time passes if it was made slow.
+    fn delay(&self, operation: &str) {
+        let queued = self
+            .slow
+            .lock()
+            .ok()
+            .and_then(|mut slow| slow.get_mut(operation).and_then(VecDeque::pop_front));
+        if let Some(duration) = queued {
+            self.clock.advance(duration);
         }
     }
 
@@ -1376,8 +1489,60 @@ impl Audit {
         self.updates.lock().map(|u| u.clone()).unwrap_or_default()
     }
 
-    fn take_violation(&self) -> Option<String> {
+    fn take_violation(&self) -> Option<(Invariant, String)> {
         self.violation.lock().ok().and_then(|mut v| v.take())
+    }
+}
+
+/// A controller's state store, audited on every save.
+struct AuditedStore {
+    inner: SsmStore,
+    audit: Audit,
+    holder: String,
+}
+
+#[async_trait]
+impl StateStore for AuditedStore {
+    async fn load(&self, runner: &str) -> Result<Option<Record>, crate::ports::StoreError> {
+        self.inner.load(runner).await
+    }
+
+    async fn save(&self, record: &Record) -> Result<(), crate::ports::StoreError> {
+        self.audit.save(&self.holder, record).await;
+        self.inner.save(record).await
+    }
+
+    async fn list(&self) -> Result<Vec<String>, crate::ports::StoreError> {
+        self.inner.list().await
+    }
+}
+
+/// The controllers' SSM: the simulated one, with slow calls.
+struct SlowSsm {
+    inner: SimSsm,
+    audit: Audit,
+}
+
+#[async_trait]
+impl ParameterStore for SlowSsm {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        self.audit.delay("GetParametersByPath");
+        self.inner.get_by_path(path).await
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<crate::ports::Parameter>, PortError> {
+        self.audit.delay("GetParameter");
+        self.inner.get(name).await
+    }
+
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        self.audit.delay("PutParameter");
+        self.inner.put(name, value, overwrite).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        self.audit.delay("DeleteParameter");
+        self.inner.delete(name).await
     }
 }
 
@@ -1402,10 +1567,12 @@ impl Ecs for AuditedEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
+        self.audit.delay("DescribeServices");
         self.inner.describe_service(cluster, service).await
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
+        self.audit.delay("DescribeTaskDefinition");
         self.inner.describe_task_definition(arn).await
     }
 
@@ -1414,6 +1581,7 @@ impl Ecs for AuditedEcs {
         family: &str,
         attempt_id: &str,
     ) -> Result<Option<TaskDefinition>, PortError> {
+        self.audit.delay("ListTaskDefinitions");
         self.inner.find_task_definition(family, attempt_id).await
     }
 
@@ -1424,6 +1592,7 @@ impl Ecs for AuditedEcs {
         image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
+        self.audit.delay("RegisterTaskDefinition");
         let key = format!("family/{}", family_of(base_arn));
         self.audit
             .mutation(&self.holder, &key, "RegisterTaskDefinition")
@@ -1439,6 +1608,7 @@ impl Ecs for AuditedEcs {
         service: &str,
         task_definition_arn: &str,
     ) -> Result<String, PortError> {
+        self.audit.delay("UpdateService");
         let key = format!("{cluster}/{service}");
         self.audit
             .mutation(&self.holder, &key, "UpdateService")
@@ -1463,6 +1633,7 @@ struct AuditedCfn {
 #[async_trait]
 impl CloudFormation for AuditedCfn {
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
+        self.audit.delay("DescribeStacks");
         self.inner.describe_stack(name).await
     }
 
@@ -1471,10 +1642,12 @@ impl CloudFormation for AuditedCfn {
         stack: &str,
         template_url: Option<&str>,
     ) -> Result<TemplateSummary, PortError> {
+        self.audit.delay("GetTemplateSummary");
         self.inner.template_summary(stack, template_url).await
     }
 
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
+        self.audit.delay("CreateChangeSet");
         self.audit
             .mutation(&self.holder, &request.stack, "CreateChangeSet")
             .await;
@@ -1486,6 +1659,7 @@ impl CloudFormation for AuditedCfn {
         stack: &str,
         name: &str,
     ) -> Result<Option<ChangeSet>, PortError> {
+        self.audit.delay("DescribeChangeSet");
         self.inner.describe_change_set(stack, name).await
     }
 
@@ -1495,6 +1669,7 @@ impl CloudFormation for AuditedCfn {
         name: &str,
         token: &str,
     ) -> Result<(), PortError> {
+        self.audit.delay("ExecuteChangeSet");
         self.audit
             .mutation(&self.holder, stack, "ExecuteChangeSet")
             .await;
@@ -1502,6 +1677,7 @@ impl CloudFormation for AuditedCfn {
     }
 
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
+        self.audit.delay("DeleteChangeSet");
         self.audit
             .mutation(&self.holder, stack, "DeleteChangeSet")
             .await;
@@ -1509,6 +1685,7 @@ impl CloudFormation for AuditedCfn {
     }
 
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
+        self.audit.delay("DescribeStackEvents");
         self.inner.stack_events(stack).await
     }
 }

@@ -136,7 +136,16 @@ struct EcsWorld {
     next_id: u64,
     rng: Rng,
     breaker_minimum: u32,
+    /// Each service as it was just before its last `UpdateService`, and when: what a stale
+    /// read returns.
+    before_update: BTreeMap<(String, String), (Millis, SimService)>,
+    /// `DescribeServices` reads still to answer stale (when an update is recent enough).
+    stale_reads: u32,
 }
+
+/// How long after an `UpdateService` a read may still show the service as it was before
+/// (ECS's `DescribeServices` is eventually consistent).
+pub const STALE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Simulated ECS.
 #[derive(Debug, Clone)]
@@ -278,10 +287,12 @@ impl EcsWorld {
             let same = service.deployments[index].task_definition_arn
                 == service.last_completed_task_definition;
             if same {
-                service.deployments[index].rollout_state = RolloutState::Failed;
-                service.deployments[index].reason = Some(format!(
-                    "ECS deployment circuit breaker: tasks failed to start ({} failed, threshold {threshold}); nothing to roll back to",
-                    service.deployments[index].failed_tasks
+                let deployment = &mut service.deployments[index];
+                deployment.rollout_state = RolloutState::Failed;
+                deployment.reason = Some(format!(
+                    "{}; failed in turn ({} failed tasks): nothing left to roll back to",
+                    deployment.reason.as_deref().unwrap_or("ECS deployment"),
+                    deployment.failed_tasks
                 ));
             }
             !same
@@ -440,6 +451,8 @@ impl SimEcs {
                 next_id: 0,
                 rng: Rng::new(seed),
                 breaker_minimum: 10,
+                before_update: BTreeMap::new(),
+                stale_reads: 0,
             })),
             clock,
             faults: Faults::default(),
@@ -453,6 +466,18 @@ impl SimEcs {
             world: self.world.clone(),
             clock: self.clock.clone(),
             faults: Faults::default(),
+        }
+    }
+
+    /// The next `count` reads of a service updated less than [`STALE_WINDOW`] ago answer
+    /// with the service as it was before that update (eventual consistency); 0 stops them.
+    pub fn stale_reads(&self, count: u32) {
+        if let Ok(mut world) = self.world.lock() {
+            world.stale_reads = if count == 0 {
+                0
+            } else {
+                world.stale_reads + count
+            };
         }
     }
 
@@ -631,6 +656,14 @@ impl SimEcs {
             ));
         }
         let id = format!("ecs-svc/{:019}", world.id());
+        let Some(before) = world.services.get(&key).cloned() else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                "UpdateService",
+                format!("ServiceNotFoundException: {service}"),
+            ));
+        };
+        world.before_update.insert(key.clone(), (now, before));
         let Some(svc) = world.services.get_mut(&key) else {
             return Err(PortError::new(
                 ErrorKind::NotFound,
@@ -678,13 +711,24 @@ impl Ecs for SimEcs {
         let mut world = guard(&self.world, "DescribeServices")?;
         let key = (cluster.to_owned(), service.to_owned());
         world.advance(&key, now);
-        let svc = world.services.get(&key).ok_or_else(|| {
-            PortError::new(
-                ErrorKind::NotFound,
-                "DescribeServices",
-                format!("MISSING: service {service} in cluster {cluster}"),
-            )
-        })?;
+        let stale = world.stale_reads > 0
+            && world
+                .before_update
+                .get(&key)
+                .is_some_and(|(at, _)| now.since(*at) < STALE_WINDOW);
+        if stale {
+            world.stale_reads -= 1;
+        }
+        let svc = match world.before_update.get(&key) {
+            Some((_, before)) if stale => before,
+            _ => world.services.get(&key).ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::NotFound,
+                    "DescribeServices",
+                    format!("MISSING: service {service} in cluster {cluster}"),
+                )
+            })?,
+        };
         Ok(ServiceState {
             cluster: svc.cluster.clone(),
             service: svc.name.clone(),

@@ -107,6 +107,8 @@ known_channels = {{ include "runner-updater.tomlStrings" $c.known_channels }}
 poll_interval_secs = {{ int64 $c.poll_interval_secs }}
 active_poll_interval_secs = {{ int64 $c.active_poll_interval_secs }}
 lease_secs = {{ int64 $c.lease_secs }}
+consistency_window_secs = {{ int64 $c.consistency_window_secs }}
+max_concurrent_runners = {{ int64 $c.max_concurrent_runners }}
 
 [state_store]
 backend = {{ include "runner-updater.tomlString" $c.state_store.backend }}

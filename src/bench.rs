@@ -1,0 +1,589 @@
+//! The fleet benchmark (`runner-updater bench`): the controller's own code on the simulated AWS
+//! with 10, 1,000 and 10,000 runners, every AWS call counted by operation.
+//!
+//! It prints, per fleet size: AWS calls per runner per steady-state pass (by API family), the
+//! pass time under an injected per-call latency next to the lower bound the rate limits impose,
+//! the CPU time of a pass, the peak memory of the process, and the time an update wave across
+//! the fleet takes to converge (simulated time). Then the restart-to-first-action time after a
+//! crash. `runner-updater run`'s idle memory is measured by the command itself (a child process).
+//!
+//! The pass time is computed, not slept: the sum of a pass's call latencies shared by the
+//! runners passed over at a time (`max_concurrent_runners`), next to the lower bound the rate
+//! limits impose (with no client-side limiter yet, a pass faster than that bound is throttled
+//! by AWS). The figures are printed next to the targets of issue 8.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{Config, ConfigError};
+use crate::domain::infra::{ChangeSet, StackEvent};
+use crate::domain::observed::{ServiceState, StackState};
+use crate::domain::task_definition::TaskDefinition;
+use crate::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
+use crate::lease::SsmLease;
+use crate::machine::phase::Phase;
+use crate::ports::{
+    ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterStore, PortError,
+    TemplateSummary,
+};
+use crate::sim::{SimAws, SimRunnerSpec};
+use crate::store::MemoryStore;
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The generated configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The simulated world could not be built, or a pass failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+/// What the benchmark assumes of AWS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assumptions {
+    /// Latency of one AWS call.
+    pub latency: Duration,
+    /// Calls per second allowed, per API family: SSM, ECS, CloudFormation (the defaults are
+    /// safely under AWS's published throttling limits: SSM `GetParametersByPath` 40/s shared
+    /// with `GetParameter`, ECS `DescribeServices` 20/s sustained, CloudFormation
+    /// `DescribeStacks` about 10/s).
+    pub rates: [f64; 3],
+}
+
+impl Default for Assumptions {
+    fn default() -> Self {
+        Assumptions {
+            latency: Duration::from_millis(20),
+            rates: [30.0, 15.0, 8.0],
+        }
+    }
+}
+
+const FAMILIES: [&str; 3] = ["SSM", "ECS", "CloudFormation"];
+
+/// Counts every call by operation.
+#[derive(Debug, Clone, Default)]
+struct Counter(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl Counter {
+    fn count(&self, operation: &'static str) {
+        if let Ok(mut counts) = self.0.lock() {
+            *counts.entry(operation).or_default() += 1;
+        }
+    }
+
+    fn take(&self) -> BTreeMap<&'static str, u64> {
+        self.0
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+fn family(operation: &str) -> usize {
+    match operation {
+        "GetParametersByPath" | "GetParameter" | "PutParameter" | "DeleteParameter" => 0,
+        "DescribeServices"
+        | "DescribeTaskDefinition"
+        | "ListTaskDefinitions"
+        | "RegisterTaskDefinition"
+        | "UpdateService"
+        | "ListTasks"
+        | "DescribeTasks" => 1,
+        _ => 2,
+    }
+}
+
+struct CountedSsm<P> {
+    inner: P,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<P: ParameterStore> ParameterStore for CountedSsm<P> {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        self.counter.count("GetParametersByPath");
+        self.inner.get_by_path(path).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        self.counter.count("GetParameter");
+        self.inner.get(name).await
+    }
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        self.counter.count("PutParameter");
+        self.inner.put(name, value, overwrite).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        self.counter.count("DeleteParameter");
+        self.inner.delete(name).await
+    }
+}
+
+struct CountedEcs<E> {
+    inner: E,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<E: Ecs> Ecs for CountedEcs<E> {
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        // Against AWS this is DescribeServices plus, for the tasks, ListTasks (running and
+        // stopped) and DescribeTasks: counted as the adapter makes them.
+        self.counter.count("DescribeServices");
+        self.counter.count("ListTasks");
+        self.counter.count("ListTasks");
+        self.counter.count("DescribeTasks");
+        self.inner.describe_service(cluster, service).await
+    }
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
+        self.counter.count("DescribeTaskDefinition");
+        self.inner.describe_task_definition(arn).await
+    }
+    async fn find_task_definition(
+        &self,
+        family: &str,
+        attempt_id: &str,
+    ) -> Result<Option<TaskDefinition>, PortError> {
+        self.counter.count("ListTaskDefinitions");
+        self.inner.find_task_definition(family, attempt_id).await
+    }
+    async fn register_clone(
+        &self,
+        base_arn: &str,
+        container: &str,
+        image: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
+        self.counter.count("RegisterTaskDefinition");
+        self.inner
+            .register_clone(base_arn, container, image, tags)
+            .await
+    }
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError> {
+        self.counter.count("UpdateService");
+        self.inner
+            .update_service(cluster, service, task_definition_arn)
+            .await
+    }
+}
+
+struct CountedCfn<C> {
+    inner: C,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
+        self.counter.count("DescribeStacks");
+        self.inner.describe_stack(name).await
+    }
+    async fn template_summary(
+        &self,
+        stack: &str,
+        template_url: Option<&str>,
+    ) -> Result<TemplateSummary, PortError> {
+        self.counter.count("GetTemplateSummary");
+        self.inner.template_summary(stack, template_url).await
+    }
+    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
+        self.counter.count("CreateChangeSet");
+        self.inner.create_change_set(request).await
+    }
+    async fn describe_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<Option<ChangeSet>, PortError> {
+        self.counter.count("DescribeChangeSet");
+        self.inner.describe_change_set(stack, name).await
+    }
+    async fn execute_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<(), PortError> {
+        self.counter.count("ExecuteChangeSet");
+        self.inner.execute_change_set(stack, name, token).await
+    }
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
+        self.counter.count("DeleteChangeSet");
+        self.inner.delete_change_set(stack, name).await
+    }
+    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
+        self.counter.count("DescribeStackEvents");
+        self.inner.stack_events(stack).await
+    }
+}
+
+/// A fleet of `runners` (one in ten with two stacks) on a fresh simulated AWS.
+struct Fleet {
+    aws: SimAws,
+    config: Config,
+    drivers: Vec<RunnerDriver>,
+    counter: Counter,
+}
+
+fn fleet_config(runners: usize) -> String {
+    let mut text = String::from(
+        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
+    );
+    for index in 0..runners {
+        let _ = write!(
+            text,
+            "[[runners]]\nname = \"runner-{index:05}\"\ncluster = \"fleet-{}\"\nservice = \"runner-{index:05}\"\nimage_repository = \"registry.example/runner\"\n",
+            index % 4
+        );
+        if index % 10 == 0 {
+            let _ = writeln!(
+                text,
+                "stacks = [\"runner-{index:05}-iam\", \"runner-{index:05}-main\"]"
+            );
+        }
+    }
+    text
+}
+
+impl Fleet {
+    fn new(runners: usize) -> Result<Fleet, BenchError> {
+        let config = Config::from_toml(&fleet_config(runners))?;
+        let aws = SimAws::new(1);
+        for runner in &config.runners {
+            aws.create_runner(&SimRunnerSpec {
+                cluster: runner.cluster.clone(),
+                service: runner.service.clone(),
+                container: runner.container.clone(),
+                family: runner.name.clone(),
+                image: format!("{}:2.13.0", runner.image_repository),
+                version: "2.13.0".to_owned(),
+                desired_count: 3,
+                health_check: true,
+                stacks: runner
+                    .stacks
+                    .iter()
+                    .map(|s| (s.clone(), "1".to_owned()))
+                    .collect(),
+            })
+            .map_err(|e| BenchError::Run(e.to_string()))?;
+            aws.ssm.set(
+                &format!("{}/{}/desired/version", config.prefix, runner.name),
+                "2.13.0",
+            );
+        }
+        let counter = Counter::default();
+        let ssm: Arc<dyn ParameterStore> = Arc::new(CountedSsm {
+            inner: aws.ssm.clone(),
+            counter: counter.clone(),
+        });
+        let ports = Ports {
+            ssm: ssm.clone(),
+            ecs: Arc::new(CountedEcs {
+                inner: aws.ecs.clone(),
+                counter: counter.clone(),
+            }),
+            cfn: Arc::new(CountedCfn {
+                inner: aws.cfn.clone(),
+                counter: counter.clone(),
+            }),
+            lock: Arc::new(SsmLease::new(ssm, &config.prefix)),
+            store: Arc::new(MemoryStore::new()),
+            clock: Arc::new(aws.clock.clone()),
+        };
+        let drivers = config
+            .runners
+            .iter()
+            .map(|runner| RunnerDriver::new(&config, runner, "bench", ports.clone()))
+            .collect();
+        Ok(Fleet {
+            aws,
+            config,
+            drivers,
+            counter,
+        })
+    }
+
+    /// One pass over every runner (sequential, as `run` does), then `interval` of time.
+    async fn pass(&mut self, interval: Duration) -> Result<usize, BenchError> {
+        let mut resting = 0;
+        for driver in &mut self.drivers {
+            driver
+                .tick()
+                .await
+                .map_err(|e| BenchError::Run(format!("{}: {e}", driver.runner())))?;
+            resting += usize::from(driver.phase().is_resting());
+        }
+        self.aws.clock.advance(interval);
+        Ok(resting)
+    }
+}
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+#[must_use]
+pub fn peak_memory_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The figures of one fleet size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetFigures {
+    /// Runners.
+    pub runners: usize,
+    /// Calls per runner in a steady-state pass, by operation.
+    pub calls_per_runner: BTreeMap<&'static str, f64>,
+    /// Calls in a steady-state pass, per API family.
+    pub calls_by_family: [u64; 3],
+    /// The pass's time at the assumed latency, `concurrent` runners at a time.
+    pub pass_time: Duration,
+    /// Runners passed over at a time (`max_concurrent_runners`).
+    pub concurrent: u32,
+    /// The lower bound the rate limits impose on a pass.
+    pub rate_bound: Duration,
+    /// CPU time of a steady-state pass.
+    pub cpu_per_pass: Option<Duration>,
+    /// Peak memory of the benchmark process so far (KiB; the simulated AWS included).
+    pub peak_memory_kib: Option<u64>,
+    /// Passes until an update wave converged.
+    pub wave_passes: usize,
+    /// Simulated time an update wave took to converge.
+    pub wave_time: Duration,
+    /// Calls per runner during the wave.
+    pub wave_calls_per_runner: f64,
+}
+
+/// Measures one fleet size.
+///
+/// # Errors
+/// When the fleet cannot be built or a pass fails.
+pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFigures, BenchError> {
+    let mut fleet = Fleet::new(runners)?;
+    let rest = Duration::from_secs(fleet.config.poll_interval_secs);
+    // First pass: records loaded (none yet), every runner at rest.
+    fleet.pass(rest).await?;
+    let _ = fleet.counter.take();
+    let cpu_before = cpu_time();
+    fleet.pass(rest).await?;
+    let cpu_after = cpu_time();
+    let counts = fleet.counter.take();
+    let mut calls_by_family = [0_u64; 3];
+    for (operation, count) in &counts {
+        calls_by_family[family(operation)] += count;
+    }
+    let total: u64 = calls_by_family.iter().sum();
+    #[allow(clippy::cast_precision_loss)] // ratios for a report
+    let per_runner = |count: u64| count as f64 / runners as f64;
+    let calls_per_runner = counts
+        .iter()
+        .map(|(operation, count)| (*operation, per_runner(*count)))
+        .collect();
+    // `run` passes over `max_concurrent_runners` runners at a time: the latency of a pass is
+    // shared by that many; it can never beat the rate limits.
+    let concurrent = u32::try_from(fleet.config.max_concurrent_runners.max(1)).unwrap_or(1);
+    let pass_time = assumptions.latency * u32::try_from(total).unwrap_or(u32::MAX) / concurrent;
+    #[allow(clippy::cast_precision_loss)] // seconds for a report
+    let rate_bound = calls_by_family
+        .iter()
+        .zip(assumptions.rates)
+        .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
+        .max()
+        .unwrap_or_default();
+
+    // An update wave: every runner asked for 2.14.0 at once.
+    for runner in &fleet.config.runners {
+        fleet.aws.ssm.set(
+            &format!("{}/{}/desired/version", fleet.config.prefix, runner.name),
+            "2.14.0",
+        );
+    }
+    let active = Duration::from_secs(fleet.config.active_poll_interval_secs);
+    let started = fleet.aws.clock.now();
+    let mut wave_passes = 0;
+    loop {
+        wave_passes += 1;
+        let resting = fleet.pass(active).await?;
+        let done = fleet
+            .drivers
+            .iter()
+            .filter(|d| d.record().is_some_and(|r| r.phase == Phase::Done.name()))
+            .count();
+        if resting == runners && done == runners {
+            break;
+        }
+        if wave_passes > 200 {
+            return Err(BenchError::Run(format!(
+                "the wave did not converge in 200 passes ({done} of {runners} done)"
+            )));
+        }
+    }
+    let wave_time = fleet.aws.clock.now().since(started);
+    let wave_calls_total = fleet.counter.take().values().sum::<u64>();
+    let wave_calls = wave_calls_total;
+    Ok(FleetFigures {
+        runners,
+        calls_per_runner,
+        calls_by_family,
+        pass_time,
+        concurrent,
+        rate_bound,
+        cpu_per_pass: cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        peak_memory_kib: peak_memory_kib("self"),
+        wave_passes,
+        wave_time,
+        wave_calls_per_runner: per_runner(wave_calls),
+    })
+}
+
+/// Time from a restart (the record of an attempt in flight loaded, the dead process's lease
+/// taken over) to its first resumed action, on the simulated AWS (no AWS latency): the
+/// controller's own share.
+///
+/// # Errors
+/// When the crash cannot be staged.
+pub async fn resume_time() -> Result<Duration, BenchError> {
+    let fleet = Fleet::new(1)?;
+    fleet
+        .aws
+        .ssm
+        .set("/runner-updater/runner-00000/desired/version", "2.14.0");
+    let runner = fleet.config.runners[0].clone();
+    let plan = CrashPlan {
+        after_command_named: Some("register_task_definition"),
+        ..CrashPlan::default()
+    };
+    let ports = fleet_ports(&fleet);
+    let mut first =
+        RunnerDriver::new(&fleet.config, &runner, "bench", ports.clone()).with_crash(plan);
+    for _ in 0..10 {
+        match first.tick().await {
+            Err(DriverError::Crashed(_)) => break,
+            Ok(_) => fleet.aws.clock.advance(Duration::from_secs(10)),
+            Err(error) => return Err(BenchError::Run(error.to_string())),
+        }
+    }
+    // The restarted process: a new identity, once the dead one's lease expired (what a real
+    // restart waits for); its first pass is timed, up to the resumed call.
+    fleet.aws.clock.advance(Duration::from_mins(3));
+    let mut second = RunnerDriver::new(&fleet.config, &runner, "bench-2", ports);
+    let clock = crate::clock::SystemClock;
+    let started = clock.now();
+    let report = second
+        .tick()
+        .await
+        .map_err(|e| BenchError::Run(e.to_string()))?;
+    let elapsed = clock.now().since(started);
+    if report.commands.is_empty() {
+        return Err(BenchError::Run("the resumed pass did nothing".to_owned()));
+    }
+    Ok(elapsed)
+}
+
+fn fleet_ports(fleet: &Fleet) -> Ports {
+    let ssm: Arc<dyn ParameterStore> = Arc::new(fleet.aws.ssm.clone());
+    Ports {
+        ssm: ssm.clone(),
+        ecs: Arc::new(fleet.aws.ecs.clone()),
+        cfn: Arc::new(fleet.aws.cfn.clone()),
+        lock: Arc::new(SsmLease::new(ssm, &fleet.config.prefix)),
+        store: Arc::new(MemoryStore::new()),
+        clock: Arc::new(fleet.aws.clock.clone()),
+    }
+}
+
+/// The report of several fleet sizes, with the targets beside the figures.
+#[must_use]
+#[allow(clippy::cast_precision_loss)] // figures for a report
+pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "assumed: {} ms per AWS call; rate limits SSM {}/s, ECS {}/s, CloudFormation {}/s",
+        assumptions.latency.as_millis(),
+        assumptions.rates[0],
+        assumptions.rates[1],
+        assumptions.rates[2]
+    );
+    for f in figures {
+        let _ = writeln!(out, "\n{} runners", f.runners);
+        let total: f64 = f.calls_per_runner.values().sum();
+        let _ = writeln!(
+            out,
+            "  AWS calls per runner per steady-state pass: {total:.2}   (target at 1,000: <= 0.6)"
+        );
+        for (operation, per) in &f.calls_per_runner {
+            let _ = writeln!(out, "    {operation:<24} {per:.2}");
+        }
+        for (name, calls) in FAMILIES.iter().zip(f.calls_by_family) {
+            let _ = writeln!(out, "    {name:<24} {calls} calls in the pass");
+        }
+        #[allow(clippy::cast_precision_loss)] // a ratio for a report
+        let ratio = f.pass_time.as_secs_f64() / f.rate_bound.as_secs_f64().max(f64::MIN_POSITIVE);
+        let _ = writeln!(
+            out,
+            "  pass time: {:.1} s of latency ({} runners at a time); rate-limit bound {:.1} s; ratio {ratio:.2}   (target: <= 1.25){}",
+            f.pass_time.as_secs_f64(),
+            f.concurrent,
+            f.rate_bound.as_secs_f64(),
+            if f.pass_time < f.rate_bound {
+                "\n    (faster than the limits allow: with no client-side limiter yet, AWS throttles the difference and the SDK's retries absorb it; the pass takes the bound at best)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  CPU time of a pass: {}",
+            f.cpu_per_pass
+                .map_or_else(|| "?".to_owned(), |c| format!("{} ms", c.as_millis()))
+        );
+        let _ = writeln!(
+            out,
+            "  peak memory of the process so far: {}   (target at 10,000: < 100 MiB)",
+            f.peak_memory_kib.map_or_else(
+                || "?".to_owned(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0)
+            )
+        );
+        let wave_latency =
+            assumptions.latency.as_secs_f64() * f.wave_calls_per_runner * f.runners as f64
+                / f64::from(f.concurrent);
+        let _ = writeln!(
+            out,
+            "  update wave: converged in {} passes, {:.0} s of simulated time, {:.1} calls per runner; its calls' latency alone, {} at a time: {:.0} s",
+            f.wave_passes,
+            f.wave_time.as_secs_f64(),
+            f.wave_calls_per_runner,
+            f.concurrent,
+            wave_latency
+        );
+    }
+    out
+}
