@@ -53,9 +53,50 @@ pub struct Config {
     /// Tracing.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Client-side rate limits per AWS API family, shared by every runner.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
+}
+
+/// Calls per second allowed per AWS API family (defaults safely under AWS's published
+/// throttling limits); halved when AWS throttles anyway, then grown back.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// SSM calls per second.
+    #[serde(default = "default_ssm_per_sec")]
+    pub ssm_per_sec: u32,
+    /// ECS calls per second.
+    #[serde(default = "default_ecs_per_sec")]
+    pub ecs_per_sec: u32,
+    /// CloudFormation calls per second.
+    #[serde(default = "default_cloudformation_per_sec")]
+    pub cloudformation_per_sec: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            ssm_per_sec: default_ssm_per_sec(),
+            ecs_per_sec: default_ecs_per_sec(),
+            cloudformation_per_sec: default_cloudformation_per_sec(),
+        }
+    }
+}
+
+fn default_ssm_per_sec() -> u32 {
+    30
+}
+
+fn default_ecs_per_sec() -> u32 {
+    15
+}
+
+fn default_cloudformation_per_sec() -> u32 {
+    8
 }
 
 /// Tracing settings (the exporter itself is configured by the standard `OTEL_*` variables).
@@ -315,6 +356,13 @@ impl Config {
         }
         if self.poll_interval_secs == 0 || self.active_poll_interval_secs == 0 {
             return invalid("poll intervals must be at least 1 second".to_owned());
+        }
+        let limits = self.rate_limits;
+        if limits.ssm_per_sec == 0 || limits.ecs_per_sec == 0 || limits.cloudformation_per_sec == 0
+        {
+            return invalid(
+                "rate_limits: every rate must be at least 1 call per second".to_owned(),
+            );
         }
         if self.max_concurrent_runners == 0 {
             return invalid("max_concurrent_runners must be at least 1".to_owned());

@@ -16,6 +16,7 @@ pub mod machine;
 pub mod metrics;
 pub mod ops;
 pub mod ports;
+pub mod ratelimit;
 pub mod record;
 pub mod report;
 pub mod server;

@@ -424,16 +424,33 @@ fn test_crash_plan() -> anyhow::Result<CrashPlan> {
 }
 
 /// The ports on AWS: SDK clients from the standard configuration, the SSM lease, the store.
+/// The AWS ports, each API family behind its shared client-side rate limit.
 async fn aws_ports(config: &Config) -> Ports {
+    use runner_updater::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
     let clients = AwsClients::from_env(SdkSettings::default()).await;
-    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
+    let clock: Arc<dyn runner_updater::ports::Clock> = Arc::new(SystemClock);
+    let limits = config.rate_limits;
+    let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm {
+        inner: Arc::new(clients.ssm),
+        limiter: Arc::new(Limiter::new("SSM", limits.ssm_per_sec, clock.clone())),
+    });
     Ports {
         ssm: ssm.clone(),
-        ecs: Arc::new(clients.ecs),
-        cfn: Arc::new(clients.cfn),
+        ecs: Arc::new(LimitedEcs {
+            inner: Arc::new(clients.ecs),
+            limiter: Arc::new(Limiter::new("ECS", limits.ecs_per_sec, clock.clone())),
+        }),
+        cfn: Arc::new(LimitedCfn {
+            inner: Arc::new(clients.cfn),
+            limiter: Arc::new(Limiter::new(
+                "CloudFormation",
+                limits.cloudformation_per_sec,
+                clock.clone(),
+            )),
+        }),
         lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
         store: store_on(config, ssm),
-        clock: Arc::new(SystemClock),
+        clock,
     }
 }
 

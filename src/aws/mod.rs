@@ -119,7 +119,9 @@ impl AwsClients {
     /// instance credentials; `AWS_REGION`, `AWS_ENDPOINT_URL`).
     pub async fn from_env(settings: SdkSettings) -> Self {
         let config = aws_config::defaults(BehaviorVersion::v2026_01_12())
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            // Adaptive: the SDK's own client-side rate limiting on top of standard retries,
+            // so a throttled client slows down rather than retrying harder.
+            .retry_config(RetryConfig::adaptive().with_max_attempts(settings.max_attempts))
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_attempt_timeout(settings.attempt_timeout)

@@ -125,6 +125,11 @@ stack_update_timeout_secs = {{ int64 $c.infrastructure.stack_update_timeout_secs
 
 [telemetry]
 check_span_every_passes = {{ int64 $c.telemetry.check_span_every_passes }}
+
+[rate_limits]
+ssm_per_sec = {{ int64 $c.rate_limits.ssm_per_sec }}
+ecs_per_sec = {{ int64 $c.rate_limits.ecs_per_sec }}
+cloudformation_per_sec = {{ int64 $c.rate_limits.cloudformation_per_sec }}
 {{- range $c.runners }}
 
 [[runners]]
