@@ -30,7 +30,7 @@ use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterStore, PortError,
     TemplateSummary,
 };
-use crate::sim::{SimAws, SimRunnerSpec};
+use crate::sim::SimAws;
 use crate::store::MemoryStore;
 
 /// Why the benchmark could not run.
@@ -264,28 +264,8 @@ impl Fleet {
     fn new(runners: usize) -> Result<Fleet, BenchError> {
         let config = Config::from_toml(&fleet_config(runners))?;
         let aws = SimAws::new(1);
-        for runner in &config.runners {
-            aws.create_runner(&SimRunnerSpec {
-                cluster: runner.cluster.clone(),
-                service: runner.service.clone(),
-                container: runner.container.clone(),
-                family: runner.name.clone(),
-                image: format!("{}:2.13.0", runner.image_repository),
-                version: "2.13.0".to_owned(),
-                desired_count: 3,
-                health_check: true,
-                stacks: runner
-                    .stacks
-                    .iter()
-                    .map(|s| (s.clone(), "1".to_owned()))
-                    .collect(),
-            })
+        aws.create_fleet(&config, "2.13.0")
             .map_err(|e| BenchError::Run(e.to_string()))?;
-            aws.ssm.set(
-                &format!("{}/{}/desired/version", config.prefix, runner.name),
-                "2.13.0",
-            );
-        }
         let counter = Counter::default();
         let ssm: Arc<dyn ParameterStore> = Arc::new(CountedSsm {
             inner: aws.ssm.clone(),

@@ -54,8 +54,7 @@ use crate::ports::{
 };
 use crate::record::Record;
 use crate::sim::{
-    initial_template, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimRunnerSpec, SimSsm,
-    SimTemplate,
+    initial_template, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimSsm, SimTemplate,
 };
 use crate::store::SsmStore;
 
@@ -450,29 +449,8 @@ impl World {
         let config = Config::from_toml(CONFIG)?;
         let aws = SimAws::new(seed);
         let ssm = aws.ssm.without_faults();
-        for runner in &config.runners {
-            let image = format!("{}:{START_VERSION}", runner.image_repository);
-            aws.create_runner(&SimRunnerSpec {
-                cluster: runner.cluster.clone(),
-                service: runner.service.clone(),
-                container: runner.container.clone(),
-                family: runner.name.clone(),
-                image,
-                version: START_VERSION.to_owned(),
-                desired_count: 3,
-                health_check: true,
-                stacks: runner
-                    .stacks
-                    .iter()
-                    .map(|s| (s.clone(), "1".to_owned()))
-                    .collect(),
-            })
+        aws.create_fleet(&config, START_VERSION)
             .map_err(|e| SimulationError::SetUp(e.to_string()))?;
-            ssm.set(
-                &format!("{}/{}/desired/version", config.prefix, runner.name),
-                START_VERSION,
-            );
-        }
         let audit = Audit::new(&config, ssm.clone(), aws.clock.clone());
         let mut world = World {
             seed,

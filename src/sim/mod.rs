@@ -290,6 +290,40 @@ impl SimAws {
         }
     }
 
+    /// Creates every runner of `config` running `version` (healthy, with a health check, three
+    /// tasks; its stacks at infrastructure version 1), with `desired/version` = `version`.
+    ///
+    /// # Errors
+    /// When a task definition is refused (a bug in the configuration's runners).
+    pub fn create_fleet(
+        &self,
+        config: &crate::config::Config,
+        version: &str,
+    ) -> Result<(), PortError> {
+        for runner in &config.runners {
+            self.create_runner(&SimRunnerSpec {
+                cluster: runner.cluster.clone(),
+                service: runner.service.clone(),
+                container: runner.container.clone(),
+                family: runner.name.clone(),
+                image: format!("{}:{version}", runner.image_repository),
+                version: version.to_owned(),
+                desired_count: 3,
+                health_check: true,
+                stacks: runner
+                    .stacks
+                    .iter()
+                    .map(|s| (s.clone(), "1".to_owned()))
+                    .collect(),
+            })?;
+            self.ssm.set(
+                &format!("{}/{}/desired/version", config.prefix, runner.name),
+                version,
+            );
+        }
+        Ok(())
+    }
+
     /// Creates a runner's service, its running task definition (settled) and its stacks.
     ///
     /// # Errors

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{ImageBehaviour, SimAws, SimRunnerSpec};
+use super::{ImageBehaviour, SimAws};
 use crate::config::{Config, ConfigError, EMBEDDED_CONFIG};
 use crate::driver::{DriverError, Ports, RetryPolicy, RunnerDriver, TickReport};
 use crate::lease::SsmLease;
@@ -64,25 +64,7 @@ impl Scenario {
             config,
             store: Arc::new(MemoryStore::new()),
         };
-        for runner in &scenario.config.runners {
-            let image = format!("{}:{START_VERSION}", runner.image_repository);
-            scenario.aws.create_runner(&SimRunnerSpec {
-                cluster: runner.cluster.clone(),
-                service: runner.service.clone(),
-                container: runner.container.clone(),
-                family: runner.name.clone(),
-                image,
-                version: START_VERSION.to_owned(),
-                desired_count: 3,
-                health_check: true,
-                stacks: runner
-                    .stacks
-                    .iter()
-                    .map(|s| (s.clone(), "1".to_owned()))
-                    .collect(),
-            })?;
-            scenario.set_desired(&runner.name, "version", START_VERSION);
-        }
+        scenario.aws.create_fleet(&scenario.config, START_VERSION)?;
         Ok(scenario)
     }
 
