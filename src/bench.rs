@@ -145,6 +145,16 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         self.counter.count("DescribeTasks");
         self.inner.describe_service(cluster, service).await
     }
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.counter.count("DescribeServices");
+        self.inner
+            .describe_service_without_tasks(cluster, service)
+            .await
+    }
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.counter.count("DescribeTaskDefinition");
         self.inner.describe_task_definition(arn).await

@@ -853,8 +853,17 @@ impl RunnerDriver {
         &mut self,
     ) -> Result<Result<crate::domain::observed::Observed, ObserveError>, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        // Tasks are read only where they are judged: in the health gate.
+        let gate = matches!(self.phase(), Phase::AwaitingRollout | Phase::Soaking);
+        let ecs = &self.ports.ecs;
         let state = match self
-            .retrying(|| self.ports.ecs.describe_service(cluster, service))
+            .retrying(|| async move {
+                if gate {
+                    ecs.describe_service(cluster, service).await
+                } else {
+                    ecs.describe_service_without_tasks(cluster, service).await
+                }
+            })
             .await
         {
             Ok(state) => state,

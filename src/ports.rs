@@ -92,6 +92,15 @@ pub trait Ecs: Send + Sync {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError>;
+    /// The service and its deployments without its tasks (`tasks` empty): what a pass outside
+    /// the health gate needs. Against AWS it saves the `ListTasks` and `DescribeTasks` calls.
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.describe_service(cluster, service).await
+    }
     /// A task definition with its tags.
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;
     /// The task definition of `family` tagged with this attempt id, if one was registered.

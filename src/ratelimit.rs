@@ -182,6 +182,18 @@ impl Ecs for LimitedEcs {
             .call(4, self.inner.describe_service(cluster, service))
             .await
     }
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.limiter
+            .call(
+                1,
+                self.inner.describe_service_without_tasks(cluster, service),
+            )
+            .await
+    }
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.limiter
             .call(1, self.inner.describe_task_definition(arn))

@@ -369,7 +369,22 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         1,
         "{who}: a settled service has one deployment"
     );
+    let at_rest = ecs
+        .describe_service_without_tasks("runners", "runner-a")
+        .await
+        .unwrap();
+    assert_eq!(at_rest.deployments, service.deployments, "{who}");
+    assert_eq!(
+        at_rest.task_definition_arn, service.task_definition_arn,
+        "{who}"
+    );
+    assert!(at_rest.tasks.is_empty(), "{who}: no task list at rest");
     let missing = ecs.describe_service("runners", "absent").await.unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
+    let missing = ecs
+        .describe_service_without_tasks("runners", "absent")
+        .await
+        .unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
     let td = ecs.describe_task_definition(base).await.unwrap();
     assert!(td.container("runner").is_some(), "{who}");

@@ -283,6 +283,18 @@ impl Ecs for AwsEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
+        let mut state = self
+            .describe_service_without_tasks(cluster, service)
+            .await?;
+        state.tasks = self.tasks(cluster, service).await?;
+        Ok(state)
+    }
+
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
         let output = self.describe_services_raw(cluster, service).await?;
         let Some(found) = output
             .services()
@@ -329,7 +341,7 @@ impl Ecs for AwsEcs {
             service: service.to_owned(),
             task_definition_arn: found.task_definition().unwrap_or_default().to_owned(),
             deployments,
-            tasks: self.tasks(cluster, service).await?,
+            tasks: Vec::new(),
         })
     }
 

@@ -771,6 +771,17 @@ impl Ecs for SimEcs {
         })
     }
 
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        // As against AWS: no task list (nothing at rest may depend on one).
+        let mut state = self.describe_service(cluster, service).await?;
+        state.tasks.clear();
+        Ok(state)
+    }
+
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.faults.check("DescribeTaskDefinition")?;
         let world = guard(&self.world, "DescribeTaskDefinition")?;
