@@ -196,6 +196,15 @@ fn run_on_the_simulated_aws_updates_and_persists() {
 }
 
 /// `GET path` over HTTP/1.1 on 127.0.0.1; (status, body).
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     http(port, "GET", path)
 }
@@ -219,11 +228,7 @@ fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
 #[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
 fn run_serves_metrics_health_and_readiness() {
     let directory = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = binary()
         .args([
             "run",
@@ -318,11 +323,7 @@ fn passes(port: u16, runner: &str) -> Option<u64> {
 #[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
 fn a_pass_can_be_triggered_now_by_http_or_sighup() {
     let directory = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = binary()
         .args(["run", "--simulated", "--listen"])
         .arg(format!("127.0.0.1:{port}"))

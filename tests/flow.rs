@@ -17,6 +17,16 @@ fn scenario() -> Scenario {
     Scenario::new(7).unwrap()
 }
 
+/// runner-a's 2.15.0: its tasks exit 20 s after they start.
+fn version_2_15_crashes(s: &Scenario) {
+    s.image_behaves(
+        &s.image_for("runner-a", "2.15.0"),
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(20),
+        },
+    );
+}
+
 async fn record(s: &Scenario, runner: &str) -> runner_updater::record::Record {
     s.store.load(runner).await.unwrap().unwrap()
 }
@@ -128,12 +138,7 @@ async fn a_new_version_is_deployed_cloned_field_by_field_and_ends_done() {
 #[tokio::test]
 async fn a_crashing_version_fails_fast_rolls_back_and_is_quarantined() {
     let s = scenario();
-    s.image_behaves(
-        &s.image_for("runner-a", "2.15.0"),
-        ImageBehaviour::Crashing {
-            after: Duration::from_secs(20),
-        },
-    );
+    version_2_15_crashes(&s);
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
     s.drive_to(&mut driver, Phase::RolledBack, TICKS)
@@ -185,12 +190,7 @@ async fn a_crashing_version_fails_fast_rolls_back_and_is_quarantined() {
 #[tokio::test]
 async fn a_rollback_is_made_once_and_a_foreign_writer_after_it_is_not_fought() {
     let s = scenario();
-    s.image_behaves(
-        &s.image_for("runner-a", "2.15.0"),
-        ImageBehaviour::Crashing {
-            after: Duration::from_secs(20),
-        },
-    );
+    version_2_15_crashes(&s);
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.15.0");
     s.drive_to(&mut driver, Phase::RollingBack, TICKS)
