@@ -41,6 +41,12 @@ pub struct Config {
     /// consistency): a resumed or retried call is decided only after it.
     #[serde(default = "default_consistency_window_secs")]
     pub consistency_window_secs: u64,
+    /// A runner's stacks are read at rest only when its desired infrastructure changed, a stack
+    /// was moving, or their last read is older than this (plus up to half of it, spread per
+    /// runner): what catches a change made to a stack by hand. Under the lock they are always
+    /// read.
+    #[serde(default = "default_stack_refresh_secs")]
+    pub stack_refresh_secs: u64,
     /// Where records are kept.
     #[serde(default)]
     pub state_store: StateStoreConfig,
@@ -199,6 +205,10 @@ fn default_max_concurrent_runners() -> usize {
 
 fn default_consistency_window_secs() -> u64 {
     60
+}
+
+fn default_stack_refresh_secs() -> u64 {
+    600
 }
 
 fn default_change_set_timeout_secs() -> u64 {

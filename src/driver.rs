@@ -29,6 +29,7 @@ use crate::domain::infra::{self, Creation, StackPlan, StackProgress};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
+use crate::fleet::RunnerSnapshot;
 use crate::machine::phase::Phase;
 use crate::machine::{
     self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note, Observation,
@@ -191,6 +192,22 @@ pub struct RunnerDriver {
     unreadable: bool,
     /// The note and verdict of the last event handled at rest in the current pass.
     rest_outcome: Option<(Option<Note>, Option<Verdict>)>,
+    /// The fleet read handed to the current pass (used at rest only).
+    view: Option<RunnerSnapshot>,
+    /// When the last pass ended: a fleet read older than that is not used.
+    last_tick_end: Option<Millis>,
+    /// The stacks as last read at rest (see `stack_refresh_secs`).
+    stack_cache: Option<StackCache>,
+    /// This runner's stack refresh period (`stack_refresh_secs`, spread per runner).
+    stack_refresh: Duration,
+}
+
+/// The stacks of a runner as read at rest, with what they were read for.
+struct StackCache {
+    /// The fingerprint of the desired infrastructure they were read under ("" for none).
+    fingerprint: String,
+    read_at: Millis,
+    stacks: Vec<crate::domain::observed::StackState>,
 }
 
 impl RunnerDriver {
@@ -230,6 +247,10 @@ impl RunnerDriver {
             attempt_active: false,
             unreadable: false,
             rest_outcome: None,
+            view: None,
+            last_tick_end: None,
+            stack_cache: None,
+            stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
         }
     }
 
@@ -267,6 +288,12 @@ impl RunnerDriver {
         &self.runner.name
     }
 
+    /// The runner's configuration.
+    #[must_use]
+    pub fn runner_config(&self) -> &RunnerConfig {
+        &self.runner
+    }
+
     /// The current phase (Idle before the first tick).
     #[must_use]
     pub fn phase(&self) -> Phase {
@@ -297,9 +324,25 @@ impl RunnerDriver {
     /// A [`DriverError`]; the next tick starts again from the store when the machine may be
     /// ahead of it.
     pub async fn tick(&mut self) -> Result<TickReport, DriverError> {
+        self.tick_with(None).await
+    }
+
+    /// One pass, observing from `view` (this runner's part of a fleet read) when the runner is
+    /// at rest and the read is not older than its last pass; otherwise (under the lock, or no
+    /// usable read) from its own fresh reads.
+    ///
+    /// # Errors
+    /// As [`RunnerDriver::tick`].
+    pub async fn tick_with(
+        &mut self,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<TickReport, DriverError> {
+        self.view = view.filter(|v| self.last_tick_end.is_none_or(|end| v.taken_at >= end));
         let mut report = TickReport::default();
         let started = self.ports.clock.now();
         let result = self.tick_inner(&mut report).await;
+        self.view = None;
+        self.last_tick_end = Some(self.ports.clock.now());
         if let Some(metrics) = &self.metrics {
             let now = self.ports.clock.now();
             metrics.pass(
@@ -377,7 +420,9 @@ impl RunnerDriver {
         }
         let mut queue = std::mem::take(&mut self.pending);
         if queue.is_empty() {
-            let observation = self.observe().await?;
+            // The fleet read serves a pass at rest only: under the lock every read is fresh.
+            let view = self.view.take().filter(|_| self.phase().is_resting());
+            let observation = self.observe_with(view).await?;
             queue = self
                 .handle(Event::Observed(Box::new(observation)), report)
                 .await?;
@@ -821,26 +866,48 @@ impl RunnerDriver {
 
     /// Reads the desired and observed state.
     async fn observe(&mut self) -> Result<Observation, DriverError> {
-        let folder = format!("{}/{}/", self.prefix, self.runner.name);
-        let desired_path = format!("{folder}desired");
+        self.observe_with(None).await
+    }
+
+    /// Reads the desired and observed state, the desired folder and the service from `view`
+    /// when given (a fleet read), else fresh.
+    async fn observe_with(
+        &mut self,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<Observation, DriverError> {
+        let (desired_read, service_read) = if let Some(view) = view {
+            (view.desired, Some(view.service))
+        } else {
+            {
+                let folder = format!("{}/{}/", self.prefix, self.runner.name);
+                let desired_path = format!("{folder}desired");
+                let read = self
+                    .retrying(|| self.ports.ssm.get_by_path(&desired_path))
+                    .await
+                    .map(|parameters| {
+                        parameters
+                            .into_iter()
+                            .filter_map(|(name, value)| {
+                                name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
+                            })
+                            .collect::<BTreeMap<String, String>>()
+                    });
+                (read, None)
+            }
+        };
         // An unreadable AWS is an observation too: the machine still sees time pass and checks
         // its deadlines.
-        let desired = match self
-            .retrying(|| self.ports.ssm.get_by_path(&desired_path))
-            .await
-        {
-            Ok(parameters) => {
-                let relative: BTreeMap<String, String> = parameters
-                    .into_iter()
-                    .filter_map(|(name, value)| {
-                        name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
-                    })
-                    .collect();
-                parse_desired(&relative, &self.policy)
-            }
+        let desired = match desired_read {
+            Ok(relative) => parse_desired(&relative, &self.policy),
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
         };
-        let observed = match self.observe_runner().await {
+        // What the stacks are read under ("" for no desired infrastructure); none when the
+        // desired state is unusable (the stacks are then not kept).
+        let fingerprint = desired
+            .as_ref()
+            .ok()
+            .map(|d| infra::fingerprint(d).unwrap_or_default());
+        let observed = match self.observe_runner(service_read, fingerprint).await {
             Ok(observed) => observed,
             Err(error) => Err(ObserveError::Unavailable(error.to_string())),
         };
@@ -851,21 +918,27 @@ impl RunnerDriver {
 
     async fn observe_runner(
         &mut self,
+        service_read: Option<Result<crate::domain::observed::ServiceState, PortError>>,
+        fingerprint: Option<String>,
     ) -> Result<Result<crate::domain::observed::Observed, ObserveError>, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         // Tasks are read only where they are judged: in the health gate.
         let gate = matches!(self.phase(), Phase::AwaitingRollout | Phase::Soaking);
         let ecs = &self.ports.ecs;
-        let state = match self
-            .retrying(|| async move {
-                if gate {
-                    ecs.describe_service(cluster, service).await
-                } else {
-                    ecs.describe_service_without_tasks(cluster, service).await
-                }
-            })
-            .await
-        {
+        let read = match service_read {
+            Some(read) => read,
+            None => {
+                self.retrying(|| async move {
+                    if gate {
+                        ecs.describe_service(cluster, service).await
+                    } else {
+                        ecs.describe_service_without_tasks(cluster, service).await
+                    }
+                })
+                .await
+            }
+        };
+        let state = match read {
             Ok(state) => state,
             Err(e) if e.kind == ErrorKind::NotFound => {
                 return Ok(Err(ObserveError::ServiceNotFound {
@@ -876,22 +949,58 @@ impl RunnerDriver {
             Err(e) => return Err(e),
         };
         let task_definition = self.task_definition(&state.task_definition_arn).await?;
-        let mut stacks = Vec::with_capacity(self.runner.stacks.len());
-        for name in &self.runner.stacks {
-            match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
-                Ok(stack) => stacks.push(stack),
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    return Ok(Err(ObserveError::StackNotFound(name.clone())))
+        let stacks = if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
+            stacks
+        } else {
+            {
+                let mut stacks = Vec::with_capacity(self.runner.stacks.len());
+                for name in &self.runner.stacks {
+                    match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
+                        Ok(stack) => stacks.push(stack),
+                        Err(e) if e.kind == ErrorKind::NotFound => {
+                            return Ok(Err(ObserveError::StackNotFound(name.clone())))
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                Err(e) => return Err(e),
+                // Kept for the passes at rest to come; anything read under the lock is not,
+                // and an attempt leaves no cache behind.
+                self.stack_cache = match fingerprint {
+                    Some(fingerprint) if self.phase().is_resting() && !stacks.is_empty() => {
+                        Some(StackCache {
+                            fingerprint,
+                            read_at: self.ports.clock.now(),
+                            stacks: stacks.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                stacks
             }
-        }
+        };
         Ok(observe(
             state,
             &task_definition,
             &self.runner.container,
             &stacks,
         ))
+    }
+
+    /// The stacks as last read at rest, if they still serve: at rest, under the same desired
+    /// infrastructure, none of them moving, and read less than `stack_refresh` ago.
+    fn cached_stacks(
+        &self,
+        fingerprint: Option<&String>,
+    ) -> Option<Vec<crate::domain::observed::StackState>> {
+        let cache = self.stack_cache.as_ref()?;
+        let fresh = self.phase().is_resting()
+            && fingerprint == Some(&cache.fingerprint)
+            && self.ports.clock.now().since(cache.read_at) < self.stack_refresh
+            && cache
+                .stacks
+                .iter()
+                .all(|s| !s.status.ends_with("_IN_PROGRESS"));
+        fresh.then(|| cache.stacks.clone())
     }
 
     /// A task definition, from the cache when possible (revisions are immutable).
@@ -1404,6 +1513,18 @@ impl RunnerDriver {
     pub fn now(&self) -> Millis {
         self.ports.clock.now()
     }
+}
+
+/// A runner's stack refresh period: `secs` plus up to half of it, spread by the runner's name
+/// so that a fleet started at once does not re-read every stack in the same pass.
+fn stack_refresh(secs: u64, runner: &str) -> Duration {
+    let spread = runner.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) % 1000;
+    Duration::from_millis(
+        secs.saturating_mul(1000)
+            .saturating_add(secs.saturating_mul(spread) / 2),
+    )
 }
 
 /// The lease epoch held in a state, if the state holds the lock.

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod diagram;
 pub mod domain;
 pub mod driver;
+pub mod fleet;
 pub mod lease;
 #[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
 pub mod machine;

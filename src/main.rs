@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use futures_util::StreamExt as _;
 
 use runner_updater::aws::{AwsClients, SdkSettings};
 use runner_updater::clock::SystemClock;
 use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
-use runner_updater::driver::{CrashPlan, Ports, RunnerDriver};
+use runner_updater::driver::{CrashPlan, DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater::fleet::{Control, FleetReader, FleetSnapshot, Scheduler, Wake};
 use runner_updater::lease::SsmLease;
 use runner_updater::metrics::Metrics;
 use runner_updater::ops;
@@ -655,7 +655,7 @@ async fn control_loop(
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".to_owned());
     let holder = format!("{host}-{}", std::process::id());
     let crash = test_crash_plan()?;
-    let mut drivers: Vec<RunnerDriver> = config
+    let drivers: Vec<RunnerDriver> = config
         .runners
         .iter()
         .map(|runner| {
@@ -665,55 +665,22 @@ async fn control_loop(
         })
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut pass: u64 = 0;
-    loop {
-        pass += 1;
-        // Runners are passed over concurrently, at most `max_concurrent_runners` at a time: a
-        // slow or failing runner holds up no more than its own slot.
-        futures_util::stream::iter(drivers.iter_mut())
-            .for_each_concurrent(config.max_concurrent_runners, |driver| async move {
-                if let Err(error) = driver.tick().await {
-                    if matches!(error, runner_updater::driver::DriverError::Crashed(_)) {
-                        // The test hook: die at once, without cleanup, like `kill -9`.
-                        eprintln!(
-                            "runner-updater: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)"
-                        );
-                        std::process::abort();
-                    }
-                    tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
-                }
-            })
-            .await;
-        metrics.heartbeat(ports.clock.now());
-        if drivers.iter().all(RunnerDriver::loaded) {
-            metrics.set_loaded();
-        }
-        if passes.is_some_and(|max| pass >= max) {
-            break;
-        }
-        let wait = drivers
-            .iter()
-            .map(RunnerDriver::requeue_after)
-            .min()
-            .unwrap_or(Duration::from_mins(1));
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {
-                if let Some(clock) = &simulated {
-                    clock.advance(wait);
-                }
-            }
-            () = trigger.notified() => {
-                tracing::info!("POST /trigger: a pass now");
-            }
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: a pass now");
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-        }
-    }
+    let reader = FleetReader::new(
+        ports.ssm.clone(),
+        ports.ecs.clone(),
+        ports.clock.clone(),
+        &config.prefix,
+    );
+    let mut scheduler = Scheduler::new(config, drivers, reader, ports.clock.clone());
+    let mut control = LoopControl {
+        metrics: metrics.clone(),
+        clock: ports.clock.clone(),
+        simulated,
+        trigger,
+        terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+    };
+    scheduler.run(&mut control, passes).await;
     let _ = stop_server.send(());
     if let Some(server) = server {
         match server.await {
@@ -724,4 +691,63 @@ async fn control_loop(
     }
     tracing::info!("controller stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The controller loop's side of the scheduler: real time (the simulated clock follows it),
+/// signals and the trigger, metrics.
+struct LoopControl {
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn runner_updater::ports::Clock>,
+    simulated: Option<SimClock>,
+    trigger: Arc<tokio::sync::Notify>,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Control for LoopControl {
+    fn wait(
+        &mut self,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {
+                    if let Some(clock) = &self.simulated {
+                        clock.advance(timeout);
+                    }
+                    Wake::Timeout
+                }
+                () = self.trigger.notified() => {
+                    tracing::info!("POST /trigger: a pass now");
+                    Wake::Trigger
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: a pass now");
+                    Wake::Trigger
+                }
+                _ = tokio::signal::ctrl_c() => Wake::Stop,
+                _ = self.terminate.recv() => Wake::Stop,
+            }
+        })
+    }
+
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        self.metrics.heartbeat(self.clock.now());
+        if let Err(error) = result {
+            if matches!(error, DriverError::Crashed(_)) {
+                // The test hook: die at once, without cleanup, like `kill -9`.
+                eprintln!("runner-updater: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)");
+                std::process::abort();
+            }
+            tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
+        }
+    }
+
+    fn swept(&mut self, _snapshot: &FleetSnapshot) {
+        self.metrics.heartbeat(self.clock.now());
+    }
+
+    fn all_loaded(&mut self) {
+        self.metrics.set_loaded();
+    }
 }

@@ -69,11 +69,27 @@ pub struct Parameter {
     pub version: u64,
 }
 
+/// One page of `GetParametersByPath`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParameterPage {
+    /// Full names and values, at most [`PARAMETERS_PAGE_MAX`].
+    pub parameters: Vec<(String, String)>,
+    /// The next page's token; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The most parameters one `GetParametersByPath` call returns (an AWS limit).
+pub const PARAMETERS_PAGE_MAX: usize = 10;
+
 /// SSM Parameter Store.
 #[async_trait]
 pub trait ParameterStore: Send + Sync {
     /// Every parameter under `path` (recursive), by full name.
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError>;
+    /// One page of the parameters under `path` (recursive), from `token` (the first page
+    /// without): what the fleet read walks, a page per call, so that each page goes through
+    /// the rate limiter and is retried on its own.
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError>;
     /// One parameter.
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError>;
     /// Writes a parameter; with `overwrite = false` an existing name fails with
@@ -82,6 +98,9 @@ pub trait ParameterStore: Send + Sync {
     /// Deletes a parameter (absent is fine).
     async fn delete(&self, name: &str) -> Result<(), PortError>;
 }
+
+/// The most services one `DescribeServices` call takes (an AWS limit).
+pub const DESCRIBE_SERVICES_MAX: usize = 10;
 
 /// Amazon ECS.
 #[async_trait]
@@ -100,6 +119,24 @@ pub trait Ecs: Send + Sync {
         service: &str,
     ) -> Result<ServiceState, PortError> {
         self.describe_service(cluster, service).await
+    }
+    /// Several services of one cluster without their tasks, in the order asked. Against AWS
+    /// one `DescribeServices` call per [`DESCRIBE_SERVICES_MAX`] services: what a fleet pass at
+    /// rest reads. A missing service is an inner `NotFound`; a failed call fails the whole
+    /// batch (the outer error).
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        let mut found = Vec::with_capacity(services.len());
+        for service in services {
+            match self.describe_service_without_tasks(cluster, service).await {
+                Err(error) if error.kind != ErrorKind::NotFound => return Err(error),
+                other => found.push(other),
+            }
+        }
+        Ok(found)
     }
     /// A task definition with its tags.
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;

@@ -19,8 +19,8 @@ use crate::domain::observed::{ServiceState, StackState};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter, ParameterStore, PortError,
-    TemplateSummary,
+    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter, ParameterPage,
+    ParameterStore, PortError, TemplateSummary, DESCRIBE_SERVICES_MAX,
 };
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -149,6 +149,9 @@ impl ParameterStore for LimitedSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
         self.limiter.call(1, self.inner.get_by_path(path)).await
     }
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        self.limiter.call(1, self.inner.get_page(path, token)).await
+    }
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
         self.limiter.call(1, self.inner.get(name)).await
     }
@@ -191,6 +194,22 @@ impl Ecs for LimitedEcs {
             .call(
                 1,
                 self.inner.describe_service_without_tasks(cluster, service),
+            )
+            .await
+    }
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        // One DescribeServices per ten.
+        let calls = u32::try_from(services.len().div_ceil(DESCRIBE_SERVICES_MAX).max(1))
+            .unwrap_or(u32::MAX);
+        self.limiter
+            .call(
+                calls,
+                self.inner
+                    .describe_services_without_tasks(cluster, services),
             )
             .await
     }

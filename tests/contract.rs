@@ -60,6 +60,38 @@ async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     let under = ssm.get_by_path("/c/a/").await.unwrap();
     assert_eq!(under.len(), 24, "{who}: recursive and paged beyond 10");
     assert!(!under.contains_key("/c/b/other"));
+    // Page by page, as the fleet read walks them: at most ten a page, every one exactly once.
+    let mut paged = BTreeMap::new();
+    let mut token: Option<String> = None;
+    let mut page_count = 0;
+    loop {
+        let page = ssm.get_page("/c/a", token.as_deref()).await.unwrap();
+        page_count += 1;
+        assert!(
+            page.parameters.len() <= 10,
+            "{who}: {} in a page",
+            page.parameters.len()
+        );
+        for (name, value) in page.parameters {
+            assert!(
+                paged.insert(name, value).is_none(),
+                "{who}: a parameter twice"
+            );
+        }
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+        assert!(page_count < 10, "{who}: the pages do not end");
+    }
+    assert_eq!(
+        paged, under,
+        "{who}: the pages hold what the whole read holds"
+    );
+    assert!(
+        page_count >= 3,
+        "{who}: 24 parameters in {page_count} pages"
+    );
     ssm.delete("/c/a/x").await.unwrap();
     ssm.delete("/c/a/x").await.unwrap();
     assert_eq!(
@@ -379,6 +411,26 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         "{who}"
     );
     assert!(at_rest.tasks.is_empty(), "{who}: no task list at rest");
+    // Batched as the fleet read asks: eleven names (over one call's ten), in order, the missing
+    // ones not found one by one.
+    let mut names = vec!["runner-a".to_owned()];
+    names.extend((0..10).map(|i| format!("absent-{i}")));
+    let batch = ecs
+        .describe_services_without_tasks("runners", &names)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), names.len(), "{who}");
+    let first = batch[0].as_ref().unwrap();
+    assert_eq!(first.service, "runner-a", "{who}");
+    assert_eq!(first.deployments, service.deployments, "{who}");
+    assert!(first.tasks.is_empty(), "{who}");
+    for result in &batch[1..] {
+        assert_eq!(
+            result.as_ref().unwrap_err().kind,
+            ErrorKind::NotFound,
+            "{who}: {result:?}"
+        );
+    }
     let missing = ecs.describe_service("runners", "absent").await.unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
     let missing = ecs

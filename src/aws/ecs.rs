@@ -19,7 +19,7 @@ use crate::domain::observed::{
     Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, ATTEMPT_TAG,
 };
 use crate::domain::task_definition::{ContainerSummary, TaskDefinition};
-use crate::ports::{Ecs, ErrorKind, PortError};
+use crate::ports::{Ecs, ErrorKind, PortError, DESCRIBE_SERVICES_MAX};
 
 /// Revisions of a family searched for an attempt's task definition (newest first).
 const ATTEMPT_SEARCH_REVISIONS: usize = 10;
@@ -125,12 +125,12 @@ impl AwsEcs {
     async fn describe_services_raw(
         &self,
         cluster: &str,
-        service: &str,
+        services: &[String],
     ) -> Result<aws_sdk_ecs::operation::describe_services::DescribeServicesOutput, PortError> {
         self.client
             .describe_services()
             .cluster(cluster)
-            .services(service)
+            .set_services(Some(services.to_vec()))
             .send()
             .traced("DescribeServices")
             .await
@@ -276,6 +276,54 @@ pub fn with_image(
     Ok(containers)
 }
 
+/// A missing service, as `DescribeServices` reports it (in `failures`, not as an error).
+fn missing(cluster: &str, service: &str, reason: &str) -> PortError {
+    PortError::new(
+        ErrorKind::NotFound,
+        "DescribeServices",
+        format!("{reason}: service {service} in cluster {cluster}"),
+    )
+}
+
+/// The service and its deployments (no tasks).
+fn service_state(
+    cluster: &str,
+    service: &str,
+    found: &aws_sdk_ecs::types::Service,
+) -> ServiceState {
+    let mut deployments: Vec<Deployment> = found
+        .deployments()
+        .iter()
+        .map(|d| Deployment {
+            id: d.id().unwrap_or_default().to_owned(),
+            status: match d.status() {
+                Some("PRIMARY") => DeploymentStatus::Primary,
+                Some("ACTIVE") => DeploymentStatus::Active,
+                _ => DeploymentStatus::Inactive,
+            },
+            task_definition_arn: d.task_definition().unwrap_or_default().to_owned(),
+            rollout_state: match d.rollout_state() {
+                Some(DeploymentRolloutState::Completed) => RolloutState::Completed,
+                Some(DeploymentRolloutState::Failed) => RolloutState::Failed,
+                // Absent or unknown: never treated as completed.
+                _ => RolloutState::InProgress,
+            },
+            rollout_reason: d.rollout_state_reason().map(str::to_owned),
+            desired_count: u32::try_from(d.desired_count()).unwrap_or(0),
+            running_count: u32::try_from(d.running_count()).unwrap_or(0),
+            failed_tasks: u32::try_from(d.failed_tasks()).unwrap_or(0),
+        })
+        .collect();
+    deployments.sort_by_key(|d| d.status != DeploymentStatus::Primary);
+    ServiceState {
+        cluster: cluster.to_owned(),
+        service: service.to_owned(),
+        task_definition_arn: found.task_definition().unwrap_or_default().to_owned(),
+        deployments,
+        tasks: Vec::new(),
+    }
+}
+
 #[async_trait]
 impl Ecs for AwsEcs {
     async fn describe_service(
@@ -295,54 +343,48 @@ impl Ecs for AwsEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        let output = self.describe_services_raw(cluster, service).await?;
-        let Some(found) = output
-            .services()
-            .iter()
-            .find(|s| s.status() != Some("INACTIVE"))
-        else {
-            let reason = output
-                .failures()
-                .first()
-                .and_then(|f| f.reason())
-                .unwrap_or("MISSING");
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                "DescribeServices",
-                format!("{reason}: service {service} in cluster {cluster}"),
-            ));
-        };
-        let mut deployments: Vec<Deployment> = found
-            .deployments()
-            .iter()
-            .map(|d| Deployment {
-                id: d.id().unwrap_or_default().to_owned(),
-                status: match d.status() {
-                    Some("PRIMARY") => DeploymentStatus::Primary,
-                    Some("ACTIVE") => DeploymentStatus::Active,
-                    _ => DeploymentStatus::Inactive,
-                },
-                task_definition_arn: d.task_definition().unwrap_or_default().to_owned(),
-                rollout_state: match d.rollout_state() {
-                    Some(DeploymentRolloutState::Completed) => RolloutState::Completed,
-                    Some(DeploymentRolloutState::Failed) => RolloutState::Failed,
-                    // Absent or unknown: never treated as completed.
-                    _ => RolloutState::InProgress,
-                },
-                rollout_reason: d.rollout_state_reason().map(str::to_owned),
-                desired_count: u32::try_from(d.desired_count()).unwrap_or(0),
-                running_count: u32::try_from(d.running_count()).unwrap_or(0),
-                failed_tasks: u32::try_from(d.failed_tasks()).unwrap_or(0),
-            })
-            .collect();
-        deployments.sort_by_key(|d| d.status != DeploymentStatus::Primary);
-        Ok(ServiceState {
-            cluster: cluster.to_owned(),
-            service: service.to_owned(),
-            task_definition_arn: found.task_definition().unwrap_or_default().to_owned(),
-            deployments,
-            tasks: Vec::new(),
-        })
+        let mut found = self
+            .describe_services_without_tasks(cluster, &[service.to_owned()])
+            .await?;
+        found
+            .pop()
+            .unwrap_or_else(|| Err(missing(cluster, service, "MISSING")))
+    }
+
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        let mut states = Vec::with_capacity(services.len());
+        for chunk in services.chunks(DESCRIBE_SERVICES_MAX) {
+            let output = self.describe_services_raw(cluster, chunk).await?;
+            for service in chunk {
+                // Asked by name or ARN; an INACTIVE (deleted) service of that name is ignored.
+                let found = output.services().iter().find(|s| {
+                    s.status() != Some("INACTIVE")
+                        && (s.service_name() == Some(service) || s.service_arn() == Some(service))
+                });
+                states.push(if let Some(found) = found {
+                    Ok(service_state(cluster, service, found))
+                } else {
+                    {
+                        let reason = output
+                            .failures()
+                            .iter()
+                            .find(|f| {
+                                f.arn().is_some_and(|arn| {
+                                    arn == service || arn.ends_with(&format!("/{service}"))
+                                })
+                            })
+                            .and_then(|f| f.reason())
+                            .unwrap_or("MISSING");
+                        Err(missing(cluster, service, reason))
+                    }
+                });
+            }
+        }
+        Ok(states)
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
@@ -436,7 +478,9 @@ impl Ecs for AwsEcs {
     ) -> Result<String, PortError> {
         // Keep the service's deployment configuration (min/max percent, alarms, …); only make sure
         // the circuit breaker is on with rollback.
-        let current = self.describe_services_raw(cluster, service).await?;
+        let current = self
+            .describe_services_raw(cluster, &[service.to_owned()])
+            .await?;
         let configuration = current
             .services()
             .first()

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
 
 use super::{classify, Traced};
-use crate::ports::{ErrorKind, Parameter, ParameterStore, PortError};
+use crate::ports::{
+    ErrorKind, Parameter, ParameterPage, ParameterStore, PortError, PARAMETERS_PAGE_MAX,
+};
 
 /// Pages read per `get_by_path` at most (10 parameters a page): a bound, far above a runner's needs.
 const PAGES_MAX: usize = 100;
@@ -57,6 +59,32 @@ impl ParameterStore for AwsSsm {
             "GetParametersByPath",
             format!("more than {PAGES_MAX} pages under {path}"),
         ))
+    }
+
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        let page = self
+            .client
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(true)
+            .with_decryption(true)
+            .max_results(i32::try_from(PARAMETERS_PAGE_MAX).unwrap_or(10))
+            .set_next_token(token.map(str::to_owned))
+            .send()
+            .traced("GetParametersByPath")
+            .await
+            .map_err(|e| classify("GetParametersByPath", &e))?;
+        Ok(ParameterPage {
+            parameters: page
+                .parameters()
+                .iter()
+                .filter_map(|p| Some((p.name()?.to_owned(), p.value()?.to_owned())))
+                .collect(),
+            next: page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        })
     }
 
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {

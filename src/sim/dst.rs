@@ -1508,6 +1508,15 @@ impl ParameterStore for SlowSsm {
         self.inner.get_by_path(path).await
     }
 
+    async fn get_page(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<crate::ports::ParameterPage, PortError> {
+        self.audit.delay("GetParametersByPath");
+        self.inner.get_page(path, token).await
+    }
+
     async fn get(&self, name: &str) -> Result<Option<crate::ports::Parameter>, PortError> {
         self.audit.delay("GetParameter");
         self.inner.get(name).await

@@ -699,6 +699,76 @@ impl SimEcs {
     }
 }
 
+/// A service as `DescribeServices` shows it (stale right after an update when the world is told
+/// to serve stale reads).
+fn read_service(
+    world: &mut EcsWorld,
+    cluster: &str,
+    service: &str,
+    now: Millis,
+) -> Result<ServiceState, PortError> {
+    let key = (cluster.to_owned(), service.to_owned());
+    world.advance(&key, now);
+    let stale = world.stale_reads > 0
+        && world
+            .before_update
+            .get(&key)
+            .is_some_and(|(at, _)| now.since(*at) < STALE_WINDOW);
+    if stale {
+        world.stale_reads -= 1;
+    }
+    let svc = match world.before_update.get(&key) {
+        Some((_, before)) if stale => before,
+        _ => world.services.get(&key).ok_or_else(|| {
+            PortError::new(
+                ErrorKind::NotFound,
+                "DescribeServices",
+                format!("MISSING: service {service} in cluster {cluster}"),
+            )
+        })?,
+    };
+    Ok(ServiceState {
+        cluster: svc.cluster.clone(),
+        service: svc.name.clone(),
+        task_definition_arn: svc.task_definition_arn.clone(),
+        deployments: svc
+            .deployments
+            .iter()
+            .map(|d| {
+                let of_d = || svc.tasks.iter().filter(|t| t.deployment == d.id);
+                Deployment {
+                    id: d.id.clone(),
+                    status: d.status,
+                    task_definition_arn: d.task_definition_arn.clone(),
+                    rollout_state: d.rollout_state,
+                    rollout_reason: d.reason.clone(),
+                    desired_count: if d.status == DeploymentStatus::Primary {
+                        svc.desired_count
+                    } else {
+                        0
+                    },
+                    running_count: u32::try_from(
+                        of_d().filter(|t| t.status == TaskStatus::Running).count(),
+                    )
+                    .unwrap_or(u32::MAX),
+                    failed_tasks: d.failed_tasks,
+                }
+            })
+            .collect(),
+        tasks: svc
+            .tasks
+            .iter()
+            .map(|t| Task {
+                task_definition_arn: t.task_definition_arn.clone(),
+                status: t.status,
+                health: t.health,
+                // The simulation stops tasks only when they fail.
+                failed: t.status == TaskStatus::Stopped,
+            })
+            .collect(),
+    })
+}
+
 #[async_trait]
 impl Ecs for SimEcs {
     async fn describe_service(
@@ -709,66 +779,27 @@ impl Ecs for SimEcs {
         self.faults.check("DescribeServices")?;
         let now = self.clock.now();
         let mut world = guard(&self.world, "DescribeServices")?;
-        let key = (cluster.to_owned(), service.to_owned());
-        world.advance(&key, now);
-        let stale = world.stale_reads > 0
-            && world
-                .before_update
-                .get(&key)
-                .is_some_and(|(at, _)| now.since(*at) < STALE_WINDOW);
-        if stale {
-            world.stale_reads -= 1;
-        }
-        let svc = match world.before_update.get(&key) {
-            Some((_, before)) if stale => before,
-            _ => world.services.get(&key).ok_or_else(|| {
-                PortError::new(
-                    ErrorKind::NotFound,
-                    "DescribeServices",
-                    format!("MISSING: service {service} in cluster {cluster}"),
-                )
-            })?,
-        };
-        Ok(ServiceState {
-            cluster: svc.cluster.clone(),
-            service: svc.name.clone(),
-            task_definition_arn: svc.task_definition_arn.clone(),
-            deployments: svc
-                .deployments
-                .iter()
-                .map(|d| {
-                    let of_d = || svc.tasks.iter().filter(|t| t.deployment == d.id);
-                    Deployment {
-                        id: d.id.clone(),
-                        status: d.status,
-                        task_definition_arn: d.task_definition_arn.clone(),
-                        rollout_state: d.rollout_state,
-                        rollout_reason: d.reason.clone(),
-                        desired_count: if d.status == DeploymentStatus::Primary {
-                            svc.desired_count
-                        } else {
-                            0
-                        },
-                        running_count: u32::try_from(
-                            of_d().filter(|t| t.status == TaskStatus::Running).count(),
-                        )
-                        .unwrap_or(u32::MAX),
-                        failed_tasks: d.failed_tasks,
-                    }
+        read_service(&mut world, cluster, service, now)
+    }
+
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        // One call as against AWS: a fault fails the whole batch.
+        self.faults.check("DescribeServices")?;
+        let now = self.clock.now();
+        let mut world = guard(&self.world, "DescribeServices")?;
+        Ok(services
+            .iter()
+            .map(|service| {
+                read_service(&mut world, cluster, service, now).map(|mut state| {
+                    state.tasks.clear();
+                    state
                 })
-                .collect(),
-            tasks: svc
-                .tasks
-                .iter()
-                .map(|t| Task {
-                    task_definition_arn: t.task_definition_arn.clone(),
-                    status: t.status,
-                    health: t.health,
-                    // The simulation stops tasks only when they fail.
-                    failed: t.status == TaskStatus::Stopped,
-                })
-                .collect(),
-        })
+            })
+            .collect())
     }
 
     async fn describe_service_without_tasks(

@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::Millis;
-use crate::ports::{Clock, ErrorKind, Parameter, ParameterStore, PortError};
+use crate::ports::{
+    Clock, ErrorKind, Parameter, ParameterPage, ParameterStore, PortError, PARAMETERS_PAGE_MAX,
+};
 
 pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
@@ -200,6 +202,37 @@ impl ParameterStore for SimSsm {
             .take_while(|(name, _)| name.starts_with(&prefix))
             .map(|(name, p)| (name.clone(), p.value.clone()))
             .collect())
+    }
+
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        self.faults.check("GetParametersByPath")?;
+        let prefix = if path.ends_with('/') {
+            path.to_owned()
+        } else {
+            format!("{path}/")
+        };
+        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        // The token is the last name of the previous page: the next page starts after it.
+        let start = match token {
+            Some(last) => std::ops::Bound::Excluded(last.to_owned()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut page: Vec<(String, String)> = parameters
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .take(PARAMETERS_PAGE_MAX + 1)
+            .map(|(name, p)| (name.clone(), p.value.clone()))
+            .collect();
+        let next = if page.len() > PARAMETERS_PAGE_MAX {
+            page.truncate(PARAMETERS_PAGE_MAX);
+            page.last().map(|(name, _)| name.clone())
+        } else {
+            None
+        };
+        Ok(ParameterPage {
+            parameters: page,
+            next,
+        })
     }
 
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {

@@ -108,6 +108,7 @@ poll_interval_secs = {{ int64 $c.poll_interval_secs }}
 active_poll_interval_secs = {{ int64 $c.active_poll_interval_secs }}
 lease_secs = {{ int64 $c.lease_secs }}
 consistency_window_secs = {{ int64 $c.consistency_window_secs }}
+stack_refresh_secs = {{ int64 $c.stack_refresh_secs }}
 max_concurrent_runners = {{ int64 $c.max_concurrent_runners }}
 
 [state_store]

@@ -1,0 +1,616 @@
+//! The fleet: batched reads for the passes at rest, and the scheduler that runs every runner's
+//! driver on its own time.
+//!
+//! - **Batched reads** ([`FleetReader`]): one walk of `GetParametersByPath` over the whole prefix,
+//!   ten parameters a page, and `DescribeServices` ten services a call, grouped by cluster. A
+//!   runner at rest observes from its part of that read ([`RunnerSnapshot`]); under the lock a
+//!   driver always reads for itself, fresh. Stacks are not in the fleet read: the driver reads
+//!   them only when they can have changed (see `stack_refresh_secs`).
+//! - **Scheduling** ([`Scheduler`]): runners at rest are passed over by sweeps, one per
+//!   `poll_interval_secs` (or at once on a trigger), each starting with a fleet read; a runner in
+//!   an attempt is passed over on its own every `active_poll_interval_secs`. At most
+//!   `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
+//!   never waited for: a slow or failing runner delays no other.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::config::{Config, RunnerConfig};
+use crate::domain::observed::ServiceState;
+use crate::domain::Millis;
+use crate::driver::{DriverError, RetryPolicy, RunnerDriver, TickReport};
+use crate::ports::{
+    Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
+};
+
+/// The most pages one fleet read walks (a bound on a runaway prefix: a million parameters).
+pub const FLEET_PAGES_MAX: usize = 100_000;
+
+/// ECS batches read at the same time in a fleet read (the rate limiter sets the pace).
+pub const ECS_BATCHES_IN_FLIGHT: usize = 4;
+
+/// One runner's part of a fleet read.
+#[derive(Debug, Clone)]
+pub struct RunnerSnapshot {
+    /// When the fleet read started (a pass that ended later does not use it).
+    pub taken_at: Millis,
+    /// The runner's folder under the prefix, by name relative to it (`desired/version`, …).
+    pub desired: Result<BTreeMap<String, String>, PortError>,
+    /// The service, without its tasks.
+    pub service: Result<ServiceState, PortError>,
+}
+
+/// What a fleet read saw, handed out runner by runner.
+#[derive(Debug)]
+pub struct FleetSnapshot {
+    taken_at: Millis,
+    desired: Result<HashMap<String, BTreeMap<String, String>>, PortError>,
+    services: HashMap<String, Result<ServiceState, PortError>>,
+    /// AWS calls the read made, by family: SSM pages, `DescribeServices` calls.
+    pub calls: (usize, usize),
+}
+
+impl FleetSnapshot {
+    /// Takes `runner`'s part (once); `None` when the read did not cover it.
+    pub fn take(&mut self, runner: &str) -> Option<RunnerSnapshot> {
+        let service = self.services.remove(runner)?;
+        let desired = match &mut self.desired {
+            Ok(folders) => Ok(folders.remove(runner).unwrap_or_default()),
+            Err(error) => Err(error.clone()),
+        };
+        Some(RunnerSnapshot {
+            taken_at: self.taken_at,
+            desired,
+            service,
+        })
+    }
+
+    /// When the read started.
+    #[must_use]
+    pub fn taken_at(&self) -> Millis {
+        self.taken_at
+    }
+}
+
+/// Reads the parts of the world that every runner at rest needs, in as few calls as AWS allows.
+#[derive(Clone)]
+pub struct FleetReader {
+    ssm: Arc<dyn ParameterStore>,
+    ecs: Arc<dyn Ecs>,
+    clock: Arc<dyn Clock>,
+    prefix: String,
+    retry: RetryPolicy,
+}
+
+impl FleetReader {
+    /// A reader of `prefix` on these ports.
+    #[must_use]
+    pub fn new(
+        ssm: Arc<dyn ParameterStore>,
+        ecs: Arc<dyn Ecs>,
+        clock: Arc<dyn Clock>,
+        prefix: &str,
+    ) -> Self {
+        FleetReader {
+            ssm,
+            ecs,
+            clock,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Reads the desired folders and the services of `runners`. Never fails as a whole: an
+    /// unreadable part is an error in each runner's share of it, which the runner's pass
+    /// reports as AWS being unreadable (as its own read would).
+    pub async fn read(&self, runners: &[&RunnerConfig]) -> FleetSnapshot {
+        let taken_at = self.clock.now();
+        let ((desired, pages), (services, batches)) =
+            futures_util::join!(self.read_folders(runners), self.read_services(runners));
+        tracing::debug!(runners = runners.len(), pages, batches, "fleet read");
+        FleetSnapshot {
+            taken_at,
+            desired,
+            services,
+            calls: (pages, batches),
+        }
+    }
+
+    /// Every parameter under the prefix, page by page, grouped by runner (only `desired/…`
+    /// names are kept: status records and leases are read by their own paths).
+    async fn read_folders(
+        &self,
+        runners: &[&RunnerConfig],
+    ) -> (
+        Result<HashMap<String, BTreeMap<String, String>>, PortError>,
+        usize,
+    ) {
+        let wanted: HashSet<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+        let root = format!("{}/", self.prefix);
+        let mut folders: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            if pages >= FLEET_PAGES_MAX {
+                let error = PortError::new(
+                    ErrorKind::Permanent,
+                    "GetParametersByPath",
+                    format!("more than {FLEET_PAGES_MAX} pages under {}", self.prefix),
+                );
+                return (Err(error), pages);
+            }
+            pages += 1;
+            let page = match self
+                .retrying(|| self.ssm.get_page(&self.prefix, token.as_deref()))
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => return (Err(error), pages),
+            };
+            debug_assert!(page.parameters.len() <= PARAMETERS_PAGE_MAX);
+            for (name, value) in page.parameters {
+                let Some((runner, relative)) = name
+                    .strip_prefix(&root)
+                    .and_then(|rest| rest.split_once('/'))
+                else {
+                    continue;
+                };
+                if relative.starts_with("desired/") && wanted.contains(runner) {
+                    folders
+                        .entry(runner.to_owned())
+                        .or_default()
+                        .insert(relative.to_owned(), value);
+                }
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return (Ok(folders), pages),
+            }
+        }
+    }
+
+    /// The services, ten a call, grouped by cluster.
+    async fn read_services(
+        &self,
+        runners: &[&RunnerConfig],
+    ) -> (HashMap<String, Result<ServiceState, PortError>>, usize) {
+        let mut by_cluster: BTreeMap<&str, Vec<&RunnerConfig>> = BTreeMap::new();
+        for runner in runners {
+            by_cluster.entry(&runner.cluster).or_default().push(runner);
+        }
+        let batches: Vec<(&str, Vec<&RunnerConfig>)> = by_cluster
+            .into_iter()
+            .flat_map(|(cluster, runners)| {
+                runners
+                    .chunks(DESCRIBE_SERVICES_MAX)
+                    .map(|chunk| (cluster, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let count = batches.len();
+        let results: Vec<Vec<(String, Result<ServiceState, PortError>)>> =
+            futures_util::stream::iter(batches)
+                .map(|(cluster, chunk)| async move {
+                    let names: Vec<String> = chunk.iter().map(|r| r.service.clone()).collect();
+                    let read = self
+                        .retrying(|| self.ecs.describe_services_without_tasks(cluster, &names))
+                        .await;
+                    match read {
+                        Ok(states) if states.len() == chunk.len() => chunk
+                            .iter()
+                            .zip(states)
+                            .map(|(runner, state)| (runner.name.clone(), state))
+                            .collect(),
+                        Ok(states) => {
+                            let error = PortError::new(
+                                ErrorKind::Permanent,
+                                "DescribeServices",
+                                format!(
+                                    "{} services asked, {} answered",
+                                    chunk.len(),
+                                    states.len()
+                                ),
+                            );
+                            chunk
+                                .iter()
+                                .map(|runner| (runner.name.clone(), Err(error.clone())))
+                                .collect()
+                        }
+                        Err(error) => chunk
+                            .iter()
+                            .map(|runner| (runner.name.clone(), Err(error.clone())))
+                            .collect(),
+                    }
+                })
+                .buffer_unordered(ECS_BATCHES_IN_FLIGHT)
+                .collect()
+                .await;
+        (results.into_iter().flatten().collect(), count)
+    }
+
+    /// Bounded retries with jittered backoff, transient errors only (as the driver's).
+    async fn retrying<T, F, Fut>(&self, operation: F) -> Result<T, PortError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.retries)
+            .with_jitter()
+            .build();
+        loop {
+            match operation().await {
+                Err(error) if error.is_transient() => match delays.next() {
+                    Some(delay) => {
+                        tracing::info!(%error, ?delay, "fleet read: retrying");
+                        self.clock.sleep(delay).await;
+                    }
+                    None => return Err(error),
+                },
+                other => return other,
+            }
+        }
+    }
+}
+
+/// What wakes the scheduler besides its own timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The time asked for has passed.
+    Timeout,
+    /// Sweep now (`POST /trigger`, SIGHUP).
+    Trigger,
+    /// Stop (SIGTERM, SIGINT): no new pass starts; passes under way are given the grace period.
+    Stop,
+}
+
+/// What the scheduler's owner provides: waiting (real or simulated time, signals), and hearing
+/// of every pass that ended.
+pub trait Control {
+    /// Waits up to `timeout` for something to happen.
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>>;
+    /// A runner's pass ended.
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>);
+    /// A sweep's fleet read ended (the loop is alive and reads AWS).
+    fn swept(&mut self, snapshot: &FleetSnapshot) {
+        let _ = snapshot;
+    }
+    /// Every runner's record has been read at least once.
+    fn all_loaded(&mut self) {}
+}
+
+struct Slot {
+    /// `None` while its pass runs.
+    driver: Option<RunnerDriver>,
+    /// When it is due on its own (runners in an attempt).
+    due: Millis,
+    /// Waiting for a fleet read or a free place.
+    queued: bool,
+    loaded: bool,
+}
+
+/// A fleet read under way.
+type Reading = Pin<Box<dyn Future<Output = FleetSnapshot>>>;
+
+type Pass = Pin<Box<dyn Future<Output = (usize, RunnerDriver, Result<TickReport, DriverError>)>>>;
+
+/// Runs every runner's driver on its own time (see the module documentation).
+pub struct Scheduler {
+    slots: Vec<Slot>,
+    reader: FleetReader,
+    clock: Arc<dyn Clock>,
+    concurrency: usize,
+    sweep_interval: Duration,
+    grace: Duration,
+    loaded: usize,
+}
+
+impl Scheduler {
+    /// A scheduler of `drivers`, reading the fleet with `reader`.
+    #[must_use]
+    pub fn new(
+        config: &Config,
+        drivers: Vec<RunnerDriver>,
+        reader: FleetReader,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let now = clock.now();
+        Scheduler {
+            slots: drivers
+                .into_iter()
+                .map(|driver| Slot {
+                    driver: Some(driver),
+                    due: now,
+                    queued: false,
+                    loaded: false,
+                })
+                .collect(),
+            reader,
+            clock,
+            concurrency: config.max_concurrent_runners.max(1),
+            sweep_interval: Duration::from_secs(config.poll_interval_secs),
+            grace: Duration::from_secs(30),
+            loaded: 0,
+        }
+    }
+
+    /// Sets how long passes under way are given to end after a stop (default 30 s, the
+    /// Kubernetes grace period).
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The drivers (none is missing between [`Scheduler::step`]s and after [`Scheduler::run`]).
+    pub fn drivers(&self) -> impl Iterator<Item = &RunnerDriver> {
+        self.slots.iter().filter_map(|s| s.driver.as_ref())
+    }
+
+    /// One round, waiting for all of it: a sweep (a fleet read, then every runner at rest)
+    /// when `sweep`, and every runner in an attempt that is due. For the benchmark and tests;
+    /// `run` is the controller's loop. Returns how many runners are at rest after it.
+    pub async fn step(
+        &mut self,
+        sweep: bool,
+        control: &mut dyn Control,
+    ) -> (usize, Option<FleetSnapshot>) {
+        let now = self.clock.now();
+        let mut ready: VecDeque<(usize, Option<RunnerSnapshot>)> = VecDeque::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(driver) = &slot.driver {
+                if !driver.phase().is_resting() && slot.due <= now {
+                    ready.push_back((index, None));
+                }
+            }
+        }
+        let mut leftover = None;
+        if sweep {
+            let resting = self.resting_idle();
+            let mut snapshot = self.read(&resting).await;
+            control.swept(&snapshot);
+            for index in resting {
+                let view = self.name_of(index).and_then(|name| snapshot.take(&name));
+                ready.push_back((index, view));
+            }
+            leftover = Some(snapshot);
+        }
+        let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < self.concurrency {
+                let Some((index, view)) = ready.pop_front() else {
+                    break;
+                };
+                if let Some(pass) = self.start(index, view) {
+                    in_flight.push(pass);
+                }
+            }
+            let Some((index, driver, result)) = in_flight.next().await else {
+                break;
+            };
+            self.finish(index, driver, &result, control);
+        }
+        let resting = self.drivers().filter(|d| d.phase().is_resting()).count();
+        (resting, leftover)
+    }
+
+    /// The controller's loop: sweeps every `poll_interval_secs` (or on a trigger), runners in
+    /// an attempt on their own time, until `sweeps` sweeps have been made (then the passes under
+    /// way end) or a stop.
+    pub async fn run(&mut self, control: &mut dyn Control, sweeps: Option<u64>) {
+        let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
+        let mut ready: VecDeque<(usize, Option<RunnerSnapshot>)> = VecDeque::new();
+        let mut reading: Option<(Vec<usize>, Reading)> = None;
+        let mut next_sweep = self.clock.now();
+        let mut made: u64 = 0;
+        let mut stopping = false;
+        loop {
+            let now = self.clock.now();
+            let finishing = stopping || sweeps.is_some_and(|max| made >= max);
+            if !finishing {
+                // Runners in an attempt, on their own time.
+                for (index, slot) in self.slots.iter_mut().enumerate() {
+                    if let Some(driver) = &slot.driver {
+                        if !slot.queued && !driver.phase().is_resting() && slot.due <= now {
+                            slot.queued = true;
+                            ready.push_back((index, None));
+                        }
+                    }
+                }
+                // A sweep: the runners at rest that are not in a pass, after a fleet read.
+                if reading.is_none() && now >= next_sweep {
+                    next_sweep = now.after(self.sweep_interval);
+                    let resting = self.resting_idle();
+                    for &index in &resting {
+                        if let Some(slot) = self.slots.get_mut(index) {
+                            slot.queued = true;
+                        }
+                    }
+                    let configs: Vec<RunnerConfig> = resting
+                        .iter()
+                        .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+                        .map(|d| d.runner_config().clone())
+                        .collect();
+                    let reader = self.reader.clone();
+                    reading = Some((
+                        resting,
+                        Box::pin(async move {
+                            let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                            reader.read(&refs).await
+                        }),
+                    ));
+                }
+            }
+            if !stopping {
+                while in_flight.len() < self.concurrency {
+                    let Some((index, view)) = ready.pop_front() else {
+                        break;
+                    };
+                    if let Some(pass) = self.start(index, view) {
+                        in_flight.push(pass);
+                    }
+                }
+            }
+            if finishing && reading.is_none() && ready.is_empty() && in_flight.is_empty() {
+                return;
+            }
+            if stopping {
+                // The grace period: passes under way may end; what does not is left as a
+                // crash would leave it (every step is persisted before it is acted on).
+                let grace = tokio::time::sleep(self.grace);
+                tokio::pin!(grace);
+                loop {
+                    tokio::select! {
+                        next = in_flight.next() => match next {
+                            Some((index, driver, result)) => {
+                                self.finish(index, driver, &result, control);
+                            }
+                            None => return,
+                        },
+                        () = &mut grace => {
+                            tracing::warn!(passes = in_flight.len(), "stopping with passes under way; they resume from their records");
+                            return;
+                        }
+                    }
+                }
+            }
+            let wait = if finishing {
+                Duration::from_hours(1)
+            } else {
+                self.next_due(next_sweep, reading.is_some(), &ready)
+                    .since(now)
+            };
+            tokio::select! {
+                Some((index, driver, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish(index, driver, &result, control);
+                }
+                snapshot = async {
+                    match reading.as_mut() {
+                        Some((_, read)) => read.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if reading.is_some() => {
+                    let mut snapshot = snapshot;
+                    control.swept(&snapshot);
+                    made += 1;
+                    if let Some((resting, _)) = reading.take() {
+                        for index in resting {
+                            let view = self.name_of(index).and_then(|name| snapshot.take(&name));
+                            ready.push_back((index, view));
+                        }
+                    }
+                }
+                wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() => match wake {
+                    Wake::Timeout => {}
+                    Wake::Trigger => {
+                        next_sweep = self.clock.now();
+                        for slot in &mut self.slots {
+                            slot.due = slot.due.min(next_sweep);
+                        }
+                    }
+                    Wake::Stop => stopping = true,
+                },
+            }
+        }
+    }
+
+    /// When the loop next has something to do on its own.
+    fn next_due(
+        &self,
+        next_sweep: Millis,
+        reading: bool,
+        ready: &VecDeque<(usize, Option<RunnerSnapshot>)>,
+    ) -> Millis {
+        let mut due = if reading {
+            // The read ends on its own; only runners in an attempt can be due before.
+            self.clock.now().after(self.sweep_interval)
+        } else {
+            next_sweep
+        };
+        if !ready.is_empty() {
+            // Waiting for a free place: a pass ending wakes the loop.
+            return due;
+        }
+        for slot in &self.slots {
+            if let Some(driver) = &slot.driver {
+                if !slot.queued && !driver.phase().is_resting() {
+                    due = due.min(slot.due);
+                }
+            }
+        }
+        due
+    }
+
+    /// The runners at rest that are neither in a pass nor queued.
+    fn resting_idle(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| {
+                slot.driver.as_ref().is_some_and(|d| d.phase().is_resting()) && !slot.queued
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    async fn read(&self, indices: &[usize]) -> FleetSnapshot {
+        let configs: Vec<&RunnerConfig> = indices
+            .iter()
+            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+            .map(RunnerDriver::runner_config)
+            .collect();
+        self.reader.read(&configs).await
+    }
+
+    fn name_of(&self, index: usize) -> Option<String> {
+        self.slots
+            .get(index)?
+            .driver
+            .as_ref()
+            .map(|d| d.runner().to_owned())
+    }
+
+    /// Takes the driver out of its slot and starts its pass.
+    fn start(&mut self, index: usize, view: Option<RunnerSnapshot>) -> Option<Pass> {
+        let slot = self.slots.get_mut(index)?;
+        slot.queued = false;
+        let mut driver = slot.driver.take()?;
+        Some(Box::pin(async move {
+            let result = driver.tick_with(view).await;
+            (index, driver, result)
+        }))
+    }
+
+    /// Puts the driver back, due again after its own interval.
+    fn finish(
+        &mut self,
+        index: usize,
+        driver: RunnerDriver,
+        result: &Result<TickReport, DriverError>,
+        control: &mut dyn Control,
+    ) {
+        control.ticked(&driver, result);
+        let now = self.clock.now();
+        let total = self.slots.len();
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        slot.due = now.after(driver.requeue_after());
+        if !slot.loaded && driver.loaded() {
+            slot.loaded = true;
+            self.loaded += 1;
+            if self.loaded == total {
+                control.all_loaded();
+            }
+        }
+        slot.driver = Some(driver);
+    }
+}
