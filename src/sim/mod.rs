@@ -35,10 +35,12 @@ fn guard<'a, T>(
         .map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
 }
 
-/// Faults queued per operation: the next calls of that operation fail with these kinds.
+/// Faults queued per operation: the next calls of that operation fail with these kinds. Every
+/// call is counted here too (tests assert how many calls a pass makes).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     queued: Arc<Mutex<HashMap<&'static str, VecDeque<ErrorKind>>>>,
+    calls: Arc<Mutex<HashMap<&'static str, u64>>>,
 }
 
 impl Faults {
@@ -66,11 +68,24 @@ impl Faults {
             .unwrap_or(0)
     }
 
+    /// Calls of `operation` so far (one per simulated call, a batch counting once).
+    #[must_use]
+    pub fn calls(&self, operation: &'static str) -> u64 {
+        self.calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(operation).copied())
+            .unwrap_or(0)
+    }
+
     /// Fails the call if a fault is queued for it.
     ///
     /// # Errors
     /// The queued fault.
     pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls.entry(operation).or_default() += 1;
+        }
         let kind = self
             .queued
             .lock()

@@ -1,0 +1,411 @@
+//! The fleet: batched reads at rest, stacks read only when they can have changed, and the
+//! scheduler that never waits for a slow runner. On the simulated AWS, counting its calls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner_updater::config::{Config, RunnerConfig};
+use runner_updater::domain::observed::ServiceState;
+use runner_updater::domain::task_definition::TaskDefinition;
+use runner_updater::driver::{DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater::fleet::{Control, FleetReader, FleetSnapshot, Scheduler, Wake};
+use runner_updater::machine::phase::Phase;
+use runner_updater::ports::{Clock, Ecs, ErrorKind, ParameterStore, PortError};
+use runner_updater::sim::scenario::Scenario;
+use runner_updater::sim::SimEcs;
+
+/// `runners` runners over two clusters; runner-00 has two stacks.
+fn fleet(runners: usize) -> Scenario {
+    let mut text = String::from(
+        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\nstack_refresh_secs = 600\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
+    );
+    for index in 0..runners {
+        let _ = write!(
+            text,
+            "[[runners]]\nname = \"runner-{index:02}\"\ncluster = \"cluster-{}\"\nservice = \"svc-{index:02}\"\nimage_repository = \"registry.example/runner\"\n",
+            index % 2
+        );
+        if index == 0 {
+            let _ = writeln!(text, "stacks = [\"runner-00-iam\", \"runner-00-main\"]");
+        }
+    }
+    Scenario::with_config(7, Config::from_toml(&text).unwrap()).unwrap()
+}
+
+fn reader(s: &Scenario) -> FleetReader {
+    let ports = s.ports();
+    FleetReader::new(ports.ssm, ports.ecs, ports.clock, &s.config.prefix)
+}
+
+fn all(s: &Scenario) -> Vec<&RunnerConfig> {
+    s.config.runners.iter().collect()
+}
+
+#[tokio::test]
+async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() {
+    let s = fleet(25);
+    // Parameters that are not a runner's desired folder are read past, not handed out.
+    s.aws.ssm.set("/runner-updater/runner-03/status", "{}");
+    s.aws
+        .ssm
+        .set("/runner-updater/not-configured/desired/version", "9.9.9");
+    s.set_desired("runner-04", "channel", "beta");
+    let parameters = s
+        .aws
+        .ssm
+        .get_by_path("/runner-updater")
+        .await
+        .unwrap()
+        .len();
+    let (pages_before, batches_before) = (
+        s.aws.ssm.faults.calls("GetParametersByPath"),
+        s.aws.ecs.faults.calls("DescribeServices"),
+    );
+
+    let mut snapshot = reader(&s).read(&all(&s)).await;
+
+    // SSM: one page per ten parameters; ECS: 13 and 12 services in two clusters, ten a call.
+    assert_eq!(snapshot.calls.0, parameters.div_ceil(10));
+    assert_eq!(
+        s.aws.ssm.faults.calls("GetParametersByPath") - pages_before,
+        u64::try_from(parameters.div_ceil(10)).unwrap()
+    );
+    assert_eq!(snapshot.calls.1, 4);
+    assert_eq!(
+        s.aws.ecs.faults.calls("DescribeServices") - batches_before,
+        4
+    );
+    for runner in &s.config.runners {
+        let part = snapshot.take(&runner.name).expect("every runner asked for");
+        let folder = format!("/runner-updater/{}/", runner.name);
+        let own: BTreeMap<String, String> = s
+            .aws
+            .ssm
+            .get_by_path(&format!("{folder}desired"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(name, value)| (name.strip_prefix(&folder).unwrap().to_owned(), value))
+            .collect();
+        assert_eq!(part.desired.unwrap(), own, "{}", runner.name);
+        let service = s
+            .aws
+            .ecs
+            .describe_service_without_tasks(&runner.cluster, &runner.service)
+            .await
+            .unwrap();
+        assert_eq!(part.service.unwrap(), service, "{}", runner.name);
+        assert!(snapshot.take(&runner.name).is_none(), "handed out once");
+    }
+    assert!(snapshot.take("not-configured").is_none());
+}
+
+#[tokio::test]
+async fn a_failed_fleet_read_is_an_unreadable_aws_for_each_runner_and_nothing_is_done() {
+    let s = fleet(3);
+    s.set_desired("runner-01", "version", "2.14.0");
+    s.aws
+        .ssm
+        .faults
+        .push("GetParametersByPath", ErrorKind::Permanent);
+    let mut snapshot = reader(&s).read(&all(&s)).await;
+    let mut driver = s.driver("runner-01").unwrap();
+    let part = snapshot.take("runner-01").unwrap();
+    assert!(part.desired.is_err());
+    let report = driver.tick_with(Some(part)).await.unwrap();
+    assert!(
+        report.commands.is_empty(),
+        "no lock taken on an unreadable AWS: {:?}",
+        report.commands
+    );
+    assert_eq!(driver.phase(), Phase::Idle);
+    // The next fleet read works, and the update goes ahead from it.
+    let mut snapshot = reader(&s).read(&all(&s)).await;
+    let report = driver.tick_with(snapshot.take("runner-01")).await.unwrap();
+    assert!(
+        report.commands.contains(&"update_service"),
+        "{:?}",
+        report.commands
+    );
+}
+
+#[tokio::test]
+async fn a_fleet_read_older_than_the_runners_last_pass_is_not_used() {
+    let s = fleet(2);
+    let mut old = reader(&s).read(&all(&s)).await;
+    let mut driver = s.driver("runner-01").unwrap();
+    s.aws.clock.advance(Duration::from_secs(1));
+    driver.tick().await.unwrap();
+    // Ops ask for 2.14.0; the old read does not show it, the driver's own read does.
+    s.set_desired("runner-01", "version", "2.14.0");
+    s.aws.clock.advance(Duration::from_secs(60));
+    let services_before = s.aws.ecs.faults.calls("DescribeServices");
+    let report = driver.tick_with(old.take("runner-01")).await.unwrap();
+    assert!(
+        report.commands.contains(&"update_service"),
+        "the stale read was used: {:?}",
+        report.commands
+    );
+    assert!(s.aws.ecs.faults.calls("DescribeServices") > services_before);
+}
+
+#[tokio::test]
+async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
+    let s = fleet(2);
+    let stacks = || s.aws.cfn.faults.calls("DescribeStacks");
+    let mut driver = s.driver("runner-00").unwrap();
+    let minute = Duration::from_secs(60);
+
+    driver.tick().await.unwrap();
+    assert_eq!(stacks(), 2, "the first pass reads both stacks");
+    for _ in 0..5 {
+        s.aws.clock.advance(minute);
+        driver.tick().await.unwrap();
+    }
+    assert_eq!(stacks(), 2, "nothing changed: no stack read at rest");
+
+    // A change of the desired infrastructure (held by the pause switch, so no attempt).
+    s.set_desired("runner-00", "auto-update", "false");
+    s.set_desired(
+        "runner-00",
+        "stacks/runner-00-main/parameters",
+        r#"{"Size":"3"}"#,
+    );
+    s.aws.clock.advance(minute);
+    driver.tick().await.unwrap();
+    assert_eq!(
+        stacks(),
+        4,
+        "read again under the new desired infrastructure"
+    );
+    s.aws.clock.advance(minute);
+    driver.tick().await.unwrap();
+    assert_eq!(stacks(), 4);
+
+    // The refresh: a hand-made change to a stack is seen within 1.5 × stack_refresh_secs.
+    s.aws.clock.advance(Duration::from_secs(900));
+    driver.tick().await.unwrap();
+    assert_eq!(stacks(), 6, "refreshed");
+
+    // Under the lock every pass reads them; after the attempt the first pass at rest too.
+    s.clear_desired("runner-00", "stacks/runner-00-main/parameters");
+    s.set_desired("runner-00", "auto-update", "true");
+    s.set_desired("runner-00", "version", "2.14.0");
+    let before = stacks();
+    let mut active_passes = 0;
+    for _ in 0..60 {
+        s.aws.clock.advance(Duration::from_secs(10));
+        let resting_before = driver.phase().is_resting();
+        driver.tick().await.unwrap();
+        if !resting_before {
+            active_passes += 1;
+        }
+        if driver.phase() == Phase::Done {
+            break;
+        }
+    }
+    assert_eq!(driver.phase(), Phase::Done);
+    assert!(
+        stacks() - before >= 2 * active_passes,
+        "{} stack reads in {active_passes} passes under the lock",
+        stacks() - before
+    );
+    let after_attempt = stacks();
+    s.aws.clock.advance(minute);
+    driver.tick().await.unwrap();
+    assert_eq!(
+        stacks(),
+        after_attempt + 2,
+        "no stack read kept from before"
+    );
+}
+
+/// ECS where one runner's task definition never answers.
+struct Stuck {
+    inner: SimEcs,
+    family: &'static str,
+}
+
+#[async_trait]
+impl Ecs for Stuck {
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.inner.describe_service(cluster, service).await
+    }
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        self.inner
+            .describe_services_without_tasks(cluster, services)
+            .await
+    }
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
+        if arn.contains(&format!("/{}:", self.family)) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.describe_task_definition(arn).await
+    }
+    async fn find_task_definition(
+        &self,
+        family: &str,
+        attempt_id: &str,
+    ) -> Result<Option<TaskDefinition>, PortError> {
+        self.inner.find_task_definition(family, attempt_id).await
+    }
+    async fn register_clone(
+        &self,
+        base_arn: &str,
+        container: &str,
+        image: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
+        self.inner
+            .register_clone(base_arn, container, image, tags)
+            .await
+    }
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError> {
+        self.inner
+            .update_service(cluster, service, task_definition_arn)
+            .await
+    }
+}
+
+/// Simulated time for the scheduler: each wait advances the clock; a stop after `until`.
+struct Recorder {
+    clock: runner_updater::sim::SimClock,
+    until: runner_updater::domain::Millis,
+    passes: HashMap<String, u32>,
+    sweeps: u32,
+    trigger_at: Option<runner_updater::domain::Millis>,
+}
+
+impl Control for Recorder {
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            // Let the passes in flight run before time moves.
+            tokio::task::yield_now().await;
+            if self.clock.now() >= self.until {
+                return Wake::Stop;
+            }
+            if let Some(at) = self.trigger_at {
+                if self.clock.now() >= at {
+                    self.trigger_at = None;
+                    return Wake::Trigger;
+                }
+            }
+            self.clock.advance(timeout.min(Duration::from_secs(5)));
+            Wake::Timeout
+        })
+    }
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        assert!(result.is_ok(), "{}: {result:?}", driver.runner());
+        *self.passes.entry(driver.runner().to_owned()).or_default() += 1;
+    }
+    fn swept(&mut self, _snapshot: &FleetSnapshot) {
+        self.sweeps += 1;
+    }
+}
+
+fn scheduler(s: &Scenario, ecs: Arc<dyn Ecs>) -> Scheduler {
+    let ports = Ports { ecs, ..s.ports() };
+    let drivers = s
+        .config
+        .runners
+        .iter()
+        .map(|r| RunnerDriver::new(&s.config, r, "controller-1", ports.clone()))
+        .collect();
+    let reader = FleetReader::new(
+        ports.ssm.clone(),
+        ports.ecs.clone(),
+        ports.clock.clone(),
+        &s.config.prefix,
+    );
+    Scheduler::new(&s.config, drivers, reader, ports.clock.clone()).with_grace(Duration::ZERO)
+}
+
+#[tokio::test]
+async fn a_stuck_runner_delays_no_other_and_a_stop_does_not_wait_for_it() {
+    let s = fleet(3);
+    s.set_desired("runner-02", "version", "2.14.0");
+    let ecs = Arc::new(Stuck {
+        inner: s.aws.ecs.clone(),
+        family: "runner-01",
+    });
+    let mut scheduler = scheduler(&s, ecs);
+    let mut control = Recorder {
+        clock: s.aws.clock.clone(),
+        until: s.aws.clock.now().after(Duration::from_secs(600)),
+        passes: HashMap::new(),
+        sweeps: 0,
+        trigger_at: None,
+    };
+    tokio::time::timeout(Duration::from_secs(60), scheduler.run(&mut control, None))
+        .await
+        .expect("the scheduler stops although a pass never ends");
+
+    // Ten minutes: a sweep a minute for the runners at rest, and runner-02's update on its
+    // own time, while runner-01's first pass never ends.
+    assert!(control.sweeps >= 10, "{} sweeps", control.sweeps);
+    assert_eq!(control.passes.get("runner-01"), None);
+    assert!(control.passes["runner-00"] >= 10, "{:?}", control.passes);
+    assert!(
+        control.passes["runner-02"] > control.passes["runner-00"],
+        "runner-02 is passed over every active interval during its update: {:?}",
+        control.passes
+    );
+    let done = scheduler
+        .drivers()
+        .find(|d| d.runner() == "runner-02")
+        .unwrap();
+    assert_eq!(done.phase(), Phase::Done, "runner-02 updated meanwhile");
+}
+
+#[tokio::test]
+async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
+    let s = fleet(4);
+    let mut scheduler = scheduler(&s, Arc::new(s.aws.ecs.clone()));
+    let start = s.aws.clock.now();
+    let mut control = Recorder {
+        clock: s.aws.clock.clone(),
+        until: start.after(Duration::from_hours(1)),
+        passes: HashMap::new(),
+        sweeps: 0,
+        trigger_at: Some(start.after(Duration::from_secs(10))),
+    };
+    scheduler.run(&mut control, Some(3)).await;
+    assert_eq!(control.sweeps, 3);
+    assert!(
+        control.passes.values().all(|&p| p == 3),
+        "{:?}",
+        control.passes
+    );
+    // Sweeps at 0 s, 10 s (the trigger) and 70 s: not 120 s.
+    let elapsed = s.aws.clock.now().since(start);
+    assert!(
+        elapsed < Duration::from_secs(120),
+        "the trigger did not start a sweep: {elapsed:?}"
+    );
+    // At rest, a sweep costs its fleet read and nothing per runner.
+    assert_eq!(
+        s.aws.ecs.faults.calls("DescribeTaskDefinition"),
+        4,
+        "cached after the first"
+    );
+}
