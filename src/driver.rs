@@ -200,6 +200,8 @@ pub struct RunnerDriver {
     stack_cache: Option<StackCache>,
     /// This runner's stack refresh period (`stack_refresh_secs`, spread per runner).
     stack_refresh: Duration,
+    /// The current pass's observation used a fleet read or kept stacks.
+    observed_cached: bool,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -251,6 +253,7 @@ impl RunnerDriver {
             last_tick_end: None,
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
+            observed_cached: false,
         }
     }
 
@@ -422,7 +425,20 @@ impl RunnerDriver {
         if queue.is_empty() {
             // The fleet read serves a pass at rest only: under the lock every read is fresh.
             let view = self.view.take().filter(|_| self.phase().is_resting());
-            let observation = self.observe_with(view).await?;
+            self.observed_cached = false;
+            let mut observation = self.observe_with(view).await?;
+            if self.observed_cached
+                && self
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.inner().would_attempt(&observation))
+            {
+                // An attempt starts on the runner's own fresh reads only: the fleet read may
+                // be a sweep old (or served stale by ECS, which is eventually consistent), and
+                // the stacks kept at rest may have been changed since by another controller.
+                self.stack_cache = None;
+                observation = self.observe().await?;
+            }
             queue = self
                 .handle(Event::Observed(Box::new(observation)), report)
                 .await?;
@@ -742,7 +758,16 @@ impl RunnerDriver {
         };
         let now = self.ports.clock.now();
         let (lock, runner) = (&self.ports.lock, &self.runner.name);
-        if let Some(epoch) = held_epoch(machine.state()) {
+        // Leaving an attempt for rest (Done, RolledBack, an abort) is fenced by the token of
+        // the attempt being left: a controller whose lease lapsed (a failed renewal, a long
+        // pause) must not end an attempt that another controller has since taken over or
+        // replaced (found by the simulation, seed 136).
+        let leaving = self
+            .last_saved
+            .as_ref()
+            .filter(|r| r.phase().is_ok_and(|p| !p.is_resting()))
+            .and_then(|r| r.lock_epoch);
+        if let Some(epoch) = held_epoch(machine.state()).or(leaving) {
             return lock
                 .check(runner, &self.holder, epoch, now)
                 .await
@@ -876,6 +901,7 @@ impl RunnerDriver {
         view: Option<RunnerSnapshot>,
     ) -> Result<Observation, DriverError> {
         let (desired_read, service_read) = if let Some(view) = view {
+            self.observed_cached = true;
             (view.desired, Some(view.service))
         } else {
             {
@@ -950,6 +976,7 @@ impl RunnerDriver {
         };
         let task_definition = self.task_definition(&state.task_definition_arn).await?;
         let stacks = if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
+            self.observed_cached = true;
             stacks
         } else {
             {

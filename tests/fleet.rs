@@ -145,7 +145,7 @@ async fn a_fleet_read_older_than_the_runners_last_pass_is_not_used() {
     driver.tick().await.unwrap();
     // Ops ask for 2.14.0; the old read does not show it, the driver's own read does.
     s.set_desired("runner-01", "version", "2.14.0");
-    s.aws.clock.advance(Duration::from_secs(60));
+    s.aws.clock.advance(Duration::from_mins(1));
     let services_before = s.aws.ecs.faults.calls("DescribeServices");
     let report = driver.tick_with(old.take("runner-01")).await.unwrap();
     assert!(
@@ -161,7 +161,7 @@ async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     let s = fleet(2);
     let stacks = || s.aws.cfn.faults.calls("DescribeStacks");
     let mut driver = s.driver("runner-00").unwrap();
-    let minute = Duration::from_secs(60);
+    let minute = Duration::from_mins(1);
 
     driver.tick().await.unwrap();
     assert_eq!(stacks(), 2, "the first pass reads both stacks");
@@ -190,7 +190,7 @@ async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     assert_eq!(stacks(), 4);
 
     // The refresh: a hand-made change to a stack is seen within 1.5 × stack_refresh_secs.
-    s.aws.clock.advance(Duration::from_secs(900));
+    s.aws.clock.advance(Duration::from_mins(15));
     driver.tick().await.unwrap();
     assert_eq!(stacks(), 6, "refreshed");
 
@@ -351,12 +351,12 @@ async fn a_stuck_runner_delays_no_other_and_a_stop_does_not_wait_for_it() {
     let mut scheduler = scheduler(&s, ecs);
     let mut control = Recorder {
         clock: s.aws.clock.clone(),
-        until: s.aws.clock.now().after(Duration::from_secs(600)),
+        until: s.aws.clock.now().after(Duration::from_mins(10)),
         passes: HashMap::new(),
         sweeps: 0,
         trigger_at: None,
     };
-    tokio::time::timeout(Duration::from_secs(60), scheduler.run(&mut control, None))
+    tokio::time::timeout(Duration::from_mins(1), scheduler.run(&mut control, None))
         .await
         .expect("the scheduler stops although a pass never ends");
 
@@ -399,7 +399,7 @@ async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
     // Sweeps at 0 s, 10 s (the trigger) and 70 s: not 120 s.
     let elapsed = s.aws.clock.now().since(start);
     assert!(
-        elapsed < Duration::from_secs(120),
+        elapsed < Duration::from_mins(2),
         "the trigger did not start a sweep: {elapsed:?}"
     );
     // At rest, a sweep costs its fleet read and nothing per runner.

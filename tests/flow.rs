@@ -577,3 +577,53 @@ async fn deployments_in_the_record_match_ecs() {
         .unwrap();
     assert_eq!(ours.status, DeploymentStatus::Primary);
 }
+
+/// Found by the simulation (seed 136): a controller whose lease lapsed, its renewal failing,
+/// ended its old attempt (Done) over the attempt another controller had started since.
+#[tokio::test]
+async fn a_controller_whose_lease_lapsed_does_not_end_an_attempt_replaced_since() {
+    let s = scenario();
+    s.set_desired("runner-b", "version", "2.14.0");
+    let mut first = s.driver_as("runner-b", "c1").unwrap();
+    s.drive_until(&mut first, 40, |d| d.phase() == Phase::Soaking)
+        .await
+        .unwrap();
+    // c1 goes silent; its lease lapses; c2 takes the attempt over and ends it.
+    s.aws.clock.advance(Duration::from_mins(5));
+    let mut second = s.driver_as("runner-b", "c2").unwrap();
+    s.drive_until(&mut second, 60, |d| d.phase() == Phase::Done)
+        .await
+        .unwrap();
+    // Ops ask for 2.15.0; c2 starts attempt 2 and dies after registering its task definition.
+    s.set_desired("runner-b", "version", "2.15.0");
+    let mut second =
+        s.driver_as("runner-b", "c2")
+            .unwrap()
+            .with_crash(runner_updater::driver::CrashPlan {
+                after_command_named: Some("register_task_definition"),
+                ..Default::default()
+            });
+    for _ in 0..5 {
+        if second.tick().await.is_err() {
+            break;
+        }
+        s.aws.clock.advance(Duration::from_secs(10));
+    }
+    let replaced = record(&s, "runner-b").await;
+    assert_ne!(replaced.phase, "done", "attempt 2 is in flight");
+    let attempt = replaced.attempt.clone().unwrap().id;
+    // c2's lease lapses too; c1 wakes with attempt 1 in memory and cannot renew its lease.
+    s.aws.clock.advance(Duration::from_mins(5));
+    for _ in 0..3 {
+        s.aws.ssm.faults.push("PutParameter", ErrorKind::Transient);
+    }
+    let _ = first.tick().await;
+    s.aws.ssm.faults.clear();
+    let stored = record(&s, "runner-b").await;
+    assert_eq!(
+        stored.attempt.map(|a| a.id),
+        Some(attempt),
+        "c1 wrote {} over attempt 2",
+        stored.phase
+    );
+}

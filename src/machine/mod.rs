@@ -1272,6 +1272,19 @@ impl RunnerMachine {
         }
     }
 
+    /// Whether `observation`, handled at rest, would start an attempt (every rule passes and
+    /// the service and stacks are steady). Pure: the driver asks before it acts on a fleet
+    /// read, which may be seconds old, so that an attempt is started on fresh reads only.
+    #[must_use]
+    pub fn would_attempt(&self, observation: &Observation) -> bool {
+        let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed) else {
+            return false;
+        };
+        let verdict = self.verdict(desired, observed);
+        let due = self.infra_due(desired, observed);
+        attempt_kind(&verdict, !due.is_empty()).is_some() && steady(observed).is_ok()
+    }
+
     /// Resting states: evaluate eligibility and start an attempt when every rule passes.
     fn consider(&mut self, input: &Input) -> Outcome<State> {
         let Event::Observed(observation) = &input.event else {

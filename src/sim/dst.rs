@@ -46,6 +46,7 @@ use crate::domain::observed::{ServiceState, StackState, ATTEMPT_TAG};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::driver::{CrashPlan, DriverError, Ports, RetryPolicy, RunnerDriver};
+use crate::fleet::{FleetReader, FleetSnapshot};
 use crate::lease::SsmLease;
 use crate::machine::phase::Phase;
 use crate::ports::{
@@ -290,6 +291,10 @@ pub struct Tally {
     pub approvals: u64,
     /// Foreign writes to a service.
     pub foreign_writes: u64,
+    /// Fleet reads taken (each used by the controller's later passes at rest, stale or not).
+    pub fleet_reads: u64,
+    /// Passes at rest that observed from a fleet read.
+    pub fleet_read_passes: u64,
     /// Attempts that ended Done.
     pub done: u64,
     /// Attempts that ended `RolledBack`.
@@ -320,6 +325,8 @@ impl Tally {
             infra_changes,
             approvals,
             foreign_writes,
+            fleet_reads,
+            fleet_read_passes,
             done,
             rolled_back,
             fingerprint,
@@ -341,6 +348,8 @@ impl Tally {
         self.infra_changes += infra_changes;
         self.approvals += approvals;
         self.foreign_writes += foreign_writes;
+        self.fleet_reads += fleet_reads;
+        self.fleet_read_passes += fleet_read_passes;
         self.done += done;
         self.rolled_back += rolled_back;
         self.fingerprint = self.fingerprint.wrapping_add(*fingerprint);
@@ -348,7 +357,7 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 19] {
+    pub fn rows(&self) -> [(&'static str, u64); 21] {
         [
             ("seeds", self.seeds),
             ("chaos steps", self.steps),
@@ -367,6 +376,8 @@ impl Tally {
             ("infrastructure versions", self.infra_changes),
             ("approvals", self.approvals),
             ("foreign writes", self.foreign_writes),
+            ("fleet reads", self.fleet_reads),
+            ("passes from a fleet read", self.fleet_read_passes),
             ("attempts Done", self.done),
             ("attempts RolledBack", self.rolled_back),
         ]
@@ -409,6 +420,10 @@ struct Controller {
     name: &'static str,
     incarnation: u32,
     drivers: Option<Vec<RunnerDriver>>,
+    /// The batched reader on this controller's ports, and its last read, handed out runner by
+    /// runner to later passes (which refuse it once older than their own last pass).
+    reader: Option<FleetReader>,
+    snapshot: Option<FleetSnapshot>,
     down_since: Millis,
     skew: Arc<Mutex<i64>>,
 }
@@ -477,6 +492,8 @@ impl World {
                 name,
                 incarnation: 0,
                 drivers: None,
+                reader: None,
+                snapshot: None,
                 down_since: Millis(0),
                 skew: Arc::new(Mutex::new(0)),
             };
@@ -560,6 +577,13 @@ impl World {
             retries: 2,
             ..RetryPolicy::default()
         };
+        controller.reader = Some(FleetReader::new(
+            ports.ssm.clone(),
+            ports.ecs.clone(),
+            ports.clock.clone(),
+            &self.config.prefix,
+        ));
+        controller.snapshot = None;
         controller.drivers = Some(
             self.config
                 .runners
@@ -580,6 +604,8 @@ impl World {
         let now = self.aws.clock.now();
         if let Some(controller) = self.controllers.get_mut(index) {
             controller.drivers = None;
+            controller.reader = None;
+            controller.snapshot = None;
             controller.down_since = now;
             let line = format!("crash {} ({why})", controller.holder());
             self.note(line);
@@ -597,7 +623,8 @@ impl World {
             }
         }
         match self.rng.below(100) {
-            0..=59 => self.pass().await,
+            0..=54 => self.pass().await,
+            55..=59 => self.fleet_read().await,
             60..=69 => {
                 let seconds = 5 + self.rng.below(40);
                 self.aws.clock.advance(Duration::from_secs(seconds));
@@ -649,6 +676,21 @@ impl World {
         names[index].clone()
     }
 
+    /// A controller reads the fleet in batches (as `run` does at each sweep); its later passes
+    /// at rest observe from it.
+    async fn fleet_read(&mut self) {
+        let index = self.pick_controller();
+        let Some(reader) = self.controllers[index].reader.clone() else {
+            return;
+        };
+        let runners: Vec<&crate::config::RunnerConfig> = self.config.runners.iter().collect();
+        let snapshot = reader.read(&runners).await;
+        self.tally.fleet_reads += 1;
+        let line = format!("fleet read by {}", self.controllers[index].holder());
+        self.note(line);
+        self.controllers[index].snapshot = Some(snapshot);
+    }
+
     /// One controller's pass over one runner, then a little time.
     async fn pass(&mut self) {
         let index = self.pick_controller();
@@ -660,6 +702,12 @@ impl World {
 
     async fn pass_of(&mut self, index: usize, runner: usize) {
         let holder = self.controllers[index].holder();
+        let name = self.config.runners.get(runner).map(|r| r.name.clone());
+        let view = self.controllers[index]
+            .snapshot
+            .as_mut()
+            .zip(name)
+            .and_then(|(s, name)| s.take(&name));
         let Some(driver) = self.controllers[index]
             .drivers
             .as_mut()
@@ -668,7 +716,10 @@ impl World {
             return;
         };
         self.tally.passes += 1;
-        let result = driver.tick().await;
+        if view.is_some() {
+            self.tally.fleet_read_passes += 1;
+        }
+        let result = driver.tick_with(view).await;
         let name = driver.runner().to_owned();
         match result {
             Ok(report) => {
