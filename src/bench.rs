@@ -277,6 +277,8 @@ struct Fleet {
     reads: Vec<(usize, usize)>,
     /// Resident memory once the simulated world was built, before the controller (KiB).
     world_kib: Option<u64>,
+    /// Bytes the simulated SSM held then.
+    ssm_bytes: u64,
 }
 
 fn fleet_config(runners: usize) -> String {
@@ -308,6 +310,7 @@ impl Fleet {
         // The simulated AWS shares the process: what it holds is measured here, and the peak
         // from here on is the controller's (plus the world's answers to it).
         let world_kib = resident_kib("self");
+        let ssm_bytes = aws.ssm.stored_bytes();
         reset_peak();
         let counter = Counter::default();
         let ssm: Arc<dyn ParameterStore> = Arc::new(CountedSsm {
@@ -347,6 +350,7 @@ impl Fleet {
             counter,
             reads: Vec::new(),
             world_kib,
+            ssm_bytes,
         })
     }
 
@@ -411,6 +415,17 @@ pub fn peak_memory_kib(pid: &str) -> Option<u64> {
 #[must_use]
 pub fn resident_kib(pid: &str) -> Option<u64> {
     status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous memory of a process (heap, stacks: what is its own, not the binary's pages), in
+/// KiB, from `/proc/<pid>/smaps_rollup`.
+#[must_use]
+pub fn anonymous_kib(pid: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn status_kib(pid: &str, field: &str) -> Option<u64> {
@@ -487,9 +502,12 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
         fleet.pass(true, rest).await?;
     }
     let cpu_after = cpu_time();
+    // What the controller wrote to SSM (its records) is AWS's memory, not the controller's:
+    // the world's growth is counted at the bytes stored (a lower bound of what it takes).
+    let ssm_growth_kib = fleet.aws.ssm.stored_bytes().saturating_sub(fleet.ssm_bytes) / 1024;
     let controller_peak_kib = peak_memory_kib("self")
         .zip(fleet.world_kib)
-        .map(|(peak, world)| peak.saturating_sub(world));
+        .map(|(peak, world)| peak.saturating_sub(world).saturating_sub(ssm_growth_kib));
     let counts = fleet.counter.take();
     #[allow(clippy::cast_precision_loss)] // averages for a report
     let per_pass = |count: u64| count as f64 / f64::from(passes);
@@ -691,7 +709,10 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
                 .map_or_else(|| "?".to_owned(), |c| format!("{} ms", c.as_millis()))
         );
         let mib = |kib: Option<u64>| {
-            kib.map_or_else(|| "?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+            kib.map_or_else(
+                || "?".to_owned(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0),
+            )
         };
         let _ = writeln!(
             out,

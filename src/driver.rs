@@ -14,7 +14,7 @@
 //! - **Fencing**: before every mutating call the lease is checked with the attempt's epoch.
 //! - Every loop and retry is bounded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,8 +164,9 @@ pub struct RunnerDriver {
     machine: Option<Machine>,
     pending: Vec<Command>,
     last_saved: Option<Record>,
-    failed_report: Option<TickReport>,
-    task_definitions: HashMap<String, TaskDefinition>,
+    failed_report: Option<Box<TickReport>>,
+    /// The task definitions last read (revisions are immutable), newest last.
+    task_definitions: Vec<TaskDefinition>,
     crash: CrashPlan,
     saves: u32,
     commands: u32,
@@ -191,13 +192,11 @@ pub struct RunnerDriver {
     /// The last load found the record unreadable.
     unreadable: bool,
     /// The note and verdict of the last event handled at rest in the current pass.
-    rest_outcome: Option<(Option<Note>, Option<Verdict>)>,
-    /// The fleet read handed to the current pass (used at rest only).
-    view: Option<RunnerSnapshot>,
+    rest_outcome: Option<Box<(Option<Note>, Option<Verdict>)>>,
     /// When the last pass ended: a fleet read older than that is not used.
     last_tick_end: Option<Millis>,
     /// The stacks as last read at rest (see `stack_refresh_secs`).
-    stack_cache: Option<StackCache>,
+    stack_cache: Option<Box<StackCache>>,
     /// This runner's stack refresh period (`stack_refresh_secs`, spread per runner).
     stack_refresh: Duration,
     /// The current pass's observation used a fleet read or kept stacks.
@@ -231,7 +230,7 @@ impl RunnerDriver {
             pending: Vec::new(),
             last_saved: None,
             failed_report: None,
-            task_definitions: HashMap::new(),
+            task_definitions: Vec::new(),
             crash: CrashPlan::default(),
             saves: 0,
             commands: 0,
@@ -249,7 +248,6 @@ impl RunnerDriver {
             attempt_active: false,
             unreadable: false,
             rest_outcome: None,
-            view: None,
             last_tick_end: None,
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
@@ -340,11 +338,10 @@ impl RunnerDriver {
         &mut self,
         view: Option<RunnerSnapshot>,
     ) -> Result<TickReport, DriverError> {
-        self.view = view.filter(|v| self.last_tick_end.is_none_or(|end| v.taken_at >= end));
+        let view = view.filter(|v| self.last_tick_end.is_none_or(|end| v.taken_at >= end));
         let mut report = TickReport::default();
         let started = self.ports.clock.now();
-        let result = self.tick_inner(&mut report).await;
-        self.view = None;
+        let result = self.tick_inner(&mut report, view).await;
         self.last_tick_end = Some(self.ports.clock.now());
         if let Some(metrics) = &self.metrics {
             let now = self.ports.clock.now();
@@ -366,7 +363,7 @@ impl RunnerDriver {
             // Whatever happened, the store is the truth: rebuild from it next time.
             self.machine = None;
             self.pending.clear();
-            self.failed_report = Some(report);
+            self.failed_report = Some(Box::new(report));
             return result.map(|()| TickReport::default());
         }
         result.map(|()| report)
@@ -374,10 +371,14 @@ impl RunnerDriver {
 
     /// What the last failed tick did before it failed (transitions it saved, commands it ran).
     pub fn take_failed_report(&mut self) -> Option<TickReport> {
-        self.failed_report.take()
+        self.failed_report.take().map(|report| *report)
     }
 
-    async fn tick_inner(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
+    async fn tick_inner(
+        &mut self,
+        report: &mut TickReport,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<(), DriverError> {
         let resting = self.phase().is_resting();
         if resting {
             // The attempt's last state (Done, RolledBack) ended with the previous pass.
@@ -386,7 +387,7 @@ impl RunnerDriver {
         self.attempt_active = false;
         self.entered_this_pass = false;
         self.rest_outcome = None;
-        let result = self.pass(report).await;
+        let result = self.pass(report, view).await;
         if resting && !self.attempt_active && self.phase().is_resting() {
             self.trace_check();
         }
@@ -395,9 +396,10 @@ impl RunnerDriver {
 
     /// A pass at rest that led nowhere: a short `check` span, when sampled.
     fn trace_check(&mut self) {
-        let Some((note, verdict)) = self.rest_outcome.take() else {
+        let Some(outcome) = self.rest_outcome.take() else {
             return;
         };
+        let (note, verdict) = *outcome;
         let (outcome, reason) = note.as_ref().map_or(("idle", ""), |note| {
             (note.code.as_str(), note.message.as_str())
         });
@@ -413,7 +415,11 @@ impl RunnerDriver {
         telemetry::check_span(&self.runner.name, outcome, reason, verdict);
     }
 
-    async fn pass(&mut self, report: &mut TickReport) -> Result<(), DriverError> {
+    async fn pass(
+        &mut self,
+        report: &mut TickReport,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<(), DriverError> {
         let fresh = self.machine.is_none();
         if fresh {
             self.load().await?;
@@ -424,7 +430,7 @@ impl RunnerDriver {
         let mut queue = std::mem::take(&mut self.pending);
         if queue.is_empty() {
             // The fleet read serves a pass at rest only: under the lock every read is fresh.
-            let view = self.view.take().filter(|_| self.phase().is_resting());
+            let view = view.filter(|_| self.phase().is_resting());
             self.observed_cached = false;
             let mut observation = self.observe_with(view).await?;
             if self.observed_cached
@@ -525,14 +531,14 @@ impl RunnerDriver {
                     // Nothing is done with (or written over) a record this controller cannot
                     // read; the pass says why, by name.
                     self.unreadable = true;
-                    self.rest_outcome = Some((
+                    self.rest_outcome = Some(Box::new((
                         Some(Note {
                             code: unusable.code().to_owned(),
                             message: unusable.to_string(),
                             at: self.ports.clock.now(),
                         }),
                         None,
-                    ));
+                    )));
                 }
                 return Err(error.into());
             }
@@ -600,7 +606,7 @@ impl RunnerDriver {
             // What a pass at rest concluded, for its check span (kept here: a refused write
             // below drops the machine).
             let memory = &machine.inner().memory;
-            self.rest_outcome = Some((memory.note.clone(), memory.verdict.clone()));
+            self.rest_outcome = Some(Box::new((memory.note.clone(), memory.verdict.clone())));
         }
         let history = &machine.inner().memory.history;
         if history.back() != last_before.as_ref() || history.len() != history_before {
@@ -994,11 +1000,11 @@ impl RunnerDriver {
                 // and an attempt leaves no cache behind.
                 self.stack_cache = match fingerprint {
                     Some(fingerprint) if self.phase().is_resting() && !stacks.is_empty() => {
-                        Some(StackCache {
+                        Some(Box::new(StackCache {
                             fingerprint,
                             read_at: self.ports.clock.now(),
                             stacks: stacks.clone(),
-                        })
+                        }))
                     }
                     _ => None,
                 };
@@ -1032,17 +1038,16 @@ impl RunnerDriver {
 
     /// A task definition, from the cache when possible (revisions are immutable).
     async fn task_definition(&mut self, arn: &str) -> Result<TaskDefinition, PortError> {
-        if let Some(cached) = self.task_definitions.get(arn) {
+        if let Some(cached) = self.task_definitions.iter().find(|td| td.arn == arn) {
             return Ok(cached.clone());
         }
         let fetched = self
             .retrying(|| self.ports.ecs.describe_task_definition(arn))
             .await?;
         if self.task_definitions.len() >= TASK_DEFINITION_CACHE_MAX {
-            self.task_definitions.clear();
+            self.task_definitions.remove(0);
         }
-        self.task_definitions
-            .insert(arn.to_owned(), fetched.clone());
+        self.task_definitions.push(fetched.clone());
         Ok(fetched)
     }
 

@@ -480,10 +480,17 @@ async fn bench(sizes: &[usize], latency_ms: u64) -> anyhow::Result<ExitCode> {
         "\nrestart to first resumed action (the controller's share, no AWS latency): {} ms   (target: < 1 s plus one AWS round trip)",
         resume.as_millis()
     );
+    let mib = |kib: u64| f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0;
+    let binary = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| m.len() / 1024)
+        .unwrap_or_default();
     match idle_memory_kib().await {
-        Some(kib) => println!(
-            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB   (target: < 20 MiB)",
-            f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
+        Some((kib, anonymous)) => println!(
+            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB resident   (target: < 20 MiB); its own (anonymous: heap, stacks): {}; the rest is the binary's pages (this binary: {:.0} MiB)",
+            mib(kib),
+            anonymous.map_or_else(|| "?".to_owned(), |a| format!("{:.1} MiB", mib(a))),
+            mib(binary)
         ),
         None => println!("idle memory of `run`: not measured (no /proc here)"),
     }
@@ -491,7 +498,9 @@ async fn bench(sizes: &[usize], latency_ms: u64) -> anyhow::Result<ExitCode> {
 }
 
 /// Peak memory of `runner-updater run --simulated` with one runner after a few passes.
-async fn idle_memory_kib() -> Option<u64> {
+/// Peak resident memory of `run --simulated` with one runner, and the largest anonymous part
+/// of it (its own: heap and stacks; the rest is the binary's pages), in KiB.
+async fn idle_memory_kib() -> Option<(u64, Option<u64>)> {
     let directory =
         std::env::temp_dir().join(format!("runner-updater-bench-{}", std::process::id()));
     std::fs::create_dir_all(&directory).ok()?;
@@ -512,14 +521,18 @@ async fn idle_memory_kib() -> Option<u64> {
         .ok()?;
     let pid = child.id()?.to_string();
     let mut peak = None;
+    let mut anonymous = None;
     // A few passes (one a second), sampled every 100 ms for 3 s.
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         peak = runner_updater::bench::peak_memory_kib(&pid).or(peak);
+        anonymous = runner_updater::bench::anonymous_kib(&pid)
+            .max(anonymous)
+            .or(anonymous);
     }
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&directory);
-    peak
+    peak.map(|peak| (peak, anonymous))
 }
 
 /// Runs seeds `from..from + seeds`, printing progress, the fault mix and the first violation.

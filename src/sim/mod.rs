@@ -194,6 +194,18 @@ impl SimSsm {
         }
     }
 
+    /// Bytes the parameters' names and values take (what AWS would hold; the benchmark
+    /// subtracts it from the process's memory to get the controller's).
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        self.parameters.lock().map_or(0, |parameters| {
+            parameters
+                .iter()
+                .map(|(name, p)| (name.len() + p.value.len()) as u64)
+                .sum()
+        })
+    }
+
     /// Deletes a parameter as ops would.
     pub fn remove(&self, name: &str) {
         if let Ok(mut parameters) = self.parameters.lock() {
