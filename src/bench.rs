@@ -477,6 +477,10 @@ pub struct FleetFigures {
     pub wave_time: Duration,
     /// Calls per runner during the wave.
     pub wave_calls_per_runner: f64,
+    /// Calls per runner during the wave, by operation.
+    pub wave_per_operation: BTreeMap<&'static str, f64>,
+    /// The lower bound the rate limits put on the wave's calls.
+    pub wave_rate_bound: Duration,
 }
 
 /// Measures one fleet size.
@@ -585,7 +589,24 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
         }
     }
     let wave_time = fleet.aws.clock.now().since(started);
-    let wave_calls: u64 = fleet.counter.take().values().sum();
+    let wave_counts = fleet.counter.take();
+    let wave_calls: u64 = wave_counts.values().sum();
+    let mut wave_by_family = [0_u64; 3];
+    for (operation, count) in &wave_counts {
+        wave_by_family[family(operation)] += count;
+    }
+    #[allow(clippy::cast_precision_loss)] // seconds for a report
+    let wave_rate_bound = wave_by_family
+        .iter()
+        .zip(assumptions.rates)
+        .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
+        .max()
+        .unwrap_or_default();
+    #[allow(clippy::cast_precision_loss)] // ratios for a report
+    let wave_per_operation = wave_counts
+        .iter()
+        .map(|(operation, count)| (*operation, *count as f64 / runners as f64))
+        .collect();
     #[allow(clippy::cast_precision_loss)] // a ratio for a report
     let wave_calls_per_runner = wave_calls as f64 / runners as f64;
     Ok(FleetFigures {
@@ -606,6 +627,8 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
         wave_passes,
         wave_time,
         wave_calls_per_runner,
+        wave_per_operation,
+        wave_rate_bound,
     })
 }
 
@@ -730,13 +753,22 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
                 / f64::from(f.concurrent);
         let _ = writeln!(
             out,
-            "  update wave: converged in {} rounds of the scheduler, {:.0} s of simulated time, {:.1} calls per runner; its calls' latency alone, {} at a time: {:.0} s",
+            "  update wave (every runner asked for a new version at once): {} rounds of the scheduler, {:.0} s of simulated time (rollouts and soak); {:.1} calls per runner; time to converge at least {:.0} s (the rate limits' bound on its calls; their latency alone, {} at a time: {:.0} s)",
             f.wave_passes,
             f.wave_time.as_secs_f64(),
             f.wave_calls_per_runner,
+            f.wave_time.max(f.wave_rate_bound).as_secs_f64(),
             f.concurrent,
             wave_latency
         );
+        let mut heaviest: Vec<(&&str, &f64)> = f.wave_per_operation.iter().collect();
+        heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
+        let parts: Vec<String> = heaviest
+            .iter()
+            .take(6)
+            .map(|(operation, per)| format!("{operation} {per:.1}"))
+            .collect();
+        let _ = writeln!(out, "    per runner: {}", parts.join(", "));
     }
     out
 }

@@ -65,7 +65,8 @@ enum Command {
         /// Run against the in-process simulated AWS instead of AWS.
         #[arg(long)]
         simulated: bool,
-        /// Stop after this many passes (default: run until interrupted).
+        /// Stop after this many sweeps over the runners at rest, once the passes they started
+        /// have ended (default: run until interrupted).
         #[arg(long)]
         passes: Option<u64>,
         /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
