@@ -309,10 +309,24 @@ impl RunnerDriver {
         self.last_saved.as_ref()
     }
 
+    /// Whether the runner is at rest: its machine rests, or (dropped after a failed or fenced
+    /// pass, to be reloaded) its last record did. A runner mid-attempt whose machine was dropped
+    /// is not at rest: it keeps its own, short, time (its lease is running).
+    #[must_use]
+    pub fn at_rest(&self) -> bool {
+        match &self.machine {
+            Some(machine) => phase_of(machine.state()).is_resting(),
+            None => self
+                .last_saved
+                .as_ref()
+                .is_none_or(|r| r.phase().map_or(true, Phase::is_resting)),
+        }
+    }
+
     /// How long to wait before the next tick.
     #[must_use]
     pub fn requeue_after(&self) -> Duration {
-        if self.phase().is_resting() {
+        if self.at_rest() {
             self.rest_interval
         } else {
             self.active_interval
@@ -910,22 +924,20 @@ impl RunnerDriver {
             self.observed_cached = true;
             (view.desired, Some(view.service))
         } else {
-            {
-                let folder = format!("{}/{}/", self.prefix, self.runner.name);
-                let desired_path = format!("{folder}desired");
-                let read = self
-                    .retrying(|| self.ports.ssm.get_by_path(&desired_path))
-                    .await
-                    .map(|parameters| {
-                        parameters
-                            .into_iter()
-                            .filter_map(|(name, value)| {
-                                name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
-                            })
-                            .collect::<BTreeMap<String, String>>()
-                    });
-                (read, None)
-            }
+            let folder = format!("{}/{}/", self.prefix, self.runner.name);
+            let desired_path = format!("{folder}desired");
+            let read = self
+                .retrying(|| self.ports.ssm.get_by_path(&desired_path))
+                .await
+                .map(|parameters| {
+                    parameters
+                        .into_iter()
+                        .filter_map(|(name, value)| {
+                            name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
+                        })
+                        .collect::<BTreeMap<String, String>>()
+                });
+            (read, None)
         };
         // An unreadable AWS is an observation too: the machine still sees time pass and checks
         // its deadlines.
@@ -985,31 +997,29 @@ impl RunnerDriver {
             self.observed_cached = true;
             stacks
         } else {
-            {
-                let mut stacks = Vec::with_capacity(self.runner.stacks.len());
-                for name in &self.runner.stacks {
-                    match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
-                        Ok(stack) => stacks.push(stack),
-                        Err(e) if e.kind == ErrorKind::NotFound => {
-                            return Ok(Err(ObserveError::StackNotFound(name.clone())))
-                        }
-                        Err(e) => return Err(e),
+            let mut stacks = Vec::with_capacity(self.runner.stacks.len());
+            for name in &self.runner.stacks {
+                match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
+                    Ok(stack) => stacks.push(stack),
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        return Ok(Err(ObserveError::StackNotFound(name.clone())))
                     }
+                    Err(e) => return Err(e),
                 }
-                // Kept for the passes at rest to come; anything read under the lock is not,
-                // and an attempt leaves no cache behind.
-                self.stack_cache = match fingerprint {
-                    Some(fingerprint) if self.phase().is_resting() && !stacks.is_empty() => {
-                        Some(Box::new(StackCache {
-                            fingerprint,
-                            read_at: self.ports.clock.now(),
-                            stacks: stacks.clone(),
-                        }))
-                    }
-                    _ => None,
-                };
-                stacks
             }
+            // Kept for the passes at rest to come; anything read under the lock is not,
+            // and an attempt leaves no cache behind.
+            self.stack_cache = match fingerprint {
+                Some(fingerprint) if self.phase().is_resting() && !stacks.is_empty() => {
+                    Some(Box::new(StackCache {
+                        fingerprint,
+                        read_at: self.ports.clock.now(),
+                        stacks: stacks.clone(),
+                    }))
+                }
+                _ => None,
+            };
+            stacks
         };
         Ok(observe(
             state,

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +77,17 @@ impl FleetSnapshot {
     pub fn taken_at(&self) -> Millis {
         self.taken_at
     }
+
+    /// A read of no runner (a sweep with nobody at rest makes none).
+    #[must_use]
+    pub fn empty(taken_at: Millis) -> Self {
+        FleetSnapshot {
+            taken_at,
+            desired: Ok(HashMap::new()),
+            services: HashMap::new(),
+            calls: (0, 0),
+        }
+    }
 }
 
 /// Reads the parts of the world that every runner at rest needs, in as few calls as AWS allows.
@@ -86,6 +98,9 @@ pub struct FleetReader {
     clock: Arc<dyn Clock>,
     prefix: String,
     retry: RetryPolicy,
+    /// Seeds the retries' jitter (deterministic in the simulation), one sequence per read.
+    jitter_seed: u64,
+    reads: Arc<AtomicU64>,
 }
 
 impl FleetReader {
@@ -103,7 +118,18 @@ impl FleetReader {
             clock,
             prefix: prefix.trim_end_matches('/').to_owned(),
             retry: RetryPolicy::default(),
+            jitter_seed: prefix.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            }),
+            reads: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Seeds the retries' jitter (the simulation gives each controller its own).
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = seed;
+        self
     }
 
     /// Reads the desired folders and the services of `runners`. Never fails as a whole: an
@@ -111,8 +137,11 @@ impl FleetReader {
     /// reports as AWS being unreadable (as its own read would).
     pub async fn read(&self, runners: &[&RunnerConfig]) -> FleetSnapshot {
         let taken_at = self.clock.now();
-        let ((desired, pages), (services, batches)) =
-            futures_util::join!(self.read_folders(runners), self.read_services(runners));
+        let read = self.reads.fetch_add(1, Ordering::Relaxed);
+        let ((desired, pages), (services, batches)) = futures_util::join!(
+            self.read_folders(runners, read),
+            self.read_services(runners, read)
+        );
         tracing::debug!(runners = runners.len(), pages, batches, "fleet read");
         FleetSnapshot {
             taken_at,
@@ -127,6 +156,7 @@ impl FleetReader {
     async fn read_folders(
         &self,
         runners: &[&RunnerConfig],
+        read: u64,
     ) -> (
         Result<HashMap<String, BTreeMap<String, String>>, PortError>,
         usize,
@@ -147,7 +177,9 @@ impl FleetReader {
             }
             pages += 1;
             let page = match self
-                .retrying(|| self.ssm.get_page(&self.prefix, token.as_deref()))
+                .retrying(read ^ (pages as u64) << 20, || {
+                    self.ssm.get_page(&self.prefix, token.as_deref())
+                })
                 .await
             {
                 Ok(page) => page,
@@ -179,6 +211,7 @@ impl FleetReader {
     async fn read_services(
         &self,
         runners: &[&RunnerConfig],
+        read: u64,
     ) -> (HashMap<String, Result<ServiceState, PortError>>, usize) {
         let mut by_cluster: BTreeMap<&str, Vec<&RunnerConfig>> = BTreeMap::new();
         for runner in runners {
@@ -196,10 +229,13 @@ impl FleetReader {
         let count = batches.len();
         let results: Vec<Vec<(String, Result<ServiceState, PortError>)>> =
             futures_util::stream::iter(batches)
-                .map(|(cluster, chunk)| async move {
+                .enumerate()
+                .map(|(batch, (cluster, chunk))| async move {
                     let names: Vec<String> = chunk.iter().map(|r| r.service.clone()).collect();
                     let read = self
-                        .retrying(|| self.ecs.describe_services_without_tasks(cluster, &names))
+                        .retrying(read ^ (1 << 40) ^ (batch as u64) << 20, || {
+                            self.ecs.describe_services_without_tasks(cluster, &names)
+                        })
                         .await;
                     match read {
                         Ok(states) if states.len() == chunk.len() => chunk
@@ -235,7 +271,7 @@ impl FleetReader {
     }
 
     /// Bounded retries with jittered backoff, transient errors only (as the driver's).
-    async fn retrying<T, F, Fut>(&self, operation: F) -> Result<T, PortError>
+    async fn retrying<T, F, Fut>(&self, salt: u64, operation: F) -> Result<T, PortError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, PortError>>,
@@ -244,6 +280,7 @@ impl FleetReader {
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
             .with_max_times(self.retry.retries)
+            .with_jitter_seed(self.jitter_seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .with_jitter()
             .build();
         loop {
@@ -297,10 +334,31 @@ struct Slot {
     loaded: bool,
 }
 
-/// A fleet read under way.
-type Reading = Pin<Box<dyn Future<Output = FleetSnapshot>>>;
+/// A fleet read under way, with the runners it is for.
+type Reading = (Vec<usize>, Pin<Box<dyn Future<Output = FleetSnapshot>>>);
 
 type Pass = Pin<Box<dyn Future<Output = (usize, RunnerDriver, Result<TickReport, DriverError>)>>>;
+
+/// Passes waiting for a place: runners in an attempt first (their lease is running), then the
+/// sweep's runners at rest.
+#[derive(Default)]
+struct Queue {
+    urgent: VecDeque<usize>,
+    sweep: VecDeque<(usize, Option<RunnerSnapshot>)>,
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<(usize, Option<RunnerSnapshot>)> {
+        self.urgent
+            .pop_front()
+            .map(|index| (index, None))
+            .or_else(|| self.sweep.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.sweep.is_empty()
+    }
+}
 
 /// Runs every runner's driver on its own time (see the module documentation).
 pub struct Scheduler {
@@ -311,6 +369,9 @@ pub struct Scheduler {
     sweep_interval: Duration,
     grace: Duration,
     loaded: usize,
+    /// The earliest `due` of the runners in an attempt that are neither queued nor in a pass
+    /// (no earlier than this, no slot needs looking at).
+    earliest_due: Millis,
 }
 
 impl Scheduler {
@@ -337,155 +398,120 @@ impl Scheduler {
             clock,
             concurrency: config.max_concurrent_runners.max(1),
             sweep_interval: Duration::from_secs(config.poll_interval_secs),
-            grace: Duration::from_secs(30),
+            grace: Duration::from_secs(25),
             loaded: 0,
+            earliest_due: now,
         }
     }
 
-    /// Sets how long passes under way are given to end after a stop (default 30 s, the
-    /// Kubernetes grace period).
+    /// Sets how long passes under way are given to end after a stop (default 25 s: within
+    /// Kubernetes' default grace period of 30 s, with room to flush the spans).
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
-    /// The drivers (none is missing between [`Scheduler::step`]s and after [`Scheduler::run`]).
+    /// The drivers not in a pass (all of them between [`Scheduler::step`]s, and after
+    /// [`Scheduler::run`] unless a pass outlived the grace period of a stop).
     pub fn drivers(&self) -> impl Iterator<Item = &RunnerDriver> {
         self.slots.iter().filter_map(|s| s.driver.as_ref())
     }
 
     /// One round, waiting for all of it: a sweep (a fleet read, then every runner at rest)
     /// when `sweep`, and every runner in an attempt that is due. For the benchmark and tests;
-    /// `run` is the controller's loop. Returns how many runners are at rest after it.
+    /// `run` is the controller's loop. Returns how many runners are at rest after it, and the
+    /// fleet read (what is left of it).
     pub async fn step(
         &mut self,
         sweep: bool,
         control: &mut dyn Control,
     ) -> (usize, Option<FleetSnapshot>) {
-        let now = self.clock.now();
-        let mut ready: VecDeque<(usize, Option<RunnerSnapshot>)> = VecDeque::new();
-        for (index, slot) in self.slots.iter().enumerate() {
-            if let Some(driver) = &slot.driver {
-                if !driver.phase().is_resting() && slot.due <= now {
-                    ready.push_back((index, None));
-                }
-            }
-        }
+        let mut queue = Queue::default();
+        self.queue_due(self.clock.now(), &mut queue);
         let mut leftover = None;
         if sweep {
             let resting = self.resting_idle();
             let mut snapshot = self.read(&resting).await;
             control.swept(&snapshot);
-            for index in resting {
-                let view = self.name_of(index).and_then(|name| snapshot.take(&name));
-                ready.push_back((index, view));
-            }
+            self.hand_out(&mut snapshot, resting, &mut queue);
             leftover = Some(snapshot);
         }
         let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
         loop {
-            while in_flight.len() < self.concurrency {
-                let Some((index, view)) = ready.pop_front() else {
-                    break;
-                };
-                if let Some(pass) = self.start(index, view) {
-                    in_flight.push(pass);
-                }
-            }
+            self.dispatch(&mut queue, &mut in_flight);
             let Some((index, driver, result)) = in_flight.next().await else {
                 break;
             };
             self.finish(index, driver, &result, control);
         }
-        let resting = self.drivers().filter(|d| d.phase().is_resting()).count();
+        let resting = self.drivers().filter(|d| d.at_rest()).count();
         (resting, leftover)
     }
 
     /// The controller's loop: sweeps every `poll_interval_secs` (or on a trigger), runners in
-    /// an attempt on their own time, until `sweeps` sweeps have been made (then the passes under
-    /// way end) or a stop.
+    /// an attempt on their own time, until `sweeps` sweeps have been made (then the passes they
+    /// started end) or a stop.
     pub async fn run(&mut self, control: &mut dyn Control, sweeps: Option<u64>) {
         let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
-        let mut ready: VecDeque<(usize, Option<RunnerSnapshot>)> = VecDeque::new();
-        let mut reading: Option<(Vec<usize>, Reading)> = None;
+        let mut queue = Queue::default();
+        let mut reading: Option<Reading> = None;
         let mut next_sweep = self.clock.now();
         let mut made: u64 = 0;
         let mut stopping = false;
         loop {
             let now = self.clock.now();
+            // The wall clock stepped back: what was due stays due.
+            if next_sweep > now.after(self.sweep_interval) {
+                next_sweep = now;
+            }
             let finishing = stopping || sweeps.is_some_and(|max| made >= max);
             if !finishing {
-                // Runners in an attempt, on their own time.
-                for (index, slot) in self.slots.iter_mut().enumerate() {
-                    if let Some(driver) = &slot.driver {
-                        if !slot.queued && !driver.phase().is_resting() && slot.due <= now {
-                            slot.queued = true;
-                            ready.push_back((index, None));
-                        }
-                    }
-                }
+                self.queue_due(now, &mut queue);
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
                     next_sweep = now.after(self.sweep_interval);
                     let resting = self.resting_idle();
-                    for &index in &resting {
-                        if let Some(slot) = self.slots.get_mut(index) {
-                            slot.queued = true;
+                    if resting.is_empty() {
+                        // Nothing at rest to sweep: no read.
+                        made += 1;
+                        control.swept(&FleetSnapshot::empty(now));
+                    } else {
+                        for &index in &resting {
+                            if let Some(slot) = self.slots.get_mut(index) {
+                                slot.queued = true;
+                            }
                         }
+                        let configs: Vec<RunnerConfig> = resting
+                            .iter()
+                            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+                            .map(|d| d.runner_config().clone())
+                            .collect();
+                        let reader = self.reader.clone();
+                        reading = Some((
+                            resting,
+                            Box::pin(async move {
+                                let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                                reader.read(&refs).await
+                            }),
+                        ));
                     }
-                    let configs: Vec<RunnerConfig> = resting
-                        .iter()
-                        .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
-                        .map(|d| d.runner_config().clone())
-                        .collect();
-                    let reader = self.reader.clone();
-                    reading = Some((
-                        resting,
-                        Box::pin(async move {
-                            let refs: Vec<&RunnerConfig> = configs.iter().collect();
-                            reader.read(&refs).await
-                        }),
-                    ));
                 }
             }
             if !stopping {
-                while in_flight.len() < self.concurrency {
-                    let Some((index, view)) = ready.pop_front() else {
-                        break;
-                    };
-                    if let Some(pass) = self.start(index, view) {
-                        in_flight.push(pass);
-                    }
-                }
+                self.dispatch(&mut queue, &mut in_flight);
             }
-            if finishing && reading.is_none() && ready.is_empty() && in_flight.is_empty() {
+            if finishing && reading.is_none() && queue.is_empty() && in_flight.is_empty() {
                 return;
             }
             if stopping {
-                // The grace period: passes under way may end; what does not is left as a
-                // crash would leave it (every step is persisted before it is acted on).
-                let grace = tokio::time::sleep(self.grace);
-                tokio::pin!(grace);
-                loop {
-                    tokio::select! {
-                        next = in_flight.next() => match next {
-                            Some((index, driver, result)) => {
-                                self.finish(index, driver, &result, control);
-                            }
-                            None => return,
-                        },
-                        () = &mut grace => {
-                            tracing::warn!(passes = in_flight.len(), "stopping with passes under way; they resume from their records");
-                            return;
-                        }
-                    }
-                }
+                self.drain(&mut in_flight, control).await;
+                return;
             }
             let wait = if finishing {
                 Duration::from_hours(1)
             } else {
-                self.next_due(next_sweep, reading.is_some(), &ready)
+                self.next_due(next_sweep, reading.is_some(), &queue)
                     .since(now)
             };
             tokio::select! {
@@ -502,10 +528,7 @@ impl Scheduler {
                     control.swept(&snapshot);
                     made += 1;
                     if let Some((resting, _)) = reading.take() {
-                        for index in resting {
-                            let view = self.name_of(index).and_then(|name| snapshot.take(&name));
-                            ready.push_back((index, view));
-                        }
+                        self.hand_out(&mut snapshot, resting, &mut queue);
                     }
                 }
                 wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() => match wake {
@@ -515,6 +538,7 @@ impl Scheduler {
                         for slot in &mut self.slots {
                             slot.due = slot.due.min(next_sweep);
                         }
+                        self.earliest_due = next_sweep;
                     }
                     Wake::Stop => stopping = true,
                 },
@@ -522,31 +546,117 @@ impl Scheduler {
         }
     }
 
+    /// The grace period of a stop: passes under way may end; what does not is left as a crash
+    /// would leave it (every step is persisted before it is acted on).
+    async fn drain(&mut self, in_flight: &mut FuturesUnordered<Pass>, control: &mut dyn Control) {
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = in_flight.next() => match next {
+                    Some((index, driver, result)) => self.finish(index, driver, &result, control),
+                    None => return,
+                },
+                () = &mut grace => {
+                    tracing::warn!(passes = in_flight.len(), "stopping with passes under way; they resume from their records");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues the runners in an attempt that are due (on their own time).
+    fn queue_due(&mut self, now: Millis, queue: &mut Queue) {
+        // The wall clock stepped back: nothing waits longer than a sweep interval.
+        let latest = now.after(self.sweep_interval);
+        if self.earliest_due > now && self.earliest_due <= latest {
+            return;
+        }
+        let mut earliest = latest;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(driver) = &slot.driver else {
+                continue;
+            };
+            if slot.queued || driver.at_rest() {
+                continue;
+            }
+            slot.due = slot.due.min(latest);
+            if slot.due <= now {
+                slot.queued = true;
+                queue.urgent.push_back(index);
+            } else {
+                earliest = earliest.min(slot.due);
+            }
+        }
+        self.earliest_due = earliest;
+    }
+
+    /// Hands each runner of a sweep its part of the fleet read. A part that AWS failed to
+    /// read after the retries (throttling, an outage) is not used: that runner waits for the
+    /// next sweep rather than note an unreadable AWS (and write its record) with all the
+    /// others. A part refused for good (access denied, a parameter that cannot be decrypted)
+    /// sends the runner to its own reads, which isolate the cause to the runners it concerns.
+    fn hand_out(&mut self, snapshot: &mut FleetSnapshot, resting: Vec<usize>, queue: &mut Queue) {
+        let mut postponed = 0_usize;
+        for index in resting {
+            let part = self.name_of(index).and_then(|name| snapshot.take(&name));
+            let transient = |e: &PortError| e.is_transient();
+            match part {
+                Some(part)
+                    if part.desired.as_ref().err().is_some_and(transient)
+                        || part.service.as_ref().err().is_some_and(transient) =>
+                {
+                    postponed += 1;
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.queued = false;
+                    }
+                }
+                Some(part)
+                    if part.desired.is_err()
+                        || part
+                            .service
+                            .as_ref()
+                            .err()
+                            .is_some_and(|e| e.kind != ErrorKind::NotFound) =>
+                {
+                    queue.sweep.push_back((index, None));
+                }
+                part => queue.sweep.push_back((index, part)),
+            }
+        }
+        if postponed > 0 {
+            tracing::warn!(
+                runners = postponed,
+                "the fleet read failed for these runners after its retries; they wait for the next sweep"
+            );
+        }
+    }
+
+    /// Starts queued passes while there is room.
+    fn dispatch(&mut self, queue: &mut Queue, in_flight: &mut FuturesUnordered<Pass>) {
+        while in_flight.len() < self.concurrency {
+            let Some((index, view)) = queue.pop() else {
+                break;
+            };
+            if let Some(pass) = self.start(index, view) {
+                in_flight.push(pass);
+            }
+        }
+    }
+
     /// When the loop next has something to do on its own.
-    fn next_due(
-        &self,
-        next_sweep: Millis,
-        reading: bool,
-        ready: &VecDeque<(usize, Option<RunnerSnapshot>)>,
-    ) -> Millis {
-        let mut due = if reading {
+    fn next_due(&self, next_sweep: Millis, reading: bool, queue: &Queue) -> Millis {
+        let due = if reading {
             // The read ends on its own; only runners in an attempt can be due before.
             self.clock.now().after(self.sweep_interval)
         } else {
             next_sweep
         };
-        if !ready.is_empty() {
+        if !queue.is_empty() {
             // Waiting for a free place: a pass ending wakes the loop.
             return due;
         }
-        for slot in &self.slots {
-            if let Some(driver) = &slot.driver {
-                if !slot.queued && !driver.phase().is_resting() {
-                    due = due.min(slot.due);
-                }
-            }
-        }
-        due
+        due.min(self.earliest_due)
     }
 
     /// The runners at rest that are neither in a pass nor queued.
@@ -555,7 +665,7 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter(|(_, slot)| {
-                slot.driver.as_ref().is_some_and(|d| d.phase().is_resting()) && !slot.queued
+                slot.driver.as_ref().is_some_and(RunnerDriver::at_rest) && !slot.queued
             })
             .map(|(index, _)| index)
             .collect()
@@ -604,6 +714,9 @@ impl Scheduler {
             return;
         };
         slot.due = now.after(driver.requeue_after());
+        if !driver.at_rest() {
+            self.earliest_due = self.earliest_due.min(slot.due);
+        }
         if !slot.loaded && driver.loaded() {
             slot.loaded = true;
             self.loaded += 1;

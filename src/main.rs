@@ -693,6 +693,7 @@ async fn control_loop(
         trigger,
         terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
         hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        interrupt: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
     };
     scheduler.run(&mut control, passes).await;
     let _ = stop_server.send(());
@@ -716,6 +717,8 @@ struct LoopControl {
     trigger: Arc<tokio::sync::Notify>,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    /// Held for the whole loop, so that a Ctrl-C between two waits is not lost.
+    interrupt: tokio::signal::unix::Signal,
 }
 
 impl Control for LoopControl {
@@ -739,7 +742,7 @@ impl Control for LoopControl {
                     tracing::info!("SIGHUP: a pass now");
                     Wake::Trigger
                 }
-                _ = tokio::signal::ctrl_c() => Wake::Stop,
+                _ = self.interrupt.recv() => Wake::Stop,
                 _ = self.terminate.recv() => Wake::Stop,
             }
         })

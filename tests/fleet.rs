@@ -409,3 +409,67 @@ async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
         "cached after the first"
     );
 }
+
+/// Counts passes and sweeps (for `Scheduler::step`).
+#[derive(Default)]
+struct Passes {
+    passes: HashMap<String, u32>,
+}
+
+impl Control for Passes {
+    fn wait(&mut self, _timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async { Wake::Stop })
+    }
+    fn ticked(&mut self, driver: &RunnerDriver, _result: &Result<TickReport, DriverError>) {
+        *self.passes.entry(driver.runner().to_owned()).or_default() += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_falls_back() {
+    let s = fleet(3);
+    let mut scheduler = scheduler(&s, Arc::new(s.aws.ecs.clone()));
+    // Throttled beyond the retries: nobody is passed over, nothing is written.
+    for _ in 0..4 {
+        s.aws
+            .ssm
+            .faults
+            .push("GetParametersByPath", ErrorKind::Transient);
+    }
+    let mut control = Passes::default();
+    scheduler.step(true, &mut control).await;
+    assert!(control.passes.is_empty(), "{:?}", control.passes);
+    assert_eq!(s.aws.ssm.faults.pending("GetParametersByPath"), 0);
+    assert!(
+        s.store.load("runner-00").await.unwrap().is_none(),
+        "no record written"
+    );
+    // Refused for good: each runner reads for itself (and here succeeds).
+    s.aws
+        .ssm
+        .faults
+        .push("GetParametersByPath", ErrorKind::Permanent);
+    let mut control = Passes::default();
+    scheduler.step(true, &mut control).await;
+    assert_eq!(control.passes.len(), 3, "{:?}", control.passes);
+    assert!(scheduler.drivers().all(|d| d.phase() == Phase::Idle));
+    assert!(s.store.load("runner-00").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_runner_dropped_mid_attempt_keeps_its_own_short_time() {
+    let s = fleet(2);
+    s.set_desired("runner-01", "version", "2.14.0");
+    let mut first = s.driver_as("runner-01", "c1").unwrap();
+    s.drive_until(&mut first, 40, |d| d.phase() == Phase::Soaking)
+        .await
+        .unwrap();
+    // c1 goes silent, c2 takes the attempt over; c1's next pass finds its lease gone.
+    s.aws.clock.advance(Duration::from_mins(5));
+    let mut second = s.driver_as("runner-01", "c2").unwrap();
+    second.tick().await.unwrap();
+    first.tick().await.unwrap();
+    assert!(first.record().is_some_and(|r| r.phase == "soaking"));
+    assert!(!first.at_rest(), "dropped mid-attempt is not at rest");
+    assert_eq!(first.requeue_after(), Duration::from_secs(10));
+}

@@ -360,27 +360,27 @@ impl Ecs for AwsEcs {
         for chunk in services.chunks(DESCRIBE_SERVICES_MAX) {
             let output = self.describe_services_raw(cluster, chunk).await?;
             for service in chunk {
-                // Asked by name or ARN; an INACTIVE (deleted) service of that name is ignored.
+                // Asked by name or ARN (old or new format: the name is the ARN's last part); an
+                // INACTIVE (deleted) service of that name is ignored.
+                let name = service.rsplit('/').next().unwrap_or(service);
                 let found = output.services().iter().find(|s| {
                     s.status() != Some("INACTIVE")
-                        && (s.service_name() == Some(service) || s.service_arn() == Some(service))
+                        && (s.service_name() == Some(name) || s.service_arn() == Some(service))
                 });
                 states.push(if let Some(found) = found {
                     Ok(service_state(cluster, service, found))
                 } else {
-                    {
-                        let reason = output
-                            .failures()
-                            .iter()
-                            .find(|f| {
-                                f.arn().is_some_and(|arn| {
-                                    arn == service || arn.ends_with(&format!("/{service}"))
-                                })
+                    let reason = output
+                        .failures()
+                        .iter()
+                        .find(|f| {
+                            f.arn().is_some_and(|arn| {
+                                arn == service || arn.ends_with(&format!("/{service}"))
                             })
-                            .and_then(|f| f.reason())
-                            .unwrap_or("MISSING");
-                        Err(missing(cluster, service, reason))
-                    }
+                        })
+                        .and_then(|f| f.reason())
+                        .unwrap_or("MISSING");
+                    Err(missing(cluster, service, reason))
                 });
             }
         }

@@ -577,12 +577,15 @@ impl World {
             retries: 2,
             ..RetryPolicy::default()
         };
-        controller.reader = Some(FleetReader::new(
-            ports.ssm.clone(),
-            ports.ecs.clone(),
-            ports.clock.clone(),
-            &self.config.prefix,
-        ));
+        controller.reader = Some(
+            FleetReader::new(
+                ports.ssm.clone(),
+                ports.ecs.clone(),
+                ports.clock.clone(),
+                &self.config.prefix,
+            )
+            .with_jitter_seed(self.seed ^ u64::from(controller.incarnation) << 32),
+        );
         controller.snapshot = None;
         controller.drivers = Some(
             self.config
