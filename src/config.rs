@@ -32,8 +32,8 @@ pub struct Config {
     /// Lease length of the runner lock, in seconds (renewed every active pass).
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
-    /// Runners passed over at the same time (a slow or failing runner never holds the others
-    /// up beyond this bound).
+    /// Runner passes under way at the same time (a runner still in its pass is skipped, never
+    /// waited for).
     #[serde(default = "default_max_concurrent_runners")]
     pub max_concurrent_runners: usize,
     /// Seconds after entering a state that makes a non-idempotent ECS call during which a read

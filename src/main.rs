@@ -632,8 +632,8 @@ async fn run_simulated(
     .await
 }
 
-/// Passes over every runner until interrupted (SIGINT, SIGTERM) or `passes` are done. A
-/// simulated clock, when given, is advanced by the time slept.
+/// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
+/// done. A simulated clock, when given, is advanced by the time slept.
 async fn control_loop(
     config: &Config,
     ports: Ports,
