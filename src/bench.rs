@@ -34,6 +34,7 @@ use crate::ports::{
     PortError, TemplateSummary, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
 };
 use crate::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
+use crate::sim::scenario::fleet_config;
 use crate::sim::SimAws;
 use crate::sim::SIM_EPOCH;
 use crate::store::{MemoryStore, SsmStore};
@@ -306,31 +307,11 @@ struct Fleet {
     ssm_bytes: u64,
 }
 
-fn fleet_config(runners: usize) -> String {
-    let mut text = String::from(
-        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
-    );
-    for index in 0..runners {
-        let _ = write!(
-            text,
-            "[[runners]]\nname = \"runner-{index:05}\"\ncluster = \"fleet-{}\"\nservice = \"runner-{index:05}\"\nimage_repository = \"registry.example/runner\"\n",
-            index % 4
-        );
-        if index % 10 == 0 {
-            let _ = writeln!(
-                text,
-                "stacks = [\"runner-{index:05}-iam\", \"runner-{index:05}-main\"]"
-            );
-        }
-    }
-    text
-}
-
 impl Fleet {
     /// A fleet; `timed`: every call takes the assumed latency on tokio's clock and goes through
     /// the client-side rate limiters at the assumed rates, as in `run`.
     fn new(runners: usize, timed: Option<Assumptions>) -> Result<Fleet, BenchError> {
-        let config = Config::from_toml(&fleet_config(runners))?;
+        let config = Config::from_toml(&fleet_config(runners, 4, 10))?;
         let aws = SimAws::new(1);
         aws.create_fleet(&config, "2.13.0")
             .map_err(|e| BenchError::Run(e.to_string()))?;
@@ -749,11 +730,11 @@ fn timed_sweep_on_paused_clock(
 /// When the crash cannot be staged.
 pub async fn resume_time() -> Result<Duration, BenchError> {
     let fleet = Fleet::new(1, None)?;
-    fleet
-        .aws
-        .ssm
-        .set("/runner-updater/runner-00000/desired/version", "2.14.0");
     let runner = fleet.config.runners[0].clone();
+    fleet.aws.ssm.set(
+        &format!("{}/{}/desired/version", fleet.config.prefix, runner.name),
+        "2.14.0",
+    );
     let plan = CrashPlan {
         after_command_named: Some("register_task_definition"),
         ..CrashPlan::default()

@@ -81,6 +81,47 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
+impl RetryPolicy {
+    /// Runs `operation`, retrying transient errors with exponential backoff and jitter seeded
+    /// by `seed` (deterministic in the simulation), sleeping through `clock`; `on_retry` hears
+    /// of each retry before its delay.
+    ///
+    /// # Errors
+    /// The operation's error: a permanent one at once, a transient one once the retries are
+    /// spent.
+    pub async fn run<T, F, Fut>(
+        &self,
+        seed: u64,
+        clock: &dyn Clock,
+        on_retry: impl Fn(&PortError, Duration),
+        mut operation: F,
+    ) -> Result<T, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.retries)
+            .with_jitter_seed(seed)
+            .with_jitter()
+            .build();
+        loop {
+            match operation().await {
+                Err(error) if error.is_transient() => match delays.next() {
+                    Some(delay) => {
+                        on_retry(&error, delay);
+                        clock.sleep(delay).await;
+                    }
+                    None => return Err(error),
+                },
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -880,33 +921,21 @@ impl RunnerDriver {
     }
 
     /// Runs an operation with bounded, jittered retries on transient errors.
-    async fn retrying<T, F, Fut>(&self, mut operation: F) -> Result<T, PortError>
+    async fn retrying<T, F, Fut>(&self, operation: F) -> Result<T, PortError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PortError>>,
     {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.retries)
-            .with_jitter_seed(self.jitter_seed ^ u64::from(self.commands))
-            .with_jitter()
-            .build();
-        loop {
-            match operation().await {
-                Err(error) if error.is_transient() => match delays.next() {
-                    Some(delay) => {
-                        tracing::info!(runner = %self.runner.name, %error, ?delay, "retrying");
-                        if let Some(metrics) = &self.metrics {
-                            metrics.retry(&self.runner.name);
-                        }
-                        self.ports.clock.sleep(delay).await;
-                    }
-                    None => return Err(error),
-                },
-                other => return other,
+        let seed = self.jitter_seed ^ u64::from(self.commands);
+        let on_retry = |error: &PortError, delay: Duration| {
+            tracing::info!(runner = %self.runner.name, %error, ?delay, "retrying");
+            if let Some(metrics) = &self.metrics {
+                metrics.retry(&self.runner.name);
             }
-        }
+        };
+        self.retry
+            .run(seed, self.ports.clock.as_ref(), on_retry, operation)
+            .await
     }
 
     /// Reads the desired and observed state.

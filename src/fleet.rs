@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::{Config, RunnerConfig};
@@ -270,31 +269,20 @@ impl FleetReader {
         (results.into_iter().flatten().collect(), count)
     }
 
-    /// Bounded retries with jittered backoff, transient errors only (as the driver's).
+    /// Bounded retries with jittered backoff, transient errors only (the driver's policy),
+    /// the jitter seeded per read and call.
     async fn retrying<T, F, Fut>(&self, salt: u64, operation: F) -> Result<T, PortError>
     where
-        F: Fn() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PortError>>,
     {
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_max_times(self.retry.retries)
-            .with_jitter_seed(self.jitter_seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .with_jitter()
-            .build();
-        loop {
-            match operation().await {
-                Err(error) if error.is_transient() => match delays.next() {
-                    Some(delay) => {
-                        tracing::info!(%error, ?delay, "fleet read: retrying");
-                        self.clock.sleep(delay).await;
-                    }
-                    None => return Err(error),
-                },
-                other => return other,
-            }
-        }
+        let seed = self.jitter_seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let on_retry = |error: &PortError, delay: Duration| {
+            tracing::info!(%error, ?delay, "fleet read: retrying");
+        };
+        self.retry
+            .run(seed, self.clock.as_ref(), on_retry, operation)
+            .await
     }
 }
 

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,31 +11,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runner_updater::config::{Config, RunnerConfig};
-use runner_updater::domain::observed::ServiceState;
-use runner_updater::domain::task_definition::TaskDefinition;
 use runner_updater::driver::{DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater::fleet::{Control, FleetReader, FleetSnapshot, Scheduler, Wake};
 use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Clock, Ecs, ErrorKind, ParameterStore, PortError};
-use runner_updater::sim::scenario::Scenario;
-use runner_updater::sim::SimEcs;
+use runner_updater::ports::{Clock, Ecs, ErrorKind, ParameterStore, StateStore, StoreError};
+use runner_updater::record::Record;
+use runner_updater::sim::scenario::{fleet_config, Scenario};
 
-/// `runners` runners over two clusters; runner-00 has two stacks.
+/// `runners` runners over two clusters; one in ten (runner-00 first) has two stacks.
 fn fleet(runners: usize) -> Scenario {
-    let mut text = String::from(
-        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\nstack_refresh_secs = 600\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
-    );
-    for index in 0..runners {
-        let _ = write!(
-            text,
-            "[[runners]]\nname = \"runner-{index:02}\"\ncluster = \"cluster-{}\"\nservice = \"svc-{index:02}\"\nimage_repository = \"registry.example/runner\"\n",
-            index % 2
-        );
-        if index == 0 {
-            let _ = writeln!(text, "stacks = [\"runner-00-iam\", \"runner-00-main\"]");
-        }
-    }
-    Scenario::with_config(7, Config::from_toml(&text).unwrap()).unwrap()
+    Scenario::with_config(7, Config::from_toml(&fleet_config(runners, 2, 10)).unwrap()).unwrap()
 }
 
 fn reader(s: &Scenario) -> FleetReader {
@@ -227,63 +211,25 @@ async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     );
 }
 
-/// ECS where one runner's task definition never answers.
+/// A state store where one runner's record never loads: its first pass never ends.
 struct Stuck {
-    inner: SimEcs,
-    family: &'static str,
+    inner: Arc<dyn StateStore>,
+    runner: &'static str,
 }
 
 #[async_trait]
-impl Ecs for Stuck {
-    async fn describe_service(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.inner.describe_service(cluster, service).await
-    }
-    async fn describe_services_without_tasks(
-        &self,
-        cluster: &str,
-        services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.inner
-            .describe_services_without_tasks(cluster, services)
-            .await
-    }
-    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        if arn.contains(&format!("/{}:", self.family)) {
+impl StateStore for Stuck {
+    async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
+        if runner == self.runner {
             std::future::pending::<()>().await;
         }
-        self.inner.describe_task_definition(arn).await
+        self.inner.load(runner).await
     }
-    async fn find_task_definition(
-        &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
-        self.inner.find_task_definition(family, attempt_id).await
+    async fn save(&self, record: &Record) -> Result<(), StoreError> {
+        self.inner.save(record).await
     }
-    async fn register_clone(
-        &self,
-        base_arn: &str,
-        container: &str,
-        image: &str,
-        tags: BTreeMap<String, String>,
-    ) -> Result<String, PortError> {
-        self.inner
-            .register_clone(base_arn, container, image, tags)
-            .await
-    }
-    async fn update_service(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition_arn: &str,
-    ) -> Result<String, PortError> {
-        self.inner
-            .update_service(cluster, service, task_definition_arn)
-            .await
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.list().await
     }
 }
 
@@ -323,8 +269,27 @@ impl Control for Recorder {
     }
 }
 
-fn scheduler(s: &Scenario, ecs: Arc<dyn Ecs>) -> Scheduler {
-    let ports = Ports { ecs, ..s.ports() };
+impl Recorder {
+    /// Stops once `for_how_long` of simulated time has passed; a trigger `trigger_after` in.
+    fn new(s: &Scenario, for_how_long: Duration, trigger_after: Option<Duration>) -> Self {
+        let now = s.aws.clock.now();
+        Recorder {
+            clock: s.aws.clock.clone(),
+            until: now.after(for_how_long),
+            passes: HashMap::new(),
+            sweeps: 0,
+            trigger_at: trigger_after.map(|after| now.after(after)),
+        }
+    }
+}
+
+/// The scheduler of `s`'s runners, with another state store when given.
+fn scheduler(s: &Scenario, store: Option<Arc<dyn StateStore>>) -> Scheduler {
+    let defaults = s.ports();
+    let ports = Ports {
+        store: store.unwrap_or(defaults.store.clone()),
+        ..defaults
+    };
     let drivers = s
         .config
         .runners
@@ -344,18 +309,12 @@ fn scheduler(s: &Scenario, ecs: Arc<dyn Ecs>) -> Scheduler {
 async fn a_stuck_runner_delays_no_other_and_a_stop_does_not_wait_for_it() {
     let s = fleet(3);
     s.set_desired("runner-02", "version", "2.14.0");
-    let ecs = Arc::new(Stuck {
-        inner: s.aws.ecs.clone(),
-        family: "runner-01",
+    let store = Arc::new(Stuck {
+        inner: s.store.clone(),
+        runner: "runner-01",
     });
-    let mut scheduler = scheduler(&s, ecs);
-    let mut control = Recorder {
-        clock: s.aws.clock.clone(),
-        until: s.aws.clock.now().after(Duration::from_mins(10)),
-        passes: HashMap::new(),
-        sweeps: 0,
-        trigger_at: None,
-    };
+    let mut scheduler = scheduler(&s, Some(store));
+    let mut control = Recorder::new(&s, Duration::from_mins(10), None);
     tokio::time::timeout(Duration::from_mins(1), scheduler.run(&mut control, None))
         .await
         .expect("the scheduler stops although a pass never ends");
@@ -380,15 +339,9 @@ async fn a_stuck_runner_delays_no_other_and_a_stop_does_not_wait_for_it() {
 #[tokio::test]
 async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
     let s = fleet(4);
-    let mut scheduler = scheduler(&s, Arc::new(s.aws.ecs.clone()));
+    let mut scheduler = scheduler(&s, None);
     let start = s.aws.clock.now();
-    let mut control = Recorder {
-        clock: s.aws.clock.clone(),
-        until: start.after(Duration::from_hours(1)),
-        passes: HashMap::new(),
-        sweeps: 0,
-        trigger_at: Some(start.after(Duration::from_secs(10))),
-    };
+    let mut control = Recorder::new(&s, Duration::from_hours(1), Some(Duration::from_secs(10)));
     scheduler.run(&mut control, Some(3)).await;
     assert_eq!(control.sweeps, 3);
     assert!(
@@ -410,25 +363,10 @@ async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
     );
 }
 
-/// Counts passes and sweeps (for `Scheduler::step`).
-#[derive(Default)]
-struct Passes {
-    passes: HashMap<String, u32>,
-}
-
-impl Control for Passes {
-    fn wait(&mut self, _timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
-        Box::pin(async { Wake::Stop })
-    }
-    fn ticked(&mut self, driver: &RunnerDriver, _result: &Result<TickReport, DriverError>) {
-        *self.passes.entry(driver.runner().to_owned()).or_default() += 1;
-    }
-}
-
 #[tokio::test]
 async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_falls_back() {
     let s = fleet(3);
-    let mut scheduler = scheduler(&s, Arc::new(s.aws.ecs.clone()));
+    let mut scheduler = scheduler(&s, None);
     // Throttled beyond the retries: nobody is passed over, nothing is written.
     for _ in 0..4 {
         s.aws
@@ -436,7 +374,7 @@ async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_f
             .faults
             .push("GetParametersByPath", ErrorKind::Transient);
     }
-    let mut control = Passes::default();
+    let mut control = Recorder::new(&s, Duration::ZERO, None);
     scheduler.step(true, &mut control).await;
     assert!(control.passes.is_empty(), "{:?}", control.passes);
     assert_eq!(s.aws.ssm.faults.pending("GetParametersByPath"), 0);
@@ -449,7 +387,7 @@ async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_f
         .ssm
         .faults
         .push("GetParametersByPath", ErrorKind::Permanent);
-    let mut control = Passes::default();
+    let mut control = Recorder::new(&s, Duration::ZERO, None);
     scheduler.step(true, &mut control).await;
     assert_eq!(control.passes.len(), 3, "{:?}", control.passes);
     assert!(scheduler.drivers().all(|d| d.phase() == Phase::Idle));

@@ -33,25 +33,11 @@ impl ParameterStore for AwsSsm {
         let mut found = BTreeMap::new();
         let mut token: Option<String> = None;
         for _ in 0..PAGES_MAX {
-            let page = self
-                .client
-                .get_parameters_by_path()
-                .path(path)
-                .recursive(true)
-                .with_decryption(true)
-                .set_next_token(token.take())
-                .send()
-                .traced("GetParametersByPath")
-                .await
-                .map_err(|e| classify("GetParametersByPath", &e))?;
-            for parameter in page.parameters() {
-                if let (Some(name), Some(value)) = (parameter.name(), parameter.value()) {
-                    found.insert(name.to_owned(), value.to_owned());
-                }
-            }
-            match page.next_token() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => return Ok(found),
+            let page = self.get_page(path, token.as_deref()).await?;
+            found.extend(page.parameters);
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(found),
             }
         }
         Err(PortError::new(

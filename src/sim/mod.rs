@@ -35,6 +35,15 @@ fn guard<'a, T>(
         .map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
 }
 
+/// `path` as the folder `GetParametersByPath` reads (with its trailing slash).
+fn folder(path: &str) -> String {
+    if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    }
+}
+
 /// Faults queued per operation: the next calls of that operation fail with these kinds. Every
 /// call is counted here too (tests assert how many calls a pass makes).
 #[derive(Debug, Clone, Default)]
@@ -218,11 +227,7 @@ impl SimSsm {
 impl ParameterStore for SimSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
         self.faults.check("GetParametersByPath")?;
-        let prefix = if path.ends_with('/') {
-            path.to_owned()
-        } else {
-            format!("{path}/")
-        };
+        let prefix = folder(path);
         let parameters = guard(&self.parameters, "GetParametersByPath")?;
         Ok(parameters
             .range(prefix.clone()..)
@@ -233,11 +238,7 @@ impl ParameterStore for SimSsm {
 
     async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
         self.faults.check("GetParametersByPath")?;
-        let prefix = if path.ends_with('/') {
-            path.to_owned()
-        } else {
-            format!("{path}/")
-        };
+        let prefix = folder(path);
         let parameters = guard(&self.parameters, "GetParametersByPath")?;
         // The token is the last name of the previous page: the next page starts after it.
         let start = match token {

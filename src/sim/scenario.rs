@@ -14,6 +14,30 @@ use crate::store::MemoryStore;
 /// The version every scenario runner starts on.
 pub const START_VERSION: &str = "2.13.0";
 
+/// A generated fleet's configuration: `runners` runners (`runner-00`, … wide enough for all)
+/// spread over `clusters` clusters, every `stacks_every`-th with two stacks (IAM first), records
+/// in the SSM store. What the benchmark and the fleet tests run.
+#[must_use]
+pub fn fleet_config(runners: usize, clusters: usize, stacks_every: usize) -> String {
+    use std::fmt::Write as _;
+    let width = runners.saturating_sub(1).to_string().len().max(2);
+    let mut text = String::from(
+        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
+    );
+    for index in 0..runners {
+        let name = format!("runner-{index:0width$}");
+        let _ = write!(
+            text,
+            "[[runners]]\nname = \"{name}\"\ncluster = \"fleet-{}\"\nservice = \"{name}\"\nimage_repository = \"registry.example/runner\"\n",
+            index % clusters.max(1)
+        );
+        if index % stacks_every.max(1) == 0 {
+            let _ = writeln!(text, "stacks = [\"{name}-iam\", \"{name}-main\"]");
+        }
+    }
+    text
+}
+
 /// The simulated world plus configuration and store.
 #[derive(Clone)]
 pub struct Scenario {
