@@ -75,9 +75,15 @@ enum Command {
         /// Simulated mode only: seed of the simulation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Address of `/metrics`, `/healthz` and `/readyz` (`off` to serve none).
+        /// Address of `/metrics`, `/healthz` and `/readyz` (`off` to serve none). Port 0 takes
+        /// a free port, logged as `listen=HOST:PORT` (and written to `--listen-port-file`).
         #[arg(long, env = "RUNNER_UPDATER_LISTEN", default_value = "0.0.0.0:9464")]
         listen: String,
+        /// Once serving, write the port bound for `--listen` to this file (the port and a
+        /// newline; written to a temporary file and renamed over it): how a supervisor learns
+        /// the port of `--listen HOST:0`.
+        #[arg(long, env = "RUNNER_UPDATER_LISTEN_PORT_FILE")]
+        listen_port_file: Option<PathBuf>,
     },
     /// Persisted state, reasons, next step and last transitions of each runner.
     Status {
@@ -370,13 +376,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             desired,
             seed,
             listen,
+            listen_port_file,
         } => {
             let config = load_config(cli.config.as_ref())?;
-            let listen: Option<std::net::SocketAddr> = match listen.as_str() {
-                "off" => None,
-                address => Some(address.parse().with_context(|| {
-                    format!("--listen {address:?}: use HOST:PORT (0.0.0.0:9464) or off")
-                })?),
+            let listen: Option<Listen> = match listen.as_str() {
+                "off" => {
+                    if listen_port_file.is_some() {
+                        bail!("--listen-port-file needs --listen HOST:PORT, not off");
+                    }
+                    None
+                }
+                address => Some(Listen {
+                    address: address.parse().with_context(|| {
+                        format!("--listen {address:?}: use HOST:PORT (0.0.0.0:9464) or off")
+                    })?,
+                    port_file: listen_port_file,
+                }),
             };
             if simulated {
                 return run_simulated(config, passes, &desired, seed, listen).await;
@@ -612,7 +627,7 @@ async fn run_simulated(
     passes: Option<u64>,
     desired: &[(String, String)],
     seed: u64,
-    listen: Option<std::net::SocketAddr>,
+    listen: Option<Listen>,
 ) -> anyhow::Result<ExitCode> {
     let mut scenario = Scenario::with_config(seed, config.clone())?;
     scenario.store = Arc::new(FileStore::new(&config.state_store.path));
@@ -632,6 +647,26 @@ async fn run_simulated(
     .await
 }
 
+/// Where `run` serves its endpoints.
+struct Listen {
+    /// `--listen` (port 0: any free port).
+    address: std::net::SocketAddr,
+    /// `--listen-port-file`.
+    port_file: Option<PathBuf>,
+}
+
+/// Writes `port` and a newline to `path` through a temporary file renamed over it, so a
+/// reader sees no file or the whole port, never a part.
+fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, format!("{port}\n"))
+        .with_context(|| format!("writing the port to {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+}
+
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
 /// done. A simulated clock, when given, is advanced by the time slept.
 async fn control_loop(
@@ -639,7 +674,7 @@ async fn control_loop(
     ports: Ports,
     passes: Option<u64>,
     simulated: Option<SimClock>,
-    listen: Option<std::net::SocketAddr>,
+    listen: Option<Listen>,
 ) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     runner_updater::metrics::install_global(metrics.clone());
@@ -647,11 +682,23 @@ async fn control_loop(
     let trigger = Arc::new(tokio::sync::Notify::new());
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = match listen {
-        Some(address) => {
+        Some(Listen { address, port_file }) => {
+            if let Some(path) = &port_file {
+                // A port file left by an earlier run must not be read as this run's.
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                            .with_context(|| format!("removing the old {}", path.display()));
+                    }
+                    _ => {}
+                }
+            }
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("listening on {address}"))?;
-            tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+            let bound = listener
+                .local_addr()
+                .with_context(|| format!("the address bound for {address}"))?;
             let endpoints = Arc::new(Endpoints {
                 metrics: metrics.clone(),
                 clock: ports.clock.clone(),
@@ -659,9 +706,15 @@ async fn control_loop(
                 liveness: Duration::from_secs(3 * config.poll_interval_secs + 60),
                 trigger: trigger.clone(),
             });
-            Some(tokio::spawn(server::serve(listener, endpoints, async {
+            let server = tokio::spawn(server::serve(listener, endpoints, async {
                 let _ = server_stopped.await;
-            })))
+            }));
+            // The socket listens since the bind: connections from here on are served.
+            tracing::info!(listen = %bound, "serving /metrics, /healthz, /readyz");
+            if let Some(path) = port_file {
+                write_port_file(&path, bound.port())?;
+            }
+            Some(server)
         }
         None => None,
     };

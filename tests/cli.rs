@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
+mod common;
+
 use std::process::Command;
 
 fn binary() -> Command {
@@ -193,81 +195,100 @@ fn run_on_the_simulated_aws_updates_and_persists() {
         "--desired is for the simulation only"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--simulated only"));
+    let no_port = binary()
+        .args([
+            "run",
+            "--simulated",
+            "--listen",
+            "off",
+            "--listen-port-file",
+        ])
+        .arg(directory.path().join("port"))
+        .output()
+        .unwrap();
+    assert!(
+        !no_port.status.success(),
+        "no port to report without --listen"
+    );
+    assert!(
+        String::from_utf8_lossy(&no_port.stderr).contains("--listen-port-file needs --listen"),
+        "{}",
+        String::from_utf8_lossy(&no_port.stderr)
+    );
 }
 
 /// `GET path` over HTTP/1.1 on 127.0.0.1; (status, body).
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http(port, "GET", path)
+    common::http(port, "GET", path, None)
 }
 
-fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
+/// `runner-updater run --simulated --listen 127.0.0.1:0`, which reports the port it bound in
+/// a file: the child, its port, and the file its log (stderr) goes to.
+fn run_listening(
+    directory: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, u16, std::path::PathBuf) {
+    let port_file = directory.join("listen.port");
+    let log = directory.join("controller.log");
+    let mut child = binary()
+        .args(["run", "--simulated"])
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--listen-port-file"])
+        .arg(&port_file)
+        .env("RUNNER_UPDATER_STATE_DIR", directory.join("state"))
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let port = common::reported_port(&mut child, &port_file, "runner-updater run", Some(&log));
+    (child, port, log)
 }
 
 #[test]
 #[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
 fn run_serves_metrics_health_and_readiness() {
     let directory = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = binary()
-        .args([
-            "run",
-            "--simulated",
-            "--desired",
-            "runner-b=2.14.0",
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUNNER_UPDATER_STATE_DIR", directory.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let metrics = loop {
-        if let Some((200, body)) = http_get(port, "/metrics") {
-            if body
-                .contains("runner_updater_state{runner=\"runner-b\",state=\"awaiting_rollout\"} 1")
-            {
-                break body;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no metrics of the first pass within 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    for line in [
+    let (mut child, port, log) =
+        run_listening(directory.path(), &["--desired", "runner-b=2.14.0"], &[]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("listen=127.0.0.1:{port}")),
+        "the bound address is logged before the port file is written:\n{logged}"
+    );
+    // A scrape may fall inside a pass (the state gauge moves at each transition, the lease
+    // gauge at the end of the pass): poll until every line is there.
+    let expected = [
+        "runner_updater_state{runner=\"runner-b\",state=\"awaiting_rollout\"} 1",
         "runner_updater_transitions_total{runner=\"runner-b\",from=\"idle\",to=\"checking\"} 1",
         "runner_updater_commands_total{runner=\"runner-b\",command=\"update_service\",outcome=\"ok\"} 1",
         "runner_updater_lease_held{runner=\"runner-b\"} 1",
         "runner_updater_lease_held{runner=\"runner-a\"} 0",
         "runner_updater_aws_reachable{runner=\"runner-a\"} 1",
         "# TYPE runner_updater_reconcile_duration_seconds histogram",
-    ] {
-        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
-    }
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        let body = match http_get(port, "/metrics") {
+            Some((200, body)) => body,
+            _ => String::new(),
+        };
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|line| !body.contains(line))
+            .collect();
+        if missing.is_empty() {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing {missing:?} within 30 s in:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(port, "/nothing").unwrap().0, 404);
@@ -323,17 +344,12 @@ fn passes(port: u16, runner: &str) -> Option<u64> {
 #[allow(clippy::disallowed_methods)] // polls a real process, with a deadline
 fn a_pass_can_be_triggered_now_by_http_or_sighup() {
     let directory = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = binary()
-        .args(["run", "--simulated", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("RUNNER_UPDATER_STATE_DIR", directory.path())
-        // An hour between passes: only a trigger makes the next one.
-        .env("RUNNER_UPDATER_POLL_INTERVAL_SECS", "3600")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // An hour between passes: only a trigger makes the next one.
+    let (mut child, port, _) = run_listening(
+        directory.path(),
+        &[],
+        &[("RUNNER_UPDATER_POLL_INTERVAL_SECS", "3600")],
+    );
     let wait_for = |at_least: u64, what: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -346,7 +362,7 @@ fn a_pass_can_be_triggered_now_by_http_or_sighup() {
     };
     wait_for(1, "no first pass within 30 s");
     let first = passes(port, "runner-a").unwrap();
-    let (status, body) = http(port, "POST", "/trigger").unwrap();
+    let (status, body) = common::http(port, "POST", "/trigger", None).unwrap();
     assert_eq!(status, 202, "{body}");
     wait_for(first + 1, "POST /trigger made no pass");
     let second = passes(port, "runner-a").unwrap();

@@ -32,13 +32,33 @@ impl World {
 
     /// `rollout_secs`: how long the harness takes to complete a rollout; `soak_secs`: the soak.
     async fn with_timing(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
+        Self::custom(runners, rollout_secs, soak_secs, 5, 1, &[], |_| {
+            String::new()
+        })
+        .await
+    }
+
+    /// As [`World::with_timing`], with the lease, the consistency window, the harness's
+    /// environment and extra keys for each runner's `[[runners]]` table (`stacks`, ...).
+    #[allow(clippy::too_many_arguments)]
+    async fn custom(
+        runners: &[&str],
+        rollout_secs: u32,
+        soak_secs: u32,
+        lease_secs: u32,
+        consistency_window_secs: u32,
+        harness_env: &[(&str, &str)],
+        runner_keys: impl Fn(&str) -> String,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let updates_log = dir.path().join("updates.log");
         let rollout = rollout_secs.to_string();
-        let moto = common::Moto::start_with(&[
+        let mut env = vec![
             ("HARNESS_LOG", updates_log.to_str().unwrap()),
             ("HARNESS_ROLLOUT_SECONDS", &rollout),
-        ]);
+        ];
+        env.extend_from_slice(harness_env);
+        let moto = common::Moto::start_with(&env);
         let sdk = moto.sdk_config().await;
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         ecs.create_cluster()
@@ -47,7 +67,7 @@ impl World {
             .await
             .unwrap();
         let mut config = format!(
-            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 5\nconsistency_window_secs = 1\n\
+            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = {lease_secs}\nconsistency_window_secs = {consistency_window_secs}\n\
              [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = {soak_secs}\nrollback_timeout_secs = 60\n"
         );
         for runner in runners {
@@ -79,7 +99,8 @@ impl World {
                 .unwrap();
             let _ = write!(
                 config,
-                "[[runners]]\nname = \"{runner}\"\ncluster = \"runners\"\nservice = \"{runner}\"\nimage_repository = \"registry.example/runner\"\n"
+                "[[runners]]\nname = \"{runner}\"\ncluster = \"runners\"\nservice = \"{runner}\"\nimage_repository = \"registry.example/runner\"\n{}",
+                runner_keys(runner)
             );
         }
         let path = dir.path().join("config.toml");
@@ -247,6 +268,7 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     );
 
     // A failed update (the harness fails tasks of images tagged -crash): rolled back, quarantined.
+    // The image first, the version last (no version yet: nothing to do in between).
     world.put("runner-b", "image", "registry.example/runner:2.15.0-crash");
     world.put("runner-b", "version", "2.15.0");
     let rolled_back = world.wait_for_phase("runner-b", "rolled_back", 1).await;
@@ -299,8 +321,10 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     )
     .await
     .unwrap();
-    world.put("runner-a", "version", "2.18.0");
+    // The image first, the version last: every state in between is one the controller must
+    // not act on (here: the bad version 2.17 still stands), whenever its pass comes.
     world.put("runner-a", "image", "evil.example/runner:2.18.0");
+    world.put("runner-a", "version", "2.18.0");
     common::eventually("the image to be refused", WAIT, || async {
         world.record("runner-a").await.filter(|r| {
             r.note
@@ -667,36 +691,36 @@ struct Receiver {
 }
 
 impl Receiver {
-    #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+    /// Starts the receiver on a port it binds itself (port 0) and reports in a file; ready
+    /// once it answers a real request (HTTP: `GET /ready`; gRPC: the receiver reports its
+    /// port only after a real Export to itself was answered).
     fn start(dir: &std::path::Path, protocol: &str) -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let out = dir.join("spans.jsonl");
+        let port_file = dir.join("receiver.port");
+        let output = dir.join("receiver.out");
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/otlp_receiver/receiver.py"
         );
-        let child = Command::new(common::python())
+        let file = std::fs::File::create(&output).unwrap();
+        let mut child = Command::new(common::python())
             .arg(script)
-            .arg(port.to_string())
             .arg(&out)
             .arg(protocol)
-            .stdout(Stdio::null())
+            .arg("--port-file")
+            .arg(&port_file)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the OTLP receiver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let port =
+            common::reported_port(&mut child, &port_file, "the OTLP receiver", Some(&output));
+        let process = Proc(child);
+        if protocol == "http" {
+            common::wait_until_answers(port, "/ready", 200, "the OTLP receiver");
         }
         Receiver {
-            process: Proc(child),
+            process,
             url: format!("http://127.0.0.1:{port}"),
             out,
         }
@@ -793,4 +817,534 @@ async fn traces_reach_a_real_otlp_receiver(receiver_protocol: &str, otel_protoco
         "the record names the trace"
     );
     drop(receiver.process);
+}
+
+// --- Lost answers: the call takes effect at AWS, then its answer is lost ----------------------
+
+/// What a lost-answer case's runner goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Story {
+    /// `desired/version` 2.14.0: one task definition, one service update, Done.
+    Update,
+    /// An image tagged `-crash`: the update, the health gate fails, our rollback; `RolledBack`.
+    Rollback,
+    /// Infrastructure 2 first (a change set that adds a topic: run at once), then the runner.
+    Infrastructure,
+    /// Infrastructure 2 whose change set adds an IAM role (held for approval), then ops set
+    /// `auto-update=false`: the held change set is deleted, the runner stays where it is.
+    Cancelled,
+}
+
+/// One mutating call whose answer the harness loses once.
+struct LostCase {
+    /// The case (and, with `lost-` and hyphens, its runner's name).
+    name: &'static str,
+    runner: &'static str,
+    operation: &'static str,
+    /// `reset` (connection closed without an answer) or `delay` (answered after the client's
+    /// 10 s attempt timeout).
+    mode: &'static str,
+    /// Substrings of the request body that pick the call, given the runner.
+    matching: fn(&str) -> Vec<String>,
+    story: Story,
+    /// Released lease epochs seeded before the controller starts (their housekeeping delete
+    /// is the call lost).
+    old_epochs: u64,
+}
+
+fn quoted(runner: &str) -> Vec<String> {
+    vec![format!("\"{runner}\"")]
+}
+fn forward_revision(runner: &str) -> Vec<String> {
+    vec![format!("{runner}:2\"")]
+}
+fn baseline_revision(runner: &str) -> Vec<String> {
+    vec![format!("{runner}:1\"")]
+}
+fn main_stack(runner: &str) -> Vec<String> {
+    vec![format!("StackName={runner}-main")]
+}
+fn lock(runner: &str) -> Vec<String> {
+    vec![format!("{PREFIX}/{runner}/lock/")]
+}
+fn lock_renewal(runner: &str) -> Vec<String> {
+    // A renewal overwrites the lease with a later expiry (epoch milliseconds, 1…); a release
+    // with 0.
+    vec![
+        format!("{PREFIX}/{runner}/lock/"),
+        "\"Overwrite\":true".to_owned(),
+        r#"expires_at\":1"#.to_owned(),
+    ]
+}
+fn lock_release(runner: &str) -> Vec<String> {
+    vec![
+        format!("{PREFIX}/{runner}/lock/"),
+        r#"expires_at\":0}"#.to_owned(),
+    ]
+}
+fn oldest_lock(runner: &str) -> Vec<String> {
+    vec![format!("{PREFIX}/{runner}/lock/000000000001")]
+}
+fn record(runner: &str) -> Vec<String> {
+    vec![format!("{PREFIX}/{runner}/status")]
+}
+fn record_done(runner: &str) -> Vec<String> {
+    vec![
+        format!("{PREFIX}/{runner}/status"),
+        r#"\"phase\":\"done\""#.to_owned(),
+    ]
+}
+
+#[rustfmt::skip]
+const LOST: &[LostCase] = &[
+    LostCase { name: "register_task_definition", runner: "lost-register", operation: "RegisterTaskDefinition", mode: "reset", matching: quoted, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "register_task_definition_delayed", runner: "lost-register-delay", operation: "RegisterTaskDefinition", mode: "delay", matching: quoted, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_forward", runner: "lost-update", operation: "UpdateService", mode: "reset", matching: forward_revision, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_forward_delayed", runner: "lost-update-delay", operation: "UpdateService", mode: "delay", matching: forward_revision, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_rollback", runner: "lost-rollback", operation: "UpdateService", mode: "reset", matching: baseline_revision, story: Story::Rollback, old_epochs: 0 },
+    LostCase { name: "create_change_set", runner: "lost-cs-create", operation: "CreateChangeSet", mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "execute_change_set", runner: "lost-cs-execute", operation: "ExecuteChangeSet", mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "execute_change_set_delayed", runner: "lost-cs-execute-delay", operation: "ExecuteChangeSet", mode: "delay", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "delete_change_set", runner: "lost-cs-delete", operation: "DeleteChangeSet", mode: "reset", matching: main_stack, story: Story::Cancelled, old_epochs: 0 },
+    LostCase { name: "lease_create", runner: "lost-lease-create", operation: "PutParameter", mode: "reset", matching: lock, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_renewal", runner: "lost-lease-renew", operation: "PutParameter", mode: "reset", matching: lock_renewal, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_release", runner: "lost-lease-release", operation: "PutParameter", mode: "reset", matching: lock_release, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_delete_of_an_old_epoch", runner: "lost-lease-delete", operation: "DeleteParameter", mode: "reset", matching: oldest_lock, story: Story::Update, old_epochs: 2 },
+    LostCase { name: "record_first_write", runner: "lost-record-first", operation: "PutParameter", mode: "reset", matching: record, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "record_write_of_done", runner: "lost-record-done", operation: "PutParameter", mode: "reset", matching: record_done, story: Story::Update, old_epochs: 0 },
+];
+
+impl World {
+    /// Lines of the harness log (`HARNESS_LOG`) starting with `prefix`, the prefix removed.
+    fn harness_lines(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.updates_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+            .collect()
+    }
+
+    /// The revisions of `family` tagged with `attempt` (`runner-updater:attempt`).
+    async fn tagged_revisions(&self, family: &str, attempt: &str) -> Vec<String> {
+        let ecs = aws_sdk_ecs::Client::new(&self.moto.sdk_config().await);
+        let mut arns = Vec::new();
+        let mut token = None;
+        loop {
+            let page = ecs
+                .list_task_definitions()
+                .family_prefix(family)
+                .set_next_token(token)
+                .send()
+                .await
+                .unwrap();
+            arns.extend(page.task_definition_arns().iter().cloned());
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut tagged = Vec::new();
+        for arn in arns {
+            let described = ecs
+                .describe_task_definition()
+                .task_definition(&arn)
+                .include(aws_sdk_ecs::types::TaskDefinitionField::Tags)
+                .send()
+                .await
+                .unwrap();
+            if described.tags().iter().any(|t| {
+                t.key() == Some(runner_updater::domain::observed::ATTEMPT_TAG)
+                    && t.value() == Some(attempt)
+            }) {
+                tagged.push(arn);
+            }
+        }
+        tagged
+    }
+
+    /// The runner's lease epochs and their expiry (0: released).
+    async fn leases(&self, runner: &str) -> Vec<(u64, u64)> {
+        let ssm = self.moto.clients().await.ssm;
+        let folder = format!("{PREFIX}/{runner}/lock/");
+        runner_updater::ports::ParameterStore::get_by_path(&ssm, &folder)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(name, value)| {
+                let value: serde_json::Value = serde_json::from_str(&value).unwrap();
+                (
+                    name.strip_prefix(&folder).unwrap().parse().unwrap(),
+                    value["expires_at"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Writes a parameter through the SDK (many at once: faster than one AWS CLI per value).
+    async fn put_now(&self, name: &str, value: &str) {
+        let ssm = self.moto.clients().await.ssm;
+        runner_updater::ports::ParameterStore::put(&ssm, name, value, true)
+            .await
+            .unwrap();
+    }
+}
+
+/// What went wrong in one case, or nothing.
+#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<String> {
+    let runner = case.runner;
+    let mut wrong = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            wrong.push(what);
+        }
+    };
+    expect(lost == 1, format!("the harness lost {lost} answers, not 1"));
+    let (phase, revisions, updates, executions) = match case.story {
+        Story::Update | Story::Infrastructure => ("done", 1, 1, 1),
+        Story::Rollback => ("rolled_back", 1, 2, 0),
+        Story::Cancelled => ("idle", 0, 0, 0),
+    };
+    let end = if case.story == Story::Cancelled {
+        common::eventually(&format!("{runner} cancelled"), WAIT, || async {
+            world.record(runner).await.filter(|r| {
+                r.phase == phase && r.note.as_ref().is_some_and(|n| n.code == "auto-update")
+            })
+        })
+        .await
+    } else {
+        world.wait_for_phase(runner, phase, 1).await
+    };
+    expect(
+        end.attempts_started == 1,
+        format!("{} attempts started", end.attempts_started),
+    );
+    if case.story == Story::Rollback {
+        let code = end.failure.as_ref().map(|f| f.code.as_str());
+        expect(code == Some("unhealthy-tasks"), format!("failure {code:?}"));
+    } else {
+        expect(end.failure.is_none(), format!("failure {:?}", end.failure));
+    }
+    // Exactly one task definition revision of the attempt.
+    let attempt = end
+        .attempt
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default();
+    let tagged = world.tagged_revisions(runner, &attempt).await;
+    expect(
+        tagged.len() == revisions,
+        format!(
+            "{} revisions tagged with attempt {attempt:?}: {tagged:?}",
+            tagged.len()
+        ),
+    );
+    // Exactly one forward UpdateService to it (and one rollback to the baseline).
+    let seen = world.updates(runner);
+    expect(
+        seen.len() == updates,
+        format!(
+            "{} service updates, {updates} expected: {seen:?}",
+            seen.len()
+        ),
+    );
+    if let Some(new) = tagged.first() {
+        let forward = seen.iter().filter(|u| *u == new).count();
+        expect(
+            forward == 1,
+            format!("{forward} forward updates to {new}: {seen:?}"),
+        );
+        if case.story != Story::Rollback {
+            expect(
+                end.new_task_definition_arn.as_deref() == Some(new.as_str()),
+                format!(
+                    "the record names {:?}, not {new}",
+                    end.new_task_definition_arn
+                ),
+            );
+        }
+    }
+    if case.story == Story::Rollback {
+        let back = seen
+            .iter()
+            .filter(|u| u.ends_with(&format!("{runner}:1")))
+            .count();
+        expect(back == 1, format!("{back} rollback updates: {seen:?}"));
+    }
+    // One change set per stack, executed at most once.
+    if matches!(case.story, Story::Infrastructure | Story::Cancelled) {
+        let stack = format!("{runner}-main");
+        let created = world
+            .harness_lines(&format!("cfn-create {stack} "))
+            .into_iter()
+            .filter(|l| l.ends_with(" new"))
+            .count();
+        expect(
+            created == 1,
+            format!("{created} change sets created on {stack}"),
+        );
+        let begun = world.harness_lines(&format!("cfn-begin {stack} ")).len();
+        expect(
+            begun == executions,
+            format!("{begun} executions of change sets on {stack}, {executions} expected"),
+        );
+        if case.story == Story::Cancelled {
+            let name = world
+                .harness_lines(&format!("cfn-create {stack} "))
+                .first()
+                .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
+            let described = cfn
+                .describe_change_set()
+                .stack_name(&stack)
+                .change_set_name(&name)
+                .send()
+                .await;
+            expect(
+                described.is_err(),
+                format!("the held change set {name} is still there"),
+            );
+        }
+    }
+    // The lease: taken once (one new epoch), released (the release follows the last save).
+    let taken = case.old_epochs + 1;
+    let released = |leases: &[(u64, u64)]| {
+        leases
+            .last()
+            .is_some_and(|(epoch, expires)| *epoch == taken && *expires == 0)
+            && (case.old_epochs == 0 || leases.iter().all(|(epoch, _)| *epoch > 1))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let leases = loop {
+        let leases = world.leases(runner).await;
+        if released(&leases) || std::time::Instant::now() > deadline {
+            break leases;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    expect(
+        released(&leases),
+        format!("the lease is not epoch {taken} released (older epochs but the last deleted): {leases:?}"),
+    );
+    wrong
+}
+
+/// The harness loses the answer of one mutating call per runner, once, after AWS applied it
+/// (a dropped connection, or an answer after the client's timeout): the real controller on
+/// moto completes every story, and nothing is done twice.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
+    let runners: Vec<&str> = LOST.iter().map(|c| c.runner).collect();
+    let infra = |runner: &str| {
+        LOST.iter()
+            .find(|c| c.runner == runner)
+            .is_some_and(|c| matches!(c.story, Story::Infrastructure | Story::Cancelled))
+    };
+    // A lease longer than a delayed answer (the client waits 10 s for it); ECS's own circuit
+    // breaker out of the way (the controller's fail-fast rolls back, with the call lost).
+    let world = World::custom(
+        &runners,
+        1,
+        1,
+        30,
+        1,
+        &[("HARNESS_BREAKER_THRESHOLD", "1000")],
+        |runner| {
+            if infra(runner) {
+                format!("stacks = [\"{runner}-main\"]\nauto_execute = \"safe\"\n")
+            } else {
+                String::new()
+            }
+        },
+    )
+    .await;
+
+    // Stacks at infrastructure 1, and their version 2 templates in S3.
+    let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
+    let mut templates = Vec::new();
+    for case in LOST.iter().filter(|c| infra(c.runner)) {
+        let stack = format!("{}-main", case.runner);
+        cfn.create_stack()
+            .stack_name(&stack)
+            .template_body(stack_template(&stack, None))
+            .tags(
+                aws_sdk_cloudformation::types::Tag::builder()
+                    .key("runner-updater:infra-version")
+                    .value("1")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let extra = if case.story == Story::Cancelled {
+            ROLE
+        } else {
+            r#""Topic": {"Type": "AWS::SNS::Topic"}"#
+        };
+        templates.push((
+            case.runner,
+            format!("{stack}-2.json"),
+            stack_template(&stack, Some(extra)),
+        ));
+    }
+    let keys: Vec<(&str, String)> = templates
+        .iter()
+        .map(|(_, k, b)| (k.as_str(), b.clone()))
+        .collect();
+    let urls = world.moto.put_templates("templates", &keys);
+
+    // Ops' desired state, complete before the controller starts; old leases; the faults.
+    for (case, rule) in LOST.iter().zip(0..) {
+        let desired = |key: &str| format!("{PREFIX}/{}/desired/{key}", case.runner);
+        if case.story == Story::Rollback {
+            world
+                .put_now(&desired("image"), "registry.example/runner:2.14.0-crash")
+                .await;
+        }
+        if let Some(index) = templates.iter().position(|(r, _, _)| *r == case.runner) {
+            world.put_now(&desired("infra-version"), "2").await;
+            let stack = format!("{}-main", case.runner);
+            world
+                .put_now(
+                    &desired(&format!("stacks/{stack}/template-url")),
+                    &urls[index],
+                )
+                .await;
+        }
+        world.put_now(&desired("version"), "2.14.0").await;
+        for epoch in 1..=case.old_epochs {
+            world
+                .put_now(
+                    &format!("{PREFIX}/{}/lock/{epoch:012}", case.runner),
+                    r#"{"holder":"an-old-controller","expires_at":0}"#,
+                )
+                .await;
+        }
+        let armed = world.moto.lose_answer(&serde_json::json!({
+            "operation": case.operation,
+            "match": (case.matching)(case.runner),
+            "mode": case.mode,
+            "delay_seconds": 15,
+        }));
+        assert_eq!(armed["id"], rule + 1, "{}", case.name);
+    }
+
+    let started = std::time::Instant::now();
+    let controller = world.controller("controller-1", None);
+    for case in LOST.iter().filter(|c| c.story == Story::Cancelled) {
+        world
+            .wait_for_phase(case.runner, "awaiting_approval", 1)
+            .await;
+        world
+            .put_now(
+                &format!("{PREFIX}/{}/desired/auto-update", case.runner),
+                "false",
+            )
+            .await;
+    }
+    let rules = |world: &World| world.moto.lost_answers();
+    let mut failures = Vec::new();
+    for (case, rule) in LOST.iter().zip(rules(&world)) {
+        // The rule fires at some point of the case's story (a release after Done, say).
+        let lost = loop {
+            let now = rules(&world)
+                .into_iter()
+                .find(|r| r["id"] == rule["id"])
+                .unwrap();
+            let lost = now["lost"].as_u64().unwrap();
+            if lost > 0 || started.elapsed() > WAIT {
+                break lost;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for wrong in check_lost_case(&world, case, lost).await {
+            failures.push(format!(
+                "{} ({} {}): {wrong}",
+                case.name, case.operation, case.mode
+            ));
+        }
+    }
+    let elapsed = started.elapsed();
+    kill(controller);
+    assert!(
+        failures.is_empty(),
+        "{} problem(s):\n{}\n\nharness log:\n{}\n\ncontroller:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        std::fs::read_to_string(&world.updates_log).unwrap_or_default(),
+        world.logs()
+    );
+    eprintln!("{} lost-answer cases in {elapsed:?}", LOST.len());
+}
+
+/// A registration whose answer was lost, then ten revisions of the same family registered by
+/// another tool (the AWS CLI) before the controller's retry: the retry finds the attempt's own
+/// revision below them and registers nothing.
+#[tokio::test]
+async fn a_lost_registration_is_found_below_ten_newer_revisions_of_its_family() {
+    let runner = "busy-family";
+    // A long consistency window: the controller's retry waits 20 s after the lost call, time
+    // enough for ten AWS CLI calls.
+    let world = World::custom(&[runner], 1, 1, 30, 20, &[], |_| String::new()).await;
+    world.moto.lose_answer(&serde_json::json!({
+        "operation": "RegisterTaskDefinition",
+        "match": quoted(runner),
+    }));
+    let controller = world.controller("controller-1", None);
+    world.put(runner, "version", "2.14.0");
+    common::eventually("the registration's answer to be lost", WAIT, || async {
+        (!world
+            .harness_lines("lost-answer RegisterTaskDefinition")
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    let containers =
+        r#"[{"name": "runner", "image": "registry.example/runner:another-tool", "memory": 256}]"#;
+    for _ in 0..10 {
+        let output = Command::new(common::venv_bin().join("aws"))
+            .args(["ecs", "register-task-definition", "--family", runner])
+            .args(["--container-definitions", containers])
+            .envs(world.moto.env())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let between = world.record(runner).await.unwrap();
+    assert_eq!(
+        between.phase,
+        "registering_task_definition",
+        "the ten registrations must land before the controller's retry\n{}",
+        world.logs()
+    );
+    let done = world.wait_for_phase(runner, "done", 1).await;
+    kill(controller);
+    let attempt = done.attempt.as_ref().unwrap().id.clone();
+    let ours = world.tagged_revisions(runner, &attempt).await;
+    assert_eq!(
+        ours.len(),
+        1,
+        "one revision of the attempt, not {ours:?}\n{}",
+        world.logs()
+    );
+    assert_eq!(
+        done.new_task_definition_arn.as_deref(),
+        Some(ours[0].as_str())
+    );
+    assert_eq!(
+        world.updates(runner),
+        [ours[0].clone()],
+        "one service update, to it"
+    );
+    assert_eq!(
+        world.revisions(runner).await,
+        12,
+        "the baseline, ours and ten others"
+    );
 }

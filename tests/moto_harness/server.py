@@ -18,6 +18,8 @@ task definitions and updates services, but never runs a rollout: UpdateService o
 * With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
   that file (tests count side effects with it, repeated calls included).
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
+* ListTaskDefinitions honours `sort` (ASC, or DESC: the newest revision first), `maxResults`
+  and `nextToken` (moto answers every revision, oldest first, whatever is asked).
 
 Task health is not simulated here (moto starts no tasks for services): tests on moto use task
 definitions without health checks; health is covered on the in-process simulated AWS.
@@ -65,13 +67,18 @@ harness replaces, on top of moto's own CloudFormation backend:
 Usage: python server.py PORT   (binds 127.0.0.1)
 """
 
+import argparse
+import io
 import json
 import os
 import re
+import socket
+import struct
 import sys
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import parse_qs, unquote_plus
 
 import moto
 
@@ -80,7 +87,9 @@ if moto.__version__ != "5.2.1":
 
 os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
 
+from moto.ecs import exceptions as ecs_exceptions  # noqa: E402
 from moto.ecs import models as ecs  # noqa: E402
+from moto.ecs import responses as ecs_responses  # noqa: E402
 from moto.moto_api._internal import mock_random  # noqa: E402
 from moto.core.utils import utcnow  # noqa: E402
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
@@ -184,6 +193,34 @@ def describe_services(self, cluster, names):
 
 ecs.EC2ContainerServiceBackend.update_service = update_service
 ecs.EC2ContainerServiceBackend.describe_services = describe_services
+
+
+def list_task_definitions(self):
+    """ListTaskDefinitions as ECS pages it: `sort` ASC (default: by family, then revision, the
+    newest last) or DESC, `maxResults` (1-100, default 100) and `nextToken`. moto 5.2.1
+    ignores all three and answers every revision in registration order."""
+    status = self._get_param("status", "ACTIVE")
+    order = self._get_param("sort", "ASC")
+    limit = self._get_param("maxResults") or 100
+    if order not in ("ASC", "DESC") or not 1 <= int(limit) <= 100:
+        raise ecs_exceptions.InvalidParameterException("sort is ASC or DESC; maxResults is 1 to 100.")
+    found = [
+        (definition.family, definition.revision, definition.arn)
+        for family in self.ecs_backend.task_definitions.values()
+        for definition in family.values()
+        if definition.status == status
+        and self._get_param("familyPrefix") in (None, definition.family)
+    ]
+    found.sort(reverse=order == "DESC")
+    start = int(self._get_param("nextToken") or 0)
+    page = found[start : start + int(limit)]
+    result = {"taskDefinitionArns": [arn for _, _, arn in page]}
+    if start + int(limit) < len(found):
+        result["nextToken"] = str(start + int(limit))
+    return ActionResult(result)
+
+
+ecs_responses.EC2ContainerServiceResponse.list_task_definitions = list_task_definitions
 
 
 # --- CloudFormation ------------------------------------------------------------------------------
@@ -413,6 +450,7 @@ def _begin(backend, stack, change_set, token):
     for other in _stack_change_sets(backend, stack):  # AWS deletes the stack's other change sets
         if other is not change_set:
             del backend.change_sets[other.change_set_id]
+    _log(f"cfn-begin {stack.name} {change_set.change_set_name} {token or '-'}")
     change_set.execution_status = "EXECUTE_IN_PROGRESS"
     change_set._harness_exec_token = token
     stack.status = "UPDATE_IN_PROGRESS"
@@ -546,7 +584,9 @@ def create_change_set(self):
                 raise ChangeSetAlreadyExists(f"ChangeSet {name} cannot be created due to a mismatch with existing attribute ClientToken")
             if existing.template_dict != template_dict:
                 raise ChangeSetAlreadyExists(f"ChangeSet {name} cannot be created due to a mismatch with existing attribute Template")
+            _log(f"cfn-create {stack.name} {name} repeat")
             return ActionResult({"Id": existing.change_set_id, "StackId": stack.stack_id})
+        _log(f"cfn-create {stack.name} {name} new")
         change_set_id, stack_id = backend.create_change_set(
             stack_name=stack.name,
             change_set_name=name,
@@ -653,18 +693,181 @@ cfn_responses.CloudFormationResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["DescribeC
 )
 
 
-def main():
-    port = int(sys.argv[1])
-    from moto.server import ThreadedMotoServer
+# --- Lost answers: the call takes effect, then its answer is lost --------------------------------
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+MUTATING = {
+    "RegisterTaskDefinition",
+    "UpdateService",
+    "CreateChangeSet",
+    "ExecuteChangeSet",
+    "DeleteChangeSet",
+    "PutParameter",
+    "DeleteParameter",
+}
+LOSE_MODES = ("reset", "delay")
+_rules_lock = threading.Lock()
+_rules = []  # dicts: id, operation, match (list of substrings), count (left), mode, delay, lost
+
+
+def _operation(environ, body):
+    """The API operation of a request: X-Amz-Target (JSON protocols: SSM, ECS), else the
+    query protocol's Action (CloudFormation, in the body or the query string)."""
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    for text in (body.decode("utf-8", "replace"), environ.get("QUERY_STRING", "")):
+        action = parse_qs(text).get("Action")
+        if action:
+            return action[0]
+    return None
+
+
+def _subject(operation, body):
+    """What a mutating call acts on, for the log: parameter, family, service and task
+    definition, or stack and change set."""
+    text = body.decode("utf-8", "replace")
+    try:
+        fields = json.loads(text) if text.startswith("{") else {k: v[0] for k, v in parse_qs(text).items()}
+    except ValueError:
+        return "-"
+    keys = {
+        "PutParameter": ["Name"],
+        "DeleteParameter": ["Name"],
+        "RegisterTaskDefinition": ["family"],
+        "UpdateService": ["service", "taskDefinition"],
+    }.get(operation, ["StackName", "ChangeSetName"])
+    return " ".join(str(fields.get(k) or "-").split("/")[-1] if k == "service" else str(fields.get(k) or "-") for k in keys)
+
+
+def _take_rule(operation, body):
+    """The first armed rule matching this request, its count taken; None if none."""
+    if not _rules:
+        return None
+    texts = (body.decode("utf-8", "replace"), unquote_plus(body.decode("utf-8", "replace")))
+    with _rules_lock:
+        for rule in _rules:
+            if rule["count"] <= 0 or rule["operation"] != operation:
+                continue
+            if all(any(m in t for t in texts) for m in rule["match"]):
+                rule["count"] -= 1
+                rule["lost"] += 1
+                return dict(rule)
+    return None
+
+
+def _json_response(start_response, status, payload):
+    data = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def _control(environ, start_response):
+    """/harness/...: arm a lost answer, list the rules, answer a readiness probe."""
+    path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+    if path == "/harness/ready":
+        return _json_response(start_response, "200 OK", {"ready": True, "moto": moto.__version__})
+    if path == "/harness/lose-answer" and method == "GET":
+        with _rules_lock:
+            return _json_response(start_response, "200 OK", [dict(r) for r in _rules])
+    if path == "/harness/lose-answer" and method == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            spec = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            operation = spec["operation"]
+            match = spec.get("match") or []
+            match = [match] if isinstance(match, str) else list(match)
+            mode = spec.get("mode", "reset")
+            count = int(spec.get("count", 1))
+            delay = float(spec.get("delay_seconds", 30))
+            if operation not in MUTATING or mode not in LOSE_MODES or count < 1:
+                raise ValueError(f"operation one of {sorted(MUTATING)}, mode one of {LOSE_MODES}, count >= 1")
+        except (KeyError, TypeError, ValueError) as error:
+            return _json_response(start_response, "400 Bad Request", {"error": f"{type(error).__name__}: {error}"})
+        with _rules_lock:
+            rule = {"id": len(_rules) + 1, "operation": operation, "match": match, "count": count,
+                    "mode": mode, "delay_seconds": delay, "lost": 0}
+            _rules.append(rule)
+            return _json_response(start_response, "200 OK", dict(rule))
+    return _json_response(start_response, "404 Not Found", {"error": f"no harness endpoint {method} {path}"})
+
+
+class Harness:
+    """WSGI middleware around moto's application: the control endpoints, the log of mutating
+    calls, and lost answers (the call is applied by moto, then the client gets no answer)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/harness/"):
+            return _control(environ, start_response)
+        if path == "/moto-api/reset":
+            with _rules_lock:
+                _rules.clear()
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            body = environ["wsgi.input"].read(int(length))
+        elif environ.get("wsgi.input_terminated"):  # chunked: werkzeug ends the stream itself
+            body = environ["wsgi.input"].read()
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        operation = _operation(environ, body)
+        if operation not in MUTATING:
+            return self.app(environ, start_response)
+        answer = {}
+
+        def keep(status, headers, exc_info=None):
+            answer["status"], answer["headers"] = status, headers
+            return lambda data: answer.setdefault("early", []).append(data)
+
+        chunks = self.app(environ, keep)
+        try:
+            data = b"".join(answer.get("early", [])) + b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        status = answer["status"]
+        subject = _subject(operation, body)
+        _log(f"api {operation} {status.split()[0]} {subject}")
+        rule = _take_rule(operation, body) if status.startswith("2") else None
+        if rule is not None:
+            _log(f"lost-answer {operation} {rule['mode']} {subject}")
+            if rule["mode"] == "delay":
+                time.sleep(rule["delay_seconds"])  # the client has timed out: this answer goes nowhere
+            else:
+                connection = environ.get("werkzeug.socket")
+                # No answer at all: FIN at once, then RST (linger 0) when werkzeug closes it.
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.shutdown(socket.SHUT_RDWR)
+                raise ConnectionResetError(f"harness: the answer of {operation} is lost")
+        start_response(status, answer["headers"])
+        return [data]
+
+
+def main():
+    parser = argparse.ArgumentParser(description="moto 5.2.1 + runner-updater's harness on 127.0.0.1")
+    parser.add_argument("port", nargs="?", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument("--port-file", help="once serving, write the bound port here (temp file + rename)")
+    args = parser.parse_args()
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", args.port, Harness(DomainDispatcherApplication(create_backend_app)), threaded=True)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    if args.port_file:
+        temporary = f"{args.port_file}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(f"{port}\n")
+        os.replace(temporary, args.port_file)
     print(f"harness: moto {moto.__version__} + runner-updater ECS rollouts and CloudFormation on 127.0.0.1:{port}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
+        thread.join()
     except KeyboardInterrupt:
-        server.stop()
+        server.shutdown()
 
 
 if __name__ == "__main__":

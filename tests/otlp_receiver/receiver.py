@@ -8,10 +8,15 @@ and one JSON line per span is appended to OUT_FILE:
 {"service": ..., "name": ..., "trace_id": ..., "span_id": ..., "parent_span_id": ...,
  "attributes": {...}, "protocol": "http" | "grpc"}.
 
-Usage: python receiver.py PORT OUT_FILE [http|grpc]   (binds 127.0.0.1)
+Usage: python receiver.py OUT_FILE [http|grpc] [--port PORT] [--port-file PATH]
+Binds 127.0.0.1 on PORT (default 0: any free port) and, once serving, writes the bound port to
+PATH (a temporary file renamed over it) and prints it. Over HTTP, `GET /ready` answers 200; over
+gRPC the port is reported only after a real (empty) Export to itself was answered.
 """
 
+import argparse
 import json
+import os
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -20,8 +25,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-OUT = sys.argv[2]
-PROTOCOL = sys.argv[3] if len(sys.argv) > 3 else "http"
+ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ARGS.add_argument("out")
+ARGS.add_argument("protocol", nargs="?", default="http", choices=["http", "grpc"])
+ARGS.add_argument("--port", type=int, default=0)
+ARGS.add_argument("--port-file")
+ARGS = ARGS.parse_args()
+OUT = ARGS.out
 
 
 def value(any_value):
@@ -46,7 +56,23 @@ def write(request, protocol):
                     }) + "\n")
 
 
+def serving(port):
+    """Reports the bound port: printed, and written to --port-file atomically."""
+    if ARGS.port_file:
+        temporary = f"{ARGS.port_file}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(f"{port}\n")
+        os.replace(temporary, ARGS.port_file)
+    print(f"receiver: OTLP/{ARGS.protocol} on 127.0.0.1:{port}", flush=True)
+
+
 class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        status = 200 if self.path == "/ready" else 404
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         if self.path != "/v1/traces":
@@ -67,7 +93,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_grpc(port):
+def serve_grpc():
     from concurrent import futures
 
     import grpc
@@ -80,15 +106,24 @@ def serve_grpc(port):
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        sys.exit(f"cannot bind 127.0.0.1:{port}")
+    port = server.add_insecure_port(f"127.0.0.1:{ARGS.port}")
+    if port == 0:
+        sys.exit(f"cannot bind 127.0.0.1:{ARGS.port}")
     server.start()
+    # Ready means answering: one real (empty) Export to itself before the port is reported.
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(ExportTraceServiceRequest(), timeout=10)
+    serving(port)
     server.wait_for_termination()
 
 
-if PROTOCOL == "grpc":
-    serve_grpc(int(sys.argv[1]))
-elif PROTOCOL == "http":
-    HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+def serve_http():
+    server = HTTPServer(("127.0.0.1", ARGS.port), Handler)
+    serving(server.server_address[1])
+    server.serve_forever()
+
+
+if ARGS.protocol == "grpc":
+    serve_grpc()
 else:
-    sys.exit(f"unknown protocol {PROTOCOL!r}: use http or grpc")
+    serve_http()
