@@ -51,7 +51,7 @@ use crate::lease::SsmLease;
 use crate::machine::phase::Phase;
 use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, ParameterStore, PortError, StateStore,
-    TemplateSummary,
+    TaskDefinitionPage, TemplateSummary,
 };
 use crate::record::Record;
 use crate::sim::{
@@ -1617,13 +1617,35 @@ impl Ecs for AuditedEcs {
         self.inner.describe_task_definition(arn).await
     }
 
-    async fn find_task_definition(
+    async fn describe_service_without_tasks(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.audit.delay("DescribeServices");
+        self.inner
+            .describe_service_without_tasks(cluster, service)
+            .await
+    }
+
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        self.audit.delay("DescribeServices");
+        self.inner
+            .describe_services_without_tasks(cluster, services)
+            .await
+    }
+
+    async fn list_task_definitions(
+        &self,
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         self.audit.delay("ListTaskDefinitions");
-        self.inner.find_task_definition(family, attempt_id).await
+        self.inner.list_task_definitions(family_prefix, token).await
     }
 
     async fn register_clone(
@@ -1654,11 +1676,13 @@ impl Ecs for AuditedEcs {
         self.audit
             .mutation(&self.holder, &key, "UpdateService")
             .await;
+        let lost = self.inner.faults.answers_lost("UpdateService");
         let result = self
             .inner
             .update_service(cluster, service, task_definition_arn)
             .await;
-        if result.is_ok() {
+        // An update whose answer was lost was made all the same.
+        if result.is_ok() || self.inner.faults.answers_lost("UpdateService") > lost {
             self.audit.update(&key, task_definition_arn).await;
         }
         result

@@ -18,6 +18,9 @@ task definitions and updates services, but never runs a rollout: UpdateService o
 * With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
   that file (tests count side effects with it, repeated calls included).
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
+* ListTaskDefinitions as AWS answers it (moto matches familyPrefix exactly and ignores sort,
+  maxResults and nextToken): a family prefix, sorted by family then revision (DESC reversed),
+  in pages of maxResults (at most 100) with a nextToken.
 
 Task health is not simulated here (moto starts no tasks for services): tests on moto use task
 definitions without health checks; health is covered on the in-process simulated AWS.
@@ -81,6 +84,7 @@ if moto.__version__ != "5.2.1":
 os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
 
 from moto.ecs import models as ecs  # noqa: E402
+from moto.ecs import responses as ecs_responses  # noqa: E402
 from moto.moto_api._internal import mock_random  # noqa: E402
 from moto.core.utils import utcnow  # noqa: E402
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
@@ -184,6 +188,31 @@ def describe_services(self, cluster, names):
 
 ecs.EC2ContainerServiceBackend.update_service = update_service
 ecs.EC2ContainerServiceBackend.describe_services = describe_services
+
+
+def list_task_definitions(self):
+    """ListTaskDefinitions as AWS answers it: familyPrefix is a prefix (moto: an exact family),
+    sort ASC/DESC by family then revision, maxResults (1..100, default 100) and nextToken."""
+    prefix = self._get_param("familyPrefix") or ""
+    status = self._get_param("status", "ACTIVE")
+    descending = self._get_param("sort", "ASC") == "DESC"
+    limit = max(1, min(int(self._get_param("maxResults") or 100), 100))
+    start = int(self._get_param("nextToken") or 0)
+    listed = [
+        (definition.family, definition.revision, definition.arn)
+        for revisions in self.ecs_backend.task_definitions.values()
+        for definition in revisions.values()
+        if definition.family.startswith(prefix) and definition.status == status
+    ]
+    listed.sort(reverse=descending)
+    page = listed[start:start + limit]
+    result = {"taskDefinitionArns": [arn for _, _, arn in page]}
+    if start + limit < len(listed):
+        result["nextToken"] = str(start + limit)
+    return ActionResult(result)
+
+
+ecs_responses.EC2ContainerServiceResponse.list_task_definitions = list_task_definitions
 
 
 # --- CloudFormation ------------------------------------------------------------------------------
