@@ -23,12 +23,13 @@ use runner_updater::domain::observed::{
 use runner_updater::domain::revision_search::{family_revision, RevisionSearch, SearchStep};
 use runner_updater::domain::Millis;
 use runner_updater::lease::SsmLease;
+use runner_updater::ports::StoreError;
 use runner_updater::ports::{
     ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
     StateStore, TASK_DEFINITIONS_PAGE_MAX,
 };
 use runner_updater::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
-use runner_updater::store::SsmStore;
+use runner_updater::store::{FileStore, MemoryStore, SsmStore};
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     assert_eq!(
@@ -152,14 +153,48 @@ async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     .await
     .unwrap();
     let record = s.store.load("runner-a").await.unwrap().unwrap();
-    let store = SsmStore::new(ssm, "/store");
+    let store = SsmStore::new(ssm.clone(), "/store");
     store.save(&record).await.unwrap();
     assert_eq!(
         store.load("runner-a").await.unwrap(),
-        Some(record),
+        Some(record.clone()),
         "{who}: round trip"
     );
     assert_eq!(store.list().await.unwrap(), vec!["runner-a"], "{who}");
+    // A record copied to another runner's path is that runner's `record-invalid`, and stays.
+    let copied = record.encode().unwrap();
+    ssm.put("/store/runner-b/status", &copied, true)
+        .await
+        .unwrap();
+    let refused = store.load("runner-b").await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+        "{who}: {refused}"
+    );
+    every_store_refuses_a_record_of_another_runner(&record).await;
+}
+
+/// The file and memory stores decode through the same check as the SSM store.
+async fn every_store_refuses_a_record_of_another_runner(record: &runner_updater::record::Record) {
+    let directory = tempfile::tempdir().unwrap();
+    let file = FileStore::new(directory.path().to_path_buf());
+    file.save(record).await.unwrap();
+    std::fs::copy(
+        directory.path().join("runner-a.json"),
+        directory.path().join("runner-b.json"),
+    )
+    .unwrap();
+    let memory = MemoryStore::default();
+    memory.save(record).await.unwrap();
+    memory.put_raw("runner-b", &record.encode().unwrap());
+    for (store, who) in [(&file as &dyn StateStore, "file"), (&memory, "memory")] {
+        assert!(store.load("runner-a").await.unwrap().is_some(), "{who}");
+        let refused = store.load("runner-b").await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+            "{who}: {refused}"
+        );
+    }
 }
 
 #[tokio::test]
