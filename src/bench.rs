@@ -31,7 +31,7 @@ use crate::lease::SsmLease;
 use crate::machine::phase::Phase;
 use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterPage, ParameterStore,
-    PortError, TemplateSummary, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
+    PortError, TaskDefinitionPage, TemplateSummary, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
 };
 use crate::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
 use crate::sim::scenario::fleet_config;
@@ -209,13 +209,13 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         self.counter.hit("DescribeTaskDefinition").await;
         self.inner.describe_task_definition(arn).await
     }
-    async fn find_task_definition(
+    async fn list_task_definitions(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         self.counter.hit("ListTaskDefinitions").await;
-        self.inner.find_task_definition(family, attempt_id).await
+        self.inner.list_task_definitions(family_prefix, token).await
     }
     async fn register_clone(
         &self,

@@ -27,6 +27,7 @@ use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
 use crate::domain::eligibility::{Rule, Verdict};
 use crate::domain::infra::{self, Creation, StackPlan, StackProgress};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
+use crate::domain::revision_search::{self, RevisionSearch, SearchStep};
 use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::fleet::RunnerSnapshot;
@@ -1220,11 +1221,14 @@ impl RunnerDriver {
         version: &str,
     ) -> Result<Event, PortError> {
         let base = self.task_definition(base_arn).await?;
-        let ecs = &self.ports.ecs;
-        if let Some(found) = self
-            .retrying(|| ecs.find_task_definition(&base.family, attempt_id))
+        // Our revision, if the registration was made (its answer lost to a crash, a timeout,
+        // a reset connection), is newer than the baseline's.
+        let floor = revision_search::family_revision(base_arn).map_or(0, |(_, revision)| revision);
+        if let Some(arn) = self
+            .find_registered(&base.family, attempt_id, floor)
             .await?
         {
+            let found = self.task_definition(&arn).await?;
             let same_image = found
                 .container(&self.runner.container)
                 .and_then(|c| c.image.as_deref())
@@ -1253,8 +1257,55 @@ impl RunnerDriver {
         let container = &self.runner.container;
         // Not retried here: RegisterTaskDefinition has no idempotency token. A failure (even one
         // after AWS succeeded) comes back next pass, and the attempt-tag lookup above runs first.
-        let arn = ecs.register_clone(base_arn, container, image, tags).await?;
+        let arn = self
+            .ports
+            .ecs
+            .register_clone(base_arn, container, image, tags)
+            .await?;
         Ok(Event::TaskDefinitionRegistered { arn })
+    }
+
+    /// The revision of `family` newer than `floor` tagged with `attempt_id`, if any: every
+    /// such revision is looked at, however many other tools registered since, across pages
+    /// (see [`revision_search`]). A search that cannot finish is an error, never "not found":
+    /// not knowing must not lead to a second registration.
+    async fn find_registered(
+        &self,
+        family: &str,
+        attempt_id: &str,
+        floor: u64,
+    ) -> Result<Option<String>, PortError> {
+        let mut search = RevisionSearch::new(family, attempt_id, floor);
+        let ecs = &self.ports.ecs;
+        loop {
+            match search.step() {
+                SearchStep::List { token } => {
+                    let page = self
+                        .retrying(|| ecs.list_task_definitions(family, token.as_deref()))
+                        .await?;
+                    search.listed(&page.arns, page.next);
+                }
+                SearchStep::Describe { arn } => {
+                    match self.retrying(|| ecs.describe_task_definition(&arn)).await {
+                        Ok(definition) => search.described(&definition),
+                        Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
+                        Err(error) => return Err(error),
+                    }
+                }
+                SearchStep::Found { arn } => return Ok(Some(arn)),
+                SearchStep::NotFound => return Ok(None),
+                SearchStep::Exhausted => {
+                    return Err(PortError::new(
+                        ErrorKind::Permanent,
+                        "ListTaskDefinitions",
+                        format!(
+                            "more than {} revisions of {family} were registered since revision {floor}: cannot rule out that this attempt's registration was made, so it is not made again",
+                            revision_search::DESCRIBES_MAX
+                        ),
+                    ))
+                }
+            }
+        }
     }
 
     async fn update_service(

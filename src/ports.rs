@@ -102,7 +102,21 @@ pub trait ParameterStore: Send + Sync {
 /// The most services one `DescribeServices` call takes (an AWS limit).
 pub const DESCRIBE_SERVICES_MAX: usize = 10;
 
-/// Amazon ECS.
+/// The most task definitions one `ListTaskDefinitions` call returns (an AWS limit).
+pub const TASK_DEFINITIONS_PAGE_MAX: usize = 100;
+
+/// One page of `ListTaskDefinitions`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskDefinitionPage {
+    /// ARNs, at most [`TASK_DEFINITIONS_PAGE_MAX`].
+    pub arns: Vec<String>,
+    /// The next page's token; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Amazon ECS. Every method is implemented by every implementation and every decorator (no
+/// default bodies: a decorator that forgot to forward one would silently change what it
+/// wraps — the simulation once read services with their tasks at rest that way).
 #[async_trait]
 pub trait Ecs: Send + Sync {
     /// The service with its deployments and tasks.
@@ -117,9 +131,7 @@ pub trait Ecs: Send + Sync {
         &self,
         cluster: &str,
         service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.describe_service(cluster, service).await
-    }
+    ) -> Result<ServiceState, PortError>;
     /// Several services of one cluster without their tasks, in the order asked. Against AWS
     /// one `DescribeServices` call per [`DESCRIBE_SERVICES_MAX`] services: what a fleet pass at
     /// rest reads. A missing service is an inner `NotFound`; a failed call fails the whole
@@ -128,24 +140,18 @@ pub trait Ecs: Send + Sync {
         &self,
         cluster: &str,
         services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        let mut found = Vec::with_capacity(services.len());
-        for service in services {
-            match self.describe_service_without_tasks(cluster, service).await {
-                Err(error) if error.kind != ErrorKind::NotFound => return Err(error),
-                other => found.push(other),
-            }
-        }
-        Ok(found)
-    }
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError>;
     /// A task definition with its tags.
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;
-    /// The task definition of `family` tagged with this attempt id, if one was registered.
-    async fn find_task_definition(
+    /// One page of `ListTaskDefinitions(familyPrefix = family_prefix, sort = DESC)`: the ARNs
+    /// of the active revisions of every family starting with `family_prefix`, families in
+    /// reverse order and each newest first, at most [`TASK_DEFINITIONS_PAGE_MAX`], from `token`
+    /// (the first page without). [`crate::domain::revision_search`] walks it.
+    async fn list_task_definitions(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError>;
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError>;
     /// Registers a new revision of `base_arn` identical in every field except `container`'s
     /// image; the base's tags are kept and `tags` added over them. Returns the new ARN.
     async fn register_clone(

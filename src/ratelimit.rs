@@ -20,7 +20,7 @@ use crate::domain::task_definition::TaskDefinition;
 use crate::domain::Millis;
 use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter, ParameterPage,
-    ParameterStore, PortError, TemplateSummary, DESCRIBE_SERVICES_MAX,
+    ParameterStore, PortError, TaskDefinitionPage, TemplateSummary, DESCRIBE_SERVICES_MAX,
 };
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -218,13 +218,13 @@ impl Ecs for LimitedEcs {
             .call(1, self.inner.describe_task_definition(arn))
             .await
     }
-    async fn find_task_definition(
+    async fn list_task_definitions(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         self.limiter
-            .call(2, self.inner.find_task_definition(family, attempt_id))
+            .call(1, self.inner.list_task_definitions(family_prefix, token))
             .await
     }
     async fn register_clone(

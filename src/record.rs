@@ -307,12 +307,48 @@ impl RecordError {
     }
 }
 
+/// Whether an attempt id (`<runner>-<n>-<hex>`, see the machine) belongs to `runner`.
+fn attempt_of_runner(id: &str, runner: &str) -> bool {
+    id.strip_prefix(runner)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(count, stamp)| {
+            !count.is_empty()
+                && count.bytes().all(|b| b.is_ascii_digit())
+                && !stamp.is_empty()
+                && stamp.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+}
+
 impl Record {
-    /// Decodes a stored record, checking the schema version first.
+    /// Decodes the record stored for `runner`, checking the schema version first, then that
+    /// the record is `runner`'s: a record naming another runner, or holding another runner's
+    /// attempt (copied by hand, restored to the wrong path), is [`RecordError::Invalid`] —
+    /// never adopted, so never written anywhere else. Every store decodes through here.
     ///
     /// # Errors
-    /// A [`RecordError`] when the text is not a record this controller can use.
-    pub fn decode(text: &str) -> Result<Record, RecordError> {
+    /// A [`RecordError`] when the text is not a record this controller can use for `runner`.
+    pub fn decode(text: &str, runner: &str) -> Result<Record, RecordError> {
+        let record = Self::decode_any(text)?;
+        if record.runner != runner {
+            return Err(RecordError::Invalid(format!(
+                "the record read from runner {runner:?}'s path names runner {:?}: left as it is; restore it to its own path, or delete it",
+                record.runner
+            )));
+        }
+        if let Some(attempt) = &record.attempt {
+            if !attempt_of_runner(&attempt.id, runner) {
+                return Err(RecordError::Invalid(format!(
+                    "the record read from runner {runner:?}'s path holds attempt {:?}, which is not {runner:?}'s: left as it is",
+                    attempt.id
+                )));
+            }
+        }
+        Ok(record)
+    }
+
+    /// Decodes a record whoever it names (the schema check only).
+    fn decode_any(text: &str) -> Result<Record, RecordError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| RecordError::Corrupt(e.to_string()))?;
         let version = value
@@ -770,6 +806,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_naming_another_runner_or_holding_its_attempt_is_invalid() {
+        let machine = crate::machine::restore(
+            RunnerMachine::new("runner-b", Settings::default()),
+            State::Idle {},
+            &mut crate::machine::Ctx::default(),
+        );
+        let text = Record::capture(&machine).encode().unwrap();
+        assert!(Record::decode(&text, "runner-b").is_ok());
+        let refused = Record::decode(&text, "runner-a").unwrap_err();
+        assert_eq!(refused.code(), "record-invalid");
+        assert!(
+            refused.to_string().contains("names runner \"runner-b\""),
+            "{refused}"
+        );
+        // "runner-a" is a prefix of "runner-a-b": the attempt id's shape decides.
+        for (id, runner, ours) in [
+            ("runner-a-3-66f0c1", "runner-a", true),
+            ("runner-a-b-3-66f0c1", "runner-a", false),
+            ("runner-a-b-3-66f0c1", "runner-a-b", true),
+            ("runner-b-3-66f0c1", "runner-a", false),
+            ("runner-a-3-", "runner-a", false),
+            ("runner-a--66f0c1", "runner-a", false),
+            ("runner-a", "runner-a", false),
+        ] {
+            assert_eq!(attempt_of_runner(id, runner), ours, "{id} of {runner}");
+        }
+    }
+
+    #[test]
     fn truncated_corrupt_and_newer_records_are_named() {
         let machine = crate::machine::restore(
             RunnerMachine::new("runner-a", Settings::default()),
@@ -777,21 +842,25 @@ mod tests {
             &mut crate::machine::Ctx::default(),
         );
         let text = Record::capture(&machine).encode().unwrap();
-        assert!(Record::decode(&text).is_ok());
+        assert!(Record::decode(&text, "runner-a").is_ok());
         assert_eq!(
-            Record::decode(&text[..text.len() / 2]).unwrap_err().code(),
+            Record::decode(&text[..text.len() / 2], "runner-a")
+                .unwrap_err()
+                .code(),
             "record-corrupt"
         );
         assert_eq!(
-            Record::decode("\u{0}garbage").unwrap_err().code(),
+            Record::decode("\u{0}garbage", "runner-a")
+                .unwrap_err()
+                .code(),
             "record-corrupt"
         );
         let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
         assert_eq!(
-            Record::decode(&newer).unwrap_err(),
+            Record::decode(&newer, "runner-a").unwrap_err(),
             RecordError::NewerSchema { found: 99 }
         );
-        let mut big = Record::decode(&text).unwrap();
+        let mut big = Record::decode(&text, "runner-a").unwrap();
         for i in 0..40 {
             big.transitions.push(TransitionRecord {
                 from: "idle".to_owned(),
@@ -836,7 +905,7 @@ mod tests {
         });
         let fitted = big.encode_within(4096).unwrap();
         assert!(fitted.len() <= 4096);
-        let back = Record::decode(&fitted).unwrap();
+        let back = Record::decode(&fitted, "runner-a").unwrap();
         assert_eq!(
             back.failed.len(),
             crate::machine::FAILED_MARKS_MAX,
@@ -853,7 +922,7 @@ mod tests {
             !review.replaced.is_empty(),
             "a replacement is still visible"
         );
-        let mut invalid = Record::decode(&text).unwrap();
+        let mut invalid = Record::decode(&text, "runner-a").unwrap();
         invalid.phase = "soaking".to_owned();
         assert_eq!(
             invalid.restore(Settings::default()).unwrap_err().code(),

@@ -70,7 +70,7 @@ impl StateStore for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("reading", &path, &e)),
         };
-        Ok(Some(Record::decode(&text)?))
+        Ok(Some(Record::decode(&text, runner)?))
     }
 
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
@@ -135,7 +135,7 @@ impl MemoryStore {
 impl StateStore for MemoryStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let text = self.raw(runner);
-        text.map(|t| Record::decode(&t).map_err(StoreError::from))
+        text.map(|t| Record::decode(&t, runner).map_err(StoreError::from))
             .transpose()
     }
 
@@ -194,7 +194,7 @@ impl StateStore for SsmStore {
             .await
             .map_err(|e| StoreError::Io(e.to_string()))?;
         parameter
-            .map(|p| Record::decode(&p.value).map_err(StoreError::from))
+            .map(|p| Record::decode(&p.value, runner).map_err(StoreError::from))
             .transpose()
     }
 

@@ -49,6 +49,12 @@ struct Case {
     code: &'static str,
 }
 
+/// runner-b's record after a rollback, complete and valid (from the demo): copied by hand to
+/// runner-a's path, it must be refused, not adopted.
+const RUNNER_B_RECORD: &str = r#"{"schema_version":1,"runner":"runner-b","phase":"rolled_back","since":1740823430000,"attempt":{"id":"runner-b-1-67c2db40","target_version":"2.15.0","target_image":"registry.example/runner:2.15.0","from_version":"2.13.0","from_image":"registry.example/runner:2.13.0","started_at":1740823360000},"lock_epoch":1,"baseline":{"task_definition_arn":"arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-b:1","deployment_ids":["ecs-svc/0000000000000000002"]},"failure":{"code":"unhealthy-tasks","reason":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"},"attempts_started":1,"failed":[{"version":"2.15.0","image":"registry.example/runner:2.15.0","reason":"unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)","at":1740823390000}],"note":{"code":"not-failed","message":"2.15.0 (registry.example/runner:2.15.0) is quarantined: unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2); change the desired version or image to try again","at":1740823490000},"verdict":[{"rule":"channel","passed":true,"reason":"channel stable is the controller's channel"},{"rule":"auto-update","passed":true,"reason":"auto-update is on"},{"rule":"infrastructure","passed":true,"reason":"no infrastructure version required"},{"rule":"newer-version","passed":true,"reason":"2.15.0 is newer than the running 2.13.0"},{"rule":"different-image","passed":true,"reason":"registry.example/runner:2.15.0 differs from the running registry.example/runner:2.13.0"},{"rule":"not-failed","passed":false,"reason":"2.15.0 (registry.example/runner:2.15.0) is quarantined: unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2); change the desired version or image to try again"}],"transitions":[{"from":"awaiting_rollout","to":"rolling_back","at":1740823390000,"attempt":"runner-b-1-67c2db40","note":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"},{"from":"rolling_back","to":"rolled_back","at":1740823430000,"attempt":"runner-b-1-67c2db40","note":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"}]}"#;
+/// The same with runner-a's name but runner-b's attempt.
+const RUNNER_B_ATTEMPT_IN_A: &str = r#"{"schema_version":1,"runner":"runner-a","phase":"rolled_back","since":1740823430000,"attempt":{"id":"runner-b-1-67c2db40","target_version":"2.15.0","target_image":"registry.example/runner:2.15.0","from_version":"2.13.0","from_image":"registry.example/runner:2.13.0","started_at":1740823360000},"lock_epoch":1,"baseline":{"task_definition_arn":"arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-b:1","deployment_ids":["ecs-svc/0000000000000000002"]},"failure":{"code":"unhealthy-tasks","reason":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"},"attempts_started":1,"failed":[{"version":"2.15.0","image":"registry.example/runner:2.15.0","reason":"unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)","at":1740823390000}],"note":{"code":"not-failed","message":"2.15.0 (registry.example/runner:2.15.0) is quarantined: unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2); change the desired version or image to try again","at":1740823490000},"verdict":[{"rule":"channel","passed":true,"reason":"channel stable is the controller's channel"},{"rule":"auto-update","passed":true,"reason":"auto-update is on"},{"rule":"infrastructure","passed":true,"reason":"no infrastructure version required"},{"rule":"newer-version","passed":true,"reason":"2.15.0 is newer than the running 2.13.0"},{"rule":"different-image","passed":true,"reason":"registry.example/runner:2.15.0 differs from the running registry.example/runner:2.13.0"},{"rule":"not-failed","passed":false,"reason":"2.15.0 (registry.example/runner:2.15.0) is quarantined: unhealthy-tasks: 3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2); change the desired version or image to try again"}],"transitions":[{"from":"awaiting_rollout","to":"rolling_back","at":1740823390000,"attempt":"runner-b-1-67c2db40","note":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"},{"from":"rolling_back","to":"rolled_back","at":1740823430000,"attempt":"runner-b-1-67c2db40","note":"3 task(s) of the new revision failed and 0 are unhealthy (fail-fast threshold 2)"}]}"#;
+
 const fn case(name: &'static str, bad: Bad, code: &'static str) -> Case {
     Case { name, bad, code }
 }
@@ -356,6 +362,18 @@ const CASES: &[Case] = &[
         "record of the wrong shape",
         Bad::Record("[1,2,3]"),
         "record-corrupt",
+    ),
+    // Issue 14, defect 2: a record copied by hand, or restored into the wrong path, was
+    // adopted and then written to its own runner's path with this runner's task definitions.
+    case(
+        "record naming another runner",
+        Bad::Record(RUNNER_B_RECORD),
+        "record-invalid",
+    ),
+    case(
+        "record holding another runner's attempt",
+        Bad::Record(RUNNER_B_ATTEMPT_IN_A),
+        "record-invalid",
     ),
     case(
         "lease parameter with garbage",

@@ -20,13 +20,16 @@ use runner_updater::domain::infra::{self, Creation, StackProgress};
 use runner_updater::domain::observed::{
     DeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
 };
+use runner_updater::domain::revision_search::{family_revision, RevisionSearch, SearchStep};
 use runner_updater::domain::Millis;
 use runner_updater::lease::SsmLease;
+use runner_updater::ports::StoreError;
 use runner_updater::ports::{
-    ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore, StateStore,
+    ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
+    StateStore, TASK_DEFINITIONS_PAGE_MAX,
 };
 use runner_updater::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
-use runner_updater::store::SsmStore;
+use runner_updater::store::{FileStore, MemoryStore, SsmStore};
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     assert_eq!(
@@ -150,14 +153,48 @@ async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     .await
     .unwrap();
     let record = s.store.load("runner-a").await.unwrap().unwrap();
-    let store = SsmStore::new(ssm, "/store");
+    let store = SsmStore::new(ssm.clone(), "/store");
     store.save(&record).await.unwrap();
     assert_eq!(
         store.load("runner-a").await.unwrap(),
-        Some(record),
+        Some(record.clone()),
         "{who}: round trip"
     );
     assert_eq!(store.list().await.unwrap(), vec!["runner-a"], "{who}");
+    // A record copied to another runner's path is that runner's `record-invalid`, and stays.
+    let copied = record.encode().unwrap();
+    ssm.put("/store/runner-b/status", &copied, true)
+        .await
+        .unwrap();
+    let refused = store.load("runner-b").await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+        "{who}: {refused}"
+    );
+    every_store_refuses_a_record_of_another_runner(&record).await;
+}
+
+/// The file and memory stores decode through the same check as the SSM store.
+async fn every_store_refuses_a_record_of_another_runner(record: &runner_updater::record::Record) {
+    let directory = tempfile::tempdir().unwrap();
+    let file = FileStore::new(directory.path().to_path_buf());
+    file.save(record).await.unwrap();
+    std::fs::copy(
+        directory.path().join("runner-a.json"),
+        directory.path().join("runner-b.json"),
+    )
+    .unwrap();
+    let memory = MemoryStore::default();
+    memory.save(record).await.unwrap();
+    memory.put_raw("runner-b", &record.encode().unwrap());
+    for (store, who) in [(&file as &dyn StateStore, "file"), (&memory, "memory")] {
+        assert!(store.load("runner-a").await.unwrap().is_some(), "{who}");
+        let refused = store.load("runner-b").await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+            "{who}: {refused}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -376,21 +413,6 @@ async fn the_task_definition_clone_keeps_every_field_on_moto() {
         tag_keys.contains(&"team") && tag_keys.contains(&ATTEMPT_TAG),
         "base tags kept, ours added: {tag_keys:?}"
     );
-    let found = clients
-        .ecs
-        .find_task_definition("runner-a", "runner-a-1-x")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.arn, clone);
-    assert_eq!(
-        clients
-            .ecs
-            .find_task_definition("runner-a", "other")
-            .await
-            .unwrap(),
-        None
-    );
 }
 
 async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
@@ -472,6 +494,72 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
             .deployments
             .iter()
             .any(|d| d.status == DeploymentStatus::Active && d.task_definition_arn == base),
+        "{who}"
+    );
+    listing_contract(ecs, base, &new, who).await;
+}
+
+/// `ListTaskDefinitions` as the registration search walks it: a family prefix, newest first,
+/// in pages of at most 100 with a token; and the search finds the attempt's revision behind
+/// more foreign revisions than a page holds.
+async fn listing_contract(ecs: &dyn Ecs, base: &str, ours: &str, who: &str) {
+    // A busy family: 104 more revisions by another tool, after ours.
+    for _ in 0..104 {
+        ecs.register_clone(
+            base,
+            "runner",
+            "registry.example/runner:ci",
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    }
+    let first = ecs.list_task_definitions("runner-a", None).await.unwrap();
+    assert_eq!(first.arns.len(), TASK_DEFINITIONS_PAGE_MAX, "{who}");
+    let revisions: Vec<u64> = first
+        .arns
+        .iter()
+        .map(|arn| family_revision(arn).unwrap().1)
+        .collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] > w[1]),
+        "{who}: newest first: {revisions:?}"
+    );
+    let token = first.next.clone().expect("a second page");
+    let second = ecs
+        .list_task_definitions("runner-a", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.arns.len() + second.arns.len(),
+        106,
+        "{who}: base, ours and 104 others"
+    );
+    assert!(second.next.is_none(), "{who}");
+    assert!(second.arns.iter().any(|arn| arn == ours), "{who}");
+    // The shared search, on this ECS, from the baseline's revision.
+    let floor = family_revision(base).unwrap().1;
+    let mut search = RevisionSearch::new("runner-a", &format!("{who}-attempt"), floor);
+    let found = loop {
+        match search.step() {
+            SearchStep::List { token } => {
+                let page = ecs
+                    .list_task_definitions("runner-a", token.as_deref())
+                    .await
+                    .unwrap();
+                search.listed(&page.arns, page.next);
+            }
+            SearchStep::Describe { arn } => {
+                search.described(&ecs.describe_task_definition(&arn).await.unwrap());
+            }
+            answer => break answer,
+        }
+    };
+    assert_eq!(
+        found,
+        SearchStep::Found {
+            arn: ours.to_owned()
+        },
         "{who}"
     );
 }

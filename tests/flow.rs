@@ -627,3 +627,55 @@ async fn a_controller_whose_lease_lapsed_does_not_end_an_attempt_replaced_since(
         stored.phase
     );
 }
+
+#[tokio::test]
+async fn a_registration_whose_answer_was_lost_is_found_again_behind_any_number_of_foreign_revisions(
+) {
+    for foreign in [10, 150] {
+        let s = scenario();
+        let mut driver = s.driver("runner-a").unwrap();
+        s.set_desired("runner-a", "version", "2.14.0");
+        s.aws.ecs.faults.lose_answer("RegisterTaskDefinition");
+        s.drive_until(&mut driver, 20, |_| {
+            s.aws.ecs.faults.answers_lost("RegisterTaskDefinition") == 1
+        })
+        .await
+        .unwrap();
+        // Meanwhile a busy family: another tool (a CI job, Terraform) registers revisions, more
+        // than a page of ListTaskDefinitions.
+        let base = "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1";
+        for _ in 0..foreign {
+            s.aws
+                .ecs
+                .register_clone(
+                    base,
+                    "runner",
+                    "registry.example/runner:ci",
+                    std::collections::BTreeMap::new(),
+                )
+                .await
+                .unwrap();
+        }
+        s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+        let attempt = record(&s, "runner-a").await.attempt.unwrap().id;
+        let ours: Vec<String> = s
+            .aws
+            .ecs
+            .registrations()
+            .into_iter()
+            .filter(|arn| {
+                s.aws
+                    .ecs
+                    .task_definition(arn)
+                    .unwrap()
+                    .tags
+                    .get(ATTEMPT_TAG)
+                    == Some(&attempt)
+            })
+            .collect();
+        assert_eq!(ours.len(), 1, "{foreign} foreign revisions: {ours:?}");
+        let updates = s.aws.ecs.updates();
+        assert_eq!(updates.len(), 1, "{foreign}");
+        assert_eq!(updates[0].task_definition_arn, ours[0], "{foreign}");
+    }
+}

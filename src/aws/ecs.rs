@@ -16,13 +16,13 @@ use aws_sdk_ecs::types::{
 
 use super::{classify, Traced};
 use crate::domain::observed::{
-    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, ATTEMPT_TAG,
+    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
 };
 use crate::domain::task_definition::{ContainerSummary, TaskDefinition};
-use crate::ports::{Ecs, ErrorKind, PortError, DESCRIBE_SERVICES_MAX};
+use crate::ports::{
+    Ecs, ErrorKind, PortError, TaskDefinitionPage, DESCRIBE_SERVICES_MAX, TASK_DEFINITIONS_PAGE_MAX,
+};
 
-/// Revisions of a family searched for an attempt's task definition (newest first).
-const ATTEMPT_SEARCH_REVISIONS: usize = 10;
 /// Task pages read per service at most (100 tasks a page).
 const TASK_PAGES_MAX: usize = 20;
 
@@ -392,42 +392,26 @@ impl Ecs for AwsEcs {
         Ok(summary(&definition, &tags))
     }
 
-    async fn find_task_definition(
+    async fn list_task_definitions(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         let output = self
             .client
             .list_task_definitions()
-            .family_prefix(family)
+            .family_prefix(family_prefix)
             .sort(SortOrder::Desc)
-            .max_results(100)
+            .max_results(i32::try_from(TASK_DEFINITIONS_PAGE_MAX).unwrap_or(100))
+            .set_next_token(token.map(str::to_owned))
             .send()
             .traced("ListTaskDefinitions")
             .await
             .map_err(|e| classify("ListTaskDefinitions", &e))?;
-        // The prefix also matches other families (`runner-a-canary`): keep this family's own
-        // revisions (`…:task-definition/<family>:<revision>`), newest first, a bounded few.
-        let own = output
-            .task_definition_arns()
-            .iter()
-            .filter(|arn| {
-                arn.rsplit_once('/')
-                    .and_then(|(_, tail)| tail.rsplit_once(':'))
-                    .is_some_and(|(f, _)| f == family)
-            })
-            .take(ATTEMPT_SEARCH_REVISIONS);
-        for arn in own {
-            let (definition, tags) = self.describe_raw(arn).await?;
-            let found = summary(&definition, &tags);
-            if found.family == family
-                && found.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id)
-            {
-                return Ok(Some(found));
-            }
-        }
-        Ok(None)
+        Ok(TaskDefinitionPage {
+            arns: output.task_definition_arns().to_vec(),
+            next: output.next_token().map(str::to_owned),
+        })
     }
 
     async fn register_clone(

@@ -530,130 +530,131 @@ impl CloudFormation for SimCfn {
 
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
         const OP: &str = "CreateChangeSet";
-        self.faults.check(OP)?;
-        let now = self.clock.now();
-        let mut guard = guard(&self.world, OP)?;
-        let world = &mut *guard;
-        let new_template = match &request.template_url {
-            Some(url) => world.templates.get(url).cloned().ok_or_else(|| {
-                validation(
-                    OP,
-                    &format!("TemplateURL must be a supported URL: {url} not found"),
-                )
-            })?,
-            None => world
-                .stacks
-                .get(&request.stack)
-                .map(|s| s.template.clone())
-                .ok_or_else(|| {
-                    not_found(OP, format!("Stack [{}] does not exist", request.stack))
+        self.faults.mutate(OP, || {
+            let now = self.clock.now();
+            let mut guard = guard(&self.world, OP)?;
+            let world = &mut *guard;
+            let new_template = match &request.template_url {
+                Some(url) => world.templates.get(url).cloned().ok_or_else(|| {
+                    validation(
+                        OP,
+                        &format!("TemplateURL must be a supported URL: {url} not found"),
+                    )
                 })?,
-        };
-        world.next_id += 1;
-        let id = format!(
-            "arn:aws:cloudformation:{REGION_ACCOUNT}:changeSet/{}/{:08x}",
-            request.name, world.next_id
-        );
-        let stack = world
-            .stacks
-            .get_mut(&request.stack)
-            .ok_or_else(|| not_found(OP, format!("Stack [{}] does not exist", request.stack)))?;
-        advance(stack, now);
-        if stack.change_sets.contains_key(&request.name) {
-            return Err(PortError::new(
-                ErrorKind::Conflict,
-                OP,
-                format!(
-                    "AlreadyExistsException: ChangeSet {} already exists",
-                    request.name
-                ),
-            ));
-        }
-        if stack.state.status.ends_with("_IN_PROGRESS") {
-            return Err(validation(
-                OP,
-                &format!(
-                    "Stack:{} is in {} state and can not be updated.",
-                    request.stack, stack.state.status
-                ),
-            ));
-        }
-        for key in request.parameters.keys().chain(&request.keep_parameters) {
-            if !new_template.parameters.contains_key(key) {
-                return Err(validation(
+                None => world
+                    .stacks
+                    .get(&request.stack)
+                    .map(|s| s.template.clone())
+                    .ok_or_else(|| {
+                        not_found(OP, format!("Stack [{}] does not exist", request.stack))
+                    })?,
+            };
+            world.next_id += 1;
+            let id = format!(
+                "arn:aws:cloudformation:{REGION_ACCOUNT}:changeSet/{}/{:08x}",
+                request.name, world.next_id
+            );
+            let stack = world
+                .stacks
+                .get_mut(&request.stack)
+                .ok_or_else(|| not_found(OP, format!("Stack [{}] does not exist", request.stack)))?;
+            advance(stack, now);
+            if stack.change_sets.contains_key(&request.name) {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
                     OP,
-                    &format!("Parameters: [{key}] do not exist in the template"),
+                    format!(
+                        "AlreadyExistsException: ChangeSet {} already exists",
+                        request.name
+                    ),
                 ));
             }
-        }
-        let needed = new_template.capabilities();
-        if !needed.is_empty()
-            && !request
-                .capabilities
-                .iter()
-                .any(|c| c == "CAPABILITY_IAM" || c == "CAPABILITY_NAMED_IAM")
-        {
-            return Err(PortError::new(
-                ErrorKind::Permanent,
-                OP,
-                "InsufficientCapabilitiesException: Requires capabilities : [CAPABILITY_IAM]",
-            ));
-        }
-        let mut parameters = BTreeMap::new();
-        let mut failure = None;
-        for (key, default) in &new_template.parameters {
-            let value = request
-                .parameters
-                .get(key)
-                .cloned()
-                .or_else(|| {
-                    request
-                        .keep_parameters
-                        .contains(key)
-                        .then(|| stack.state.parameters.get(key).cloned())
-                        .flatten()
-                })
-                .or_else(|| default.clone());
-            match value {
-                Some(value) => {
-                    parameters.insert(key.clone(), value);
-                }
-                None => failure = Some(format!("Parameters: [{key}] must have values")),
+            if stack.state.status.ends_with("_IN_PROGRESS") {
+                return Err(validation(
+                    OP,
+                    &format!(
+                        "Stack:{} is in {} state and can not be updated.",
+                        request.stack, stack.state.status
+                    ),
+                ));
             }
-        }
-        let changes = diff(
-            &stack.template,
-            &stack.state.parameters,
-            &new_template,
-            &parameters,
-        );
-        // Nothing differs at all: AWS refuses the change set. (A tag-only or an unread
-        // parameter's change is created with an empty change list, as AWS does.)
-        if failure.is_none()
-            && changes.is_empty()
-            && request.tags == stack.state.tags
-            && parameters == stack.state.parameters
-        {
-            failure = Some("The submitted information didn't contain changes. Submit different information to create a change set.".to_owned());
-        }
-        stack.change_sets.insert(
-            request.name.clone(),
-            SimChangeSet {
-                id: id.clone(),
-                created_at: now,
-                template: new_template,
-                parameters,
-                tags: request.tags.clone(),
-                changes,
-                failure,
-                execution: Execution::Available,
-                token: None,
-            },
-        );
-        world
-            .creations
-            .push((request.stack.clone(), request.name.clone()));
-        Ok(id)
+            for key in request.parameters.keys().chain(&request.keep_parameters) {
+                if !new_template.parameters.contains_key(key) {
+                    return Err(validation(
+                        OP,
+                        &format!("Parameters: [{key}] do not exist in the template"),
+                    ));
+                }
+            }
+            let needed = new_template.capabilities();
+            if !needed.is_empty()
+                && !request
+                    .capabilities
+                    .iter()
+                    .any(|c| c == "CAPABILITY_IAM" || c == "CAPABILITY_NAMED_IAM")
+            {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    OP,
+                    "InsufficientCapabilitiesException: Requires capabilities : [CAPABILITY_IAM]",
+                ));
+            }
+            let mut parameters = BTreeMap::new();
+            let mut failure = None;
+            for (key, default) in &new_template.parameters {
+                let value = request
+                    .parameters
+                    .get(key)
+                    .cloned()
+                    .or_else(|| {
+                        request
+                            .keep_parameters
+                            .contains(key)
+                            .then(|| stack.state.parameters.get(key).cloned())
+                            .flatten()
+                    })
+                    .or_else(|| default.clone());
+                match value {
+                    Some(value) => {
+                        parameters.insert(key.clone(), value);
+                    }
+                    None => failure = Some(format!("Parameters: [{key}] must have values")),
+                }
+            }
+            let changes = diff(
+                &stack.template,
+                &stack.state.parameters,
+                &new_template,
+                &parameters,
+            );
+            // Nothing differs at all: AWS refuses the change set. (A tag-only or an unread
+            // parameter's change is created with an empty change list, as AWS does.)
+            if failure.is_none()
+                && changes.is_empty()
+                && request.tags == stack.state.tags
+                && parameters == stack.state.parameters
+            {
+                failure = Some("The submitted information didn't contain changes. Submit different information to create a change set.".to_owned());
+            }
+            stack.change_sets.insert(
+                request.name.clone(),
+                SimChangeSet {
+                    id: id.clone(),
+                    created_at: now,
+                    template: new_template,
+                    parameters,
+                    tags: request.tags.clone(),
+                    changes,
+                    failure,
+                    execution: Execution::Available,
+                    token: None,
+                },
+            );
+            world
+                .creations
+                .push((request.stack.clone(), request.name.clone()));
+            Ok(id)
+        })
     }
 
     async fn describe_change_set(
@@ -709,119 +710,121 @@ impl CloudFormation for SimCfn {
         token: &str,
     ) -> Result<(), PortError> {
         const OP: &str = "ExecuteChangeSet";
-        self.faults.check(OP)?;
-        let now = self.clock.now();
-        let mut guard = guard(&self.world, OP)?;
-        let world = &mut *guard;
-        let sim = world
-            .stacks
-            .get_mut(stack)
-            .ok_or_else(|| not_found(OP, format!("Stack [{stack}] does not exist")))?;
-        advance(sim, now);
-        let set = sim
-            .change_sets
-            .get(name)
-            .cloned()
-            .ok_or_else(|| not_found(OP, format!("ChangeSet [{name}] does not exist")))?;
-        if set.execution != Execution::Available {
-            if set.token.as_deref() == Some(token) {
-                return Ok(()); // the same request again
+        self.faults.mutate(OP, || {
+            let now = self.clock.now();
+            let mut guard = guard(&self.world, OP)?;
+            let world = &mut *guard;
+            let sim = world
+                .stacks
+                .get_mut(stack)
+                .ok_or_else(|| not_found(OP, format!("Stack [{stack}] does not exist")))?;
+            advance(sim, now);
+            let set = sim
+                .change_sets
+                .get(name)
+                .cloned()
+                .ok_or_else(|| not_found(OP, format!("ChangeSet [{name}] does not exist")))?;
+            if set.execution != Execution::Available {
+                if set.token.as_deref() == Some(token) {
+                    return Ok(()); // the same request again
+                }
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    OP,
+                    format!("InvalidChangeSetStatus: ChangeSet [{name}] cannot be executed in its current status"),
+                ));
             }
-            return Err(PortError::new(
-                ErrorKind::Permanent,
-                OP,
-                format!("InvalidChangeSetStatus: ChangeSet [{name}] cannot be executed in its current status"),
-            ));
-        }
-        if set.failure.is_some() || now < set.created_at.after(CREATE_DELAY) {
-            return Err(PortError::new(
-                ErrorKind::Permanent,
-                OP,
-                format!("InvalidChangeSetStatus: ChangeSet [{name}] is not available"),
-            ));
-        }
-        if sim.state.status.ends_with("_IN_PROGRESS") {
-            return Err(validation(
-                OP,
-                &format!(
-                    "Stack:{stack} is in {} state and can not be updated.",
-                    sim.state.status
+            if set.failure.is_some() || now < set.created_at.after(CREATE_DELAY) {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    OP,
+                    format!("InvalidChangeSetStatus: ChangeSet [{name}] is not available"),
+                ));
+            }
+            if sim.state.status.ends_with("_IN_PROGRESS") {
+                return Err(validation(
+                    OP,
+                    &format!(
+                        "Stack:{stack} is in {} state and can not be updated.",
+                        sim.state.status
+                    ),
+                ));
+            }
+            let failure = set
+                .template
+                .resources
+                .iter()
+                .filter(|r| {
+                    set.changes
+                        .iter()
+                        .any(|c| c.logical_id == r.logical_id && c.action != "Remove")
+                })
+                .find_map(|r| r.fails.clone().map(|reason| (r.clone(), reason)));
+            let previous = (
+                sim.template.clone(),
+                sim.state.parameters.clone(),
+                sim.state.tags.clone(),
+            );
+            sim.template = set.template.clone();
+            sim.state.parameters = set.parameters.clone();
+            sim.state.tags = set.tags.clone();
+            sim.state.status = "UPDATE_IN_PROGRESS".to_owned();
+            sim.state.last_updated = Some(now);
+            sim.events.insert(
+                0,
+                event(
+                    stack,
+                    "AWS::CloudFormation::Stack",
+                    "UPDATE_IN_PROGRESS",
+                    Some("User Initiated"),
+                    now,
+                    token,
                 ),
-            ));
-        }
-        let failure = set
-            .template
-            .resources
-            .iter()
-            .filter(|r| {
-                set.changes
-                    .iter()
-                    .any(|c| c.logical_id == r.logical_id && c.action != "Remove")
-            })
-            .find_map(|r| r.fails.clone().map(|reason| (r.clone(), reason)));
-        let previous = (
-            sim.template.clone(),
-            sim.state.parameters.clone(),
-            sim.state.tags.clone(),
-        );
-        sim.template = set.template.clone();
-        sim.state.parameters = set.parameters.clone();
-        sim.state.tags = set.tags.clone();
-        sim.state.status = "UPDATE_IN_PROGRESS".to_owned();
-        sim.state.last_updated = Some(now);
-        sim.events.insert(
-            0,
-            event(
-                stack,
-                "AWS::CloudFormation::Stack",
-                "UPDATE_IN_PROGRESS",
-                Some("User Initiated"),
-                now,
-                token,
-            ),
-        );
-        for (other_name, other) in &mut sim.change_sets {
-            if other_name != name && other.execution == Execution::Available {
-                other.execution = Execution::Obsolete;
+            );
+            for (other_name, other) in &mut sim.change_sets {
+                if other_name != name && other.execution == Execution::Available {
+                    other.execution = Execution::Obsolete;
+                }
             }
-        }
-        sim.change_sets.retain(|n, _| n == name);
-        if let Some(set) = sim.change_sets.get_mut(name) {
-            set.execution = Execution::InProgress;
-            set.token = Some(token.to_owned());
-        }
-        sim.operation = Some(Operation {
-            change_set: name.to_owned(),
-            token: token.to_owned(),
-            started: now,
-            failure,
-            previous,
-        });
-        world.executions.push((stack.to_owned(), name.to_owned()));
-        Ok(())
+            sim.change_sets.retain(|n, _| n == name);
+            if let Some(set) = sim.change_sets.get_mut(name) {
+                set.execution = Execution::InProgress;
+                set.token = Some(token.to_owned());
+            }
+            sim.operation = Some(Operation {
+                change_set: name.to_owned(),
+                token: token.to_owned(),
+                started: now,
+                failure,
+                previous,
+            });
+            world.executions.push((stack.to_owned(), name.to_owned()));
+            Ok(())
+        })
     }
 
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
         const OP: &str = "DeleteChangeSet";
-        self.faults.check(OP)?;
-        let now = self.clock.now();
-        let mut world = guard(&self.world, OP)?;
-        if let Some(sim) = world.stacks.get_mut(stack) {
-            let busy = sim.change_sets.get(name).is_some_and(|s| {
-                s.execution == Execution::InProgress || now < s.created_at.after(CREATE_DELAY)
-            });
-            if busy {
-                return Err(PortError::new(
-                    ErrorKind::Permanent,
-                    OP,
-                    format!(
-                        "InvalidChangeSetStatus: ChangeSet [{name}] is being created or executed"
-                    ),
-                ));
+        self.faults.mutate(OP, || {
+            let now = self.clock.now();
+            let mut world = guard(&self.world, OP)?;
+            if let Some(sim) = world.stacks.get_mut(stack) {
+                let busy = sim.change_sets.get(name).is_some_and(|s| {
+                    s.execution == Execution::InProgress || now < s.created_at.after(CREATE_DELAY)
+                });
+                if busy {
+                    return Err(PortError::new(
+                        ErrorKind::Permanent,
+                        OP,
+                        format!(
+                            "InvalidChangeSetStatus: ChangeSet [{name}] is being created or executed"
+                        ),
+                    ));
+                }
+                sim.change_sets.remove(name);
             }
-            sim.change_sets.remove(name);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {

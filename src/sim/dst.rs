@@ -51,7 +51,7 @@ use crate::lease::SsmLease;
 use crate::machine::phase::Phase;
 use crate::ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, ParameterStore, PortError, StateStore,
-    TemplateSummary,
+    TaskDefinitionPage, TemplateSummary,
 };
 use crate::record::Record;
 use crate::sim::{
@@ -130,6 +130,19 @@ const FAULTABLE: [&str; 16] = [
     "ExecuteChangeSet",
     "DeleteChangeSet",
     "DescribeStackEvents",
+];
+
+/// The mutating operations: a fault may let them take effect and lose their answer. SSM's
+/// `PutParameter` and `DeleteParameter` are the lease's create, renewal, release and clean-up
+/// and the record's writes.
+const MUTATING: [&str; 7] = [
+    "PutParameter",
+    "DeleteParameter",
+    "RegisterTaskDefinition",
+    "UpdateService",
+    "CreateChangeSet",
+    "ExecuteChangeSet",
+    "DeleteChangeSet",
 ];
 
 /// Bad desired values ops may write (each must be refused by name, never acted on).
@@ -291,6 +304,10 @@ pub struct Tally {
     pub approvals: u64,
     /// Foreign writes to a service.
     pub foreign_writes: u64,
+    /// Mutating calls made to take effect and then lose their answer (queued).
+    pub answers_lost: u64,
+    /// Revisions registered in a runner's family by another tool (a busy family).
+    pub foreign_registrations: u64,
     /// Fleet reads taken (each used by the controller's later passes at rest, stale or not).
     pub fleet_reads: u64,
     /// Passes at rest that observed from a fleet read.
@@ -325,6 +342,8 @@ impl Tally {
             infra_changes,
             approvals,
             foreign_writes,
+            answers_lost,
+            foreign_registrations,
             fleet_reads,
             fleet_read_passes,
             done,
@@ -348,6 +367,8 @@ impl Tally {
         self.infra_changes += infra_changes;
         self.approvals += approvals;
         self.foreign_writes += foreign_writes;
+        self.answers_lost += answers_lost;
+        self.foreign_registrations += foreign_registrations;
         self.fleet_reads += fleet_reads;
         self.fleet_read_passes += fleet_read_passes;
         self.done += done;
@@ -357,7 +378,7 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 21] {
+    pub fn rows(&self) -> [(&'static str, u64); 23] {
         [
             ("seeds", self.seeds),
             ("chaos steps", self.steps),
@@ -376,6 +397,8 @@ impl Tally {
             ("infrastructure versions", self.infra_changes),
             ("approvals", self.approvals),
             ("foreign writes", self.foreign_writes),
+            ("answers lost after the effect", self.answers_lost),
+            ("foreign registrations", self.foreign_registrations),
             ("fleet reads", self.fleet_reads),
             ("passes from a fleet read", self.fleet_read_passes),
             ("attempts Done", self.done),
@@ -455,6 +478,8 @@ struct World {
     phases: HashMap<String, String>,
     /// Attempts whose controller crashed right after its rollback call, before recording it.
     ambiguous_rollbacks: std::collections::BTreeSet<String>,
+    /// Attempts in a runner's record when a foreign writer moved its service.
+    foreign_written: std::collections::BTreeSet<String>,
     log: VecDeque<String>,
     tally: Tally,
 }
@@ -481,6 +506,7 @@ impl World {
             next_infra: 2,
             phases: HashMap::new(),
             ambiguous_rollbacks: std::collections::BTreeSet::new(),
+            foreign_written: std::collections::BTreeSet::new(),
             log: VecDeque::new(),
             tally: Tally {
                 seeds: 1,
@@ -918,6 +944,22 @@ impl World {
             self.note(format!("slow call: the next {operation} takes {seconds}s"));
             return;
         }
+        if MUTATING.contains(&operation) && self.rng.below(3) == 0 {
+            // The call takes effect at AWS, then its answer is lost (a timeout, a reset
+            // connection): whatever the caller does next must not do it twice.
+            self.tally.answers_lost += 1;
+            match operation {
+                "RegisterTaskDefinition" | "UpdateService" => {
+                    self.aws.ecs.faults.lose_answer(operation);
+                }
+                "PutParameter" | "DeleteParameter" => self.aws.ssm.faults.lose_answer(operation),
+                _ => self.aws.cfn.faults.lose_answer(operation),
+            }
+            self.note(format!(
+                "answer lost: the next {operation} takes effect, its answer is lost"
+            ));
+            return;
+        }
         let count = 1 + self.rng.below(3);
         let kind = if self.rng.below(100) < 15 {
             self.tally.permanent_faults += count;
@@ -959,6 +1001,10 @@ impl World {
 
     /// Terraform or the console points a service at another revision of its family.
     async fn foreign_write(&mut self) {
+        if self.rng.below(3) == 0 {
+            self.busy_family().await;
+            return;
+        }
         let runner = self.pick_runner();
         let Some(config) = self.config.runner(&runner).cloned() else {
             return;
@@ -981,9 +1027,46 @@ impl World {
             .update_service_as(&config.cluster, &config.service, &target, "terraform")
             .is_ok()
         {
+            if let Ok(Some(Record {
+                attempt: Some(attempt),
+                ..
+            })) = self.record(&runner).await
+            {
+                self.foreign_written.insert(attempt.id);
+            }
             self.tally.foreign_writes += 1;
             self.note(format!("foreign writer points {runner} at {target}"));
         }
+    }
+
+    /// Another tool (a CI job, Terraform) registers revisions in a runner's family, sometimes
+    /// more than a page of `ListTaskDefinitions`: none of them may hide an attempt's own.
+    async fn busy_family(&mut self) {
+        let runner = self.pick_runner();
+        let Some(container) = self.config.runner(&runner).map(|c| c.container.clone()) else {
+            return;
+        };
+        let count = if self.rng.below(4) == 0 {
+            101 + self.rng.below(50)
+        } else {
+            1 + self.rng.below(12)
+        };
+        let base = format!("arn:aws:ecs:eu-west-1:123456789012:task-definition/{runner}:1");
+        let ecs = self.aws.ecs.without_faults();
+        let image = format!("registry.example/{runner}:ci");
+        for _ in 0..count {
+            if ecs
+                .register_clone(&base, &container, &image, BTreeMap::new())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            self.tally.foreign_registrations += 1;
+        }
+        self.note(format!(
+            "a busy family: {count} revisions of {runner} registered by another tool"
+        ));
     }
 
     async fn service(&self, cluster: &str, service: &str) -> Result<ServiceState, PortError> {
@@ -1142,7 +1225,14 @@ impl World {
             let forward = attempt_of.get(&arn) == Some(&attempt);
             let count = per_attempt.entry((attempt.clone(), forward)).or_default();
             *count += 1;
-            let excused = !forward && *count == 2 && self.ambiguous_rollbacks.contains(&attempt);
+            // The one ambiguity the README owns up to ("Crash safety"): a rollback made but not
+            // recorded — its controller crashed, or its answer was lost — then a foreign writer
+            // putting the attempt's own revision back.
+            let excused = !forward
+                && *count == 2
+                && self.foreign_written.contains(&attempt)
+                && (self.ambiguous_rollbacks.contains(&attempt)
+                    || self.audit.lost_update(&attempt));
             if *count > 1 && !excused {
                 return Err(self.violation(
                     step,
@@ -1383,6 +1473,8 @@ struct Audit {
     /// Every `UpdateService` by a controller: (the attempt in the runner's record, the task
     /// definition).
     updates: Arc<Mutex<Vec<(String, String)>>>,
+    /// Attempts with an `UpdateService` whose answer was lost after it took effect.
+    lost_updates: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// Slow calls queued per operation: the next call of it takes this long (simulated time).
     slow: Arc<Mutex<BTreeMap<String, VecDeque<Duration>>>>,
     clock: SimClock,
@@ -1407,6 +1499,7 @@ impl Audit {
             owners: Arc::new(owners),
             violation: Arc::new(Mutex::new(None)),
             updates: Arc::new(Mutex::new(Vec::new())),
+            lost_updates: Arc::new(Mutex::new(std::collections::BTreeSet::new())),
             slow: Arc::new(Mutex::new(BTreeMap::new())),
             clock,
         }
@@ -1499,8 +1592,9 @@ impl Audit {
         }
     }
 
-    /// Notes a service update and the attempt the runner's record names.
-    async fn update(&self, owner_key: &str, arn: &str) {
+    /// Notes a service update and the attempt the runner's record names; `lost` when its
+    /// answer was lost after it took effect.
+    async fn update(&self, owner_key: &str, arn: &str, lost: bool) {
         let Some(runner) = self.owners.get(owner_key) else {
             return;
         };
@@ -1512,9 +1606,21 @@ impl Audit {
             .flatten()
             .and_then(|r| r.attempt.map(|a| a.id))
             .unwrap_or_default();
+        if lost {
+            if let Ok(mut lost_updates) = self.lost_updates.lock() {
+                lost_updates.insert(attempt.clone());
+            }
+        }
         if let Ok(mut updates) = self.updates.lock() {
             updates.push((attempt, arn.to_owned()));
         }
+    }
+
+    /// Whether an update of this attempt took effect and lost its answer.
+    fn lost_update(&self, attempt: &str) -> bool {
+        self.lost_updates
+            .lock()
+            .is_ok_and(|lost| lost.contains(attempt))
     }
 
     fn updates(&self) -> Vec<(String, String)> {
@@ -1617,13 +1723,35 @@ impl Ecs for AuditedEcs {
         self.inner.describe_task_definition(arn).await
     }
 
-    async fn find_task_definition(
+    async fn describe_service_without_tasks(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.audit.delay("DescribeServices");
+        self.inner
+            .describe_service_without_tasks(cluster, service)
+            .await
+    }
+
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        self.audit.delay("DescribeServices");
+        self.inner
+            .describe_services_without_tasks(cluster, services)
+            .await
+    }
+
+    async fn list_task_definitions(
+        &self,
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         self.audit.delay("ListTaskDefinitions");
-        self.inner.find_task_definition(family, attempt_id).await
+        self.inner.list_task_definitions(family_prefix, token).await
     }
 
     async fn register_clone(
@@ -1654,12 +1782,15 @@ impl Ecs for AuditedEcs {
         self.audit
             .mutation(&self.holder, &key, "UpdateService")
             .await;
+        let lost = self.inner.faults.answers_lost("UpdateService");
         let result = self
             .inner
             .update_service(cluster, service, task_definition_arn)
             .await;
-        if result.is_ok() {
-            self.audit.update(&key, task_definition_arn).await;
+        // An update whose answer was lost was made all the same.
+        let lost = self.inner.faults.answers_lost("UpdateService") > lost;
+        if result.is_ok() || lost {
+            self.audit.update(&key, task_definition_arn, lost).await;
         }
         result
     }

@@ -18,12 +18,13 @@ use serde_json::{Map, Value};
 
 use super::{guard, Faults, Rng, SimClock, SimRunnerSpec};
 use crate::domain::observed::{
-    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
-    ATTEMPT_TAG, VERSION_TAG,
+    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, VERSION_TAG,
 };
 use crate::domain::task_definition::{clone_with_image, TaskDefinition, READ_ONLY_FIELDS};
 use crate::domain::Millis;
-use crate::ports::{Clock, Ecs, ErrorKind, PortError};
+use crate::ports::{
+    Clock, Ecs, ErrorKind, PortError, TaskDefinitionPage, TASK_DEFINITIONS_PAGE_MAX,
+};
 
 /// The simulation's time step.
 pub const STEP: Duration = Duration::from_secs(5);
@@ -826,20 +827,49 @@ impl Ecs for SimEcs {
         Ok(stored.summary(arn))
     }
 
-    async fn find_task_definition(
+    async fn list_task_definitions(
         &self,
-        family: &str,
-        attempt_id: &str,
-    ) -> Result<Option<TaskDefinition>, PortError> {
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
         self.faults.check("ListTaskDefinitions")?;
         let world = guard(&self.world, "ListTaskDefinitions")?;
-        Ok(world
+        // As AWS with `sort=DESC`: families in reverse order, each newest first, in pages.
+        let mut listed: Vec<(&str, u64, &String)> = world
             .task_definitions
             .iter()
-            .filter(|(_, td)| td.document.get("family").and_then(Value::as_str) == Some(family))
-            .filter(|(_, td)| td.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(attempt_id))
-            .max_by_key(|(_, td)| td.revision())
-            .map(|(arn, td)| td.summary(arn)))
+            .filter_map(|(arn, td)| {
+                let family = td.document.get("family").and_then(Value::as_str)?;
+                family.starts_with(family_prefix).then_some((
+                    family,
+                    td.revision().unwrap_or(0),
+                    arn,
+                ))
+            })
+            .collect();
+        listed.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        let start = match token {
+            None => 0,
+            Some(token) => token.parse::<usize>().map_err(|_| {
+                PortError::new(
+                    ErrorKind::Permanent,
+                    "ListTaskDefinitions",
+                    format!("InvalidParameterException: bad nextToken {token:?}"),
+                )
+            })?,
+        };
+        let end = start
+            .saturating_add(TASK_DEFINITIONS_PAGE_MAX)
+            .min(listed.len());
+        Ok(TaskDefinitionPage {
+            arns: listed
+                .get(start..end)
+                .unwrap_or_default()
+                .iter()
+                .map(|(_, _, arn)| (*arn).clone())
+                .collect(),
+            next: (end < listed.len()).then(|| end.to_string()),
+        })
     }
 
     async fn register_clone(
@@ -849,30 +879,31 @@ impl Ecs for SimEcs {
         image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
-        self.faults.check("RegisterTaskDefinition")?;
-        let now = self.clock.now();
-        let mut world = guard(&self.world, "RegisterTaskDefinition")?;
-        let base = world
-            .task_definitions
-            .get(base_arn)
-            .cloned()
-            .ok_or_else(|| {
+        self.faults.mutate("RegisterTaskDefinition", || {
+            let now = self.clock.now();
+            let mut world = guard(&self.world, "RegisterTaskDefinition")?;
+            let base = world
+                .task_definitions
+                .get(base_arn)
+                .cloned()
+                .ok_or_else(|| {
+                    PortError::new(
+                        ErrorKind::NotFound,
+                        "DescribeTaskDefinition",
+                        format!("ClientException: Unable to describe task definition {base_arn}"),
+                    )
+                })?;
+            let document = clone_with_image(&base.document, container, image).map_err(|e| {
                 PortError::new(
-                    ErrorKind::NotFound,
-                    "DescribeTaskDefinition",
-                    format!("ClientException: Unable to describe task definition {base_arn}"),
+                    ErrorKind::Permanent,
+                    "RegisterTaskDefinition",
+                    e.to_string(),
                 )
             })?;
-        let document = clone_with_image(&base.document, container, image).map_err(|e| {
-            PortError::new(
-                ErrorKind::Permanent,
-                "RegisterTaskDefinition",
-                e.to_string(),
-            )
-        })?;
-        let mut merged = base.tags;
-        merged.extend(tags);
-        world.register(document, merged, now)
+            let mut merged = base.tags;
+            merged.extend(tags);
+            world.register(document, merged, now)
+        })
     }
 
     async fn update_service(
@@ -881,7 +912,8 @@ impl Ecs for SimEcs {
         service: &str,
         task_definition_arn: &str,
     ) -> Result<String, PortError> {
-        self.faults.check("UpdateService")?;
-        self.update_service_as(cluster, service, task_definition_arn, "controller")
+        self.faults.mutate("UpdateService", || {
+            self.update_service_as(cluster, service, task_definition_arn, "controller")
+        })
     }
 }

@@ -44,19 +44,41 @@ fn folder(path: &str) -> String {
     }
 }
 
-/// Faults queued per operation: the next calls of that operation fail with these kinds. Every
-/// call is counted here too (tests assert how many calls a pass makes).
+/// A fault queued on an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The call fails before it has any effect.
+    Fail(ErrorKind),
+    /// The call takes effect, then its answer is lost (a timeout, a reset connection): the
+    /// caller sees a transient error for something that was done.
+    LoseAnswer,
+}
+
+/// Faults queued per operation: the next calls of that operation fail with these kinds, or
+/// (mutating calls) take effect and lose their answer. Every call is counted here too (tests
+/// assert how many calls a pass makes).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    queued: Arc<Mutex<HashMap<&'static str, VecDeque<ErrorKind>>>>,
+    queued: Arc<Mutex<HashMap<&'static str, VecDeque<Fault>>>>,
     calls: Arc<Mutex<HashMap<&'static str, u64>>>,
+    lost: Arc<Mutex<HashMap<&'static str, u64>>>,
 }
 
 impl Faults {
-    /// Makes the next call of `operation` fail with `kind`.
+    /// Makes the next call of `operation` fail with `kind`, before any effect.
     pub fn push(&self, operation: &'static str, kind: ErrorKind) {
+        self.queue(operation, Fault::Fail(kind));
+    }
+
+    /// Makes the next call of `operation` take effect and then lose its answer (the caller
+    /// sees a transient error). On a read it is just a failed read.
+    pub fn lose_answer(&self, operation: &'static str) {
+        self.queue(operation, Fault::LoseAnswer);
+    }
+
+    fn queue(&self, operation: &'static str, fault: Fault) {
         if let Ok(mut queued) = self.queued.lock() {
-            queued.entry(operation).or_default().push_back(kind);
+            queued.entry(operation).or_default().push_back(fault);
         }
     }
 
@@ -87,28 +109,82 @@ impl Faults {
             .unwrap_or(0)
     }
 
-    /// Fails the call if a fault is queued for it.
-    ///
-    /// # Errors
-    /// The queued fault.
-    pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+    /// Calls of `operation` that took effect and lost their answer, so far.
+    #[must_use]
+    pub fn answers_lost(&self, operation: &'static str) -> u64 {
+        self.lost
+            .lock()
+            .ok()
+            .and_then(|c| c.get(operation).copied())
+            .unwrap_or(0)
+    }
+
+    /// Counts the call and takes its fault, if one is queued.
+    fn take(&self, operation: &'static str) -> Option<Fault> {
         if let Ok(mut calls) = self.calls.lock() {
             *calls.entry(operation).or_default() += 1;
         }
-        let kind = self
-            .queued
+        self.queued
             .lock()
             .ok()
-            .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front));
-        match kind {
-            Some(kind) => Err(PortError::new(
+            .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front))
+    }
+
+    /// A read (or a call without effect) starts: fails it if a fault is queued for it.
+    ///
+    /// # Errors
+    /// The queued fault (a lost answer is a transient failure of the read).
+    pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+        match self.take(operation) {
+            Some(Fault::Fail(kind)) => Err(PortError::new(
                 kind,
                 operation,
                 format!("injected {kind:?} fault"),
             )),
+            Some(Fault::LoseAnswer) => Err(lost_answer(operation)),
             None => Ok(()),
         }
     }
+
+    /// A mutating call: fails it before `effect` if a failure is queued; otherwise runs
+    /// `effect`, and if a lost answer is queued and the effect succeeded, returns a transient
+    /// error for what was done.
+    ///
+    /// # Errors
+    /// The queued failure, the effect's own error, or the lost answer.
+    pub fn mutate<T>(
+        &self,
+        operation: &'static str,
+        effect: impl FnOnce() -> Result<T, PortError>,
+    ) -> Result<T, PortError> {
+        let fault = self.take(operation);
+        if let Some(Fault::Fail(kind)) = fault {
+            return Err(PortError::new(
+                kind,
+                operation,
+                format!("injected {kind:?} fault"),
+            ));
+        }
+        let result = effect();
+        match (fault, result) {
+            (Some(Fault::LoseAnswer), Ok(_)) => {
+                if let Ok(mut lost) = self.lost.lock() {
+                    *lost.entry(operation).or_default() += 1;
+                }
+                Err(lost_answer(operation))
+            }
+            (_, result) => result,
+        }
+    }
+}
+
+/// What the caller of a call whose answer was lost sees (the SDK's dispatch failure).
+fn lost_answer(operation: &'static str) -> PortError {
+    PortError::new(
+        ErrorKind::Transient,
+        operation,
+        "injected: the answer was lost (timeout, connection reset); the call may have taken effect",
+    )
 }
 
 /// A simulated clock: `sleep` advances time instantly.
@@ -269,33 +345,35 @@ impl ParameterStore for SimSsm {
     }
 
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.faults.check("PutParameter")?;
-        let mut parameters = guard(&self.parameters, "PutParameter")?;
-        let version = match parameters.get(name) {
-            Some(_) if !overwrite => {
-                return Err(PortError::new(
-                    ErrorKind::Conflict,
-                    "PutParameter",
-                    format!("ParameterAlreadyExists: {name}"),
-                ))
-            }
-            Some(p) => p.version + 1,
-            None => 1,
-        };
-        parameters.insert(
-            name.to_owned(),
-            Parameter {
-                value: value.to_owned(),
-                version,
-            },
-        );
-        Ok(version)
+        self.faults.mutate("PutParameter", || {
+            let mut parameters = guard(&self.parameters, "PutParameter")?;
+            let version = match parameters.get(name) {
+                Some(_) if !overwrite => {
+                    return Err(PortError::new(
+                        ErrorKind::Conflict,
+                        "PutParameter",
+                        format!("ParameterAlreadyExists: {name}"),
+                    ))
+                }
+                Some(p) => p.version + 1,
+                None => 1,
+            };
+            parameters.insert(
+                name.to_owned(),
+                Parameter {
+                    value: value.to_owned(),
+                    version,
+                },
+            );
+            Ok(version)
+        })
     }
 
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.faults.check("DeleteParameter")?;
-        guard(&self.parameters, "DeleteParameter")?.remove(name);
-        Ok(())
+        self.faults.mutate("DeleteParameter", || {
+            guard(&self.parameters, "DeleteParameter")?.remove(name);
+            Ok(())
+        })
     }
 }
 

@@ -18,8 +18,9 @@ task definitions and updates services, but never runs a rollout: UpdateService o
 * With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
   that file (tests count side effects with it, repeated calls included).
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
-* ListTaskDefinitions honours `sort` (ASC, or DESC: the newest revision first), `maxResults`
-  and `nextToken` (moto answers every revision, oldest first, whatever is asked).
+* ListTaskDefinitions as AWS answers it (moto matches familyPrefix exactly and ignores sort,
+  maxResults and nextToken): a family prefix, sorted by family then revision (DESC reversed),
+  in pages of maxResults (at most 100) with a nextToken.
 
 Task health is not simulated here (moto starts no tasks for services): tests on moto use task
 definitions without health checks; health is covered on the in-process simulated AWS.
@@ -87,7 +88,6 @@ if moto.__version__ != "5.2.1":
 
 os.environ.setdefault("MOTO_ECS_SERVICE_RUNNING", "1")
 
-from moto.ecs import exceptions as ecs_exceptions  # noqa: E402
 from moto.ecs import models as ecs  # noqa: E402
 from moto.ecs import responses as ecs_responses  # noqa: E402
 from moto.moto_api._internal import mock_random  # noqa: E402
@@ -196,27 +196,24 @@ ecs.EC2ContainerServiceBackend.describe_services = describe_services
 
 
 def list_task_definitions(self):
-    """ListTaskDefinitions as ECS pages it: `sort` ASC (default: by family, then revision, the
-    newest last) or DESC, `maxResults` (1-100, default 100) and `nextToken`. moto 5.2.1
-    ignores all three and answers every revision in registration order."""
+    """ListTaskDefinitions as AWS answers it: familyPrefix is a prefix (moto: an exact family),
+    sort ASC/DESC by family then revision, maxResults (1..100, default 100) and nextToken."""
+    prefix = self._get_param("familyPrefix") or ""
     status = self._get_param("status", "ACTIVE")
-    order = self._get_param("sort", "ASC")
-    limit = self._get_param("maxResults") or 100
-    if order not in ("ASC", "DESC") or not 1 <= int(limit) <= 100:
-        raise ecs_exceptions.InvalidParameterException("sort is ASC or DESC; maxResults is 1 to 100.")
-    found = [
-        (definition.family, definition.revision, definition.arn)
-        for family in self.ecs_backend.task_definitions.values()
-        for definition in family.values()
-        if definition.status == status
-        and self._get_param("familyPrefix") in (None, definition.family)
-    ]
-    found.sort(reverse=order == "DESC")
+    descending = self._get_param("sort", "ASC") == "DESC"
+    limit = max(1, min(int(self._get_param("maxResults") or 100), 100))
     start = int(self._get_param("nextToken") or 0)
-    page = found[start : start + int(limit)]
+    listed = [
+        (definition.family, definition.revision, definition.arn)
+        for revisions in self.ecs_backend.task_definitions.values()
+        for definition in revisions.values()
+        if definition.family.startswith(prefix) and definition.status == status
+    ]
+    listed.sort(reverse=descending)
+    page = listed[start:start + limit]
     result = {"taskDefinitionArns": [arn for _, _, arn in page]}
-    if start + int(limit) < len(found):
-        result["nextToken"] = str(start + int(limit))
+    if start + limit < len(listed):
+        result["nextToken"] = str(start + limit)
     return ActionResult(result)
 
 
