@@ -1,7 +1,8 @@
 """Self-check of the harness's CloudFormation behaviour (server.py), with boto3 over 127.0.0.1 only.
 
-Starts server.py on a free port (twice: immediate, then HARNESS_CFN_SECONDS=1), runs every
-CloudFormation behaviour the controller relies on, asserts, stops the server. Exit status 0 = pass.
+Starts server.py on a port it binds itself (twice: immediate, then HARNESS_CFN_SECONDS=1), runs
+every CloudFormation behaviour the controller relies on, and the lost answers (the call applied,
+the answer dropped or late), asserts, stops the server. Exit status 0 = pass.
 
 Usage: python check_cfn.py   (with the harness's virtualenv: moto 5.2.1 + boto3)
 """
@@ -9,11 +10,12 @@ Usage: python check_cfn.py   (with the harness's virtualenv: moto 5.2.1 + boto3)
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import boto3
 import botocore.exceptions
@@ -27,28 +29,39 @@ NO_CHANGES = "The submitted information didn't contain changes. Submit different
 
 class Harness:
     def __init__(self, **env):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         self.log = tempfile.NamedTemporaryFile(prefix="harness-log-", delete=False).name
+        self.output = tempfile.NamedTemporaryFile(prefix="harness-output-", delete=False).name
+        port_file = tempfile.NamedTemporaryFile(prefix="harness-port-", delete=False).name
+        os.unlink(port_file)
         environment = dict(os.environ, HARNESS_LOG=self.log, **env)
-        self.process = subprocess.Popen(
-            [sys.executable, SERVER, str(self.port)],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with open(self.output, "wb") as output:
+            # Port 0: the server binds a free port itself and reports it (no race for a port).
+            self.process = subprocess.Popen(
+                [sys.executable, SERVER, "--port-file", port_file],
+                env=environment,
+                stdout=output,
+                stderr=output,
+            )
         deadline = time.monotonic() + 30
-        while True:
+        while not os.path.exists(port_file):
+            if self.process.poll() is not None:
+                raise SystemExit(f"harness exited at start-up:\n{self.server_output()}")
+            if time.monotonic() > deadline:
+                raise SystemExit("harness reported no port within 30 s")
+            time.sleep(0.02)
+        with open(port_file, encoding="utf-8") as f:
+            self.port = int(f.read())
+        os.unlink(port_file)
+        self.url = f"http://127.0.0.1:{self.port}"
+        while True:  # ready: a real request answered
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                with urllib.request.urlopen(f"{self.url}/harness/ready", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
             except OSError:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"harness exited at start-up:\n{self.process.stderr.read().decode()}")
                 if time.monotonic() > deadline:
-                    raise SystemExit("harness did not listen within 30 s")
-                time.sleep(0.05)
+                    raise SystemExit("harness did not answer /harness/ready within 30 s")
+                time.sleep(0.02)
         kw = dict(
             endpoint_url=f"http://127.0.0.1:{self.port}",
             region_name=REGION,
@@ -66,11 +79,31 @@ class Harness:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-        os.unlink(self.log)
+        for path in (self.log, self.output):
+            if os.path.exists(path):
+                os.unlink(path)
 
-    def log_lines(self):
+    def server_output(self):
+        with open(self.output, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def log_lines(self, prefix="cfn-execute "):
         with open(self.log, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
+            return [line.rstrip("\n") for line in f if line.startswith(prefix)]
+
+    def lose_answer(self, **rule):
+        request = urllib.request.Request(
+            f"{self.url}/harness/lose-answer", data=json.dumps(rule).encode(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return json.load(answer)
+        except urllib.error.HTTPError as refused:  # 400: the rule's reason
+            return json.load(refused)
+
+    def rules(self):
+        with urllib.request.urlopen(f"{self.url}/harness/lose-answer", timeout=5) as answer:
+            return json.load(answer)
 
     def put(self, key, template):
         self.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(template).encode())
@@ -373,31 +406,79 @@ def check_delayed(h):
     assert statuses == ["UPDATE_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE"], statuses
     assert time.monotonic() - started >= 1.9
     assert as_dict(stack(h, "slow")["Parameters"], "ParameterKey", "ParameterValue")["Version"] == "2"
-    assert [line for line in h.log_lines() if line.startswith("cfn-execute")] == [
+    assert h.log_lines() == [
         "cfn-execute slow v2 exec-slow",
         "cfn-execute slow v2 exec-slow",
         "cfn-execute slow bad exec-slow-bad",
     ], h.log_lines()
 
 
+def check_lost_answers(h):
+    """The call is applied, then its answer is lost: dropped (reset) or sent late (delay)."""
+    create_stack(h, "lost")
+    v2 = h.put("lost/v2.json", template("lost", queue=True))
+    bad = h.lose_answer(operation="Nope")
+    assert "error" in bad, bad
+    rule = h.lose_answer(operation="CreateChangeSet", match=["StackName=lost", "ChangeSetName=v2"])
+    assert rule["count"] == 1 and rule["mode"] == "reset", rule
+    request = dict(StackName="lost", ChangeSetName="v2", ChangeSetType="UPDATE", TemplateURL=v2,
+                   Parameters=[{"ParameterKey": "Version", "UsePreviousValue": True}], ClientToken="token-v2")
+    once = boto3.client("cloudformation", endpoint_url=h.url, region_name=REGION, aws_access_key_id="test",
+                        aws_secret_access_key="test", config=Config(retries={"total_max_attempts": 1}))
+    try:
+        once.create_change_set(**request)
+        raise AssertionError("the answer should have been lost")
+    except botocore.exceptions.ConnectionClosedError as lost:  # no response at all
+        print(f"  reset: {type(lost).__name__}")
+    assert h.cfn.describe_change_set(StackName="lost", ChangeSetName="v2")["Status"] == "CREATE_COMPLETE"
+    # The resend with the same ClientToken gets the same change set: no second one.
+    first = h.cfn.describe_change_set(StackName="lost", ChangeSetName="v2")["ChangeSetId"]
+    assert h.cfn.create_change_set(**request)["Id"] == first
+    assert h.log_lines("cfn-create ") == ["cfn-create lost v2 new", "cfn-create lost v2 repeat"], h.log_lines("cfn-create ")
+    assert h.log_lines("lost-answer ") == ["lost-answer CreateChangeSet reset lost v2"], h.log_lines("lost-answer ")
+    assert [r["lost"] for r in h.rules()] == [1], h.rules()
+    # A call moto refuses is not a lost answer: the rule waits for one that succeeds.
+    h.lose_answer(operation="ExecuteChangeSet", match="StackName=lost", mode="delay", delay_seconds=3)
+    code, _, _ = error(h.cfn.execute_change_set, StackName="lost", ChangeSetName="missing")
+    assert code == "ChangeSetNotFound", code
+    late = boto3.client("cloudformation", endpoint_url=h.url, region_name=REGION, aws_access_key_id="test",
+                        aws_secret_access_key="test", config=Config(retries={"total_max_attempts": 1}, read_timeout=1))
+    started = time.monotonic()
+    try:
+        late.execute_change_set(StackName="lost", ChangeSetName="v2", ClientRequestToken="exec-v2")
+        raise AssertionError("the answer should have come too late")
+    except botocore.exceptions.ReadTimeoutError:
+        assert time.monotonic() - started < 3
+    assert stack(h, "lost")["StackStatus"] == "UPDATE_COMPLETE"
+    assert h.log_lines("cfn-begin ") == ["cfn-begin lost v2 exec-v2"], h.log_lines("cfn-begin ")
+    assert [r["lost"] for r in h.rules()] == [1, 1], h.rules()
+    # The log counts every mutating call with its status.
+    api = h.log_lines("api ")
+    assert "api CreateChangeSet 200 lost v2" in api and "api ExecuteChangeSet 404 lost missing" in api, api
+    # A reset clears the rules.
+    urllib.request.urlopen(urllib.request.Request(f"{h.url}/moto-api/reset", method="POST"), timeout=5).close()
+    assert h.rules() == []
+
+
 def main():
-    for env, check in (({"HARNESS_CFN_SECONDS": "0"}, check_immediate), ({"HARNESS_CFN_SECONDS": "1"}, check_delayed)):
+    for env, check in (
+        ({"HARNESS_CFN_SECONDS": "0"}, check_immediate),
+        ({"HARNESS_CFN_SECONDS": "1"}, check_delayed),
+        ({"HARNESS_CFN_SECONDS": "0"}, check_lost_answers),
+    ):
         h = Harness(**env)
         try:
             check(h)
         except Exception:
             h.process.terminate()
-            _, stderr = h.process.communicate(timeout=10)
-            tail = stderr.decode(errors="replace").strip().splitlines()[-30:]
-            print(f"FAILED: {check.__name__}; server stderr tail:\n" + "\n".join(tail), file=sys.stderr)
+            h.process.wait(timeout=10)
+            tail = h.server_output().strip().splitlines()[-30:]
+            print(f"FAILED: {check.__name__}; server output tail:\n" + "\n".join(tail), file=sys.stderr)
             raise
         finally:
-            if h.process.poll() is None:
-                h.stop()
-            elif os.path.exists(h.log):
-                os.unlink(h.log)
+            h.stop()
         print(f"ok: {check.__name__}")
-    print("check_cfn: all CloudFormation harness checks passed")
+    print("check_cfn: all CloudFormation and lost-answer harness checks passed")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,25 @@ harness replaces, on top of moto's own CloudFormation backend:
 * With HARNESS_LOG set, every ExecuteChangeSet call appends `cfn-execute STACK CHANGESET TOKEN`
   (the request's values, `-` when absent; retries included).
 
-Usage: python server.py PORT   (binds 127.0.0.1)
+Lost answers (every mutating call: RegisterTaskDefinition, UpdateService, CreateChangeSet,
+ExecuteChangeSet, DeleteChangeSet, PutParameter, DeleteParameter), for the fault "the call takes
+effect at AWS, then its answer is lost", which moto cannot produce:
+
+* POST /harness/lose-answer {"operation": OP, "match": "s" | ["s", ...], "count": 1,
+  "mode": "reset" | "delay", "delay_seconds": 30}: the next `count` requests of OP whose body
+  (raw or URL-decoded) contains every match string and that moto answers 2xx are applied, then
+  `reset`: the connection is closed without a response; `delay`: the response is sent only after
+  delay_seconds (past the client's timeout). GET /harness/lose-answer lists the rules, each with
+  `lost` (answers lost so far); POST /moto-api/reset clears them.
+* With HARNESS_LOG set, every mutating call appends `api OP STATUS SUBJECT` (SUBJECT: the
+  parameter name, the family, the service and task definition, or the stack and change set), a
+  lost answer `lost-answer OP MODE SUBJECT`, CreateChangeSet(UPDATE) `cfn-create STACK NAME
+  new|repeat` (repeat: the same ClientToken got the existing change set back) and the start of
+  an execution `cfn-begin STACK NAME TOKEN`: tests count effects, not requests.
+* GET /harness/ready answers 200 once the server serves.
+
+Usage: python server.py [PORT] [--port-file PATH]   (binds 127.0.0.1; PORT 0, the default, takes
+any free port; once serving, the port is written to PATH through a temporary file and a rename)
 """
 
 import argparse
