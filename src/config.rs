@@ -62,10 +62,46 @@ pub struct Config {
     /// Client-side rate limits per AWS API family, shared by every runner.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// The AWS SDK's timeouts.
+    #[serde(default)]
+    pub aws: AwsConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
 }
+
+/// The AWS SDK clients' timeouts (retries: the SDK's standard three attempts, adaptive).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Timeout of one attempt of a call, in seconds.
+    #[serde(default = "default_attempt_timeout_secs")]
+    pub attempt_timeout_secs: u64,
+    /// Timeout of a call, its retries included, in seconds.
+    #[serde(default = "default_operation_timeout_secs")]
+    pub operation_timeout_secs: u64,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            attempt_timeout_secs: default_attempt_timeout_secs(),
+            operation_timeout_secs: default_operation_timeout_secs(),
+        }
+    }
+}
+
+fn default_attempt_timeout_secs() -> u64 {
+    10
+}
+fn default_operation_timeout_secs() -> u64 {
+    30
+}
+
+/// AWS calls a pass of a runner in an attempt makes at most, as the rate limiter weighs them
+/// (the lease's read and renewal, the service with its tasks, a record write), for
+/// [`Config::lease_floor_secs`].
+pub const CALLS_PER_ACTIVE_PASS: u64 = 8;
 
 /// Calls per second allowed per AWS API family (defaults safely under AWS's published
 /// throttling limits); halved when AWS throttles anyway, then grown back.
@@ -280,7 +316,7 @@ fn default_active_poll_interval_secs() -> u64 {
     10
 }
 fn default_lease_secs() -> u64 {
-    120
+    180
 }
 fn default_backend() -> String {
     "ssm".to_owned()
@@ -349,6 +385,47 @@ impl Config {
         Ok(self)
     }
 
+    /// The shortest lease that a renewal coming as late as it may still renews in time: the
+    /// next pass of a runner in an attempt comes an active interval after the last, may wait
+    /// out two SDK calls that time out (a read, then the renewal itself), and may queue behind
+    /// a full pass of `max_concurrent_runners` runners through the slowest API family's rate
+    /// limit. `run` refuses to start below it and warns below twice it.
+    #[must_use]
+    pub fn lease_floor_secs(&self) -> u64 {
+        self.active_poll_interval_secs
+            .saturating_add(self.aws.operation_timeout_secs.saturating_mul(2))
+            .saturating_add(self.pass_secs())
+    }
+
+    /// A pass at `max_concurrent_runners` (no more runners than there are) through the
+    /// slowest family's rate limit, in whole seconds.
+    fn pass_secs(&self) -> u64 {
+        let limits = self.rate_limits;
+        let slowest = limits
+            .ssm_per_sec
+            .min(limits.ecs_per_sec)
+            .min(limits.cloudformation_per_sec)
+            .max(1);
+        let concurrent = self.max_concurrent_runners.min(self.runners.len().max(1));
+        (u64::try_from(concurrent).unwrap_or(u64::MAX))
+            .saturating_mul(CALLS_PER_ACTIVE_PASS)
+            .div_ceil(u64::from(slowest))
+    }
+
+    /// Warnings about a configuration that is valid but risky (logged at start).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let floor = self.lease_floor_secs();
+        let mut warnings = Vec::new();
+        if self.lease_secs < 2 * floor {
+            warnings.push(format!(
+                "lease_secs ({}) is under twice its floor ({floor}s): a slow pass may let the lease lapse mid-attempt (README, \"The lock\")",
+                self.lease_secs
+            ));
+        }
+        warnings
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//")
@@ -382,6 +459,24 @@ impl Config {
                 "lease_secs ({}) must be at least three active poll intervals ({}s) so the lease is renewed in time",
                 self.lease_secs,
                 3 * self.active_poll_interval_secs
+            ));
+        }
+        if self.aws.attempt_timeout_secs == 0
+            || self.aws.operation_timeout_secs < self.aws.attempt_timeout_secs
+        {
+            return invalid(format!(
+                "aws: attempt_timeout_secs ({}) must be at least 1 and at most operation_timeout_secs ({})",
+                self.aws.attempt_timeout_secs, self.aws.operation_timeout_secs
+            ));
+        }
+        let floor = self.lease_floor_secs();
+        if self.lease_secs < floor {
+            return invalid(format!(
+                "lease_secs ({}) cannot cover a renewal that comes late: it must be at least {floor}s (active_poll_interval_secs {} + 2 x aws.operation_timeout_secs {} + a pass at max_concurrent_runners {}s; README, \"The lock\")",
+                self.lease_secs,
+                self.active_poll_interval_secs,
+                self.aws.operation_timeout_secs,
+                self.pass_secs()
             ));
         }
         if !matches!(self.state_store.backend.as_str(), "ssm" | "file") {
@@ -468,7 +563,7 @@ prefix = "/runner-updater"
 channel = "stable"
 poll_interval_secs = 60
 active_poll_interval_secs = 10
-lease_secs = 120
+lease_secs = 180
 
 [state_store]
 backend = "file"
@@ -518,6 +613,41 @@ mod tests {
             let error = Config::from_toml(text).unwrap_err().to_string();
             assert!(error.contains(needle), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_lease_that_cannot_cover_a_late_renewal_is_refused_and_a_short_one_warned() {
+        // floor = active interval + 2 x operation timeout + a pass at max_concurrent_runners
+        // (runners x 8 calls / the slowest rate, rounded up).
+        let runners = |n: usize| {
+            (0..n)
+                .map(|i| format!("[[runners]]\nname = \"r{i}\"\ncluster = \"c\"\nservice = \"s{i}\"\nimage_repository = \"registry.example/r\"\n"))
+                .collect::<Vec<_>>()
+                .concat()
+        };
+        for (settings, count, floor) in [
+            ("", 0, 10 + 60 + 1),
+            ("", 1, 10 + 60 + 1),
+            ("", 16, 10 + 60 + 16),
+            ("", 40, 10 + 60 + 16),
+            ("max_concurrent_runners = 4\n", 16, 10 + 60 + 4),
+            ("active_poll_interval_secs = 2\n[aws]\noperation_timeout_secs = 2\nattempt_timeout_secs = 1\n", 9, 2 + 4 + 9),
+            ("[rate_limits]\ncloudformation_per_sec = 64\n", 16, 10 + 60 + 9),
+        ] {
+            let text = format!("lease_secs = 1000\n{settings}{}", runners(count));
+            let config = Config::from_toml(&text).unwrap();
+            assert_eq!(config.lease_floor_secs(), floor, "{settings} {count} runners");
+            let at_floor = text.replace("lease_secs = 1000", &format!("lease_secs = {floor}"));
+            let config = Config::from_toml(&at_floor).unwrap();
+            assert_eq!(config.warnings().len(), 1, "{settings}: under twice the floor");
+            let below = text.replace("lease_secs = 1000", &format!("lease_secs = {}", floor - 1));
+            let error = Config::from_toml(&below).unwrap_err().to_string();
+            assert!(error.contains("cannot cover a renewal"), "{error}");
+        }
+        assert!(
+            Config::from_toml("").unwrap().warnings().is_empty(),
+            "the defaults need no warning"
+        );
     }
 
     #[test]

@@ -243,6 +243,12 @@ pub struct RunnerDriver {
     stack_refresh: Duration,
     /// The current pass's observation used a fleet read or kept stacks.
     observed_cached: bool,
+    /// When the lease this driver last took or renewed ends, on this process's monotonic
+    /// clock (measured from before the call was sent). Checked right before every fenced
+    /// write: a process frozen past its lease (a long pause, SIGSTOP) and thawed between its
+    /// fencing check and its write does not write (on the SSM store this only narrows the
+    /// window, see README "The lock").
+    lease_until: Option<Duration>,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -294,6 +300,7 @@ impl RunnerDriver {
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
             observed_cached: false,
+            lease_until: None,
         }
     }
 
@@ -752,6 +759,14 @@ impl RunnerDriver {
                 self.pending.clear();
                 return Ok(Vec::new());
             }
+            if self.fenced_save() && self.lease_lapsed() {
+                // Checked last, right before the write: a controller paused between its
+                // fencing check and here must not write (issue 14, 7b).
+                tracing::info!(runner = %self.runner.name, "the lease ended on this controller's own clock before the record was written: not writing; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
             self.ports.store.save(&record).await?;
             self.last_saved = Some(record);
             self.saves += 1;
@@ -810,6 +825,26 @@ impl RunnerDriver {
         Ok(stored.as_ref().map(key) != self.last_saved.as_ref().map(key))
     }
 
+    /// Whether the lease this driver holds ended on its own monotonic clock.
+    fn lease_lapsed(&self) -> bool {
+        self.lease_until
+            .is_some_and(|until| self.ports.clock.monotonic() >= until)
+    }
+
+    /// Whether the save about to be made is fenced by a lease (during an attempt, or leaving
+    /// one), as [`RunnerDriver::may_write`] decides.
+    fn fenced_save(&self) -> bool {
+        let in_attempt = self
+            .machine
+            .as_ref()
+            .is_some_and(|m| held_epoch(m.state()).is_some());
+        let leaving = self
+            .last_saved
+            .as_ref()
+            .is_some_and(|r| r.phase().is_ok_and(|p| !p.is_resting()) && r.lock_epoch.is_some());
+        in_attempt || leaving
+    }
+
     /// Whether this controller may write the runner's record now: during an attempt only with
     /// a valid fencing token; at rest only when no other controller holds a live lease. The
     /// record is shared (the SSM store): a controller that lost the runner must not overwrite
@@ -854,14 +889,19 @@ impl RunnerDriver {
             return Ok(true);
         };
         let now = self.ports.clock.now();
+        let sent = self.ports.clock.monotonic();
         match self
             .ports
             .lock
             .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
             .await
         {
-            Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => Ok(true),
+            Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => {
+                self.lease_until = Some(sent + self.lease_ttl);
+                Ok(true)
+            }
             Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
+                self.lease_until = Some(sent + self.lease_ttl);
                 // The record may have moved on between our load and this take-over (its holder
                 // finished and released): read it again, under the new lease.
                 self.load().await?;
@@ -1124,6 +1164,13 @@ impl RunnerDriver {
                 .check(&self.runner.name, &self.holder, epoch, now)
                 .await;
             match held {
+                Ok(true) if self.lease_lapsed() => {
+                    return Ok(Event::CommandFailed {
+                        command: command.name(),
+                        class: FailureClass::Fenced,
+                        message: format!("the lease of fencing token {epoch} ended on this controller's own clock (a pause?): not acting on it"),
+                    })
+                }
                 Ok(true) => {}
                 Ok(false) => {
                     return Ok(Event::CommandFailed {
@@ -1144,15 +1191,21 @@ impl RunnerDriver {
         }
         let result = match command {
             Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
-            Command::AcquireLock { .. } => self
-                .ports
-                .lock
-                .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
-                .await
-                .map(|outcome| match outcome {
+            Command::AcquireLock { .. } => {
+                let sent = self.ports.clock.monotonic();
+                let outcome = self
+                    .ports
+                    .lock
+                    .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+                    .await;
+                if let Ok(LockOutcome::Acquired { .. }) = outcome {
+                    self.lease_until = Some(sent + self.lease_ttl);
+                }
+                outcome.map(|outcome| match outcome {
                     LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
                     LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
-                }),
+                })
+            }
             Command::ReleaseLock { epoch } => self
                 .ports
                 .lock

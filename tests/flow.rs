@@ -679,3 +679,101 @@ async fn a_registration_whose_answer_was_lost_is_found_again_behind_any_number_o
         assert_eq!(updates[0].task_definition_arn, ours[0], "{foreign}");
     }
 }
+
+/// A lock whose fencing check answers, and then the process is frozen (SIGSTOP) for as long
+/// as armed: a replica paused between its fencing check and its write.
+struct FreezingLock {
+    inner: std::sync::Arc<dyn runner_updater::ports::Lock>,
+    clock: runner_updater::sim::SimClock,
+    freeze: std::sync::Mutex<Option<Duration>>,
+}
+
+#[async_trait::async_trait]
+impl runner_updater::ports::Lock for FreezingLock {
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: runner_updater::domain::Millis,
+        ttl: Duration,
+    ) -> Result<runner_updater::ports::LockOutcome, runner_updater::ports::PortError> {
+        self.inner.acquire(runner, holder, now, ttl).await
+    }
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: runner_updater::domain::Millis,
+    ) -> Result<bool, runner_updater::ports::PortError> {
+        let answer = self.inner.check(runner, holder, epoch, now).await;
+        if let Some(frozen) = self.freeze.lock().unwrap().take() {
+            self.clock.advance(frozen);
+        }
+        answer
+    }
+    async fn holder(
+        &self,
+        runner: &str,
+        now: runner_updater::domain::Millis,
+    ) -> Result<Option<String>, runner_updater::ports::PortError> {
+        self.inner.holder(runner, now).await
+    }
+    async fn release(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+    ) -> Result<(), runner_updater::ports::PortError> {
+        self.inner.release(runner, holder, epoch).await
+    }
+}
+
+#[tokio::test]
+async fn a_replica_frozen_past_its_lease_between_its_fencing_check_and_its_write_writes_nothing_after_it_thaws(
+) {
+    let s = scenario();
+    let lock = std::sync::Arc::new(FreezingLock {
+        inner: s.ports().lock,
+        clock: s.aws.clock.clone(),
+        freeze: std::sync::Mutex::new(None),
+    });
+    let ports = runner_updater::driver::Ports {
+        lock: lock.clone(),
+        ..s.ports()
+    };
+    let mut driver = runner_updater::driver::RunnerDriver::new(
+        &s.config,
+        s.config.runner("runner-a").unwrap(),
+        "controller-1",
+        ports,
+    );
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut driver, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    // The next fenced write (the pass in which the rollout is seen complete, to Soaking)
+    // checks the lease, and the process is frozen right after, past the lease.
+    *lock.freeze.lock().unwrap() = Some(Duration::from_secs(s.config.lease_secs + 10));
+    let mut thawed = false;
+    for _ in 0..50 {
+        let before = record(&s, "runner-a").await;
+        let updates = s.aws.ecs.updates().len();
+        let report = driver.tick().await.unwrap();
+        if lock.freeze.lock().unwrap().is_none() {
+            assert_eq!(report.saves, 0, "no write after the thaw: {report:?}");
+            assert_eq!(record(&s, "runner-a").await, before, "the record is as it was");
+            assert_eq!(s.aws.ecs.updates().len(), updates, "no ECS call either");
+            thawed = true;
+            break;
+        }
+        s.aws.clock.advance(driver.requeue_after());
+    }
+    assert!(thawed, "the freeze never came");
+    let before = record(&s, "runner-a").await;
+    // Nobody took the runner meanwhile: the next pass renews the lease in place (same
+    // epoch) and goes on.
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    let done = record(&s, "runner-a").await;
+    assert_eq!(done.lock_epoch, before.lock_epoch, "no epoch churn");
+}

@@ -215,6 +215,10 @@ impl Clock for SimClock {
         Millis(self.now_ms.load(Ordering::SeqCst))
     }
 
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now_ms.load(Ordering::SeqCst))
+    }
+
     async fn sleep(&self, duration: Duration) {
         self.advance(duration);
     }
