@@ -44,11 +44,14 @@ fn folder(path: &str) -> String {
     }
 }
 
+/// A queued fault: its kind, and the message to report (else a generic one).
+type Fault = (ErrorKind, Option<String>);
+
 /// Faults queued per operation: the next calls of that operation fail with these kinds. Every
 /// call is counted here too (tests assert how many calls a pass makes).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    queued: Arc<Mutex<HashMap<&'static str, VecDeque<ErrorKind>>>>,
+    queued: Arc<Mutex<HashMap<&'static str, VecDeque<Fault>>>>,
     calls: Arc<Mutex<HashMap<&'static str, u64>>>,
 }
 
@@ -56,8 +59,29 @@ impl Faults {
     /// Makes the next call of `operation` fail with `kind`.
     pub fn push(&self, operation: &'static str, kind: ErrorKind) {
         if let Ok(mut queued) = self.queued.lock() {
-            queued.entry(operation).or_default().push_back(kind);
+            queued.entry(operation).or_default().push_back((kind, None));
         }
+    }
+
+    /// Makes the next call of `operation` fail with `kind` and `message` (what the AWS
+    /// adapter would report for that failure).
+    pub fn push_error(&self, operation: &'static str, kind: ErrorKind, message: &str) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued
+                .entry(operation)
+                .or_default()
+                .push_back((kind, Some(message.to_owned())));
+        }
+    }
+
+    /// Makes the next call of `operation` fail as an answer the SDK cannot deserialize does
+    /// against AWS: a 200 whose body does not parse, classified permanent by `aws::classify`.
+    pub fn push_unreadable(&self, operation: &'static str) {
+        self.push_error(
+            operation,
+            ErrorKind::Permanent,
+            "Unknown (HTTP 200): unhandled error (cannot deserialize the response)",
+        );
     }
 
     /// Drops every queued fault.
@@ -95,16 +119,16 @@ impl Faults {
         if let Ok(mut calls) = self.calls.lock() {
             *calls.entry(operation).or_default() += 1;
         }
-        let kind = self
+        let fault = self
             .queued
             .lock()
             .ok()
             .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front));
-        match kind {
-            Some(kind) => Err(PortError::new(
+        match fault {
+            Some((kind, message)) => Err(PortError::new(
                 kind,
                 operation,
-                format!("injected {kind:?} fault"),
+                message.unwrap_or_else(|| format!("injected {kind:?} fault")),
             )),
             None => Ok(()),
         }
