@@ -1854,7 +1854,7 @@ fn fail_fast_reason(failed: usize, unhealthy: usize, threshold: u32) -> String {
         (0, _) => unhealthy_words,
         _ => format!("{stopped} and {unhealthy} running task(s) are UNHEALTHY"),
     };
-    format!("{what} (fail-fast threshold {threshold})")
+    format!("{what}; fail-fast threshold {threshold}")
 }
 
 /// Whether the service (and the stacks) are settled enough to start changing them.
