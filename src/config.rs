@@ -184,32 +184,63 @@ impl Default for StateStoreConfig {
     }
 }
 
-/// Health-gate settings.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HealthConfig {
-    /// Failed or unhealthy tasks of the new revision that trigger a rollback.
-    #[serde(default = "default_fail_fast_tasks")]
-    pub fail_fast_tasks: u32,
-    /// Seconds the rollout may take to become healthy.
-    #[serde(default = "default_rollout_timeout_secs")]
-    pub rollout_timeout_secs: u64,
-    /// Seconds the new revision must stay healthy.
-    #[serde(default = "default_soak_secs")]
-    pub soak_secs: u64,
-    /// Seconds a rollback may take to be confirmed.
-    #[serde(default = "default_rollout_timeout_secs")]
-    pub rollback_timeout_secs: u64,
+/// Declares a settings section that a runner may override, from one list of keys: the global
+/// section (every key with its default) and the per-runner override (every key optional, none
+/// by default), and the merge of an override over the global section, key by key. A key added
+/// to the list is merged by construction; `KEYS` lets a test check every key.
+macro_rules! overridable_section {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $override:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ty = $default:ident, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default(), )+ }
+            }
+        }
+
+        impl $name {
+            /// The keys of the section, as written in the configuration.
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($field), )+];
+        }
+
+        #[doc = concat!("A runner's override of [`", stringify!($name), "`]: each key given replaces the global section's, every other key keeps it.")]
+        #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $override {
+            $( $(#[$field_meta])* #[serde(default)] pub $field: Option<$ty>, )+
+        }
+
+        impl $override {
+            /// This override over `global`, key by key.
+            #[must_use]
+            pub fn over(&self, global: &$name) -> $name {
+                $name { $( $field: self.$field.unwrap_or(global.$field), )+ }
+            }
+        }
+    };
 }
 
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            fail_fast_tasks: default_fail_fast_tasks(),
-            rollout_timeout_secs: default_rollout_timeout_secs(),
-            soak_secs: default_soak_secs(),
-            rollback_timeout_secs: default_rollout_timeout_secs(),
-        }
+overridable_section! {
+    /// Health-gate settings.
+    HealthConfig, HealthOverride {
+        /// Failed or unhealthy tasks of the new revision that trigger a rollback.
+        fail_fast_tasks: u32 = default_fail_fast_tasks,
+        /// Seconds the rollout may take to become healthy.
+        rollout_timeout_secs: u64 = default_rollout_timeout_secs,
+        /// Seconds the new revision must stay healthy.
+        soak_secs: u64 = default_soak_secs,
+        /// Seconds a rollback may take to be confirmed.
+        rollback_timeout_secs: u64 = default_rollout_timeout_secs,
     }
 }
 
@@ -280,9 +311,10 @@ pub struct RunnerConfig {
     /// `CloudFormation` stacks, in update order (IAM-role stack first).
     #[serde(default)]
     pub stacks: Vec<String>,
-    /// Overrides of the health-gate defaults.
+    /// Overrides of the global `health` section, key by key (a key not given keeps the global
+    /// value).
     #[serde(default)]
-    pub health: Option<HealthConfig>,
+    pub health: HealthOverride,
     /// Which change sets run without `runner-updater approve`: `never`, `safe` (no
     /// replacement, no IAM change) or `always`.
     #[serde(default = "default_auto_execute")]
@@ -509,8 +541,7 @@ impl Config {
                     runner.name, runner.auto_execute
                 ));
             }
-            let health = runner.health.unwrap_or(self.health);
-            if health.fail_fast_tasks == 0 {
+            if self.health(runner).fail_fast_tasks == 0 {
                 return invalid(format!(
                     "runner {:?}: fail_fast_tasks must be at least 1",
                     runner.name
@@ -526,10 +557,16 @@ impl Config {
         self.runners.iter().find(|r| r.name == name)
     }
 
+    /// A runner's health-gate settings: its own keys over the global section's.
+    #[must_use]
+    pub fn health(&self, runner: &RunnerConfig) -> HealthConfig {
+        runner.health.over(&self.health)
+    }
+
     /// Decision settings for a runner.
     #[must_use]
     pub fn settings(&self, runner: &RunnerConfig) -> Settings {
-        let health = runner.health.unwrap_or(self.health);
+        let health = self.health(runner);
         Settings {
             channel: self.channel.clone(),
             fail_fast_tasks: health.fail_fast_tasks,
@@ -657,5 +694,74 @@ mod tests {
         assert_eq!(config.clone().with_env(env).unwrap().prefix, "/fleet");
         let bad = |k: &str| (k == "RUNNER_UPDATER_POLL_INTERVAL_SECS").then(|| "soon".to_owned());
         assert!(config.with_env(bad).is_err());
+    }
+
+    const RUNNER: &str =
+        "[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"\n";
+
+    /// A health section with every key set to a value of its own (3, 4, 5, …), one key (if
+    /// any) set to 99 instead.
+    fn health_section(header: &str, changed: Option<&str>) -> String {
+        use std::fmt::Write as _;
+        let mut text = format!("{header}\n");
+        for (index, key) in HealthConfig::KEYS.iter().enumerate() {
+            let value = if Some(*key) == changed { 99 } else { index + 3 };
+            let _ = writeln!(text, "{key} = {value}");
+        }
+        text
+    }
+
+    /// Found by an acceptance run (issue 14): a `[runners.health]` setting only `soak_secs`
+    /// gave that runner the built-in `rollout_timeout_secs` (1800 s) instead of the global one.
+    /// Every key of the section is checked (`KEYS` lists them all).
+    #[test]
+    fn a_per_runner_health_key_replaces_only_that_key_of_the_global_section() {
+        let global = health_section("[health]", None);
+        let expected_global: HealthConfig =
+            toml::from_str(&global.replace("[health]", "")).unwrap();
+        for key in HealthConfig::KEYS {
+            let text = format!("{global}{RUNNER}[runners.health]\n{key} = 99\n");
+            let config = Config::from_toml(&text).unwrap();
+            let expected: HealthConfig = toml::from_str(&health_section("", Some(key))).unwrap();
+            assert_ne!(
+                expected, expected_global,
+                "{key} is not read by the section"
+            );
+            assert_eq!(
+                config.health, expected_global,
+                "the global section as written"
+            );
+            assert_eq!(
+                config.health(&config.runners[0]),
+                expected,
+                "only {key} overridden"
+            );
+        }
+    }
+
+    #[test]
+    fn a_runner_without_a_health_section_gets_the_global_one_and_its_settings_follow() {
+        let text = format!("{}{RUNNER}", health_section("[health]", None));
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.health(&config.runners[0]), config.health);
+        let with_soak = format!(
+            "[health]\nrollout_timeout_secs = 60\n{RUNNER}[runners.health]\nsoak_secs = 30\n"
+        );
+        let config = Config::from_toml(&with_soak).unwrap();
+        let settings = config.settings(&config.runners[0]);
+        assert_eq!(settings.rollout_timeout, Duration::from_mins(1));
+        assert_eq!(settings.soak, Duration::from_secs(30));
+        assert_eq!(
+            settings.rollback_timeout,
+            Duration::from_mins(30),
+            "built-in default"
+        );
+    }
+
+    #[test]
+    fn an_unknown_per_runner_health_key_is_refused() {
+        let text = format!("{RUNNER}[runners.health]\nsoak = 30\n");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field"), "{error}");
     }
 }

@@ -530,6 +530,7 @@ impl RunnerDriver {
                     FailureClass::Permanent => "permanent-error",
                     FailureClass::Fenced => "fenced",
                     FailureClass::Conflict => "conflict",
+                    FailureClass::Unreadable => "read-error",
                 },
                 _ => "ok",
             };
@@ -933,7 +934,14 @@ impl RunnerDriver {
                         .await
                         .map_err(DriverError::Lock)?;
                 }
-                tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                if fresh {
+                    // Just loaded: this controller did not hold the attempt's lease in memory
+                    // (a standby, or one that already said why it let go): another controller
+                    // running the attempt is the normal situation, not an alarm.
+                    tracing::info!(runner = %self.runner.name, ?outcome, "another controller holds the runner's attempt; following it from the store");
+                } else {
+                    tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                }
                 self.machine = None;
                 self.pending.clear();
                 Ok(false)
@@ -1368,9 +1376,14 @@ impl RunnerDriver {
     ) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
-        let state = self
-            .retrying(|| ecs.describe_service(cluster, service))
-            .await?;
+        // Only the deployments are needed: no task list (three AWS calls fewer).
+        let state = match self
+            .retrying(|| ecs.describe_service_without_tasks(cluster, service))
+            .await
+        {
+            Ok(state) => state,
+            Err(error) => return read_failed("update_service", error),
+        };
         let new: Vec<_> = state
             .deployments
             .iter()
@@ -1646,11 +1659,15 @@ impl RunnerDriver {
         task_definition_arn: &str,
         baseline_deployments: &[String],
     ) -> Result<Event, PortError> {
-        let state = {
+        let read = {
             let (cluster, service) = (&self.runner.cluster, &self.runner.service);
             let ecs = &self.ports.ecs;
-            self.retrying(|| ecs.describe_service(cluster, service))
-                .await?
+            self.retrying(|| ecs.describe_service_without_tasks(cluster, service))
+                .await
+        };
+        let state = match read {
+            Ok(state) => state,
+            Err(error) => return read_failed("roll_back_service", error),
         };
         let made = state.task_definition_arn == task_definition_arn
             || state.deployments.iter().any(|d| {
@@ -1659,9 +1676,11 @@ impl RunnerDriver {
             });
         // Only our own revision is rolled back: a service on a third one was moved by someone
         // else (the machine then ends the attempt, saying so, without fighting them).
-        let ours = self
-            .task_definition(&state.task_definition_arn)
-            .await?
+        let current = match self.task_definition(&state.task_definition_arn).await {
+            Ok(current) => current,
+            Err(error) => return read_failed("roll_back_service", error),
+        };
+        let ours = current
             .tags
             .get(ATTEMPT_TAG)
             .is_some_and(|tag| tag == attempt_id);
@@ -1687,6 +1706,21 @@ impl RunnerDriver {
     #[must_use]
     pub fn now(&self) -> Millis {
         self.ports.clock.now()
+    }
+}
+
+/// A read that a command needs before it acts failed: reported as a read failure (never as the
+/// command being refused, however the read failed: an answer the SDK cannot read is classified
+/// permanent), and retried next pass within the state's deadline. A resource not found, or a
+/// conflict, is an answer, not a read failure.
+fn read_failed(command: &'static str, error: PortError) -> Result<Event, PortError> {
+    match error.kind {
+        ErrorKind::Transient | ErrorKind::Permanent => Ok(Event::CommandFailed {
+            command,
+            class: FailureClass::Unreadable,
+            message: error.to_string(),
+        }),
+        ErrorKind::NotFound | ErrorKind::Conflict => Err(error),
     }
 }
 

@@ -337,7 +337,10 @@ mod tests {
         );
         // c1 reads epoch 1 released and creates epoch 2, which exists: its own lost create.
         let raced = SsmLease::new(
-            Arc::new(Resent(other.clone(), std::sync::atomic::AtomicBool::new(false))),
+            Arc::new(Resent(
+                other.clone(),
+                std::sync::atomic::AtomicBool::new(false),
+            )),
             "/ru",
         );
         assert_eq!(
