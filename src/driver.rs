@@ -1281,15 +1281,26 @@ impl RunnerDriver {
         image: &str,
         version: &str,
     ) -> Result<Event, PortError> {
-        let base = self.task_definition(base_arn).await?;
+        const COMMAND: &str = "register_task_definition";
+        // The reads before the call: a failed one is a read failure (retried within the
+        // state's deadline), never the registration refused.
+        let base = match self.task_definition(base_arn).await {
+            Ok(base) => base,
+            Err(error) => return read_failed(COMMAND, error),
+        };
         // Our revision, if the registration was made (its answer lost to a crash, a timeout,
         // a reset connection), is newer than the baseline's.
         let floor = revision_search::family_revision(base_arn).map_or(0, |(_, revision)| revision);
-        if let Some(arn) = self
-            .find_registered(&base.family, attempt_id, floor)
-            .await?
-        {
-            let found = self.task_definition(&arn).await?;
+        let found = match self.find_registered(&base.family, attempt_id, floor).await {
+            Ok(found) => found,
+            Err(Unsearchable::Read(error)) => return read_failed(COMMAND, error),
+            Err(Unsearchable::Exhausted(error)) => return Err(error),
+        };
+        if let Some(arn) = found {
+            let found = match self.task_definition(&arn).await {
+                Ok(found) => found,
+                Err(error) => return read_failed(COMMAND, error),
+            };
             let same_image = found
                 .container(&self.runner.container)
                 .and_then(|c| c.image.as_deref())
@@ -1335,7 +1346,7 @@ impl RunnerDriver {
         family: &str,
         attempt_id: &str,
         floor: u64,
-    ) -> Result<Option<String>, PortError> {
+    ) -> Result<Option<String>, Unsearchable> {
         let mut search = RevisionSearch::new(family, attempt_id, floor);
         let ecs = &self.ports.ecs;
         loop {
@@ -1343,27 +1354,28 @@ impl RunnerDriver {
                 SearchStep::List { token } => {
                     let page = self
                         .retrying(|| ecs.list_task_definitions(family, token.as_deref()))
-                        .await?;
+                        .await
+                        .map_err(Unsearchable::Read)?;
                     search.listed(&page.arns, page.next);
                 }
                 SearchStep::Describe { arn } => {
                     match self.retrying(|| ecs.describe_task_definition(&arn)).await {
                         Ok(definition) => search.described(&definition),
                         Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
-                        Err(error) => return Err(error),
+                        Err(error) => return Err(Unsearchable::Read(error)),
                     }
                 }
                 SearchStep::Found { arn } => return Ok(Some(arn)),
                 SearchStep::NotFound => return Ok(None),
                 SearchStep::Exhausted => {
-                    return Err(PortError::new(
+                    return Err(Unsearchable::Exhausted(PortError::new(
                         ErrorKind::Permanent,
                         "ListTaskDefinitions",
                         format!(
                             "more than {} revisions of {family} were registered since revision {floor}: cannot rule out that this attempt's registration was made, so it is not made again",
                             revision_search::DESCRIBES_MAX
                         ),
-                    ))
+                    )))
                 }
             }
         }
@@ -1707,6 +1719,14 @@ impl RunnerDriver {
     pub fn now(&self) -> Millis {
         self.ports.clock.now()
     }
+}
+
+/// Why the search for an attempt's registration gave no answer.
+enum Unsearchable {
+    /// A read failed.
+    Read(PortError),
+    /// Too many revisions to look at: the registration is neither found nor ruled out.
+    Exhausted(PortError),
 }
 
 /// A read that a command needs before it acts failed: reported as a read failure (never as the
