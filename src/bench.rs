@@ -111,6 +111,9 @@ impl Clock for TokioClock {
     fn now(&self) -> Millis {
         SIM_EPOCH.after(self.origin.elapsed())
     }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
     async fn sleep(&self, duration: Duration) {
         tokio::time::sleep(duration).await;
     }

@@ -62,10 +62,46 @@ pub struct Config {
     /// Client-side rate limits per AWS API family, shared by every runner.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// The AWS SDK's timeouts.
+    #[serde(default)]
+    pub aws: AwsConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
 }
+
+/// The AWS SDK clients' timeouts (retries: the SDK's standard three attempts, adaptive).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Timeout of one attempt of a call, in seconds.
+    #[serde(default = "default_attempt_timeout_secs")]
+    pub attempt_timeout_secs: u64,
+    /// Timeout of a call, its retries included, in seconds.
+    #[serde(default = "default_operation_timeout_secs")]
+    pub operation_timeout_secs: u64,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            attempt_timeout_secs: default_attempt_timeout_secs(),
+            operation_timeout_secs: default_operation_timeout_secs(),
+        }
+    }
+}
+
+fn default_attempt_timeout_secs() -> u64 {
+    10
+}
+fn default_operation_timeout_secs() -> u64 {
+    30
+}
+
+/// AWS calls a pass of a runner in an attempt makes at most, as the rate limiter weighs them
+/// (the lease's read and renewal, the service with its tasks, a record write), for
+/// [`Config::lease_floor_secs`].
+pub const CALLS_PER_ACTIVE_PASS: u64 = 8;
 
 /// Calls per second allowed per AWS API family (defaults safely under AWS's published
 /// throttling limits); halved when AWS throttles anyway, then grown back.
@@ -148,32 +184,63 @@ impl Default for StateStoreConfig {
     }
 }
 
-/// Health-gate settings.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct HealthConfig {
-    /// Failed or unhealthy tasks of the new revision that trigger a rollback.
-    #[serde(default = "default_fail_fast_tasks")]
-    pub fail_fast_tasks: u32,
-    /// Seconds the rollout may take to become healthy.
-    #[serde(default = "default_rollout_timeout_secs")]
-    pub rollout_timeout_secs: u64,
-    /// Seconds the new revision must stay healthy.
-    #[serde(default = "default_soak_secs")]
-    pub soak_secs: u64,
-    /// Seconds a rollback may take to be confirmed.
-    #[serde(default = "default_rollout_timeout_secs")]
-    pub rollback_timeout_secs: u64,
+/// Declares a settings section that a runner may override, from one list of keys: the global
+/// section (every key with its default) and the per-runner override (every key optional, none
+/// by default), and the merge of an override over the global section, key by key. A key added
+/// to the list is merged by construction; `KEYS` lets a test check every key.
+macro_rules! overridable_section {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $override:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ty = $default:ident, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default(), )+ }
+            }
+        }
+
+        impl $name {
+            /// The keys of the section, as written in the configuration.
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($field), )+];
+        }
+
+        #[doc = concat!("A runner's override of [`", stringify!($name), "`]: each key given replaces the global section's, every other key keeps it.")]
+        #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $override {
+            $( $(#[$field_meta])* #[serde(default)] pub $field: Option<$ty>, )+
+        }
+
+        impl $override {
+            /// This override over `global`, key by key.
+            #[must_use]
+            pub fn over(&self, global: &$name) -> $name {
+                $name { $( $field: self.$field.unwrap_or(global.$field), )+ }
+            }
+        }
+    };
 }
 
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            fail_fast_tasks: default_fail_fast_tasks(),
-            rollout_timeout_secs: default_rollout_timeout_secs(),
-            soak_secs: default_soak_secs(),
-            rollback_timeout_secs: default_rollout_timeout_secs(),
-        }
+overridable_section! {
+    /// Health-gate settings.
+    HealthConfig, HealthOverride {
+        /// Failed or unhealthy tasks of the new revision that trigger a rollback.
+        fail_fast_tasks: u32 = default_fail_fast_tasks,
+        /// Seconds the rollout may take to become healthy.
+        rollout_timeout_secs: u64 = default_rollout_timeout_secs,
+        /// Seconds the new revision must stay healthy.
+        soak_secs: u64 = default_soak_secs,
+        /// Seconds a rollback may take to be confirmed.
+        rollback_timeout_secs: u64 = default_rollout_timeout_secs,
     }
 }
 
@@ -244,9 +311,10 @@ pub struct RunnerConfig {
     /// `CloudFormation` stacks, in update order (IAM-role stack first).
     #[serde(default)]
     pub stacks: Vec<String>,
-    /// Overrides of the health-gate defaults.
+    /// Overrides of the global `health` section, key by key (a key not given keeps the global
+    /// value).
     #[serde(default)]
-    pub health: Option<HealthConfig>,
+    pub health: HealthOverride,
     /// Which change sets run without `runner-updater approve`: `never`, `safe` (no
     /// replacement, no IAM change) or `always`.
     #[serde(default = "default_auto_execute")]
@@ -280,7 +348,7 @@ fn default_active_poll_interval_secs() -> u64 {
     10
 }
 fn default_lease_secs() -> u64 {
-    120
+    180
 }
 fn default_backend() -> String {
     "ssm".to_owned()
@@ -349,6 +417,47 @@ impl Config {
         Ok(self)
     }
 
+    /// The shortest lease that a renewal coming as late as it may still renews in time: the
+    /// next pass of a runner in an attempt comes an active interval after the last, may wait
+    /// out two SDK calls that time out (a read, then the renewal itself), and may queue behind
+    /// a full pass of `max_concurrent_runners` runners through the slowest API family's rate
+    /// limit. `run` refuses to start below it and warns below twice it.
+    #[must_use]
+    pub fn lease_floor_secs(&self) -> u64 {
+        self.active_poll_interval_secs
+            .saturating_add(self.aws.operation_timeout_secs.saturating_mul(2))
+            .saturating_add(self.pass_secs())
+    }
+
+    /// A pass at `max_concurrent_runners` (no more runners than there are) through the
+    /// slowest family's rate limit, in whole seconds.
+    fn pass_secs(&self) -> u64 {
+        let limits = self.rate_limits;
+        let slowest = limits
+            .ssm_per_sec
+            .min(limits.ecs_per_sec)
+            .min(limits.cloudformation_per_sec)
+            .max(1);
+        let concurrent = self.max_concurrent_runners.min(self.runners.len().max(1));
+        (u64::try_from(concurrent).unwrap_or(u64::MAX))
+            .saturating_mul(CALLS_PER_ACTIVE_PASS)
+            .div_ceil(u64::from(slowest))
+    }
+
+    /// Warnings about a configuration that is valid but risky (logged at start).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let floor = self.lease_floor_secs();
+        let mut warnings = Vec::new();
+        if self.lease_secs < 2 * floor {
+            warnings.push(format!(
+                "lease_secs ({}) is under twice its floor ({floor}s): a slow pass may let the lease lapse mid-attempt (README, \"The lock\")",
+                self.lease_secs
+            ));
+        }
+        warnings
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//")
@@ -384,6 +493,24 @@ impl Config {
                 3 * self.active_poll_interval_secs
             ));
         }
+        if self.aws.attempt_timeout_secs == 0
+            || self.aws.operation_timeout_secs < self.aws.attempt_timeout_secs
+        {
+            return invalid(format!(
+                "aws: attempt_timeout_secs ({}) must be at least 1 and at most operation_timeout_secs ({})",
+                self.aws.attempt_timeout_secs, self.aws.operation_timeout_secs
+            ));
+        }
+        let floor = self.lease_floor_secs();
+        if self.lease_secs < floor {
+            return invalid(format!(
+                "lease_secs ({}) cannot cover a renewal that comes late: it must be at least {floor}s (active_poll_interval_secs {} + 2 x aws.operation_timeout_secs {} + a pass at max_concurrent_runners {}s; README, \"The lock\")",
+                self.lease_secs,
+                self.active_poll_interval_secs,
+                self.aws.operation_timeout_secs,
+                self.pass_secs()
+            ));
+        }
         if !matches!(self.state_store.backend.as_str(), "ssm" | "file") {
             return invalid(format!(
                 "state_store.backend {:?}: use \"ssm\" or \"file\"",
@@ -414,8 +541,7 @@ impl Config {
                     runner.name, runner.auto_execute
                 ));
             }
-            let health = runner.health.unwrap_or(self.health);
-            if health.fail_fast_tasks == 0 {
+            if self.health(runner).fail_fast_tasks == 0 {
                 return invalid(format!(
                     "runner {:?}: fail_fast_tasks must be at least 1",
                     runner.name
@@ -431,10 +557,16 @@ impl Config {
         self.runners.iter().find(|r| r.name == name)
     }
 
+    /// A runner's health-gate settings: its own keys over the global section's.
+    #[must_use]
+    pub fn health(&self, runner: &RunnerConfig) -> HealthConfig {
+        runner.health.over(&self.health)
+    }
+
     /// Decision settings for a runner.
     #[must_use]
     pub fn settings(&self, runner: &RunnerConfig) -> Settings {
-        let health = runner.health.unwrap_or(self.health);
+        let health = self.health(runner);
         Settings {
             channel: self.channel.clone(),
             fail_fast_tasks: health.fail_fast_tasks,
@@ -468,7 +600,7 @@ prefix = "/runner-updater"
 channel = "stable"
 poll_interval_secs = 60
 active_poll_interval_secs = 10
-lease_secs = 120
+lease_secs = 180
 
 [state_store]
 backend = "file"
@@ -521,11 +653,115 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_that_cannot_cover_a_late_renewal_is_refused_and_a_short_one_warned() {
+        // floor = active interval + 2 x operation timeout + a pass at max_concurrent_runners
+        // (runners x 8 calls / the slowest rate, rounded up).
+        let runners = |n: usize| {
+            (0..n)
+                .map(|i| format!("[[runners]]\nname = \"r{i}\"\ncluster = \"c\"\nservice = \"s{i}\"\nimage_repository = \"registry.example/r\"\n"))
+                .collect::<Vec<_>>()
+                .concat()
+        };
+        for (settings, count, floor) in [
+            ("", 0, 10 + 60 + 1),
+            ("", 1, 10 + 60 + 1),
+            ("", 16, 10 + 60 + 16),
+            ("", 40, 10 + 60 + 16),
+            ("max_concurrent_runners = 4\n", 16, 10 + 60 + 4),
+            ("active_poll_interval_secs = 2\n[aws]\noperation_timeout_secs = 2\nattempt_timeout_secs = 1\n", 9, 2 + 4 + 9),
+            ("[rate_limits]\ncloudformation_per_sec = 64\n", 16, 10 + 60 + 9),
+        ] {
+            let text = format!("lease_secs = 1000\n{settings}{}", runners(count));
+            let config = Config::from_toml(&text).unwrap();
+            assert_eq!(config.lease_floor_secs(), floor, "{settings} {count} runners");
+            let at_floor = text.replace("lease_secs = 1000", &format!("lease_secs = {floor}"));
+            let config = Config::from_toml(&at_floor).unwrap();
+            assert_eq!(config.warnings().len(), 1, "{settings}: under twice the floor");
+            let below = text.replace("lease_secs = 1000", &format!("lease_secs = {}", floor - 1));
+            let error = Config::from_toml(&below).unwrap_err().to_string();
+            assert!(error.contains("cannot cover a renewal"), "{error}");
+        }
+        assert!(
+            Config::from_toml("").unwrap().warnings().is_empty(),
+            "the defaults need no warning"
+        );
+    }
+
+    #[test]
     fn environment_overrides_apply_and_are_validated() {
         let config = Config::from_toml(EMBEDDED_CONFIG).unwrap();
         let env = |k: &str| (k == "RUNNER_UPDATER_PREFIX").then(|| "/fleet".to_owned());
         assert_eq!(config.clone().with_env(env).unwrap().prefix, "/fleet");
         let bad = |k: &str| (k == "RUNNER_UPDATER_POLL_INTERVAL_SECS").then(|| "soon".to_owned());
         assert!(config.with_env(bad).is_err());
+    }
+
+    const RUNNER: &str =
+        "[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"\n";
+
+    /// A health section with every key set to a value of its own (3, 4, 5, …), one key (if
+    /// any) set to 99 instead.
+    fn health_section(header: &str, changed: Option<&str>) -> String {
+        use std::fmt::Write as _;
+        let mut text = format!("{header}\n");
+        for (index, key) in HealthConfig::KEYS.iter().enumerate() {
+            let value = if Some(*key) == changed { 99 } else { index + 3 };
+            let _ = writeln!(text, "{key} = {value}");
+        }
+        text
+    }
+
+    /// Found by an acceptance run (issue 14): a `[runners.health]` setting only `soak_secs`
+    /// gave that runner the built-in `rollout_timeout_secs` (1800 s) instead of the global one.
+    /// Every key of the section is checked (`KEYS` lists them all).
+    #[test]
+    fn a_per_runner_health_key_replaces_only_that_key_of_the_global_section() {
+        let global = health_section("[health]", None);
+        let expected_global: HealthConfig =
+            toml::from_str(&global.replace("[health]", "")).unwrap();
+        for key in HealthConfig::KEYS {
+            let text = format!("{global}{RUNNER}[runners.health]\n{key} = 99\n");
+            let config = Config::from_toml(&text).unwrap();
+            let expected: HealthConfig = toml::from_str(&health_section("", Some(key))).unwrap();
+            assert_ne!(
+                expected, expected_global,
+                "{key} is not read by the section"
+            );
+            assert_eq!(
+                config.health, expected_global,
+                "the global section as written"
+            );
+            assert_eq!(
+                config.health(&config.runners[0]),
+                expected,
+                "only {key} overridden"
+            );
+        }
+    }
+
+    #[test]
+    fn a_runner_without_a_health_section_gets_the_global_one_and_its_settings_follow() {
+        let text = format!("{}{RUNNER}", health_section("[health]", None));
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.health(&config.runners[0]), config.health);
+        let with_soak = format!(
+            "[health]\nrollout_timeout_secs = 60\n{RUNNER}[runners.health]\nsoak_secs = 30\n"
+        );
+        let config = Config::from_toml(&with_soak).unwrap();
+        let settings = config.settings(&config.runners[0]);
+        assert_eq!(settings.rollout_timeout, Duration::from_mins(1));
+        assert_eq!(settings.soak, Duration::from_secs(30));
+        assert_eq!(
+            settings.rollback_timeout,
+            Duration::from_mins(30),
+            "built-in default"
+        );
+    }
+
+    #[test]
+    fn an_unknown_per_runner_health_key_is_refused() {
+        let text = format!("{RUNNER}[runners.health]\nsoak = 30\n");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field"), "{error}");
     }
 }

@@ -243,6 +243,12 @@ pub struct RunnerDriver {
     stack_refresh: Duration,
     /// The current pass's observation used a fleet read or kept stacks.
     observed_cached: bool,
+    /// When the lease this driver last took or renewed ends, on this process's monotonic
+    /// clock (measured from before the call was sent). Checked right before every fenced
+    /// write: a process frozen past its lease (a long pause, SIGSTOP) and thawed between its
+    /// fencing check and its write does not write (on the SSM store this only narrows the
+    /// window, see README "The lock").
+    lease_until: Option<Duration>,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -294,6 +300,7 @@ impl RunnerDriver {
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
             observed_cached: false,
+            lease_until: None,
         }
     }
 
@@ -523,6 +530,7 @@ impl RunnerDriver {
                     FailureClass::Permanent => "permanent-error",
                     FailureClass::Fenced => "fenced",
                     FailureClass::Conflict => "conflict",
+                    FailureClass::Unreadable => "read-error",
                 },
                 _ => "ok",
             };
@@ -752,6 +760,14 @@ impl RunnerDriver {
                 self.pending.clear();
                 return Ok(Vec::new());
             }
+            if self.fenced_save() && self.lease_lapsed() {
+                // Checked last, right before the write: a controller paused between its
+                // fencing check and here must not write (issue 14, 7b).
+                tracing::info!(runner = %self.runner.name, "the lease ended on this controller's own clock before the record was written: not writing; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
             self.ports.store.save(&record).await?;
             self.last_saved = Some(record);
             self.saves += 1;
@@ -810,6 +826,26 @@ impl RunnerDriver {
         Ok(stored.as_ref().map(key) != self.last_saved.as_ref().map(key))
     }
 
+    /// Whether the lease this driver holds ended on its own monotonic clock.
+    fn lease_lapsed(&self) -> bool {
+        self.lease_until
+            .is_some_and(|until| self.ports.clock.monotonic() >= until)
+    }
+
+    /// Whether the save about to be made is fenced by a lease (during an attempt, or leaving
+    /// one), as [`RunnerDriver::may_write`] decides.
+    fn fenced_save(&self) -> bool {
+        let in_attempt = self
+            .machine
+            .as_ref()
+            .is_some_and(|m| held_epoch(m.state()).is_some());
+        let leaving = self
+            .last_saved
+            .as_ref()
+            .is_some_and(|r| r.phase().is_ok_and(|p| !p.is_resting()) && r.lock_epoch.is_some());
+        in_attempt || leaving
+    }
+
     /// Whether this controller may write the runner's record now: during an attempt only with
     /// a valid fencing token; at rest only when no other controller holds a live lease. The
     /// record is shared (the SSM store): a controller that lost the runner must not overwrite
@@ -854,14 +890,19 @@ impl RunnerDriver {
             return Ok(true);
         };
         let now = self.ports.clock.now();
+        let sent = self.ports.clock.monotonic();
         match self
             .ports
             .lock
             .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
             .await
         {
-            Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => Ok(true),
+            Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => {
+                self.lease_until = Some(sent + self.lease_ttl);
+                Ok(true)
+            }
             Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
+                self.lease_until = Some(sent + self.lease_ttl);
                 // The record may have moved on between our load and this take-over (its holder
                 // finished and released): read it again, under the new lease.
                 self.load().await?;
@@ -893,7 +934,14 @@ impl RunnerDriver {
                         .await
                         .map_err(DriverError::Lock)?;
                 }
-                tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                if fresh {
+                    // Just loaded: this controller did not hold the attempt's lease in memory
+                    // (a standby, or one that already said why it let go): another controller
+                    // running the attempt is the normal situation, not an alarm.
+                    tracing::info!(runner = %self.runner.name, ?outcome, "another controller holds the runner's attempt; following it from the store");
+                } else {
+                    tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                }
                 self.machine = None;
                 self.pending.clear();
                 Ok(false)
@@ -1124,6 +1172,13 @@ impl RunnerDriver {
                 .check(&self.runner.name, &self.holder, epoch, now)
                 .await;
             match held {
+                Ok(true) if self.lease_lapsed() => {
+                    return Ok(Event::CommandFailed {
+                        command: command.name(),
+                        class: FailureClass::Fenced,
+                        message: format!("the lease of fencing token {epoch} ended on this controller's own clock (a pause?): not acting on it"),
+                    })
+                }
                 Ok(true) => {}
                 Ok(false) => {
                     return Ok(Event::CommandFailed {
@@ -1144,15 +1199,21 @@ impl RunnerDriver {
         }
         let result = match command {
             Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
-            Command::AcquireLock { .. } => self
-                .ports
-                .lock
-                .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
-                .await
-                .map(|outcome| match outcome {
+            Command::AcquireLock { .. } => {
+                let sent = self.ports.clock.monotonic();
+                let outcome = self
+                    .ports
+                    .lock
+                    .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+                    .await;
+                if let Ok(LockOutcome::Acquired { .. }) = outcome {
+                    self.lease_until = Some(sent + self.lease_ttl);
+                }
+                outcome.map(|outcome| match outcome {
                     LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
                     LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
-                }),
+                })
+            }
             Command::ReleaseLock { epoch } => self
                 .ports
                 .lock
@@ -1220,15 +1281,26 @@ impl RunnerDriver {
         image: &str,
         version: &str,
     ) -> Result<Event, PortError> {
-        let base = self.task_definition(base_arn).await?;
+        const COMMAND: &str = "register_task_definition";
+        // The reads before the call: a failed one is a read failure (retried within the
+        // state's deadline), never the registration refused.
+        let base = match self.task_definition(base_arn).await {
+            Ok(base) => base,
+            Err(error) => return read_failed(COMMAND, error),
+        };
         // Our revision, if the registration was made (its answer lost to a crash, a timeout,
         // a reset connection), is newer than the baseline's.
         let floor = revision_search::family_revision(base_arn).map_or(0, |(_, revision)| revision);
-        if let Some(arn) = self
-            .find_registered(&base.family, attempt_id, floor)
-            .await?
-        {
-            let found = self.task_definition(&arn).await?;
+        let found = match self.find_registered(&base.family, attempt_id, floor).await {
+            Ok(found) => found,
+            Err(Unsearchable::Read(error)) => return read_failed(COMMAND, error),
+            Err(Unsearchable::Exhausted(error)) => return Err(error),
+        };
+        if let Some(arn) = found {
+            let found = match self.task_definition(&arn).await {
+                Ok(found) => found,
+                Err(error) => return read_failed(COMMAND, error),
+            };
             let same_image = found
                 .container(&self.runner.container)
                 .and_then(|c| c.image.as_deref())
@@ -1274,7 +1346,7 @@ impl RunnerDriver {
         family: &str,
         attempt_id: &str,
         floor: u64,
-    ) -> Result<Option<String>, PortError> {
+    ) -> Result<Option<String>, Unsearchable> {
         let mut search = RevisionSearch::new(family, attempt_id, floor);
         let ecs = &self.ports.ecs;
         loop {
@@ -1282,27 +1354,28 @@ impl RunnerDriver {
                 SearchStep::List { token } => {
                     let page = self
                         .retrying(|| ecs.list_task_definitions(family, token.as_deref()))
-                        .await?;
+                        .await
+                        .map_err(Unsearchable::Read)?;
                     search.listed(&page.arns, page.next);
                 }
                 SearchStep::Describe { arn } => {
                     match self.retrying(|| ecs.describe_task_definition(&arn)).await {
                         Ok(definition) => search.described(&definition),
                         Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
-                        Err(error) => return Err(error),
+                        Err(error) => return Err(Unsearchable::Read(error)),
                     }
                 }
                 SearchStep::Found { arn } => return Ok(Some(arn)),
                 SearchStep::NotFound => return Ok(None),
                 SearchStep::Exhausted => {
-                    return Err(PortError::new(
+                    return Err(Unsearchable::Exhausted(PortError::new(
                         ErrorKind::Permanent,
                         "ListTaskDefinitions",
                         format!(
                             "more than {} revisions of {family} were registered since revision {floor}: cannot rule out that this attempt's registration was made, so it is not made again",
                             revision_search::DESCRIBES_MAX
                         ),
-                    ))
+                    )))
                 }
             }
         }
@@ -1315,9 +1388,14 @@ impl RunnerDriver {
     ) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
-        let state = self
-            .retrying(|| ecs.describe_service(cluster, service))
-            .await?;
+        // Only the deployments are needed: no task list (three AWS calls fewer).
+        let state = match self
+            .retrying(|| ecs.describe_service_without_tasks(cluster, service))
+            .await
+        {
+            Ok(state) => state,
+            Err(error) => return read_failed("update_service", error),
+        };
         let new: Vec<_> = state
             .deployments
             .iter()
@@ -1593,11 +1671,15 @@ impl RunnerDriver {
         task_definition_arn: &str,
         baseline_deployments: &[String],
     ) -> Result<Event, PortError> {
-        let state = {
+        let read = {
             let (cluster, service) = (&self.runner.cluster, &self.runner.service);
             let ecs = &self.ports.ecs;
-            self.retrying(|| ecs.describe_service(cluster, service))
-                .await?
+            self.retrying(|| ecs.describe_service_without_tasks(cluster, service))
+                .await
+        };
+        let state = match read {
+            Ok(state) => state,
+            Err(error) => return read_failed("roll_back_service", error),
         };
         let made = state.task_definition_arn == task_definition_arn
             || state.deployments.iter().any(|d| {
@@ -1606,9 +1688,11 @@ impl RunnerDriver {
             });
         // Only our own revision is rolled back: a service on a third one was moved by someone
         // else (the machine then ends the attempt, saying so, without fighting them).
-        let ours = self
-            .task_definition(&state.task_definition_arn)
-            .await?
+        let current = match self.task_definition(&state.task_definition_arn).await {
+            Ok(current) => current,
+            Err(error) => return read_failed("roll_back_service", error),
+        };
+        let ours = current
             .tags
             .get(ATTEMPT_TAG)
             .is_some_and(|tag| tag == attempt_id);
@@ -1634,6 +1718,29 @@ impl RunnerDriver {
     #[must_use]
     pub fn now(&self) -> Millis {
         self.ports.clock.now()
+    }
+}
+
+/// Why the search for an attempt's registration gave no answer.
+enum Unsearchable {
+    /// A read failed.
+    Read(PortError),
+    /// Too many revisions to look at: the registration is neither found nor ruled out.
+    Exhausted(PortError),
+}
+
+/// A read that a command needs before it acts failed: reported as a read failure (never as the
+/// command being refused, however the read failed: an answer the SDK cannot read is classified
+/// permanent), and retried next pass within the state's deadline. A resource not found, or a
+/// conflict, is an answer, not a read failure.
+fn read_failed(command: &'static str, error: PortError) -> Result<Event, PortError> {
+    match error.kind {
+        ErrorKind::Transient | ErrorKind::Permanent => Ok(Event::CommandFailed {
+            command,
+            class: FailureClass::Unreadable,
+            message: error.to_string(),
+        }),
+        ErrorKind::NotFound | ErrorKind::Conflict => Err(error),
     }
 }
 

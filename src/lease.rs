@@ -26,6 +26,21 @@ use crate::ports::{ErrorKind, Lock, LockOutcome, ParameterStore, PortError};
 /// Expiry is trusted only this much past its time: controllers' clocks may differ.
 pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 
+/// A controller's identity in the lease: `<host>-<pid>-<random>`. The host name alone is
+/// shared by the containers of a pod's restarts, and the pid is 1 in every container: the
+/// random part, drawn once per process, makes a restarted or cloned process another holder,
+/// so that it never mistakes the lease of the process it replaces for its own.
+#[must_use]
+pub fn holder_id(host: &str, pid: u32, random: u64) -> String {
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(63)
+        .collect();
+    let host = if host.is_empty() { "controller" } else { &host };
+    format!("{host}-{pid}-{:08x}", random & 0xffff_ffff)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaseValue {
     holder: String,
@@ -114,7 +129,11 @@ impl Lock for SsmLease {
                     expires_at: Millis(u64::MAX),
                 })
             }
-            Current::Lease(epoch, value) if value.holder == holder && now.0 < value.expires_at => {
+            // Ours (and not released): renewed in place, even when the renewal comes late
+            // (a slow pass, a long pause). The epoch stays, so nothing churns; if another
+            // controller took the runner meanwhile, it created a higher epoch, which the
+            // fencing check sees, and this renewal of an older one changes nothing.
+            Current::Lease(epoch, value) if value.holder == holder && value.expires_at != 0 => {
                 self.ssm
                     .put(
                         &self.name(runner, epoch),
@@ -155,8 +174,12 @@ impl Lock for SsmLease {
                 Ok(LockOutcome::Acquired { epoch: next })
             }
             Err(error) if error.kind == ErrorKind::Conflict => {
-                // Someone created this epoch first: they hold it.
+                // Someone created this epoch first: they hold it — unless it was this very
+                // create, sent again after its answer was lost (the SDK's retry).
                 match self.current(runner).await?.0 {
+                    Current::Lease(epoch, value) if epoch == next && value.holder == holder => {
+                        Ok(LockOutcome::Acquired { epoch })
+                    }
                     Current::Lease(_, value) => Ok(LockOutcome::Busy {
                         holder: value.holder,
                         expires_at: Millis(value.expires_at),
@@ -258,6 +281,122 @@ mod tests {
             ssm.get_by_path("/ru/a/lock/").await.unwrap().len() <= 2,
             "old epochs are deleted"
         );
+    }
+
+    #[tokio::test]
+    async fn a_late_renewal_of_its_own_lease_neither_reports_busy_nor_churns_epochs() {
+        let ssm = SimSsm::default();
+        let lease = SsmLease::new(Arc::new(ssm.clone()), "/ru");
+        let ttl = Duration::from_secs(30);
+        assert_eq!(
+            lease.acquire("a", "c1", Millis(0), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 1 }
+        );
+        // Within the skew tolerance past expiry, then long past it: still ours, same epoch.
+        for late in [32_000, 600_000] {
+            assert_eq!(
+                lease.acquire("a", "c1", Millis(late), ttl).await.unwrap(),
+                LockOutcome::Acquired { epoch: 1 },
+                "{late} ms"
+            );
+            assert!(lease.check("a", "c1", 1, Millis(late + 1)).await.unwrap());
+        }
+        assert_eq!(ssm.get_by_path("/ru/a/lock/").await.unwrap().len(), 1);
+        // Released, it is taken again with a new epoch (by anyone, itself included).
+        lease.release("a", "c1", 1).await.unwrap();
+        assert_eq!(
+            lease
+                .acquire("a", "c1", Millis(700_000), ttl)
+                .await
+                .unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_created_but_its_answer_lost_is_recognised_as_ours() {
+        let ssm = SimSsm::default();
+        let lease = SsmLease::new(Arc::new(ssm.clone()), "/ru");
+        let ttl = Duration::from_secs(30);
+        ssm.faults.lose_answer("PutParameter");
+        assert!(lease.acquire("a", "c1", Millis(0), ttl).await.is_err());
+        assert_eq!(
+            lease.acquire("a", "c1", Millis(1_000), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 1 }
+        );
+        // The SDK's own resend of the create meets ParameterAlreadyExists: ours all the same.
+        let other = SimSsm::default();
+        let lease = SsmLease::new(Arc::new(other.clone()), "/ru");
+        other.set(
+            "/ru/a/lock/000000000001",
+            r#"{"holder":"c1","expires_at":0}"#,
+        );
+        other.set(
+            "/ru/a/lock/000000000002",
+            r#"{"holder":"c1","expires_at":30000}"#,
+        );
+        // c1 reads epoch 1 released and creates epoch 2, which exists: its own lost create.
+        let raced = SsmLease::new(
+            Arc::new(Resent(
+                other.clone(),
+                std::sync::atomic::AtomicBool::new(false),
+            )),
+            "/ru",
+        );
+        assert_eq!(
+            raced.acquire("a", "c1", Millis(0), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        assert!(matches!(
+            raced.acquire("a", "c2", Millis(0), ttl).await.unwrap(),
+            LockOutcome::Busy { holder, .. } if holder == "c1"
+        ));
+        drop(lease);
+    }
+
+    /// An SSM whose first path read misses the newest lease epoch (created by a request
+    /// whose answer was lost; the SDK's resend read the folder as before it): the create then
+    /// conflicts.
+    struct Resent(SimSsm, std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl ParameterStore for Resent {
+        async fn get_by_path(
+            &self,
+            path: &str,
+        ) -> Result<std::collections::BTreeMap<String, String>, PortError> {
+            let mut all = self.0.get_by_path(path).await?;
+            if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                all.pop_last();
+            }
+            Ok(all)
+        }
+        async fn get_page(
+            &self,
+            path: &str,
+            token: Option<&str>,
+        ) -> Result<crate::ports::ParameterPage, PortError> {
+            self.0.get_page(path, token).await
+        }
+        async fn get(&self, name: &str) -> Result<Option<crate::ports::Parameter>, PortError> {
+            self.0.get(name).await
+        }
+        async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+            self.0.put(name, value, overwrite).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), PortError> {
+            self.0.delete(name).await
+        }
+    }
+
+    #[test]
+    fn the_holder_id_tells_apart_processes_with_the_same_host_and_pid() {
+        let first = holder_id("runner-updater-7d9f-x2", 1, 0x1234_5678_9abc);
+        let second = holder_id("runner-updater-7d9f-x2", 1, 0x0000_0000_0001);
+        assert_eq!(first, "runner-updater-7d9f-x2-1-56789abc");
+        assert_ne!(first, second);
+        assert_eq!(holder_id("", 7, 1), "controller-7-00000001");
+        assert_eq!(holder_id("bad host\n", 7, 1), "badhost-7-00000001");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use runner_updater::config::{Config, EMBEDDED_CONFIG};
 use runner_updater::diagram::{self, Format, Level};
 use runner_updater::driver::{CrashPlan, DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater::fleet::{Control, FleetReader, FleetSnapshot, Scheduler, Wake};
+use runner_updater::lease;
 use runner_updater::lease::SsmLease;
 use runner_updater::metrics::Metrics;
 use runner_updater::ops;
@@ -276,7 +277,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             if config.runner(&runner).is_none() {
                 bail!("runner {runner} is not configured");
             }
-            let clients = AwsClients::from_env(SdkSettings::default()).await;
+            let clients = AwsClients::from_env(sdk_settings(&config)).await;
             let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
             let store = store_on(&config, ssm.clone());
             let approval = ops::approve(
@@ -439,11 +440,40 @@ fn test_crash_plan() -> anyhow::Result<CrashPlan> {
     Ok(plan)
 }
 
+/// This host's name: `HOSTNAME` (the pod's name on Kubernetes), else the kernel's.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "controller".to_owned())
+}
+
+/// A random number drawn once per process (std's hasher keys come from the OS's randomness):
+/// the part of the lease identity that tells apart two processes with the same host name and
+/// pid (pid 1 in every container; a restarted container).
+fn process_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// The SDK's settings from the configuration.
+fn sdk_settings(config: &Config) -> SdkSettings {
+    SdkSettings {
+        attempt_timeout: Duration::from_secs(config.aws.attempt_timeout_secs),
+        operation_timeout: Duration::from_secs(config.aws.operation_timeout_secs),
+        ..SdkSettings::default()
+    }
+}
+
 /// The ports on AWS: SDK clients from the standard configuration, the SSM lease, the store.
 /// The AWS ports, each API family behind its shared client-side rate limit.
 async fn aws_ports(config: &Config) -> Ports {
     use runner_updater::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
-    let clients = AwsClients::from_env(SdkSettings::default()).await;
+    let clients = AwsClients::from_env(sdk_settings(config)).await;
     let clock: Arc<dyn runner_updater::ports::Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
     let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm {
@@ -522,7 +552,7 @@ async fn idle_memory_kib() -> Option<(u64, Option<u64>)> {
     std::fs::create_dir_all(&directory).ok()?;
     let config = directory.join("one.toml");
     let text = format!(
-        "poll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 3\n[state_store]\nbackend = \"file\"\npath = \"{}\"\n[[runners]]\nname = \"runner-a\"\ncluster = \"runners\"\nservice = \"runner-a\"\nimage_repository = \"registry.example/runner\"\n",
+        "poll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = 10\n[aws]\nattempt_timeout_secs = 2\noperation_timeout_secs = 2\n[state_store]\nbackend = \"file\"\npath = \"{}\"\n[[runners]]\nname = \"runner-a\"\ncluster = \"runners\"\nservice = \"runner-a\"\nimage_repository = \"registry.example/runner\"\n",
         directory.join("state").display()
     );
     std::fs::write(&config, text).ok()?;
@@ -613,7 +643,7 @@ async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<SsmLeas
     if config.state_store.backend == "file" {
         return (Arc::new(FileStore::new(&config.state_store.path)), None);
     }
-    let clients = AwsClients::from_env(SdkSettings::default()).await;
+    let clients = AwsClients::from_env(sdk_settings(config)).await;
     let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
     (
         store_on(config, ssm.clone()),
@@ -718,9 +748,10 @@ async fn control_loop(
         }
         None => None,
     };
-    // Unique per process: two processes sharing a host name must not both "renew" one lease.
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".to_owned());
-    let holder = format!("{host}-{}", std::process::id());
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     let crash = test_crash_plan()?;
     let drivers: Vec<RunnerDriver> = config
         .runners

@@ -303,8 +303,12 @@ pub trait StateStore: Send + Sync {
 /// Time. The only place the controller reads the clock or waits.
 #[async_trait]
 pub trait Clock: Send + Sync {
-    /// Now.
+    /// Now (wall-clock time: what leases and records are stamped with).
     fn now(&self) -> Millis;
+    /// Time elapsed on a clock that never goes back and is not stepped (a process's own
+    /// monotonic clock; its origin is arbitrary): what this process's own deadlines, such
+    /// as the local end of its lease, are measured on.
+    fn monotonic(&self) -> Duration;
     /// Waits (a simulated clock advances instead).
     async fn sleep(&self, duration: Duration);
 }

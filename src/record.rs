@@ -16,7 +16,7 @@ use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
     attempt_of, phase_of, Attempt, Baseline, ChangeSetStep, Failure, Gate, Machine, Memory, Note,
-    Run, RunnerMachine, Settings, State, TransitionEntry,
+    Run, RunnerMachine, ServiceAfter, Settings, State, TransitionEntry,
 };
 
 /// The schema this build writes and reads.
@@ -87,6 +87,27 @@ pub struct Record {
     /// Fingerprint of the desired infrastructure last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infra_applied: Option<String>,
+    /// `RolledBack`: what the service runs, as far as the controller knows (absent from
+    /// records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_after: Option<ServiceAfterRecord>,
+}
+
+/// What the service runs after an attempt that ended in `RolledBack`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum ServiceAfterRecord {
+    /// The attempt never changed the service: it runs the baseline as before.
+    Untouched,
+    /// The rollback to the baseline was confirmed (deployment PRIMARY, COMPLETED, all running).
+    Restored,
+    /// The rollback was refused or not confirmed in time: unknown.
+    Unconfirmed,
+    /// Someone else pointed the service at this task definition after the rollback.
+    Foreign {
+        /// The task definition the service was pointed at.
+        task_definition_arn: String,
+    },
 }
 
 /// A stack's change set within the attempt.
@@ -501,6 +522,7 @@ impl Record {
             traceparent: memory.traceparent.clone(),
             change_set: None,
             infra_applied: memory.infra_applied.clone(),
+            service_after: None,
         };
         let set_run = |record: &mut Record, run: &Run| {
             record.lock_epoch = Some(run.epoch);
@@ -562,9 +584,22 @@ impl Record {
                 record.deadline = Some(deadline.0);
                 record.rollback_issued = *issued;
             }
-            State::RolledBack { run, failure } => {
+            State::RolledBack {
+                run,
+                failure,
+                service,
+            } => {
                 set_run(&mut record, run);
                 record.failure = Some(failure_record(failure));
+                record.service_after = match service {
+                    ServiceAfter::Untouched => Some(ServiceAfterRecord::Untouched),
+                    ServiceAfter::Restored => Some(ServiceAfterRecord::Restored),
+                    ServiceAfter::Unconfirmed => Some(ServiceAfterRecord::Unconfirmed),
+                    ServiceAfter::Foreign(arn) => Some(ServiceAfterRecord::Foreign {
+                        task_definition_arn: arn.clone(),
+                    }),
+                    ServiceAfter::Unknown => None,
+                };
             }
         }
         record
@@ -676,6 +711,15 @@ impl Record {
             Phase::RolledBack => State::RolledBack {
                 run: run()?,
                 failure: failure()?,
+                service: match &self.service_after {
+                    Some(ServiceAfterRecord::Untouched) => ServiceAfter::Untouched,
+                    Some(ServiceAfterRecord::Restored) => ServiceAfter::Restored,
+                    Some(ServiceAfterRecord::Unconfirmed) => ServiceAfter::Unconfirmed,
+                    Some(ServiceAfterRecord::Foreign {
+                        task_definition_arn,
+                    }) => ServiceAfter::Foreign(task_definition_arn.clone()),
+                    None => ServiceAfter::Unknown,
+                },
             },
         };
         Ok((machine, state))

@@ -9,7 +9,7 @@ use crate::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Rule};
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::Observation;
-use crate::record::{Record, RuleRecord};
+use crate::record::{Record, RuleRecord, ServiceAfterRecord};
 
 /// One runner's status, for humans and for `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +30,11 @@ pub struct StatusView {
     pub target_version: Option<String>,
     /// Target image.
     pub target_image: Option<String>,
+    /// The attempt ended in `RolledBack`: its target is not what runs (see `running`).
+    pub target_failed: bool,
+    /// What the service runs, when the attempt is over (Done, `RolledBack`); `None` during an
+    /// attempt (it is moving) or without one.
+    pub running: Option<RunningView>,
     /// Why it is where it is (code and words).
     pub reason_code: Option<String>,
     /// Reason.
@@ -46,6 +51,130 @@ pub struct StatusView {
     pub lease: LeaseView,
     /// The full record (`None` when it cannot be read: see the reason).
     pub record: Option<Record>,
+}
+
+/// What the service runs after an attempt, as far as the record tells.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningView {
+    /// The version, when known.
+    pub version: Option<String>,
+    /// The task definition, when known.
+    pub task_definition_arn: Option<String>,
+    /// Its revision (the ARN's last number).
+    pub revision: Option<u64>,
+    /// `healthy` (confirmed by the health gate, or by the rollback's completed deployment),
+    /// `unchanged` (the attempt never changed the service: what ran before runs on) or
+    /// `unknown`.
+    pub health: &'static str,
+    /// In words: `2.13.0 (rev 41), healthy: …`.
+    pub summary: String,
+}
+
+impl RunningView {
+    /// The table's short form: `2.13.0 healthy`, `unknown`.
+    #[must_use]
+    pub fn short(&self) -> String {
+        match (&self.version, self.revision) {
+            (Some(version), _) => format!("{version} {}", self.health),
+            (None, Some(revision)) if self.health != "unknown" => {
+                format!("rev {revision} {}", self.health)
+            }
+            _ => "unknown".to_owned(),
+        }
+    }
+}
+
+/// The revision of a task-definition ARN (`…:task-definition/family:41` → 41).
+fn revision(arn: &str) -> Option<u64> {
+    arn.rsplit_once(':').and_then(|(_, r)| r.parse().ok())
+}
+
+/// `2.13.0 (rev 41)`, or what is known of it.
+fn version_and_revision(version: Option<&str>, arn: Option<&str>) -> String {
+    let revision = arn.and_then(revision).map(|r| format!("rev {r}"));
+    match (version, revision) {
+        (Some(v), Some(r)) => format!("{v} ({r})"),
+        (Some(v), None) => v.to_owned(),
+        (None, Some(r)) => format!("version unknown ({r})"),
+        (None, None) => "version unknown".to_owned(),
+    }
+}
+
+/// What runs once the attempt is over: Done runs the target (what it registered, or the
+/// baseline when only infrastructure changed); `RolledBack` runs what the record says the
+/// attempt left.
+fn running_view(record: &Record, phase: Option<Phase>) -> Option<RunningView> {
+    let attempt = record.attempt.as_ref()?;
+    let baseline = record
+        .baseline
+        .as_ref()
+        .map(|b| b.task_definition_arn.as_str());
+    let from = attempt.from_version.as_deref();
+    let view =
+        |version: Option<&str>, arn: Option<&str>, health: &'static str, why: &str| RunningView {
+            version: version.map(str::to_owned),
+            task_definition_arn: arn.map(str::to_owned),
+            revision: arn.and_then(revision),
+            health,
+            summary: format!("{}, {health}: {why}", version_and_revision(version, arn)),
+        };
+    match phase? {
+        Phase::Done => Some(match record.new_task_definition_arn.as_deref() {
+            Some(arn) => view(
+                Some(&attempt.target_version),
+                Some(arn),
+                "healthy",
+                "it passed the health gate and the soak",
+            ),
+            None => view(
+                from,
+                baseline,
+                "unchanged",
+                "only the infrastructure was updated",
+            ),
+        }),
+        Phase::RolledBack => Some(match &record.service_after {
+            Some(ServiceAfterRecord::Restored) => view(
+                from,
+                baseline,
+                "healthy",
+                "the rollback's deployment COMPLETED with every task running",
+            ),
+            Some(ServiceAfterRecord::Untouched) => view(
+                from,
+                baseline,
+                "unchanged",
+                "this attempt never changed the service",
+            ),
+            Some(ServiceAfterRecord::Unconfirmed) => RunningView {
+                version: None,
+                task_definition_arn: None,
+                revision: None,
+                health: "unknown",
+                summary: format!(
+                    "unknown: the rollback to {} was not confirmed; check the service",
+                    version_and_revision(from, baseline)
+                ),
+            },
+            Some(ServiceAfterRecord::Foreign {
+                task_definition_arn,
+            }) => view(
+                None,
+                Some(task_definition_arn),
+                "unknown",
+                &format!("{task_definition_arn}, set by someone else after the rollback"),
+            ),
+            None => RunningView {
+                version: None,
+                task_definition_arn: None,
+                revision: None,
+                health: "unknown",
+                summary: "unknown: not recorded (a record written by an older controller)"
+                    .to_owned(),
+            },
+        }),
+        _ => None,
+    }
 }
 
 /// The runner's lease as `status` found it.
@@ -90,11 +219,18 @@ pub fn status_view(record: &Record) -> StatusView {
             .map_or("Unknown", |p| p.top_level().title())
             .to_owned(),
         phase: record.phase.clone(),
-        since: Millis(record.since).to_string(),
+        // A runner that never made a transition has no "since" (not the epoch).
+        since: if record.since == 0 {
+            "-".to_owned()
+        } else {
+            Millis(record.since).to_string()
+        },
         attempt: attempt.map(|a| a.id.clone()),
         from_version: attempt.and_then(|a| a.from_version.clone()),
         target_version: attempt.map(|a| a.target_version.clone()),
         target_image: attempt.map(|a| a.target_image.clone()),
+        target_failed: phase == Some(Phase::RolledBack),
+        running: running_view(record, phase),
         reason_code,
         reason,
         next_step: next_step(record, phase),
@@ -134,6 +270,8 @@ pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> 
         from_version: None,
         target_version: None,
         target_image: None,
+        target_failed: false,
+        running: None,
         reason_code: Some(code.to_owned()),
         reason: Some(reason.to_owned()),
         next_step: format!(
@@ -160,6 +298,8 @@ pub fn no_record_view(runner: &str) -> StatusView {
         from_version: None,
         target_version: None,
         target_image: None,
+        target_failed: false,
+        running: None,
         reason_code: Some("no-record".to_owned()),
         reason: Some("no record has been written for this runner yet".to_owned()),
         next_step: "wait for the controller's first pass (if the lease is held by someone else, or unreadable, see the lease)".to_owned(),
@@ -243,7 +383,17 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
         ),
         Some(Phase::Done) => format!("{target} is live; polling for the next version"),
         Some(Phase::RolledBack) => {
-            format!("{target} is quarantined; change desired/version or desired/image to try again")
+            let quarantined = record.attempt.as_ref().is_some_and(|a| {
+                record
+                    .failed
+                    .iter()
+                    .any(|f| f.version == a.target_version && f.image == a.target_image)
+            });
+            if quarantined {
+                format!("{target} is quarantined; change desired/version or desired/image to try again")
+            } else {
+                format!("{target} is not quarantined (nothing was learnt about it): the next pass tries it again")
+            }
         }
     }
 }
@@ -257,24 +407,35 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<12} {:<28} {:<22} {:<10} {:<20} REASON",
-        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET", "LEASE"
+        "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} REASON",
+        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET", "RUNNING", "LEASE"
     );
     for v in views {
+        let target = match (&v.target_version, v.target_failed) {
+            (Some(target), true) => format!("{target} (failed)"),
+            (Some(target), false) => target.clone(),
+            (None, _) => "-".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{:<16} {:<12} {:<28} {:<22} {:<10} {:<20} {}",
+            "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} {}",
             v.runner,
             v.state,
             v.phase,
             v.since,
-            v.target_version.as_deref().unwrap_or("-"),
+            target,
+            v.running
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), RunningView::short),
             v.lease.short(),
             v.reason_code.as_deref().unwrap_or("-")
         );
     }
     for v in views {
         let _ = writeln!(out, "\n{}", v.runner);
+        if let Some(running) = &v.running {
+            let _ = writeln!(out, "  running   : {}", running.summary);
+        }
         let _ = writeln!(out, "  next step : {}", v.next_step);
         if let Some(reason) = &v.reason {
             let _ = writeln!(out, "  reason    : {reason}");

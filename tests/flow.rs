@@ -679,3 +679,381 @@ async fn a_registration_whose_answer_was_lost_is_found_again_behind_any_number_o
         assert_eq!(updates[0].task_definition_arn, ours[0], "{foreign}");
     }
 }
+
+/// A lock whose fencing check answers, and then the process is frozen (SIGSTOP) for as long
+/// as armed: a replica paused between its fencing check and its write.
+struct FreezingLock {
+    inner: std::sync::Arc<dyn runner_updater::ports::Lock>,
+    clock: runner_updater::sim::SimClock,
+    freeze: std::sync::Mutex<Option<Duration>>,
+}
+
+#[async_trait::async_trait]
+impl runner_updater::ports::Lock for FreezingLock {
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: runner_updater::domain::Millis,
+        ttl: Duration,
+    ) -> Result<runner_updater::ports::LockOutcome, runner_updater::ports::PortError> {
+        self.inner.acquire(runner, holder, now, ttl).await
+    }
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: runner_updater::domain::Millis,
+    ) -> Result<bool, runner_updater::ports::PortError> {
+        let answer = self.inner.check(runner, holder, epoch, now).await;
+        if let Some(frozen) = self.freeze.lock().unwrap().take() {
+            self.clock.advance(frozen);
+        }
+        answer
+    }
+    async fn holder(
+        &self,
+        runner: &str,
+        now: runner_updater::domain::Millis,
+    ) -> Result<Option<String>, runner_updater::ports::PortError> {
+        self.inner.holder(runner, now).await
+    }
+    async fn release(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+    ) -> Result<(), runner_updater::ports::PortError> {
+        self.inner.release(runner, holder, epoch).await
+    }
+}
+
+#[tokio::test]
+async fn a_replica_frozen_past_its_lease_between_its_fencing_check_and_its_write_writes_nothing_after_it_thaws(
+) {
+    let s = scenario();
+    let lock = std::sync::Arc::new(FreezingLock {
+        inner: s.ports().lock,
+        clock: s.aws.clock.clone(),
+        freeze: std::sync::Mutex::new(None),
+    });
+    let ports = runner_updater::driver::Ports {
+        lock: lock.clone(),
+        ..s.ports()
+    };
+    let mut driver = runner_updater::driver::RunnerDriver::new(
+        &s.config,
+        s.config.runner("runner-a").unwrap(),
+        "controller-1",
+        ports,
+    );
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut driver, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    // The next fenced write (the pass in which the rollout is seen complete, to Soaking)
+    // checks the lease, and the process is frozen right after, past the lease.
+    *lock.freeze.lock().unwrap() = Some(Duration::from_secs(s.config.lease_secs + 10));
+    let mut thawed = false;
+    for _ in 0..50 {
+        let before = record(&s, "runner-a").await;
+        let updates = s.aws.ecs.updates().len();
+        let report = driver.tick().await.unwrap();
+        if lock.freeze.lock().unwrap().is_none() {
+            assert_eq!(report.saves, 0, "no write after the thaw: {report:?}");
+            assert_eq!(
+                record(&s, "runner-a").await,
+                before,
+                "the record is as it was"
+            );
+            assert_eq!(s.aws.ecs.updates().len(), updates, "no ECS call either");
+            thawed = true;
+            break;
+        }
+        s.aws.clock.advance(driver.requeue_after());
+    }
+    assert!(thawed, "the freeze never came");
+    let before = record(&s, "runner-a").await;
+    // Nobody took the runner meanwhile: the next pass renews the lease in place (same
+    // epoch) and goes on.
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    let done = record(&s, "runner-a").await;
+    assert_eq!(done.lock_epoch, before.lock_epoch, "no epoch churn");
+}
+
+/// Found by an acceptance run (issue 14): a `DescribeTasks` answer the SDK could not read kept
+/// an attempt in `updating_service` for over a minute, reported as `update-refused … (will
+/// retry)`. The service update reads no task list now.
+#[tokio::test]
+async fn an_unreadable_describe_tasks_answer_does_not_hold_the_service_update() {
+    let s = scenario();
+    s.aws.ecs.faults.push_unreadable("DescribeTasks");
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(s.aws.ecs.updates().len(), 1, "the update was made");
+    assert_eq!(
+        s.aws.ecs.faults.pending("DescribeTasks"),
+        0,
+        "the fault was met (by the health gate, which waited)"
+    );
+    let rec = record(&s, "runner-a").await;
+    assert!(rec.failed.is_empty(), "{:?}", rec.failed);
+}
+
+/// A read the service update needs fails, however it fails (here: an answer the SDK cannot
+/// deserialize, which `aws::classify` calls permanent): it is reported as a read failure, never
+/// as `update-refused`, and `updating_service` still ends at its deadline (`rollout_timeout`
+/// after it was entered): the baseline is restored to be sure, and the version, about which
+/// nothing was learnt, is not quarantined.
+#[tokio::test]
+async fn a_service_read_that_fails_in_updating_service_is_a_read_failure_and_the_deadline_applies()
+{
+    let mut config =
+        runner_updater::config::Config::from_toml(runner_updater::config::EMBEDDED_CONFIG).unwrap();
+    config.health.rollout_timeout_secs = 60;
+    let s = Scenario::with_config(7, config).unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    // Stop the first controller right after it registered the task definition.
+    let mut first = s
+        .driver("runner-a")
+        .unwrap()
+        .with_crash(runner_updater::driver::CrashPlan {
+            after_command_named: Some("register_task_definition"),
+            ..Default::default()
+        });
+    for _ in 0..5 {
+        if first.tick().await.is_err() {
+            break;
+        }
+        s.aws.clock.advance(Duration::from_secs(10));
+    }
+    assert_eq!(
+        record(&s, "runner-a").await.phase,
+        "registering_task_definition"
+    );
+    drop(first);
+    s.aws.clock.advance(Duration::from_mins(3)); // its lease runs out
+    for _ in 0..100 {
+        s.aws.ecs.faults.push_unreadable("DescribeServices");
+    }
+    let mut driver = s.driver_as("runner-a", "controller-2").unwrap();
+    let mut entered = None;
+    for _ in 0..30 {
+        driver.tick().await.unwrap();
+        let rec = record(&s, "runner-a").await;
+        if rec.phase != "updating_service" && entered.is_some() {
+            break;
+        }
+        if rec.phase == "updating_service" {
+            entered.get_or_insert(rec.since);
+            let note = rec.note.clone().unwrap();
+            assert_ne!(note.code, "update-refused");
+            assert!(!note.message.contains("refused"), "{note:?}");
+            assert!(rec.failure.is_none() && rec.failed.is_empty(), "{rec:?}");
+        }
+        s.aws.clock.advance(driver.requeue_after());
+    }
+    let entered = entered.expect("the attempt reached updating_service");
+    let rec = record(&s, "runner-a").await;
+    assert_eq!(
+        rec.phase, "rolling_back",
+        "left updating_service at its deadline"
+    );
+    let left = rec
+        .transitions
+        .iter()
+        .find(|t| t.from == "updating_service")
+        .unwrap();
+    assert_eq!(left.to, "rolling_back");
+    let waited = left.at - entered;
+    assert!(
+        (60_000..=70_000).contains(&waited),
+        "left {waited} ms after entering, deadline 60 s"
+    );
+    assert_eq!(rec.failure.as_ref().unwrap().code, "update-unconfirmed");
+
+    s.aws.ecs.faults.clear();
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let rec = record(&s, "runner-a").await;
+    assert_eq!(
+        rec.service_after,
+        Some(runner_updater::record::ServiceAfterRecord::Restored)
+    );
+    assert!(rec.failed.is_empty(), "not quarantined: {:?}", rec.failed);
+    assert!(
+        s.aws.ecs.updates().is_empty(),
+        "the service was never updated"
+    );
+    // AWS readable again: the version is tried again and goes through.
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(s.aws.ecs.updates().len(), 1);
+}
+
+/// WARN and ERROR events, with their messages, while a guard from [`Warnings::capture`] lives
+/// (on this thread: the tests run on a current-thread runtime).
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if matches!(
+            *event.metadata().level(),
+            tracing::Level::WARN | tracing::Level::ERROR
+        ) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+}
+
+/// Found by an acceptance run (issue 14): standby replicas logged WARN "the lease is no longer
+/// ours" on every pass while another replica updated the runner: a false alarm on a normal
+/// situation. WARN stays for a controller that loses its lease in the middle of its attempt.
+#[tokio::test]
+async fn a_standby_replica_following_another_replicas_attempt_logs_no_warning() {
+    let s = scenario();
+    let warnings = Warnings::default();
+    s.set_desired("runner-b", "version", "2.14.0");
+    let mut first = s.driver_as("runner-b", "c1").unwrap();
+    s.drive_to(&mut first, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    let mut standby = s.driver_as("runner-b", "c2").unwrap();
+    for _ in 0..5 {
+        {
+            let _guard = warnings.capture();
+            standby.tick().await.unwrap();
+        }
+        first.tick().await.unwrap();
+        s.aws.clock.advance(Duration::from_secs(10));
+    }
+    assert_eq!(standby.phase(), Phase::Idle, "the standby stays out");
+    assert_eq!(
+        warnings.take(),
+        Vec::<String>::new(),
+        "the standby's passes"
+    );
+
+    // The first controller goes silent mid-attempt; the standby takes the attempt over; the
+    // first one, back, finds its lease gone: that is worth a warning.
+    s.aws.clock.advance(Duration::from_mins(5));
+    standby.tick().await.unwrap();
+    assert_ne!(
+        standby.phase(),
+        Phase::Idle,
+        "the standby adopted the attempt"
+    );
+    {
+        let _guard = warnings.capture();
+        first.tick().await.unwrap();
+    }
+    let warned = warnings.take();
+    assert!(
+        warned.iter().any(|w| w.contains("no longer ours")),
+        "{warned:?}"
+    );
+}
+
+/// Found by an acceptance run (issue 14): after a rollback `status` did not say what runs
+/// now, its TARGET column showed the failed version (easily read as the running one), and the
+/// reason said "0 are unhealthy" of tasks that never ran.
+#[tokio::test]
+async fn status_after_a_rollback_says_what_runs_now_and_marks_the_target_failed() {
+    use runner_updater::report::{render_status, status_view};
+    let s = scenario();
+    version_2_15_crashes(&s);
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.15.0");
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let view = status_view(&record(&s, "runner-a").await);
+    let running = view.running.clone().unwrap();
+    assert_eq!(running.version.as_deref(), Some("2.13.0"));
+    assert_eq!(running.revision, Some(1));
+    assert_eq!(running.health, "healthy");
+    let reason = view.reason.clone().unwrap();
+    assert!(!reason.contains(" 0 "), "{reason}");
+    assert!(reason.contains("stopped"), "{reason}");
+    let text = render_status(std::slice::from_ref(&view), 8);
+    assert!(text.contains("2.15.0 (failed)"), "{text}");
+    assert!(text.contains("2.13.0 healthy"), "{text}");
+    assert!(
+        text.contains("running   : 2.13.0 (rev 1), healthy: the rollback's deployment COMPLETED"),
+        "{text}"
+    );
+    assert!(text.contains("2.15.0 is quarantined"), "{text}");
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["running"]["version"], "2.13.0");
+    assert_eq!(json["running"]["health"], "healthy");
+    assert_eq!(json["target_failed"], true);
+
+    // Done: the target runs, healthy.
+    s.set_desired("runner-a", "version", "2.15.1");
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    let view = status_view(&record(&s, "runner-a").await);
+    let running = view.running.unwrap();
+    assert_eq!(running.version.as_deref(), Some("2.15.1"));
+    assert_eq!(running.health, "healthy");
+    assert!(!view.target_failed);
+}
+
+#[tokio::test]
+async fn status_after_a_refused_update_says_the_service_was_left_unchanged() {
+    let s = scenario();
+    s.aws.ecs.faults.push("UpdateService", ErrorKind::Permanent);
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let view = runner_updater::report::status_view(&record(&s, "runner-a").await);
+    let running = view.running.unwrap();
+    assert_eq!(running.version.as_deref(), Some("2.13.0"));
+    assert_eq!(running.health, "unchanged");
+    assert!(
+        running.summary.contains("never changed the service"),
+        "{}",
+        running.summary
+    );
+}
+
+/// Found by an acceptance run (issue 14): a runner that never had an attempt showed SINCE
+/// `1970-01-01T00:00:00Z`.
+#[tokio::test]
+async fn status_shows_no_since_for_a_runner_that_never_made_a_transition() {
+    let s = scenario();
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14"); // a bad value: a record at rest, with a note
+    s.drive_until(&mut driver, 3, |_| false).await.ok();
+    let rec = record(&s, "runner-a").await;
+    assert!(rec.transitions.is_empty());
+    let view = runner_updater::report::status_view(&rec);
+    assert_eq!(view.since, "-");
+    let text = runner_updater::report::render_status(&[view], 8);
+    assert!(!text.contains("1970"), "{text}");
+}

@@ -172,6 +172,24 @@ impl Failure {
     }
 }
 
+/// What the service runs once an attempt ended in `RolledBack`, as far as the controller
+/// knows: what `status` tells on-call instead of leaving them to guess from the failed target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceAfter {
+    /// The attempt never changed the service (refused before the update, or an infrastructure
+    /// failure): it runs the baseline as before.
+    Untouched,
+    /// The rollback was confirmed: the baseline's deployment is PRIMARY and COMPLETED with
+    /// every task running.
+    Restored,
+    /// The rollback was refused, or not confirmed before its deadline: what runs is unknown.
+    Unconfirmed,
+    /// After the rollback, someone else pointed the service at this task definition.
+    Foreign(String),
+    /// Not recorded (a record written before this was kept).
+    Unknown,
+}
+
 /// An effect the driver performs. Every command is idempotent per attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -310,6 +328,10 @@ pub enum FailureClass {
     Permanent,
     /// Our fencing token is stale: another controller holds the lock.
     Fenced,
+    /// A read the command needs before it acts failed (transient or not: an answer the SDK
+    /// cannot read, access denied); nothing was changed. Retried next pass, within the state's
+    /// deadline: a read failure is never reported as a refusal.
+    Unreadable,
     /// The world changed under the attempt, not by our hand (a foreign writer).
     Conflict,
 }
@@ -694,8 +716,11 @@ impl RunnerMachine {
         });
     }
 
-    /// Outgoing: `AwaitingRollout`; `RolledBack` when refused; `Idle` on a foreign writer or a
-    /// lost lock.
+    /// Outgoing: `AwaitingRollout`; `RolledBack` when refused; `RollingBack` when the update
+    /// is not confirmed within `rollout_timeout` of entering the state (AWS unreadable all
+    /// along: whether the call was made is unknown, so the baseline is restored to be sure; the
+    /// version is not quarantined, nothing was learnt about it); `Idle` on a foreign writer or
+    /// a lost lock.
     #[state(superstate = "deploying", entry_action = "enter_updating_service")]
     fn updating_service(
         &mut self,
@@ -724,6 +749,33 @@ impl RunnerMachine {
                     if *current != run.baseline.task_definition_arn && current != new_td {
                         return self.foreign(run, current, ctx, input.now);
                     }
+                }
+                let deadline = self.memory.since.after(self.settings.rollout_timeout);
+                if input.now >= deadline {
+                    let last = self
+                        .memory
+                        .note
+                        .as_ref()
+                        .map(|n| format!(" (last: {}: {})", n.code, n.message))
+                        .unwrap_or_default();
+                    let failure = Failure::new(
+                        "update-unconfirmed",
+                        format!(
+                            "the service update was not confirmed within {}s{last}: restoring {} to be sure",
+                            self.settings.rollout_timeout.as_secs(),
+                            run.baseline.task_definition_arn
+                        ),
+                    );
+                    self.pending_note = Some(failure.reason.clone());
+                    let until = input.now.after(self.settings.rollback_timeout);
+                    return Transition(State::rolling_back(run.clone(), failure, until, false));
+                }
+                if let Err(error) = &observation.observed {
+                    self.note_now(
+                        error.code(),
+                        format!("cannot read the service: {error} (will retry until {deadline})"),
+                        input.now,
+                    );
                 }
                 Self::enter_updating_service(run, new_td, ctx);
                 Handled
@@ -1135,7 +1187,23 @@ impl RunnerMachine {
                     failure.reason
                 );
                 self.pending_note = Some(failure.reason.clone());
-                Transition(State::rolled_back(run.clone(), failure))
+                Transition(State::rolled_back(
+                    run.clone(),
+                    failure,
+                    ServiceAfter::Unconfirmed,
+                ))
+            }
+            Event::CommandFailed {
+                class: FailureClass::Unreadable,
+                message,
+                ..
+            } => {
+                self.note_now(
+                    "aws-unavailable",
+                    format!("cannot read the service before rolling back: {message} (will retry until {deadline})"),
+                    input.now,
+                );
+                Handled
             }
             Event::Observed(observation) => {
                 let restored = observation.observed.as_ref().is_ok_and(|observed| {
@@ -1149,7 +1217,11 @@ impl RunnerMachine {
                 });
                 if restored {
                     self.pending_note = Some(failure.reason.clone());
-                    Transition(State::rolled_back(run.clone(), failure.clone()))
+                    Transition(State::rolled_back(
+                        run.clone(),
+                        failure.clone(),
+                        ServiceAfter::Restored,
+                    ))
                 } else if input.now >= *deadline {
                     let mut failure = failure.clone();
                     failure.reason = format!(
@@ -1158,7 +1230,11 @@ impl RunnerMachine {
                         self.settings.rollback_timeout.as_secs()
                     );
                     self.pending_note = Some(failure.reason.clone());
-                    Transition(State::rolled_back(run.clone(), failure))
+                    Transition(State::rolled_back(
+                        run.clone(),
+                        failure,
+                        ServiceAfter::Unconfirmed,
+                    ))
                 } else if let (true, Ok(observed)) = (*issued, &observation.observed) {
                     let current = &observed.service.task_definition_arn;
                     if *current == run.baseline.task_definition_arn {
@@ -1170,7 +1246,11 @@ impl RunnerMachine {
                             failure.reason
                         );
                         self.pending_note = Some(failure.reason.clone());
-                        Transition(State::rolled_back(run.clone(), failure))
+                        Transition(State::rolled_back(
+                            run.clone(),
+                            failure,
+                            ServiceAfter::Foreign(current.clone()),
+                        ))
                     }
                 } else {
                     Self::enter_rolling_back(run, issued, ctx);
@@ -1213,11 +1293,12 @@ impl RunnerMachine {
         &mut self,
         run: &mut Run,
         failure: &mut Failure,
+        service: &mut ServiceAfter,
         input: &Input,
     ) -> Outcome<State> {
         // statig declares a state's data through its handler's arguments; these are read by
         // the entry action and the record, not here.
-        let _ = (run, failure);
+        let _ = (run, failure, service);
         self.consider(input)
     }
 
@@ -1433,7 +1514,9 @@ impl RunnerMachine {
     ) -> Outcome<State> {
         match class {
             FailureClass::Transient => {
-                self.note_now("retrying", format!("{code}: {message} (will retry)"), now);
+                // Not the state's refusal code: the call was not refused, it did not get an
+                // answer yet (the message names the operation).
+                self.note_now("retrying", format!("{message} (will retry)"), now);
                 Handled
             }
             FailureClass::Fenced => {
@@ -1444,6 +1527,14 @@ impl RunnerMachine {
             FailureClass::Conflict => {
                 self.foreign_message(run, format!("foreign writer: {message}"), ctx, now)
             }
+            FailureClass::Unreadable => {
+                self.note_now(
+                    "aws-unavailable",
+                    format!("cannot read AWS before acting, nothing was changed: {message} (will retry)"),
+                    now,
+                );
+                Handled
+            }
             FailureClass::Permanent => self.fail(run, Failure::new(code, message.to_owned()), now),
         }
     }
@@ -1453,7 +1544,11 @@ impl RunnerMachine {
     fn fail(&mut self, run: &Run, failure: Failure, now: Millis) -> Outcome<State> {
         self.quarantine(&run.attempt, &failure, now);
         self.pending_note = Some(failure.reason.clone());
-        Transition(State::rolled_back(run.clone(), failure))
+        Transition(State::rolled_back(
+            run.clone(),
+            failure,
+            ServiceAfter::Untouched,
+        ))
     }
 
     /// The stacks an attempt would update now (a gap shows as rule 3 failing instead).
@@ -1721,10 +1816,7 @@ impl RunnerMachine {
         if bad >= self.settings.fail_fast_tasks as usize {
             return GateStatus::Failed(Failure::new(
                 "unhealthy-tasks",
-                format!(
-                    "{failed} task(s) of the new revision failed and {unhealthy} are unhealthy (fail-fast threshold {})",
-                    self.settings.fail_fast_tasks
-                ),
+                fail_fast_reason(failed, unhealthy, self.settings.fail_fast_tasks),
             ));
         }
         let primary_is_ours = service.primary().is_some_and(|p| p.id == ours.id);
@@ -1749,6 +1841,20 @@ impl RunnerMachine {
         }
         GateStatus::Healthy
     }
+}
+
+/// Why the fail-fast threshold was reached, naming only what happened: tasks that stopped
+/// (crashed, or never started) and running tasks reported UNHEALTHY.
+fn fail_fast_reason(failed: usize, unhealthy: usize, threshold: u32) -> String {
+    let stopped =
+        format!("{failed} task(s) of the new revision stopped (crashed or never started)");
+    let unhealthy_words = format!("{unhealthy} running task(s) of the new revision are UNHEALTHY");
+    let what = match (failed, unhealthy) {
+        (_, 0) => stopped,
+        (0, _) => unhealthy_words,
+        _ => format!("{stopped} and {unhealthy} running task(s) are UNHEALTHY"),
+    };
+    format!("{what}; fail-fast threshold {threshold}")
 }
 
 /// Whether the service (and the stacks) are settled enough to start changing them.

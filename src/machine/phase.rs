@@ -310,6 +310,11 @@ pub const TRANSITIONS: &[Edge] = &[
     edge(Phase::UpdatingService, Phase::RolledBack, "update refused"),
     edge(
         Phase::UpdatingService,
+        Phase::RollingBack,
+        "update not confirmed in time",
+    ),
+    edge(
+        Phase::UpdatingService,
         Phase::Idle,
         "foreign writer / lock lost",
     ),

@@ -67,7 +67,7 @@ prefix = "/runner-updater"
 channel = "stable"
 poll_interval_secs = 30
 active_poll_interval_secs = 10
-lease_secs = 60
+lease_secs = 80
 
 [state_store]
 backend = "ssm"
@@ -1454,6 +1454,11 @@ impl Clock for SkewedClock {
     fn now(&self) -> Millis {
         let skew = self.skew_ms.lock().map_or(0, |s| *s);
         Millis(self.base.now().0.saturating_add_signed(skew))
+    }
+
+    fn monotonic(&self) -> Duration {
+        // Skew is a wall clock's error; elapsed time is the same for everyone.
+        self.base.monotonic()
     }
 
     async fn sleep(&self, duration: Duration) {

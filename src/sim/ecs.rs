@@ -778,6 +778,9 @@ impl Ecs for SimEcs {
         service: &str,
     ) -> Result<ServiceState, PortError> {
         self.faults.check("DescribeServices")?;
+        // Against AWS the task list takes `ListTasks` and `DescribeTasks`: a fault on the
+        // latter (an answer the SDK cannot read) fails the whole read, as in the adapter.
+        self.faults.check("DescribeTasks")?;
         let now = self.clock.now();
         let mut world = guard(&self.world, "DescribeServices")?;
         read_service(&mut world, cluster, service, now)
@@ -808,8 +811,11 @@ impl Ecs for SimEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        // As against AWS: no task list (nothing at rest may depend on one).
-        let mut state = self.describe_service(cluster, service).await?;
+        // As against AWS: no task list (nothing at rest may depend on one), no task calls.
+        self.faults.check("DescribeServices")?;
+        let now = self.clock.now();
+        let mut world = guard(&self.world, "DescribeServices")?;
+        let mut state = read_service(&mut world, cluster, service, now)?;
         state.tasks.clear();
         Ok(state)
     }

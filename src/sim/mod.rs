@@ -45,10 +45,10 @@ fn folder(path: &str) -> String {
 }
 
 /// A fault queued on an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fault {
-    /// The call fails before it has any effect.
-    Fail(ErrorKind),
+    /// The call fails before it has any effect, with this message (else a generic one).
+    Fail(ErrorKind, Option<String>),
     /// The call takes effect, then its answer is lost (a timeout, a reset connection): the
     /// caller sees a transient error for something that was done.
     LoseAnswer,
@@ -67,7 +67,23 @@ pub struct Faults {
 impl Faults {
     /// Makes the next call of `operation` fail with `kind`, before any effect.
     pub fn push(&self, operation: &'static str, kind: ErrorKind) {
-        self.queue(operation, Fault::Fail(kind));
+        self.queue(operation, Fault::Fail(kind, None));
+    }
+
+    /// Makes the next call of `operation` fail with `kind` and `message` (what the AWS
+    /// adapter would report for that failure).
+    pub fn push_error(&self, operation: &'static str, kind: ErrorKind, message: &str) {
+        self.queue(operation, Fault::Fail(kind, Some(message.to_owned())));
+    }
+
+    /// Makes the next call of `operation` fail as an answer the SDK cannot read does
+    /// (classified permanent by the adapter, as `aws::classify` does).
+    pub fn push_unreadable(&self, operation: &'static str) {
+        self.push_error(
+            operation,
+            ErrorKind::Permanent,
+            "Unknown (HTTP 200): unhandled error (cannot deserialize the response)",
+        );
     }
 
     /// Makes the next call of `operation` take effect and then lose its answer (the caller
@@ -136,11 +152,7 @@ impl Faults {
     /// The queued fault (a lost answer is a transient failure of the read).
     pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
         match self.take(operation) {
-            Some(Fault::Fail(kind)) => Err(PortError::new(
-                kind,
-                operation,
-                format!("injected {kind:?} fault"),
-            )),
+            Some(Fault::Fail(kind, message)) => Err(failure(operation, kind, message)),
             Some(Fault::LoseAnswer) => Err(lost_answer(operation)),
             None => Ok(()),
         }
@@ -158,12 +170,8 @@ impl Faults {
         effect: impl FnOnce() -> Result<T, PortError>,
     ) -> Result<T, PortError> {
         let fault = self.take(operation);
-        if let Some(Fault::Fail(kind)) = fault {
-            return Err(PortError::new(
-                kind,
-                operation,
-                format!("injected {kind:?} fault"),
-            ));
+        if let Some(Fault::Fail(kind, message)) = fault {
+            return Err(failure(operation, kind, message));
         }
         let result = effect();
         match (fault, result) {
@@ -176,6 +184,15 @@ impl Faults {
             (_, result) => result,
         }
     }
+}
+
+/// A queued failure, as the caller sees it.
+fn failure(operation: &'static str, kind: ErrorKind, message: Option<String>) -> PortError {
+    PortError::new(
+        kind,
+        operation,
+        message.unwrap_or_else(|| format!("injected {kind:?} fault")),
+    )
 }
 
 /// What the caller of a call whose answer was lost sees (the SDK's dispatch failure).
@@ -213,6 +230,10 @@ impl SimClock {
 impl Clock for SimClock {
     fn now(&self) -> Millis {
         Millis(self.now_ms.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now_ms.load(Ordering::SeqCst))
     }
 
     async fn sleep(&self, duration: Duration) {

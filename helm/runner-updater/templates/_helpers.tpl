@@ -131,6 +131,10 @@ check_span_every_passes = {{ int64 $c.telemetry.check_span_every_passes }}
 ssm_per_sec = {{ int64 $c.rate_limits.ssm_per_sec }}
 ecs_per_sec = {{ int64 $c.rate_limits.ecs_per_sec }}
 cloudformation_per_sec = {{ int64 $c.rate_limits.cloudformation_per_sec }}
+
+[aws]
+attempt_timeout_secs = {{ int64 $c.aws.attempt_timeout_secs }}
+operation_timeout_secs = {{ int64 $c.aws.operation_timeout_secs }}
 {{- range $c.runners }}
 
 [[runners]]
