@@ -17,6 +17,14 @@ use runner_updater::store::SsmStore;
 
 const PREFIX: &str = "/e2e";
 const WAIT: Duration = Duration::from_secs(90);
+/// The controller's SDK timeout per attempt and per call: short, so that a short lease covers
+/// a late renewal (the configuration refuses `lease_secs` below active poll interval + 2 x
+/// this + a pass: 6 s here, with rate limits out of the way) and a delayed answer is given up
+/// on quickly.
+const ATTEMPT_TIMEOUT_SECS: u32 = 2;
+/// The lease of the tests that take a runner over after a crash or a freeze: the shortest the
+/// configuration accepts with the timeouts above.
+const LEASE_SECS: u32 = 6;
 
 struct World {
     moto: common::Moto,
@@ -32,7 +40,7 @@ impl World {
 
     /// `rollout_secs`: how long the harness takes to complete a rollout; `soak_secs`: the soak.
     async fn with_timing(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
-        Self::custom(runners, rollout_secs, soak_secs, 5, 1, &[], |_| {
+        Self::custom(runners, rollout_secs, soak_secs, LEASE_SECS, 1, &[], |_| {
             String::new()
         })
         .await
@@ -68,6 +76,8 @@ impl World {
             .unwrap();
         let mut config = format!(
             "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = {lease_secs}\nconsistency_window_secs = {consistency_window_secs}\n\
+             [aws]\nattempt_timeout_secs = {ATTEMPT_TIMEOUT_SECS}\noperation_timeout_secs = {ATTEMPT_TIMEOUT_SECS}\n\
+             [rate_limits]\nssm_per_sec = 1000\necs_per_sec = 1000\ncloudformation_per_sec = 1000\n\
              [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = {soak_secs}\nrollback_timeout_secs = 60\n"
         );
         for runner in runners {
@@ -159,6 +169,7 @@ impl World {
             .envs(self.moto.env())
             .env("HOSTNAME", name)
             .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(crash) = crash {
@@ -172,13 +183,29 @@ impl World {
         store.load(runner).await.unwrap()
     }
 
+    /// Waits (bounded) for the runner's record in `phase`; on a timeout, panics with the
+    /// record and the last lines of every log (the controllers', the harness's).
+    #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
     async fn wait_for_phase(&self, runner: &str, phase: &str, attempt_min: u64) -> Record {
-        common::eventually(&format!("{runner} in {phase}"), WAIT, || async {
-            self.record(runner)
-                .await
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let record = self.record(runner).await;
+            if let Some(record) = record
+                .as_ref()
                 .filter(|r| r.phase == phase && r.attempts_started >= attempt_min)
-        })
-        .await
+            {
+                return record.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                let logs = self.logs();
+                let lines: Vec<&str> = logs.lines().collect();
+                panic!(
+                    "timed out after {WAIT:?} waiting for {runner} in {phase} (attempt {attempt_min}); record: {record:#?}\nlast log lines:\n{}",
+                    lines[lines.len().saturating_sub(80)..].join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn updates(&self, runner: &str) -> Vec<String> {
@@ -842,7 +869,7 @@ struct LostCase {
     runner: &'static str,
     operation: &'static str,
     /// `reset` (connection closed without an answer) or `delay` (answered after the client's
-    /// 10 s attempt timeout).
+    /// attempt timeout).
     mode: &'static str,
     /// Substrings of the request body that pick the call, given the runner.
     matching: fn(&str) -> Vec<String>,
@@ -1142,8 +1169,8 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
             .find(|c| c.runner == runner)
             .is_some_and(|c| matches!(c.story, Story::Infrastructure | Story::Cancelled))
     };
-    // A lease longer than a delayed answer (the client waits 10 s for it); ECS's own circuit
-    // breaker out of the way (the controller's fail-fast rolls back, with the call lost).
+    // A lease longer than a delayed answer; ECS's own circuit breaker out of the way (the
+    // controller's fail-fast rolls back, with the call lost).
     let world = World::custom(
         &runners,
         1,
@@ -1226,7 +1253,8 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
             "operation": case.operation,
             "match": (case.matching)(case.runner),
             "mode": case.mode,
-            "delay_seconds": 15,
+            // Past the controller's attempt timeout: the SDK has given up on it.
+            "delay_seconds": 2 * ATTEMPT_TIMEOUT_SECS + 1,
         }));
         assert_eq!(armed["id"], rule + 1, "{}", case.name);
     }
