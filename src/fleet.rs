@@ -8,9 +8,10 @@
 //!   them only when they can have changed (see `stack_refresh_secs`).
 //! - **Scheduling** ([`Scheduler`]): runners at rest are passed over by sweeps, one per
 //!   `poll_interval_secs` (or at once on a trigger), each starting with a fleet read; a runner in
-//!   an attempt is passed over on its own every `active_poll_interval_secs`. At most
-//!   `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
-//!   never waited for: a slow or failing runner delays no other.
+//!   an attempt is passed over on its own every `active_poll_interval_secs`, and a runner at rest
+//!   waiting for its `desired/*` parameters to settle when they do (`RunnerDriver::wake_at`).
+//!   At most `max_concurrent_runners` passes run at a time, and a runner still in its pass is
+//!   skipped, never waited for: a slow or failing runner delays no other.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;

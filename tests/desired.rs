@@ -109,7 +109,12 @@ async fn a_half_written_desired_state_is_not_deployed_until_it_has_settled() {
         [HOTFIX],
         "one task definition, with the image ops meant"
     );
-    let started = attempt_started(&record(&s, "runner-b").await);
+    let done = record(&s, "runner-b").await;
+    assert_eq!(
+        done.desired, None,
+        "at Done the desired image runs: status shows no divergence"
+    );
+    let started = attempt_started(&done);
     assert!(
         started >= image_written.after(Duration::from_secs(10)),
         "the attempt started at {started}, before the settle ended"

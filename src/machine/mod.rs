@@ -1117,6 +1117,7 @@ impl RunnerMachine {
         match self.gate_status(gate, observation) {
             GateStatus::Healthy if input.now >= *until => {
                 self.memory.last_success = Some(input.now);
+                self.seen_deployed(&gate.run.attempt.target_image);
                 self.pending_note = Some(format!("{} is live", gate.run.attempt.target_version));
                 Transition(State::done(gate.run.clone(), Some(gate.clone())))
             }
@@ -1430,6 +1431,23 @@ impl RunnerMachine {
             controller_channel: &self.settings.channel,
             failed: &self.memory.failed,
         })
+    }
+
+    /// The attempt's image runs now: a divergence seen before it is over (the next pass at rest
+    /// looks again), so `status` does not show it at Done.
+    fn seen_deployed(&mut self, image: &ImageRef) {
+        if let Some(seen) = &mut self.memory.seen {
+            if seen
+                .image
+                .as_ref()
+                .is_some_and(|(desired, _)| *desired == image.to_string())
+            {
+                seen.image = None;
+            }
+        }
+        if self.memory.seen.as_ref() == Some(&DesiredSeen::default()) {
+            self.memory.seen = None;
+        }
     }
 
     /// Records a note; the timestamp only moves when the note changes (no churn in the record).
