@@ -23,6 +23,15 @@ pub struct Config {
     /// Channels that exist (a desired channel outside them is a bad value).
     #[serde(default = "default_known_channels")]
     pub known_channels: Vec<String>,
+    /// Channels that accept pre-release versions (`2.19.0-rc.1`); none by default, so a
+    /// pre-release on any other channel is refused (`pre-release-not-allowed`).
+    #[serde(default)]
+    pub prerelease_channels: Vec<String>,
+    /// Seconds a runner's separate `desired/*` parameters must stay unchanged before a pass at
+    /// rest acts on them (ops write them one by one: a half-written desired state is never
+    /// deployed). The one-document `release` is acted on at once.
+    #[serde(default = "default_settle_secs")]
+    pub settle_secs: u64,
     /// Seconds between passes when a runner is at rest.
     #[serde(default = "default_poll_interval_secs")]
     pub poll_interval_secs: u64,
@@ -341,6 +350,11 @@ fn default_channel() -> String {
 fn default_known_channels() -> Vec<String> {
     ["stable", "beta", "edge"].map(str::to_owned).to_vec()
 }
+fn default_settle_secs() -> u64 {
+    10
+}
+/// The longest settle accepted: beyond it, a desired state would wait for no good reason.
+pub const SETTLE_SECS_MAX: u64 = 600;
 fn default_poll_interval_secs() -> u64 {
     60
 }
@@ -473,6 +487,21 @@ impl Config {
                 self.channel
             ));
         }
+        if let Some(channel) = self
+            .prerelease_channels
+            .iter()
+            .find(|c| !self.known_channels.contains(c))
+        {
+            return invalid(format!(
+                "prerelease_channels: {channel:?} is not in known_channels"
+            ));
+        }
+        if self.settle_secs > SETTLE_SECS_MAX {
+            return invalid(format!(
+                "settle_secs ({}) is more than {SETTLE_SECS_MAX}",
+                self.settle_secs
+            ));
+        }
         if self.poll_interval_secs == 0 || self.active_poll_interval_secs == 0 {
             return invalid("poll intervals must be at least 1 second".to_owned());
         }
@@ -590,6 +619,7 @@ impl Config {
             allowed_repositories: runner.allowed_repositories.clone(),
             stacks: runner.stacks.clone(),
             known_channels: self.known_channels.clone(),
+            prerelease_channels: self.prerelease_channels.clone(),
         }
     }
 }
@@ -644,6 +674,8 @@ mod tests {
             ("prefix = \"a\"", "prefix"),
             ("channel = \"nightly\"", "known_channels"),
             ("lease_secs = 5", "lease_secs"),
+            ("prerelease_channels = [\"nightly\"]", "prerelease_channels"),
+            ("settle_secs = 86400", "settle_secs"),
             ("[[runners]]\nname = \"Runner A\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"", "runner name"),
             ("[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"bad repo\"", "image repository"),
         ] {
@@ -685,6 +717,20 @@ mod tests {
             Config::from_toml("").unwrap().warnings().is_empty(),
             "the defaults need no warning"
         );
+    }
+
+    #[test]
+    fn no_channel_accepts_pre_releases_and_desired_parameters_settle_ten_seconds_by_default() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.prerelease_channels.is_empty());
+        assert_eq!(config.settle_secs, 10);
+        let config = Config::from_toml(
+            "prerelease_channels = [\"beta\", \"edge\"]\nsettle_secs = 0\n[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"",
+        )
+        .unwrap();
+        assert_eq!(config.settle_secs, 0);
+        let policy = config.policy(&config.runners[0]);
+        assert_eq!(policy.prerelease_channels, ["beta", "edge"]);
     }
 
     #[test]

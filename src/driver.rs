@@ -23,7 +23,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tracing::Instrument;
 
 use crate::config::{Config, RunnerConfig};
-use crate::domain::desired::{parse_desired, DesiredError, RunnerPolicy};
+use crate::domain::desired::{
+    parse_desired, settle_fingerprint, DesiredError, RunnerPolicy, RELEASE_PARAMETER,
+};
 use crate::domain::eligibility::{Rule, Verdict};
 use crate::domain::infra::{self, Creation, StackPlan, StackProgress};
 use crate::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
@@ -249,6 +251,14 @@ pub struct RunnerDriver {
     /// fencing check and its write does not write (on the SSM store this only narrows the
     /// window, see README "The lock").
     lease_until: Option<Duration>,
+    /// See `settle_secs`.
+    settle: Duration,
+    /// The fingerprint of the `desired/*` values last read, and when (by this controller's
+    /// clock) they were first read as they are.
+    settle_seen: Option<(u64, Millis)>,
+    /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
+    /// for).
+    settles_at: Option<Millis>,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -301,6 +311,9 @@ impl RunnerDriver {
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
             observed_cached: false,
             lease_until: None,
+            settle: Duration::from_secs(config.settle_secs),
+            settle_seen: None,
+            settles_at: None,
         }
     }
 
@@ -372,14 +385,34 @@ impl RunnerDriver {
         }
     }
 
-    /// How long to wait before the next tick.
+    /// How long to wait before the next tick: the rest interval, or less when a desired
+    /// state the runner waits for settles before it.
     #[must_use]
     pub fn requeue_after(&self) -> Duration {
+        if let Some(at) = self.wake_at() {
+            return at.since(self.ports.clock.now()).min(self.rest_interval);
+        }
         if self.at_rest() {
             self.rest_interval
         } else {
             self.active_interval
         }
+    }
+
+    /// When this runner at rest wants its next pass before the next sweep: the moment the
+    /// `desired/*` parameters it is waiting for settle (its last pass found it `settling`).
+    #[must_use]
+    pub fn wake_at(&self) -> Option<Millis> {
+        let machine = self.machine.as_ref()?;
+        let settling = phase_of(machine.state()).is_resting()
+            && machine
+                .inner()
+                .memory
+                .note
+                .as_ref()
+                .is_some_and(|note| note.code == "settling");
+        self.settles_at
+            .filter(|at| settling && *at > self.ports.clock.now())
     }
 
     /// One pass.
@@ -497,10 +530,10 @@ impl RunnerDriver {
             self.observed_cached = false;
             let mut observation = self.observe_with(view).await?;
             if self.observed_cached
-                && self
-                    .machine
-                    .as_ref()
-                    .is_some_and(|m| m.inner().would_attempt(&observation))
+                && self.machine.as_ref().is_some_and(|m| {
+                    m.inner()
+                        .would_attempt(&observation, self.ports.clock.now())
+                })
             {
                 // An attempt starts on the runner's own fresh reads only: the fleet read may
                 // be a sweep old (or served stale by ECS, which is eventually consistent), and
@@ -998,29 +1031,35 @@ impl RunnerDriver {
         &mut self,
         view: Option<RunnerSnapshot>,
     ) -> Result<Observation, DriverError> {
-        let (desired_read, service_read) = if let Some(view) = view {
+        let (desired_read, service_read, read_at) = if let Some(view) = view {
             self.observed_cached = true;
-            (view.desired, Some(view.service))
+            (view.desired, Some(view.service), view.taken_at)
         } else {
-            let folder = format!("{}/{}/", self.prefix, self.runner.name);
-            let desired_path = format!("{folder}desired");
+            // The runner's folder: `desired/…` and the `release` document (the status record
+            // and the lease, read past, are read by their own paths).
+            let folder = format!("{}/{}", self.prefix, self.runner.name);
+            let read_at = self.ports.clock.now();
             let read = self
-                .retrying(|| self.ports.ssm.get_by_path(&desired_path))
+                .retrying(|| self.ports.ssm.get_by_path(&folder))
                 .await
                 .map(|parameters| {
                     parameters
                         .into_iter()
                         .filter_map(|(name, value)| {
-                            name.strip_prefix(&folder).map(|n| (n.to_owned(), value))
+                            let relative = name.strip_prefix(&folder)?.strip_prefix('/')?;
+                            is_desired_name(relative).then(|| (relative.to_owned(), value))
                         })
                         .collect::<BTreeMap<String, String>>()
                 });
-            (read, None)
+            (read, None, read_at)
         };
         // An unreadable AWS is an observation too: the machine still sees time pass and checks
         // its deadlines.
         let desired = match desired_read {
-            Ok(relative) => parse_desired(&relative, &self.policy),
+            Ok(relative) => {
+                self.settles_at = self.settle_of(&relative, read_at);
+                parse_desired(&relative, &self.policy)
+            }
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
         };
         // What the stacks are read under ("" for no desired infrastructure); none when the
@@ -1035,7 +1074,32 @@ impl RunnerDriver {
         };
         self.aws_readable = !matches!(desired, Err(DesiredError::Unavailable(_)))
             && !matches!(observed, Err(ObserveError::Unavailable(_)));
-        Ok(Observation { desired, observed })
+        Ok(Observation {
+            desired,
+            observed,
+            settles_at: self.settles_at,
+        })
+    }
+
+    /// When the `desired/*` values just read (at `read_at`) settle: `settle_secs` after this
+    /// controller first read them as they are (a restart, or another replica, waits one settle
+    /// again: safe). AWS's clock (`LastModifiedDate`) is not used: a skew between it and ours
+    /// cannot shorten the wait, and a deletion, which leaves no date behind, moves the
+    /// fingerprint like any write. `None` with a release document, acted on at once.
+    fn settle_of(
+        &mut self,
+        relative: &BTreeMap<String, String>,
+        read_at: Millis,
+    ) -> Option<Millis> {
+        let fingerprint = settle_fingerprint(relative);
+        let first_seen = match self.settle_seen {
+            Some((seen, at)) if seen == fingerprint => at,
+            _ => {
+                self.settle_seen = Some((fingerprint, read_at));
+                read_at
+            }
+        };
+        (!relative.contains_key(RELEASE_PARAMETER)).then(|| first_seen.after(self.settle))
     }
 
     async fn observe_runner(
@@ -1754,6 +1818,13 @@ fn stack_refresh(secs: u64, runner: &str) -> Duration {
         secs.saturating_mul(1000)
             .saturating_add(secs.saturating_mul(spread) / 2),
     )
+}
+
+/// Whether a name relative to a runner's folder is part of its desired state (`desired/…` or
+/// the `release` document).
+#[must_use]
+pub fn is_desired_name(relative: &str) -> bool {
+    relative.starts_with("desired/") || relative == RELEASE_PARAMETER
 }
 
 /// The lease epoch held in a state, if the state holds the lock.

@@ -8,9 +8,10 @@
 //!   them only when they can have changed (see `stack_refresh_secs`).
 //! - **Scheduling** ([`Scheduler`]): runners at rest are passed over by sweeps, one per
 //!   `poll_interval_secs` (or at once on a trigger), each starting with a fleet read; a runner in
-//!   an attempt is passed over on its own every `active_poll_interval_secs`. At most
-//!   `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
-//!   never waited for: a slow or failing runner delays no other.
+//!   an attempt is passed over on its own every `active_poll_interval_secs`, and a runner at rest
+//!   waiting for its `desired/*` parameters to settle when they do (`RunnerDriver::wake_at`).
+//!   At most `max_concurrent_runners` passes run at a time, and a runner still in its pass is
+//!   skipped, never waited for: a slow or failing runner delays no other.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -24,7 +25,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use crate::config::{Config, RunnerConfig};
 use crate::domain::observed::ServiceState;
 use crate::domain::Millis;
-use crate::driver::{DriverError, RetryPolicy, RunnerDriver, TickReport};
+use crate::driver::{is_desired_name, DriverError, RetryPolicy, RunnerDriver, TickReport};
 use crate::ports::{
     Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
 };
@@ -40,7 +41,8 @@ pub const ECS_BATCHES_IN_FLIGHT: usize = 4;
 pub struct RunnerSnapshot {
     /// When the fleet read started (a pass that ended later does not use it).
     pub taken_at: Millis,
-    /// The runner's folder under the prefix, by name relative to it (`desired/version`, …).
+    /// The runner's desired state under the prefix, by name relative to its folder
+    /// (`desired/version`, …, `release`).
     pub desired: Result<BTreeMap<String, String>, PortError>,
     /// The service, without its tasks.
     pub service: Result<ServiceState, PortError>,
@@ -151,7 +153,8 @@ impl FleetReader {
     }
 
     /// Every parameter under the prefix, page by page, grouped by runner (only `desired/…`
-    /// names are kept: status records and leases are read by their own paths).
+    /// names and the `release` document are kept: status records and leases are read by their
+    /// own paths).
     async fn read_folders(
         &self,
         runners: &[&RunnerConfig],
@@ -192,7 +195,7 @@ impl FleetReader {
                 else {
                     continue;
                 };
-                if relative.starts_with("desired/") && wanted.contains(runner) {
+                if is_desired_name(relative) && wanted.contains(runner) {
                     folders
                         .entry(runner.to_owned())
                         .or_default()
@@ -320,6 +323,9 @@ struct Slot {
     /// Waiting for a fleet read or a free place.
     queued: bool,
     loaded: bool,
+    /// A runner at rest waiting for its desired state to settle: its pass is due then, not at
+    /// the next sweep (`RunnerDriver::wake_at`).
+    wake: Option<Millis>,
 }
 
 /// A fleet read under way, with the runners it is for.
@@ -380,6 +386,7 @@ impl Scheduler {
                     due: now,
                     queued: false,
                     loaded: false,
+                    wake: None,
                 })
                 .collect(),
             reader,
@@ -553,7 +560,8 @@ impl Scheduler {
         }
     }
 
-    /// Queues the runners in an attempt that are due (on their own time).
+    /// Queues the runners in an attempt that are due (on their own time), and the runners at
+    /// rest whose desired state settles now (after them, with their own reads).
     fn queue_due(&mut self, now: Millis, queue: &mut Queue) {
         // The wall clock stepped back: nothing waits longer than a sweep interval.
         let latest = now.after(self.sweep_interval);
@@ -565,7 +573,19 @@ impl Scheduler {
             let Some(driver) = &slot.driver else {
                 continue;
             };
-            if slot.queued || driver.at_rest() {
+            if slot.queued {
+                continue;
+            }
+            if driver.at_rest() {
+                if let Some(wake) = slot.wake.map(|wake| wake.min(latest)) {
+                    if wake <= now {
+                        slot.wake = None;
+                        slot.queued = true;
+                        queue.sweep.push_back((index, None));
+                    } else {
+                        earliest = earliest.min(wake);
+                    }
+                }
                 continue;
             }
             slot.due = slot.due.min(latest);
@@ -704,6 +724,10 @@ impl Scheduler {
         slot.due = now.after(driver.requeue_after());
         if !driver.at_rest() {
             self.earliest_due = self.earliest_due.min(slot.due);
+        }
+        slot.wake = driver.wake_at();
+        if let Some(wake) = slot.wake {
+            self.earliest_due = self.earliest_due.min(wake);
         }
         if !slot.loaded && driver.loaded() {
             slot.loaded = true;

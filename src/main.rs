@@ -70,7 +70,8 @@ enum Command {
         /// have ended (default: run until interrupted).
         #[arg(long)]
         passes: Option<u64>,
-        /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable).
+        /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable),
+        /// as the runner's release document (complete, so acted on at once).
         #[arg(long, value_parser = parse_pair)]
         desired: Vec<(String, String)>,
         /// Simulated mode only: seed of the simulation.
@@ -665,7 +666,8 @@ async fn run_simulated(
         if config.runner(name).is_none() {
             bail!("--desired {name}={version}: runner {name} is not configured");
         }
-        scenario.set_desired(name, "version", version);
+        // Written whole, as the release document: the controller acts on it at once.
+        scenario.set_release(name, &format!("{{\"version\": {version:?}}}"));
     }
     control_loop(
         &config,

@@ -15,8 +15,8 @@ use crate::domain::version::Version;
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::{
-    attempt_of, phase_of, Attempt, Baseline, ChangeSetStep, Failure, Gate, Machine, Memory, Note,
-    Run, RunnerMachine, ServiceAfter, Settings, State, TransitionEntry,
+    attempt_of, phase_of, Attempt, Baseline, ChangeSetStep, DesiredSeen, Failure, Gate, Machine,
+    Memory, Note, Run, RunnerMachine, ServiceAfter, Settings, State, TransitionEntry,
 };
 
 /// The schema this build writes and reads.
@@ -91,6 +91,10 @@ pub struct Record {
     /// records written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_after: Option<ServiceAfterRecord>,
+    /// What the last pass at rest saw of the desired state: the release document in use (and
+    /// the `desired/*` it made ignored), a desired image that is not the running one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredSeenRecord>,
 }
 
 /// What the service runs after an attempt that ended in `RolledBack`.
@@ -108,6 +112,22 @@ pub enum ServiceAfterRecord {
         /// The task definition the service was pointed at.
         task_definition_arn: String,
     },
+}
+
+/// What the last pass at rest saw of the desired state (only what on-call must see).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredSeenRecord {
+    /// `release` (the document `<prefix>/<runner>/release`) or `parameters` (`desired/*`).
+    pub source: String,
+    /// The `desired/*` parameters ignored because the release document wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
+    /// The desired image, when it is not the running one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The running image, when it is not the desired one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_image: Option<String>,
 }
 
 /// A stack's change set within the attempt.
@@ -523,6 +543,17 @@ impl Record {
             change_set: None,
             infra_applied: memory.infra_applied.clone(),
             service_after: None,
+            desired: memory.seen.as_ref().map(|seen| DesiredSeenRecord {
+                source: if seen.release {
+                    "release"
+                } else {
+                    "parameters"
+                }
+                .to_owned(),
+                ignored: seen.ignored.clone(),
+                image: seen.image.as_ref().map(|(desired, _)| desired.clone()),
+                running_image: seen.image.as_ref().map(|(_, running)| running.clone()),
+            }),
         };
         let set_run = |record: &mut Record, run: &Run| {
             record.lock_epoch = Some(run.epoch);
@@ -776,6 +807,11 @@ impl Record {
             last_success: self.last_success.map(Millis),
             traceparent: self.traceparent.clone(),
             infra_applied: self.infra_applied.clone(),
+            seen: self.desired.as_ref().map(|seen| DesiredSeen {
+                release: seen.source == "release",
+                ignored: seen.ignored.clone(),
+                image: seen.image.clone().zip(seen.running_image.clone()),
+            }),
         })
     }
 }

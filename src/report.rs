@@ -5,11 +5,12 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::domain::desired::DesiredSource;
 use crate::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Rule};
 use crate::domain::Millis;
 use crate::machine::phase::Phase;
 use crate::machine::Observation;
-use crate::record::{Record, RuleRecord, ServiceAfterRecord};
+use crate::record::{DesiredSeenRecord, Record, RuleRecord, ServiceAfterRecord};
 
 /// One runner's status, for humans and for `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +48,9 @@ pub struct StatusView {
     pub lock_epoch: Option<u64>,
     /// The change set in progress: stack, name and review.
     pub change_set: Option<String>,
+    /// What the last pass at rest saw of the desired state: the release document in use (and
+    /// the `desired/*` it made ignored), a desired image that is not the running one.
+    pub desired: Option<DesiredSeenRecord>,
     /// Who holds the runner's lease now (read from SSM by `status`, not from the record).
     pub lease: LeaseView,
     /// The full record (`None` when it cannot be read: see the reason).
@@ -252,6 +256,7 @@ pub fn status_view(record: &Record) -> StatusView {
             };
             format!("{} on stack {}: {review}{done}", c.name, c.stack)
         }),
+        desired: record.desired.clone(),
         lease: LeaseView::NotRead("not read".to_owned()),
         record: Some(record.clone()),
     }
@@ -280,6 +285,7 @@ pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> 
         trace_id: None,
         lock_epoch: None,
         change_set: None,
+        desired: None,
         lease: LeaseView::NotRead("not read".to_owned()),
         record: None,
     }
@@ -306,6 +312,7 @@ pub fn no_record_view(runner: &str) -> StatusView {
         trace_id: None,
         lock_epoch: None,
         change_set: None,
+        desired: None,
         lease: LeaseView::NotRead("not read".to_owned()),
         record: None,
     }
@@ -440,6 +447,11 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
         if let Some(reason) = &v.reason {
             let _ = writeln!(out, "  reason    : {reason}");
         }
+        if let Some(desired) = &v.desired {
+            for line in desired_lines(&v.runner, desired) {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         if let Some(attempt) = &v.attempt {
             let _ = writeln!(
                 out,
@@ -500,6 +512,25 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
     out
 }
 
+/// The lines `status` shows about the desired state: a desired image that is not the running
+/// one, whatever the rules decided (a divergence is never silent), and the release document in
+/// use with the `desired/*` it made ignored.
+fn desired_lines(runner: &str, desired: &DesiredSeenRecord) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let (Some(image), Some(running)) = (&desired.image, &desired.running_image) {
+        lines.push(format!("image     : desired {image}, running {running}"));
+    }
+    if desired.source == "release" {
+        let ignored = if desired.ignored.is_empty() {
+            String::new()
+        } else {
+            format!("; ignored: {}", desired.ignored.join(", "))
+        };
+        lines.push(format!("desired   : {runner}/release{ignored}"));
+    }
+    lines
+}
+
 /// A dry run's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanView {
@@ -511,6 +542,15 @@ pub struct PlanView {
     pub rules: Vec<RuleRecord>,
     /// Why nothing can be evaluated, if so.
     pub blocked: Option<String>,
+    /// Where the desired state comes from: `release` (the document) or `parameters`.
+    pub source: Option<String>,
+    /// The `desired/*` parameters ignored because the release document wins.
+    pub ignored: Vec<String>,
+    /// `desired X, running Y` when the desired image is not the running one.
+    pub image: Option<String>,
+    /// Why the controller waits for the desired state to settle (its last pass at rest, from
+    /// the record).
+    pub settling: Option<String>,
     /// What the controller would do next.
     pub next: String,
 }
@@ -543,6 +583,13 @@ pub fn plan_view(
         phase: phase.clone(),
         rules: Vec::new(),
         blocked: None,
+        source: None,
+        ignored: Vec::new(),
+        image: None,
+        settling: record
+            .and_then(|r| r.note.as_ref())
+            .filter(|note| note.code == "settling")
+            .map(|note| note.message.clone()),
         next: String::new(),
     };
     let (desired, observed) = match (&observation.desired, &observation.observed) {
@@ -558,6 +605,23 @@ pub fn plan_view(
             return view;
         }
     };
+    view.source = Some(
+        match desired.source {
+            DesiredSource::Release => "release",
+            DesiredSource::Parameters => "parameters",
+        }
+        .to_owned(),
+    );
+    view.ignored.clone_from(&desired.ignored);
+    view.image = (desired.image != observed.running_image).then(|| {
+        format!(
+            "desired {}, running {}",
+            desired.image, observed.running_image
+        )
+    });
+    if desired.source == DesiredSource::Release {
+        view.settling = None; // the document is acted on at once
+    }
     let verdict = evaluate(EligibilityInput {
         desired,
         observed,
@@ -576,6 +640,11 @@ pub fn plan_view(
     let resting = Phase::from_name(&phase).is_none_or(Phase::is_resting);
     view.next = if !resting {
         format!("continue the attempt in progress ({phase})")
+    } else if verdict.eligible() && view.settling.is_some() {
+        format!(
+            "update to {} once the desired/* parameters settle (settle_secs)",
+            desired.version
+        )
     } else if verdict.eligible() {
         format!(
             "update {} -> {}: take the lock, register a task definition cloned from {} with image {}, update service {}/{} with the circuit breaker, gate on health",
@@ -599,6 +668,20 @@ pub fn render_plan(view: &PlanView) -> String {
     let mut out = format!("{} (persisted phase: {})\n", view.runner, view.phase);
     if let Some(blocked) = &view.blocked {
         let _ = writeln!(out, "  blocked: {blocked}");
+    }
+    if let Some(image) = &view.image {
+        let _ = writeln!(out, "  image: {image}");
+    }
+    if view.source.as_deref() == Some("release") {
+        let ignored = if view.ignored.is_empty() {
+            String::new()
+        } else {
+            format!("; ignored: {}", view.ignored.join(", "))
+        };
+        let _ = writeln!(out, "  desired: {}/release{ignored}", view.runner);
+    }
+    if let Some(settling) = &view.settling {
+        let _ = writeln!(out, "  settling: {settling}");
     }
     for (index, rule) in view.rules.iter().enumerate() {
         let mark = if rule.passed { "pass" } else { "FAIL" };

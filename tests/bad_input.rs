@@ -30,6 +30,9 @@ enum Bad {
     Desired(&'static str, &'static str),
     /// `desired/<key>` deleted.
     Removed(&'static str),
+    /// The release document `<runner>/release` (beside a valid `desired/version` = 2.14.0,
+    /// which it overrides).
+    Release(&'static str),
     /// A desired value made by a function (long values).
     DesiredLong(&'static str, fn() -> String),
     /// runner-a's configuration points at something that does not exist.
@@ -148,6 +151,11 @@ const CASES: &[Case] = &[
         "version a downgrade",
         Bad::Desired("version", "2.12.0"),
         "newer-version",
+    ),
+    case(
+        "version a pre-release on stable",
+        Bad::Desired("version", "2.14.0-rc.1"),
+        "pre-release-not-allowed",
     ),
     // desired/image
     case(
@@ -296,6 +304,64 @@ const CASES: &[Case] = &[
         Bad::Desired("stacks/nope/parameters", "{\"Size\": \"3\"}"),
         "unknown-stack",
     ),
+    // the release document
+    case(
+        "release not JSON",
+        Bad::Release("{\"version\": \"2.14.0\""),
+        "invalid-release",
+    ),
+    case(
+        "release a JSON string",
+        Bad::Release("\"2.14.0\""),
+        "invalid-release",
+    ),
+    case(
+        "release with a misspelt key",
+        Bad::Release("{\"version\": \"2.14.0\", \"imgae\": \"registry.example/runner:2.14.1\"}"),
+        "invalid-release",
+    ),
+    case(
+        "release version as a number",
+        Bad::Release("{\"version\": 2.14}"),
+        "invalid-release",
+    ),
+    case(
+        "release without a version",
+        Bad::Release("{\"image\": \"registry.example/runner:2.14.0\"}"),
+        "missing-version",
+    ),
+    case(
+        "release version with a leading v",
+        Bad::Release("{\"version\": \"v2.14.0\"}"),
+        "invalid-version",
+    ),
+    case(
+        "release image outside the allow-list",
+        Bad::Release("{\"version\": \"2.14.0\", \"image\": \"evil.example/runner:2.14.0\"}"),
+        "image-not-allowed",
+    ),
+    case(
+        "release image with a shell command",
+        Bad::Release("{\"version\": \"2.14.0\", \"image\": \"registry.example/runner:$(reboot)\"}"),
+        "invalid-image",
+    ),
+    case(
+        "release pre-release on stable",
+        Bad::Release("{\"version\": \"2.14.0-rc.1\"}"),
+        "pre-release-not-allowed",
+    ),
+    case(
+        "release for an unknown stack",
+        Bad::Release("{\"version\": \"2.14.0\", \"stacks\": {\"nope\": {}}}"),
+        "unknown-stack",
+    ),
+    case(
+        "release stack parameters a JSON array",
+        Bad::Release(
+            "{\"version\": \"2.14.0\", \"stacks\": {\"runner-a-main\": {\"parameters\": [1]}}}",
+        ),
+        "invalid-stack-parameters",
+    ),
     // the runner's AWS side
     case(
         "stack UPDATE_ROLLBACK_FAILED",
@@ -420,6 +486,10 @@ async fn run(case: &Case) -> Outcome {
             s.set_desired("runner-a", key, &value());
         }
         Bad::Removed(key) => s.clear_desired("runner-a", key),
+        Bad::Release(text) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.set_release("runner-a", text);
+        }
         Bad::StackStatus(status) => {
             s.set_desired("runner-a", "version", "2.14.0");
             s.aws.cfn.set_status("runner-a-main", status);

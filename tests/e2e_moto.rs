@@ -75,7 +75,7 @@ impl World {
             .await
             .unwrap();
         let mut config = format!(
-            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = {lease_secs}\nconsistency_window_secs = {consistency_window_secs}\n\
+            "prefix = \"{PREFIX}\"\npoll_interval_secs = 1\nactive_poll_interval_secs = 1\nlease_secs = {lease_secs}\nconsistency_window_secs = {consistency_window_secs}\nsettle_secs = 1\n\
              [aws]\nattempt_timeout_secs = {ATTEMPT_TIMEOUT_SECS}\noperation_timeout_secs = {ATTEMPT_TIMEOUT_SECS}\n\
              [rate_limits]\nssm_per_sec = 1000\necs_per_sec = 1000\ncloudformation_per_sec = 1000\n\
              [state_store]\nbackend = \"ssm\"\n[health]\nfail_fast_tasks = 2\nrollout_timeout_secs = 60\nsoak_secs = {soak_secs}\nrollback_timeout_secs = 60\n"
@@ -138,6 +138,21 @@ impl World {
             .args(["--value", value, "--endpoint-url", &self.moto.url])
             .envs(self.moto.env())
             // AWS CLI v1 would fetch an https:// value instead of storing it (template URLs).
+            .env("AWS_CONFIG_FILE", self.cli_config())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "aws ssm put-parameter failed");
+    }
+
+    /// Ops: the whole desired state in one command (`<prefix>/<runner>/release`), with the real
+    /// AWS CLI, as the README shows it.
+    fn put_release(&self, runner: &str, document: &str) {
+        let status = Command::new(common::venv_bin().join("aws"))
+            .args(["ssm", "put-parameter", "--overwrite", "--type", "String"])
+            .args(["--name", &format!("{PREFIX}/{runner}/release")])
+            .args(["--value", document, "--endpoint-url", &self.moto.url])
+            .envs(self.moto.env())
             .env("AWS_CONFIG_FILE", self.cli_config())
             .stdout(Stdio::null())
             .status()
@@ -1375,4 +1390,43 @@ async fn a_lost_registration_is_found_below_ten_newer_revisions_of_its_family() 
         12,
         "the baseline, ours and ten others"
     );
+}
+
+#[tokio::test]
+async fn a_release_document_written_in_one_command_is_deployed_and_status_says_so_on_moto() {
+    let world = World::new(&["runner-a"]).await;
+    let controller = world.controller("controller-1", None);
+    world.put_release(
+        "runner-a",
+        r#"{"version": "2.15.0", "image": "registry.example/runner:2.15.0-b1"}"#,
+    );
+    // A desired/* value beside it is ignored: the document wins.
+    world.put("runner-a", "version", "2.14.0");
+    let done = world.wait_for_phase("runner-a", "done", 1).await;
+    let attempt = done.attempt.as_ref().unwrap();
+    assert_eq!(attempt.target_version, "2.15.0");
+    assert_eq!(attempt.target_image, "registry.example/runner:2.15.0-b1");
+    assert_eq!(world.updates("runner-a").len(), 1, "one service update");
+    let seen = common::eventually("status to show the release document", WAIT, || async {
+        world
+            .record("runner-a")
+            .await
+            .and_then(|r| r.desired)
+            .filter(|d| d.source == "release" && !d.ignored.is_empty())
+    })
+    .await;
+    assert_eq!(seen.ignored, ["desired/version"]);
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["status", "runner-a"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("desired   : runner-a/release; ignored: desired/version"),
+        "{text}"
+    );
+    kill(controller);
 }

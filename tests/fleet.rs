@@ -19,8 +19,12 @@ use runner_updater::record::Record;
 use runner_updater::sim::scenario::{fleet_config, Scenario};
 
 /// `runners` runners over two clusters; one in ten (runner-00 first) has two stacks.
+/// Desired values are acted on as soon as they are read (`settle_secs = 0`): these tests are
+/// about reads and scheduling, not the settle (which has its own test below).
 fn fleet(runners: usize) -> Scenario {
-    Scenario::with_config(7, Config::from_toml(&fleet_config(runners, 2, 10)).unwrap()).unwrap()
+    let mut config = Config::from_toml(&fleet_config(runners, 2, 10)).unwrap();
+    config.settle_secs = 0;
+    Scenario::with_config(7, config).unwrap()
 }
 
 fn reader(s: &Scenario) -> FleetReader {
@@ -41,6 +45,8 @@ async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() 
         .ssm
         .set("/runner-updater/not-configured/desired/version", "9.9.9");
     s.set_desired("runner-04", "channel", "beta");
+    // The release document is part of the runner's desired state.
+    s.set_release("runner-05", r#"{"version": "2.14.0"}"#);
     let parameters = s
         .aws
         .ssm
@@ -72,13 +78,19 @@ async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() 
         let own: BTreeMap<String, String> = s
             .aws
             .ssm
-            .get_by_path(&format!("{folder}desired"))
+            .get_by_path(&folder)
             .await
             .unwrap()
             .into_iter()
             .map(|(name, value)| (name.strip_prefix(&folder).unwrap().to_owned(), value))
+            .filter(|(name, _)| runner_updater::driver::is_desired_name(name))
             .collect();
-        assert_eq!(part.desired.unwrap(), own, "{}", runner.name);
+        let part_desired = part.desired.unwrap();
+        assert_eq!(
+            part_desired.contains_key("release"),
+            runner.name == "runner-05"
+        );
+        assert_eq!(part_desired, own, "{}", runner.name);
         let service = s
             .aws
             .ecs
@@ -410,4 +422,42 @@ async fn a_runner_dropped_mid_attempt_keeps_its_own_short_time() {
     assert!(first.record().is_some_and(|r| r.phase == "soaking"));
     assert!(!first.at_rest(), "dropped mid-attempt is not at rest");
     assert_eq!(first.requeue_after(), Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_runner_whose_desired_state_is_settling_is_passed_again_when_it_settles_not_a_sweep_later(
+) {
+    let mut s = fleet(3);
+    s.config.settle_secs = 10;
+    let mut scheduler = scheduler(&s, None);
+    let start = s.aws.clock.now();
+    s.set_desired("runner-01", "version", "2.14.0");
+    // 40 s: less than a sweep interval (60 s) after the first sweep.
+    let mut control = Recorder::new(&s, Duration::from_secs(40), None);
+    scheduler.run(&mut control, None).await;
+    assert_eq!(control.sweeps, 1, "one sweep in 40 s");
+    let runner = scheduler
+        .drivers()
+        .find(|d| d.runner() == "runner-01")
+        .unwrap();
+    assert!(
+        !runner.phase().is_resting(),
+        "the update did not start when the desired state settled ({})",
+        runner.phase()
+    );
+    let record = s.store.load("runner-01").await.unwrap().unwrap();
+    let started = record
+        .transitions
+        .iter()
+        .find(|t| t.from == "idle" && t.to == "checking")
+        .unwrap()
+        .at;
+    let settled = start.after(Duration::from_secs(10)).0;
+    assert!(
+        (settled..=settled + 5_000).contains(&started),
+        "started {} ms after the first sweep, the settle being 10 s",
+        started - start.0
+    );
+    // The others, with nothing to settle, were passed over by the sweep alone.
+    assert_eq!(control.passes["runner-00"], 1, "{:?}", control.passes);
 }

@@ -167,6 +167,7 @@ async fn passes_that_lead_nowhere_are_short_sampled_check_spans_of_their_own() {
     let mut config =
         runner_updater::config::Config::from_toml(runner_updater::config::EMBEDDED_CONFIG).unwrap();
     config.telemetry.check_span_every_passes = 5;
+    config.settle_secs = 0; // not about the settle: a new desired version is acted on at once
     let s = Scenario::with_config(3, config).unwrap();
     let mut driver = s.driver("runner-a").unwrap();
     // Nothing to do (desired = running): 12 passes, one span for the first and then one in 5.
@@ -287,5 +288,29 @@ async fn change_set_states_name_their_stack_and_change_set() {
     assert_eq!(
         attribute(main, "stacks.done").as_deref(),
         Some("runner-a-iam")
+    );
+}
+
+#[tokio::test]
+async fn a_desired_state_still_settling_is_a_check_span_that_says_so() {
+    let (exporter, provider, _guard) = capture();
+    let s = Scenario::new(3).unwrap();
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    driver.tick().await.unwrap();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(checks(&spans), ["settling"], "{:#?}", names(&spans));
+    let check = spans.iter().find(|s| s.name == "check runner-a").unwrap();
+    assert!(
+        attribute(check, "reason")
+            .unwrap()
+            .contains("acted on once unchanged until"),
+        "{check:?}"
+    );
+    assert!(
+        !spans.iter().any(|s| s.name.starts_with("update ")),
+        "no attempt while settling: {:#?}",
+        names(&spans)
     );
 }

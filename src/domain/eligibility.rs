@@ -22,7 +22,8 @@ pub enum Rule {
     AutoUpdate,
     /// 3. The infrastructure has the version the runner version requires.
     Infrastructure,
-    /// 4. The desired version is newer than the running one.
+    /// 4. The desired version is newer than the running one, or it is the same version with
+    ///    another image (a rebuild: a hotfix rebuilt under the same tag, a digest pin).
     NewerVersion,
     /// 5. The desired image differs from the running image.
     DifferentImage,
@@ -258,10 +259,21 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 true,
                 format!("{} is newer than the running {current}", desired.version),
             ),
+            Some(Ordering::Equal) if desired.image != observed.running_image => outcome(
+                Rule::NewerVersion,
+                true,
+                format!(
+                    "{} is the running version with another image: a rebuild ({} replaces {})",
+                    desired.version, desired.image, observed.running_image
+                ),
+            ),
             Some(Ordering::Equal) => outcome(
                 Rule::NewerVersion,
                 false,
-                format!("{} is already the running version", desired.version),
+                format!(
+                    "{} is already the running version, with the desired image",
+                    desired.version
+                ),
             ),
             Some(Ordering::Less) => outcome(
                 Rule::NewerVersion,
@@ -345,6 +357,8 @@ mod tests {
             infra_version: None,
             stacks: BTreeMap::new(),
             approved_change_set: None,
+            source: crate::domain::desired::DesiredSource::Parameters,
+            ignored: Vec::new(),
         }
     }
 
@@ -437,8 +451,43 @@ mod tests {
                 None,
             ),
             (
-                "same version, other image",
+                "same version, other image: a rebuild",
                 |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()),
+                None,
+            ),
+            (
+                "same version, a digest pin of it",
+                |d, o, _| {
+                    o.current_version = Some(Version::parse("2.14.0").unwrap());
+                    d.image = ImageRef::parse(&format!(
+                        "registry.example/runner@sha256:{}",
+                        "a".repeat(64)
+                    ))
+                    .unwrap();
+                },
+                None,
+            ),
+            (
+                "same version, a rebuild that failed before",
+                |d, o, f| {
+                    o.current_version = Some(Version::parse("2.14.0").unwrap());
+                    d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
+                    f.push(FailedMark {
+                        version: "2.14.0".to_owned(),
+                        image: "registry.example/runner:2.14.0-hotfix".to_owned(),
+                        reason: "circuit breaker".to_owned(),
+                        at: Millis(0),
+                        infra: None,
+                    });
+                },
+                Some(Rule::NotFailed),
+            ),
+            (
+                "a downgrade with another image",
+                |d, o, _| {
+                    o.current_version = Some(Version::parse("2.15.0").unwrap());
+                    d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
+                },
                 Some(Rule::NewerVersion),
             ),
             (
@@ -514,6 +563,26 @@ mod tests {
             assert_eq!(verdict.outcomes.len(), 6);
             assert!(verdict.outcomes.iter().all(|o| !o.reason.is_empty()));
         }
+    }
+
+    #[test]
+    fn the_running_version_with_the_desired_image_fails_rules_four_and_five_and_nothing_else() {
+        let mut o = observed();
+        o.current_version = Some(Version::parse("2.14.0").unwrap());
+        o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap();
+        let verdict = evaluate(EligibilityInput {
+            desired: &desired(),
+            observed: &o,
+            controller_channel: "stable",
+            failed: &[],
+        });
+        let failed: Vec<Rule> = verdict
+            .outcomes
+            .iter()
+            .filter(|o| !o.passed)
+            .map(|o| o.rule)
+            .collect();
+        assert_eq!(failed, [Rule::NewerVersion, Rule::DifferentImage]);
     }
 
     #[test]

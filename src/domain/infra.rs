@@ -617,6 +617,8 @@ mod tests {
                 })
                 .collect(),
             approved_change_set: None,
+            source: crate::domain::desired::DesiredSource::Parameters,
+            ignored: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod eligibility;
 pub mod image;
 pub mod infra;
 pub mod observed;
+pub mod release;
 pub mod revision_search;
 pub mod task_definition;
 pub mod version;

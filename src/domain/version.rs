@@ -101,6 +101,15 @@ impl Version {
         }
     }
 
+    /// Whether this is a pre-release (`2.19.0-rc.1`). The date-build form has none.
+    #[must_use]
+    pub fn is_prerelease(&self) -> bool {
+        match self {
+            Version::Semver(v) => !v.pre.is_empty(),
+            Version::DateBuild { .. } => false,
+        }
+    }
+
     /// The name of the form, for messages.
     #[must_use]
     pub fn form(&self) -> &'static str {
@@ -229,6 +238,19 @@ mod tests {
             Version::parse(&"1".repeat(8192)),
             Err(VersionError::TooLong(8192))
         ));
+    }
+
+    #[test]
+    fn only_semver_with_a_pre_release_part_is_a_pre_release() {
+        for (text, pre) in [
+            ("2.19.0-rc.1", true),
+            ("2.19.0-beta", true),
+            ("2.19.0", false),
+            ("2.19.0+build.5", false),
+            ("20250301.12", false),
+        ] {
+            assert_eq!(v(text).is_prerelease(), pre, "{text}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use statig::prelude::*;
 
-use crate::domain::desired::{DesiredError, DesiredState};
+use crate::domain::desired::{DesiredError, DesiredSource, DesiredState};
 use crate::domain::eligibility::{
     attempt_kind, evaluate, AttemptKind, EligibilityInput, FailedMark, Verdict,
 };
@@ -317,6 +317,19 @@ pub struct Observation {
     pub desired: Result<DesiredState, DesiredError>,
     /// Observed state, or why the runner cannot be acted on.
     pub observed: Result<Observed, ObserveError>,
+    /// When the separate `desired/*` parameters will have stayed unchanged for `settle_secs`
+    /// (by the controller's clock, from when it first read them as they are): before then, a
+    /// pass at rest does not start an attempt on them (`settling`). `None` when nothing needs
+    /// to settle (the release document is acted on at once). Attempts in flight ignore it.
+    pub settles_at: Option<Millis>,
+}
+
+impl Observation {
+    /// Whether the desired state is still settling at `now`.
+    #[must_use]
+    pub fn settling(&self, now: Millis) -> bool {
+        self.settles_at.is_some_and(|at| at > now)
+    }
 }
 
 /// How a command failed.
@@ -462,6 +475,38 @@ pub struct Note {
     pub at: Millis,
 }
 
+/// What a pass at rest saw of the desired state that on-call must see in `status`: where it
+/// came from, and a desired image that is not the running one (whatever the rules decide, a
+/// divergence is never silent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DesiredSeen {
+    /// The desired state came from the release document (`<prefix>/<runner>/release`).
+    pub release: bool,
+    /// The `desired/*` parameters that document made ignored.
+    pub ignored: Vec<String>,
+    /// The desired image and the running one, when they differ.
+    pub image: Option<(String, String)>,
+}
+
+impl DesiredSeen {
+    /// What there is to say about `desired` against `observed`; `None` when nothing (the
+    /// `desired/*` parameters, and the desired image running).
+    #[must_use]
+    pub fn of(desired: &DesiredState, observed: &Observed) -> Option<DesiredSeen> {
+        let seen = DesiredSeen {
+            release: desired.source == DesiredSource::Release,
+            ignored: desired.ignored.clone(),
+            image: (desired.image != observed.running_image).then(|| {
+                (
+                    desired.image.to_string(),
+                    observed.running_image.to_string(),
+                )
+            }),
+        };
+        (seen != DesiredSeen::default()).then_some(seen)
+    }
+}
+
 /// The machine's persisted memory besides the current state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Memory {
@@ -485,6 +530,8 @@ pub struct Memory {
     /// to change in a parameters-only update (a parameter no resource reads) and leave the
     /// stack's value as it was: such a desired state is not applied again and again.
     pub infra_applied: Option<String>,
+    /// What the last pass at rest saw of the desired state (see [`DesiredSeen`]).
+    pub seen: Option<DesiredSeen>,
 }
 
 /// Quarantine marks kept at most (the oldest go first; only a return to a very old desired
@@ -1122,6 +1169,7 @@ impl RunnerMachine {
         match self.gate_status(gate, observation) {
             GateStatus::Healthy if input.now >= *until => {
                 self.memory.last_success = Some(input.now);
+                self.seen_deployed(&gate.run.attempt.target_image);
                 self.pending_note = Some(format!("{} is live", gate.run.attempt.target_version));
                 Transition(State::done(gate.run.clone(), Some(gate.clone())))
             }
@@ -1357,10 +1405,13 @@ impl RunnerMachine {
     /// the service and stacks are steady). Pure: the driver asks before it acts on a fleet
     /// read, which may be seconds old, so that an attempt is started on fresh reads only.
     #[must_use]
-    pub fn would_attempt(&self, observation: &Observation) -> bool {
+    pub fn would_attempt(&self, observation: &Observation, now: Millis) -> bool {
         let (Ok(desired), Ok(observed)) = (&observation.desired, &observation.observed) else {
             return false;
         };
+        if observation.settling(now) {
+            return false;
+        }
         let verdict = self.verdict(desired, observed);
         let due = self.infra_due(desired, observed);
         attempt_kind(&verdict, !due.is_empty()).is_some() && steady(observed).is_ok()
@@ -1374,6 +1425,9 @@ impl RunnerMachine {
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
             (Err(error), _) => {
+                if !matches!(error, DesiredError::Unavailable(_)) {
+                    self.memory.seen = None;
+                }
                 self.note_now(error.code(), error.to_string(), input.now);
                 return Handled;
             }
@@ -1382,6 +1436,7 @@ impl RunnerMachine {
                 return Handled;
             }
         };
+        self.memory.seen = DesiredSeen::of(desired, observed);
         let verdict = self.verdict(desired, observed);
         let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
@@ -1393,6 +1448,19 @@ impl RunnerMachine {
         let Some(kind) = kind else {
             return Handled;
         };
+        if let Some(at) = observation.settles_at.filter(|at| *at > input.now) {
+            // The desired/* parameters changed lately: ops may be half way through writing
+            // them (a version, then its image). Nothing starts until they stay as they are.
+            self.note_now(
+                "settling",
+                format!(
+                    "the desired/* parameters changed lately; they are acted on once unchanged until {at} (settle_secs), unless a release document ({}/release) is written, which is acted on at once",
+                    self.runner
+                ),
+                input.now,
+            );
+            return Handled;
+        }
         if let Err((code, reason)) = steady(observed) {
             // Someone else's deployment or stack update is under way: wait for it at rest
             // rather than take the lock only to give it back.
@@ -1444,6 +1512,23 @@ impl RunnerMachine {
             controller_channel: &self.settings.channel,
             failed: &self.memory.failed,
         })
+    }
+
+    /// The attempt's image runs now: a divergence seen before it is over (the next pass at rest
+    /// looks again), so `status` does not show it at Done.
+    fn seen_deployed(&mut self, image: &ImageRef) {
+        if let Some(seen) = &mut self.memory.seen {
+            if seen
+                .image
+                .as_ref()
+                .is_some_and(|(desired, _)| *desired == image.to_string())
+            {
+                seen.image = None;
+            }
+        }
+        if self.memory.seen.as_ref() == Some(&DesiredSeen::default()) {
+            self.memory.seen = None;
+        }
     }
 
     /// Records a note; the timestamp only moves when the note changes (no churn in the record).
@@ -1997,4 +2082,178 @@ pub fn restore(machine: RunnerMachine, state: State, ctx: &mut Ctx) -> Machine {
     let mut uninitialized = machine.uninitialized_state_machine();
     *uninitialized.state_mut() = state;
     uninitialized.init_with_context(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::observed::{Deployment, DeploymentStatus, ServiceState};
+
+    const NOW: Millis = Millis(1_740_823_200_000);
+
+    fn desired(auto_update: bool) -> DesiredState {
+        DesiredState {
+            version: Version::parse("2.14.0").unwrap(),
+            image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
+            channel: "stable".to_owned(),
+            auto_update,
+            infra_version: None,
+            stacks: BTreeMap::new(),
+            approved_change_set: None,
+            source: DesiredSource::Parameters,
+            ignored: Vec::new(),
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            service: ServiceState {
+                cluster: "c".to_owned(),
+                service: "s".to_owned(),
+                task_definition_arn: "td:1".to_owned(),
+                deployments: vec![Deployment {
+                    id: "ecs-svc/1".to_owned(),
+                    status: DeploymentStatus::Primary,
+                    task_definition_arn: "td:1".to_owned(),
+                    rollout_state: RolloutState::Completed,
+                    rollout_reason: None,
+                    desired_count: 1,
+                    running_count: 1,
+                    failed_tasks: 0,
+                }],
+                tasks: vec![],
+            },
+            running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
+            current_version: Some(Version::parse("2.13.0").unwrap()),
+            has_health_check: false,
+            stacks: vec![],
+        }
+    }
+
+    fn observation(
+        desired: Result<DesiredState, DesiredError>,
+        settles_at: Option<Millis>,
+    ) -> Event {
+        Event::Observed(Box::new(Observation {
+            desired,
+            observed: Ok(observed()),
+            settles_at,
+        }))
+    }
+
+    fn handle(machine: &mut Machine, event: Event) -> Phase {
+        let mut ctx = Ctx {
+            now: NOW,
+            ..Ctx::default()
+        };
+        machine.handle_with_context(&Input { now: NOW, event }, &mut ctx);
+        assert!(ctx.violations.is_empty(), "{:?}", ctx.violations);
+        phase_of(machine.state())
+    }
+
+    fn at_rest() -> Machine {
+        let mut ctx = Ctx::default();
+        restore(
+            RunnerMachine::new("runner-a", Settings::default()),
+            State::Idle {},
+            &mut ctx,
+        )
+    }
+
+    #[test]
+    fn at_rest_an_attempt_starts_only_once_the_desired_parameters_settled() {
+        /// A name, what was read, when it settles, the phase after the pass, the note.
+        type Row = (
+            &'static str,
+            Result<DesiredState, DesiredError>,
+            Option<Millis>,
+            Phase,
+            Option<&'static str>,
+        );
+        let second = std::time::Duration::from_secs(1);
+        let rows: &[Row] = &[
+            (
+                "nothing to settle (a release document)",
+                Ok(desired(true)),
+                None,
+                Phase::Checking,
+                None,
+            ),
+            (
+                "settles a second from now",
+                Ok(desired(true)),
+                Some(NOW.after(second)),
+                Phase::Idle,
+                Some("settling"),
+            ),
+            (
+                "settles now",
+                Ok(desired(true)),
+                Some(NOW),
+                Phase::Checking,
+                None,
+            ),
+            (
+                "settled a while ago",
+                Ok(desired(true)),
+                Some(Millis(NOW.0 - 5_000)),
+                Phase::Checking,
+                None,
+            ),
+            (
+                "settling, but held anyway",
+                Ok(desired(false)),
+                Some(NOW.after(second)),
+                Phase::Idle,
+                Some("auto-update"),
+            ),
+            (
+                "settling, and a bad value",
+                Err(DesiredError::MissingVersion {
+                    field: "desired/version".to_owned(),
+                }),
+                Some(NOW.after(second)),
+                Phase::Idle,
+                Some("missing-version"),
+            ),
+        ];
+        for (name, desired, settles_at, phase, code) in rows {
+            let mut machine = at_rest();
+            let event = observation(desired.clone(), *settles_at);
+            let Event::Observed(seen) = &event else {
+                unreachable!()
+            };
+            let would = machine.inner().would_attempt(seen, NOW);
+            assert_eq!(handle(&mut machine, event), *phase, "{name}");
+            assert_eq!(would, *phase == Phase::Checking, "{name}: would_attempt");
+            let note = machine
+                .inner()
+                .memory
+                .note
+                .as_ref()
+                .map(|n| n.code.as_str());
+            assert_eq!(note, *code, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_settle_is_not_looked_at_once_the_attempt_holds_the_lock() {
+        let mut machine = at_rest();
+        assert_eq!(
+            handle(&mut machine, observation(Ok(desired(true)), None)),
+            Phase::Checking
+        );
+        assert_eq!(
+            handle(&mut machine, Event::LockAcquired { epoch: 1 }),
+            Phase::Locked
+        );
+        // Under the lock, the same desired state seen as settling again (a restart) goes on.
+        let later = Some(NOW.after(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            handle(&mut machine, observation(Ok(desired(true)), later)),
+            Phase::RegisteringTaskDefinition
+        );
+    }
 }

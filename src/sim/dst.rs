@@ -6,9 +6,11 @@
 //! [`RunnerDriver`]s, one per runner, sharing a lease identity) on the simulated AWS. A
 //! [`Rng`] seeded by the seed picks every step:
 //! - a controller's pass over a runner (most steps), with a little simulated time after it;
-//! - ops changing desired values at random moments, mid-update included: new versions whose
-//!   images are healthy, crash, never pass their health check or turn unhealthy later; bad
-//!   values; downgrades; a return to a failed version; the auto-update switch; new
+//! - ops changing desired values at random moments, mid-update included (one parameter at a
+//!   time, so the controllers meet half-written states and their settle), or writing the whole
+//!   release document at once: new versions whose images are healthy, crash, never pass their
+//!   health check or turn unhealthy later; bad values and bad release documents; downgrades; a
+//!   return to a failed version; the auto-update switch; new
 //!   infrastructure versions whose templates succeed, fail (CloudFormation rolls back) or
 //!   replace a resource (held for approval); approvals;
 //! - AWS faults queued on any operation (transient: throttling, 5xx, timeouts; or permanent),
@@ -157,6 +159,13 @@ const BAD_VALUES: [(&str, &str); 8] = [
     ("auto-update", "maybe"),
 ];
 
+/// Bad release documents ops may write (each must be refused by name, never acted on).
+const BAD_RELEASES: [&str; 3] = [
+    r#"{"version": "2.99.0", "imgae": "registry.example/runner-a:2.99.0"}"#,
+    r#"{"version": 2.99}"#,
+    "version: 2.99.0",
+];
+
 /// The promises checked after every step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
@@ -298,6 +307,8 @@ pub struct Tally {
     pub ops_changes: u64,
     /// Bad desired values written.
     pub bad_values: u64,
+    /// Release documents written (the one-document desired state), valid or bad.
+    pub releases: u64,
     /// New infrastructure versions asked for.
     pub infra_changes: u64,
     /// Approvals given.
@@ -339,6 +350,7 @@ impl Tally {
             skews,
             ops_changes,
             bad_values,
+            releases,
             infra_changes,
             approvals,
             foreign_writes,
@@ -364,6 +376,7 @@ impl Tally {
         self.skews += skews;
         self.ops_changes += ops_changes;
         self.bad_values += bad_values;
+        self.releases += releases;
         self.infra_changes += infra_changes;
         self.approvals += approvals;
         self.foreign_writes += foreign_writes;
@@ -378,7 +391,7 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 23] {
+    pub fn rows(&self) -> [(&'static str, u64); 24] {
         [
             ("seeds", self.seeds),
             ("chaos steps", self.steps),
@@ -394,6 +407,7 @@ impl Tally {
             ("clock skew changes", self.skews),
             ("ops changes (valid)", self.ops_changes),
             ("bad desired values", self.bad_values),
+            ("release documents", self.releases),
             ("infrastructure versions", self.infra_changes),
             ("approvals", self.approvals),
             ("foreign writes", self.foreign_writes),
@@ -789,6 +803,20 @@ impl World {
         self.note(format!("ops {runner} {key} = {shown:?}"));
     }
 
+    /// Ops write (`Some`) or delete the runner's release document.
+    fn release(&mut self, runner: &str, document: Option<&str>) {
+        let name = format!("{}/{runner}/release", self.config.prefix);
+        match document {
+            Some(document) => {
+                self.tally.releases += 1;
+                self.ssm.set(&name, document);
+                let shown: String = document.chars().take(60).collect();
+                self.note(format!("ops {runner} release = {shown:?}"));
+            }
+            None => self.ssm.remove(&name),
+        }
+    }
+
     fn new_version(&mut self, runner: &str) -> String {
         let minor = self.next_minor.entry(runner.to_owned()).or_insert(14);
         let version = format!("2.{minor}.0");
@@ -827,21 +855,36 @@ impl World {
                 let image = self.image_of(&runner, &version);
                 self.aws.ecs.set_behaviour(&image, behaviour);
                 self.note(format!("ops {runner}: {version} behaves {behaviour:?}"));
-                self.set(&runner, "version", &version);
+                if self.rng.below(4) == 0 {
+                    // The whole desired state in one write: acted on at once.
+                    let document = format!("{{\"version\": \"{version}\"}}");
+                    self.release(&runner, Some(&document));
+                } else {
+                    self.set(&runner, "version", &version);
+                }
             }
             45..=59 => {
                 self.tally.bad_values += 1;
-                let index = usize::try_from(self.rng.below(BAD_VALUES.len() as u64)).unwrap_or(0);
-                let (key, value) = BAD_VALUES[index];
-                self.set(&runner, key, value);
+                if self.rng.below(6) == 0 {
+                    let index =
+                        usize::try_from(self.rng.below(BAD_RELEASES.len() as u64)).unwrap_or(0);
+                    self.release(&runner, Some(BAD_RELEASES[index]));
+                } else {
+                    let index =
+                        usize::try_from(self.rng.below(BAD_VALUES.len() as u64)).unwrap_or(0);
+                    let (key, value) = BAD_VALUES[index];
+                    self.set(&runner, key, value);
+                }
             }
             60..=69 => {
-                // Ops mend the bad values (as they would after reading status).
+                // Ops mend the bad values (as they would after reading status), and go back to
+                // the desired/* parameters.
                 self.tally.ops_changes += 1;
                 for key in ["image", "channel"] {
                     let name = self.desired(&runner, key);
                     self.ssm.remove(&name);
                 }
+                self.release(&runner, None);
                 self.set(&runner, "auto-update", "true");
             }
             70..=77 => {
@@ -913,10 +956,20 @@ impl World {
         self.aws.cfn.put_template(&iam_url, iam);
         self.aws.cfn.put_template(&main_url, main);
         self.note(format!("ops {runner}: infrastructure {infra} {what}"));
+        let version = self.new_version(runner);
+        if good.is_none() && self.rng.below(4) == 0 {
+            // The whole release, infrastructure included, in one document.
+            let document = format!(
+                "{{\"version\": \"{version}\", \"infra-version\": \"{infra}\", \"stacks\": {{\"runner-a-iam\": {{\"template-url\": \"{iam_url}\"}}, \"runner-a-main\": {{\"template-url\": \"{main_url}\"}}}}}}"
+            );
+            self.release(runner, Some(&document));
+            return;
+        }
+        // Published parameter by parameter (a release document would hide them: gone).
+        self.release(runner, None);
         self.set(runner, "infra-version", &infra.to_string());
         self.set(runner, "stacks/runner-a-iam/template-url", &iam_url);
         self.set(runner, "stacks/runner-a-main/template-url", &main_url);
-        let version = self.new_version(runner);
         self.set(runner, "version", &version);
     }
 
@@ -1308,6 +1361,7 @@ impl World {
                 let name = self.desired(&runner, key);
                 self.ssm.remove(&name);
             }
+            self.release(&runner, None);
             self.set(&runner, "auto-update", "true");
             let version = self.new_version(&runner);
             let image = self.image_of(&runner, &version);

@@ -134,6 +134,21 @@ impl Scenario {
         );
     }
 
+    /// Ops: writes the runner's release document (`<prefix>/<runner>/release`).
+    pub fn set_release(&self, runner: &str, document: &str) {
+        self.aws.ssm.set(
+            &format!("{}/{runner}/release", self.config.prefix),
+            document,
+        );
+    }
+
+    /// Ops: deletes the runner's release document.
+    pub fn clear_release(&self, runner: &str) {
+        self.aws
+            .ssm
+            .remove(&format!("{}/{runner}/release", self.config.prefix));
+    }
+
     /// Ops: `runner-updater approve <runner>` on this world.
     ///
     /// # Errors

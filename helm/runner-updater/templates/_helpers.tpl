@@ -62,6 +62,11 @@ Checks what values.schema.json cannot express; fails the render with the reason.
 {{- if not (has $c.channel $c.known_channels) -}}
 {{- fail (printf "config.channel %q is not in config.known_channels %v" $c.channel $c.known_channels) -}}
 {{- end -}}
+{{- range $c.prerelease_channels -}}
+{{- if not (has . $c.known_channels) -}}
+{{- fail (printf "config.prerelease_channels: %q is not in config.known_channels %v" . $c.known_channels) -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int $c.lease_secs) (mul 3 (int $c.active_poll_interval_secs)) -}}
 {{- fail (printf "config.lease_secs (%d) must be at least three active poll intervals (%d)" (int $c.lease_secs) (mul 3 (int $c.active_poll_interval_secs))) -}}
 {{- end -}}
@@ -104,6 +109,8 @@ rollback_timeout_secs = {{ int64 .rollback_timeout_secs }}
 prefix = {{ include "runner-updater.tomlString" $c.prefix }}
 channel = {{ include "runner-updater.tomlString" $c.channel }}
 known_channels = {{ include "runner-updater.tomlStrings" $c.known_channels }}
+prerelease_channels = {{ include "runner-updater.tomlStrings" $c.prerelease_channels }}
+settle_secs = {{ int64 $c.settle_secs }}
 poll_interval_secs = {{ int64 $c.poll_interval_secs }}
 active_poll_interval_secs = {{ int64 $c.active_poll_interval_secs }}
 lease_secs = {{ int64 $c.lease_secs }}
