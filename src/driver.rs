@@ -1095,7 +1095,10 @@ impl RunnerDriver {
         // its deadlines.
         let desired = match desired_read {
             Ok(relative) => {
-                self.settles_at = self.settle_of(&relative, read_at);
+                // First seen when the answer is here, not when the read began (a fleet read's
+                // pages take a while): later, never earlier.
+                let seen_at = self.ports.clock.now().max(read_at);
+                self.settles_at = self.settle_of(&relative, seen_at);
                 parse_desired(&relative, &self.policy)
             }
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
