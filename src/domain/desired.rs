@@ -351,11 +351,7 @@ pub fn desired_from_release(
 /// changed or deleted changes it.
 #[must_use]
 pub fn settle_fingerprint(parameters: &BTreeMap<String, String>) -> u64 {
-    let release = if parameters.contains_key(RELEASE_PARAMETER) {
-        1
-    } else {
-        0
-    };
+    let release = u64::from(parameters.contains_key(RELEASE_PARAMETER));
     parameters
         .iter()
         .filter(|(name, _)| name.starts_with("desired/") && !SWITCHES.contains(&name.as_str()))
