@@ -1311,8 +1311,14 @@ impl RunnerDriver {
                 version,
                 ..
             } => {
-                self.register(attempt_id, base_task_definition_arn, image, version, first_call)
-                    .await
+                self.register(
+                    attempt_id,
+                    base_task_definition_arn,
+                    image,
+                    version,
+                    first_call,
+                )
+                .await
             }
             Command::UpdateService {
                 task_definition_arn,
@@ -1416,9 +1422,9 @@ impl RunnerDriver {
             (RUNNER_TAG.to_owned(), self.runner.name.clone()),
         ]);
         let container = &self.runner.container;
-if let Some(refused) = self.fence().await {
-    return Ok(refused);
-}
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
         // Not retried here: RegisterTaskDefinition has no idempotency token. A failure (even one
         // after AWS succeeded) comes back next pass, and the attempt-tag lookup above runs first.
         let arn = self
@@ -1452,7 +1458,7 @@ if let Some(refused) = self.fence().await {
                 }
                 SearchStep::Describe { arn } => {
                     match self.retrying(|| ecs.describe_task_definition(&arn)).await {
-                        Ok(definition) => search.described(&definition),
+                        Ok(definition) => search.described(&arn, &definition),
                         Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
                         Err(error) => return Err(Unsearchable::Read(error)),
                     }

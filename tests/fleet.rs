@@ -421,7 +421,9 @@ async fn a_runner_dropped_mid_attempt_keeps_its_own_short_time() {
     second.tick().await.unwrap();
     assert!(!second.at_rest(), "c2 is in the attempt");
     first.tick().await.unwrap();
-    assert!(first.record().is_some_and(|r| r.phase == "awaiting_rollout"));
+    assert!(first
+        .record()
+        .is_some_and(|r| r.phase == "awaiting_rollout"));
     assert!(!first.at_rest(), "dropped mid-attempt is not at rest");
     assert_eq!(first.requeue_after(), Duration::from_secs(10));
 }

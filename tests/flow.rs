@@ -1085,7 +1085,10 @@ async fn a_registration_that_never_gets_through_ends_in_time_untouched_and_not_q
         Some("register-unconfirmed")
     );
     assert!(rec.failed.is_empty(), "not quarantined: {:?}", rec.failed);
-    assert!(s.aws.ecs.updates().is_empty(), "the service was not touched");
+    assert!(
+        s.aws.ecs.updates().is_empty(),
+        "the service was not touched"
+    );
     s.aws.ecs.faults.clear();
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
 }

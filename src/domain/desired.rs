@@ -355,14 +355,17 @@ pub fn settle_fingerprint(parameters: &BTreeMap<String, String>) -> u64 {
     parameters
         .iter()
         .filter(|(name, _)| name.starts_with("desired/") && !SWITCHES.contains(&name.as_str()))
-        .fold(0xcbf2_9ce4_8422_2325_u64 ^ release, |hash, (name, value)| {
-            [name.as_bytes(), b"\0", value.as_bytes(), b"\0"]
-                .concat()
-                .iter()
-                .fold(hash, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                })
-        })
+        .fold(
+            0xcbf2_9ce4_8422_2325_u64 ^ release,
+            |hash, (name, value)| {
+                [name.as_bytes(), b"\0", value.as_bytes(), b"\0"]
+                    .concat()
+                    .iter()
+                    .fold(hash, |h, b| {
+                        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                    })
+            },
+        )
 }
 
 /// The desired values as written, before validation.
@@ -924,7 +927,10 @@ mod tests {
         assert_ne!(settle_fingerprint(&released), fingerprint);
         let mut rewritten = released.clone();
         rewritten.insert("release".to_owned(), r#"{"version": "2.20.0"}"#.to_owned());
-        assert_eq!(settle_fingerprint(&rewritten), settle_fingerprint(&released));
+        assert_eq!(
+            settle_fingerprint(&rewritten),
+            settle_fingerprint(&released)
+        );
         // A value moved from one name to another is a change.
         let a = params(&[("desired/version", "2.19.0"), ("desired/image", "")]);
         let b = params(&[("desired/version", ""), ("desired/image", "2.19.0")]);
