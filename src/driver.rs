@@ -251,6 +251,8 @@ pub struct RunnerDriver {
     /// fencing check and its write does not write (on the SSM store this only narrows the
     /// window, see README "The lock").
     lease_until: Option<Duration>,
+    /// The command being executed and its fencing token, if it has one (see `fence`).
+    fencing: Option<(&'static str, u64)>,
     /// See `settle_secs`.
     settle: Duration,
     /// The fingerprint of the `desired/*` values last read, and when (by this controller's
@@ -311,6 +313,7 @@ impl RunnerDriver {
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
             observed_cached: false,
             lease_until: None,
+            fencing: None,
             settle: Duration::from_secs(config.settle_secs),
             settle_seen: None,
             settles_at: None,
@@ -859,6 +862,42 @@ impl RunnerDriver {
         Ok(stored.as_ref().map(key) != self.last_saved.as_ref().map(key))
     }
 
+    /// The fence of the command being executed (`fencing`): the lease's highest epoch is still
+    /// its token, and the lease has not ended on this controller's own clock. Checked before
+    /// the command starts and again right before its mutating call, after the reads that
+    /// decide it (they may take long: a search through a busy family, retried reads). `Some`
+    /// is the event that refuses the command.
+    async fn fence(&self) -> Option<Event> {
+        let (command, epoch) = self.fencing?;
+        let now = self.ports.clock.now();
+        let held = self
+            .ports
+            .lock
+            .check(&self.runner.name, &self.holder, epoch, now)
+            .await;
+        let (class, message) = match held {
+            Ok(true) if self.lease_lapsed() => (
+                FailureClass::Fenced,
+                format!("the lease of fencing token {epoch} ended on this controller's own clock (a pause?): not acting on it"),
+            ),
+            Ok(true) => return None,
+            Ok(false) => (
+                FailureClass::Fenced,
+                format!("fencing token {epoch} is no longer valid: another controller may hold the lock"),
+            ),
+            // Not knowing is not losing: try again next pass, without acting now.
+            Err(error) => (
+                FailureClass::Transient,
+                format!("cannot check the lease: {error}"),
+            ),
+        };
+        Some(Event::CommandFailed {
+            command,
+            class,
+            message,
+        })
+    }
+
     /// Whether the lease this driver holds ended on its own monotonic clock.
     fn lease_lapsed(&self) -> bool {
         self.lease_until
@@ -934,13 +973,20 @@ impl RunnerDriver {
                 self.lease_until = Some(sent + self.lease_ttl);
                 Ok(true)
             }
-            Ok(LockOutcome::Acquired { epoch: adopted }) if fresh => {
+            Ok(LockOutcome::Acquired { epoch: adopted }) => {
+                // A new epoch: the persisted attempt's lease had expired — another
+                // controller's (this one just loaded the record after a restart), or this
+                // one's own, renewed too late (a slow pass, a pause), which is taken again
+                // by atomic create rather than renewed in place.
                 self.lease_until = Some(sent + self.lease_ttl);
                 // The record may have moved on between our load and this take-over (its holder
                 // finished and released): read it again, under the new lease.
                 self.load().await?;
                 let still = self.machine.as_ref().and_then(|m| held_epoch(m.state()));
                 if still != Some(epoch) {
+                    if !fresh {
+                        tracing::warn!(runner = %self.runner.name, epoch, "the lease is no longer ours: it lapsed and another controller moved the attempt on; reloading from the store");
+                    }
                     self.ports
                         .lock
                         .release(&self.runner.name, &self.holder, adopted)
@@ -959,14 +1005,6 @@ impl RunnerDriver {
                 Ok(true)
             }
             Ok(outcome) => {
-                if let LockOutcome::Acquired { epoch: taken } = outcome {
-                    // Taken by this renewal, not held by the state in memory: give it back.
-                    self.ports
-                        .lock
-                        .release(&self.runner.name, &self.holder, taken)
-                        .await
-                        .map_err(DriverError::Lock)?;
-                }
                 if fresh {
                     // Just loaded: this controller did not hold the attempt's lease in memory
                     // (a standby, or one that already said why it let go): another controller
@@ -1057,7 +1095,10 @@ impl RunnerDriver {
         // its deadlines.
         let desired = match desired_read {
             Ok(relative) => {
-                self.settles_at = self.settle_of(&relative, read_at);
+                // First seen when the answer is here, not when the read began (a fleet read's
+                // pages take a while): later, never earlier.
+                let seen_at = self.ports.clock.now().max(read_at);
+                self.settles_at = self.settle_of(&relative, seen_at);
                 parse_desired(&relative, &self.policy)
             }
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
@@ -1221,6 +1262,13 @@ impl RunnerDriver {
                 ),
             });
         }
+        // A first call: its state was entered in this pass and nothing was called since it
+        // was entered, so there is nothing to find again (no search through the family).
+        let since = self
+            .machine
+            .as_ref()
+            .map_or(now, |m| m.inner().memory.since);
+        let first_call = self.entered_this_pass && self.last_call_at.is_none_or(|at| at < since);
         if matches!(
             command,
             Command::RegisterTaskDefinition { .. }
@@ -1229,37 +1277,9 @@ impl RunnerDriver {
         ) {
             self.last_call_at = Some(now);
         }
-        if let Some(epoch) = fencing_epoch(command) {
-            let held = self
-                .ports
-                .lock
-                .check(&self.runner.name, &self.holder, epoch, now)
-                .await;
-            match held {
-                Ok(true) if self.lease_lapsed() => {
-                    return Ok(Event::CommandFailed {
-                        command: command.name(),
-                        class: FailureClass::Fenced,
-                        message: format!("the lease of fencing token {epoch} ended on this controller's own clock (a pause?): not acting on it"),
-                    })
-                }
-                Ok(true) => {}
-                Ok(false) => {
-                    return Ok(Event::CommandFailed {
-                        command: command.name(),
-                        class: FailureClass::Fenced,
-                        message: format!("fencing token {epoch} is no longer valid: another controller may hold the lock"),
-                    })
-                }
-                // Not knowing is not losing: try again next pass, without acting now.
-                Err(error) => {
-                    return Ok(Event::CommandFailed {
-                        command: command.name(),
-                        class: FailureClass::Transient,
-                        message: format!("cannot check the lease: {error}"),
-                    })
-                }
-            }
+        self.fencing = fencing_epoch(command).map(|epoch| (command.name(), epoch));
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
         }
         let result = match command {
             Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
@@ -1291,8 +1311,14 @@ impl RunnerDriver {
                 version,
                 ..
             } => {
-                self.register(attempt_id, base_task_definition_arn, image, version)
-                    .await
+                self.register(
+                    attempt_id,
+                    base_task_definition_arn,
+                    image,
+                    version,
+                    first_call,
+                )
+                .await
             }
             Command::UpdateService {
                 task_definition_arn,
@@ -1344,6 +1370,7 @@ impl RunnerDriver {
         base_arn: &str,
         image: &str,
         version: &str,
+        first_call: bool,
     ) -> Result<Event, PortError> {
         const COMMAND: &str = "register_task_definition";
         // The reads before the call: a failed one is a read failure (retried within the
@@ -1355,10 +1382,14 @@ impl RunnerDriver {
         // Our revision, if the registration was made (its answer lost to a crash, a timeout,
         // a reset connection), is newer than the baseline's.
         let floor = revision_search::family_revision(base_arn).map_or(0, |(_, revision)| revision);
-        let found = match self.find_registered(&base.family, attempt_id, floor).await {
-            Ok(found) => found,
-            Err(Unsearchable::Read(error)) => return read_failed(COMMAND, error),
-            Err(Unsearchable::Exhausted(error)) => return Err(error),
+        let found = if first_call {
+            None
+        } else {
+            match self.find_registered(&base.family, attempt_id, floor).await {
+                Ok(found) => found,
+                Err(Unsearchable::Read(error)) => return read_failed(COMMAND, error),
+                Err(Unsearchable::Exhausted(error)) => return Err(error),
+            }
         };
         if let Some(arn) = found {
             let found = match self.task_definition(&arn).await {
@@ -1391,6 +1422,9 @@ impl RunnerDriver {
             (RUNNER_TAG.to_owned(), self.runner.name.clone()),
         ]);
         let container = &self.runner.container;
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
         // Not retried here: RegisterTaskDefinition has no idempotency token. A failure (even one
         // after AWS succeeded) comes back next pass, and the attempt-tag lookup above runs first.
         let arn = self
@@ -1424,7 +1458,7 @@ impl RunnerDriver {
                 }
                 SearchStep::Describe { arn } => {
                     match self.retrying(|| ecs.describe_task_definition(&arn)).await {
-                        Ok(definition) => search.described(&definition),
+                        Ok(definition) => search.described(&arn, &definition),
                         Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
                         Err(error) => return Err(Unsearchable::Read(error)),
                     }
@@ -1512,6 +1546,9 @@ impl RunnerDriver {
                 deployment_id: deployment.id.clone(),
             });
         }
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
         // Not retried here: a lost answer comes back next pass, and the baseline check above
         // finds the deployment instead of updating twice.
         let deployment_id = ecs
@@ -1570,6 +1607,9 @@ impl RunnerDriver {
                 client_token: name.to_owned(),
                 description,
             };
+            if let Some(refused) = self.fence().await {
+                return Ok(refused);
+            }
             // The client token makes a resent creation the same request.
             match self.retrying(|| cfn.create_change_set(&request)).await {
                 Ok(id) => {
@@ -1631,6 +1671,9 @@ impl RunnerDriver {
                 ))
             }
             Some("AVAILABLE") => {
+                if let Some(refused) = self.fence().await {
+                    return Ok(refused);
+                }
                 // Not retried blindly: a lost answer or a repeat is settled by asking the change
                 // set again (the token makes a resent execution the same request).
                 if let Err(error) = cfn.execute_change_set(stack, name, &token).await {
@@ -1761,6 +1804,9 @@ impl RunnerDriver {
             .get(ATTEMPT_TAG)
             .is_some_and(|tag| tag == attempt_id);
         if !made && ours {
+            if let Some(refused) = self.fence().await {
+                return Ok(refused);
+            }
             let (cluster, service) = (&self.runner.cluster, &self.runner.service);
             self.ports
                 .ecs

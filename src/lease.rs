@@ -129,11 +129,8 @@ impl Lock for SsmLease {
                     expires_at: Millis(u64::MAX),
                 })
             }
-            // Ours (and not released): renewed in place, even when the renewal comes late
-            // (a slow pass, a long pause). The epoch stays, so nothing churns; if another
-            // controller took the runner meanwhile, it created a higher epoch, which the
-            // fencing check sees, and this renewal of an older one changes nothing.
-            Current::Lease(epoch, value) if value.holder == holder && value.expires_at != 0 => {
+            // Ours and live: renewed in place (the epoch stays).
+            Current::Lease(epoch, value) if value.holder == holder && now.0 < value.expires_at => {
                 self.ssm
                     .put(
                         &self.name(runner, epoch),
@@ -142,6 +139,14 @@ impl Lock for SsmLease {
                     )
                     .await?;
                 return Ok(LockOutcome::Acquired { epoch });
+            }
+            // Ours but expired (a renewal that comes late: a slow pass, a pause): not busy with
+            // itself, and not renewed in place either — another controller may be creating the
+            // next epoch right now. Take the next epoch by atomic create, at once (the skew
+            // tolerance protects the holder from others, not from itself): exactly one of the
+            // two wins.
+            Current::Lease(epoch, value) if value.holder == holder && value.expires_at != 0 => {
+                epoch + 1
             }
             Current::Lease(_, value)
                 if now < Millis(value.expires_at).after(CLOCK_SKEW_TOLERANCE)
@@ -284,7 +289,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_late_renewal_of_its_own_lease_neither_reports_busy_nor_churns_epochs() {
+    async fn a_late_renewal_of_its_own_lease_is_never_busy_with_itself_and_takes_one_next_epoch() {
         let ssm = SimSsm::default();
         let lease = SsmLease::new(Arc::new(ssm.clone()), "/ru");
         let ttl = Duration::from_secs(30);
@@ -292,25 +297,41 @@ mod tests {
             lease.acquire("a", "c1", Millis(0), ttl).await.unwrap(),
             LockOutcome::Acquired { epoch: 1 }
         );
-        // Within the skew tolerance past expiry, then long past it: still ours, same epoch.
-        for late in [32_000, 600_000] {
-            assert_eq!(
-                lease.acquire("a", "c1", Millis(late), ttl).await.unwrap(),
-                LockOutcome::Acquired { epoch: 1 },
-                "{late} ms"
-            );
-            assert!(lease.check("a", "c1", 1, Millis(late + 1)).await.unwrap());
-        }
-        assert_eq!(ssm.get_by_path("/ru/a/lock/").await.unwrap().len(), 1);
-        // Released, it is taken again with a new epoch (by anyone, itself included).
-        lease.release("a", "c1", 1).await.unwrap();
+        // Renewed in time: the same epoch.
         assert_eq!(
-            lease
-                .acquire("a", "c1", Millis(700_000), ttl)
-                .await
-                .unwrap(),
+            lease.acquire("a", "c1", Millis(20_000), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 1 }
+        );
+        // Late, within the skew tolerance (others may not take it yet, but may soon): the
+        // next epoch by atomic create, never "busy" with itself; then in time again, kept.
+        assert_eq!(
+            lease.acquire("a", "c1", Millis(52_000), ttl).await.unwrap(),
             LockOutcome::Acquired { epoch: 2 }
         );
+        assert_eq!(
+            lease.acquire("a", "c1", Millis(60_000), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        assert!(!lease.check("a", "c1", 1, Millis(60_001)).await.unwrap());
+        assert!(lease.check("a", "c1", 2, Millis(60_001)).await.unwrap());
+        // Late and raced by another controller that created the next epoch first: busy with
+        // that one, never two holders.
+        ssm.set(
+            "/ru/a/lock/000000000003",
+            r#"{"holder":"c2","expires_at":200000}"#,
+        );
+        let stale = SsmLease::new(
+            Arc::new(Resent(
+                ssm.clone(),
+                std::sync::atomic::AtomicBool::new(false),
+            )),
+            "/ru",
+        );
+        assert!(matches!(
+            stale.acquire("a", "c1", Millis(100_000), ttl).await.unwrap(),
+            LockOutcome::Busy { holder, .. } if holder == "c2"
+        ));
+        assert!(lease.check("a", "c2", 3, Millis(100_001)).await.unwrap());
     }
 
     #[tokio::test]

@@ -550,7 +550,7 @@ async fn listing_contract(ecs: &dyn Ecs, base: &str, ours: &str, who: &str) {
                 search.listed(&page.arns, page.next);
             }
             SearchStep::Describe { arn } => {
-                search.described(&ecs.describe_task_definition(&arn).await.unwrap());
+                search.described(&arn, &ecs.describe_task_definition(&arn).await.unwrap());
             }
             answer => break answer,
         }

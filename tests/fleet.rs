@@ -411,15 +411,19 @@ async fn a_runner_dropped_mid_attempt_keeps_its_own_short_time() {
     let s = fleet(2);
     s.set_desired("runner-01", "version", "2.14.0");
     let mut first = s.driver_as("runner-01", "c1").unwrap();
-    s.drive_until(&mut first, 40, |d| d.phase() == Phase::Soaking)
+    s.drive_until(&mut first, 40, |d| d.phase() == Phase::AwaitingRollout)
         .await
         .unwrap();
-    // c1 goes silent, c2 takes the attempt over; c1's next pass finds its lease gone.
+    // c1 goes silent, c2 takes the attempt over (and is still in it: its soak has begun);
+    // c1's next pass finds the lease held by c2.
     s.aws.clock.advance(Duration::from_mins(5));
     let mut second = s.driver_as("runner-01", "c2").unwrap();
     second.tick().await.unwrap();
+    assert!(!second.at_rest(), "c2 is in the attempt");
     first.tick().await.unwrap();
-    assert!(first.record().is_some_and(|r| r.phase == "soaking"));
+    assert!(first
+        .record()
+        .is_some_and(|r| r.phase == "awaiting_rollout"));
     assert!(!first.at_rest(), "dropped mid-attempt is not at rest");
     assert_eq!(first.requeue_after(), Duration::from_secs(10));
 }

@@ -775,11 +775,15 @@ async fn a_replica_frozen_past_its_lease_between_its_fencing_check_and_its_write
     }
     assert!(thawed, "the freeze never came");
     let before = record(&s, "runner-a").await;
-    // Nobody took the runner meanwhile: the next pass renews the lease in place (same
-    // epoch) and goes on.
+    // Nobody took the runner meanwhile: the next pass takes the next epoch itself (its own
+    // lease expired: never "busy" with itself), once, and the attempt goes on under it.
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
     let done = record(&s, "runner-a").await;
-    assert_eq!(done.lock_epoch, before.lock_epoch, "no epoch churn");
+    assert_eq!(
+        done.lock_epoch,
+        before.lock_epoch.map(|epoch| epoch + 1),
+        "one new epoch, no churn"
+    );
 }
 
 /// Found by an acceptance run (issue 14): a `DescribeTasks` answer the SDK could not read kept
@@ -1056,4 +1060,35 @@ async fn status_shows_no_since_for_a_runner_that_never_made_a_transition() {
     assert_eq!(view.since, "-");
     let text = runner_updater::report::render_status(&[view], 8);
     assert!(!text.contains("1970"), "{text}");
+}
+
+/// Found by the review of issue 14's change: a registration whose reads (or calls) keep
+/// failing held its attempt, and its lease, for ever; it ends within `rollout_timeout`, with
+/// the service untouched and the version not quarantined.
+#[tokio::test]
+async fn a_registration_that_never_gets_through_ends_in_time_untouched_and_not_quarantined() {
+    let s = scenario();
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    for _ in 0..2_000 {
+        s.aws
+            .ecs
+            .faults
+            .push("RegisterTaskDefinition", ErrorKind::Transient);
+    }
+    s.drive_to(&mut driver, Phase::RolledBack, TICKS)
+        .await
+        .unwrap();
+    let rec = record(&s, "runner-a").await;
+    assert_eq!(
+        rec.failure.as_ref().map(|f| f.code.as_str()),
+        Some("register-unconfirmed")
+    );
+    assert!(rec.failed.is_empty(), "not quarantined: {:?}", rec.failed);
+    assert!(
+        s.aws.ecs.updates().is_empty(),
+        "the service was not touched"
+    );
+    s.aws.ecs.faults.clear();
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
 }

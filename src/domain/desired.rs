@@ -80,6 +80,9 @@ pub struct DesiredState {
     pub version: Version,
     /// Target image (explicit, or derived from the repository and the version).
     pub image: ImageRef,
+    /// Whether ops gave the image (`desired/image`, the release document's `image`) rather
+    /// than leaving it derived: only a given image makes a same-version change a rebuild.
+    pub image_given: bool,
     /// Release channel of that version.
     pub channel: String,
     /// The pause switch: `false` holds the runner where it is.
@@ -343,20 +346,26 @@ pub fn desired_from_release(
 }
 
 /// A fingerprint of the `desired/*` values that must settle before they are acted on: every
-/// `desired/*` parameter but the switches. A value written, changed or deleted changes it.
+/// `desired/*` parameter but the switches, and whether a release document is there (deleting
+/// it makes the `desired/*` it hid the desired state: they settle first). A value written,
+/// changed or deleted changes it.
 #[must_use]
 pub fn settle_fingerprint(parameters: &BTreeMap<String, String>) -> u64 {
+    let release = u64::from(parameters.contains_key(RELEASE_PARAMETER));
     parameters
         .iter()
         .filter(|(name, _)| name.starts_with("desired/") && !SWITCHES.contains(&name.as_str()))
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, (name, value)| {
-            [name.as_bytes(), b"\0", value.as_bytes(), b"\0"]
-                .concat()
-                .iter()
-                .fold(hash, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                })
-        })
+        .fold(
+            0xcbf2_9ce4_8422_2325_u64 ^ release,
+            |hash, (name, value)| {
+                [name.as_bytes(), b"\0", value.as_bytes(), b"\0"]
+                    .concat()
+                    .iter()
+                    .fold(hash, |h, b| {
+                        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                    })
+            },
+        )
 }
 
 /// The desired values as written, before validation.
@@ -479,6 +488,7 @@ fn build(fields: Fields, policy: &RunnerPolicy) -> Result<DesiredState, DesiredE
     Ok(DesiredState {
         version,
         image,
+        image_given: fields.image.is_some(),
         channel,
         auto_update: true,
         infra_version,
@@ -908,9 +918,19 @@ mod tests {
         let mut switched = base.clone();
         switched.insert("desired/auto-update".to_owned(), "false".to_owned());
         switched.insert("desired/approved-change-set".to_owned(), "ru-x".to_owned());
-        switched.insert("release".to_owned(), "{}".to_owned());
         switched.insert("status".to_owned(), "{}".to_owned());
         assert_eq!(settle_fingerprint(&switched), fingerprint);
+        // A release document appearing or going away moves it (its value does not: it is
+        // acted on at once).
+        let mut released = base.clone();
+        released.insert("release".to_owned(), "{}".to_owned());
+        assert_ne!(settle_fingerprint(&released), fingerprint);
+        let mut rewritten = released.clone();
+        rewritten.insert("release".to_owned(), r#"{"version": "2.20.0"}"#.to_owned());
+        assert_eq!(
+            settle_fingerprint(&rewritten),
+            settle_fingerprint(&released)
+        );
         // A value moved from one name to another is a change.
         let a = params(&[("desired/version", "2.19.0"), ("desired/image", "")]);
         let b = params(&[("desired/version", ""), ("desired/image", "2.19.0")]);

@@ -259,6 +259,14 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 true,
                 format!("{} is newer than the running {current}", desired.version),
             ),
+            Some(Ordering::Equal) if desired.image != observed.running_image && !desired.image_given => outcome(
+                Rule::NewerVersion,
+                false,
+                format!(
+                    "{} is already the running version; its image {} is not the default {}, and no desired image asks for another: not redeployed (set the image to rebuild)",
+                    desired.version, observed.running_image, desired.image
+                ),
+            ),
             Some(Ordering::Equal) if desired.image != observed.running_image => outcome(
                 Rule::NewerVersion,
                 true,
@@ -352,6 +360,7 @@ mod tests {
         DesiredState {
             version: Version::parse("2.14.0").unwrap(),
             image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
+            image_given: true,
             channel: "stable".to_owned(),
             auto_update: true,
             infra_version: None,
@@ -454,6 +463,14 @@ mod tests {
                 "same version, other image: a rebuild",
                 |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()),
                 None,
+            ),
+            (
+                "same version, only the derived default image differs: not a rebuild",
+                |d, o, _| {
+                    o.current_version = Some(Version::parse("2.14.0").unwrap());
+                    d.image_given = false;
+                },
+                Some(Rule::NewerVersion),
             ),
             (
                 "same version, a digest pin of it",

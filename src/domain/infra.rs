@@ -598,6 +598,7 @@ mod tests {
         DesiredState {
             version: Version::parse("2.14.0").unwrap(),
             image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
+            image_given: true,
             channel: "stable".to_owned(),
             auto_update: true,
             infra_version: infra.map(str::to_owned),

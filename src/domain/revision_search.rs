@@ -164,9 +164,9 @@ impl RevisionSearch {
         self.described += 1;
     }
 
-    /// A listed revision, described.
-    pub fn described(&mut self, definition: &TaskDefinition) {
-        self.queue.retain(|arn| arn != &definition.arn);
+    /// The listed revision `asked`, described.
+    pub fn described(&mut self, asked: &str, definition: &TaskDefinition) {
+        self.queue.retain(|arn| arn != asked);
         self.described += 1;
         if definition.family == self.family
             && definition.tags.get(ATTEMPT_TAG).map(String::as_str) == Some(&self.attempt_id)
@@ -224,7 +224,7 @@ mod tests {
                     let (family, revision) = family_revision(&asked).unwrap();
                     let tag = (family == "runner-a" && Some(revision) == ours).then_some("att-1");
                     let other = (family == "runner-a" && Some(revision) != ours).then_some("att-0");
-                    search.described(&definition(family, revision, tag.or(other)));
+                    search.described(&asked, &definition(family, revision, tag.or(other)));
                 }
                 answer => return (answer, lists, describes),
             }
@@ -323,7 +323,10 @@ mod tests {
                 arn: arn("runner-a", 1)
             }
         );
-        search.described(&definition("runner-a", 1, Some("att-1")));
+        search.described(
+            &arn("runner-a", 1),
+            &definition("runner-a", 1, Some("att-1")),
+        );
         assert_eq!(
             search.step(),
             SearchStep::Found {

@@ -719,8 +719,9 @@ impl RunnerMachine {
         Handled
     }
 
-    /// Outgoing: `UpdatingService`; `RolledBack` when refused; `Idle` on a foreign writer or a
-    /// lost lock.
+    /// Outgoing: `UpdatingService`; `RolledBack` when refused, or not registered within
+    /// `rollout_timeout` of entering the state (AWS unreadable: no quarantine); `Idle` on a
+    /// foreign writer or a lost lock.
     #[state(
         superstate = "deploying",
         entry_action = "enter_registering_task_definition"
@@ -744,6 +745,32 @@ impl RunnerMachine {
                     if *current != run.baseline.task_definition_arn {
                         return self.foreign(run, current, ctx, input.now);
                     }
+                }
+                // AWS unreadable all along (reads failing, even for good): the attempt ends
+                // once `rollout_timeout` has passed since the state was entered. A registration
+                // does not touch the service, so nothing is restored and nothing is learnt
+                // about the version: no quarantine, the next pass tries it again.
+                let deadline = self.memory.since.after(self.settings.rollout_timeout);
+                if input.now >= deadline {
+                    let last = self
+                        .memory
+                        .note
+                        .as_ref()
+                        .map(|n| format!(" (last: {}: {})", n.code, n.message))
+                        .unwrap_or_default();
+                    let failure = Failure::new(
+                        "register-unconfirmed",
+                        format!(
+                            "the task definition could not be registered within {}s{last}; the service was not changed",
+                            self.settings.rollout_timeout.as_secs()
+                        ),
+                    );
+                    self.pending_note = Some(failure.reason.clone());
+                    return Transition(State::rolled_back(
+                        run.clone(),
+                        failure,
+                        ServiceAfter::Untouched,
+                    ));
                 }
                 Self::enter_registering_task_definition(run, ctx);
                 Handled
@@ -2097,6 +2124,7 @@ mod tests {
         DesiredState {
             version: Version::parse("2.14.0").unwrap(),
             image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
+            image_given: true,
             channel: "stable".to_owned(),
             auto_update,
             infra_version: None,

@@ -315,7 +315,7 @@ pub struct Tally {
     pub approvals: u64,
     /// Foreign writes to a service.
     pub foreign_writes: u64,
-    /// Mutating calls made to take effect and then lose their answer (queued).
+    /// Mutating calls that took effect and then lost their answer.
     pub answers_lost: u64,
     /// Revisions registered in a runner's family by another tool (a busy family).
     pub foreign_registrations: u64,
@@ -441,6 +441,14 @@ pub async fn run_seed(
     if let Err(violation) = world.drain(settings).await {
         return Ok(Err(violation));
     }
+    world.tally.answers_lost = MUTATING
+        .iter()
+        .map(|operation| {
+            world.aws.ssm.faults.answers_lost(operation)
+                + world.aws.ecs.faults.answers_lost(operation)
+                + world.aws.cfn.faults.answers_lost(operation)
+        })
+        .sum();
     for update in world.aws.ecs.updates() {
         let line = format!("{update:?}");
         world.tally.fingerprint = fnv(world.tally.fingerprint, line.as_bytes());
@@ -1000,7 +1008,6 @@ impl World {
         if MUTATING.contains(&operation) && self.rng.below(3) == 0 {
             // The call takes effect at AWS, then its answer is lost (a timeout, a reset
             // connection): whatever the caller does next must not do it twice.
-            self.tally.answers_lost += 1;
             match operation {
                 "RegisterTaskDefinition" | "UpdateService" => {
                     self.aws.ecs.faults.lose_answer(operation);
@@ -1085,7 +1092,15 @@ impl World {
                 ..
             })) = self.record(&runner).await
             {
-                self.foreign_written.insert(attempt.id);
+                // The ambiguity owned up to needs the attempt's own revision put back.
+                let own = self
+                    .aws
+                    .ecs
+                    .task_definition(&target)
+                    .is_some_and(|td| td.tags.get(ATTEMPT_TAG) == Some(&attempt.id));
+                if own {
+                    self.foreign_written.insert(attempt.id);
+                }
             }
             self.tally.foreign_writes += 1;
             self.note(format!("foreign writer points {runner} at {target}"));
@@ -1099,10 +1114,10 @@ impl World {
         let Some(container) = self.config.runner(&runner).map(|c| c.container.clone()) else {
             return;
         };
-        let count = if self.rng.below(4) == 0 {
-            101 + self.rng.below(50)
+        let count = if self.rng.below(8) == 0 {
+            101 + self.rng.below(10)
         } else {
-            1 + self.rng.below(12)
+            1 + self.rng.below(6)
         };
         let base = format!("arn:aws:ecs:eu-west-1:123456789012:task-definition/{runner}:1");
         let ecs = self.aws.ecs.without_faults();
@@ -1285,7 +1300,9 @@ impl World {
                 && *count == 2
                 && self.foreign_written.contains(&attempt)
                 && (self.ambiguous_rollbacks.contains(&attempt)
-                    || self.audit.lost_update(&attempt));
+                    || self
+                        .audit
+                        .lost_rollback(&attempt, |arn| attempt_of.get(arn) == Some(&attempt)));
             if *count > 1 && !excused {
                 return Err(self.violation(
                     step,
@@ -1533,7 +1550,7 @@ struct Audit {
     /// definition).
     updates: Arc<Mutex<Vec<(String, String)>>>,
     /// Attempts with an `UpdateService` whose answer was lost after it took effect.
-    lost_updates: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    lost_updates: Arc<Mutex<std::collections::BTreeSet<(String, String)>>>,
     /// Slow calls queued per operation: the next call of it takes this long (simulated time).
     slow: Arc<Mutex<BTreeMap<String, VecDeque<Duration>>>>,
     clock: SimClock,
@@ -1667,7 +1684,7 @@ impl Audit {
             .unwrap_or_default();
         if lost {
             if let Ok(mut lost_updates) = self.lost_updates.lock() {
-                lost_updates.insert(attempt.clone());
+                lost_updates.insert((attempt.clone(), arn.to_owned()));
             }
         }
         if let Ok(mut updates) = self.updates.lock() {
@@ -1675,11 +1692,13 @@ impl Audit {
         }
     }
 
-    /// Whether an update of this attempt took effect and lost its answer.
-    fn lost_update(&self, attempt: &str) -> bool {
-        self.lost_updates
-            .lock()
-            .is_ok_and(|lost| lost.contains(attempt))
+    /// Whether a rollback of this attempt (an update to a revision not its own, as `own`
+    /// tells) took effect and lost its answer.
+    fn lost_rollback(&self, attempt: &str, own: impl Fn(&str) -> bool) -> bool {
+        self.lost_updates.lock().is_ok_and(|lost| {
+            lost.iter()
+                .any(|(lost_attempt, arn)| lost_attempt == attempt && !own(arn))
+        })
     }
 
     fn updates(&self) -> Vec<(String, String)> {
