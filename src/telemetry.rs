@@ -156,8 +156,14 @@ pub fn init(format: LogFormat, default_level: &str) -> Result<Telemetry, Telemet
     // `RUST_LOG` (or the default level) filters the log lines only: spans are recorded for the
     // traces whatever the log level, so quiet commands still name their traces.
     let logs = match format {
+        // Colour only on a terminal, and never with `NO_COLOR` set: a pod's log file, a
+        // pipe or a collector gets plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
