@@ -224,25 +224,51 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// `runner-updater run --simulated --listen 127.0.0.1:0`, which reports the port it bound in
 /// a file: the child, its port, and the file its log (stderr) goes to.
+/// A controller process started by a test, killed when the test ends however it ends (a
+/// failed assertion included): no process outlives its test.
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn run_listening(
     directory: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
-) -> (std::process::Child, u16, std::path::PathBuf) {
+) -> (Running, u16, std::path::PathBuf) {
     let port_file = directory.join("listen.port");
     let log = directory.join("controller.log");
-    let mut child = binary()
-        .args(["run", "--simulated"])
-        .args(args)
-        .args(["--listen", "127.0.0.1:0", "--listen-port-file"])
-        .arg(&port_file)
-        .env("RUNNER_UPDATER_STATE_DIR", directory.join("state"))
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        binary()
+            .args(["run", "--simulated"])
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--listen-port-file"])
+            .arg(&port_file)
+            .env("RUNNER_UPDATER_STATE_DIR", directory.join("state"))
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let port = common::reported_port(&mut child, &port_file, "runner-updater run", Some(&log));
     (child, port, log)
 }
