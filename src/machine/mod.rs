@@ -752,12 +752,7 @@ impl RunnerMachine {
                 // about the version: no quarantine, the next pass tries it again.
                 let deadline = self.memory.since.after(self.settings.rollout_timeout);
                 if input.now >= deadline {
-                    let last = self
-                        .memory
-                        .note
-                        .as_ref()
-                        .map(|n| format!(" (last: {}: {})", n.code, n.message))
-                        .unwrap_or_default();
+                    let last = self.last_note_suffix();
                     let failure = Failure::new(
                         "register-unconfirmed",
                         format!(
@@ -826,12 +821,7 @@ impl RunnerMachine {
                 }
                 let deadline = self.memory.since.after(self.settings.rollout_timeout);
                 if input.now >= deadline {
-                    let last = self
-                        .memory
-                        .note
-                        .as_ref()
-                        .map(|n| format!(" (last: {}: {})", n.code, n.message))
-                        .unwrap_or_default();
+                    let last = self.last_note_suffix();
                     let failure = Failure::new(
                         "update-unconfirmed",
                         format!(
@@ -1649,6 +1639,15 @@ impl RunnerMachine {
             }
             FailureClass::Permanent => self.fail(run, Failure::new(code, message.to_owned()), now),
         }
+    }
+
+    /// ` (last: CODE: MESSAGE)` of the last note, for a deadline's failure reason ("" for none).
+    fn last_note_suffix(&self) -> String {
+        self.memory
+            .note
+            .as_ref()
+            .map(|n| format!(" (last: {}: {})", n.code, n.message))
+            .unwrap_or_default()
     }
 
     /// Quarantines the attempt's target and ends it in `RolledBack` (nothing of the runner was
