@@ -1,10 +1,10 @@
-//! Diagrams of the state machine, generated from [`crate::machine::phase::TRANSITIONS`] — the
+//! Diagrams of the state machine, generated from [`runner_updater_core::machine::phase::TRANSITIONS`] — the
 //! same table the machine is checked against at run time. `state-diagrams/` holds their output
 //! and a test fails when the files differ from what this code generates.
 
 use std::fmt::Write;
 
-use crate::machine::phase::{top_level_edges, Phase, TopLevel, TRANSITIONS};
+use runner_updater_core::machine::phase::{top_level_edges, Phase, TopLevel, TRANSITIONS};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

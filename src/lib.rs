@@ -1,26 +1,12 @@
-//! runner-updater: keeps a fleet of ECS runners on the versions ops ask for.
+//! runner-updater, the product: the command line (`cli`, a file per command) over every layer,
+//! the wiring of the AWS adapters (`wiring`), the HTTP endpoints (`server`), the diagrams
+//! (`diagram`) and the OTLP exporter (`telemetry`).
 //!
-//! See `ARCHITECTURE.md` for the code map and its invariants.
+//! The layers live in `crates/`; `ARCHITECTURE.md` is the map and `tests/architecture.rs`
+//! holds the directions. The dev tools (`crates/dev`) are not part of the product.
 
-pub mod aws;
-pub mod bench;
-pub mod clock;
-pub mod config;
-pub mod demo;
+pub mod cli;
 pub mod diagram;
-pub mod domain;
-pub mod driver;
-pub mod fleet;
-pub mod lease;
-#[allow(missing_docs)] // statig generates the State and Superstate enums without docs.
-pub mod machine;
-pub mod metrics;
-pub mod ops;
-pub mod ports;
-pub mod ratelimit;
-pub mod record;
-pub mod report;
 pub mod server;
-pub mod sim;
-pub mod store;
 pub mod telemetry;
+pub mod wiring;

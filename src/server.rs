@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::Metrics;
-use crate::ports::Clock;
+use runner_updater_ports::Clock;
+use runner_updater_runtime::metrics::Metrics;
 
 /// What the endpoints read.
 pub struct Endpoints {

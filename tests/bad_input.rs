@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use runner_updater::config::{Config, EMBEDDED_CONFIG};
-use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Clock as _, StoreError};
-use runner_updater::sim::scenario::Scenario;
-use runner_updater::store::SsmStore;
+use runner_updater_adapters::store::SsmStore;
+use runner_updater_config::{Config, EMBEDDED_CONFIG};
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_interface::scenario::Scenario;
+use runner_updater_ports::{Clock as _, StoreError};
 use tracing_subscriber::layer::SubscriberExt;
 
 const PREFIX: &str = "/runner-updater";
@@ -520,14 +520,14 @@ async fn run(case: &Case) -> Outcome {
     let mut b_done = false;
     let mut failures = Vec::new();
     let mut tick_a = |result: Result<
-        runner_updater::driver::TickReport,
-        runner_updater::driver::DriverError,
+        runner_updater_runtime::driver::TickReport,
+        runner_updater_runtime::driver::DriverError,
     >| {
         match (result, case.bad) {
             (Ok(_), _) => {}
             // An unreadable record fails the pass, by design, with the record's code.
             (
-                Err(runner_updater::driver::DriverError::Store(StoreError::Record(e))),
+                Err(runner_updater_runtime::driver::DriverError::Store(StoreError::Record(e))),
                 Bad::Record(_),
             ) if e.code() == case.code => {}
             (Err(error), _) => failures.push(format!("runner-a's pass failed: {error}")),
@@ -578,7 +578,7 @@ async fn run(case: &Case) -> Outcome {
     }
     // What `runner-updater status` shows (the product's own path).
     let ports = s.ports();
-    let views = runner_updater::ops::status_views(
+    let views = runner_updater_interface::ops::status_views(
         &s.config,
         store.as_ref(),
         Some(ports.lock.as_ref()),
@@ -593,7 +593,7 @@ async fn run(case: &Case) -> Outcome {
     let status_code = views[0].reason_code.clone();
     if let Bad::Record(text) = case.bad {
         let kept = s.aws.ssm.without_faults();
-        let now = runner_updater::ports::ParameterStore::get(&kept, &raw_record)
+        let now = runner_updater_ports::ParameterStore::get(&kept, &raw_record)
             .await
             .unwrap()
             .map(|p| p.value);
@@ -605,7 +605,7 @@ async fn run(case: &Case) -> Outcome {
         // Nobody may write runner-a's record while its lease is unreadable: status shows no
         // record, and names the lease's holder.
         match (&views[0].lease, status_code.as_deref()) {
-            (runner_updater::report::LeaseView::Held(holder), Some("no-record"))
+            (runner_updater_interface::report::LeaseView::Held(holder), Some("no-record"))
                 if holder.starts_with("unreadable-lease") =>
             {
                 Some("lock-busy".to_owned())

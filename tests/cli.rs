@@ -159,6 +159,46 @@ fn plan_shows_every_rule_and_the_next_step() {
     assert!(text.contains("next: update 2.13.0 -> 2.14.0"), "{text}");
 }
 
+/// The crash hook is the dev tools' binary's (`runner-updater-dev`): the product ignores
+/// `RUNNER_UPDATER_TEST_CRASH` (a stray variable in a pod must not make it abort), and its
+/// help names none of the dev tools.
+#[test]
+fn the_product_ignores_the_crash_hook_and_ships_no_dev_tool() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = binary()
+        .args(["run", "--simulated", "--passes", "1", "--listen", "off"])
+        .args(["--desired", "runner-b=2.14.0"])
+        .env("RUNNER_UPDATER_STATE_DIR", directory.path())
+        .env("RUNNER_UPDATER_TEST_CRASH", "after_save:2")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("RUNNER_UPDATER_TEST_CRASH"), "{stderr}");
+    let record = std::fs::read_to_string(directory.path().join("runner-b.json")).unwrap();
+    assert!(
+        record.contains("\"phase\":\"awaiting_rollout\""),
+        "the update went on past the second save: {record}"
+    );
+    let help = binary().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for command in ["run", "status", "plan", "approve", "diagram", "demo"] {
+        assert!(
+            help.contains(&format!("  {command} ")),
+            "{command} missing:\n{help}"
+        );
+    }
+    for dev in ["simulate", "bench"] {
+        assert!(
+            !help.contains(&format!("  {dev} ")),
+            "{dev} in the product's help:\n{help}"
+        );
+        let refused = binary().arg(dev).output().unwrap();
+        assert!(!refused.status.success(), "the product ran `{dev}`");
+    }
+}
+
 #[test]
 fn run_on_the_simulated_aws_updates_and_persists() {
     let directory = tempfile::tempdir().unwrap();

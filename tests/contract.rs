@@ -16,20 +16,20 @@ use aws_sdk_ecs::types::{
     TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, Ulimit, UlimitName,
     Volume,
 };
-use runner_updater::domain::infra::{self, Creation, StackProgress};
-use runner_updater::domain::observed::{
+use runner_updater_adapters::lease::SsmLease;
+use runner_updater_adapters::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
+use runner_updater_adapters::store::{FileStore, MemoryStore, SsmStore};
+use runner_updater_core::domain::infra::{self, Creation, StackProgress};
+use runner_updater_core::domain::observed::{
     DeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
 };
-use runner_updater::domain::revision_search::{family_revision, RevisionSearch, SearchStep};
-use runner_updater::domain::Millis;
-use runner_updater::lease::SsmLease;
-use runner_updater::ports::StoreError;
-use runner_updater::ports::{
+use runner_updater_core::domain::revision_search::{family_revision, RevisionSearch, SearchStep};
+use runner_updater_core::domain::Millis;
+use runner_updater_ports::StoreError;
+use runner_updater_ports::{
     ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
     StateStore, TASK_DEFINITIONS_PAGE_MAX,
 };
-use runner_updater::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
-use runner_updater::store::{FileStore, MemoryStore, SsmStore};
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     assert_eq!(
@@ -142,12 +142,12 @@ async fn lease_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
 }
 
 async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
-    let s = runner_updater::sim::scenario::Scenario::new(1).unwrap();
+    let s = runner_updater_interface::scenario::Scenario::new(1).unwrap();
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(
         &mut driver,
-        runner_updater::machine::phase::Phase::Done,
+        runner_updater_core::machine::phase::Phase::Done,
         200,
     )
     .await
@@ -175,7 +175,9 @@ async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
 }
 
 /// The file and memory stores decode through the same check as the SSM store.
-async fn every_store_refuses_a_record_of_another_runner(record: &runner_updater::record::Record) {
+async fn every_store_refuses_a_record_of_another_runner(
+    record: &runner_updater_core::record::Record,
+) {
     let directory = tempfile::tempdir().unwrap();
     let file = FileStore::new(directory.path().to_path_buf());
     file.save(record).await.unwrap();
@@ -594,7 +596,7 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
 
 /// How a contract waits for the backend to move on: simulated time, or wall-clock polling.
 enum Pace {
-    Sim(runner_updater::sim::SimClock),
+    Sim(runner_updater_adapters::sim::SimClock),
     Wall,
 }
 
@@ -618,7 +620,7 @@ async fn change_set_status(
     cfn: &dyn CloudFormation,
     pace: &Pace,
     name: &str,
-) -> runner_updater::domain::infra::ChangeSet {
+) -> runner_updater_core::domain::infra::ChangeSet {
     for _ in 0..100 {
         let set = cfn.describe_change_set(STACK, name).await.unwrap().unwrap();
         if set.creation() != Creation::Pending {

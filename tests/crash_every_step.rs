@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use runner_updater::driver::{CrashPlan, DriverError};
-use runner_updater::machine::phase::Phase;
-use runner_updater::sim::scenario::{Scenario, ScenarioError};
-use runner_updater::sim::ImageBehaviour;
+use runner_updater_adapters::sim::ImageBehaviour;
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_interface::scenario::{Scenario, ScenarioError};
+use runner_updater_runtime::driver::{CrashPlan, DriverError};
 
 const RUNNER: &str = "runner-a";
 const TICKS: usize = 400;

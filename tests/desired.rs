@@ -7,14 +7,14 @@
 
 use std::time::Duration;
 
-use runner_updater::config::{Config, EMBEDDED_CONFIG};
-use runner_updater::domain::observed::VERSION_TAG;
-use runner_updater::domain::Millis;
-use runner_updater::machine::phase::Phase;
-use runner_updater::ports::Clock as _;
-use runner_updater::record::Record;
-use runner_updater::report::{plan_view, render_plan, render_status, status_view};
-use runner_updater::sim::scenario::Scenario;
+use runner_updater_config::{Config, EMBEDDED_CONFIG};
+use runner_updater_core::domain::observed::VERSION_TAG;
+use runner_updater_core::domain::Millis;
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::record::Record;
+use runner_updater_interface::report::{plan_view, render_plan, render_status, status_view};
+use runner_updater_interface::scenario::Scenario;
+use runner_updater_ports::Clock as _;
 
 const TICKS: usize = 400;
 const HOTFIX: &str = "registry.example/runner:2.14.0-hotfix";
@@ -264,7 +264,7 @@ async fn a_new_image_for_the_running_version_is_deployed_as_a_rebuild() {
 /// the running 2.13.0.
 async fn shows_divergence(
     s: &Scenario,
-    driver: &mut runner_updater::driver::RunnerDriver,
+    driver: &mut runner_updater_runtime::driver::RunnerDriver,
     code: &str,
     image: &str,
 ) {

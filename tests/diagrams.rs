@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
 use runner_updater::diagram::{render, Format, Level, FILES};
-use runner_updater::machine::phase::{TopLevel, TRANSITIONS};
+use runner_updater_core::machine::phase::{TopLevel, TRANSITIONS};
 
 #[test]
 fn state_diagram_files_match_the_transition_table() {

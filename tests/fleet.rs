@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runner_updater::config::{Config, RunnerConfig};
-use runner_updater::driver::{DriverError, Ports, RunnerDriver, TickReport};
-use runner_updater::fleet::{Control, FleetReader, FleetSnapshot, Scheduler, Wake};
-use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Clock, Ecs, ErrorKind, ParameterStore, StateStore, StoreError};
-use runner_updater::record::Record;
-use runner_updater::sim::scenario::{fleet_config, Scenario};
+use runner_updater_config::{Config, RunnerConfig};
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::record::Record;
+use runner_updater_interface::scenario::{fleet_config, Scenario};
+use runner_updater_ports::{Clock, Ecs, ErrorKind, ParameterStore, StateStore, StoreError};
+use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
+use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
 
 /// `runners` runners over two clusters; one in ten (runner-00 first) has two stacks.
 /// Desired values are acted on as soon as they are read (`settle_secs = 0`): these tests are
@@ -83,7 +84,7 @@ async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() 
             .unwrap()
             .into_iter()
             .map(|(name, value)| (name.strip_prefix(&folder).unwrap().to_owned(), value))
-            .filter(|(name, _)| runner_updater::driver::is_desired_name(name))
+            .filter(|(name, _)| runner_updater_core::domain::desired::is_desired_name(name))
             .collect();
         let part_desired = part.desired.unwrap();
         assert_eq!(
@@ -247,11 +248,11 @@ impl StateStore for Stuck {
 
 /// Simulated time for the scheduler: each wait advances the clock; a stop after `until`.
 struct Recorder {
-    clock: runner_updater::sim::SimClock,
-    until: runner_updater::domain::Millis,
+    clock: runner_updater_adapters::sim::SimClock,
+    until: runner_updater_core::domain::Millis,
     passes: HashMap<String, u32>,
     sweeps: u32,
-    trigger_at: Option<runner_updater::domain::Millis>,
+    trigger_at: Option<runner_updater_core::domain::Millis>,
 }
 
 impl Control for Recorder {

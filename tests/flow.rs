@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
-use runner_updater::domain::observed::{DeploymentStatus, RolloutState, ATTEMPT_TAG, VERSION_TAG};
-use runner_updater::domain::task_definition::READ_ONLY_FIELDS;
-use runner_updater::machine::phase::Phase;
-use runner_updater::ports::{Ecs, ErrorKind};
-use runner_updater::sim::scenario::Scenario;
-use runner_updater::sim::ImageBehaviour;
+use runner_updater_adapters::sim::ImageBehaviour;
+use runner_updater_core::domain::observed::{
+    DeploymentStatus, RolloutState, ATTEMPT_TAG, VERSION_TAG,
+};
+use runner_updater_core::domain::task_definition::READ_ONLY_FIELDS;
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_interface::scenario::Scenario;
+use runner_updater_ports::{Ecs, ErrorKind};
 
 const TICKS: usize = 400;
 
@@ -27,7 +29,7 @@ fn version_2_15_crashes(s: &Scenario) {
     );
 }
 
-async fn record(s: &Scenario, runner: &str) -> runner_updater::record::Record {
+async fn record(s: &Scenario, runner: &str) -> runner_updater_core::record::Record {
     s.store.load(runner).await.unwrap().unwrap()
 }
 
@@ -237,15 +239,15 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
         &s.image_for("runner-a", "2.15.0"),
         ImageBehaviour::NeverHealthy,
     );
-    let plan = runner_updater::driver::CrashPlan {
+    let plan = runner_updater_runtime::driver::CrashPlan {
         after_command_named: Some("roll_back_service"),
-        ..runner_updater::driver::CrashPlan::default()
+        ..runner_updater_runtime::driver::CrashPlan::default()
     };
     let mut first = s.driver("runner-a").unwrap().with_crash(plan);
     s.set_desired("runner-a", "version", "2.15.0");
     match s.drive_to(&mut first, Phase::RolledBack, TICKS).await {
-        Err(runner_updater::sim::scenario::ScenarioError::Driver(
-            runner_updater::driver::DriverError::Crashed(_),
+        Err(runner_updater_interface::scenario::ScenarioError::Driver(
+            runner_updater_runtime::driver::DriverError::Crashed(_),
         )) => {}
         other => panic!("expected the planned crash, got {other:?}"),
     }
@@ -281,9 +283,9 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
 #[tokio::test]
 async fn a_service_update_missing_from_a_stale_read_is_not_made_twice() {
     let s = scenario();
-    let plan = runner_updater::driver::CrashPlan {
+    let plan = runner_updater_runtime::driver::CrashPlan {
         after_command_named: Some("update_service"),
-        ..runner_updater::driver::CrashPlan::default()
+        ..runner_updater_runtime::driver::CrashPlan::default()
     };
     let mut first = s.driver("runner-a").unwrap().with_crash(plan);
     s.set_desired("runner-a", "version", "2.14.0");
@@ -596,13 +598,12 @@ async fn a_controller_whose_lease_lapsed_does_not_end_an_attempt_replaced_since(
         .unwrap();
     // Ops ask for 2.15.0; c2 starts attempt 2 and dies after registering its task definition.
     s.set_desired("runner-b", "version", "2.15.0");
-    let mut second =
-        s.driver_as("runner-b", "c2")
-            .unwrap()
-            .with_crash(runner_updater::driver::CrashPlan {
-                after_command_named: Some("register_task_definition"),
-                ..Default::default()
-            });
+    let mut second = s.driver_as("runner-b", "c2").unwrap().with_crash(
+        runner_updater_runtime::driver::CrashPlan {
+            after_command_named: Some("register_task_definition"),
+            ..Default::default()
+        },
+    );
     for _ in 0..5 {
         if second.tick().await.is_err() {
             break;
@@ -683,20 +684,20 @@ async fn a_registration_whose_answer_was_lost_is_found_again_behind_any_number_o
 /// A lock whose fencing check answers, and then the process is frozen (SIGSTOP) for as long
 /// as armed: a replica paused between its fencing check and its write.
 struct FreezingLock {
-    inner: std::sync::Arc<dyn runner_updater::ports::Lock>,
-    clock: runner_updater::sim::SimClock,
+    inner: std::sync::Arc<dyn runner_updater_ports::Lock>,
+    clock: runner_updater_adapters::sim::SimClock,
     freeze: std::sync::Mutex<Option<Duration>>,
 }
 
 #[async_trait::async_trait]
-impl runner_updater::ports::Lock for FreezingLock {
+impl runner_updater_ports::Lock for FreezingLock {
     async fn acquire(
         &self,
         runner: &str,
         holder: &str,
-        now: runner_updater::domain::Millis,
+        now: runner_updater_core::domain::Millis,
         ttl: Duration,
-    ) -> Result<runner_updater::ports::LockOutcome, runner_updater::ports::PortError> {
+    ) -> Result<runner_updater_ports::LockOutcome, runner_updater_ports::PortError> {
         self.inner.acquire(runner, holder, now, ttl).await
     }
     async fn check(
@@ -704,8 +705,8 @@ impl runner_updater::ports::Lock for FreezingLock {
         runner: &str,
         holder: &str,
         epoch: u64,
-        now: runner_updater::domain::Millis,
-    ) -> Result<bool, runner_updater::ports::PortError> {
+        now: runner_updater_core::domain::Millis,
+    ) -> Result<bool, runner_updater_ports::PortError> {
         let answer = self.inner.check(runner, holder, epoch, now).await;
         if let Some(frozen) = self.freeze.lock().unwrap().take() {
             self.clock.advance(frozen);
@@ -715,8 +716,8 @@ impl runner_updater::ports::Lock for FreezingLock {
     async fn holder(
         &self,
         runner: &str,
-        now: runner_updater::domain::Millis,
-    ) -> Result<Option<String>, runner_updater::ports::PortError> {
+        now: runner_updater_core::domain::Millis,
+    ) -> Result<Option<String>, runner_updater_ports::PortError> {
         self.inner.holder(runner, now).await
     }
     async fn release(
@@ -724,7 +725,7 @@ impl runner_updater::ports::Lock for FreezingLock {
         runner: &str,
         holder: &str,
         epoch: u64,
-    ) -> Result<(), runner_updater::ports::PortError> {
+    ) -> Result<(), runner_updater_ports::PortError> {
         self.inner.release(runner, holder, epoch).await
     }
 }
@@ -738,11 +739,11 @@ async fn a_replica_frozen_past_its_lease_between_its_fencing_check_and_its_write
         clock: s.aws.clock.clone(),
         freeze: std::sync::Mutex::new(None),
     });
-    let ports = runner_updater::driver::Ports {
+    let ports = runner_updater_runtime::driver::Ports {
         lock: lock.clone(),
         ..s.ports()
     };
-    let mut driver = runner_updater::driver::RunnerDriver::new(
+    let mut driver = runner_updater_runtime::driver::RunnerDriver::new(
         &s.config,
         s.config.runner("runner-a").unwrap(),
         "controller-1",
@@ -815,18 +816,18 @@ async fn an_unreadable_describe_tasks_answer_does_not_hold_the_service_update() 
 async fn a_service_read_that_fails_in_updating_service_is_a_read_failure_and_the_deadline_applies()
 {
     let mut config =
-        runner_updater::config::Config::from_toml(runner_updater::config::EMBEDDED_CONFIG).unwrap();
+        runner_updater_config::Config::from_toml(runner_updater_config::EMBEDDED_CONFIG).unwrap();
     config.health.rollout_timeout_secs = 60;
     let s = Scenario::with_config(7, config).unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     // Stop the first controller right after it registered the task definition.
-    let mut first = s
-        .driver("runner-a")
-        .unwrap()
-        .with_crash(runner_updater::driver::CrashPlan {
-            after_command_named: Some("register_task_definition"),
-            ..Default::default()
-        });
+    let mut first =
+        s.driver("runner-a")
+            .unwrap()
+            .with_crash(runner_updater_runtime::driver::CrashPlan {
+                after_command_named: Some("register_task_definition"),
+                ..Default::default()
+            });
     for _ in 0..5 {
         if first.tick().await.is_err() {
             break;
@@ -885,7 +886,7 @@ async fn a_service_read_that_fails_in_updating_service_is_a_read_failure_and_the
     let rec = record(&s, "runner-a").await;
     assert_eq!(
         rec.service_after,
-        Some(runner_updater::record::ServiceAfterRecord::Restored)
+        Some(runner_updater_core::record::ServiceAfterRecord::Restored)
     );
     assert!(rec.failed.is_empty(), "not quarantined: {:?}", rec.failed);
     assert!(
@@ -987,7 +988,7 @@ async fn a_standby_replica_following_another_replicas_attempt_logs_no_warning() 
 /// reason said "0 are unhealthy" of tasks that never ran.
 #[tokio::test]
 async fn status_after_a_rollback_says_what_runs_now_and_marks_the_target_failed() {
-    use runner_updater::report::{render_status, status_view};
+    use runner_updater_interface::report::{render_status, status_view};
     let s = scenario();
     version_2_15_crashes(&s);
     let mut driver = s.driver("runner-a").unwrap();
@@ -1035,7 +1036,7 @@ async fn status_after_a_refused_update_says_the_service_was_left_unchanged() {
     s.drive_to(&mut driver, Phase::RolledBack, TICKS)
         .await
         .unwrap();
-    let view = runner_updater::report::status_view(&record(&s, "runner-a").await);
+    let view = runner_updater_interface::report::status_view(&record(&s, "runner-a").await);
     let running = view.running.unwrap();
     assert_eq!(running.version.as_deref(), Some("2.13.0"));
     assert_eq!(running.health, "unchanged");
@@ -1056,9 +1057,9 @@ async fn status_shows_no_since_for_a_runner_that_never_made_a_transition() {
     s.drive_until(&mut driver, 3, |_| false).await.ok();
     let rec = record(&s, "runner-a").await;
     assert!(rec.transitions.is_empty());
-    let view = runner_updater::report::status_view(&rec);
+    let view = runner_updater_interface::report::status_view(&rec);
     assert_eq!(view.since, "-");
-    let text = runner_updater::report::render_status(&[view], 8);
+    let text = runner_updater_interface::report::render_status(&[view], 8);
     assert!(!text.contains("1970"), "{text}");
 }
 

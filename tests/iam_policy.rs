@@ -1,5 +1,5 @@
 //! `iam/policy.json` grants exactly what the AWS adapters call: every SDK operation of
-//! `src/aws/ssm.rs`, `src/aws/ecs.rs` and `src/aws/cfn.rs`, plus the documented extras, and
+//! `crates/aws/src/ssm.rs`, `ecs.rs` and `cfn.rs`, plus the documented extras, and
 //! nothing else; no `*` action, and a `*` resource only for actions AWS cannot scope.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
@@ -102,7 +102,7 @@ fn operations(source: &str) -> BTreeSet<String> {
 fn called_actions() -> BTreeMap<String, String> {
     let mut called = BTreeMap::new();
     for (file, service, at_least) in ADAPTERS {
-        let path = format!("src/aws/{file}");
+        let path = format!("crates/aws/src/{file}");
         let found = operations(&read(&path));
         assert!(
             found.len() >= at_least,
@@ -185,7 +185,7 @@ fn the_policy_grants_nothing_the_controller_does_not_need() {
     for action in &granted {
         assert!(
             called.contains_key(action) || EXTRAS.iter().any(|(extra, _)| extra == action),
-            "iam/policy.json grants {action}, which src/aws/ never calls: remove it, or list it \
+            "iam/policy.json grants {action}, which crates/aws/src/ never calls: remove it, or list it \
              in EXTRAS with the reason"
         );
     }

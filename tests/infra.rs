@@ -5,16 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
-use runner_updater::domain::infra::change_set_name;
-use runner_updater::domain::observed::{ATTEMPT_TAG, INFRA_VERSION_TAG};
-use runner_updater::driver::{CrashPlan, DriverError, RunnerDriver, TickReport};
-use runner_updater::machine::phase::Phase;
-use runner_updater::ops::ApproveError;
-use runner_updater::ports::{ChangeSetRequest, CloudFormation};
-use runner_updater::record::Record;
-use runner_updater::report::status_view;
-use runner_updater::sim::scenario::{Scenario, ScenarioError};
-use runner_updater::sim::{initial_template, SimResource, SimTemplate};
+use runner_updater_adapters::sim::{initial_template, SimResource, SimTemplate};
+use runner_updater_core::domain::infra::change_set_name;
+use runner_updater_core::domain::observed::{ATTEMPT_TAG, INFRA_VERSION_TAG};
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::record::Record;
+use runner_updater_interface::ops::ApproveError;
+use runner_updater_interface::report::status_view;
+use runner_updater_interface::scenario::{Scenario, ScenarioError};
+use runner_updater_ports::{ChangeSetRequest, CloudFormation};
+use runner_updater_runtime::driver::{CrashPlan, DriverError, RunnerDriver, TickReport};
 
 const RUNNER: &str = "runner-a";
 const IAM: &str = "runner-a-iam";
@@ -486,7 +486,7 @@ async fn approving_by_name_refuses_another_change_set() {
         .await
         .unwrap();
     let held = record(&s).await.change_set.unwrap().name;
-    let wrong = runner_updater::ops::approve(
+    let wrong = runner_updater_interface::ops::approve(
         s.store.as_ref(),
         &s.aws.ssm,
         &s.config.prefix,
@@ -499,7 +499,7 @@ async fn approving_by_name_refuses_another_change_set() {
         matches!(wrong, ApproveError::OtherChangeSet { .. }),
         "{wrong}"
     );
-    let right = runner_updater::ops::approve(
+    let right = runner_updater_interface::ops::approve(
         s.store.as_ref(),
         &s.aws.ssm,
         &s.config.prefix,

@@ -6,10 +6,10 @@
 
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use runner_updater::driver::{CrashPlan, DriverError};
-use runner_updater::machine::phase::Phase;
-use runner_updater::ports::Clock as _;
-use runner_updater::sim::scenario::{Scenario, ScenarioError};
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_interface::scenario::{Scenario, ScenarioError};
+use runner_updater_ports::Clock as _;
+use runner_updater_runtime::driver::{CrashPlan, DriverError};
 use tracing_subscriber::layer::SubscriberExt;
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
@@ -143,7 +143,7 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
     let record = s.store.load("runner-a").await.unwrap().unwrap();
     let persisted = record.traceparent.unwrap();
     assert_eq!(
-        runner_updater::telemetry::trace_id(&persisted),
+        runner_updater_runtime::telemetry::trace_id(&persisted),
         Some(trace.to_string().as_str()),
         "the record carries the trace"
     );
@@ -165,7 +165,7 @@ fn checks(spans: &[SpanData]) -> Vec<String> {
 async fn passes_that_lead_nowhere_are_short_sampled_check_spans_of_their_own() {
     let (exporter, provider, _guard) = capture();
     let mut config =
-        runner_updater::config::Config::from_toml(runner_updater::config::EMBEDDED_CONFIG).unwrap();
+        runner_updater_config::Config::from_toml(runner_updater_config::EMBEDDED_CONFIG).unwrap();
     config.telemetry.check_span_every_passes = 5;
     config.settle_secs = 0; // not about the settle: a new desired version is acted on at once
     let s = Scenario::with_config(3, config).unwrap();
@@ -233,7 +233,7 @@ async fn passes_that_lead_nowhere_are_short_sampled_check_spans_of_their_own() {
 
 #[tokio::test]
 async fn change_set_states_name_their_stack_and_change_set() {
-    use runner_updater::sim::{initial_template, SimResource};
+    use runner_updater_adapters::sim::{initial_template, SimResource};
     let (exporter, provider, _guard) = capture();
     let s = Scenario::new(5).unwrap();
     let url = |name: &str| format!("https://templates.s3.amazonaws.com/{name}.json");

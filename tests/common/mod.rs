@@ -7,11 +7,13 @@
 // These helpers wait on real processes (moto, the controller) in wall-clock time, with deadlines.
 #![allow(clippy::disallowed_methods)]
 
+pub mod world;
+
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use runner_updater::aws::AwsClients;
+use runner_updater_aws::AwsClients;
 
 /// How long a server may take to start and answer.
 pub const START_LIMIT: Duration = Duration::from_secs(30);
@@ -110,6 +112,16 @@ pub fn python() -> String {
 }
 
 /// The virtualenv's bin directory (the AWS CLI is there).
+/// The repository's root: the workspace's top, where `tests/` is (these helpers are shared
+/// by the product's tests and the dev tools' crate's).
+pub fn repository_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("tests/moto_harness/server.py").is_file())
+        .expect("the repository root, with tests/moto_harness")
+        .to_path_buf()
+}
+
 pub fn venv_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(python())
         .parent()
@@ -130,7 +142,7 @@ impl Moto {
         let port_file = dir.path().join("harness.port");
         let output_path = dir.path().join("harness.log");
         let output = std::fs::File::create(&output_path).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_harness/server.py");
+        let script = repository_root().join("tests/moto_harness/server.py");
         let mut child = Command::new(python())
             .arg(script)
             .arg("--port-file")

@@ -1,0 +1,481 @@
+//! The in-process **simulated AWS**: SSM parameters, ECS services whose deployments progress
+//! over simulated time, `CloudFormation` stacks, the runner lock, and a simulated clock.
+//!
+//! Deterministic: one seed and the simulated clock decide everything; nothing sleeps. The
+//! behaviour of a deployment is chosen per image by the scenario ([`ImageBehaviour`]).
+//! What it models, and what it does not, is listed in the README ("The simulated AWS").
+
+mod cfn;
+mod ecs;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use runner_updater_core::domain::Millis;
+use runner_updater_ports::{
+    Clock, ErrorKind, Parameter, ParameterPage, ParameterStore, PortError, PARAMETERS_PAGE_MAX,
+};
+
+pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
+pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
+
+/// Locks a mutex, turning poisoning into a port error (a panicked test thread).
+fn guard<'a, T>(
+    mutex: &'a Mutex<T>,
+    operation: &'static str,
+) -> Result<MutexGuard<'a, T>, PortError> {
+    mutex
+        .lock()
+        .map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
+}
+
+/// `path` as the folder `GetParametersByPath` reads (with its trailing slash).
+fn folder(path: &str) -> String {
+    if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    }
+}
+
+/// A fault queued on an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    /// The call fails before it has any effect, with this message (else a generic one).
+    Fail(ErrorKind, Option<String>),
+    /// The call takes effect, then its answer is lost (a timeout, a reset connection): the
+    /// caller sees a transient error for something that was done.
+    LoseAnswer,
+}
+
+/// Faults queued per operation: the next calls of that operation fail with these kinds, or
+/// (mutating calls) take effect and lose their answer. Every call is counted here too (tests
+/// assert how many calls a pass makes).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    queued: Arc<Mutex<HashMap<&'static str, VecDeque<Fault>>>>,
+    calls: Arc<Mutex<HashMap<&'static str, u64>>>,
+    lost: Arc<Mutex<HashMap<&'static str, u64>>>,
+}
+
+impl Faults {
+    /// Makes the next call of `operation` fail with `kind`, before any effect.
+    pub fn push(&self, operation: &'static str, kind: ErrorKind) {
+        self.queue(operation, Fault::Fail(kind, None));
+    }
+
+    /// Makes the next call of `operation` fail with `kind` and `message` (what the AWS
+    /// adapter would report for that failure).
+    pub fn push_error(&self, operation: &'static str, kind: ErrorKind, message: &str) {
+        self.queue(operation, Fault::Fail(kind, Some(message.to_owned())));
+    }
+
+    /// Makes the next call of `operation` fail as an answer the SDK cannot read does
+    /// (classified permanent by the adapter, as `aws::classify` does).
+    pub fn push_unreadable(&self, operation: &'static str) {
+        self.push_error(
+            operation,
+            ErrorKind::Permanent,
+            "Unknown (HTTP 200): unhandled error (cannot deserialize the response)",
+        );
+    }
+
+    /// Makes the next call of `operation` take effect and then lose its answer (the caller
+    /// sees a transient error). On a read it is just a failed read.
+    pub fn lose_answer(&self, operation: &'static str) {
+        self.queue(operation, Fault::LoseAnswer);
+    }
+
+    fn queue(&self, operation: &'static str, fault: Fault) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.entry(operation).or_default().push_back(fault);
+        }
+    }
+
+    /// Drops every queued fault.
+    pub fn clear(&self) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.clear();
+        }
+    }
+
+    /// Faults still queued for `operation` (tests assert they were consumed).
+    #[must_use]
+    pub fn pending(&self, operation: &'static str) -> usize {
+        self.queued
+            .lock()
+            .ok()
+            .and_then(|q| q.get(operation).map(VecDeque::len))
+            .unwrap_or(0)
+    }
+
+    /// Calls of `operation` so far (one per simulated call, a batch counting once).
+    #[must_use]
+    pub fn calls(&self, operation: &'static str) -> u64 {
+        self.calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(operation).copied())
+            .unwrap_or(0)
+    }
+
+    /// Calls of `operation` that took effect and lost their answer, so far.
+    #[must_use]
+    pub fn answers_lost(&self, operation: &'static str) -> u64 {
+        self.lost
+            .lock()
+            .ok()
+            .and_then(|c| c.get(operation).copied())
+            .unwrap_or(0)
+    }
+
+    /// Counts the call and takes its fault, if one is queued.
+    fn take(&self, operation: &'static str) -> Option<Fault> {
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls.entry(operation).or_default() += 1;
+        }
+        self.queued
+            .lock()
+            .ok()
+            .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front))
+    }
+
+    /// A read (or a call without effect) starts: fails it if a fault is queued for it.
+    ///
+    /// # Errors
+    /// The queued fault (a lost answer is a transient failure of the read).
+    pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+        match self.take(operation) {
+            Some(Fault::Fail(kind, message)) => Err(failure(operation, kind, message)),
+            Some(Fault::LoseAnswer) => Err(lost_answer(operation)),
+            None => Ok(()),
+        }
+    }
+
+    /// A mutating call: fails it before `effect` if a failure is queued; otherwise runs
+    /// `effect`, and if a lost answer is queued and the effect succeeded, returns a transient
+    /// error for what was done.
+    ///
+    /// # Errors
+    /// The queued failure, the effect's own error, or the lost answer.
+    pub fn mutate<T>(
+        &self,
+        operation: &'static str,
+        effect: impl FnOnce() -> Result<T, PortError>,
+    ) -> Result<T, PortError> {
+        let fault = self.take(operation);
+        if let Some(Fault::Fail(kind, message)) = fault {
+            return Err(failure(operation, kind, message));
+        }
+        let result = effect();
+        match (fault, result) {
+            (Some(Fault::LoseAnswer), Ok(_)) => {
+                if let Ok(mut lost) = self.lost.lock() {
+                    *lost.entry(operation).or_default() += 1;
+                }
+                Err(lost_answer(operation))
+            }
+            (_, result) => result,
+        }
+    }
+}
+
+/// A queued failure, as the caller sees it.
+fn failure(operation: &'static str, kind: ErrorKind, message: Option<String>) -> PortError {
+    PortError::new(
+        kind,
+        operation,
+        message.unwrap_or_else(|| format!("injected {kind:?} fault")),
+    )
+}
+
+/// What the caller of a call whose answer was lost sees (the SDK's dispatch failure).
+fn lost_answer(operation: &'static str) -> PortError {
+    PortError::new(
+        ErrorKind::Transient,
+        operation,
+        "injected: the answer was lost (timeout, connection reset); the call may have taken effect",
+    )
+}
+
+/// A simulated clock: `sleep` advances time instantly.
+#[derive(Debug, Clone)]
+pub struct SimClock {
+    now_ms: Arc<AtomicU64>,
+}
+
+impl SimClock {
+    /// A clock at `start`.
+    #[must_use]
+    pub fn new(start: Millis) -> Self {
+        SimClock {
+            now_ms: Arc::new(AtomicU64::new(start.0)),
+        }
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, duration: Duration) {
+        let add = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms.fetch_add(add, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Clock for SimClock {
+    fn now(&self) -> Millis {
+        Millis(self.now_ms.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now_ms.load(Ordering::SeqCst))
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        self.advance(duration);
+    }
+}
+
+/// A small deterministic PRNG (SplitMix64): the simulation's only source of variation.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (bound > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+}
+
+/// Simulated SSM Parameter Store: versions and atomic create.
+#[derive(Debug, Clone, Default)]
+pub struct SimSsm {
+    parameters: Arc<Mutex<BTreeMap<String, Parameter>>>,
+    /// Faults to inject.
+    pub faults: Faults,
+}
+
+impl SimSsm {
+    /// Writes a parameter as ops would (overwrite).
+    pub fn set(&self, name: &str, value: &str) {
+        if let Ok(mut parameters) = self.parameters.lock() {
+            let version = parameters.get(name).map_or(1, |p| p.version + 1);
+            parameters.insert(
+                name.to_owned(),
+                Parameter {
+                    value: value.to_owned(),
+                    version,
+                },
+            );
+        }
+    }
+
+    /// The same parameters without fault injection: what a checker reads, so that it neither
+    /// meets nor consumes the faults queued for the controllers.
+    #[must_use]
+    pub fn without_faults(&self) -> SimSsm {
+        SimSsm {
+            parameters: self.parameters.clone(),
+            faults: Faults::default(),
+        }
+    }
+
+    /// Bytes the parameters' names and values take (what AWS would hold; the benchmark
+    /// subtracts it from the process's memory to get the controller's).
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        self.parameters.lock().map_or(0, |parameters| {
+            parameters
+                .iter()
+                .map(|(name, p)| (name.len() + p.value.len()) as u64)
+                .sum()
+        })
+    }
+
+    /// Deletes a parameter as ops would.
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut parameters) = self.parameters.lock() {
+            parameters.remove(name);
+        }
+    }
+}
+
+#[async_trait]
+impl ParameterStore for SimSsm {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        self.faults.check("GetParametersByPath")?;
+        let prefix = folder(path);
+        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        Ok(parameters
+            .range(prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, p)| (name.clone(), p.value.clone()))
+            .collect())
+    }
+
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        self.faults.check("GetParametersByPath")?;
+        let prefix = folder(path);
+        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        // The token is the last name of the previous page: the next page starts after it.
+        let start = match token {
+            Some(last) => std::ops::Bound::Excluded(last.to_owned()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut page: Vec<(String, String)> = parameters
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(&prefix))
+            .take(PARAMETERS_PAGE_MAX + 1)
+            .map(|(name, p)| (name.clone(), p.value.clone()))
+            .collect();
+        let next = if page.len() > PARAMETERS_PAGE_MAX {
+            page.truncate(PARAMETERS_PAGE_MAX);
+            page.last().map(|(name, _)| name.clone())
+        } else {
+            None
+        };
+        Ok(ParameterPage {
+            parameters: page,
+            next,
+        })
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        self.faults.check("GetParameter")?;
+        Ok(guard(&self.parameters, "GetParameter")?.get(name).cloned())
+    }
+
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        self.faults.mutate("PutParameter", || {
+            let mut parameters = guard(&self.parameters, "PutParameter")?;
+            let version = match parameters.get(name) {
+                Some(_) if !overwrite => {
+                    return Err(PortError::new(
+                        ErrorKind::Conflict,
+                        "PutParameter",
+                        format!("ParameterAlreadyExists: {name}"),
+                    ))
+                }
+                Some(p) => p.version + 1,
+                None => 1,
+            };
+            parameters.insert(
+                name.to_owned(),
+                Parameter {
+                    value: value.to_owned(),
+                    version,
+                },
+            );
+            Ok(version)
+        })
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        self.faults.mutate("DeleteParameter", || {
+            guard(&self.parameters, "DeleteParameter")?.remove(name);
+            Ok(())
+        })
+    }
+}
+
+/// A runner to create in the simulation.
+#[derive(Debug, Clone)]
+pub struct SimRunnerSpec {
+    /// ECS cluster.
+    pub cluster: String,
+    /// ECS service.
+    pub service: String,
+    /// Runner container name.
+    pub container: String,
+    /// Task definition family.
+    pub family: String,
+    /// Image running now.
+    pub image: String,
+    /// Version running now (tag on the task definition).
+    pub version: String,
+    /// Tasks.
+    pub desired_count: u32,
+    /// Whether the runner container has a health check.
+    pub health_check: bool,
+    /// Stacks and their infrastructure versions, in order.
+    pub stacks: Vec<(String, String)>,
+}
+
+/// The whole simulated AWS.
+#[derive(Debug, Clone)]
+pub struct SimAws {
+    /// The clock.
+    pub clock: SimClock,
+    /// SSM.
+    pub ssm: SimSsm,
+    /// ECS.
+    pub ecs: SimEcs,
+    /// `CloudFormation`.
+    pub cfn: SimCfn,
+}
+
+/// 2025-03-01T10:00:00Z: where simulated time starts unless told otherwise.
+pub const SIM_EPOCH: Millis = Millis(1_740_823_200_000);
+
+impl SimAws {
+    /// A fresh world.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        let clock = SimClock::new(SIM_EPOCH);
+        SimAws {
+            ecs: SimEcs::new(clock.clone(), seed),
+            cfn: SimCfn::new(clock.clone()),
+            clock,
+            ssm: SimSsm::default(),
+        }
+    }
+
+    /// Creates a runner's service, its running task definition (settled) and its stacks.
+    ///
+    /// # Errors
+    /// When the task definition is refused (a bug in the spec).
+    pub fn create_runner(&self, spec: &SimRunnerSpec) -> Result<(), PortError> {
+        self.ecs.create_service(spec)?;
+        for (name, infra_version) in &spec.stacks {
+            self.cfn.create_stack(
+                name,
+                initial_template(),
+                &[],
+                &[(
+                    runner_updater_core::domain::observed::INFRA_VERSION_TAG,
+                    infra_version,
+                )],
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The template every simulated stack starts from: two parameters (`Owner` read by no
+/// resource) and two resources.
+#[must_use]
+pub fn initial_template() -> SimTemplate {
+    SimTemplate::default()
+        .parameter("Size", Some("2"))
+        .parameter("Owner", Some("ops"))
+        .resource(SimResource::new("Config", "AWS::SSM::Parameter", "v1"))
+        .resource(SimResource::new("Queue", "AWS::SQS::Queue", "v1").using(&["Size"]))
+}

@@ -1,0 +1,813 @@
+//! Configuration: a TOML file plus environment overrides, validated into typed settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use runner_updater_core::domain::desired::RunnerPolicy;
+use runner_updater_core::domain::image::ImageRef;
+use runner_updater_core::domain::infra::ApprovalPolicy;
+use runner_updater_core::machine::Settings;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SSM root prefix.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The controller's release channel.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// Channels that exist (a desired channel outside them is a bad value).
+    #[serde(default = "default_known_channels")]
+    pub known_channels: Vec<String>,
+    /// Channels that accept pre-release versions (`2.19.0-rc.1`); none by default, so a
+    /// pre-release on any other channel is refused (`pre-release-not-allowed`).
+    #[serde(default)]
+    pub prerelease_channels: Vec<String>,
+    /// Seconds a runner's separate `desired/*` parameters must stay unchanged before a pass at
+    /// rest acts on them (ops write them one by one: a half-written desired state is never
+    /// deployed). The one-document `release` is acted on at once.
+    #[serde(default = "default_settle_secs")]
+    pub settle_secs: u64,
+    /// Seconds between passes when a runner is at rest.
+    #[serde(default = "default_poll_interval_secs")]
+    pub poll_interval_secs: u64,
+    /// Seconds between passes while an update is in flight.
+    #[serde(default = "default_active_poll_interval_secs")]
+    pub active_poll_interval_secs: u64,
+    /// Lease length of the runner lock, in seconds (renewed every active pass).
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Runner passes under way at the same time (a runner still in its pass is skipped, never
+    /// waited for).
+    #[serde(default = "default_max_concurrent_runners")]
+    pub max_concurrent_runners: usize,
+    /// Seconds after entering a state that makes a non-idempotent ECS call during which a read
+    /// showing no trace of the call is not trusted (the call's own time plus ECS's eventual
+    /// consistency): a resumed or retried call is decided only after it.
+    #[serde(default = "default_consistency_window_secs")]
+    pub consistency_window_secs: u64,
+    /// A runner's stacks are read at rest only when its desired infrastructure changed, a stack
+    /// was moving, or their last read is older than this (plus up to half of it, spread per
+    /// runner): what catches a change made to a stack by hand. Under the lock they are always
+    /// read.
+    #[serde(default = "default_stack_refresh_secs")]
+    pub stack_refresh_secs: u64,
+    /// Where records are kept.
+    #[serde(default)]
+    pub state_store: StateStoreConfig,
+    /// Health-gate defaults for every runner.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// CloudFormation waits.
+    #[serde(default)]
+    pub infrastructure: InfrastructureConfig,
+    /// Tracing.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Client-side rate limits per AWS API family, shared by every runner.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// The AWS SDK's timeouts.
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// The runners.
+    #[serde(default)]
+    pub runners: Vec<RunnerConfig>,
+}
+
+/// The AWS SDK clients' timeouts (retries: the SDK's standard three attempts, adaptive).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Timeout of one attempt of a call, in seconds.
+    #[serde(default = "default_attempt_timeout_secs")]
+    pub attempt_timeout_secs: u64,
+    /// Timeout of a call, its retries included, in seconds.
+    #[serde(default = "default_operation_timeout_secs")]
+    pub operation_timeout_secs: u64,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            attempt_timeout_secs: default_attempt_timeout_secs(),
+            operation_timeout_secs: default_operation_timeout_secs(),
+        }
+    }
+}
+
+fn default_attempt_timeout_secs() -> u64 {
+    10
+}
+fn default_operation_timeout_secs() -> u64 {
+    30
+}
+
+/// AWS calls a pass of a runner in an attempt makes at most, as the rate limiter weighs them
+/// (the lease's read and renewal, the service with its tasks, a record write), for
+/// [`Config::lease_floor_secs`].
+pub const CALLS_PER_ACTIVE_PASS: u64 = 8;
+
+/// Calls per second allowed per AWS API family (defaults safely under AWS's published
+/// throttling limits); halved when AWS throttles anyway, then grown back.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// SSM calls per second.
+    #[serde(default = "default_ssm_per_sec")]
+    pub ssm_per_sec: u32,
+    /// ECS calls per second.
+    #[serde(default = "default_ecs_per_sec")]
+    pub ecs_per_sec: u32,
+    /// CloudFormation calls per second.
+    #[serde(default = "default_cloudformation_per_sec")]
+    pub cloudformation_per_sec: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            ssm_per_sec: default_ssm_per_sec(),
+            ecs_per_sec: default_ecs_per_sec(),
+            cloudformation_per_sec: default_cloudformation_per_sec(),
+        }
+    }
+}
+
+fn default_ssm_per_sec() -> u32 {
+    30
+}
+
+fn default_ecs_per_sec() -> u32 {
+    15
+}
+
+fn default_cloudformation_per_sec() -> u32 {
+    8
+}
+
+/// Tracing settings (the exporter itself is configured by the standard `OTEL_*` variables).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A pass at rest that leads nowhere gets a `check` span when its outcome changes, and
+    /// otherwise once in this many passes (0: only on a change).
+    #[serde(default = "default_check_span_every_passes")]
+    pub check_span_every_passes: u32,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            check_span_every_passes: default_check_span_every_passes(),
+        }
+    }
+}
+
+fn default_check_span_every_passes() -> u32 {
+    60
+}
+
+/// The state store.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StateStoreConfig {
+    /// `ssm` (`<prefix>/<runner>/status`, shared by every replica) or `file` (local).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Directory of the `file` backend.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StateStoreConfig {
+    fn default() -> Self {
+        StateStoreConfig {
+            backend: default_backend(),
+            path: default_state_path(),
+        }
+    }
+}
+
+/// Declares a settings section that a runner may override, from one list of keys: the global
+/// section (every key with its default) and the per-runner override (every key optional, none
+/// by default), and the merge of an override over the global section, key by key. A key added
+/// to the list is merged by construction; `KEYS` lets a test check every key.
+macro_rules! overridable_section {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $override:ident {
+            $( $(#[$field_meta:meta])* $field:ident: $ty:ty = $default:ident, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default(), )+ }
+            }
+        }
+
+        impl $name {
+            /// The keys of the section, as written in the configuration.
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($field), )+];
+        }
+
+        #[doc = concat!("A runner's override of [`", stringify!($name), "`]: each key given replaces the global section's, every other key keeps it.")]
+        #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+        #[serde(deny_unknown_fields)]
+        pub struct $override {
+            $( $(#[$field_meta])* #[serde(default)] pub $field: Option<$ty>, )+
+        }
+
+        impl $override {
+            /// This override over `global`, key by key.
+            #[must_use]
+            pub fn over(&self, global: &$name) -> $name {
+                $name { $( $field: self.$field.unwrap_or(global.$field), )+ }
+            }
+        }
+    };
+}
+
+overridable_section! {
+    /// Health-gate settings.
+    HealthConfig, HealthOverride {
+        /// Failed or unhealthy tasks of the new revision that trigger a rollback.
+        fail_fast_tasks: u32 = default_fail_fast_tasks,
+        /// Seconds the rollout may take to become healthy.
+        rollout_timeout_secs: u64 = default_rollout_timeout_secs,
+        /// Seconds the new revision must stay healthy.
+        soak_secs: u64 = default_soak_secs,
+        /// Seconds a rollback may take to be confirmed.
+        rollback_timeout_secs: u64 = default_rollout_timeout_secs,
+    }
+}
+
+/// CloudFormation waits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InfrastructureConfig {
+    /// Seconds CloudFormation may take to compute a change set.
+    #[serde(default = "default_change_set_timeout_secs")]
+    pub change_set_timeout_secs: u64,
+    /// Seconds after which a stack update still running is reported as slow (it is never
+    /// abandoned half way).
+    #[serde(default = "default_stack_update_timeout_secs")]
+    pub stack_update_timeout_secs: u64,
+}
+
+impl Default for InfrastructureConfig {
+    fn default() -> Self {
+        InfrastructureConfig {
+            change_set_timeout_secs: default_change_set_timeout_secs(),
+            stack_update_timeout_secs: default_stack_update_timeout_secs(),
+        }
+    }
+}
+
+fn default_max_concurrent_runners() -> usize {
+    16
+}
+
+fn default_consistency_window_secs() -> u64 {
+    60
+}
+
+fn default_stack_refresh_secs() -> u64 {
+    600
+}
+
+fn default_change_set_timeout_secs() -> u64 {
+    900
+}
+
+fn default_stack_update_timeout_secs() -> u64 {
+    3600
+}
+
+fn default_auto_execute() -> String {
+    "safe".to_owned()
+}
+
+/// One runner.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Name: the SSM folder `<prefix>/<name>/`.
+    pub name: String,
+    /// ECS cluster.
+    pub cluster: String,
+    /// ECS service.
+    pub service: String,
+    /// The runner container in the task definition.
+    #[serde(default = "default_container")]
+    pub container: String,
+    /// Default image repository (`<image_repository>:<version>`).
+    pub image_repository: String,
+    /// Further repositories an image may come from.
+    #[serde(default)]
+    pub allowed_repositories: Vec<String>,
+    /// `CloudFormation` stacks, in update order (IAM-role stack first).
+    #[serde(default)]
+    pub stacks: Vec<String>,
+    /// Overrides of the global `health` section, key by key (a key not given keeps the global
+    /// value).
+    #[serde(default)]
+    pub health: HealthOverride,
+    /// Which change sets run without `runner-updater approve`: `never`, `safe` (no
+    /// replacement, no IAM change) or `always`.
+    #[serde(default = "default_auto_execute")]
+    pub auto_execute: String,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, or unknown / mistyped keys.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value outside its range.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+fn default_prefix() -> String {
+    "/runner-updater".to_owned()
+}
+fn default_channel() -> String {
+    "stable".to_owned()
+}
+fn default_known_channels() -> Vec<String> {
+    ["stable", "beta", "edge"].map(str::to_owned).to_vec()
+}
+fn default_settle_secs() -> u64 {
+    10
+}
+/// The longest settle accepted: beyond it, a desired state would wait for no good reason.
+pub const SETTLE_SECS_MAX: u64 = 600;
+fn default_poll_interval_secs() -> u64 {
+    60
+}
+fn default_active_poll_interval_secs() -> u64 {
+    10
+}
+fn default_lease_secs() -> u64 {
+    180
+}
+fn default_backend() -> String {
+    "ssm".to_owned()
+}
+fn default_state_path() -> PathBuf {
+    PathBuf::from("runner-updater-state")
+}
+fn default_fail_fast_tasks() -> u32 {
+    2
+}
+fn default_rollout_timeout_secs() -> u64 {
+    1800
+}
+fn default_soak_secs() -> u64 {
+    300
+}
+fn default_container() -> String {
+    "runner".to_owned()
+}
+
+/// A runner name: lower-case letters, digits and `-`, starting with a letter, at most 48.
+#[must_use]
+pub fn is_runner_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl Config {
+    /// Parses and validates TOML.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `RUNNER_UPDATER_*` environment overrides (`PREFIX`, `CHANNEL`, `STATE_DIR`,
+    /// `POLL_INTERVAL_SECS`), then validates again.
+    ///
+    /// # Errors
+    /// When an override is malformed.
+    pub fn with_env(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        if let Some(prefix) = get("RUNNER_UPDATER_PREFIX") {
+            self.prefix = prefix;
+        }
+        if let Some(channel) = get("RUNNER_UPDATER_CHANNEL") {
+            self.channel = channel;
+        }
+        if let Some(path) = get("RUNNER_UPDATER_STATE_DIR") {
+            self.state_store.path = PathBuf::from(path);
+        }
+        if let Some(secs) = get("RUNNER_UPDATER_POLL_INTERVAL_SECS") {
+            self.poll_interval_secs = secs.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "RUNNER_UPDATER_POLL_INTERVAL_SECS={secs:?} is not a number"
+                ))
+            })?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The shortest lease that a renewal coming as late as it may still renews in time: the
+    /// next pass of a runner in an attempt comes an active interval after the last, may wait
+    /// out two SDK calls that time out (a read, then the renewal itself), and may queue behind
+    /// a full pass of `max_concurrent_runners` runners through the slowest API family's rate
+    /// limit. `run` refuses to start below it and warns below twice it.
+    #[must_use]
+    pub fn lease_floor_secs(&self) -> u64 {
+        self.active_poll_interval_secs
+            .saturating_add(self.aws.operation_timeout_secs.saturating_mul(2))
+            .saturating_add(self.pass_secs())
+    }
+
+    /// A pass at `max_concurrent_runners` (no more runners than there are) through the
+    /// slowest family's rate limit, in whole seconds.
+    fn pass_secs(&self) -> u64 {
+        let limits = self.rate_limits;
+        let slowest = limits
+            .ssm_per_sec
+            .min(limits.ecs_per_sec)
+            .min(limits.cloudformation_per_sec)
+            .max(1);
+        let concurrent = self.max_concurrent_runners.min(self.runners.len().max(1));
+        (u64::try_from(concurrent).unwrap_or(u64::MAX))
+            .saturating_mul(CALLS_PER_ACTIVE_PASS)
+            .div_ceil(u64::from(slowest))
+    }
+
+    /// Warnings about a configuration that is valid but risky (logged at start).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let floor = self.lease_floor_secs();
+        let mut warnings = Vec::new();
+        if self.lease_secs < 2 * floor {
+            warnings.push(format!(
+                "lease_secs ({}) is under twice its floor ({floor}s): a slow pass may let the lease lapse mid-attempt (README, \"The lock\")",
+                self.lease_secs
+            ));
+        }
+        warnings
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//")
+        {
+            return invalid(format!(
+                "prefix {:?} must start with '/' and not end with '/'",
+                self.prefix
+            ));
+        }
+        if !self.known_channels.contains(&self.channel) {
+            return invalid(format!(
+                "channel {:?} is not in known_channels",
+                self.channel
+            ));
+        }
+        if let Some(channel) = self
+            .prerelease_channels
+            .iter()
+            .find(|c| !self.known_channels.contains(c))
+        {
+            return invalid(format!(
+                "prerelease_channels: {channel:?} is not in known_channels"
+            ));
+        }
+        if self.settle_secs > SETTLE_SECS_MAX {
+            return invalid(format!(
+                "settle_secs ({}) is more than {SETTLE_SECS_MAX}",
+                self.settle_secs
+            ));
+        }
+        if self.poll_interval_secs == 0 || self.active_poll_interval_secs == 0 {
+            return invalid("poll intervals must be at least 1 second".to_owned());
+        }
+        let limits = self.rate_limits;
+        if limits.ssm_per_sec == 0 || limits.ecs_per_sec == 0 || limits.cloudformation_per_sec == 0
+        {
+            return invalid(
+                "rate_limits: every rate must be at least 1 call per second".to_owned(),
+            );
+        }
+        if self.max_concurrent_runners == 0 {
+            return invalid("max_concurrent_runners must be at least 1".to_owned());
+        }
+        if self.lease_secs < 3 * self.active_poll_interval_secs {
+            return invalid(format!(
+                "lease_secs ({}) must be at least three active poll intervals ({}s) so the lease is renewed in time",
+                self.lease_secs,
+                3 * self.active_poll_interval_secs
+            ));
+        }
+        if self.aws.attempt_timeout_secs == 0
+            || self.aws.operation_timeout_secs < self.aws.attempt_timeout_secs
+        {
+            return invalid(format!(
+                "aws: attempt_timeout_secs ({}) must be at least 1 and at most operation_timeout_secs ({})",
+                self.aws.attempt_timeout_secs, self.aws.operation_timeout_secs
+            ));
+        }
+        let floor = self.lease_floor_secs();
+        if self.lease_secs < floor {
+            return invalid(format!(
+                "lease_secs ({}) cannot cover a renewal that comes late: it must be at least {floor}s (active_poll_interval_secs {} + 2 x aws.operation_timeout_secs {} + a pass at max_concurrent_runners {}s; README, \"The lock\")",
+                self.lease_secs,
+                self.active_poll_interval_secs,
+                self.aws.operation_timeout_secs,
+                self.pass_secs()
+            ));
+        }
+        if !matches!(self.state_store.backend.as_str(), "ssm" | "file") {
+            return invalid(format!(
+                "state_store.backend {:?}: use \"ssm\" or \"file\"",
+                self.state_store.backend
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for runner in &self.runners {
+            if !is_runner_name(&runner.name) {
+                return invalid(format!("runner name {:?}: use lower-case letters, digits and '-', starting with a letter", runner.name));
+            }
+            if !names.insert(runner.name.as_str()) {
+                return invalid(format!("runner {:?} is listed twice", runner.name));
+            }
+            for repository in
+                std::iter::once(&runner.image_repository).chain(&runner.allowed_repositories)
+            {
+                if ImageRef::with_tag(repository, "1.0.0").is_err() {
+                    return invalid(format!(
+                        "runner {:?}: {repository:?} is not an image repository",
+                        runner.name
+                    ));
+                }
+            }
+            if ApprovalPolicy::parse(&runner.auto_execute).is_none() {
+                return invalid(format!(
+                    "runner {:?}: auto_execute {:?}: use \"never\", \"safe\" or \"always\"",
+                    runner.name, runner.auto_execute
+                ));
+            }
+            if self.health(runner).fail_fast_tasks == 0 {
+                return invalid(format!(
+                    "runner {:?}: fail_fast_tasks must be at least 1",
+                    runner.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runner of that name.
+    #[must_use]
+    pub fn runner(&self, name: &str) -> Option<&RunnerConfig> {
+        self.runners.iter().find(|r| r.name == name)
+    }
+
+    /// A runner's health-gate settings: its own keys over the global section's.
+    #[must_use]
+    pub fn health(&self, runner: &RunnerConfig) -> HealthConfig {
+        runner.health.over(&self.health)
+    }
+
+    /// Decision settings for a runner.
+    #[must_use]
+    pub fn settings(&self, runner: &RunnerConfig) -> Settings {
+        let health = self.health(runner);
+        Settings {
+            channel: self.channel.clone(),
+            fail_fast_tasks: health.fail_fast_tasks,
+            rollout_timeout: Duration::from_secs(health.rollout_timeout_secs),
+            soak: Duration::from_secs(health.soak_secs),
+            rollback_timeout: Duration::from_secs(health.rollback_timeout_secs),
+            history_max: Settings::default().history_max,
+            approval: ApprovalPolicy::parse(&runner.auto_execute).unwrap_or_default(),
+            change_set_timeout: Duration::from_secs(self.infrastructure.change_set_timeout_secs),
+            stack_update_timeout: Duration::from_secs(
+                self.infrastructure.stack_update_timeout_secs,
+            ),
+        }
+    }
+
+    /// What may be deployed to a runner.
+    #[must_use]
+    pub fn policy(&self, runner: &RunnerConfig) -> RunnerPolicy {
+        RunnerPolicy {
+            image_repository: runner.image_repository.clone(),
+            allowed_repositories: runner.allowed_repositories.clone(),
+            stacks: runner.stacks.clone(),
+            known_channels: self.known_channels.clone(),
+            prerelease_channels: self.prerelease_channels.clone(),
+        }
+    }
+}
+
+/// The configuration `demo` and `run --simulated` use when no file is given.
+pub const EMBEDDED_CONFIG: &str = r#"
+prefix = "/runner-updater"
+channel = "stable"
+poll_interval_secs = 60
+active_poll_interval_secs = 10
+lease_secs = 180
+
+[state_store]
+backend = "file"
+path = "runner-updater-state"
+
+[health]
+fail_fast_tasks = 2
+rollout_timeout_secs = 900
+soak_secs = 120
+rollback_timeout_secs = 900
+
+[[runners]]
+name = "runner-a"
+cluster = "runners"
+service = "runner-a"
+image_repository = "registry.example/runner"
+stacks = ["runner-a-iam", "runner-a-main"]
+
+[[runners]]
+name = "runner-b"
+cluster = "runners"
+service = "runner-b"
+image_repository = "registry.example/runner"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_configuration_is_valid() {
+        let config = Config::from_toml(EMBEDDED_CONFIG).unwrap();
+        assert_eq!(config.runners.len(), 2);
+        assert_eq!(config.runners[0].container, "runner");
+    }
+
+    #[test]
+    fn bad_configurations_say_what_is_wrong() {
+        for (text, needle) in [
+            ("prefixx = \"/a\"", "unknown field"),
+            ("prefix = \"a\"", "prefix"),
+            ("channel = \"nightly\"", "known_channels"),
+            ("lease_secs = 5", "lease_secs"),
+            ("prerelease_channels = [\"nightly\"]", "prerelease_channels"),
+            ("settle_secs = 86400", "settle_secs"),
+            ("[[runners]]\nname = \"Runner A\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"", "runner name"),
+            ("[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"bad repo\"", "image repository"),
+        ] {
+            let error = Config::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_lease_that_cannot_cover_a_late_renewal_is_refused_and_a_short_one_warned() {
+        // floor = active interval + 2 x operation timeout + a pass at max_concurrent_runners
+        // (runners x 8 calls / the slowest rate, rounded up).
+        let runners = |n: usize| {
+            (0..n)
+                .map(|i| format!("[[runners]]\nname = \"r{i}\"\ncluster = \"c\"\nservice = \"s{i}\"\nimage_repository = \"registry.example/r\"\n"))
+                .collect::<Vec<_>>()
+                .concat()
+        };
+        for (settings, count, floor) in [
+            ("", 0, 10 + 60 + 1),
+            ("", 1, 10 + 60 + 1),
+            ("", 16, 10 + 60 + 16),
+            ("", 40, 10 + 60 + 16),
+            ("max_concurrent_runners = 4\n", 16, 10 + 60 + 4),
+            ("active_poll_interval_secs = 2\n[aws]\noperation_timeout_secs = 2\nattempt_timeout_secs = 1\n", 9, 2 + 4 + 9),
+            ("[rate_limits]\ncloudformation_per_sec = 64\n", 16, 10 + 60 + 9),
+        ] {
+            let text = format!("lease_secs = 1000\n{settings}{}", runners(count));
+            let config = Config::from_toml(&text).unwrap();
+            assert_eq!(config.lease_floor_secs(), floor, "{settings} {count} runners");
+            let at_floor = text.replace("lease_secs = 1000", &format!("lease_secs = {floor}"));
+            let config = Config::from_toml(&at_floor).unwrap();
+            assert_eq!(config.warnings().len(), 1, "{settings}: under twice the floor");
+            let below = text.replace("lease_secs = 1000", &format!("lease_secs = {}", floor - 1));
+            let error = Config::from_toml(&below).unwrap_err().to_string();
+            assert!(error.contains("cannot cover a renewal"), "{error}");
+        }
+        assert!(
+            Config::from_toml("").unwrap().warnings().is_empty(),
+            "the defaults need no warning"
+        );
+    }
+
+    #[test]
+    fn no_channel_accepts_pre_releases_and_desired_parameters_settle_ten_seconds_by_default() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.prerelease_channels.is_empty());
+        assert_eq!(config.settle_secs, 10);
+        let config = Config::from_toml(
+            "prerelease_channels = [\"beta\", \"edge\"]\nsettle_secs = 0\n[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"",
+        )
+        .unwrap();
+        assert_eq!(config.settle_secs, 0);
+        let policy = config.policy(&config.runners[0]);
+        assert_eq!(policy.prerelease_channels, ["beta", "edge"]);
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_are_validated() {
+        let config = Config::from_toml(EMBEDDED_CONFIG).unwrap();
+        let env = |k: &str| (k == "RUNNER_UPDATER_PREFIX").then(|| "/fleet".to_owned());
+        assert_eq!(config.clone().with_env(env).unwrap().prefix, "/fleet");
+        let bad = |k: &str| (k == "RUNNER_UPDATER_POLL_INTERVAL_SECS").then(|| "soon".to_owned());
+        assert!(config.with_env(bad).is_err());
+    }
+
+    const RUNNER: &str =
+        "[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"r\"\n";
+
+    /// A health section with every key set to a value of its own (3, 4, 5, …), one key (if
+    /// any) set to 99 instead.
+    fn health_section(header: &str, changed: Option<&str>) -> String {
+        use std::fmt::Write as _;
+        let mut text = format!("{header}\n");
+        for (index, key) in HealthConfig::KEYS.iter().enumerate() {
+            let value = if Some(*key) == changed { 99 } else { index + 3 };
+            let _ = writeln!(text, "{key} = {value}");
+        }
+        text
+    }
+
+    /// Found by an acceptance run (issue 14): a `[runners.health]` setting only `soak_secs`
+    /// gave that runner the built-in `rollout_timeout_secs` (1800 s) instead of the global one.
+    /// Every key of the section is checked (`KEYS` lists them all).
+    #[test]
+    fn a_per_runner_health_key_replaces_only_that_key_of_the_global_section() {
+        let global = health_section("[health]", None);
+        let expected_global: HealthConfig =
+            toml::from_str(&global.replace("[health]", "")).unwrap();
+        for key in HealthConfig::KEYS {
+            let text = format!("{global}{RUNNER}[runners.health]\n{key} = 99\n");
+            let config = Config::from_toml(&text).unwrap();
+            let expected: HealthConfig = toml::from_str(&health_section("", Some(key))).unwrap();
+            assert_ne!(
+                expected, expected_global,
+                "{key} is not read by the section"
+            );
+            assert_eq!(
+                config.health, expected_global,
+                "the global section as written"
+            );
+            assert_eq!(
+                config.health(&config.runners[0]),
+                expected,
+                "only {key} overridden"
+            );
+        }
+    }
+
+    #[test]
+    fn a_runner_without_a_health_section_gets_the_global_one_and_its_settings_follow() {
+        let text = format!("{}{RUNNER}", health_section("[health]", None));
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(config.health(&config.runners[0]), config.health);
+        let with_soak = format!(
+            "[health]\nrollout_timeout_secs = 60\n{RUNNER}[runners.health]\nsoak_secs = 30\n"
+        );
+        let config = Config::from_toml(&with_soak).unwrap();
+        let settings = config.settings(&config.runners[0]);
+        assert_eq!(settings.rollout_timeout, Duration::from_mins(1));
+        assert_eq!(settings.soak, Duration::from_secs(30));
+        assert_eq!(
+            settings.rollback_timeout,
+            Duration::from_mins(30),
+            "built-in default"
+        );
+    }
+
+    #[test]
+    fn an_unknown_per_runner_health_key_is_refused() {
+        let text = format!("{RUNNER}[runners.health]\nsoak = 30\n");
+        let error = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field"), "{error}");
+    }
+}

@@ -1,0 +1,875 @@
+//! The fleet benchmark (`runner-updater-dev bench`, `cargo dev bench`): the controller's own code on the simulated AWS
+//! with 10, 1,000 and 10,000 runners, every AWS call counted by operation.
+//!
+//! It prints, per fleet size: AWS calls per runner per steady-state pass (by API family), the
+//! pass time under an injected per-call latency next to the lower bound the rate limits impose,
+//! the CPU time of a pass, the peak memory of the process, and the time an update wave across
+//! the fleet takes to converge (simulated time). Then the restart-to-first-action time after a
+//! crash. `runner-updater run`'s idle memory is measured by the command itself (a child process).
+//!
+//! The pass time is computed, not slept: the sum of a pass's call latencies shared by the
+//! runners passed over at a time (`max_concurrent_runners`), held to the lower bound the rate
+//! limits impose by the client-side limiter (`ratelimit`). The figures are printed next to the
+//! targets of issue 8.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use runner_updater_adapters::lease::SsmLease;
+use runner_updater_adapters::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
+use runner_updater_adapters::sim::SimAws;
+use runner_updater_adapters::sim::SIM_EPOCH;
+use runner_updater_adapters::store::{MemoryStore, SsmStore};
+use runner_updater_config::{Config, ConfigError};
+use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
+use runner_updater_core::domain::observed::{ServiceState, StackState};
+use runner_updater_core::domain::task_definition::TaskDefinition;
+use runner_updater_core::domain::Millis;
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_interface::scenario::create_fleet;
+use runner_updater_interface::scenario::fleet_config;
+use runner_updater_ports::{
+    ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterPage, ParameterStore,
+    PortError, TaskDefinitionPage, TemplateSummary, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
+};
+use runner_updater_runtime::driver::TickReport;
+use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
+use runner_updater_runtime::reader::{FleetReader, ECS_BATCHES_IN_FLIGHT};
+use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The generated configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The simulated world could not be built, or a pass failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+/// What the benchmark assumes of AWS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assumptions {
+    /// Latency of one AWS call.
+    pub latency: Duration,
+    /// Calls per second allowed, per API family: SSM, ECS, CloudFormation (the defaults are
+    /// safely under AWS's published throttling limits: SSM `GetParametersByPath` 40/s shared
+    /// with `GetParameter`, ECS `DescribeServices` 20/s sustained, CloudFormation
+    /// `DescribeStacks` about 10/s).
+    pub rates: [f64; 3],
+}
+
+impl Default for Assumptions {
+    fn default() -> Self {
+        Assumptions {
+            latency: Duration::from_millis(20),
+            rates: [30.0, 15.0, 8.0],
+        }
+    }
+}
+
+const FAMILIES: [&str; 3] = ["SSM", "ECS", "CloudFormation"];
+
+/// Counts every call by operation and, when timed, makes each take the assumed latency (on
+/// tokio's clock, paused in the timed run: time passes only when every task waits).
+#[derive(Debug, Clone, Default)]
+struct Counter {
+    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    latency: Option<Duration>,
+}
+
+impl Counter {
+    async fn hit(&self, operation: &'static str) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(operation).or_default() += 1;
+        }
+        if let Some(latency) = self.latency {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    fn take(&self) -> BTreeMap<&'static str, u64> {
+        self.counts
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+/// Time on tokio's clock (paused in the timed run), as a [`Clock`] for the rate limiters.
+struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+#[async_trait]
+impl Clock for TokioClock {
+    fn now(&self) -> Millis {
+        SIM_EPOCH.after(self.origin.elapsed())
+    }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+fn family(operation: &str) -> usize {
+    match operation {
+        "GetParametersByPath" | "GetParameter" | "PutParameter" | "DeleteParameter" => 0,
+        "DescribeServices"
+        | "DescribeTaskDefinition"
+        | "ListTaskDefinitions"
+        | "RegisterTaskDefinition"
+        | "UpdateService"
+        | "ListTasks"
+        | "DescribeTasks" => 1,
+        _ => 2,
+    }
+}
+
+struct CountedSsm<P> {
+    inner: P,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<P: ParameterStore> ParameterStore for CountedSsm<P> {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        // Against AWS: a call per page of ten.
+        let found = self.inner.get_by_path(path).await?;
+        for _ in 0..found.len().div_ceil(PARAMETERS_PAGE_MAX).max(1) {
+            self.counter.hit("GetParametersByPath").await;
+        }
+        Ok(found)
+    }
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        self.counter.hit("GetParametersByPath").await;
+        self.inner.get_page(path, token).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        self.counter.hit("GetParameter").await;
+        self.inner.get(name).await
+    }
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        self.counter.hit("PutParameter").await;
+        self.inner.put(name, value, overwrite).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        self.counter.hit("DeleteParameter").await;
+        self.inner.delete(name).await
+    }
+}
+
+struct CountedEcs<E> {
+    inner: E,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<E: Ecs> Ecs for CountedEcs<E> {
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        // Against AWS this is DescribeServices plus, for the tasks, ListTasks (running and
+        // stopped) and DescribeTasks: counted as the adapter makes them.
+        self.counter.hit("DescribeServices").await;
+        self.counter.hit("ListTasks").await;
+        self.counter.hit("ListTasks").await;
+        self.counter.hit("DescribeTasks").await;
+        self.inner.describe_service(cluster, service).await
+    }
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        self.counter.hit("DescribeServices").await;
+        self.inner
+            .describe_service_without_tasks(cluster, service)
+            .await
+    }
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        for _ in 0..services.len().div_ceil(DESCRIBE_SERVICES_MAX) {
+            self.counter.hit("DescribeServices").await;
+        }
+        self.inner
+            .describe_services_without_tasks(cluster, services)
+            .await
+    }
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
+        self.counter.hit("DescribeTaskDefinition").await;
+        self.inner.describe_task_definition(arn).await
+    }
+    async fn list_task_definitions(
+        &self,
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
+        self.counter.hit("ListTaskDefinitions").await;
+        self.inner.list_task_definitions(family_prefix, token).await
+    }
+    async fn register_clone(
+        &self,
+        base_arn: &str,
+        container: &str,
+        image: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
+        self.counter.hit("RegisterTaskDefinition").await;
+        self.inner
+            .register_clone(base_arn, container, image, tags)
+            .await
+    }
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError> {
+        self.counter.hit("UpdateService").await;
+        self.inner
+            .update_service(cluster, service, task_definition_arn)
+            .await
+    }
+}
+
+struct CountedCfn<C> {
+    inner: C,
+    counter: Counter,
+}
+
+#[async_trait]
+impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
+        self.counter.hit("DescribeStacks").await;
+        self.inner.describe_stack(name).await
+    }
+    async fn template_summary(
+        &self,
+        stack: &str,
+        template_url: Option<&str>,
+    ) -> Result<TemplateSummary, PortError> {
+        self.counter.hit("GetTemplateSummary").await;
+        self.inner.template_summary(stack, template_url).await
+    }
+    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
+        self.counter.hit("CreateChangeSet").await;
+        self.inner.create_change_set(request).await
+    }
+    async fn describe_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<Option<ChangeSet>, PortError> {
+        self.counter.hit("DescribeChangeSet").await;
+        self.inner.describe_change_set(stack, name).await
+    }
+    async fn execute_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<(), PortError> {
+        self.counter.hit("ExecuteChangeSet").await;
+        self.inner.execute_change_set(stack, name, token).await
+    }
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
+        self.counter.hit("DeleteChangeSet").await;
+        self.inner.delete_change_set(stack, name).await
+    }
+    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
+        self.counter.hit("DescribeStackEvents").await;
+        self.inner.stack_events(stack).await
+    }
+}
+
+/// A fleet of `runners` (one in ten with two stacks) on a fresh simulated AWS, run by the
+/// controller's scheduler.
+struct Fleet {
+    aws: SimAws,
+    config: Config,
+    scheduler: Scheduler,
+    counter: Counter,
+    /// Fleet reads made, and their calls (SSM pages, `DescribeServices` calls).
+    reads: Vec<(usize, usize)>,
+    /// Resident memory once the simulated world was built, before the controller (KiB).
+    world_kib: Option<u64>,
+    /// Bytes the simulated SSM held then.
+    ssm_bytes: u64,
+}
+
+impl Fleet {
+    /// A fleet; `timed`: every call takes the assumed latency on tokio's clock and goes through
+    /// the client-side rate limiters at the assumed rates, as in `run`.
+    fn new(runners: usize, timed: Option<Assumptions>) -> Result<Fleet, BenchError> {
+        let config = Config::from_toml(&fleet_config(runners, 4, 10))?;
+        let aws = SimAws::new(1);
+        create_fleet(&aws, &config, "2.13.0").map_err(|e| BenchError::Run(e.to_string()))?;
+        // The simulated AWS shares the process: what it holds is measured here, and the peak
+        // from here on is the controller's (plus the world's answers to it).
+        let world_kib = resident_kib("self");
+        let ssm_bytes = aws.ssm.stored_bytes();
+        reset_peak();
+        let counter = Counter {
+            latency: timed.map(|t| t.latency),
+            ..Counter::default()
+        };
+        let mut ssm: Arc<dyn ParameterStore> = Arc::new(CountedSsm {
+            inner: aws.ssm.clone(),
+            counter: counter.clone(),
+        });
+        let mut ecs: Arc<dyn Ecs> = Arc::new(CountedEcs {
+            inner: aws.ecs.clone(),
+            counter: counter.clone(),
+        });
+        let mut cfn: Arc<dyn CloudFormation> = Arc::new(CountedCfn {
+            inner: aws.cfn.clone(),
+            counter: counter.clone(),
+        });
+        if let Some(timed) = timed {
+            let clock: Arc<dyn Clock> = Arc::new(TokioClock {
+                origin: tokio::time::Instant::now(),
+            });
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole rates
+            let limiter = |family, rate: f64| {
+                Arc::new(Limiter::new(family, rate.round() as u32, clock.clone()))
+            };
+            ssm = Arc::new(LimitedSsm {
+                inner: ssm,
+                limiter: limiter("SSM", timed.rates[0]),
+            });
+            ecs = Arc::new(LimitedEcs {
+                inner: ecs,
+                limiter: limiter("ECS", timed.rates[1]),
+            });
+            cfn = Arc::new(LimitedCfn {
+                inner: cfn,
+                limiter: limiter("CloudFormation", timed.rates[2]),
+            });
+        }
+        let ports = Ports {
+            ssm: ssm.clone(),
+            ecs,
+            cfn,
+            lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
+            store: Arc::new(SsmStore::new(ssm, &config.prefix)),
+            clock: Arc::new(aws.clock.clone()),
+        };
+        let drivers = config
+            .runners
+            .iter()
+            .map(|runner| RunnerDriver::new(&config, runner, "bench", ports.clone()))
+            .collect();
+        let reader = FleetReader::new(
+            ports.ssm.clone(),
+            ports.ecs.clone(),
+            ports.clock.clone(),
+            &config.prefix,
+        );
+        let scheduler = Scheduler::new(&config, drivers, reader, ports.clock.clone());
+        Ok(Fleet {
+            aws,
+            config,
+            scheduler,
+            counter,
+            reads: Vec::new(),
+            world_kib,
+            ssm_bytes,
+        })
+    }
+
+    /// One round of the scheduler (a sweep of the runners at rest when `sweep`, and every
+    /// runner in an attempt that is due), then `interval` of time. Returns the runners at rest.
+    async fn pass(&mut self, sweep: bool, interval: Duration) -> Result<usize, BenchError> {
+        let mut failures = Failures::default();
+        let (resting, snapshot) = self.scheduler.step(sweep, &mut failures).await;
+        if let Some(snapshot) = snapshot {
+            self.reads.push(snapshot.calls);
+        }
+        if let Some(failure) = failures.first {
+            return Err(BenchError::Run(failure));
+        }
+        self.aws.clock.advance(interval);
+        Ok(resting)
+    }
+}
+
+/// Remembers the first failed pass.
+#[derive(Default)]
+struct Failures {
+    first: Option<String>,
+}
+
+impl Control for Failures {
+    fn wait(&mut self, _timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async { Wake::Stop })
+    }
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        if let Err(error) = result {
+            self.first
+                .get_or_insert_with(|| format!("{}: {error}", driver.runner()));
+        }
+    }
+}
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+#[must_use]
+pub fn peak_memory_kib(pid: &str) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now (`VmRSS`), in KiB.
+#[must_use]
+pub fn resident_kib(pid: &str) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Anonymous memory of a process (heap, stacks: what is its own, not the binary's pages), in
+/// KiB, from `/proc/<pid>/smaps_rollup`.
+#[must_use]
+pub fn anonymous_kib(pid: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resets this process's peak resident memory to what it holds now (Linux `clear_refs` 5), so
+/// that the next `VmHWM` is the peak of what follows. Best effort.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The figures of one fleet size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetFigures {
+    /// Runners.
+    pub runners: usize,
+    /// Calls per runner in a steady-state pass, by operation.
+    pub calls_per_runner: BTreeMap<&'static str, f64>,
+    /// Calls in a steady-state pass, per API family (averaged, rounded).
+    pub calls_by_family: [u64; 3],
+    /// Steady-state passes averaged.
+    pub passes: u32,
+    /// A steady-state sweep's time, measured (on tokio's paused clock) with every call taking
+    /// the assumed latency and the client-side limiters at the assumed rates.
+    pub pass_time: Duration,
+    /// Runners passed over at a time (`max_concurrent_runners`).
+    pub concurrent: u32,
+    /// The pass's calls' latency alone, `concurrent` at a time.
+    pub latency_time: Duration,
+    /// The lower bound the rate limits put on the calls of the timed sweeps.
+    pub rate_bound: Duration,
+    /// CPU time of a steady-state pass.
+    pub cpu_per_pass: Option<Duration>,
+    /// Peak memory of the benchmark process since its world was built, after the update wave
+    /// (KiB; the simulated AWS included).
+    pub peak_memory_kib: Option<u64>,
+    /// Resident memory of the simulated world alone (KiB).
+    pub world_memory_kib: Option<u64>,
+    /// The controller's peak over the world during the steady-state passes (KiB).
+    pub controller_peak_kib: Option<u64>,
+    /// Scheduler rounds (one per active interval) until an update wave converged.
+    pub wave_passes: usize,
+    /// Simulated time an update wave took to converge.
+    pub wave_time: Duration,
+    /// Calls per runner during the wave.
+    pub wave_calls_per_runner: f64,
+    /// Calls per runner during the wave, by operation.
+    pub wave_per_operation: BTreeMap<&'static str, f64>,
+    /// The lower bound the rate limits put on the wave's calls.
+    pub wave_rate_bound: Duration,
+}
+
+/// Measures one fleet size.
+///
+/// # Errors
+/// When the fleet cannot be built or a pass fails.
+pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFigures, BenchError> {
+    let mut fleet = Fleet::new(runners, None)?;
+    let rest = Duration::from_secs(fleet.config.poll_interval_secs);
+    // First pass: records loaded (none yet), stacks read, every runner at rest.
+    fleet.pass(true, rest).await?;
+    let _ = fleet.counter.take();
+    // Steady state: the average of the passes over one stack refresh period and a half (so the
+    // stacks re-read now and then are in the figure).
+    let passes = u32::try_from(
+        (fleet.config.stack_refresh_secs * 3 / 2).div_ceil(fleet.config.poll_interval_secs.max(1)),
+    )
+    .unwrap_or(15)
+    .max(1);
+    let reads_before = fleet.reads.len();
+    let cpu_before = cpu_time();
+    for _ in 0..passes {
+        fleet.pass(true, rest).await?;
+    }
+    let cpu_after = cpu_time();
+    // What the controller wrote to SSM (its records) is AWS's memory, not the controller's:
+    // the world's growth is counted at the bytes stored (a lower bound of what it takes).
+    let ssm_growth_kib = fleet.aws.ssm.stored_bytes().saturating_sub(fleet.ssm_bytes) / 1024;
+    let controller_peak_kib = peak_memory_kib("self")
+        .zip(fleet.world_kib)
+        .map(|(peak, world)| peak.saturating_sub(world).saturating_sub(ssm_growth_kib));
+    let counts = fleet.counter.take();
+    #[allow(clippy::cast_precision_loss)] // averages for a report
+    let per_pass = |count: u64| count as f64 / f64::from(passes);
+    let mut calls_by_family = [0.0_f64; 3];
+    for (operation, count) in &counts {
+        calls_by_family[family(operation)] += per_pass(*count);
+    }
+    #[allow(clippy::cast_precision_loss)] // ratios for a report
+    let per_runner = |count: f64| count / runners as f64;
+    let calls_per_runner = counts
+        .iter()
+        .map(|(operation, count)| (*operation, per_runner(per_pass(*count))))
+        .collect();
+    // The pass's latency: the fleet read's SSM pages are a chain (each page's token comes
+    // from the one before), its DescribeServices batches run a few at a time, and the
+    // runners' own calls (stacks now and then) `max_concurrent_runners` at a time.
+    let concurrent = u32::try_from(fleet.config.max_concurrent_runners.max(1)).unwrap_or(1);
+    let reads = &fleet.reads[reads_before..];
+    #[allow(clippy::cast_precision_loss)] // averages for a report
+    let (pages, batches) = (
+        reads.iter().map(|r| r.0).sum::<usize>() as f64 / f64::from(passes),
+        reads.iter().map(|r| r.1).sum::<usize>() as f64 / f64::from(passes),
+    );
+    let total: f64 = calls_by_family.iter().sum();
+    let own = (total - pages - batches).max(0.0);
+    let latency = assumptions.latency.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)] // seconds for a report
+    let read_latency = (pages * latency).max(batches * latency / ECS_BATCHES_IN_FLIGHT as f64);
+    let latency_time =
+        Duration::from_secs_f64(read_latency + own * latency / f64::from(concurrent));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole calls
+    let calls_by_family = calls_by_family.map(|c| c.round() as u64);
+
+    // An update wave: every runner asked for 2.14.0 at once. The scheduler's time: runners in
+    // an attempt every active interval, a sweep of those at rest every poll interval.
+    for runner in &fleet.config.runners {
+        fleet.aws.ssm.set(
+            &format!("{}/{}/desired/version", fleet.config.prefix, runner.name),
+            "2.14.0",
+        );
+    }
+    let active = Duration::from_secs(fleet.config.active_poll_interval_secs);
+    let started = fleet.aws.clock.now();
+    let mut last_sweep: Option<runner_updater_core::domain::Millis> = None;
+    let mut wave_passes = 0;
+    loop {
+        wave_passes += 1;
+        let now = fleet.aws.clock.now();
+        let sweep = last_sweep.is_none_or(|at| now.since(at) >= rest);
+        if sweep {
+            last_sweep = Some(now);
+        }
+        let resting = fleet.pass(sweep, active).await?;
+        let done = fleet
+            .scheduler
+            .drivers()
+            .filter(|d| d.record().is_some_and(|r| r.phase == Phase::Done.name()))
+            .count();
+        if resting == runners && done == runners {
+            break;
+        }
+        if wave_passes > 500 {
+            return Err(BenchError::Run(format!(
+                "the wave did not converge in 500 rounds ({done} of {runners} done)"
+            )));
+        }
+    }
+    let wave_time = fleet.aws.clock.now().since(started);
+    let process_peak_kib = peak_memory_kib("self");
+    let cpu_per_pass = cpu_before
+        .zip(cpu_after)
+        .map(|(a, b)| b.saturating_sub(a) / passes);
+    let world_memory_kib = fleet.world_kib;
+    let wave_counts = fleet.counter.take();
+    drop(fleet);
+    // The sweep as `run` makes it, timed with the latency and the limiters, and the bound the
+    // rates put on the calls it made (on a fleet of its own, this one dropped first).
+    let (pass_time, rate_bound) = timed_sweep(runners, assumptions).await?;
+    let wave_calls: u64 = wave_counts.values().sum();
+    let mut wave_by_family = [0_u64; 3];
+    for (operation, count) in &wave_counts {
+        wave_by_family[family(operation)] += count;
+    }
+    #[allow(clippy::cast_precision_loss)] // seconds for a report
+    let wave_rate_bound = wave_by_family
+        .iter()
+        .zip(assumptions.rates)
+        .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
+        .max()
+        .unwrap_or_default();
+    #[allow(clippy::cast_precision_loss)] // ratios for a report
+    let wave_per_operation = wave_counts
+        .iter()
+        .map(|(operation, count)| (*operation, *count as f64 / runners as f64))
+        .collect();
+    #[allow(clippy::cast_precision_loss)] // a ratio for a report
+    let wave_calls_per_runner = wave_calls as f64 / runners as f64;
+    Ok(FleetFigures {
+        runners,
+        calls_per_runner,
+        calls_by_family,
+        passes,
+        pass_time,
+        latency_time,
+        concurrent,
+        rate_bound,
+        cpu_per_pass,
+        peak_memory_kib: process_peak_kib,
+        world_memory_kib,
+        controller_peak_kib,
+        wave_passes,
+        wave_time,
+        wave_calls_per_runner,
+        wave_per_operation,
+        wave_rate_bound,
+    })
+}
+
+/// Steady-state sweeps timed: every call takes the assumed latency and goes through the
+/// client-side limiters at the assumed rates, as in `run`. Measured on tokio's paused clock
+/// (time passes only when every task waits), in a thread of its own. Returns the mean sweep
+/// time and the lower bound the rates put on the calls the sweeps made.
+///
+/// # Errors
+/// When the fleet cannot be built, a pass fails, or the thread dies.
+pub async fn timed_sweep(
+    runners: usize,
+    assumptions: Assumptions,
+) -> Result<(Duration, Duration), BenchError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(timed_sweep_on_paused_clock(runners, assumptions));
+    });
+    receiver
+        .await
+        .map_err(|_| BenchError::Run("the timed sweep's thread died".to_owned()))?
+}
+
+fn timed_sweep_on_paused_clock(
+    runners: usize,
+    assumptions: Assumptions,
+) -> Result<(Duration, Duration), BenchError> {
+    const SWEEPS: u32 = 3;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| BenchError::Run(e.to_string()))?;
+    runtime.block_on(async move {
+        let mut fleet = Fleet::new(runners, Some(assumptions))?;
+        let rest = Duration::from_secs(fleet.config.poll_interval_secs);
+        // The first sweep loads the records and reads the stacks: not steady state.
+        fleet.pass(true, rest).await?;
+        tokio::time::sleep(rest).await;
+        let _ = fleet.counter.take();
+        let mut measured = Duration::ZERO;
+        for _ in 0..SWEEPS {
+            let started = tokio::time::Instant::now();
+            fleet.pass(true, rest).await?;
+            measured += started.elapsed();
+            // The next sweep starts a poll interval later: the buckets are full again.
+            tokio::time::sleep(rest).await;
+        }
+        let mut by_family = [0_u64; 3];
+        for (operation, count) in fleet.counter.take() {
+            by_family[family(operation)] += count;
+        }
+        // A bucket holds one second of calls (it is full when a sweep starts): the rest of a
+        // family's calls cannot go faster than its rate.
+        #[allow(clippy::cast_precision_loss)] // seconds for a report
+        let bound = by_family
+            .iter()
+            .zip(assumptions.rates)
+            .map(|(calls, rate)| {
+                let per_sweep = *calls as f64 / f64::from(SWEEPS);
+                Duration::from_secs_f64((per_sweep - rate).max(0.0) / rate)
+            })
+            .max()
+            .unwrap_or_default();
+        Ok((measured / SWEEPS, bound))
+    })
+}
+
+/// Time from a restart (the record of an attempt in flight loaded, the dead process's lease
+/// taken over) to its first resumed action, on the simulated AWS (no AWS latency): the
+/// controller's own share.
+///
+/// # Errors
+/// When the crash cannot be staged.
+pub async fn resume_time() -> Result<Duration, BenchError> {
+    let fleet = Fleet::new(1, None)?;
+    let runner = fleet.config.runners[0].clone();
+    fleet.aws.ssm.set(
+        &format!("{}/{}/desired/version", fleet.config.prefix, runner.name),
+        "2.14.0",
+    );
+    let plan = CrashPlan {
+        after_command_named: Some("register_task_definition"),
+        ..CrashPlan::default()
+    };
+    let ports = fleet_ports(&fleet);
+    let mut first =
+        RunnerDriver::new(&fleet.config, &runner, "bench", ports.clone()).with_crash(plan);
+    for _ in 0..10 {
+        match first.tick().await {
+            Err(DriverError::Crashed(_)) => break,
+            Ok(_) => fleet.aws.clock.advance(Duration::from_secs(10)),
+            Err(error) => return Err(BenchError::Run(error.to_string())),
+        }
+    }
+    // The restarted process: a new identity, once the dead one's lease expired (what a real
+    // restart waits for); its first pass is timed, up to the resumed call.
+    fleet.aws.clock.advance(Duration::from_mins(3));
+    let mut second = RunnerDriver::new(&fleet.config, &runner, "bench-2", ports);
+    let clock = runner_updater_adapters::clock::SystemClock;
+    let started = clock.now();
+    let report = second
+        .tick()
+        .await
+        .map_err(|e| BenchError::Run(e.to_string()))?;
+    let elapsed = clock.now().since(started);
+    if report.commands.is_empty() {
+        return Err(BenchError::Run("the resumed pass did nothing".to_owned()));
+    }
+    Ok(elapsed)
+}
+
+fn fleet_ports(fleet: &Fleet) -> Ports {
+    let ssm: Arc<dyn ParameterStore> = Arc::new(fleet.aws.ssm.clone());
+    Ports {
+        ssm: ssm.clone(),
+        ecs: Arc::new(fleet.aws.ecs.clone()),
+        cfn: Arc::new(fleet.aws.cfn.clone()),
+        lock: Arc::new(SsmLease::new(ssm, &fleet.config.prefix)),
+        store: Arc::new(MemoryStore::new()),
+        clock: Arc::new(fleet.aws.clock.clone()),
+    }
+}
+
+/// The report of several fleet sizes, with the targets beside the figures.
+#[must_use]
+#[allow(clippy::cast_precision_loss)] // figures for a report
+pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "assumed: {} ms per AWS call; rate limits SSM {}/s, ECS {}/s, CloudFormation {}/s",
+        assumptions.latency.as_millis(),
+        assumptions.rates[0],
+        assumptions.rates[1],
+        assumptions.rates[2]
+    );
+    for f in figures {
+        let _ = writeln!(out, "\n{} runners", f.runners);
+        let total: f64 = f.calls_per_runner.values().sum();
+        let _ = writeln!(
+            out,
+            "  AWS calls per runner per steady-state pass: {total:.3}   (target at 1,000: <= 0.6; the average of {} passes)",
+            f.passes
+        );
+        for (operation, per) in &f.calls_per_runner {
+            let _ = writeln!(out, "    {operation:<24} {per:.3}");
+        }
+        for (name, calls) in FAMILIES.iter().zip(f.calls_by_family) {
+            let _ = writeln!(out, "    {name:<24} {calls} calls a pass");
+        }
+        // Below a second of calls per family the limiter does not bind: the ratio is to the
+        // latency alone then.
+        #[allow(clippy::cast_precision_loss)] // a ratio for a report
+        let ratio = f.pass_time.as_secs_f64()
+            / f.rate_bound
+                .max(f.latency_time)
+                .as_secs_f64()
+                .max(f64::MIN_POSITIVE);
+        let _ = writeln!(
+            out,
+            "  sweep time, measured with {} ms a call and the limiters: {:.2} s (its calls' latency alone, the fleet read's pages in a chain and the runners' own calls {} at a time: {:.2} s); rate-limit bound {:.2} s (the buckets' first second of calls free); ratio to the larger of the two {ratio:.2}   (target: <= 1.25)",
+            assumptions.latency.as_millis(),
+            f.pass_time.as_secs_f64(),
+            f.concurrent,
+            f.latency_time.as_secs_f64(),
+            f.rate_bound.as_secs_f64(),
+        );
+        let _ = writeln!(
+            out,
+            "  CPU time of a pass: {}",
+            f.cpu_per_pass
+                .map_or_else(|| "?".to_owned(), |c| format!("{} ms", c.as_millis()))
+        );
+        let mib = |kib: Option<u64>| {
+            kib.map_or_else(
+                || "?".to_owned(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  peak memory of the controller at rest: {}   (target at 10,000: < 100 MiB; the process's peak over the simulated world, which holds {} itself)",
+            mib(f.controller_peak_kib),
+            mib(f.world_memory_kib)
+        );
+        let _ = writeln!(
+            out,
+            "  peak memory of the process after the update wave: {} (world included)",
+            mib(f.peak_memory_kib)
+        );
+        let wave_latency =
+            assumptions.latency.as_secs_f64() * f.wave_calls_per_runner * f.runners as f64
+                / f64::from(f.concurrent);
+        let _ = writeln!(
+            out,
+            "  update wave (every runner asked for a new version at once): {} rounds of the scheduler, {:.0} s of simulated time (rollouts and soak); {:.1} calls per runner; time to converge at least {:.0} s (the rate limits' bound on its calls; their latency alone, {} at a time: {:.0} s)",
+            f.wave_passes,
+            f.wave_time.as_secs_f64(),
+            f.wave_calls_per_runner,
+            f.wave_time.max(f.wave_rate_bound).as_secs_f64(),
+            f.concurrent,
+            wave_latency
+        );
+        let mut heaviest: Vec<(&&str, &f64)> = f.wave_per_operation.iter().collect();
+        heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
+        let parts: Vec<String> = heaviest
+            .iter()
+            .take(6)
+            .map(|(operation, per)| format!("{operation} {per:.1}"))
+            .collect();
+        let _ = writeln!(out, "    per runner: {}", parts.join(", "));
+    }
+    out
+}

@@ -1,0 +1,146 @@
+//! Ops' commands that change what the controller does: `approve` (a held change set); and the
+//! live read `status` adds to a record (who holds the lease).
+
+use crate::report::LeaseView;
+use runner_updater_core::domain::Millis;
+use runner_updater_ports::{Lock, ParameterStore, PortError, StateStore, StoreError};
+
+/// What `runner-updater status` shows for `runners`: each record's view; `Unreadable` for a
+/// record this controller cannot use (corrupt, truncated, from a newer controller, invalid for
+/// its phase); `NoRecord` for a runner without one; each with the runner's lease when `lock`
+/// is given. One bad runner never hides the others.
+///
+/// # Errors
+/// When the store itself cannot be read.
+pub async fn status_views(
+    config: &runner_updater_config::Config,
+    store: &dyn StateStore,
+    lock: Option<&dyn Lock>,
+    runners: &[String],
+    now: Millis,
+) -> Result<Vec<crate::report::StatusView>, StoreError> {
+    use crate::report::{no_record_view, status_view, unreadable_view};
+    let mut views = Vec::with_capacity(runners.len());
+    for runner in runners {
+        let unreadable = |error: &runner_updater_core::record::RecordError| {
+            unreadable_view(runner, &config.prefix, error.code(), &error.to_string())
+        };
+        let mut view = match store.load(runner).await {
+            Ok(Some(record)) => {
+                let restored = config
+                    .runner(runner)
+                    .map(|r| record.restore(config.settings(r)));
+                match restored {
+                    Some(Err(error)) => unreadable(&error),
+                    _ => status_view(&record),
+                }
+            }
+            Ok(None) => no_record_view(runner),
+            Err(StoreError::Record(error)) => unreadable(&error),
+            Err(error) => return Err(error),
+        };
+        view.lease = match lock {
+            Some(lock) => lease_view(lock, runner, now).await,
+            None => LeaseView::NotRead("file store: status does not contact AWS".to_owned()),
+        };
+        views.push(view);
+    }
+    Ok(views)
+}
+
+/// Who holds the runner's lease now, for `status`.
+pub async fn lease_view(lock: &dyn Lock, runner: &str, now: Millis) -> LeaseView {
+    match lock.holder(runner, now).await {
+        Ok(Some(holder)) => LeaseView::Held(holder),
+        Ok(None) => LeaseView::Free,
+        Err(error) => LeaseView::NotRead(error.to_string()),
+    }
+}
+
+/// Why an approval was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    /// The runner has no record yet.
+    #[error("runner {0} has no record: the controller has not run for it yet")]
+    NoRecord(String),
+    /// Nothing is held.
+    #[error("runner {runner} is in {phase}, not awaiting_approval: there is no held change set to approve")]
+    NotAwaiting {
+        /// Runner.
+        runner: String,
+        /// Its phase.
+        phase: String,
+    },
+    /// The held change set is not the one named.
+    #[error("runner {runner} holds change set {held}, not {named}: review it (runner-updater status) and approve it by name")]
+    OtherChangeSet {
+        /// Runner.
+        runner: String,
+        /// What is held.
+        held: String,
+        /// What was named.
+        named: String,
+    },
+    /// The record could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// SSM refused the write.
+    #[error("writing the approval: {0}")]
+    Ssm(#[from] PortError),
+}
+
+/// What was approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The stack.
+    pub stack: String,
+    /// The change set.
+    pub change_set: String,
+    /// The name of the parameter written.
+    pub parameter: String,
+}
+
+/// Approves the change set the runner holds: writes its name to
+/// `<prefix>/<runner>/desired/approved-change-set`. Only that change set runs: a later attempt's
+/// change sets have other names and need their own approval. With `named`, the held change set
+/// must be that one (what ops reviewed).
+///
+/// # Errors
+/// An [`ApproveError`] when nothing (or another change set) is held or the record or SSM cannot
+/// be used.
+pub async fn approve(
+    store: &dyn StateStore,
+    ssm: &dyn ParameterStore,
+    prefix: &str,
+    runner: &str,
+    named: Option<&str>,
+) -> Result<Approval, ApproveError> {
+    let record = store
+        .load(runner)
+        .await?
+        .ok_or_else(|| ApproveError::NoRecord(runner.to_owned()))?;
+    let held = record
+        .change_set
+        .as_ref()
+        .filter(|_| record.phase == "awaiting_approval");
+    let Some(held) = held else {
+        return Err(ApproveError::NotAwaiting {
+            runner: runner.to_owned(),
+            phase: record.phase.clone(),
+        });
+    };
+    if let Some(named) = named.filter(|n| *n != held.name) {
+        return Err(ApproveError::OtherChangeSet {
+            runner: runner.to_owned(),
+            held: held.name.clone(),
+            named: named.to_owned(),
+        });
+    }
+    let parameter = format!("{prefix}/{runner}/desired/approved-change-set");
+    ssm.put(&parameter, &held.name, true).await?;
+    Ok(Approval {
+        stack: held.stack.clone(),
+        change_set: held.name.clone(),
+        parameter,
+    })
+}

@@ -1,0 +1,314 @@
+//! Ports: the traits the driver performs effects through. Each has an in-process simulated
+//! implementation (`crate::sim`) and, from issue 3 on, an AWS SDK adapter; shared contract tests
+//! hold them to the same behaviour.
+//!
+//! Errors are classified ([`ErrorKind`]) so the driver's error policy can pick: retry with
+//! backoff (transient), stop the attempt with a named reason (permanent), or treat as a lost
+//! lock (fenced).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
+use runner_updater_core::domain::observed::{ServiceState, StackState};
+use runner_updater_core::domain::task_definition::TaskDefinition;
+use runner_updater_core::domain::Millis;
+use runner_updater_core::record::{Record, RecordError};
+
+/// How a port call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Throttling, 5xx, timeouts: retry with backoff.
+    Transient,
+    /// Validation, access denied: do not retry.
+    Permanent,
+    /// The thing does not exist.
+    NotFound,
+    /// A conditional write lost (e.g. `ParameterAlreadyExists`).
+    Conflict,
+}
+
+/// A failed port call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct PortError {
+    /// Classification.
+    pub kind: ErrorKind,
+    /// The API operation (`UpdateService`, …).
+    pub operation: &'static str,
+    /// What the service said (with its request id where there is one).
+    pub message: String,
+}
+
+impl PortError {
+    /// Builds an error.
+    #[must_use]
+    pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+        PortError {
+            kind,
+            operation,
+            message: message.into(),
+        }
+    }
+
+    /// Whether a retry may help.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+/// A parameter value with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameter {
+    /// Value.
+    pub value: String,
+    /// SSM version (increases on every overwrite).
+    pub version: u64,
+}
+
+/// One page of `GetParametersByPath`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParameterPage {
+    /// Full names and values, at most [`PARAMETERS_PAGE_MAX`].
+    pub parameters: Vec<(String, String)>,
+    /// The next page's token; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The most parameters one `GetParametersByPath` call returns (an AWS limit).
+pub const PARAMETERS_PAGE_MAX: usize = 10;
+
+/// SSM Parameter Store.
+#[async_trait]
+pub trait ParameterStore: Send + Sync {
+    /// Every parameter under `path` (recursive), by full name.
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError>;
+    /// One page of the parameters under `path` (recursive), from `token` (the first page
+    /// without): what the fleet read walks, a page per call, so that each page goes through
+    /// the rate limiter and is retried on its own.
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError>;
+    /// One parameter.
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError>;
+    /// Writes a parameter; with `overwrite = false` an existing name fails with
+    /// [`ErrorKind::Conflict`] (atomic create). Returns the new version.
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError>;
+    /// Deletes a parameter (absent is fine).
+    async fn delete(&self, name: &str) -> Result<(), PortError>;
+}
+
+/// The most services one `DescribeServices` call takes (an AWS limit).
+pub const DESCRIBE_SERVICES_MAX: usize = 10;
+
+/// The most task definitions one `ListTaskDefinitions` call returns (an AWS limit).
+pub const TASK_DEFINITIONS_PAGE_MAX: usize = 100;
+
+/// One page of `ListTaskDefinitions`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskDefinitionPage {
+    /// ARNs, at most [`TASK_DEFINITIONS_PAGE_MAX`].
+    pub arns: Vec<String>,
+    /// The next page's token; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Amazon ECS. Every method is implemented by every implementation and every decorator (no
+/// default bodies: a decorator that forgot to forward one would silently change what it
+/// wraps — the simulation once read services with their tasks at rest that way).
+#[async_trait]
+pub trait Ecs: Send + Sync {
+    /// The service with its deployments and tasks.
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError>;
+    /// The service and its deployments without its tasks (`tasks` empty): what a pass outside
+    /// the health gate needs. Against AWS it saves the `ListTasks` and `DescribeTasks` calls.
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError>;
+    /// Several services of one cluster without their tasks, in the order asked. Against AWS
+    /// one `DescribeServices` call per [`DESCRIBE_SERVICES_MAX`] services: what a fleet pass at
+    /// rest reads. A missing service is an inner `NotFound`; a failed call fails the whole
+    /// batch (the outer error).
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError>;
+    /// A task definition with its tags.
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError>;
+    /// One page of `ListTaskDefinitions(familyPrefix = family_prefix, sort = DESC)`: the ARNs
+    /// of the active revisions of every family starting with `family_prefix`, families in
+    /// reverse order and each newest first, at most [`TASK_DEFINITIONS_PAGE_MAX`], from `token`
+    /// (the first page without). [`runner_updater_core::domain::revision_search`] walks it.
+    async fn list_task_definitions(
+        &self,
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError>;
+    /// Registers a new revision of `base_arn` identical in every field except `container`'s
+    /// image; the base's tags are kept and `tags` added over them. Returns the new ARN.
+    async fn register_clone(
+        &self,
+        base_arn: &str,
+        container: &str,
+        image: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError>;
+    /// Points the service at a task definition with the circuit breaker (rollback on); returns
+    /// the id of the new PRIMARY deployment.
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError>;
+}
+
+/// What `GetTemplateSummary` says about a template.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TemplateSummary {
+    /// Capabilities the template needs (`CAPABILITY_IAM`, `CAPABILITY_NAMED_IAM`, …).
+    pub capabilities: Vec<String>,
+    /// Parameters it declares.
+    pub parameters: Vec<String>,
+}
+
+/// A change set to create (`ChangeSetType=UPDATE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSetRequest {
+    /// Stack.
+    pub stack: String,
+    /// Change set name (deterministic per attempt and stack).
+    pub name: String,
+    /// New template; `None` for `UsePreviousTemplate`.
+    pub template_url: Option<String>,
+    /// Parameters given a value.
+    pub parameters: BTreeMap<String, String>,
+    /// Parameters sent with `UsePreviousValue` (every other one the template declares).
+    pub keep_parameters: Vec<String>,
+    /// Capabilities acknowledged.
+    pub capabilities: Vec<String>,
+    /// The stack's full tag set after the change.
+    pub tags: BTreeMap<String, String>,
+    /// Idempotency token of the creation.
+    pub client_token: String,
+    /// Description shown in the console.
+    pub description: String,
+}
+
+/// AWS `CloudFormation`: stacks, change sets and events.
+#[async_trait]
+pub trait CloudFormation: Send + Sync {
+    /// A stack's status, tags, outputs, parameters and last update.
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError>;
+    /// The summary of a new template (`template_url`) or of the stack's current one.
+    async fn template_summary(
+        &self,
+        stack: &str,
+        template_url: Option<&str>,
+    ) -> Result<TemplateSummary, PortError>;
+    /// Creates a change set; an existing name fails with [`ErrorKind::Conflict`]. Returns its id.
+    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError>;
+    /// A change set by name, `None` when it does not exist (any more).
+    async fn describe_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<Option<ChangeSet>, PortError>;
+    /// Executes a change set, rolling back every resource on failure, with `token` as the
+    /// `ClientRequestToken` (a retry with the same token is the same request).
+    async fn execute_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<(), PortError>;
+    /// Deletes a change set (absent is fine).
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError>;
+    /// The stack's recent events, newest first.
+    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError>;
+}
+
+/// The result of trying to take a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// Held by us with this fencing token.
+    Acquired {
+        /// Fencing token.
+        epoch: u64,
+    },
+    /// Held by someone else.
+    Busy {
+        /// Who.
+        holder: String,
+        /// Until when.
+        expires_at: Millis,
+    },
+}
+
+/// The per-runner lease (in-process here; SSM from issue 3 on).
+#[async_trait]
+pub trait Lock: Send + Sync {
+    /// Takes (or renews, if already ours) the runner's lease for `ttl`.
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError>;
+    /// Whether `holder` still holds the lease with `epoch` (the fencing check).
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<bool, PortError>;
+    /// Who holds a live lease on the runner now, if anyone.
+    async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError>;
+    /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
+    async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
+}
+
+/// A failed state-store operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stored record cannot be used.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// IO or service failure.
+    #[error("state store: {0}")]
+    Io(String),
+}
+
+/// Where records are persisted.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The runner's record, if one was saved.
+    async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError>;
+    /// Saves the record (durably, atomically) before the caller acts on it.
+    async fn save(&self, record: &Record) -> Result<(), StoreError>;
+    /// Runners with a record.
+    async fn list(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Time. The only place the controller reads the clock or waits.
+#[async_trait]
+pub trait Clock: Send + Sync {
+    /// Now (wall-clock time: what leases and records are stamped with).
+    fn now(&self) -> Millis;
+    /// Time elapsed on a clock that never goes back and is not stepped (a process's own
+    /// monotonic clock; its origin is arbitrary): what this process's own deadlines, such
+    /// as the local end of its lease, are measured on.
+    fn monotonic(&self) -> Duration;
+    /// Waits (a simulated clock advances instead).
+    async fn sleep(&self, duration: Duration);
+}

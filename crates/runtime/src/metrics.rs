@@ -1,0 +1,377 @@
+//! Prometheus metrics (text exposition on `/metrics`) and the liveness / readiness state behind
+//! `/healthz` and `/readyz`. The driver reports into [`Metrics`]; `server` serves them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use runner_updater_core::domain::Millis;
+use runner_updater_core::machine::phase::Phase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunnerLabels {
+    runner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    runner: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    runner: String,
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    runner: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    runner: String,
+    command: String,
+    outcome: String,
+}
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+}
+
+/// Every metric the controller exposes.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    state: Family<StateLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+    updates: Family<ResultLabels, Counter>,
+    rollbacks: Family<RunnerLabels, Counter>,
+    commands: Family<CommandLabels, Counter>,
+    aws_calls: Family<AwsLabels, Counter>,
+    retries: Family<RunnerLabels, Counter>,
+    reconcile: Family<RunnerLabels, Histogram, fn() -> Histogram>,
+    lease_held: Family<RunnerLabels, Gauge>,
+    last_success: Family<RunnerLabels, Gauge>,
+    aws_reachable: Family<RunnerLabels, Gauge>,
+    passes: AtomicU64,
+    last_pass_ms: AtomicU64,
+    loaded: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric declared.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("runner_updater");
+        let metrics = Metrics {
+            state: Family::default(),
+            transitions: Family::default(),
+            updates: Family::default(),
+            rollbacks: Family::default(),
+            commands: Family::default(),
+            aws_calls: Family::default(),
+            retries: Family::default(),
+            reconcile: Family::new_with_constructor(reconcile_histogram),
+            lease_held: Family::default(),
+            last_success: Family::default(),
+            aws_reachable: Family::default(),
+            passes: AtomicU64::new(0),
+            last_pass_ms: AtomicU64::new(0),
+            loaded: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "state",
+            "1 for the state each runner is in, 0 for the others",
+            metrics.state.clone(),
+        );
+        registry.register(
+            "transitions",
+            "State transitions taken",
+            metrics.transitions.clone(),
+        );
+        registry.register(
+            "updates",
+            "Update attempts ended, by result (done, rolled_back)",
+            metrics.updates.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Rollbacks of the service started by the health gate",
+            metrics.rollbacks.clone(),
+        );
+        registry.register(
+            "commands",
+            "Effects performed against AWS (each one or more AWS calls), by command and outcome",
+            metrics.commands.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls, by operation and outcome (ok, transient-error, permanent-error, not-found, conflict)",
+            metrics.aws_calls.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries of transient AWS errors",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one pass over a runner",
+            metrics.reconcile.clone(),
+        );
+        registry.register(
+            "lease_held",
+            "1 while this controller holds the runner's lease",
+            metrics.lease_held.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the runner's last update reached Done (Unix seconds)",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "aws_reachable",
+            "1 when the last observation of the runner could read AWS",
+            metrics.aws_reachable.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The runner is in `phase` now.
+    pub fn set_state(&self, runner: &str, phase: Phase) {
+        for each in Phase::ALL {
+            self.state
+                .get_or_create(&StateLabels {
+                    runner: runner.to_owned(),
+                    state: each.name().to_owned(),
+                })
+                .set(i64::from(each == phase));
+        }
+    }
+
+    /// A transition was taken.
+    pub fn transition(&self, runner: &str, from: Phase, to: Phase) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                runner: runner.to_owned(),
+                from: from.name().to_owned(),
+                to: to.name().to_owned(),
+            })
+            .inc();
+        let runner_labels = RunnerLabels {
+            runner: runner.to_owned(),
+        };
+        match to {
+            Phase::Done | Phase::RolledBack => {
+                self.updates
+                    .get_or_create(&ResultLabels {
+                        runner: runner.to_owned(),
+                        result: to.name().to_owned(),
+                    })
+                    .inc();
+            }
+            Phase::RollingBack => {
+                self.rollbacks.get_or_create(&runner_labels).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// A command ran.
+    pub fn command(&self, runner: &str, command: &str, outcome: &str) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                runner: runner.to_owned(),
+                command: command.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An AWS API call ended.
+    pub fn aws_call(&self, operation: &str, outcome: &str) {
+        self.aws_calls
+            .get_or_create(&AwsLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A transient error is retried.
+    pub fn retry(&self, runner: &str) {
+        self.retries
+            .get_or_create(&RunnerLabels {
+                runner: runner.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A pass over `runner` ended at `now`, having taken `seconds`, reading AWS or not.
+    pub fn pass(&self, runner: &str, seconds: f64, now: Millis, aws_reachable: bool) {
+        let labels = RunnerLabels {
+            runner: runner.to_owned(),
+        };
+        self.reconcile.get_or_create(&labels).observe(seconds);
+        self.aws_reachable
+            .get_or_create(&labels)
+            .set(i64::from(aws_reachable));
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.last_pass_ms.store(now.0, Ordering::Relaxed);
+    }
+
+    /// The runner's lease and last success, as the record says.
+    pub fn runner_status(&self, runner: &str, lease_held: bool, last_success: Option<Millis>) {
+        let labels = RunnerLabels {
+            runner: runner.to_owned(),
+        };
+        self.lease_held
+            .get_or_create(&labels)
+            .set(i64::from(lease_held));
+        if let Some(at) = last_success {
+            self.last_success
+                .get_or_create(&labels)
+                .set(i64::try_from(at.0 / 1000).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The control loop finished a round over every runner at `now` (also with no runner at
+    /// all: liveness is the loop's, not a runner's).
+    pub fn heartbeat(&self, now: Millis) {
+        self.last_pass_ms.store(now.0, Ordering::Relaxed);
+    }
+
+    /// Every runner's record was loaded from the store at least once.
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// Liveness: a pass ended within `window` of `now`.
+    #[must_use]
+    pub fn alive(&self, now: Millis, window: std::time::Duration) -> bool {
+        let last = self.last_pass_ms.load(Ordering::Relaxed);
+        last != 0 && now.since(Millis(last)) <= window
+    }
+
+    /// Readiness: the store was loaded and the last observation of every runner read AWS.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        if !self.loaded.load(Ordering::Relaxed) {
+            return false;
+        }
+        let text = self.render_openmetrics();
+        !text
+            .lines()
+            .any(|l| l.starts_with("runner_updater_aws_reachable{") && l.ends_with(" 0"))
+    }
+
+    /// The OpenMetrics text format (`application/openmetrics-text; version=1.0.0`).
+    #[must_use]
+    pub fn render_openmetrics(&self) -> String {
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`): OpenMetrics names a
+    /// counter family without its `_total` suffix and ends with `# EOF`; Prometheus' own format
+    /// (and `promtool check metrics`) want the sample's name in `# HELP` / `# TYPE`.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let open = self.render_openmetrics();
+        let counters: Vec<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut text = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(&name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            text.push_str(renamed.as_deref().unwrap_or(line));
+            text.push('\n');
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.set_state("runner-a", Phase::Soaking);
+        metrics.transition("runner-a", Phase::Soaking, Phase::Done);
+        metrics.transition("runner-b", Phase::AwaitingRollout, Phase::RollingBack);
+        metrics.command("runner-a", "update_service", "ok");
+        metrics.retry("runner-a");
+        metrics.aws_call("DescribeServices", "ok");
+        metrics.pass("runner-a", 0.2, Millis(5_000), true);
+        metrics.runner_status("runner-a", true, Some(Millis(4_000)));
+        let text = metrics.render();
+        for line in [
+            "runner_updater_state{runner=\"runner-a\",state=\"soaking\"} 1",
+            "runner_updater_state{runner=\"runner-a\",state=\"idle\"} 0",
+            "runner_updater_transitions_total{runner=\"runner-a\",from=\"soaking\",to=\"done\"} 1",
+            "runner_updater_updates_total{runner=\"runner-a\",result=\"done\"} 1",
+            "runner_updater_rollbacks_total{runner=\"runner-b\"} 1",
+            "runner_updater_commands_total{runner=\"runner-a\",command=\"update_service\",outcome=\"ok\"} 1",
+            "runner_updater_retries_total{runner=\"runner-a\"} 1",
+            "runner_updater_aws_calls_total{operation=\"DescribeServices\",outcome=\"ok\"} 1",
+            "runner_updater_reconcile_duration_seconds_count{runner=\"runner-a\"} 1",
+            "runner_updater_lease_held{runner=\"runner-a\"} 1",
+            "runner_updater_last_success_timestamp_seconds{runner=\"runner-a\"} 4",
+            "runner_updater_aws_reachable{runner=\"runner-a\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.contains("# TYPE runner_updater_transitions_total counter"));
+        assert!(!text.contains("# EOF"));
+        assert!(metrics.render_openmetrics().ends_with("# EOF\n"));
+        assert!(metrics.alive(Millis(10_000), std::time::Duration::from_secs(5)));
+        assert!(!metrics.alive(Millis(11_000), std::time::Duration::from_secs(5)));
+        assert!(!metrics.ready(), "not ready before the store was loaded");
+        metrics.set_loaded();
+        assert!(metrics.ready());
+        metrics.pass("runner-a", 0.2, Millis(12_000), false);
+        assert!(!metrics.ready(), "not ready while AWS cannot be read");
+    }
+}

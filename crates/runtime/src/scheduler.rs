@@ -1,0 +1,474 @@
+//! The scheduler: runs every runner's driver on its own time.
+//!
+//! Runners at rest are passed over by sweeps, one per `poll_interval_secs` (or at once on a
+//! trigger), each starting with a fleet read ([`crate::reader`]); a runner in an attempt is
+//! passed over on its own every `active_poll_interval_secs`, and a runner at rest waiting for
+//! its `desired/*` parameters to settle when they do (`RunnerDriver::wake_at`). At most
+//! `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
+//! never waited for: a slow or failing runner delays no other.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use runner_updater_config::{Config, RunnerConfig};
+use runner_updater_core::domain::Millis;
+use runner_updater_ports::{Clock, ErrorKind, PortError};
+
+use crate::driver::{DriverError, RunnerDriver, TickReport};
+use crate::reader::{FleetReader, FleetSnapshot, RunnerSnapshot};
+
+/// What wakes the scheduler besides its own timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The time asked for has passed.
+    Timeout,
+    /// Sweep now (`POST /trigger`, SIGHUP).
+    Trigger,
+    /// Stop (SIGTERM, SIGINT): no new pass starts; passes under way are given the grace period.
+    Stop,
+}
+
+/// What the scheduler's owner provides: waiting (real or simulated time, signals), and hearing
+/// of every pass that ended.
+pub trait Control {
+    /// Waits up to `timeout` for something to happen.
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>>;
+    /// A runner's pass ended.
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>);
+    /// A sweep's fleet read ended (the loop is alive and reads AWS).
+    fn swept(&mut self, snapshot: &FleetSnapshot) {
+        let _ = snapshot;
+    }
+    /// Every runner's record has been read at least once.
+    fn all_loaded(&mut self) {}
+}
+
+struct Slot {
+    /// `None` while its pass runs.
+    driver: Option<RunnerDriver>,
+    /// When it is due on its own (runners in an attempt).
+    due: Millis,
+    /// Waiting for a fleet read or a free place.
+    queued: bool,
+    loaded: bool,
+    /// A runner at rest waiting for its desired state to settle: its pass is due then, not at
+    /// the next sweep (`RunnerDriver::wake_at`).
+    wake: Option<Millis>,
+}
+
+/// A fleet read under way, with the runners it is for.
+type Reading = (Vec<usize>, Pin<Box<dyn Future<Output = FleetSnapshot>>>);
+
+type Pass = Pin<Box<dyn Future<Output = (usize, RunnerDriver, Result<TickReport, DriverError>)>>>;
+
+/// Passes waiting for a place: runners in an attempt first (their lease is running), then the
+/// sweep's runners at rest.
+#[derive(Default)]
+struct Queue {
+    urgent: VecDeque<usize>,
+    sweep: VecDeque<(usize, Option<RunnerSnapshot>)>,
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<(usize, Option<RunnerSnapshot>)> {
+        self.urgent
+            .pop_front()
+            .map(|index| (index, None))
+            .or_else(|| self.sweep.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.sweep.is_empty()
+    }
+}
+
+/// Runs every runner's driver on its own time (see the module documentation).
+pub struct Scheduler {
+    slots: Vec<Slot>,
+    reader: FleetReader,
+    clock: Arc<dyn Clock>,
+    concurrency: usize,
+    sweep_interval: Duration,
+    grace: Duration,
+    loaded: usize,
+    /// The earliest `due` of the runners in an attempt that are neither queued nor in a pass
+    /// (no earlier than this, no slot needs looking at).
+    earliest_due: Millis,
+}
+
+impl Scheduler {
+    /// A scheduler of `drivers`, reading the fleet with `reader`.
+    #[must_use]
+    pub fn new(
+        config: &Config,
+        drivers: Vec<RunnerDriver>,
+        reader: FleetReader,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let now = clock.now();
+        Scheduler {
+            slots: drivers
+                .into_iter()
+                .map(|driver| Slot {
+                    driver: Some(driver),
+                    due: now,
+                    queued: false,
+                    loaded: false,
+                    wake: None,
+                })
+                .collect(),
+            reader,
+            clock,
+            concurrency: config.max_concurrent_runners.max(1),
+            sweep_interval: Duration::from_secs(config.poll_interval_secs),
+            grace: Duration::from_secs(25),
+            loaded: 0,
+            earliest_due: now,
+        }
+    }
+
+    /// Sets how long passes under way are given to end after a stop (default 25 s: within
+    /// Kubernetes' default grace period of 30 s, with room to flush the spans).
+    #[must_use]
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The drivers not in a pass (all of them between [`Scheduler::step`]s, and after
+    /// [`Scheduler::run`] unless a pass outlived the grace period of a stop).
+    pub fn drivers(&self) -> impl Iterator<Item = &RunnerDriver> {
+        self.slots.iter().filter_map(|s| s.driver.as_ref())
+    }
+
+    /// One round, waiting for all of it: a sweep (a fleet read, then every runner at rest)
+    /// when `sweep`, and every runner in an attempt that is due. For the benchmark and tests;
+    /// `run` is the controller's loop. Returns how many runners are at rest after it, and the
+    /// fleet read (what is left of it).
+    pub async fn step(
+        &mut self,
+        sweep: bool,
+        control: &mut dyn Control,
+    ) -> (usize, Option<FleetSnapshot>) {
+        let mut queue = Queue::default();
+        self.queue_due(self.clock.now(), &mut queue);
+        let mut leftover = None;
+        if sweep {
+            let resting = self.resting_idle();
+            let mut snapshot = self.read(&resting).await;
+            control.swept(&snapshot);
+            self.hand_out(&mut snapshot, resting, &mut queue);
+            leftover = Some(snapshot);
+        }
+        let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
+        loop {
+            self.dispatch(&mut queue, &mut in_flight);
+            let Some((index, driver, result)) = in_flight.next().await else {
+                break;
+            };
+            self.finish(index, driver, &result, control);
+        }
+        let resting = self.drivers().filter(|d| d.at_rest()).count();
+        (resting, leftover)
+    }
+
+    /// The controller's loop: sweeps every `poll_interval_secs` (or on a trigger), runners in
+    /// an attempt on their own time, until `sweeps` sweeps have been made (then the passes they
+    /// started end) or a stop.
+    pub async fn run(&mut self, control: &mut dyn Control, sweeps: Option<u64>) {
+        let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
+        let mut queue = Queue::default();
+        let mut reading: Option<Reading> = None;
+        let mut next_sweep = self.clock.now();
+        let mut made: u64 = 0;
+        let mut stopping = false;
+        loop {
+            let now = self.clock.now();
+            // The wall clock stepped back: what was due stays due.
+            if next_sweep > now.after(self.sweep_interval) {
+                next_sweep = now;
+            }
+            let finishing = stopping || sweeps.is_some_and(|max| made >= max);
+            if !finishing {
+                self.queue_due(now, &mut queue);
+                // A sweep: the runners at rest that are not in a pass, after a fleet read.
+                if reading.is_none() && now >= next_sweep {
+                    next_sweep = now.after(self.sweep_interval);
+                    let resting = self.resting_idle();
+                    if resting.is_empty() {
+                        // Nothing at rest to sweep: no read.
+                        made += 1;
+                        control.swept(&FleetSnapshot::empty(now));
+                    } else {
+                        for &index in &resting {
+                            if let Some(slot) = self.slots.get_mut(index) {
+                                slot.queued = true;
+                            }
+                        }
+                        let configs: Vec<RunnerConfig> = resting
+                            .iter()
+                            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+                            .map(|d| d.runner_config().clone())
+                            .collect();
+                        let reader = self.reader.clone();
+                        reading = Some((
+                            resting,
+                            Box::pin(async move {
+                                let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                                reader.read(&refs).await
+                            }),
+                        ));
+                    }
+                }
+            }
+            if !stopping {
+                self.dispatch(&mut queue, &mut in_flight);
+            }
+            if finishing && reading.is_none() && queue.is_empty() && in_flight.is_empty() {
+                return;
+            }
+            if stopping {
+                self.drain(&mut in_flight, control).await;
+                return;
+            }
+            let wait = if finishing {
+                Duration::from_hours(1)
+            } else {
+                self.next_due(next_sweep, reading.is_some(), &queue)
+                    .since(now)
+            };
+            tokio::select! {
+                Some((index, driver, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish(index, driver, &result, control);
+                }
+                snapshot = async {
+                    match reading.as_mut() {
+                        Some((_, read)) => read.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if reading.is_some() => {
+                    let mut snapshot = snapshot;
+                    control.swept(&snapshot);
+                    made += 1;
+                    if let Some((resting, _)) = reading.take() {
+                        self.hand_out(&mut snapshot, resting, &mut queue);
+                    }
+                }
+                wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() => match wake {
+                    Wake::Timeout => {}
+                    Wake::Trigger => {
+                        next_sweep = self.clock.now();
+                        for slot in &mut self.slots {
+                            slot.due = slot.due.min(next_sweep);
+                        }
+                        self.earliest_due = next_sweep;
+                    }
+                    Wake::Stop => stopping = true,
+                },
+            }
+        }
+    }
+
+    /// The grace period of a stop: passes under way may end; what does not is left as a crash
+    /// would leave it (every step is persisted before it is acted on).
+    async fn drain(&mut self, in_flight: &mut FuturesUnordered<Pass>, control: &mut dyn Control) {
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = in_flight.next() => match next {
+                    Some((index, driver, result)) => self.finish(index, driver, &result, control),
+                    None => return,
+                },
+                () = &mut grace => {
+                    tracing::warn!(passes = in_flight.len(), "stopping with passes under way; they resume from their records");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues the runners in an attempt that are due (on their own time), and the runners at
+    /// rest whose desired state settles now (after them, with their own reads).
+    fn queue_due(&mut self, now: Millis, queue: &mut Queue) {
+        // The wall clock stepped back: nothing waits longer than a sweep interval.
+        let latest = now.after(self.sweep_interval);
+        if self.earliest_due > now && self.earliest_due <= latest {
+            return;
+        }
+        let mut earliest = latest;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(driver) = &slot.driver else {
+                continue;
+            };
+            if slot.queued {
+                continue;
+            }
+            if driver.at_rest() {
+                if let Some(wake) = slot.wake.map(|wake| wake.min(latest)) {
+                    if wake <= now {
+                        slot.wake = None;
+                        slot.queued = true;
+                        queue.sweep.push_back((index, None));
+                    } else {
+                        earliest = earliest.min(wake);
+                    }
+                }
+                continue;
+            }
+            slot.due = slot.due.min(latest);
+            if slot.due <= now {
+                slot.queued = true;
+                queue.urgent.push_back(index);
+            } else {
+                earliest = earliest.min(slot.due);
+            }
+        }
+        self.earliest_due = earliest;
+    }
+
+    /// Hands each runner of a sweep its part of the fleet read. A part that AWS failed to
+    /// read after the retries (throttling, an outage) is not used: that runner waits for the
+    /// next sweep rather than note an unreadable AWS (and write its record) with all the
+    /// others. A part refused for good (access denied, a parameter that cannot be decrypted)
+    /// sends the runner to its own reads, which isolate the cause to the runners it concerns.
+    fn hand_out(&mut self, snapshot: &mut FleetSnapshot, resting: Vec<usize>, queue: &mut Queue) {
+        let mut postponed = 0_usize;
+        for index in resting {
+            let part = self.name_of(index).and_then(|name| snapshot.take(&name));
+            let transient = |e: &PortError| e.is_transient();
+            match part {
+                Some(part)
+                    if part.desired.as_ref().err().is_some_and(transient)
+                        || part.service.as_ref().err().is_some_and(transient) =>
+                {
+                    postponed += 1;
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.queued = false;
+                    }
+                }
+                Some(part)
+                    if part.desired.is_err()
+                        || part
+                            .service
+                            .as_ref()
+                            .err()
+                            .is_some_and(|e| e.kind != ErrorKind::NotFound) =>
+                {
+                    queue.sweep.push_back((index, None));
+                }
+                part => queue.sweep.push_back((index, part)),
+            }
+        }
+        if postponed > 0 {
+            tracing::warn!(
+                runners = postponed,
+                "the fleet read failed for these runners after its retries; they wait for the next sweep"
+            );
+        }
+    }
+
+    /// Starts queued passes while there is room.
+    fn dispatch(&mut self, queue: &mut Queue, in_flight: &mut FuturesUnordered<Pass>) {
+        while in_flight.len() < self.concurrency {
+            let Some((index, view)) = queue.pop() else {
+                break;
+            };
+            if let Some(pass) = self.start(index, view) {
+                in_flight.push(pass);
+            }
+        }
+    }
+
+    /// When the loop next has something to do on its own.
+    fn next_due(&self, next_sweep: Millis, reading: bool, queue: &Queue) -> Millis {
+        let due = if reading {
+            // The read ends on its own; only runners in an attempt can be due before.
+            self.clock.now().after(self.sweep_interval)
+        } else {
+            next_sweep
+        };
+        if !queue.is_empty() {
+            // Waiting for a free place: a pass ending wakes the loop.
+            return due;
+        }
+        due.min(self.earliest_due)
+    }
+
+    /// The runners at rest that are neither in a pass nor queued.
+    fn resting_idle(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| {
+                slot.driver.as_ref().is_some_and(RunnerDriver::at_rest) && !slot.queued
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    async fn read(&self, indices: &[usize]) -> FleetSnapshot {
+        let configs: Vec<&RunnerConfig> = indices
+            .iter()
+            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+            .map(RunnerDriver::runner_config)
+            .collect();
+        self.reader.read(&configs).await
+    }
+
+    fn name_of(&self, index: usize) -> Option<String> {
+        self.slots
+            .get(index)?
+            .driver
+            .as_ref()
+            .map(|d| d.runner().to_owned())
+    }
+
+    /// Takes the driver out of its slot and starts its pass.
+    fn start(&mut self, index: usize, view: Option<RunnerSnapshot>) -> Option<Pass> {
+        let slot = self.slots.get_mut(index)?;
+        slot.queued = false;
+        let mut driver = slot.driver.take()?;
+        Some(Box::pin(async move {
+            let result = driver.tick_with(view).await;
+            (index, driver, result)
+        }))
+    }
+
+    /// Puts the driver back, due again after its own interval.
+    fn finish(
+        &mut self,
+        index: usize,
+        driver: RunnerDriver,
+        result: &Result<TickReport, DriverError>,
+        control: &mut dyn Control,
+    ) {
+        control.ticked(&driver, result);
+        let now = self.clock.now();
+        let total = self.slots.len();
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        slot.due = now.after(driver.requeue_after());
+        if !driver.at_rest() {
+            self.earliest_due = self.earliest_due.min(slot.due);
+        }
+        slot.wake = driver.wake_at();
+        if let Some(wake) = slot.wake {
+            self.earliest_due = self.earliest_due.min(wake);
+        }
+        if !slot.loaded && driver.loaded() {
+            slot.loaded = true;
+            self.loaded += 1;
+            if self.loaded == total {
+                control.all_loaded();
+            }
+        }
+        slot.driver = Some(driver);
+    }
+}

@@ -1,0 +1,51 @@
+//! `runner-updater approve`: approves the change set a runner holds for review.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::Args;
+
+use runner_updater_aws::AwsClients;
+use runner_updater_interface::ops;
+use runner_updater_ports::ParameterStore;
+
+use crate::wiring::{sdk_settings, store_on};
+
+/// `approve`'s options.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The runner.
+    pub runner: String,
+    /// The change set reviewed (as `status` shows it); refused if another one is held.
+    pub change_set: Option<String>,
+}
+
+/// Writes the approval of the change set held, after checking it is the one reviewed.
+///
+/// # Errors
+/// A runner not configured, nothing held, another change set held, or AWS failing.
+pub async fn approve(config: Option<&PathBuf>, args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(config)?;
+    let runner = args.runner;
+    if config.runner(&runner).is_none() {
+        bail!("runner {runner} is not configured");
+    }
+    let clients = AwsClients::from_env(sdk_settings(&config)).await;
+    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
+    let store = store_on(&config, ssm.clone());
+    let approval = ops::approve(
+        store.as_ref(),
+        ssm.as_ref(),
+        &config.prefix,
+        &runner,
+        args.change_set.as_deref(),
+    )
+    .await?;
+    println!(
+        "approved change set {} of stack {} (written to {}); the controller executes it on its next pass",
+        approval.change_set, approval.stack, approval.parameter
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,325 @@
+//! `runner-updater run`: the controller loop, on AWS or on the simulated AWS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use runner_updater_adapters::lease;
+use runner_updater_adapters::sim::SimClock;
+use runner_updater_adapters::store::FileStore;
+use runner_updater_config::Config;
+use runner_updater_interface::scenario::Scenario;
+use runner_updater_ports::Clock;
+use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater_runtime::metrics::Metrics;
+use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
+use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
+
+use crate::server::{self, Endpoints};
+use crate::wiring::{aws_ports, host_name, process_random};
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run against the in-process simulated AWS instead of AWS.
+    #[arg(long)]
+    pub simulated: bool,
+    /// Stop after this many sweeps over the runners at rest, once the passes they started
+    /// have ended (default: run until interrupted).
+    #[arg(long)]
+    pub passes: Option<u64>,
+    /// Simulated mode only: a desired version to write first, as RUNNER=VERSION (repeatable),
+    /// as the runner's release document (complete, so acted on at once).
+    #[arg(long, value_parser = super::parse_pair)]
+    pub desired: Vec<(String, String)>,
+    /// Simulated mode only: seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (`off` to serve none). Port 0 takes
+    /// a free port, logged as `listen=HOST:PORT` (and written to `--listen-port-file`).
+    #[arg(long, env = "RUNNER_UPDATER_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: String,
+    /// Once serving, write the port bound for `--listen` to this file (the port and a
+    /// newline; written to a temporary file and renamed over it): how a supervisor learns
+    /// the port of `--listen HOST:0`.
+    #[arg(long, env = "RUNNER_UPDATER_LISTEN_PORT_FILE")]
+    pub listen_port_file: Option<PathBuf>,
+}
+
+/// Applied to each runner's driver once it is built.
+pub type DriverHook = Box<dyn Fn(RunnerDriver) -> RunnerDriver + Send + Sync>;
+
+/// Hears of each pass's result before the loop does.
+pub type AfterPass = Box<dyn Fn(&RunnerDriver, &Result<TickReport, DriverError>) + Send>;
+
+/// Extensions of the controller loop for a binary built on this one: the dev tools' binary
+/// plans crashes with them (`crates/dev`). The product passes none, and none changes nothing.
+#[derive(Default)]
+pub struct RunHooks {
+    /// Applied to each runner's driver once it is built.
+    pub driver: Option<DriverHook>,
+    /// Hears of each pass's result before the loop does.
+    pub after_pass: Option<AfterPass>,
+}
+
+impl std::fmt::Debug for RunHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHooks")
+            .field("driver", &self.driver.is_some())
+            .field("after_pass", &self.after_pass.is_some())
+            .finish()
+    }
+}
+
+/// The controller loop until interrupted (or `--passes` sweeps).
+///
+/// # Errors
+/// A configuration refused, bad options, an address that cannot be bound.
+pub async fn run(
+    config: Option<&PathBuf>,
+    args: RunArgs,
+    hooks: RunHooks,
+) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(config)?;
+    let listen: Option<Listen> = match args.listen.as_str() {
+        "off" => {
+            if args.listen_port_file.is_some() {
+                bail!("--listen-port-file needs --listen HOST:PORT, not off");
+            }
+            None
+        }
+        address => Some(Listen {
+            address: address.parse().with_context(|| {
+                format!("--listen {address:?}: use HOST:PORT (0.0.0.0:9464) or off")
+            })?,
+            port_file: args.listen_port_file,
+        }),
+    };
+    if args.simulated {
+        return run_simulated(config, args.passes, &args.desired, args.seed, listen, hooks).await;
+    }
+    if !args.desired.is_empty() {
+        bail!(
+            "--desired is for --simulated only: against AWS, ops write desired versions into SSM"
+        );
+    }
+    let ports = aws_ports(&config).await;
+    control_loop(&config, ports, args.passes, None, listen, hooks).await
+}
+
+/// The controller loop on the simulated AWS, paced in real time (the simulated clock follows).
+async fn run_simulated(
+    config: Config,
+    passes: Option<u64>,
+    desired: &[(String, String)],
+    seed: u64,
+    listen: Option<Listen>,
+    hooks: RunHooks,
+) -> anyhow::Result<ExitCode> {
+    let mut scenario = Scenario::with_config(seed, config.clone())?;
+    scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+    for (name, version) in desired {
+        if config.runner(name).is_none() {
+            bail!("--desired {name}={version}: runner {name} is not configured");
+        }
+        // Written whole, as the release document: the controller acts on it at once.
+        scenario.set_release(name, &format!("{{\"version\": {version:?}}}"));
+    }
+    control_loop(
+        &config,
+        scenario.ports(),
+        passes,
+        Some(scenario.aws.clock.clone()),
+        listen,
+        hooks,
+    )
+    .await
+}
+
+/// Where `run` serves its endpoints.
+struct Listen {
+    /// `--listen` (port 0: any free port).
+    address: std::net::SocketAddr,
+    /// `--listen-port-file`.
+    port_file: Option<PathBuf>,
+}
+
+/// Writes `port` and a newline to `path` through a temporary file renamed over it, so a
+/// reader sees no file or the whole port, never a part.
+fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, format!("{port}\n"))
+        .with_context(|| format!("writing the port to {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+}
+
+/// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
+/// done. A simulated clock, when given, is advanced by the time slept.
+async fn control_loop(
+    config: &Config,
+    ports: Ports,
+    passes: Option<u64>,
+    simulated: Option<SimClock>,
+    listen: Option<Listen>,
+    hooks: RunHooks,
+) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(Metrics::new());
+    {
+        let metrics = metrics.clone();
+        runner_updater_aws::observe_calls(Box::new(move |operation, outcome| {
+            metrics.aws_call(operation, outcome);
+        }));
+    }
+    // `POST /trigger` and SIGHUP start the next pass at once.
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = match listen {
+        Some(Listen { address, port_file }) => {
+            if let Some(path) = &port_file {
+                // A port file left by an earlier run must not be read as this run's.
+                match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                            .with_context(|| format!("removing the old {}", path.display()));
+                    }
+                    _ => {}
+                }
+            }
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address}"))?;
+            let bound = listener
+                .local_addr()
+                .with_context(|| format!("the address bound for {address}"))?;
+            let endpoints = Arc::new(Endpoints {
+                metrics: metrics.clone(),
+                clock: ports.clock.clone(),
+                // Alive while passes keep ending: three rest intervals, plus a pass's own time.
+                liveness: Duration::from_secs(3 * config.poll_interval_secs + 60),
+                trigger: trigger.clone(),
+            });
+            let server = tokio::spawn(server::serve(listener, endpoints, async {
+                let _ = server_stopped.await;
+            }));
+            // The socket listens since the bind: connections from here on are served.
+            tracing::info!(listen = %bound, "serving /metrics, /healthz, /readyz");
+            if let Some(path) = port_file {
+                write_port_file(&path, bound.port())?;
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
+    let drivers: Vec<RunnerDriver> = config
+        .runners
+        .iter()
+        .map(|runner| {
+            let driver = RunnerDriver::new(config, runner, &holder, ports.clone())
+                .with_metrics(metrics.clone());
+            match &hooks.driver {
+                Some(hook) => hook(driver),
+                None => driver,
+            }
+        })
+        .collect();
+    tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
+    let reader = FleetReader::new(
+        ports.ssm.clone(),
+        ports.ecs.clone(),
+        ports.clock.clone(),
+        &config.prefix,
+    );
+    let mut scheduler = Scheduler::new(config, drivers, reader, ports.clock.clone());
+    let mut control = LoopControl {
+        metrics: metrics.clone(),
+        clock: ports.clock.clone(),
+        simulated,
+        trigger,
+        after_pass: hooks.after_pass,
+        terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        interrupt: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+    };
+    scheduler.run(&mut control, passes).await;
+    let _ = stop_server.send(());
+    if let Some(server) = server {
+        match server.await {
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics server failed"),
+            Err(error) => tracing::warn!(%error, "the metrics server task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!("controller stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The controller loop's side of the scheduler: real time (the simulated clock follows it),
+/// signals and the trigger, metrics.
+struct LoopControl {
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    simulated: Option<SimClock>,
+    trigger: Arc<tokio::sync::Notify>,
+    after_pass: Option<AfterPass>,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    /// Held for the whole loop, so that a Ctrl-C between two waits is not lost.
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Control for LoopControl {
+    fn wait(
+        &mut self,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {
+                    if let Some(clock) = &self.simulated {
+                        clock.advance(timeout);
+                    }
+                    Wake::Timeout
+                }
+                () = self.trigger.notified() => {
+                    tracing::info!("POST /trigger: a pass now");
+                    Wake::Trigger
+                }
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: a pass now");
+                    Wake::Trigger
+                }
+                _ = self.interrupt.recv() => Wake::Stop,
+                _ = self.terminate.recv() => Wake::Stop,
+            }
+        })
+    }
+
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        if let Some(after_pass) = &self.after_pass {
+            after_pass(driver, result);
+        }
+        self.metrics.heartbeat(self.clock.now());
+        if let Err(error) = result {
+            tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");
+        }
+    }
+
+    fn swept(&mut self, _snapshot: &FleetSnapshot) {
+        self.metrics.heartbeat(self.clock.now());
+    }
+
+    fn all_loaded(&mut self) {
+        self.metrics.set_loaded();
+    }
+}
