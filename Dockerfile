@@ -24,20 +24,36 @@ ENV CFLAGS_x86_64_unknown_linux_musl="-idirafter /opt/musl-kernel-headers" \
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: a build of empty targets with the real manifest and
-# lock file, reused until Cargo.toml or Cargo.lock change.
+# Dependencies first, in their own layer: a build of empty targets with the real manifests and
+# lock file, reused until a Cargo.toml or Cargo.lock change. Only the product's package is
+# built (`--package runner-updater`): never the dev tools' crate, and so never tokio's
+# `test-util` (features are resolved for the packages built).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/core/Cargo.toml crates/core/
+COPY crates/config/Cargo.toml crates/config/
+COPY crates/ports/Cargo.toml crates/ports/
+COPY crates/adapters/Cargo.toml crates/adapters/
+COPY crates/aws/Cargo.toml crates/aws/
+COPY crates/runtime/Cargo.toml crates/runtime/
+COPY crates/interface/Cargo.toml crates/interface/
+COPY crates/dev/Cargo.toml crates/dev/
+RUN for crate in crates/*/; do \
+        mkdir -p "${crate}src/bin" && printf '//! Placeholder.\n' > "${crate}src/lib.rs"; \
+    done \
+    && mkdir src \
     && printf 'fn main() {}\n' > src/main.rs \
-    && printf '//! Placeholder for the dependency layer.\n' > src/lib.rs \
-    && cargo build --release --locked --target x86_64-unknown-linux-musl \
-    && rm -rf src
+    && printf '//! Placeholder.\n' > src/lib.rs \
+    && printf 'fn main() {}\n' > crates/dev/src/main.rs \
+    && printf 'fn main() {}\n' > crates/interface/src/bin/runner-updater-demo.rs \
+    && cargo build --release --locked --package runner-updater --target x86_64-unknown-linux-musl \
+    && rm -rf src crates/*/src
 
-# Then the real source (touched: COPY keeps the files' own times, which may be older than the
-# placeholder build's, and cargo would then keep the placeholder binary).
+# Then the real sources (touched: COPY keeps the files' own times, which may be older than the
+# placeholder build's, and cargo would then keep the placeholder build).
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --target x86_64-unknown-linux-musl \
+COPY crates ./crates
+RUN find src crates -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked --package runner-updater --target x86_64-unknown-linux-musl \
     && cp target/x86_64-unknown-linux-musl/release/runner-updater /runner-updater
 
 FROM scratch AS runtime

@@ -1,0 +1,430 @@
+//! The architecture's rules, checked (ARCHITECTURE.md, "Layers"): which crate may depend on
+//! which, what the pure crates may use at all, that the product never contains the dev tools
+//! (nor tokio's `test-util`), that the demo's binary builds no AWS SDK, and that no crate's
+//! modules import each other in a cycle.
+//!
+//! The crate graph is read from `cargo metadata` and `cargo tree` (the cargo running this
+//! test), the imports from the sources.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PRODUCT: &str = "runner-updater";
+const DEV: &str = "runner-updater-dev";
+
+/// The workspace's crates and the workspace crates each may depend on (normal dependencies).
+/// Dependencies point down: interface → runtime → ports ← adapters; everyone may use the core
+/// (and the configuration, which only reads text); dev may use everything; nothing uses dev.
+const LAYERS: [(&str, &[&str]); 9] = [
+    ("runner-updater-core", &[]),
+    ("runner-updater-config", &["runner-updater-core"]),
+    ("runner-updater-ports", &["runner-updater-core"]),
+    (
+        "runner-updater-adapters",
+        &["runner-updater-core", "runner-updater-ports"],
+    ),
+    (
+        "runner-updater-aws",
+        &["runner-updater-core", "runner-updater-ports"],
+    ),
+    (
+        "runner-updater-runtime",
+        &[
+            "runner-updater-core",
+            "runner-updater-config",
+            "runner-updater-ports",
+        ],
+    ),
+    (
+        "runner-updater-interface",
+        &[
+            "runner-updater-core",
+            "runner-updater-config",
+            "runner-updater-ports",
+            "runner-updater-adapters",
+            "runner-updater-runtime",
+        ],
+    ),
+    (
+        PRODUCT,
+        &[
+            "runner-updater-core",
+            "runner-updater-config",
+            "runner-updater-ports",
+            "runner-updater-adapters",
+            "runner-updater-aws",
+            "runner-updater-runtime",
+            "runner-updater-interface",
+        ],
+    ),
+    (
+        DEV,
+        &[
+            PRODUCT,
+            "runner-updater-core",
+            "runner-updater-config",
+            "runner-updater-ports",
+            "runner-updater-adapters",
+            "runner-updater-runtime",
+            "runner-updater-interface",
+        ],
+    ),
+];
+
+/// Every external crate the pure crates may depend on: no tokio, no AWS SDK, no IO library.
+const PURE: [(&str, &[&str]); 3] = [
+    (
+        "runner-updater-core",
+        &["semver", "serde", "serde_json", "statig", "thiserror"],
+    ),
+    ("runner-updater-config", &["serde", "thiserror", "toml"]),
+    ("runner-updater-ports", &["async-trait", "thiserror"]),
+];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cargo(args: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cargo {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Each workspace crate: its normal dependencies and its dev-dependencies, by name.
+fn manifests() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
+    let metadata: serde_json::Value = serde_json::from_str(&cargo(&[
+        "metadata",
+        "--locked",
+        "--format-version",
+        "1",
+        "--no-deps",
+    ]))
+    .unwrap();
+    let mut crates = BTreeMap::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        let mut normal = BTreeSet::new();
+        let mut dev = BTreeSet::new();
+        for dependency in package["dependencies"].as_array().unwrap() {
+            let name = dependency["name"].as_str().unwrap().to_owned();
+            match dependency["kind"].as_str() {
+                None => normal.insert(name),
+                Some("dev") => dev.insert(name),
+                Some(_) => false,
+            };
+        }
+        crates.insert(package["name"].as_str().unwrap().to_owned(), (normal, dev));
+    }
+    crates
+}
+
+#[test]
+fn every_crate_depends_only_on_the_layers_below_it_and_nothing_on_the_dev_tools() {
+    let crates = manifests();
+    let expected: BTreeSet<&str> = LAYERS.iter().map(|(name, _)| *name).collect();
+    let found: BTreeSet<&str> = crates.keys().map(String::as_str).collect();
+    assert_eq!(
+        found, expected,
+        "the workspace's crates changed: update LAYERS here and the map in ARCHITECTURE.md"
+    );
+    for (name, allowed) in LAYERS {
+        let (normal, dev) = &crates[name];
+        for dependency in normal.iter().filter(|d| expected.contains(d.as_str())) {
+            assert!(
+                allowed.contains(&dependency.as_str()),
+                "{name} depends on {dependency}, which its layer may not use (ARCHITECTURE.md, \"Layers\")"
+            );
+        }
+        if name != DEV {
+            assert!(
+                !normal.contains(DEV) && !dev.contains(DEV),
+                "{name} depends on the dev tools' crate"
+            );
+        }
+        let sdk: Vec<&String> = normal
+            .iter()
+            .filter(|d| d.starts_with("aws-sdk-") || d.as_str() == "aws-config")
+            .collect();
+        if name != "runner-updater-aws" {
+            assert!(
+                sdk.is_empty(),
+                "{name} depends on the AWS SDK ({sdk:?}): only runner-updater-aws may"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_pure_crates_use_no_runtime_no_aws_and_no_io() {
+    let crates = manifests();
+    for (name, allowed) in PURE {
+        let (normal, _) = &crates[name];
+        for dependency in normal.iter().filter(|d| !d.starts_with("runner-updater")) {
+            assert!(
+                allowed.contains(&dependency.as_str()),
+                "{name} depends on {dependency}: the pure crates use no tokio, no AWS SDK, no IO \
+                 library (ARCHITECTURE.md); if it is pure, add it here with a reason"
+            );
+        }
+        // And no IO, clock or process through the standard library either.
+        let directory = root()
+            .join("crates")
+            .join(name.trim_start_matches("runner-updater-"))
+            .join("src");
+        for (path, text) in sources(&directory) {
+            let code = without_comments(without_tests(&text));
+            for forbidden in [
+                "std::fs",
+                "std::net",
+                "std::env",
+                "std::process",
+                "std::thread",
+                "SystemTime",
+                "Instant",
+                "tokio",
+            ] {
+                assert!(
+                    !code.contains(forbidden),
+                    "{} uses {forbidden}: the pure crates take time and data as values",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_product_has_no_dev_tool_and_no_test_util_and_the_demo_builds_no_aws_sdk() {
+    // Features as cargo resolves them for a build of the product alone (the Dockerfile's).
+    let tokio = cargo(&[
+        "tree",
+        "--locked",
+        "--package",
+        PRODUCT,
+        "--edges",
+        "normal",
+        "--invert",
+        "tokio",
+        "--depth",
+        "0",
+        "--format",
+        "{p} {f}",
+    ]);
+    assert!(tokio.starts_with("tokio "), "{tokio}");
+    assert!(
+        !tokio.contains("test-util"),
+        "the product's tokio has test-util: {tokio}"
+    );
+    let packages = |package: &str| -> BTreeSet<String> {
+        cargo(&[
+            "tree",
+            "--locked",
+            "--package",
+            package,
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+    };
+    let product = packages(PRODUCT);
+    assert!(!product.contains(DEV), "the product contains the dev tools");
+    assert!(product.contains("aws-sdk-ecs"), "{product:?}");
+    let demo = packages("runner-updater-interface");
+    for heavy in [
+        "aws-config",
+        "aws-sdk-ecs",
+        "aws-sdk-ssm",
+        "aws-sdk-cloudformation",
+        "opentelemetry-otlp",
+        "tonic",
+        "axum",
+    ] {
+        assert!(
+            !demo.contains(heavy),
+            "the demo's crate builds {heavy}: the newcomer's first command must not"
+        );
+    }
+}
+
+#[test]
+fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
+    let mut directories = vec![root().join("src")];
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        directories.push(entry.unwrap().path().join("src"));
+    }
+    for directory in directories {
+        let graph = module_graph(&directory);
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!(
+                "{}: the modules {} import each other in a cycle",
+                directory.display(),
+                cycle.join(" → ")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle_and_passes_a_chain() {
+    let graph = |edges: &[(&str, &str)]| {
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (from, to) in edges {
+            graph
+                .entry((*from).to_owned())
+                .or_default()
+                .insert((*to).to_owned());
+            graph.entry((*to).to_owned()).or_default();
+        }
+        graph
+    };
+    assert_eq!(
+        find_cycle(&graph(&[
+            ("scheduler", "driver"),
+            ("driver", "reader"),
+            ("reader", "retry")
+        ])),
+        None
+    );
+    let cycle = find_cycle(&graph(&[
+        ("driver", "fleet"),
+        ("fleet", "driver"),
+        ("fleet", "retry"),
+    ]))
+    .unwrap();
+    assert!(
+        cycle.contains(&"driver".to_owned()) && cycle.contains(&"fleet".to_owned()),
+        "{cycle:?}"
+    );
+}
+
+/// The `.rs` files under `directory`, with their text.
+fn sources(directory: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.push((path, text));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A file's text up to its unit tests (`#[cfg(test)] mod tests` ends our files).
+fn without_tests(text: &str) -> &str {
+    text.find("#[cfg(test)]").map_or(text, |at| &text[..at])
+}
+
+/// Code without its comments (line comments and doc comments; good enough to scan imports).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split_once("//").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level module a file of `src/` belongs to (`driver.rs` → `driver`,
+/// `sim/ecs.rs` → `sim`); `None` for the crate's root and its binaries.
+fn top_module(directory: &Path, path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(directory).unwrap();
+    let first = relative
+        .components()
+        .next()?
+        .as_os_str()
+        .to_str()?
+        .to_owned();
+    match first.as_str() {
+        "lib.rs" | "main.rs" | "bin" => None,
+        file => Some(file.trim_end_matches(".rs").to_owned()),
+    }
+}
+
+/// Which top-level modules of a crate import which (`crate::<module>` outside unit tests).
+fn module_graph(directory: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let files = sources(directory);
+    for (path, _) in &files {
+        if let Some(module) = top_module(directory, path) {
+            graph.entry(module).or_default();
+        }
+    }
+    for (path, text) in &files {
+        let Some(module) = top_module(directory, path) else {
+            continue;
+        };
+        let code = without_comments(without_tests(text));
+        for (at, _) in code.match_indices("crate::") {
+            // `runner_updater_core::…` is another crate, not this one's `crate::`.
+            if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let target: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if target != module && graph.contains_key(&target) {
+                graph.get_mut(&module).unwrap().insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle in `graph`, if any (depth-first search).
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in &graph[node] {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(cycle) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(cycle);
+        }
+    }
+    None
+}
