@@ -102,7 +102,7 @@ soak_secs = {{ int64 .soak_secs }}
 rollback_timeout_secs = {{ int64 .rollback_timeout_secs }}
 {{- end -}}
 
-{{/* The controller's configuration file (src/config.rs: unknown keys are refused). */}}
+{{/* The controller's configuration file (crates/config: unknown keys are refused). */}}
 {{- define "runner-updater.configToml" -}}
 {{- $c := .Values.config -}}
 # Rendered by the runner-updater chart from its values (config.*).
