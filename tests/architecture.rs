@@ -64,6 +64,7 @@ const LAYERS: [(&str, &[&str]); 9] = [
         DEV,
         &[
             PRODUCT,
+            "runner-updater-aws",
             "runner-updater-core",
             "runner-updater-config",
             "runner-updater-ports",
@@ -72,6 +73,16 @@ const LAYERS: [(&str, &[&str]); 9] = [
             "runner-updater-interface",
         ],
     ),
+];
+
+/// External crates only the product (and the dev tools) may depend on: the AWS SDK is
+/// `runner-updater-aws`'s, the exporter, the HTTP server and the CLI parser the product's.
+const PRODUCT_ONLY: [(&str, &[&str]); 5] = [
+    ("aws-config", &["runner-updater-aws"]),
+    ("opentelemetry-otlp", &[PRODUCT]),
+    ("tonic", &[PRODUCT]),
+    ("axum", &[PRODUCT]),
+    ("clap", &[PRODUCT, DEV]),
 ];
 
 /// Every external crate the pure crates may depend on: no tokio, no AWS SDK, no IO library.
@@ -119,10 +130,10 @@ fn manifests() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
         let mut dev = BTreeSet::new();
         for dependency in package["dependencies"].as_array().unwrap() {
             let name = dependency["name"].as_str().unwrap().to_owned();
+            // Build-dependencies are built into the crate's build too: held like normal ones.
             match dependency["kind"].as_str() {
-                None => normal.insert(name),
                 Some("dev") => dev.insert(name),
-                Some(_) => false,
+                _ => normal.insert(name),
             };
         }
         crates.insert(package["name"].as_str().unwrap().to_owned(), (normal, dev));
@@ -163,6 +174,12 @@ fn every_crate_depends_only_on_the_layers_below_it_and_nothing_on_the_dev_tools(
                 "{name} depends on the AWS SDK ({sdk:?}): only runner-updater-aws may"
             );
         }
+        for (external, owners) in PRODUCT_ONLY {
+            assert!(
+                !normal.contains(external) || owners.contains(&name),
+                "{name} depends on {external}, which only {owners:?} may (ARCHITECTURE.md, \"Layers\")"
+            );
+        }
     }
 }
 
@@ -184,7 +201,7 @@ fn the_pure_crates_use_no_runtime_no_aws_and_no_io() {
             .join(name.trim_start_matches("runner-updater-"))
             .join("src");
         for (path, text) in sources(&directory) {
-            let code = without_comments(without_tests(&text));
+            let code = expand_groups(&without_comments(without_tests(&text)), "std::");
             for forbidden in [
                 "std::fs",
                 "std::net",
@@ -283,6 +300,77 @@ fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
 }
 
 #[test]
+fn the_import_scan_sees_grouped_imports_and_super_paths() {
+    let directory = tempfile::tempdir().unwrap();
+    let src = directory.path();
+    std::fs::create_dir_all(src.join("sim")).unwrap();
+    std::fs::write(
+        src.join("lib.rs"),
+        "pub mod driver;\npub mod scheduler;\npub mod sim;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("driver.rs"),
+        "use crate::{retry, scheduler::Wake};\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("scheduler.rs"), "use super::driver::Driver;\n").unwrap();
+    std::fs::write(
+        src.join("retry.rs"),
+        "// crate::driver in a comment is no import\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("sim/mod.rs"), "mod ecs;\n").unwrap();
+    std::fs::write(
+        src.join("sim/ecs.rs"),
+        "use super::super::retry;\nuse super::Faults;\n",
+    )
+    .unwrap();
+    let graph = module_graph(src);
+    let edges = |module: &str| graph[module].iter().cloned().collect::<Vec<_>>();
+    assert_eq!(edges("driver"), ["retry", "scheduler"]);
+    assert_eq!(edges("scheduler"), ["driver"]);
+    assert!(edges("retry").is_empty());
+    assert_eq!(edges("sim"), ["retry"]);
+    let cycle = find_cycle(&graph).unwrap();
+    assert!(cycle.contains(&"scheduler".to_owned()), "{cycle:?}");
+    assert_eq!(
+        expand_groups("use std::{fs, time::{Instant}};", "std::"),
+        "use std::fs, std::time::{Instant};"
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_every_crate_of_the_workspace_in_its_dependency_layer() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let directory = entry.unwrap().path();
+        let name = directory.file_name().unwrap().to_str().unwrap().to_owned();
+        let copy = format!("COPY crates/{name}/Cargo.toml crates/{name}/");
+        assert!(
+            dockerfile.contains(&copy),
+            "the Dockerfile's dependency layer lacks `{copy}`"
+        );
+        let manifest = std::fs::read_to_string(directory.join("Cargo.toml")).unwrap();
+        let manifest: toml::Table = toml::from_str(&manifest).unwrap();
+        for bin in manifest
+            .get("bin")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(path) = bin.get("path").and_then(toml::Value::as_str) {
+                let placeholder = format!("crates/{name}/{path}");
+                assert!(
+                    dockerfile.contains(&placeholder),
+                    "the Dockerfile's dependency layer has no placeholder for {placeholder}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn the_cycle_check_finds_a_cycle_and_passes_a_chain() {
     let graph = |edges: &[(&str, &str)]| {
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -339,6 +427,62 @@ fn without_tests(text: &str) -> &str {
     text.find("#[cfg(test)]").map_or(text, |at| &text[..at])
 }
 
+/// `prefix{a, b::c}` written out as `prefix::a, prefix::b::c` (nested groups one level deep
+/// are enough for imports: `crate::{a::{b, c}}` gives `crate::a::…`), so a grouped import
+/// is seen like a plain one.
+fn expand_groups(code: &str, prefix: &str) -> String {
+    let opening = format!("{prefix}{{");
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(&opening) {
+        out.push_str(&rest[..at]);
+        let inner_start = at + opening.len();
+        let mut depth = 1;
+        let mut end = inner_start;
+        for (offset, c) in rest[inner_start..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = inner_start + offset;
+                break;
+            }
+        }
+        if depth != 0 {
+            out.push_str(&rest[at..]);
+            return out;
+        }
+        let mut item = String::new();
+        let mut level = 0;
+        let mut items = Vec::new();
+        for c in rest[inner_start..end].chars() {
+            match c {
+                '{' => level += 1,
+                '}' => level -= 1,
+                ',' if level == 0 => {
+                    items.push(std::mem::take(&mut item));
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(c);
+        }
+        items.push(item);
+        let expanded: Vec<String> = items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty())
+            .map(|item| format!("{prefix}{item}"))
+            .collect();
+        out.push_str(&expanded.join(", "));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Code without its comments (line comments and doc comments; good enough to scan imports).
 fn without_comments(text: &str) -> String {
     text.lines()
@@ -376,7 +520,18 @@ fn module_graph(directory: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let Some(module) = top_module(directory, path) else {
             continue;
         };
-        let code = without_comments(without_tests(text));
+        let mut code = expand_groups(&without_comments(without_tests(text)), "crate::");
+        // `super::x` names the crate's `x` from a file of the crate's root (`driver.rs`,
+        // `sim/mod.rs`), and `super::super::x` from one a folder down (`sim/ecs.rs`).
+        let relative = path.strip_prefix(directory).unwrap();
+        let depth = relative.components().count();
+        let is_mod = relative.ends_with("mod.rs");
+        let root_super = if depth == 1 || (depth == 2 && is_mod) {
+            "super::"
+        } else {
+            "super::super::"
+        };
+        code = code.replace(root_super, "crate::");
         for (at, _) in code.match_indices("crate::") {
             // `runner_updater_core::…` is another crate, not this one's `crate::`.
             if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {

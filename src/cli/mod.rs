@@ -109,7 +109,10 @@ pub async fn main() -> ExitCode {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    exit_code(with_telemetry(cli.global.log_format, quiet, Box::pin(dispatch(cli))).await)
+    exit_code(
+        "runner-updater",
+        with_telemetry(cli.global.log_format, quiet, Box::pin(dispatch(cli))).await,
+    )
 }
 
 /// Runs `command` with telemetry installed, and flushes the spans still buffered before the
@@ -128,11 +131,11 @@ pub async fn with_telemetry(
     result
 }
 
-/// The exit code of a command's result; an error is printed first.
+/// The exit code of a command's result; an error is printed first, after the program's name.
 #[must_use]
-pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+pub fn exit_code(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|error| {
-        eprintln!("runner-updater: {error:#}");
+        eprintln!("{program}: {error:#}");
         ExitCode::FAILURE
     })
 }
@@ -140,7 +143,7 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.global.config.as_ref();
     match cli.command {
-        Command::Run(args) => run::run(config, args, run::RunHooks::default()).await,
+        Command::Run(args) => run::run(config, args).await,
         Command::Status(args) => status::status(config, args).await,
         Command::Plan(args) => plan::plan(config, args).await,
         Command::Approve(args) => approve::approve(config, args).await,

@@ -50,40 +50,35 @@ pub struct RunArgs {
     pub listen_port_file: Option<PathBuf>,
 }
 
-/// Applied to each runner's driver once it is built.
-pub type DriverHook = Box<dyn Fn(RunnerDriver) -> RunnerDriver + Send + Sync>;
-
-/// Hears of each pass's result before the loop does.
-pub type AfterPass = Box<dyn Fn(&RunnerDriver, &Result<TickReport, DriverError>) + Send>;
-
-/// Extensions of the controller loop for a binary built on this one: the dev tools' binary
-/// plans crashes with them (`crates/dev`). The product passes none, and none changes nothing.
-#[derive(Default)]
-pub struct RunHooks {
-    /// Applied to each runner's driver once it is built.
-    pub driver: Option<DriverHook>,
-    /// Hears of each pass's result before the loop does.
-    pub after_pass: Option<AfterPass>,
-}
-
-impl std::fmt::Debug for RunHooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunHooks")
-            .field("driver", &self.driver.is_some())
-            .field("after_pass", &self.after_pass.is_some())
-            .finish()
-    }
-}
-
 /// The controller loop until interrupted (or `--passes` sweeps).
 ///
 /// # Errors
 /// A configuration refused, bad options, an address that cannot be bound.
-pub async fn run(
-    config: Option<&PathBuf>,
-    args: RunArgs,
-    hooks: RunHooks,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<ExitCode> {
+    control_loop(prepare(config, args).await?).await
+}
+
+/// What the controller loop runs on: the configuration, the ports (AWS, or the simulated AWS),
+/// how many sweeps, the simulated clock to advance (if simulated), where to serve.
+pub struct RunSetup {
+    /// The configuration loaded.
+    pub config: Config,
+    /// The ports the drivers and the fleet reader use.
+    pub ports: Ports,
+    /// `--passes`.
+    pub passes: Option<u64>,
+    /// The simulated clock, advanced by the time slept (`--simulated`).
+    pub simulated: Option<SimClock>,
+    /// `--listen` and `--listen-port-file`.
+    pub listen: Option<Listen>,
+}
+
+/// Loads the configuration, checks the options and builds the ports `run` runs on.
+///
+/// # Errors
+/// A configuration refused, bad options (`--listen`, `--desired` against AWS, a runner not
+/// configured).
+pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<RunSetup> {
     let config = super::load_config(config)?;
     let listen: Option<Listen> = match args.listen.as_str() {
         "off" => {
@@ -100,7 +95,14 @@ pub async fn run(
         }),
     };
     if args.simulated {
-        return run_simulated(config, args.passes, &args.desired, args.seed, listen, hooks).await;
+        let (ports, clock) = simulated_ports(&config, &args.desired, args.seed)?;
+        return Ok(RunSetup {
+            config,
+            ports,
+            passes: args.passes,
+            simulated: Some(clock),
+            listen,
+        });
     }
     if !args.desired.is_empty() {
         bail!(
@@ -108,18 +110,22 @@ pub async fn run(
         );
     }
     let ports = aws_ports(&config).await;
-    control_loop(&config, ports, args.passes, None, listen, hooks).await
+    Ok(RunSetup {
+        config,
+        ports,
+        passes: args.passes,
+        simulated: None,
+        listen,
+    })
 }
 
-/// The controller loop on the simulated AWS, paced in real time (the simulated clock follows).
-async fn run_simulated(
-    config: Config,
-    passes: Option<u64>,
+/// The simulated AWS for `run --simulated` (paced in real time: the loop advances its clock by
+/// the time slept), with the `--desired` release documents written, and its clock.
+fn simulated_ports(
+    config: &Config,
     desired: &[(String, String)],
     seed: u64,
-    listen: Option<Listen>,
-    hooks: RunHooks,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(Ports, SimClock)> {
     let mut scenario = Scenario::with_config(seed, config.clone())?;
     scenario.store = Arc::new(FileStore::new(&config.state_store.path));
     for (name, version) in desired {
@@ -129,23 +135,16 @@ async fn run_simulated(
         // Written whole, as the release document: the controller acts on it at once.
         scenario.set_release(name, &format!("{{\"version\": {version:?}}}"));
     }
-    control_loop(
-        &config,
-        scenario.ports(),
-        passes,
-        Some(scenario.aws.clock.clone()),
-        listen,
-        hooks,
-    )
-    .await
+    Ok((scenario.ports(), scenario.aws.clock.clone()))
 }
 
 /// Where `run` serves its endpoints.
-struct Listen {
+#[derive(Debug)]
+pub struct Listen {
     /// `--listen` (port 0: any free port).
-    address: std::net::SocketAddr,
+    pub address: std::net::SocketAddr,
     /// `--listen-port-file`.
-    port_file: Option<PathBuf>,
+    pub port_file: Option<PathBuf>,
 }
 
 /// Writes `port` and a newline to `path` through a temporary file renamed over it, so a
@@ -162,14 +161,15 @@ fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
 
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
 /// done. A simulated clock, when given, is advanced by the time slept.
-async fn control_loop(
-    config: &Config,
-    ports: Ports,
-    passes: Option<u64>,
-    simulated: Option<SimClock>,
-    listen: Option<Listen>,
-    hooks: RunHooks,
-) -> anyhow::Result<ExitCode> {
+pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
+    let RunSetup {
+        config,
+        ports,
+        passes,
+        simulated,
+        listen,
+    } = setup;
+    let config = &config;
     let metrics = Arc::new(Metrics::new());
     {
         let metrics = metrics.clone();
@@ -225,12 +225,7 @@ async fn control_loop(
         .runners
         .iter()
         .map(|runner| {
-            let driver = RunnerDriver::new(config, runner, &holder, ports.clone())
-                .with_metrics(metrics.clone());
-            match &hooks.driver {
-                Some(hook) => hook(driver),
-                None => driver,
-            }
+            RunnerDriver::new(config, runner, &holder, ports.clone()).with_metrics(metrics.clone())
         })
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
@@ -246,7 +241,6 @@ async fn control_loop(
         clock: ports.clock.clone(),
         simulated,
         trigger,
-        after_pass: hooks.after_pass,
         terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
         hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
         interrupt: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
@@ -271,7 +265,6 @@ struct LoopControl {
     clock: Arc<dyn Clock>,
     simulated: Option<SimClock>,
     trigger: Arc<tokio::sync::Notify>,
-    after_pass: Option<AfterPass>,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
     /// Held for the whole loop, so that a Ctrl-C between two waits is not lost.
@@ -306,9 +299,6 @@ impl Control for LoopControl {
     }
 
     fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
-        if let Some(after_pass) = &self.after_pass {
-            after_pass(driver, result);
-        }
         self.metrics.heartbeat(self.clock.now());
         if let Err(error) = result {
             tracing::warn!(runner = driver.runner(), %error, "pass failed; the next pass starts again from the store");

@@ -111,7 +111,6 @@ pub fn python() -> String {
         .expect("RUNNER_UPDATER_PYTHON is not set: run the suite with tests/run (it installs moto into .venv)")
 }
 
-/// The virtualenv's bin directory (the AWS CLI is there).
 /// The repository's root: the workspace's top, where `tests/` is (these helpers are shared
 /// by the product's tests and the dev tools' crate's).
 pub fn repository_root() -> std::path::PathBuf {
@@ -122,6 +121,7 @@ pub fn repository_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// The virtualenv's bin directory (the AWS CLI is there).
 pub fn venv_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(python())
         .parent()

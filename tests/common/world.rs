@@ -29,8 +29,9 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub updates_log: PathBuf,
-    /// The controller binary the world starts: the product's (`runner-updater`) unless a test
-    /// sets another (the dev tools' `runner-updater-dev`, for its crash hook).
+    /// The controller binary the world starts: the product's (`runner-updater`) in the
+    /// product's tests; the dev tools' tests set theirs (`runner-updater-dev`, for its crash
+    /// hook), and a world with none refuses to start a controller.
     pub binary: PathBuf,
 }
 
@@ -179,6 +180,10 @@ impl World {
 
     pub fn controller_with(&self, name: &str, crash: Option<&str>, env: &[(&str, &str)]) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        assert!(
+            !self.binary.as_os_str().is_empty(),
+            "no controller binary: outside the product's tests, set World::binary"
+        );
         let mut command = Command::new(&self.binary);
         command
             .arg("--config")

@@ -1,18 +1,19 @@
 //! `runner-updater-dev`: the dev tools, never shipped. The deterministic simulation
 //! (`simulate`), the fleet benchmark (`bench`), and the controller loop with the crash hook
-//! (`run`: the product's `run`, plus `RUNNER_UPDATER_TEST_CRASH`), which the crash tests use.
+//! (`run`: the product's `run` on its own ports, with `RUNNER_UPDATER_TEST_CRASH` planted in them
+//! by [`runner_updater_dev::crash`]), which the crash tests use.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use runner_updater::cli::run::{RunArgs, RunHooks};
+use runner_updater::cli::run::{control_loop, prepare, RunArgs};
 use runner_updater::cli::{exit_code, with_telemetry, GlobalArgs};
 use runner_updater_adapters::clock::SystemClock;
+use runner_updater_dev::crash::{self, CrashPoint, CRASH_VARIABLE};
 use runner_updater_ports::Clock as _;
-use runner_updater_runtime::driver::{CrashPlan, DriverError};
 
 /// The dev tools of runner-updater (not shipped).
 #[derive(Debug, Parser)]
@@ -59,7 +60,8 @@ enum DevCommand {
         latency_ms: u64,
     },
     /// The product's controller loop, with the crash hook: `RUNNER_UPDATER_TEST_CRASH=after_save:N`
-    /// or `after_command:NAME` aborts the process right there (per runner driver).
+    /// (a runner's N-th save) or `after_command:NAME` (`acquire_lock`, `register_task_definition`,
+    /// `update_service`, `release_lock`) aborts the process right there.
     Run(RunArgs),
 }
 
@@ -72,7 +74,10 @@ async fn main() -> ExitCode {
         DevCommand::Simulate { .. } => "error",
         DevCommand::Bench { .. } => "warn",
     };
-    exit_code(with_telemetry(cli.global.log_format, quiet, Box::pin(dispatch(cli))).await)
+    exit_code(
+        "runner-updater-dev",
+        with_telemetry(cli.global.log_format, quiet, Box::pin(dispatch(cli))).await,
+    )
 }
 
 async fn dispatch(cli: DevCli) -> anyhow::Result<ExitCode> {
@@ -97,56 +102,24 @@ async fn dispatch(cli: DevCli) -> anyhow::Result<ExitCode> {
             latency_ms,
         } => bench(&runners, latency_ms).await,
         DevCommand::Run(args) => {
-            let plan = test_crash_plan()?;
-            let hooks = RunHooks {
-                driver: Some(Box::new(move |driver| driver.with_crash(plan))),
-                after_pass: Some(Box::new(|_, result| {
-                    if let Err(error @ DriverError::Crashed(_)) = result {
-                        // Die at once, without cleanup, like `kill -9`.
-                        eprintln!(
-                            "runner-updater-dev: {error}; aborting (RUNNER_UPDATER_TEST_CRASH)"
-                        );
-                        std::process::abort();
-                    }
-                })),
-            };
-            runner_updater::cli::run::run(cli.global.config.as_ref(), args, hooks).await
+            let point = crash_point()?;
+            let mut setup = prepare(cli.global.config.as_ref(), args).await?;
+            if let Some(point) = point {
+                tracing::warn!(%point, "a crash is planned ({CRASH_VARIABLE})");
+                setup.ports = crash::plant(setup.ports, point);
+            }
+            control_loop(setup).await
         }
     }
 }
 
-/// The crash hook: `RUNNER_UPDATER_TEST_CRASH=after_save:N` or
-/// `after_command:NAME` makes the process abort right there (per runner driver).
-fn test_crash_plan() -> anyhow::Result<CrashPlan> {
-    let Ok(text) = std::env::var("RUNNER_UPDATER_TEST_CRASH") else {
-        return Ok(CrashPlan::default());
-    };
-    let mut plan = CrashPlan::default();
-    match text.split_once(':') {
-        Some(("after_save", n)) => {
-            plan.after_save = Some(
-                n.parse()
-                    .context("RUNNER_UPDATER_TEST_CRASH after_save:N")?,
-            );
-        }
-        Some(("after_command", name)) => {
-            let known = [
-                "observe",
-                "acquire_lock",
-                "release_lock",
-                "register_task_definition",
-                "update_service",
-                "roll_back_service",
-            ];
-            let Some(name) = known.into_iter().find(|k| *k == name) else {
-                bail!("RUNNER_UPDATER_TEST_CRASH: unknown command {name:?}")
-            };
-            plan.after_command_named = Some(name);
-        }
-        _ => bail!("RUNNER_UPDATER_TEST_CRASH={text:?}: use after_save:N or after_command:NAME"),
+/// The crash point `RUNNER_UPDATER_TEST_CRASH` plans, if it is set.
+fn crash_point() -> anyhow::Result<Option<CrashPoint>> {
+    match std::env::var(CRASH_VARIABLE) {
+        Ok(text) => Ok(Some(text.parse()?)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(error) => Err(error).context(CRASH_VARIABLE),
     }
-    tracing::warn!(?plan, "a crash is planned (RUNNER_UPDATER_TEST_CRASH)");
-    Ok(plan)
 }
 
 /// The fleet benchmark, then the idle memory of `run` with one runner (a child process).
@@ -175,23 +148,27 @@ async fn bench(sizes: &[usize], latency_ms: u64) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     match idle_memory_kib().await {
         Some((kib, anonymous)) => println!(
-            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB resident   (target: < 20 MiB); its own (anonymous: heap, stacks): {}; the rest is the binary's pages (this binary: {:.0} MiB)",
+            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB resident   (target: < 20 MiB); its own (anonymous: heap, stacks): {}; the rest is the binary's pages (runner-updater: {:.0} MiB)",
             mib(kib),
             anonymous.map_or_else(|| "?".to_owned(), |a| format!("{:.1} MiB", mib(a))),
             mib(binary)
         ),
-        None => println!("idle memory of `run`: not measured (no /proc here, or no `runner-updater` beside this binary: build it first)"),
+        None => println!("idle memory of `run`: not measured (no /proc here, or no `runner-updater` beside this binary as new as it: build the product first, `cargo build [--release] -p runner-updater`)"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The product's binary, `runner-updater`, beside this one (cargo builds both into the same
-/// directory): the idle memory measured is the product's, not the dev tools'.
+/// directory), if it is at least as new as this one: the idle memory measured is the
+/// product's, not the dev tools', and never a stale build's.
 fn product_binary() -> Option<std::path::PathBuf> {
-    let path = std::env::current_exe()
-        .ok()?
-        .with_file_name("runner-updater");
-    path.is_file().then_some(path)
+    let own = std::env::current_exe().ok()?;
+    let path = own.with_file_name("runner-updater");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified());
+    match (modified(&path), modified(&own)) {
+        (Ok(product), Ok(own)) if product >= own => Some(path),
+        _ => None,
+    }
 }
 
 /// Peak resident memory of `run --simulated` with one runner, and the largest anonymous part

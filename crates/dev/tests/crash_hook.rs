@@ -87,7 +87,7 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
 }
 
 /// `runner-updater-dev run --simulated` with a planned crash aborts right after the save it
-/// names, having written that record: the hook works on its own, without moto.
+/// names, that record written: the hook works on its own, without moto.
 #[test]
 fn the_dev_binary_aborts_at_the_planned_crash_after_persisting() {
     let directory = tempfile::tempdir().unwrap();
@@ -108,9 +108,13 @@ fn the_dev_binary_aborts_at_the_planned_crash_after_persisting() {
         stderr.contains("aborting (RUNNER_UPDATER_TEST_CRASH)"),
         "not the hook's abort:\n{stderr}"
     );
+    assert!(
+        stderr.contains("runner-b saved in registering_task_definition"),
+        "the second save of runner-b is Locked → RegisteringTaskDefinition:\n{stderr}"
+    );
     let record = std::fs::read_to_string(directory.path().join("runner-b.json")).unwrap();
     assert!(
-        record.contains("\"phase\""),
-        "the record saved before the crash: {record}"
+        record.contains("\"phase\":\"registering_task_definition\""),
+        "the record saved right before the crash: {record}"
     );
 }

@@ -3,7 +3,7 @@
 //! and between passes, ops changing desired values mid-update (bad ones too), clock jumps and
 //! skew — with every invariant checked after every step, then a drain that must converge.
 //!
-//! Replay one seed: `RUNNER_UPDATER_SEED=N cargo test --test simulation` (or
+//! Replay one seed: `RUNNER_UPDATER_SEED=N cargo test -p runner-updater-dev --test simulation` (or
 //! `runner-updater-dev simulate --seed N --verbose`, which prints every action). Run another range:
 //! `RUNNER_UPDATER_SEED_FROM=…` and `RUNNER_UPDATER_SEEDS=…`.
 

@@ -1,5 +1,5 @@
 //! Ports: the traits the driver performs effects through. Each has an in-process simulated
-//! implementation (`crate::sim`) and, from issue 3 on, an AWS SDK adapter; shared contract tests
+//! implementation (`runner_updater_adapters::sim`) and an AWS SDK adapter (`runner_updater_aws`); shared contract tests
 //! hold them to the same behaviour.
 //!
 //! Errors are classified ([`ErrorKind`]) so the driver's error policy can pick: retry with
