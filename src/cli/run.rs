@@ -161,6 +161,10 @@ fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
 
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
 /// done. A simulated clock, when given, is advanced by the time slept.
+///
+/// # Errors
+/// An address that cannot be bound, a port file that cannot be written, signals that cannot
+/// be listened to.
 pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
     let RunSetup {
         config,
