@@ -148,27 +148,25 @@ async fn bench(sizes: &[usize], latency_ms: u64) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     match idle_memory_kib().await {
         Some((kib, anonymous)) => println!(
-            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB resident   (target: < 20 MiB); its own (anonymous: heap, stacks): {}; the rest is the binary's pages (runner-updater: {:.0} MiB)",
+            "idle memory of `runner-updater run --simulated` with one runner: {:.1} MiB resident   (target: < 20 MiB); its own (anonymous: heap, stacks): {}; the rest is the binary's pages ({}: {:.0} MiB)",
             mib(kib),
             anonymous.map_or_else(|| "?".to_owned(), |a| format!("{:.1} MiB", mib(a))),
+            product_binary().map_or_else(String::new, |p| p.display().to_string()),
             mib(binary)
         ),
-        None => println!("idle memory of `run`: not measured (no /proc here, or no `runner-updater` beside this binary as new as it: build the product first, `cargo build [--release] -p runner-updater`)"),
+        None => println!("idle memory of `run`: not measured (no /proc here, or no `runner-updater` beside this binary: build the product first, `cargo build [--release] -p runner-updater`)"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The product's binary, `runner-updater`, beside this one (cargo builds both into the same
-/// directory), if it is at least as new as this one: the idle memory measured is the
-/// product's, not the dev tools', and never a stale build's.
+/// directory): the idle memory measured is the product's, not the dev tools'. Build it first
+/// (`cargo build -p runner-updater`): the path measured is printed with the figure.
 fn product_binary() -> Option<std::path::PathBuf> {
-    let own = std::env::current_exe().ok()?;
-    let path = own.with_file_name("runner-updater");
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified());
-    match (modified(&path), modified(&own)) {
-        (Ok(product), Ok(own)) if product >= own => Some(path),
-        _ => None,
-    }
+    let path = std::env::current_exe()
+        .ok()?
+        .with_file_name("runner-updater");
+    path.is_file().then_some(path)
 }
 
 /// Peak resident memory of `run --simulated` with one runner, and the largest anonymous part
