@@ -10,7 +10,7 @@ use runner_updater_adapters::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Lim
 use runner_updater_adapters::store::{FileStore, SsmStore};
 use runner_updater_aws::{AwsClients, SdkSettings};
 use runner_updater_config::Config;
-use runner_updater_ports::{Clock, ParameterStore, StateStore};
+use runner_updater_ports::{ApiFamily, Clock, ParameterStore, StateStore};
 use runner_updater_runtime::driver::Ports;
 
 /// This host's name: `HOSTNAME` (the pod's name on Kubernetes), else the kernel's.
@@ -53,18 +53,26 @@ pub async fn aws_ports(config: &Config) -> Ports {
     let limits = config.rate_limits;
     let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm {
         inner: Arc::new(clients.ssm),
-        limiter: Arc::new(Limiter::new("SSM", limits.ssm_per_sec, clock.clone())),
+        limiter: Arc::new(Limiter::new(
+            ApiFamily::Ssm,
+            limits.ssm_per_sec,
+            clock.clone(),
+        )),
     });
     Ports {
         ssm: ssm.clone(),
         ecs: Arc::new(LimitedEcs {
             inner: Arc::new(clients.ecs),
-            limiter: Arc::new(Limiter::new("ECS", limits.ecs_per_sec, clock.clone())),
+            limiter: Arc::new(Limiter::new(
+                ApiFamily::Ecs,
+                limits.ecs_per_sec,
+                clock.clone(),
+            )),
         }),
         cfn: Arc::new(LimitedCfn {
             inner: Arc::new(clients.cfn),
             limiter: Arc::new(Limiter::new(
-                "CloudFormation",
+                ApiFamily::CloudFormation,
                 limits.cloudformation_per_sec,
                 clock.clone(),
             )),

@@ -14,6 +14,7 @@ use runner_updater_config::{Config, RunnerConfig};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::{fleet_config, Scenario};
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{Clock, Ecs, ErrorKind, ParameterStore, StateStore, StoreError};
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -56,8 +57,8 @@ async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() 
         .unwrap()
         .len();
     let (pages_before, batches_before) = (
-        s.aws.ssm.faults.calls("GetParametersByPath"),
-        s.aws.ecs.faults.calls("DescribeServices"),
+        s.aws.ssm.faults.calls(AwsOp::GetParametersByPath),
+        s.aws.ecs.faults.calls(AwsOp::DescribeServices),
     );
 
     let mut snapshot = reader(&s).read(&all(&s)).await;
@@ -65,12 +66,12 @@ async fn a_fleet_read_batches_its_calls_and_holds_what_each_runner_would_read() 
     // SSM: one page per ten parameters; ECS: 13 and 12 services in two clusters, ten a call.
     assert_eq!(snapshot.calls.0, parameters.div_ceil(10));
     assert_eq!(
-        s.aws.ssm.faults.calls("GetParametersByPath") - pages_before,
+        s.aws.ssm.faults.calls(AwsOp::GetParametersByPath) - pages_before,
         u64::try_from(parameters.div_ceil(10)).unwrap()
     );
     assert_eq!(snapshot.calls.1, 4);
     assert_eq!(
-        s.aws.ecs.faults.calls("DescribeServices") - batches_before,
+        s.aws.ecs.faults.calls(AwsOp::DescribeServices) - batches_before,
         4
     );
     for runner in &s.config.runners {
@@ -111,7 +112,7 @@ async fn a_failed_fleet_read_is_an_unreadable_aws_for_each_runner_and_nothing_is
     s.aws
         .ssm
         .faults
-        .push("GetParametersByPath", ErrorKind::Permanent);
+        .push(AwsOp::GetParametersByPath, ErrorKind::Permanent);
     let mut snapshot = reader(&s).read(&all(&s)).await;
     let mut driver = s.driver("runner-01").unwrap();
     let part = snapshot.take("runner-01").unwrap();
@@ -143,20 +144,20 @@ async fn a_fleet_read_older_than_the_runners_last_pass_is_not_used() {
     // Ops ask for 2.14.0; the old read does not show it, the driver's own read does.
     s.set_desired("runner-01", "version", "2.14.0");
     s.aws.clock.advance(Duration::from_mins(1));
-    let services_before = s.aws.ecs.faults.calls("DescribeServices");
+    let services_before = s.aws.ecs.faults.calls(AwsOp::DescribeServices);
     let report = driver.tick_with(old.take("runner-01")).await.unwrap();
     assert!(
         report.commands.contains(&"update_service"),
         "the stale read was used: {:?}",
         report.commands
     );
-    assert!(s.aws.ecs.faults.calls("DescribeServices") > services_before);
+    assert!(s.aws.ecs.faults.calls(AwsOp::DescribeServices) > services_before);
 }
 
 #[tokio::test]
 async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     let s = fleet(2);
-    let stacks = || s.aws.cfn.faults.calls("DescribeStacks");
+    let stacks = || s.aws.cfn.faults.calls(AwsOp::DescribeStacks);
     let mut driver = s.driver("runner-00").unwrap();
     let minute = Duration::from_mins(1);
 
@@ -370,7 +371,7 @@ async fn sweeps_are_counted_and_a_trigger_sweeps_at_once() {
     );
     // At rest, a sweep costs its fleet read and nothing per runner.
     assert_eq!(
-        s.aws.ecs.faults.calls("DescribeTaskDefinition"),
+        s.aws.ecs.faults.calls(AwsOp::DescribeTaskDefinition),
         4,
         "cached after the first"
     );
@@ -385,12 +386,12 @@ async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_f
         s.aws
             .ssm
             .faults
-            .push("GetParametersByPath", ErrorKind::Transient);
+            .push(AwsOp::GetParametersByPath, ErrorKind::Transient);
     }
     let mut control = Recorder::new(&s, Duration::ZERO, None);
     scheduler.step(true, &mut control).await;
     assert!(control.passes.is_empty(), "{:?}", control.passes);
-    assert_eq!(s.aws.ssm.faults.pending("GetParametersByPath"), 0);
+    assert_eq!(s.aws.ssm.faults.pending(AwsOp::GetParametersByPath), 0);
     assert!(
         s.store.load("runner-00").await.unwrap().is_none(),
         "no record written"
@@ -399,7 +400,7 @@ async fn a_fleet_read_that_fails_after_its_retries_postpones_and_a_refused_one_f
     s.aws
         .ssm
         .faults
-        .push("GetParametersByPath", ErrorKind::Permanent);
+        .push(AwsOp::GetParametersByPath, ErrorKind::Permanent);
     let mut control = Recorder::new(&s, Duration::ZERO, None);
     scheduler.step(true, &mut control).await;
     assert_eq!(control.passes.len(), 3, "{:?}", control.passes);

@@ -11,6 +11,7 @@ use runner_updater_core::domain::observed::{
 use runner_updater_core::domain::task_definition::READ_ONLY_FIELDS;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::Scenario;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{Ecs, ErrorKind};
 
 const TICKS: usize = 400;
@@ -519,14 +520,14 @@ async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
         s.aws
             .ecs
             .faults
-            .push("RegisterTaskDefinition", ErrorKind::Transient);
+            .push(AwsOp::RegisterTaskDefinition, ErrorKind::Transient);
     }
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
     assert_eq!(s.aws.ecs.registrations().len(), 1);
     assert_eq!(
-        s.aws.ecs.faults.pending("RegisterTaskDefinition"),
+        s.aws.ecs.faults.pending(AwsOp::RegisterTaskDefinition),
         0,
         "the faults were hit"
     );
@@ -536,16 +537,19 @@ async fn transient_errors_are_retried_and_permanent_ones_stop_the_attempt() {
         s.aws
             .ecs
             .faults
-            .push("RegisterTaskDefinition", ErrorKind::Transient);
+            .push(AwsOp::RegisterTaskDefinition, ErrorKind::Transient);
     }
     s.set_desired("runner-a", "version", "2.14.1");
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
-    assert_eq!(s.aws.ecs.faults.pending("RegisterTaskDefinition"), 0);
+    assert_eq!(s.aws.ecs.faults.pending(AwsOp::RegisterTaskDefinition), 0);
     assert_eq!(s.aws.ecs.registrations().len(), 2);
     let rec = record(&s, "runner-a").await;
     assert!(rec.transitions.iter().all(|t| t.to != "rolled_back"));
 
-    s.aws.ecs.faults.push("UpdateService", ErrorKind::Permanent);
+    s.aws
+        .ecs
+        .faults
+        .push(AwsOp::UpdateService, ErrorKind::Permanent);
     s.set_desired("runner-a", "version", "2.15.0");
     s.drive_to(&mut driver, Phase::RolledBack, TICKS)
         .await
@@ -616,7 +620,10 @@ async fn a_controller_whose_lease_lapsed_does_not_end_an_attempt_replaced_since(
     // c2's lease lapses too; c1 wakes with attempt 1 in memory and cannot renew its lease.
     s.aws.clock.advance(Duration::from_mins(5));
     for _ in 0..3 {
-        s.aws.ssm.faults.push("PutParameter", ErrorKind::Transient);
+        s.aws
+            .ssm
+            .faults
+            .push(AwsOp::PutParameter, ErrorKind::Transient);
     }
     let _ = first.tick().await;
     s.aws.ssm.faults.clear();
@@ -636,9 +643,9 @@ async fn a_registration_whose_answer_was_lost_is_found_again_behind_any_number_o
         let s = scenario();
         let mut driver = s.driver("runner-a").unwrap();
         s.set_desired("runner-a", "version", "2.14.0");
-        s.aws.ecs.faults.lose_answer("RegisterTaskDefinition");
+        s.aws.ecs.faults.lose_answer(AwsOp::RegisterTaskDefinition);
         s.drive_until(&mut driver, 20, |_| {
-            s.aws.ecs.faults.answers_lost("RegisterTaskDefinition") == 1
+            s.aws.ecs.faults.answers_lost(AwsOp::RegisterTaskDefinition) == 1
         })
         .await
         .unwrap();
@@ -793,13 +800,13 @@ async fn a_replica_frozen_past_its_lease_between_its_fencing_check_and_its_write
 #[tokio::test]
 async fn an_unreadable_describe_tasks_answer_does_not_hold_the_service_update() {
     let s = scenario();
-    s.aws.ecs.faults.push_unreadable("DescribeTasks");
+    s.aws.ecs.faults.push_unreadable(AwsOp::DescribeTasks);
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
     assert_eq!(s.aws.ecs.updates().len(), 1, "the update was made");
     assert_eq!(
-        s.aws.ecs.faults.pending("DescribeTasks"),
+        s.aws.ecs.faults.pending(AwsOp::DescribeTasks),
         0,
         "the fault was met (by the health gate, which waited)"
     );
@@ -841,7 +848,7 @@ async fn a_service_read_that_fails_in_updating_service_is_a_read_failure_and_the
     drop(first);
     s.aws.clock.advance(Duration::from_mins(3)); // its lease runs out
     for _ in 0..100 {
-        s.aws.ecs.faults.push_unreadable("DescribeServices");
+        s.aws.ecs.faults.push_unreadable(AwsOp::DescribeServices);
     }
     let mut driver = s.driver_as("runner-a", "controller-2").unwrap();
     let mut entered = None;
@@ -1030,7 +1037,10 @@ async fn status_after_a_rollback_says_what_runs_now_and_marks_the_target_failed(
 #[tokio::test]
 async fn status_after_a_refused_update_says_the_service_was_left_unchanged() {
     let s = scenario();
-    s.aws.ecs.faults.push("UpdateService", ErrorKind::Permanent);
+    s.aws
+        .ecs
+        .faults
+        .push(AwsOp::UpdateService, ErrorKind::Permanent);
     let mut driver = s.driver("runner-a").unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     s.drive_to(&mut driver, Phase::RolledBack, TICKS)
@@ -1075,7 +1085,7 @@ async fn a_registration_that_never_gets_through_ends_in_time_untouched_and_not_q
         s.aws
             .ecs
             .faults
-            .push("RegisterTaskDefinition", ErrorKind::Transient);
+            .push(AwsOp::RegisterTaskDefinition, ErrorKind::Transient);
     }
     s.drive_to(&mut driver, Phase::RolledBack, TICKS)
         .await

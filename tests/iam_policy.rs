@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use runner_updater_ports::AwsOp;
 use serde_json::Value;
 
 /// Adapter file, its IAM service prefix, and the fewest operations a working scan finds there
@@ -164,6 +165,19 @@ fn the_scan_reads_calls_split_over_lines_and_skips_other_client_methods() {
         ["get_parameters_by_path", "register_task_definition"]
     );
     assert_eq!(pascal("describe_stack_events"), "DescribeStackEvents");
+}
+
+/// The vocabulary of operations (`runner_updater_ports::AwsOp`: spans, metrics, rate-limit
+/// weights, the benchmark's counts, the simulation's faults) is what the adapters really call:
+/// an operation added to one and not the other fails here.
+#[test]
+fn the_adapters_call_exactly_the_operations_of_the_vocabulary() {
+    let called: BTreeSet<String> = called_actions().into_keys().collect();
+    let vocabulary: BTreeSet<String> = AwsOp::ALL.iter().map(|op| op.iam_action()).collect();
+    assert_eq!(
+        called, vocabulary,
+        "the SDK calls of crates/aws/src/ and AwsOp (crates/ports/src/aws_op.rs) differ"
+    );
 }
 
 #[test]

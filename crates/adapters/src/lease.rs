@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use runner_updater_core::domain::Millis;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{ErrorKind, Lock, LockOutcome, ParameterStore, PortError};
 
 /// Expiry is trusted only this much past its time: controllers' clocks may differ.
@@ -105,7 +106,7 @@ impl SsmLease {
             holder: holder.to_owned(),
             expires_at: expires_at.0,
         })
-        .map_err(|e| PortError::new(ErrorKind::Permanent, "PutParameter", e.to_string()))
+        .map_err(|e| PortError::new(ErrorKind::Permanent, AwsOp::PutParameter, e.to_string()))
     }
 }
 
@@ -339,7 +340,7 @@ mod tests {
         let ssm = SimSsm::default();
         let lease = SsmLease::new(Arc::new(ssm.clone()), "/ru");
         let ttl = Duration::from_secs(30);
-        ssm.faults.lose_answer("PutParameter");
+        ssm.faults.lose_answer(AwsOp::PutParameter);
         assert!(lease.acquire("a", "c1", Millis(0), ttl).await.is_err());
         assert_eq!(
             lease.acquire("a", "c1", Millis(1_000), ttl).await.unwrap(),

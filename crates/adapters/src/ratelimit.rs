@@ -19,8 +19,8 @@ use runner_updater_core::domain::observed::{ServiceState, StackState};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter, ParameterPage,
-    ParameterStore, PortError, TaskDefinitionPage, TemplateSummary, DESCRIBE_SERVICES_MAX,
+    walk_pages, ApiFamily, ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter,
+    ParameterPage, ParameterStore, PortCall, PortError, TaskDefinitionPage, TemplateSummary,
 };
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -35,7 +35,7 @@ struct Bucket {
 
 /// A token bucket for one API family.
 pub struct Limiter {
-    family: &'static str,
+    family: ApiFamily,
     configured: f64,
     bucket: Mutex<Bucket>,
     clock: Arc<dyn Clock>,
@@ -44,7 +44,7 @@ pub struct Limiter {
 impl Limiter {
     /// `per_sec` calls per second (at least one), a second's worth of burst.
     #[must_use]
-    pub fn new(family: &'static str, per_sec: u32, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(family: ApiFamily, per_sec: u32, clock: Arc<dyn Clock>) -> Self {
         let rate = f64::from(per_sec.max(1));
         Limiter {
             family,
@@ -92,7 +92,7 @@ impl Limiter {
         if let Ok(mut bucket) = self.bucket.lock() {
             bucket.rate = (bucket.rate / 2.0).max(self.configured / 16.0);
             tracing::info!(
-                family = self.family,
+                family = self.family.name(),
                 rate = bucket.rate,
                 "throttled by AWS: slowing down"
             );
@@ -106,12 +106,15 @@ impl Limiter {
         }
     }
 
+    /// Sends `call` once the SDK calls `port_call` makes may go (its weight, from the one
+    /// table of [`PortCall::sdk_calls`]).
     async fn call<T>(
         &self,
-        tokens: u32,
+        port_call: PortCall,
         call: impl Future<Output = Result<T, PortError>>,
     ) -> Result<T, PortError> {
-        self.acquire(tokens).await;
+        debug_assert_eq!(port_call.family(), self.family, "{port_call:?}");
+        self.acquire(port_call.weight()).await;
         let result = call.await;
         match &result {
             Err(error) if is_throttling(error) => self.throttled(),
@@ -147,21 +150,26 @@ pub struct LimitedSsm {
 #[async_trait]
 impl ParameterStore for LimitedSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        self.limiter.call(1, self.inner.get_by_path(path)).await
+        // Page by page, each page through the bucket: a folder of 25 weighs 3.
+        walk_pages(self, path).await
     }
     async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
-        self.limiter.call(1, self.inner.get_page(path, token)).await
+        self.limiter
+            .call(PortCall::GetPage, self.inner.get_page(path, token))
+            .await
     }
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
-        self.limiter.call(1, self.inner.get(name)).await
+        self.limiter.call(PortCall::Get, self.inner.get(name)).await
     }
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
         self.limiter
-            .call(1, self.inner.put(name, value, overwrite))
+            .call(PortCall::Put, self.inner.put(name, value, overwrite))
             .await
     }
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.limiter.call(1, self.inner.delete(name)).await
+        self.limiter
+            .call(PortCall::Delete, self.inner.delete(name))
+            .await
     }
 }
 
@@ -180,9 +188,11 @@ impl Ecs for LimitedEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        // DescribeServices, two ListTasks and DescribeTasks.
         self.limiter
-            .call(4, self.inner.describe_service(cluster, service))
+            .call(
+                PortCall::DescribeService,
+                self.inner.describe_service(cluster, service),
+            )
             .await
     }
     async fn describe_service_without_tasks(
@@ -192,7 +202,7 @@ impl Ecs for LimitedEcs {
     ) -> Result<ServiceState, PortError> {
         self.limiter
             .call(
-                1,
+                PortCall::DescribeServiceWithoutTasks,
                 self.inner.describe_service_without_tasks(cluster, service),
             )
             .await
@@ -202,12 +212,11 @@ impl Ecs for LimitedEcs {
         cluster: &str,
         services: &[String],
     ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        // One DescribeServices per ten.
-        let calls = u32::try_from(services.len().div_ceil(DESCRIBE_SERVICES_MAX).max(1))
-            .unwrap_or(u32::MAX);
         self.limiter
             .call(
-                calls,
+                PortCall::DescribeServicesWithoutTasks {
+                    services: services.len(),
+                },
                 self.inner
                     .describe_services_without_tasks(cluster, services),
             )
@@ -215,7 +224,10 @@ impl Ecs for LimitedEcs {
     }
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
         self.limiter
-            .call(1, self.inner.describe_task_definition(arn))
+            .call(
+                PortCall::DescribeTaskDefinition,
+                self.inner.describe_task_definition(arn),
+            )
             .await
     }
     async fn list_task_definitions(
@@ -224,7 +236,10 @@ impl Ecs for LimitedEcs {
         token: Option<&str>,
     ) -> Result<TaskDefinitionPage, PortError> {
         self.limiter
-            .call(1, self.inner.list_task_definitions(family_prefix, token))
+            .call(
+                PortCall::ListTaskDefinitions,
+                self.inner.list_task_definitions(family_prefix, token),
+            )
             .await
     }
     async fn register_clone(
@@ -236,7 +251,7 @@ impl Ecs for LimitedEcs {
     ) -> Result<String, PortError> {
         self.limiter
             .call(
-                2,
+                PortCall::RegisterClone,
                 self.inner.register_clone(base_arn, container, image, tags),
             )
             .await
@@ -249,7 +264,7 @@ impl Ecs for LimitedEcs {
     ) -> Result<String, PortError> {
         self.limiter
             .call(
-                1,
+                PortCall::UpdateService,
                 self.inner
                     .update_service(cluster, service, task_definition_arn),
             )
@@ -268,7 +283,9 @@ pub struct LimitedCfn {
 #[async_trait]
 impl CloudFormation for LimitedCfn {
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.limiter.call(1, self.inner.describe_stack(name)).await
+        self.limiter
+            .call(PortCall::DescribeStack, self.inner.describe_stack(name))
+            .await
     }
     async fn template_summary(
         &self,
@@ -276,12 +293,18 @@ impl CloudFormation for LimitedCfn {
         template_url: Option<&str>,
     ) -> Result<TemplateSummary, PortError> {
         self.limiter
-            .call(1, self.inner.template_summary(stack, template_url))
+            .call(
+                PortCall::TemplateSummary,
+                self.inner.template_summary(stack, template_url),
+            )
             .await
     }
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
         self.limiter
-            .call(1, self.inner.create_change_set(request))
+            .call(
+                PortCall::CreateChangeSet,
+                self.inner.create_change_set(request),
+            )
             .await
     }
     async fn describe_change_set(
@@ -290,7 +313,10 @@ impl CloudFormation for LimitedCfn {
         name: &str,
     ) -> Result<Option<ChangeSet>, PortError> {
         self.limiter
-            .call(1, self.inner.describe_change_set(stack, name))
+            .call(
+                PortCall::DescribeChangeSet,
+                self.inner.describe_change_set(stack, name),
+            )
             .await
     }
     async fn execute_change_set(
@@ -300,16 +326,24 @@ impl CloudFormation for LimitedCfn {
         token: &str,
     ) -> Result<(), PortError> {
         self.limiter
-            .call(1, self.inner.execute_change_set(stack, name, token))
+            .call(
+                PortCall::ExecuteChangeSet,
+                self.inner.execute_change_set(stack, name, token),
+            )
             .await
     }
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
         self.limiter
-            .call(1, self.inner.delete_change_set(stack, name))
+            .call(
+                PortCall::DeleteChangeSet,
+                self.inner.delete_change_set(stack, name),
+            )
             .await
     }
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.limiter.call(1, self.inner.stack_events(stack)).await
+        self.limiter
+            .call(PortCall::StackEvents, self.inner.stack_events(stack))
+            .await
     }
 }
 
@@ -317,11 +351,12 @@ impl CloudFormation for LimitedCfn {
 mod tests {
     use super::*;
     use crate::sim::{SimClock, SIM_EPOCH};
+    use runner_updater_ports::AwsOp;
 
     #[tokio::test]
     async fn calls_wait_for_their_tokens_at_the_configured_rate() {
         let clock = SimClock::new(SIM_EPOCH);
-        let limiter = Limiter::new("ECS", 10, Arc::new(clock.clone()));
+        let limiter = Limiter::new(ApiFamily::Ecs, 10, Arc::new(clock.clone()));
         for _ in 0..30 {
             limiter.acquire(1).await;
         }
@@ -336,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn throttling_halves_the_rate_and_successes_restore_it() {
         let clock = SimClock::new(SIM_EPOCH);
-        let limiter = Limiter::new("SSM", 32, Arc::new(clock.clone()));
+        let limiter = Limiter::new(ApiFamily::Ssm, 32, Arc::new(clock.clone()));
         limiter.throttled();
         limiter.throttled();
         assert!((limiter.rate() - 8.0).abs() < 1e-9);
@@ -350,13 +385,18 @@ mod tests {
         assert!((limiter.rate() - 32.0).abs() < 1e-9, "back, and no higher");
         let throttle = PortError::new(
             ErrorKind::Transient,
-            "GetParameter",
+            AwsOp::GetParameter,
             "ThrottlingException: Rate exceeded",
         );
-        let other = PortError::new(ErrorKind::Transient, "GetParameter", "connection reset");
+        let other = PortError::new(
+            ErrorKind::Transient,
+            AwsOp::GetParameter,
+            "connection reset",
+        );
         assert!(is_throttling(&throttle));
         assert!(!is_throttling(&other));
-        let result: Result<(), PortError> = limiter.call(1, async { Err(throttle) }).await;
+        let result: Result<(), PortError> =
+            limiter.call(PortCall::Get, async { Err(throttle) }).await;
         assert!(result.is_err());
         assert!((limiter.rate() - 16.0).abs() < 1e-9);
     }

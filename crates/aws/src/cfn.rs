@@ -10,6 +10,7 @@ use super::{classify, Traced};
 use runner_updater_core::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     ChangeSetRequest, CloudFormation, ErrorKind, PortError, TemplateSummary,
 };
@@ -63,13 +64,13 @@ impl CloudFormation for AwsCloudFormation {
             .describe_stacks()
             .stack_name(name)
             .send()
-            .traced("DescribeStacks")
+            .traced(AwsOp::DescribeStacks)
             .await
-            .map_err(|e| classify("DescribeStacks", &e))?;
+            .map_err(|e| classify(AwsOp::DescribeStacks, &e))?;
         let stack = output.stacks().first().ok_or_else(|| {
             PortError::new(
                 ErrorKind::NotFound,
-                "DescribeStacks",
+                AwsOp::DescribeStacks,
                 format!("stack {name} does not exist"),
             )
         })?;
@@ -106,9 +107,9 @@ impl CloudFormation for AwsCloudFormation {
         };
         let output = request
             .send()
-            .traced("GetTemplateSummary")
+            .traced(AwsOp::GetTemplateSummary)
             .await
-            .map_err(|e| classify("GetTemplateSummary", &e))?;
+            .map_err(|e| classify(AwsOp::GetTemplateSummary, &e))?;
         Ok(TemplateSummary {
             capabilities: output
                 .capabilities()
@@ -160,9 +161,9 @@ impl CloudFormation for AwsCloudFormation {
         }
         let output = call
             .send()
-            .traced("CreateChangeSet")
+            .traced(AwsOp::CreateChangeSet)
             .await
-            .map_err(|e| classify("CreateChangeSet", &e))?;
+            .map_err(|e| classify(AwsOp::CreateChangeSet, &e))?;
         Ok(output.id().unwrap_or(&request.name).to_owned())
     }
 
@@ -181,9 +182,9 @@ impl CloudFormation for AwsCloudFormation {
                 .change_set_name(name)
                 .set_next_token(token.take())
                 .send()
-                .traced("DescribeChangeSet")
+                .traced(AwsOp::DescribeChangeSet)
                 .await
-                .map_err(|e| classify("DescribeChangeSet", &e))
+                .map_err(|e| classify(AwsOp::DescribeChangeSet, &e))
             {
                 Ok(output) => output,
                 Err(error) if is_change_set_missing(&error) => return Ok(None),
@@ -244,9 +245,9 @@ impl CloudFormation for AwsCloudFormation {
             .client_request_token(token)
             .disable_rollback(false)
             .send()
-            .traced("ExecuteChangeSet")
+            .traced(AwsOp::ExecuteChangeSet)
             .await
-            .map_err(|e| classify("ExecuteChangeSet", &e))?;
+            .map_err(|e| classify(AwsOp::ExecuteChangeSet, &e))?;
         Ok(())
     }
 
@@ -257,9 +258,9 @@ impl CloudFormation for AwsCloudFormation {
             .stack_name(stack)
             .change_set_name(name)
             .send()
-            .traced("DeleteChangeSet")
+            .traced(AwsOp::DeleteChangeSet)
             .await
-            .map_err(|e| classify("DeleteChangeSet", &e))
+            .map_err(|e| classify(AwsOp::DeleteChangeSet, &e))
         {
             Ok(_) => Ok(()),
             Err(error) if is_change_set_missing(&error) => Ok(()),
@@ -277,9 +278,9 @@ impl CloudFormation for AwsCloudFormation {
                 .stack_name(stack)
                 .set_next_token(token.take())
                 .send()
-                .traced("DescribeStackEvents")
+                .traced(AwsOp::DescribeStackEvents)
                 .await
-                .map_err(|e| classify("DescribeStackEvents", &e))?;
+                .map_err(|e| classify(AwsOp::DescribeStackEvents, &e))?;
             events.extend(output.stack_events().iter().map(|e| {
                 StackEvent {
                     logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),

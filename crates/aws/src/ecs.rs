@@ -19,6 +19,7 @@ use runner_updater_core::domain::observed::{
     Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
 };
 use runner_updater_core::domain::task_definition::{ContainerSummary, TaskDefinition};
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     Ecs, ErrorKind, PortError, TaskDefinitionPage, DESCRIBE_SERVICES_MAX, TASK_DEFINITIONS_PAGE_MAX,
 };
@@ -103,10 +104,10 @@ impl AwsEcs {
             .task_definition(arn)
             .include(TaskDefinitionField::Tags)
             .send()
-            .traced("DescribeTaskDefinition")
+            .traced(AwsOp::DescribeTaskDefinition)
             .await
             .map_err(|e| {
-                let mut error = classify("DescribeTaskDefinition", &e);
+                let mut error = classify(AwsOp::DescribeTaskDefinition, &e);
                 if error.message.contains("Unable to describe task definition") {
                     error.kind = ErrorKind::NotFound;
                 }
@@ -115,7 +116,7 @@ impl AwsEcs {
         let definition = output.task_definition().cloned().ok_or_else(|| {
             PortError::new(
                 ErrorKind::NotFound,
-                "DescribeTaskDefinition",
+                AwsOp::DescribeTaskDefinition,
                 format!("no task definition {arn}"),
             )
         })?;
@@ -132,9 +133,9 @@ impl AwsEcs {
             .cluster(cluster)
             .set_services(Some(services.to_vec()))
             .send()
-            .traced("DescribeServices")
+            .traced(AwsOp::DescribeServices)
             .await
-            .map_err(|e| classify("DescribeServices", &e))
+            .map_err(|e| classify(AwsOp::DescribeServices, &e))
     }
 
     async fn tasks(&self, cluster: &str, service: &str) -> Result<Vec<Task>, PortError> {
@@ -153,9 +154,9 @@ impl AwsEcs {
                     .desired_status(desired.clone())
                     .set_next_token(token.take())
                     .send()
-                    .traced("ListTasks")
+                    .traced(AwsOp::ListTasks)
                     .await
-                    .map_err(|e| classify("ListTasks", &e))?;
+                    .map_err(|e| classify(AwsOp::ListTasks, &e))?;
                 arns.extend(page.task_arns().iter().cloned());
                 match page.next_token() {
                     Some(next) if !next.is_empty() => token = Some(next.to_owned()),
@@ -174,9 +175,9 @@ impl AwsEcs {
                 .cluster(cluster)
                 .set_tasks(Some(chunk.to_vec()))
                 .send()
-                .traced("DescribeTasks")
+                .traced(AwsOp::DescribeTasks)
                 .await
-                .map_err(|e| classify("DescribeTasks", &e))?;
+                .map_err(|e| classify(AwsOp::DescribeTasks, &e))?;
             // Filter by group as well: some emulators ignore ListTasks' serviceName filter.
             for task in output
                 .tasks()
@@ -268,7 +269,7 @@ pub fn with_image(
         .ok_or_else(|| {
             PortError::new(
                 ErrorKind::Permanent,
-                "RegisterTaskDefinition",
+                AwsOp::RegisterTaskDefinition,
                 format!("no container named {container:?}"),
             )
         })?;
@@ -280,7 +281,7 @@ pub fn with_image(
 fn missing(cluster: &str, service: &str, reason: &str) -> PortError {
     PortError::new(
         ErrorKind::NotFound,
-        "DescribeServices",
+        AwsOp::DescribeServices,
         format!("{reason}: service {service} in cluster {cluster}"),
     )
 }
@@ -405,9 +406,9 @@ impl Ecs for AwsEcs {
             .max_results(i32::try_from(TASK_DEFINITIONS_PAGE_MAX).unwrap_or(100))
             .set_next_token(token.map(str::to_owned))
             .send()
-            .traced("ListTaskDefinitions")
+            .traced(AwsOp::ListTaskDefinitions)
             .await
-            .map_err(|e| classify("ListTaskDefinitions", &e))?;
+            .map_err(|e| classify(AwsOp::ListTaskDefinitions, &e))?;
         Ok(TaskDefinitionPage {
             arns: output.task_definition_arns().to_vec(),
             next: output.next_token().map(str::to_owned),
@@ -438,9 +439,9 @@ impl Ecs for AwsEcs {
             .customize()
             .config_override(no_retries())
             .send()
-            .traced("RegisterTaskDefinition")
+            .traced(AwsOp::RegisterTaskDefinition)
             .await
-            .map_err(|e| classify("RegisterTaskDefinition", &e))?;
+            .map_err(|e| classify(AwsOp::RegisterTaskDefinition, &e))?;
         output
             .task_definition()
             .and_then(|t| t.task_definition_arn())
@@ -448,7 +449,7 @@ impl Ecs for AwsEcs {
             .ok_or_else(|| {
                 PortError::new(
                     ErrorKind::Permanent,
-                    "RegisterTaskDefinition",
+                    AwsOp::RegisterTaskDefinition,
                     "no ARN in the answer",
                 )
             })
@@ -487,9 +488,9 @@ impl Ecs for AwsEcs {
             .customize()
             .config_override(no_retries())
             .send()
-            .traced("UpdateService")
+            .traced(AwsOp::UpdateService)
             .await
-            .map_err(|e| classify("UpdateService", &e))?;
+            .map_err(|e| classify(AwsOp::UpdateService, &e))?;
         output
             .service()
             .and_then(|s| {
@@ -503,7 +504,7 @@ impl Ecs for AwsEcs {
             .ok_or_else(|| {
                 PortError::new(
                     ErrorKind::Transient,
-                    "UpdateService",
+                    AwsOp::UpdateService,
                     "the answer shows no PRIMARY deployment of the new task definition yet",
                 )
             })

@@ -21,11 +21,11 @@ use aws_config::BehaviorVersion;
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::operation::RequestId;
 
-use runner_updater_ports::{ErrorKind, PortError};
+use runner_updater_ports::{AwsOp, ErrorKind, PortError};
 
 /// Hears of every SDK call this crate sends: its operation and its outcome (`ok`,
 /// `transient-error`, `permanent-error`, `not-found`, `conflict`).
-pub type CallObserver = Box<dyn Fn(&'static str, &'static str) + Send + Sync>;
+pub type CallObserver = Box<dyn Fn(AwsOp, &'static str) + Send + Sync>;
 
 static CALL_OBSERVER: OnceLock<CallObserver> = OnceLock::new();
 
@@ -42,7 +42,7 @@ where
     T: RequestId,
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    fn traced(self, operation: &'static str) -> impl Future<Output = Result<T, SdkError<E>>> {
+    fn traced(self, operation: AwsOp) -> impl Future<Output = Result<T, SdkError<E>>> {
         // A call outside any span (the reads of a pass at rest) is counted but not traced: a
         // root span per call would drown the update traces.
         let span = if tracing::Span::current().is_none() {
@@ -50,8 +50,8 @@ where
         } else {
             tracing::info_span!(
                 "aws",
-                otel.name = operation,
-                aws.operation = operation,
+                otel.name = operation.name(),
+                aws.operation = operation.name(),
                 outcome = tracing::field::Empty,
                 aws.request_id = tracing::field::Empty,
             )
@@ -190,7 +190,7 @@ const NOT_FOUND_CODES: &[&str] = &[
 
 /// Classifies an SDK error for the error policy, keeping the code, message and request id
 /// (what AWS support asks for).
-pub(crate) fn classify<E>(operation: &'static str, error: &SdkError<E>) -> PortError
+pub(crate) fn classify<E>(operation: AwsOp, error: &SdkError<E>) -> PortError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

@@ -6,12 +6,10 @@ use async_trait::async_trait;
 use aws_sdk_ssm::types::ParameterType;
 
 use super::{classify, Traced};
+use runner_updater_ports::{walk_pages, AwsOp};
 use runner_updater_ports::{
     ErrorKind, Parameter, ParameterPage, ParameterStore, PortError, PARAMETERS_PAGE_MAX,
 };
-
-/// Pages read per `get_by_path` at most (10 parameters a page): a bound, far above a runner's needs.
-const PAGES_MAX: usize = 100;
 
 /// SSM through the SDK.
 #[derive(Debug, Clone)]
@@ -30,21 +28,7 @@ impl AwsSsm {
 #[async_trait]
 impl ParameterStore for AwsSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        let mut found = BTreeMap::new();
-        let mut token: Option<String> = None;
-        for _ in 0..PAGES_MAX {
-            let page = self.get_page(path, token.as_deref()).await?;
-            found.extend(page.parameters);
-            match page.next {
-                Some(next) => token = Some(next),
-                None => return Ok(found),
-            }
-        }
-        Err(PortError::new(
-            ErrorKind::Permanent,
-            "GetParametersByPath",
-            format!("more than {PAGES_MAX} pages under {path}"),
-        ))
+        walk_pages(self, path).await
     }
 
     async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
@@ -57,9 +41,9 @@ impl ParameterStore for AwsSsm {
             .max_results(i32::try_from(PARAMETERS_PAGE_MAX).unwrap_or(10))
             .set_next_token(token.map(str::to_owned))
             .send()
-            .traced("GetParametersByPath")
+            .traced(AwsOp::GetParametersByPath)
             .await
-            .map_err(|e| classify("GetParametersByPath", &e))?;
+            .map_err(|e| classify(AwsOp::GetParametersByPath, &e))?;
         Ok(ParameterPage {
             parameters: page
                 .parameters()
@@ -80,7 +64,7 @@ impl ParameterStore for AwsSsm {
             .name(name)
             .with_decryption(true)
             .send()
-            .traced("GetParameter")
+            .traced(AwsOp::GetParameter)
             .await
         {
             Ok(output) => Ok(output.parameter().and_then(|p| {
@@ -90,7 +74,7 @@ impl ParameterStore for AwsSsm {
                 })
             })),
             Err(error) => {
-                let error = classify("GetParameter", &error);
+                let error = classify(AwsOp::GetParameter, &error);
                 if error.kind == ErrorKind::NotFound {
                     Ok(None)
                 } else {
@@ -109,9 +93,9 @@ impl ParameterStore for AwsSsm {
             .r#type(ParameterType::String)
             .overwrite(overwrite)
             .send()
-            .traced("PutParameter")
+            .traced(AwsOp::PutParameter)
             .await
-            .map_err(|e| classify("PutParameter", &e))?;
+            .map_err(|e| classify(AwsOp::PutParameter, &e))?;
         Ok(u64::try_from(output.version()).unwrap_or(0))
     }
 
@@ -121,11 +105,11 @@ impl ParameterStore for AwsSsm {
             .delete_parameter()
             .name(name)
             .send()
-            .traced("DeleteParameter")
+            .traced(AwsOp::DeleteParameter)
             .await
         {
             Ok(_) => Ok(()),
-            Err(error) => match classify("DeleteParameter", &error) {
+            Err(error) => match classify(AwsOp::DeleteParameter, &error) {
                 e if e.kind == ErrorKind::NotFound => Ok(()),
                 e => Err(e),
             },

@@ -32,9 +32,10 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::create_fleet;
 use runner_updater_interface::scenario::fleet_config;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterPage, ParameterStore,
-    PortError, TaskDefinitionPage, TemplateSummary, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
+    walk_pages, ApiFamily, ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterPage,
+    ParameterStore, PortCall, PortError, TaskDefinitionPage, TemplateSummary,
 };
 use runner_updater_runtime::driver::TickReport;
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
@@ -75,27 +76,31 @@ impl Default for Assumptions {
     }
 }
 
-const FAMILIES: [&str; 3] = ["SSM", "ECS", "CloudFormation"];
-
 /// Counts every call by operation and, when timed, makes each take the assumed latency (on
 /// tokio's clock, paused in the timed run: time passes only when every task waits).
 #[derive(Debug, Clone, Default)]
 struct Counter {
-    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    counts: Arc<Mutex<BTreeMap<AwsOp, u64>>>,
     latency: Option<Duration>,
 }
 
 impl Counter {
-    async fn hit(&self, operation: &'static str) {
-        if let Ok(mut counts) = self.counts.lock() {
-            *counts.entry(operation).or_default() += 1;
-        }
-        if let Some(latency) = self.latency {
-            tokio::time::sleep(latency).await;
+    /// Counts the SDK calls `call` makes against AWS (the one table, `PortCall::sdk_calls`),
+    /// each taking the assumed latency in turn.
+    async fn count(&self, call: PortCall) {
+        for (operation, times) in call.sdk_calls() {
+            for _ in 0..times {
+                if let Ok(mut counts) = self.counts.lock() {
+                    *counts.entry(operation).or_default() += 1;
+                }
+                if let Some(latency) = self.latency {
+                    tokio::time::sleep(latency).await;
+                }
+            }
         }
     }
 
-    fn take(&self) -> BTreeMap<&'static str, u64> {
+    fn take(&self) -> BTreeMap<AwsOp, u64> {
         self.counts
             .lock()
             .map(|mut c| std::mem::take(&mut *c))
@@ -121,18 +126,12 @@ impl Clock for TokioClock {
     }
 }
 
-fn family(operation: &str) -> usize {
-    match operation {
-        "GetParametersByPath" | "GetParameter" | "PutParameter" | "DeleteParameter" => 0,
-        "DescribeServices"
-        | "DescribeTaskDefinition"
-        | "ListTaskDefinitions"
-        | "RegisterTaskDefinition"
-        | "UpdateService"
-        | "ListTasks"
-        | "DescribeTasks" => 1,
-        _ => 2,
-    }
+/// The position of an operation's family in `ApiFamily::ALL` (the figures' columns).
+fn family_index(operation: AwsOp) -> usize {
+    ApiFamily::ALL
+        .iter()
+        .position(|family| *family == operation.family())
+        .unwrap_or(0)
 }
 
 struct CountedSsm<P> {
@@ -143,27 +142,23 @@ struct CountedSsm<P> {
 #[async_trait]
 impl<P: ParameterStore> ParameterStore for CountedSsm<P> {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        // Against AWS: a call per page of ten.
-        let found = self.inner.get_by_path(path).await?;
-        for _ in 0..found.len().div_ceil(PARAMETERS_PAGE_MAX).max(1) {
-            self.counter.hit("GetParametersByPath").await;
-        }
-        Ok(found)
+        // Against AWS: a call per page of ten, each counted by `get_page`.
+        walk_pages(self, path).await
     }
     async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
-        self.counter.hit("GetParametersByPath").await;
+        self.counter.count(PortCall::GetPage).await;
         self.inner.get_page(path, token).await
     }
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
-        self.counter.hit("GetParameter").await;
+        self.counter.count(PortCall::Get).await;
         self.inner.get(name).await
     }
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.counter.hit("PutParameter").await;
+        self.counter.count(PortCall::Put).await;
         self.inner.put(name, value, overwrite).await
     }
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.counter.hit("DeleteParameter").await;
+        self.counter.count(PortCall::Delete).await;
         self.inner.delete(name).await
     }
 }
@@ -182,10 +177,7 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
     ) -> Result<ServiceState, PortError> {
         // Against AWS this is DescribeServices plus, for the tasks, ListTasks (running and
         // stopped) and DescribeTasks: counted as the adapter makes them.
-        self.counter.hit("DescribeServices").await;
-        self.counter.hit("ListTasks").await;
-        self.counter.hit("ListTasks").await;
-        self.counter.hit("DescribeTasks").await;
+        self.counter.count(PortCall::DescribeService).await;
         self.inner.describe_service(cluster, service).await
     }
     async fn describe_service_without_tasks(
@@ -193,7 +185,9 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        self.counter.hit("DescribeServices").await;
+        self.counter
+            .count(PortCall::DescribeServiceWithoutTasks)
+            .await;
         self.inner
             .describe_service_without_tasks(cluster, service)
             .await
@@ -203,15 +197,17 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         cluster: &str,
         services: &[String],
     ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        for _ in 0..services.len().div_ceil(DESCRIBE_SERVICES_MAX) {
-            self.counter.hit("DescribeServices").await;
-        }
+        self.counter
+            .count(PortCall::DescribeServicesWithoutTasks {
+                services: services.len(),
+            })
+            .await;
         self.inner
             .describe_services_without_tasks(cluster, services)
             .await
     }
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.counter.hit("DescribeTaskDefinition").await;
+        self.counter.count(PortCall::DescribeTaskDefinition).await;
         self.inner.describe_task_definition(arn).await
     }
     async fn list_task_definitions(
@@ -219,7 +215,7 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         family_prefix: &str,
         token: Option<&str>,
     ) -> Result<TaskDefinitionPage, PortError> {
-        self.counter.hit("ListTaskDefinitions").await;
+        self.counter.count(PortCall::ListTaskDefinitions).await;
         self.inner.list_task_definitions(family_prefix, token).await
     }
     async fn register_clone(
@@ -229,7 +225,7 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
-        self.counter.hit("RegisterTaskDefinition").await;
+        self.counter.count(PortCall::RegisterClone).await;
         self.inner
             .register_clone(base_arn, container, image, tags)
             .await
@@ -240,7 +236,7 @@ impl<E: Ecs> Ecs for CountedEcs<E> {
         service: &str,
         task_definition_arn: &str,
     ) -> Result<String, PortError> {
-        self.counter.hit("UpdateService").await;
+        self.counter.count(PortCall::UpdateService).await;
         self.inner
             .update_service(cluster, service, task_definition_arn)
             .await
@@ -255,7 +251,7 @@ struct CountedCfn<C> {
 #[async_trait]
 impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.counter.hit("DescribeStacks").await;
+        self.counter.count(PortCall::DescribeStack).await;
         self.inner.describe_stack(name).await
     }
     async fn template_summary(
@@ -263,11 +259,11 @@ impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
         stack: &str,
         template_url: Option<&str>,
     ) -> Result<TemplateSummary, PortError> {
-        self.counter.hit("GetTemplateSummary").await;
+        self.counter.count(PortCall::TemplateSummary).await;
         self.inner.template_summary(stack, template_url).await
     }
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        self.counter.hit("CreateChangeSet").await;
+        self.counter.count(PortCall::CreateChangeSet).await;
         self.inner.create_change_set(request).await
     }
     async fn describe_change_set(
@@ -275,7 +271,7 @@ impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
         stack: &str,
         name: &str,
     ) -> Result<Option<ChangeSet>, PortError> {
-        self.counter.hit("DescribeChangeSet").await;
+        self.counter.count(PortCall::DescribeChangeSet).await;
         self.inner.describe_change_set(stack, name).await
     }
     async fn execute_change_set(
@@ -284,15 +280,15 @@ impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
         name: &str,
         token: &str,
     ) -> Result<(), PortError> {
-        self.counter.hit("ExecuteChangeSet").await;
+        self.counter.count(PortCall::ExecuteChangeSet).await;
         self.inner.execute_change_set(stack, name, token).await
     }
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        self.counter.hit("DeleteChangeSet").await;
+        self.counter.count(PortCall::DeleteChangeSet).await;
         self.inner.delete_change_set(stack, name).await
     }
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.counter.hit("DescribeStackEvents").await;
+        self.counter.count(PortCall::StackEvents).await;
         self.inner.stack_events(stack).await
     }
 }
@@ -350,15 +346,15 @@ impl Fleet {
             };
             ssm = Arc::new(LimitedSsm {
                 inner: ssm,
-                limiter: limiter("SSM", timed.rates[0]),
+                limiter: limiter(ApiFamily::Ssm, timed.rates[0]),
             });
             ecs = Arc::new(LimitedEcs {
                 inner: ecs,
-                limiter: limiter("ECS", timed.rates[1]),
+                limiter: limiter(ApiFamily::Ecs, timed.rates[1]),
             });
             cfn = Arc::new(LimitedCfn {
                 inner: cfn,
-                limiter: limiter("CloudFormation", timed.rates[2]),
+                limiter: limiter(ApiFamily::CloudFormation, timed.rates[2]),
             });
         }
         let ports = Ports {
@@ -548,13 +544,13 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     let per_pass = |count: u64| count as f64 / f64::from(passes);
     let mut calls_by_family = [0.0_f64; 3];
     for (operation, count) in &counts {
-        calls_by_family[family(operation)] += per_pass(*count);
+        calls_by_family[family_index(*operation)] += per_pass(*count);
     }
     #[allow(clippy::cast_precision_loss)] // ratios for a report
     let per_runner = |count: f64| count / runners as f64;
     let calls_per_runner = counts
         .iter()
-        .map(|(operation, count)| (*operation, per_runner(per_pass(*count))))
+        .map(|(operation, count)| (operation.name(), per_runner(per_pass(*count))))
         .collect();
     // The pass's latency: the fleet read's SSM pages are a chain (each page's token comes
     // from the one before), its DescribeServices batches run a few at a time, and the
@@ -624,7 +620,7 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     let wave_calls: u64 = wave_counts.values().sum();
     let mut wave_by_family = [0_u64; 3];
     for (operation, count) in &wave_counts {
-        wave_by_family[family(operation)] += count;
+        wave_by_family[family_index(*operation)] += count;
     }
     #[allow(clippy::cast_precision_loss)] // seconds for a report
     let wave_rate_bound = wave_by_family
@@ -636,7 +632,7 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     #[allow(clippy::cast_precision_loss)] // ratios for a report
     let wave_per_operation = wave_counts
         .iter()
-        .map(|(operation, count)| (*operation, *count as f64 / runners as f64))
+        .map(|(operation, count)| (operation.name(), *count as f64 / runners as f64))
         .collect();
     #[allow(clippy::cast_precision_loss)] // a ratio for a report
     let wave_calls_per_runner = wave_calls as f64 / runners as f64;
@@ -708,7 +704,7 @@ fn timed_sweep_on_paused_clock(
         }
         let mut by_family = [0_u64; 3];
         for (operation, count) in fleet.counter.take() {
-            by_family[family(operation)] += count;
+            by_family[family_index(operation)] += count;
         }
         // A bucket holds one second of calls (it is full when a sweep starts): the rest of a
         // family's calls cannot go faster than its rate.
@@ -806,7 +802,11 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
         for (operation, per) in &f.calls_per_runner {
             let _ = writeln!(out, "    {operation:<24} {per:.3}");
         }
-        for (name, calls) in FAMILIES.iter().zip(f.calls_by_family) {
+        for (name, calls) in ApiFamily::ALL
+            .iter()
+            .map(|f| f.name())
+            .zip(f.calls_by_family)
+        {
             let _ = writeln!(out, "    {name:<24} {calls} calls a pass");
         }
         // Below a second of calls per family the limiter does not bind: the ratio is to the

@@ -55,6 +55,7 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::create_fleet;
+use runner_updater_ports::{ApiFamily, AwsOp};
 use runner_updater_ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, ParameterStore, PortError, StateStore,
     TaskDefinitionPage, TemplateSummary,
@@ -117,36 +118,36 @@ const SKEW_MAX_MS: u64 = 2_000;
 const LOG_TAIL: usize = 60;
 
 /// Operations faults can be queued on.
-const FAULTABLE: [&str; 16] = [
-    "GetParametersByPath",
-    "GetParameter",
-    "PutParameter",
-    "DeleteParameter",
-    "DescribeServices",
-    "DescribeTaskDefinition",
-    "ListTaskDefinitions",
-    "RegisterTaskDefinition",
-    "UpdateService",
-    "DescribeStacks",
-    "GetTemplateSummary",
-    "CreateChangeSet",
-    "DescribeChangeSet",
-    "ExecuteChangeSet",
-    "DeleteChangeSet",
-    "DescribeStackEvents",
+const FAULTABLE: [AwsOp; 16] = [
+    AwsOp::GetParametersByPath,
+    AwsOp::GetParameter,
+    AwsOp::PutParameter,
+    AwsOp::DeleteParameter,
+    AwsOp::DescribeServices,
+    AwsOp::DescribeTaskDefinition,
+    AwsOp::ListTaskDefinitions,
+    AwsOp::RegisterTaskDefinition,
+    AwsOp::UpdateService,
+    AwsOp::DescribeStacks,
+    AwsOp::GetTemplateSummary,
+    AwsOp::CreateChangeSet,
+    AwsOp::DescribeChangeSet,
+    AwsOp::ExecuteChangeSet,
+    AwsOp::DeleteChangeSet,
+    AwsOp::DescribeStackEvents,
 ];
 
 /// The mutating operations: a fault may let them take effect and lose their answer. SSM's
 /// `PutParameter` and `DeleteParameter` are the lease's create, renewal, release and clean-up
 /// and the record's writes.
-const MUTATING: [&str; 7] = [
-    "PutParameter",
-    "DeleteParameter",
-    "RegisterTaskDefinition",
-    "UpdateService",
-    "CreateChangeSet",
-    "ExecuteChangeSet",
-    "DeleteChangeSet",
+const MUTATING: [AwsOp; 7] = [
+    AwsOp::PutParameter,
+    AwsOp::DeleteParameter,
+    AwsOp::RegisterTaskDefinition,
+    AwsOp::UpdateService,
+    AwsOp::CreateChangeSet,
+    AwsOp::ExecuteChangeSet,
+    AwsOp::DeleteChangeSet,
 ];
 
 /// Bad desired values ops may write (each must be refused by name, never acted on).
@@ -446,9 +447,9 @@ pub async fn run_seed(
     world.tally.answers_lost = MUTATING
         .iter()
         .map(|operation| {
-            world.aws.ssm.faults.answers_lost(operation)
-                + world.aws.ecs.faults.answers_lost(operation)
-                + world.aws.cfn.faults.answers_lost(operation)
+            world.aws.ssm.faults.answers_lost(*operation)
+                + world.aws.ecs.faults.answers_lost(*operation)
+                + world.aws.cfn.faults.answers_lost(*operation)
         })
         .sum();
     for update in world.aws.ecs.updates() {
@@ -1011,12 +1012,10 @@ impl World {
         if MUTATING.contains(&operation) && self.rng.below(3) == 0 {
             // The call takes effect at AWS, then its answer is lost (a timeout, a reset
             // connection): whatever the caller does next must not do it twice.
-            match operation {
-                "RegisterTaskDefinition" | "UpdateService" => {
-                    self.aws.ecs.faults.lose_answer(operation);
-                }
-                "PutParameter" | "DeleteParameter" => self.aws.ssm.faults.lose_answer(operation),
-                _ => self.aws.cfn.faults.lose_answer(operation),
+            match operation.family() {
+                ApiFamily::Ssm => self.aws.ssm.faults.lose_answer(operation),
+                ApiFamily::Ecs => self.aws.ecs.faults.lose_answer(operation),
+                ApiFamily::CloudFormation => self.aws.cfn.faults.lose_answer(operation),
             }
             self.note(format!(
                 "answer lost: the next {operation} takes effect, its answer is lost"
@@ -1032,16 +1031,10 @@ impl World {
             ErrorKind::Transient
         };
         for _ in 0..count {
-            match operation {
-                "DescribeServices"
-                | "DescribeTaskDefinition"
-                | "ListTaskDefinitions"
-                | "RegisterTaskDefinition"
-                | "UpdateService" => self.aws.ecs.faults.push(operation, kind),
-                "GetParametersByPath" | "GetParameter" | "PutParameter" | "DeleteParameter" => {
-                    self.aws.ssm.faults.push(operation, kind);
-                }
-                _ => self.aws.cfn.faults.push(operation, kind),
+            match operation.family() {
+                ApiFamily::Ssm => self.aws.ssm.faults.push(operation, kind),
+                ApiFamily::Ecs => self.aws.ecs.faults.push(operation, kind),
+                ApiFamily::CloudFormation => self.aws.cfn.faults.push(operation, kind),
             }
         }
         self.note(format!("fault {count} x {kind:?} on {operation}"));
@@ -1561,7 +1554,7 @@ struct Audit {
     /// Attempts with an `UpdateService` whose answer was lost after it took effect.
     lost_updates: Arc<Mutex<std::collections::BTreeSet<(String, String)>>>,
     /// Slow calls queued per operation: the next call of it takes this long (simulated time).
-    slow: Arc<Mutex<BTreeMap<String, VecDeque<Duration>>>>,
+    slow: Arc<Mutex<BTreeMap<AwsOp, VecDeque<Duration>>>>,
     clock: SimClock,
 }
 
@@ -1602,7 +1595,7 @@ impl Audit {
         (expires_at != 0).then(|| (holder.to_owned(), epoch))
     }
 
-    async fn mutation(&self, holder: &str, owner_key: &str, operation: &str) {
+    async fn mutation(&self, holder: &str, owner_key: &str, operation: AwsOp) {
         let Some(runner) = self.owners.get(owner_key) else {
             return;
         };
@@ -1657,21 +1650,19 @@ impl Audit {
     }
 
     /// Makes the next call of `operation` slow.
-    fn slow_down(&self, operation: &str, duration: Duration) {
+    fn slow_down(&self, operation: AwsOp, duration: Duration) {
         if let Ok(mut slow) = self.slow.lock() {
-            slow.entry(operation.to_owned())
-                .or_default()
-                .push_back(duration);
+            slow.entry(operation).or_default().push_back(duration);
         }
     }
 
     /// A call of `operation` starts: simulated time passes if it was made slow.
-    fn delay(&self, operation: &str) {
+    fn delay(&self, operation: AwsOp) {
         let queued = self
             .slow
             .lock()
             .ok()
-            .and_then(|mut slow| slow.get_mut(operation).and_then(VecDeque::pop_front));
+            .and_then(|mut slow| slow.get_mut(&operation).and_then(VecDeque::pop_front));
         if let Some(duration) = queued {
             self.clock.advance(duration);
         }
@@ -1751,7 +1742,7 @@ struct SlowSsm {
 #[async_trait]
 impl ParameterStore for SlowSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        self.audit.delay("GetParametersByPath");
+        self.audit.delay(AwsOp::GetParametersByPath);
         self.inner.get_by_path(path).await
     }
 
@@ -1760,22 +1751,22 @@ impl ParameterStore for SlowSsm {
         path: &str,
         token: Option<&str>,
     ) -> Result<runner_updater_ports::ParameterPage, PortError> {
-        self.audit.delay("GetParametersByPath");
+        self.audit.delay(AwsOp::GetParametersByPath);
         self.inner.get_page(path, token).await
     }
 
     async fn get(&self, name: &str) -> Result<Option<runner_updater_ports::Parameter>, PortError> {
-        self.audit.delay("GetParameter");
+        self.audit.delay(AwsOp::GetParameter);
         self.inner.get(name).await
     }
 
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.audit.delay("PutParameter");
+        self.audit.delay(AwsOp::PutParameter);
         self.inner.put(name, value, overwrite).await
     }
 
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.audit.delay("DeleteParameter");
+        self.audit.delay(AwsOp::DeleteParameter);
         self.inner.delete(name).await
     }
 }
@@ -1801,12 +1792,12 @@ impl Ecs for AuditedEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        self.audit.delay("DescribeServices");
+        self.audit.delay(AwsOp::DescribeServices);
         self.inner.describe_service(cluster, service).await
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.audit.delay("DescribeTaskDefinition");
+        self.audit.delay(AwsOp::DescribeTaskDefinition);
         self.inner.describe_task_definition(arn).await
     }
 
@@ -1815,7 +1806,7 @@ impl Ecs for AuditedEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        self.audit.delay("DescribeServices");
+        self.audit.delay(AwsOp::DescribeServices);
         self.inner
             .describe_service_without_tasks(cluster, service)
             .await
@@ -1826,7 +1817,7 @@ impl Ecs for AuditedEcs {
         cluster: &str,
         services: &[String],
     ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.audit.delay("DescribeServices");
+        self.audit.delay(AwsOp::DescribeServices);
         self.inner
             .describe_services_without_tasks(cluster, services)
             .await
@@ -1837,7 +1828,7 @@ impl Ecs for AuditedEcs {
         family_prefix: &str,
         token: Option<&str>,
     ) -> Result<TaskDefinitionPage, PortError> {
-        self.audit.delay("ListTaskDefinitions");
+        self.audit.delay(AwsOp::ListTaskDefinitions);
         self.inner.list_task_definitions(family_prefix, token).await
     }
 
@@ -1848,10 +1839,10 @@ impl Ecs for AuditedEcs {
         image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
-        self.audit.delay("RegisterTaskDefinition");
+        self.audit.delay(AwsOp::RegisterTaskDefinition);
         let key = format!("family/{}", family_of(base_arn));
         self.audit
-            .mutation(&self.holder, &key, "RegisterTaskDefinition")
+            .mutation(&self.holder, &key, AwsOp::RegisterTaskDefinition)
             .await;
         self.inner
             .register_clone(base_arn, container, image, tags)
@@ -1864,18 +1855,18 @@ impl Ecs for AuditedEcs {
         service: &str,
         task_definition_arn: &str,
     ) -> Result<String, PortError> {
-        self.audit.delay("UpdateService");
+        self.audit.delay(AwsOp::UpdateService);
         let key = format!("{cluster}/{service}");
         self.audit
-            .mutation(&self.holder, &key, "UpdateService")
+            .mutation(&self.holder, &key, AwsOp::UpdateService)
             .await;
-        let lost = self.inner.faults.answers_lost("UpdateService");
+        let lost = self.inner.faults.answers_lost(AwsOp::UpdateService);
         let result = self
             .inner
             .update_service(cluster, service, task_definition_arn)
             .await;
         // An update whose answer was lost was made all the same.
-        let lost = self.inner.faults.answers_lost("UpdateService") > lost;
+        let lost = self.inner.faults.answers_lost(AwsOp::UpdateService) > lost;
         if result.is_ok() || lost {
             self.audit.update(&key, task_definition_arn, lost).await;
         }
@@ -1892,7 +1883,7 @@ struct AuditedCfn {
 #[async_trait]
 impl CloudFormation for AuditedCfn {
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.audit.delay("DescribeStacks");
+        self.audit.delay(AwsOp::DescribeStacks);
         self.inner.describe_stack(name).await
     }
 
@@ -1901,14 +1892,14 @@ impl CloudFormation for AuditedCfn {
         stack: &str,
         template_url: Option<&str>,
     ) -> Result<TemplateSummary, PortError> {
-        self.audit.delay("GetTemplateSummary");
+        self.audit.delay(AwsOp::GetTemplateSummary);
         self.inner.template_summary(stack, template_url).await
     }
 
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        self.audit.delay("CreateChangeSet");
+        self.audit.delay(AwsOp::CreateChangeSet);
         self.audit
-            .mutation(&self.holder, &request.stack, "CreateChangeSet")
+            .mutation(&self.holder, &request.stack, AwsOp::CreateChangeSet)
             .await;
         self.inner.create_change_set(request).await
     }
@@ -1918,7 +1909,7 @@ impl CloudFormation for AuditedCfn {
         stack: &str,
         name: &str,
     ) -> Result<Option<ChangeSet>, PortError> {
-        self.audit.delay("DescribeChangeSet");
+        self.audit.delay(AwsOp::DescribeChangeSet);
         self.inner.describe_change_set(stack, name).await
     }
 
@@ -1928,23 +1919,23 @@ impl CloudFormation for AuditedCfn {
         name: &str,
         token: &str,
     ) -> Result<(), PortError> {
-        self.audit.delay("ExecuteChangeSet");
+        self.audit.delay(AwsOp::ExecuteChangeSet);
         self.audit
-            .mutation(&self.holder, stack, "ExecuteChangeSet")
+            .mutation(&self.holder, stack, AwsOp::ExecuteChangeSet)
             .await;
         self.inner.execute_change_set(stack, name, token).await
     }
 
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        self.audit.delay("DeleteChangeSet");
+        self.audit.delay(AwsOp::DeleteChangeSet);
         self.audit
-            .mutation(&self.holder, stack, "DeleteChangeSet")
+            .mutation(&self.holder, stack, AwsOp::DeleteChangeSet)
             .await;
         self.inner.delete_change_set(stack, name).await
     }
 
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.audit.delay("DescribeStackEvents");
+        self.audit.delay(AwsOp::DescribeStackEvents);
         self.inner.stack_events(stack).await
     }
 }

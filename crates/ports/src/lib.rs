@@ -6,6 +6,8 @@
 //! backoff (transient), stop the attempt with a named reason (permanent), or treat as a lost
 //! lock (fenced).
 
+mod aws_op;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ use runner_updater_core::domain::observed::{ServiceState, StackState};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::{Record, RecordError};
+
+pub use aws_op::{ApiFamily, AwsOp, PortCall};
 
 /// How a port call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +40,8 @@ pub enum ErrorKind {
 pub struct PortError {
     /// Classification.
     pub kind: ErrorKind,
-    /// The API operation (`UpdateService`, …).
-    pub operation: &'static str,
+    /// The API operation that failed.
+    pub operation: AwsOp,
     /// What the service said (with its request id where there is one).
     pub message: String,
 }
@@ -45,7 +49,7 @@ pub struct PortError {
 impl PortError {
     /// Builds an error.
     #[must_use]
-    pub fn new(kind: ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, operation: AwsOp, message: impl Into<String>) -> Self {
         PortError {
             kind,
             operation,
@@ -80,6 +84,36 @@ pub struct ParameterPage {
 
 /// The most parameters one `GetParametersByPath` call returns (an AWS limit).
 pub const PARAMETERS_PAGE_MAX: usize = 10;
+
+/// The most pages one walk of a folder reads (a bound on a runaway folder).
+pub const FOLDER_PAGES_MAX: usize = 100;
+
+/// Every parameter under `path` (recursively), page by page through `store.get_page`: what an
+/// adapter whose `get_by_path` is a walk of pages calls, so that each page is one call to
+/// whatever wraps the store (a rate limit weighs each page).
+///
+/// # Errors
+/// A page's error, or more than [`FOLDER_PAGES_MAX`] pages.
+pub async fn walk_pages(
+    store: &dyn ParameterStore,
+    path: &str,
+) -> Result<BTreeMap<String, String>, PortError> {
+    let mut found = BTreeMap::new();
+    let mut token: Option<String> = None;
+    for _ in 0..FOLDER_PAGES_MAX {
+        let page = store.get_page(path, token.as_deref()).await?;
+        found.extend(page.parameters);
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(found),
+        }
+    }
+    Err(PortError::new(
+        ErrorKind::Permanent,
+        AwsOp::GetParametersByPath,
+        format!("more than {FOLDER_PAGES_MAX} pages under {path}"),
+    ))
+}
 
 /// SSM Parameter Store.
 #[async_trait]

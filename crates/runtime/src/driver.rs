@@ -42,6 +42,7 @@ use runner_updater_core::machine::{
     RunnerMachine, Settings, State, TransitionEntry,
 };
 use runner_updater_core::record::Record;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
     PortError, StateStore, StoreError,
@@ -1354,7 +1355,7 @@ impl RunnerDriver {
             );
             return Err(PortError::new(
                 ErrorKind::Permanent,
-                "RegisterTaskDefinition",
+                AwsOp::RegisterTaskDefinition,
                 message,
             ));
         }
@@ -1410,7 +1411,7 @@ impl RunnerDriver {
                 SearchStep::Exhausted => {
                     return Err(Unsearchable::Exhausted(PortError::new(
                         ErrorKind::Permanent,
-                        "ListTaskDefinitions",
+                        AwsOp::ListTaskDefinitions,
                         format!(
                             "more than {} revisions of {family} were registered since revision {floor}: cannot rule out that this attempt's registration was made, so it is not made again",
                             revision_search::DESCRIBES_MAX
@@ -1471,7 +1472,7 @@ impl RunnerDriver {
             {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
-                    "UpdateService",
+                    AwsOp::UpdateService,
                     format!(
                         "deployment {} of {} appeared on the service outside this attempt",
                         other.id, other.task_definition_arn
@@ -1523,7 +1524,7 @@ impl RunnerDriver {
             {
                 return Err(PortError::new(
                     ErrorKind::Permanent,
-                    "GetTemplateSummary",
+                    AwsOp::GetTemplateSummary,
                     format!("the template of {stack} needs {other} (macros or nested stacks), which the controller does not acknowledge: apply it by hand"),
                 ));
             }
@@ -1608,7 +1609,7 @@ impl RunnerDriver {
             None => {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
-                    "DescribeChangeSet",
+                    AwsOp::DescribeChangeSet,
                     format!("change set {name} of stack {stack} no longer exists: deleted by someone, or dropped when another update of the stack ran"),
                 ))
             }
@@ -1634,7 +1635,7 @@ impl RunnerDriver {
             Some("OBSOLETE") => {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
-                    "DescribeChangeSet",
+                    AwsOp::DescribeChangeSet,
                     format!("change set {name} is obsolete: another update of stack {stack} ran"),
                 ))
             }
@@ -1663,7 +1664,7 @@ impl RunnerDriver {
             }
             (Some("EXECUTE_FAILED"), StackProgress::Complete) => Err(PortError::new(
                 ErrorKind::Permanent,
-                "ExecuteChangeSet",
+                AwsOp::ExecuteChangeSet,
                 format!(
                     "the execution of change set {name} failed and stack {stack} is {}",
                     current.status
@@ -1671,7 +1672,7 @@ impl RunnerDriver {
             )),
             (Some("EXECUTE_COMPLETE"), _) => Err(PortError::new(
                 ErrorKind::Conflict,
-                "DescribeStacks",
+                AwsOp::DescribeStacks,
                 format!(
                     "change set {name} completed but stack {stack} is now {}: updated outside this attempt",
                     current.status
@@ -1705,7 +1706,7 @@ impl RunnerDriver {
         }
         Err(PortError::new(
             ErrorKind::Transient,
-            "DeleteChangeSet",
+            AwsOp::DeleteChangeSet,
             format!("change set {name} of stack {stack} is still being created; not deleted"),
         ))
     }

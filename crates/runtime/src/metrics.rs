@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
+use runner_updater_ports::AwsOp;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunnerLabels {
@@ -216,10 +217,10 @@ impl Metrics {
     }
 
     /// An AWS API call ended.
-    pub fn aws_call(&self, operation: &str, outcome: &str) {
+    pub fn aws_call(&self, operation: AwsOp, outcome: &str) {
         self.aws_calls
             .get_or_create(&AwsLabels {
-                operation: operation.to_owned(),
+                operation: operation.name().to_owned(),
                 outcome: outcome.to_owned(),
             })
             .inc();
@@ -343,7 +344,7 @@ mod tests {
         metrics.transition("runner-b", Phase::AwaitingRollout, Phase::RollingBack);
         metrics.command("runner-a", "update_service", "ok");
         metrics.retry("runner-a");
-        metrics.aws_call("DescribeServices", "ok");
+        metrics.aws_call(AwsOp::DescribeServices, "ok");
         metrics.pass("runner-a", 0.2, Millis(5_000), true);
         metrics.runner_status("runner-a", true, Some(Millis(4_000)));
         let text = metrics.render();

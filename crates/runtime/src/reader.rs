@@ -23,6 +23,7 @@ use runner_updater_ports::{
 };
 
 use crate::retry::RetryPolicy;
+use runner_updater_ports::AwsOp;
 
 /// The most pages one fleet read walks (a bound on a runaway prefix: a million parameters).
 pub const FLEET_PAGES_MAX: usize = 100_000;
@@ -166,7 +167,7 @@ impl FleetReader {
             if pages >= FLEET_PAGES_MAX {
                 let error = PortError::new(
                     ErrorKind::Permanent,
-                    "GetParametersByPath",
+                    AwsOp::GetParametersByPath,
                     format!("more than {FLEET_PAGES_MAX} pages under {}", self.prefix),
                 );
                 return (Err(error), pages);
@@ -242,7 +243,7 @@ impl FleetReader {
                         Ok(states) => {
                             let error = PortError::new(
                                 ErrorKind::Permanent,
-                                "DescribeServices",
+                                AwsOp::DescribeServices,
                                 format!(
                                     "{} services asked, {} answered",
                                     chunk.len(),

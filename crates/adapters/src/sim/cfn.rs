@@ -21,6 +21,7 @@ use super::{guard, Faults, SimClock};
 use runner_updater_core::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     ChangeSetRequest, Clock, CloudFormation, ErrorKind, PortError, TemplateSummary,
 };
@@ -311,11 +312,11 @@ impl SimCfn {
     }
 }
 
-fn not_found(operation: &'static str, what: String) -> PortError {
+fn not_found(operation: AwsOp, what: String) -> PortError {
     PortError::new(ErrorKind::NotFound, operation, what)
 }
 
-fn validation(operation: &'static str, message: &str) -> PortError {
+fn validation(operation: AwsOp, message: &str) -> PortError {
     PortError::new(
         ErrorKind::Permanent,
         operation,
@@ -482,12 +483,12 @@ fn diff(
 #[async_trait]
 impl CloudFormation for SimCfn {
     async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.faults.check("DescribeStacks")?;
+        self.faults.check(AwsOp::DescribeStacks)?;
         let now = self.clock.now();
-        let mut world = guard(&self.world, "DescribeStacks")?;
+        let mut world = guard(&self.world, AwsOp::DescribeStacks)?;
         let stack = world.stacks.get_mut(name).ok_or_else(|| {
             not_found(
-                "DescribeStacks",
+                AwsOp::DescribeStacks,
                 format!("Stack with id {name} does not exist"),
             )
         })?;
@@ -500,12 +501,12 @@ impl CloudFormation for SimCfn {
         stack: &str,
         template_url: Option<&str>,
     ) -> Result<TemplateSummary, PortError> {
-        self.faults.check("GetTemplateSummary")?;
-        let world = guard(&self.world, "GetTemplateSummary")?;
+        self.faults.check(AwsOp::GetTemplateSummary)?;
+        let world = guard(&self.world, AwsOp::GetTemplateSummary)?;
         let template = match template_url {
             Some(url) => world.templates.get(url).ok_or_else(|| {
                 validation(
-                    "GetTemplateSummary",
+                    AwsOp::GetTemplateSummary,
                     &format!("TemplateURL must be a supported URL: {url} not found"),
                 )
             })?,
@@ -515,7 +516,7 @@ impl CloudFormation for SimCfn {
                     .get(stack)
                     .ok_or_else(|| {
                         not_found(
-                            "GetTemplateSummary",
+                            AwsOp::GetTemplateSummary,
                             format!("Stack with id {stack} does not exist"),
                         )
                     })?
@@ -529,7 +530,7 @@ impl CloudFormation for SimCfn {
     }
 
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        const OP: &str = "CreateChangeSet";
+        const OP: AwsOp = AwsOp::CreateChangeSet;
         self.faults.mutate(OP, || {
             let now = self.clock.now();
             let mut guard = guard(&self.world, OP)?;
@@ -662,7 +663,7 @@ impl CloudFormation for SimCfn {
         stack: &str,
         name: &str,
     ) -> Result<Option<ChangeSet>, PortError> {
-        const OP: &str = "DescribeChangeSet";
+        const OP: AwsOp = AwsOp::DescribeChangeSet;
         self.faults.check(OP)?;
         let now = self.clock.now();
         let mut world = guard(&self.world, OP)?;
@@ -709,7 +710,7 @@ impl CloudFormation for SimCfn {
         name: &str,
         token: &str,
     ) -> Result<(), PortError> {
-        const OP: &str = "ExecuteChangeSet";
+        const OP: AwsOp = AwsOp::ExecuteChangeSet;
         self.faults.mutate(OP, || {
             let now = self.clock.now();
             let mut guard = guard(&self.world, OP)?;
@@ -804,7 +805,7 @@ impl CloudFormation for SimCfn {
     }
 
     async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        const OP: &str = "DeleteChangeSet";
+        const OP: AwsOp = AwsOp::DeleteChangeSet;
         self.faults.mutate(OP, || {
             let now = self.clock.now();
             let mut world = guard(&self.world, OP)?;
@@ -828,7 +829,7 @@ impl CloudFormation for SimCfn {
     }
 
     async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        const OP: &str = "DescribeStackEvents";
+        const OP: AwsOp = AwsOp::DescribeStackEvents;
         self.faults.check(OP)?;
         let now = self.clock.now();
         let mut world = guard(&self.world, OP)?;

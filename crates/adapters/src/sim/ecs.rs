@@ -24,6 +24,7 @@ use runner_updater_core::domain::task_definition::{
     clone_with_image, TaskDefinition, READ_ONLY_FIELDS,
 };
 use runner_updater_core::domain::Millis;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     Clock, Ecs, ErrorKind, PortError, TaskDefinitionPage, TASK_DEFINITIONS_PAGE_MAX,
 };
@@ -374,7 +375,7 @@ impl EcsWorld {
         now: Millis,
     ) -> Result<String, PortError> {
         let refuse = |message: String| {
-            PortError::new(ErrorKind::Permanent, "RegisterTaskDefinition", message)
+            PortError::new(ErrorKind::Permanent, AwsOp::RegisterTaskDefinition, message)
         };
         if let Some(field) = READ_ONLY_FIELDS.iter().find(|f| document.contains_key(**f)) {
             return Err(refuse(format!(
@@ -553,7 +554,7 @@ impl SimEcs {
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
         let now = self.clock.now();
-        guard(&self.world, "RegisterTaskDefinition")?.register(document, tags, now)
+        guard(&self.world, AwsOp::RegisterTaskDefinition)?.register(document, tags, now)
     }
 
     /// Creates a settled service running `spec.image`.
@@ -562,7 +563,7 @@ impl SimEcs {
     /// When the initial task definition is refused.
     pub fn create_service(&self, spec: &SimRunnerSpec) -> Result<(), PortError> {
         let now = self.clock.now();
-        let mut world = guard(&self.world, "CreateService")?;
+        let mut world = guard(&self.world, AwsOp::RegisterTaskDefinition)?;
         let mut runner = serde_json::json!({
             "name": spec.container,
             "image": spec.image,
@@ -589,7 +590,7 @@ impl SimEcs {
         let Value::Object(document) = document else {
             return Err(PortError::new(
                 ErrorKind::Permanent,
-                "CreateService",
+                AwsOp::RegisterTaskDefinition,
                 "document is not an object",
             ));
         };
@@ -646,13 +647,13 @@ impl SimEcs {
         actor: &str,
     ) -> Result<String, PortError> {
         let now = self.clock.now();
-        let mut world = guard(&self.world, "UpdateService")?;
+        let mut world = guard(&self.world, AwsOp::UpdateService)?;
         let key = (cluster.to_owned(), service.to_owned());
         world.advance(&key, now);
         if !world.task_definitions.contains_key(task_definition_arn) {
             return Err(PortError::new(
                 ErrorKind::Permanent,
-                "UpdateService",
+                AwsOp::UpdateService,
                 format!(
                     "InvalidParameterException: TaskDefinition not found: {task_definition_arn}"
                 ),
@@ -662,7 +663,7 @@ impl SimEcs {
         let Some(before) = world.services.get(&key).cloned() else {
             return Err(PortError::new(
                 ErrorKind::NotFound,
-                "UpdateService",
+                AwsOp::UpdateService,
                 format!("ServiceNotFoundException: {service}"),
             ));
         };
@@ -670,7 +671,7 @@ impl SimEcs {
         let Some(svc) = world.services.get_mut(&key) else {
             return Err(PortError::new(
                 ErrorKind::NotFound,
-                "UpdateService",
+                AwsOp::UpdateService,
                 format!("ServiceNotFoundException: {service}"),
             ));
         };
@@ -725,7 +726,7 @@ fn read_service(
         _ => world.services.get(&key).ok_or_else(|| {
             PortError::new(
                 ErrorKind::NotFound,
-                "DescribeServices",
+                AwsOp::DescribeServices,
                 format!("MISSING: service {service} in cluster {cluster}"),
             )
         })?,
@@ -779,12 +780,12 @@ impl Ecs for SimEcs {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError> {
-        self.faults.check("DescribeServices")?;
+        self.faults.check(AwsOp::DescribeServices)?;
         // Against AWS the task list takes `ListTasks` and `DescribeTasks`: a fault on the
         // latter (an answer the SDK cannot read) fails the whole read, as in the adapter.
-        self.faults.check("DescribeTasks")?;
+        self.faults.check(AwsOp::DescribeTasks)?;
         let now = self.clock.now();
-        let mut world = guard(&self.world, "DescribeServices")?;
+        let mut world = guard(&self.world, AwsOp::DescribeServices)?;
         read_service(&mut world, cluster, service, now)
     }
 
@@ -794,9 +795,9 @@ impl Ecs for SimEcs {
         services: &[String],
     ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
         // One call as against AWS: a fault fails the whole batch.
-        self.faults.check("DescribeServices")?;
+        self.faults.check(AwsOp::DescribeServices)?;
         let now = self.clock.now();
-        let mut world = guard(&self.world, "DescribeServices")?;
+        let mut world = guard(&self.world, AwsOp::DescribeServices)?;
         Ok(services
             .iter()
             .map(|service| {
@@ -814,21 +815,21 @@ impl Ecs for SimEcs {
         service: &str,
     ) -> Result<ServiceState, PortError> {
         // As against AWS: no task list (nothing at rest may depend on one), no task calls.
-        self.faults.check("DescribeServices")?;
+        self.faults.check(AwsOp::DescribeServices)?;
         let now = self.clock.now();
-        let mut world = guard(&self.world, "DescribeServices")?;
+        let mut world = guard(&self.world, AwsOp::DescribeServices)?;
         let mut state = read_service(&mut world, cluster, service, now)?;
         state.tasks.clear();
         Ok(state)
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.faults.check("DescribeTaskDefinition")?;
-        let world = guard(&self.world, "DescribeTaskDefinition")?;
+        self.faults.check(AwsOp::DescribeTaskDefinition)?;
+        let world = guard(&self.world, AwsOp::DescribeTaskDefinition)?;
         let stored = world.task_definitions.get(arn).ok_or_else(|| {
             PortError::new(
                 ErrorKind::NotFound,
-                "DescribeTaskDefinition",
+                AwsOp::DescribeTaskDefinition,
                 format!("ClientException: Unable to describe task definition {arn}"),
             )
         })?;
@@ -840,8 +841,8 @@ impl Ecs for SimEcs {
         family_prefix: &str,
         token: Option<&str>,
     ) -> Result<TaskDefinitionPage, PortError> {
-        self.faults.check("ListTaskDefinitions")?;
-        let world = guard(&self.world, "ListTaskDefinitions")?;
+        self.faults.check(AwsOp::ListTaskDefinitions)?;
+        let world = guard(&self.world, AwsOp::ListTaskDefinitions)?;
         // As AWS with `sort=DESC`: families in reverse order, each newest first, in pages.
         let mut listed: Vec<(&str, u64, &String)> = world
             .task_definitions
@@ -861,7 +862,7 @@ impl Ecs for SimEcs {
             Some(token) => token.parse::<usize>().map_err(|_| {
                 PortError::new(
                     ErrorKind::Permanent,
-                    "ListTaskDefinitions",
+                    AwsOp::ListTaskDefinitions,
                     format!("InvalidParameterException: bad nextToken {token:?}"),
                 )
             })?,
@@ -887,9 +888,9 @@ impl Ecs for SimEcs {
         image: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError> {
-        self.faults.mutate("RegisterTaskDefinition", || {
+        self.faults.mutate(AwsOp::RegisterTaskDefinition, || {
             let now = self.clock.now();
-            let mut world = guard(&self.world, "RegisterTaskDefinition")?;
+            let mut world = guard(&self.world, AwsOp::RegisterTaskDefinition)?;
             let base = world
                 .task_definitions
                 .get(base_arn)
@@ -897,14 +898,14 @@ impl Ecs for SimEcs {
                 .ok_or_else(|| {
                     PortError::new(
                         ErrorKind::NotFound,
-                        "DescribeTaskDefinition",
+                        AwsOp::DescribeTaskDefinition,
                         format!("ClientException: Unable to describe task definition {base_arn}"),
                     )
                 })?;
             let document = clone_with_image(&base.document, container, image).map_err(|e| {
                 PortError::new(
                     ErrorKind::Permanent,
-                    "RegisterTaskDefinition",
+                    AwsOp::RegisterTaskDefinition,
                     e.to_string(),
                 )
             })?;
@@ -920,7 +921,7 @@ impl Ecs for SimEcs {
         service: &str,
         task_definition_arn: &str,
     ) -> Result<String, PortError> {
-        self.faults.mutate("UpdateService", || {
+        self.faults.mutate(AwsOp::UpdateService, || {
             self.update_service_as(cluster, service, task_definition_arn, "controller")
         })
     }

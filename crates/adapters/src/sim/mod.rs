@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use runner_updater_core::domain::Millis;
+use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     Clock, ErrorKind, Parameter, ParameterPage, ParameterStore, PortError, PARAMETERS_PAGE_MAX,
 };
@@ -24,10 +25,7 @@ pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
 
 /// Locks a mutex, turning poisoning into a port error (a panicked test thread).
-fn guard<'a, T>(
-    mutex: &'a Mutex<T>,
-    operation: &'static str,
-) -> Result<MutexGuard<'a, T>, PortError> {
+fn guard<T>(mutex: &Mutex<T>, operation: AwsOp) -> Result<MutexGuard<'_, T>, PortError> {
     mutex
         .lock()
         .map_err(|_| PortError::new(ErrorKind::Permanent, operation, "simulation state poisoned"))
@@ -57,26 +55,26 @@ enum Fault {
 /// assert how many calls a pass makes).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
-    queued: Arc<Mutex<HashMap<&'static str, VecDeque<Fault>>>>,
-    calls: Arc<Mutex<HashMap<&'static str, u64>>>,
-    lost: Arc<Mutex<HashMap<&'static str, u64>>>,
+    queued: Arc<Mutex<HashMap<AwsOp, VecDeque<Fault>>>>,
+    calls: Arc<Mutex<HashMap<AwsOp, u64>>>,
+    lost: Arc<Mutex<HashMap<AwsOp, u64>>>,
 }
 
 impl Faults {
     /// Makes the next call of `operation` fail with `kind`, before any effect.
-    pub fn push(&self, operation: &'static str, kind: ErrorKind) {
+    pub fn push(&self, operation: AwsOp, kind: ErrorKind) {
         self.queue(operation, Fault::Fail(kind, None));
     }
 
     /// Makes the next call of `operation` fail with `kind` and `message` (what the AWS
     /// adapter would report for that failure).
-    pub fn push_error(&self, operation: &'static str, kind: ErrorKind, message: &str) {
+    pub fn push_error(&self, operation: AwsOp, kind: ErrorKind, message: &str) {
         self.queue(operation, Fault::Fail(kind, Some(message.to_owned())));
     }
 
     /// Makes the next call of `operation` fail as an answer the SDK cannot read does
     /// (classified permanent by the adapter, as `aws::classify` does).
-    pub fn push_unreadable(&self, operation: &'static str) {
+    pub fn push_unreadable(&self, operation: AwsOp) {
         self.push_error(
             operation,
             ErrorKind::Permanent,
@@ -86,11 +84,11 @@ impl Faults {
 
     /// Makes the next call of `operation` take effect and then lose its answer (the caller
     /// sees a transient error). On a read it is just a failed read.
-    pub fn lose_answer(&self, operation: &'static str) {
+    pub fn lose_answer(&self, operation: AwsOp) {
         self.queue(operation, Fault::LoseAnswer);
     }
 
-    fn queue(&self, operation: &'static str, fault: Fault) {
+    fn queue(&self, operation: AwsOp, fault: Fault) {
         if let Ok(mut queued) = self.queued.lock() {
             queued.entry(operation).or_default().push_back(fault);
         }
@@ -105,50 +103,50 @@ impl Faults {
 
     /// Faults still queued for `operation` (tests assert they were consumed).
     #[must_use]
-    pub fn pending(&self, operation: &'static str) -> usize {
+    pub fn pending(&self, operation: AwsOp) -> usize {
         self.queued
             .lock()
             .ok()
-            .and_then(|q| q.get(operation).map(VecDeque::len))
+            .and_then(|q| q.get(&operation).map(VecDeque::len))
             .unwrap_or(0)
     }
 
     /// Calls of `operation` so far (one per simulated call, a batch counting once).
     #[must_use]
-    pub fn calls(&self, operation: &'static str) -> u64 {
+    pub fn calls(&self, operation: AwsOp) -> u64 {
         self.calls
             .lock()
             .ok()
-            .and_then(|c| c.get(operation).copied())
+            .and_then(|c| c.get(&operation).copied())
             .unwrap_or(0)
     }
 
     /// Calls of `operation` that took effect and lost their answer, so far.
     #[must_use]
-    pub fn answers_lost(&self, operation: &'static str) -> u64 {
+    pub fn answers_lost(&self, operation: AwsOp) -> u64 {
         self.lost
             .lock()
             .ok()
-            .and_then(|c| c.get(operation).copied())
+            .and_then(|c| c.get(&operation).copied())
             .unwrap_or(0)
     }
 
     /// Counts the call and takes its fault, if one is queued.
-    fn take(&self, operation: &'static str) -> Option<Fault> {
+    fn take(&self, operation: AwsOp) -> Option<Fault> {
         if let Ok(mut calls) = self.calls.lock() {
             *calls.entry(operation).or_default() += 1;
         }
         self.queued
             .lock()
             .ok()
-            .and_then(|mut q| q.get_mut(operation).and_then(VecDeque::pop_front))
+            .and_then(|mut q| q.get_mut(&operation).and_then(VecDeque::pop_front))
     }
 
     /// A read (or a call without effect) starts: fails it if a fault is queued for it.
     ///
     /// # Errors
     /// The queued fault (a lost answer is a transient failure of the read).
-    pub fn check(&self, operation: &'static str) -> Result<(), PortError> {
+    pub fn check(&self, operation: AwsOp) -> Result<(), PortError> {
         match self.take(operation) {
             Some(Fault::Fail(kind, message)) => Err(failure(operation, kind, message)),
             Some(Fault::LoseAnswer) => Err(lost_answer(operation)),
@@ -164,7 +162,7 @@ impl Faults {
     /// The queued failure, the effect's own error, or the lost answer.
     pub fn mutate<T>(
         &self,
-        operation: &'static str,
+        operation: AwsOp,
         effect: impl FnOnce() -> Result<T, PortError>,
     ) -> Result<T, PortError> {
         let fault = self.take(operation);
@@ -185,7 +183,7 @@ impl Faults {
 }
 
 /// A queued failure, as the caller sees it.
-fn failure(operation: &'static str, kind: ErrorKind, message: Option<String>) -> PortError {
+fn failure(operation: AwsOp, kind: ErrorKind, message: Option<String>) -> PortError {
     PortError::new(
         kind,
         operation,
@@ -194,7 +192,7 @@ fn failure(operation: &'static str, kind: ErrorKind, message: Option<String>) ->
 }
 
 /// What the caller of a call whose answer was lost sees (the SDK's dispatch failure).
-fn lost_answer(operation: &'static str) -> PortError {
+fn lost_answer(operation: AwsOp) -> PortError {
     PortError::new(
         ErrorKind::Transient,
         operation,
@@ -321,9 +319,9 @@ impl SimSsm {
 #[async_trait]
 impl ParameterStore for SimSsm {
     async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        self.faults.check("GetParametersByPath")?;
+        self.faults.check(AwsOp::GetParametersByPath)?;
         let prefix = folder(path);
-        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        let parameters = guard(&self.parameters, AwsOp::GetParametersByPath)?;
         Ok(parameters
             .range(prefix.clone()..)
             .take_while(|(name, _)| name.starts_with(&prefix))
@@ -332,9 +330,9 @@ impl ParameterStore for SimSsm {
     }
 
     async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
-        self.faults.check("GetParametersByPath")?;
+        self.faults.check(AwsOp::GetParametersByPath)?;
         let prefix = folder(path);
-        let parameters = guard(&self.parameters, "GetParametersByPath")?;
+        let parameters = guard(&self.parameters, AwsOp::GetParametersByPath)?;
         // The token is the last name of the previous page: the next page starts after it.
         let start = match token {
             Some(last) => std::ops::Bound::Excluded(last.to_owned()),
@@ -359,18 +357,20 @@ impl ParameterStore for SimSsm {
     }
 
     async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
-        self.faults.check("GetParameter")?;
-        Ok(guard(&self.parameters, "GetParameter")?.get(name).cloned())
+        self.faults.check(AwsOp::GetParameter)?;
+        Ok(guard(&self.parameters, AwsOp::GetParameter)?
+            .get(name)
+            .cloned())
     }
 
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.faults.mutate("PutParameter", || {
-            let mut parameters = guard(&self.parameters, "PutParameter")?;
+        self.faults.mutate(AwsOp::PutParameter, || {
+            let mut parameters = guard(&self.parameters, AwsOp::PutParameter)?;
             let version = match parameters.get(name) {
                 Some(_) if !overwrite => {
                     return Err(PortError::new(
                         ErrorKind::Conflict,
-                        "PutParameter",
+                        AwsOp::PutParameter,
                         format!("ParameterAlreadyExists: {name}"),
                     ))
                 }
@@ -389,8 +389,8 @@ impl ParameterStore for SimSsm {
     }
 
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.faults.mutate("DeleteParameter", || {
-            guard(&self.parameters, "DeleteParameter")?.remove(name);
+        self.faults.mutate(AwsOp::DeleteParameter, || {
+            guard(&self.parameters, AwsOp::DeleteParameter)?.remove(name);
             Ok(())
         })
     }

@@ -1,0 +1,312 @@
+//! The vocabulary of AWS operations: every SDK operation the adapters call, its API family
+//! (which client and which rate limit), its IAM action, whether it mutates — and, for each port
+//! method, the SDK calls it makes against AWS ([`PortCall::sdk_calls`]).
+//!
+//! One table, read by everyone who names an operation: the AWS adapters' spans and metrics, the
+//! rate limiter's weights, the benchmark's counts, the simulation's faults and audit, and the
+//! IAM policy test. A new operation is a new variant here, or nothing compiles.
+
+use std::fmt;
+
+/// An AWS API family: a client, a client-side rate limit, an IAM prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiFamily {
+    /// SSM Parameter Store.
+    Ssm,
+    /// ECS.
+    Ecs,
+    /// `CloudFormation`.
+    CloudFormation,
+}
+
+impl ApiFamily {
+    /// Every family, in the order of the configuration's rate limits.
+    pub const ALL: [ApiFamily; 3] = [ApiFamily::Ssm, ApiFamily::Ecs, ApiFamily::CloudFormation];
+
+    /// The family's name as AWS writes it (`SSM`, `ECS`, `CloudFormation`).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiFamily::Ssm => "SSM",
+            ApiFamily::Ecs => "ECS",
+            ApiFamily::CloudFormation => "CloudFormation",
+        }
+    }
+
+    /// The IAM service prefix (`ssm`, `ecs`, `cloudformation`).
+    #[must_use]
+    pub fn iam_prefix(self) -> &'static str {
+        match self {
+            ApiFamily::Ssm => "ssm",
+            ApiFamily::Ecs => "ecs",
+            ApiFamily::CloudFormation => "cloudformation",
+        }
+    }
+}
+
+impl fmt::Display for ApiFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+macro_rules! aws_ops {
+    ($($(#[$doc:meta])* $op:ident: $family:ident, $mutates:literal;)*) => {
+        /// An AWS API operation the adapters call.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AwsOp {
+            $($(#[$doc])* $op,)*
+        }
+
+        impl AwsOp {
+            /// Every operation.
+            pub const ALL: &'static [AwsOp] = &[$(AwsOp::$op,)*];
+
+            /// The operation's name as AWS writes it (`UpdateService`).
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(AwsOp::$op => stringify!($op),)*
+                }
+            }
+
+            /// Its API family.
+            #[must_use]
+            pub fn family(self) -> ApiFamily {
+                match self {
+                    $(AwsOp::$op => ApiFamily::$family,)*
+                }
+            }
+
+            /// Whether it changes something in AWS (the simulation loses the answers of
+            /// these, after their effect).
+            #[must_use]
+            pub fn mutates(self) -> bool {
+                match self {
+                    $(AwsOp::$op => $mutates,)*
+                }
+            }
+        }
+    };
+}
+
+aws_ops! {
+    /// `ssm:GetParametersByPath`, one page of ten.
+    GetParametersByPath: Ssm, false;
+    /// `ssm:GetParameter`.
+    GetParameter: Ssm, false;
+    /// `ssm:PutParameter`.
+    PutParameter: Ssm, true;
+    /// `ssm:DeleteParameter`.
+    DeleteParameter: Ssm, true;
+    /// `ecs:DescribeServices`, up to ten services.
+    DescribeServices: Ecs, false;
+    /// `ecs:ListTasks`, one page.
+    ListTasks: Ecs, false;
+    /// `ecs:DescribeTasks`, up to a hundred tasks.
+    DescribeTasks: Ecs, false;
+    /// `ecs:DescribeTaskDefinition`.
+    DescribeTaskDefinition: Ecs, false;
+    /// `ecs:ListTaskDefinitions`, one page.
+    ListTaskDefinitions: Ecs, false;
+    /// `ecs:RegisterTaskDefinition`.
+    RegisterTaskDefinition: Ecs, true;
+    /// `ecs:UpdateService`.
+    UpdateService: Ecs, true;
+    /// `cloudformation:DescribeStacks`.
+    DescribeStacks: CloudFormation, false;
+    /// `cloudformation:GetTemplateSummary`.
+    GetTemplateSummary: CloudFormation, false;
+    /// `cloudformation:CreateChangeSet`.
+    CreateChangeSet: CloudFormation, true;
+    /// `cloudformation:DescribeChangeSet`.
+    DescribeChangeSet: CloudFormation, false;
+    /// `cloudformation:ExecuteChangeSet`.
+    ExecuteChangeSet: CloudFormation, true;
+    /// `cloudformation:DeleteChangeSet`.
+    DeleteChangeSet: CloudFormation, true;
+    /// `cloudformation:DescribeStackEvents`, the first page.
+    DescribeStackEvents: CloudFormation, false;
+}
+
+impl AwsOp {
+    /// The IAM action that authorises it (`ecs:UpdateService`).
+    #[must_use]
+    pub fn iam_action(self) -> String {
+        format!("{}:{}", self.family().iam_prefix(), self.name())
+    }
+
+    /// The operation named `name` as AWS writes it, if the adapters call it.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<AwsOp> {
+        AwsOp::ALL.iter().copied().find(|op| op.name() == name)
+    }
+}
+
+impl fmt::Display for AwsOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A port method called, as the decorators around the ports (rate limits, the benchmark's
+/// counts, the simulation's audit) see it: which method, with what it is sized by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortCall {
+    /// `ParameterStore::get_page`.
+    GetPage,
+    /// `ParameterStore::get`.
+    Get,
+    /// `ParameterStore::put`.
+    Put,
+    /// `ParameterStore::delete`.
+    Delete,
+    /// `Ecs::describe_service` (with its tasks).
+    DescribeService,
+    /// `Ecs::describe_service_without_tasks`.
+    DescribeServiceWithoutTasks,
+    /// `Ecs::describe_services_without_tasks`, for this many services.
+    DescribeServicesWithoutTasks {
+        /// Services asked for.
+        services: usize,
+    },
+    /// `Ecs::describe_task_definition`.
+    DescribeTaskDefinition,
+    /// `Ecs::list_task_definitions`.
+    ListTaskDefinitions,
+    /// `Ecs::register_clone`: reads the base revision, then registers the clone.
+    RegisterClone,
+    /// `Ecs::update_service` (forward or rollback).
+    UpdateService,
+    /// `CloudFormation::describe_stack`.
+    DescribeStack,
+    /// `CloudFormation::template_summary`.
+    TemplateSummary,
+    /// `CloudFormation::create_change_set`.
+    CreateChangeSet,
+    /// `CloudFormation::describe_change_set`.
+    DescribeChangeSet,
+    /// `CloudFormation::execute_change_set`.
+    ExecuteChangeSet,
+    /// `CloudFormation::delete_change_set`.
+    DeleteChangeSet,
+    /// `CloudFormation::stack_events`.
+    StackEvents,
+}
+
+/// The services one `DescribeServices` call describes at most (an AWS limit).
+const SERVICES_PER_CALL: usize = 10;
+
+impl PortCall {
+    /// The SDK calls this port call makes against AWS, with how many of each, as the AWS
+    /// adapters make them. A call whose size depends on the answer (`describe_service`'s
+    /// task pages) counts its usual size: one page of running and one of stopped tasks, and
+    /// one `DescribeTasks`.
+    #[must_use]
+    pub fn sdk_calls(self) -> Vec<(AwsOp, u32)> {
+        match self {
+            PortCall::GetPage => vec![(AwsOp::GetParametersByPath, 1)],
+            PortCall::Get => vec![(AwsOp::GetParameter, 1)],
+            PortCall::Put => vec![(AwsOp::PutParameter, 1)],
+            PortCall::Delete => vec![(AwsOp::DeleteParameter, 1)],
+            PortCall::DescribeService => vec![
+                (AwsOp::DescribeServices, 1),
+                (AwsOp::ListTasks, 2),
+                (AwsOp::DescribeTasks, 1),
+            ],
+            PortCall::DescribeServiceWithoutTasks => vec![(AwsOp::DescribeServices, 1)],
+            PortCall::DescribeServicesWithoutTasks { services } => {
+                let calls = services.div_ceil(SERVICES_PER_CALL).max(1);
+                vec![(
+                    AwsOp::DescribeServices,
+                    u32::try_from(calls).unwrap_or(u32::MAX),
+                )]
+            }
+            PortCall::DescribeTaskDefinition => vec![(AwsOp::DescribeTaskDefinition, 1)],
+            PortCall::ListTaskDefinitions => vec![(AwsOp::ListTaskDefinitions, 1)],
+            PortCall::RegisterClone => vec![
+                (AwsOp::DescribeTaskDefinition, 1),
+                (AwsOp::RegisterTaskDefinition, 1),
+            ],
+            PortCall::UpdateService => vec![(AwsOp::UpdateService, 1)],
+            PortCall::DescribeStack => vec![(AwsOp::DescribeStacks, 1)],
+            PortCall::TemplateSummary => vec![(AwsOp::GetTemplateSummary, 1)],
+            PortCall::CreateChangeSet => vec![(AwsOp::CreateChangeSet, 1)],
+            PortCall::DescribeChangeSet => vec![(AwsOp::DescribeChangeSet, 1)],
+            PortCall::ExecuteChangeSet => vec![(AwsOp::ExecuteChangeSet, 1)],
+            PortCall::DeleteChangeSet => vec![(AwsOp::DeleteChangeSet, 1)],
+            PortCall::StackEvents => vec![(AwsOp::DescribeStackEvents, 1)],
+        }
+    }
+
+    /// The API family of its calls (every port call stays within one).
+    #[must_use]
+    pub fn family(self) -> ApiFamily {
+        self.sdk_calls()
+            .first()
+            .map_or(ApiFamily::Ssm, |(op, _)| op.family())
+    }
+
+    /// Its calls against AWS, all operations together: what it weighs in its family's rate
+    /// limit.
+    #[must_use]
+    pub fn weight(self) -> u32 {
+        self.sdk_calls().iter().map(|(_, n)| n).sum()
+    }
+
+    /// The operation it is named by in spans, faults and the audit: the last (and, but for
+    /// `register_clone`, only) operation it calls.
+    #[must_use]
+    pub fn op(self) -> AwsOp {
+        self.sdk_calls()
+            .last()
+            .map_or(AwsOp::GetParameter, |(op, _)| *op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_one_name_one_family_and_one_iam_action() {
+        let mut names: Vec<&str> = AwsOp::ALL.iter().map(|op| op.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AwsOp::ALL.len());
+        for op in AwsOp::ALL {
+            assert_eq!(AwsOp::from_name(op.name()), Some(*op));
+            assert!(op.iam_action().starts_with(op.family().iam_prefix()));
+        }
+        assert_eq!(AwsOp::UpdateService.iam_action(), "ecs:UpdateService");
+        assert_eq!(AwsOp::from_name("RunTask"), None);
+    }
+
+    #[test]
+    fn a_port_call_weighs_the_sdk_calls_it_makes_within_one_family() {
+        let check = |call: PortCall, weight: u32, op: AwsOp| {
+            assert_eq!(call.weight(), weight, "{call:?}");
+            assert_eq!(call.op(), op, "{call:?}");
+            assert!(
+                call.sdk_calls()
+                    .iter()
+                    .all(|(o, _)| o.family() == call.family()),
+                "{call:?}"
+            );
+        };
+        check(PortCall::RegisterClone, 2, AwsOp::RegisterTaskDefinition);
+        check(PortCall::DescribeService, 4, AwsOp::DescribeTasks);
+        check(
+            PortCall::DescribeServicesWithoutTasks { services: 0 },
+            1,
+            AwsOp::DescribeServices,
+        );
+        check(
+            PortCall::DescribeServicesWithoutTasks { services: 21 },
+            3,
+            AwsOp::DescribeServices,
+        );
+        check(PortCall::GetPage, 1, AwsOp::GetParametersByPath);
+        check(PortCall::StackEvents, 1, AwsOp::DescribeStackEvents);
+    }
+}
