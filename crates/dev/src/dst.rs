@@ -52,6 +52,7 @@ use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
 use runner_updater_core::domain::observed::{ServiceState, StackState, ATTEMPT_TAG};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
+use runner_updater_core::domain::{fnv1a, FNV_OFFSET};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::create_fleet;
@@ -1494,16 +1495,10 @@ impl World {
     }
 }
 
-/// FNV-1a over `bytes`, continuing from `hash`.
+/// The domain's FNV-1a over `bytes`, continuing from `hash` (a tally's zero: from the start).
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
-    let start = if hash == 0 {
-        0xcbf2_9ce4_8422_2325
-    } else {
-        hash
-    };
-    bytes.iter().fold(start, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let start = if hash == 0 { FNV_OFFSET } else { hash };
+    fnv1a(start, bytes)
 }
 
 /// A stack template at infrastructure version `infra`: the initial one with a changed
@@ -1938,23 +1933,4 @@ impl CloudFormation for AuditedCfn {
         self.audit.delay(AwsOp::DescribeStackEvents);
         self.inner.stack_events(stack).await
     }
-}
-
-/// Runs seeds `first..first + count` and returns the tally, stopping at the first violation.
-///
-/// # Errors
-/// As [`run_seed`].
-pub async fn run_seeds(
-    first: u64,
-    count: u64,
-    settings: Settings,
-) -> Result<Result<Tally, Box<Violation>>, SimulationError> {
-    let mut tally = Tally::default();
-    for seed in first..first.saturating_add(count) {
-        match run_seed(seed, settings, false).await? {
-            Ok(one) => tally.add(&one),
-            Err(violation) => return Ok(Err(violation)),
-        }
-    }
-    Ok(Ok(tally))
 }

@@ -35,7 +35,7 @@ use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgres
 use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use runner_updater_core::domain::revision_search::{self, RevisionSearch, SearchStep};
 use runner_updater_core::domain::task_definition::TaskDefinition;
-use runner_updater_core::domain::Millis;
+use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::machine::{
     self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note, Observation,
@@ -234,9 +234,7 @@ impl RunnerDriver {
             crash: CrashPlan::default(),
             saves: 0,
             commands: 0,
-            jitter_seed: runner.name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            }),
+            jitter_seed: fnv1a(FNV_OFFSET, runner.name.as_bytes()),
             traceparent: None,
             state_span: None,
             metrics: None,
@@ -1800,9 +1798,7 @@ fn read_failed(command: &'static str, error: PortError) -> Result<Event, PortErr
 /// A runner's stack refresh period: `secs` plus up to half of it, spread by the runner's name
 /// so that a fleet started at once does not re-read every stack in the same pass.
 fn stack_refresh(secs: u64, runner: &str) -> Duration {
-    let spread = runner.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    }) % 1000;
+    let spread = fnv1a(FNV_OFFSET, runner.as_bytes()) % 1000;
     Duration::from_millis(
         secs.saturating_mul(1000)
             .saturating_add(secs.saturating_mul(spread) / 2),

@@ -17,7 +17,7 @@ use futures_util::stream::StreamExt;
 use runner_updater_config::RunnerConfig;
 use runner_updater_core::domain::desired::is_desired_name;
 use runner_updater_core::domain::observed::ServiceState;
-use runner_updater_core::domain::Millis;
+use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
 use runner_updater_ports::{
     Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
 };
@@ -114,9 +114,7 @@ impl FleetReader {
             clock,
             prefix: prefix.trim_end_matches('/').to_owned(),
             retry: RetryPolicy::default(),
-            jitter_seed: prefix.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            }),
+            jitter_seed: fnv1a(FNV_OFFSET, prefix.as_bytes()),
             reads: Arc::new(AtomicU64::new(0)),
         }
     }

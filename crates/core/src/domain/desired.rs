@@ -362,17 +362,12 @@ pub fn settle_fingerprint(parameters: &BTreeMap<String, String>) -> u64 {
     parameters
         .iter()
         .filter(|(name, _)| name.starts_with("desired/") && !SWITCHES.contains(&name.as_str()))
-        .fold(
-            0xcbf2_9ce4_8422_2325_u64 ^ release,
-            |hash, (name, value)| {
-                [name.as_bytes(), b"\0", value.as_bytes(), b"\0"]
-                    .concat()
-                    .iter()
-                    .fold(hash, |h, b| {
-                        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-                    })
-            },
-        )
+        .fold(super::FNV_OFFSET ^ release, |hash, (name, value)| {
+            super::fnv1a(
+                hash,
+                &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"].concat(),
+            )
+        })
 }
 
 /// The desired values as written, before validation.

@@ -240,13 +240,10 @@ pub fn fingerprint(desired: &DesiredState) -> Option<String> {
             let _ = writeln!(text, "p={key}={value}");
         }
     }
-    Some(format!("{:016x}", fnv1a(text.as_bytes())))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    })
+    Some(format!(
+        "{:016x}",
+        super::fnv1a(super::FNV_OFFSET, text.as_bytes())
+    ))
 }
 
 /// CloudFormation names: `[A-Za-z][-A-Za-z0-9]*`, at most 128 characters. Longer names keep a
@@ -260,7 +257,11 @@ fn cfn_name(prefix: &str, attempt_id: &str, stack: &str) -> String {
     if clean.len() <= 128 {
         clean
     } else {
-        format!("{}-{:016x}", &clean[..111], fnv1a(raw.as_bytes()))
+        format!(
+            "{}-{:016x}",
+            &clean[..111],
+            super::fnv1a(super::FNV_OFFSET, raw.as_bytes())
+        )
     }
 }
 

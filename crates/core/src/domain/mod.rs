@@ -63,6 +63,19 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// FNV-1a's offset basis: where a hash of nothing starts.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `hash` (start from [`FNV_OFFSET`]): the one stable
+/// hash of the project (unlike std's, the same in every process, version and platform), for
+/// fingerprints, seeds and spreads.
+#[must_use]
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +88,16 @@ mod tests {
             "2025-03-01T10:00:00Z"
         );
         assert_eq!(Millis(951_782_400_000).to_string(), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_64_bit_fnv_1a_and_continues_a_hash() {
+        assert_eq!(fnv1a(FNV_OFFSET, b""), FNV_OFFSET);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            fnv1a(fnv1a(FNV_OFFSET, b"foo"), b"bar"),
+            fnv1a(FNV_OFFSET, b"foobar")
+        );
     }
 }

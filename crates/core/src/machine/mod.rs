@@ -294,20 +294,6 @@ impl Command {
             Command::DeleteChangeSet { .. } => "delete_change_set",
         }
     }
-
-    /// Whether the command changes the runner (and so must be fenced).
-    #[must_use]
-    pub fn is_mutation(&self) -> bool {
-        matches!(
-            self,
-            Command::RegisterTaskDefinition { .. }
-                | Command::UpdateService { .. }
-                | Command::RollBackService { .. }
-                | Command::PrepareChangeSet { .. }
-                | Command::AwaitChangeSet { .. }
-                | Command::DeleteChangeSet { .. }
-        )
-    }
 }
 
 /// Desired and observed state, as read at one moment.
@@ -1865,13 +1851,6 @@ impl RunnerMachine {
             self.memory.failed.drain(..excess);
         }
         self.note_now(&failure.code, failure.reason.clone(), now);
-    }
-
-    /// Clears the failed marks (`runner-updater retry`). Returns how many were cleared.
-    pub fn clear_failed(&mut self) -> usize {
-        let cleared = self.memory.failed.len();
-        self.memory.failed.clear();
-        cleared
     }
 
     fn gate_status(&self, gate: &Gate, observation: &Observation) -> GateStatus {
