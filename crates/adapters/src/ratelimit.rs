@@ -125,18 +125,11 @@ impl Limiter {
     }
 }
 
-/// Whether AWS refused a call for its rate.
+/// Whether AWS refused a call for its rate (the adapters classify it: a throttling code or
+/// HTTP 429 is [`ErrorKind::Throttled`]).
 #[must_use]
 pub fn is_throttling(error: &PortError) -> bool {
-    error.kind == ErrorKind::Transient
-        && [
-            "Throttl",
-            "Rate exceeded",
-            "TooManyRequests",
-            "RequestLimitExceeded",
-        ]
-        .iter()
-        .any(|needle| error.message.contains(needle))
+    error.kind == ErrorKind::Throttled
 }
 
 /// SSM behind its limiter.
@@ -384,7 +377,7 @@ mod tests {
         }
         assert!((limiter.rate() - 32.0).abs() < 1e-9, "back, and no higher");
         let throttle = PortError::new(
-            ErrorKind::Transient,
+            ErrorKind::Throttled,
             AwsOp::GetParameter,
             "ThrottlingException: Rate exceeded",
         );

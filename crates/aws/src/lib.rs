@@ -63,7 +63,7 @@ where
                 Ok(output) => ("ok", output.request_id().map(str::to_owned)),
                 Err(error) => (
                     match classify(operation, error).kind {
-                        ErrorKind::Transient => "transient-error",
+                        ErrorKind::Transient | ErrorKind::Throttled => "transient-error",
                         ErrorKind::Permanent => "permanent-error",
                         ErrorKind::NotFound => "not-found",
                         ErrorKind::Conflict => "conflict",
@@ -218,11 +218,9 @@ where
             let code = context.err().code().unwrap_or("Unknown");
             let message = context.err().message().unwrap_or("");
             let status = context.raw().status().as_u16();
-            let kind = if THROTTLING_CODES.contains(&code)
-                || status == 429
-                || SERVER_CODES.contains(&code)
-                || status >= 500
-            {
+            let kind = if THROTTLING_CODES.contains(&code) || status == 429 {
+                ErrorKind::Throttled
+            } else if SERVER_CODES.contains(&code) || status >= 500 {
                 ErrorKind::Transient
             } else if NOT_FOUND_CODES.contains(&code)
                 || (code == "ValidationError" && message.contains("does not exist"))

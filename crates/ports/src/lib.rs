@@ -24,8 +24,11 @@ pub use aws_op::{ApiFamily, AwsOp, PortCall};
 /// How a port call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Throttling, 5xx, timeouts: retry with backoff.
+    /// 5xx, timeouts, an unreadable answer: retry with backoff.
     Transient,
+    /// AWS refused the call for its rate (a throttling code, HTTP 429): transient, and the
+    /// client-side rate limit slows down.
+    Throttled,
     /// Validation, access denied: do not retry.
     Permanent,
     /// The thing does not exist.
@@ -60,7 +63,7 @@ impl PortError {
     /// Whether a retry may help.
     #[must_use]
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Throttled)
     }
 }
 

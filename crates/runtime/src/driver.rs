@@ -1297,7 +1297,7 @@ impl RunnerDriver {
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
             command: command.name(),
             class: match error.kind {
-                ErrorKind::Transient => FailureClass::Transient,
+                ErrorKind::Transient | ErrorKind::Throttled => FailureClass::Transient,
                 ErrorKind::Conflict => FailureClass::Conflict,
                 ErrorKind::Permanent | ErrorKind::NotFound => FailureClass::Permanent,
             },
@@ -1786,11 +1786,13 @@ enum Unsearchable {
 /// conflict, is an answer, not a read failure.
 fn read_failed(command: &'static str, error: PortError) -> Result<Event, PortError> {
     match error.kind {
-        ErrorKind::Transient | ErrorKind::Permanent => Ok(Event::CommandFailed {
-            command,
-            class: FailureClass::Unreadable,
-            message: error.to_string(),
-        }),
+        ErrorKind::Transient | ErrorKind::Throttled | ErrorKind::Permanent => {
+            Ok(Event::CommandFailed {
+                command,
+                class: FailureClass::Unreadable,
+                message: error.to_string(),
+            })
+        }
         ErrorKind::NotFound | ErrorKind::Conflict => Err(error),
     }
 }
