@@ -9,7 +9,7 @@ use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
 use runner_updater_adapters::store::{FileStore, SsmStore};
 use runner_updater_aws::{AwsClients, SdkSettings};
-use runner_updater_config::Config;
+use runner_updater_config::{Config, StateBackend};
 use runner_updater_ports::{ApiFamily, Clock, ParameterStore, StateStore};
 use runner_updater_runtime::driver::Ports;
 
@@ -86,7 +86,7 @@ pub async fn aws_ports(config: &Config) -> Ports {
 /// The state store the configuration names, on `ssm` when it is the SSM store.
 #[must_use]
 pub fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore> {
-    if config.state_store.backend == "file" {
+    if config.state_store.backend == StateBackend::File {
         Arc::new(FileStore::new(&config.state_store.path))
     } else {
         Arc::new(SsmStore::new(ssm, &config.prefix))
@@ -96,7 +96,7 @@ pub fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateS
 /// What `status` reads: the configured state store and, with the SSM store, the leases (the
 /// file store is read without AWS, so it works with no credentials at all).
 pub async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<SsmLease>) {
-    if config.state_store.backend == "file" {
+    if config.state_store.backend == StateBackend::File {
         return (Arc::new(FileStore::new(&config.state_store.path)), None);
     }
     let clients = AwsClients::from_env(sdk_settings(config)).await;

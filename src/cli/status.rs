@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use runner_updater_adapters::clock::SystemClock;
+use runner_updater_config::StateBackend;
 use runner_updater_interface::ops;
 use runner_updater_interface::report::render_status;
 use runner_updater_ports::{Clock as _, Lock};
@@ -33,7 +34,7 @@ pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Resul
     // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
     let runners = match args.runner {
         Some(runner) => vec![runner],
-        None if !config.runners.is_empty() && config.state_store.backend == "ssm" => {
+        None if !config.runners.is_empty() && config.state_store.backend == StateBackend::Ssm => {
             config.runners.iter().map(|r| r.name.clone()).collect()
         }
         None => store.list().await?,

@@ -177,17 +177,42 @@ fn default_check_span_every_passes() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct StateStoreConfig {
     /// `ssm` (`<prefix>/<runner>/status`, shared by every replica) or `file` (local).
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    #[serde(default)]
+    pub backend: StateBackend,
     /// Directory of the `file` backend.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
 }
 
+/// Where records are kept.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(try_from = "String")]
+pub enum StateBackend {
+    /// `<prefix>/<runner>/status` in SSM, shared by every replica.
+    #[default]
+    Ssm,
+    /// One file per runner under `state_store.path` (one controller, local).
+    File,
+}
+
+impl TryFrom<String> for StateBackend {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "ssm" => Ok(StateBackend::Ssm),
+            "file" => Ok(StateBackend::File),
+            _ => Err(format!(
+                "state_store.backend {text:?}: use \"ssm\" or \"file\""
+            )),
+        }
+    }
+}
+
 impl Default for StateStoreConfig {
     fn default() -> Self {
         StateStoreConfig {
-            backend: default_backend(),
+            backend: StateBackend::default(),
             path: default_state_path(),
         }
     }
@@ -364,9 +389,6 @@ fn default_active_poll_interval_secs() -> u64 {
 fn default_lease_secs() -> u64 {
     180
 }
-fn default_backend() -> String {
-    "ssm".to_owned()
-}
 fn default_state_path() -> PathBuf {
     PathBuf::from("runner-updater-state")
 }
@@ -540,12 +562,6 @@ impl Config {
                 self.pass_secs()
             ));
         }
-        if !matches!(self.state_store.backend.as_str(), "ssm" | "file") {
-            return invalid(format!(
-                "state_store.backend {:?}: use \"ssm\" or \"file\"",
-                self.state_store.backend
-            ));
-        }
         let mut names = std::collections::BTreeSet::new();
         for runner in &self.runners {
             if !is_runner_name(&runner.name) {
@@ -659,6 +675,27 @@ image_repository = "registry.example/runner"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_store_backend_is_ssm_or_file_and_another_is_named_where_it_is_written() {
+        let with =
+            |backend: &str| Config::from_toml(&format!("[state_store]\nbackend = {backend:?}\n"));
+        assert_eq!(
+            with("file").unwrap().state_store.backend,
+            StateBackend::File
+        );
+        assert_eq!(with("ssm").unwrap().state_store.backend, StateBackend::Ssm);
+        assert_eq!(
+            Config::from_toml("").unwrap().state_store.backend,
+            StateBackend::Ssm
+        );
+        let error = with("dynamo").unwrap_err().to_string();
+        assert!(
+            error.contains("line 2")
+                && error.contains("state_store.backend \"dynamo\": use \"ssm\" or \"file\""),
+            "{error}"
+        );
+    }
 
     #[test]
     fn the_embedded_configuration_is_valid() {

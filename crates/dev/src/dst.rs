@@ -1446,10 +1446,8 @@ impl World {
                 .map_err(|e| e.to_string())?;
             if service.primary().is_some_and(|p| {
                 p.rollout_state == runner_updater_core::domain::observed::RolloutState::Failed
-                    && !p
-                        .rollout_reason
-                        .as_deref()
-                        .is_some_and(|r| r.contains("rolling back"))
+                    && p.rollout_cause()
+                        != runner_updater_core::domain::observed::RolloutCause::RollingBack
             }) {
                 // ECS failed a deployment and had nothing to roll back to: a human decides
                 // (the controller waits with `service-not-steady`).

@@ -1166,7 +1166,7 @@ impl RunnerDriver {
             && cache
                 .stacks
                 .iter()
-                .all(|s| !s.status.ends_with("_IN_PROGRESS"));
+                .all(|s| infra::progress(&s.status) != StackProgress::InProgress);
         fresh.then(|| cache.stacks.clone())
     }
 
@@ -1445,11 +1445,7 @@ impl RunnerDriver {
         // were down) means the world moved under the attempt: a foreign writer, never "done".
         // The one exception: ECS's own circuit-breaker rollback of our deployment (its reason
         // says so), which leaves the service on the baseline; the gate then reports it.
-        let ours_rolled_back = new.iter().find(|d| {
-            d.rollout_reason
-                .as_deref()
-                .is_some_and(|r| r.to_ascii_lowercase().contains("circuit breaker"))
-        });
+        let ours_rolled_back = new.iter().find(|d| d.rollout_cause().is_circuit_breaker());
         if let (Some(rollback), false) = (
             ours_rolled_back,
             new.iter()

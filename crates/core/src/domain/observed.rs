@@ -56,6 +56,53 @@ pub struct Deployment {
     pub failed_tasks: u32,
 }
 
+/// What ECS's reason for a deployment's rollout state says, read once, here: ECS writes it for
+/// people (`ECS deployment circuit breaker: tasks failed to start.`, `… rolling back to
+/// deploymentId ecs-svc/…`), so no other layer parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutCause {
+    /// No reason given, or one about something else.
+    Other,
+    /// The deployment circuit breaker failed the deployment.
+    CircuitBreaker,
+    /// The deployment is ECS's rollback of a failed one (the circuit breaker's rollback).
+    RollingBack,
+}
+
+impl RolloutCause {
+    /// Reads ECS's reason text.
+    #[must_use]
+    pub fn of(reason: Option<&str>) -> RolloutCause {
+        let Some(reason) = reason.map(str::to_ascii_lowercase) else {
+            return RolloutCause::Other;
+        };
+        if reason.contains("rolling back") {
+            RolloutCause::RollingBack
+        } else if reason.contains("circuit breaker") {
+            RolloutCause::CircuitBreaker
+        } else {
+            RolloutCause::Other
+        }
+    }
+
+    /// Whether the circuit breaker is behind it (a failure or its rollback).
+    #[must_use]
+    pub fn is_circuit_breaker(self) -> bool {
+        matches!(
+            self,
+            RolloutCause::CircuitBreaker | RolloutCause::RollingBack
+        )
+    }
+}
+
+impl Deployment {
+    /// What its rollout reason says.
+    #[must_use]
+    pub fn rollout_cause(&self) -> RolloutCause {
+        RolloutCause::of(self.rollout_reason.as_deref())
+    }
+}
+
 /// ECS task lifecycle, reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -283,4 +330,33 @@ pub fn is_failed_stack_status(status: &str) -> bool {
     // UPDATE_ROLLBACK_COMPLETE is usable (the stack is back on its previous template);
     // ROLLBACK_COMPLETE is what a failed creation leaves, and can only be deleted.
     status.ends_with("_FAILED") || status == "ROLLBACK_COMPLETE" || status.starts_with("DELETE_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecs_rollout_reasons_are_read_once_into_a_cause() {
+        let check = |reason: Option<&str>, cause: RolloutCause| {
+            assert_eq!(RolloutCause::of(reason), cause, "{reason:?}");
+        };
+        check(None, RolloutCause::Other);
+        check(
+            Some("ECS deployment ecs-svc/1 completed."),
+            RolloutCause::Other,
+        );
+        check(
+            Some("ECS deployment circuit breaker: tasks failed to start."),
+            RolloutCause::CircuitBreaker,
+        );
+        check(
+            Some("ECS deployment circuit breaker: rolling back to deploymentId ecs-svc/1"),
+            RolloutCause::RollingBack,
+        );
+        check(Some("Rolling back: alarm fired"), RolloutCause::RollingBack);
+        assert!(RolloutCause::RollingBack.is_circuit_breaker());
+        assert!(RolloutCause::CircuitBreaker.is_circuit_breaker());
+        assert!(!RolloutCause::Other.is_circuit_breaker());
+    }
 }
