@@ -51,32 +51,21 @@ pub async fn aws_ports(config: &Config) -> Ports {
     let clients = AwsClients::from_env(sdk_settings(config)).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
-    let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm {
-        inner: Arc::new(clients.ssm),
-        limiter: Arc::new(Limiter::new(
-            ApiFamily::Ssm,
-            limits.ssm_per_sec,
-            clock.clone(),
-        )),
-    });
+    let limiter = |family, per_sec| Arc::new(Limiter::new(family, per_sec, clock.clone()));
+    let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm::new(
+        Arc::new(clients.ssm),
+        limiter(ApiFamily::Ssm, limits.ssm_per_sec),
+    ));
     Ports {
         ssm: ssm.clone(),
-        ecs: Arc::new(LimitedEcs {
-            inner: Arc::new(clients.ecs),
-            limiter: Arc::new(Limiter::new(
-                ApiFamily::Ecs,
-                limits.ecs_per_sec,
-                clock.clone(),
-            )),
-        }),
-        cfn: Arc::new(LimitedCfn {
-            inner: Arc::new(clients.cfn),
-            limiter: Arc::new(Limiter::new(
-                ApiFamily::CloudFormation,
-                limits.cloudformation_per_sec,
-                clock.clone(),
-            )),
-        }),
+        ecs: Arc::new(LimitedEcs::new(
+            Arc::new(clients.ecs),
+            limiter(ApiFamily::Ecs, limits.ecs_per_sec),
+        )),
+        cfn: Arc::new(LimitedCfn::new(
+            Arc::new(clients.cfn),
+            limiter(ApiFamily::CloudFormation, limits.cloudformation_per_sec),
+        )),
         lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
         store: store_on(config, ssm),
         clock,

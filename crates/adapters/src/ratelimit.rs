@@ -7,20 +7,15 @@
 //! call: the controller slows down instead of retrying harder (the SDK's adaptive retry mode
 //! does the same per client).
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState};
-use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{
-    walk_pages, ApiFamily, ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Parameter,
-    ParameterPage, ParameterStore, PortCall, PortError, TaskDefinitionPage, TemplateSummary,
+    ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, ParameterStore,
+    PortError,
 };
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -105,24 +100,6 @@ impl Limiter {
             bucket.rate = (bucket.rate + self.configured / 20.0).min(self.configured);
         }
     }
-
-    /// Sends `call` once the SDK calls `port_call` makes may go (its weight, from the one
-    /// table of [`PortCall::sdk_calls`]).
-    async fn call<T>(
-        &self,
-        port_call: PortCall,
-        call: impl Future<Output = Result<T, PortError>>,
-    ) -> Result<T, PortError> {
-        debug_assert_eq!(port_call.family(), self.family, "{port_call:?}");
-        self.acquire(port_call.weight()).await;
-        let result = call.await;
-        match &result {
-            Err(error) if is_throttling(error) => self.throttled(),
-            Err(_) => {}
-            Ok(_) => self.succeeded(),
-        }
-        result
-    }
 }
 
 /// Whether AWS refused a call for its rate (the adapters classify it: a throttling code or
@@ -132,219 +109,36 @@ pub fn is_throttling(error: &PortError) -> bool {
     error.kind == ErrorKind::Throttled
 }
 
+/// The limiter around every call of its family's port: it waits for the call's weight (the
+/// SDK calls it makes, [`PortCall::weight`]) before, slows down on throttling after.
+#[async_trait]
+impl Hooks for Limiter {
+    async fn before(&self, call: &Call<'_>) {
+        debug_assert_eq!(call.port.family(), self.family, "{call:?}");
+        self.acquire(call.port.weight()).await;
+    }
+
+    async fn after(&self, _call: &Call<'_>, failed: Option<&PortError>) {
+        match failed {
+            Some(error) if is_throttling(error) => self.throttled(),
+            Some(_) => {}
+            None => self.succeeded(),
+        }
+    }
+}
+
 /// SSM behind its limiter.
-pub struct LimitedSsm {
-    /// The adapter.
-    pub inner: Arc<dyn ParameterStore>,
-    /// SSM's bucket.
-    pub limiter: Arc<Limiter>,
-}
-
-#[async_trait]
-impl ParameterStore for LimitedSsm {
-    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        // Page by page, each page through the bucket: a folder of 25 weighs 3.
-        walk_pages(self, path).await
-    }
-    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
-        self.limiter
-            .call(PortCall::GetPage, self.inner.get_page(path, token))
-            .await
-    }
-    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
-        self.limiter.call(PortCall::Get, self.inner.get(name)).await
-    }
-    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.limiter
-            .call(PortCall::Put, self.inner.put(name, value, overwrite))
-            .await
-    }
-    async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.limiter
-            .call(PortCall::Delete, self.inner.delete(name))
-            .await
-    }
-}
-
+pub type LimitedSsm = Decorated<dyn ParameterStore, Arc<Limiter>>;
 /// ECS behind its limiter.
-pub struct LimitedEcs {
-    /// The adapter.
-    pub inner: Arc<dyn Ecs>,
-    /// ECS's bucket.
-    pub limiter: Arc<Limiter>,
-}
-
-#[async_trait]
-impl Ecs for LimitedEcs {
-    async fn describe_service(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.limiter
-            .call(
-                PortCall::DescribeService,
-                self.inner.describe_service(cluster, service),
-            )
-            .await
-    }
-    async fn describe_service_without_tasks(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.limiter
-            .call(
-                PortCall::DescribeServiceWithoutTasks,
-                self.inner.describe_service_without_tasks(cluster, service),
-            )
-            .await
-    }
-    async fn describe_services_without_tasks(
-        &self,
-        cluster: &str,
-        services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.limiter
-            .call(
-                PortCall::DescribeServicesWithoutTasks {
-                    services: services.len(),
-                },
-                self.inner
-                    .describe_services_without_tasks(cluster, services),
-            )
-            .await
-    }
-    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.limiter
-            .call(
-                PortCall::DescribeTaskDefinition,
-                self.inner.describe_task_definition(arn),
-            )
-            .await
-    }
-    async fn list_task_definitions(
-        &self,
-        family_prefix: &str,
-        token: Option<&str>,
-    ) -> Result<TaskDefinitionPage, PortError> {
-        self.limiter
-            .call(
-                PortCall::ListTaskDefinitions,
-                self.inner.list_task_definitions(family_prefix, token),
-            )
-            .await
-    }
-    async fn register_clone(
-        &self,
-        base_arn: &str,
-        container: &str,
-        image: &str,
-        tags: BTreeMap<String, String>,
-    ) -> Result<String, PortError> {
-        self.limiter
-            .call(
-                PortCall::RegisterClone,
-                self.inner.register_clone(base_arn, container, image, tags),
-            )
-            .await
-    }
-    async fn update_service(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition_arn: &str,
-    ) -> Result<String, PortError> {
-        self.limiter
-            .call(
-                PortCall::UpdateService,
-                self.inner
-                    .update_service(cluster, service, task_definition_arn),
-            )
-            .await
-    }
-}
-
-/// CloudFormation behind its limiter.
-pub struct LimitedCfn {
-    /// The adapter.
-    pub inner: Arc<dyn CloudFormation>,
-    /// CloudFormation's bucket.
-    pub limiter: Arc<Limiter>,
-}
-
-#[async_trait]
-impl CloudFormation for LimitedCfn {
-    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.limiter
-            .call(PortCall::DescribeStack, self.inner.describe_stack(name))
-            .await
-    }
-    async fn template_summary(
-        &self,
-        stack: &str,
-        template_url: Option<&str>,
-    ) -> Result<TemplateSummary, PortError> {
-        self.limiter
-            .call(
-                PortCall::TemplateSummary,
-                self.inner.template_summary(stack, template_url),
-            )
-            .await
-    }
-    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        self.limiter
-            .call(
-                PortCall::CreateChangeSet,
-                self.inner.create_change_set(request),
-            )
-            .await
-    }
-    async fn describe_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-    ) -> Result<Option<ChangeSet>, PortError> {
-        self.limiter
-            .call(
-                PortCall::DescribeChangeSet,
-                self.inner.describe_change_set(stack, name),
-            )
-            .await
-    }
-    async fn execute_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-        token: &str,
-    ) -> Result<(), PortError> {
-        self.limiter
-            .call(
-                PortCall::ExecuteChangeSet,
-                self.inner.execute_change_set(stack, name, token),
-            )
-            .await
-    }
-    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        self.limiter
-            .call(
-                PortCall::DeleteChangeSet,
-                self.inner.delete_change_set(stack, name),
-            )
-            .await
-    }
-    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.limiter
-            .call(PortCall::StackEvents, self.inner.stack_events(stack))
-            .await
-    }
-}
+pub type LimitedEcs = Decorated<dyn Ecs, Arc<Limiter>>;
+/// `CloudFormation` behind its limiter.
+pub type LimitedCfn = Decorated<dyn CloudFormation, Arc<Limiter>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sim::{SimClock, SIM_EPOCH};
-    use runner_updater_ports::AwsOp;
+    use runner_updater_ports::{AwsOp, PortCall, Target};
 
     #[tokio::test]
     async fn calls_wait_for_their_tokens_at_the_configured_rate() {
@@ -388,9 +182,12 @@ mod tests {
         );
         assert!(is_throttling(&throttle));
         assert!(!is_throttling(&other));
-        let result: Result<(), PortError> =
-            limiter.call(PortCall::Get, async { Err(throttle) }).await;
-        assert!(result.is_err());
+        let call = Call {
+            port: PortCall::Get,
+            target: Target::Parameter("/p"),
+        };
+        limiter.before(&call).await;
+        limiter.after(&call, Some(&throttle)).await;
         assert!((limiter.rate() - 16.0).abs() < 1e-9);
     }
 }

@@ -25,17 +25,14 @@ use runner_updater_adapters::sim::SimAws;
 use runner_updater_adapters::sim::SIM_EPOCH;
 use runner_updater_adapters::store::{MemoryStore, SsmStore};
 use runner_updater_config::{Config, ConfigError};
-use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState};
-use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::create_fleet;
 use runner_updater_interface::scenario::fleet_config;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    walk_pages, ApiFamily, ChangeSetRequest, Clock, CloudFormation, Ecs, Parameter, ParameterPage,
-    ParameterStore, PortCall, PortError, TaskDefinitionPage, TemplateSummary,
+    ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, Hooks, ParameterStore, PortCall,
+    PortError,
 };
 use runner_updater_runtime::driver::TickReport;
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
@@ -134,163 +131,15 @@ fn family_index(operation: AwsOp) -> usize {
         .unwrap_or(0)
 }
 
-struct CountedSsm<P> {
-    inner: P,
-    counter: Counter,
-}
-
+/// The counter around every call of the simulated ports: the SDK calls each makes against
+/// AWS, counted and (timed) slept through before the call.
 #[async_trait]
-impl<P: ParameterStore> ParameterStore for CountedSsm<P> {
-    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        // Against AWS: a call per page of ten, each counted by `get_page`.
-        walk_pages(self, path).await
+impl Hooks for Counter {
+    async fn before(&self, call: &Call<'_>) {
+        self.count(call.port).await;
     }
-    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
-        self.counter.count(PortCall::GetPage).await;
-        self.inner.get_page(path, token).await
-    }
-    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
-        self.counter.count(PortCall::Get).await;
-        self.inner.get(name).await
-    }
-    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.counter.count(PortCall::Put).await;
-        self.inner.put(name, value, overwrite).await
-    }
-    async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.counter.count(PortCall::Delete).await;
-        self.inner.delete(name).await
-    }
-}
 
-struct CountedEcs<E> {
-    inner: E,
-    counter: Counter,
-}
-
-#[async_trait]
-impl<E: Ecs> Ecs for CountedEcs<E> {
-    async fn describe_service(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        // Against AWS this is DescribeServices plus, for the tasks, ListTasks (running and
-        // stopped) and DescribeTasks: counted as the adapter makes them.
-        self.counter.count(PortCall::DescribeService).await;
-        self.inner.describe_service(cluster, service).await
-    }
-    async fn describe_service_without_tasks(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.counter
-            .count(PortCall::DescribeServiceWithoutTasks)
-            .await;
-        self.inner
-            .describe_service_without_tasks(cluster, service)
-            .await
-    }
-    async fn describe_services_without_tasks(
-        &self,
-        cluster: &str,
-        services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.counter
-            .count(PortCall::DescribeServicesWithoutTasks {
-                services: services.len(),
-            })
-            .await;
-        self.inner
-            .describe_services_without_tasks(cluster, services)
-            .await
-    }
-    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.counter.count(PortCall::DescribeTaskDefinition).await;
-        self.inner.describe_task_definition(arn).await
-    }
-    async fn list_task_definitions(
-        &self,
-        family_prefix: &str,
-        token: Option<&str>,
-    ) -> Result<TaskDefinitionPage, PortError> {
-        self.counter.count(PortCall::ListTaskDefinitions).await;
-        self.inner.list_task_definitions(family_prefix, token).await
-    }
-    async fn register_clone(
-        &self,
-        base_arn: &str,
-        container: &str,
-        image: &str,
-        tags: BTreeMap<String, String>,
-    ) -> Result<String, PortError> {
-        self.counter.count(PortCall::RegisterClone).await;
-        self.inner
-            .register_clone(base_arn, container, image, tags)
-            .await
-    }
-    async fn update_service(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition_arn: &str,
-    ) -> Result<String, PortError> {
-        self.counter.count(PortCall::UpdateService).await;
-        self.inner
-            .update_service(cluster, service, task_definition_arn)
-            .await
-    }
-}
-
-struct CountedCfn<C> {
-    inner: C,
-    counter: Counter,
-}
-
-#[async_trait]
-impl<C: CloudFormation> CloudFormation for CountedCfn<C> {
-    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.counter.count(PortCall::DescribeStack).await;
-        self.inner.describe_stack(name).await
-    }
-    async fn template_summary(
-        &self,
-        stack: &str,
-        template_url: Option<&str>,
-    ) -> Result<TemplateSummary, PortError> {
-        self.counter.count(PortCall::TemplateSummary).await;
-        self.inner.template_summary(stack, template_url).await
-    }
-    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        self.counter.count(PortCall::CreateChangeSet).await;
-        self.inner.create_change_set(request).await
-    }
-    async fn describe_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-    ) -> Result<Option<ChangeSet>, PortError> {
-        self.counter.count(PortCall::DescribeChangeSet).await;
-        self.inner.describe_change_set(stack, name).await
-    }
-    async fn execute_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-        token: &str,
-    ) -> Result<(), PortError> {
-        self.counter.count(PortCall::ExecuteChangeSet).await;
-        self.inner.execute_change_set(stack, name, token).await
-    }
-    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        self.counter.count(PortCall::DeleteChangeSet).await;
-        self.inner.delete_change_set(stack, name).await
-    }
-    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.counter.count(PortCall::StackEvents).await;
-        self.inner.stack_events(stack).await
-    }
+    async fn after(&self, _call: &Call<'_>, _failed: Option<&PortError>) {}
 }
 
 /// A fleet of `runners` (one in ten with two stacks) on a fresh simulated AWS, run by the
@@ -324,18 +173,12 @@ impl Fleet {
             latency: timed.map(|t| t.latency),
             ..Counter::default()
         };
-        let mut ssm: Arc<dyn ParameterStore> = Arc::new(CountedSsm {
-            inner: aws.ssm.clone(),
-            counter: counter.clone(),
-        });
-        let mut ecs: Arc<dyn Ecs> = Arc::new(CountedEcs {
-            inner: aws.ecs.clone(),
-            counter: counter.clone(),
-        });
-        let mut cfn: Arc<dyn CloudFormation> = Arc::new(CountedCfn {
-            inner: aws.cfn.clone(),
-            counter: counter.clone(),
-        });
+        let ssm: Arc<dyn ParameterStore> = Arc::new(aws.ssm.clone());
+        let ecs: Arc<dyn Ecs> = Arc::new(aws.ecs.clone());
+        let cfn: Arc<dyn CloudFormation> = Arc::new(aws.cfn.clone());
+        let mut ssm: Arc<dyn ParameterStore> = Arc::new(Decorated::new(ssm, counter.clone()));
+        let mut ecs: Arc<dyn Ecs> = Arc::new(Decorated::new(ecs, counter.clone()));
+        let mut cfn: Arc<dyn CloudFormation> = Arc::new(Decorated::new(cfn, counter.clone()));
         if let Some(timed) = timed {
             let clock: Arc<dyn Clock> = Arc::new(TokioClock {
                 origin: tokio::time::Instant::now(),
@@ -344,18 +187,18 @@ impl Fleet {
             let limiter = |family, rate: f64| {
                 Arc::new(Limiter::new(family, rate.round() as u32, clock.clone()))
             };
-            ssm = Arc::new(LimitedSsm {
-                inner: ssm,
-                limiter: limiter(ApiFamily::Ssm, timed.rates[0]),
-            });
-            ecs = Arc::new(LimitedEcs {
-                inner: ecs,
-                limiter: limiter(ApiFamily::Ecs, timed.rates[1]),
-            });
-            cfn = Arc::new(LimitedCfn {
-                inner: cfn,
-                limiter: limiter(ApiFamily::CloudFormation, timed.rates[2]),
-            });
+            ssm = Arc::new(LimitedSsm::new(
+                ssm,
+                limiter(ApiFamily::Ssm, timed.rates[0]),
+            ));
+            ecs = Arc::new(LimitedEcs::new(
+                ecs,
+                limiter(ApiFamily::Ecs, timed.rates[1]),
+            ));
+            cfn = Arc::new(LimitedCfn::new(
+                cfn,
+                limiter(ApiFamily::CloudFormation, timed.rates[2]),
+            ));
         }
         let ports = Ports {
             ssm: ssm.clone(),

@@ -8,7 +8,7 @@
 //! (counted per runner, as each driver counts its own); `after_command:NAME` right after the
 //! process's first call of that command's port method returns, whatever it returned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use runner_updater_core::domain::observed::ServiceState;
-use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
-    Ecs, Lock, LockOutcome, PortError, StateStore, StoreError, TaskDefinitionPage,
+    Call, Decorated, Hooks, Lock, LockOutcome, PortCall, PortError, StateStore, StoreError,
 };
 use runner_updater_runtime::driver::Ports;
 
@@ -127,10 +125,7 @@ pub fn plant(ports: Ports, point: CrashPoint) -> Ports {
             point,
             saves: Mutex::new(HashMap::new()),
         }),
-        ecs: Arc::new(CrashEcs {
-            inner: ports.ecs,
-            point,
-        }),
+        ecs: Arc::new(Decorated::new(ports.ecs, CrashAfterCall { point })),
         lock: Arc::new(CrashLock {
             inner: ports.lock,
             point,
@@ -174,88 +169,24 @@ impl StateStore for CrashStore {
     }
 }
 
-struct CrashEcs {
-    inner: Arc<dyn Ecs>,
+/// Around ECS: aborts right after the call the crash point names returns.
+struct CrashAfterCall {
     point: CrashPoint,
 }
 
-impl CrashEcs {
-    fn after(&self, command: CrashCommand) {
+#[async_trait]
+impl Hooks for CrashAfterCall {
+    async fn before(&self, _call: &Call<'_>) {}
+
+    async fn after(&self, call: &Call<'_>, _failed: Option<&PortError>) {
+        let command = match call.port {
+            PortCall::RegisterClone => CrashCommand::RegisterTaskDefinition,
+            PortCall::UpdateService => CrashCommand::UpdateService,
+            _ => return,
+        };
         if self.point == CrashPoint::AfterCommand(command) {
             abort(self.point, "the call was made");
         }
-    }
-}
-
-#[async_trait]
-impl Ecs for CrashEcs {
-    async fn describe_service(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.inner.describe_service(cluster, service).await
-    }
-
-    async fn describe_service_without_tasks(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.inner
-            .describe_service_without_tasks(cluster, service)
-            .await
-    }
-
-    async fn describe_services_without_tasks(
-        &self,
-        cluster: &str,
-        services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.inner
-            .describe_services_without_tasks(cluster, services)
-            .await
-    }
-
-    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.inner.describe_task_definition(arn).await
-    }
-
-    async fn list_task_definitions(
-        &self,
-        family_prefix: &str,
-        token: Option<&str>,
-    ) -> Result<TaskDefinitionPage, PortError> {
-        self.inner.list_task_definitions(family_prefix, token).await
-    }
-
-    async fn register_clone(
-        &self,
-        base_arn: &str,
-        container: &str,
-        image: &str,
-        tags: BTreeMap<String, String>,
-    ) -> Result<String, PortError> {
-        let result = self
-            .inner
-            .register_clone(base_arn, container, image, tags)
-            .await;
-        self.after(CrashCommand::RegisterTaskDefinition);
-        result
-    }
-
-    async fn update_service(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition_arn: &str,
-    ) -> Result<String, PortError> {
-        let result = self
-            .inner
-            .update_service(cluster, service, task_definition_arn)
-            .await;
-        self.after(CrashCommand::UpdateService);
-        result
     }
 }
 

@@ -44,11 +44,11 @@ use async_trait::async_trait;
 
 use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::sim::{
-    initial_template, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimSsm, SimTemplate,
+    initial_template, Faults, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimSsm,
+    SimTemplate,
 };
 use runner_updater_adapters::store::SsmStore;
 use runner_updater_config::{Config, ConfigError};
-use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
 use runner_updater_core::domain::observed::{ServiceState, StackState, ATTEMPT_TAG};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
@@ -56,10 +56,9 @@ use runner_updater_core::domain::{fnv1a, FNV_OFFSET};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::create_fleet;
-use runner_updater_ports::{ApiFamily, AwsOp};
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, ParameterStore, PortError, StateStore,
-    TaskDefinitionPage, TemplateSummary,
+    ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks,
+    ParameterStore, PortCall, PortError, StateStore, Target,
 };
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -598,22 +597,28 @@ impl World {
         };
         controller.incarnation += 1;
         let holder = controller.holder();
-        let ssm: Arc<dyn ParameterStore> = Arc::new(SlowSsm {
-            inner: self.aws.ssm.clone(),
+        let ssm: Arc<dyn ParameterStore> = Arc::new(Decorated::new(
+            Arc::new(self.aws.ssm.clone()) as Arc<dyn ParameterStore>,
+            Slow {
+                audit: self.audit.clone(),
+            },
+        ));
+        let audited = Arc::new(Audited {
             audit: self.audit.clone(),
+            holder: holder.clone(),
+            ecs_faults: self.aws.ecs.faults.clone(),
+            lost_before: Mutex::new(0),
         });
         let ports = Ports {
             ssm: ssm.clone(),
-            ecs: Arc::new(AuditedEcs {
-                inner: self.aws.ecs.clone(),
-                audit: self.audit.clone(),
-                holder: holder.clone(),
-            }),
-            cfn: Arc::new(AuditedCfn {
-                inner: self.aws.cfn.clone(),
-                audit: self.audit.clone(),
-                holder: holder.clone(),
-            }),
+            ecs: Arc::new(Decorated::new(
+                Arc::new(self.aws.ecs.clone()) as Arc<dyn Ecs>,
+                audited.clone(),
+            )),
+            cfn: Arc::new(Decorated::new(
+                Arc::new(self.aws.cfn.clone()) as Arc<dyn CloudFormation>,
+                audited,
+            )),
             lock: Arc::new(SsmLease::new(ssm.clone(), &self.config.prefix)),
             store: Arc::new(AuditedStore {
                 inner: SsmStore::new(ssm, &self.config.prefix),
@@ -1726,42 +1731,18 @@ impl StateStore for AuditedStore {
     }
 }
 
-/// The controllers' SSM: the simulated one, with slow calls.
-struct SlowSsm {
-    inner: SimSsm,
+/// Around the controllers' SSM: slow calls.
+struct Slow {
     audit: Audit,
 }
 
 #[async_trait]
-impl ParameterStore for SlowSsm {
-    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
-        self.audit.delay(AwsOp::GetParametersByPath);
-        self.inner.get_by_path(path).await
+impl Hooks for Slow {
+    async fn before(&self, call: &Call<'_>) {
+        self.audit.delay(call.port.op());
     }
 
-    async fn get_page(
-        &self,
-        path: &str,
-        token: Option<&str>,
-    ) -> Result<runner_updater_ports::ParameterPage, PortError> {
-        self.audit.delay(AwsOp::GetParametersByPath);
-        self.inner.get_page(path, token).await
-    }
-
-    async fn get(&self, name: &str) -> Result<Option<runner_updater_ports::Parameter>, PortError> {
-        self.audit.delay(AwsOp::GetParameter);
-        self.inner.get(name).await
-    }
-
-    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
-        self.audit.delay(AwsOp::PutParameter);
-        self.inner.put(name, value, overwrite).await
-    }
-
-    async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.audit.delay(AwsOp::DeleteParameter);
-        self.inner.delete(name).await
-    }
+    async fn after(&self, _call: &Call<'_>, _failed: Option<&PortError>) {}
 }
 
 fn family_of(arn: &str) -> &str {
@@ -1772,163 +1753,70 @@ fn family_of(arn: &str) -> &str {
         .unwrap_or("")
 }
 
-struct AuditedEcs {
-    inner: runner_updater_adapters::sim::SimEcs,
+/// Around a controller's ECS and `CloudFormation`: slow calls, and every mutating call checked
+/// against the lease as stored in SSM (`no-stale-mutation`) and recorded for the invariants.
+struct Audited {
     audit: Audit,
     holder: String,
+    /// The simulated ECS's faults: whether an update's answer was lost (it was made all the
+    /// same).
+    ecs_faults: Faults,
+    /// Answers of `UpdateService` lost before the call under way.
+    lost_before: Mutex<u64>,
 }
 
-#[async_trait]
-impl Ecs for AuditedEcs {
-    async fn describe_service(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.audit.delay(AwsOp::DescribeServices);
-        self.inner.describe_service(cluster, service).await
-    }
-
-    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
-        self.audit.delay(AwsOp::DescribeTaskDefinition);
-        self.inner.describe_task_definition(arn).await
-    }
-
-    async fn describe_service_without_tasks(
-        &self,
-        cluster: &str,
-        service: &str,
-    ) -> Result<ServiceState, PortError> {
-        self.audit.delay(AwsOp::DescribeServices);
-        self.inner
-            .describe_service_without_tasks(cluster, service)
-            .await
-    }
-
-    async fn describe_services_without_tasks(
-        &self,
-        cluster: &str,
-        services: &[String],
-    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
-        self.audit.delay(AwsOp::DescribeServices);
-        self.inner
-            .describe_services_without_tasks(cluster, services)
-            .await
-    }
-
-    async fn list_task_definitions(
-        &self,
-        family_prefix: &str,
-        token: Option<&str>,
-    ) -> Result<TaskDefinitionPage, PortError> {
-        self.audit.delay(AwsOp::ListTaskDefinitions);
-        self.inner.list_task_definitions(family_prefix, token).await
-    }
-
-    async fn register_clone(
-        &self,
-        base_arn: &str,
-        container: &str,
-        image: &str,
-        tags: BTreeMap<String, String>,
-    ) -> Result<String, PortError> {
-        self.audit.delay(AwsOp::RegisterTaskDefinition);
-        let key = format!("family/{}", family_of(base_arn));
-        self.audit
-            .mutation(&self.holder, &key, AwsOp::RegisterTaskDefinition)
-            .await;
-        self.inner
-            .register_clone(base_arn, container, image, tags)
-            .await
-    }
-
-    async fn update_service(
-        &self,
-        cluster: &str,
-        service: &str,
-        task_definition_arn: &str,
-    ) -> Result<String, PortError> {
-        self.audit.delay(AwsOp::UpdateService);
-        let key = format!("{cluster}/{service}");
-        self.audit
-            .mutation(&self.holder, &key, AwsOp::UpdateService)
-            .await;
-        let lost = self.inner.faults.answers_lost(AwsOp::UpdateService);
-        let result = self
-            .inner
-            .update_service(cluster, service, task_definition_arn)
-            .await;
-        // An update whose answer was lost was made all the same.
-        let lost = self.inner.faults.answers_lost(AwsOp::UpdateService) > lost;
-        if result.is_ok() || lost {
-            self.audit.update(&key, task_definition_arn, lost).await;
+impl Audited {
+    /// What a mutating call is owned by: the family registered, the service updated, the
+    /// stack changed.
+    fn owner_key(call: &Call<'_>) -> Option<String> {
+        match (call.port.op().mutates(), call.target) {
+            (true, Target::TaskDefinition(base_arn)) => {
+                Some(format!("family/{}", family_of(base_arn)))
+            }
+            (
+                true,
+                Target::ServiceUpdate {
+                    cluster, service, ..
+                },
+            ) => Some(format!("{cluster}/{service}")),
+            (true, Target::Stack(stack)) => Some(stack.to_owned()),
+            _ => None,
         }
-        result
     }
-}
-
-struct AuditedCfn {
-    inner: runner_updater_adapters::sim::SimCfn,
-    audit: Audit,
-    holder: String,
 }
 
 #[async_trait]
-impl CloudFormation for AuditedCfn {
-    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
-        self.audit.delay(AwsOp::DescribeStacks);
-        self.inner.describe_stack(name).await
+impl Hooks for Audited {
+    async fn before(&self, call: &Call<'_>) {
+        self.audit.delay(call.port.op());
+        if let Some(key) = Self::owner_key(call) {
+            self.audit
+                .mutation(&self.holder, &key, call.port.op())
+                .await;
+        }
+        if call.port == PortCall::UpdateService {
+            if let Ok(mut lost) = self.lost_before.lock() {
+                *lost = self.ecs_faults.answers_lost(AwsOp::UpdateService);
+            }
+        }
     }
 
-    async fn template_summary(
-        &self,
-        stack: &str,
-        template_url: Option<&str>,
-    ) -> Result<TemplateSummary, PortError> {
-        self.audit.delay(AwsOp::GetTemplateSummary);
-        self.inner.template_summary(stack, template_url).await
-    }
-
-    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
-        self.audit.delay(AwsOp::CreateChangeSet);
-        self.audit
-            .mutation(&self.holder, &request.stack, AwsOp::CreateChangeSet)
-            .await;
-        self.inner.create_change_set(request).await
-    }
-
-    async fn describe_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-    ) -> Result<Option<ChangeSet>, PortError> {
-        self.audit.delay(AwsOp::DescribeChangeSet);
-        self.inner.describe_change_set(stack, name).await
-    }
-
-    async fn execute_change_set(
-        &self,
-        stack: &str,
-        name: &str,
-        token: &str,
-    ) -> Result<(), PortError> {
-        self.audit.delay(AwsOp::ExecuteChangeSet);
-        self.audit
-            .mutation(&self.holder, stack, AwsOp::ExecuteChangeSet)
-            .await;
-        self.inner.execute_change_set(stack, name, token).await
-    }
-
-    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
-        self.audit.delay(AwsOp::DeleteChangeSet);
-        self.audit
-            .mutation(&self.holder, stack, AwsOp::DeleteChangeSet)
-            .await;
-        self.inner.delete_change_set(stack, name).await
-    }
-
-    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
-        self.audit.delay(AwsOp::DescribeStackEvents);
-        self.inner.stack_events(stack).await
+    async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
+        let Target::ServiceUpdate {
+            cluster,
+            service,
+            task_definition_arn,
+        } = call.target
+        else {
+            return;
+        };
+        let before = self.lost_before.lock().map_or(0, |lost| *lost);
+        // An update whose answer was lost was made all the same.
+        let lost = self.ecs_faults.answers_lost(AwsOp::UpdateService) > before;
+        if failed.is_none() || lost {
+            self.audit
+                .update(&format!("{cluster}/{service}"), task_definition_arn, lost)
+                .await;
+        }
     }
 }

@@ -254,13 +254,21 @@ impl PortCall {
         self.sdk_calls().iter().map(|(_, n)| n).sum()
     }
 
-    /// The operation it is named by in spans, faults and the audit: the last (and, but for
-    /// `register_clone`, only) operation it calls.
+    /// The operation it is named by in faults, slowness and the audit: the one that does what
+    /// the method is for (`describe_service`: `DescribeServices`, its task reads aside;
+    /// `register_clone`: `RegisterTaskDefinition`, its read of the base aside).
     #[must_use]
     pub fn op(self) -> AwsOp {
-        self.sdk_calls()
-            .last()
-            .map_or(AwsOp::GetParameter, |(op, _)| *op)
+        match self {
+            PortCall::DescribeService
+            | PortCall::DescribeServiceWithoutTasks
+            | PortCall::DescribeServicesWithoutTasks { .. } => AwsOp::DescribeServices,
+            PortCall::RegisterClone => AwsOp::RegisterTaskDefinition,
+            other => other
+                .sdk_calls()
+                .first()
+                .map_or(AwsOp::GetParameter, |(op, _)| *op),
+        }
     }
 }
 
@@ -295,7 +303,7 @@ mod tests {
             );
         };
         check(PortCall::RegisterClone, 2, AwsOp::RegisterTaskDefinition);
-        check(PortCall::DescribeService, 4, AwsOp::DescribeTasks);
+        check(PortCall::DescribeService, 4, AwsOp::DescribeServices);
         check(
             PortCall::DescribeServicesWithoutTasks { services: 0 },
             1,

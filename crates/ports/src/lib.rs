@@ -7,6 +7,7 @@
 //! lock (fenced).
 
 mod aws_op;
+mod decorate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::record::{Record, RecordError};
 
 pub use aws_op::{ApiFamily, AwsOp, PortCall};
+pub use decorate::{Call, Decorated, Hooks, Target};
 
 /// How a port call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

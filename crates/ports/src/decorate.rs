@@ -1,0 +1,326 @@
+//! One decorator shape for the AWS ports: [`Decorated`] forwards every method of
+//! [`ParameterStore`], [`Ecs`] and [`CloudFormation`] to the port it wraps, telling its
+//! [`Hooks`] before and after each call, described as a [`Call`]. The rate limits, the
+//! benchmark's counts, the simulation's audit and slowness and the crash hook are hooks, not
+//! hand-written forwards: a call cannot be weighed by one and counted differently by another,
+//! and a port method added is forwarded once, here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
+use runner_updater_core::domain::observed::{ServiceState, StackState};
+use runner_updater_core::domain::task_definition::TaskDefinition;
+
+use crate::{
+    walk_pages, ChangeSetRequest, CloudFormation, Ecs, Parameter, ParameterPage, ParameterStore,
+    PortCall, PortError, TaskDefinitionPage, TemplateSummary,
+};
+
+/// What a call is about, for the hooks that audit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A parameter, or a folder of them.
+    Parameter(&'a str),
+    /// A service.
+    Service {
+        /// Its cluster.
+        cluster: &'a str,
+        /// Its name.
+        service: &'a str,
+    },
+    /// Services of a cluster.
+    Services {
+        /// The cluster.
+        cluster: &'a str,
+    },
+    /// A service pointed at a task definition (`update_service`).
+    ServiceUpdate {
+        /// Its cluster.
+        cluster: &'a str,
+        /// Its name.
+        service: &'a str,
+        /// The task definition it is pointed at.
+        task_definition_arn: &'a str,
+    },
+    /// A task definition (for `register_clone`: the base revision cloned).
+    TaskDefinition(&'a str),
+    /// The task-definition families starting with a prefix.
+    Families(&'a str),
+    /// A stack (and its change sets and events).
+    Stack(&'a str),
+}
+
+/// One call of a port, as the hooks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call<'a> {
+    /// The port method and its size.
+    pub port: PortCall,
+    /// What it is about.
+    pub target: Target<'a>,
+}
+
+/// What a decorator does around each call. No default bodies: a hook says what it does
+/// before and after, even when that is nothing.
+#[async_trait]
+pub trait Hooks: Send + Sync {
+    /// Before the call is sent (a rate limit waits here).
+    async fn before(&self, call: &Call<'_>);
+    /// After it answered: `failed` is its error, if it failed.
+    async fn after(&self, call: &Call<'_>, failed: Option<&PortError>);
+}
+
+#[async_trait]
+impl<H: Hooks + ?Sized> Hooks for Arc<H> {
+    async fn before(&self, call: &Call<'_>) {
+        (**self).before(call).await;
+    }
+    async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
+        (**self).after(call, failed).await;
+    }
+}
+
+/// A port with hooks around each of its calls.
+pub struct Decorated<P: ?Sized, H> {
+    /// The port wrapped.
+    pub inner: Arc<P>,
+    /// What runs around each call.
+    pub hooks: H,
+}
+
+impl<P: ?Sized, H> Decorated<P, H> {
+    /// `inner` with `hooks` around each call.
+    pub fn new(inner: Arc<P>, hooks: H) -> Self {
+        Decorated { inner, hooks }
+    }
+}
+
+impl<P: ?Sized, H: Hooks> Decorated<P, H> {
+    async fn around<T: Send>(
+        &self,
+        call: Call<'_>,
+        send: impl std::future::Future<Output = Result<T, PortError>> + Send,
+    ) -> Result<T, PortError> {
+        self.hooks.before(&call).await;
+        let result = send.await;
+        self.hooks.after(&call, result.as_ref().err()).await;
+        result
+    }
+}
+
+#[async_trait]
+impl<H: Hooks> ParameterStore for Decorated<dyn ParameterStore, H> {
+    async fn get_by_path(&self, path: &str) -> Result<BTreeMap<String, String>, PortError> {
+        // Page by page, each page a call through the hooks (a folder of 25 weighs 3).
+        walk_pages(self, path).await
+    }
+    async fn get_page(&self, path: &str, token: Option<&str>) -> Result<ParameterPage, PortError> {
+        let call = Call {
+            port: PortCall::GetPage,
+            target: Target::Parameter(path),
+        };
+        self.around(call, self.inner.get_page(path, token)).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<Parameter>, PortError> {
+        let call = Call {
+            port: PortCall::Get,
+            target: Target::Parameter(name),
+        };
+        self.around(call, self.inner.get(name)).await
+    }
+    async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        let call = Call {
+            port: PortCall::Put,
+            target: Target::Parameter(name),
+        };
+        self.around(call, self.inner.put(name, value, overwrite))
+            .await
+    }
+    async fn delete(&self, name: &str) -> Result<(), PortError> {
+        let call = Call {
+            port: PortCall::Delete,
+            target: Target::Parameter(name),
+        };
+        self.around(call, self.inner.delete(name)).await
+    }
+}
+
+#[async_trait]
+impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
+    async fn describe_service(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        let call = Call {
+            port: PortCall::DescribeService,
+            target: Target::Service { cluster, service },
+        };
+        self.around(call, self.inner.describe_service(cluster, service))
+            .await
+    }
+    async fn describe_service_without_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<ServiceState, PortError> {
+        let call = Call {
+            port: PortCall::DescribeServiceWithoutTasks,
+            target: Target::Service { cluster, service },
+        };
+        self.around(
+            call,
+            self.inner.describe_service_without_tasks(cluster, service),
+        )
+        .await
+    }
+    async fn describe_services_without_tasks(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<Result<ServiceState, PortError>>, PortError> {
+        let call = Call {
+            port: PortCall::DescribeServicesWithoutTasks {
+                services: services.len(),
+            },
+            target: Target::Services { cluster },
+        };
+        self.around(
+            call,
+            self.inner
+                .describe_services_without_tasks(cluster, services),
+        )
+        .await
+    }
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {
+        let call = Call {
+            port: PortCall::DescribeTaskDefinition,
+            target: Target::TaskDefinition(arn),
+        };
+        self.around(call, self.inner.describe_task_definition(arn))
+            .await
+    }
+    async fn list_task_definitions(
+        &self,
+        family_prefix: &str,
+        token: Option<&str>,
+    ) -> Result<TaskDefinitionPage, PortError> {
+        let call = Call {
+            port: PortCall::ListTaskDefinitions,
+            target: Target::Families(family_prefix),
+        };
+        self.around(call, self.inner.list_task_definitions(family_prefix, token))
+            .await
+    }
+    async fn register_clone(
+        &self,
+        base_arn: &str,
+        container: &str,
+        image: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<String, PortError> {
+        let call = Call {
+            port: PortCall::RegisterClone,
+            target: Target::TaskDefinition(base_arn),
+        };
+        self.around(
+            call,
+            self.inner.register_clone(base_arn, container, image, tags),
+        )
+        .await
+    }
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition_arn: &str,
+    ) -> Result<String, PortError> {
+        let call = Call {
+            port: PortCall::UpdateService,
+            target: Target::ServiceUpdate {
+                cluster,
+                service,
+                task_definition_arn,
+            },
+        };
+        self.around(
+            call,
+            self.inner
+                .update_service(cluster, service, task_definition_arn),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl<H: Hooks> CloudFormation for Decorated<dyn CloudFormation, H> {
+    async fn describe_stack(&self, name: &str) -> Result<StackState, PortError> {
+        let call = Call {
+            port: PortCall::DescribeStack,
+            target: Target::Stack(name),
+        };
+        self.around(call, self.inner.describe_stack(name)).await
+    }
+    async fn template_summary(
+        &self,
+        stack: &str,
+        template_url: Option<&str>,
+    ) -> Result<TemplateSummary, PortError> {
+        let call = Call {
+            port: PortCall::TemplateSummary,
+            target: Target::Stack(stack),
+        };
+        self.around(call, self.inner.template_summary(stack, template_url))
+            .await
+    }
+    async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
+        let call = Call {
+            port: PortCall::CreateChangeSet,
+            target: Target::Stack(&request.stack),
+        };
+        self.around(call, self.inner.create_change_set(request))
+            .await
+    }
+    async fn describe_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<Option<ChangeSet>, PortError> {
+        let call = Call {
+            port: PortCall::DescribeChangeSet,
+            target: Target::Stack(stack),
+        };
+        self.around(call, self.inner.describe_change_set(stack, name))
+            .await
+    }
+    async fn execute_change_set(
+        &self,
+        stack: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<(), PortError> {
+        let call = Call {
+            port: PortCall::ExecuteChangeSet,
+            target: Target::Stack(stack),
+        };
+        self.around(call, self.inner.execute_change_set(stack, name, token))
+            .await
+    }
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<(), PortError> {
+        let call = Call {
+            port: PortCall::DeleteChangeSet,
+            target: Target::Stack(stack),
+        };
+        self.around(call, self.inner.delete_change_set(stack, name))
+            .await
+    }
+    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, PortError> {
+        let call = Call {
+            port: PortCall::StackEvents,
+            target: Target::Stack(stack),
+        };
+        self.around(call, self.inner.stack_events(stack)).await
+    }
+}
