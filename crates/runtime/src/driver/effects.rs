@@ -1,0 +1,601 @@
+//! The driver's effects: each command the machine asked for, executed against the ports
+//! (idempotently: a registration searched for before it is made again, an update checked
+//! against the baseline, change sets by name and token), its answer turned into an event.
+
+#[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
+use super::*;
+
+impl RunnerDriver {
+    pub(super) async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
+        let now = self.ports.clock.now();
+        tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");
+        if let Some(wait) = self.settling(command, now) {
+            // A call that may already have been made (its state was entered in an earlier
+            // pass: a crash, a failed save, a retry) is decided on a read of ECS, which is
+            // eventually consistent: a read just after the call may not show it yet, and
+            // would make us call again. Wait until the read can be trusted.
+            return Ok(Event::CommandFailed {
+                command: command.name(),
+                class: FailureClass::Transient,
+                message: format!(
+                    "waiting {}s more for ECS's view to settle before checking whether the last {} was made",
+                    wait.as_secs().max(1),
+                    command.name()
+                ),
+            });
+        }
+        // A first call: its state was entered in this pass and nothing was called since it
+        // was entered, so there is nothing to find again (no search through the family).
+        let since = self
+            .machine
+            .as_ref()
+            .map_or(now, |m| m.inner().memory.since);
+        let first_call = self.entered_this_pass && self.last_call_at.is_none_or(|at| at < since);
+        if matches!(
+            command,
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
+        ) {
+            self.last_call_at = Some(now);
+        }
+        self.fencing = fencing_epoch(command).map(|epoch| (command.name(), epoch));
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
+        let result = match command {
+            Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
+            Command::AcquireLock { .. } => {
+                let sent = self.ports.clock.monotonic();
+                let outcome = self
+                    .ports
+                    .lock
+                    .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+                    .await;
+                if let Ok(LockOutcome::Acquired { .. }) = outcome {
+                    self.lease_until = Some(sent + self.lease_ttl);
+                }
+                outcome.map(|outcome| match outcome {
+                    LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
+                    LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
+                })
+            }
+            Command::ReleaseLock { epoch } => self
+                .ports
+                .lock
+                .release(&self.runner.name, &self.holder, *epoch)
+                .await
+                .map(|()| Event::LockReleased),
+            Command::RegisterTaskDefinition {
+                attempt_id,
+                base_task_definition_arn,
+                image,
+                version,
+                ..
+            } => {
+                self.register(
+                    attempt_id,
+                    base_task_definition_arn,
+                    image,
+                    version,
+                    first_call,
+                )
+                .await
+            }
+            Command::UpdateService {
+                task_definition_arn,
+                baseline_deployment_ids,
+                ..
+            } => {
+                self.update_service(task_definition_arn, baseline_deployment_ids)
+                    .await
+            }
+            Command::RollBackService {
+                attempt_id,
+                task_definition_arn,
+                baseline_deployments,
+                ..
+            } => {
+                self.roll_back_service(attempt_id, task_definition_arn, baseline_deployments)
+                    .await
+            }
+            Command::PrepareChangeSet {
+                attempt_id,
+                name,
+                plan,
+                ..
+            } => self.prepare_change_set(attempt_id, name, plan).await,
+            Command::AwaitChangeSet {
+                attempt_id,
+                stack,
+                name,
+                ..
+            } => self.await_change_set(attempt_id, stack, name).await,
+            Command::DeleteChangeSet { stack, name, .. } => {
+                self.delete_change_set(stack, name).await
+            }
+        };
+        Ok(result.unwrap_or_else(|error| Event::CommandFailed {
+            command: command.name(),
+            class: match error.kind {
+                ErrorKind::Transient | ErrorKind::Throttled => FailureClass::Transient,
+                ErrorKind::Conflict => FailureClass::Conflict,
+                ErrorKind::Permanent | ErrorKind::NotFound => FailureClass::Permanent,
+            },
+            message: error.to_string(),
+        }))
+    }
+
+    async fn register(
+        &mut self,
+        attempt_id: &str,
+        base_arn: &str,
+        image: &str,
+        version: &str,
+        first_call: bool,
+    ) -> Result<Event, PortError> {
+        const COMMAND: &str = "register_task_definition";
+        // The reads before the call: a failed one is a read failure (retried within the
+        // state's deadline), never the registration refused.
+        let base = match self.task_definition(base_arn).await {
+            Ok(base) => base,
+            Err(error) => return read_failed(COMMAND, error),
+        };
+        // Our revision, if the registration was made (its answer lost to a crash, a timeout,
+        // a reset connection), is newer than the baseline's.
+        let floor = revision_search::family_revision(base_arn).map_or(0, |(_, revision)| revision);
+        let found = if first_call {
+            None
+        } else {
+            match self.find_registered(&base.family, attempt_id, floor).await {
+                Ok(found) => found,
+                Err(Unsearchable::Read(error)) => return read_failed(COMMAND, error),
+                Err(Unsearchable::Exhausted(error)) => return Err(error),
+            }
+        };
+        if let Some(arn) = found {
+            let found = match self.task_definition(&arn).await {
+                Ok(found) => found,
+                Err(error) => return read_failed(COMMAND, error),
+            };
+            let same_image = found
+                .container(&self.runner.container)
+                .and_then(|c| c.image.as_deref())
+                == Some(image);
+            if same_image {
+                tracing::info!(runner = %self.runner.name, arn = %found.arn, "task definition of this attempt already registered");
+                return Ok(Event::TaskDefinitionRegistered { arn: found.arn });
+            }
+        }
+        if base.container(&self.runner.container).is_none() {
+            let message = format!(
+                "{base_arn} has no container named {:?}",
+                self.runner.container
+            );
+            return Err(PortError::new(
+                ErrorKind::Permanent,
+                AwsOp::RegisterTaskDefinition,
+                message,
+            ));
+        }
+        let tags = BTreeMap::from([
+            (VERSION_TAG.to_owned(), version.to_owned()),
+            (ATTEMPT_TAG.to_owned(), attempt_id.to_owned()),
+            (RUNNER_TAG.to_owned(), self.runner.name.clone()),
+        ]);
+        let container = &self.runner.container;
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
+        // Not retried here: RegisterTaskDefinition has no idempotency token. A failure (even one
+        // after AWS succeeded) comes back next pass, and the attempt-tag lookup above runs first.
+        let arn = self
+            .ports
+            .ecs
+            .register_clone(base_arn, container, image, tags)
+            .await?;
+        Ok(Event::TaskDefinitionRegistered { arn })
+    }
+
+    /// The revision of `family` newer than `floor` tagged with `attempt_id`, if any: every
+    /// such revision is looked at, however many other tools registered since, across pages
+    /// (see [`revision_search`]). A search that cannot finish is an error, never "not found":
+    /// not knowing must not lead to a second registration.
+    async fn find_registered(
+        &self,
+        family: &str,
+        attempt_id: &str,
+        floor: u64,
+    ) -> Result<Option<String>, Unsearchable> {
+        let mut search = RevisionSearch::new(family, attempt_id, floor);
+        let ecs = &self.ports.ecs;
+        loop {
+            match search.step() {
+                SearchStep::List { token } => {
+                    let page = self
+                        .retrying(|| ecs.list_task_definitions(family, token.as_deref()))
+                        .await
+                        .map_err(Unsearchable::Read)?;
+                    search.listed(&page.arns, page.next);
+                }
+                SearchStep::Describe { arn } => {
+                    match self.retrying(|| ecs.describe_task_definition(&arn)).await {
+                        Ok(definition) => search.described(&arn, &definition),
+                        Err(error) if error.kind == ErrorKind::NotFound => search.missing(&arn),
+                        Err(error) => return Err(Unsearchable::Read(error)),
+                    }
+                }
+                SearchStep::Found { arn } => return Ok(Some(arn)),
+                SearchStep::NotFound => return Ok(None),
+                SearchStep::Exhausted => {
+                    return Err(Unsearchable::Exhausted(PortError::new(
+                        ErrorKind::Permanent,
+                        AwsOp::ListTaskDefinitions,
+                        format!(
+                            "more than {} revisions of {family} were registered since revision {floor}: cannot rule out that this attempt's registration was made, so it is not made again",
+                            revision_search::DESCRIBES_MAX
+                        ),
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn update_service(
+        &self,
+        task_definition_arn: &str,
+        baseline_ids: &[String],
+    ) -> Result<Event, PortError> {
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        let ecs = &self.ports.ecs;
+        // Only the deployments are needed: no task list (three AWS calls fewer).
+        let state = match self
+            .retrying(|| ecs.describe_service_without_tasks(cluster, service))
+            .await
+        {
+            Ok(state) => state,
+            Err(error) => return read_failed("update_service", error),
+        };
+        let new: Vec<_> = state
+            .deployments
+            .iter()
+            .filter(|d| !baseline_ids.contains(&d.id))
+            .collect();
+        // Only a deployment of *our* task definition is ours. Any other deployment outside the
+        // baseline (a console force-deploy, Terraform, or ECS having rolled ours back while we
+        // were down) means the world moved under the attempt: a foreign writer, never "done".
+        // The one exception: ECS's own circuit-breaker rollback of our deployment (its reason
+        // says so), which leaves the service on the baseline; the gate then reports it.
+        let ours_rolled_back = new.iter().find(|d| d.rollout_cause().is_circuit_breaker());
+        if let (Some(rollback), false) = (
+            ours_rolled_back,
+            new.iter()
+                .any(|d| d.task_definition_arn == task_definition_arn),
+        ) {
+            tracing::info!(runner = %self.runner.name, deployment = %rollback.id, "ECS already rolled back this attempt's deployment");
+            return Ok(Event::ServiceUpdated {
+                deployment_id: rollback.id.clone(),
+            });
+        }
+        if let Some(other) = new
+            .iter()
+            .find(|d| d.task_definition_arn != task_definition_arn)
+        {
+            if !new
+                .iter()
+                .any(|d| d.task_definition_arn == task_definition_arn)
+            {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    AwsOp::UpdateService,
+                    format!(
+                        "deployment {} of {} appeared on the service outside this attempt",
+                        other.id, other.task_definition_arn
+                    ),
+                ));
+            }
+        }
+        if let Some(deployment) = new
+            .iter()
+            .find(|d| d.task_definition_arn == task_definition_arn)
+        {
+            tracing::info!(runner = %self.runner.name, deployment = %deployment.id, "service already updated by this attempt");
+            return Ok(Event::ServiceUpdated {
+                deployment_id: deployment.id.clone(),
+            });
+        }
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
+        // Not retried here: a lost answer comes back next pass, and the baseline check above
+        // finds the deployment instead of updating twice.
+        let deployment_id = ecs
+            .update_service(cluster, service, task_definition_arn)
+            .await?;
+        Ok(Event::ServiceUpdated { deployment_id })
+    }
+
+    /// Finds the attempt's change set or creates it, and reports where its creation stands.
+    async fn prepare_change_set(
+        &self,
+        attempt_id: &str,
+        name: &str,
+        plan: &StackPlan,
+    ) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        let stack = plan.stack.as_str();
+        let mut found = self
+            .retrying(|| cfn.describe_change_set(stack, name))
+            .await?;
+        if found.is_none() {
+            let template_url = plan.template_url.as_deref();
+            let summary = self
+                .retrying(|| cfn.template_summary(stack, template_url))
+                .await?;
+            if let Some(other) = summary
+                .capabilities
+                .iter()
+                .find(|c| !matches!(c.as_str(), "CAPABILITY_IAM" | "CAPABILITY_NAMED_IAM"))
+            {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    AwsOp::GetTemplateSummary,
+                    format!("the template of {stack} needs {other} (macros or nested stacks), which the controller does not acknowledge: apply it by hand"),
+                ));
+            }
+            let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+            let keep_parameters = summary
+                .parameters
+                .iter()
+                .filter(|p| {
+                    current.parameters.contains_key(*p) && !plan.parameters.contains_key(*p)
+                })
+                .cloned()
+                .collect();
+            let mut description = format!("runner-updater {attempt_id}: {}", plan.describe());
+            description.truncate(description.floor_char_boundary(1024));
+            let request = ChangeSetRequest {
+                stack: stack.to_owned(),
+                name: name.to_owned(),
+                template_url: plan.template_url.clone(),
+                parameters: plan.parameters.clone(),
+                keep_parameters,
+                capabilities: summary.capabilities,
+                tags: plan.tags.clone(),
+                client_token: name.to_owned(),
+                description,
+            };
+            if let Some(refused) = self.fence().await {
+                return Ok(refused);
+            }
+            // The client token makes a resent creation the same request.
+            match self.retrying(|| cfn.create_change_set(&request)).await {
+                Ok(id) => {
+                    tracing::info!(runner = %self.runner.name, stack, change_set = name, %id, "change set created");
+                }
+                Err(error) if error.kind == ErrorKind::Conflict => {
+                    tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set already created by this attempt");
+                }
+                Err(error) => return Err(error),
+            }
+            found = self
+                .retrying(|| cfn.describe_change_set(stack, name))
+                .await?;
+        }
+        let Some(set) = found else {
+            return Ok(Event::ChangeSetPending);
+        };
+        Ok(match set.creation() {
+            Creation::Pending => Event::ChangeSetPending,
+            Creation::NoChanges => Event::ChangeSetEmpty,
+            Creation::Failed => Event::ChangeSetFailed {
+                reason: set
+                    .status_reason
+                    .unwrap_or_else(|| format!("status {}", set.status)),
+            },
+            Creation::Ready if infra::changes_nothing(&set, plan) => {
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, "the change set changes no resource and no version: not executed");
+                Event::ChangeSetEmpty
+            }
+            Creation::Ready => {
+                let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+                let review = infra::review(&set, &current.parameters);
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, id = %set.id, review = %review.summary(), "change set reviewed");
+                Event::ChangeSetReady { id: set.id, review }
+            }
+        })
+    }
+
+    /// Executes the change set unless it already ran (the token makes a resent execution the
+    /// same request), then reports the stack's progress.
+    async fn await_change_set(
+        &self,
+        attempt_id: &str,
+        stack: &str,
+        name: &str,
+    ) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        let token = infra::execution_token(attempt_id, stack);
+        let set = self
+            .retrying(|| cfn.describe_change_set(stack, name))
+            .await?;
+        let execution = set.as_ref().map(|s| s.execution_status.clone());
+        match execution.as_deref() {
+            None => {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    AwsOp::DescribeChangeSet,
+                    format!("change set {name} of stack {stack} no longer exists: deleted by someone, or dropped when another update of the stack ran"),
+                ))
+            }
+            Some("AVAILABLE") => {
+                if let Some(refused) = self.fence().await {
+                    return Ok(refused);
+                }
+                // Not retried blindly: a lost answer or a repeat is settled by asking the change
+                // set again (the token makes a resent execution the same request).
+                if let Err(error) = cfn.execute_change_set(stack, name, &token).await {
+                    let again = self
+                        .retrying(|| cfn.describe_change_set(stack, name))
+                        .await?;
+                    if !again.is_some_and(|s| s.execution_status.starts_with("EXECUTE_")) {
+                        return Err(error);
+                    }
+                }
+                tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set executed");
+                return Ok(Event::StackUpdatePending {
+                    status: "UPDATE_IN_PROGRESS".to_owned(),
+                });
+            }
+            Some("OBSOLETE") => {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    AwsOp::DescribeChangeSet,
+                    format!("change set {name} is obsolete: another update of stack {stack} ran"),
+                ))
+            }
+            _ => {}
+        }
+        let current = self.retrying(|| cfn.describe_stack(stack)).await?;
+        let progress = infra::progress(&current.status);
+        match (execution.as_deref(), progress) {
+            (_, StackProgress::InProgress) => Ok(Event::StackUpdatePending {
+                status: current.status,
+            }),
+            (Some("EXECUTE_COMPLETE"), StackProgress::Complete) => Ok(Event::StackUpdated),
+            (Some("EXECUTE_FAILED"), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
+                let events = self.retrying(|| cfn.stack_events(stack)).await?;
+                let since = current.last_updated.unwrap_or_default();
+                let (resource, reason) = infra::first_failure(&events, stack, &token, since)
+                    .map_or(
+                        (None, "no failed resource in the stack events".to_owned()),
+                        |(r, why)| (Some(r), why),
+                    );
+                Ok(Event::StackUpdateFailed {
+                    status: current.status,
+                    resource,
+                    reason,
+                })
+            }
+            (Some("EXECUTE_FAILED"), StackProgress::Complete) => Err(PortError::new(
+                ErrorKind::Permanent,
+                AwsOp::ExecuteChangeSet,
+                format!(
+                    "the execution of change set {name} failed and stack {stack} is {}",
+                    current.status
+                ),
+            )),
+            (Some("EXECUTE_COMPLETE"), _) => Err(PortError::new(
+                ErrorKind::Conflict,
+                AwsOp::DescribeStacks,
+                format!(
+                    "change set {name} completed but stack {stack} is now {}: updated outside this attempt",
+                    current.status
+                ),
+            )),
+            // EXECUTE_IN_PROGRESS, UNAVAILABLE: CloudFormation has not reported yet.
+            _ => Ok(Event::StackUpdatePending {
+                status: current.status,
+            }),
+        }
+    }
+
+    /// Deletes a change set, first letting CloudFormation finish computing it (it refuses to
+    /// delete one being created); bounded.
+    async fn delete_change_set(&self, stack: &str, name: &str) -> Result<Event, PortError> {
+        let cfn = &self.ports.cfn;
+        for _ in 0..DELETE_WAITS_MAX {
+            let found = self
+                .retrying(|| cfn.describe_change_set(stack, name))
+                .await?;
+            match found {
+                None => return Ok(Event::ChangeSetDeleted),
+                Some(set) if set.creation() == Creation::Pending => {
+                    self.ports.clock.sleep(DELETE_WAIT).await;
+                }
+                Some(_) => {
+                    self.retrying(|| cfn.delete_change_set(stack, name)).await?;
+                    return Ok(Event::ChangeSetDeleted);
+                }
+            }
+        }
+        Err(PortError::new(
+            ErrorKind::Transient,
+            AwsOp::DeleteChangeSet,
+            format!("change set {name} of stack {stack} is still being created; not deleted"),
+        ))
+    }
+
+    /// Points the service back at the baseline, unless that was done already: the service
+    /// runs it, or a deployment of it exists that the service did not have before the attempt
+    /// (our rollback before a crash, since moved on by someone else, or ECS's own). The
+    /// machine then sees where the service is and does not fight a foreign writer.
+    async fn roll_back_service(
+        &mut self,
+        attempt_id: &str,
+        task_definition_arn: &str,
+        baseline_deployments: &[String],
+    ) -> Result<Event, PortError> {
+        let read = {
+            let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+            let ecs = &self.ports.ecs;
+            self.retrying(|| ecs.describe_service_without_tasks(cluster, service))
+                .await
+        };
+        let state = match read {
+            Ok(state) => state,
+            Err(error) => return read_failed("roll_back_service", error),
+        };
+        let made = state.task_definition_arn == task_definition_arn
+            || state.deployments.iter().any(|d| {
+                d.task_definition_arn == task_definition_arn
+                    && !baseline_deployments.contains(&d.id)
+            });
+        // Only our own revision is rolled back: a service on a third one was moved by someone
+        // else (the machine then ends the attempt, saying so, without fighting them).
+        let current = match self.task_definition(&state.task_definition_arn).await {
+            Ok(current) => current,
+            Err(error) => return read_failed("roll_back_service", error),
+        };
+        let ours = current
+            .tags
+            .get(ATTEMPT_TAG)
+            .is_some_and(|tag| tag == attempt_id);
+        if !made && ours {
+            if let Some(refused) = self.fence().await {
+                return Ok(refused);
+            }
+            let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+            self.ports
+                .ecs
+                .update_service(cluster, service, task_definition_arn)
+                .await?;
+        }
+        Ok(Event::RollbackStarted)
+    }
+}
+
+/// Why the search for an attempt's registration gave no answer.
+enum Unsearchable {
+    /// A read failed.
+    Read(PortError),
+    /// Too many revisions to look at: the registration is neither found nor ruled out.
+    Exhausted(PortError),
+}
+
+/// A read that a command needs before it acts failed: reported as a read failure (never as the
+/// command being refused, however the read failed: an answer the SDK cannot read is classified
+/// permanent), and retried next pass within the state's deadline. A resource not found, or a
+/// conflict, is an answer, not a read failure.
+fn read_failed(command: &'static str, error: PortError) -> Result<Event, PortError> {
+    match error.kind {
+        ErrorKind::Transient | ErrorKind::Throttled | ErrorKind::Permanent => {
+            Ok(Event::CommandFailed {
+                command,
+                class: FailureClass::Unreadable,
+                message: error.to_string(),
+            })
+        }
+        ErrorKind::NotFound | ErrorKind::Conflict => Err(error),
+    }
+}

@@ -1,0 +1,721 @@
+//! The driver: the only place where the machine meets IO.
+//!
+//! One [`RunnerDriver`] per runner. A [`tick`](RunnerDriver::tick) is one pass:
+//! load (first time) → re-issue the restored state's command, or observe → `handle` →
+//! **persist** → execute the commands → feed their results back → persist → …
+//!
+//! # Guarantees
+//! - **Write-ahead**: a command is executed only after the state that asked for it is saved.
+//!   If the save fails, the commands are dropped and the machine is reloaded from the store.
+//! - **Idempotent effects**: registering finds a task definition already tagged with the
+//!   attempt id; updating the service is skipped when a deployment that is not in the baseline
+//!   exists; rolling back is skipped when the service already runs the baseline; the lock is
+//!   re-entrant for its holder.
+//! - **Fencing**: before every mutating call the lease is checked with the attempt's epoch.
+//! - Every loop and retry is bounded.
+
+mod effects;
+mod observe;
+mod persist;
+mod trace;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+use crate::reader::RunnerSnapshot;
+use crate::retry::RetryPolicy;
+use crate::telemetry;
+use runner_updater_config::{Config, RunnerConfig};
+use runner_updater_core::domain::desired::{
+    is_desired_name, parse_desired, settle_fingerprint, DesiredError, RunnerPolicy,
+    RELEASE_PARAMETER,
+};
+use runner_updater_core::domain::eligibility::{Rule, Verdict};
+use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
+use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
+use runner_updater_core::domain::revision_search::{self, RevisionSearch, SearchStep};
+use runner_updater_core::domain::task_definition::TaskDefinition;
+use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::machine::{
+    self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note, Observation,
+    RunnerMachine, Settings, State, TransitionEntry,
+};
+use runner_updater_core::record::Record;
+use runner_updater_ports::AwsOp;
+use runner_updater_ports::{
+    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
+    PortError, StateStore, StoreError,
+};
+
+/// Tag naming the runner on task definitions the controller registers.
+pub const RUNNER_TAG: &str = "runner-updater:runner";
+/// Commands executed per tick at most (a bound, far above a real pass's needs).
+const COMMANDS_PER_TICK_MAX: usize = 64;
+/// Checks of a change set still being created before deleting it, and the wait between them.
+const DELETE_WAITS_MAX: usize = 12;
+const DELETE_WAIT: Duration = Duration::from_secs(5);
+/// Task definitions kept in the per-runner cache (they are immutable).
+const TASK_DEFINITION_CACHE_MAX: usize = 8;
+
+/// The ports a driver uses.
+#[derive(Clone)]
+pub struct Ports {
+    /// SSM.
+    pub ssm: Arc<dyn ParameterStore>,
+    /// ECS.
+    pub ecs: Arc<dyn Ecs>,
+    /// `CloudFormation`.
+    pub cfn: Arc<dyn CloudFormation>,
+    /// The runner lock.
+    pub lock: Arc<dyn Lock>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Where to stop the process on purpose (crash tests and the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CrashPlan {
+    /// Crash right after the n-th save (1-based), before executing what it asked for.
+    pub after_save: Option<u32>,
+    /// Crash right after the n-th command (1-based), before its result is handled.
+    pub after_command: Option<u32>,
+    /// Crash right after the first command of this name, before its result is handled.
+    pub after_command_named: Option<&'static str>,
+}
+
+impl CrashPlan {
+    /// One plan per crash point of a run that saved `saves` times and ran `commands` commands:
+    /// after each save, then after each command.
+    pub fn every_step(saves: u32, commands: u32) -> impl Iterator<Item = CrashPlan> {
+        (1..=saves)
+            .map(|k| CrashPlan {
+                after_save: Some(k),
+                ..CrashPlan::default()
+            })
+            .chain((1..=commands).map(|k| CrashPlan {
+                after_command: Some(k),
+                ..CrashPlan::default()
+            }))
+    }
+}
+
+/// Why a tick stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The state store failed or holds an unusable record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The lock could not be read.
+    #[error("lock: {0}")]
+    Lock(#[source] PortError),
+    /// A crash injected by a [`CrashPlan`].
+    #[error("injected crash: {0}")]
+    Crashed(String),
+    /// The machine took a transition that is not in the table (a bug).
+    #[error("bug: {0}")]
+    Bug(String),
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Transitions taken.
+    pub transitions: Vec<TransitionEntry>,
+    /// Commands executed, by name.
+    pub commands: Vec<&'static str>,
+    /// Records saved.
+    pub saves: u32,
+}
+
+/// Drives one runner's machine.
+// Independent per-pass facts (AWS readable, an attempt active, a transition taken, the record
+// unreadable), not a state machine in disguise: the machine is statig's.
+#[allow(clippy::struct_excessive_bools)]
+pub struct RunnerDriver {
+    runner: RunnerConfig,
+    prefix: String,
+    holder: String,
+    settings: Settings,
+    policy: RunnerPolicy,
+    lease_ttl: Duration,
+    rest_interval: Duration,
+    active_interval: Duration,
+    retry: RetryPolicy,
+    ports: Ports,
+    machine: Option<Machine>,
+    pending: Vec<Command>,
+    last_saved: Option<Record>,
+    failed_report: Option<Box<TickReport>>,
+    /// The task definitions last read (revisions are immutable), newest last.
+    task_definitions: Vec<TaskDefinition>,
+    crash: CrashPlan,
+    saves: u32,
+    commands: u32,
+    jitter_seed: u64,
+    /// W3C traceparent of the current (or last) attempt's trace.
+    traceparent: Option<String>,
+    /// The span of the state the attempt is in (ended when the state is left).
+    state_span: Option<tracing::Span>,
+    metrics: Option<Arc<Metrics>>,
+    /// Whether the last observation could read AWS.
+    aws_readable: bool,
+    /// Which passes at rest that lead nowhere get a `check` span.
+    check_sampler: telemetry::CheckSampler,
+    /// Whether the machine took a transition in the current pass (its state's command is
+    /// then a first call, not one that may already have been made).
+    entered_this_pass: bool,
+    /// See `consistency_window_secs`.
+    consistency_window: Duration,
+    /// When this driver last made (or may have made) a non-idempotent ECS call.
+    last_call_at: Option<Millis>,
+    /// Whether an attempt was under way (under the lock) during the current pass.
+    attempt_active: bool,
+    /// The last load found the record unreadable.
+    unreadable: bool,
+    /// The note and verdict of the last event handled at rest in the current pass.
+    rest_outcome: Option<Box<(Option<Note>, Option<Verdict>)>>,
+    /// When the last pass ended: a fleet read older than that is not used.
+    last_tick_end: Option<Millis>,
+    /// The stacks as last read at rest (see `stack_refresh_secs`).
+    stack_cache: Option<Box<StackCache>>,
+    /// This runner's stack refresh period (`stack_refresh_secs`, spread per runner).
+    stack_refresh: Duration,
+    /// The current pass's observation used a fleet read or kept stacks.
+    observed_cached: bool,
+    /// When the lease this driver last took or renewed ends, on this process's monotonic
+    /// clock (measured from before the call was sent). Checked right before every fenced
+    /// write: a process frozen past its lease (a long pause, SIGSTOP) and thawed between its
+    /// fencing check and its write does not write (on the SSM store this only narrows the
+    /// window, see README "The lock").
+    lease_until: Option<Duration>,
+    /// The command being executed and its fencing token, if it has one (see `fence`).
+    fencing: Option<(&'static str, u64)>,
+    /// See `settle_secs`.
+    settle: Duration,
+    /// The fingerprint of the `desired/*` values last read, and when (by this controller's
+    /// clock) they were first read as they are.
+    settle_seen: Option<(u64, Millis)>,
+    /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
+    /// for).
+    settles_at: Option<Millis>,
+}
+
+/// The stacks of a runner as read at rest, with what they were read for.
+struct StackCache {
+    /// The fingerprint of the desired infrastructure they were read under ("" for none).
+    fingerprint: String,
+    read_at: Millis,
+    stacks: Vec<runner_updater_core::domain::observed::StackState>,
+}
+
+impl RunnerDriver {
+    /// A driver for `runner` as `holder` (this controller's identity in the lock).
+    #[must_use]
+    pub fn new(config: &Config, runner: &RunnerConfig, holder: &str, ports: Ports) -> Self {
+        RunnerDriver {
+            runner: runner.clone(),
+            prefix: config.prefix.clone(),
+            holder: holder.to_owned(),
+            settings: config.settings(runner),
+            policy: config.policy(runner),
+            lease_ttl: Duration::from_secs(config.lease_secs),
+            rest_interval: Duration::from_secs(config.poll_interval_secs),
+            active_interval: Duration::from_secs(config.active_poll_interval_secs),
+            retry: RetryPolicy::default(),
+            ports,
+            machine: None,
+            pending: Vec::new(),
+            last_saved: None,
+            failed_report: None,
+            task_definitions: Vec::new(),
+            crash: CrashPlan::default(),
+            saves: 0,
+            commands: 0,
+            jitter_seed: fnv1a(FNV_OFFSET, runner.name.as_bytes()),
+            traceparent: None,
+            state_span: None,
+            metrics: None,
+            aws_readable: true,
+            check_sampler: telemetry::CheckSampler::new(config.telemetry.check_span_every_passes),
+            entered_this_pass: false,
+            last_call_at: None,
+            consistency_window: Duration::from_secs(config.consistency_window_secs),
+            attempt_active: false,
+            unreadable: false,
+            rest_outcome: None,
+            last_tick_end: None,
+            stack_cache: None,
+            stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
+            observed_cached: false,
+            lease_until: None,
+            fencing: None,
+            settle: Duration::from_secs(config.settle_secs),
+            settle_seen: None,
+            settles_at: None,
+        }
+    }
+
+    /// Plans a crash (tests, demo).
+    #[must_use]
+    pub fn with_crash(mut self, crash: CrashPlan) -> Self {
+        self.crash = crash;
+        self
+    }
+
+    /// Reports into these metrics.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether the runner's record has been read: loaded (the machine is in memory), or found
+    /// unreadable (the runner is left alone until ops mend it; that is not "still loading").
+    #[must_use]
+    pub fn loaded(&self) -> bool {
+        self.machine.is_some() || self.unreadable
+    }
+
+    /// Overrides the retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The runner's name.
+    #[must_use]
+    pub fn runner(&self) -> &str {
+        &self.runner.name
+    }
+
+    /// The runner's configuration.
+    #[must_use]
+    pub fn runner_config(&self) -> &RunnerConfig {
+        &self.runner
+    }
+
+    /// The current phase (Idle before the first tick).
+    #[must_use]
+    pub fn phase(&self) -> Phase {
+        self.machine
+            .as_ref()
+            .map_or(Phase::Idle, |m| phase_of(m.state()))
+    }
+
+    /// The last saved record.
+    #[must_use]
+    pub fn record(&self) -> Option<&Record> {
+        self.last_saved.as_ref()
+    }
+
+    /// Whether the runner is at rest: its machine rests, or (dropped after a failed or fenced
+    /// pass, to be reloaded) its last record did. A runner mid-attempt whose machine was dropped
+    /// is not at rest: it keeps its own, short, time (its lease is running).
+    #[must_use]
+    pub fn at_rest(&self) -> bool {
+        match &self.machine {
+            Some(machine) => phase_of(machine.state()).is_resting(),
+            None => self
+                .last_saved
+                .as_ref()
+                .is_none_or(|r| r.phase().map_or(true, Phase::is_resting)),
+        }
+    }
+
+    /// How long to wait before the next tick: the rest interval, or less when a desired
+    /// state the runner waits for settles before it.
+    #[must_use]
+    pub fn requeue_after(&self) -> Duration {
+        if let Some(at) = self.wake_at() {
+            return at.since(self.ports.clock.now()).min(self.rest_interval);
+        }
+        if self.at_rest() {
+            self.rest_interval
+        } else {
+            self.active_interval
+        }
+    }
+
+    /// When this runner at rest wants its next pass before the next sweep: the moment the
+    /// `desired/*` parameters it is waiting for settle (its last pass found it `settling`).
+    #[must_use]
+    pub fn wake_at(&self) -> Option<Millis> {
+        let machine = self.machine.as_ref()?;
+        let settling = phase_of(machine.state()).is_resting()
+            && machine
+                .inner()
+                .memory
+                .note
+                .as_ref()
+                .is_some_and(|note| note.code == "settling");
+        self.settles_at
+            .filter(|at| settling && *at > self.ports.clock.now())
+    }
+
+    /// One pass.
+    ///
+    /// # Errors
+    /// A [`DriverError`]; the next tick starts again from the store when the machine may be
+    /// ahead of it.
+    pub async fn tick(&mut self) -> Result<TickReport, DriverError> {
+        self.tick_with(None).await
+    }
+
+    /// One pass, observing from `view` (this runner's part of a fleet read) when the runner is
+    /// at rest and the read is not older than its last pass; otherwise (under the lock, or no
+    /// usable read) from its own fresh reads.
+    ///
+    /// # Errors
+    /// As [`RunnerDriver::tick`].
+    pub async fn tick_with(
+        &mut self,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<TickReport, DriverError> {
+        let view = view.filter(|v| self.last_tick_end.is_none_or(|end| v.taken_at >= end));
+        let mut report = TickReport::default();
+        let started = self.ports.clock.now();
+        let result = self.tick_inner(&mut report, view).await;
+        self.last_tick_end = Some(self.ports.clock.now());
+        if let Some(metrics) = &self.metrics {
+            let now = self.ports.clock.now();
+            metrics.pass(
+                &self.runner.name,
+                now.since(started).as_secs_f64(),
+                now,
+                self.aws_readable,
+            );
+            if let Some(machine) = &self.machine {
+                metrics.runner_status(
+                    &self.runner.name,
+                    held_epoch(machine.state()).is_some(),
+                    machine.inner().memory.last_success,
+                );
+            }
+        }
+        if result.is_err() {
+            // Whatever happened, the store is the truth: rebuild from it next time.
+            self.machine = None;
+            self.pending.clear();
+            self.failed_report = Some(Box::new(report));
+            return result.map(|()| TickReport::default());
+        }
+        result.map(|()| report)
+    }
+
+    /// What the last failed tick did before it failed (transitions it saved, commands it ran).
+    pub fn take_failed_report(&mut self) -> Option<TickReport> {
+        self.failed_report.take().map(|report| *report)
+    }
+
+    async fn tick_inner(
+        &mut self,
+        report: &mut TickReport,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<(), DriverError> {
+        let resting = self.phase().is_resting();
+        if resting {
+            // The attempt's last state (Done, RolledBack) ended with the previous pass.
+            self.state_span = None;
+        }
+        self.attempt_active = false;
+        self.entered_this_pass = false;
+        self.rest_outcome = None;
+        let result = self.pass(report, view).await;
+        if resting && !self.attempt_active && self.phase().is_resting() {
+            self.trace_check();
+        }
+        result
+    }
+
+    async fn pass(
+        &mut self,
+        report: &mut TickReport,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<(), DriverError> {
+        let fresh = self.machine.is_none();
+        if fresh {
+            self.load().await?;
+        }
+        if !self.secure_lease(fresh, report).await? {
+            return Ok(());
+        }
+        let mut queue = std::mem::take(&mut self.pending);
+        if queue.is_empty() {
+            // The fleet read serves a pass at rest only: under the lock every read is fresh.
+            let view = view.filter(|_| self.phase().is_resting());
+            self.observed_cached = false;
+            let mut observation = self.observe_with(view).await?;
+            if self.observed_cached
+                && self.machine.as_ref().is_some_and(|m| {
+                    m.inner()
+                        .would_attempt(&observation, self.ports.clock.now())
+                })
+            {
+                // An attempt starts on the runner's own fresh reads only: the fleet read may
+                // be a sweep old (or served stale by ECS, which is eventually consistent), and
+                // the stacks kept at rest may have been changed since by another controller.
+                self.stack_cache = None;
+                observation = self.observe().await?;
+            }
+            queue = self
+                .handle(Event::Observed(Box::new(observation)), report)
+                .await?;
+        }
+        let mut executed = 0;
+        while !queue.is_empty() {
+            executed += 1;
+            if executed > COMMANDS_PER_TICK_MAX {
+                return Err(DriverError::Bug(format!(
+                    "more than {COMMANDS_PER_TICK_MAX} commands in one pass"
+                )));
+            }
+            let command = queue.remove(0);
+            report.commands.push(command.name());
+            let span = self.command_span(&command);
+            let event = self.execute(&command).instrument(span.clone()).await?;
+            let outcome = match &event {
+                Event::CommandFailed { class, .. } => match class {
+                    FailureClass::Transient => "transient-error",
+                    FailureClass::Permanent => "permanent-error",
+                    FailureClass::Fenced => "fenced",
+                    FailureClass::Conflict => "conflict",
+                    FailureClass::Unreadable => "read-error",
+                },
+                _ => "ok",
+            };
+            span.record("outcome", outcome);
+            drop(span);
+            if let Some(metrics) = &self.metrics {
+                metrics.command(&self.runner.name, command.name(), outcome);
+            }
+            if matches!(
+                event,
+                Event::CommandFailed {
+                    class: FailureClass::Fenced,
+                    ..
+                }
+            ) {
+                // The runner is someone else's now: write nothing, reload from the store.
+                tracing::warn!(runner = %self.runner.name, command = command.name(), "fenced: another controller holds the runner; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(());
+            }
+            self.commands += 1;
+            if self.crash.after_command == Some(self.commands)
+                || self.crash.after_command_named == Some(command.name())
+            {
+                return Err(DriverError::Crashed(format!(
+                    "after command #{} ({})",
+                    self.commands,
+                    command.name()
+                )));
+            }
+            queue.extend(self.handle(event, report).await?);
+        }
+        Ok(())
+    }
+
+    /// Handles one event, persists if anything changed, and returns the commands to execute.
+    async fn handle(
+        &mut self,
+        event: Event,
+        report: &mut TickReport,
+    ) -> Result<Vec<Command>, DriverError> {
+        let now = self.ports.clock.now();
+        let Some(machine) = self.machine.as_mut() else {
+            return Err(DriverError::Bug("handle without a machine".to_owned()));
+        };
+        let history_before = machine.inner().memory.history.len();
+        let last_before = machine.inner().memory.history.back().cloned();
+        let mut ctx = Ctx {
+            now,
+            ..Ctx::default()
+        };
+        machine.handle_with_context(&Input { now, event }, &mut ctx);
+        if let Some(violation) = ctx.violations.first() {
+            return Err(DriverError::Bug(violation.clone()));
+        }
+        if !matches!(phase_of(machine.state()), p if p.is_resting() || p == Phase::Checking) {
+            self.attempt_active = true;
+        }
+        if phase_of(machine.state()).is_resting() {
+            // What a pass at rest concluded, for its check span (kept here: a refused write
+            // below drops the machine).
+            let memory = &machine.inner().memory;
+            self.rest_outcome = Some(Box::new((memory.note.clone(), memory.verdict.clone())));
+        }
+        let history = &machine.inner().memory.history;
+        if history.back() != last_before.as_ref() || history.len() != history_before {
+            let new = history
+                .iter()
+                .rev()
+                .take_while(|t| Some(*t) != last_before.as_ref())
+                .cloned()
+                .collect::<Vec<_>>();
+            self.entered_this_pass = true;
+            let state = machine.state();
+            let phase = phase_of(state);
+            let attempt = machine::attempt_of(state).cloned();
+            let epoch = held_epoch(state);
+            if let (Some(attempt), true) = (
+                &attempt,
+                new.iter()
+                    .any(|t| t.from == Phase::Checking && t.to == Phase::Locked),
+            ) {
+                // An attempt under the lock: its root span, ended at once (a crash cannot lose
+                // it), then its `checking` span with the verdict that started it. A Checking
+                // that ends without the lock is not an attempt: it is told by a check span.
+                let root = telemetry::attempt_span(&self.runner.name, attempt);
+                self.traceparent = telemetry::traceparent(&root);
+                let checking = telemetry::state_span(
+                    &self.runner.name,
+                    Phase::Checking,
+                    attempt,
+                    epoch,
+                    self.traceparent.as_deref(),
+                    false,
+                );
+                if let Some(verdict) = &machine.inner().memory.verdict {
+                    telemetry::record_verdict(&checking, verdict);
+                }
+            }
+            // Leaving a state ends its span; entering one opens the next.
+            self.state_span = attempt
+                .as_ref()
+                .filter(|_| !matches!(phase, Phase::Idle | Phase::Checking))
+                .map(|attempt| {
+                    telemetry::state_span(
+                        &self.runner.name,
+                        phase,
+                        attempt,
+                        epoch,
+                        self.traceparent.as_deref(),
+                        false,
+                    )
+                });
+            let span = self.state_span.clone().unwrap_or_else(tracing::Span::none);
+            if let Some(metrics) = &self.metrics {
+                for t in &new {
+                    metrics.transition(&self.runner.name, t.from, t.to);
+                }
+                metrics.set_state(&self.runner.name, phase);
+            }
+            for transition in new.into_iter().rev() {
+                tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
+                report.transitions.push(transition);
+            }
+        }
+        if let (Some(span), Some(step)) =
+            (&self.state_span, machine::change_set_of(machine.state()))
+        {
+            telemetry::record_change_set(span, step);
+        }
+        if phase_of(machine.state()) == Phase::Checking {
+            // The lease comes first: nothing is written before it is ours. Taking it changes
+            // nothing on the runner; its result leads to Locked (saved) or back to rest.
+            return Ok(ctx.commands);
+        }
+        let mut record = Record::capture(machine);
+        if self.traceparent.is_some() {
+            record.traceparent.clone_from(&self.traceparent);
+        }
+        if self.last_saved.as_ref() != Some(&record) {
+            if self.written_by_another().await? {
+                tracing::info!(runner = %self.runner.name, "the record changed since this controller read it (another controller's attempt): reloading");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
+            if !self.may_write().await? {
+                tracing::info!(runner = %self.runner.name, "another controller holds the runner: not writing; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
+            if self.fenced_save() && self.lease_lapsed() {
+                // Checked last, right before the write: a controller paused between its
+                // fencing check and here must not write (issue 14, 7b).
+                tracing::info!(runner = %self.runner.name, "the lease ended on this controller's own clock before the record was written: not writing; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(Vec::new());
+            }
+            self.ports.store.save(&record).await?;
+            self.last_saved = Some(record);
+            self.saves += 1;
+            report.saves += 1;
+            if self.crash.after_save == Some(self.saves) {
+                return Err(DriverError::Crashed(format!("after save #{}", self.saves)));
+            }
+        }
+        Ok(ctx.commands)
+    }
+
+    /// How long to wait before a non-idempotent ECS call may be decided, if at all: only when
+    /// its state was not entered in this pass (a restore, a retry) and was entered, or the call
+    /// last tried, less than the consistency window (`consistency_window_secs`: the call's
+    /// own time, up to the SDK's 30 s operation timeout, plus ECS's eventual consistency) ago.
+    fn settling(&self, command: &Command, now: Millis) -> Option<Duration> {
+        let checked = matches!(
+            command,
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
+        );
+        let since = self.machine.as_ref()?.inner().memory.since;
+        // The call may have been made later than the state was entered: by this process
+        // before a failed save or a reload (remembered here), or by a crashed process before
+        // its lease expired (then the lease's expiry, longer than the window, covers it).
+        let reference = self.last_call_at.map_or(since, |at| at.max(since));
+        let age = now.since(reference);
+        (checked && !self.entered_this_pass && age < self.consistency_window)
+            .then(|| self.consistency_window.saturating_sub(age))
+    }
+
+    /// Now, by the driver's clock.
+    #[must_use]
+    pub fn now(&self) -> Millis {
+        self.ports.clock.now()
+    }
+}
+
+/// A runner's stack refresh period: `secs` plus up to half of it, spread by the runner's name
+/// so that a fleet started at once does not re-read every stack in the same pass.
+fn stack_refresh(secs: u64, runner: &str) -> Duration {
+    let spread = fnv1a(FNV_OFFSET, runner.as_bytes()) % 1000;
+    Duration::from_millis(
+        secs.saturating_mul(1000)
+            .saturating_add(secs.saturating_mul(spread) / 2),
+    )
+}
+
+/// The lease epoch held in a state, if the state holds the lock.
+fn held_epoch(state: &State) -> Option<u64> {
+    match state {
+        State::Locked { epoch, .. } => Some(*epoch),
+        State::Done { .. } | State::RolledBack { .. } => None,
+        other => machine::run_of(other).map(|run| run.epoch),
+    }
+}
+
+fn fencing_epoch(command: &Command) -> Option<u64> {
+    match command {
+        Command::RegisterTaskDefinition { epoch, .. }
+        | Command::UpdateService { epoch, .. }
+        | Command::RollBackService { epoch, .. }
+        | Command::PrepareChangeSet { epoch, .. }
+        | Command::AwaitChangeSet { epoch, .. }
+        | Command::DeleteChangeSet { epoch, .. } => Some(*epoch),
+        Command::Observe | Command::AcquireLock { .. } | Command::ReleaseLock { .. } => None,
+    }
+}

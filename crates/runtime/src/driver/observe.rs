@@ -1,0 +1,222 @@
+//! The driver's reads: the observation a pass hands the machine (its own reads, or its part
+//! of a fleet read; stacks kept at rest), the settle of the desired values, bounded retries.
+
+#[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
+use super::*;
+
+impl RunnerDriver {
+    /// Runs an operation with bounded, jittered retries on transient errors.
+    pub(super) async fn retrying<T, F, Fut>(&self, operation: F) -> Result<T, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, PortError>>,
+    {
+        let seed = self.jitter_seed ^ u64::from(self.commands);
+        let on_retry = |error: &PortError, delay: Duration| {
+            tracing::info!(runner = %self.runner.name, %error, ?delay, "retrying");
+            if let Some(metrics) = &self.metrics {
+                metrics.retry(&self.runner.name);
+            }
+        };
+        self.retry
+            .run(seed, self.ports.clock.as_ref(), on_retry, operation)
+            .await
+    }
+
+    /// Reads the desired and observed state.
+    pub(super) async fn observe(&mut self) -> Result<Observation, DriverError> {
+        self.observe_with(None).await
+    }
+
+    /// Reads the desired and observed state, the desired folder and the service from `view`
+    /// when given (a fleet read), else fresh.
+    pub(super) async fn observe_with(
+        &mut self,
+        view: Option<RunnerSnapshot>,
+    ) -> Result<Observation, DriverError> {
+        let (desired_read, service_read, read_at) = if let Some(view) = view {
+            self.observed_cached = true;
+            (view.desired, Some(view.service), view.taken_at)
+        } else {
+            // The runner's folder: `desired/…` and the `release` document (the status record
+            // and the lease, read past, are read by their own paths).
+            let folder = format!("{}/{}", self.prefix, self.runner.name);
+            let read_at = self.ports.clock.now();
+            let read = self
+                .retrying(|| self.ports.ssm.get_by_path(&folder))
+                .await
+                .map(|parameters| {
+                    parameters
+                        .into_iter()
+                        .filter_map(|(name, value)| {
+                            let relative = name.strip_prefix(&folder)?.strip_prefix('/')?;
+                            is_desired_name(relative).then(|| (relative.to_owned(), value))
+                        })
+                        .collect::<BTreeMap<String, String>>()
+                });
+            (read, None, read_at)
+        };
+        // An unreadable AWS is an observation too: the machine still sees time pass and checks
+        // its deadlines.
+        let desired = match desired_read {
+            Ok(relative) => {
+                // First seen when the answer is here, not when the read began (a fleet read's
+                // pages take a while): later, never earlier.
+                let seen_at = self.ports.clock.now().max(read_at);
+                self.settles_at = self.settle_of(&relative, seen_at);
+                parse_desired(&relative, &self.policy)
+            }
+            Err(error) => Err(DesiredError::Unavailable(error.to_string())),
+        };
+        // What the stacks are read under ("" for no desired infrastructure); none when the
+        // desired state is unusable (the stacks are then not kept).
+        let fingerprint = desired
+            .as_ref()
+            .ok()
+            .map(|d| infra::fingerprint(d).unwrap_or_default());
+        let observed = match self.observe_runner(service_read, fingerprint).await {
+            Ok(observed) => observed,
+            Err(error) => Err(ObserveError::Unavailable(error.to_string())),
+        };
+        self.aws_readable = !matches!(desired, Err(DesiredError::Unavailable(_)))
+            && !matches!(observed, Err(ObserveError::Unavailable(_)));
+        Ok(Observation {
+            desired,
+            observed,
+            settles_at: self.settles_at,
+        })
+    }
+
+    /// When the `desired/*` values just read (at `read_at`) settle: `settle_secs` after this
+    /// controller first read them as they are (a restart, or another replica, waits one settle
+    /// again: safe). AWS's clock (`LastModifiedDate`) is not used: a skew between it and ours
+    /// cannot shorten the wait, and a deletion, which leaves no date behind, moves the
+    /// fingerprint like any write. `None` with a release document, acted on at once.
+    fn settle_of(
+        &mut self,
+        relative: &BTreeMap<String, String>,
+        read_at: Millis,
+    ) -> Option<Millis> {
+        let fingerprint = settle_fingerprint(relative);
+        let first_seen = match self.settle_seen {
+            Some((seen, at)) if seen == fingerprint => at,
+            _ => {
+                self.settle_seen = Some((fingerprint, read_at));
+                read_at
+            }
+        };
+        (!relative.contains_key(RELEASE_PARAMETER)).then(|| first_seen.after(self.settle))
+    }
+
+    async fn observe_runner(
+        &mut self,
+        service_read: Option<
+            Result<runner_updater_core::domain::observed::ServiceState, PortError>,
+        >,
+        fingerprint: Option<String>,
+    ) -> Result<Result<runner_updater_core::domain::observed::Observed, ObserveError>, PortError>
+    {
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        // Tasks are read only where they are judged: in the health gate.
+        let gate = matches!(self.phase(), Phase::AwaitingRollout | Phase::Soaking);
+        let ecs = &self.ports.ecs;
+        let read = match service_read {
+            Some(read) => read,
+            None => {
+                self.retrying(|| async move {
+                    if gate {
+                        ecs.describe_service(cluster, service).await
+                    } else {
+                        ecs.describe_service_without_tasks(cluster, service).await
+                    }
+                })
+                .await
+            }
+        };
+        let state = match read {
+            Ok(state) => state,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Ok(Err(ObserveError::ServiceNotFound {
+                    cluster: cluster.clone(),
+                    service: service.clone(),
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        let task_definition = self.task_definition(&state.task_definition_arn).await?;
+        let stacks = if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
+            self.observed_cached = true;
+            stacks
+        } else {
+            let mut stacks = Vec::with_capacity(self.runner.stacks.len());
+            for name in &self.runner.stacks {
+                match self.retrying(|| self.ports.cfn.describe_stack(name)).await {
+                    Ok(stack) => stacks.push(stack),
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        return Ok(Err(ObserveError::StackNotFound(name.clone())))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // Kept for the passes at rest to come; anything read under the lock is not,
+            // and an attempt leaves no cache behind.
+            self.stack_cache = match fingerprint {
+                Some(fingerprint) if self.phase().is_resting() && !stacks.is_empty() => {
+                    Some(Box::new(StackCache {
+                        fingerprint,
+                        read_at: self.ports.clock.now(),
+                        stacks: stacks.clone(),
+                    }))
+                }
+                _ => None,
+            };
+            stacks
+        };
+        Ok(observe(
+            state,
+            &task_definition,
+            &self.runner.container,
+            &stacks,
+        ))
+    }
+
+    /// The stacks as last read at rest, if they still serve: at rest, under the same desired
+    /// infrastructure, none of them moving, and read less than `stack_refresh` ago.
+    fn cached_stacks(
+        &self,
+        fingerprint: Option<&String>,
+    ) -> Option<Vec<runner_updater_core::domain::observed::StackState>> {
+        let cache = self.stack_cache.as_ref()?;
+        let fresh = self.phase().is_resting()
+            && fingerprint == Some(&cache.fingerprint)
+            && self.ports.clock.now().since(cache.read_at) < self.stack_refresh
+            && cache
+                .stacks
+                .iter()
+                .all(|s| infra::progress(&s.status) != StackProgress::InProgress);
+        fresh.then(|| cache.stacks.clone())
+    }
+
+    /// A task definition, from the cache when possible (revisions are immutable).
+    pub(super) async fn task_definition(&mut self, arn: &str) -> Result<TaskDefinition, PortError> {
+        if let Some(cached) = self.task_definitions.iter().find(|td| td.arn == arn) {
+            return Ok(cached.clone());
+        }
+        let fetched = self
+            .retrying(|| self.ports.ecs.describe_task_definition(arn))
+            .await?;
+        if self.task_definitions.len() >= TASK_DEFINITION_CACHE_MAX {
+            self.task_definitions.remove(0);
+        }
+        self.task_definitions.push(fetched.clone());
+        Ok(fetched)
+    }
+
+    /// Reads the desired and observed state now (for `plan`).
+    ///
+    /// # Errors
+    /// When AWS cannot be read after the retries.
+    pub async fn observe_now(&mut self) -> Result<Observation, DriverError> {
+        self.observe().await
+    }
+}

@@ -1,0 +1,42 @@
+//! The driver's spans: a pass at rest's sampled check span, each command's span.
+
+#[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
+use super::*;
+
+impl RunnerDriver {
+    /// A pass at rest that led nowhere: a short `check` span, when sampled.
+    pub(super) fn trace_check(&mut self) {
+        let Some(outcome) = self.rest_outcome.take() else {
+            return;
+        };
+        let (note, verdict) = *outcome;
+        let (outcome, reason) = note.as_ref().map_or(("idle", ""), |note| {
+            (note.code.as_str(), note.message.as_str())
+        });
+        if !self.check_sampler.sample(outcome) {
+            return;
+        }
+        // The verdict is this pass's only when the rules ran (not on a bad value or an
+        // unreadable AWS, which stop before them).
+        let verdict = verdict.as_ref().filter(|_| {
+            matches!(outcome, "idle" | "lock-busy" | "lock-failed")
+                || Rule::from_name(outcome).is_some()
+        });
+        telemetry::check_span(&self.runner.name, outcome, reason, verdict);
+    }
+
+    /// A span for one command, under the current state's span.
+    pub(super) fn command_span(&self, command: &Command) -> tracing::Span {
+        let Some(parent) = &self.state_span else {
+            return tracing::Span::none(); // at rest: no trace
+        };
+        tracing::info_span!(
+            parent: parent,
+            "command",
+            otel.name = command.name(),
+            runner = %self.runner.name,
+            command = command.name(),
+            outcome = tracing::field::Empty,
+        )
+    }
+}
