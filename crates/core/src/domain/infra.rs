@@ -521,6 +521,40 @@ pub fn progress(status: &str) -> StackProgress {
     }
 }
 
+/// What an executed change set's execution status and its stack's progress say together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    /// Still going (the stack is updating, or CloudFormation has not reported yet:
+    /// `EXECUTE_IN_PROGRESS`, `UNAVAILABLE`).
+    Pending,
+    /// `EXECUTE_COMPLETE` on a complete stack: done.
+    Updated,
+    /// `EXECUTE_FAILED`, the stack rolled back or needing a human: the stack events say why.
+    Failed,
+    /// `EXECUTE_FAILED` yet the stack is complete: CloudFormation contradicts itself.
+    FailedOnCompleteStack,
+    /// `EXECUTE_COMPLETE` yet the stack is rolled back or failed: updated outside the attempt.
+    CompletedOnMovedStack,
+}
+
+/// Reads a change set's execution status (`None`: not read) beside its stack's progress. An
+/// updating stack is always pending, whatever the change set says.
+#[must_use]
+pub fn execution_outcome(execution: Option<&str>, progress: StackProgress) -> ExecutionOutcome {
+    match (execution, progress) {
+        (_, StackProgress::InProgress) => ExecutionOutcome::Pending,
+        (Some("EXECUTE_COMPLETE"), StackProgress::Complete) => ExecutionOutcome::Updated,
+        (Some("EXECUTE_FAILED"), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
+            ExecutionOutcome::Failed
+        }
+        (Some("EXECUTE_FAILED"), StackProgress::Complete) => {
+            ExecutionOutcome::FailedOnCompleteStack
+        }
+        (Some("EXECUTE_COMPLETE"), _) => ExecutionOutcome::CompletedOnMovedStack,
+        _ => ExecutionOutcome::Pending,
+    }
+}
+
 /// One stack event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackEvent {
@@ -572,6 +606,44 @@ pub fn first_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_set_execution_is_read_with_its_stack_progress() {
+        use ExecutionOutcome as O;
+        use StackProgress as P;
+        let cases = [
+            (Some("EXECUTE_COMPLETE"), P::InProgress, O::Pending),
+            (Some("EXECUTE_FAILED"), P::InProgress, O::Pending),
+            (Some("EXECUTE_COMPLETE"), P::Complete, O::Updated),
+            (Some("EXECUTE_FAILED"), P::RolledBack, O::Failed),
+            (Some("EXECUTE_FAILED"), P::NeedsHuman, O::Failed),
+            (
+                Some("EXECUTE_FAILED"),
+                P::Complete,
+                O::FailedOnCompleteStack,
+            ),
+            (
+                Some("EXECUTE_COMPLETE"),
+                P::RolledBack,
+                O::CompletedOnMovedStack,
+            ),
+            (
+                Some("EXECUTE_COMPLETE"),
+                P::NeedsHuman,
+                O::CompletedOnMovedStack,
+            ),
+            (Some("EXECUTE_IN_PROGRESS"), P::Complete, O::Pending),
+            (Some("UNAVAILABLE"), P::RolledBack, O::Pending),
+            (None, P::Complete, O::Pending),
+        ];
+        for (execution, progress, outcome) in cases {
+            assert_eq!(
+                execution_outcome(execution, progress),
+                outcome,
+                "{execution:?} x {progress:?}"
+            );
+        }
+    }
     use crate::domain::desired::DesiredStack;
     use crate::domain::image::ImageRef;
     use crate::domain::version::Version;

@@ -7,6 +7,7 @@ pub mod image;
 pub mod infra;
 pub mod observed;
 pub mod release;
+pub mod resume;
 pub mod revision_search;
 pub mod task_definition;
 pub mod version;

@@ -4,6 +4,7 @@
 
 #[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
 use super::*;
+use runner_updater_core::domain::resume::{rollback_made, update_progress, UpdateProgress};
 
 impl RunnerDriver {
     pub(super) async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
@@ -256,53 +257,37 @@ impl RunnerDriver {
             Ok(state) => state,
             Err(error) => return read_failed("update_service", error),
         };
-        let new: Vec<_> = state
-            .deployments
-            .iter()
-            .filter(|d| !baseline_ids.contains(&d.id))
-            .collect();
         // Only a deployment of *our* task definition is ours. Any other deployment outside the
         // baseline (a console force-deploy, Terraform, or ECS having rolled ours back while we
         // were down) means the world moved under the attempt: a foreign writer, never "done".
-        // The one exception: ECS's own circuit-breaker rollback of our deployment (its reason
-        // says so), which leaves the service on the baseline; the gate then reports it.
-        let ours_rolled_back = new.iter().find(|d| d.rollout_cause().is_circuit_breaker());
-        if let (Some(rollback), false) = (
-            ours_rolled_back,
-            new.iter()
-                .any(|d| d.task_definition_arn == task_definition_arn),
-        ) {
-            tracing::info!(runner = %self.runner.name, deployment = %rollback.id, "ECS already rolled back this attempt's deployment");
-            return Ok(Event::ServiceUpdated {
-                deployment_id: rollback.id.clone(),
-            });
-        }
-        if let Some(other) = new
-            .iter()
-            .find(|d| d.task_definition_arn != task_definition_arn)
-        {
-            if !new
-                .iter()
-                .any(|d| d.task_definition_arn == task_definition_arn)
-            {
+        // The one exception: ECS's own circuit-breaker rollback of our deployment, which
+        // leaves the service on the baseline; the gate then reports it.
+        match update_progress(&state, task_definition_arn, baseline_ids) {
+            UpdateProgress::NotMade => {}
+            UpdateProgress::Made { deployment_id } => {
+                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "service already updated by this attempt");
+                return Ok(Event::ServiceUpdated {
+                    deployment_id: deployment_id.to_owned(),
+                });
+            }
+            UpdateProgress::RolledBackByEcs { deployment_id } => {
+                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "ECS already rolled back this attempt's deployment");
+                return Ok(Event::ServiceUpdated {
+                    deployment_id: deployment_id.to_owned(),
+                });
+            }
+            UpdateProgress::Foreign {
+                deployment_id,
+                task_definition_arn: theirs,
+            } => {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
                     AwsOp::UpdateService,
                     format!(
-                        "deployment {} of {} appeared on the service outside this attempt",
-                        other.id, other.task_definition_arn
+                        "deployment {deployment_id} of {theirs} appeared on the service outside this attempt"
                     ),
                 ));
             }
-        }
-        if let Some(deployment) = new
-            .iter()
-            .find(|d| d.task_definition_arn == task_definition_arn)
-        {
-            tracing::info!(runner = %self.runner.name, deployment = %deployment.id, "service already updated by this attempt");
-            return Ok(Event::ServiceUpdated {
-                deployment_id: deployment.id.clone(),
-            });
         }
         if let Some(refused) = self.fence().await {
             return Ok(refused);
@@ -458,12 +443,12 @@ impl RunnerDriver {
         }
         let current = self.retrying(|| cfn.describe_stack(stack)).await?;
         let progress = infra::progress(&current.status);
-        match (execution.as_deref(), progress) {
-            (_, StackProgress::InProgress) => Ok(Event::StackUpdatePending {
+        match infra::execution_outcome(execution.as_deref(), progress) {
+            infra::ExecutionOutcome::Pending => Ok(Event::StackUpdatePending {
                 status: current.status,
             }),
-            (Some("EXECUTE_COMPLETE"), StackProgress::Complete) => Ok(Event::StackUpdated),
-            (Some("EXECUTE_FAILED"), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
+            infra::ExecutionOutcome::Updated => Ok(Event::StackUpdated),
+            infra::ExecutionOutcome::Failed => {
                 let events = self.retrying(|| cfn.stack_events(stack)).await?;
                 let since = current.last_updated.unwrap_or_default();
                 let (resource, reason) = infra::first_failure(&events, stack, &token, since)
@@ -477,7 +462,7 @@ impl RunnerDriver {
                     reason,
                 })
             }
-            (Some("EXECUTE_FAILED"), StackProgress::Complete) => Err(PortError::new(
+            infra::ExecutionOutcome::FailedOnCompleteStack => Err(PortError::new(
                 ErrorKind::Permanent,
                 AwsOp::ExecuteChangeSet,
                 format!(
@@ -485,7 +470,7 @@ impl RunnerDriver {
                     current.status
                 ),
             )),
-            (Some("EXECUTE_COMPLETE"), _) => Err(PortError::new(
+            infra::ExecutionOutcome::CompletedOnMovedStack => Err(PortError::new(
                 ErrorKind::Conflict,
                 AwsOp::DescribeStacks,
                 format!(
@@ -493,10 +478,6 @@ impl RunnerDriver {
                     current.status
                 ),
             )),
-            // EXECUTE_IN_PROGRESS, UNAVAILABLE: CloudFormation has not reported yet.
-            _ => Ok(Event::StackUpdatePending {
-                status: current.status,
-            }),
         }
     }
 
@@ -546,11 +527,7 @@ impl RunnerDriver {
             Ok(state) => state,
             Err(error) => return read_failed("roll_back_service", error),
         };
-        let made = state.task_definition_arn == task_definition_arn
-            || state.deployments.iter().any(|d| {
-                d.task_definition_arn == task_definition_arn
-                    && !baseline_deployments.contains(&d.id)
-            });
+        let made = rollback_made(&state, task_definition_arn, baseline_deployments);
         // Only our own revision is rolled back: a service on a third one was moved by someone
         // else (the machine then ends the attempt, saying so, without fighting them).
         let current = match self.task_definition(&state.task_definition_arn).await {
