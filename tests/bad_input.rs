@@ -456,6 +456,7 @@ struct Outcome {
     failures: Vec<String>,
 }
 
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn run(case: &Case) -> Outcome {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()

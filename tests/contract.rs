@@ -215,6 +215,7 @@ async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
 }
 
 /// Creates, on moto, a cluster, a rich task definition and a service running it.
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
     let ecs = aws_sdk_ecs::Client::new(sdk);
     ecs.create_cluster()
@@ -672,6 +673,7 @@ fn request(
     }
 }
 
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn cloudformation_contract(
     cfn: &dyn CloudFormation,
     pace: &Pace,

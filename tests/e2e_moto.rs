@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     let world = World::new(&["runner-a", "runner-b"]).await;
     let controller = world.controller("controller-1", None);
@@ -235,6 +236,7 @@ fn stack_template(name: &str, extra: Option<&str>) -> String {
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on_moto() {
     let world = World::new(&["runner-c"]).await;
     let (iam, main) = ("runner-c-iam", "runner-c-main");
@@ -684,6 +686,7 @@ impl World {
 
 /// What went wrong in one case, or nothing.
 #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<String> {
     let runner = case.runner;
     let mut wrong = Vec::new();
@@ -828,6 +831,7 @@ async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<Strin
 /// moto completes every story, and nothing is done twice.
 #[tokio::test]
 #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
     let runners: Vec<&str> = LOST.iter().map(|c| c.runner).collect();
     let infra = |runner: &str| {

@@ -36,6 +36,7 @@ fn capture() -> (
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // a story told step by step
 async fn one_trace_tells_the_whole_update_across_a_crash() {
     let (exporter, provider, _guard) = capture();
 

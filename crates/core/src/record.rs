@@ -482,6 +482,7 @@ impl Record {
 
     /// Captures the machine's state and memory.
     #[must_use]
+    #[allow(clippy::too_many_lines)] // a field-by-field conversion of every state to the flat record
     pub fn capture(machine: &Machine) -> Record {
         let state = machine.state();
         let inner: &RunnerMachine = machine.inner();
@@ -640,6 +641,7 @@ impl Record {
     ///
     /// # Errors
     /// [`RecordError::Invalid`] when a field the phase needs is missing or malformed.
+    #[allow(clippy::too_many_lines)] // a field-by-field conversion of the flat record to every state
     pub fn restore(&self, settings: Settings) -> Result<(RunnerMachine, State), RecordError> {
         let phase = self.phase()?;
         let memory = self.memory()?;

@@ -357,6 +357,7 @@ pub struct FleetFigures {
 ///
 /// # Errors
 /// When the fleet cannot be built or a pass fails.
+#[allow(clippy::too_many_lines)] // the benchmark's steps in order, each measured where it happens
 pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFigures, BenchError> {
     let mut fleet = Fleet::new(runners, None)?;
     let rest = Duration::from_secs(fleet.config.poll_interval_secs);

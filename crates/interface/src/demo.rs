@@ -168,6 +168,7 @@ impl Demo<'_> {
 ///
 /// # Errors
 /// A [`DemoError`] when the world fails or a story ends otherwise than told.
+#[allow(clippy::too_many_lines)] // the demo's four stories, told in order
 pub async fn run(
     seed: u64,
     store: Option<Arc<dyn StateStore>>,

@@ -407,6 +407,7 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
 
 /// The human status table, then a detail block per runner.
 #[must_use]
+#[allow(clippy::too_many_lines)] // one line of the status table after another
 pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
     if views.is_empty() {
         return "no runner has a record yet (has the controller run?)\n".to_owned();

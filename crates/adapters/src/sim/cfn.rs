@@ -529,6 +529,7 @@ impl CloudFormation for SimCfn {
         })
     }
 
+    #[allow(clippy::too_many_lines)] // the simulated CreateChangeSet: the checks CloudFormation makes, in its order, then the diff
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
         const OP: AwsOp = AwsOp::CreateChangeSet;
         self.faults.mutate(OP, || {

@@ -207,6 +207,7 @@ impl EcsWorld {
         self.services.insert(key.clone(), service);
     }
 
+    #[allow(clippy::too_many_lines)] // one step of a simulated rollout: every task and deployment rule in the order ECS applies them
     fn step(&mut self, service: &mut SimService, t: Millis) {
         let mut failed_by_deployment: BTreeMap<String, u32> = BTreeMap::new();
         for task in service

@@ -852,6 +852,7 @@ impl RunnerMachine {
     /// `Done` when it has no changes; `RolledBack` when refused or late; `Idle` when ops changed
     /// their mind, a foreign writer, or a lost lock.
     #[state(superstate = "deploying", entry_action = "enter_creating_change_set")]
+    #[allow(clippy::too_many_lines)] // a statig state handler: one flat match on the event
     fn creating_change_set(
         &mut self,
         run: &mut Run,

@@ -7,6 +7,7 @@ use super::*;
 use runner_updater_core::domain::resume::{rollback_made, update_progress, UpdateProgress};
 
 impl RunnerDriver {
+    #[allow(clippy::too_many_lines)] // one flat match over the commands
     pub(super) async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
         let now = self.ports.clock.now();
         tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");

@@ -526,6 +526,7 @@ impl RunnerDriver {
     }
 
     /// Handles one event, persists if anything changed, and returns the commands to execute.
+    #[allow(clippy::too_many_lines)] // the write-ahead step: handle, check the table, save, fence, trace, in this order
     async fn handle(
         &mut self,
         event: Event,
