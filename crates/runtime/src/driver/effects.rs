@@ -32,7 +32,7 @@ impl RunnerDriver {
             .machine
             .as_ref()
             .map_or(now, |m| m.inner().memory.since);
-        let first_call = self.entered_this_pass && self.last_call_at.is_none_or(|at| at < since);
+        let first_call = self.this_pass.entered && self.last_call_at.is_none_or(|at| at < since);
         if matches!(
             command,
             Command::RegisterTaskDefinition { .. }

@@ -169,27 +169,20 @@ pub struct RunnerDriver {
     aws_readable: bool,
     /// Which passes at rest that lead nowhere get a `check` span.
     check_sampler: telemetry::CheckSampler,
-    /// Whether the machine took a transition in the current pass (its state's command is
-    /// then a first call, not one that may already have been made).
-    entered_this_pass: bool,
     /// See `consistency_window_secs`.
     consistency_window: Duration,
     /// When this driver last made (or may have made) a non-idempotent ECS call.
     last_call_at: Option<Millis>,
-    /// Whether an attempt was under way (under the lock) during the current pass.
-    attempt_active: bool,
     /// The last load found the record unreadable.
     unreadable: bool,
-    /// The note and verdict of the last event handled at rest in the current pass.
-    rest_outcome: Option<Box<(Option<Note>, Option<Verdict>)>>,
     /// When the last pass ended: a fleet read older than that is not used.
     last_tick_end: Option<Millis>,
     /// The stacks as last read at rest (see `stack_refresh_secs`).
     stack_cache: Option<Box<StackCache>>,
     /// This runner's stack refresh period (`stack_refresh_secs`, spread per runner).
     stack_refresh: Duration,
-    /// The current pass's observation used a fleet read or kept stacks.
-    observed_cached: bool,
+    /// What the current pass has seen so far (reset when a pass starts).
+    this_pass: PassState,
     /// When the lease this driver last took or renewed ends, on this process's monotonic
     /// clock (measured from before the call was sent). Checked right before every fenced
     /// write: a process frozen past its lease (a long pause, SIGSTOP) and thawed between its
@@ -206,6 +199,21 @@ pub struct RunnerDriver {
     /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
     /// for).
     settles_at: Option<Millis>,
+}
+
+/// What one pass has seen so far: reset when a pass starts, read by its later steps (never
+/// carried from one pass to the next).
+#[derive(Debug, Default)]
+struct PassState {
+    /// Whether an attempt was under way (under the lock) during the pass.
+    attempt_active: bool,
+    /// Whether the machine took a transition in the pass (its state's command is then a
+    /// first call, not one that may already have been made).
+    entered: bool,
+    /// The note and verdict of the last event handled at rest in the pass.
+    rest_outcome: Option<Box<(Option<Note>, Option<Verdict>)>>,
+    /// The pass's observation used a fleet read or kept stacks.
+    observed_cached: bool,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -245,16 +253,13 @@ impl RunnerDriver {
             metrics: None,
             aws_readable: true,
             check_sampler: telemetry::CheckSampler::new(config.telemetry.check_span_every_passes),
-            entered_this_pass: false,
             last_call_at: None,
             consistency_window: Duration::from_secs(config.consistency_window_secs),
-            attempt_active: false,
             unreadable: false,
-            rest_outcome: None,
             last_tick_end: None,
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
-            observed_cached: false,
+            this_pass: PassState::default(),
             lease_until: None,
             fencing: None,
             settle: Duration::from_secs(config.settle_secs),
@@ -426,11 +431,9 @@ impl RunnerDriver {
             // The attempt's last state (Done, RolledBack) ended with the previous pass.
             self.state_span = None;
         }
-        self.attempt_active = false;
-        self.entered_this_pass = false;
-        self.rest_outcome = None;
+        self.this_pass = PassState::default();
         let result = self.pass(report, view).await;
-        if resting && !self.attempt_active && self.phase().is_resting() {
+        if resting && !self.this_pass.attempt_active && self.phase().is_resting() {
             self.trace_check();
         }
         result
@@ -452,9 +455,9 @@ impl RunnerDriver {
         if queue.is_empty() {
             // The fleet read serves a pass at rest only: under the lock every read is fresh.
             let view = view.filter(|_| self.phase().is_resting());
-            self.observed_cached = false;
+            self.this_pass.observed_cached = false;
             let mut observation = self.observe_with(view).await?;
-            if self.observed_cached
+            if self.this_pass.observed_cached
                 && self.machine.as_ref().is_some_and(|m| {
                     m.inner()
                         .would_attempt(&observation, self.ports.clock.now())
@@ -547,13 +550,14 @@ impl RunnerDriver {
             return Err(DriverError::Bug(violation.clone()));
         }
         if !matches!(phase_of(machine.state()), p if p.is_resting() || p == Phase::Checking) {
-            self.attempt_active = true;
+            self.this_pass.attempt_active = true;
         }
         if phase_of(machine.state()).is_resting() {
             // What a pass at rest concluded, for its check span (kept here: a refused write
             // below drops the machine).
             let memory = &machine.inner().memory;
-            self.rest_outcome = Some(Box::new((memory.note.clone(), memory.verdict.clone())));
+            self.this_pass.rest_outcome =
+                Some(Box::new((memory.note.clone(), memory.verdict.clone())));
         }
         let history = &machine.inner().memory.history;
         if history.back() != last_before.as_ref() || history.len() != history_before {
@@ -563,7 +567,7 @@ impl RunnerDriver {
                 .take_while(|t| Some(*t) != last_before.as_ref())
                 .cloned()
                 .collect::<Vec<_>>();
-            self.entered_this_pass = true;
+            self.this_pass.entered = true;
             let state = machine.state();
             let phase = phase_of(state);
             let attempt = machine::attempt_of(state).cloned();
@@ -679,7 +683,7 @@ impl RunnerDriver {
         // its lease expired (then the lease's expiry, longer than the window, covers it).
         let reference = self.last_call_at.map_or(since, |at| at.max(since));
         let age = now.since(reference);
-        (checked && !self.entered_this_pass && age < self.consistency_window)
+        (checked && !self.this_pass.entered && age < self.consistency_window)
             .then(|| self.consistency_window.saturating_sub(age))
     }
 

@@ -35,7 +35,7 @@ impl RunnerDriver {
         view: Option<RunnerSnapshot>,
     ) -> Result<Observation, DriverError> {
         let (desired_read, service_read, read_at) = if let Some(view) = view {
-            self.observed_cached = true;
+            self.this_pass.observed_cached = true;
             (view.desired, Some(view.service), view.taken_at)
         } else {
             // The runner's folder: `desired/…` and the `release` document (the status record
@@ -145,7 +145,7 @@ impl RunnerDriver {
         };
         let task_definition = self.task_definition(&state.task_definition_arn).await?;
         let stacks = if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
-            self.observed_cached = true;
+            self.this_pass.observed_cached = true;
             stacks
         } else {
             let mut stacks = Vec::with_capacity(self.runner.stacks.len());

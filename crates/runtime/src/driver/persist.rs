@@ -34,7 +34,7 @@ impl RunnerDriver {
                     // Nothing is done with (or written over) a record this controller cannot
                     // read; the pass says why, by name.
                     self.unreadable = true;
-                    self.rest_outcome = Some(Box::new((
+                    self.this_pass.rest_outcome = Some(Box::new((
                         Some(Note {
                             code: unusable.code().to_owned(),
                             message: unusable.to_string(),
@@ -55,7 +55,7 @@ impl RunnerDriver {
         tracing::info!(runner = %self.runner.name, phase = %phase_of(machine.state()), resumed = record.is_some(), "loaded");
         self.traceparent = record.as_ref().and_then(|r| r.traceparent.clone());
         let phase = phase_of(machine.state());
-        self.attempt_active |= !phase.is_resting();
+        self.this_pass.attempt_active |= !phase.is_resting();
         if let Some(metrics) = &self.metrics {
             metrics.set_state(&self.runner.name, phase);
         }

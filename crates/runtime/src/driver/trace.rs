@@ -6,7 +6,7 @@ use super::*;
 impl RunnerDriver {
     /// A pass at rest that led nowhere: a short `check` span, when sampled.
     pub(super) fn trace_check(&mut self) {
-        let Some(outcome) = self.rest_outcome.take() else {
+        let Some(outcome) = self.this_pass.rest_outcome.take() else {
             return;
         };
         let (note, verdict) = *outcome;
