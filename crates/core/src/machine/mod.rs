@@ -2166,6 +2166,73 @@ mod tests {
         )
     }
 
+    /// Feeds `events` to a machine at rest, one `handle` each, and says after each the phase
+    /// reached and the names of the commands it asked for.
+    fn script(events: Vec<Event>) -> Vec<(Phase, Vec<&'static str>)> {
+        let mut machine = at_rest();
+        events
+            .into_iter()
+            .map(|event| {
+                let mut ctx = Ctx {
+                    now: NOW,
+                    ..Ctx::default()
+                };
+                machine.handle_with_context(&Input { now: NOW, event }, &mut ctx);
+                assert!(ctx.violations.is_empty(), "{:?}", ctx.violations);
+                (
+                    phase_of(machine.state()),
+                    ctx.commands.iter().map(Command::name).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_step_of_an_update_is_a_transition_of_the_table_with_its_one_command() {
+        let seen = || observation(Ok(desired(true)), None);
+        let check = |name: &str, events: Vec<Event>, expect: &[(Phase, &[&str])]| {
+            let got = script(events);
+            let expect: Vec<(Phase, Vec<&str>)> =
+                expect.iter().map(|(p, c)| (*p, c.to_vec())).collect();
+            assert_eq!(got, expect, "{name}");
+        };
+        check(
+            "the forward path up to the rollout",
+            vec![
+                seen(),
+                Event::LockAcquired { epoch: 1 },
+                seen(),
+                Event::TaskDefinitionRegistered {
+                    arn: "td:2".to_owned(),
+                },
+                Event::ServiceUpdated {
+                    deployment_id: "ecs-svc/2".to_owned(),
+                },
+            ],
+            &[
+                (Phase::Checking, &["acquire_lock"]),
+                (Phase::Locked, &["observe"]),
+                (
+                    Phase::RegisteringTaskDefinition,
+                    &["register_task_definition"],
+                ),
+                (Phase::UpdatingService, &["update_service"]),
+                // Waiting is no command: the next pass observes.
+                (Phase::AwaitingRollout, &[]),
+            ],
+        );
+        check(
+            "a busy lock is no attempt",
+            vec![
+                seen(),
+                Event::LockBusy {
+                    holder: "other".to_owned(),
+                },
+            ],
+            &[(Phase::Checking, &["acquire_lock"]), (Phase::Idle, &[])],
+        );
+    }
+
     #[test]
     fn at_rest_an_attempt_starts_only_once_the_desired_parameters_settled() {
         /// A name, what was read, when it settles, the phase after the pass, the note.
