@@ -521,6 +521,34 @@ pub fn progress(status: &str) -> StackProgress {
     }
 }
 
+/// The capabilities the controller acknowledges on a change set: IAM resources, named or not.
+pub const ACKNOWLEDGED_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
+
+/// The first capability a template needs that the controller does not acknowledge (macros:
+/// `CAPABILITY_AUTO_EXPAND`, or anything newer), if any: such a template is applied by hand.
+#[must_use]
+pub fn unacknowledged_capability(capabilities: &[String]) -> Option<&str> {
+    capabilities
+        .iter()
+        .map(String::as_str)
+        .find(|c| !ACKNOWLEDGED_CAPABILITIES.contains(c))
+}
+
+/// The parameters a change set keeps at their current value: the template's parameters the
+/// stack has now and the plan does not set.
+#[must_use]
+pub fn kept_parameters(
+    template_parameters: &[String],
+    stack_parameters: &BTreeMap<String, String>,
+    planned: &BTreeMap<String, String>,
+) -> Vec<String> {
+    template_parameters
+        .iter()
+        .filter(|p| stack_parameters.contains_key(*p) && !planned.contains_key(*p))
+        .cloned()
+        .collect()
+}
+
 /// What an executed change set's execution status and its stack's progress say together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionOutcome {
@@ -606,6 +634,30 @@ pub fn first_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_iam_capabilities_are_acknowledged_and_unset_parameters_keep_their_value() {
+        let caps = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(unacknowledged_capability(&caps(&[])), None);
+        assert_eq!(
+            unacknowledged_capability(&caps(&["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])),
+            None
+        );
+        assert_eq!(
+            unacknowledged_capability(&caps(&["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"])),
+            Some("CAPABILITY_AUTO_EXPAND")
+        );
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let template = caps(&["Size", "Owner", "New"]);
+        let stack = map(&[("Size", "2"), ("Owner", "ops")]);
+        let planned = map(&[("Size", "3")]);
+        assert_eq!(kept_parameters(&template, &stack, &planned), ["Owner"]);
+    }
 
     #[test]
     fn a_change_set_execution_is_read_with_its_stack_progress() {

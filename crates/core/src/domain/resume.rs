@@ -3,7 +3,10 @@
 //! rolled it back, whether someone else moved the service. Pure: the driver reads the service
 //! and does what these say; each decision has its table here.
 
+use std::time::Duration;
+
 use super::observed::ServiceState;
+use super::Millis;
 
 /// Where the attempt's forward service update stands, read against the deployments the
 /// service had before it (the baseline, persisted before the call).
@@ -76,6 +79,27 @@ pub fn rollback_made(service: &ServiceState, baseline_arn: &str, baseline_ids: &
             .deployments
             .iter()
             .any(|d| d.task_definition_arn == baseline_arn && !baseline_ids.contains(&d.id))
+}
+
+/// How long a register / update / rollback call that may already have been made must wait
+/// before it decides on a read of ECS (eventually consistent): `None` when it may decide now.
+/// A call whose state was entered in this pass is a first call (nothing to find yet); any other
+/// (a restore, a retry) waits until `window` after its state was entered (`since`) or the call
+/// was last tried (`last_call_at`), whichever is later.
+#[must_use]
+pub fn consistency_wait(
+    entered_this_pass: bool,
+    since: Millis,
+    last_call_at: Option<Millis>,
+    now: Millis,
+    window: Duration,
+) -> Option<Duration> {
+    if entered_this_pass {
+        return None;
+    }
+    let reference = last_call_at.map_or(since, |at| at.max(since));
+    let age = now.since(reference);
+    (age < window).then(|| window.saturating_sub(age))
 }
 
 #[cfg(test)]
@@ -194,6 +218,49 @@ mod tests {
         ];
         for (case, state, made) in &cases {
             assert_eq!(rollback_made(state, BASE, &baseline), *made, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_call_that_may_have_been_made_waits_out_the_consistency_window_from_its_last_try() {
+        let window = Duration::from_mins(1);
+        let at = |secs: u64| Millis(1_000_000 + secs * 1_000);
+        let secs = Duration::from_secs;
+        let cases = [
+            ("first call of the pass", true, at(0), None, at(1), None),
+            (
+                "restored just now",
+                false,
+                at(0),
+                None,
+                at(1),
+                Some(secs(59)),
+            ),
+            ("restored long after", false, at(0), None, at(90), None),
+            ("at the window's end", false, at(0), None, at(60), None),
+            (
+                "tried after the state was entered",
+                false,
+                at(0),
+                Some(at(50)),
+                at(80),
+                Some(secs(30)),
+            ),
+            (
+                "a try older than the state counts from the state",
+                false,
+                at(40),
+                Some(at(10)),
+                at(70),
+                Some(secs(30)),
+            ),
+        ];
+        for (case, entered, since, last_call, now, wait) in cases {
+            assert_eq!(
+                consistency_wait(entered, since, last_call, now, window),
+                wait,
+                "{case}"
+            );
         }
     }
 }

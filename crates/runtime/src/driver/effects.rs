@@ -318,11 +318,7 @@ impl RunnerDriver {
             let summary = self
                 .retrying(|| cfn.template_summary(stack, template_url))
                 .await?;
-            if let Some(other) = summary
-                .capabilities
-                .iter()
-                .find(|c| !matches!(c.as_str(), "CAPABILITY_IAM" | "CAPABILITY_NAMED_IAM"))
-            {
+            if let Some(other) = infra::unacknowledged_capability(&summary.capabilities) {
                 return Err(PortError::new(
                     ErrorKind::Permanent,
                     AwsOp::GetTemplateSummary,
@@ -330,14 +326,8 @@ impl RunnerDriver {
                 ));
             }
             let current = self.retrying(|| cfn.describe_stack(stack)).await?;
-            let keep_parameters = summary
-                .parameters
-                .iter()
-                .filter(|p| {
-                    current.parameters.contains_key(*p) && !plan.parameters.contains_key(*p)
-                })
-                .cloned()
-                .collect();
+            let keep_parameters =
+                infra::kept_parameters(&summary.parameters, &current.parameters, &plan.parameters);
             let mut description = format!("runner-updater {attempt_id}: {}", plan.describe());
             description.truncate(description.floor_char_boundary(1024));
             let request = ChangeSetRequest {

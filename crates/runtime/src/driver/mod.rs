@@ -38,6 +38,7 @@ use runner_updater_core::domain::desired::{
 use runner_updater_core::domain::eligibility::{Rule, Verdict};
 use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
 use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
+use runner_updater_core::domain::resume::consistency_wait;
 use runner_updater_core::domain::revision_search::{self, RevisionSearch, SearchStep};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
@@ -677,14 +678,21 @@ impl RunnerDriver {
                 | Command::UpdateService { .. }
                 | Command::RollBackService { .. }
         );
-        let since = self.machine.as_ref()?.inner().memory.since;
+        if !checked {
+            return None;
+        }
         // The call may have been made later than the state was entered: by this process
-        // before a failed save or a reload (remembered here), or by a crashed process before
-        // its lease expired (then the lease's expiry, longer than the window, covers it).
-        let reference = self.last_call_at.map_or(since, |at| at.max(since));
-        let age = now.since(reference);
-        (checked && !self.this_pass.entered && age < self.consistency_window)
-            .then(|| self.consistency_window.saturating_sub(age))
+        // before a failed save or a reload (remembered in `last_call_at`), or by a crashed
+        // process before its lease expired (then the lease's expiry, longer than the window,
+        // covers it).
+        let since = self.machine.as_ref()?.inner().memory.since;
+        consistency_wait(
+            self.this_pass.entered,
+            since,
+            self.last_call_at,
+            now,
+            self.consistency_window,
+        )
     }
 
     /// Now, by the driver's clock.
