@@ -549,6 +549,50 @@ pub fn kept_parameters(
         .collect()
 }
 
+/// A change set's `ExecutionStatus`, read once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// `AVAILABLE`: ready to execute.
+    Available,
+    /// `UNAVAILABLE`: still being computed (or failed to be).
+    Unavailable,
+    /// `EXECUTE_IN_PROGRESS`.
+    InProgress,
+    /// `EXECUTE_COMPLETE`.
+    Complete,
+    /// `EXECUTE_FAILED`.
+    Failed,
+    /// `OBSOLETE`: another update of the stack ran.
+    Obsolete,
+    /// A status this version does not know.
+    Other,
+}
+
+impl Execution {
+    /// Reads CloudFormation's text.
+    #[must_use]
+    pub fn of(status: &str) -> Execution {
+        match status {
+            "AVAILABLE" => Execution::Available,
+            "UNAVAILABLE" => Execution::Unavailable,
+            "EXECUTE_IN_PROGRESS" => Execution::InProgress,
+            "EXECUTE_COMPLETE" => Execution::Complete,
+            "EXECUTE_FAILED" => Execution::Failed,
+            "OBSOLETE" => Execution::Obsolete,
+            _ => Execution::Other,
+        }
+    }
+
+    /// Whether the change set was executed (whatever came of it).
+    #[must_use]
+    pub fn executed(self) -> bool {
+        matches!(
+            self,
+            Execution::InProgress | Execution::Complete | Execution::Failed
+        )
+    }
+}
+
 /// What an executed change set's execution status and its stack's progress say together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionOutcome {
@@ -568,17 +612,20 @@ pub enum ExecutionOutcome {
 /// Reads a change set's execution status (`None`: not read) beside its stack's progress. An
 /// updating stack is always pending, whatever the change set says.
 #[must_use]
-pub fn execution_outcome(execution: Option<&str>, progress: StackProgress) -> ExecutionOutcome {
+pub fn execution_outcome(
+    execution: Option<Execution>,
+    progress: StackProgress,
+) -> ExecutionOutcome {
     match (execution, progress) {
         (_, StackProgress::InProgress) => ExecutionOutcome::Pending,
-        (Some("EXECUTE_COMPLETE"), StackProgress::Complete) => ExecutionOutcome::Updated,
-        (Some("EXECUTE_FAILED"), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
+        (Some(Execution::Complete), StackProgress::Complete) => ExecutionOutcome::Updated,
+        (Some(Execution::Failed), StackProgress::RolledBack | StackProgress::NeedsHuman) => {
             ExecutionOutcome::Failed
         }
-        (Some("EXECUTE_FAILED"), StackProgress::Complete) => {
+        (Some(Execution::Failed), StackProgress::Complete) => {
             ExecutionOutcome::FailedOnCompleteStack
         }
-        (Some("EXECUTE_COMPLETE"), _) => ExecutionOutcome::CompletedOnMovedStack,
+        (Some(Execution::Complete), _) => ExecutionOutcome::CompletedOnMovedStack,
         _ => ExecutionOutcome::Pending,
     }
 }

@@ -395,8 +395,10 @@ impl RunnerDriver {
         let set = self
             .retrying(|| cfn.describe_change_set(stack, name))
             .await?;
-        let execution = set.as_ref().map(|s| s.execution_status.clone());
-        match execution.as_deref() {
+        let execution = set
+            .as_ref()
+            .map(|s| infra::Execution::of(&s.execution_status));
+        match execution {
             None => {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
@@ -404,7 +406,7 @@ impl RunnerDriver {
                     format!("change set {name} of stack {stack} no longer exists: deleted by someone, or dropped when another update of the stack ran"),
                 ))
             }
-            Some("AVAILABLE") => {
+            Some(infra::Execution::Available) => {
                 if let Some(refused) = self.fence().await {
                     return Ok(refused);
                 }
@@ -414,7 +416,7 @@ impl RunnerDriver {
                     let again = self
                         .retrying(|| cfn.describe_change_set(stack, name))
                         .await?;
-                    if !again.is_some_and(|s| s.execution_status.starts_with("EXECUTE_")) {
+                    if !again.is_some_and(|s| infra::Execution::of(&s.execution_status).executed()) {
                         return Err(error);
                     }
                 }
@@ -423,7 +425,7 @@ impl RunnerDriver {
                     status: "UPDATE_IN_PROGRESS".to_owned(),
                 });
             }
-            Some("OBSOLETE") => {
+            Some(infra::Execution::Obsolete) => {
                 return Err(PortError::new(
                     ErrorKind::Conflict,
                     AwsOp::DescribeChangeSet,
@@ -434,7 +436,7 @@ impl RunnerDriver {
         }
         let current = self.retrying(|| cfn.describe_stack(stack)).await?;
         let progress = infra::progress(&current.status);
-        match infra::execution_outcome(execution.as_deref(), progress) {
+        match infra::execution_outcome(execution, progress) {
             infra::ExecutionOutcome::Pending => Ok(Event::StackUpdatePending {
                 status: current.status,
             }),
