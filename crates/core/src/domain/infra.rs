@@ -733,11 +733,12 @@ mod tests {
             ),
             (Some("EXECUTE_IN_PROGRESS"), P::Complete, O::Pending),
             (Some("UNAVAILABLE"), P::RolledBack, O::Pending),
+            (Some("SOMETHING_NEW"), P::Complete, O::Pending),
             (None, P::Complete, O::Pending),
         ];
         for (execution, progress, outcome) in cases {
             assert_eq!(
-                execution_outcome(execution, progress),
+                execution_outcome(execution.map(Execution::of), progress),
                 outcome,
                 "{execution:?} x {progress:?}"
             );
