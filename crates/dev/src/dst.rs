@@ -58,7 +58,7 @@ use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::create_fleet;
 use runner_updater_ports::{
     ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks,
-    ParameterStore, PortCall, PortError, StateStore, Target,
+    ParameterStore, PortError, StateStore, Target,
 };
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -607,7 +607,7 @@ impl World {
             audit: self.audit.clone(),
             holder: holder.clone(),
             ecs_faults: self.aws.ecs.faults.clone(),
-            lost_before: Mutex::new(0),
+            lost_before: Mutex::new(BTreeMap::new()),
         });
         let ports = Ports {
             ssm: ssm.clone(),
@@ -1451,8 +1451,7 @@ impl World {
                 .map_err(|e| e.to_string())?;
             if service.primary().is_some_and(|p| {
                 p.rollout_state == runner_updater_core::domain::observed::RolloutState::Failed
-                    && p.rollout_cause()
-                        != runner_updater_core::domain::observed::RolloutCause::RollingBack
+                    && !p.rollout_cause().rolling_back
             }) {
                 // ECS failed a deployment and had nothing to roll back to: a human decides
                 // (the controller waits with `service-not-steady`).
@@ -1761,8 +1760,8 @@ struct Audited {
     /// The simulated ECS's faults: whether an update's answer was lost (it was made all the
     /// same).
     ecs_faults: Faults,
-    /// Answers of `UpdateService` lost before the call under way.
-    lost_before: Mutex<u64>,
+    /// Answers of `UpdateService` lost before each call under way, by service.
+    lost_before: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Audited {
@@ -1794,9 +1793,15 @@ impl Hooks for Audited {
                 .mutation(&self.holder, &key, call.port.op())
                 .await;
         }
-        if call.port == PortCall::UpdateService {
+        if let Target::ServiceUpdate {
+            cluster, service, ..
+        } = call.target
+        {
             if let Ok(mut lost) = self.lost_before.lock() {
-                *lost = self.ecs_faults.answers_lost(AwsOp::UpdateService);
+                lost.insert(
+                    format!("{cluster}/{service}"),
+                    self.ecs_faults.answers_lost(AwsOp::UpdateService),
+                );
             }
         }
     }
@@ -1810,13 +1815,15 @@ impl Hooks for Audited {
         else {
             return;
         };
-        let before = self.lost_before.lock().map_or(0, |lost| *lost);
+        let key = format!("{cluster}/{service}");
+        let before = self
+            .lost_before
+            .lock()
+            .map_or(0, |mut lost| lost.remove(&key).unwrap_or_default());
         // An update whose answer was lost was made all the same.
         let lost = self.ecs_faults.answers_lost(AwsOp::UpdateService) > before;
         if failed.is_none() || lost {
-            self.audit
-                .update(&format!("{cluster}/{service}"), task_definition_arn, lost)
-                .await;
+            self.audit.update(&key, task_definition_arn, lost).await;
         }
     }
 }

@@ -176,7 +176,8 @@ pub enum PortCall {
     ListTaskDefinitions,
     /// `Ecs::register_clone`: reads the base revision, then registers the clone.
     RegisterClone,
-    /// `Ecs::update_service` (forward or rollback).
+    /// `Ecs::update_service` (forward or rollback): reads the service's deployment
+    /// configuration, then updates it.
     UpdateService,
     /// `CloudFormation::describe_stack`.
     DescribeStack,
@@ -228,7 +229,10 @@ impl PortCall {
                 (AwsOp::DescribeTaskDefinition, 1),
                 (AwsOp::RegisterTaskDefinition, 1),
             ],
-            PortCall::UpdateService => vec![(AwsOp::UpdateService, 1)],
+            // The adapter reads the service's deployment configuration first, to keep it.
+            PortCall::UpdateService => {
+                vec![(AwsOp::DescribeServices, 1), (AwsOp::UpdateService, 1)]
+            }
             PortCall::DescribeStack => vec![(AwsOp::DescribeStacks, 1)],
             PortCall::TemplateSummary => vec![(AwsOp::GetTemplateSummary, 1)],
             PortCall::CreateChangeSet => vec![(AwsOp::CreateChangeSet, 1)],
@@ -264,6 +268,7 @@ impl PortCall {
             | PortCall::DescribeServiceWithoutTasks
             | PortCall::DescribeServicesWithoutTasks { .. } => AwsOp::DescribeServices,
             PortCall::RegisterClone => AwsOp::RegisterTaskDefinition,
+            PortCall::UpdateService => AwsOp::UpdateService,
             other => other
                 .sdk_calls()
                 .first()
@@ -303,6 +308,7 @@ mod tests {
             );
         };
         check(PortCall::RegisterClone, 2, AwsOp::RegisterTaskDefinition);
+        check(PortCall::UpdateService, 2, AwsOp::UpdateService);
         check(PortCall::DescribeService, 4, AwsOp::DescribeServices);
         check(
             PortCall::DescribeServicesWithoutTasks { services: 0 },

@@ -324,3 +324,116 @@ impl<H: Hooks> CloudFormation for Decorated<dyn CloudFormation, H> {
         self.around(call, self.inner.stack_events(stack)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{AwsOp, ErrorKind};
+
+    /// A folder of `n` parameters served in pages of ten; `fail_page` fails that page.
+    struct Folder {
+        n: usize,
+        fail_page: Option<usize>,
+    }
+
+    #[async_trait]
+    impl ParameterStore for Folder {
+        async fn get_by_path(&self, _path: &str) -> Result<BTreeMap<String, String>, PortError> {
+            unreachable!("a decorated store walks the pages itself")
+        }
+        async fn get_page(
+            &self,
+            path: &str,
+            token: Option<&str>,
+        ) -> Result<ParameterPage, PortError> {
+            let page: usize = token.map_or(0, |t| t.parse().unwrap());
+            if self.fail_page == Some(page) {
+                return Err(PortError::new(
+                    ErrorKind::Throttled,
+                    AwsOp::GetParametersByPath,
+                    "Rate exceeded",
+                ));
+            }
+            let parameters = (page * 10..(page * 10 + 10).min(self.n))
+                .map(|i| (format!("{path}/p{i:02}"), i.to_string()))
+                .collect();
+            let next = ((page + 1) * 10 < self.n).then(|| (page + 1).to_string());
+            Ok(ParameterPage { parameters, next })
+        }
+        async fn get(&self, _name: &str) -> Result<Option<Parameter>, PortError> {
+            Ok(None)
+        }
+        async fn put(&self, _name: &str, _value: &str, _overwrite: bool) -> Result<u64, PortError> {
+            Ok(1)
+        }
+        async fn delete(&self, _name: &str) -> Result<(), PortError> {
+            Ok(())
+        }
+    }
+
+    /// Records every call the hooks hear of, before and after.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Hooks for Recorder {
+        async fn before(&self, call: &Call<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("before {:?}", call.port));
+        }
+        async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
+            let outcome = failed.map_or("ok".to_owned(), |e| format!("{:?}", e.kind));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("after {:?} {outcome}", call.port));
+        }
+    }
+
+    fn decorated(folder: Folder) -> (Decorated<dyn ParameterStore, Arc<Recorder>>, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let inner: Arc<dyn ParameterStore> = Arc::new(folder);
+        (Decorated::new(inner, recorder.clone()), recorder)
+    }
+
+    #[tokio::test]
+    async fn a_decorated_folder_read_is_one_call_per_page_each_through_the_hooks() {
+        let (store, recorder) = decorated(Folder {
+            n: 25,
+            fail_page: None,
+        });
+        let found = store.get_by_path("/f").await.unwrap();
+        assert_eq!(found.len(), 25);
+        assert_eq!(found["/f/p24"], "24");
+        let heard = recorder.0.lock().unwrap().clone();
+        assert_eq!(
+            heard,
+            [
+                "before GetPage",
+                "after GetPage ok",
+                "before GetPage",
+                "after GetPage ok",
+                "before GetPage",
+                "after GetPage ok"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_is_told_to_the_hooks_and_returned_as_it_failed() {
+        let (store, recorder) = decorated(Folder {
+            n: 25,
+            fail_page: Some(1),
+        });
+        let error = store.get_by_path("/f").await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Throttled);
+        let heard = recorder.0.lock().unwrap().clone();
+        assert_eq!(heard.last().unwrap(), "after GetPage Throttled");
+        assert_eq!(store.put("/f/x", "1", true).await, Ok(1));
+        assert_eq!(recorder.0.lock().unwrap().last().unwrap(), "after Put ok");
+    }
+}

@@ -58,40 +58,24 @@ pub struct Deployment {
 
 /// What ECS's reason for a deployment's rollout state says, read once, here: ECS writes it for
 /// people (`ECS deployment circuit breaker: tasks failed to start.`, `… rolling back to
-/// deploymentId ecs-svc/…`), so no other layer parses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RolloutCause {
-    /// No reason given, or one about something else.
-    Other,
-    /// The deployment circuit breaker failed the deployment.
-    CircuitBreaker,
-    /// The deployment is ECS's rollback of a failed one (the circuit breaker's rollback).
-    RollingBack,
+/// deploymentId ecs-svc/…`), so no other layer parses it. Read without regard to case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RolloutCause {
+    /// The deployment circuit breaker is behind it (a failure, or its rollback).
+    pub circuit_breaker: bool,
+    /// The deployment is ECS rolling back a failed one.
+    pub rolling_back: bool,
 }
 
 impl RolloutCause {
     /// Reads ECS's reason text.
     #[must_use]
     pub fn of(reason: Option<&str>) -> RolloutCause {
-        let Some(reason) = reason.map(str::to_ascii_lowercase) else {
-            return RolloutCause::Other;
-        };
-        if reason.contains("rolling back") {
-            RolloutCause::RollingBack
-        } else if reason.contains("circuit breaker") {
-            RolloutCause::CircuitBreaker
-        } else {
-            RolloutCause::Other
+        let reason = reason.map(str::to_ascii_lowercase).unwrap_or_default();
+        RolloutCause {
+            circuit_breaker: reason.contains("circuit breaker"),
+            rolling_back: reason.contains("rolling back"),
         }
-    }
-
-    /// Whether the circuit breaker is behind it (a failure or its rollback).
-    #[must_use]
-    pub fn is_circuit_breaker(self) -> bool {
-        matches!(
-            self,
-            RolloutCause::CircuitBreaker | RolloutCause::RollingBack
-        )
     }
 }
 
@@ -338,25 +322,29 @@ mod tests {
 
     #[test]
     fn ecs_rollout_reasons_are_read_once_into_a_cause() {
-        let check = |reason: Option<&str>, cause: RolloutCause| {
-            assert_eq!(RolloutCause::of(reason), cause, "{reason:?}");
+        let check = |reason: Option<&str>, circuit_breaker: bool, rolling_back: bool| {
+            assert_eq!(
+                RolloutCause::of(reason),
+                RolloutCause {
+                    circuit_breaker,
+                    rolling_back
+                },
+                "{reason:?}"
+            );
         };
-        check(None, RolloutCause::Other);
-        check(
-            Some("ECS deployment ecs-svc/1 completed."),
-            RolloutCause::Other,
-        );
+        check(None, false, false);
+        check(Some("ECS deployment ecs-svc/1 completed."), false, false);
         check(
             Some("ECS deployment circuit breaker: tasks failed to start."),
-            RolloutCause::CircuitBreaker,
+            true,
+            false,
         );
         check(
             Some("ECS deployment circuit breaker: rolling back to deploymentId ecs-svc/1"),
-            RolloutCause::RollingBack,
+            true,
+            true,
         );
-        check(Some("Rolling back: alarm fired"), RolloutCause::RollingBack);
-        assert!(RolloutCause::RollingBack.is_circuit_breaker());
-        assert!(RolloutCause::CircuitBreaker.is_circuit_breaker());
-        assert!(!RolloutCause::Other.is_circuit_breaker());
+        // An alarm-based rollback is a rollback, not the circuit breaker's.
+        check(Some("Rolling back: alarm fired"), false, true);
     }
 }

@@ -56,7 +56,7 @@ pub fn update_progress<'a>(
             deployment_id: &deployment.id,
         };
     }
-    if let Some(rollback) = new.iter().find(|d| d.rollout_cause().is_circuit_breaker()) {
+    if let Some(rollback) = new.iter().find(|d| d.rollout_cause().circuit_breaker) {
         return UpdateProgress::RolledBackByEcs {
             deployment_id: &rollback.id,
         };
@@ -170,6 +170,17 @@ mod tests {
                 service(BASE, vec![deployment("d-2", BASE, breaker)]),
                 UpdateProgress::RolledBackByEcs {
                     deployment_id: "d-2",
+                },
+            ),
+            (
+                "a rollback not by the circuit breaker is no rollback of ours",
+                service(
+                    BASE,
+                    vec![deployment("d-7", BASE, Some("rolling back: alarm"))],
+                ),
+                UpdateProgress::Foreign {
+                    deployment_id: "d-7",
+                    task_definition_arn: BASE,
                 },
             ),
             (

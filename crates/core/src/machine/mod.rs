@@ -35,7 +35,7 @@ use crate::domain::eligibility::{
 };
 use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
-use crate::domain::observed::{Health, ObserveError, Observed, RolloutCause, RolloutState};
+use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use phase::Phase;
@@ -1958,7 +1958,7 @@ fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
     // never taken for ours.
     let settled = service.primary().is_some_and(|p| match p.rollout_state {
         RolloutState::Completed => true,
-        RolloutState::Failed => p.rollout_cause() == RolloutCause::RollingBack,
+        RolloutState::Failed => p.rollout_cause().rolling_back,
         RolloutState::InProgress => false,
     });
     if !settled {
