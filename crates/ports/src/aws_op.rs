@@ -125,7 +125,8 @@ aws_ops! {
     ExecuteChangeSet: CloudFormation, true;
     /// `cloudformation:DeleteChangeSet`.
     DeleteChangeSet: CloudFormation, true;
-    /// `cloudformation:DescribeStackEvents`, the first page.
+    /// `cloudformation:DescribeStackEvents`, a page (`stack_events` reads pages back to the
+    /// attempt's start; one, usually).
     DescribeStackEvents: CloudFormation, false;
 }
 

@@ -202,7 +202,7 @@ mod tests {
         ];
         for (case, state, expect) in &cases {
             let got = update_progress(state, OURS, &baseline);
-            assert_eq!(format!("{got:?}"), format!("{expect:?}"), "{case}");
+            assert_eq!(got, *expect, "{case}");
         }
     }
 

@@ -137,9 +137,6 @@ pub struct TickReport {
 }
 
 /// Drives one runner's machine.
-// Independent per-pass facts (AWS readable, an attempt active, a transition taken, the record
-// unreadable), not a state machine in disguise: the machine is statig's.
-#[allow(clippy::struct_excessive_bools)]
 pub struct RunnerDriver {
     runner: RunnerConfig,
     prefix: String,
