@@ -493,7 +493,7 @@ async fn run(case: &Case) -> Outcome {
         }
         Bad::StackStatus(status) => {
             s.set_desired("runner-a", "version", "2.14.0");
-            s.aws.cfn.set_status("runner-a-main", status);
+            s.aws.cfn.set_status("runner-a-main", status.into());
         }
         Bad::Config(_) => s.set_desired("runner-a", "version", "2.14.0"),
         Bad::Record(text) => {
@@ -530,7 +530,7 @@ async fn run(case: &Case) -> Outcome {
             (
                 Err(runner_updater_runtime::driver::DriverError::Store(StoreError::Record(e))),
                 Bad::Record(_),
-            ) if e.code() == case.code => {}
+            ) if e.code().as_str() == case.code => {}
             (Err(error), _) => failures.push(format!("runner-a's pass failed: {error}")),
         }
     };

@@ -19,7 +19,8 @@ use aws_sdk_ecs::types::{
 use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
 use runner_updater_adapters::store::{FileStore, MemoryStore, SsmStore};
-use runner_updater_core::domain::infra::{self, Creation, StackProgress};
+use runner_updater_core::domain::code::Code;
+use runner_updater_core::domain::infra::{self, Creation, Execution, StackProgress, StackStatus};
 use runner_updater_core::domain::observed::{
     DeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
 };
@@ -168,7 +169,7 @@ async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
         .unwrap();
     let refused = store.load("runner-b").await.unwrap_err();
     assert!(
-        matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+        matches!(&refused, StoreError::Record(e) if e.code() == Code::RecordInvalid),
         "{who}: {refused}"
     );
     every_store_refuses_a_record_of_another_runner(&record).await;
@@ -193,7 +194,7 @@ async fn every_store_refuses_a_record_of_another_runner(
         assert!(store.load("runner-a").await.unwrap().is_some(), "{who}");
         let refused = store.load("runner-b").await.unwrap_err();
         assert!(
-            matches!(&refused, StoreError::Record(e) if e.code() == "record-invalid"),
+            matches!(&refused, StoreError::Record(e) if e.code() == Code::RecordInvalid),
             "{who}: {refused}"
         );
     }
@@ -635,7 +636,7 @@ async fn change_set_status(
 async fn settled(cfn: &dyn CloudFormation, pace: &Pace) -> StackState {
     for _ in 0..200 {
         let stack = cfn.describe_stack(STACK).await.unwrap();
-        if infra::progress(&stack.status) != StackProgress::InProgress {
+        if stack.status.progress() != StackProgress::InProgress {
             return stack;
         }
         pace.step().await;
@@ -681,7 +682,7 @@ async fn cloudformation_contract(
     who: &str,
 ) {
     let stack = cfn.describe_stack(STACK).await.unwrap();
-    assert_eq!(stack.status, "CREATE_COMPLETE", "{who}");
+    assert_eq!(stack.status, StackStatus::CreateComplete, "{who}");
     assert_eq!(
         infra::stack_version(&stack),
         Some("1"),
@@ -733,7 +734,7 @@ async fn cloudformation_contract(
     assert_eq!(conflict.kind, ErrorKind::Conflict, "{who}: {conflict}");
     let set = change_set_status(cfn, pace, "cs-1").await;
     assert_eq!(set.creation(), Creation::Ready, "{who}: {set:?}");
-    assert_eq!(set.execution_status, "AVAILABLE", "{who}");
+    assert_eq!(set.execution_status, Execution::Available, "{who}");
     let review = infra::review(&set, &stack.parameters);
     assert_eq!(review.added, 2, "{who}: {review:?}");
     assert!(review.iam.contains(&"Role".to_owned()), "{who}: {review:?}");
@@ -756,7 +757,7 @@ async fn cloudformation_contract(
         .await
         .unwrap();
     let stack = settled(cfn, pace).await;
-    assert_eq!(stack.status, "UPDATE_COMPLETE", "{who}");
+    assert_eq!(stack.status, StackStatus::UpdateComplete, "{who}");
     assert_eq!(
         infra::stack_version(&stack),
         Some("2"),
@@ -773,7 +774,7 @@ async fn cloudformation_contract(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(executed.execution_status, "EXECUTE_COMPLETE", "{who}");
+    assert_eq!(executed.execution_status, Execution::Complete, "{who}");
     let replay = cfn
         .execute_change_set(STACK, "cs-1", "exec-other")
         .await
@@ -824,7 +825,7 @@ async fn cloudformation_contract(
         .await
         .unwrap();
     let stack = settled(cfn, pace).await;
-    assert_eq!(stack.status, "UPDATE_ROLLBACK_COMPLETE", "{who}");
+    assert_eq!(stack.status, StackStatus::UpdateRollbackComplete, "{who}");
     assert_eq!(
         infra::stack_version(&stack),
         Some("2"),
@@ -840,7 +841,7 @@ async fn cloudformation_contract(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(failed.execution_status, "EXECUTE_FAILED", "{who}");
+    assert_eq!(failed.execution_status, Execution::Failed, "{who}");
 }
 
 const TEMPLATE_V1: &str = r#"{

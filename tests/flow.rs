@@ -10,6 +10,7 @@ use runner_updater_core::domain::observed::{
 };
 use runner_updater_core::domain::task_definition::READ_ONLY_FIELDS;
 use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::machine::Command;
 use runner_updater_interface::scenario::Scenario;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{Ecs, ErrorKind};
@@ -241,7 +242,7 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
         ImageBehaviour::NeverHealthy,
     );
     let plan = runner_updater_runtime::driver::CrashPlan {
-        after_command_named: Some("roll_back_service"),
+        after_command_where: Some(|c| matches!(c, Command::RollBackService { .. })),
         ..runner_updater_runtime::driver::CrashPlan::default()
     };
     let mut first = s.driver("runner-a").unwrap().with_crash(plan);
@@ -285,7 +286,7 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
 async fn a_service_update_missing_from_a_stale_read_is_not_made_twice() {
     let s = scenario();
     let plan = runner_updater_runtime::driver::CrashPlan {
-        after_command_named: Some("update_service"),
+        after_command_where: Some(|c| matches!(c, Command::UpdateService { .. })),
         ..runner_updater_runtime::driver::CrashPlan::default()
     };
     let mut first = s.driver("runner-a").unwrap().with_crash(plan);
@@ -604,7 +605,7 @@ async fn a_controller_whose_lease_lapsed_does_not_end_an_attempt_replaced_since(
     s.set_desired("runner-b", "version", "2.15.0");
     let mut second = s.driver_as("runner-b", "c2").unwrap().with_crash(
         runner_updater_runtime::driver::CrashPlan {
-            after_command_named: Some("register_task_definition"),
+            after_command_where: Some(|c| matches!(c, Command::RegisterTaskDefinition { .. })),
             ..Default::default()
         },
     );
@@ -832,7 +833,7 @@ async fn a_service_read_that_fails_in_updating_service_is_a_read_failure_and_the
         s.driver("runner-a")
             .unwrap()
             .with_crash(runner_updater_runtime::driver::CrashPlan {
-                after_command_named: Some("register_task_definition"),
+                after_command_where: Some(|c| matches!(c, Command::RegisterTaskDefinition { .. })),
                 ..Default::default()
             });
     for _ in 0..5 {

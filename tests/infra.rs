@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
 use runner_updater_adapters::sim::{initial_template, SimResource, SimTemplate};
-use runner_updater_core::domain::infra::change_set_name;
+use runner_updater_core::domain::infra::{change_set_name, StackStatus};
 use runner_updater_core::domain::observed::{ATTEMPT_TAG, INFRA_VERSION_TAG};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
@@ -103,7 +103,7 @@ async fn two_stacks_are_updated_in_order_before_the_runner() {
     let rec = record(&s).await;
     for stack in [IAM, MAIN] {
         let state = s.aws.cfn.stack(stack).unwrap();
-        assert_eq!(state.status, "UPDATE_COMPLETE");
+        assert_eq!(state.status, StackStatus::UpdateComplete);
         assert_eq!(state.tags[INFRA_VERSION_TAG], "2");
         assert!(
             !state.tags.contains_key(ATTEMPT_TAG),
@@ -325,7 +325,7 @@ async fn a_failing_change_set_is_rolled_back_by_cloudformation_and_quarantined()
         failure.reason
     );
     let main = s.aws.cfn.stack(MAIN).unwrap();
-    assert_eq!(main.status, "UPDATE_ROLLBACK_COMPLETE");
+    assert_eq!(main.status, StackStatus::UpdateRollbackComplete);
     assert_eq!(
         main.tags[INFRA_VERSION_TAG], "1",
         "CloudFormation put the stack back"
@@ -440,7 +440,7 @@ async fn a_desired_change_during_a_stack_update_is_acted_on_after_it() {
     s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
     assert_eq!(
         s.aws.cfn.stack(IAM).unwrap().status,
-        "UPDATE_COMPLETE",
+        StackStatus::UpdateComplete,
         "the running update was not abandoned"
     );
     assert_eq!(

@@ -43,7 +43,12 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
     let s = Scenario::new(3).unwrap();
     s.set_desired("runner-a", "version", "2.14.0");
     let plan = CrashPlan {
-        after_command_named: Some("update_service"),
+        after_command_where: Some(|c| {
+            matches!(
+                c,
+                runner_updater_core::machine::Command::UpdateService { .. }
+            )
+        }),
         ..CrashPlan::default()
     };
     let mut first = s.driver("runner-a").unwrap().with_crash(plan);

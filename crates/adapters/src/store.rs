@@ -263,7 +263,7 @@ mod tests {
         .unwrap();
         let error = store.load("runner-a").await.unwrap_err();
         assert!(
-            matches!(error, StoreError::Record(ref e) if e.code() == "record-corrupt"),
+            matches!(error, StoreError::Record(ref e) if e.code() == runner_updater_core::domain::code::Code::RecordCorrupt),
             "{error}"
         );
         assert!(store.save(&record("../escape")).await.is_err());

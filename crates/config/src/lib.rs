@@ -320,8 +320,16 @@ fn default_stack_update_timeout_secs() -> u64 {
     3600
 }
 
-fn default_auto_execute() -> String {
-    "safe".to_owned()
+/// Reads `auto_execute` where it is written (a refusal names the line and column).
+fn auto_execute<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ApprovalPolicy, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    ApprovalPolicy::parse(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "auto_execute {text:?}: use \"never\", \"safe\" or \"always\""
+        ))
+    })
 }
 
 /// One runner.
@@ -351,8 +359,8 @@ pub struct RunnerConfig {
     pub health: HealthOverride,
     /// Which change sets run without `runner-updater approve`: `never`, `safe` (no
     /// replacement, no IAM change) or `always`.
-    #[serde(default = "default_auto_execute")]
-    pub auto_execute: String,
+    #[serde(default, deserialize_with = "auto_execute")]
+    pub auto_execute: ApprovalPolicy,
 }
 
 /// Why a configuration is refused.
@@ -580,12 +588,6 @@ impl Config {
                     ));
                 }
             }
-            if ApprovalPolicy::parse(&runner.auto_execute).is_none() {
-                return invalid(format!(
-                    "runner {:?}: auto_execute {:?}: use \"never\", \"safe\" or \"always\"",
-                    runner.name, runner.auto_execute
-                ));
-            }
             if self.health(runner).fail_fast_tasks == 0 {
                 return invalid(format!(
                     "runner {:?}: fail_fast_tasks must be at least 1",
@@ -619,7 +621,7 @@ impl Config {
             soak: Duration::from_secs(health.soak_secs),
             rollback_timeout: Duration::from_secs(health.rollback_timeout_secs),
             history_max: Settings::default().history_max,
-            approval: ApprovalPolicy::parse(&runner.auto_execute).unwrap_or_default(),
+            approval: runner.auto_execute,
             change_set_timeout: Duration::from_secs(self.infrastructure.change_set_timeout_secs),
             stack_update_timeout: Duration::from_secs(
                 self.infrastructure.stack_update_timeout_secs,
@@ -693,6 +695,33 @@ mod tests {
         assert!(
             error.contains("line 2")
                 && error.contains("state_store.backend \"dynamo\": use \"ssm\" or \"file\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn auto_execute_is_read_once_where_it_is_written() {
+        let with = |value: Option<&str>| {
+            let line = value.map_or(String::new(), |v| format!("auto_execute = {v:?}\n"));
+            Config::from_toml(&format!(
+                "[[runners]]\nname = \"a\"\ncluster = \"c\"\nservice = \"s\"\nimage_repository = \"registry.example/r\"\n{line}"
+            ))
+        };
+        for (value, policy) in [
+            (Some("never"), ApprovalPolicy::Never),
+            (Some("safe"), ApprovalPolicy::Safe),
+            (Some("always"), ApprovalPolicy::Always),
+            (None, ApprovalPolicy::Safe),
+        ] {
+            let config = with(value).unwrap();
+            assert_eq!(config.runners[0].auto_execute, policy, "{value:?}");
+            assert_eq!(config.settings(&config.runners[0]).approval, policy);
+        }
+        let error = with(Some("sometimes")).unwrap_err().to_string();
+        assert!(
+            error.contains("line 6")
+                && error
+                    .contains("auto_execute \"sometimes\": use \"never\", \"safe\" or \"always\""),
             "{error}"
         );
     }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::code::Code;
 use crate::domain::eligibility::{AttemptKind, FailedMark, Rule, RuleOutcome, Verdict};
 use crate::domain::image::ImageRef;
 use crate::domain::infra::Review;
@@ -338,12 +339,12 @@ pub enum RecordError {
 impl RecordError {
     /// A stable, kebab-case name.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            RecordError::Corrupt(_) => "record-corrupt",
-            RecordError::NewerSchema { .. } => "record-newer-schema",
-            RecordError::Invalid(_) => "record-invalid",
-            RecordError::TooLarge { .. } => "record-too-large",
+            RecordError::Corrupt(_) => Code::RecordCorrupt,
+            RecordError::NewerSchema { .. } => Code::RecordNewerSchema,
+            RecordError::Invalid(_) => Code::RecordInvalid,
+            RecordError::TooLarge { .. } => Code::RecordTooLarge,
         }
     }
 }
@@ -514,7 +515,7 @@ impl Record {
                 })
                 .collect(),
             note: memory.note.as_ref().map(|n| NoteRecord {
-                code: n.code.clone(),
+                code: n.code.to_string(),
                 message: n.message.clone(),
                 at: n.at.0,
             }),
@@ -570,7 +571,7 @@ impl Record {
             record.deadline = Some(gate.deadline.0);
         };
         let failure_record = |f: &Failure| FailureRecord {
-            code: f.code.clone(),
+            code: f.code.to_string(),
             reason: f.reason.clone(),
         };
         let set_step = |record: &mut Record, run: &Run, step: &ChangeSetStep| {
@@ -680,7 +681,7 @@ impl Record {
         let failure = || -> Result<Failure, RecordError> {
             let f = need(self.failure.as_ref(), "failure")?;
             Ok(Failure {
-                code: f.code.clone(),
+                code: Code::parse(&f.code),
                 reason: f.reason.clone(),
             })
         };
@@ -799,7 +800,7 @@ impl Record {
                 .collect(),
             history,
             note: self.note.as_ref().map(|n| Note {
-                code: n.code.clone(),
+                code: Code::parse(&n.code),
                 message: n.message.clone(),
                 at: Millis(n.at),
             }),
@@ -897,7 +898,7 @@ mod tests {
         let text = Record::capture(&machine).encode().unwrap();
         assert!(Record::decode(&text, "runner-b").is_ok());
         let refused = Record::decode(&text, "runner-a").unwrap_err();
-        assert_eq!(refused.code(), "record-invalid");
+        assert_eq!(refused.code(), Code::RecordInvalid);
         assert!(
             refused.to_string().contains("names runner \"runner-b\""),
             "{refused}"
@@ -929,13 +930,13 @@ mod tests {
             Record::decode(&text[..text.len() / 2], "runner-a")
                 .unwrap_err()
                 .code(),
-            "record-corrupt"
+            Code::RecordCorrupt
         );
         assert_eq!(
             Record::decode("\u{0}garbage", "runner-a")
                 .unwrap_err()
                 .code(),
-            "record-corrupt"
+            Code::RecordCorrupt
         );
         let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
         assert_eq!(
@@ -1008,7 +1009,7 @@ mod tests {
         invalid.phase = "soaking".to_owned();
         assert_eq!(
             invalid.restore(Settings::default()).unwrap_err().code(),
-            "record-invalid"
+            Code::RecordInvalid
         );
     }
 }

@@ -580,7 +580,12 @@ pub async fn resume_time() -> Result<Duration, BenchError> {
         "2.14.0",
     );
     let plan = CrashPlan {
-        after_command_named: Some("register_task_definition"),
+        after_command_where: Some(|c| {
+            matches!(
+                c,
+                runner_updater_core::machine::Command::RegisterTaskDefinition { .. }
+            )
+        }),
         ..CrashPlan::default()
     };
     let ports = fleet_ports(&fleet);

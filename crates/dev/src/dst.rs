@@ -1441,7 +1441,7 @@ impl World {
                 self.aws
                     .cfn
                     .stack(stack)
-                    .is_some_and(|s: StackState| s.status.ends_with("_FAILED"))
+                    .is_some_and(|s: StackState| s.status.needs_human())
             }) {
                 continue;
             }

@@ -8,8 +8,10 @@ use std::time::Duration;
 use crate::report::{render_status, status_view};
 use crate::scenario::{Scenario, ScenarioError, START_VERSION};
 use runner_updater_adapters::sim::{initial_template, ImageBehaviour, SimResource};
+use runner_updater_core::domain::eligibility::Rule;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::machine::Command;
 use runner_updater_ports::{Clock, StateStore};
 use runner_updater_runtime::driver::{CrashPlan, DriverError, RunnerDriver, TickReport};
 
@@ -216,7 +218,7 @@ pub async fn run(
                 d.print("runner-b", &report)?;
             }
             let record = d.scenario.store.load("runner-b").await?;
-            let quarantined = record.as_ref().and_then(|r| r.verdict.iter().find(|v| v.rule == "not-failed" && !v.passed).cloned());
+            let quarantined = record.as_ref().and_then(|r| r.verdict.iter().find(|v| Rule::from_name(&v.rule) == Some(Rule::NotFailed) && !v.passed).cloned());
             match quarantined {
                 Some(rule) => writeln!(d.out, "  next passes: rule not-failed fails — {}", rule.reason)?,
                 None => return Err(DemoError::Story { story: "bad version", what: "the version was not quarantined".to_owned() }),
@@ -228,7 +230,7 @@ pub async fn run(
 
     outcomes.push(
         demo.story("3. A crash in the middle: runner-a 2.14.0 → 2.14.1, the process dies right after UpdateService", Phase::Done, async |d: &mut Demo<'_>| {
-            let plan = CrashPlan { after_command_named: Some("update_service"), ..CrashPlan::default() };
+            let plan = CrashPlan { after_command_where: Some(|c| matches!(c, Command::UpdateService { .. })), ..CrashPlan::default() };
             let mut driver = runner_driver(&d.scenario, "runner-a", plan)?;
             d.ops("runner-a", "version", "2.14.1")?;
             let crashed = d.drive(&mut driver, Phase::Done).await?;

@@ -23,7 +23,7 @@ pub async fn status_views(
     let mut views = Vec::with_capacity(runners.len());
     for runner in runners {
         let unreadable = |error: &runner_updater_core::record::RecordError| {
-            unreadable_view(runner, &config.prefix, error.code(), &error.to_string())
+            unreadable_view(runner, &config.prefix, &error.code(), &error.to_string())
         };
         let mut view = match store.load(runner).await {
             Ok(Some(record)) => {

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use runner_updater_core::domain::code::Code;
 use runner_updater_core::domain::desired::DesiredSource;
 use runner_updater_core::domain::eligibility::{evaluate, EligibilityInput, FailedMark, Rule};
 use runner_updater_core::domain::Millis;
@@ -265,7 +266,7 @@ pub fn status_view(record: &Record) -> StatusView {
 /// The status of a runner whose record cannot be read (corrupt, truncated, from a newer
 /// controller): the controller does nothing to that runner until ops mend it.
 #[must_use]
-pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> StatusView {
+pub fn unreadable_view(runner: &str, prefix: &str, code: &Code, reason: &str) -> StatusView {
     StatusView {
         runner: runner.to_owned(),
         state: "Unreadable".to_owned(),
@@ -277,7 +278,7 @@ pub fn unreadable_view(runner: &str, prefix: &str, code: &str, reason: &str) -> 
         target_image: None,
         target_failed: false,
         running: None,
-        reason_code: Some(code.to_owned()),
+        reason_code: Some(code.to_string()),
         reason: Some(reason.to_owned()),
         next_step: format!(
             "nothing: the controller leaves {runner} alone until its record ({prefix}/{runner}/status) is mended, or deleted to start afresh (see the runbook)"
@@ -306,7 +307,7 @@ pub fn no_record_view(runner: &str) -> StatusView {
         target_image: None,
         target_failed: false,
         running: None,
-        reason_code: Some("no-record".to_owned()),
+        reason_code: Some(Code::NoRecord.to_string()),
         reason: Some("no record has been written for this runner yet".to_owned()),
         next_step: "wait for the controller's first pass (if the lease is held by someone else, or unreadable, see the lease)".to_owned(),
         trace_id: None,
@@ -589,7 +590,7 @@ pub fn plan_view(
         image: None,
         settling: record
             .and_then(|r| r.note.as_ref())
-            .filter(|note| note.code == "settling")
+            .filter(|note| Code::parse(&note.code) == Code::Settling)
             .map(|note| note.message.clone()),
         next: String::new(),
     };

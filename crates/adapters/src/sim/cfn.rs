@@ -18,7 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{guard, Faults, SimClock};
-use runner_updater_core::domain::infra::{ChangeSet, ResourceChange, StackEvent};
+use runner_updater_core::domain::infra::{
+    ChangeSet, ChangeSetStatus, Execution, ResourceChange, ResourceStatus, StackEvent,
+    StackProgress, StackStatus,
+};
 use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
@@ -149,15 +152,6 @@ struct SimChangeSet {
     token: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Execution {
-    Available,
-    InProgress,
-    Complete,
-    Failed,
-    Obsolete,
-}
-
 #[derive(Debug, Clone)]
 struct Operation {
     change_set: String,
@@ -237,7 +231,7 @@ impl SimCfn {
         }
         let state = StackState {
             name: name.to_owned(),
-            status: "CREATE_COMPLETE".to_owned(),
+            status: StackStatus::CreateComplete,
             tags: tags
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -261,10 +255,10 @@ impl SimCfn {
     }
 
     /// Sets a stack's status by hand (a stack already broken when the controller looks).
-    pub fn set_status(&self, name: &str, status: &str) {
+    pub fn set_status(&self, name: &str, status: StackStatus) {
         if let Ok(mut world) = self.world.lock() {
             if let Some(stack) = world.stacks.get_mut(name) {
-                status.clone_into(&mut stack.state.status);
+                stack.state.status = status;
             }
         }
     }
@@ -327,7 +321,7 @@ fn validation(operation: AwsOp, message: &str) -> PortError {
 fn event(
     logical_id: &str,
     kind: &str,
-    status: &str,
+    status: ResourceStatus,
     reason: Option<&str>,
     at: Millis,
     token: &str,
@@ -335,7 +329,7 @@ fn event(
     StackEvent {
         logical_id: logical_id.to_owned(),
         resource_type: kind.to_owned(),
-        status: status.to_owned(),
+        status,
         reason: reason.map(str::to_owned),
         timestamp: at,
         token: Some(token.to_owned()),
@@ -355,14 +349,14 @@ fn advance(stack: &mut SimStack, now: Millis) {
     }
     match &operation.failure {
         None => {
-            stack.state.status = "UPDATE_COMPLETE".to_owned();
+            stack.state.status = StackStatus::UpdateComplete;
             stack.state.outputs = stack.template.outputs.clone();
             stack.events.insert(
                 0,
                 event(
                     &name,
                     "AWS::CloudFormation::Stack",
-                    "UPDATE_COMPLETE",
+                    ResourceStatus::UpdateComplete,
                     None,
                     finished,
                     token,
@@ -374,14 +368,14 @@ fn advance(stack: &mut SimStack, now: Millis) {
             stack.operation = None;
         }
         Some((resource, reason)) => {
-            if stack.state.status == "UPDATE_IN_PROGRESS" {
-                stack.state.status = "UPDATE_ROLLBACK_IN_PROGRESS".to_owned();
+            if stack.state.status == StackStatus::UpdateInProgress {
+                stack.state.status = StackStatus::UpdateRollbackInProgress;
                 stack.events.insert(
                     0,
                     event(
                         &resource.logical_id,
                         &resource.resource_type,
-                        "UPDATE_FAILED",
+                        ResourceStatus::UpdateFailed,
                         Some(reason),
                         finished,
                         token,
@@ -392,7 +386,7 @@ fn advance(stack: &mut SimStack, now: Millis) {
                     event(
                         &name,
                         "AWS::CloudFormation::Stack",
-                        "UPDATE_ROLLBACK_IN_PROGRESS",
+                        ResourceStatus::UpdateRollbackInProgress,
                         Some("The following resource(s) failed to update"),
                         finished,
                         token,
@@ -404,21 +398,21 @@ fn advance(stack: &mut SimStack, now: Millis) {
                 return;
             }
             if resource.rollback_fails {
-                stack.state.status = "UPDATE_ROLLBACK_FAILED".to_owned();
+                stack.state.status = StackStatus::UpdateRollbackFailed;
             } else {
                 let (template, parameters, tags) = operation.previous.clone();
                 stack.template = template;
                 stack.state.parameters = parameters;
                 stack.state.tags = tags;
-                stack.state.status = "UPDATE_ROLLBACK_COMPLETE".to_owned();
+                stack.state.status = StackStatus::UpdateRollbackComplete;
             }
-            let status = stack.state.status.clone();
+            let status = ResourceStatus::parse(stack.state.status.as_str());
             stack.events.insert(
                 0,
                 event(
                     &name,
                     "AWS::CloudFormation::Stack",
-                    &status,
+                    status,
                     None,
                     rolled,
                     token,
@@ -571,7 +565,7 @@ impl CloudFormation for SimCfn {
                     ),
                 ));
             }
-            if stack.state.status.ends_with("_IN_PROGRESS") {
+            if stack.state.status.progress() == StackProgress::InProgress {
                 return Err(validation(
                     OP,
                     &format!(
@@ -677,25 +671,23 @@ impl CloudFormation for SimCfn {
         };
         let ready = now >= set.created_at.after(CREATE_DELAY);
         let (status, reason, execution) = match (&set.failure, ready) {
-            (_, false) => ("CREATE_IN_PROGRESS", None, "UNAVAILABLE"),
-            (Some(reason), true) => ("FAILED", Some(reason.clone()), "UNAVAILABLE"),
-            (None, true) => (
-                "CREATE_COMPLETE",
+            (_, false) => (
+                ChangeSetStatus::CreateInProgress,
                 None,
-                match set.execution {
-                    Execution::Available => "AVAILABLE",
-                    Execution::InProgress => "EXECUTE_IN_PROGRESS",
-                    Execution::Complete => "EXECUTE_COMPLETE",
-                    Execution::Failed => "EXECUTE_FAILED",
-                    Execution::Obsolete => "OBSOLETE",
-                },
+                Execution::Unavailable,
             ),
+            (Some(reason), true) => (
+                ChangeSetStatus::Failed,
+                Some(reason.clone()),
+                Execution::Unavailable,
+            ),
+            (None, true) => (ChangeSetStatus::CreateComplete, None, set.execution.clone()),
         };
         Ok(Some(ChangeSet {
             id: set.id.clone(),
-            status: status.to_owned(),
+            status,
             status_reason: reason,
-            execution_status: execution.to_owned(),
+            execution_status: execution,
             changes: if ready {
                 set.changes.clone()
             } else {
@@ -743,7 +735,7 @@ impl CloudFormation for SimCfn {
                     format!("InvalidChangeSetStatus: ChangeSet [{name}] is not available"),
                 ));
             }
-            if sim.state.status.ends_with("_IN_PROGRESS") {
+            if sim.state.status.progress() == StackProgress::InProgress {
                 return Err(validation(
                     OP,
                     &format!(
@@ -770,14 +762,14 @@ impl CloudFormation for SimCfn {
             sim.template = set.template.clone();
             sim.state.parameters = set.parameters.clone();
             sim.state.tags = set.tags.clone();
-            sim.state.status = "UPDATE_IN_PROGRESS".to_owned();
+            sim.state.status = StackStatus::UpdateInProgress;
             sim.state.last_updated = Some(now);
             sim.events.insert(
                 0,
                 event(
                     stack,
                     "AWS::CloudFormation::Stack",
-                    "UPDATE_IN_PROGRESS",
+                    ResourceStatus::UpdateInProgress,
                     Some("User Initiated"),
                     now,
                     token,

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use super::code::Code;
 use super::image::{ImageError, ImageRef};
 use super::release::{self, Release, RELEASE_LENGTH_MAX};
 use super::version::{Version, VersionError};
@@ -235,24 +236,24 @@ pub enum DesiredError {
 impl DesiredError {
     /// A stable, kebab-case name for status, traces and metrics.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            DesiredError::Unavailable(_) => "aws-unavailable",
-            DesiredError::MissingVersion { .. } => "missing-version",
-            DesiredError::TooLong { .. } => "value-too-long",
-            DesiredError::InvalidVersion { .. } => "invalid-version",
-            DesiredError::InvalidImage { .. } => "invalid-image",
-            DesiredError::ImageNotAllowed { .. } => "image-not-allowed",
-            DesiredError::UnknownChannel { .. } => "unknown-channel",
-            DesiredError::PreReleaseNotAllowed { .. } => "pre-release-not-allowed",
-            DesiredError::InvalidAutoUpdate(_) => "invalid-auto-update",
-            DesiredError::InvalidInfraVersion { .. } => "invalid-infra-version",
-            DesiredError::UnknownStack { .. } => "unknown-stack",
-            DesiredError::InvalidTemplateUrl { .. } => "invalid-template-url",
-            DesiredError::InvalidStackParameters { .. } => "invalid-stack-parameters",
-            DesiredError::TemplateWithoutInfraVersion { .. } => "template-without-infra-version",
-            DesiredError::InvalidApproval(_) => "invalid-approval",
-            DesiredError::InvalidRelease { .. } => "invalid-release",
+            DesiredError::Unavailable(_) => Code::AwsUnavailable,
+            DesiredError::MissingVersion { .. } => Code::MissingVersion,
+            DesiredError::TooLong { .. } => Code::ValueTooLong,
+            DesiredError::InvalidVersion { .. } => Code::InvalidVersion,
+            DesiredError::InvalidImage { .. } => Code::InvalidImage,
+            DesiredError::ImageNotAllowed { .. } => Code::ImageNotAllowed,
+            DesiredError::UnknownChannel { .. } => Code::UnknownChannel,
+            DesiredError::PreReleaseNotAllowed { .. } => Code::PreReleaseNotAllowed,
+            DesiredError::InvalidAutoUpdate(_) => Code::InvalidAutoUpdate,
+            DesiredError::InvalidInfraVersion { .. } => Code::InvalidInfraVersion,
+            DesiredError::UnknownStack { .. } => Code::UnknownStack,
+            DesiredError::InvalidTemplateUrl { .. } => Code::InvalidTemplateUrl,
+            DesiredError::InvalidStackParameters { .. } => Code::InvalidStackParameters,
+            DesiredError::TemplateWithoutInfraVersion { .. } => Code::TemplateWithoutInfraVersion,
+            DesiredError::InvalidApproval(_) => Code::InvalidApproval,
+            DesiredError::InvalidRelease { .. } => Code::InvalidRelease,
         }
     }
 }
@@ -720,11 +721,11 @@ mod tests {
         ];
         for (pairs, code) in cases {
             let error = parse_desired(&params(pairs), &policy()).unwrap_err();
-            assert_eq!(error.code(), *code, "{pairs:?}: {error}");
+            assert_eq!(error.code().as_str(), *code, "{pairs:?}: {error}");
         }
         let huge = "9".repeat(8192);
         let error = parse_desired(&params(&[("desired/version", &huge)]), &policy()).unwrap_err();
-        assert_eq!(error.code(), "value-too-long");
+        assert_eq!(error.code(), Code::ValueTooLong);
     }
 
     #[test]
@@ -787,7 +788,7 @@ mod tests {
             let result = parse_desired(&params(pairs), &policy());
             assert_eq!(
                 result.as_ref().err().map(DesiredError::code),
-                *code,
+                code.map(Code::parse),
                 "{pairs:?}: {result:?}"
             );
         }
@@ -890,7 +891,7 @@ mod tests {
                 &policy(),
             )
             .unwrap_err();
-            assert_eq!(error.code(), *code, "{text}: {error}");
+            assert_eq!(error.code().as_str(), *code, "{text}: {error}");
             assert!(error.to_string().starts_with(start), "{text}: {error}");
         }
         let huge = format!(
@@ -898,7 +899,7 @@ mod tests {
             "a".repeat(9000)
         );
         let error = parse_desired(&params(&[("release", &huge)]), &policy()).unwrap_err();
-        assert_eq!(error.code(), "value-too-long");
+        assert_eq!(error.code(), Code::ValueTooLong);
     }
 
     #[test]

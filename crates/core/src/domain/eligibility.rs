@@ -14,7 +14,7 @@ use super::version::Version;
 use super::Millis;
 
 /// The rules, in the contract's order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Rule {
     /// 1. The desired version's channel is the controller's channel.
     Channel,
@@ -375,7 +375,7 @@ mod tests {
     fn main_stack(version: Option<&str>) -> crate::domain::observed::StackState {
         crate::domain::observed::StackState {
             name: "main".to_owned(),
-            status: "UPDATE_COMPLETE".to_owned(),
+            status: crate::domain::infra::StackStatus::UpdateComplete,
             tags: version
                 .map(|v| {
                     (

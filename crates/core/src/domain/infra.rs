@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+pub use super::cfn_status::{
+    ChangeSetStatus, Execution, ResourceStatus, StackProgress, StackStatus,
+};
 use super::desired::DesiredState;
 use super::observed::{StackState, INFRA_VERSION_OUTPUT, INFRA_VERSION_TAG};
 use super::Millis;
@@ -295,13 +298,12 @@ pub struct ResourceChange {
 pub struct ChangeSet {
     /// Its ARN.
     pub id: String,
-    /// `CREATE_PENDING`, `CREATE_IN_PROGRESS`, `CREATE_COMPLETE`, `FAILED`, …
-    pub status: String,
+    /// Its creation status.
+    pub status: ChangeSetStatus,
     /// Why, when it failed.
     pub status_reason: Option<String>,
-    /// `UNAVAILABLE`, `AVAILABLE`, `EXECUTE_IN_PROGRESS`, `EXECUTE_COMPLETE`, `EXECUTE_FAILED`,
-    /// `OBSOLETE`.
-    pub execution_status: String,
+    /// Its execution status.
+    pub execution_status: Execution,
     /// Resource changes.
     pub changes: Vec<ResourceChange>,
     /// The parameters the stack will have.
@@ -325,9 +327,9 @@ impl ChangeSet {
     /// Reads the creation status.
     #[must_use]
     pub fn creation(&self) -> Creation {
-        match self.status.as_str() {
-            "CREATE_COMPLETE" => Creation::Ready,
-            "FAILED" => {
+        match self.status {
+            ChangeSetStatus::CreateComplete => Creation::Ready,
+            ChangeSetStatus::Failed => {
                 let reason = self.status_reason.as_deref().unwrap_or_default();
                 if reason.contains("didn't contain changes")
                     || reason.contains("No updates are to be performed")
@@ -337,7 +339,7 @@ impl ChangeSet {
                     Creation::Failed
                 }
             }
-            "DELETE_COMPLETE" | "DELETE_FAILED" => Creation::Failed,
+            ChangeSetStatus::DeleteComplete | ChangeSetStatus::DeleteFailed => Creation::Failed,
             _ => Creation::Pending,
         }
     }
@@ -494,33 +496,6 @@ pub fn needs_approval(policy: ApprovalPolicy, review: &Review) -> bool {
     }
 }
 
-/// Where a stack update stands, read from the stack's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StackProgress {
-    /// Any `*_IN_PROGRESS`.
-    InProgress,
-    /// `UPDATE_COMPLETE` (or `CREATE_COMPLETE`, `IMPORT_COMPLETE`).
-    Complete,
-    /// `UPDATE_ROLLBACK_COMPLETE`: CloudFormation put every resource back.
-    RolledBack,
-    /// A failed state that needs a human (`UPDATE_ROLLBACK_FAILED`, …).
-    NeedsHuman,
-}
-
-/// Reads a stack status.
-#[must_use]
-pub fn progress(status: &str) -> StackProgress {
-    if status.ends_with("_IN_PROGRESS") {
-        StackProgress::InProgress
-    } else if status == "UPDATE_ROLLBACK_COMPLETE" {
-        StackProgress::RolledBack
-    } else if super::observed::is_failed_stack_status(status) {
-        StackProgress::NeedsHuman
-    } else {
-        StackProgress::Complete
-    }
-}
-
 /// The capabilities the controller acknowledges on a change set: IAM resources, named or not.
 pub const ACKNOWLEDGED_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
@@ -547,50 +522,6 @@ pub fn kept_parameters(
         .filter(|p| stack_parameters.contains_key(*p) && !planned.contains_key(*p))
         .cloned()
         .collect()
-}
-
-/// A change set's `ExecutionStatus`, read once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Execution {
-    /// `AVAILABLE`: ready to execute.
-    Available,
-    /// `UNAVAILABLE`: still being computed (or failed to be).
-    Unavailable,
-    /// `EXECUTE_IN_PROGRESS`.
-    InProgress,
-    /// `EXECUTE_COMPLETE`.
-    Complete,
-    /// `EXECUTE_FAILED`.
-    Failed,
-    /// `OBSOLETE`: another update of the stack ran.
-    Obsolete,
-    /// A status this version does not know.
-    Other,
-}
-
-impl Execution {
-    /// Reads CloudFormation's text.
-    #[must_use]
-    pub fn of(status: &str) -> Execution {
-        match status {
-            "AVAILABLE" => Execution::Available,
-            "UNAVAILABLE" => Execution::Unavailable,
-            "EXECUTE_IN_PROGRESS" => Execution::InProgress,
-            "EXECUTE_COMPLETE" => Execution::Complete,
-            "EXECUTE_FAILED" => Execution::Failed,
-            "OBSOLETE" => Execution::Obsolete,
-            _ => Execution::Other,
-        }
-    }
-
-    /// Whether the change set was executed (whatever came of it).
-    #[must_use]
-    pub fn executed(self) -> bool {
-        matches!(
-            self,
-            Execution::InProgress | Execution::Complete | Execution::Failed
-        )
-    }
 }
 
 /// What an executed change set's execution status and its stack's progress say together.
@@ -637,8 +568,8 @@ pub struct StackEvent {
     pub logical_id: String,
     /// Resource type.
     pub resource_type: String,
-    /// `UPDATE_FAILED`, …
-    pub status: String,
+    /// Its status.
+    pub status: ResourceStatus,
     /// Why.
     pub reason: Option<String>,
     /// When.
@@ -666,7 +597,7 @@ pub fn first_failure(
                 e.timestamp >= since
             }
         })
-        .filter(|e| e.status.ends_with("_FAILED") && e.logical_id != stack)
+        .filter(|e| e.status.failed() && e.logical_id != stack)
         .min_by_key(|e| e.timestamp)
         .map(|e| {
             (
@@ -738,7 +669,7 @@ mod tests {
         ];
         for (execution, progress, outcome) in cases {
             assert_eq!(
-                execution_outcome(execution.map(Execution::of), progress),
+                execution_outcome(execution.map(Execution::parse), progress),
                 outcome,
                 "{execution:?} x {progress:?}"
             );
@@ -751,7 +682,7 @@ mod tests {
     fn stack(name: &str, version: &str, params: &[(&str, &str)]) -> StackState {
         StackState {
             name: name.to_owned(),
-            status: "UPDATE_COMPLETE".to_owned(),
+            status: StackStatus::UpdateComplete,
             tags: BTreeMap::from([
                 (INFRA_VERSION_TAG.to_owned(), version.to_owned()),
                 ("team".to_owned(), "runners".to_owned()),
@@ -901,9 +832,9 @@ mod tests {
     fn reviews_count_replacements_iam_parameters_and_warn_on_zones_alone() {
         let set = ChangeSet {
             id: "arn".to_owned(),
-            status: "CREATE_COMPLETE".to_owned(),
+            status: ChangeSetStatus::CreateComplete,
             status_reason: None,
-            execution_status: "AVAILABLE".to_owned(),
+            execution_status: Execution::Available,
             changes: vec![
                 change("Add", "Queue", "AWS::SQS::Queue", ""),
                 change("Modify", "Db", "AWS::RDS::DBInstance", "True"),
@@ -936,34 +867,21 @@ mod tests {
     }
 
     #[test]
-    fn creation_statuses_and_stack_progress_read_as_aws_means_them() {
+    fn creation_statuses_read_as_aws_means_them() {
         let mut set = ChangeSet {
             id: String::new(),
-            status: "CREATE_PENDING".to_owned(),
+            status: ChangeSetStatus::CreatePending,
             status_reason: None,
-            execution_status: "UNAVAILABLE".to_owned(),
+            execution_status: Execution::Unavailable,
             changes: vec![],
             parameters: BTreeMap::new(),
         };
         assert_eq!(set.creation(), Creation::Pending);
-        set.status = "FAILED".to_owned();
+        set.status = ChangeSetStatus::Failed;
         set.status_reason = Some("The submitted information didn't contain changes. Submit different information to create a change set.".to_owned());
         assert_eq!(set.creation(), Creation::NoChanges);
         set.status_reason = Some("Parameters: [Nope] do not exist in the template".to_owned());
         assert_eq!(set.creation(), Creation::Failed);
-        assert_eq!(
-            progress("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS"),
-            StackProgress::InProgress
-        );
-        assert_eq!(progress("UPDATE_COMPLETE"), StackProgress::Complete);
-        assert_eq!(
-            progress("UPDATE_ROLLBACK_COMPLETE"),
-            StackProgress::RolledBack
-        );
-        assert_eq!(
-            progress("UPDATE_ROLLBACK_FAILED"),
-            StackProgress::NeedsHuman
-        );
     }
 
     #[test]
@@ -971,7 +889,7 @@ mod tests {
         let event = |id: &str, status: &str, reason: &str, at: u64, token: &str| StackEvent {
             logical_id: id.to_owned(),
             resource_type: "AWS::SQS::Queue".to_owned(),
-            status: status.to_owned(),
+            status: ResourceStatus::parse(status),
             reason: Some(reason.to_owned()),
             timestamp: Millis(at),
             token: Some(token.to_owned()),

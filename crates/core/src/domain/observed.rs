@@ -1,5 +1,6 @@
 //! Observed state: what ECS and `CloudFormation` say right now, reduced to what decisions need.
 
+use super::code::Code;
 use super::image::ImageRef;
 use super::task_definition::TaskDefinition;
 use super::version::Version;
@@ -184,8 +185,8 @@ impl ServiceState {
 pub struct StackState {
     /// Stack name.
     pub name: String,
-    /// `UPDATE_COMPLETE`, `UPDATE_ROLLBACK_FAILED`, …
-    pub status: String,
+    /// Its status.
+    pub status: super::cfn_status::StackStatus,
     /// Tags.
     pub tags: std::collections::BTreeMap<String, String>,
     /// Outputs.
@@ -247,21 +248,21 @@ pub enum ObserveError {
         /// Stack.
         name: String,
         /// Its status.
-        status: String,
+        status: super::cfn_status::StackStatus,
     },
 }
 
 impl ObserveError {
     /// A stable, kebab-case name for status, traces and metrics.
     #[must_use]
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            ObserveError::Unavailable(_) => "aws-unavailable",
-            ObserveError::ServiceNotFound { .. } => "service-not-found",
-            ObserveError::ContainerNotFound { .. } => "container-not-found",
-            ObserveError::BadRunningImage(_) => "bad-running-image",
-            ObserveError::StackNotFound(_) => "stack-not-found",
-            ObserveError::StackFailed { .. } => "stack-failed",
+            ObserveError::Unavailable(_) => Code::AwsUnavailable,
+            ObserveError::ServiceNotFound { .. } => Code::ServiceNotFound,
+            ObserveError::ContainerNotFound { .. } => Code::ContainerNotFound,
+            ObserveError::BadRunningImage(_) => Code::BadRunningImage,
+            ObserveError::StackNotFound(_) => Code::StackNotFound,
+            ObserveError::StackFailed { .. } => Code::StackFailed,
         }
     }
 }
@@ -292,7 +293,7 @@ pub fn observe(
         .and_then(|v| Version::parse(v).ok())
         .or_else(|| running_image.tag().and_then(|t| Version::parse(t).ok()));
     for stack in stacks {
-        if is_failed_stack_status(&stack.status) {
+        if stack.status.needs_human() {
             return Err(ObserveError::StackFailed {
                 name: stack.name.clone(),
                 status: stack.status.clone(),
@@ -306,14 +307,6 @@ pub fn observe(
         current_version,
         stacks: stacks.to_vec(),
     })
-}
-
-/// Stack statuses that need a human before anything else happens.
-#[must_use]
-pub fn is_failed_stack_status(status: &str) -> bool {
-    // UPDATE_ROLLBACK_COMPLETE is usable (the stack is back on its previous template);
-    // ROLLBACK_COMPLETE is what a failed creation leaves, and can only be deleted.
-    status.ends_with("_FAILED") || status == "ROLLBACK_COMPLETE" || status.starts_with("DELETE_")
 }
 
 #[cfg(test)]

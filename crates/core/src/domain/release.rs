@@ -242,7 +242,7 @@ mod tests {
         ];
         for (text, code, field) in rows {
             let error = parse_release(text, "release").unwrap_err();
-            assert_eq!(error.code(), *code, "{text}: {error}");
+            assert_eq!(error.code().as_str(), *code, "{text}: {error}");
             assert!(
                 error.to_string().starts_with(field),
                 "{text}: {error} does not start with {field}"

@@ -29,9 +29,10 @@ use std::time::Duration;
 
 use statig::prelude::*;
 
+pub use crate::domain::code::Code;
 use crate::domain::desired::{DesiredError, DesiredSource, DesiredState};
 use crate::domain::eligibility::{
-    attempt_kind, evaluate, AttemptKind, EligibilityInput, FailedMark, Verdict,
+    attempt_kind, evaluate, AttemptKind, EligibilityInput, FailedMark, Rule, Verdict,
 };
 use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
@@ -157,16 +158,16 @@ pub struct Gate {
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// Stable kebab-case code.
-    pub code: String,
+    /// Its code.
+    pub code: Code,
     /// Words for on-call.
     pub reason: String,
 }
 
 impl Failure {
-    fn new(code: &str, reason: impl Into<String>) -> Self {
+    fn new(code: Code, reason: impl Into<String>) -> Self {
         Failure {
-            code: code.to_owned(),
+            code,
             reason: reason.into(),
         }
     }
@@ -389,7 +390,7 @@ pub enum Event {
     /// The stack is still updating (or rolling back).
     StackUpdatePending {
         /// Its status.
-        status: String,
+        status: infra::StackStatus,
     },
     /// The stack update completed.
     StackUpdated,
@@ -398,7 +399,7 @@ pub enum Event {
     /// The stack update failed.
     StackUpdateFailed {
         /// `UPDATE_ROLLBACK_COMPLETE` or a status that needs a human.
-        status: String,
+        status: infra::StackStatus,
         /// The first failed resource, when the events name one.
         resource: Option<String>,
         /// Its reason.
@@ -453,8 +454,8 @@ pub struct TransitionEntry {
 /// The latest reason worth showing on-call (a bad value, an ineligible rule, an abort).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    /// Stable kebab-case code.
-    pub code: String,
+    /// Its code.
+    pub code: Code,
     /// Words for on-call.
     pub message: String,
     /// Since when.
@@ -568,7 +569,7 @@ impl RunnerMachine {
             Event::LockAcquired { epoch } => Transition(State::locked(attempt.clone(), *epoch)),
             Event::LockBusy { holder } => {
                 self.note_now(
-                    "lock-busy",
+                    Code::LockBusy,
                     format!("the lock is held by {holder}"),
                     input.now,
                 );
@@ -576,7 +577,7 @@ impl RunnerMachine {
             }
             Event::CommandFailed { message, .. } => {
                 self.note_now(
-                    "lock-failed",
+                    Code::LockFailed,
                     format!("could not take the lock: {message}"),
                     input.now,
                 );
@@ -642,13 +643,13 @@ impl RunnerMachine {
             let (code, message) = verdict.first_failure().map_or_else(
                 || {
                     (
-                        "not-eligible",
+                        Code::NotEligible,
                         "no longer eligible under the lock".to_owned(),
                     )
                 },
                 |failure| {
                     (
-                        failure.rule.name(),
+                        Code::from(failure.rule),
                         format!("no longer eligible under the lock: {}", failure.reason),
                     )
                 },
@@ -665,7 +666,7 @@ impl RunnerMachine {
                 "the desired state changed to {} ({}) before the update began",
                 desired.version, desired.image
             );
-            return self.abort(Some(*epoch), "desired-changed", message, ctx, input.now);
+            return self.abort(Some(*epoch), Code::DesiredChanged, message, ctx, input.now);
         }
         if let Err((code, message)) = steady(observed) {
             return self.abort(Some(*epoch), code, message, ctx, input.now);
@@ -723,7 +724,7 @@ impl RunnerMachine {
                 Transition(State::updating_service(run.clone(), arn.clone()))
             }
             Event::CommandFailed { class, message, .. } => {
-                self.command_failed(run, *class, "register-refused", message, ctx, input.now)
+                self.command_failed(run, *class, Code::RegisterRefused, message, ctx, input.now)
             }
             Event::Observed(observation) => {
                 if let Ok(observed) = &observation.observed {
@@ -740,7 +741,7 @@ impl RunnerMachine {
                 if input.now >= deadline {
                     let last = self.last_note_suffix();
                     let failure = Failure::new(
-                        "register-unconfirmed",
+                        Code::RegisterUnconfirmed,
                         format!(
                             "the task definition could not be registered within {}s{last}; the service was not changed",
                             self.settings.rollout_timeout.as_secs()
@@ -796,7 +797,7 @@ impl RunnerMachine {
                 Transition(State::awaiting_rollout(gate))
             }
             Event::CommandFailed { class, message, .. } => {
-                self.command_failed(run, *class, "update-refused", message, ctx, input.now)
+                self.command_failed(run, *class, Code::UpdateRefused, message, ctx, input.now)
             }
             Event::Observed(observation) => {
                 if let Ok(observed) = &observation.observed {
@@ -809,7 +810,7 @@ impl RunnerMachine {
                 if input.now >= deadline {
                     let last = self.last_note_suffix();
                     let failure = Failure::new(
-                        "update-unconfirmed",
+                        Code::UpdateUnconfirmed,
                         format!(
                             "the service update was not confirmed within {}s{last}: restoring {} to be sure",
                             self.settings.rollout_timeout.as_secs(),
@@ -875,14 +876,14 @@ impl RunnerMachine {
                 let due = match infra::plan(desired, &observed.stacks, &step.done) {
                     Ok(due) => due,
                     Err(gap) => {
-                        let failure = Failure::new("infra-version-not-reached", gap.reason());
+                        let failure = Failure::new(Code::InfraVersionNotReached, gap.reason());
                         return self.fail(run, failure, now);
                     }
                 };
                 let Some(plan) = due.into_iter().find(|p| p.stack == step.stack) else {
                     let busy = observed.stacks.iter().any(|s| {
                         s.name == step.stack
-                            && infra::progress(&s.status) != infra::StackProgress::Complete
+                            && s.status.progress() != infra::StackProgress::Complete
                     });
                     if busy {
                         return Handled; // someone else's update: wait for its outcome
@@ -896,7 +897,7 @@ impl RunnerMachine {
                 if now >= step.deadline {
                     ctx.commands.push(delete_command(run, step));
                     let failure = Failure::new(
-                        "change-set-timeout",
+                        Code::ChangeSetTimeout,
                         format!(
                             "change set {} of stack {} was not computed within {}s",
                             step.name,
@@ -930,7 +931,7 @@ impl RunnerMachine {
                         self.settings.approval.name()
                     ));
                     self.note_now(
-                        "approval-needed",
+                        Code::ApprovalNeeded,
                         format!(
                             "{summary}; run `runner-updater approve {}` to execute it",
                             self.runner
@@ -953,7 +954,7 @@ impl RunnerMachine {
             }
             Event::ChangeSetFailed { reason } => {
                 let failure = Failure::new(
-                    "change-set-failed",
+                    Code::ChangeSetFailed,
                     format!(
                         "CloudFormation refused change set {} of stack {}: {reason}",
                         step.name, step.stack
@@ -962,7 +963,7 @@ impl RunnerMachine {
                 self.fail(run, failure, now)
             }
             Event::CommandFailed { class, message, .. } => {
-                self.command_failed(run, *class, "change-set-refused", message, ctx, now)
+                self.command_failed(run, *class, Code::ChangeSetRefused, message, ctx, now)
             }
             _ => Super,
         }
@@ -1001,7 +1002,7 @@ impl RunnerMachine {
                 Handled
             }
             Event::CommandFailed { class, message, .. } => {
-                self.command_failed(run, *class, "change-set-refused", message, ctx, now)
+                self.command_failed(run, *class, Code::ChangeSetRefused, message, ctx, now)
             }
             _ => Super,
         }
@@ -1044,7 +1045,7 @@ impl RunnerMachine {
                 }
                 if now >= step.deadline {
                     self.note_now(
-                        "stack-update-slow",
+                        Code::StackUpdateSlow,
                         format!(
                             "stack {} has been updating for more than {}s; CloudFormation cannot be left half way, so the controller keeps waiting (see the README runbook)",
                             step.stack,
@@ -1071,14 +1072,14 @@ impl RunnerMachine {
                     Some(resource) => format!("{resource} failed: {reason}"),
                     None => reason.clone(),
                 };
-                let failure = if infra::progress(status) == infra::StackProgress::RolledBack {
+                let failure = if status.progress() == infra::StackProgress::RolledBack {
                     Failure::new(
-                        "stack-rolled-back",
+                        Code::StackRolledBack,
                         format!("stack {} rolled back ({status}): {cause}", step.stack),
                     )
                 } else {
                     Failure::new(
-                        "stack-rollback-failed",
+                        Code::StackRollbackFailed,
                         format!(
                             "stack {} is in {status} after {cause}: needs a human (README runbook: a stack in a failed state)",
                             step.stack
@@ -1088,7 +1089,7 @@ impl RunnerMachine {
                 self.fail(run, failure, now)
             }
             Event::CommandFailed { class, message, .. } => {
-                self.command_failed(run, *class, "execute-refused", message, ctx, now)
+                self.command_failed(run, *class, Code::ExecuteRefused, message, ctx, now)
             }
             _ => Super,
         }
@@ -1141,7 +1142,7 @@ impl RunnerMachine {
             GateStatus::Foreign(current) => self.foreign(&gate.run, &current, ctx, input.now),
             GateStatus::Waiting(_) if input.now >= gate.deadline => {
                 let failure = Failure::new(
-                    "health-gate-timeout",
+                    Code::HealthGateTimeout,
                     format!(
                         "the new revision was not healthy within {}s",
                         self.settings.rollout_timeout.as_secs()
@@ -1183,7 +1184,7 @@ impl RunnerMachine {
             GateStatus::Waiting(why) => {
                 if input.now >= gate.deadline {
                     let failure = Failure::new(
-                        "health-gate-timeout",
+                        Code::HealthGateTimeout,
                         format!("health wavered during the soak: {why}"),
                     );
                     self.roll_back(&gate.run, failure, input.now)
@@ -1225,7 +1226,7 @@ impl RunnerMachine {
                 message,
                 ..
             } => {
-                self.note_now("lock-lost", message.clone(), input.now);
+                self.note_now(Code::LockLost, message.clone(), input.now);
                 Transition(State::idle())
             }
             Event::CommandFailed {
@@ -1251,7 +1252,7 @@ impl RunnerMachine {
                 ..
             } => {
                 self.note_now(
-                    "aws-unavailable",
+                    Code::AwsUnavailable,
                     format!("cannot read the service before rolling back: {message} (will retry until {deadline})"),
                     input.now,
                 );
@@ -1445,7 +1446,7 @@ impl RunnerMachine {
         let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if let (Some(failure), None) = (verdict.first_failure(), kind) {
-            let (code, reason) = (failure.rule.name(), failure.reason.clone());
+            let (code, reason) = (Code::from(failure.rule), failure.reason.clone());
             self.note_now(code, reason, input.now);
         }
         self.memory.verdict = Some(verdict);
@@ -1456,7 +1457,7 @@ impl RunnerMachine {
             // The desired/* parameters changed lately: ops may be half way through writing
             // them (a version, then its image). Nothing starts until they stay as they are.
             self.note_now(
-                "settling",
+                Code::Settling,
                 format!(
                     "the desired/* parameters changed lately; they are acted on once unchanged until {at} (settle_secs), unless a release document ({}/release) is written, which is acted on at once",
                     self.runner
@@ -1536,7 +1537,7 @@ impl RunnerMachine {
     }
 
     /// Records a note; the timestamp only moves when the note changes (no churn in the record).
-    fn note_now(&mut self, code: &str, message: String, now: Millis) {
+    fn note_now(&mut self, code: Code, message: String, now: Millis) {
         let unchanged = self
             .memory
             .note
@@ -1544,7 +1545,7 @@ impl RunnerMachine {
             .is_some_and(|n| n.code == code && n.message == message);
         if !unchanged {
             self.memory.note = Some(Note {
-                code: code.to_owned(),
+                code,
                 message,
                 at: now,
             });
@@ -1555,7 +1556,7 @@ impl RunnerMachine {
     fn abort(
         &mut self,
         epoch: Option<u64>,
-        code: &str,
+        code: Code,
         message: String,
         ctx: &mut Ctx,
         now: Millis,
@@ -1586,17 +1587,17 @@ impl RunnerMachine {
     ) -> Outcome<State> {
         self.quarantine(
             &run.attempt,
-            &Failure::new("foreign-writer", message.clone()),
+            &Failure::new(Code::ForeignWriter, message.clone()),
             now,
         );
-        self.abort(Some(run.epoch), "foreign-writer", message, ctx, now)
+        self.abort(Some(run.epoch), Code::ForeignWriter, message, ctx, now)
     }
 
     fn command_failed(
         &mut self,
         run: &Run,
         class: FailureClass,
-        code: &str,
+        code: Code,
         message: &str,
         ctx: &mut Ctx,
         now: Millis,
@@ -1605,12 +1606,12 @@ impl RunnerMachine {
             FailureClass::Transient => {
                 // Not the state's refusal code: the call was not refused, it did not get an
                 // answer yet (the message names the operation).
-                self.note_now("retrying", format!("{message} (will retry)"), now);
+                self.note_now(Code::Retrying, format!("{message} (will retry)"), now);
                 Handled
             }
             FailureClass::Fenced => {
                 self.pending_note = Some(format!("lock lost: {message}"));
-                self.note_now("lock-lost", message.to_owned(), now);
+                self.note_now(Code::LockLost, message.to_owned(), now);
                 Transition(State::idle())
             }
             FailureClass::Conflict => {
@@ -1618,7 +1619,7 @@ impl RunnerMachine {
             }
             FailureClass::Unreadable => {
                 self.note_now(
-                    "aws-unavailable",
+                    Code::AwsUnavailable,
                     format!("cannot read AWS before acting, nothing was changed: {message} (will retry)"),
                     now,
                 );
@@ -1719,20 +1720,23 @@ impl RunnerMachine {
     }
 
     /// Why the attempt must stop now that ops changed their mind, if they did.
-    fn halt_reason(&self, run: &Run, desired: &DesiredState) -> Option<(&'static str, String)> {
+    fn halt_reason(&self, run: &Run, desired: &DesiredState) -> Option<(Code, String)> {
         let attempt = &run.attempt;
         if !desired.auto_update {
-            Some(("auto-update", "auto-update was switched off".to_owned()))
+            Some((
+                Code::Ineligible(Rule::AutoUpdate),
+                "auto-update was switched off".to_owned(),
+            ))
         } else if desired.channel != self.settings.channel {
             Some((
-                "channel",
+                Code::Ineligible(Rule::Channel),
                 format!("the channel changed to {}", desired.channel),
             ))
         } else if desired.version != attempt.target_version
             || desired.image != attempt.target_image
             || infra::fingerprint(desired) != attempt.infra
         {
-            Some(("desired-changed", "the desired state changed".to_owned()))
+            Some((Code::DesiredChanged, "the desired state changed".to_owned()))
         } else {
             None
         }
@@ -1742,7 +1746,7 @@ impl RunnerMachine {
         &mut self,
         run: &Run,
         step: &ChangeSetStep,
-        code: &str,
+        code: Code,
         message: String,
         ctx: &mut Ctx,
         now: Millis,
@@ -1765,7 +1769,7 @@ impl RunnerMachine {
         match infra::plan(desired, &observed.stacks, &done) {
             Err(gap) => self.fail(
                 run,
-                Failure::new("infra-version-not-reached", gap.reason()),
+                Failure::new(Code::InfraVersionNotReached, gap.reason()),
                 now,
             ),
             Ok(due) => match due.first() {
@@ -1797,7 +1801,7 @@ impl RunnerMachine {
         }
         if let Err(gap) = infra::at_version(desired, &observed.stacks) {
             let failure = Failure::new(
-                "infra-version-not-reached",
+                Code::InfraVersionNotReached,
                 format!(
                     "the stacks were updated but {} carries infrastructure {}, not {}",
                     gap.stack,
@@ -1851,7 +1855,7 @@ impl RunnerMachine {
             let excess = self.memory.failed.len().saturating_sub(FAILED_MARKS_MAX);
             self.memory.failed.drain(..excess);
         }
-        self.note_now(&failure.code, failure.reason.clone(), now);
+        self.note_now(failure.code.clone(), failure.reason.clone(), now);
     }
 
     fn gate_status(&self, gate: &Gate, observation: &Observation) -> GateStatus {
@@ -1876,7 +1880,7 @@ impl RunnerMachine {
                 .clone()
                 .unwrap_or_else(|| "no reason given".to_owned());
             return GateStatus::Failed(Failure::new(
-                "circuit-breaker",
+                Code::CircuitBreaker,
                 format!(
                     "the ECS circuit breaker failed deployment {}: {reason}",
                     deployment.id
@@ -1885,7 +1889,7 @@ impl RunnerMachine {
         }
         if service.task_definition_arn == *baseline_td {
             return GateStatus::Failed(Failure::new(
-                "circuit-breaker",
+                Code::CircuitBreaker,
                 format!(
                     "ECS rolled the service back to {baseline_td}; deployment {} is gone",
                     gate.deployment_id
@@ -1906,7 +1910,7 @@ impl RunnerMachine {
         let bad = failed + unhealthy;
         if bad >= self.settings.fail_fast_tasks as usize {
             return GateStatus::Failed(Failure::new(
-                "unhealthy-tasks",
+                Code::UnhealthyTasks,
                 fail_fast_reason(failed, unhealthy, self.settings.fail_fast_tasks),
             ));
         }
@@ -1949,7 +1953,7 @@ fn fail_fast_reason(failed: usize, unhealthy: usize, threshold: u32) -> String {
 }
 
 /// Whether the service (and the stacks) are settled enough to start changing them.
-fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
+fn steady(observed: &Observed) -> Result<(), (Code, String)> {
     let service = &observed.service;
     // No rollout under way: the PRIMARY deployment completed, or it is ECS's own circuit-breaker
     // rollback and failed in turn (ECS does not roll a rollback back: nothing more will move).
@@ -1963,7 +1967,7 @@ fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
     });
     if !settled {
         return Err((
-            "service-not-steady",
+            Code::ServiceNotSteady,
             "the service is not steady (a deployment is in progress): waiting for it to settle"
                 .to_owned(),
         ));
@@ -1971,10 +1975,10 @@ fn steady(observed: &Observed) -> Result<(), (&'static str, String)> {
     if let Some(stack) = observed
         .stacks
         .iter()
-        .find(|s| infra::progress(&s.status) == infra::StackProgress::InProgress)
+        .find(|s| s.status.progress() == infra::StackProgress::InProgress)
     {
         return Err((
-            "stack-busy",
+            Code::StackBusy,
             format!(
                 "stack {} is {}: waiting for it to settle",
                 stack.name, stack.status

@@ -395,9 +395,7 @@ impl RunnerDriver {
         let set = self
             .retrying(|| cfn.describe_change_set(stack, name))
             .await?;
-        let execution = set
-            .as_ref()
-            .map(|s| infra::Execution::of(&s.execution_status));
+        let execution = set.map(|s| s.execution_status);
         match execution {
             None => {
                 return Err(PortError::new(
@@ -416,13 +414,13 @@ impl RunnerDriver {
                     let again = self
                         .retrying(|| cfn.describe_change_set(stack, name))
                         .await?;
-                    if !again.is_some_and(|s| infra::Execution::of(&s.execution_status).executed()) {
+                    if !again.is_some_and(|s| s.execution_status.executed()) {
                         return Err(error);
                     }
                 }
                 tracing::info!(runner = %self.runner.name, stack, change_set = name, "change set executed");
                 return Ok(Event::StackUpdatePending {
-                    status: "UPDATE_IN_PROGRESS".to_owned(),
+                    status: infra::StackStatus::UpdateInProgress,
                 });
             }
             Some(infra::Execution::Obsolete) => {
@@ -435,7 +433,7 @@ impl RunnerDriver {
             _ => {}
         }
         let current = self.retrying(|| cfn.describe_stack(stack)).await?;
-        let progress = infra::progress(&current.status);
+        let progress = current.status.progress();
         match infra::execution_outcome(execution, progress) {
             infra::ExecutionOutcome::Pending => Ok(Event::StackUpdatePending {
                 status: current.status,

@@ -31,11 +31,12 @@ use crate::reader::RunnerSnapshot;
 use crate::retry::RetryPolicy;
 use crate::telemetry;
 use runner_updater_config::{Config, RunnerConfig};
+use runner_updater_core::domain::code::Code;
 use runner_updater_core::domain::desired::{
     is_desired_name, parse_desired, settle_fingerprint, DesiredError, RunnerPolicy,
     RELEASE_PARAMETER,
 };
-use runner_updater_core::domain::eligibility::{Rule, Verdict};
+use runner_updater_core::domain::eligibility::Verdict;
 use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
 use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use runner_updater_core::domain::resume::consistency_wait;
@@ -82,14 +83,15 @@ pub struct Ports {
 }
 
 /// Where to stop the process on purpose (crash tests and the demo).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct CrashPlan {
     /// Crash right after the n-th save (1-based), before executing what it asked for.
     pub after_save: Option<u32>,
     /// Crash right after the n-th command (1-based), before its result is handled.
     pub after_command: Option<u32>,
-    /// Crash right after the first command of this name, before its result is handled.
-    pub after_command_named: Option<&'static str>,
+    /// Crash right after the first command this matches (a pattern over [`Command`], checked
+    /// by the compiler), before its result is handled.
+    pub after_command_where: Option<fn(&Command) -> bool>,
 }
 
 impl CrashPlan {
@@ -359,7 +361,7 @@ impl RunnerDriver {
                 .memory
                 .note
                 .as_ref()
-                .is_some_and(|note| note.code == "settling");
+                .is_some_and(|note| note.code == Code::Settling);
         self.settles_at
             .filter(|at| settling && *at > self.ports.clock.now())
     }
@@ -513,7 +515,10 @@ impl RunnerDriver {
             }
             self.commands += 1;
             if self.crash.after_command == Some(self.commands)
-                || self.crash.after_command_named == Some(command.name())
+                || self
+                    .crash
+                    .after_command_where
+                    .is_some_and(|matches| matches(&command))
             {
                 return Err(DriverError::Crashed(format!(
                     "after command #{} ({})",

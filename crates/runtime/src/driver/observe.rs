@@ -193,7 +193,7 @@ impl RunnerDriver {
             && cache
                 .stacks
                 .iter()
-                .all(|s| infra::progress(&s.status) != StackProgress::InProgress);
+                .all(|s| s.status.progress() != StackProgress::InProgress);
         fresh.then(|| cache.stacks.clone())
     }
 

@@ -36,7 +36,7 @@ impl RunnerDriver {
                     self.unreadable = true;
                     self.this_pass.rest_outcome = Some(Box::new((
                         Some(Note {
-                            code: unusable.code().to_owned(),
+                            code: unusable.code(),
                             message: unusable.to_string(),
                             at: self.ports.clock.now(),
                         }),

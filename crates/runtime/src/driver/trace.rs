@@ -10,18 +10,19 @@ impl RunnerDriver {
             return;
         };
         let (note, verdict) = *outcome;
-        let (outcome, reason) = note.as_ref().map_or(("idle", ""), |note| {
-            (note.code.as_str(), note.message.as_str())
-        });
+        let code = note.as_ref().map(|note| &note.code);
+        let outcome = code.map_or("idle", Code::as_str);
+        let reason = note.as_ref().map_or("", |note| note.message.as_str());
         if !self.check_sampler.sample(outcome) {
             return;
         }
         // The verdict is this pass's only when the rules ran (not on a bad value or an
         // unreadable AWS, which stop before them).
-        let verdict = verdict.as_ref().filter(|_| {
-            matches!(outcome, "idle" | "lock-busy" | "lock-failed")
-                || Rule::from_name(outcome).is_some()
-        });
+        let rules_ran = matches!(
+            code,
+            None | Some(Code::LockBusy | Code::LockFailed | Code::Ineligible(_))
+        );
+        let verdict = verdict.as_ref().filter(|_| rules_ran);
         telemetry::check_span(&self.runner.name, outcome, reason, verdict);
     }
 
