@@ -2,13 +2,10 @@
 
 use runner_updater_core::domain::code::Code;
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
-}
-
 #[test]
 fn the_reason_codes_table_lists_every_code_once() {
-    let readme = readme();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme.find("#### Reason codes").expect("the section");
     let section = &readme[start..];
     let section = &section[..section.find("\n### ").unwrap_or(section.len())];
