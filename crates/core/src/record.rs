@@ -228,6 +228,15 @@ pub struct FailureRecord {
     pub reason: String,
 }
 
+impl FailureRecord {
+    fn of(failure: &Failure) -> FailureRecord {
+        FailureRecord {
+            code: failure.code.to_string(),
+            reason: failure.reason.clone(),
+        }
+    }
+}
+
 /// A quarantined version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedRecord {
@@ -483,14 +492,19 @@ impl Record {
 
     /// Captures the machine's state and memory.
     #[must_use]
-    #[allow(clippy::too_many_lines)] // a field-by-field conversion of every state to the flat record
     pub fn capture(machine: &Machine) -> Record {
         let state = machine.state();
         let inner: &RunnerMachine = machine.inner();
-        let memory = &inner.memory;
-        let mut record = Record {
+        let mut record = Record::of_memory(&inner.runner, state, &inner.memory);
+        record.set_state(state);
+        record
+    }
+
+    /// The record of the machine's memory; the fields of a state left empty.
+    fn of_memory(runner: &str, state: &State, memory: &Memory) -> Record {
+        Record {
             schema_version: SCHEMA_VERSION,
-            runner: inner.runner.clone(),
+            runner: runner.to_owned(),
             phase: phase_of(state).name().to_owned(),
             since: memory.since.0,
             attempt: attempt_of(state).map(attempt_record),
@@ -556,55 +570,30 @@ impl Record {
                 image: seen.image.as_ref().map(|(desired, _)| desired.clone()),
                 running_image: seen.image.as_ref().map(|(_, running)| running.clone()),
             }),
-        };
-        let set_run = |record: &mut Record, run: &Run| {
-            record.lock_epoch = Some(run.epoch);
-            record.baseline = Some(BaselineRecord {
-                task_definition_arn: run.baseline.task_definition_arn.clone(),
-                deployment_ids: run.baseline.deployment_ids.clone(),
-            });
-        };
-        let set_gate = |record: &mut Record, gate: &Gate| {
-            set_run(record, &gate.run);
-            record.new_task_definition_arn = Some(gate.new_task_definition_arn.clone());
-            record.deployment_id = Some(gate.deployment_id.clone());
-            record.deadline = Some(gate.deadline.0);
-        };
-        let failure_record = |f: &Failure| FailureRecord {
-            code: f.code.to_string(),
-            reason: f.reason.clone(),
-        };
-        let set_step = |record: &mut Record, run: &Run, step: &ChangeSetStep| {
-            set_run(record, run);
-            record.deadline = Some(step.deadline.0);
-            record.change_set = Some(ChangeSetRecord {
-                stack: step.stack.clone(),
-                name: step.name.clone(),
-                id: step.id.clone(),
-                done: step.done.clone(),
-                review: step.review.as_ref().map(ReviewRecord::from),
-                updated: step.updated,
-            });
-        };
+        }
+    }
+
+    /// The fields of a state, field by field.
+    fn set_state(&mut self, state: &State) {
         match state {
             State::Idle {} | State::Checking { .. } => {}
-            State::Locked { epoch, .. } => record.lock_epoch = Some(*epoch),
+            State::Locked { epoch, .. } => self.lock_epoch = Some(*epoch),
             State::CreatingChangeSet { run, step }
             | State::AwaitingApproval { run, step }
-            | State::ExecutingChangeSet { run, step } => set_step(&mut record, run, step),
-            State::RegisteringTaskDefinition { run } => set_run(&mut record, run),
+            | State::ExecutingChangeSet { run, step } => self.set_step(run, step),
+            State::RegisteringTaskDefinition { run } => self.set_run(run),
             State::UpdatingService { run, new_td } => {
-                set_run(&mut record, run);
-                record.new_task_definition_arn = Some(new_td.clone());
+                self.set_run(run);
+                self.new_task_definition_arn = Some(new_td.clone());
             }
-            State::AwaitingRollout { gate } => set_gate(&mut record, gate),
+            State::AwaitingRollout { gate } => self.set_gate(gate),
             State::Done { run, gate } => match gate {
-                Some(gate) => set_gate(&mut record, gate),
-                None => set_run(&mut record, run),
+                Some(gate) => self.set_gate(gate),
+                None => self.set_run(run),
             },
             State::Soaking { gate, until } => {
-                set_gate(&mut record, gate);
-                record.soak_until = Some(until.0);
+                self.set_gate(gate);
+                self.soak_until = Some(until.0);
             }
             State::RollingBack {
                 run,
@@ -612,19 +601,19 @@ impl Record {
                 deadline,
                 issued,
             } => {
-                set_run(&mut record, run);
-                record.failure = Some(failure_record(failure));
-                record.deadline = Some(deadline.0);
-                record.rollback_issued = *issued;
+                self.set_run(run);
+                self.failure = Some(FailureRecord::of(failure));
+                self.deadline = Some(deadline.0);
+                self.rollback_issued = *issued;
             }
             State::RolledBack {
                 run,
                 failure,
                 service,
             } => {
-                set_run(&mut record, run);
-                record.failure = Some(failure_record(failure));
-                record.service_after = match service {
+                self.set_run(run);
+                self.failure = Some(FailureRecord::of(failure));
+                self.service_after = match service {
                     ServiceAfter::Untouched => Some(ServiceAfterRecord::Untouched),
                     ServiceAfter::Restored => Some(ServiceAfterRecord::Restored),
                     ServiceAfter::Unconfirmed => Some(ServiceAfterRecord::Unconfirmed),
@@ -635,128 +624,176 @@ impl Record {
                 };
             }
         }
-        record
+    }
+
+    fn set_run(&mut self, run: &Run) {
+        self.lock_epoch = Some(run.epoch);
+        self.baseline = Some(BaselineRecord {
+            task_definition_arn: run.baseline.task_definition_arn.clone(),
+            deployment_ids: run.baseline.deployment_ids.clone(),
+        });
+    }
+
+    fn set_gate(&mut self, gate: &Gate) {
+        self.set_run(&gate.run);
+        self.new_task_definition_arn = Some(gate.new_task_definition_arn.clone());
+        self.deployment_id = Some(gate.deployment_id.clone());
+        self.deadline = Some(gate.deadline.0);
+    }
+
+    fn set_step(&mut self, run: &Run, step: &ChangeSetStep) {
+        self.set_run(run);
+        self.deadline = Some(step.deadline.0);
+        self.change_set = Some(ChangeSetRecord {
+            stack: step.stack.clone(),
+            name: step.name.clone(),
+            id: step.id.clone(),
+            done: step.done.clone(),
+            review: step.review.as_ref().map(ReviewRecord::from),
+            updated: step.updated,
+        });
     }
 
     /// Rebuilds the machine's shared storage and state from the record.
     ///
     /// # Errors
     /// [`RecordError::Invalid`] when a field the phase needs is missing or malformed.
-    #[allow(clippy::too_many_lines)] // a field-by-field conversion of the flat record to every state
     pub fn restore(&self, settings: Settings) -> Result<(RunnerMachine, State), RecordError> {
         let phase = self.phase()?;
         let memory = self.memory()?;
         let machine = RunnerMachine::with_memory(&self.runner, settings, memory);
-        let attempt = || -> Result<Attempt, RecordError> {
-            parse_attempt(need(self.attempt.as_ref(), "attempt")?)
-        };
-        let epoch = || need(self.lock_epoch.as_ref(), "lock_epoch").copied();
-        let run = || -> Result<Run, RecordError> {
-            let baseline = need(self.baseline.as_ref(), "baseline")?;
-            Ok(Run {
-                attempt: attempt()?,
-                epoch: epoch()?,
-                baseline: Baseline {
-                    task_definition_arn: baseline.task_definition_arn.clone(),
-                    deployment_ids: baseline.deployment_ids.clone(),
-                },
-            })
-        };
-        let new_td = || {
-            need(
-                self.new_task_definition_arn.as_ref(),
-                "new_task_definition_arn",
-            )
-            .cloned()
-        };
-        let deadline = || need(self.deadline.as_ref(), "deadline").map(|d| Millis(*d));
-        let gate = || -> Result<Gate, RecordError> {
-            Ok(Gate {
-                run: run()?,
-                new_task_definition_arn: new_td()?,
-                deployment_id: need(self.deployment_id.as_ref(), "deployment_id")?.clone(),
-                deadline: deadline()?,
-            })
-        };
-        let failure = || -> Result<Failure, RecordError> {
-            let f = need(self.failure.as_ref(), "failure")?;
-            Ok(Failure {
-                code: Code::parse(&f.code),
-                reason: f.reason.clone(),
-            })
-        };
-        let step = || -> Result<ChangeSetStep, RecordError> {
-            let c = need(self.change_set.as_ref(), "change_set")?;
-            Ok(ChangeSetStep {
-                stack: c.stack.clone(),
-                name: c.name.clone(),
-                id: c.id.clone(),
-                done: c.done.clone(),
-                review: c.review.as_ref().map(Review::from),
-                deadline: deadline()?,
-                updated: c.updated,
-            })
-        };
-        let state = match phase {
+        Ok((machine, self.state(phase)?))
+    }
+
+    /// The state of `phase`, from the fields it needs.
+    fn state(&self, phase: Phase) -> Result<State, RecordError> {
+        Ok(match phase {
             Phase::Idle => State::Idle {},
             Phase::Checking => State::Checking {
-                attempt: attempt()?,
+                attempt: self.attempt()?,
             },
             Phase::Locked => State::Locked {
-                attempt: attempt()?,
-                epoch: epoch()?,
+                attempt: self.attempt()?,
+                epoch: self.epoch()?,
             },
             Phase::CreatingChangeSet => State::CreatingChangeSet {
-                run: run()?,
-                step: step()?,
+                run: self.run()?,
+                step: self.step()?,
             },
             Phase::AwaitingApproval => State::AwaitingApproval {
-                run: run()?,
-                step: step()?,
+                run: self.run()?,
+                step: self.step()?,
             },
             Phase::ExecutingChangeSet => State::ExecutingChangeSet {
-                run: run()?,
-                step: step()?,
+                run: self.run()?,
+                step: self.step()?,
             },
-            Phase::RegisteringTaskDefinition => State::RegisteringTaskDefinition { run: run()? },
+            Phase::RegisteringTaskDefinition => {
+                State::RegisteringTaskDefinition { run: self.run()? }
+            }
             Phase::UpdatingService => State::UpdatingService {
-                run: run()?,
-                new_td: new_td()?,
+                run: self.run()?,
+                new_td: self.new_td()?,
             },
-            Phase::AwaitingRollout => State::AwaitingRollout { gate: gate()? },
+            Phase::AwaitingRollout => State::AwaitingRollout { gate: self.gate()? },
             Phase::Soaking => State::Soaking {
-                gate: gate()?,
+                gate: self.gate()?,
                 until: Millis(*need(self.soak_until.as_ref(), "soak_until")?),
             },
             Phase::RollingBack => State::RollingBack {
-                run: run()?,
-                failure: failure()?,
-                deadline: deadline()?,
+                run: self.run()?,
+                failure: self.failure()?,
+                deadline: self.deadline()?,
                 issued: self.rollback_issued,
             },
             Phase::Done => State::Done {
-                run: run()?,
+                run: self.run()?,
                 gate: if self.new_task_definition_arn.is_some() {
-                    Some(gate()?)
+                    Some(self.gate()?)
                 } else {
                     None
                 },
             },
             Phase::RolledBack => State::RolledBack {
-                run: run()?,
-                failure: failure()?,
-                service: match &self.service_after {
-                    Some(ServiceAfterRecord::Untouched) => ServiceAfter::Untouched,
-                    Some(ServiceAfterRecord::Restored) => ServiceAfter::Restored,
-                    Some(ServiceAfterRecord::Unconfirmed) => ServiceAfter::Unconfirmed,
-                    Some(ServiceAfterRecord::Foreign {
-                        task_definition_arn,
-                    }) => ServiceAfter::Foreign(task_definition_arn.clone()),
-                    None => ServiceAfter::Unknown,
-                },
+                run: self.run()?,
+                failure: self.failure()?,
+                service: self.service_after(),
             },
-        };
-        Ok((machine, state))
+        })
+    }
+
+    fn attempt(&self) -> Result<Attempt, RecordError> {
+        parse_attempt(need(self.attempt.as_ref(), "attempt")?)
+    }
+
+    fn epoch(&self) -> Result<u64, RecordError> {
+        need(self.lock_epoch.as_ref(), "lock_epoch").copied()
+    }
+
+    fn run(&self) -> Result<Run, RecordError> {
+        let baseline = need(self.baseline.as_ref(), "baseline")?;
+        Ok(Run {
+            attempt: self.attempt()?,
+            epoch: self.epoch()?,
+            baseline: Baseline {
+                task_definition_arn: baseline.task_definition_arn.clone(),
+                deployment_ids: baseline.deployment_ids.clone(),
+            },
+        })
+    }
+
+    fn new_td(&self) -> Result<String, RecordError> {
+        need(
+            self.new_task_definition_arn.as_ref(),
+            "new_task_definition_arn",
+        )
+        .cloned()
+    }
+
+    fn deadline(&self) -> Result<Millis, RecordError> {
+        need(self.deadline.as_ref(), "deadline").map(|d| Millis(*d))
+    }
+
+    fn gate(&self) -> Result<Gate, RecordError> {
+        Ok(Gate {
+            run: self.run()?,
+            new_task_definition_arn: self.new_td()?,
+            deployment_id: need(self.deployment_id.as_ref(), "deployment_id")?.clone(),
+            deadline: self.deadline()?,
+        })
+    }
+
+    fn failure(&self) -> Result<Failure, RecordError> {
+        let f = need(self.failure.as_ref(), "failure")?;
+        Ok(Failure {
+            code: Code::parse(&f.code),
+            reason: f.reason.clone(),
+        })
+    }
+
+    fn step(&self) -> Result<ChangeSetStep, RecordError> {
+        let c = need(self.change_set.as_ref(), "change_set")?;
+        Ok(ChangeSetStep {
+            stack: c.stack.clone(),
+            name: c.name.clone(),
+            id: c.id.clone(),
+            done: c.done.clone(),
+            review: c.review.as_ref().map(Review::from),
+            deadline: self.deadline()?,
+            updated: c.updated,
+        })
+    }
+
+    fn service_after(&self) -> ServiceAfter {
+        match &self.service_after {
+            Some(ServiceAfterRecord::Untouched) => ServiceAfter::Untouched,
+            Some(ServiceAfterRecord::Restored) => ServiceAfter::Restored,
+            Some(ServiceAfterRecord::Unconfirmed) => ServiceAfter::Unconfirmed,
+            Some(ServiceAfterRecord::Foreign {
+                task_definition_arn,
+            }) => ServiceAfter::Foreign(task_definition_arn.clone()),
+            None => ServiceAfter::Unknown,
+        }
     }
 
     fn memory(&self) -> Result<Memory, RecordError> {

@@ -357,9 +357,56 @@ pub struct FleetFigures {
 ///
 /// # Errors
 /// When the fleet cannot be built or a pass fails.
-#[allow(clippy::too_many_lines)] // the benchmark's steps in order, each measured where it happens
 pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFigures, BenchError> {
     let mut fleet = Fleet::new(runners, None)?;
+    let steady = steady_state(&mut fleet, runners, assumptions).await?;
+    let (wave_passes, wave_time) = update_wave(&mut fleet, runners).await?;
+    let process_peak_kib = peak_memory_kib("self");
+    let world_memory_kib = fleet.world_kib;
+    let wave_counts = fleet.counter.take();
+    drop(fleet);
+    // The sweep as `run` makes it, timed with the latency and the limiters, and the bound the
+    // rates put on the calls it made (on a fleet of its own, this one dropped first).
+    let (pass_time, rate_bound) = timed_sweep(runners, assumptions).await?;
+    let wave = WaveCalls::of(&wave_counts, runners, assumptions);
+    Ok(FleetFigures {
+        runners,
+        calls_per_runner: steady.calls_per_runner,
+        calls_by_family: steady.calls_by_family,
+        passes: steady.passes,
+        pass_time,
+        latency_time: steady.latency_time,
+        concurrent: steady.concurrent,
+        rate_bound,
+        cpu_per_pass: steady.cpu_per_pass,
+        peak_memory_kib: process_peak_kib,
+        world_memory_kib,
+        controller_peak_kib: steady.controller_peak_kib,
+        wave_passes,
+        wave_time,
+        wave_calls_per_runner: wave.per_runner,
+        wave_per_operation: wave.per_operation,
+        wave_rate_bound: wave.rate_bound,
+    })
+}
+
+/// What the steady state measured.
+struct Steady {
+    calls_per_runner: BTreeMap<&'static str, f64>,
+    calls_by_family: [u64; 3],
+    passes: u32,
+    latency_time: Duration,
+    concurrent: u32,
+    cpu_per_pass: Option<Duration>,
+    controller_peak_kib: Option<u64>,
+}
+
+/// The first pass, then the steady state's passes, counted and timed.
+async fn steady_state(
+    fleet: &mut Fleet,
+    runners: usize,
+    assumptions: Assumptions,
+) -> Result<Steady, BenchError> {
     let rest = Duration::from_secs(fleet.config.poll_interval_secs);
     // First pass: records loaded (none yet), stacks read, every runner at rest.
     fleet.pass(true, rest).await?;
@@ -416,6 +463,23 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole calls
     let calls_by_family = calls_by_family.map(|c| c.round() as u64);
 
+    let cpu_per_pass = cpu_before
+        .zip(cpu_after)
+        .map(|(a, b)| b.saturating_sub(a) / passes);
+    Ok(Steady {
+        calls_per_runner,
+        calls_by_family,
+        passes,
+        latency_time,
+        concurrent,
+        cpu_per_pass,
+        controller_peak_kib,
+    })
+}
+
+/// An update wave to Done; returns its rounds and its simulated time.
+async fn update_wave(fleet: &mut Fleet, runners: usize) -> Result<(usize, Duration), BenchError> {
+    let rest = Duration::from_secs(fleet.config.poll_interval_secs);
     // An update wave: every runner asked for 2.14.0 at once. The scheduler's time: runners in
     // an attempt every active interval, a sweep of those at rest every poll interval.
     for runner in &fleet.config.runners {
@@ -450,55 +514,43 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
             )));
         }
     }
-    let wave_time = fleet.aws.clock.now().since(started);
-    let process_peak_kib = peak_memory_kib("self");
-    let cpu_per_pass = cpu_before
-        .zip(cpu_after)
-        .map(|(a, b)| b.saturating_sub(a) / passes);
-    let world_memory_kib = fleet.world_kib;
-    let wave_counts = fleet.counter.take();
-    drop(fleet);
-    // The sweep as `run` makes it, timed with the latency and the limiters, and the bound the
-    // rates put on the calls it made (on a fleet of its own, this one dropped first).
-    let (pass_time, rate_bound) = timed_sweep(runners, assumptions).await?;
-    let wave_calls: u64 = wave_counts.values().sum();
-    let mut wave_by_family = [0_u64; 3];
-    for (operation, count) in &wave_counts {
-        wave_by_family[family_index(*operation)] += count;
+    Ok((wave_passes, fleet.aws.clock.now().since(started)))
+}
+
+/// The wave's calls: per runner, per operation, and the bound the rates put on them.
+struct WaveCalls {
+    per_runner: f64,
+    per_operation: BTreeMap<&'static str, f64>,
+    rate_bound: Duration,
+}
+
+impl WaveCalls {
+    fn of(counts: &BTreeMap<AwsOp, u64>, runners: usize, assumptions: Assumptions) -> WaveCalls {
+        let calls: u64 = counts.values().sum();
+        let mut by_family = [0_u64; 3];
+        for (operation, count) in counts {
+            by_family[family_index(*operation)] += count;
+        }
+        #[allow(clippy::cast_precision_loss)] // seconds for a report
+        let rate_bound = by_family
+            .iter()
+            .zip(assumptions.rates)
+            .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
+            .max()
+            .unwrap_or_default();
+        #[allow(clippy::cast_precision_loss)] // ratios for a report
+        let per_operation = counts
+            .iter()
+            .map(|(operation, count)| (operation.name(), *count as f64 / runners as f64))
+            .collect();
+        #[allow(clippy::cast_precision_loss)] // a ratio for a report
+        let per_runner = calls as f64 / runners as f64;
+        WaveCalls {
+            per_runner,
+            per_operation,
+            rate_bound,
+        }
     }
-    #[allow(clippy::cast_precision_loss)] // seconds for a report
-    let wave_rate_bound = wave_by_family
-        .iter()
-        .zip(assumptions.rates)
-        .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
-        .max()
-        .unwrap_or_default();
-    #[allow(clippy::cast_precision_loss)] // ratios for a report
-    let wave_per_operation = wave_counts
-        .iter()
-        .map(|(operation, count)| (operation.name(), *count as f64 / runners as f64))
-        .collect();
-    #[allow(clippy::cast_precision_loss)] // a ratio for a report
-    let wave_calls_per_runner = wave_calls as f64 / runners as f64;
-    Ok(FleetFigures {
-        runners,
-        calls_per_runner,
-        calls_by_family,
-        passes,
-        pass_time,
-        latency_time,
-        concurrent,
-        rate_bound,
-        cpu_per_pass,
-        peak_memory_kib: process_peak_kib,
-        world_memory_kib,
-        controller_peak_kib,
-        wave_passes,
-        wave_time,
-        wave_calls_per_runner,
-        wave_per_operation,
-        wave_rate_bound,
-    })
 }
 
 /// Steady-state sweeps timed: every call takes the assumed latency and goes through the

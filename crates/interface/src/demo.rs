@@ -170,7 +170,6 @@ impl Demo<'_> {
 ///
 /// # Errors
 /// A [`DemoError`] when the world fails or a story ends otherwise than told.
-#[allow(clippy::too_many_lines)] // the demo's four stories, told in order
 pub async fn run(
     seed: u64,
     store: Option<Arc<dyn StateStore>>,
@@ -187,111 +186,40 @@ pub async fn run(
         scenario.config.prefix
     )?;
     let mut demo = Demo { scenario, out };
-    let mut outcomes = Vec::new();
-
-    outcomes.push(
+    let outcomes = vec![
         demo.story(
             "1. A clean update: runner-a 2.13.0 → 2.14.0",
             Phase::Done,
-            async |d: &mut Demo<'_>| {
-                let mut driver = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
-                d.ops("runner-a", "version", "2.14.0")?;
-                d.drive(&mut driver, Phase::Done).await?;
-                Ok(())
-            },
+            clean_update,
         )
         .await?,
-    );
-
-    outcomes.push(
-        demo.story("2. A bad version: runner-b 2.13.0 → 2.15.0, whose containers crash", Phase::RolledBack, async |d: &mut Demo<'_>| {
-            let image = d.scenario.image_for("runner-b", "2.15.0");
-            d.scenario.image_behaves(&image, ImageBehaviour::Crashing { after: Duration::from_secs(10) });
-            writeln!(d.out, "  (simulation: tasks of {image} exit 10 s after they start, before their health check passes)")?;
-            let mut driver = runner_driver(&d.scenario, "runner-b", CrashPlan::default())?;
-            d.ops("runner-b", "version", "2.15.0")?;
-            d.drive(&mut driver, Phase::RolledBack).await?;
-            // The next passes leave the quarantined version alone.
-            for _ in 0..3 {
-                d.scenario.aws.clock.sleep(driver.requeue_after()).await;
-                let report = driver.tick().await.map_err(ScenarioError::Driver)?;
-                d.print("runner-b", &report)?;
-            }
-            let record = d.scenario.store.load("runner-b").await?;
-            let quarantined = record.as_ref().and_then(|r| r.verdict.iter().find(|v| Rule::from_name(&v.rule) == Some(Rule::NotFailed) && !v.passed).cloned());
-            match quarantined {
-                Some(rule) => writeln!(d.out, "  next passes: rule not-failed fails — {}", rule.reason)?,
-                None => return Err(DemoError::Story { story: "bad version", what: "the version was not quarantined".to_owned() }),
-            }
-            Ok(())
-        })
+        demo.story(
+            "2. A bad version: runner-b 2.13.0 → 2.15.0, whose containers crash",
+            Phase::RolledBack,
+            bad_version,
+        )
         .await?,
-    );
-
-    outcomes.push(
-        demo.story("3. A crash in the middle: runner-a 2.14.0 → 2.14.1, the process dies right after UpdateService", Phase::Done, async |d: &mut Demo<'_>| {
-            let plan = CrashPlan { after_command_where: Some(|c| matches!(c, Command::UpdateService { .. })), ..CrashPlan::default() };
-            let mut driver = runner_driver(&d.scenario, "runner-a", plan)?;
-            d.ops("runner-a", "version", "2.14.1")?;
-            let crashed = d.drive(&mut driver, Phase::Done).await?;
-            let Some(crash) = crashed else {
-                return Err(DemoError::Story { story: "crash", what: "the planned crash did not happen".to_owned() });
-            };
-            drop(driver);
-            writeln!(d.out, "  {}  ✗ process killed ({crash}); the service update was sent, its result never recorded", Demo::time(d.clock()))?;
-            let mut restarted = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
-            writeln!(d.out, "  {}  ↻ restarted: loading the record and resuming where it stopped", Demo::time(d.clock()))?;
-            d.drive(&mut restarted, Phase::Done).await?;
-            Ok(())
-        })
+        demo.story(
+            "3. A crash in the middle: runner-a 2.14.0 → 2.14.1, the process dies right after UpdateService",
+            Phase::Done,
+            crash_in_the_middle,
+        )
         .await?,
-    );
-
-    outcomes.push(
-        demo.story("4. Infrastructure first: runner-a 2.14.1 → 2.16.0 needs infrastructure 2 (IAM stack, then main stack)", Phase::Done, async |d: &mut Demo<'_>| {
-            let (iam, main) = (TEMPLATES.to_owned() + "iam-2.json", TEMPLATES.to_owned() + "main-2.json");
-            let mut iam_template = initial_template();
-            if let Some(config) = iam_template.resources.first_mut() {
-                "v2".clone_into(&mut config.properties);
-            }
-            let mut main_template = initial_template().parameter("AvailabilityZones", Some("a,b"));
-            if let Some(queue) = main_template.resources.get_mut(1) {
-                *queue = SimResource::new("Queue", "AWS::SQS::Queue", "v2").using(&["Size"]).replaced();
-            }
-            d.scenario.aws.cfn.put_template(&iam, iam_template);
-            d.scenario.aws.cfn.put_template(&main, main_template);
-            writeln!(d.out, "  (simulation: templates published in S3; the main one replaces the queue, so policy `safe` holds it for a human)")?;
-            let mut driver = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
-            d.ops("runner-a", "infra-version", "2")?;
-            d.ops("runner-a", "stacks/runner-a-iam/template-url", &iam)?;
-            d.ops("runner-a", "stacks/runner-a-main/template-url", &main)?;
-            d.ops("runner-a", "stacks/runner-a-main/parameters", r#"{"AvailabilityZones":"a,b,c"}"#)?;
-            d.ops("runner-a", "version", "2.16.0")?;
-            d.drive(&mut driver, Phase::AwaitingApproval).await?;
-            if let Some(record) = d.scenario.store.load("runner-a").await? {
-                let view = status_view(&record);
-                writeln!(d.out, "  status    {}", view.change_set.unwrap_or_default())?;
-                writeln!(d.out, "  next step {}", view.next_step)?;
-            }
-            for _ in 0..3 {
-                d.scenario.aws.clock.sleep(driver.requeue_after()).await;
-                let report = driver.tick().await.map_err(ScenarioError::Driver)?;
-                d.print("runner-a", &report)?;
-            }
-            let approval = d.scenario.approve("runner-a").await.map_err(|e| DemoError::Story { story: "infrastructure", what: e.to_string() })?;
-            writeln!(d.out, "  {}  ops       runner-updater approve runner-a   (approves {})", Demo::time(d.clock()), approval.change_set)?;
-            d.drive(&mut driver, Phase::Done).await?;
-            let executed: Vec<String> = d.scenario.aws.cfn.executions().into_iter().map(|(stack, _)| stack).collect();
-            if executed != ["runner-a-iam", "runner-a-main"] {
-                return Err(DemoError::Story { story: "infrastructure", what: format!("executions {executed:?}") });
-            }
-            writeln!(d.out, "  stacks updated in order: {}; then the runner", executed.join(" → "))?;
-            Ok(())
-        })
+        demo.story(
+            "4. Infrastructure first: runner-a 2.14.1 → 2.16.0 needs infrastructure 2 (IAM stack, then main stack)",
+            Phase::Done,
+            infrastructure_first,
+        )
         .await?,
-    );
-
+    ];
     let Demo { scenario, out } = demo;
+    summary(out, &outcomes)?;
+    final_status(&scenario, out).await?;
+    Ok(outcomes)
+}
+
+/// Checks each story ended as told, then prints the summary table.
+fn summary(out: &mut dyn Write, outcomes: &[StoryOutcome]) -> Result<(), DemoError> {
     let expected = [
         (Phase::Done, 1, 1),
         (Phase::RolledBack, 1, 2),
@@ -326,6 +254,11 @@ pub async fn run(
         )?;
     }
     writeln!(out, "  (story 2 counts the rollback as its second service update; story 3 registered and updated once despite the crash; story 4 executed one change set per stack before the runner update)")?;
+    Ok(())
+}
+
+/// `runner-updater status` at the end of the demo.
+async fn final_status(scenario: &Scenario, out: &mut dyn Write) -> Result<(), DemoError> {
     writeln!(out, "\n$ runner-updater status")?;
     let mut views = Vec::new();
     for runner in ["runner-a", "runner-b"] {
@@ -338,7 +271,165 @@ pub async fn run(
         }
     }
     write!(out, "{}", render_status(&views, 4))?;
-    Ok(outcomes)
+    Ok(())
+}
+
+/// Story: A clean update.
+async fn clean_update(d: &mut Demo<'_>) -> Result<(), DemoError> {
+    let mut driver = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
+    d.ops("runner-a", "version", "2.14.0")?;
+    d.drive(&mut driver, Phase::Done).await?;
+    Ok(())
+}
+
+/// Story: A bad version: rolled back and quarantined.
+async fn bad_version(d: &mut Demo<'_>) -> Result<(), DemoError> {
+    let image = d.scenario.image_for("runner-b", "2.15.0");
+    d.scenario.image_behaves(
+        &image,
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(10),
+        },
+    );
+    writeln!(d.out, "  (simulation: tasks of {image} exit 10 s after they start, before their health check passes)")?;
+    let mut driver = runner_driver(&d.scenario, "runner-b", CrashPlan::default())?;
+    d.ops("runner-b", "version", "2.15.0")?;
+    d.drive(&mut driver, Phase::RolledBack).await?;
+    // The next passes leave the quarantined version alone.
+    for _ in 0..3 {
+        d.scenario.aws.clock.sleep(driver.requeue_after()).await;
+        let report = driver.tick().await.map_err(ScenarioError::Driver)?;
+        d.print("runner-b", &report)?;
+    }
+    let record = d.scenario.store.load("runner-b").await?;
+    let quarantined = record.as_ref().and_then(|r| {
+        r.verdict
+            .iter()
+            .find(|v| Rule::from_name(&v.rule) == Some(Rule::NotFailed) && !v.passed)
+            .cloned()
+    });
+    match quarantined {
+        Some(rule) => writeln!(
+            d.out,
+            "  next passes: rule not-failed fails — {}",
+            rule.reason
+        )?,
+        None => {
+            return Err(DemoError::Story {
+                story: "bad version",
+                what: "the version was not quarantined".to_owned(),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// Story: A crash right after `UpdateService`, then a restart that resumes.
+async fn crash_in_the_middle(d: &mut Demo<'_>) -> Result<(), DemoError> {
+    let plan = CrashPlan {
+        after_command_where: Some(|c| matches!(c, Command::UpdateService { .. })),
+        ..CrashPlan::default()
+    };
+    let mut driver = runner_driver(&d.scenario, "runner-a", plan)?;
+    d.ops("runner-a", "version", "2.14.1")?;
+    let crashed = d.drive(&mut driver, Phase::Done).await?;
+    let Some(crash) = crashed else {
+        return Err(DemoError::Story {
+            story: "crash",
+            what: "the planned crash did not happen".to_owned(),
+        });
+    };
+    drop(driver);
+    writeln!(
+        d.out,
+        "  {}  ✗ process killed ({crash}); the service update was sent, its result never recorded",
+        Demo::time(d.clock())
+    )?;
+    let mut restarted = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
+    writeln!(
+        d.out,
+        "  {}  ↻ restarted: loading the record and resuming where it stopped",
+        Demo::time(d.clock())
+    )?;
+    d.drive(&mut restarted, Phase::Done).await?;
+    Ok(())
+}
+
+/// Story: Infrastructure first: the stacks in order, one held for approval, then the runner.
+async fn infrastructure_first(d: &mut Demo<'_>) -> Result<(), DemoError> {
+    let (iam, main) = (
+        TEMPLATES.to_owned() + "iam-2.json",
+        TEMPLATES.to_owned() + "main-2.json",
+    );
+    let mut iam_template = initial_template();
+    if let Some(config) = iam_template.resources.first_mut() {
+        "v2".clone_into(&mut config.properties);
+    }
+    let mut main_template = initial_template().parameter("AvailabilityZones", Some("a,b"));
+    if let Some(queue) = main_template.resources.get_mut(1) {
+        *queue = SimResource::new("Queue", "AWS::SQS::Queue", "v2")
+            .using(&["Size"])
+            .replaced();
+    }
+    d.scenario.aws.cfn.put_template(&iam, iam_template);
+    d.scenario.aws.cfn.put_template(&main, main_template);
+    writeln!(d.out, "  (simulation: templates published in S3; the main one replaces the queue, so policy `safe` holds it for a human)")?;
+    let mut driver = runner_driver(&d.scenario, "runner-a", CrashPlan::default())?;
+    d.ops("runner-a", "infra-version", "2")?;
+    d.ops("runner-a", "stacks/runner-a-iam/template-url", &iam)?;
+    d.ops("runner-a", "stacks/runner-a-main/template-url", &main)?;
+    d.ops(
+        "runner-a",
+        "stacks/runner-a-main/parameters",
+        r#"{"AvailabilityZones":"a,b,c"}"#,
+    )?;
+    d.ops("runner-a", "version", "2.16.0")?;
+    d.drive(&mut driver, Phase::AwaitingApproval).await?;
+    if let Some(record) = d.scenario.store.load("runner-a").await? {
+        let view = status_view(&record);
+        writeln!(d.out, "  status    {}", view.change_set.unwrap_or_default())?;
+        writeln!(d.out, "  next step {}", view.next_step)?;
+    }
+    for _ in 0..3 {
+        d.scenario.aws.clock.sleep(driver.requeue_after()).await;
+        let report = driver.tick().await.map_err(ScenarioError::Driver)?;
+        d.print("runner-a", &report)?;
+    }
+    let approval = d
+        .scenario
+        .approve("runner-a")
+        .await
+        .map_err(|e| DemoError::Story {
+            story: "infrastructure",
+            what: e.to_string(),
+        })?;
+    writeln!(
+        d.out,
+        "  {}  ops       runner-updater approve runner-a   (approves {})",
+        Demo::time(d.clock()),
+        approval.change_set
+    )?;
+    d.drive(&mut driver, Phase::Done).await?;
+    let executed: Vec<String> = d
+        .scenario
+        .aws
+        .cfn
+        .executions()
+        .into_iter()
+        .map(|(stack, _)| stack)
+        .collect();
+    if executed != ["runner-a-iam", "runner-a-main"] {
+        return Err(DemoError::Story {
+            story: "infrastructure",
+            what: format!("executions {executed:?}"),
+        });
+    }
+    writeln!(
+        d.out,
+        "  stacks updated in order: {}; then the runner",
+        executed.join(" → ")
+    )?;
+    Ok(())
 }
 
 fn runner_driver(

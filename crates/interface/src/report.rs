@@ -408,12 +408,20 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
 
 /// The human status table, then a detail block per runner.
 #[must_use]
-#[allow(clippy::too_many_lines)] // one line of the status table after another
 pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
     if views.is_empty() {
         return "no runner has a record yet (has the controller run?)\n".to_owned();
     }
     let mut out = String::new();
+    status_table(&mut out, views);
+    for v in views {
+        status_detail(&mut out, v, transitions_max);
+    }
+    out
+}
+
+/// One line per runner.
+fn status_table(out: &mut String, views: &[StatusView]) {
     let _ = writeln!(
         out,
         "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} REASON",
@@ -440,78 +448,80 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
             v.reason_code.as_deref().unwrap_or("-")
         );
     }
-    for v in views {
-        let _ = writeln!(out, "\n{}", v.runner);
-        if let Some(running) = &v.running {
-            let _ = writeln!(out, "  running   : {}", running.summary);
-        }
-        let _ = writeln!(out, "  next step : {}", v.next_step);
-        if let Some(reason) = &v.reason {
-            let _ = writeln!(out, "  reason    : {reason}");
-        }
-        if let Some(desired) = &v.desired {
-            for line in desired_lines(&v.runner, desired) {
-                let _ = writeln!(out, "  {line}");
-            }
-        }
-        if let Some(attempt) = &v.attempt {
-            let _ = writeln!(
-                out,
-                "  attempt   : {attempt} ({} -> {})",
-                v.from_version.as_deref().unwrap_or("unknown"),
-                v.target_version.as_deref().unwrap_or("?")
-            );
-        }
-        if let Some(change_set) = &v.change_set {
-            let _ = writeln!(out, "  change set: {change_set}");
-        }
-        let _ = writeln!(
-            out,
-            "  trace id  : {}",
-            v.trace_id.as_deref().unwrap_or("-")
-        );
-        let _ = writeln!(
-            out,
-            "  lock epoch: {}",
-            v.lock_epoch
-                .map_or_else(|| "-".to_owned(), |e| e.to_string())
-        );
-        let _ = writeln!(
-            out,
-            "  lease     : {}",
-            match &v.lease {
-                LeaseView::Held(holder) => format!("held by {holder}"),
-                LeaseView::Free => "free".to_owned(),
-                LeaseView::NotRead(why) => format!("not read ({why})"),
-            }
-        );
-        let (failed, transitions) = v
-            .record
-            .as_ref()
-            .map_or((&[][..], &[][..]), |r| (&r.failed[..], &r.transitions[..]));
-        for failed in failed {
-            let _ = writeln!(
-                out,
-                "  failed    : {} ({}) at {}: {}",
-                failed.version,
-                failed.image,
-                Millis(failed.at),
-                failed.reason
-            );
-        }
-        if !transitions.is_empty() {
-            let _ = writeln!(out, "  last transitions:");
-            for t in transitions.iter().rev().take(transitions_max).rev() {
-                let note = t
-                    .note
-                    .as_deref()
-                    .map(|n| format!("  ({n})"))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "    {}  {} -> {}{note}", Millis(t.at), t.from, t.to);
-            }
+}
+
+/// A runner's detail block: where it runs, what is next, why, its attempt, lease, quarantines
+/// and last transitions.
+fn status_detail(out: &mut String, v: &StatusView, transitions_max: usize) {
+    let _ = writeln!(out, "\n{}", v.runner);
+    if let Some(running) = &v.running {
+        let _ = writeln!(out, "  running   : {}", running.summary);
+    }
+    let _ = writeln!(out, "  next step : {}", v.next_step);
+    if let Some(reason) = &v.reason {
+        let _ = writeln!(out, "  reason    : {reason}");
+    }
+    if let Some(desired) = &v.desired {
+        for line in desired_lines(&v.runner, desired) {
+            let _ = writeln!(out, "  {line}");
         }
     }
-    out
+    if let Some(attempt) = &v.attempt {
+        let _ = writeln!(
+            out,
+            "  attempt   : {attempt} ({} -> {})",
+            v.from_version.as_deref().unwrap_or("unknown"),
+            v.target_version.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(change_set) = &v.change_set {
+        let _ = writeln!(out, "  change set: {change_set}");
+    }
+    let _ = writeln!(
+        out,
+        "  trace id  : {}",
+        v.trace_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "  lock epoch: {}",
+        v.lock_epoch
+            .map_or_else(|| "-".to_owned(), |e| e.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "  lease     : {}",
+        match &v.lease {
+            LeaseView::Held(holder) => format!("held by {holder}"),
+            LeaseView::Free => "free".to_owned(),
+            LeaseView::NotRead(why) => format!("not read ({why})"),
+        }
+    );
+    let (failed, transitions) = v
+        .record
+        .as_ref()
+        .map_or((&[][..], &[][..]), |r| (&r.failed[..], &r.transitions[..]));
+    for failed in failed {
+        let _ = writeln!(
+            out,
+            "  failed    : {} ({}) at {}: {}",
+            failed.version,
+            failed.image,
+            Millis(failed.at),
+            failed.reason
+        );
+    }
+    if !transitions.is_empty() {
+        let _ = writeln!(out, "  last transitions:");
+        for t in transitions.iter().rev().take(transitions_max).rev() {
+            let note = t
+                .note
+                .as_deref()
+                .map(|n| format!("  ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    {}  {} -> {}{note}", Millis(t.at), t.from, t.to);
+        }
+    }
 }
 
 /// The lines `status` shows about the desired state: a desired image that is not the running

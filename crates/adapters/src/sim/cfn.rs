@@ -426,6 +426,90 @@ fn advance(stack: &mut SimStack, now: Millis) {
     }
 }
 
+/// What CloudFormation checks before it creates a change set, in its order: the name is free,
+/// the stack is not updating, every parameter given is the template's, the capabilities
+/// needed are acknowledged.
+fn refusal(
+    stack: &SimStack,
+    new_template: &SimTemplate,
+    request: &ChangeSetRequest,
+) -> Result<(), PortError> {
+    const OP: AwsOp = AwsOp::CreateChangeSet;
+    if stack.change_sets.contains_key(&request.name) {
+        return Err(PortError::new(
+            ErrorKind::Conflict,
+            OP,
+            format!(
+                "AlreadyExistsException: ChangeSet {} already exists",
+                request.name
+            ),
+        ));
+    }
+    if stack.state.status.progress() == StackProgress::InProgress {
+        return Err(validation(
+            OP,
+            &format!(
+                "Stack:{} is in {} state and can not be updated.",
+                request.stack, stack.state.status
+            ),
+        ));
+    }
+    for key in request.parameters.keys().chain(&request.keep_parameters) {
+        if !new_template.parameters.contains_key(key) {
+            return Err(validation(
+                OP,
+                &format!("Parameters: [{key}] do not exist in the template"),
+            ));
+        }
+    }
+    let needed = new_template.capabilities();
+    if !needed.is_empty()
+        && !request
+            .capabilities
+            .iter()
+            .any(|c| c == "CAPABILITY_IAM" || c == "CAPABILITY_NAMED_IAM")
+    {
+        return Err(PortError::new(
+            ErrorKind::Permanent,
+            OP,
+            "InsufficientCapabilitiesException: Requires capabilities : [CAPABILITY_IAM]",
+        ));
+    }
+    Ok(())
+}
+
+/// The change set's parameters: given, kept from the stack, or the template's default; a
+/// parameter with none of these fails the change set.
+fn resolve_parameters(
+    stack: &SimStack,
+    new_template: &SimTemplate,
+    request: &ChangeSetRequest,
+) -> (BTreeMap<String, String>, Option<String>) {
+    let mut parameters = BTreeMap::new();
+    let mut failure = None;
+    for (key, default) in &new_template.parameters {
+        let value = request
+            .parameters
+            .get(key)
+            .cloned()
+            .or_else(|| {
+                request
+                    .keep_parameters
+                    .contains(key)
+                    .then(|| stack.state.parameters.get(key).cloned())
+                    .flatten()
+            })
+            .or_else(|| default.clone());
+        match value {
+            Some(value) => {
+                parameters.insert(key.clone(), value);
+            }
+            None => failure = Some(format!("Parameters: [{key}] must have values")),
+        }
+    }
+    (parameters, failure)
+}
+
 /// The changes from (`template`, `parameters`) to (`new`, `new_parameters`).
 fn diff(
     template: &SimTemplate,
@@ -523,7 +607,6 @@ impl CloudFormation for SimCfn {
         })
     }
 
-    #[allow(clippy::too_many_lines)] // the simulated CreateChangeSet: the checks CloudFormation makes, in its order, then the diff
     async fn create_change_set(&self, request: &ChangeSetRequest) -> Result<String, PortError> {
         const OP: AwsOp = AwsOp::CreateChangeSet;
         self.faults.mutate(OP, || {
@@ -555,68 +638,8 @@ impl CloudFormation for SimCfn {
                 .get_mut(&request.stack)
                 .ok_or_else(|| not_found(OP, format!("Stack [{}] does not exist", request.stack)))?;
             advance(stack, now);
-            if stack.change_sets.contains_key(&request.name) {
-                return Err(PortError::new(
-                    ErrorKind::Conflict,
-                    OP,
-                    format!(
-                        "AlreadyExistsException: ChangeSet {} already exists",
-                        request.name
-                    ),
-                ));
-            }
-            if stack.state.status.progress() == StackProgress::InProgress {
-                return Err(validation(
-                    OP,
-                    &format!(
-                        "Stack:{} is in {} state and can not be updated.",
-                        request.stack, stack.state.status
-                    ),
-                ));
-            }
-            for key in request.parameters.keys().chain(&request.keep_parameters) {
-                if !new_template.parameters.contains_key(key) {
-                    return Err(validation(
-                        OP,
-                        &format!("Parameters: [{key}] do not exist in the template"),
-                    ));
-                }
-            }
-            let needed = new_template.capabilities();
-            if !needed.is_empty()
-                && !request
-                    .capabilities
-                    .iter()
-                    .any(|c| c == "CAPABILITY_IAM" || c == "CAPABILITY_NAMED_IAM")
-            {
-                return Err(PortError::new(
-                    ErrorKind::Permanent,
-                    OP,
-                    "InsufficientCapabilitiesException: Requires capabilities : [CAPABILITY_IAM]",
-                ));
-            }
-            let mut parameters = BTreeMap::new();
-            let mut failure = None;
-            for (key, default) in &new_template.parameters {
-                let value = request
-                    .parameters
-                    .get(key)
-                    .cloned()
-                    .or_else(|| {
-                        request
-                            .keep_parameters
-                            .contains(key)
-                            .then(|| stack.state.parameters.get(key).cloned())
-                            .flatten()
-                    })
-                    .or_else(|| default.clone());
-                match value {
-                    Some(value) => {
-                        parameters.insert(key.clone(), value);
-                    }
-                    None => failure = Some(format!("Parameters: [{key}] must have values")),
-                }
-            }
+            refusal(stack, &new_template, request)?;
+            let (parameters, mut failure) = resolve_parameters(stack, &new_template, request);
             let changes = diff(
                 &stack.template,
                 &stack.state.parameters,

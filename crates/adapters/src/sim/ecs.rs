@@ -207,8 +207,17 @@ impl EcsWorld {
         self.services.insert(key.clone(), service);
     }
 
-    #[allow(clippy::too_many_lines)] // one step of a simulated rollout: every task and deployment rule in the order ECS applies them
+    /// One step of a simulated rollout, in the order ECS applies its rules: the tasks, the
+    /// circuit breaker, then the primary deployment.
     fn step(&mut self, service: &mut SimService, t: Millis) {
+        self.step_tasks(service, t);
+        self.circuit_breaker(service);
+        self.step_primary(service, t);
+    }
+
+    /// Tasks start, turn healthy or unhealthy, crash or are stopped; each deployment counts
+    /// its failed tasks; only the most recent stopped tasks stay listed.
+    fn step_tasks(&mut self, service: &mut SimService, t: Millis) {
         let mut failed_by_deployment: BTreeMap<String, u32> = BTreeMap::new();
         for task in service
             .tasks
@@ -275,7 +284,12 @@ impl EcsWorld {
             excess -= usize::from(drop);
             !drop
         });
+    }
 
+    /// A primary deployment in progress with as many failed tasks as the threshold is failed
+    /// and rolled back to the last completed task definition (or, with nothing to roll back
+    /// to, marked failed and left primary).
+    fn circuit_breaker(&mut self, service: &mut SimService) {
         let threshold = self
             .breaker_minimum
             .max(service.desired_count.div_ceil(2).min(200));
@@ -324,7 +338,11 @@ impl EcsWorld {
                 },
             );
         }
+    }
 
+    /// The primary deployment starts the tasks it misses, and completes once enough are
+    /// running (and healthy, with a health check).
+    fn step_primary(&mut self, service: &mut SimService, t: Millis) {
         let Some(primary) = service
             .deployments
             .iter()

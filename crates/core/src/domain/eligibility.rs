@@ -171,9 +171,8 @@ pub struct EligibilityInput<'a> {
     pub failed: &'a [FailedMark],
 }
 
-/// Evaluates every rule.
+/// Evaluates every rule, in order.
 #[must_use]
-#[allow(clippy::too_many_lines)] // the six rules in their order, each a flat block that reads like the README's table
 pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
     let EligibilityInput {
         desired,
@@ -181,12 +180,29 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
         controller_channel,
         failed,
     } = input;
-    let outcome = |rule, passed, reason: String| RuleOutcome {
+    Verdict {
+        outcomes: vec![
+            channel(desired, controller_channel),
+            auto_update(desired),
+            infrastructure(desired, observed),
+            newer_version(desired, observed),
+            different_image(desired, observed),
+            not_failed(desired, failed),
+        ],
+    }
+}
+
+fn outcome(rule: Rule, passed: bool, reason: String) -> RuleOutcome {
+    RuleOutcome {
         rule,
         passed,
         reason,
-    };
-    let channel = if desired.channel == controller_channel {
+    }
+}
+
+/// Rule 1, `channel`: the runner is on the controller's channel.
+fn channel(desired: &DesiredState, controller_channel: &str) -> RuleOutcome {
+    if desired.channel == controller_channel {
         outcome(
             Rule::Channel,
             true,
@@ -201,8 +217,12 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 desired.channel
             ),
         )
-    };
-    let auto_update = if desired.auto_update {
+    }
+}
+
+/// Rule 2, `auto-update`: the runner is not held.
+fn auto_update(desired: &DesiredState) -> RuleOutcome {
+    if desired.auto_update {
         outcome(Rule::AutoUpdate, true, "auto-update is on".to_owned())
     } else {
         outcome(
@@ -210,8 +230,12 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             false,
             "auto-update is off: the runner is held where it is".to_owned(),
         )
-    };
-    let infrastructure = match infra::plan(desired, &observed.stacks, &[]) {
+    }
+}
+
+/// Rule 3, `infrastructure`: the stacks can serve the version (or are updated first).
+fn infrastructure(desired: &DesiredState, observed: &Observed) -> RuleOutcome {
+    match infra::plan(desired, &observed.stacks, &[]) {
         Err(gap) => outcome(
             Rule::Infrastructure,
             false,
@@ -244,8 +268,12 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 format!("the infrastructure is at the required version {wanted}"),
             ),
         },
-    };
-    let newer = match &observed.current_version {
+    }
+}
+
+/// Rule 4, `newer-version`: the desired version is newer (or a rebuild of the running one).
+fn newer_version(desired: &DesiredState, observed: &Observed) -> RuleOutcome {
+    match &observed.current_version {
         None => outcome(
             Rule::NewerVersion,
             true,
@@ -303,8 +331,12 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 ),
             ),
         },
-    };
-    let different_image = if desired.image == observed.running_image {
+    }
+}
+
+/// Rule 5, `different-image`: the desired image is not the running one.
+fn different_image(desired: &DesiredState, observed: &Observed) -> RuleOutcome {
+    if desired.image == observed.running_image {
         outcome(
             Rule::DifferentImage,
             false,
@@ -319,9 +351,13 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
                 desired.image, observed.running_image
             ),
         )
-    };
+    }
+}
+
+/// Rule 6, `not-failed`: the version and image are not quarantined.
+fn not_failed(desired: &DesiredState, failed: &[FailedMark]) -> RuleOutcome {
     let fingerprint = infra::fingerprint(desired);
-    let not_failed = match failed
+    match failed
         .iter()
         .find(|mark| mark.matches(&desired.version, &desired.image, fingerprint.as_deref()))
     {
@@ -338,16 +374,6 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             true,
             "this version has not failed before".to_owned(),
         ),
-    };
-    Verdict {
-        outcomes: vec![
-            channel,
-            auto_update,
-            infrastructure,
-            newer,
-            different_image,
-            not_failed,
-        ],
     }
 }
 

@@ -7,7 +7,9 @@ use super::*;
 use runner_updater_core::domain::resume::{rollback_made, update_progress, UpdateProgress};
 
 impl RunnerDriver {
-    #[allow(clippy::too_many_lines)] // one flat match over the commands
+    /// Executes one command: waits out ECS's consistency window when the call may already
+    /// have been made, checks the fence, then makes the call and turns its answer into an
+    /// event.
     pub(super) async fn execute(&mut self, command: &Command) -> Result<Event, DriverError> {
         let now = self.ports.clock.now();
         tracing::debug!(runner = %self.runner.name, command = command.name(), "executing");
@@ -26,8 +28,27 @@ impl RunnerDriver {
                 ),
             });
         }
-        // A first call: its state was entered in this pass and nothing was called since it
-        // was entered, so there is nothing to find again (no search through the family).
+        let first_call = self.first_call(command, now);
+        self.fencing = fencing_epoch(command).map(|epoch| (command.name(), epoch));
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
+        let result = self.call(command, first_call, now).await?;
+        Ok(result.unwrap_or_else(|error| Event::CommandFailed {
+            command: command.name(),
+            class: match error.kind {
+                ErrorKind::Transient | ErrorKind::Throttled => FailureClass::Transient,
+                ErrorKind::Conflict => FailureClass::Conflict,
+                ErrorKind::Permanent | ErrorKind::NotFound => FailureClass::Permanent,
+            },
+            message: error.to_string(),
+        }))
+    }
+
+    /// Whether this is a first call: its state was entered in this pass and nothing was called
+    /// since it was entered, so there is nothing to find again (no search through the family).
+    /// Notes the time of an ECS mutation.
+    fn first_call(&mut self, command: &Command, now: Millis) -> bool {
         let since = self
             .machine
             .as_ref()
@@ -41,27 +62,20 @@ impl RunnerDriver {
         ) {
             self.last_call_at = Some(now);
         }
-        self.fencing = fencing_epoch(command).map(|epoch| (command.name(), epoch));
-        if let Some(refused) = self.fence().await {
-            return Ok(refused);
-        }
-        let result = match command {
-            Command::Observe => return Ok(Event::Observed(Box::new(self.observe().await?))),
-            Command::AcquireLock { .. } => {
-                let sent = self.ports.clock.monotonic();
-                let outcome = self
-                    .ports
-                    .lock
-                    .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
-                    .await;
-                if let Ok(LockOutcome::Acquired { .. }) = outcome {
-                    self.lease_until = Some(sent + self.lease_ttl);
-                }
-                outcome.map(|outcome| match outcome {
-                    LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
-                    LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
-                })
-            }
+        first_call
+    }
+
+    /// The call a command makes (one flat match over the commands): the outer error stops the
+    /// tick (an observation that could not be made), the inner one is the command's failure.
+    async fn call(
+        &mut self,
+        command: &Command,
+        first_call: bool,
+        now: Millis,
+    ) -> Result<Result<Event, PortError>, DriverError> {
+        Ok(match command {
+            Command::Observe => Ok(Event::Observed(Box::new(self.observe().await?))),
+            Command::AcquireLock { .. } => self.acquire_lock(now).await,
             Command::ReleaseLock { epoch } => self
                 .ports
                 .lock
@@ -116,16 +130,24 @@ impl RunnerDriver {
             Command::DeleteChangeSet { stack, name, .. } => {
                 self.delete_change_set(stack, name).await
             }
-        };
-        Ok(result.unwrap_or_else(|error| Event::CommandFailed {
-            command: command.name(),
-            class: match error.kind {
-                ErrorKind::Transient | ErrorKind::Throttled => FailureClass::Transient,
-                ErrorKind::Conflict => FailureClass::Conflict,
-                ErrorKind::Permanent | ErrorKind::NotFound => FailureClass::Permanent,
-            },
-            message: error.to_string(),
-        }))
+        })
+    }
+
+    /// Takes the lease; its local expiry counts from when the request was sent.
+    async fn acquire_lock(&mut self, now: Millis) -> Result<Event, PortError> {
+        let sent = self.ports.clock.monotonic();
+        let outcome = self
+            .ports
+            .lock
+            .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+            .await;
+        if let Ok(LockOutcome::Acquired { .. }) = outcome {
+            self.lease_until = Some(sent + self.lease_ttl);
+        }
+        outcome.map(|outcome| match outcome {
+            LockOutcome::Acquired { epoch } => Event::LockAcquired { epoch },
+            LockOutcome::Busy { holder, .. } => Event::LockBusy { holder },
+        })
     }
 
     async fn register(

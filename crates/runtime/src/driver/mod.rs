@@ -531,8 +531,9 @@ impl RunnerDriver {
         Ok(())
     }
 
-    /// Handles one event, persists if anything changed, and returns the commands to execute.
-    #[allow(clippy::too_many_lines)] // the write-ahead step: handle, check the table, save, fence, trace, in this order
+    /// Handles one event, persists if anything changed, and returns the commands to execute:
+    /// the write-ahead step (the machine's step and its table check, the trace, then the save
+    /// and its guards, in this order).
     async fn handle(
         &mut self,
         event: Event,
@@ -552,121 +553,28 @@ impl RunnerDriver {
         if let Some(violation) = ctx.violations.first() {
             return Err(DriverError::Bug(violation.clone()));
         }
-        if !matches!(phase_of(machine.state()), p if p.is_resting() || p == Phase::Checking) {
+        let phase = phase_of(machine.state());
+        if !(phase.is_resting() || phase == Phase::Checking) {
             self.this_pass.attempt_active = true;
         }
-        if phase_of(machine.state()).is_resting() {
+        if phase.is_resting() {
             // What a pass at rest concluded, for its check span (kept here: a refused write
             // below drops the machine).
             let memory = &machine.inner().memory;
             self.this_pass.rest_outcome =
                 Some(Box::new((memory.note.clone(), memory.verdict.clone())));
         }
-        let history = &machine.inner().memory.history;
-        if history.back() != last_before.as_ref() || history.len() != history_before {
-            let new = history
-                .iter()
-                .rev()
-                .take_while(|t| Some(*t) != last_before.as_ref())
-                .cloned()
-                .collect::<Vec<_>>();
-            self.this_pass.entered = true;
-            let state = machine.state();
-            let phase = phase_of(state);
-            let attempt = machine::attempt_of(state).cloned();
-            let epoch = held_epoch(state);
-            if let (Some(attempt), true) = (
-                &attempt,
-                new.iter()
-                    .any(|t| t.from == Phase::Checking && t.to == Phase::Locked),
-            ) {
-                // An attempt under the lock: its root span, ended at once (a crash cannot lose
-                // it), then its `checking` span with the verdict that started it. A Checking
-                // that ends without the lock is not an attempt: it is told by a check span.
-                let root = telemetry::attempt_span(&self.runner.name, attempt);
-                self.traceparent = telemetry::traceparent(&root);
-                let checking = telemetry::state_span(
-                    &self.runner.name,
-                    Phase::Checking,
-                    attempt,
-                    epoch,
-                    self.traceparent.as_deref(),
-                    false,
-                );
-                if let Some(verdict) = &machine.inner().memory.verdict {
-                    telemetry::record_verdict(&checking, verdict);
-                }
-            }
-            // Leaving a state ends its span; entering one opens the next.
-            self.state_span = attempt
-                .as_ref()
-                .filter(|_| !matches!(phase, Phase::Idle | Phase::Checking))
-                .map(|attempt| {
-                    telemetry::state_span(
-                        &self.runner.name,
-                        phase,
-                        attempt,
-                        epoch,
-                        self.traceparent.as_deref(),
-                        false,
-                    )
-                });
-            let span = self.state_span.clone().unwrap_or_else(tracing::Span::none);
-            if let Some(metrics) = &self.metrics {
-                for t in &new {
-                    metrics.transition(&self.runner.name, t.from, t.to);
-                }
-                metrics.set_state(&self.runner.name, phase);
-            }
-            for transition in new.into_iter().rev() {
-                tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
-                report.transitions.push(transition);
-            }
-        }
-        if let (Some(span), Some(step)) =
-            (&self.state_span, machine::change_set_of(machine.state()))
-        {
-            telemetry::record_change_set(span, step);
-        }
-        if phase_of(machine.state()) == Phase::Checking {
+        self.trace_step(history_before, last_before.as_ref(), report);
+        if phase == Phase::Checking {
             // The lease comes first: nothing is written before it is ours. Taking it changes
             // nothing on the runner; its result leads to Locked (saved) or back to rest.
             return Ok(ctx.commands);
         }
-        let mut record = Record::capture(machine);
-        if self.traceparent.is_some() {
-            record.traceparent.clone_from(&self.traceparent);
+        if self.save_step(report).await? {
+            Ok(ctx.commands)
+        } else {
+            Ok(Vec::new())
         }
-        if self.last_saved.as_ref() != Some(&record) {
-            if self.written_by_another().await? {
-                tracing::info!(runner = %self.runner.name, "the record changed since this controller read it (another controller's attempt): reloading");
-                self.machine = None;
-                self.pending.clear();
-                return Ok(Vec::new());
-            }
-            if !self.may_write().await? {
-                tracing::info!(runner = %self.runner.name, "another controller holds the runner: not writing; reloading next pass");
-                self.machine = None;
-                self.pending.clear();
-                return Ok(Vec::new());
-            }
-            if self.fenced_save() && self.lease_lapsed() {
-                // Checked last, right before the write: a controller paused between its
-                // fencing check and here must not write (issue 14, 7b).
-                tracing::info!(runner = %self.runner.name, "the lease ended on this controller's own clock before the record was written: not writing; reloading next pass");
-                self.machine = None;
-                self.pending.clear();
-                return Ok(Vec::new());
-            }
-            self.ports.store.save(&record).await?;
-            self.last_saved = Some(record);
-            self.saves += 1;
-            report.saves += 1;
-            if self.crash.after_save == Some(self.saves) {
-                return Err(DriverError::Crashed(format!("after save #{}", self.saves)));
-            }
-        }
-        Ok(ctx.commands)
     }
 
     /// How long to wait before a non-idempotent ECS call may be decided, if at all: only when

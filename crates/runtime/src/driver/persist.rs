@@ -6,6 +6,48 @@
 use super::*;
 
 impl RunnerDriver {
+    /// The write-ahead save of the machine's state, when it changed: only when no other
+    /// controller wrote the record since it was read, when this controller may write, and
+    /// before its lease ends on its own clock. `false`: not written, the machine dropped (the
+    /// next pass reloads), nothing to execute.
+    pub(super) async fn save_step(&mut self, report: &mut TickReport) -> Result<bool, DriverError> {
+        let Some(machine) = self.machine.as_ref() else {
+            return Err(DriverError::Bug("save without a machine".to_owned()));
+        };
+        let mut record = Record::capture(machine);
+        if self.traceparent.is_some() {
+            record.traceparent.clone_from(&self.traceparent);
+        }
+        if self.last_saved.as_ref() == Some(&record) {
+            return Ok(true);
+        }
+        let refused = if self.written_by_another().await? {
+            Some("the record changed since this controller read it (another controller's attempt): reloading")
+        } else if !self.may_write().await? {
+            Some("another controller holds the runner: not writing; reloading next pass")
+        } else if self.fenced_save() && self.lease_lapsed() {
+            // Checked last, right before the write: a controller paused between its fencing
+            // check and here must not write (issue 14, 7b).
+            Some("the lease ended on this controller's own clock before the record was written: not writing; reloading next pass")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            tracing::info!(runner = %self.runner.name, "{why}");
+            self.machine = None;
+            self.pending.clear();
+            return Ok(false);
+        }
+        self.ports.store.save(&record).await?;
+        self.last_saved = Some(record);
+        self.saves += 1;
+        report.saves += 1;
+        if self.crash.after_save == Some(self.saves) {
+            return Err(DriverError::Crashed(format!("after save #{}", self.saves)));
+        }
+        Ok(true)
+    }
+
     pub(super) async fn load(&mut self) -> Result<(), DriverError> {
         let loaded =
             self.ports

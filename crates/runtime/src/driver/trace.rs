@@ -26,6 +26,86 @@ impl RunnerDriver {
         telemetry::check_span(&self.runner.name, outcome, reason, verdict);
     }
 
+    /// After a step of the machine: the transitions it made, told as spans (an attempt's root
+    /// and `checking` spans when the lock is taken, a span per state entered), metrics and
+    /// logs, and the change set on the state's span.
+    pub(super) fn trace_step(
+        &mut self,
+        history_before: usize,
+        last_before: Option<&TransitionEntry>,
+        report: &mut TickReport,
+    ) {
+        let Some(machine) = self.machine.as_ref() else {
+            return;
+        };
+        let history = &machine.inner().memory.history;
+        if history.back() != last_before || history.len() != history_before {
+            let new = history
+                .iter()
+                .rev()
+                .take_while(|t| Some(*t) != last_before)
+                .cloned()
+                .collect::<Vec<_>>();
+            self.this_pass.entered = true;
+            let state = machine.state();
+            let phase = phase_of(state);
+            let attempt = machine::attempt_of(state).cloned();
+            let epoch = held_epoch(state);
+            if let (Some(attempt), true) = (
+                &attempt,
+                new.iter()
+                    .any(|t| t.from == Phase::Checking && t.to == Phase::Locked),
+            ) {
+                // An attempt under the lock: its root span, ended at once (a crash cannot lose
+                // it), then its `checking` span with the verdict that started it. A Checking
+                // that ends without the lock is not an attempt: it is told by a check span.
+                let root = telemetry::attempt_span(&self.runner.name, attempt);
+                self.traceparent = telemetry::traceparent(&root);
+                let checking = telemetry::state_span(
+                    &self.runner.name,
+                    Phase::Checking,
+                    attempt,
+                    epoch,
+                    self.traceparent.as_deref(),
+                    false,
+                );
+                if let Some(verdict) = &machine.inner().memory.verdict {
+                    telemetry::record_verdict(&checking, verdict);
+                }
+            }
+            // Leaving a state ends its span; entering one opens the next.
+            self.state_span = attempt
+                .as_ref()
+                .filter(|_| !matches!(phase, Phase::Idle | Phase::Checking))
+                .map(|attempt| {
+                    telemetry::state_span(
+                        &self.runner.name,
+                        phase,
+                        attempt,
+                        epoch,
+                        self.traceparent.as_deref(),
+                        false,
+                    )
+                });
+            let span = self.state_span.clone().unwrap_or_else(tracing::Span::none);
+            if let Some(metrics) = &self.metrics {
+                for t in &new {
+                    metrics.transition(&self.runner.name, t.from, t.to);
+                }
+                metrics.set_state(&self.runner.name, phase);
+            }
+            for transition in new.into_iter().rev() {
+                tracing::info!(parent: &span, runner = %self.runner.name, from = %transition.from, to = %transition.to, note = transition.note.as_deref().unwrap_or(""), "transition");
+                report.transitions.push(transition);
+            }
+        }
+        if let (Some(span), Some(step)) =
+            (&self.state_span, machine::change_set_of(machine.state()))
+        {
+            telemetry::record_change_set(span, step);
+        }
+    }
+
     /// A span for one command, under the current state's span.
     pub(super) fn command_span(&self, command: &Command) -> tracing::Span {
         let Some(parent) = &self.state_span else {
