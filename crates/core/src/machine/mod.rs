@@ -2092,6 +2092,9 @@ pub fn restore(machine: RunnerMachine, state: State, ctx: &mut Ctx) -> Machine {
 }
 
 #[cfg(test)]
+mod transition_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
