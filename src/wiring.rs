@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use runner_updater_adapters::clock::SystemClock;
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
+use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm};
 use runner_updater_adapters::store::{FileStore, SsmStore};
 use runner_updater_aws::{AwsClients, SdkSettings};
 use runner_updater_config::{Config, StateBackend};
-use runner_updater_ports::{ApiFamily, Clock, ParameterStore, StateStore};
+use runner_updater_ports::{Clock, ParameterStore, StateStore};
 use runner_updater_runtime::driver::Ports;
 
 /// This host's name: `HOSTNAME` (the pod's name on Kubernetes), else the kernel's.
@@ -51,20 +51,22 @@ pub async fn aws_ports(config: &Config) -> Ports {
     let clients = AwsClients::from_env(sdk_settings(config)).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
-    let limiter = |family, per_sec| Arc::new(Limiter::new(family, per_sec, clock.clone()));
-    let ssm: Arc<dyn ParameterStore> = Arc::new(LimitedSsm::new(
+    let ssm: Arc<dyn ParameterStore> = Arc::new(limit_ssm(
         Arc::new(clients.ssm),
-        limiter(ApiFamily::Ssm, limits.ssm_per_sec),
+        limits.ssm_per_sec,
+        clock.clone(),
     ));
     Ports {
         ssm: ssm.clone(),
-        ecs: Arc::new(LimitedEcs::new(
+        ecs: Arc::new(limit_ecs(
             Arc::new(clients.ecs),
-            limiter(ApiFamily::Ecs, limits.ecs_per_sec),
+            limits.ecs_per_sec,
+            clock.clone(),
         )),
-        cfn: Arc::new(LimitedCfn::new(
+        cfn: Arc::new(limit_cfn(
             Arc::new(clients.cfn),
-            limiter(ApiFamily::CloudFormation, limits.cloudformation_per_sec),
+            limits.cloudformation_per_sec,
+            clock.clone(),
         )),
         lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
         store: store_on(config, ssm),

@@ -28,9 +28,101 @@ use runner_updater_core::domain::revision_search::{family_revision, RevisionSear
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::StoreError;
 use runner_updater_ports::{
-    ChangeSetRequest, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
+    ChangeSetRequest, CloudFormation, Decorated, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
     StateStore, TASK_DEFINITIONS_PAGE_MAX,
 };
+
+/// Checks, call by call, that a port method makes the SDK calls the one table says
+/// (`PortCall::sdk_calls`: what the limiter weighs and the benchmark counts): the operations
+/// the AWS adapters send are heard through the SDK call observer, per test thread (each
+/// `#[tokio::test]` runs on a current-thread runtime of its own, and nothing here calls two
+/// ports at once).
+mod table_check {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, Once};
+
+    use async_trait::async_trait;
+    use runner_updater_ports::{AwsOp, Call, Hooks, PortCall, PortError};
+
+    thread_local! {
+        static HEARD: RefCell<Vec<AwsOp>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[derive(Default)]
+    pub struct TableCheck {
+        checked: Mutex<usize>,
+        mismatches: Mutex<Vec<String>>,
+    }
+
+    impl TableCheck {
+        pub fn new() -> Arc<TableCheck> {
+            static INSTALL: Once = Once::new();
+            INSTALL.call_once(|| {
+                runner_updater_aws::observe_calls(Box::new(|operation, _outcome| {
+                    HEARD.with(|heard| heard.borrow_mut().push(operation));
+                }));
+            });
+            Arc::new(TableCheck::default())
+        }
+
+        /// Every call checked agreed with the table; returns how many were checked.
+        pub fn assert_agreed(&self, who: &str) -> usize {
+            let mismatches = self.mismatches.lock().unwrap();
+            assert!(mismatches.is_empty(), "{who}: {mismatches:#?}");
+            *self.checked.lock().unwrap()
+        }
+    }
+
+    fn counts(calls: impl Iterator<Item = (AwsOp, u32)>) -> BTreeMap<AwsOp, u32> {
+        let mut counts = BTreeMap::new();
+        for (operation, times) in calls {
+            *counts.entry(operation).or_default() += times;
+        }
+        counts
+    }
+
+    #[async_trait]
+    impl Hooks for TableCheck {
+        async fn before(&self, _call: &Call<'_>) {
+            HEARD.with(|heard| heard.borrow_mut().clear());
+        }
+
+        async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
+            let heard = counts(
+                HEARD
+                    .with(|heard| std::mem::take(&mut *heard.borrow_mut()))
+                    .into_iter()
+                    .map(|operation| (operation, 1)),
+            );
+            let table = counts(call.port.sdk_calls());
+            // Sized by the answer (task pages, change and event pages): the table's
+            // operations, the first at least once. A failed call may stop early: no more than
+            // the table. Any other call: exactly the table.
+            let sized = matches!(
+                call.port,
+                PortCall::DescribeService | PortCall::DescribeChangeSet | PortCall::StackEvents
+            );
+            let agrees = if failed.is_some() {
+                heard.iter().all(|(op, n)| {
+                    table.get(op).is_some_and(|t| n <= t) || sized && table.contains_key(op)
+                })
+            } else if sized {
+                heard.keys().all(|op| table.contains_key(op)) && heard.contains_key(&call.port.op())
+            } else {
+                heard == table
+            };
+            *self.checked.lock().unwrap() += 1;
+            if !agrees {
+                self.mismatches.lock().unwrap().push(format!(
+                    "{:?} ({}): the adapter made {heard:?}, the table says {table:?}",
+                    call.port,
+                    failed.map_or("ok".to_owned(), ToString::to_string)
+                ));
+            }
+        }
+    }
+}
 
 async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     assert_eq!(
@@ -204,15 +296,22 @@ async fn every_store_refuses_a_record_of_another_runner(
 async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
     let moto = common::Moto::start();
     let clients = moto.clients().await;
+    let check = table_check::TableCheck::new();
+    let on_moto: Arc<dyn ParameterStore> = Arc::new(Decorated::new(
+        Arc::new(clients.ssm.clone()) as Arc<dyn ParameterStore>,
+        check.clone(),
+    ));
     let targets: [(Arc<dyn ParameterStore>, &str); 2] = [
         (Arc::new(SimSsm::default()), "simulation"),
-        (Arc::new(clients.ssm.clone()), "moto"),
+        (on_moto, "moto"),
     ];
     for (ssm, who) in targets {
         parameter_store_contract(ssm.clone(), who).await;
         lease_contract(ssm.clone(), who).await;
         store_contract(ssm, who).await;
     }
+    let checked = check.assert_agreed("SSM on moto");
+    assert!(checked > 50, "only {checked} calls checked");
 }
 
 /// Creates, on moto, a cluster, a rich task definition and a service running it.
@@ -573,7 +672,11 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
     let moto = common::Moto::start();
     let base = moto_runner(&moto.sdk_config().await).await;
     let clients = moto.clients().await;
-    ecs_contract(&clients.ecs, &base, "moto").await;
+    let check = table_check::TableCheck::new();
+    let on_moto = Decorated::new(Arc::new(clients.ecs.clone()) as Arc<dyn Ecs>, check.clone());
+    ecs_contract(&on_moto, &base, "moto").await;
+    let checked = check.assert_agreed("ECS on moto");
+    assert!(checked > 10, "only {checked} calls checked");
 
     let sim = SimAws::new(3);
     sim.create_runner(&SimRunnerSpec {
@@ -896,7 +999,14 @@ async fn cloudformation_behaves_alike_on_the_simulation_and_on_moto() {
             )),
         ),
     };
-    cloudformation_contract(&moto.clients().await.cfn, &Pace::Wall, &urls, "moto").await;
+    let check = table_check::TableCheck::new();
+    let on_moto = Decorated::new(
+        Arc::new(moto.clients().await.cfn) as Arc<dyn CloudFormation>,
+        check.clone(),
+    );
+    cloudformation_contract(&on_moto, &Pace::Wall, &urls, "moto").await;
+    let checked = check.assert_agreed("CloudFormation on moto");
+    assert!(checked > 10, "only {checked} calls checked");
 
     let sim = SimAws::new(1);
     sim.cfn

@@ -7,6 +7,7 @@
 mod common;
 
 use common::world::{kill, Proc, World, ATTEMPT_TIMEOUT_SECS, PREFIX, WAIT};
+use runner_updater_ports::AwsOp;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -495,7 +496,9 @@ async fn traces_reach_a_real_otlp_receiver(receiver_protocol: &str, otel_protoco
         .expect("command spans arrive too");
     let call = spans
         .iter()
-        .find(|s| s["name"] == "UpdateService" && s["parent_span_id"] == command["span_id"])
+        .find(|s| {
+            s["name"] == AwsOp::UpdateService.name() && s["parent_span_id"] == command["span_id"]
+        })
         .expect("the AWS call is a span under its command");
     assert_eq!(call["attributes"]["outcome"], "ok");
     assert!(
@@ -535,7 +538,7 @@ struct LostCase {
     /// The case (and, with `lost-` and hyphens, its runner's name).
     name: &'static str,
     runner: &'static str,
-    operation: &'static str,
+    operation: AwsOp,
     /// `reset` (connection closed without an answer) or `delay` (answered after the client's
     /// attempt timeout).
     mode: &'static str,
@@ -592,21 +595,21 @@ fn record_done(runner: &str) -> Vec<String> {
 
 #[rustfmt::skip]
 const LOST: &[LostCase] = &[
-    LostCase { name: "register_task_definition", runner: "lost-register", operation: "RegisterTaskDefinition", mode: "reset", matching: quoted, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "register_task_definition_delayed", runner: "lost-register-delay", operation: "RegisterTaskDefinition", mode: "delay", matching: quoted, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "update_service_forward", runner: "lost-update", operation: "UpdateService", mode: "reset", matching: forward_revision, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "update_service_forward_delayed", runner: "lost-update-delay", operation: "UpdateService", mode: "delay", matching: forward_revision, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "update_service_rollback", runner: "lost-rollback", operation: "UpdateService", mode: "reset", matching: baseline_revision, story: Story::Rollback, old_epochs: 0 },
-    LostCase { name: "create_change_set", runner: "lost-cs-create", operation: "CreateChangeSet", mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
-    LostCase { name: "execute_change_set", runner: "lost-cs-execute", operation: "ExecuteChangeSet", mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
-    LostCase { name: "execute_change_set_delayed", runner: "lost-cs-execute-delay", operation: "ExecuteChangeSet", mode: "delay", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
-    LostCase { name: "delete_change_set", runner: "lost-cs-delete", operation: "DeleteChangeSet", mode: "reset", matching: main_stack, story: Story::Cancelled, old_epochs: 0 },
-    LostCase { name: "lease_create", runner: "lost-lease-create", operation: "PutParameter", mode: "reset", matching: lock, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "lease_renewal", runner: "lost-lease-renew", operation: "PutParameter", mode: "reset", matching: lock_renewal, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "lease_release", runner: "lost-lease-release", operation: "PutParameter", mode: "reset", matching: lock_release, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "lease_delete_of_an_old_epoch", runner: "lost-lease-delete", operation: "DeleteParameter", mode: "reset", matching: oldest_lock, story: Story::Update, old_epochs: 2 },
-    LostCase { name: "record_first_write", runner: "lost-record-first", operation: "PutParameter", mode: "reset", matching: record, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "record_write_of_done", runner: "lost-record-done", operation: "PutParameter", mode: "reset", matching: record_done, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "register_task_definition", runner: "lost-register", operation: AwsOp::RegisterTaskDefinition, mode: "reset", matching: quoted, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "register_task_definition_delayed", runner: "lost-register-delay", operation: AwsOp::RegisterTaskDefinition, mode: "delay", matching: quoted, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_forward", runner: "lost-update", operation: AwsOp::UpdateService, mode: "reset", matching: forward_revision, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_forward_delayed", runner: "lost-update-delay", operation: AwsOp::UpdateService, mode: "delay", matching: forward_revision, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "update_service_rollback", runner: "lost-rollback", operation: AwsOp::UpdateService, mode: "reset", matching: baseline_revision, story: Story::Rollback, old_epochs: 0 },
+    LostCase { name: "create_change_set", runner: "lost-cs-create", operation: AwsOp::CreateChangeSet, mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "execute_change_set", runner: "lost-cs-execute", operation: AwsOp::ExecuteChangeSet, mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "execute_change_set_delayed", runner: "lost-cs-execute-delay", operation: AwsOp::ExecuteChangeSet, mode: "delay", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
+    LostCase { name: "delete_change_set", runner: "lost-cs-delete", operation: AwsOp::DeleteChangeSet, mode: "reset", matching: main_stack, story: Story::Cancelled, old_epochs: 0 },
+    LostCase { name: "lease_create", runner: "lost-lease-create", operation: AwsOp::PutParameter, mode: "reset", matching: lock, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_renewal", runner: "lost-lease-renew", operation: AwsOp::PutParameter, mode: "reset", matching: lock_renewal, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_release", runner: "lost-lease-release", operation: AwsOp::PutParameter, mode: "reset", matching: lock_release, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "lease_delete_of_an_old_epoch", runner: "lost-lease-delete", operation: AwsOp::DeleteParameter, mode: "reset", matching: oldest_lock, story: Story::Update, old_epochs: 2 },
+    LostCase { name: "record_first_write", runner: "lost-record-first", operation: AwsOp::PutParameter, mode: "reset", matching: record, story: Story::Update, old_epochs: 0 },
+    LostCase { name: "record_write_of_done", runner: "lost-record-done", operation: AwsOp::PutParameter, mode: "reset", matching: record_done, story: Story::Update, old_epochs: 0 },
 ];
 
 impl World {
@@ -920,7 +923,7 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
                 .await;
         }
         let armed = world.moto.lose_answer(&serde_json::json!({
-            "operation": case.operation,
+            "operation": case.operation.name(),
             "match": (case.matching)(case.runner),
             "mode": case.mode,
             // Past the controller's attempt timeout: the SDK has given up on it.
@@ -987,7 +990,7 @@ async fn a_lost_registration_is_found_below_ten_newer_revisions_of_its_family() 
     // enough for ten AWS CLI calls.
     let world = World::custom(&[runner], 1, 1, 30, 20, &[], |_| String::new()).await;
     world.moto.lose_answer(&serde_json::json!({
-        "operation": "RegisterTaskDefinition",
+        "operation": AwsOp::RegisterTaskDefinition.name(),
         "match": quoted(runner),
     }));
     let controller = world.controller("controller-1", None);

@@ -37,9 +37,11 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// `per_sec` calls per second (at least one), a second's worth of burst.
+    /// `per_sec` calls per second (at least one), a second's worth of burst. Outside this
+    /// crate a limiter is made with its port ([`limit_ssm`], [`limit_ecs`], [`limit_cfn`]), so
+    /// that it cannot ration another family's calls.
     #[must_use]
-    pub fn new(family: ApiFamily, per_sec: u32, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(family: ApiFamily, per_sec: u32, clock: Arc<dyn Clock>) -> Self {
         let rate = f64::from(per_sec.max(1));
         Limiter {
             family,
@@ -59,9 +61,12 @@ impl Limiter {
         self.bucket.lock().map_or(self.configured, |b| b.rate)
     }
 
-    /// Waits until `tokens` calls may go.
+    /// Waits until `tokens` calls may go (none: at once).
     pub async fn acquire(&self, tokens: u32) {
-        let needed = f64::from(tokens.max(1));
+        if tokens == 0 {
+            return;
+        }
+        let needed = f64::from(tokens);
         for _ in 0..WAITS_MAX {
             let wait = {
                 let Ok(mut bucket) = self.bucket.lock() else {
@@ -134,6 +139,42 @@ pub type LimitedEcs = Decorated<dyn Ecs, Arc<Limiter>>;
 /// `CloudFormation` behind its limiter.
 pub type LimitedCfn = Decorated<dyn CloudFormation, Arc<Limiter>>;
 
+/// SSM behind a limiter of `per_sec` SSM calls a second (the port and its family bound here,
+/// once).
+#[must_use]
+pub fn limit_ssm(
+    inner: Arc<dyn ParameterStore>,
+    per_sec: u32,
+    clock: Arc<dyn Clock>,
+) -> LimitedSsm {
+    Decorated::new(
+        inner,
+        Arc::new(Limiter::new(ApiFamily::Ssm, per_sec, clock)),
+    )
+}
+
+/// ECS behind a limiter of `per_sec` ECS calls a second.
+#[must_use]
+pub fn limit_ecs(inner: Arc<dyn Ecs>, per_sec: u32, clock: Arc<dyn Clock>) -> LimitedEcs {
+    Decorated::new(
+        inner,
+        Arc::new(Limiter::new(ApiFamily::Ecs, per_sec, clock)),
+    )
+}
+
+/// `CloudFormation` behind a limiter of `per_sec` `CloudFormation` calls a second.
+#[must_use]
+pub fn limit_cfn(
+    inner: Arc<dyn CloudFormation>,
+    per_sec: u32,
+    clock: Arc<dyn Clock>,
+) -> LimitedCfn {
+    Decorated::new(
+        inner,
+        Arc::new(Limiter::new(ApiFamily::CloudFormation, per_sec, clock)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +230,36 @@ mod tests {
         limiter.before(&call).await;
         limiter.after(&call, Some(&throttle)).await;
         assert!((limiter.rate() - 16.0).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn each_port_is_rationed_by_its_own_family_at_the_weight_of_its_calls() {
+        use crate::sim::SimAws;
+        use runner_updater_ports::Ecs;
+        let aws = SimAws::new(7);
+        let clock: Arc<dyn Clock> = Arc::new(aws.clock.clone());
+        // One ECS call a second, no burst beyond it: each `update_service` weighs 2 (it reads
+        // the service, then updates it), an empty batch of services nothing.
+        let ecs = limit_ecs(Arc::new(aws.ecs.clone()), 1, clock.clone());
+        let start = aws.clock.now();
+        for _ in 0..5 {
+            let _ = ecs.describe_services_without_tasks("c", &[]).await;
+        }
+        assert_eq!(aws.clock.now(), start, "an empty batch waits for nothing");
+        for _ in 0..3 {
+            let _ = ecs.update_service("c", "missing", "td:1").await;
+        }
+        // 1 token in the bucket, then 5 more at 1/s (the first waits for its second token).
+        let waited = aws.clock.now().since(start);
+        assert!(
+            (4_900..=5_100).contains(&waited.as_millis()),
+            "waited {waited:?}"
+        );
+        // The SSM and CloudFormation limiters are bound to their own ports (a limiter of
+        // another family would fail the check in `before`, debug builds).
+        let ssm = limit_ssm(Arc::new(aws.ssm.clone()), 10, clock.clone());
+        let _ = runner_updater_ports::ParameterStore::get(&ssm, "/p").await;
+        let cfn = limit_cfn(Arc::new(aws.cfn.clone()), 10, clock);
+        let _ = runner_updater_ports::CloudFormation::describe_stack(&cfn, "s").await;
     }
 }

@@ -188,6 +188,25 @@ const NOT_FOUND_CODES: &[&str] = &[
     "ChangeSetNotFound",
 ];
 
+/// What an AWS error answer means to the controller, from its code, HTTP status and message:
+/// throttling (any of [`THROTTLING_CODES`], or HTTP 429: the limiter slows down), a server
+/// error (retried), not found, already exists (a conflict), or a refusal.
+fn kind_of(code: &str, status: u16, message: &str) -> ErrorKind {
+    if THROTTLING_CODES.contains(&code) || status == 429 {
+        ErrorKind::Throttled
+    } else if SERVER_CODES.contains(&code) || status >= 500 {
+        ErrorKind::Transient
+    } else if NOT_FOUND_CODES.contains(&code)
+        || (code == "ValidationError" && message.contains("does not exist"))
+    {
+        ErrorKind::NotFound
+    } else if code == "ParameterAlreadyExists" || code == "AlreadyExistsException" {
+        ErrorKind::Conflict
+    } else {
+        ErrorKind::Permanent
+    }
+}
+
 /// Classifies an SDK error for the error policy, keeping the code, message and request id
 /// (what AWS support asks for).
 pub(crate) fn classify<E>(operation: AwsOp, error: &SdkError<E>) -> PortError
@@ -218,19 +237,7 @@ where
             let code = context.err().code().unwrap_or("Unknown");
             let message = context.err().message().unwrap_or("");
             let status = context.raw().status().as_u16();
-            let kind = if THROTTLING_CODES.contains(&code) || status == 429 {
-                ErrorKind::Throttled
-            } else if SERVER_CODES.contains(&code) || status >= 500 {
-                ErrorKind::Transient
-            } else if NOT_FOUND_CODES.contains(&code)
-                || (code == "ValidationError" && message.contains("does not exist"))
-            {
-                ErrorKind::NotFound
-            } else if code == "ParameterAlreadyExists" || code == "AlreadyExistsException" {
-                ErrorKind::Conflict
-            } else {
-                ErrorKind::Permanent
-            };
+            let kind = kind_of(code, status, message);
             PortError::new(
                 kind,
                 operation,
@@ -239,5 +246,49 @@ where
             )
         }
         other => PortError::new(ErrorKind::Permanent, operation, format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_are_classified_by_code_then_status() {
+        use ErrorKind as K;
+        let cases = [
+            ("ThrottlingException", 400, "Rate exceeded", K::Throttled),
+            ("TooManyUpdates", 400, "", K::Throttled),
+            ("PriorRequestNotComplete", 400, "", K::Throttled),
+            ("SomethingNew", 429, "", K::Throttled),
+            ("ServerException", 500, "", K::Transient),
+            ("Unknown", 503, "", K::Transient),
+            ("ParameterNotFound", 400, "", K::NotFound),
+            ("ClusterNotFoundException", 400, "", K::NotFound),
+            (
+                "ValidationError",
+                400,
+                "Stack with id s does not exist",
+                K::NotFound,
+            ),
+            (
+                "ValidationError",
+                400,
+                "Template format error",
+                K::Permanent,
+            ),
+            ("ParameterAlreadyExists", 400, "", K::Conflict),
+            ("AlreadyExistsException", 400, "", K::Conflict),
+            ("AccessDeniedException", 400, "", K::Permanent),
+            ("ClientException", 400, "", K::Permanent),
+            // A message that only mentions throttling is not throttling: the code says so.
+            ("ClientException", 400, "Rate exceeded", K::Permanent),
+        ];
+        for (code, status, message, kind) in cases {
+            assert_eq!(kind_of(code, status, message), kind, "{code} {status}");
+        }
+        for code in THROTTLING_CODES {
+            assert_eq!(kind_of(code, 400, ""), K::Throttled, "{code}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::ratelimit::{LimitedCfn, LimitedEcs, LimitedSsm, Limiter};
+use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm};
 use runner_updater_adapters::sim::SimAws;
 use runner_updater_adapters::sim::SIM_EPOCH;
 use runner_updater_adapters::store::{MemoryStore, SsmStore};
@@ -184,21 +184,10 @@ impl Fleet {
                 origin: tokio::time::Instant::now(),
             });
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole rates
-            let limiter = |family, rate: f64| {
-                Arc::new(Limiter::new(family, rate.round() as u32, clock.clone()))
-            };
-            ssm = Arc::new(LimitedSsm::new(
-                ssm,
-                limiter(ApiFamily::Ssm, timed.rates[0]),
-            ));
-            ecs = Arc::new(LimitedEcs::new(
-                ecs,
-                limiter(ApiFamily::Ecs, timed.rates[1]),
-            ));
-            cfn = Arc::new(LimitedCfn::new(
-                cfn,
-                limiter(ApiFamily::CloudFormation, timed.rates[2]),
-            ));
+            let [ssm_rate, ecs_rate, cfn_rate] = timed.rates.map(|rate| rate.round() as u32);
+            ssm = Arc::new(limit_ssm(ssm, ssm_rate, clock.clone()));
+            ecs = Arc::new(limit_ecs(ecs, ecs_rate, clock.clone()));
+            cfn = Arc::new(limit_cfn(cfn, cfn_rate, clock.clone()));
         }
         let ports = Ports {
             ssm: ssm.clone(),

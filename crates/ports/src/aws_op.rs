@@ -201,62 +201,81 @@ const SERVICES_PER_CALL: usize = 10;
 
 impl PortCall {
     /// The SDK calls this port call makes against AWS, with how many of each, as the AWS
-    /// adapters make them. A call whose size depends on the answer (`describe_service`'s
-    /// task pages) counts its usual size: one page of running and one of stopped tasks, and
-    /// one `DescribeTasks`.
-    #[must_use]
-    pub fn sdk_calls(self) -> Vec<(AwsOp, u32)> {
-        match self {
-            PortCall::GetPage => vec![(AwsOp::GetParametersByPath, 1)],
-            PortCall::Get => vec![(AwsOp::GetParameter, 1)],
-            PortCall::Put => vec![(AwsOp::PutParameter, 1)],
-            PortCall::Delete => vec![(AwsOp::DeleteParameter, 1)],
-            PortCall::DescribeService => vec![
-                (AwsOp::DescribeServices, 1),
+    /// adapters make them (no allocation: it is asked on every call). A call whose size
+    /// depends on the answer counts its usual size: `describe_service`'s one page of running
+    /// and one of stopped tasks and one `DescribeTasks`; `describe_change_set`'s and
+    /// `stack_events`' first page.
+    pub fn sdk_calls(self) -> impl Iterator<Item = (AwsOp, u32)> + Clone {
+        const ONE: u32 = 1;
+        let fixed: &'static [(AwsOp, u32)] = match self {
+            PortCall::GetPage => &[(AwsOp::GetParametersByPath, ONE)],
+            PortCall::Get => &[(AwsOp::GetParameter, ONE)],
+            PortCall::Put => &[(AwsOp::PutParameter, ONE)],
+            PortCall::Delete => &[(AwsOp::DeleteParameter, ONE)],
+            PortCall::DescribeService => &[
+                (AwsOp::DescribeServices, ONE),
                 (AwsOp::ListTasks, 2),
-                (AwsOp::DescribeTasks, 1),
+                (AwsOp::DescribeTasks, ONE),
             ],
-            PortCall::DescribeServiceWithoutTasks => vec![(AwsOp::DescribeServices, 1)],
-            PortCall::DescribeServicesWithoutTasks { services } => {
-                let calls = services.div_ceil(SERVICES_PER_CALL).max(1);
-                vec![(
-                    AwsOp::DescribeServices,
-                    u32::try_from(calls).unwrap_or(u32::MAX),
-                )]
-            }
-            PortCall::DescribeTaskDefinition => vec![(AwsOp::DescribeTaskDefinition, 1)],
-            PortCall::ListTaskDefinitions => vec![(AwsOp::ListTaskDefinitions, 1)],
-            PortCall::RegisterClone => vec![
-                (AwsOp::DescribeTaskDefinition, 1),
-                (AwsOp::RegisterTaskDefinition, 1),
+            PortCall::DescribeServiceWithoutTasks => &[(AwsOp::DescribeServices, ONE)],
+            PortCall::DescribeServicesWithoutTasks { .. } => &[],
+            PortCall::DescribeTaskDefinition => &[(AwsOp::DescribeTaskDefinition, ONE)],
+            PortCall::ListTaskDefinitions => &[(AwsOp::ListTaskDefinitions, ONE)],
+            PortCall::RegisterClone => &[
+                (AwsOp::DescribeTaskDefinition, ONE),
+                (AwsOp::RegisterTaskDefinition, ONE),
             ],
             // The adapter reads the service's deployment configuration first, to keep it.
             PortCall::UpdateService => {
-                vec![(AwsOp::DescribeServices, 1), (AwsOp::UpdateService, 1)]
+                &[(AwsOp::DescribeServices, ONE), (AwsOp::UpdateService, ONE)]
             }
-            PortCall::DescribeStack => vec![(AwsOp::DescribeStacks, 1)],
-            PortCall::TemplateSummary => vec![(AwsOp::GetTemplateSummary, 1)],
-            PortCall::CreateChangeSet => vec![(AwsOp::CreateChangeSet, 1)],
-            PortCall::DescribeChangeSet => vec![(AwsOp::DescribeChangeSet, 1)],
-            PortCall::ExecuteChangeSet => vec![(AwsOp::ExecuteChangeSet, 1)],
-            PortCall::DeleteChangeSet => vec![(AwsOp::DeleteChangeSet, 1)],
-            PortCall::StackEvents => vec![(AwsOp::DescribeStackEvents, 1)],
-        }
+            PortCall::DescribeStack => &[(AwsOp::DescribeStacks, ONE)],
+            PortCall::TemplateSummary => &[(AwsOp::GetTemplateSummary, ONE)],
+            PortCall::CreateChangeSet => &[(AwsOp::CreateChangeSet, ONE)],
+            PortCall::DescribeChangeSet => &[(AwsOp::DescribeChangeSet, ONE)],
+            PortCall::ExecuteChangeSet => &[(AwsOp::ExecuteChangeSet, ONE)],
+            PortCall::DeleteChangeSet => &[(AwsOp::DeleteChangeSet, ONE)],
+            PortCall::StackEvents => &[(AwsOp::DescribeStackEvents, ONE)],
+        };
+        // A batch of services: one call per ten, none for an empty batch (the adapter makes none).
+        let batches = match self {
+            PortCall::DescribeServicesWithoutTasks { services } => Some((
+                AwsOp::DescribeServices,
+                u32::try_from(services.div_ceil(SERVICES_PER_CALL)).unwrap_or(u32::MAX),
+            ))
+            .filter(|(_, calls)| *calls > 0),
+            _ => None,
+        };
+        fixed.iter().copied().chain(batches)
     }
 
     /// The API family of its calls (every port call stays within one).
     #[must_use]
     pub fn family(self) -> ApiFamily {
-        self.sdk_calls()
-            .first()
-            .map_or(ApiFamily::Ssm, |(op, _)| op.family())
+        match self {
+            PortCall::GetPage | PortCall::Get | PortCall::Put | PortCall::Delete => ApiFamily::Ssm,
+            PortCall::DescribeService
+            | PortCall::DescribeServiceWithoutTasks
+            | PortCall::DescribeServicesWithoutTasks { .. }
+            | PortCall::DescribeTaskDefinition
+            | PortCall::ListTaskDefinitions
+            | PortCall::RegisterClone
+            | PortCall::UpdateService => ApiFamily::Ecs,
+            PortCall::DescribeStack
+            | PortCall::TemplateSummary
+            | PortCall::CreateChangeSet
+            | PortCall::DescribeChangeSet
+            | PortCall::ExecuteChangeSet
+            | PortCall::DeleteChangeSet
+            | PortCall::StackEvents => ApiFamily::CloudFormation,
+        }
     }
 
     /// Its calls against AWS, all operations together: what it weighs in its family's rate
     /// limit.
     #[must_use]
     pub fn weight(self) -> u32 {
-        self.sdk_calls().iter().map(|(_, n)| n).sum()
+        self.sdk_calls().map(|(_, n)| n).sum()
     }
 
     /// The operation it is named by in faults, slowness and the audit: the one that does what
@@ -272,8 +291,8 @@ impl PortCall {
             PortCall::UpdateService => AwsOp::UpdateService,
             other => other
                 .sdk_calls()
-                .first()
-                .map_or(AwsOp::GetParameter, |(op, _)| *op),
+                .next()
+                .map_or(AwsOp::GetParameter, |(op, _)| op),
         }
     }
 }
@@ -302,17 +321,21 @@ mod tests {
             assert_eq!(call.weight(), weight, "{call:?}");
             assert_eq!(call.op(), op, "{call:?}");
             assert!(
-                call.sdk_calls()
-                    .iter()
-                    .all(|(o, _)| o.family() == call.family()),
+                call.sdk_calls().all(|(o, _)| o.family() == call.family()),
                 "{call:?}"
             );
         };
         check(PortCall::RegisterClone, 2, AwsOp::RegisterTaskDefinition);
         check(PortCall::UpdateService, 2, AwsOp::UpdateService);
         check(PortCall::DescribeService, 4, AwsOp::DescribeServices);
+        // An empty batch makes no call (the adapter asks nothing) and weighs nothing.
         check(
             PortCall::DescribeServicesWithoutTasks { services: 0 },
+            0,
+            AwsOp::DescribeServices,
+        );
+        check(
+            PortCall::DescribeServicesWithoutTasks { services: 10 },
             1,
             AwsOp::DescribeServices,
         );

@@ -576,7 +576,8 @@ impl SimEcs {
         guard(&self.world, AwsOp::RegisterTaskDefinition)?.register(document, tags, now)
     }
 
-    /// Creates a settled service running `spec.image`.
+    /// Creates a settled service running `spec.image` (the world's set-up, not a call the
+    /// controller makes: its errors name the registration it makes).
     ///
     /// # Errors
     /// When the initial task definition is refused.

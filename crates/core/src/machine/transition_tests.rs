@@ -350,7 +350,12 @@ fn a_rollback_is_issued_once_and_ends_restored_refused_late_or_foreign() {
                 BASE,
                 RolloutState::InProgress,
             ),
-            deployment("ecs-svc/2", DeploymentStatus::Active, NEW, RolloutState::Failed),
+            deployment(
+                "ecs-svc/2",
+                DeploymentStatus::Active,
+                NEW,
+                RolloutState::Failed,
+            ),
         ],
     );
     assert_eq!(
@@ -359,7 +364,11 @@ fn a_rollback_is_issued_once_and_ends_restored_refused_late_or_foreign() {
     );
     assert_eq!(
         drive.send(seen(desired(), baseline_service(), vec![])),
-        step(Phase::RolledBack, &["release_lock"], Some("circuit-breaker"))
+        step(
+            Phase::RolledBack,
+            &["release_lock"],
+            Some("circuit-breaker")
+        )
     );
     assert_eq!(drive.service_after(), Some(ServiceAfter::Restored));
 
@@ -385,9 +394,11 @@ fn a_rollback_is_issued_once_and_ends_restored_refused_late_or_foreign() {
     // Not confirmed by the rollback deadline.
     let mut drive = Drive::to_rolling_back();
     drive.send(Event::RollbackStarted);
-    let late = drive
-        .wait(Duration::from_mins(30))
-        .send(seen(desired(), ours(RolloutState::Failed, 0), vec![]));
+    let late = drive.wait(Duration::from_mins(30)).send(seen(
+        desired(),
+        ours(RolloutState::Failed, 0),
+        vec![],
+    ));
     assert_eq!(late.phase, Phase::RolledBack);
     assert_eq!(drive.service_after(), Some(ServiceAfter::Unconfirmed));
 
@@ -479,7 +490,10 @@ fn a_registration_never_confirmed_ends_at_its_deadline_without_touching_the_serv
     let at_rest = || seen(desired(), baseline_service(), vec![]);
     drive.send(at_rest());
     drive.send(Event::LockAcquired { epoch: 1 });
-    assert_eq!(drive.send(at_rest()).phase, Phase::RegisteringTaskDefinition);
+    assert_eq!(
+        drive.send(at_rest()).phase,
+        Phase::RegisteringTaskDefinition
+    );
     let unanswered = || Event::CommandFailed {
         command: "register_task_definition",
         class: FailureClass::Transient,
@@ -535,7 +549,11 @@ fn infrastructure_goes_first_and_a_failed_stack_update_ends_the_attempt() {
             id: "arn:cs".to_owned(),
             review: Review::default(),
         });
-        assert_eq!(ready.phase, Phase::ExecutingChangeSet, "a safe change set runs");
+        assert_eq!(
+            ready.phase,
+            Phase::ExecutingChangeSet,
+            "a safe change set runs"
+        );
         assert_eq!(ready.commands, ["await_change_set"]);
         drive
     };
