@@ -456,7 +456,6 @@ struct Outcome {
     failures: Vec<String>,
 }
 
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn run(case: &Case) -> Outcome {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
@@ -474,7 +473,40 @@ async fn run(case: &Case) -> Outcome {
     let store = Arc::new(SsmStore::new(Arc::new(s.aws.ssm.clone()), PREFIX));
     s.store = store.clone();
     s.set_desired("runner-b", "version", "2.14.0");
-    let raw_record = format!("{PREFIX}/runner-a/status");
+    plant(&s, case);
+    let mut failures = Vec::new();
+    let b_done = drive(&s, case, &mut failures).await;
+    provider.force_flush().unwrap();
+    if !b_done {
+        failures.push("runner-b was not updated: the bad input spilled over".to_owned());
+    }
+    failures.extend(effects_on_runner_a(&s));
+    let status_code = shown_code(&s, store.as_ref(), case, &mut failures).await;
+    let traced = exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|span| span.name == "check runner-a")
+        .filter_map(|span| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "outcome")
+                .map(|kv| kv.value.to_string())
+        })
+        .collect();
+    Outcome {
+        status_code,
+        traced,
+        failures,
+    }
+}
+
+/// Runner-a's record in SSM.
+const RAW_RECORD: &str = "/runner-updater/runner-a/status";
+
+/// Plants the case's bad input beside a good desired version.
+fn plant(s: &Scenario, case: &Case) {
+    assert_eq!(RAW_RECORD, format!("{PREFIX}/runner-a/status"));
     match case.bad {
         Bad::Desired("version", value) => s.set_desired("runner-a", "version", value),
         Bad::DesiredLong("version", value) => s.set_desired("runner-a", "version", &value()),
@@ -498,7 +530,7 @@ async fn run(case: &Case) -> Outcome {
         Bad::Config(_) => s.set_desired("runner-a", "version", "2.14.0"),
         Bad::Record(text) => {
             s.set_desired("runner-a", "version", "2.14.0");
-            s.aws.ssm.set(&raw_record, text);
+            s.aws.ssm.set(RAW_RECORD, text);
         }
         Bad::Lease(text) => {
             s.set_desired("runner-a", "version", "2.14.0");
@@ -507,26 +539,21 @@ async fn run(case: &Case) -> Outcome {
                 .set(&format!("{PREFIX}/runner-a/lock/000000000001"), text);
         }
     }
-    // runner-a's service in the world, and where the (maybe changed) configuration points.
-    let runner_a_td = "task-definition/runner-a:".to_owned();
-    let runner_a_services = {
-        let c = s.config.runner("runner-a").unwrap();
-        [
-            ("runners".to_owned(), "runner-a".to_owned()),
-            (c.cluster.clone(), c.service.clone()),
-        ]
-    };
+}
+
+/// Passes of both runners until runner-b is done, then a few of runner-a alone; runner-a's
+/// failed passes are failures unless the case is an unreadable record (its pass fails by
+/// design, with the record's code). Returns whether runner-b was updated.
+async fn drive(s: &Scenario, case: &Case, failures: &mut Vec<String>) -> bool {
     let mut a = s.driver("runner-a").unwrap();
     let mut b = s.driver("runner-b").unwrap();
     let mut b_done = false;
-    let mut failures = Vec::new();
     let mut tick_a = |result: Result<
         runner_updater_runtime::driver::TickReport,
         runner_updater_runtime::driver::DriverError,
     >| {
         match (result, case.bad) {
             (Ok(_), _) => {}
-            // An unreadable record fails the pass, by design, with the record's code.
             (
                 Err(runner_updater_runtime::driver::DriverError::Store(StoreError::Record(e))),
                 Bad::Record(_),
@@ -548,11 +575,21 @@ async fn run(case: &Case) -> Outcome {
         tick_a(a.tick().await);
         s.aws.clock.sleep(a.requeue_after()).await;
     }
-    provider.force_flush().unwrap();
+    b_done
+}
 
-    if !b_done {
-        failures.push("runner-b was not updated: the bad input spilled over".to_owned());
-    }
+/// What was done to runner-a (nothing is expected): registrations, service updates, change
+/// sets, on its service in the world and where the (maybe changed) configuration points.
+fn effects_on_runner_a(s: &Scenario) -> Vec<String> {
+    let mut failures = Vec::new();
+    let runner_a_td = "task-definition/runner-a:".to_owned();
+    let runner_a_services = {
+        let c = s.config.runner("runner-a").unwrap();
+        [
+            ("runners".to_owned(), "runner-a".to_owned()),
+            (c.cluster.clone(), c.service.clone()),
+        ]
+    };
     let registered: Vec<String> = s
         .aws
         .ecs
@@ -577,11 +614,21 @@ async fn run(case: &Case) -> Outcome {
     if !change_sets.is_empty() {
         failures.push(format!("change sets were created: {change_sets:?}"));
     }
-    // What `runner-updater status` shows (the product's own path).
+    failures
+}
+
+/// The code `runner-updater status` shows for runner-a (the product's own path); checks
+/// runner-b shows Done and an unreadable record was left as it was.
+async fn shown_code(
+    s: &Scenario,
+    store: &SsmStore,
+    case: &Case,
+    failures: &mut Vec<String>,
+) -> Option<String> {
     let ports = s.ports();
     let views = runner_updater_interface::ops::status_views(
         &s.config,
-        store.as_ref(),
+        store,
         Some(ports.lock.as_ref()),
         &["runner-a".to_owned(), "runner-b".to_owned()],
         ports.clock.now(),
@@ -594,7 +641,7 @@ async fn run(case: &Case) -> Outcome {
     let status_code = views[0].reason_code.clone();
     if let Bad::Record(text) = case.bad {
         let kept = s.aws.ssm.without_faults();
-        let now = runner_updater_ports::ParameterStore::get(&kept, &raw_record)
+        let now = runner_updater_ports::ParameterStore::get(&kept, RAW_RECORD)
             .await
             .unwrap()
             .map(|p| p.value);
@@ -602,7 +649,7 @@ async fn run(case: &Case) -> Outcome {
             failures.push(format!("the unreadable record was changed to {now:?}"));
         }
     }
-    let status_code = if let Bad::Lease(_) = case.bad {
+    if let Bad::Lease(_) = case.bad {
         // Nobody may write runner-a's record while its lease is unreadable: status shows no
         // record, and names the lease's holder.
         match (&views[0].lease, status_code.as_deref()) {
@@ -615,23 +662,6 @@ async fn run(case: &Case) -> Outcome {
         }
     } else {
         status_code
-    };
-    let traced = exporter
-        .get_finished_spans()
-        .unwrap()
-        .iter()
-        .filter(|span| span.name == "check runner-a")
-        .filter_map(|span| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == "outcome")
-                .map(|kv| kv.value.to_string())
-        })
-        .collect();
-    Outcome {
-        status_code,
-        traced,
-        failures,
     }
 }
 

@@ -315,7 +315,6 @@ async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
 }
 
 /// Creates, on moto, a cluster, a rich task definition and a service running it.
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
     let ecs = aws_sdk_ecs::Client::new(sdk);
     ecs.create_cluster()
@@ -323,60 +322,7 @@ async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
         .send()
         .await
         .unwrap();
-    let runner = ContainerDefinition::builder()
-        .name("runner")
-        .image("registry.example/runner:2.13.0")
-        .memory(1024)
-        .essential(true)
-        .environment(
-            KeyValuePair::builder()
-                .name("MODE")
-                .value("production")
-                .build(),
-        )
-        .secrets(
-            Secret::builder()
-                .name("TOKEN")
-                .value_from("arn:aws:ssm:eu-west-1:123456789012:parameter/token")
-                .build()
-                .unwrap(),
-        )
-        .log_configuration(
-            LogConfiguration::builder()
-                .log_driver(LogDriver::Awslogs)
-                .options("awslogs-group", "/runner")
-                .build()
-                .unwrap(),
-        )
-        .ulimits(
-            Ulimit::builder()
-                .name(UlimitName::Nofile)
-                .soft_limit(65536)
-                .hard_limit(65536)
-                .build()
-                .unwrap(),
-        )
-        .health_check(
-            HealthCheck::builder()
-                .command("CMD-SHELL")
-                .command("curl -f http://localhost/health")
-                .interval(10)
-                .build()
-                .unwrap(),
-        )
-        .depends_on(
-            ContainerDependency::builder()
-                .container_name("log-router")
-                .condition(ContainerCondition::Start)
-                .build()
-                .unwrap(),
-        )
-        .linux_parameters(
-            LinuxParameters::builder()
-                .init_process_enabled(true)
-                .build(),
-        )
-        .build();
+    let runner = rich_container();
     let sidecar = ContainerDefinition::builder()
         .name("log-router")
         .image("fluent-bit:stable")
@@ -442,6 +388,64 @@ async fn moto_runner(sdk: &aws_config::SdkConfig) -> String {
         .await
         .unwrap();
     arn
+}
+
+/// The runner's container with every kind of field a clone must keep.
+fn rich_container() -> ContainerDefinition {
+    ContainerDefinition::builder()
+        .name("runner")
+        .image("registry.example/runner:2.13.0")
+        .memory(1024)
+        .essential(true)
+        .environment(
+            KeyValuePair::builder()
+                .name("MODE")
+                .value("production")
+                .build(),
+        )
+        .secrets(
+            Secret::builder()
+                .name("TOKEN")
+                .value_from("arn:aws:ssm:eu-west-1:123456789012:parameter/token")
+                .build()
+                .unwrap(),
+        )
+        .log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::Awslogs)
+                .options("awslogs-group", "/runner")
+                .build()
+                .unwrap(),
+        )
+        .ulimits(
+            Ulimit::builder()
+                .name(UlimitName::Nofile)
+                .soft_limit(65536)
+                .hard_limit(65536)
+                .build()
+                .unwrap(),
+        )
+        .health_check(
+            HealthCheck::builder()
+                .command("CMD-SHELL")
+                .command("curl -f http://localhost/health")
+                .interval(10)
+                .build()
+                .unwrap(),
+        )
+        .depends_on(
+            ContainerDependency::builder()
+                .container_name("log-router")
+                .condition(ContainerCondition::Start)
+                .build()
+                .unwrap(),
+        )
+        .linux_parameters(
+            LinuxParameters::builder()
+                .init_process_enabled(true)
+                .build(),
+        )
+        .build()
 }
 
 /// Debug of a described task definition with what legitimately differs blanked out.
@@ -777,7 +781,6 @@ fn request(
     }
 }
 
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn cloudformation_contract(
     cfn: &dyn CloudFormation,
     pace: &Pace,
@@ -801,6 +804,19 @@ async fn cloudformation_contract(
     );
     cfn.delete_change_set(STACK, "absent").await.unwrap();
 
+    change_sets_are_created_and_reviewed(cfn, pace, urls, &stack, who).await;
+    a_change_set_is_executed_once(cfn, pace, who).await;
+    an_empty_change_set_is_refused(cfn, pace, who).await;
+    a_failing_resource_rolls_the_stack_back(cfn, pace, urls, who).await;
+}
+
+async fn change_sets_are_created_and_reviewed(
+    cfn: &dyn CloudFormation,
+    pace: &Pace,
+    urls: &Templates,
+    stack: &StackState,
+    who: &str,
+) {
     // Summary, creation, review.
     let summary = cfn.template_summary(STACK, Some(&urls.v2)).await.unwrap();
     assert!(
@@ -851,7 +867,9 @@ async fn cloudformation_contract(
             .any(|c| c.logical_id == "Queue" && c.action == "Modify"),
         "{who}: {set:?}"
     );
+}
 
+async fn a_change_set_is_executed_once(cfn: &dyn CloudFormation, pace: &Pace, who: &str) {
     // Execution, idempotent by token.
     cfn.execute_change_set(STACK, "cs-1", "exec-1")
         .await
@@ -883,7 +901,9 @@ async fn cloudformation_contract(
         .await
         .unwrap_err();
     assert_eq!(replay.kind, ErrorKind::Permanent, "{who}: {replay}");
+}
 
+async fn an_empty_change_set_is_refused(cfn: &dyn CloudFormation, pace: &Pace, who: &str) {
     // Nothing differs: "didn't contain changes".
     let current = cfn.template_summary(STACK, None).await.unwrap();
     assert!(
@@ -904,7 +924,14 @@ async fn cloudformation_contract(
         None,
         "{who}"
     );
+}
 
+async fn a_failing_resource_rolls_the_stack_back(
+    cfn: &dyn CloudFormation,
+    pace: &Pace,
+    urls: &Templates,
+    who: &str,
+) {
     // A failing resource: CloudFormation rolls every resource back.
     let summary = cfn
         .template_summary(STACK, Some(&urls.v3_failing))

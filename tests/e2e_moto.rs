@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test]
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     let world = World::new(&["runner-a", "runner-b"]).await;
     let controller = world.controller("controller-1", None);
@@ -76,8 +75,13 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     assert_eq!(bad.phase, "done");
     assert_eq!(world.updates("runner-a").len(), 1);
 
-    // From the catalogue of bad input (tests/bad_input.rs), on moto: runner-b's record made
-    // unreadable, then an image outside runner-a's allow-list.
+    an_unreadable_record_and_a_refused_image(&world).await;
+    kill(controller);
+}
+
+/// From the catalogue of bad input (`tests/bad_input.rs`), on moto: runner-b's record made
+/// unreadable, then an image outside runner-a's allow-list; `status` still shows every runner.
+async fn an_unreadable_record_and_a_refused_image(world: &World) {
     let ssm = world.moto.clients().await.ssm;
     let garbage = "{\"schema_version\":1,\"runner\":\"runner-b\",\"pha";
     runner_updater_ports::ParameterStore::put(
@@ -131,7 +135,6 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
         .unwrap();
     assert_eq!(b["state"], "Unreadable");
     assert_eq!(b["reason_code"], "record-corrupt");
-    kill(controller);
 }
 
 fn signal(process: &Proc, signal: &str) {
@@ -237,7 +240,6 @@ fn stack_template(name: &str, extra: Option<&str>) -> String {
 }
 
 #[tokio::test]
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on_moto() {
     let world = World::new(&["runner-c"]).await;
     let (iam, main) = ("runner-c-iam", "runner-c-main");
@@ -294,38 +296,7 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
         "the runner waits for its infrastructure"
     );
 
-    // On-call's view while it waits: the held change set, the trace and the lease's holder,
-    // read from SSM by `status` with no controller involved.
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["status", "runner-c", "--json"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let views: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let view = &views[0];
-    assert_eq!(view["phase"], "awaiting_approval");
-    assert_eq!(view["lease"]["state"], "held", "{view}");
-    assert!(
-        view["lease"]["detail"]
-            .as_str()
-            .is_some_and(|h| h.starts_with("controller-1-")),
-        "the holder is named: {view}"
-    );
-    assert!(
-        view["trace_id"].as_str().is_some_and(|t| t.len() == 32),
-        "the attempt's trace id, without any exporter: {view}"
-    );
-    assert!(view["change_set"]
-        .as_str()
-        .is_some_and(|c| c.contains(&change_set.name)));
-
+    on_call_sees_the_held_change_set(&world, &change_set.name);
     let approve = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
         .arg("--config")
         .arg(&world.config)
@@ -341,6 +312,24 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     assert!(String::from_utf8_lossy(&approve.stdout).contains(&change_set.name));
 
     let done = world.wait_for_phase("runner-c", "done", 1).await;
+    stacks_updated_in_order(&world, &cfn, &[iam, main]).await;
+    assert_eq!(
+        world.revisions("runner-c").await,
+        2,
+        "then the runner: {done:?}"
+    );
+    assert_eq!(world.updates("runner-c").len(), 1);
+    kill(controller);
+}
+
+/// One execution per stack, in the configured order, and every stack tagged with the new
+/// infrastructure version.
+async fn stacks_updated_in_order(
+    world: &World,
+    cfn: &aws_sdk_cloudformation::Client,
+    stacks: &[&str; 2],
+) {
+    let [iam, main] = *stacks;
     let executions: Vec<String> = std::fs::read_to_string(&world.updates_log)
         .unwrap_or_default()
         .lines()
@@ -369,13 +358,40 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
             "{stack}: {tags:?}"
         );
     }
-    assert_eq!(
-        world.revisions("runner-c").await,
-        2,
-        "then the runner: {done:?}"
+}
+
+/// On-call's view while it waits: the held change set, the trace and the lease's holder,
+/// read from SSM by `status` with no controller involved.
+fn on_call_sees_the_held_change_set(world: &World, change_set: &str) {
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["status", "runner-c", "--json"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
     );
-    assert_eq!(world.updates("runner-c").len(), 1);
-    kill(controller);
+    let views: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let view = &views[0];
+    assert_eq!(view["phase"], "awaiting_approval");
+    assert_eq!(view["lease"]["state"], "held", "{view}");
+    assert!(
+        view["lease"]["detail"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("controller-1-")),
+        "the holder is named: {view}"
+    );
+    assert!(
+        view["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+        "the attempt's trace id, without any exporter: {view}"
+    );
+    assert!(view["change_set"]
+        .as_str()
+        .is_some_and(|c| c.contains(change_set)));
 }
 
 /// A receiver of OTLP traces over HTTP or gRPC (`tests/otlp_receiver/receiver.py`), killed on
@@ -689,7 +705,6 @@ impl World {
 
 /// What went wrong in one case, or nothing.
 #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<String> {
     let runner = case.runner;
     let mut wrong = Vec::new();
@@ -770,7 +785,20 @@ async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<Strin
             .count();
         expect(back == 1, format!("{back} rollback updates: {seen:?}"));
     }
-    // One change set per stack, executed at most once.
+    wrong.extend(check_lost_change_sets(world, case, executions).await);
+    wrong.extend(check_lost_lease(world, case).await);
+    wrong
+}
+
+/// One change set per stack, executed at most once; a cancelled one deleted.
+async fn check_lost_change_sets(world: &World, case: &LostCase, executions: usize) -> Vec<String> {
+    let runner = case.runner;
+    let mut wrong = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            wrong.push(what);
+        }
+    };
     if matches!(case.story, Story::Infrastructure | Story::Cancelled) {
         let stack = format!("{runner}-main");
         let created = world
@@ -806,7 +834,13 @@ async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<Strin
             );
         }
     }
-    // The lease: taken once (one new epoch), released (the release follows the last save).
+    wrong
+}
+
+/// The lease: taken once (one new epoch), released (the release follows the last save).
+#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+async fn check_lost_lease(world: &World, case: &LostCase) -> Option<String> {
+    let runner = case.runner;
     let taken = case.old_epochs + 1;
     let released = |leases: &[(u64, u64)]| {
         leases
@@ -822,11 +856,9 @@ async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<Strin
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    expect(
-        released(&leases),
-        format!("the lease is not epoch {taken} released (older epochs but the last deleted): {leases:?}"),
-    );
-    wrong
+    (!released(&leases)).then(|| {
+        format!("the lease is not epoch {taken} released (older epochs but the last deleted): {leases:?}")
+    })
 }
 
 /// The harness loses the answer of one mutating call per runner, once, after AWS applied it
@@ -834,7 +866,6 @@ async fn check_lost_case(world: &World, case: &LostCase, lost: u64) -> Vec<Strin
 /// moto completes every story, and nothing is done twice.
 #[tokio::test]
 #[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
     let runners: Vec<&str> = LOST.iter().map(|c| c.runner).collect();
     let infra = |runner: &str| {
@@ -861,76 +892,8 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
     )
     .await;
 
-    // Stacks at infrastructure 1, and their version 2 templates in S3.
-    let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
-    let mut templates = Vec::new();
-    for case in LOST.iter().filter(|c| infra(c.runner)) {
-        let stack = format!("{}-main", case.runner);
-        cfn.create_stack()
-            .stack_name(&stack)
-            .template_body(stack_template(&stack, None))
-            .tags(
-                aws_sdk_cloudformation::types::Tag::builder()
-                    .key("runner-updater:infra-version")
-                    .value("1")
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        let extra = if case.story == Story::Cancelled {
-            ROLE
-        } else {
-            r#""Topic": {"Type": "AWS::SNS::Topic"}"#
-        };
-        templates.push((
-            case.runner,
-            format!("{stack}-2.json"),
-            stack_template(&stack, Some(extra)),
-        ));
-    }
-    let keys: Vec<(&str, String)> = templates
-        .iter()
-        .map(|(_, k, b)| (k.as_str(), b.clone()))
-        .collect();
-    let urls = world.moto.put_templates("templates", &keys);
-
-    // Ops' desired state, complete before the controller starts; old leases; the faults.
-    for (case, rule) in LOST.iter().zip(0..) {
-        let desired = |key: &str| format!("{PREFIX}/{}/desired/{key}", case.runner);
-        if case.story == Story::Rollback {
-            world
-                .put_now(&desired("image"), "registry.example/runner:2.14.0-crash")
-                .await;
-        }
-        if let Some(index) = templates.iter().position(|(r, _, _)| *r == case.runner) {
-            world.put_now(&desired("infra-version"), "2").await;
-            let stack = format!("{}-main", case.runner);
-            world
-                .put_now(
-                    &desired(&format!("stacks/{stack}/template-url")),
-                    &urls[index],
-                )
-                .await;
-        }
-        world.put_now(&desired("version"), "2.14.0").await;
-        for epoch in 1..=case.old_epochs {
-            world
-                .put_now(
-                    &format!("{PREFIX}/{}/lock/{epoch:012}", case.runner),
-                    r#"{"holder":"an-old-controller","expires_at":0}"#,
-                )
-                .await;
-        }
-        let armed = world.moto.lose_answer(&serde_json::json!({
-            "operation": case.operation.name(),
-            "match": (case.matching)(case.runner),
-            "mode": case.mode,
-            // Past the controller's attempt timeout: the SDK has given up on it.
-            "delay_seconds": 2 * ATTEMPT_TIMEOUT_SECS + 1,
-        }));
-        assert_eq!(armed["id"], rule + 1, "{}", case.name);
-    }
+    let (templates, urls) = lost_case_stacks(&world, infra).await;
+    plant_lost_cases(&world, &templates, &urls).await;
 
     let started = std::time::Instant::now();
     let controller = world.controller("controller-1", None);
@@ -978,6 +941,92 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
         world.logs()
     );
     eprintln!("{} lost-answer cases in {elapsed:?}", LOST.len());
+}
+
+/// Stacks at infrastructure 1, and their version 2 templates in S3: the runners whose story
+/// is infrastructure, with their template's key and body, and the templates' URLs.
+async fn lost_case_stacks(
+    world: &World,
+    infra: impl Fn(&str) -> bool,
+) -> (Vec<(&'static str, String, String)>, Vec<String>) {
+    let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
+    let mut templates = Vec::new();
+    for case in LOST.iter().filter(|c| infra(c.runner)) {
+        let stack = format!("{}-main", case.runner);
+        cfn.create_stack()
+            .stack_name(&stack)
+            .template_body(stack_template(&stack, None))
+            .tags(
+                aws_sdk_cloudformation::types::Tag::builder()
+                    .key("runner-updater:infra-version")
+                    .value("1")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let extra = if case.story == Story::Cancelled {
+            ROLE
+        } else {
+            r#""Topic": {"Type": "AWS::SNS::Topic"}"#
+        };
+        templates.push((
+            case.runner,
+            format!("{stack}-2.json"),
+            stack_template(&stack, Some(extra)),
+        ));
+    }
+    let keys: Vec<(&str, String)> = templates
+        .iter()
+        .map(|(_, k, b)| (k.as_str(), b.clone()))
+        .collect();
+    let urls = world.moto.put_templates("templates", &keys);
+
+    (templates, urls)
+}
+
+/// Ops' desired state, complete before the controller starts; old leases; the faults (one
+/// lost answer per runner).
+async fn plant_lost_cases(
+    world: &World,
+    templates: &[(&'static str, String, String)],
+    urls: &[String],
+) {
+    for (case, rule) in LOST.iter().zip(0..) {
+        let desired = |key: &str| format!("{PREFIX}/{}/desired/{key}", case.runner);
+        if case.story == Story::Rollback {
+            world
+                .put_now(&desired("image"), "registry.example/runner:2.14.0-crash")
+                .await;
+        }
+        if let Some(index) = templates.iter().position(|(r, _, _)| *r == case.runner) {
+            world.put_now(&desired("infra-version"), "2").await;
+            let stack = format!("{}-main", case.runner);
+            world
+                .put_now(
+                    &desired(&format!("stacks/{stack}/template-url")),
+                    &urls[index],
+                )
+                .await;
+        }
+        world.put_now(&desired("version"), "2.14.0").await;
+        for epoch in 1..=case.old_epochs {
+            world
+                .put_now(
+                    &format!("{PREFIX}/{}/lock/{epoch:012}", case.runner),
+                    r#"{"holder":"an-old-controller","expires_at":0}"#,
+                )
+                .await;
+        }
+        let armed = world.moto.lose_answer(&serde_json::json!({
+            "operation": case.operation.name(),
+            "match": (case.matching)(case.runner),
+            "mode": case.mode,
+            // Past the controller's attempt timeout: the SDK has given up on it.
+            "delay_seconds": 2 * ATTEMPT_TIMEOUT_SECS + 1,
+        }));
+        assert_eq!(armed["id"], rule + 1, "{}", case.name);
+    }
 }
 
 /// A registration whose answer was lost, then ten revisions of the same family registered by

@@ -36,7 +36,6 @@ fn capture() -> (
 }
 
 #[tokio::test]
-#[allow(clippy::too_many_lines)] // a story told step by step
 async fn one_trace_tells_the_whole_update_across_a_crash() {
     let (exporter, provider, _guard) = capture();
 
@@ -78,50 +77,7 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
         .iter()
         .filter(|s| attribute(s, "state").is_some())
         .collect();
-    for phase in [
-        "checking",
-        "locked",
-        "registering_task_definition",
-        "updating_service",
-        "awaiting_rollout",
-        "soaking",
-        "done",
-    ] {
-        let span = states
-            .iter()
-            .find(|s| s.name == phase)
-            .unwrap_or_else(|| panic!("no {phase} span in {:#?}", names(&spans)));
-        assert_eq!(span.span_context.trace_id(), trace, "{phase}: same trace");
-        assert_eq!(
-            span.parent_span_id,
-            root.span_context.span_id(),
-            "{phase}: child of the root"
-        );
-        assert_eq!(
-            attribute(span, "attempt.id"),
-            attribute(root, "attempt.id"),
-            "{phase}"
-        );
-    }
-    let checking = states.iter().find(|s| s.name == "checking").unwrap();
-    assert_eq!(
-        attribute(checking, "eligibility.eligible").as_deref(),
-        Some("true")
-    );
-    for rule in [
-        "channel",
-        "auto-update",
-        "infrastructure",
-        "newer-version",
-        "different-image",
-        "not-failed",
-    ] {
-        assert_eq!(
-            attribute(checking, &format!("eligibility.{rule}")).as_deref(),
-            Some("pass"),
-            "each rule's outcome is on the checking span"
-        );
-    }
+    every_state_is_a_child_of_the_root(&spans, &states, root);
     let resumed: Vec<&&SpanData> = states
         .iter()
         .filter(|s| attribute(s, "resumed").as_deref() == Some("true"))
@@ -153,6 +109,56 @@ async fn one_trace_tells_the_whole_update_across_a_crash() {
         Some(trace.to_string().as_str()),
         "the record carries the trace"
     );
+}
+
+/// Every state of the attempt is a span of the root's trace, under the root, with its attempt
+/// id; the checking span carries each rule's outcome.
+fn every_state_is_a_child_of_the_root(spans: &[SpanData], states: &[&SpanData], root: &SpanData) {
+    let trace = root.span_context.trace_id();
+    for phase in [
+        "checking",
+        "locked",
+        "registering_task_definition",
+        "updating_service",
+        "awaiting_rollout",
+        "soaking",
+        "done",
+    ] {
+        let span = states
+            .iter()
+            .find(|s| s.name == phase)
+            .unwrap_or_else(|| panic!("no {phase} span in {:#?}", names(spans)));
+        assert_eq!(span.span_context.trace_id(), trace, "{phase}: same trace");
+        assert_eq!(
+            span.parent_span_id,
+            root.span_context.span_id(),
+            "{phase}: child of the root"
+        );
+        assert_eq!(
+            attribute(span, "attempt.id"),
+            attribute(root, "attempt.id"),
+            "{phase}"
+        );
+    }
+    let checking = states.iter().find(|s| s.name == "checking").unwrap();
+    assert_eq!(
+        attribute(checking, "eligibility.eligible").as_deref(),
+        Some("true")
+    );
+    for rule in [
+        "channel",
+        "auto-update",
+        "infrastructure",
+        "newer-version",
+        "different-image",
+        "not-failed",
+    ] {
+        assert_eq!(
+            attribute(checking, &format!("eligibility.{rule}")).as_deref(),
+            Some("pass"),
+            "each rule's outcome is on the checking span"
+        );
+    }
 }
 
 fn names(spans: &[SpanData]) -> Vec<String> {

@@ -440,150 +440,152 @@ mod tests {
         Option<Rule>,
     );
 
+    /// Each rule failing on its own (and the baseline passing every rule).
+    const RULE_ROWS: &[Row] = &[
+        ("baseline is eligible", |_, _, _| {}, None),
+        (
+            "other channel",
+            |d, _, _| d.channel = "beta".to_owned(),
+            Some(Rule::Channel),
+        ),
+        (
+            "auto-update off",
+            |d, _, _| d.auto_update = false,
+            Some(Rule::AutoUpdate),
+        ),
+        (
+            "infra matches",
+            |d, _, _| d.infra_version = Some("7".to_owned()),
+            None,
+        ),
+        (
+            "infra differs",
+            |d, _, _| d.infra_version = Some("8".to_owned()),
+            Some(Rule::Infrastructure),
+        ),
+        (
+            "infra unknown",
+            |d, o, _| {
+                d.infra_version = Some("8".to_owned());
+                o.stacks = vec![main_stack(None)];
+            },
+            Some(Rule::Infrastructure),
+        ),
+        (
+            "infra differs, a template brings it there",
+            |d, _, _| {
+                d.infra_version = Some("8".to_owned());
+                d.stacks.insert(
+                    "main".to_owned(),
+                    crate::domain::desired::DesiredStack {
+                        template_url: Some("https://b.s3.amazonaws.com/m.json".to_owned()),
+                        parameters: BTreeMap::new(),
+                    },
+                );
+            },
+            None,
+        ),
+        (
+            "same version, other image: a rebuild",
+            |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()),
+            None,
+        ),
+        (
+            "same version, only the derived default image differs: not a rebuild",
+            |d, o, _| {
+                o.current_version = Some(Version::parse("2.14.0").unwrap());
+                d.image_given = false;
+            },
+            Some(Rule::NewerVersion),
+        ),
+        (
+            "same version, a digest pin of it",
+            |d, o, _| {
+                o.current_version = Some(Version::parse("2.14.0").unwrap());
+                d.image = ImageRef::parse(&format!(
+                    "registry.example/runner@sha256:{}",
+                    "a".repeat(64)
+                ))
+                .unwrap();
+            },
+            None,
+        ),
+        (
+            "same version, a rebuild that failed before",
+            |d, o, f| {
+                o.current_version = Some(Version::parse("2.14.0").unwrap());
+                d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
+                f.push(FailedMark {
+                    version: "2.14.0".to_owned(),
+                    image: "registry.example/runner:2.14.0-hotfix".to_owned(),
+                    reason: "circuit breaker".to_owned(),
+                    at: Millis(0),
+                    infra: None,
+                });
+            },
+            Some(Rule::NotFailed),
+        ),
+        (
+            "a downgrade with another image",
+            |d, o, _| {
+                o.current_version = Some(Version::parse("2.15.0").unwrap());
+                d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
+            },
+            Some(Rule::NewerVersion),
+        ),
+        (
+            "downgrade",
+            |_, o, _| o.current_version = Some(Version::parse("2.15.0").unwrap()),
+            Some(Rule::NewerVersion),
+        ),
+        (
+            "forms differ",
+            |_, o, _| o.current_version = Some(Version::parse("20250301.1").unwrap()),
+            Some(Rule::NewerVersion),
+        ),
+        (
+            "unknown current version",
+            |_, o, _| o.current_version = None,
+            None,
+        ),
+        (
+            "same image, older tag in version",
+            |_, o, _| {
+                o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap();
+            },
+            Some(Rule::DifferentImage),
+        ),
+        (
+            "failed before",
+            |_, _, f| {
+                f.push(FailedMark {
+                    version: "2.14.0".to_owned(),
+                    image: "registry.example/runner:2.14.0".to_owned(),
+                    reason: "circuit breaker".to_owned(),
+                    at: Millis(0),
+                    infra: None,
+                });
+            },
+            Some(Rule::NotFailed),
+        ),
+        (
+            "failed with another image",
+            |_, _, f| {
+                f.push(FailedMark {
+                    version: "2.14.0".to_owned(),
+                    image: "registry.example/runner:2.14.0-hotfix".to_owned(),
+                    reason: "circuit breaker".to_owned(),
+                    at: Millis(0),
+                    infra: None,
+                });
+            },
+            None,
+        ),
+    ];
+
     #[test]
-    #[allow(clippy::too_many_lines)] // a table of cases
     fn each_rule_passes_and_fails_on_its_own() {
-        let rows: &[Row] = &[
-            ("baseline is eligible", |_, _, _| {}, None),
-            (
-                "other channel",
-                |d, _, _| d.channel = "beta".to_owned(),
-                Some(Rule::Channel),
-            ),
-            (
-                "auto-update off",
-                |d, _, _| d.auto_update = false,
-                Some(Rule::AutoUpdate),
-            ),
-            (
-                "infra matches",
-                |d, _, _| d.infra_version = Some("7".to_owned()),
-                None,
-            ),
-            (
-                "infra differs",
-                |d, _, _| d.infra_version = Some("8".to_owned()),
-                Some(Rule::Infrastructure),
-            ),
-            (
-                "infra unknown",
-                |d, o, _| {
-                    d.infra_version = Some("8".to_owned());
-                    o.stacks = vec![main_stack(None)];
-                },
-                Some(Rule::Infrastructure),
-            ),
-            (
-                "infra differs, a template brings it there",
-                |d, _, _| {
-                    d.infra_version = Some("8".to_owned());
-                    d.stacks.insert(
-                        "main".to_owned(),
-                        crate::domain::desired::DesiredStack {
-                            template_url: Some("https://b.s3.amazonaws.com/m.json".to_owned()),
-                            parameters: BTreeMap::new(),
-                        },
-                    );
-                },
-                None,
-            ),
-            (
-                "same version, other image: a rebuild",
-                |_, o, _| o.current_version = Some(Version::parse("2.14.0").unwrap()),
-                None,
-            ),
-            (
-                "same version, only the derived default image differs: not a rebuild",
-                |d, o, _| {
-                    o.current_version = Some(Version::parse("2.14.0").unwrap());
-                    d.image_given = false;
-                },
-                Some(Rule::NewerVersion),
-            ),
-            (
-                "same version, a digest pin of it",
-                |d, o, _| {
-                    o.current_version = Some(Version::parse("2.14.0").unwrap());
-                    d.image = ImageRef::parse(&format!(
-                        "registry.example/runner@sha256:{}",
-                        "a".repeat(64)
-                    ))
-                    .unwrap();
-                },
-                None,
-            ),
-            (
-                "same version, a rebuild that failed before",
-                |d, o, f| {
-                    o.current_version = Some(Version::parse("2.14.0").unwrap());
-                    d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
-                    f.push(FailedMark {
-                        version: "2.14.0".to_owned(),
-                        image: "registry.example/runner:2.14.0-hotfix".to_owned(),
-                        reason: "circuit breaker".to_owned(),
-                        at: Millis(0),
-                        infra: None,
-                    });
-                },
-                Some(Rule::NotFailed),
-            ),
-            (
-                "a downgrade with another image",
-                |d, o, _| {
-                    o.current_version = Some(Version::parse("2.15.0").unwrap());
-                    d.image = ImageRef::parse("registry.example/runner:2.14.0-hotfix").unwrap();
-                },
-                Some(Rule::NewerVersion),
-            ),
-            (
-                "downgrade",
-                |_, o, _| o.current_version = Some(Version::parse("2.15.0").unwrap()),
-                Some(Rule::NewerVersion),
-            ),
-            (
-                "forms differ",
-                |_, o, _| o.current_version = Some(Version::parse("20250301.1").unwrap()),
-                Some(Rule::NewerVersion),
-            ),
-            (
-                "unknown current version",
-                |_, o, _| o.current_version = None,
-                None,
-            ),
-            (
-                "same image, older tag in version",
-                |_, o, _| {
-                    o.running_image = ImageRef::parse("registry.example/runner:2.14.0").unwrap();
-                },
-                Some(Rule::DifferentImage),
-            ),
-            (
-                "failed before",
-                |_, _, f| {
-                    f.push(FailedMark {
-                        version: "2.14.0".to_owned(),
-                        image: "registry.example/runner:2.14.0".to_owned(),
-                        reason: "circuit breaker".to_owned(),
-                        at: Millis(0),
-                        infra: None,
-                    });
-                },
-                Some(Rule::NotFailed),
-            ),
-            (
-                "failed with another image",
-                |_, _, f| {
-                    f.push(FailedMark {
-                        version: "2.14.0".to_owned(),
-                        image: "registry.example/runner:2.14.0-hotfix".to_owned(),
-                        reason: "circuit breaker".to_owned(),
-                        at: Millis(0),
-                        infra: None,
-                    });
-                },
-                None,
-            ),
-        ];
+        let rows = RULE_ROWS;
         for (name, change, failing) in rows {
             let (mut d, mut o, mut f) = (desired(), observed(), Vec::new());
             change(&mut d, &mut o, &mut f);
