@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter, Tag};
 
 use super::{classify, Traced};
-use runner_updater_core::domain::infra::{self, ChangeSet, ResourceChange, StackEvent};
+use runner_updater_core::domain::infra::{ChangeSet, ResourceChange, StackEvent};
 use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
@@ -76,10 +76,7 @@ impl CloudFormation for AwsCloudFormation {
         })?;
         Ok(StackState {
             name: stack.stack_name().unwrap_or(name).to_owned(),
-            status: stack.stack_status().map_or_else(
-                || infra::StackStatus::parse(""),
-                |s| infra::StackStatus::parse(s.as_str()),
-            ),
+            status: stack.stack_status().map_or("", |s| s.as_str()).into(),
             tags: stack
                 .tags()
                 .iter()
@@ -210,15 +207,12 @@ impl CloudFormation for AwsCloudFormation {
                 None => {
                     change_set = Some(ChangeSet {
                         id: output.change_set_id().unwrap_or(name).to_owned(),
-                        status: output.status().map_or_else(
-                            || infra::ChangeSetStatus::parse(""),
-                            |s| infra::ChangeSetStatus::parse(s.as_str()),
-                        ),
+                        status: output.status().map_or("", |s| s.as_str()).into(),
                         status_reason: output.status_reason().map(str::to_owned),
-                        execution_status: output.execution_status().map_or_else(
-                            || infra::Execution::parse(""),
-                            |s| infra::Execution::parse(s.as_str()),
-                        ),
+                        execution_status: output
+                            .execution_status()
+                            .map_or("", |s| s.as_str())
+                            .into(),
                         changes: changes.collect(),
                         parameters: parameter_map(output.parameters()),
                     });
@@ -284,10 +278,7 @@ impl CloudFormation for AwsCloudFormation {
             events.extend(output.stack_events().iter().map(|e| StackEvent {
                 logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
                 resource_type: e.resource_type().unwrap_or_default().to_owned(),
-                status: e.resource_status().map_or_else(
-                    || infra::ResourceStatus::parse(""),
-                    |s| infra::ResourceStatus::parse(s.as_str()),
-                ),
+                status: e.resource_status().map_or("", |s| s.as_str()).into(),
                 reason: e.resource_status_reason().map(str::to_owned),
                 timestamp: millis(e.timestamp()).unwrap_or_default(),
                 token: e.client_request_token().map(str::to_owned),

@@ -347,4 +347,69 @@ mod tests {
         check(PortCall::GetPage, 1, AwsOp::GetParametersByPath);
         check(PortCall::StackEvents, 1, AwsOp::DescribeStackEvents);
     }
+
+    /// Every port call (the match makes a new one a compile error here until it is listed).
+    fn every_port_call() -> Vec<PortCall> {
+        let all = vec![
+            PortCall::GetPage,
+            PortCall::Get,
+            PortCall::Put,
+            PortCall::Delete,
+            PortCall::DescribeService,
+            PortCall::DescribeServiceWithoutTasks,
+            PortCall::DescribeServicesWithoutTasks { services: 11 },
+            PortCall::DescribeTaskDefinition,
+            PortCall::ListTaskDefinitions,
+            PortCall::RegisterClone,
+            PortCall::UpdateService,
+            PortCall::DescribeStack,
+            PortCall::TemplateSummary,
+            PortCall::CreateChangeSet,
+            PortCall::DescribeChangeSet,
+            PortCall::ExecuteChangeSet,
+            PortCall::DeleteChangeSet,
+            PortCall::StackEvents,
+        ];
+        for call in &all {
+            match call {
+                PortCall::GetPage
+                | PortCall::Get
+                | PortCall::Put
+                | PortCall::Delete
+                | PortCall::DescribeService
+                | PortCall::DescribeServiceWithoutTasks
+                | PortCall::DescribeServicesWithoutTasks { .. }
+                | PortCall::DescribeTaskDefinition
+                | PortCall::ListTaskDefinitions
+                | PortCall::RegisterClone
+                | PortCall::UpdateService
+                | PortCall::DescribeStack
+                | PortCall::TemplateSummary
+                | PortCall::CreateChangeSet
+                | PortCall::DescribeChangeSet
+                | PortCall::ExecuteChangeSet
+                | PortCall::DeleteChangeSet
+                | PortCall::StackEvents => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_port_call_makes_calls_of_its_own_family_only_and_is_named_by_one_of_them() {
+        for call in every_port_call() {
+            let calls: Vec<(AwsOp, u32)> = call.sdk_calls().collect();
+            assert!(!calls.is_empty(), "{call:?}");
+            assert!(
+                calls
+                    .iter()
+                    .all(|(op, n)| op.family() == call.family() && *n > 0),
+                "{call:?}: {calls:?}"
+            );
+            assert!(
+                calls.iter().any(|(op, _)| *op == call.op()),
+                "{call:?} is named by a call it makes"
+            );
+        }
+    }
 }

@@ -98,7 +98,9 @@ pub enum StackProgress {
     /// `UPDATE_ROLLBACK_COMPLETE`: CloudFormation put every resource back; the stack is usable.
     RolledBack,
     /// A state that needs a human before anything else happens: any `*_FAILED`,
-    /// `ROLLBACK_COMPLETE` (what a failed creation leaves; it can only be deleted), any `DELETE_*`.
+    /// `ROLLBACK_COMPLETE` (what a failed creation leaves; it can only be deleted),
+    /// `DELETE_COMPLETE` (`DELETE_IN_PROGRESS` is in progress; [`StackStatus::needs_human`]
+    /// counts it too).
     NeedsHuman,
 }
 

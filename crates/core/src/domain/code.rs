@@ -53,7 +53,7 @@ macro_rules! codes {
 }
 
 codes! {
-    // What failed an attempt (RollingBack, then RolledBack).
+    // What failed an attempt (RolledBack; through RollingBack once the service was changed).
     /// The ECS deployment circuit breaker failed the rollout.
     CircuitBreaker = "circuit-breaker",
     /// The rollout was not healthy before its deadline.
@@ -83,9 +83,9 @@ codes! {
     StackRollbackFailed = "stack-rollback-failed",
     /// The stacks do not reach the infrastructure version the release asks for.
     InfraVersionNotReached = "infra-version-not-reached",
-    // What stopped an attempt without marking it failed (back to Idle).
-    /// Someone else changed the service during the attempt: its target is held until the
-    /// desired state changes.
+    // What stopped an attempt (back to Idle, the lease released).
+    /// Someone else changed the service during the attempt: its target is quarantined (held)
+    /// until the desired state changes, so the next pass does not fight the writer.
     ForeignWriter = "foreign-writer",
     /// The desired state changed during the attempt.
     DesiredChanged = "desired-changed",
