@@ -1049,4 +1049,66 @@ mod tests {
             Code::RecordInvalid
         );
     }
+
+    /// Capture → encode → decode → restore → capture gives back the same record, codes included:
+    /// a plain code, a rule's name and a code this build does not know (written by a newer one).
+    #[test]
+    fn records_keep_every_kind_of_code_across_a_restore() {
+        use crate::machine::transition_tests::{baseline_service, desired, seen, Drive};
+        use crate::machine::{restore, Ctx, Event, FailureClass};
+        let round_trip = |record: &Record| {
+            let text = record.encode().unwrap();
+            let (shared, state) = Record::decode(&text, "runner-a")
+                .unwrap()
+                .restore(Settings::default())
+                .unwrap();
+            let machine = restore(shared, state, &mut Ctx::default());
+            (Record::capture(&machine), machine)
+        };
+        // A failure (`circuit-breaker`), its note.
+        let mut drive = Drive::to_rolling_back();
+        drive.send(Event::CommandFailed {
+            command: "roll_back_service",
+            class: FailureClass::Permanent,
+            message: "AccessDenied".to_owned(),
+        });
+        let record = Record::capture(&drive.machine);
+        assert_eq!(record.failure.as_ref().unwrap().code, "circuit-breaker");
+        let (again, machine) = round_trip(&record);
+        assert_eq!(again, record);
+        assert!(matches!(
+            machine.state(),
+            State::RolledBack { failure, .. } if failure.code == Code::CircuitBreaker
+        ));
+        // Codes from a newer controller: kept as written.
+        let mut newer = record.clone();
+        newer.failure.as_mut().unwrap().code = "a-code-from-the-future".to_owned();
+        newer.note.as_mut().unwrap().code = "another-new-code".to_owned();
+        let (again, machine) = round_trip(&newer);
+        assert_eq!(again, newer);
+        assert!(matches!(
+            machine.state(),
+            State::RolledBack { failure, .. }
+                if failure.code == Code::Other("a-code-from-the-future".to_owned())
+        ));
+        // A rule's name as a note's code.
+        let mut held = Drive::new();
+        let mut off = desired();
+        off.auto_update = false;
+        assert_eq!(
+            held.send(seen(off, baseline_service(), vec![]))
+                .note
+                .as_deref(),
+            Some("auto-update")
+        );
+        let record = Record::capture(&held.machine);
+        let (again, machine) = round_trip(&record);
+        assert_eq!(again, record);
+        assert_eq!(
+            machine.inner().memory.note.as_ref().map(|n| n.code.clone()),
+            Some(Code::Ineligible(
+                crate::domain::eligibility::Rule::AutoUpdate
+            ))
+        );
+    }
 }

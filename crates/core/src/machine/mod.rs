@@ -2092,7 +2092,7 @@ pub fn restore(machine: RunnerMachine, state: State, ctx: &mut Ctx) -> Machine {
 }
 
 #[cfg(test)]
-mod transition_tests;
+pub(crate) mod transition_tests;
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ const START: Millis = Millis(1_740_823_200_000);
 const BASE: &str = "td:1";
 const NEW: &str = "td:2";
 
-fn desired() -> DesiredState {
+pub(crate) fn desired() -> DesiredState {
     DesiredState {
         version: Version::parse("2.14.0").unwrap(),
         image: ImageRef::parse("registry.example/runner:2.14.0").unwrap(),
@@ -60,7 +60,7 @@ fn deployment(id: &str, status: DeploymentStatus, td: &str, state: RolloutState)
 }
 
 /// The service as it is before the attempt: the baseline, steady.
-fn baseline_service() -> ServiceState {
+pub(crate) fn baseline_service() -> ServiceState {
     service(
         BASE,
         vec![deployment(
@@ -111,7 +111,7 @@ fn stack(version: &str, status: StackStatus) -> StackState {
     }
 }
 
-fn seen(desired: DesiredState, service: ServiceState, stacks: Vec<StackState>) -> Event {
+pub(crate) fn seen(desired: DesiredState, service: ServiceState, stacks: Vec<StackState>) -> Event {
     Event::Observed(Box::new(Observation {
         desired: Ok(desired),
         observed: Ok(Observed {
@@ -127,20 +127,20 @@ fn seen(desired: DesiredState, service: ServiceState, stacks: Vec<StackState>) -
 
 /// What one step came to.
 #[derive(Debug, PartialEq)]
-struct Step {
-    phase: Phase,
-    commands: Vec<&'static str>,
-    note: Option<String>,
+pub(crate) struct Step {
+    pub(crate) phase: Phase,
+    pub(crate) commands: Vec<&'static str>,
+    pub(crate) note: Option<String>,
 }
 
 /// A machine fed events while the clock moves.
-struct Drive {
-    machine: Machine,
+pub(crate) struct Drive {
+    pub(crate) machine: Machine,
     now: Millis,
 }
 
 impl Drive {
-    fn new() -> Drive {
+    pub(crate) fn new() -> Drive {
         let mut ctx = Ctx::default();
         Drive {
             machine: restore(
@@ -157,7 +157,7 @@ impl Drive {
         self
     }
 
-    fn send(&mut self, event: Event) -> Step {
+    pub(crate) fn send(&mut self, event: Event) -> Step {
         let mut ctx = Ctx {
             now: self.now,
             ..Ctx::default()
@@ -231,7 +231,7 @@ impl Drive {
     }
 
     /// From the gate to `RollingBack` on a circuit breaker's failure.
-    fn to_rolling_back() -> Drive {
+    pub(crate) fn to_rolling_back() -> Drive {
         let mut drive = Drive::to_the_gate();
         let step = drive.send(seen(desired(), ours(RolloutState::Failed, 0), vec![]));
         assert_eq!(step.phase, Phase::RollingBack);
@@ -603,65 +603,4 @@ fn infrastructure_goes_first_and_a_failed_stack_update_ends_the_attempt() {
     assert!(late.commands.contains(&"delete_change_set"), "{late:?}");
     assert_eq!(drive.failure_code(), Some(Code::ChangeSetTimeout));
     assert_eq!(drive.phase(), Phase::RolledBack);
-}
-
-/// Capture → encode → decode → restore → capture gives back the same record, codes included:
-/// a plain code, a rule's name and a code this build does not know (written by a newer one).
-#[test]
-fn records_keep_every_kind_of_code_across_a_restore() {
-    use crate::record::Record;
-    let round_trip = |record: &Record| {
-        let text = record.encode().unwrap();
-        let (shared, state) = Record::decode(&text, "runner-a")
-            .unwrap()
-            .restore(Settings::default())
-            .unwrap();
-        let machine = restore(shared, state, &mut Ctx::default());
-        (Record::capture(&machine), machine)
-    };
-    // A failure (`circuit-breaker`), its note.
-    let mut drive = Drive::to_rolling_back();
-    drive.send(Event::CommandFailed {
-        command: "roll_back_service",
-        class: FailureClass::Permanent,
-        message: "AccessDenied".to_owned(),
-    });
-    let record = Record::capture(&drive.machine);
-    assert_eq!(record.failure.as_ref().unwrap().code, "circuit-breaker");
-    let (again, machine) = round_trip(&record);
-    assert_eq!(again, record);
-    assert!(matches!(
-        machine.state(),
-        State::RolledBack { failure, .. } if failure.code == Code::CircuitBreaker
-    ));
-    // Codes from a newer controller: kept as written.
-    let mut newer = record.clone();
-    newer.failure.as_mut().unwrap().code = "a-code-from-the-future".to_owned();
-    newer.note.as_mut().unwrap().code = "another-new-code".to_owned();
-    let (again, machine) = round_trip(&newer);
-    assert_eq!(again, newer);
-    assert!(matches!(
-        machine.state(),
-        State::RolledBack { failure, .. }
-            if failure.code == Code::Other("a-code-from-the-future".to_owned())
-    ));
-    // A rule's name as a note's code.
-    let mut held = Drive::new();
-    let mut off = desired();
-    off.auto_update = false;
-    assert_eq!(
-        held.send(seen(off, baseline_service(), vec![]))
-            .note
-            .as_deref(),
-        Some("auto-update")
-    );
-    let record = Record::capture(&held.machine);
-    let (again, machine) = round_trip(&record);
-    assert_eq!(again, record);
-    assert_eq!(
-        machine.inner().memory.note.as_ref().map(|n| n.code.clone()),
-        Some(Code::Ineligible(
-            crate::domain::eligibility::Rule::AutoUpdate
-        ))
-    );
 }
