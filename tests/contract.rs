@@ -16,8 +16,11 @@ use aws_sdk_ecs::types::{
     TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, Ulimit, UlimitName,
     Volume,
 };
+use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::sim::{initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm};
+use runner_updater_adapters::sim::{
+    initial_template, SimAws, SimResource, SimRunnerSpec, SimSsm, SimTable,
+};
 use runner_updater_adapters::store::{FileStore, MemoryStore, SsmStore};
 use runner_updater_core::domain::code::Code;
 use runner_updater_core::domain::infra::{self, Creation, Execution, StackProgress, StackStatus};
@@ -28,8 +31,8 @@ use runner_updater_core::domain::revision_search::{family_revision, RevisionSear
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::StoreError;
 use runner_updater_ports::{
-    ChangeSetRequest, CloudFormation, Decorated, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
-    StateStore, TASK_DEFINITIONS_PAGE_MAX,
+    ChangeSetRequest, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Lock, LockOutcome,
+    ParameterStore, StateStore, StateTable, TASK_DEFINITIONS_PAGE_MAX,
 };
 
 /// Checks, call by call, that a port method makes the SDK calls the one table says
@@ -199,6 +202,12 @@ async fn parameter_store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
 
 async fn lease_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
     let lease = SsmLease::new(ssm.clone(), "/lease");
+    any_lease_contract(&lease, who).await;
+}
+
+/// What every lease does (SSM's and the state table's): one holder, epochs that fence,
+/// expiry past the skew tolerance, release, a late renewal of one's own, a race won by one.
+async fn any_lease_contract(lease: &dyn Lock, who: &str) {
     let ttl = Duration::from_secs(30);
     assert_eq!(
         lease.acquire("r", "c1", Millis(0), ttl).await.unwrap(),
@@ -226,12 +235,54 @@ async fn lease_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
         "{who}: stale token fenced"
     );
     assert!(lease.check("r", "c2", 2, Millis(60_001)).await.unwrap());
+    lease.release("r", "c1", 1).await.unwrap();
+    assert!(
+        lease.check("r", "c2", 2, Millis(60_001)).await.unwrap(),
+        "{who}: a stale release changes nothing"
+    );
     lease.release("r", "c2", 2).await.unwrap();
     assert_eq!(
         lease.holder("r", Millis(60_002)).await.unwrap(),
         None,
         "{who}: released"
     );
+    // Released: taken at once by another, with the next epoch.
+    assert_eq!(
+        lease.acquire("r", "c3", Millis(60_003), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 3 },
+        "{who}"
+    );
+    // Expired, but within the skew tolerance: still busy for others; its holder, late,
+    // takes the next epoch (never busy with itself).
+    let late = Millis(60_003 + 30_000 + 2_000);
+    assert!(
+        matches!(
+            lease.acquire("r", "c4", late, ttl).await.unwrap(),
+            LockOutcome::Busy { .. }
+        ),
+        "{who}"
+    );
+    assert_eq!(
+        lease.acquire("r", "c3", late, ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 4 },
+        "{who}"
+    );
+    assert!(!lease.check("r", "c3", 3, late).await.unwrap(), "{who}");
+    // A race after expiry: exactly one of five controllers takes the lease.
+    let after = late.after(ttl + Duration::from_secs(6));
+    let holders = ["d1", "d2", "d3", "d4", "d5"];
+    let outcomes = futures_util::future::join_all(
+        holders
+            .iter()
+            .map(|holder| lease.acquire("race", holder, after, ttl)),
+    )
+    .await;
+    let won: Vec<_> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(LockOutcome::Acquired { .. })))
+        .collect();
+    assert_eq!(won.len(), 1, "{who}: {outcomes:?}");
+    assert!(outcomes.iter().all(Result::is_ok), "{who}: {outcomes:?}");
 }
 
 async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {
@@ -312,6 +363,143 @@ async fn ssm_lease_and_store_behave_alike_on_the_simulation_and_on_moto() {
     }
     let checked = check.assert_agreed("SSM on moto");
     assert!(checked > 50, "only {checked} calls checked");
+}
+
+/// The state table's lease and store: the lease contract, then compare-and-set on the record
+/// — a stale writer refused, a fenced controller writing nothing, at rest no write over a live
+/// lease of another — on any `StateTable`.
+async fn state_table_contract(table: Arc<dyn StateTable>, who: &str) {
+    any_lease_contract(&DynamoLease::new(table.clone()), who).await;
+
+    let s = runner_updater_interface::scenario::Scenario::new(1).unwrap();
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(
+        &mut driver,
+        runner_updater_core::machine::phase::Phase::AwaitingRollout,
+        200,
+    )
+    .await
+    .unwrap();
+    let mut in_attempt = s.store.load("runner-a").await.unwrap().unwrap();
+    in_attempt.lock_epoch = Some(1);
+    let clock = runner_updater_adapters::sim::SimClock::new(Millis(1_000_000));
+    let lease = DynamoLease::new(table.clone());
+    let one = DynamoStore::new(table.clone(), "c1", Arc::new(clock.clone()));
+    let two = DynamoStore::new(table.clone(), "c2", Arc::new(clock.clone()));
+    let refused = |result: Result<(), StoreError>| matches!(result, Err(StoreError::Refused(_)));
+
+    // The lease first (taken at the clock's now), then the attempt's record under it.
+    let ttl = Duration::from_secs(30);
+    assert_eq!(
+        lease
+            .acquire("runner-a", "c1", clock.now(), ttl)
+            .await
+            .unwrap(),
+        LockOutcome::Acquired { epoch: 1 },
+        "{who}"
+    );
+    assert_eq!(one.load("runner-a").await.unwrap(), None, "{who}");
+    one.save(&in_attempt).await.unwrap();
+    assert_eq!(
+        two.load("runner-a").await.unwrap(),
+        Some(in_attempt.clone()),
+        "{who}: round trip"
+    );
+    assert_eq!(one.list().await.unwrap(), ["runner-a"], "{who}: listed");
+    // Another controller at rest may not write over a live lease of the holder.
+    let mut at_rest = in_attempt.clone();
+    at_rest.phase = "idle".to_owned();
+    at_rest.lock_epoch = None;
+    at_rest.attempt = None;
+    at_rest.baseline = None;
+    at_rest.new_task_definition_arn = None;
+    at_rest.deployment_id = None;
+    at_rest.deadline = None;
+    assert!(
+        refused(two.save(&at_rest).await),
+        "{who}: a live lease of another"
+    );
+    // The holder writes on; a writer that read before that write is stale.
+    one.save(&in_attempt).await.unwrap();
+    assert!(
+        refused(two.save(&in_attempt).await),
+        "{who}: stale version (and not the holder)"
+    );
+    // The lease ends; another controller takes it; the old holder is fenced and writes nothing.
+    clock.advance(ttl + Duration::from_secs(6));
+    assert_eq!(
+        lease
+            .acquire("runner-a", "c2", clock.now(), ttl)
+            .await
+            .unwrap(),
+        LockOutcome::Acquired { epoch: 2 },
+        "{who}"
+    );
+    let before = two.load("runner-a").await.unwrap();
+    let mut stale = in_attempt.clone();
+    stale.since += 1;
+    assert!(refused(one.save(&stale).await), "{who}: fenced");
+    assert_eq!(
+        two.load("runner-a").await.unwrap(),
+        before,
+        "{who}: nothing written"
+    );
+    // The new holder adopts the attempt under its epoch.
+    let mut adopted = in_attempt.clone();
+    adopted.lock_epoch = Some(2);
+    two.save(&adopted).await.unwrap();
+    // Leaving the attempt (Done keeps the epoch) under the lease, then released: at rest.
+    let mut done = adopted.clone();
+    done.phase = "done".to_owned();
+    two.save(&done).await.unwrap();
+    lease.release("runner-a", "c2", 2).await.unwrap();
+    let mut idle = at_rest.clone();
+    idle.since += 5;
+    one.load("runner-a").await.unwrap();
+    one.save(&idle).await.unwrap();
+    assert_eq!(
+        two.load("runner-a").await.unwrap(),
+        Some(idle),
+        "{who}: at rest, free: written"
+    );
+}
+
+#[tokio::test]
+async fn the_state_table_lease_and_store_hold_on_the_simulation_and_on_moto() {
+    state_table_contract(Arc::new(SimTable::default()), "simulation").await;
+
+    let moto = common::Moto::start();
+    let sdk = moto.sdk_config().await;
+    aws_sdk_dynamodb::Client::new(&sdk)
+        .create_table()
+        .table_name("runner-updater-state")
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("runner")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("runner")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let check = table_check::TableCheck::new();
+    let on_moto: Arc<dyn StateTable> = Arc::new(Decorated::new(
+        Arc::new(moto.clients().await.table("runner-updater-state")) as Arc<dyn StateTable>,
+        check.clone(),
+    ));
+    state_table_contract(on_moto, "moto").await;
+    let checked = check.assert_agreed("DynamoDB on moto");
+    assert!(checked > 20, "only {checked} calls checked");
 }
 
 /// Creates, on moto, a cluster, a rich task definition and a service running it.

@@ -12,10 +12,11 @@ use serde_json::Value;
 
 /// Adapter file, its IAM service prefix, and the fewest operations a working scan finds there
 /// (so that a broken scan cannot pass with nothing to check).
-const ADAPTERS: [(&str, &str, usize); 3] = [
+const ADAPTERS: [(&str, &str, usize); 4] = [
     ("ssm.rs", "ssm", 4),
     ("ecs.rs", "ecs", 6),
     ("cfn.rs", "cloudformation", 6),
+    ("dynamo.rs", "dynamodb", 3),
 ];
 
 /// Actions AWS authorizes on the controller's behalf, beyond its own SDK calls, with the reason.

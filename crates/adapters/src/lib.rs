@@ -6,6 +6,7 @@
 //! crate graph: this crate depends on neither).
 
 pub mod clock;
+pub mod dynamo;
 pub mod lease;
 pub mod ratelimit;
 pub mod sim;

@@ -6,6 +6,7 @@
 //! errors classified transient here.
 
 mod cfn;
+mod dynamo;
 mod ecs;
 mod ssm;
 
@@ -92,6 +93,7 @@ where
 }
 
 pub use cfn::AwsCloudFormation;
+pub use dynamo::AwsTable;
 pub use ecs::{AwsEcs, COPIED_FIELDS, READ_ONLY_SDK_FIELDS};
 pub use ssm::AwsSsm;
 
@@ -125,6 +127,8 @@ pub struct AwsClients {
     pub ecs: AwsEcs,
     /// CloudFormation.
     pub cfn: AwsCloudFormation,
+    /// DynamoDB (the state table: [`AwsClients::table`]).
+    dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl AwsClients {
@@ -153,7 +157,14 @@ impl AwsClients {
             ssm: AwsSsm::new(aws_sdk_ssm::Client::new(config)),
             ecs: AwsEcs::new(aws_sdk_ecs::Client::new(config)),
             cfn: AwsCloudFormation::new(aws_sdk_cloudformation::Client::new(config)),
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
         }
+    }
+
+    /// The state table named `table`.
+    #[must_use]
+    pub fn table(&self, table: &str) -> AwsTable {
+        AwsTable::new(self.dynamodb.clone(), table)
     }
 }
 
@@ -186,6 +197,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "ServiceNotFoundException",
     "ClusterNotFoundException",
     "ChangeSetNotFound",
+    "ResourceNotFoundException",
 ];
 
 /// What an AWS error answer means to the controller, from its code, HTTP status and message:
@@ -200,7 +212,10 @@ fn kind_of(code: &str, status: u16, message: &str) -> ErrorKind {
         || (code == "ValidationError" && message.contains("does not exist"))
     {
         ErrorKind::NotFound
-    } else if code == "ParameterAlreadyExists" || code == "AlreadyExistsException" {
+    } else if code == "ParameterAlreadyExists"
+        || code == "AlreadyExistsException"
+        || code == "ConditionalCheckFailedException"
+    {
         ErrorKind::Conflict
     } else {
         ErrorKind::Permanent
@@ -279,6 +294,8 @@ mod tests {
             ),
             ("ParameterAlreadyExists", 400, "", K::Conflict),
             ("AlreadyExistsException", 400, "", K::Conflict),
+            ("ConditionalCheckFailedException", 400, "", K::Conflict),
+            ("ResourceNotFoundException", 400, "", K::NotFound),
             ("AccessDeniedException", 400, "", K::Permanent),
             ("ClientException", 400, "", K::Permanent),
             // A message that only mentions throttling is not throttling: the code says so.

@@ -1022,6 +1022,7 @@ impl World {
                 ApiFamily::Ssm => self.aws.ssm.faults.lose_answer(operation),
                 ApiFamily::Ecs => self.aws.ecs.faults.lose_answer(operation),
                 ApiFamily::CloudFormation => self.aws.cfn.faults.lose_answer(operation),
+                ApiFamily::DynamoDb => self.aws.table.faults.lose_answer(operation),
             }
             self.note(format!(
                 "answer lost: the next {operation} takes effect, its answer is lost"
@@ -1041,6 +1042,7 @@ impl World {
                 ApiFamily::Ssm => self.aws.ssm.faults.push(operation, kind),
                 ApiFamily::Ecs => self.aws.ecs.faults.push(operation, kind),
                 ApiFamily::CloudFormation => self.aws.cfn.faults.push(operation, kind),
+                ApiFamily::DynamoDb => self.aws.table.faults.push(operation, kind),
             }
         }
         self.note(format!("fault {count} x {kind:?} on {operation}"));

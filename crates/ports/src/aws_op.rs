@@ -17,29 +17,38 @@ pub enum ApiFamily {
     Ecs,
     /// `CloudFormation`.
     CloudFormation,
+    /// DynamoDB (the state table).
+    DynamoDb,
 }
 
 impl ApiFamily {
     /// Every family, in the order of the configuration's rate limits.
-    pub const ALL: [ApiFamily; 3] = [ApiFamily::Ssm, ApiFamily::Ecs, ApiFamily::CloudFormation];
+    pub const ALL: [ApiFamily; 4] = [
+        ApiFamily::Ssm,
+        ApiFamily::Ecs,
+        ApiFamily::CloudFormation,
+        ApiFamily::DynamoDb,
+    ];
 
-    /// The family's name as AWS writes it (`SSM`, `ECS`, `CloudFormation`).
+    /// The family's name as AWS writes it (`SSM`, `ECS`, `CloudFormation`, `DynamoDB`).
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             ApiFamily::Ssm => "SSM",
             ApiFamily::Ecs => "ECS",
             ApiFamily::CloudFormation => "CloudFormation",
+            ApiFamily::DynamoDb => "DynamoDB",
         }
     }
 
-    /// The IAM service prefix (`ssm`, `ecs`, `cloudformation`).
+    /// The IAM service prefix (`ssm`, `ecs`, `cloudformation`, `dynamodb`).
     #[must_use]
     pub fn iam_prefix(self) -> &'static str {
         match self {
             ApiFamily::Ssm => "ssm",
             ApiFamily::Ecs => "ecs",
             ApiFamily::CloudFormation => "cloudformation",
+            ApiFamily::DynamoDb => "dynamodb",
         }
     }
 }
@@ -128,6 +137,12 @@ aws_ops! {
     /// `cloudformation:DescribeStackEvents`, a page (`stack_events` reads pages back to the
     /// attempt's start; one, usually).
     DescribeStackEvents: CloudFormation, false;
+    /// `dynamodb:GetItem` (strongly consistent).
+    GetItem: DynamoDb, false;
+    /// `dynamodb:UpdateItem`, conditional.
+    UpdateItem: DynamoDb, true;
+    /// `dynamodb:Scan`, one page.
+    Scan: DynamoDb, false;
 }
 
 impl AwsOp {
@@ -194,6 +209,14 @@ pub enum PortCall {
     DeleteChangeSet,
     /// `CloudFormation::stack_events`.
     StackEvents,
+    /// `StateTable::get`.
+    TableGet,
+    /// `StateTable::write_lease`.
+    TableWriteLease,
+    /// `StateTable::write_record`.
+    TableWriteRecord,
+    /// `StateTable::scan_page`.
+    TableScanPage,
 }
 
 /// The services one `DescribeServices` call describes at most (an AWS limit).
@@ -236,6 +259,9 @@ impl PortCall {
             PortCall::ExecuteChangeSet => &[(AwsOp::ExecuteChangeSet, ONE)],
             PortCall::DeleteChangeSet => &[(AwsOp::DeleteChangeSet, ONE)],
             PortCall::StackEvents => &[(AwsOp::DescribeStackEvents, ONE)],
+            PortCall::TableGet => &[(AwsOp::GetItem, ONE)],
+            PortCall::TableWriteLease | PortCall::TableWriteRecord => &[(AwsOp::UpdateItem, ONE)],
+            PortCall::TableScanPage => &[(AwsOp::Scan, ONE)],
         };
         // A batch of services: one call per ten, none for an empty batch (the adapter makes none).
         let batches = match self {
@@ -268,6 +294,10 @@ impl PortCall {
             | PortCall::ExecuteChangeSet
             | PortCall::DeleteChangeSet
             | PortCall::StackEvents => ApiFamily::CloudFormation,
+            PortCall::TableGet
+            | PortCall::TableWriteLease
+            | PortCall::TableWriteRecord
+            | PortCall::TableScanPage => ApiFamily::DynamoDb,
         }
     }
 
@@ -369,6 +399,10 @@ mod tests {
             PortCall::ExecuteChangeSet,
             PortCall::DeleteChangeSet,
             PortCall::StackEvents,
+            PortCall::TableGet,
+            PortCall::TableWriteLease,
+            PortCall::TableWriteRecord,
+            PortCall::TableScanPage,
         ];
         for call in &all {
             match call {
@@ -389,7 +423,11 @@ mod tests {
                 | PortCall::DescribeChangeSet
                 | PortCall::ExecuteChangeSet
                 | PortCall::DeleteChangeSet
-                | PortCall::StackEvents => {}
+                | PortCall::StackEvents
+                | PortCall::TableGet
+                | PortCall::TableWriteLease
+                | PortCall::TableWriteRecord
+                | PortCall::TableScanPage => {}
             }
         }
         all

@@ -15,8 +15,9 @@ use runner_updater_core::domain::observed::{ServiceState, StackState};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 
 use crate::{
-    walk_pages, ChangeSetRequest, CloudFormation, Ecs, Parameter, ParameterPage, ParameterStore,
-    PortCall, PortError, TaskDefinitionPage, TemplateSummary,
+    walk_pages, ChangeSetRequest, CloudFormation, Ecs, LeaseCondition, LeaseFields, Parameter,
+    ParameterPage, ParameterStore, PortCall, PortError, RecordCondition, StateItem, StatePage,
+    StateTable, TaskDefinitionPage, TemplateSummary,
 };
 
 /// What a call is about, for the hooks that audit it.
@@ -51,6 +52,10 @@ pub enum Target<'a> {
     Families(&'a str),
     /// A stack (and its change sets and events).
     Stack(&'a str),
+    /// A runner's item in the state table.
+    Item(&'a str),
+    /// The state table (a scan).
+    Table,
 }
 
 /// One call of a port, as the hooks see it.
@@ -322,6 +327,50 @@ impl<H: Hooks> CloudFormation for Decorated<dyn CloudFormation, H> {
             target: Target::Stack(stack),
         };
         self.around(call, self.inner.stack_events(stack)).await
+    }
+}
+
+#[async_trait]
+impl<H: Hooks> StateTable for Decorated<dyn StateTable, H> {
+    async fn get(&self, runner: &str) -> Result<Option<StateItem>, PortError> {
+        let call = Call {
+            port: PortCall::TableGet,
+            target: Target::Item(runner),
+        };
+        self.around(call, self.inner.get(runner)).await
+    }
+    async fn write_lease(
+        &self,
+        runner: &str,
+        lease: &LeaseFields,
+        condition: &LeaseCondition,
+    ) -> Result<(), PortError> {
+        let call = Call {
+            port: PortCall::TableWriteLease,
+            target: Target::Item(runner),
+        };
+        self.around(call, self.inner.write_lease(runner, lease, condition))
+            .await
+    }
+    async fn write_record(
+        &self,
+        runner: &str,
+        text: &str,
+        condition: &RecordCondition,
+    ) -> Result<u64, PortError> {
+        let call = Call {
+            port: PortCall::TableWriteRecord,
+            target: Target::Item(runner),
+        };
+        self.around(call, self.inner.write_record(runner, text, condition))
+            .await
+    }
+    async fn scan_page(&self, token: Option<&str>) -> Result<StatePage, PortError> {
+        let call = Call {
+            port: PortCall::TableScanPage,
+            target: Target::Table,
+        };
+        self.around(call, self.inner.scan_page(token)).await
     }
 }
 

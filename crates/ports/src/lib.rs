@@ -8,6 +8,7 @@
 
 mod aws_op;
 mod decorate;
+mod table;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +23,10 @@ use runner_updater_core::record::{Record, RecordError};
 
 pub use aws_op::{ApiFamily, AwsOp, PortCall};
 pub use decorate::{Call, Decorated, Hooks, Target};
+pub use table::{
+    Fence, LeaseCondition, LeaseFields, RecordCondition, StateItem, StatePage, StateTable,
+    StoredRecord,
+};
 
 /// How a port call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,6 +331,11 @@ pub enum StoreError {
     /// IO or service failure.
     #[error("state store: {0}")]
     Io(String),
+    /// The store refused the write by its condition (the DynamoDB state table): another
+    /// controller wrote the record since it was read, or holds the runner's lease. Nothing
+    /// was written; the caller reloads.
+    #[error("state store: {0}")]
+    Refused(String),
 }
 
 /// Where records are persisted.

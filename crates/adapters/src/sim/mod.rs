@@ -7,6 +7,7 @@
 
 mod cfn;
 mod ecs;
+mod table;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use runner_updater_ports::{
 
 pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
+pub use table::{SimTable, SCAN_PAGE_ITEMS};
 
 /// Locks a mutex, turning poisoning into a port error (a panicked test thread).
 fn guard<T>(mutex: &Mutex<T>, operation: AwsOp) -> Result<MutexGuard<'_, T>, PortError> {
@@ -430,6 +432,8 @@ pub struct SimAws {
     pub ecs: SimEcs,
     /// `CloudFormation`.
     pub cfn: SimCfn,
+    /// The DynamoDB state table.
+    pub table: SimTable,
 }
 
 /// 2025-03-01T10:00:00Z: where simulated time starts unless told otherwise.
@@ -445,6 +449,7 @@ impl SimAws {
             cfn: SimCfn::new(clock.clone()),
             clock,
             ssm: SimSsm::default(),
+            table: SimTable::default(),
         }
     }
 

@@ -1,0 +1,330 @@
+//! The lease and the record in the DynamoDB state table, on any [`StateTable`]: one item per
+//! runner, every write conditional, so that DynamoDB itself refuses a stale or fenced
+//! controller's write (ARCHITECTURE.md, "The state table").
+//!
+//! - **Take**: no lease yet → epoch 1 if still none; the current one ended (released, or expired
+//!   past the skew tolerance) → epoch + 1 if it is still that epoch and still ended; ours but
+//!   late → epoch + 1 if it is still ours. Of several controllers racing, exactly one wins.
+//! - **Renew**: ours and live → a later end, if still ours (same epoch).
+//! - **Release**: an end of 0, if still ours.
+//! - **Check** (the fence before every ECS and CloudFormation mutation): ours, that epoch, live.
+//! - **Record write**: only if the record is still the version this controller read or wrote
+//!   last, and — during an attempt, or leaving one — our lease of the attempt's epoch is live;
+//!   at rest, nobody else's lease is.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::lease::CLOCK_SKEW_TOLERANCE;
+use runner_updater_core::domain::Millis;
+use runner_updater_core::machine::phase::Phase;
+use runner_updater_core::record::Record;
+use runner_updater_ports::{
+    Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, Lock, LockOutcome, PortError,
+    RecordCondition, StateStore, StateTable, StoreError,
+};
+
+/// The most scan pages `list` reads (a bound on a runaway table).
+const SCAN_PAGES_MAX: usize = 10_000;
+
+/// The runner lock as a lease in the state table.
+#[derive(Clone)]
+pub struct DynamoLease {
+    table: Arc<dyn StateTable>,
+}
+
+impl DynamoLease {
+    /// The lease of each runner's item in `table`.
+    #[must_use]
+    pub fn new(table: Arc<dyn StateTable>) -> Self {
+        DynamoLease { table }
+    }
+
+    async fn lease(&self, runner: &str) -> Result<Option<LeaseFields>, PortError> {
+        Ok(self.table.get(runner).await?.and_then(|item| item.lease))
+    }
+}
+
+fn busy(lease: LeaseFields) -> LockOutcome {
+    LockOutcome::Busy {
+        holder: lease.holder,
+        expires_at: lease.expires_at,
+    }
+}
+
+#[async_trait]
+impl Lock for DynamoLease {
+    async fn acquire(
+        &self,
+        runner: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError> {
+        let current = self.lease(runner).await?;
+        let (epoch, condition) = match current {
+            None => (1, LeaseCondition::NoLease),
+            // Ours and live: renewed in place (the epoch stays).
+            Some(lease) if lease.holder == holder && now < lease.expires_at => (
+                lease.epoch,
+                LeaseCondition::HeldBy {
+                    holder: holder.to_owned(),
+                    epoch: lease.epoch,
+                },
+            ),
+            // Ours but late (a slow pass, a pause): the next epoch, if it is still ours — as
+            // the SSM lease does, so both backends fence a late holder alike.
+            Some(lease) if lease.holder == holder && lease.expires_at != Millis(0) => (
+                lease.epoch + 1,
+                LeaseCondition::HeldBy {
+                    holder: holder.to_owned(),
+                    epoch: lease.epoch,
+                },
+            ),
+            // Another's, live (or within the skew tolerance): busy.
+            Some(lease)
+                if lease.expires_at != Millis(0)
+                    && now < lease.expires_at.after(CLOCK_SKEW_TOLERANCE) =>
+            {
+                return Ok(busy(lease));
+            }
+            // Ended: the next epoch, if it is still this one and still ends when it did (a
+            // renewal meanwhile, a later end, makes the write fail).
+            Some(lease) => (
+                lease.epoch + 1,
+                LeaseCondition::EndedBefore {
+                    epoch: lease.epoch,
+                    ended_before: Millis(lease.expires_at.0.saturating_add(1)),
+                },
+            ),
+        };
+        let wanted = LeaseFields {
+            holder: holder.to_owned(),
+            epoch,
+            expires_at: now.after(ttl),
+        };
+        match self.table.write_lease(runner, &wanted, &condition).await {
+            Ok(()) => Ok(LockOutcome::Acquired { epoch }),
+            Err(error) if error.kind == ErrorKind::Conflict => {
+                // Another controller wrote first — unless it was this very write, sent again
+                // after its answer was lost (the SDK's retry).
+                match self.lease(runner).await? {
+                    Some(lease) if lease.holder == holder && lease.epoch == epoch => {
+                        Ok(LockOutcome::Acquired { epoch })
+                    }
+                    Some(lease) => Ok(busy(lease)),
+                    None => Ok(LockOutcome::Busy {
+                        holder: "another controller".to_owned(),
+                        expires_at: now.after(ttl),
+                    }),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn check(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<bool, PortError> {
+        Ok(self
+            .lease(runner)
+            .await?
+            .is_some_and(|l| l.holder == holder && l.epoch == epoch && now < l.expires_at))
+    }
+
+    async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError> {
+        Ok(self
+            .lease(runner)
+            .await?
+            .filter(|l| now < l.expires_at)
+            .map(|l| l.holder))
+    }
+
+    async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {
+        let released = LeaseFields {
+            holder: holder.to_owned(),
+            epoch,
+            expires_at: Millis(0),
+        };
+        let condition = LeaseCondition::HeldBy {
+            holder: holder.to_owned(),
+            epoch,
+        };
+        match self.table.write_lease(runner, &released, &condition).await {
+            // Not ours (any more): nothing to release.
+            Err(error) if error.kind == ErrorKind::Conflict => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// What this controller last read or wrote of a runner's record: its version, and the epoch
+/// of the attempt it was in (a write leaving that attempt is fenced by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    version: Option<u64>,
+    attempt_epoch: Option<u64>,
+}
+
+/// The records in the state table, written by compare-and-set.
+pub struct DynamoStore {
+    table: Arc<dyn StateTable>,
+    holder: String,
+    clock: Arc<dyn Clock>,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+impl DynamoStore {
+    /// The records of `table`, written as `holder` (the lease's holder id).
+    #[must_use]
+    pub fn new(table: Arc<dyn StateTable>, holder: &str, clock: Arc<dyn Clock>) -> Self {
+        DynamoStore {
+            table,
+            holder: holder.to_owned(),
+            clock,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remember(&self, runner: &str, seen: Seen) {
+        if let Ok(mut all) = self.seen.lock() {
+            all.insert(runner.to_owned(), seen);
+        }
+    }
+
+    fn forget(&self, runner: &str) {
+        if let Ok(mut all) = self.seen.lock() {
+            all.remove(runner);
+        }
+    }
+
+    fn last_seen(&self, runner: &str) -> Option<Seen> {
+        self.seen.lock().ok()?.get(runner).copied()
+    }
+}
+
+/// The epoch of the attempt a record is in, if it is in one (not at rest).
+fn attempt_epoch(record: &Record) -> Option<u64> {
+    record
+        .phase()
+        .is_ok_and(|p| !p.is_resting() && p != Phase::Checking)
+        .then_some(record.lock_epoch)
+        .flatten()
+}
+
+fn io(error: &PortError) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+#[async_trait]
+impl StateStore for DynamoStore {
+    async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
+        let item = self.table.get(runner).await.map_err(|e| io(&e))?;
+        let Some(stored) = item.and_then(|item| item.record) else {
+            self.remember(
+                runner,
+                Seen {
+                    version: None,
+                    attempt_epoch: None,
+                },
+            );
+            return Ok(None);
+        };
+        let record = Record::decode(&stored.text, runner)?;
+        self.remember(
+            runner,
+            Seen {
+                version: Some(stored.version),
+                attempt_epoch: attempt_epoch(&record),
+            },
+        );
+        Ok(Some(record))
+    }
+
+    async fn save(&self, record: &Record) -> Result<(), StoreError> {
+        let runner = record.runner.as_str();
+        let text = record.encode()?;
+        // Never read by this controller: read the version now (a first write of a runner
+        // this process has not loaded; the driver always loads first).
+        let seen = if let Some(seen) = self.last_seen(runner) {
+            seen
+        } else {
+            let item = self.table.get(runner).await.map_err(|e| io(&e))?;
+            Seen {
+                version: item.and_then(|i| i.record).map(|r| r.version),
+                attempt_epoch: None,
+            }
+        };
+        let now = self.clock.now();
+        // In an attempt, or leaving one: fenced by the attempt's epoch.
+        let fence = match attempt_epoch(record).or(seen.attempt_epoch) {
+            Some(epoch) => Fence::Held {
+                holder: self.holder.clone(),
+                epoch,
+                now,
+            },
+            None => Fence::FreeOrOwn {
+                holder: self.holder.clone(),
+                free_before: Millis(now.0.saturating_sub(
+                    u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(u64::MAX),
+                )),
+            },
+        };
+        let condition = RecordCondition {
+            version: seen.version,
+            fence,
+        };
+        match self.table.write_record(runner, &text, &condition).await {
+            Ok(version) => {
+                self.remember(
+                    runner,
+                    Seen {
+                        version: Some(version),
+                        attempt_epoch: attempt_epoch(record),
+                    },
+                );
+                Ok(())
+            }
+            Err(error) if error.kind == ErrorKind::Conflict => {
+                // What this controller knew is stale: the next load reads it again.
+                self.forget(runner);
+                Err(StoreError::Refused(format!(
+                    "the state table refused the write of {runner}'s record: another controller wrote it, or holds its lease ({error})"
+                )))
+            }
+            Err(error) => Err(io(&error)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, StoreError> {
+        let mut runners = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..SCAN_PAGES_MAX {
+            let page = self
+                .table
+                .scan_page(token.as_deref())
+                .await
+                .map_err(|e| io(&e))?;
+            runners.extend(
+                page.items
+                    .into_iter()
+                    .filter(|item| item.record.is_some())
+                    .map(|item| item.runner),
+            );
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(runners),
+            }
+        }
+        Err(StoreError::Io(format!(
+            "more than {SCAN_PAGES_MAX} pages in the state table"
+        )))
+    }
+}
