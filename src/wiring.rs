@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_updater_adapters::clock::SystemClock;
+use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm};
+use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm, limit_table};
 use runner_updater_adapters::store::{FileStore, SsmStore};
 use runner_updater_aws::{AwsClients, SdkSettings};
 use runner_updater_config::{Config, StateBackend};
-use runner_updater_ports::{Clock, ParameterStore, StateStore};
+use runner_updater_ports::{Clock, Lock, ParameterStore, StateStore, StateTable};
 use runner_updater_runtime::driver::Ports;
 
 /// This host's name: `HOSTNAME` (the pod's name on Kubernetes), else the kernel's.
@@ -46,18 +47,20 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
 }
 
 /// The ports on AWS: SDK clients from the standard configuration, each API family behind its
-/// shared client-side rate limit, the SSM lease, the configured store.
-pub async fn aws_ports(config: &Config) -> Ports {
+/// shared client-side rate limit, the lease and the store of the configured backend (`holder`:
+/// this controller's lease holder id, what the state table's conditional writes name).
+pub async fn aws_ports(config: &Config, holder: &str) -> Ports {
     let clients = AwsClients::from_env(sdk_settings(config)).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
     let ssm: Arc<dyn ParameterStore> = Arc::new(limit_ssm(
-        Arc::new(clients.ssm),
+        Arc::new(clients.ssm.clone()),
         limits.ssm_per_sec,
         clock.clone(),
     ));
+    let (lock, store) = lock_and_store(config, &clients, ssm.clone(), holder, clock.clone());
     Ports {
-        ssm: ssm.clone(),
+        ssm,
         ecs: Arc::new(limit_ecs(
             Arc::new(clients.ecs),
             limits.ecs_per_sec,
@@ -68,13 +71,41 @@ pub async fn aws_ports(config: &Config) -> Ports {
             limits.cloudformation_per_sec,
             clock.clone(),
         )),
-        lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
-        store: store_on(config, ssm),
+        lock,
+        store,
         clock,
     }
 }
 
-/// The state store the configuration names, on `ssm` when it is the SSM store.
+/// The lease and the store of the configured backend: the state table's (`dynamodb`), or the
+/// SSM lease with the SSM or the file store.
+fn lock_and_store(
+    config: &Config,
+    clients: &AwsClients,
+    ssm: Arc<dyn ParameterStore>,
+    holder: &str,
+    clock: Arc<dyn Clock>,
+) -> (Arc<dyn Lock>, Arc<dyn StateStore>) {
+    if config.state_store.backend == StateBackend::DynamoDb {
+        let table: Arc<dyn StateTable> = Arc::new(limit_table(
+            Arc::new(clients.table(&config.state_store.table)),
+            config.rate_limits.dynamodb_per_sec,
+            clock.clone(),
+        ));
+        return (
+            Arc::new(DynamoLease::new(table.clone())),
+            Arc::new(DynamoStore::new(table, holder, clock)),
+        );
+    }
+    (
+        Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
+        store_on(config, ssm),
+    )
+}
+
+/// The state store the configuration names, on `ssm` when it is the SSM store (the
+/// simulation's stores: the `dynamodb` backend is the SSM store there, until the simulated
+/// table is wired in).
 #[must_use]
 pub fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore> {
     if config.state_store.backend == StateBackend::File {
@@ -84,16 +115,14 @@ pub fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateS
     }
 }
 
-/// What `status` reads: the configured state store and, with the SSM store, the leases (the
-/// file store is read without AWS, so it works with no credentials at all).
-pub async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<SsmLease>) {
+/// What `status` reads: the configured state store and, with a shared store, the leases (the
+/// file store is read without AWS, so it works with no credentials at all). It never writes.
+pub async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<Arc<dyn Lock>>) {
     if config.state_store.backend == StateBackend::File {
         return (Arc::new(FileStore::new(&config.state_store.path)), None);
     }
     let clients = AwsClients::from_env(sdk_settings(config)).await;
-    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
-    (
-        store_on(config, ssm.clone()),
-        Some(SsmLease::new(ssm, &config.prefix)),
-    )
+    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
+    let (lock, store) = lock_and_store(config, &clients, ssm, "status", Arc::new(SystemClock));
+    (store, Some(lock))
 }

@@ -47,7 +47,8 @@ pub async fn plan(config: Option<&PathBuf>, args: PlanArgs) -> anyhow::Result<Ex
         if !args.desired.is_empty() {
             bail!("--desired is for --simulated only: against AWS, ops write desired versions into SSM");
         }
-        aws_ports(&config).await
+        // `plan` never writes: its holder id is never used by a write.
+        aws_ports(&config, "plan").await
     };
     let names: Vec<String> = match args.runner {
         Some(runner) => vec![runner],

@@ -71,6 +71,8 @@ pub struct RunSetup {
     pub simulated: Option<SimClock>,
     /// `--listen` and `--listen-port-file`.
     pub listen: Option<Listen>,
+    /// This process's lease holder id (what the state table's conditional writes name).
+    pub holder: String,
 }
 
 /// Loads the configuration, checks the options and builds the ports `run` runs on.
@@ -94,6 +96,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             port_file: args.listen_port_file,
         }),
     };
+    let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     if args.simulated {
         let (ports, clock) = simulated_ports(&config, &args.desired, args.seed)?;
         return Ok(RunSetup {
@@ -102,6 +105,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             passes: args.passes,
             simulated: Some(clock),
             listen,
+            holder,
         });
     }
     if !args.desired.is_empty() {
@@ -109,13 +113,14 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             "--desired is for --simulated only: against AWS, ops write desired versions into SSM"
         );
     }
-    let ports = aws_ports(&config).await;
+    let ports = aws_ports(&config, &holder).await;
     Ok(RunSetup {
         config,
         ports,
         passes: args.passes,
         simulated: None,
         listen,
+        holder,
     })
 }
 
@@ -172,6 +177,7 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         passes,
         simulated,
         listen,
+        holder,
     } = setup;
     let config = &config;
     let metrics = Arc::new(Metrics::new());
@@ -224,7 +230,6 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     let drivers: Vec<RunnerDriver> = config
         .runners
         .iter()

@@ -10,7 +10,7 @@ use runner_updater_adapters::clock::SystemClock;
 use runner_updater_config::StateBackend;
 use runner_updater_interface::ops;
 use runner_updater_interface::report::render_status;
-use runner_updater_ports::{Clock as _, Lock};
+use runner_updater_ports::Clock as _;
 
 use crate::wiring::status_sources;
 
@@ -34,7 +34,7 @@ pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Resul
     // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
     let runners = match args.runner {
         Some(runner) => vec![runner],
-        None if !config.runners.is_empty() && config.state_store.backend == StateBackend::Ssm => {
+        None if !config.runners.is_empty() && config.state_store.backend != StateBackend::File => {
             config.runners.iter().map(|r| r.name.clone()).collect()
         }
         None => store.list().await?,
@@ -42,7 +42,7 @@ pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Resul
     let views = ops::status_views(
         &config,
         store.as_ref(),
-        lock.as_ref().map(|l| l as &dyn Lock),
+        lock.as_deref(),
         &runners,
         SystemClock.now(),
     )

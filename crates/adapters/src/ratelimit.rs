@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{
     ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, ParameterStore,
-    PortError,
+    PortError, StateTable,
 };
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -138,6 +138,8 @@ pub type LimitedSsm = Decorated<dyn ParameterStore, Arc<Limiter>>;
 pub type LimitedEcs = Decorated<dyn Ecs, Arc<Limiter>>;
 /// `CloudFormation` behind its limiter.
 pub type LimitedCfn = Decorated<dyn CloudFormation, Arc<Limiter>>;
+/// The DynamoDB state table behind its limiter.
+pub type LimitedTable = Decorated<dyn StateTable, Arc<Limiter>>;
 
 /// SSM behind a limiter of `per_sec` SSM calls a second (the port and its family bound here,
 /// once).
@@ -172,6 +174,19 @@ pub fn limit_cfn(
     Decorated::new(
         inner,
         Arc::new(Limiter::new(ApiFamily::CloudFormation, per_sec, clock)),
+    )
+}
+
+/// The state table behind a limiter of `per_sec` DynamoDB calls a second.
+#[must_use]
+pub fn limit_table(
+    inner: Arc<dyn StateTable>,
+    per_sec: u32,
+    clock: Arc<dyn Clock>,
+) -> LimitedTable {
+    Decorated::new(
+        inner,
+        Arc::new(Limiter::new(ApiFamily::DynamoDb, per_sec, clock)),
     )
 }
 

@@ -126,6 +126,9 @@ pub struct RateLimitsConfig {
     /// CloudFormation calls per second.
     #[serde(default = "default_cloudformation_per_sec")]
     pub cloudformation_per_sec: u32,
+    /// DynamoDB calls per second (the `dynamodb` state store).
+    #[serde(default = "default_dynamodb_per_sec")]
+    pub dynamodb_per_sec: u32,
 }
 
 impl Default for RateLimitsConfig {
@@ -134,6 +137,7 @@ impl Default for RateLimitsConfig {
             ssm_per_sec: default_ssm_per_sec(),
             ecs_per_sec: default_ecs_per_sec(),
             cloudformation_per_sec: default_cloudformation_per_sec(),
+            dynamodb_per_sec: default_dynamodb_per_sec(),
         }
     }
 }
@@ -148,6 +152,12 @@ fn default_ecs_per_sec() -> u32 {
 
 fn default_cloudformation_per_sec() -> u32 {
     8
+}
+
+/// An on-demand table serves thousands of requests a second per partition; the controller's
+/// own rate stays modest.
+fn default_dynamodb_per_sec() -> u32 {
+    50
 }
 
 /// Tracing settings (the exporter itself is configured by the standard `OTEL_*` variables).
@@ -176,12 +186,17 @@ fn default_check_span_every_passes() -> u32 {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StateStoreConfig {
-    /// `ssm` (`<prefix>/<runner>/status`, shared by every replica) or `file` (local).
+    /// `dynamodb` (the state table, shared by every replica, every write conditional), `ssm`
+    /// (`<prefix>/<runner>/status`, shared by every replica) or `file` (local).
     #[serde(default)]
     pub backend: StateBackend,
     /// Directory of the `file` backend.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// The table of the `dynamodb` backend (its endpoint: the standard
+    /// `AWS_ENDPOINT_URL_DYNAMODB`, or `AWS_ENDPOINT_URL`).
+    #[serde(default = "default_state_table")]
+    pub table: String,
 }
 
 /// Where records are kept.
@@ -193,6 +208,9 @@ pub enum StateBackend {
     Ssm,
     /// One file per runner under `state_store.path` (one controller, local).
     File,
+    /// One item per runner in the DynamoDB table `state_store.table`: the record and the
+    /// lease, every write conditional.
+    DynamoDb,
 }
 
 impl TryFrom<String> for StateBackend {
@@ -202,8 +220,9 @@ impl TryFrom<String> for StateBackend {
         match text.as_str() {
             "ssm" => Ok(StateBackend::Ssm),
             "file" => Ok(StateBackend::File),
+            "dynamodb" => Ok(StateBackend::DynamoDb),
             _ => Err(format!(
-                "state_store.backend {text:?}: use \"ssm\" or \"file\""
+                "state_store.backend {text:?}: use \"dynamodb\", \"ssm\" or \"file\""
             )),
         }
     }
@@ -214,6 +233,7 @@ impl Default for StateStoreConfig {
         StateStoreConfig {
             backend: StateBackend::default(),
             path: default_state_path(),
+            table: default_state_table(),
         }
     }
 }
@@ -400,6 +420,18 @@ fn default_lease_secs() -> u64 {
 fn default_state_path() -> PathBuf {
     PathBuf::from("runner-updater-state")
 }
+
+fn default_state_table() -> String {
+    "runner-updater-state".to_owned()
+}
+
+/// Whether `name` is a DynamoDB table name: 3 to 255 of `a-z A-Z 0-9 _ - .`.
+fn is_table_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
 fn default_fail_fast_tasks() -> u32 {
     2
 }
@@ -511,6 +543,12 @@ impl Config {
                 self.prefix
             ));
         }
+        if !is_table_name(&self.state_store.table) {
+            return invalid(format!(
+                "state_store.table {:?} is not a DynamoDB table name (3 to 255 of a-z, A-Z, 0-9, '_', '-', '.')",
+                self.state_store.table
+            ));
+        }
         if !self.known_channels.contains(&self.channel) {
             return invalid(format!(
                 "channel {:?} is not in known_channels",
@@ -536,7 +574,10 @@ impl Config {
             return invalid("poll intervals must be at least 1 second".to_owned());
         }
         let limits = self.rate_limits;
-        if limits.ssm_per_sec == 0 || limits.ecs_per_sec == 0 || limits.cloudformation_per_sec == 0
+        if limits.ssm_per_sec == 0
+            || limits.ecs_per_sec == 0
+            || limits.cloudformation_per_sec == 0
+            || limits.dynamodb_per_sec == 0
         {
             return invalid(
                 "rate_limits: every rate must be at least 1 call per second".to_owned(),
@@ -570,6 +611,12 @@ impl Config {
                 self.pass_secs()
             ));
         }
+        self.validate_runners()
+    }
+
+    /// Each runner: a name that is one, once; image repositories; a fail-fast count.
+    fn validate_runners(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut names = std::collections::BTreeSet::new();
         for runner in &self.runners {
             if !is_runner_name(&runner.name) {
@@ -691,12 +738,31 @@ mod tests {
             Config::from_toml("").unwrap().state_store.backend,
             StateBackend::Ssm
         );
+        assert_eq!(
+            with("dynamodb").unwrap().state_store.backend,
+            StateBackend::DynamoDb
+        );
         let error = with("dynamo").unwrap_err().to_string();
         assert!(
             error.contains("line 2")
-                && error.contains("state_store.backend \"dynamo\": use \"ssm\" or \"file\""),
+                && error.contains(
+                    "state_store.backend \"dynamo\": use \"dynamodb\", \"ssm\" or \"file\""
+                ),
             "{error}"
         );
+        let table = |name: &str| {
+            Config::from_toml(&format!(
+                "[state_store]\nbackend = \"dynamodb\"\ntable = {name:?}\n"
+            ))
+        };
+        assert_eq!(
+            table("fleet.state-1").unwrap().state_store.table,
+            "fleet.state-1"
+        );
+        for bad in ["", "ab", "a table", "état"] {
+            let error = table(bad).unwrap_err().to_string();
+            assert!(error.contains("state_store.table"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -42,9 +42,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::sim::{
-    initial_template, Faults, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimSsm,
+    initial_template, Faults, ImageBehaviour, Rng, SimAws, SimClock, SimResource, SimSsm, SimTable,
     SimTemplate,
 };
 use runner_updater_adapters::store::SsmStore;
@@ -57,8 +58,8 @@ use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_interface::scenario::create_fleet;
 use runner_updater_ports::{
-    ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks,
-    ParameterStore, PortError, StateStore, Target,
+    ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, Lock,
+    ParameterStore, PortError, StateStore, StateTable, Target,
 };
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -136,6 +137,17 @@ const FAULTABLE: [AwsOp; 16] = [
     AwsOp::DeleteChangeSet,
     AwsOp::DescribeStackEvents,
 ];
+
+/// With the DynamoDB state store, the table's operations can fail too (the SSM ones still
+/// serve the desired state).
+const FAULTABLE_TABLE: [AwsOp; 3] = [AwsOp::GetItem, AwsOp::UpdateItem, AwsOp::Scan];
+
+/// The seeds whose controllers keep their state in the DynamoDB table (one in four), the others
+/// in SSM: both backends in every run of the simulation.
+#[must_use]
+pub fn on_dynamodb(seed: u64) -> bool {
+    seed.is_multiple_of(4)
+}
 
 /// The mutating operations: a fault may let them take effect and lose their answer. SSM's
 /// `PutParameter` and `DeleteParameter` are the lease's create, renewal, release and clean-up
@@ -284,6 +296,8 @@ impl Default for Settings {
 pub struct Tally {
     /// Seeds run.
     pub seeds: u64,
+    /// Of which with the DynamoDB state store (the others: SSM).
+    pub dynamodb_seeds: u64,
     /// Chaos steps.
     pub steps: u64,
     /// Controller passes (chaos and drain).
@@ -340,6 +354,7 @@ impl Tally {
     pub fn add(&mut self, other: &Tally) {
         let Tally {
             seeds,
+            dynamodb_seeds,
             steps,
             passes,
             transient_faults,
@@ -366,6 +381,7 @@ impl Tally {
             fingerprint,
         } = other;
         self.seeds += seeds;
+        self.dynamodb_seeds += dynamodb_seeds;
         self.steps += steps;
         self.passes += passes;
         self.transient_faults += transient_faults;
@@ -394,9 +410,10 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 24] {
+    pub fn rows(&self) -> [(&'static str, u64); 25] {
         [
             ("seeds", self.seeds),
+            ("of which on the DynamoDB state store", self.dynamodb_seeds),
             ("chaos steps", self.steps),
             ("controller passes", self.passes),
             ("transient AWS faults", self.transient_faults),
@@ -451,7 +468,8 @@ pub async fn run_seed(
                 + world.aws.ecs.faults.answers_lost(*operation)
                 + world.aws.cfn.faults.answers_lost(*operation)
         })
-        .sum();
+        .sum::<u64>()
+        + world.aws.table.faults.answers_lost(AwsOp::UpdateItem);
     for update in world.aws.ecs.updates() {
         let line = format!("{update:?}");
         world.tally.fingerprint = fnv(world.tally.fingerprint, line.as_bytes());
@@ -490,6 +508,9 @@ struct World {
     aws: SimAws,
     /// The same SSM without faults, for ops and for the checker.
     ssm: SimSsm,
+    /// With the DynamoDB backend (`on_dynamodb`), the state table without faults, for the
+    /// checker.
+    table: Option<SimTable>,
     config: Config,
     controllers: Vec<Controller>,
     audit: Audit,
@@ -514,15 +535,17 @@ impl World {
         let config = Config::from_toml(CONFIG)?;
         let aws = SimAws::new(seed);
         let ssm = aws.ssm.without_faults();
+        let table = on_dynamodb(seed).then(|| aws.table.without_faults());
         create_fleet(&aws, &config, START_VERSION)
             .map_err(|e| SimulationError::SetUp(e.to_string()))?;
-        let audit = Audit::new(&config, ssm.clone(), aws.clock.clone());
+        let audit = Audit::new(&config, ssm.clone(), table.clone(), aws.clock.clone());
         let mut world = World {
             seed,
             rng: Rng::new(seed ^ 0x005e_ed0f_c4a0),
             verbose,
             aws,
             ssm,
+            table,
             config,
             controllers: Vec::new(),
             audit,
@@ -535,6 +558,7 @@ impl World {
             log: VecDeque::new(),
             tally: Tally {
                 seeds: 1,
+                dynamodb_seeds: u64::from(on_dynamodb(seed)),
                 ..Tally::default()
             },
         };
@@ -571,8 +595,6 @@ impl World {
         self.config.runners.iter().map(|r| r.name.clone()).collect()
     }
 
-    /// Starts (or restarts) a controller: a new process, so a new lease identity; with
-    /// `crashes`, some of its drivers carry a planned crash point.
     fn start(&mut self, index: usize, crashes: bool) {
         let plans: Vec<CrashPlan> = (0..self.config.runners.len())
             .map(|_| {
@@ -609,6 +631,19 @@ impl World {
             ecs_faults: self.aws.ecs.faults.clone(),
             lost_before: Mutex::new(BTreeMap::new()),
         });
+        let clock: Arc<dyn Clock> = Arc::new(SkewedClock {
+            base: self.aws.clock.clone(),
+            skew_ms: controller.skew.clone(),
+        });
+        let table = self.table.is_some().then_some(&self.aws.table);
+        let (lock, store) = lock_and_store(
+            table,
+            &self.audit,
+            &self.config.prefix,
+            &holder,
+            ssm.clone(),
+            clock.clone(),
+        );
         let ports = Ports {
             ssm: ssm.clone(),
             ecs: Arc::new(Decorated::new(
@@ -619,16 +654,13 @@ impl World {
                 Arc::new(self.aws.cfn.clone()) as Arc<dyn CloudFormation>,
                 audited,
             )),
-            lock: Arc::new(SsmLease::new(ssm.clone(), &self.config.prefix)),
+            lock,
             store: Arc::new(AuditedStore {
-                inner: SsmStore::new(ssm, &self.config.prefix),
+                inner: store,
                 audit: self.audit.clone(),
                 holder: holder.clone(),
             }),
-            clock: Arc::new(SkewedClock {
-                base: self.aws.clock.clone(),
-                skew_ms: controller.skew.clone(),
-            }),
+            clock,
         };
         let retry = RetryPolicy {
             retries: 2,
@@ -992,8 +1024,13 @@ impl World {
     }
 
     fn fault(&mut self) {
-        let index = usize::try_from(self.rng.below(FAULTABLE.len() as u64)).unwrap_or(0);
-        let operation = FAULTABLE[index];
+        let faultable: Vec<AwsOp> = if self.table.is_some() {
+            FAULTABLE.iter().chain(&FAULTABLE_TABLE).copied().collect()
+        } else {
+            FAULTABLE.to_vec()
+        };
+        let index = usize::try_from(self.rng.below(faultable.len() as u64)).unwrap_or(0);
+        let operation = faultable[index];
         if self.rng.below(8) == 0 {
             // Eventual consistency: the next reads of a service updated a moment ago show it
             // as it was before the update.
@@ -1015,7 +1052,9 @@ impl World {
             self.note(format!("slow call: the next {operation} takes {seconds}s"));
             return;
         }
-        if MUTATING.contains(&operation) && self.rng.below(3) == 0 {
+        if (MUTATING.contains(&operation) || operation == AwsOp::UpdateItem)
+            && self.rng.below(3) == 0
+        {
             // The call takes effect at AWS, then its answer is lost (a timeout, a reset
             // connection): whatever the caller does next must not do it twice.
             match operation.family() {
@@ -1049,10 +1088,10 @@ impl World {
     }
 
     async fn approve_held(&mut self) {
-        let store = SsmStore::new(Arc::new(self.ssm.clone()), &self.config.prefix);
+        let store = self.audit.records();
         for runner in self.runner_names() {
             if let Ok(approval) = runner_updater_interface::ops::approve(
-                &store,
+                store.as_ref(),
                 &self.ssm,
                 &self.config.prefix,
                 &runner,
@@ -1156,7 +1195,7 @@ impl World {
     }
 
     async fn record(&self, runner: &str) -> Result<Option<Record>, String> {
-        let store = SsmStore::new(Arc::new(self.ssm.clone()), &self.config.prefix);
+        let store = self.audit.records();
         store.load(runner).await.map_err(|e| e.to_string())
     }
 
@@ -1543,6 +1582,8 @@ impl Clock for SkewedClock {
 #[derive(Clone)]
 struct Audit {
     ssm: SimSsm,
+    /// The state table without faults, with the DynamoDB backend.
+    table: Option<SimTable>,
     prefix: String,
     /// Runner of each stack and of each `cluster/service`.
     owners: Arc<HashMap<String, String>>,
@@ -1558,7 +1599,7 @@ struct Audit {
 }
 
 impl Audit {
-    fn new(config: &Config, ssm: SimSsm, clock: SimClock) -> Audit {
+    fn new(config: &Config, ssm: SimSsm, table: Option<SimTable>, clock: SimClock) -> Audit {
         let mut owners = HashMap::new();
         for runner in &config.runners {
             owners.insert(
@@ -1572,6 +1613,7 @@ impl Audit {
         }
         Audit {
             ssm,
+            table,
             prefix: config.prefix.clone(),
             owners: Arc::new(owners),
             violation: Arc::new(Mutex::new(None)),
@@ -1582,8 +1624,24 @@ impl Audit {
         }
     }
 
+    /// The records as stored (read without faults, never written through).
+    fn records(&self) -> Arc<dyn StateStore> {
+        match &self.table {
+            Some(table) => Arc::new(DynamoStore::new(
+                Arc::new(table.clone()),
+                "checker",
+                Arc::new(self.clock.clone()),
+            )),
+            None => Arc::new(SsmStore::new(Arc::new(self.ssm.clone()), &self.prefix)),
+        }
+    }
+
     /// The holder and epoch of the runner's highest lease, unless released.
     async fn current(&self, runner: &str) -> Option<(String, u64)> {
+        if let Some(table) = &self.table {
+            let lease = table.item(runner)?.lease?;
+            return (lease.expires_at != Millis(0)).then_some((lease.holder, lease.epoch));
+        }
         let folder = format!("{}/{runner}/lock/", self.prefix);
         let leases = self.ssm.get_by_path(&folder).await.ok()?;
         let (name, value) = leases.iter().next_back()?;
@@ -1613,12 +1671,12 @@ impl Audit {
         }
     }
 
-    /// A controller saves `record`: if the stored one holds an attempt in flight, the new one
+    /// A controller saved `record` over `before` (when the write took effect: a write the state
+    /// table refused wrote nothing): if the stored one held an attempt in flight, the new one
     /// must continue it (same attempt, or a transition out of the stored phase after it was
     /// entered: the attempt ending or stopping).
-    async fn save(&self, holder: &str, record: &Record) {
-        let store = SsmStore::new(Arc::new(self.ssm.clone()), &self.prefix);
-        let Ok(Some(stored)) = store.load(&record.runner).await else {
+    fn save(&self, holder: &str, record: &Record, before: Option<Record>) {
+        let Some(stored) = before else {
             return;
         };
         let Some(attempt) = stored.attempt.as_ref() else {
@@ -1673,7 +1731,7 @@ impl Audit {
         let Some(runner) = self.owners.get(owner_key) else {
             return;
         };
-        let store = SsmStore::new(Arc::new(self.ssm.clone()), &self.prefix);
+        let store = self.records();
         let attempt = store
             .load(runner)
             .await
@@ -1711,7 +1769,7 @@ impl Audit {
 
 /// A controller's state store, audited on every save.
 struct AuditedStore {
-    inner: SsmStore,
+    inner: Arc<dyn StateStore>,
     audit: Audit,
     holder: String,
 }
@@ -1723,12 +1781,57 @@ impl StateStore for AuditedStore {
     }
 
     async fn save(&self, record: &Record) -> Result<(), runner_updater_ports::StoreError> {
-        self.audit.save(&self.holder, record).await;
-        self.inner.save(record).await
+        let truth = self.audit.records();
+        let before = truth.load(&record.runner).await.ok().flatten();
+        let result = self.inner.save(record).await;
+        // Checked when the write took effect (a lost answer too; a refused write not): what
+        // identifies the state, as the store may shorten what it keeps.
+        let key = |r: &Record| {
+            (
+                r.phase.clone(),
+                r.since,
+                r.attempt.as_ref().map(|a| a.id.clone()),
+                r.lock_epoch,
+            )
+        };
+        let after = truth.load(&record.runner).await.ok().flatten();
+        if after.as_ref().map(key) == Some(key(record)) {
+            self.audit.save(&self.holder, record, before);
+        }
+        result
     }
 
     async fn list(&self) -> Result<Vec<String>, runner_updater_ports::StoreError> {
         self.inner.list().await
+    }
+}
+
+/// A controller's lease and store: on the state table (`table`: with its faults) with the
+/// DynamoDB backend, slowed as the audit says, else on SSM.
+fn lock_and_store(
+    table: Option<&SimTable>,
+    audit: &Audit,
+    prefix: &str,
+    holder: &str,
+    ssm: Arc<dyn ParameterStore>,
+    clock: Arc<dyn Clock>,
+) -> (Arc<dyn Lock>, Arc<dyn StateStore>) {
+    if let Some(table) = table {
+        let table: Arc<dyn StateTable> = Arc::new(Decorated::new(
+            Arc::new(table.clone()) as Arc<dyn StateTable>,
+            Slow {
+                audit: audit.clone(),
+            },
+        ));
+        (
+            Arc::new(DynamoLease::new(table.clone())),
+            Arc::new(DynamoStore::new(table, holder, clock)),
+        )
+    } else {
+        (
+            Arc::new(SsmLease::new(ssm.clone(), prefix)),
+            Arc::new(SsmStore::new(ssm, prefix)),
+        )
     }
 }
 

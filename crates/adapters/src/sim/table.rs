@@ -40,6 +40,15 @@ impl SimTable {
         self.items.lock().ok()?.get(runner).cloned()
     }
 
+    /// The same table without faults (for ops and for the simulation's checker).
+    #[must_use]
+    pub fn without_faults(&self) -> SimTable {
+        SimTable {
+            items: self.items.clone(),
+            faults: Faults::default(),
+        }
+    }
+
     /// Writes an item as an operator (or a bug) might, unconditionally (tests).
     pub fn put_item(&self, item: StateItem) {
         if let Ok(mut items) = self.items.lock() {

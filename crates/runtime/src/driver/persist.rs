@@ -38,7 +38,18 @@ impl RunnerDriver {
             self.pending.clear();
             return Ok(false);
         }
-        self.ports.store.save(&record).await?;
+        match self.ports.store.save(&record).await {
+            Ok(()) => {}
+            // The state table refused it by its condition: another controller wrote the record
+            // since it was read, or holds the lease. Nothing was written: reload.
+            Err(StoreError::Refused(why)) => {
+                tracing::info!(runner = %self.runner.name, "{why}: not written; reloading next pass");
+                self.machine = None;
+                self.pending.clear();
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        }
         self.last_saved = Some(record);
         self.saves += 1;
         report.saves += 1;
