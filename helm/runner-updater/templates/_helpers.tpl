@@ -123,6 +123,9 @@ backend = {{ include "runner-updater.tomlString" $c.state_store.backend }}
 {{- if eq $c.state_store.backend "file" }}
 path = {{ include "runner-updater.tomlString" (printf "%s/state" (include "runner-updater.stateDir" .)) }}
 {{- end }}
+{{- if $c.state_store.table }}
+table = {{ include "runner-updater.tomlString" $c.state_store.table }}
+{{- end }}
 
 [health]
 {{ include "runner-updater.tomlHealth" $c.health }}
@@ -138,6 +141,9 @@ check_span_every_passes = {{ int64 $c.telemetry.check_span_every_passes }}
 ssm_per_sec = {{ int64 $c.rate_limits.ssm_per_sec }}
 ecs_per_sec = {{ int64 $c.rate_limits.ecs_per_sec }}
 cloudformation_per_sec = {{ int64 $c.rate_limits.cloudformation_per_sec }}
+{{- if $c.rate_limits.dynamodb_per_sec }}
+dynamodb_per_sec = {{ int64 $c.rate_limits.dynamodb_per_sec }}
+{{- end }}
 
 [aws]
 attempt_timeout_secs = {{ int64 $c.aws.attempt_timeout_secs }}
