@@ -150,6 +150,21 @@ fn signal(process: &Proc, signal: &str) {
 async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
     // A long rollout so the holder is frozen mid-rollout, not after it.
     let world = World::with_timing(&["shared"], 8, 1).await;
+    five_controllers_and_a_frozen_holder(&world).await;
+}
+
+/// The same story with the records and leases in the DynamoDB state table: every write
+/// conditional, the frozen holder's writes refused by DynamoDB itself.
+#[tokio::test]
+async fn five_controllers_on_the_state_table_update_a_runner_once_and_a_frozen_holder_is_fenced() {
+    let world = World::on_state_table(&["shared"], 8, 1).await;
+    five_controllers_and_a_frozen_holder(&world).await;
+}
+
+/// Five replicas update a runner exactly once; its holder frozen mid-rollout, another takes
+/// the attempt over with a new fencing token, and the thawed one changes nothing.
+#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+async fn five_controllers_and_a_frozen_holder(world: &World) {
     let controllers: Vec<Proc> = (0..5)
         .map(|i| world.controller(&format!("replica-{i}"), None))
         .collect();
@@ -171,14 +186,7 @@ async fn five_controllers_update_a_runner_once_and_a_frozen_holder_is_fenced() {
     // Freeze the holder in the middle of the next rollout.
     world.put("shared", "version", "2.15.0");
     world.wait_for_phase("shared", "awaiting_rollout", 2).await;
-    let ssm = world.moto.clients().await.ssm;
-    let leases =
-        runner_updater_ports::ParameterStore::get_by_path(&ssm, &format!("{PREFIX}/shared/lock/"))
-            .await
-            .unwrap();
-    let (_, value) = leases.iter().next_back().unwrap();
-    let holder: serde_json::Value = serde_json::from_str(value).unwrap();
-    let holder = holder["holder"].as_str().unwrap().to_owned();
+    let holder = world.lease_holder("shared").await.unwrap();
     // Holder ids are `<HOSTNAME>-<pid>`.
     let index: usize = holder.split('-').nth(1).unwrap().parse().unwrap();
     signal(&controllers[index], "STOP");

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use runner_updater_adapters::dynamo::DynamoStore;
 use runner_updater_adapters::store::SsmStore;
 use runner_updater_core::record::Record;
-use runner_updater_ports::StateStore;
+use runner_updater_ports::{StateStore, StateTable};
 
 use super::Moto;
 
@@ -33,7 +34,12 @@ pub struct World {
     /// product's tests; the dev tools' tests set theirs (`runner-updater-dev`, for its crash
     /// hook), and a world with none refuses to start a controller.
     pub binary: PathBuf,
+    /// The DynamoDB state table the controllers keep their state in (`None`: SSM).
+    pub table: Option<String>,
 }
+
+/// The state table of the worlds on the DynamoDB backend.
+pub const STATE_TABLE: &str = "e2e-state";
 
 impl World {
     pub async fn new(runners: &[&str]) -> World {
@@ -125,7 +131,67 @@ impl World {
             binary: PathBuf::from(
                 option_env!("CARGO_BIN_EXE_runner-updater").unwrap_or("runner-updater"),
             ),
+            table: None,
         }
+    }
+
+    /// As [`World::with_timing`], the controllers keeping their records and leases in a
+    /// DynamoDB state table (created here, as the set-up would).
+    pub async fn on_state_table(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
+        let mut world = Self::with_timing(runners, rollout_secs, soak_secs).await;
+        let sdk = world.moto.sdk_config().await;
+        aws_sdk_dynamodb::Client::new(&sdk)
+            .create_table()
+            .table_name(STATE_TABLE)
+            .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+            .attribute_definitions(
+                aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                    .attribute_name("runner")
+                    .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                    .attribute_name("runner")
+                    .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let config = std::fs::read_to_string(&world.config).unwrap().replace(
+            "[state_store]\nbackend = \"ssm\"\n",
+            &format!("[state_store]\nbackend = \"dynamodb\"\ntable = \"{STATE_TABLE}\"\n"),
+        );
+        assert!(config.contains("dynamodb"), "{config}");
+        std::fs::write(&world.config, config).unwrap();
+        world.table = Some(STATE_TABLE.to_owned());
+        world
+    }
+
+    /// The holder of the runner's current lease (SSM's highest epoch, or the table's item).
+    pub async fn lease_holder(&self, runner: &str) -> Option<String> {
+        let clients = self.moto.clients().await;
+        if let Some(table) = &self.table {
+            return clients
+                .table(table)
+                .get(runner)
+                .await
+                .unwrap()?
+                .lease
+                .map(|lease| lease.holder);
+        }
+        let leases = runner_updater_ports::ParameterStore::get_by_path(
+            &clients.ssm,
+            &format!("{PREFIX}/{runner}/lock/"),
+        )
+        .await
+        .unwrap();
+        let (_, value) = leases.iter().next_back()?;
+        let value: serde_json::Value = serde_json::from_str(value).ok()?;
+        Some(value["holder"].as_str()?.to_owned())
     }
 
     /// Ops: the real AWS CLI against the emulator.
@@ -203,7 +269,16 @@ impl World {
     }
 
     pub async fn record(&self, runner: &str) -> Option<Record> {
-        let store = SsmStore::new(std::sync::Arc::new(self.moto.clients().await.ssm), PREFIX);
+        let clients = self.moto.clients().await;
+        if let Some(table) = &self.table {
+            let store = DynamoStore::new(
+                std::sync::Arc::new(clients.table(table)),
+                "e2e-reader",
+                std::sync::Arc::new(runner_updater_adapters::clock::SystemClock),
+            );
+            return store.load(runner).await.unwrap();
+        }
+        let store = SsmStore::new(std::sync::Arc::new(clients.ssm), PREFIX);
         store.load(runner).await.unwrap()
     }
 
