@@ -420,11 +420,22 @@ async fn state_table_contract(table: Arc<dyn StateTable>, who: &str) {
         refused(two.save(&at_rest).await),
         "{who}: a live lease of another"
     );
-    // The holder writes on; a writer that read before that write is stale.
+    // A controller that never read the record does not write it blind.
+    let three = DynamoStore::new(table.clone(), "c3", Arc::new(clock.clone()));
+    assert!(refused(three.save(&at_rest).await), "{who}: never read");
+    // The holder writes on; a writer that read before that write is stale — the version alone
+    // refuses it, even under the holder's own id and lease.
+    let also_c1 = DynamoStore::new(table.clone(), "c1", Arc::new(clock.clone()));
+    also_c1.load("runner-a").await.unwrap();
+    two.load("runner-a").await.unwrap();
     one.save(&in_attempt).await.unwrap();
     assert!(
+        refused(also_c1.save(&in_attempt).await),
+        "{who}: stale version"
+    );
+    assert!(
         refused(two.save(&in_attempt).await),
-        "{who}: stale version (and not the holder)"
+        "{who}: stale version, not the holder"
     );
     // The lease ends; another controller takes it; the old holder is fenced and writes nothing.
     clock.advance(ttl + Duration::from_secs(6));

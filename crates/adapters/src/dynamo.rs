@@ -251,16 +251,13 @@ impl StateStore for DynamoStore {
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
         let runner = record.runner.as_str();
         let text = record.encode()?;
-        // Never read by this controller: read the version now (a first write of a runner
-        // this process has not loaded; the driver always loads first).
-        let seen = if let Some(seen) = self.last_seen(runner) {
-            seen
-        } else {
-            let item = self.table.get(runner).await.map_err(|e| io(&e))?;
-            Seen {
-                version: item.and_then(|i| i.record).map(|r| r.version),
-                attempt_epoch: None,
-            }
+        // Compare-and-set needs what this controller read: a record it never read (or whose
+        // write was refused since) is not written blind; the caller loads first (the driver
+        // always does, and reloads after a refusal).
+        let Some(seen) = self.last_seen(runner) else {
+            return Err(StoreError::Refused(format!(
+                "{runner}'s record was not read by this controller before its write: load it first"
+            )));
         };
         let now = self.clock.now();
         // In an attempt, or leaving one: fenced by the attempt's epoch.
