@@ -78,8 +78,9 @@ pub async fn aws_ports(config: &Config, holder: &str) -> Ports {
 }
 
 /// The lease and the store of the configured backend: the state table's (`dynamodb`), or the
-/// SSM lease with the SSM or the file store.
-fn lock_and_store(
+/// SSM lease with the SSM or the file store. `holder` names the table's writes (a reader that
+/// never writes the record names itself: `status`, `approve`).
+pub fn lock_and_store(
     config: &Config,
     clients: &AwsClients,
     ssm: Arc<dyn ParameterStore>,
@@ -103,11 +104,10 @@ fn lock_and_store(
     )
 }
 
-/// The state store the configuration names, on `ssm` when it is the SSM store (the
-/// simulation's stores: the `dynamodb` backend is the SSM store there, until the simulated
-/// table is wired in).
+/// The SSM or the file store, as configured (the `dynamodb` backend's store is made with its
+/// lease: [`lock_and_store`]).
 #[must_use]
-pub fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore> {
+fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore> {
     if config.state_store.backend == StateBackend::File {
         Arc::new(FileStore::new(&config.state_store.path))
     } else {

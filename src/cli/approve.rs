@@ -11,7 +11,8 @@ use runner_updater_aws::AwsClients;
 use runner_updater_interface::ops;
 use runner_updater_ports::ParameterStore;
 
-use crate::wiring::{sdk_settings, store_on};
+use crate::wiring::{lock_and_store, sdk_settings};
+use runner_updater_adapters::clock::SystemClock;
 
 /// `approve`'s options.
 #[derive(Debug, Args)]
@@ -33,8 +34,16 @@ pub async fn approve(config: Option<&PathBuf>, args: ApproveArgs) -> anyhow::Res
         bail!("runner {runner} is not configured");
     }
     let clients = AwsClients::from_env(sdk_settings(&config)).await;
-    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm);
-    let store = store_on(&config, ssm.clone());
+    let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
+    // The record is read from the configured store (the state table too); the approval is
+    // written to SSM, beside the desired state. `approve` never writes the record.
+    let (_, store) = lock_and_store(
+        &config,
+        &clients,
+        ssm.clone(),
+        "approve",
+        Arc::new(SystemClock),
+    );
     let approval = ops::approve(
         store.as_ref(),
         ssm.as_ref(),

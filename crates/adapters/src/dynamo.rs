@@ -325,3 +325,86 @@ impl StateStore for DynamoStore {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::sim::SimTable;
+    use runner_updater_ports::{AwsOp, StateItem, StatePage};
+
+    /// A table whose lease writes take effect and are then answered "condition failed" once:
+    /// what the SDK's resend meets when its first send was applied and its answer lost.
+    struct ResentAfterLostAnswer {
+        inner: SimTable,
+        lost: AtomicBool,
+    }
+
+    #[async_trait]
+    impl StateTable for ResentAfterLostAnswer {
+        async fn get(&self, runner: &str) -> Result<Option<StateItem>, PortError> {
+            self.inner.get(runner).await
+        }
+        async fn write_lease(
+            &self,
+            runner: &str,
+            lease: &LeaseFields,
+            condition: &LeaseCondition,
+        ) -> Result<(), PortError> {
+            self.inner.write_lease(runner, lease, condition).await?;
+            if self.lost.swap(false, Ordering::SeqCst) {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    AwsOp::UpdateItem,
+                    "ConditionalCheckFailedException (the resend of an applied write)",
+                ));
+            }
+            Ok(())
+        }
+        async fn write_record(
+            &self,
+            runner: &str,
+            text: &str,
+            condition: &RecordCondition,
+        ) -> Result<u64, PortError> {
+            self.inner.write_record(runner, text, condition).await
+        }
+        async fn scan_page(&self, token: Option<&str>) -> Result<StatePage, PortError> {
+            self.inner.scan_page(token).await
+        }
+    }
+
+    #[tokio::test]
+    async fn its_own_write_met_again_after_a_lost_answer_is_its_lease() {
+        let ttl = Duration::from_secs(30);
+        let table = Arc::new(ResentAfterLostAnswer {
+            inner: SimTable::default(),
+            lost: AtomicBool::new(true),
+        });
+        let lease = DynamoLease::new(table.clone());
+        assert_eq!(
+            lease.acquire("r", "c1", Millis(0), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 1 },
+            "the first take, its answer lost"
+        );
+        // A takeover after expiry, its answer lost too: its own epoch 2, not "busy".
+        table.lost.store(true, Ordering::SeqCst);
+        assert_eq!(
+            lease.acquire("r", "c2", Millis(40_000), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        // Someone else's write that wins is still someone else's.
+        let other = SimTable::default();
+        let first = DynamoLease::new(Arc::new(other.clone()));
+        first.acquire("r", "c1", Millis(0), ttl).await.unwrap();
+        let raced = DynamoLease::new(Arc::new(ResentAfterLostAnswer {
+            inner: other,
+            lost: AtomicBool::new(false),
+        }));
+        assert!(matches!(
+            raced.acquire("r", "c2", Millis(1_000), ttl).await.unwrap(),
+            LockOutcome::Busy { holder, .. } if holder == "c1"
+        ));
+    }
+}

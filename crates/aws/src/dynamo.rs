@@ -143,12 +143,23 @@ fn state_item(item: &HashMap<String, AttributeValue>) -> Option<StateItem> {
             version,
         }),
         // A record attribute that is not a string: an unreadable record, named as such by
-        // the store's decoding.
+        // the store's decoding (nothing is written over it).
         (None, Some(version)) => Some(StoredRecord {
             text: String::new(),
             version,
         }),
-        _ => None,
+        // A record without a readable version (written by hand): unreadable too — never
+        // hidden (and then overwritten) as if there were none.
+        (Some(_), None) => Some(StoredRecord {
+            text: String::new(),
+            version: 0,
+        }),
+        (None, None) => {
+            (item.contains_key(RECORD) || item.contains_key(VERSION)).then(|| StoredRecord {
+                text: String::new(),
+                version: 0,
+            })
+        }
     };
     Some(StateItem {
         runner,
@@ -289,6 +300,29 @@ mod tests {
         let used = names(&[LEASE_UPDATE, &first]);
         assert_eq!(used.len(), 3, "{used:?}");
         assert_eq!(names(&[RECORD_UPDATE, &held]).len(), 5);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_is_never_taken_for_none() {
+        let item = |pairs: &[(&str, AttributeValue)]| {
+            let mut item = HashMap::from([(KEY.to_owned(), s("r"))]);
+            for (k, v) in pairs {
+                item.insert((*k).to_owned(), v.clone());
+            }
+            state_item(&item).unwrap().record
+        };
+        assert_eq!(item(&[]), None, "no record yet");
+        for unreadable in [
+            item(&[(RECORD, s("{}"))]),
+            item(&[(RECORD, s("{}")), (VERSION, s("seven"))]),
+            item(&[(RECORD, n(3)), (VERSION, n(3))]),
+            item(&[(VERSION, n(3))]),
+        ] {
+            let record = unreadable.expect("an unreadable record, not none");
+            assert!(record.text.is_empty(), "{record:?}: decodes as corrupt");
+        }
+        let fine = item(&[(RECORD, s("{}")), (VERSION, n(3))]).unwrap();
+        assert_eq!((fine.text.as_str(), fine.version), ("{}", 3));
     }
 
     #[test]

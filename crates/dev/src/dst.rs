@@ -595,6 +595,8 @@ impl World {
         self.config.runners.iter().map(|r| r.name.clone()).collect()
     }
 
+    /// Starts (or restarts) a controller: a new process, so a new lease identity; with
+    /// `crashes`, some of its drivers carry a planned crash point.
     fn start(&mut self, index: usize, crashes: bool) {
         let plans: Vec<CrashPlan> = (0..self.config.runners.len())
             .map(|_| {
@@ -1408,6 +1410,7 @@ impl World {
         self.aws.ssm.faults.clear();
         self.aws.ecs.faults.clear();
         self.aws.cfn.faults.clear();
+        self.aws.table.faults.clear();
         self.aws.ecs.stale_reads(0);
         if let Ok(mut slow) = self.audit.slow.lock() {
             slow.clear();

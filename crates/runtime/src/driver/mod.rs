@@ -474,7 +474,9 @@ impl RunnerDriver {
                 .await?;
         }
         let mut executed = 0;
-        while !queue.is_empty() {
+        // A refused write drops the machine (another controller has the runner): the commands
+        // still queued are not this controller's to run any more.
+        while !queue.is_empty() && self.machine.is_some() {
             executed += 1;
             if executed > COMMANDS_PER_TICK_MAX {
                 return Err(DriverError::Bug(format!(
