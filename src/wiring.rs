@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner_updater_adapters::clock::SystemClock;
-use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
+use runner_updater_adapters::dynamo::{check_table, DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm, limit_table};
 use runner_updater_adapters::store::{FileStore, SsmStore};
@@ -49,8 +49,12 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
 /// The ports on AWS: SDK clients from the standard configuration, each API family behind its
 /// shared client-side rate limit, the lease and the store of the configured backend (`holder`:
 /// this controller's lease holder id, what the state table's conditional writes name).
-pub async fn aws_ports(config: &Config, holder: &str) -> Ports {
+///
+/// # Errors
+/// A state table that cannot be used (missing, another key schema, access denied), by name.
+pub async fn aws_ports(config: &Config, holder: &str) -> anyhow::Result<Ports> {
     let clients = AwsClients::from_env(sdk_settings(config)).await;
+    check_state_table(config, &clients).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
     let ssm: Arc<dyn ParameterStore> = Arc::new(limit_ssm(
@@ -59,7 +63,7 @@ pub async fn aws_ports(config: &Config, holder: &str) -> Ports {
         clock.clone(),
     ));
     let (lock, store) = lock_and_store(config, &clients, ssm.clone(), holder, clock.clone());
-    Ports {
+    Ok(Ports {
         ssm,
         ecs: Arc::new(limit_ecs(
             Arc::new(clients.ecs),
@@ -74,7 +78,21 @@ pub async fn aws_ports(config: &Config, holder: &str) -> Ports {
         lock,
         store,
         clock,
+    })
+}
+
+/// With the `dynamodb` backend, the table is checked once before it is relied on.
+///
+/// # Errors
+/// A state table that cannot be used, by name.
+pub async fn check_state_table(config: &Config, clients: &AwsClients) -> anyhow::Result<()> {
+    if config.state_store.backend != StateBackend::DynamoDb {
+        return Ok(());
     }
+    let name = &config.state_store.table;
+    check_table(&clients.table(name), name)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// The lease and the store of the configured backend: the state table's (`dynamodb`), or the
@@ -117,12 +135,18 @@ fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore
 
 /// What `status` reads: the configured state store and, with a shared store, the leases (the
 /// file store is read without AWS, so it works with no credentials at all). It never writes.
-pub async fn status_sources(config: &Config) -> (Arc<dyn StateStore>, Option<Arc<dyn Lock>>) {
+///
+/// # Errors
+/// A state table that cannot be used, by name.
+pub async fn status_sources(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn StateStore>, Option<Arc<dyn Lock>>)> {
     if config.state_store.backend == StateBackend::File {
-        return (Arc::new(FileStore::new(&config.state_store.path)), None);
+        return Ok((Arc::new(FileStore::new(&config.state_store.path)), None));
     }
     let clients = AwsClients::from_env(sdk_settings(config)).await;
+    check_state_table(config, &clients).await?;
     let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
     let (lock, store) = lock_and_store(config, &clients, ssm, "status", Arc::new(SystemClock));
-    (store, Some(lock))
+    Ok((store, Some(lock)))
 }

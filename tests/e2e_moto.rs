@@ -1145,3 +1145,62 @@ async fn a_release_document_written_in_one_command_is_deployed_and_status_says_s
     );
     kill(controller);
 }
+
+/// The DynamoDB backend with a table that cannot be used: `status`, `plan` and `run` refuse by
+/// name, saying what to do, and write nothing.
+#[tokio::test]
+async fn a_state_table_that_cannot_be_used_is_refused_by_name() {
+    let world = World::new(&["runner-a"]).await;
+    let config = std::fs::read_to_string(&world.config).unwrap().replace(
+        "[state_store]\nbackend = \"ssm\"\n",
+        "[state_store]\nbackend = \"dynamodb\"\ntable = \"no-such-table\"\n",
+    );
+    std::fs::write(&world.config, &config).unwrap();
+    let refused = |args: &[&str], why: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+            .arg("--config")
+            .arg(&world.config)
+            .args(args)
+            .envs(world.moto.env())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} went on: {stderr}");
+        assert!(
+            stderr.contains("state_store.table") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    };
+    refused(&["status"], "does not exist");
+    refused(
+        &["run", "--passes", "1", "--listen", "off"],
+        "does not exist",
+    );
+    // A table whose key is not `runner`.
+    let sdk = world.moto.sdk_config().await;
+    aws_sdk_dynamodb::Client::new(&sdk)
+        .create_table()
+        .table_name("wrong-key")
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    std::fs::write(&world.config, config.replace("no-such-table", "wrong-key")).unwrap();
+    refused(&["status"], "another key schema");
+    refused(&["plan"], "another key schema");
+    assert_eq!(world.updates("runner-a").len(), 0, "nothing deployed");
+}

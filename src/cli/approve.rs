@@ -11,7 +11,7 @@ use runner_updater_aws::AwsClients;
 use runner_updater_interface::ops;
 use runner_updater_ports::ParameterStore;
 
-use crate::wiring::{lock_and_store, sdk_settings};
+use crate::wiring::{check_state_table, lock_and_store, sdk_settings};
 use runner_updater_adapters::clock::SystemClock;
 
 /// `approve`'s options.
@@ -34,6 +34,7 @@ pub async fn approve(config: Option<&PathBuf>, args: ApproveArgs) -> anyhow::Res
         bail!("runner {runner} is not configured");
     }
     let clients = AwsClients::from_env(sdk_settings(&config)).await;
+    check_state_table(&config, &clients).await?;
     let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
     // The record is read from the configured store (the state table too); the approval is
     // written to SSM, beside the desired state. `approve` never writes the record.

@@ -113,7 +113,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             "--desired is for --simulated only: against AWS, ops write desired versions into SSM"
         );
     }
-    let ports = aws_ports(&config, &holder).await;
+    let ports = aws_ports(&config, &holder).await?;
     Ok(RunSetup {
         config,
         ports,

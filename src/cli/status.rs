@@ -30,7 +30,7 @@ pub struct StatusArgs {
 /// A configuration refused, or a store that cannot be listed.
 pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config)?;
-    let (store, lock) = status_sources(&config).await;
+    let (store, lock) = status_sources(&config).await?;
     // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
     let runners = match args.runner {
         Some(runner) => vec![runner],

@@ -165,6 +165,40 @@ impl Lock for DynamoLease {
     }
 }
 
+/// The key `check_table` reads: no runner is named so (a runner's name starts with a letter).
+pub const PROBE_KEY: &str = "_probe";
+
+/// Whether the state table can be used, checked once before `run` and `status` rely on it:
+/// one read of a key no runner has. A table that does not exist, a key schema that is not
+/// `runner` (a string), or access denied is refused by name, with what to do.
+///
+/// # Errors
+/// The reason, in words for ops (the AWS error in parentheses).
+pub async fn check_table(table: &dyn StateTable, name: &str) -> Result<(), String> {
+    match table.get(PROBE_KEY).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(table_refusal(name, &error)),
+    }
+}
+
+/// What a failed read of the state table means for ops.
+#[must_use]
+pub fn table_refusal(name: &str, error: &PortError) -> String {
+    let text = error.message.as_str();
+    let why = if error.kind == ErrorKind::NotFound {
+        "does not exist in this account and region: create it (README, \"State\": an on-demand table whose key is `runner`, a string)"
+    } else if text.contains("AccessDenied") || text.contains("not authorized") {
+        "cannot be read: access denied (the role needs the policy's `ReadAndWriteTheStateTable` statement on this table)"
+    } else if text.contains("ValidationException") && text.contains("key") {
+        "has another key schema: its key must be `runner`, a string (one item per runner)"
+    } else if error.is_transient() {
+        "cannot be read now (throttled or unavailable): try again"
+    } else {
+        "cannot be used"
+    };
+    format!("state_store.table {name:?} {why} ({error})")
+}
+
 /// What this controller last read or wrote of a runner's record: its version, and the epoch
 /// of the attempt it was in (a write leaving that attempt is fenced by it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,6 +407,31 @@ mod tests {
         async fn scan_page(&self, token: Option<&str>) -> Result<StatePage, PortError> {
             self.inner.scan_page(token).await
         }
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_used_is_refused_with_what_to_do() {
+        let refusal = |kind: ErrorKind, message: &str| {
+            table_refusal("t", &PortError::new(kind, AwsOp::GetItem, message))
+        };
+        let missing = refusal(
+            ErrorKind::NotFound,
+            "ResourceNotFoundException (HTTP 400): Requested resource not found",
+        );
+        assert!(
+            missing.contains("does not exist") && missing.contains("ResourceNotFoundException")
+        );
+        assert!(refusal(
+            ErrorKind::Permanent,
+            "ValidationException (HTTP 400): The provided key element does not match the schema"
+        )
+        .contains("another key schema"));
+        assert!(refusal(
+            ErrorKind::Permanent,
+            "AccessDeniedException (HTTP 400): User is not authorized to perform dynamodb:GetItem"
+        )
+        .contains("ReadAndWriteTheStateTable"));
+        assert!(refusal(ErrorKind::Throttled, "ThrottlingException").contains("try again"));
     }
 
     #[tokio::test]
