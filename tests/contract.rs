@@ -498,28 +498,7 @@ async fn the_state_table_lease_and_store_hold_on_the_simulation_and_on_moto() {
     state_table_contract(Arc::new(SimTable::default()), "simulation", true).await;
 
     let moto = common::Moto::start();
-    let sdk = moto.sdk_config().await;
-    aws_sdk_dynamodb::Client::new(&sdk)
-        .create_table()
-        .table_name("runner-updater-state")
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("runner")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("runner")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    moto.create_table("runner-updater-state", "runner").await;
     let check = table_check::TableCheck::new();
     let on_moto: Arc<dyn StateTable> = Arc::new(Decorated::new(
         Arc::new(moto.clients().await.table("runner-updater-state")) as Arc<dyn StateTable>,

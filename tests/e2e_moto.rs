@@ -1177,28 +1177,7 @@ async fn a_state_table_that_cannot_be_used_is_refused_by_name() {
         "does not exist",
     );
     // A table whose key is not `runner`.
-    let sdk = world.moto.sdk_config().await;
-    aws_sdk_dynamodb::Client::new(&sdk)
-        .create_table()
-        .table_name("wrong-key")
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    world.moto.create_table("wrong-key", "id").await;
     std::fs::write(&world.config, config.replace("no-such-table", "wrong-key")).unwrap();
     refused(&["status"], "another key schema");
     refused(&["plan"], "another key schema");

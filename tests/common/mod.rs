@@ -311,6 +311,35 @@ impl Drop for Moto {
     }
 }
 
+impl Moto {
+    /// Creates an on-demand DynamoDB table on the emulator whose hash key is `key`, a string
+    /// (`runner` for a state table; another key to test a wrong schema).
+    pub async fn create_table(&self, name: &str, key: &str) {
+        let sdk = self.sdk_config().await;
+        aws_sdk_dynamodb::Client::new(&sdk)
+            .create_table()
+            .table_name(name)
+            .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+            .attribute_definitions(
+                aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

@@ -139,28 +139,7 @@ impl World {
     /// DynamoDB state table (created here, as the set-up would).
     pub async fn on_state_table(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
         let mut world = Self::with_timing(runners, rollout_secs, soak_secs).await;
-        let sdk = world.moto.sdk_config().await;
-        aws_sdk_dynamodb::Client::new(&sdk)
-            .create_table()
-            .table_name(STATE_TABLE)
-            .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-            .attribute_definitions(
-                aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                    .attribute_name("runner")
-                    .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                    .attribute_name("runner")
-                    .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap();
+        world.moto.create_table(STATE_TABLE, "runner").await;
         let config = std::fs::read_to_string(&world.config).unwrap().replace(
             "[state_store]\nbackend = \"ssm\"\n",
             &format!("[state_store]\nbackend = \"dynamodb\"\ntable = \"{STATE_TABLE}\"\n"),
