@@ -168,6 +168,36 @@ fn state_item(item: &HashMap<String, AttributeValue>) -> Option<StateItem> {
     })
 }
 
+impl AwsTable {
+    /// One conditional `UpdateItem` of the runner's item: `update` if `condition` holds, with
+    /// the expressions' values and only the attribute names they use.
+    async fn update(
+        &self,
+        runner: &str,
+        update: &str,
+        condition: String,
+        values: Vec<(&'static str, AttributeValue)>,
+    ) -> Result<(), PortError> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(runner))
+            .update_expression(update)
+            .set_expression_attribute_names(Some(names(&[update, &condition])))
+            .condition_expression(condition);
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        request
+            .send()
+            .traced(AwsOp::UpdateItem)
+            .await
+            .map_err(|e| classify(AwsOp::UpdateItem, &e))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl StateTable for AwsTable {
     async fn get(&self, runner: &str) -> Result<Option<StateItem>, PortError> {
@@ -190,27 +220,13 @@ impl StateTable for AwsTable {
         lease: &LeaseFields,
         condition: &LeaseCondition,
     ) -> Result<(), PortError> {
-        let (expression, values) = lease_condition(condition);
-        let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(runner))
-            .update_expression(LEASE_UPDATE)
-            .set_expression_attribute_names(Some(names(&[LEASE_UPDATE, &expression])))
-            .condition_expression(expression)
-            .expression_attribute_values(":h", s(&lease.holder))
-            .expression_attribute_values(":e", n(lease.epoch))
-            .expression_attribute_values(":x", n(lease.expires_at.0));
-        for (name, value) in values {
-            update = update.expression_attribute_values(name, value);
-        }
-        update
-            .send()
-            .traced(AwsOp::UpdateItem)
-            .await
-            .map_err(|e| classify(AwsOp::UpdateItem, &e))?;
-        Ok(())
+        let (expression, mut values) = lease_condition(condition);
+        values.extend([
+            (":h", s(&lease.holder)),
+            (":e", n(lease.epoch)),
+            (":x", n(lease.expires_at.0)),
+        ]);
+        self.update(runner, LEASE_UPDATE, expression, values).await
     }
 
     async fn write_record(
@@ -219,26 +235,11 @@ impl StateTable for AwsTable {
         text: &str,
         condition: &RecordCondition,
     ) -> Result<u64, PortError> {
-        let (expression, values) = record_condition(condition);
+        let (expression, mut values) = record_condition(condition);
         let version = condition.version.map_or(1, |v| v + 1);
-        let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(runner))
-            .update_expression(RECORD_UPDATE)
-            .set_expression_attribute_names(Some(names(&[RECORD_UPDATE, &expression])))
-            .condition_expression(expression)
-            .expression_attribute_values(":r", s(text))
-            .expression_attribute_values(":v", n(version));
-        for (name, value) in values {
-            update = update.expression_attribute_values(name, value);
-        }
-        update
-            .send()
-            .traced(AwsOp::UpdateItem)
-            .await
-            .map_err(|e| classify(AwsOp::UpdateItem, &e))?;
+        values.extend([(":r", s(text)), (":v", n(version))]);
+        self.update(runner, RECORD_UPDATE, expression, values)
+            .await?;
         Ok(version)
     }
 
