@@ -966,7 +966,9 @@ fn request(
     ChangeSetRequest {
         stack: STACK.to_owned(),
         name: name.to_owned(),
+        kind: runner_updater_ports::ChangeSetKind::Update,
         template_url: url.map(str::to_owned),
+        template_body: None,
         parameters,
         keep_parameters: keep,
         capabilities: capabilities.to_vec(),

@@ -1183,3 +1183,70 @@ async fn a_state_table_that_cannot_be_used_is_refused_by_name() {
     refused(&["plan"], "another key schema");
     assert_eq!(world.updates("runner-a").len(), 0, "nothing deployed");
 }
+
+/// `runner-updater setup` creates the state table from the repository's template through a
+/// change set, reports each step, is idempotent, and the controller then uses the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_creates_the_state_table_from_the_template_once() {
+    let world = World::new(&["runner-a"]).await;
+    let config = std::fs::read_to_string(&world.config).unwrap().replace(
+        "[state_store]\nbackend = \"ssm\"\n",
+        "[state_store]\nbackend = \"dynamodb\"\ntable = \"made-by-setup\"\n",
+    );
+    std::fs::write(&world.config, &config).unwrap();
+    let setup = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+            .arg("--config")
+            .arg(&world.config)
+            .args(["setup", "--stack", "ru-setup", "--poll-secs", "1", "--tag", "team=ops"])
+            .envs(world.moto.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "setup failed: {stdout}{stderr}");
+        stdout
+    };
+    let first = setup();
+    for line in [
+        "stack ru-setup: creating it with change set runner-updater-setup-",
+        "Add StateTable (AWS::DynamoDB::Table)",
+        "stack ru-setup: created",
+        "state table made-by-setup: ready",
+    ] {
+        assert!(first.contains(line), "{line:?} not in:\n{first}");
+    }
+    let sdk = world.moto.sdk_config().await;
+    let table = aws_sdk_dynamodb::Client::new(&sdk)
+        .describe_table()
+        .table_name("made-by-setup")
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    assert_eq!(table.key_schema()[0].attribute_name(), "runner");
+    assert_eq!(
+        table.billing_mode_summary().and_then(|b| b.billing_mode()),
+        Some(&aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+    );
+    assert_eq!(table.deletion_protection_enabled(), Some(true));
+    let second = setup();
+    assert!(
+        second.contains("stack ru-setup: up to date") && !second.contains("Add "),
+        "a second setup changes nothing:\n{second}"
+    );
+    // The controller works on the table setup made.
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .arg("status")
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}

@@ -274,3 +274,103 @@ fn the_readme_explains_every_statement_and_extra() {
         );
     }
 }
+
+/// The CloudFormation port's methods, with the operation each makes (what `setup` may call).
+const CFN_PORT: [(&str, AwsOp); 6] = [
+    ("describe_stack", AwsOp::DescribeStacks),
+    ("create_change_set", AwsOp::CreateChangeSet),
+    ("describe_change_set", AwsOp::DescribeChangeSet),
+    ("execute_change_set", AwsOp::ExecuteChangeSet),
+    ("delete_change_set", AwsOp::DeleteChangeSet),
+    ("stack_events", AwsOp::DescribeStackEvents),
+];
+
+/// What CloudFormation calls with the caller's credentials to create and update the template's
+/// table (the `AWS::DynamoDB::Table` resource handler: create, update, read of the properties
+/// the template sets, and the describes it makes for every table). The running controller
+/// holds none of them.
+const TABLE_HANDLER: [&str; 12] = [
+    "dynamodb:CreateTable",
+    "dynamodb:DescribeContinuousBackups",
+    "dynamodb:DescribeContributorInsights",
+    "dynamodb:DescribeKinesisStreamingDestination",
+    "dynamodb:DescribeTable",
+    "dynamodb:DescribeTimeToLive",
+    "dynamodb:GetResourcePolicy",
+    "dynamodb:ListTagsOfResource",
+    "dynamodb:TagResource",
+    "dynamodb:UntagResource",
+    "dynamodb:UpdateContinuousBackups",
+    "dynamodb:UpdateTable",
+];
+
+fn setup_statements() -> Vec<Value> {
+    let policy: Value =
+        serde_json::from_str(&read("iam/setup-policy.json")).expect("iam/setup-policy.json");
+    assert_eq!(policy["Version"], "2012-10-17");
+    policy["Statement"].as_array().expect("Statement").clone()
+}
+
+/// The actions `runner-updater setup` makes: the CloudFormation port's methods its code calls
+/// (`cfn.<method>(`), and the table check (`check_table`: one `GetItem`).
+fn setup_calls() -> BTreeSet<String> {
+    let mut calls = BTreeSet::new();
+    let source = read("crates/interface/src/setup.rs");
+    let mut from = 0;
+    while let Some(offset) = source[from..].find("cfn.") {
+        let start = from + offset + "cfn.".len();
+        let method: String = source[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        from = start;
+        if source[start + method.len()..].starts_with('(') {
+            let (_, op) = CFN_PORT
+                .iter()
+                .find(|(name, _)| *name == method)
+                .unwrap_or_else(|| panic!("setup calls cfn.{method}: add it to CFN_PORT"));
+            calls.insert(op.iam_action());
+        }
+    }
+    assert!(calls.len() >= 5, "the scan of setup.rs found only {calls:?}");
+    if read("src/cli/setup.rs").contains("check_table(") {
+        calls.insert(AwsOp::GetItem.iam_action());
+    }
+    calls
+}
+
+#[test]
+fn the_setup_policy_grants_exactly_what_setup_and_the_table_handler_need() {
+    let mut granted = BTreeSet::new();
+    for statement in setup_statements() {
+        let sid = statement["Sid"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(statement["Effect"], "Allow", "{sid}");
+        for resource in strings(&statement["Resource"], &sid) {
+            assert_ne!(resource, "*", "{sid}: every set-up action can be scoped");
+        }
+        granted.extend(strings(&statement["Action"], &sid));
+    }
+    let mut needed = setup_calls();
+    needed.extend(TABLE_HANDLER.iter().map(|a| (*a).to_owned()));
+    assert_eq!(granted, needed, "iam/setup-policy.json against setup's calls");
+}
+
+#[test]
+fn the_running_controller_cannot_manage_the_table_or_the_setup_stack() {
+    let granted = granted_actions();
+    for action in TABLE_HANDLER {
+        if action == "dynamodb:DescribeTable" {
+            continue;
+        }
+        assert!(
+            !granted.contains(action),
+            "iam/policy.json grants {action}: creating and changing the table is the set-up's"
+        );
+    }
+    assert!(!read("iam/policy.json").contains("${SetupStack}"));
+    let readme = read("iam/README.md");
+    for statement in setup_statements() {
+        let sid = statement["Sid"].as_str().unwrap_or_default();
+        assert!(readme.contains(&format!("`{sid}`")), "iam/README.md: {sid}");
+    }
+}

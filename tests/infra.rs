@@ -401,7 +401,9 @@ async fn a_stack_updated_by_someone_else_stops_the_attempt() {
     cfn.create_change_set(&ChangeSetRequest {
         stack: MAIN.to_owned(),
         name: "console".to_owned(),
+        kind: runner_updater_ports::ChangeSetKind::Update,
         template_url: Some(url("main-2")),
+        template_body: None,
         parameters: std::collections::BTreeMap::default(),
         keep_parameters: vec!["Size".to_owned(), "Owner".to_owned()],
         capabilities: vec![],

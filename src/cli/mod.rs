@@ -6,6 +6,7 @@ pub mod demo;
 pub mod diagram;
 pub mod plan;
 pub mod run;
+pub mod setup;
 pub mod status;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Approve the change set a runner holds for review (`awaiting_approval` in `status`).
     Approve(approve::ApproveArgs),
+    /// Creates or updates the controller's own AWS resources (the state table) from the
+    /// repository's CloudFormation template, with the set-up rights (`iam/setup-policy.json`).
+    Setup(setup::SetupArgs),
     /// The state machine, generated from its transition table.
     Diagram(diagram::DiagramArgs),
     /// The whole story on the embedded simulated AWS; no account needed.
@@ -147,6 +151,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::status(config, args).await,
         Command::Plan(args) => plan::plan(config, args).await,
         Command::Approve(args) => approve::approve(config, args).await,
+        Command::Setup(args) => setup::setup(config, args).await,
         Command::Diagram(args) => diagram::diagram(&args),
         Command::Demo(args) => demo::demo(args).await,
     }

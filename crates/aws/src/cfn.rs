@@ -12,7 +12,7 @@ use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    ChangeSetRequest, CloudFormation, ErrorKind, PortError, TemplateSummary,
+    ChangeSetKind, ChangeSetRequest, CloudFormation, ErrorKind, PortError, TemplateSummary,
 };
 
 /// Pages of `DescribeChangeSet` read at most (a page holds up to 100 changes).
@@ -127,12 +127,16 @@ impl CloudFormation for AwsCloudFormation {
             .create_change_set()
             .stack_name(&request.stack)
             .change_set_name(&request.name)
-            .change_set_type(ChangeSetType::Update)
+            .change_set_type(match request.kind {
+                ChangeSetKind::Update => ChangeSetType::Update,
+                ChangeSetKind::Create => ChangeSetType::Create,
+            })
             .client_token(&request.client_token)
             .description(&request.description);
-        call = match &request.template_url {
-            Some(url) => call.template_url(url),
-            None => call.use_previous_template(true),
+        call = match (&request.template_body, &request.template_url) {
+            (Some(body), _) => call.template_body(body),
+            (None, Some(url)) => call.template_url(url),
+            (None, None) => call.use_previous_template(true),
         };
         for (key, value) in &request.parameters {
             call = call.parameters(

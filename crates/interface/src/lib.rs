@@ -7,3 +7,4 @@ pub mod demo;
 pub mod ops;
 pub mod report;
 pub mod scenario;
+pub mod setup;

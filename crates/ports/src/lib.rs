@@ -224,15 +224,28 @@ pub struct TemplateSummary {
     pub parameters: Vec<String>,
 }
 
-/// A change set to create (`ChangeSetType=UPDATE`).
+/// Which change set: of a stack that exists, or of one it creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSetKind {
+    /// `ChangeSetType=UPDATE` (the runners' stacks).
+    Update,
+    /// `ChangeSetType=CREATE` (`runner-updater setup`, the first time).
+    Create,
+}
+
+/// A change set to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeSetRequest {
     /// Stack.
     pub stack: String,
     /// Change set name (deterministic per attempt and stack).
     pub name: String,
-    /// New template; `None` for `UsePreviousTemplate`.
+    /// Update, or creation.
+    pub kind: ChangeSetKind,
+    /// New template; `None` (and no body) for `UsePreviousTemplate`.
     pub template_url: Option<String>,
+    /// New template given inline (`runner-updater setup`'s own template); wins over the URL.
+    pub template_body: Option<String>,
     /// Parameters given a value.
     pub parameters: BTreeMap<String, String>,
     /// Parameters sent with `UsePreviousValue` (every other one the template declares).

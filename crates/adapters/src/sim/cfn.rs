@@ -26,7 +26,7 @@ use runner_updater_core::domain::observed::StackState;
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, ErrorKind, PortError, TemplateSummary,
+    ChangeSetKind, ChangeSetRequest, Clock, CloudFormation, ErrorKind, PortError, TemplateSummary,
 };
 
 /// How long a change set takes to be computed.
@@ -613,6 +613,14 @@ impl CloudFormation for SimCfn {
             let now = self.clock.now();
             let mut guard = guard(&self.world, OP)?;
             let world = &mut *guard;
+            if request.kind == ChangeSetKind::Create || request.template_body.is_some() {
+                // The simulated world's stacks are made by the scenario (the runners' own);
+                // `runner-updater setup` runs against AWS (and moto in the tests).
+                return Err(validation(
+                    OP,
+                    "the simulated CloudFormation creates no stack and reads no inline template",
+                ));
+            }
             let new_template = match &request.template_url {
                 Some(url) => world.templates.get(url).cloned().ok_or_else(|| {
                     validation(

@@ -5,6 +5,7 @@
 #[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
 use super::*;
 use runner_updater_core::domain::resume::{rollback_made, update_progress, UpdateProgress};
+use runner_updater_ports::ChangeSetKind;
 
 impl RunnerDriver {
     /// Executes one command: waits out ECS's consistency window when the call may already
@@ -355,7 +356,9 @@ impl RunnerDriver {
             let request = ChangeSetRequest {
                 stack: stack.to_owned(),
                 name: name.to_owned(),
+                kind: ChangeSetKind::Update,
                 template_url: plan.template_url.clone(),
+                template_body: None,
                 parameters: plan.parameters.clone(),
                 keep_parameters,
                 capabilities: summary.capabilities,
