@@ -14,7 +14,7 @@ use runner_updater_ports::{
     ChangeSetKind, ChangeSetRequest, Clock, CloudFormation, ErrorKind, PortError,
 };
 
-/// The template, as the repository holds it (IaC users deploy the same file).
+/// The template, as the repository holds it (infrastructure-as-code users deploy the same file).
 pub const TEMPLATE: &str = include_str!("../../../setup/runner-updater.yaml");
 
 /// The stack's default name.
@@ -169,12 +169,9 @@ pub async fn setup(
         }
         Err(error) => return Err(error.into()),
     }
-    let changes = match review(cfn, clock, request, deadline, &name).await? {
-        Some(changes) => changes,
-        None => {
-            let _ = cfn.delete_change_set(stack, &name).await;
-            return up_to_date(cfn, stack, progress).await;
-        }
+    let Some(changes) = review(cfn, clock, request, deadline, &name).await? else {
+        let _ = cfn.delete_change_set(stack, &name).await;
+        return up_to_date(cfn, stack, progress).await;
     };
     for change in &changes {
         progress(format!(
