@@ -23,12 +23,34 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
-    Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, Lock, LockOutcome, PortError,
-    RecordCondition, StateStore, StateTable, StoreError,
+    AwsOp, Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, Lock, LockOutcome, PortError,
+    RecordCondition, StateItem, StateStore, StateTable, StoreError, StoredRecord,
 };
 
 /// The most scan pages `list` reads (a bound on a runaway table).
 const SCAN_PAGES_MAX: usize = 10_000;
+
+/// Every item of the table, page by page (strongly consistent), keyed by runner.
+///
+/// # Errors
+/// A page that cannot be read, or more than [`SCAN_PAGES_MAX`] pages.
+pub async fn scan_all(table: &dyn StateTable) -> Result<HashMap<String, StateItem>, PortError> {
+    let mut items = HashMap::new();
+    let mut token: Option<String> = None;
+    for _ in 0..SCAN_PAGES_MAX {
+        let page = table.scan_page(token.as_deref()).await?;
+        items.extend(page.items.into_iter().map(|item| (item.runner.clone(), item)));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(items),
+        }
+    }
+    Err(PortError::new(
+        ErrorKind::Permanent,
+        AwsOp::Scan,
+        format!("more than {SCAN_PAGES_MAX} pages in the state table"),
+    ))
+}
 
 /// The runner lock as a lease in the state table.
 #[derive(Clone)]
@@ -147,6 +169,28 @@ impl Lock for DynamoLease {
             .map(|l| l.holder))
     }
 
+    async fn holders(
+        &self,
+        runners: &[String],
+        now: Millis,
+    ) -> Vec<(String, Result<Option<String>, PortError>)> {
+        let items = scan_all(self.table.as_ref()).await;
+        runners
+            .iter()
+            .map(|runner| {
+                let holder = match &items {
+                    Ok(items) => Ok(items
+                        .get(runner)
+                        .and_then(|item| item.lease.clone())
+                        .filter(|l| now < l.expires_at)
+                        .map(|l| l.holder)),
+                    Err(error) => Err(error.clone()),
+                };
+                (runner.clone(), holder)
+            })
+            .collect()
+    }
+
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {
         let released = LeaseFields {
             holder: holder.to_owned(),
@@ -213,6 +257,8 @@ pub struct DynamoStore {
     holder: String,
     clock: Arc<dyn Clock>,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Records read ahead by [`StateStore::prefetch`], each used by its runner's next load.
+    ahead: Mutex<HashMap<String, Option<StoredRecord>>>,
 }
 
 impl DynamoStore {
@@ -224,6 +270,7 @@ impl DynamoStore {
             holder: holder.to_owned(),
             clock,
             seen: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(HashMap::new()),
         }
     }
 
@@ -260,8 +307,15 @@ fn io(error: &PortError) -> StoreError {
 #[async_trait]
 impl StateStore for DynamoStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
-        let item = self.table.get(runner).await.map_err(|e| io(&e))?;
-        let Some(stored) = item.and_then(|item| item.record) else {
+        let ahead = self.ahead.lock().ok().and_then(|mut all| all.remove(runner));
+        let stored = match ahead {
+            Some(stored) => stored,
+            None => {
+                let item = self.table.get(runner).await.map_err(|e| io(&e))?;
+                item.and_then(|item| item.record)
+            }
+        };
+        let Some(stored) = stored else {
             self.remember(
                 runner,
                 Seen {
@@ -335,28 +389,25 @@ impl StateStore for DynamoStore {
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut runners = Vec::new();
-        let mut token: Option<String> = None;
-        for _ in 0..SCAN_PAGES_MAX {
-            let page = self
-                .table
-                .scan_page(token.as_deref())
-                .await
-                .map_err(|e| io(&e))?;
-            runners.extend(
-                page.items
-                    .into_iter()
-                    .filter(|item| item.record.is_some())
-                    .map(|item| item.runner),
-            );
-            match page.next {
-                Some(next) => token = Some(next),
-                None => return Ok(runners),
+        let items = scan_all(self.table.as_ref()).await.map_err(|e| io(&e))?;
+        let mut runners: Vec<String> = items
+            .into_values()
+            .filter(|item| item.record.is_some())
+            .map(|item| item.runner)
+            .collect();
+        runners.sort();
+        Ok(runners)
+    }
+
+    async fn prefetch(&self, runners: &[String]) -> Result<(), StoreError> {
+        let mut items = scan_all(self.table.as_ref()).await.map_err(|e| io(&e))?;
+        if let Ok(mut ahead) = self.ahead.lock() {
+            for runner in runners {
+                let record = items.remove(runner).and_then(|item| item.record);
+                ahead.insert(runner.clone(), record);
             }
         }
-        Err(StoreError::Io(format!(
-            "more than {SCAN_PAGES_MAX} pages in the state table"
-        )))
+        Ok(())
     }
 }
 
@@ -465,5 +516,87 @@ mod tests {
             raced.acquire("r", "c2", Millis(1_000), ttl).await.unwrap(),
             LockOutcome::Busy { holder, .. } if holder == "c1"
         ));
+    }
+
+    /// Counts the reads a store and a lease make.
+    #[derive(Default)]
+    struct Counted {
+        inner: SimTable,
+        gets: std::sync::atomic::AtomicUsize,
+        scans: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl StateTable for Counted {
+        async fn get(&self, runner: &str) -> Result<Option<StateItem>, PortError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(runner).await
+        }
+        async fn write_lease(
+            &self,
+            runner: &str,
+            lease: &LeaseFields,
+            condition: &LeaseCondition,
+        ) -> Result<(), PortError> {
+            self.inner.write_lease(runner, lease, condition).await
+        }
+        async fn write_record(
+            &self,
+            runner: &str,
+            text: &str,
+            condition: &RecordCondition,
+        ) -> Result<u64, PortError> {
+            self.inner.write_record(runner, text, condition).await
+        }
+        async fn scan_page(&self, token: Option<&str>) -> Result<StatePage, PortError> {
+            self.scans.fetch_add(1, Ordering::SeqCst);
+            self.inner.scan_page(token).await
+        }
+    }
+
+    fn record(runner: &str) -> Record {
+        use runner_updater_core::machine::{restore, Ctx, RunnerMachine, Settings, State};
+        let machine = restore(
+            RunnerMachine::new(runner, Settings::default()),
+            State::Idle {},
+            &mut Ctx::default(),
+        );
+        Record::capture(&machine)
+    }
+
+    #[tokio::test]
+    async fn the_fleet_is_read_in_scan_pages_not_a_read_per_runner() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::sim::SimClock::new(Millis(1_000)));
+        let table = Arc::new(Counted::default());
+        let names: Vec<String> = (0..250).map(|i| format!("runner-{i:03}")).collect();
+        let writer = DynamoStore::new(table.clone(), "c1", clock.clone());
+        for name in &names[..240] {
+            writer.load(name).await.unwrap();
+            writer.save(&record(name)).await.unwrap();
+        }
+        let gets = table.gets.load(Ordering::SeqCst);
+        let store = DynamoStore::new(table.clone(), "c2", clock.clone());
+        let records = store.load_many(&names).await.unwrap();
+        assert_eq!(records.len(), 250);
+        assert_eq!(
+            records.iter().filter(|(_, r)| matches!(r, Ok(Some(_)))).count(),
+            240
+        );
+        assert_eq!(table.gets.load(Ordering::SeqCst), gets, "no read per runner");
+        assert_eq!(table.scans.load(Ordering::SeqCst), 3, "250 items, 100 a page");
+        // What was read ahead serves once: the next load reads the table again, and a
+        // record read ahead is written with the version it had (compare-and-set).
+        store.save(&record("runner-000")).await.unwrap();
+        store.load("runner-000").await.unwrap();
+        assert_eq!(table.gets.load(Ordering::SeqCst), gets + 1);
+        let lease = DynamoLease::new(table.clone());
+        lease
+            .acquire("runner-001", "c1", Millis(0), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let holders = lease.holders(&names, Millis(1)).await;
+        assert_eq!(table.scans.load(Ordering::SeqCst), 6);
+        assert_eq!(holders[1].1.as_ref().unwrap().as_deref(), Some("c1"));
+        assert_eq!(holders[2].1.as_ref().unwrap().as_deref(), None);
     }
 }

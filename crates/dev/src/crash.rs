@@ -167,6 +167,10 @@ impl StateStore for CrashStore {
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         self.inner.list().await
     }
+
+    async fn prefetch(&self, runners: &[String]) -> Result<(), StoreError> {
+        self.inner.prefetch(runners).await
+    }
 }
 
 /// Around ECS: aborts right after the call the crash point names returns.

@@ -1807,6 +1807,10 @@ impl StateStore for AuditedStore {
     async fn list(&self) -> Result<Vec<String>, runner_updater_ports::StoreError> {
         self.inner.list().await
     }
+
+    async fn prefetch(&self, runners: &[String]) -> Result<(), runner_updater_ports::StoreError> {
+        self.inner.prefetch(runners).await
+    }
 }
 
 /// A controller's lease and store: on the state table (`table`: with its faults) with the

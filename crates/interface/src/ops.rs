@@ -20,28 +20,40 @@ pub async fn status_views(
     now: Millis,
 ) -> Result<Vec<crate::report::StatusView>, StoreError> {
     use crate::report::{no_record_view, status_view, unreadable_view};
+    // The whole fleet in as few reads as the store allows (the state table: a scan for the
+    // records, one for the leases), not two reads per runner.
+    let records = store.load_many(runners).await?;
+    let mut leases = match lock {
+        Some(lock) => lock.holders(runners, now).await.into_iter().collect(),
+        None => std::collections::HashMap::new(),
+    };
     let mut views = Vec::with_capacity(runners.len());
-    for runner in runners {
+    for (runner, record) in records {
         let unreadable = |error: &runner_updater_core::record::RecordError| {
-            unreadable_view(runner, &config.prefix, &error.code(), &error.to_string())
+            unreadable_view(&runner, &config.prefix, &error.code(), &error.to_string())
         };
-        let mut view = match store.load(runner).await {
+        let mut view = match record {
             Ok(Some(record)) => {
                 let restored = config
-                    .runner(runner)
+                    .runner(&runner)
                     .map(|r| record.restore(config.settings(r)));
                 match restored {
                     Some(Err(error)) => unreadable(&error),
                     _ => status_view(&record),
                 }
             }
-            Ok(None) => no_record_view(runner),
+            Ok(None) => no_record_view(&runner),
             Err(StoreError::Record(error)) => unreadable(&error),
             Err(error) => return Err(error),
         };
-        view.lease = match lock {
-            Some(lock) => lease_view(lock, runner, now).await,
-            None => LeaseView::NotRead("file store: status does not contact AWS".to_owned()),
+        view.lease = match (lock, leases.remove(&runner)) {
+            (None, _) => {
+                LeaseView::NotRead("file store: status does not contact AWS".to_owned())
+            }
+            (Some(_), Some(Ok(Some(holder)))) => LeaseView::Held(holder),
+            (Some(_), Some(Ok(None))) => LeaseView::Free,
+            (Some(_), Some(Err(error))) => LeaseView::NotRead(error.to_string()),
+            (Some(_), None) => LeaseView::NotRead("not read".to_owned()),
         };
         views.push(view);
     }

@@ -333,6 +333,19 @@ pub trait Lock: Send + Sync {
     async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError>;
     /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
+    /// Who holds a live lease on each of `runners` (`status`), in as few calls as the lease's
+    /// store allows; by default one [`Lock::holder`] read per runner.
+    async fn holders(
+        &self,
+        runners: &[String],
+        now: Millis,
+    ) -> Vec<(String, Result<Option<String>, PortError>)> {
+        let mut holders = Vec::with_capacity(runners.len());
+        for runner in runners {
+            holders.push((runner.clone(), self.holder(runner, now).await));
+        }
+        holders
+    }
 }
 
 /// A failed state-store operation.
@@ -360,6 +373,31 @@ pub trait StateStore: Send + Sync {
     async fn save(&self, record: &Record) -> Result<(), StoreError>;
     /// Runners with a record.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// Reads the records of `runners` ahead, in as few calls as the store allows, so that
+    /// each one's next [`StateStore::load`] makes no call of its own (the state table: one
+    /// scan, a page per megabyte, instead of a read per runner). A store with nothing better
+    /// than a read per runner does nothing. Compare-and-set keeps a record read ahead safe: a
+    /// write after a change made since is refused, and the writer reloads.
+    async fn prefetch(&self, runners: &[String]) -> Result<(), StoreError> {
+        let _ = runners;
+        Ok(())
+    }
+    /// The records of `runners` (each one's own answer: an unusable record does not hide the
+    /// others), read ahead first.
+    ///
+    /// # Errors
+    /// The store cannot be read at all.
+    async fn load_many(
+        &self,
+        runners: &[String],
+    ) -> Result<Vec<(String, Result<Option<Record>, StoreError>)>, StoreError> {
+        self.prefetch(runners).await?;
+        let mut records = Vec::with_capacity(runners.len());
+        for runner in runners {
+            records.push((runner.clone(), self.load(runner).await));
+        }
+        Ok(records)
+    }
 }
 
 /// Time. The only place the controller reads the clock or waits.

@@ -102,6 +102,26 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// The records of the runners not loaded yet, read ahead in as few calls as the store
+    /// allows (the state table: one scan, not a read per runner); when that fails, each runner
+    /// reads its own, as without it.
+    async fn read_records_ahead(&self) {
+        let drivers = || self.slots.iter().filter_map(|slot| slot.driver.as_ref());
+        let Some(store) = drivers().next().map(RunnerDriver::store) else {
+            return;
+        };
+        let names: Vec<String> = drivers()
+            .filter(|driver| !driver.loaded())
+            .map(|driver| driver.runner().to_owned())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        if let Err(error) = store.prefetch(&names).await {
+            tracing::warn!(%error, "reading the records ahead failed: each runner reads its own");
+        }
+    }
+
     /// A scheduler of `drivers`, reading the fleet with `reader`.
     #[must_use]
     pub fn new(
@@ -181,6 +201,7 @@ impl Scheduler {
     /// an attempt on their own time, until `sweeps` sweeps have been made (then the passes they
     /// started end) or a stop.
     pub async fn run(&mut self, control: &mut dyn Control, sweeps: Option<u64>) {
+        self.read_records_ahead().await;
         let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
         let mut queue = Queue::default();
         let mut reading: Option<Reading> = None;

@@ -289,6 +289,11 @@ impl RunnerDriver {
         self.machine.is_some() || self.unreadable
     }
 
+    /// The state store this driver writes to (the scheduler reads the records ahead on it).
+    pub(crate) fn store(&self) -> Arc<dyn StateStore> {
+        self.ports.store.clone()
+    }
+
     /// Overrides the retry policy.
     #[must_use]
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
