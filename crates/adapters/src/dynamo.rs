@@ -308,12 +308,11 @@ fn io(error: &PortError) -> StoreError {
 impl StateStore for DynamoStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let ahead = self.ahead.lock().ok().and_then(|mut all| all.remove(runner));
-        let stored = match ahead {
-            Some(stored) => stored,
-            None => {
-                let item = self.table.get(runner).await.map_err(|e| io(&e))?;
-                item.and_then(|item| item.record)
-            }
+        let stored = if let Some(stored) = ahead {
+            stored
+        } else {
+            let item = self.table.get(runner).await.map_err(|e| io(&e))?;
+            item.and_then(|item| item.record)
         };
         let Some(stored) = stored else {
             self.remember(
