@@ -445,3 +445,40 @@ fn a_pass_can_be_triggered_now_by_http_or_sighup() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `run` counts the SSM parameters the fleet needs before it starts: above the account's
+/// limit it refuses by name, with what to do; near it, it warns and runs.
+#[test]
+fn run_refuses_a_fleet_that_does_not_fit_in_the_ssm_parameter_limit() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = |max: usize| {
+        let path = directory.path().join(format!("config-{max}.toml"));
+        let text = runner_updater_config::EMBEDDED_CONFIG
+            .replace("backend = \"file\"", "backend = \"ssm\"")
+            + &format!("\n[aws]\nssm_parameters_max = {max}\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |max: usize| {
+        binary()
+            .arg("--config")
+            .arg(config(max))
+            .args(["run", "--simulated", "--passes", "1", "--listen", "off"])
+            .output()
+            .unwrap()
+    };
+    // Two runners on the SSM store: a record and two lease epochs each, still to create.
+    let refused = run(5);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("needs up to 8 SSM parameters (2 under the prefix now, up to 6")
+            && stderr.contains("ParameterLimitExceeded")
+            && stderr.contains("state_store.backend = \"dynamodb\""),
+        "{stderr}"
+    );
+    let near = run(9);
+    let stderr = String::from_utf8_lossy(&near.stderr);
+    assert!(near.status.success(), "{stderr}");
+    assert!(stderr.contains("near the limit"), "{stderr}");
+}

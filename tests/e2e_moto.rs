@@ -1198,7 +1198,15 @@ async fn setup_creates_the_state_table_from_the_template_once() {
         let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
             .arg("--config")
             .arg(&world.config)
-            .args(["setup", "--stack", "ru-setup", "--poll-secs", "1", "--tag", "team=ops"])
+            .args([
+                "setup",
+                "--stack",
+                "ru-setup",
+                "--poll-secs",
+                "1",
+                "--tag",
+                "team=ops",
+            ])
             .envs(world.moto.env())
             .output()
             .unwrap();

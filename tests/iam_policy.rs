@@ -332,7 +332,10 @@ fn setup_calls() -> BTreeSet<String> {
             calls.insert(op.iam_action());
         }
     }
-    assert!(calls.len() >= 5, "the scan of setup.rs found only {calls:?}");
+    assert!(
+        calls.len() >= 5,
+        "the scan of setup.rs found only {calls:?}"
+    );
     if read("src/cli/setup.rs").contains("check_table(") {
         calls.insert(AwsOp::GetItem.iam_action());
     }
@@ -352,7 +355,10 @@ fn the_setup_policy_grants_exactly_what_setup_and_the_table_handler_need() {
     }
     let mut needed = setup_calls();
     needed.extend(TABLE_HANDLER.iter().map(|a| (*a).to_owned()));
-    assert_eq!(granted, needed, "iam/setup-policy.json against setup's calls");
+    assert_eq!(
+        granted, needed,
+        "iam/setup-policy.json against setup's calls"
+    );
 }
 
 #[test]

@@ -12,8 +12,9 @@ use runner_updater_adapters::lease;
 use runner_updater_adapters::sim::SimClock;
 use runner_updater_adapters::store::FileStore;
 use runner_updater_config::Config;
+use runner_updater_interface::ops;
 use runner_updater_interface::scenario::Scenario;
-use runner_updater_ports::Clock;
+use runner_updater_ports::{Clock, ParameterStore};
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater_runtime::metrics::Metrics;
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -99,6 +100,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
     let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     if args.simulated {
         let (ports, clock) = simulated_ports(&config, &args.desired, args.seed)?;
+        check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
         return Ok(RunSetup {
             config,
             ports,
@@ -114,6 +116,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
         );
     }
     let ports = aws_ports(&config, &holder).await?;
+    check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
     Ok(RunSetup {
         config,
         ports,
@@ -122,6 +125,32 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
         listen,
         holder,
     })
+}
+
+/// Counts what the fleet needs of Parameter Store: refuses to start above the account's limit
+/// (AWS would answer `ParameterLimitExceeded` part-way through, to whichever write came
+/// last), warns from 80 % of it.
+///
+/// # Errors
+/// The fleet does not fit, or the prefix cannot be read.
+async fn check_parameter_capacity(config: &Config, ssm: &dyn ParameterStore) -> anyhow::Result<()> {
+    use runner_updater_core::domain::capacity::Fit;
+    let need = ops::parameter_need(config, ssm)
+        .await
+        .context("counting the SSM parameters under the prefix")?;
+    match need.verdict() {
+        Fit::Fits => {
+            tracing::info!(parameters = need.total(), limit = need.limit, "SSM parameters: the fleet fits");
+            Ok(())
+        }
+        Fit::Near => {
+            tracing::warn!("{need}: near the limit; the DynamoDB state store keeps records and leases out of SSM (README, \"State\")");
+            Ok(())
+        }
+        Fit::Over => bail!(
+            "{need}: more than the limit, so AWS would refuse writes part-way through (ParameterLimitExceeded). Use the DynamoDB state store (state_store.backend = \"dynamodb\", README \"State\"), the Advanced tier (aws.ssm_parameters_max = 100000), or fewer parameters per runner"
+        ),
+    }
 }
 
 /// The simulated AWS for `run --simulated` (paced in real time: the loop advances its clock by

@@ -39,7 +39,11 @@ pub async fn scan_all(table: &dyn StateTable) -> Result<HashMap<String, StateIte
     let mut token: Option<String> = None;
     for _ in 0..SCAN_PAGES_MAX {
         let page = table.scan_page(token.as_deref()).await?;
-        items.extend(page.items.into_iter().map(|item| (item.runner.clone(), item)));
+        items.extend(
+            page.items
+                .into_iter()
+                .map(|item| (item.runner.clone(), item)),
+        );
         match page.next {
             Some(next) => token = Some(next),
             None => return Ok(items),
@@ -307,7 +311,11 @@ fn io(error: &PortError) -> StoreError {
 #[async_trait]
 impl StateStore for DynamoStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
-        let ahead = self.ahead.lock().ok().and_then(|mut all| all.remove(runner));
+        let ahead = self
+            .ahead
+            .lock()
+            .ok()
+            .and_then(|mut all| all.remove(runner));
         let stored = if let Some(stored) = ahead {
             stored
         } else {
@@ -578,11 +586,22 @@ mod tests {
         let records = store.load_many(&names).await.unwrap();
         assert_eq!(records.len(), 250);
         assert_eq!(
-            records.iter().filter(|(_, r)| matches!(r, Ok(Some(_)))).count(),
+            records
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok(Some(_))))
+                .count(),
             240
         );
-        assert_eq!(table.gets.load(Ordering::SeqCst), gets, "no read per runner");
-        assert_eq!(table.scans.load(Ordering::SeqCst), 3, "250 items, 100 a page");
+        assert_eq!(
+            table.gets.load(Ordering::SeqCst),
+            gets,
+            "no read per runner"
+        );
+        assert_eq!(
+            table.scans.load(Ordering::SeqCst),
+            3,
+            "250 items, 100 a page"
+        );
         // What was read ahead serves once: the next load reads the table again, and a
         // record read ahead is written with the version it had (compare-and-set).
         store.save(&record("runner-000")).await.unwrap();

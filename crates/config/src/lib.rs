@@ -89,6 +89,11 @@ pub struct AwsConfig {
     /// Timeout of a call, its retries included, in seconds.
     #[serde(default = "default_operation_timeout_secs")]
     pub operation_timeout_secs: u64,
+    /// SSM parameters the account may hold in this region: 10,000 on the Standard tier,
+    /// 100,000 on the Advanced tier. `run` counts what the fleet needs at start, warns from
+    /// 80 % and refuses above it.
+    #[serde(default = "default_ssm_parameters_max")]
+    pub ssm_parameters_max: usize,
 }
 
 impl Default for AwsConfig {
@@ -96,8 +101,13 @@ impl Default for AwsConfig {
         AwsConfig {
             attempt_timeout_secs: default_attempt_timeout_secs(),
             operation_timeout_secs: default_operation_timeout_secs(),
+            ssm_parameters_max: default_ssm_parameters_max(),
         }
     }
+}
+
+fn default_ssm_parameters_max() -> usize {
+    runner_updater_core::domain::capacity::STANDARD_PARAMETERS_MAX
 }
 
 fn default_attempt_timeout_secs() -> u64 {
@@ -600,6 +610,12 @@ impl Config {
                 "aws: attempt_timeout_secs ({}) must be at least 1 and at most operation_timeout_secs ({})",
                 self.aws.attempt_timeout_secs, self.aws.operation_timeout_secs
             ));
+        }
+        if self.aws.ssm_parameters_max == 0 {
+            return invalid(
+                "aws: ssm_parameters_max must be at least 1 (10000 on the Standard tier, 100000 on the Advanced tier)"
+                    .to_owned(),
+            );
         }
         let floor = self.lease_floor_secs();
         if self.lease_secs < floor {

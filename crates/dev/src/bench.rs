@@ -1,5 +1,6 @@
 //! The fleet benchmark (`runner-updater-dev bench`, `cargo dev bench`): the controller's own code on the simulated AWS
-//! with 10, 1,000 and 10,000 runners, every AWS call counted by operation.
+//! with 10, 1,000 and 10,000 runners, their state in the DynamoDB state table (the production
+//! path), every AWS call counted by operation.
 //!
 //! It prints, per fleet size: AWS calls per runner per steady-state pass (by API family), the
 //! pass time under an injected per-call latency next to the lower bound the rate limits impose,
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm};
+use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm, limit_table};
 use runner_updater_adapters::sim::SimAws;
 use runner_updater_adapters::sim::SIM_EPOCH;
-use runner_updater_adapters::store::{MemoryStore, SsmStore};
+use runner_updater_adapters::store::MemoryStore;
 use runner_updater_config::{Config, ConfigError};
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
@@ -32,7 +34,7 @@ use runner_updater_interface::scenario::fleet_config;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, Hooks, ParameterStore, PortCall,
-    PortError,
+    PortError, StateTable,
 };
 use runner_updater_runtime::driver::TickReport;
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
@@ -57,18 +59,19 @@ pub enum BenchError {
 pub struct Assumptions {
     /// Latency of one AWS call.
     pub latency: Duration,
-    /// Calls per second allowed, per API family: SSM, ECS, CloudFormation (the defaults are
-    /// safely under AWS's published throttling limits: SSM `GetParametersByPath` 40/s shared
-    /// with `GetParameter`, ECS `DescribeServices` 20/s sustained, CloudFormation
-    /// `DescribeStacks` about 10/s).
-    pub rates: [f64; 3],
+    /// Calls per second allowed, per API family: SSM, ECS, CloudFormation, DynamoDB (the
+    /// defaults are safely under AWS's published throttling limits: SSM `GetParametersByPath`
+    /// 40/s shared with `GetParameter`, ECS `DescribeServices` 20/s sustained, CloudFormation
+    /// `DescribeStacks` about 10/s; DynamoDB on demand has no such limit, 50/s is the
+    /// controller's default).
+    pub rates: [f64; FAMILIES],
 }
 
 impl Default for Assumptions {
     fn default() -> Self {
         Assumptions {
             latency: Duration::from_millis(20),
-            rates: [30.0, 15.0, 8.0],
+            rates: [30.0, 15.0, 8.0, 50.0],
         }
     }
 }
@@ -123,6 +126,9 @@ impl Clock for TokioClock {
     }
 }
 
+/// The API families (the figures' columns).
+pub const FAMILIES: usize = ApiFamily::ALL.len();
+
 /// The position of an operation's family in `ApiFamily::ALL` (the figures' columns).
 fn family_index(operation: AwsOp) -> usize {
     ApiFamily::ALL
@@ -142,8 +148,8 @@ impl Hooks for Counter {
     async fn after(&self, _call: &Call<'_>, _failed: Option<&PortError>) {}
 }
 
-/// A fleet of `runners` (one in ten with two stacks) on a fresh simulated AWS, run by the
-/// controller's scheduler.
+/// A fleet of `runners` (one in ten with two stacks) on a fresh simulated AWS, its state in
+/// the DynamoDB state table (the production path), run by the controller's scheduler.
 struct Fleet {
     aws: SimAws,
     config: Config,
@@ -153,8 +159,11 @@ struct Fleet {
     reads: Vec<(usize, usize)>,
     /// Resident memory once the simulated world was built, before the controller (KiB).
     world_kib: Option<u64>,
-    /// Bytes the simulated SSM held then.
-    ssm_bytes: u64,
+    /// Bytes the simulated SSM and state table held then.
+    stored_bytes: u64,
+    /// SSM parameters the fleet needs: on the state table (ops' desired state), and what it
+    /// would need on the SSM store (records and leases too).
+    ssm_parameters: (usize, usize),
 }
 
 impl Fleet {
@@ -167,7 +176,23 @@ impl Fleet {
         // The simulated AWS shares the process: what it holds is measured here, and the peak
         // from here on is the controller's (plus the world's answers to it).
         let world_kib = resident_kib("self");
-        let ssm_bytes = aws.ssm.stored_bytes();
+        let stored_bytes = aws.ssm.stored_bytes() + aws.table.stored_bytes();
+        let ssm_parameters = {
+            use runner_updater_core::domain::capacity::{ParameterNeed, STANDARD_PARAMETERS_MAX};
+            let names = aws.ssm.names();
+            let runners: Vec<&str> = config.runners.iter().map(|r| r.name.as_str()).collect();
+            let need = |in_ssm| {
+                ParameterNeed::count(
+                    names.iter().map(String::as_str),
+                    &config.prefix,
+                    &runners,
+                    in_ssm,
+                    STANDARD_PARAMETERS_MAX,
+                )
+                .total()
+            };
+            (need(false), need(true))
+        };
         reset_peak();
         let counter = Counter {
             latency: timed.map(|t| t.latency),
@@ -179,23 +204,28 @@ impl Fleet {
         let mut ssm: Arc<dyn ParameterStore> = Arc::new(Decorated::new(ssm, counter.clone()));
         let mut ecs: Arc<dyn Ecs> = Arc::new(Decorated::new(ecs, counter.clone()));
         let mut cfn: Arc<dyn CloudFormation> = Arc::new(Decorated::new(cfn, counter.clone()));
+        let table: Arc<dyn StateTable> = Arc::new(aws.table.clone());
+        let mut table: Arc<dyn StateTable> = Arc::new(Decorated::new(table, counter.clone()));
         if let Some(timed) = timed {
             let clock: Arc<dyn Clock> = Arc::new(TokioClock {
                 origin: tokio::time::Instant::now(),
             });
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole rates
-            let [ssm_rate, ecs_rate, cfn_rate] = timed.rates.map(|rate| rate.round() as u32);
+            let [ssm_rate, ecs_rate, cfn_rate, table_rate] =
+                timed.rates.map(|rate| rate.round() as u32);
             ssm = Arc::new(limit_ssm(ssm, ssm_rate, clock.clone()));
             ecs = Arc::new(limit_ecs(ecs, ecs_rate, clock.clone()));
             cfn = Arc::new(limit_cfn(cfn, cfn_rate, clock.clone()));
+            table = Arc::new(limit_table(table, table_rate, clock.clone()));
         }
+        let clock: Arc<dyn Clock> = Arc::new(aws.clock.clone());
         let ports = Ports {
-            ssm: ssm.clone(),
+            ssm,
             ecs,
             cfn,
-            lock: Arc::new(SsmLease::new(ssm.clone(), &config.prefix)),
-            store: Arc::new(SsmStore::new(ssm, &config.prefix)),
-            clock: Arc::new(aws.clock.clone()),
+            lock: Arc::new(DynamoLease::new(table.clone())),
+            store: Arc::new(DynamoStore::new(table, "bench", clock.clone())),
+            clock,
         };
         let drivers = config
             .runners
@@ -216,7 +246,8 @@ impl Fleet {
             counter,
             reads: Vec::new(),
             world_kib,
-            ssm_bytes,
+            stored_bytes,
+            ssm_parameters,
         })
     }
 
@@ -309,7 +340,7 @@ pub struct FleetFigures {
     /// Calls per runner in a steady-state pass, by operation.
     pub calls_per_runner: BTreeMap<&'static str, f64>,
     /// Calls in a steady-state pass, per API family (averaged, rounded).
-    pub calls_by_family: [u64; 3],
+    pub calls_by_family: [u64; FAMILIES],
     /// Steady-state passes averaged.
     pub passes: u32,
     /// A steady-state sweep's time, measured (on tokio's paused clock) with every call taking
@@ -340,6 +371,8 @@ pub struct FleetFigures {
     pub wave_per_operation: BTreeMap<&'static str, f64>,
     /// The lower bound the rate limits put on the wave's calls.
     pub wave_rate_bound: Duration,
+    /// SSM parameters the fleet needs on the state table, and on the SSM store.
+    pub ssm_parameters: (usize, usize),
 }
 
 /// Measures one fleet size.
@@ -352,6 +385,7 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     let (wave_passes, wave_time) = update_wave(&mut fleet, runners).await?;
     let process_peak_kib = peak_memory_kib("self");
     let world_memory_kib = fleet.world_kib;
+    let ssm_parameters = fleet.ssm_parameters;
     let wave_counts = fleet.counter.take();
     drop(fleet);
     // The sweep as `run` makes it, timed with the latency and the limiters, and the bound the
@@ -376,13 +410,14 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
         wave_calls_per_runner: wave.per_runner,
         wave_per_operation: wave.per_operation,
         wave_rate_bound: wave.rate_bound,
+        ssm_parameters,
     })
 }
 
 /// What the steady state measured.
 struct Steady {
     calls_per_runner: BTreeMap<&'static str, f64>,
-    calls_by_family: [u64; 3],
+    calls_by_family: [u64; FAMILIES],
     passes: u32,
     latency_time: Duration,
     concurrent: u32,
@@ -413,16 +448,17 @@ async fn steady_state(
         fleet.pass(true, rest).await?;
     }
     let cpu_after = cpu_time();
-    // What the controller wrote to SSM (its records) is AWS's memory, not the controller's:
-    // the world's growth is counted at the bytes stored (a lower bound of what it takes).
-    let ssm_growth_kib = fleet.aws.ssm.stored_bytes().saturating_sub(fleet.ssm_bytes) / 1024;
+    // What the controller wrote to the table (its records) is AWS's memory, not the
+    // controller's: the world's growth is counted at the bytes stored (a lower bound).
+    let stored = fleet.aws.ssm.stored_bytes() + fleet.aws.table.stored_bytes();
+    let ssm_growth_kib = stored.saturating_sub(fleet.stored_bytes) / 1024;
     let controller_peak_kib = peak_memory_kib("self")
         .zip(fleet.world_kib)
         .map(|(peak, world)| peak.saturating_sub(world).saturating_sub(ssm_growth_kib));
     let counts = fleet.counter.take();
     #[allow(clippy::cast_precision_loss)] // averages for a report
     let per_pass = |count: u64| count as f64 / f64::from(passes);
-    let mut calls_by_family = [0.0_f64; 3];
+    let mut calls_by_family = [0.0_f64; FAMILIES];
     for (operation, count) in &counts {
         calls_by_family[family_index(*operation)] += per_pass(*count);
     }
@@ -516,7 +552,7 @@ struct WaveCalls {
 impl WaveCalls {
     fn of(counts: &BTreeMap<AwsOp, u64>, runners: usize, assumptions: Assumptions) -> WaveCalls {
         let calls: u64 = counts.values().sum();
-        let mut by_family = [0_u64; 3];
+        let mut by_family = [0_u64; FAMILIES];
         for (operation, count) in counts {
             by_family[family_index(*operation)] += count;
         }
@@ -587,7 +623,7 @@ fn timed_sweep_on_paused_clock(
             // The next sweep starts a poll interval later: the buckets are full again.
             tokio::time::sleep(rest).await;
         }
-        let mut by_family = [0_u64; 3];
+        let mut by_family = [0_u64; FAMILIES];
         for (operation, count) in fleet.counter.take() {
             by_family[family_index(operation)] += count;
         }
@@ -675,11 +711,12 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "assumed: {} ms per AWS call; rate limits SSM {}/s, ECS {}/s, CloudFormation {}/s",
+        "assumed: {} ms per AWS call; rate limits SSM {}/s, ECS {}/s, CloudFormation {}/s, DynamoDB {}/s; state in the DynamoDB table",
         assumptions.latency.as_millis(),
         assumptions.rates[0],
         assumptions.rates[1],
-        assumptions.rates[2]
+        assumptions.rates[2],
+        assumptions.rates[3]
     );
     for f in figures {
         let _ = writeln!(out, "\n{} runners", f.runners);
@@ -715,6 +752,21 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
             f.concurrent,
             f.latency_time.as_secs_f64(),
             f.rate_bound.as_secs_f64(),
+        );
+        let fits = |n: usize| {
+            if n > runner_updater_core::domain::capacity::STANDARD_PARAMETERS_MAX {
+                "over the Standard tier's 10,000 per account and region: the Advanced tier"
+            } else {
+                "fits the Standard tier's 10,000 per account and region"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  SSM parameters the fleet needs: {} on the state table ({}); {} on the SSM store ({})",
+            f.ssm_parameters.0,
+            fits(f.ssm_parameters.0),
+            f.ssm_parameters.1,
+            fits(f.ssm_parameters.1)
         );
         let _ = writeln!(
             out,

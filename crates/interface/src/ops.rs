@@ -47,9 +47,7 @@ pub async fn status_views(
             Err(error) => return Err(error),
         };
         view.lease = match (lock, leases.remove(&runner)) {
-            (None, _) => {
-                LeaseView::NotRead("file store: status does not contact AWS".to_owned())
-            }
+            (None, _) => LeaseView::NotRead("file store: status does not contact AWS".to_owned()),
             (Some(_), Some(Ok(Some(holder)))) => LeaseView::Held(holder),
             (Some(_), Some(Ok(None))) => LeaseView::Free,
             (Some(_), Some(Err(error))) => LeaseView::NotRead(error.to_string()),
@@ -155,4 +153,39 @@ pub async fn approve(
         change_set: held.name.clone(),
         parameter,
     })
+}
+
+/// What the fleet needs of Parameter Store (`run` checks it at start): one walk of the prefix
+/// (a page per ten parameters, as a fleet read), the records and leases still to create
+/// counted with the SSM store.
+///
+/// # Errors
+/// A page that cannot be read, or a prefix too large to walk.
+pub async fn parameter_need(
+    config: &runner_updater_config::Config,
+    ssm: &dyn ParameterStore,
+) -> Result<runner_updater_core::domain::capacity::ParameterNeed, PortError> {
+    use runner_updater_runtime::reader::FLEET_PAGES_MAX;
+    let mut names: Vec<String> = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..FLEET_PAGES_MAX {
+        let page = ssm.get_page(&config.prefix, token.as_deref()).await?;
+        names.extend(page.parameters.into_iter().map(|(name, _)| name));
+        if page.next.is_none() {
+            let runners: Vec<&str> = config.runners.iter().map(|r| r.name.as_str()).collect();
+            return Ok(runner_updater_core::domain::capacity::ParameterNeed::count(
+                names.iter().map(String::as_str),
+                &config.prefix,
+                &runners,
+                config.state_store.backend == runner_updater_config::StateBackend::Ssm,
+                config.aws.ssm_parameters_max,
+            ));
+        }
+        token = page.next;
+    }
+    Err(PortError::new(
+        runner_updater_ports::ErrorKind::Permanent,
+        runner_updater_ports::AwsOp::GetParametersByPath,
+        format!("more than {FLEET_PAGES_MAX} pages under {}", config.prefix),
+    ))
 }

@@ -370,7 +370,9 @@ mod tests {
         assert!(no_changes(
             "The submitted information didn't contain changes. Submit different information to create a change set."
         ));
-        assert!(no_changes("ValidationError (HTTP 400): No updates are to be performed."));
+        assert!(no_changes(
+            "ValidationError (HTTP 400): No updates are to be performed."
+        ));
         assert!(!no_changes("Template format error"));
     }
 }

@@ -96,6 +96,8 @@ pub struct Scheduler {
     sweep_interval: Duration,
     grace: Duration,
     loaded: usize,
+    /// Whether the records were read ahead (once, before the first pass).
+    read_ahead: bool,
     /// The earliest `due` of the runners in an attempt that are neither queued nor in a pass
     /// (no earlier than this, no slot needs looking at).
     earliest_due: Millis,
@@ -105,7 +107,10 @@ impl Scheduler {
     /// The records of the runners not loaded yet, read ahead in as few calls as the store
     /// allows (the state table: one scan, not a read per runner); when that fails, each runner
     /// reads its own, as without it.
-    async fn read_records_ahead(&self) {
+    async fn read_records_ahead(&mut self) {
+        if std::mem::replace(&mut self.read_ahead, true) {
+            return;
+        }
         let drivers = || self.slots.iter().filter_map(|slot| slot.driver.as_ref());
         let Some(store) = drivers().next().map(RunnerDriver::store) else {
             return;
@@ -148,6 +153,7 @@ impl Scheduler {
             sweep_interval: Duration::from_secs(config.poll_interval_secs),
             grace: Duration::from_secs(25),
             loaded: 0,
+            read_ahead: false,
             earliest_due: now,
         }
     }
@@ -175,6 +181,7 @@ impl Scheduler {
         sweep: bool,
         control: &mut dyn Control,
     ) -> (usize, Option<FleetSnapshot>) {
+        self.read_records_ahead().await;
         let mut queue = Queue::default();
         self.queue_due(self.clock.now(), &mut queue);
         let mut leftover = None;

@@ -265,15 +265,49 @@ impl Rng {
     }
 }
 
-/// Simulated SSM Parameter Store: versions and atomic create.
+/// Simulated SSM Parameter Store: versions and atomic create, and AWS's limits on what a
+/// `PutParameter` may create: 10,000 parameters in the account and 4 KB a value on the
+/// Standard tier (`ParameterLimitExceeded`, `ValidationException`), 100,000 and 8 KB on the
+/// Advanced tier. Ops' own writes ([`SimSsm::set`]) are the world's, not checked.
 #[derive(Debug, Clone, Default)]
 pub struct SimSsm {
     parameters: Arc<Mutex<BTreeMap<String, Parameter>>>,
+    /// The Advanced tier's limits instead of the Standard tier's.
+    advanced: Arc<std::sync::atomic::AtomicBool>,
     /// Faults to inject.
     pub faults: Faults,
 }
 
 impl SimSsm {
+    /// Puts the account on the Advanced tier (100,000 parameters, 8 KB values).
+    pub fn use_advanced_tier(&self) {
+        self.advanced.store(true, Ordering::SeqCst);
+    }
+
+    /// The tier's limits: parameters in the account, bytes of a value.
+    fn limits(&self) -> (usize, usize) {
+        use runner_updater_core::domain::capacity as c;
+        if self.advanced.load(Ordering::SeqCst) {
+            (c::ADVANCED_PARAMETERS_MAX, c::ADVANCED_VALUE_BYTES_MAX)
+        } else {
+            (c::STANDARD_PARAMETERS_MAX, c::STANDARD_VALUE_BYTES_MAX)
+        }
+    }
+
+    /// Parameters held.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.parameters.lock().map_or(0, |p| p.len())
+    }
+
+    /// The names of the parameters held.
+    #[must_use]
+    pub fn names(&self) -> Vec<String> {
+        self.parameters
+            .lock()
+            .map_or_else(|_| Vec::new(), |p| p.keys().cloned().collect())
+    }
+
     /// Writes a parameter as ops would (overwrite).
     pub fn set(&self, name: &str, value: &str) {
         if let Ok(mut parameters) = self.parameters.lock() {
@@ -294,6 +328,7 @@ impl SimSsm {
     pub fn without_faults(&self) -> SimSsm {
         SimSsm {
             parameters: self.parameters.clone(),
+            advanced: self.advanced.clone(),
             faults: Faults::default(),
         }
     }
@@ -366,8 +401,23 @@ impl ParameterStore for SimSsm {
     }
 
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
+        let (parameters_max, value_max) = self.limits();
         self.faults.mutate(AwsOp::PutParameter, || {
             let mut parameters = guard(&self.parameters, AwsOp::PutParameter)?;
+            if value.len() > value_max {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    AwsOp::PutParameter,
+                    format!("ValidationException: parameters of this tier support a maximum parameter value of {value_max} characters ({name}: {})", value.len()),
+                ));
+            }
+            if !parameters.contains_key(name) && parameters.len() >= parameters_max {
+                return Err(PortError::new(
+                    ErrorKind::Permanent,
+                    AwsOp::PutParameter,
+                    format!("ParameterLimitExceeded: you have exceeded the number of parameters for this AWS account ({parameters_max}); delete unnecessary parameters in order to create new parameters"),
+                ));
+            }
             let version = match parameters.get(name) {
                 Some(_) if !overwrite => {
                     return Err(PortError::new(
@@ -483,4 +533,31 @@ pub fn initial_template() -> SimTemplate {
         .parameter("Owner", Some("ops"))
         .resource(SimResource::new("Config", "AWS::SSM::Parameter", "v1"))
         .resource(SimResource::new("Queue", "AWS::SQS::Queue", "v1").using(&["Size"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_simulated_ssm_enforces_the_tier_limits_on_what_put_creates() {
+        let ssm = SimSsm::default();
+        for i in 0..runner_updater_core::domain::capacity::STANDARD_PARAMETERS_MAX {
+            ssm.set(&format!("/p/{i}"), "v");
+        }
+        let over = ssm.put("/p/one-more", "v", false).await.unwrap_err();
+        assert!(over.message.contains("ParameterLimitExceeded"), "{over}");
+        assert_eq!(over.kind, ErrorKind::Permanent);
+        // An existing parameter may still be overwritten.
+        ssm.put("/p/1", "w", true).await.unwrap();
+        let long = "x".repeat(4097);
+        let too_long = ssm.put("/p/2", &long, true).await.unwrap_err();
+        assert!(
+            too_long.message.contains("ValidationException"),
+            "{too_long}"
+        );
+        ssm.use_advanced_tier();
+        ssm.put("/p/one-more", &long, false).await.unwrap();
+        assert_eq!(ssm.count(), 10_001);
+    }
 }

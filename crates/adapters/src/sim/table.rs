@@ -49,6 +49,22 @@ impl SimTable {
         }
     }
 
+    /// Bytes the items hold (keys, holders and records): what the benchmark counts as the
+    /// world's, not the controller's.
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        self.items.lock().map_or(0, |items| {
+            items
+                .values()
+                .map(|item| {
+                    let lease = item.lease.as_ref().map_or(0, |l| l.holder.len() + 16);
+                    let record = item.record.as_ref().map_or(0, |r| r.text.len() + 8);
+                    (item.runner.len() + lease + record) as u64
+                })
+                .sum()
+        })
+    }
+
     /// Writes an item as an operator (or a bug) might, unconditionally (tests).
     pub fn put_item(&self, item: StateItem) {
         if let Ok(mut items) = self.items.lock() {

@@ -1,6 +1,7 @@
 //! The pure domain: desired state, observed state, versions, images, task-definition cloning and
 //! eligibility. **No IO, no clock, no AWS types**: everything here is a function of its inputs.
 
+pub mod capacity;
 pub mod cfn_status;
 pub mod code;
 pub mod desired;
