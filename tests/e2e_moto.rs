@@ -1258,3 +1258,113 @@ async fn setup_creates_the_state_table_from_the_template_once() {
         String::from_utf8_lossy(&status.stderr)
     );
 }
+
+/// `runner-updater migrate-state --from ssm --to dynamodb`: refused while an attempt's lease is
+/// live in SSM (nothing copied), told and not written with `--dry-run`, then every record
+/// copied; the controller's `status` reads them from the table; a second run changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
+    let world = World::with_timing(&["runner-a", "runner-b"], 1, 1).await;
+    let controller = world.controller("controller-1", None);
+    world.put("runner-a", "version", "2.14.0");
+    world.wait_for_phase("runner-a", "done", 1).await;
+    common::eventually("runner-b's record", WAIT, || async {
+        world.record("runner-b").await
+    })
+    .await;
+    assert!(controller.terminate().success());
+    world.moto.create_table("migrated", "runner").await;
+    let config = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        config.replace(
+            "[state_store]\nbackend = \"ssm\"\n",
+            "[state_store]\nbackend = \"ssm\"\ntable = \"migrated\"\n",
+        ),
+    )
+    .unwrap();
+    let migrate = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+            .arg("--config")
+            .arg(&world.config)
+            .args(["migrate-state", "--from", "ssm", "--to", "dynamodb"])
+            .args(extra)
+            .envs(world.moto.env())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let clients = world.moto.clients().await;
+    let table = clients.table("migrated");
+    // An attempt in flight elsewhere: its lease is live in SSM.
+    let ssm: std::sync::Arc<dyn runner_updater_ports::ParameterStore> =
+        std::sync::Arc::new(clients.ssm.clone());
+    let lease = runner_updater_adapters::lease::SsmLease::new(ssm, PREFIX);
+    let now = runner_updater_ports::Clock::now(&runner_updater_adapters::clock::SystemClock);
+    let outcome = runner_updater_ports::Lock::acquire(
+        &lease,
+        "runner-b",
+        "elsewhere",
+        now,
+        Duration::from_secs(300),
+    )
+    .await
+    .unwrap();
+    let runner_updater_ports::LockOutcome::Acquired { epoch } = outcome else {
+        panic!("{outcome:?}");
+    };
+    let (ok, said) = migrate(&[]);
+    assert!(!ok && said.contains("in flight on runner-b"), "{said}");
+    assert!(runner_updater_ports::StateTable::get(&table, "runner-a")
+        .await
+        .unwrap()
+        .is_none());
+    runner_updater_ports::Lock::release(&lease, "runner-b", "elsewhere", epoch)
+        .await
+        .unwrap();
+    let (ok, said) = migrate(&["--dry-run"]);
+    assert!(
+        ok && said.contains("runner-a: would copy (phase done)"),
+        "{said}"
+    );
+    assert!(runner_updater_ports::StateTable::get(&table, "runner-a")
+        .await
+        .unwrap()
+        .is_none());
+    let (ok, said) = migrate(&[]);
+    assert!(
+        ok && said.contains("runner-a: copied (phase done)")
+            && said.contains("runner-b: copied")
+            && said.contains("0 left behind"),
+        "{said}"
+    );
+    let (ok, said) = migrate(&[]);
+    assert!(
+        ok && said.contains("runner-a: already in the table"),
+        "{said}"
+    );
+    // The controller's own reader, on the table.
+    let config = std::fs::read_to_string(&world.config).unwrap();
+    std::fs::write(
+        &world.config,
+        config.replace("backend = \"ssm\"", "backend = \"dynamodb\""),
+    )
+    .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
+        .arg("--config")
+        .arg(&world.config)
+        .args(["status", "--json"])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{shown}");
+    assert!(
+        shown.contains("\"done\"") && shown.contains("2.14.0"),
+        "{shown}"
+    );
+}

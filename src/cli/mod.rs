@@ -4,6 +4,7 @@
 pub mod approve;
 pub mod demo;
 pub mod diagram;
+pub mod migrate;
 pub mod plan;
 pub mod run;
 pub mod setup;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Creates or updates the controller's own AWS resources (the state table) from the
     /// repository's CloudFormation template, with the set-up rights (`iam/setup-policy.json`).
     Setup(setup::SetupArgs),
+    /// Copies every runner's record from one state store to another (ssm → dynamodb), refusing
+    /// while an attempt is in flight.
+    MigrateState(migrate::MigrateArgs),
     /// The state machine, generated from its transition table.
     Diagram(diagram::DiagramArgs),
     /// The whole story on the embedded simulated AWS; no account needed.
@@ -152,6 +156,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::plan(config, args).await,
         Command::Approve(args) => approve::approve(config, args).await,
         Command::Setup(args) => setup::setup(config, args).await,
+        Command::MigrateState(args) => migrate::migrate_state(config, args).await,
         Command::Diagram(args) => diagram::diagram(&args),
         Command::Demo(args) => demo::demo(args).await,
     }

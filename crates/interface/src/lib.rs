@@ -4,6 +4,7 @@
 //! binary: the newcomer's first command builds no AWS SDK).
 
 pub mod demo;
+pub mod migrate;
 pub mod ops;
 pub mod report;
 pub mod scenario;
