@@ -1301,22 +1301,7 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
     let clients = world.moto.clients().await;
     let table = clients.table("migrated");
     // An attempt in flight elsewhere: its lease is live in SSM.
-    let ssm: std::sync::Arc<dyn runner_updater_ports::ParameterStore> =
-        std::sync::Arc::new(clients.ssm.clone());
-    let lease = runner_updater_adapters::lease::SsmLease::new(ssm, PREFIX);
-    let now = runner_updater_ports::Clock::now(&runner_updater_adapters::clock::SystemClock);
-    let outcome = runner_updater_ports::Lock::acquire(
-        &lease,
-        "runner-b",
-        "elsewhere",
-        now,
-        Duration::from_secs(300),
-    )
-    .await
-    .unwrap();
-    let runner_updater_ports::LockOutcome::Acquired { epoch } = outcome else {
-        panic!("{outcome:?}");
-    };
+    let (lease, epoch) = hold_ssm_lease(&world, "runner-b").await;
     let (ok, said) = migrate(&[]);
     assert!(!ok && said.contains("in flight on runner-b"), "{said}");
     assert!(runner_updater_ports::StateTable::get(&table, "runner-a")
@@ -1367,4 +1352,29 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
         shown.contains("\"done\"") && shown.contains("2.14.0"),
         "{shown}"
     );
+}
+
+/// Takes the runner's SSM lease as another controller would (an attempt in flight).
+async fn hold_ssm_lease(
+    world: &World,
+    runner: &str,
+) -> (runner_updater_adapters::lease::SsmLease, u64) {
+    let clients = world.moto.clients().await;
+    let ssm: std::sync::Arc<dyn runner_updater_ports::ParameterStore> =
+        std::sync::Arc::new(clients.ssm.clone());
+    let lease = runner_updater_adapters::lease::SsmLease::new(ssm, PREFIX);
+    let now = runner_updater_ports::Clock::now(&runner_updater_adapters::clock::SystemClock);
+    let outcome = runner_updater_ports::Lock::acquire(
+        &lease,
+        runner,
+        "elsewhere",
+        now,
+        Duration::from_mins(5),
+    )
+    .await
+    .unwrap();
+    let runner_updater_ports::LockOutcome::Acquired { epoch } = outcome else {
+        panic!("{outcome:?}");
+    };
+    (lease, epoch)
 }

@@ -114,7 +114,9 @@ async fn in_flight(
     let mut busy = Vec::new();
     for ((runner, record), (_, holder)) in records.iter().zip(holders) {
         let resting = match record {
-            Ok(Some(record)) => record.phase().is_ok_and(runner_updater_core::machine::phase::Phase::is_resting),
+            Ok(Some(record)) => record
+                .phase()
+                .is_ok_and(runner_updater_core::machine::phase::Phase::is_resting),
             _ => true,
         };
         if !resting || holder?.is_some() {
