@@ -791,10 +791,18 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
             "  peak memory of the process after the update wave: {} (world included)",
             mib(f.peak_memory_kib)
         );
-        let wave_latency =
-            assumptions.latency.as_secs_f64() * f.wave_calls_per_runner * f.runners as f64
-                / f64::from(f.concurrent);
-        let _ = writeln!(
+        render_wave(&mut out, f, assumptions);
+    }
+    out
+}
+
+/// The update wave's lines of the report.
+#[allow(clippy::cast_precision_loss)] // figures for a report
+fn render_wave(out: &mut String, f: &FleetFigures, assumptions: &Assumptions) {
+    let wave_latency =
+        assumptions.latency.as_secs_f64() * f.wave_calls_per_runner * f.runners as f64
+            / f64::from(f.concurrent);
+    let _ = writeln!(
             out,
             "  update wave (every runner asked for a new version at once): {} rounds of the scheduler, {:.0} s of simulated time (rollouts and soak); {:.1} calls per runner; time to converge at least {:.0} s (the rate limits' bound on its calls; their latency alone, {} at a time: {:.0} s)",
             f.wave_passes,
@@ -804,14 +812,12 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
             f.concurrent,
             wave_latency
         );
-        let mut heaviest: Vec<(&&str, &f64)> = f.wave_per_operation.iter().collect();
-        heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
-        let parts: Vec<String> = heaviest
-            .iter()
-            .take(6)
-            .map(|(operation, per)| format!("{operation} {per:.1}"))
-            .collect();
-        let _ = writeln!(out, "    per runner: {}", parts.join(", "));
-    }
-    out
+    let mut heaviest: Vec<(&&str, &f64)> = f.wave_per_operation.iter().collect();
+    heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
+    let parts: Vec<String> = heaviest
+        .iter()
+        .take(6)
+        .map(|(operation, per)| format!("{operation} {per:.1}"))
+        .collect();
+    let _ = writeln!(out, "    per runner: {}", parts.join(", "));
 }

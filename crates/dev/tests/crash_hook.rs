@@ -14,6 +14,18 @@ use common::world::{kill, World, WAIT};
 
 #[tokio::test]
 async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect() {
+    killed_at_any_step(false).await;
+}
+
+/// The same on the DynamoDB state table: the lease and the record in one item, every write
+/// conditional (runs beside the SSM one: most of the time is rollouts and soaks, waited out).
+#[tokio::test]
+async fn a_controller_killed_at_any_step_on_the_state_table_resumes_without_repeating_a_side_effect(
+) {
+    killed_at_any_step(true).await;
+}
+
+async fn killed_at_any_step(on_state_table: bool) {
     // Instant steps are reached with the abort hook; the long ones (rollout, soak) with SIGKILL.
     let crashes = [
         "after_save:1",
@@ -28,7 +40,11 @@ async fn a_controller_killed_at_any_step_resumes_without_repeating_a_side_effect
         .collect();
     let names: Vec<&str> = runners.iter().map(String::as_str).collect();
     // Rollout and soak long enough that SIGKILL lands in the phase it names.
-    let mut world = World::with_timing(&names, 4, 4).await;
+    let mut world = if on_state_table {
+        World::on_state_table(&names, 4, 4).await
+    } else {
+        World::with_timing(&names, 4, 4).await
+    };
     // The crash hook is the dev tools' binary's: the product's ignores it.
     world.binary = PathBuf::from(env!("CARGO_BIN_EXE_runner-updater-dev"));
     let mut cases: Vec<(String, Option<&str>)> = runners
