@@ -18,7 +18,7 @@ use runner_updater_adapters::store::SsmStore;
 use runner_updater_config::{Config, EMBEDDED_CONFIG};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::Scenario;
-use runner_updater_ports::{Clock as _, StoreError};
+use runner_updater_ports::{Clock as _, StateItem, StateStore, StoreError, StoredRecord};
 use tracing_subscriber::layer::SubscriberExt;
 
 const PREFIX: &str = "/runner-updater";
@@ -43,6 +43,9 @@ enum Bad {
     Record(&'static str),
     /// Garbage in runner-a's lease.
     Lease(&'static str),
+    /// On the DynamoDB state table: runner-a's item holds this text where its record belongs
+    /// (an item written by hand, or by something else).
+    TableItem(&'static str),
 }
 
 struct Case {
@@ -446,6 +449,22 @@ const CASES: &[Case] = &[
         Bad::Lease("garbage{"),
         "lock-busy",
     ),
+    // the state table (the `dynamodb` backend)
+    case(
+        "state table item that is not a record",
+        Bad::TableItem("{\"id\": 42, \"owner\": \"someone else\"}"),
+        "record-corrupt",
+    ),
+    case(
+        "state table item with a truncated record",
+        Bad::TableItem("{\"schema_version\":1,\"runner\":\"runner-a\",\"pha"),
+        "record-corrupt",
+    ),
+    case(
+        "state table item naming another runner",
+        Bad::TableItem(RUNNER_B_RECORD),
+        "record-invalid",
+    ),
 ];
 
 struct Outcome {
@@ -470,7 +489,12 @@ async fn run(case: &Case) -> Outcome {
         // The world as it is; the controller's configuration pointing elsewhere.
         change(&mut s.config);
     }
-    let store = Arc::new(SsmStore::new(Arc::new(s.aws.ssm.clone()), PREFIX));
+    let store: Arc<dyn StateStore> = if let Bad::TableItem(_) = case.bad {
+        s.use_state_table("controller-1");
+        s.store.clone()
+    } else {
+        Arc::new(SsmStore::new(Arc::new(s.aws.ssm.clone()), PREFIX))
+    };
     s.store = store.clone();
     s.set_desired("runner-b", "version", "2.14.0");
     plant(&s, case);
@@ -532,6 +556,17 @@ fn plant(s: &Scenario, case: &Case) {
             s.set_desired("runner-a", "version", "2.14.0");
             s.aws.ssm.set(RAW_RECORD, text);
         }
+        Bad::TableItem(text) => {
+            s.set_desired("runner-a", "version", "2.14.0");
+            s.aws.table.put_item(StateItem {
+                runner: "runner-a".to_owned(),
+                lease: None,
+                record: Some(StoredRecord {
+                    text: text.to_owned(),
+                    version: 1,
+                }),
+            });
+        }
         Bad::Lease(text) => {
             s.set_desired("runner-a", "version", "2.14.0");
             s.aws
@@ -556,7 +591,7 @@ async fn drive(s: &Scenario, case: &Case, failures: &mut Vec<String>) -> bool {
             (Ok(_), _) => {}
             (
                 Err(runner_updater_runtime::driver::DriverError::Store(StoreError::Record(e))),
-                Bad::Record(_),
+                Bad::Record(_) | Bad::TableItem(_),
             ) if e.code().as_str() == case.code => {}
             (Err(error), _) => failures.push(format!("runner-a's pass failed: {error}")),
         }
@@ -621,7 +656,7 @@ fn effects_on_runner_a(s: &Scenario) -> Vec<String> {
 /// runner-b shows Done and an unreadable record was left as it was.
 async fn shown_code(
     s: &Scenario,
-    store: &SsmStore,
+    store: &dyn StateStore,
     case: &Case,
     failures: &mut Vec<String>,
 ) -> Option<String> {
@@ -647,6 +682,14 @@ async fn shown_code(
             .map(|p| p.value);
         if now.as_deref() != Some(text) {
             failures.push(format!("the unreadable record was changed to {now:?}"));
+        }
+    }
+    if let Bad::TableItem(text) = case.bad {
+        let kept = s.aws.table.item("runner-a").and_then(|item| item.record);
+        if kept.as_ref().map(|r| (r.text.as_str(), r.version)) != Some((text, 1)) {
+            failures.push(format!(
+                "the item that is not a record was changed to {kept:?}"
+            ));
         }
     }
     if let Bad::Lease(_) = case.bad {
@@ -696,4 +739,50 @@ async fn every_case_of_bad_input_is_named_acts_on_nothing_and_spares_the_other_r
         failures.join("\n")
     );
     println!("{} cases of bad input checked", CASES.len());
+}
+
+/// The state table throttling every write, then denying access: each pass names the reason
+/// (`ThrottlingException`, `AccessDeniedException`), nothing is written, nothing on AWS
+/// changes; once the table answers again, the update goes through.
+#[tokio::test]
+async fn a_state_table_that_throttles_or_denies_access_is_named_and_nothing_moves() {
+    use runner_updater_ports::{AwsOp, ErrorKind};
+    let mut s = Scenario::with_config(9, Config::from_toml(EMBEDDED_CONFIG).unwrap()).unwrap();
+    s.use_state_table("controller-1");
+    s.set_desired("runner-b", "version", "2.14.0");
+    let mut b = s.driver("runner-b").unwrap();
+    for (kind, message) in [
+        (
+            ErrorKind::Throttled,
+            "ThrottlingException (HTTP 400): Throughput exceeds the current capacity of your table",
+        ),
+        (
+            ErrorKind::Permanent,
+            "AccessDeniedException (HTTP 400): User is not authorized to perform: dynamodb:UpdateItem",
+        ),
+    ] {
+        for _ in 0..50 {
+            s.aws.table.faults.push_error(AwsOp::UpdateItem, kind, message);
+        }
+        for _ in 0..3 {
+            let error = b.tick().await.expect_err("a pass that cannot write");
+            let said = error.to_string();
+            let code = message.split_once(' ').unwrap().0;
+            assert!(said.contains(code), "{said}");
+            s.aws.clock.sleep(b.requeue_after()).await;
+        }
+        assert!(s.aws.table.item("runner-b").is_none(), "nothing written");
+        assert!(s.aws.ecs.registrations().is_empty() && s.aws.ecs.updates().is_empty());
+        s.aws.table.faults.clear();
+    }
+    let mut done = false;
+    for _ in 0..80 {
+        let report = b.tick().await.unwrap();
+        done |= report.transitions.iter().any(|t| t.to == Phase::Done);
+        if done {
+            break;
+        }
+        s.aws.clock.sleep(b.requeue_after()).await;
+    }
+    assert!(done, "the update goes through once the table answers");
 }

@@ -99,7 +99,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
     };
     let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     if args.simulated {
-        let (ports, clock) = simulated_ports(&config, &args.desired, args.seed)?;
+        let (ports, clock) = simulated_ports(&config, &args.desired, args.seed, &holder)?;
         check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
         return Ok(RunSetup {
             config,
@@ -154,14 +154,21 @@ async fn check_parameter_capacity(config: &Config, ssm: &dyn ParameterStore) -> 
 }
 
 /// The simulated AWS for `run --simulated` (paced in real time: the loop advances its clock by
-/// the time slept), with the `--desired` release documents written, and its clock.
+/// the time slept), with the `--desired` release documents written, and its clock. Records go
+/// to the file store (they outlive the run), or with the `dynamodb` backend to the simulated
+/// state table (in memory, for the run).
 fn simulated_ports(
     config: &Config,
     desired: &[(String, String)],
     seed: u64,
+    holder: &str,
 ) -> anyhow::Result<(Ports, SimClock)> {
     let mut scenario = Scenario::with_config(seed, config.clone())?;
-    scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+    if config.state_store.backend == runner_updater_config::StateBackend::DynamoDb {
+        scenario.use_state_table(holder);
+    } else {
+        scenario.store = Arc::new(FileStore::new(&config.state_store.path));
+    }
     for (name, version) in desired {
         if config.runner(name).is_none() {
             bail!("--desired {name}={version}: runner {name} is not configured");

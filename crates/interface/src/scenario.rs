@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
 use runner_updater_adapters::sim::{ImageBehaviour, SimAws, SimRunnerSpec};
 use runner_updater_adapters::store::MemoryStore;
 use runner_updater_config::{Config, ConfigError, EMBEDDED_CONFIG};
 use runner_updater_core::machine::phase::Phase;
-use runner_updater_ports::{Clock, PortError, StateStore};
+use runner_updater_ports::{Clock, Lock, PortError, StateStore, StateTable};
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater_runtime::retry::RetryPolicy;
 
@@ -48,6 +49,8 @@ pub struct Scenario {
     pub config: Config,
     /// The state store (in memory unless replaced).
     pub store: Arc<dyn StateStore>,
+    /// Leases in the simulated state table rather than in SSM ([`Scenario::use_state_table`]).
+    leases_in_table: bool,
 }
 
 /// Why a scenario could not be built or driven.
@@ -88,22 +91,40 @@ impl Scenario {
             aws,
             config,
             store: Arc::new(MemoryStore::new()),
+            leases_in_table: false,
         };
         create_fleet(&scenario.aws, &scenario.config, START_VERSION)?;
         Ok(scenario)
     }
 
+    /// Keeps the records and the leases in the simulated state table (the `dynamodb`
+    /// backend), the records written as `holder` (the drivers' lease holder).
+    pub fn use_state_table(&mut self, holder: &str) {
+        let table: Arc<dyn StateTable> = Arc::new(self.aws.table.clone());
+        self.store = Arc::new(DynamoStore::new(
+            table,
+            holder,
+            Arc::new(self.aws.clock.clone()),
+        ));
+        self.leases_in_table = true;
+    }
+
     /// The ports of this world.
     #[must_use]
     pub fn ports(&self) -> Ports {
+        let lock: Arc<dyn Lock> = if self.leases_in_table {
+            Arc::new(DynamoLease::new(Arc::new(self.aws.table.clone())))
+        } else {
+            Arc::new(SsmLease::new(
+                Arc::new(self.aws.ssm.clone()),
+                &self.config.prefix,
+            ))
+        };
         Ports {
             ssm: Arc::new(self.aws.ssm.clone()),
             ecs: Arc::new(self.aws.ecs.clone()),
             cfn: Arc::new(self.aws.cfn.clone()),
-            lock: Arc::new(SsmLease::new(
-                Arc::new(self.aws.ssm.clone()),
-                &self.config.prefix,
-            )),
+            lock,
             store: self.store.clone(),
             clock: Arc::new(self.aws.clock.clone()),
         }
