@@ -52,6 +52,8 @@ RUN for crate in crates/*/; do \
 # placeholder build's, and cargo would then keep the placeholder build).
 COPY src ./src
 COPY crates ./crates
+# The set-up template `runner-updater setup` deploys is compiled into the binary.
+COPY setup ./setup
 RUN find src crates -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --package runner-updater --target x86_64-unknown-linux-musl \
     && cp target/x86_64-unknown-linux-musl/release/runner-updater /runner-updater

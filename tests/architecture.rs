@@ -370,6 +370,56 @@ fn the_dockerfile_builds_every_crate_of_the_workspace_in_its_dependency_layer() 
     }
 }
 
+/// A file compiled into the product from outside `src/` and `crates/` (an `include_str!`) must
+/// be copied into the image's build too: the set-up template was not, at first.
+#[test]
+fn every_file_the_sources_include_is_copied_into_the_image_build() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let mut sources = Vec::new();
+    let mut stack = vec![root().join("src"), root().join("crates")];
+    while let Some(directory) = stack.pop() {
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with("tests") {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(path);
+            }
+        }
+    }
+    let mut found = 0;
+    for source in sources {
+        let text = std::fs::read_to_string(&source).unwrap();
+        for (at, _) in text.match_indices("include_str!(\"") {
+            let rest = &text[at + "include_str!(\"".len()..];
+            let relative = &rest[..rest.find('"').unwrap()];
+            let included = source.parent().unwrap().join(relative);
+            let included = included
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{}: {relative}: {e}", source.display()));
+            let top = included
+                .strip_prefix(root().canonicalize().unwrap())
+                .unwrap()
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            found += 1;
+            if top != "src" && top != "crates" {
+                assert!(
+                    dockerfile.contains(&format!("COPY {top} ./{top}")),
+                    "{} includes {relative}: the Dockerfile must `COPY {top} ./{top}`",
+                    source.display()
+                );
+            }
+        }
+    }
+    assert!(found >= 1, "the scan found no include_str!");
+}
+
 #[test]
 fn the_cycle_check_finds_a_cycle_and_passes_a_chain() {
     let graph = |edges: &[(&str, &str)]| {

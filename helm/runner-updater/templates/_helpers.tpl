@@ -78,7 +78,7 @@ Checks what values.schema.json cannot express; fails the render with the reason.
 {{- $names = append $names .name -}}
 {{- end -}}
 {{- if and (eq $c.state_store.backend "file") (gt (int .Values.replicaCount) 1) -}}
-{{- fail "config.state_store.backend file keeps records in the pod: use replicaCount 1 (or the ssm backend)" -}}
+{{- fail "config.state_store.backend file keeps records in the pod: use replicaCount 1 (or the dynamodb or ssm backend)" -}}
 {{- end -}}
 {{- end -}}
 
@@ -148,6 +148,9 @@ dynamodb_per_sec = {{ int64 $c.rate_limits.dynamodb_per_sec }}
 [aws]
 attempt_timeout_secs = {{ int64 $c.aws.attempt_timeout_secs }}
 operation_timeout_secs = {{ int64 $c.aws.operation_timeout_secs }}
+{{- if $c.aws.ssm_parameters_max }}
+ssm_parameters_max = {{ int64 $c.aws.ssm_parameters_max }}
+{{- end }}
 {{- range $c.runners }}
 
 [[runners]]
