@@ -1104,3 +1104,48 @@ async fn a_registration_that_never_gets_through_ends_in_time_untouched_and_not_q
     s.aws.ecs.faults.clear();
     s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
 }
+
+/// On the state table, a record write DynamoDB refuses (another controller wrote the record
+/// since this one read it) is not a failed pass: the driver drops what it holds, reads the
+/// record again and goes on from it, with no side effect made twice.
+#[tokio::test]
+async fn a_record_write_the_state_table_refuses_is_reloaded_and_nothing_is_made_twice() {
+    let mut s = scenario();
+    s.use_state_table("controller-1");
+    let mut driver = s.driver("runner-a").unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut driver, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    // Another writer's write of the same record: the version this driver read is stale.
+    let mut item = s.aws.table.item("runner-a").unwrap();
+    let stored = item.record.as_mut().unwrap();
+    stored.version += 1;
+    let bumped = stored.version;
+    s.aws.table.put_item(item);
+    let mut refused = false;
+    for _ in 0..20 {
+        let report = driver.tick().await.unwrap();
+        if !driver.loaded() {
+            assert_eq!(report.saves, 0, "the refused write is not counted as made");
+            assert_eq!(
+                s.aws
+                    .table
+                    .item("runner-a")
+                    .unwrap()
+                    .record
+                    .unwrap()
+                    .version,
+                bumped,
+                "nothing was written over the other write"
+            );
+            refused = true;
+            break;
+        }
+        s.aws.clock.advance(driver.requeue_after());
+    }
+    assert!(refused, "the state table never refused the stale write");
+    s.drive_to(&mut driver, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(s.aws.ecs.registrations().len(), 1, "one registration");
+    assert_eq!(s.aws.ecs.updates().len(), 1, "one service update");
+}
