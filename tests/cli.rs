@@ -464,6 +464,7 @@ fn run_refuses_a_fleet_that_does_not_fit_in_the_ssm_parameter_limit() {
             .arg("--config")
             .arg(config(max))
             .args(["run", "--simulated", "--passes", "1", "--listen", "off"])
+            .env("RUNNER_UPDATER_STATE_DIR", directory.path().join("state"))
             .output()
             .unwrap()
     };

@@ -1303,7 +1303,10 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
     // An attempt in flight elsewhere: its lease is live in SSM.
     let (lease, epoch) = hold_ssm_lease(&world, "runner-b").await;
     let (ok, said) = migrate(&[]);
-    assert!(!ok && said.contains("in flight on runner-b"), "{said}");
+    assert!(
+        !ok && said.contains("attempts are in flight: runner-b (its lease is held by elsewhere"),
+        "{said}"
+    );
     assert!(runner_updater_ports::StateTable::get(&table, "runner-a")
         .await
         .unwrap()
@@ -1326,6 +1329,18 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
             && said.contains("runner-b: copied")
             && said.contains("0 left behind"),
         "{said}"
+    );
+    // The table's lease: released, at an epoch above every one the runner had on SSM.
+    let lease = runner_updater_ports::StateTable::get(&table, "runner-a")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .unwrap();
+    let record_epoch = world.record("runner-a").await.unwrap().lock_epoch.unwrap();
+    assert!(
+        lease.epoch > record_epoch && lease.expires_at.0 == 0,
+        "{lease:?} after epoch {record_epoch}"
     );
     let (ok, said) = migrate(&[]);
     assert!(

@@ -39,6 +39,10 @@ pub struct MigrateArgs {
     /// Tell what would be copied; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How long the runners stay held in SSM after the copy (minutes): switch the controllers
+    /// to the table meanwhile.
+    #[arg(long, default_value_t = 15)]
+    pub hold_mins: u64,
 }
 
 /// Copies the records, tells what it did per runner, and what to do next.
@@ -67,7 +71,8 @@ pub async fn migrate_state(
     let store = SsmStore::new(ssm.clone(), &config.prefix);
     let lock = SsmLease::new(ssm, &config.prefix);
     let table = clients.table(&table_name);
-    let migration = migrate(&store, &lock, &table, SystemClock.now(), args.dry_run).await?;
+    let hold = std::time::Duration::from_secs(args.hold_mins.max(1) * 60);
+    let migration = migrate(&store, &lock, &table, SystemClock.now(), hold, args.dry_run).await?;
     let verb = if args.dry_run { "would copy" } else { "copied" };
     for (runner, copy) in &migration.runners {
         let configured = if config.runner(runner).is_some() {
@@ -93,7 +98,8 @@ pub async fn migrate_state(
     );
     if !args.dry_run && left == 0 {
         println!(
-            "next: set state_store.backend = \"dynamodb\" and state_store.table = \"{table_name}\" (chart: stateStore.backend), start the controllers, then delete the SSM records (<prefix>/<runner>/status, lock/*) once they run on the table"
+            "the runners are held in SSM (lease holder migrate-state) for {} min: within that time set state_store.backend = \"dynamodb\" and state_store.table = \"{table_name}\" (chart: config.state_store.backend) and restart the controllers; then delete the SSM records (<prefix>/<runner>/status, lock/*). A run after the switch may report conflicts: the controllers moved records on.",
+            args.hold_mins.max(1)
         );
     }
     Ok(if left == 0 {

@@ -1,20 +1,27 @@
 //! `runner-updater migrate-state --from ssm --to dynamodb`: copies every runner's record from
 //! the SSM store into the state table.
 //!
-//! It **refuses while any attempt is in flight** (a record out of rest, or a live lease in SSM):
-//! an attempt's lease lives in the store it started on, and carrying a half-done attempt across
-//! would have two fences for one attempt. Ops stop the controllers (or wait for the attempts to
-//! end), migrate, switch the backend, start them again. Each copy is a conditional write (the
-//! table must hold no record for the runner: a record already there and equal is "unchanged",
-//! a different one is a conflict, left alone); the runner's lease item is seeded, released, at
-//! the last epoch the record names, so fencing tokens keep increasing across the move. The SSM
-//! records are left where they are (ops delete them once the controllers run on the table).
+//! It **takes every runner's SSM lease first** (as `migrate-state`, for `hold`), so that no
+//! controller still running on SSM can start an attempt while the records are copied, and
+//! **refuses while any attempt is in flight** (a lease another controller holds, or a record
+//! out of rest, read under the lease): an attempt's lease lives in the store it started on, and
+//! carrying a half-done attempt across would give it two fences. Nothing is copied then, and
+//! the leases taken are released. Each copy is a conditional write (the table must hold no
+//! record for the runner: the same record already there is "unchanged", another one a
+//! conflict, left alone); the runner's lease item is seeded, released, at the SSM epoch the
+//! migration took — higher than any epoch the runner had on SSM — so fencing tokens keep
+//! increasing across the move (seeded on a rerun too, if a crash came between the two writes).
+//! The leases are kept for `hold` after a copy (released after a dry run): the controllers are
+//! switched to the table meanwhile. The SSM records are left where they are.
 
+use std::time::Duration;
+
+use runner_updater_adapters::lease::CLOCK_SKEW_TOLERANCE;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
-    ErrorKind, LeaseCondition, LeaseFields, Lock, PortError, RecordCondition, StateStore,
-    StateTable, StoreError,
+    ErrorKind, LeaseCondition, LeaseFields, Lock, LockOutcome, PortError, RecordCondition,
+    StateStore, StateTable, StoreError,
 };
 
 /// The holder the migration's writes name.
@@ -59,8 +66,8 @@ impl Migration {
 /// Why the migration did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    /// Attempts are in flight.
-    #[error("attempts are in flight on {}: an attempt's lease lives in the store it started on, so nothing was copied. Let them end (runner-updater status), stop the controllers, and run migrate-state again", .0.join(", "))]
+    /// Attempts are in flight (each runner with why).
+    #[error("attempts are in flight: {}. An attempt's lease lives in the store it started on, so nothing was copied (and the leases taken were released). Let them end (runner-updater status), stop the controllers, and run migrate-state again", .0.join("; "))]
     InFlight(Vec<String>),
     /// A store could not be read or written.
     #[error(transparent)]
@@ -70,7 +77,8 @@ pub enum MigrateError {
     Aws(#[from] PortError),
 }
 
-/// Copies the records of `source` (the SSM store, with its lease `source_lock`) into `table`.
+/// Copies the records of `source` (the SSM store, with its lease `source_lock`) into `table`,
+/// holding each runner's SSM lease for `hold`.
 ///
 /// # Errors
 /// A [`MigrateError`]: attempts in flight (nothing copied), or a store that cannot be read.
@@ -79,11 +87,79 @@ pub async fn migrate(
     source_lock: &dyn Lock,
     table: &dyn StateTable,
     now: Millis,
+    hold_for: Duration,
     dry_run: bool,
 ) -> Result<Migration, MigrateError> {
     let runners = source.list().await?;
-    let records = source.load_many(&runners).await?;
-    let in_flight = in_flight(source_lock, &records, now).await?;
+    let leases = hold_all(source_lock, &runners, now, hold_for).await?;
+    let outcome = copy_all(source, table, &runners, &leases, now, dry_run).await;
+    if dry_run || outcome.is_err() {
+        release_all(source_lock, &leases).await;
+    }
+    outcome
+}
+
+/// Takes every runner's SSM lease; when one is held by another controller, releases those
+/// taken and names the runners in flight.
+async fn hold_all(
+    lock: &dyn Lock,
+    runners: &[String],
+    now: Millis,
+    hold_for: Duration,
+) -> Result<Vec<(String, u64)>, MigrateError> {
+    let mut held = Vec::with_capacity(runners.len());
+    let mut busy = Vec::new();
+    for runner in runners {
+        match lock.acquire(runner, MIGRATION_HOLDER, now, hold_for).await {
+            Ok(LockOutcome::Acquired { epoch }) => held.push((runner.clone(), epoch)),
+            Ok(LockOutcome::Busy { holder, expires_at }) => busy.push(format!(
+                "{runner} (its lease is held by {holder} until {expires_at})"
+            )),
+            Err(error) => {
+                release_all(lock, &held).await;
+                return Err(error.into());
+            }
+        }
+    }
+    if busy.is_empty() {
+        Ok(held)
+    } else {
+        release_all(lock, &held).await;
+        Err(MigrateError::InFlight(busy))
+    }
+}
+
+async fn release_all(lock: &dyn Lock, held: &[(String, u64)]) {
+    for (runner, epoch) in held {
+        if let Err(error) = lock.release(runner, MIGRATION_HOLDER, *epoch).await {
+            tracing::warn!(%runner, %error, "the migration's lease was not released: it ends on its own");
+        }
+    }
+}
+
+/// Under the leases: refuses when a record is out of rest, else copies each.
+async fn copy_all(
+    source: &dyn StateStore,
+    table: &dyn StateTable,
+    runners: &[String],
+    held: &[(String, u64)],
+    now: Millis,
+    dry_run: bool,
+) -> Result<Migration, MigrateError> {
+    let records = source.load_many(runners).await?;
+    let in_flight: Vec<String> = records
+        .iter()
+        .filter_map(|(runner, record)| match record {
+            Ok(Some(record))
+                if !record
+                    .phase()
+                    .is_ok_and(runner_updater_core::machine::phase::Phase::is_resting) =>
+            {
+                Some(format!("{runner} (phase {})", record.phase))
+            }
+            _ => None,
+        })
+        .collect();
     if !in_flight.is_empty() {
         return Err(MigrateError::InFlight(in_flight));
     }
@@ -92,8 +168,12 @@ pub async fn migrate(
         dry_run,
     };
     for (runner, record) in records {
+        let epoch = held
+            .iter()
+            .find(|(r, _)| *r == runner)
+            .map_or(0, |(_, epoch)| *epoch);
         let copy = match record {
-            Ok(Some(record)) => copy(table, &runner, &record, now, dry_run).await?,
+            Ok(Some(record)) => copy(table, &runner, &record, epoch, now, dry_run).await?,
             Ok(None) => continue,
             Err(StoreError::Record(error)) => Copy::Unreadable(error.to_string()),
             Err(error) => return Err(error.into()),
@@ -103,45 +183,28 @@ pub async fn migrate(
     Ok(migration)
 }
 
-/// The runners with an attempt in flight: a record out of rest, or a live lease.
-async fn in_flight(
-    lock: &dyn Lock,
-    records: &[(String, Result<Option<Record>, StoreError>)],
-    now: Millis,
-) -> Result<Vec<String>, MigrateError> {
-    let names: Vec<String> = records.iter().map(|(runner, _)| runner.clone()).collect();
-    let holders = lock.holders(&names, now).await;
-    let mut busy = Vec::new();
-    for ((runner, record), (_, holder)) in records.iter().zip(holders) {
-        let resting = match record {
-            Ok(Some(record)) => record
-                .phase()
-                .is_ok_and(runner_updater_core::machine::phase::Phase::is_resting),
-            _ => true,
-        };
-        if !resting || holder?.is_some() {
-            busy.push(runner.clone());
-        }
-    }
-    Ok(busy)
-}
-
-/// One runner's copy: the record written only if the table holds none, then its lease seeded.
+/// One runner's copy: the record written only if the table holds none, then its lease seeded
+/// (released) at `epoch` or the record's, whichever is higher.
 async fn copy(
     table: &dyn StateTable,
     runner: &str,
     record: &Record,
+    epoch: u64,
     now: Millis,
     dry_run: bool,
 ) -> Result<Copy, MigrateError> {
     let text = record.encode().map_err(StoreError::from)?;
+    let seed = epoch.max(record.lock_epoch.unwrap_or(0));
     if let Some(stored) = table.get(runner).await?.and_then(|item| item.record) {
         let same = Record::decode(&stored.text, runner).ok().as_ref() == Some(record);
-        return Ok(if same {
-            Copy::Unchanged
-        } else {
-            Copy::Conflict
-        });
+        if !same {
+            return Ok(Copy::Conflict);
+        }
+        if !dry_run {
+            // A rerun after a crash between the record and the lease seeds it now.
+            seed_lease(table, runner, seed).await?;
+        }
+        return Ok(Copy::Unchanged);
     }
     let copied = Copy::Copied {
         phase: record.phase.clone(),
@@ -149,11 +212,12 @@ async fn copy(
     if dry_run {
         return Ok(copied);
     }
+    let tolerance = u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(u64::MAX);
     let condition = RecordCondition {
         version: None,
         fence: runner_updater_ports::Fence::FreeOrOwn {
             holder: MIGRATION_HOLDER.to_owned(),
-            free_before: now,
+            free_before: Millis(now.0.saturating_sub(tolerance)),
         },
     };
     match table.write_record(runner, &text, &condition).await {
@@ -162,18 +226,24 @@ async fn copy(
         Err(error) if error.kind == ErrorKind::Conflict => return Ok(Copy::Conflict),
         Err(error) => return Err(error.into()),
     }
+    seed_lease(table, runner, seed).await?;
+    Ok(copied)
+}
+
+/// The runner's lease item, released at `epoch`, unless the table has one already (its own
+/// epochs then).
+async fn seed_lease(table: &dyn StateTable, runner: &str, epoch: u64) -> Result<(), MigrateError> {
     let lease = LeaseFields {
         holder: MIGRATION_HOLDER.to_owned(),
-        epoch: record.lock_epoch.unwrap_or(0),
+        epoch,
         expires_at: Millis(0),
     };
     match table
         .write_lease(runner, &lease, &LeaseCondition::NoLease)
         .await
     {
-        // A lease taken on the table already has its own epochs.
-        Ok(()) => Ok(copied),
-        Err(error) if error.kind == ErrorKind::Conflict => Ok(copied),
+        Ok(()) => Ok(()),
+        Err(error) if error.kind == ErrorKind::Conflict => Ok(()),
         Err(error) => Err(error.into()),
     }
 }
@@ -201,6 +271,8 @@ mod tests {
         record
     }
 
+    const HOLD: Duration = Duration::from_mins(15);
+
     #[tokio::test]
     async fn records_are_copied_once_with_their_epoch_and_never_while_an_attempt_runs() {
         let ssm = SimSsm::default();
@@ -212,21 +284,48 @@ mod tests {
         }
         let table = SimTable::default();
         let now = Millis(1_000_000);
-        // An attempt's lease is live: nothing is copied.
-        lock.acquire("runner-b", "c1", now, Duration::from_secs(60))
+        // An attempt's lease is live: nothing is copied, the leases taken are released.
+        lock.acquire("runner-b", "c1", now, Duration::from_mins(1))
             .await
             .unwrap();
-        let refused = migrate(&store, &lock, &table, now, false)
+        let refused = migrate(&store, &lock, &table, now, HOLD, false)
             .await
             .unwrap_err();
-        assert!(matches!(&refused, MigrateError::InFlight(r) if r == &["runner-b"]));
+        assert!(
+            matches!(&refused, MigrateError::InFlight(r) if r.len() == 1 && r[0].starts_with("runner-b (its lease is held by c1")),
+            "{refused}"
+        );
         assert!(table.item("runner-a").is_none(), "nothing copied");
+        assert_eq!(
+            lock.holder("runner-a", now).await.unwrap(),
+            None,
+            "released"
+        );
         lock.release("runner-b", "c1", 1).await.unwrap();
-        // Dry: told, not written.
-        let dry = migrate(&store, &lock, &table, now, true).await.unwrap();
+        // A record out of rest (its lease lapsed): refused too, by its phase.
+        let mut deploying = record("runner-b");
+        deploying.phase = "awaiting_rollout".to_owned();
+        store.save(&deploying).await.unwrap();
+        let refused = migrate(&store, &lock, &table, now, HOLD, false)
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("runner-b (phase awaiting_rollout)"),
+            "{refused}"
+        );
+        store.save(&record("runner-b")).await.unwrap();
+        // Dry: told, not written, the leases released.
+        let dry = migrate(&store, &lock, &table, now, HOLD, true)
+            .await
+            .unwrap();
         assert_eq!(dry.runners.len(), 2);
         assert!(table.item("runner-a").is_none());
-        let done = migrate(&store, &lock, &table, now, false).await.unwrap();
+        assert_eq!(lock.holder("runner-a", now).await.unwrap(), None);
+        let done = migrate(&store, &lock, &table, now, HOLD, false)
+            .await
+            .unwrap();
         assert!(done
             .runners
             .iter()
@@ -236,19 +335,50 @@ mod tests {
             Record::decode(&item.record.unwrap().text, "runner-a").unwrap(),
             record("runner-a")
         );
-        let lease = item.lease.unwrap();
+        // Held in SSM meanwhile; the table's lease seeded, released, above every SSM epoch.
         assert_eq!(
-            (lease.epoch, lease.expires_at),
-            (7, Millis(0)),
-            "released at the record's epoch"
+            lock.holder("runner-a", now).await.unwrap().as_deref(),
+            Some(MIGRATION_HOLDER)
         );
+        let lease = item.lease.unwrap();
+        assert_eq!(lease.expires_at, Millis(0));
+        assert!(lease.epoch >= 7, "{lease:?}: at least the record's epoch");
         // Again: unchanged. A record the table holds otherwise: a conflict, left alone.
-        let again = migrate(&store, &lock, &table, now, false).await.unwrap();
+        let again = migrate(&store, &lock, &table, now, HOLD, false)
+            .await
+            .unwrap();
         assert!(again.runners.iter().all(|(_, c)| *c == Copy::Unchanged));
         let mut other = record("runner-a");
         other.lock_epoch = Some(8);
         store.save(&other).await.unwrap();
-        let conflict = migrate(&store, &lock, &table, now, false).await.unwrap();
+        let conflict = migrate(&store, &lock, &table, now, HOLD, false)
+            .await
+            .unwrap();
         assert_eq!(conflict.left_behind(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rerun_seeds_the_lease_a_crash_left_unseeded() {
+        let ssm = SimSsm::default();
+        let port: Arc<dyn ParameterStore> = Arc::new(ssm.clone());
+        let store = SsmStore::new(port.clone(), "/ru");
+        let lock = SsmLease::new(port, "/ru");
+        store.save(&record("runner-a")).await.unwrap();
+        let table = SimTable::default();
+        // The record copied, the process gone before the lease.
+        table.put_item(runner_updater_ports::StateItem {
+            runner: "runner-a".to_owned(),
+            lease: None,
+            record: Some(runner_updater_ports::StoredRecord {
+                text: record("runner-a").encode().unwrap(),
+                version: 1,
+            }),
+        });
+        let now = Millis(1_000_000);
+        let again = migrate(&store, &lock, &table, now, HOLD, false)
+            .await
+            .unwrap();
+        assert_eq!(again.runners[0].1, Copy::Unchanged);
+        assert!(table.item("runner-a").unwrap().lease.unwrap().epoch >= 7);
     }
 }
