@@ -10,11 +10,12 @@ use std::time::Duration;
 use clap::Args;
 
 use runner_updater_adapters::clock::SystemClock;
-use runner_updater_adapters::dynamo::check_table;
+use runner_updater_adapters::dynamo::{check_table, table_refusal, PROBE_KEY};
 use runner_updater_aws::AwsClients;
 use runner_updater_interface::setup::{
     setup as deploy, SetupAction, SetupRequest, DEFAULT_STACK, TABLE_PARAMETER,
 };
+use runner_updater_ports::{ErrorKind, StateTable};
 
 use crate::wiring::sdk_settings;
 
@@ -33,6 +34,10 @@ pub struct SetupArgs {
     /// How often CloudFormation is read while waiting, in seconds.
     #[arg(long, default_value_t = 5)]
     pub poll_secs: u64,
+    /// Execute a change that removes or replaces a resource (renaming the table makes a new,
+    /// empty one; the old one is retained).
+    #[arg(long)]
+    pub allow_replacement: bool,
 }
 
 /// Creates or updates the stack, reports each step and the outcome, then checks the table.
@@ -46,12 +51,19 @@ pub async fn setup(config: Option<&PathBuf>, args: SetupArgs) -> anyhow::Result<
     let clients = AwsClients::from_env(sdk_settings(&config)).await;
     let mut tags = BTreeMap::from([("app".to_owned(), "runner-updater".to_owned())]);
     tags.extend(args.tags);
+    let table_exists = match clients.table(&table).get(PROBE_KEY).await {
+        Ok(_) => true,
+        Err(error) if error.kind == ErrorKind::NotFound => false,
+        Err(error) => return Err(anyhow::Error::msg(table_refusal(&table, &error))),
+    };
     let request = SetupRequest {
         stack: args.stack,
         parameters: BTreeMap::from([(TABLE_PARAMETER.to_owned(), table.clone())]),
         tags,
         timeout: Duration::from_secs(args.timeout_secs),
         poll: Duration::from_secs(args.poll_secs.max(1)),
+        table_exists,
+        allow_replacement: args.allow_replacement,
     };
     let mut progress = |line: String| println!("{line}");
     let report = deploy(&clients.cfn, &SystemClock, &request, &mut progress).await?;
