@@ -54,6 +54,10 @@ pub async fn plan(config: Option<&PathBuf>, args: PlanArgs) -> anyhow::Result<Ex
         Some(runner) => vec![runner],
         None => config.runners.iter().map(|r| r.name.clone()).collect(),
     };
+    if names.len() > 1 {
+        // The state table: every record in scan pages, not a read per runner.
+        ports.store.prefetch(&names).await?;
+    }
     let mut views = Vec::new();
     for name in &names {
         let Some(runner_config) = config.runner(name) else {

@@ -315,7 +315,10 @@ impl StateStore for DynamoStore {
             .ahead
             .lock()
             .ok()
-            .and_then(|mut all| all.remove(runner));
+            .and_then(|mut all| all.remove(runner))
+            // What was read ahead serves a runner's first load only: once this store has read
+            // or written the record, what it read ahead is older than what it knows.
+            .filter(|_| self.last_seen(runner).is_none());
         let stored = if let Some(stored) = ahead {
             stored
         } else {
@@ -409,7 +412,7 @@ impl StateStore for DynamoStore {
     async fn prefetch(&self, runners: &[String]) -> Result<(), StoreError> {
         let mut items = scan_all(self.table.as_ref()).await.map_err(|e| io(&e))?;
         if let Ok(mut ahead) = self.ahead.lock() {
-            for runner in runners {
+            for runner in runners.iter().filter(|r| self.last_seen(r).is_none()) {
                 let record = items.remove(runner).and_then(|item| item.record);
                 ahead.insert(runner.clone(), record);
             }
@@ -616,5 +619,38 @@ mod tests {
         assert_eq!(table.scans.load(Ordering::SeqCst), 6);
         assert_eq!(holders[1].1.as_ref().unwrap().as_deref(), Some("c1"));
         assert_eq!(holders[2].1.as_ref().unwrap().as_deref(), None);
+    }
+
+    #[tokio::test]
+    async fn a_record_read_ahead_and_moved_on_by_another_controller_is_not_written_over() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::sim::SimClock::new(Millis(1_000)));
+        let table = Arc::new(SimTable::default());
+        let a = DynamoStore::new(table.clone(), "a", clock.clone());
+        a.load("runner-a").await.unwrap();
+        a.save(&record("runner-a")).await.unwrap();
+        let b = DynamoStore::new(table.clone(), "b", clock.clone());
+        b.prefetch(&["runner-a".to_owned()]).await.unwrap();
+        // A moves the record on after B read it ahead.
+        let mut moved = record("runner-a");
+        moved.lock_epoch = Some(2);
+        a.save(&moved).await.unwrap();
+        let stale = b.load("runner-a").await.unwrap().unwrap();
+        assert_eq!(
+            stale.lock_epoch,
+            record("runner-a").lock_epoch,
+            "B's first load is the read ahead"
+        );
+        assert!(matches!(b.save(&stale).await, Err(StoreError::Refused(_))));
+        assert_eq!(
+            b.load("runner-a").await.unwrap().unwrap(),
+            moved,
+            "reloaded fresh"
+        );
+        // Read ahead again after B knows the runner: its own knowledge wins.
+        b.prefetch(&["runner-a".to_owned()]).await.unwrap();
+        let mut newer = moved.clone();
+        newer.lock_epoch = Some(3);
+        b.save(&newer).await.unwrap();
+        assert_eq!(b.load("runner-a").await.unwrap().unwrap(), newer);
     }
 }

@@ -754,10 +754,20 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
             f.rate_bound.as_secs_f64(),
         );
         let fits = |n: usize| {
-            if n > runner_updater_core::domain::capacity::STANDARD_PARAMETERS_MAX {
-                "over the Standard tier's 10,000 per account and region: the Advanced tier"
-            } else {
-                "fits the Standard tier's 10,000 per account and region"
+            use runner_updater_core::domain::capacity::{
+                Fit, ParameterNeed, STANDARD_PARAMETERS_MAX,
+            };
+            let need = ParameterNeed {
+                existing: n,
+                to_create: 0,
+                limit: STANDARD_PARAMETERS_MAX,
+            };
+            match need.verdict() {
+                Fit::Fits => "fits the Standard tier's 10,000 per account and region",
+                Fit::Near => "near the Standard tier's 10,000 per account and region: run warns",
+                Fit::Over => {
+                    "over the Standard tier's 10,000 per account and region: the Advanced tier"
+                }
             }
         };
         let _ = writeln!(

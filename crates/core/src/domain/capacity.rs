@@ -106,7 +106,7 @@ impl std::fmt::Display for ParameterNeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the fleet needs up to {} SSM parameters ({} under the prefix now, up to {} records and leases still to create) of the account's {} (aws.ssm_parameters_max; the Standard tier holds {STANDARD_PARAMETERS_MAX} per account and region, shared with everything else there)",
+            "the fleet needs up to {} SSM parameters ({} under the prefix now, up to {} records and leases still to create) of the account's {} (aws.ssm_parameters_max; the Standard tier holds {STANDARD_PARAMETERS_MAX} per account and region; parameters outside the prefix are not counted: lower aws.ssm_parameters_max by them)",
             self.total(),
             self.existing,
             self.to_create,
