@@ -114,13 +114,7 @@ async fn an_unreadable_record_and_a_refused_image(world: &World) {
         kept.value, garbage,
         "the unreadable record is left as it was"
     );
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["status", "--json"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let status = world.cli(&["status", "--json"]);
     assert!(
         status.status.success(),
         "one unreadable record does not hide the others: {}",
@@ -305,13 +299,7 @@ async fn infrastructure_first_with_a_held_change_set_approved_through_the_cli_on
     );
 
     on_call_sees_the_held_change_set(&world, &change_set.name);
-    let approve = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["approve", "runner-c"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let approve = world.cli(&["approve", "runner-c"]);
     assert!(
         approve.status.success(),
         "{}",
@@ -371,13 +359,7 @@ async fn stacks_updated_in_order(
 /// On-call's view while it waits: the held change set, the trace and the lease's holder,
 /// read from SSM by `status` with no controller involved.
 fn on_call_sees_the_held_change_set(world: &World, change_set: &str) {
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["status", "runner-c", "--json"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let status = world.cli(&["status", "runner-c", "--json"]);
     assert!(
         status.status.success(),
         "{}",
@@ -1131,13 +1113,7 @@ async fn a_release_document_written_in_one_command_is_deployed_and_status_says_s
     })
     .await;
     assert_eq!(seen.ignored, ["desired/version"]);
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["status", "runner-a"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let status = world.cli(&["status", "runner-a"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("desired   : runner-a/release; ignored: desired/version"),
@@ -1157,13 +1133,7 @@ async fn a_state_table_that_cannot_be_used_is_refused_by_name() {
     );
     std::fs::write(&world.config, &config).unwrap();
     let refused = |args: &[&str], why: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-            .arg("--config")
-            .arg(&world.config)
-            .args(args)
-            .envs(world.moto.env())
-            .output()
-            .unwrap();
+        let output = world.cli(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} went on: {stderr}");
         assert!(
@@ -1195,21 +1165,15 @@ async fn setup_creates_the_state_table_from_the_template_once() {
     );
     std::fs::write(&world.config, &config).unwrap();
     let setup = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-            .arg("--config")
-            .arg(&world.config)
-            .args([
-                "setup",
-                "--stack",
-                "ru-setup",
-                "--poll-secs",
-                "1",
-                "--tag",
-                "team=ops",
-            ])
-            .envs(world.moto.env())
-            .output()
-            .unwrap();
+        let output = world.cli(&[
+            "setup",
+            "--stack",
+            "ru-setup",
+            "--poll-secs",
+            "1",
+            "--tag",
+            "team=ops",
+        ]);
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "setup failed: {stdout}{stderr}");
@@ -1245,13 +1209,7 @@ async fn setup_creates_the_state_table_from_the_template_once() {
         "a second setup changes nothing:\n{second}"
     );
     // The controller works on the table setup made.
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .arg("status")
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let status = world.cli(&["status"]);
     assert!(
         status.status.success(),
         "{}",
@@ -1284,14 +1242,13 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
     )
     .unwrap();
     let migrate = |extra: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-            .arg("--config")
-            .arg(&world.config)
-            .args(["migrate-state", "--from", "ssm", "--to", "dynamodb"])
-            .args(extra)
-            .envs(world.moto.env())
-            .output()
-            .unwrap();
+        let output = world.cli(
+            &[
+                &["migrate-state", "--from", "ssm", "--to", "dynamodb"][..],
+                extra,
+            ]
+            .concat(),
+        );
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned()
@@ -1354,13 +1311,7 @@ async fn migrate_state_copies_the_ssm_records_into_the_state_table() {
         config.replace("backend = \"ssm\"", "backend = \"dynamodb\""),
     )
     .unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_runner-updater"))
-        .arg("--config")
-        .arg(&world.config)
-        .args(["status", "--json"])
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
+    let status = world.cli(&["status", "--json"]);
     let shown = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{shown}");
     assert!(

@@ -173,6 +173,18 @@ impl World {
         Some(value["holder"].as_str()?.to_owned())
     }
 
+    /// The product's command line with this world's configuration, against the emulator
+    /// (`status`, `approve`, `setup`, `migrate-state`, …).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(self.moto.env())
+            .output()
+            .unwrap()
+    }
+
     /// Ops: the real AWS CLI against the emulator.
     pub fn put(&self, runner: &str, key: &str, value: &str) {
         let status = Command::new(super::venv_bin().join("aws"))
