@@ -300,6 +300,53 @@ async fn any_lease_contract(lease: &dyn Lock, who: &str, atomic_creates: bool) {
     if atomic_creates {
         assert_eq!(won.len(), 1, "{who}: {outcomes:?}");
     }
+    renewal_contract(lease, who).await;
+}
+
+/// `renew` answers as a take would: the same epoch while live, the next one when its own ran
+/// out, busy when another took it over (the state table: one conditional write, a read only
+/// when it is refused).
+async fn renewal_contract(lease: &dyn Lock, who: &str) {
+    let ttl = Duration::from_secs(30);
+    let at = |s: u64| Millis(1_000_000 + s * 1_000);
+    assert_eq!(
+        lease.acquire("renew", "c1", at(0), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 1 },
+        "{who}"
+    );
+    assert_eq!(
+        lease.renew("renew", "c1", 1, at(20), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 1 },
+        "{who}: a live lease renewed in place"
+    );
+    assert!(
+        matches!(
+            lease.acquire("renew", "c2", at(45), ttl).await.unwrap(),
+            LockOutcome::Busy { .. }
+        ),
+        "{who}: the renewal moved the end (20 + 30 s)"
+    );
+    assert_eq!(
+        lease.renew("renew", "c1", 1, at(60), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 2 },
+        "{who}: its own, ran out: the next epoch"
+    );
+    assert_eq!(
+        lease.acquire("renew", "c2", at(200), ttl).await.unwrap(),
+        LockOutcome::Acquired { epoch: 3 },
+        "{who}"
+    );
+    assert!(
+        matches!(
+            lease.renew("renew", "c1", 2, at(201), ttl).await.unwrap(),
+            LockOutcome::Busy { holder, .. } if holder == "c2"
+        ),
+        "{who}: taken over: busy"
+    );
+    assert!(
+        lease.check("renew", "c2", 3, at(201)).await.unwrap(),
+        "{who}"
+    );
 }
 
 async fn store_contract(ssm: Arc<dyn ParameterStore>, who: &str) {

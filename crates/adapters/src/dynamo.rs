@@ -173,6 +173,35 @@ impl Lock for DynamoLease {
             .map(|l| l.holder))
     }
 
+    async fn renew(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError> {
+        let renewed = LeaseFields {
+            holder: holder.to_owned(),
+            epoch,
+            expires_at: now.after(ttl),
+        };
+        let condition = LeaseCondition::HeldLive {
+            holder: holder.to_owned(),
+            epoch,
+            now,
+        };
+        match self.table.write_lease(runner, &renewed, &condition).await {
+            Ok(()) => Ok(LockOutcome::Acquired { epoch }),
+            // Not ours and live any more (ran out, taken over, released): read, and answer as
+            // a take would.
+            Err(error) if error.kind == ErrorKind::Conflict => {
+                self.acquire(runner, holder, now, ttl).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     async fn holders(
         &self,
         runners: &[String],
@@ -310,6 +339,10 @@ fn io(error: &PortError) -> StoreError {
 
 #[async_trait]
 impl StateStore for DynamoStore {
+    fn fences_writes(&self) -> bool {
+        true
+    }
+
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let ahead = self
             .ahead

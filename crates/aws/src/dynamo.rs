@@ -82,6 +82,10 @@ fn lease_condition(condition: &LeaseCondition) -> (String, Vec<(&'static str, At
             "#h = :ch AND #e = :ce".to_owned(),
             vec![(":ch", s(holder)), (":ce", n(*epoch))],
         ),
+        LeaseCondition::HeldLive { holder, epoch, now } => (
+            "#h = :ch AND #e = :ce AND #x > :cn".to_owned(),
+            vec![(":ch", s(holder)), (":ce", n(*epoch)), (":cn", n(now.0))],
+        ),
     }
 }
 

@@ -22,7 +22,9 @@ use async_trait::async_trait;
 
 use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm, limit_table};
+use runner_updater_adapters::ratelimit::{
+    limit_cfn, limit_ecs, limit_ssm, limit_table, ECS_OPERATION_LIMITS,
+};
 use runner_updater_adapters::sim::SimAws;
 use runner_updater_adapters::sim::SIM_EPOCH;
 use runner_updater_adapters::store::MemoryStore;
@@ -557,12 +559,24 @@ impl WaveCalls {
             by_family[family_index(*operation)] += count;
         }
         #[allow(clippy::cast_precision_loss)] // seconds for a report
-        let rate_bound = by_family
+        let family_bound = by_family
             .iter()
             .zip(assumptions.rates)
             .map(|(calls, rate)| Duration::from_secs_f64(*calls as f64 / rate))
             .max()
             .unwrap_or_default();
+        // The operations AWS limits more tightly than their family (the limiter holds them to
+        // it too): `RegisterTaskDefinition` at 1/s is the bound of any large wave.
+        #[allow(clippy::cast_precision_loss)] // seconds for a report
+        let operation_bound = ECS_OPERATION_LIMITS
+            .iter()
+            .map(|(operation, rate, burst)| {
+                let calls = counts.get(operation).copied().unwrap_or(0) as f64;
+                Duration::from_secs_f64((calls - burst).max(0.0) / rate)
+            })
+            .max()
+            .unwrap_or_default();
+        let rate_bound = family_bound.max(operation_bound);
         #[allow(clippy::cast_precision_loss)] // ratios for a report
         let per_operation = counts
             .iter()

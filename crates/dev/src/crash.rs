@@ -171,6 +171,10 @@ impl StateStore for CrashStore {
     async fn prefetch(&self, runners: &[String]) -> Result<(), StoreError> {
         self.inner.prefetch(runners).await
     }
+
+    fn fences_writes(&self) -> bool {
+        self.inner.fences_writes()
+    }
 }
 
 /// Around ECS: aborts right after the call the crash point names returns.
@@ -227,6 +231,21 @@ impl Lock for CrashLock {
 
     async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError> {
         self.inner.holder(runner, now).await
+    }
+
+    async fn renew(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError> {
+        let result = self.inner.renew(runner, holder, epoch, now, ttl).await;
+        if self.point == CrashPoint::AfterCommand(CrashCommand::AcquireLock) {
+            abort(self.point, "the lease was asked for");
+        }
+        result
     }
 
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError> {

@@ -1811,6 +1811,10 @@ impl StateStore for AuditedStore {
     async fn prefetch(&self, runners: &[String]) -> Result<(), runner_updater_ports::StoreError> {
         self.inner.prefetch(runners).await
     }
+
+    fn fences_writes(&self) -> bool {
+        self.inner.fences_writes()
+    }
 }
 
 /// A controller's lease and store: on the state table (`table`: with its faults) with the

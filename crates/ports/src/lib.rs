@@ -333,6 +333,21 @@ pub trait Lock: Send + Sync {
     async fn holder(&self, runner: &str, now: Millis) -> Result<Option<String>, PortError>;
     /// Releases the lease if `holder` holds it with `epoch`; otherwise does nothing.
     async fn release(&self, runner: &str, holder: &str, epoch: u64) -> Result<(), PortError>;
+    /// Renews the lease `holder` believes it holds with `epoch`: what [`Lock::acquire`]
+    /// answers (the same epoch renewed; the next one when it ran out and is still its own;
+    /// busy when another took it). A lease with conditional writes renews a live lease in one
+    /// write, reading only when that write is refused; by default, [`Lock::acquire`].
+    async fn renew(
+        &self,
+        runner: &str,
+        holder: &str,
+        epoch: u64,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<LockOutcome, PortError> {
+        let _ = epoch;
+        self.acquire(runner, holder, now, ttl).await
+    }
     /// Who holds a live lease on each of `runners` (`status`), in as few calls as the lease's
     /// store allows; by default one [`Lock::holder`] read per runner.
     async fn holders(
@@ -373,6 +388,13 @@ pub trait StateStore: Send + Sync {
     async fn save(&self, record: &Record) -> Result<(), StoreError>;
     /// Runners with a record.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
+    /// Whether the store itself refuses a save ([`StoreError::Refused`]) when another
+    /// controller wrote the record since this one read it, or holds the runner's lease — a
+    /// conditional write (the state table). Then the driver makes no read of its own to check
+    /// first: the write is the check.
+    fn fences_writes(&self) -> bool {
+        false
+    }
     /// Reads the records of `runners` ahead, in as few calls as the store allows, so that
     /// each one's next [`StateStore::load`] makes no call of its own (the state table: one
     /// scan, a page per megabyte, instead of a read per runner). A store with nothing better

@@ -60,6 +60,15 @@ pub enum LeaseCondition {
         /// Which epoch.
         epoch: u64,
     },
+    /// `holder` holds `epoch`, live at `now`: a renewal in one write, without a read first.
+    HeldLive {
+        /// Who.
+        holder: String,
+        /// Which epoch.
+        epoch: u64,
+        /// The lease must end after this.
+        now: Millis,
+    },
 }
 
 /// Who may write a record: the fence a record write carries.
@@ -145,6 +154,9 @@ impl LeaseCondition {
             ) => lease.epoch == *epoch && lease.expires_at < *ended_before,
             (LeaseCondition::HeldBy { holder, epoch }, Some(lease)) => {
                 lease.holder == *holder && lease.epoch == *epoch
+            }
+            (LeaseCondition::HeldLive { holder, epoch, now }, Some(lease)) => {
+                lease.holder == *holder && lease.epoch == *epoch && lease.expires_at > *now
             }
             (_, None) => false,
         }

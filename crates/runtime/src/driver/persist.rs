@@ -21,9 +21,12 @@ impl RunnerDriver {
         if self.last_saved.as_ref() == Some(&record) {
             return Ok(true);
         }
-        let refused = if self.written_by_another().await? {
+        // A store whose writes are conditional (the state table) refuses the write itself when
+        // either check would fail: no read is made for them.
+        let checked_by_store = self.ports.store.fences_writes();
+        let refused = if !checked_by_store && self.written_by_another().await? {
             Some("the record changed since this controller read it (another controller's attempt): reloading")
-        } else if !self.may_write().await? {
+        } else if !checked_by_store && !self.may_write().await? {
             Some("another controller holds the runner: not writing; reloading next pass")
         } else if self.fenced_save() && self.lease_lapsed() {
             // Checked last, right before the write: a controller paused between its fencing
@@ -265,7 +268,7 @@ impl RunnerDriver {
         match self
             .ports
             .lock
-            .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+            .renew(&self.runner.name, &self.holder, epoch, now, self.lease_ttl)
             .await
         {
             Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => {
