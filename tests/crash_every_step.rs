@@ -61,10 +61,15 @@ const STORIES: [Story; 3] = [
     },
 ];
 
-fn scenario(story: &Story) -> Scenario {
+fn scenario(story: &Story, on_table: bool) -> Scenario {
     let mut config = Scenario::new(1).unwrap().config;
     config.health.fail_fast_tasks = story.fail_fast_tasks;
-    let s = Scenario::with_config(11, config).unwrap();
+    let mut s = Scenario::with_config(11, config).unwrap();
+    if on_table {
+        // Records and leases in the state table: every write conditional, the driver making
+        // no read of its own before a save, the lease renewed in one write.
+        s.use_state_table("reader");
+    }
     s.aws.ecs.set_circuit_breaker_minimum(story.breaker_minimum);
     if let Some(behaviour) = story.behaviour {
         s.image_behaves(&s.image_for(RUNNER, story.version), behaviour);
@@ -74,8 +79,8 @@ fn scenario(story: &Story) -> Scenario {
 }
 
 /// Runs the story once without a crash and returns (saves, commands).
-async fn measure(story: &Story) -> (u32, u32) {
-    let s = scenario(story);
+async fn measure(story: &Story, on_table: bool) -> (u32, u32) {
+    let s = scenario(story, on_table);
     let mut driver = s.driver(RUNNER).unwrap();
     let reports = s.drive_to(&mut driver, story.end, TICKS).await.unwrap();
     let saves = reports.iter().map(|r| r.saves).sum();
@@ -91,11 +96,13 @@ async fn crash_and_resume(
     story: &Story,
     plan: CrashPlan,
     restart_holder: &str,
+    on_table: bool,
 ) -> Result<bool, String> {
-    let s = scenario(story);
+    let s = scenario(story, on_table);
     let context = format!(
-        "story {:?}, {plan:?}, restart as {restart_holder}",
-        story.name
+        "story {:?}, {plan:?}, restart as {restart_holder}{}",
+        story.name,
+        if on_table { ", on the state table" } else { "" }
     );
     let mut first = s.driver(RUNNER).unwrap().with_crash(plan);
     let crashed = match s.drive_to(&mut first, story.end, TICKS).await {
@@ -150,10 +157,20 @@ async fn crash_and_resume(
 
 #[tokio::test]
 async fn every_crash_point_of_every_story_converges_without_repeating_a_side_effect() {
+    every_crash_point(false).await;
+}
+
+#[tokio::test]
+async fn every_crash_point_of_every_story_on_the_state_table_converges_without_repeating_a_side_effect(
+) {
+    every_crash_point(true).await;
+}
+
+async fn every_crash_point(on_table: bool) {
     let mut failures = Vec::new();
     let mut crash_points = 0;
     for story in &STORIES {
-        let (saves, commands) = measure(story).await;
+        let (saves, commands) = measure(story, on_table).await;
         assert!(
             saves >= 6,
             "story {:?} saved only {saves} times",
@@ -162,7 +179,7 @@ async fn every_crash_point_of_every_story_converges_without_repeating_a_side_eff
         let plans = CrashPlan::every_step(saves, commands);
         for plan in plans {
             for holder in ["controller-1", "controller-2"] {
-                match crash_and_resume(story, plan, holder).await {
+                match crash_and_resume(story, plan, holder, on_table).await {
                     Ok(true) => crash_points += 1,
                     Ok(false) => failures.push(format!(
                         "{:?} {plan:?}: the planned crash never happened",

@@ -686,4 +686,35 @@ mod tests {
         b.save(&newer).await.unwrap();
         assert_eq!(b.load("runner-a").await.unwrap().unwrap(), newer);
     }
+
+    #[tokio::test]
+    async fn a_live_lease_is_renewed_in_one_write_without_a_read() {
+        let ttl = Duration::from_secs(30);
+        let table = Arc::new(Counted::default());
+        let lease = DynamoLease::new(table.clone());
+        lease.acquire("r", "c1", Millis(0), ttl).await.unwrap();
+        let gets = table.gets.load(Ordering::SeqCst);
+        assert_eq!(
+            lease
+                .renew("r", "c1", 1, Millis(10_000), ttl)
+                .await
+                .unwrap(),
+            LockOutcome::Acquired { epoch: 1 }
+        );
+        assert_eq!(table.gets.load(Ordering::SeqCst), gets, "no read");
+        assert_eq!(
+            table.inner.item("r").unwrap().lease.unwrap().expires_at,
+            Millis(40_000)
+        );
+        // Released meanwhile: refused, read, answered as a take (the next epoch).
+        lease.release("r", "c1", 1).await.unwrap();
+        assert_eq!(
+            lease
+                .renew("r", "c1", 1, Millis(11_000), ttl)
+                .await
+                .unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        assert!(table.gets.load(Ordering::SeqCst) > gets);
+    }
 }

@@ -98,7 +98,8 @@ impl Scenario {
     }
 
     /// Keeps the records and the leases in the simulated state table (the `dynamodb`
-    /// backend), the records written as `holder` (the drivers' lease holder).
+    /// backend). `store` then writes as `holder`; each driver gets a store of its own over the
+    /// same table, writing as its own holder (as separate controller processes do).
     pub fn use_state_table(&mut self, holder: &str) {
         let table: Arc<dyn StateTable> = Arc::new(self.aws.table.clone());
         self.store = Arc::new(DynamoStore::new(
@@ -107,6 +108,21 @@ impl Scenario {
             Arc::new(self.aws.clock.clone()),
         ));
         self.leases_in_table = true;
+    }
+
+    /// The ports of a controller named `holder`: on the state table, a store of its own.
+    #[must_use]
+    pub fn ports_as(&self, holder: &str) -> Ports {
+        let mut ports = self.ports();
+        if self.leases_in_table {
+            let table: Arc<dyn StateTable> = Arc::new(self.aws.table.clone());
+            ports.store = Arc::new(DynamoStore::new(
+                table,
+                holder,
+                Arc::new(self.aws.clock.clone()),
+            ));
+        }
+        ports
     }
 
     /// The ports of this world.
@@ -145,7 +161,10 @@ impl Scenario {
             retries: 3,
             ..RetryPolicy::default()
         };
-        Some(RunnerDriver::new(&self.config, config, holder, self.ports()).with_retry(retry))
+        Some(
+            RunnerDriver::new(&self.config, config, holder, self.ports_as(holder))
+                .with_retry(retry),
+        )
     }
 
     /// Ops: `aws ssm put-parameter --name <prefix>/<runner>/desired/<key> --value <value> --overwrite`.

@@ -272,6 +272,57 @@ mod tests {
     }
 
     #[test]
+    fn a_renewal_in_one_write_needs_the_holders_epoch_still_live() {
+        let taken = lease("c1", 3, 1_000);
+        let released = lease("c1", 3, 0);
+        let cases = [
+            (
+                LeaseCondition::HeldLive {
+                    holder: "c1".to_owned(),
+                    epoch: 3,
+                    now: Millis(999),
+                },
+                Some(&taken),
+                true,
+            ),
+            (
+                LeaseCondition::HeldLive {
+                    holder: "c1".to_owned(),
+                    epoch: 3,
+                    now: Millis(1_000),
+                },
+                Some(&taken),
+                false,
+            ),
+            (
+                LeaseCondition::HeldLive {
+                    holder: "c1".to_owned(),
+                    epoch: 3,
+                    now: Millis(10),
+                },
+                Some(&released),
+                false,
+            ),
+            (
+                LeaseCondition::HeldLive {
+                    holder: "c1".to_owned(),
+                    epoch: 2,
+                    now: Millis(10),
+                },
+                Some(&taken),
+                false,
+            ),
+        ];
+        for (condition, current, holds) in cases {
+            assert_eq!(
+                condition.holds(current),
+                holds,
+                "{condition:?} on {current:?}"
+            );
+        }
+    }
+
+    #[test]
     fn record_conditions_need_the_version_read_and_the_fence() {
         let record = StoredRecord {
             text: "{}".to_owned(),

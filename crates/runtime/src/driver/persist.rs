@@ -142,7 +142,8 @@ impl RunnerDriver {
     /// this one was at rest (at rest nothing fences the record: a controller whose lease
     /// expired mid-attempt, crashed or frozen, left its attempt there, and a stale at-rest
     /// machine must adopt it, not overwrite it). During an attempt the fencing token keeps
-    /// everyone else out, so the extra read is made only from rest.
+    /// everyone else out, so the extra read is made only from rest. Not made at all on a store
+    /// whose write is conditional (`StateStore::fences_writes`: the version read is the check).
     pub(super) async fn written_by_another(&self) -> Result<bool, DriverError> {
         let from_rest = self
             .last_saved
@@ -223,7 +224,8 @@ impl RunnerDriver {
     /// Whether this controller may write the runner's record now: during an attempt only with
     /// a valid fencing token; at rest only when no other controller holds a live lease. The
     /// record is shared (the SSM store): a controller that lost the runner must not overwrite
-    /// the holder's progress.
+    /// the holder's progress. Not asked on a store whose write is conditional
+    /// (`StateStore::fences_writes`: the write's fence is the check).
     pub(super) async fn may_write(&self) -> Result<bool, DriverError> {
         let Some(machine) = self.machine.as_ref() else {
             return Ok(false);
@@ -265,12 +267,22 @@ impl RunnerDriver {
         };
         let now = self.ports.clock.now();
         let sent = self.ports.clock.monotonic();
-        match self
-            .ports
-            .lock
-            .renew(&self.runner.name, &self.holder, epoch, now, self.lease_ttl)
-            .await
-        {
+        // A lease this driver holds (taken or renewed by it, in memory) is renewed in one
+        // conditional write where the lease has them; a machine just loaded (a restart, a
+        // standby following another's attempt) asks as a take.
+        let held_here = !fresh && self.lease_until.is_some();
+        let asked = if held_here {
+            self.ports
+                .lock
+                .renew(&self.runner.name, &self.holder, epoch, now, self.lease_ttl)
+                .await
+        } else {
+            self.ports
+                .lock
+                .acquire(&self.runner.name, &self.holder, now, self.lease_ttl)
+                .await
+        };
+        match asked {
             Ok(LockOutcome::Acquired { epoch: held }) if held == epoch => {
                 self.lease_until = Some(sent + self.lease_ttl);
                 Ok(true)
