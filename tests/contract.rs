@@ -31,8 +31,9 @@ use runner_updater_core::domain::revision_search::{family_revision, RevisionSear
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::StoreError;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Lock, LockOutcome,
-    ParameterStore, StateStore, StateTable, TASK_DEFINITIONS_PAGE_MAX,
+    ChangeSetRequest, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Fence, LeaseCondition,
+    LeaseFields, Lock, LockOutcome, ParameterStore, RecordCondition, StateItem, StateStore,
+    StateTable, TASK_DEFINITIONS_PAGE_MAX,
 };
 
 /// Checks, call by call, that a port method makes the SDK calls the one table says
@@ -104,7 +105,10 @@ mod table_check {
             // the table. Any other call: exactly the table.
             let sized = matches!(
                 call.port,
-                PortCall::DescribeService | PortCall::DescribeChangeSet | PortCall::StackEvents
+                PortCall::DescribeService
+                    | PortCall::ListServiceTasks
+                    | PortCall::DescribeChangeSet
+                    | PortCall::StackEvents
             );
             let agrees = if failed.is_some() {
                 heard.iter().all(|(op, n)| {
@@ -538,6 +542,99 @@ async fn state_table_contract(table: Arc<dyn StateTable>, who: &str, atomic_crea
         Some(idle),
         "{who}: at rest, free: written"
     );
+    free_lease_contract(table.as_ref(), who).await;
+}
+
+/// A free lease is taken in one write, the table counting the epoch on; a lease that is not
+/// free is left as it is.
+async fn free_lease_contract(table: &dyn StateTable, who: &str) {
+    let lease_of = |item: Option<StateItem>| item.and_then(|i| i.lease);
+    // Never taken: epoch 1 (the item created).
+    assert_eq!(
+        table
+            .take_free_lease("free", "c1", Millis(100), Millis(50))
+            .await
+            .unwrap(),
+        Some(1),
+        "{who}"
+    );
+    let taken = LeaseFields {
+        holder: "c1".to_owned(),
+        epoch: 1,
+        expires_at: Millis(100),
+    };
+    assert_eq!(
+        lease_of(table.get("free").await.unwrap()),
+        Some(taken.clone()),
+        "{who}"
+    );
+    // Ends at 100: not free before 101.
+    assert_eq!(
+        table
+            .take_free_lease("free", "c2", Millis(200), Millis(100))
+            .await
+            .unwrap(),
+        None,
+        "{who}: not yet ended"
+    );
+    assert_eq!(
+        lease_of(table.get("free").await.unwrap()),
+        Some(taken),
+        "{who}: nothing written"
+    );
+    assert_eq!(
+        table
+            .take_free_lease("free", "c2", Millis(300), Millis(101))
+            .await
+            .unwrap(),
+        Some(2),
+        "{who}: ended"
+    );
+    // Released (0): free whatever the time; the record is left as it is.
+    table
+        .write_record(
+            "free",
+            "{}",
+            &RecordCondition {
+                version: None,
+                fence: Fence::FreeOrOwn {
+                    holder: "c2".to_owned(),
+                    free_before: Millis(0),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    table
+        .write_lease(
+            "free",
+            &LeaseFields {
+                holder: "c2".to_owned(),
+                epoch: 2,
+                expires_at: Millis(0),
+            },
+            &LeaseCondition::HeldBy {
+                holder: "c2".to_owned(),
+                epoch: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        table
+            .take_free_lease("free", "c3", Millis(400), Millis(1))
+            .await
+            .unwrap(),
+        Some(3),
+        "{who}: released"
+    );
+    let item = table.get("free").await.unwrap().unwrap();
+    assert_eq!(
+        item.record.map(|r| r.version),
+        Some(1),
+        "{who}: the record kept"
+    );
+    assert_eq!(item.lease.map(|l| l.holder), Some("c3".to_owned()), "{who}");
 }
 
 #[tokio::test]
@@ -781,7 +878,14 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         at_rest.task_definition_arn, service.task_definition_arn,
         "{who}"
     );
-    assert!(at_rest.tasks.is_empty(), "{who}: no task list at rest");
+    assert!(at_rest.tasks.is_none(), "{who}: no task list at rest");
+    // The tasks on their own are what the full read has.
+    let tasks = ecs.list_service_tasks("runners", "runner-a").await.unwrap();
+    assert_eq!(Some(tasks), service.tasks, "{who}");
+    assert!(
+        service.tasks.is_some(),
+        "{who}: the full read has its tasks"
+    );
     // Batched as the fleet read asks: eleven names (over one call's ten), in order, the missing
     // ones not found one by one.
     let mut names = vec!["runner-a".to_owned()];
@@ -794,7 +898,7 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
     let first = batch[0].as_ref().unwrap();
     assert_eq!(first.service, "runner-a", "{who}");
     assert_eq!(first.deployments, service.deployments, "{who}");
-    assert!(first.tasks.is_empty(), "{who}");
+    assert!(first.tasks.is_none(), "{who}");
     for result in &batch[1..] {
         assert_eq!(
             result.as_ref().unwrap_err().kind,
@@ -809,6 +913,16 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         .await
         .unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
+    let missing = ecs
+        .list_service_tasks("runners", "absent")
+        .await
+        .map(|tasks| tasks.len());
+    // AWS answers ListTasks for a service that does not exist with ServiceNotFoundException;
+    // moto lists nothing. Either way no task of another service comes back.
+    assert!(
+        matches!(&missing, Ok(0)) || matches!(&missing, Err(e) if e.kind == ErrorKind::NotFound),
+        "{who}: {missing:?}"
+    );
     let td = ecs.describe_task_definition(base).await.unwrap();
     assert!(td.container("runner").is_some(), "{who}");
     let tags = BTreeMap::from([(ATTEMPT_TAG.to_owned(), format!("{who}-attempt"))]);

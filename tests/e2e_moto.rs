@@ -611,11 +611,18 @@ const LOST: &[LostCase] = &[
     LostCase { name: "execute_change_set_delayed", runner: "lost-cs-execute-delay", operation: AwsOp::ExecuteChangeSet, mode: "delay", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
     LostCase { name: "delete_change_set", runner: "lost-cs-delete", operation: AwsOp::DeleteChangeSet, mode: "reset", matching: main_stack, story: Story::Cancelled, old_epochs: 0 },
     LostCase { name: "lease_create", runner: "lost-lease-create", operation: AwsOp::PutParameter, mode: "reset", matching: lock, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "lease_renewal", runner: "lost-lease-renew", operation: AwsOp::PutParameter, mode: "reset", matching: lock_renewal, story: Story::Update, old_epochs: 0 },
     LostCase { name: "lease_release", runner: "lost-lease-release", operation: AwsOp::PutParameter, mode: "reset", matching: lock_release, story: Story::Update, old_epochs: 0 },
     LostCase { name: "lease_delete_of_an_old_epoch", runner: "lost-lease-delete", operation: AwsOp::DeleteParameter, mode: "reset", matching: oldest_lock, story: Story::Update, old_epochs: 2 },
     LostCase { name: "record_first_write", runner: "lost-record-first", operation: AwsOp::PutParameter, mode: "reset", matching: record, story: Story::Update, old_epochs: 0 },
     LostCase { name: "record_write_of_done", runner: "lost-record-done", operation: AwsOp::PutParameter, mode: "reset", matching: record_done, story: Story::Update, old_epochs: 0 },
+];
+
+/// A renewal's lost answer, on a world of its own: a lease is renewed once less than its floor
+/// is left, so this runner's attempt is given a lease just above the floor and a soak longer
+/// than the difference (the other cases keep a lease longer than a delayed answer).
+#[rustfmt::skip]
+const LOST_RENEWAL: &[LostCase] = &[
+    LostCase { name: "lease_renewal", runner: "lost-lease-renew", operation: AwsOp::PutParameter, mode: "reset", matching: lock_renewal, story: Story::Update, old_epochs: 0 },
 ];
 
 impl World {
@@ -855,21 +862,34 @@ async fn check_lost_lease(world: &World, case: &LostCase) -> Option<String> {
 /// (a dropped connection, or an answer after the client's timeout): the real controller on
 /// moto completes every story, and nothing is done twice.
 #[tokio::test]
-#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
 async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
-    let runners: Vec<&str> = LOST.iter().map(|c| c.runner).collect();
+    // A lease longer than a delayed answer.
+    lost_answers(LOST, 30, 1).await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_a_lease_renewal_is_never_acted_on_twice() {
+    // The lease's floor in these worlds is 6 s (README, "The lock"): a lease of 8 s is renewed
+    // from 2 s on, within the 6 s soak.
+    lost_answers(LOST_RENEWAL, 8, 6).await;
+}
+
+#[allow(clippy::disallowed_methods)] // waits on a real process, with a deadline
+async fn lost_answers(cases: &'static [LostCase], lease_secs: u32, soak_secs: u32) {
+    let runners: Vec<&str> = cases.iter().map(|c| c.runner).collect();
     let infra = |runner: &str| {
-        LOST.iter()
+        cases
+            .iter()
             .find(|c| c.runner == runner)
             .is_some_and(|c| matches!(c.story, Story::Infrastructure | Story::Cancelled))
     };
-    // A lease longer than a delayed answer; ECS's own circuit breaker out of the way (the
-    // controller's fail-fast rolls back, with the call lost).
+    // ECS's own circuit breaker out of the way (the controller's fail-fast rolls back, with
+    // the call lost).
     let world = World::custom(
         &runners,
         1,
-        1,
-        30,
+        soak_secs,
+        lease_secs,
         1,
         &[("HARNESS_BREAKER_THRESHOLD", "1000")],
         |runner| {
@@ -882,12 +902,12 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
     )
     .await;
 
-    let (templates, urls) = lost_case_stacks(&world, infra).await;
-    plant_lost_cases(&world, &templates, &urls).await;
+    let (templates, urls) = lost_case_stacks(&world, cases, infra).await;
+    plant_lost_cases(&world, cases, &templates, &urls).await;
 
     let started = std::time::Instant::now();
     let controller = world.controller("controller-1", None);
-    for case in LOST.iter().filter(|c| c.story == Story::Cancelled) {
+    for case in cases.iter().filter(|c| c.story == Story::Cancelled) {
         world
             .wait_for_phase(case.runner, "awaiting_approval", 1)
             .await;
@@ -900,7 +920,7 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
     }
     let rules = |world: &World| world.moto.lost_answers();
     let mut failures = Vec::new();
-    for (case, rule) in LOST.iter().zip(rules(&world)) {
+    for (case, rule) in cases.iter().zip(rules(&world)) {
         // The rule fires at some point of the case's story (a release after Done, say).
         let lost = loop {
             let now = rules(&world)
@@ -930,18 +950,19 @@ async fn a_lost_answer_to_any_mutating_call_is_never_acted_on_twice() {
         std::fs::read_to_string(&world.updates_log).unwrap_or_default(),
         world.logs()
     );
-    eprintln!("{} lost-answer cases in {elapsed:?}", LOST.len());
+    eprintln!("{} lost-answer cases in {elapsed:?}", cases.len());
 }
 
 /// Stacks at infrastructure 1, and their version 2 templates in S3: the runners whose story
 /// is infrastructure, with their template's key and body, and the templates' URLs.
 async fn lost_case_stacks(
     world: &World,
+    cases: &'static [LostCase],
     infra: impl Fn(&str) -> bool,
 ) -> (Vec<(&'static str, String, String)>, Vec<String>) {
     let cfn = aws_sdk_cloudformation::Client::new(&world.moto.sdk_config().await);
     let mut templates = Vec::new();
-    for case in LOST.iter().filter(|c| infra(c.runner)) {
+    for case in cases.iter().filter(|c| infra(c.runner)) {
         let stack = format!("{}-main", case.runner);
         cfn.create_stack()
             .stack_name(&stack)
@@ -979,10 +1000,11 @@ async fn lost_case_stacks(
 /// lost answer per runner).
 async fn plant_lost_cases(
     world: &World,
+    cases: &[LostCase],
     templates: &[(&'static str, String, String)],
     urls: &[String],
 ) {
-    for (case, rule) in LOST.iter().zip(0..) {
+    for (case, rule) in cases.iter().zip(0..) {
         let desired = |key: &str| format!("{PREFIX}/{}/desired/{key}", case.runner);
         if case.story == Story::Rollback {
             world

@@ -192,6 +192,23 @@ impl Moto {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Every AWS request the harness served so far, in order: `(operation, body)` (the body at
+    /// most 16 KB). Tests count calls at the wire with it.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        let (status, body) = http(self.port, "GET", "/harness/requests", None)
+            .expect("the harness answers /harness/requests");
+        assert_eq!(status, 200, "{body}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        list.into_iter()
+            .map(|r| {
+                (
+                    r["op"].as_str().unwrap_or_default().to_owned(),
+                    r["body"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// SDK configuration pointing at this server with static test credentials.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::v2026_01_12())

@@ -138,7 +138,15 @@ impl World {
     /// As [`World::with_timing`], the controllers keeping their records and leases in a
     /// DynamoDB state table (created here, as the set-up would).
     pub async fn on_state_table(runners: &[&str], rollout_secs: u32, soak_secs: u32) -> World {
-        let mut world = Self::with_timing(runners, rollout_secs, soak_secs).await;
+        Self::with_timing(runners, rollout_secs, soak_secs)
+            .await
+            .into_state_table()
+            .await
+    }
+
+    /// This world with its controllers on a DynamoDB state table (created here).
+    pub async fn into_state_table(self) -> World {
+        let mut world = self;
         world.moto.create_table(STATE_TABLE, "runner").await;
         let config = std::fs::read_to_string(&world.config).unwrap().replace(
             "[state_store]\nbackend = \"ssm\"\n",

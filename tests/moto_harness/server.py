@@ -15,6 +15,9 @@ task definitions and updates services, but never runs a rollout: UpdateService o
                            HARNESS_BREAKER_THRESHOLD failures the circuit breaker fails the
                            deployment and rolls back to the last completed task definition
                            (a new PRIMARY deployment whose reason says so).
+* HARNESS_ROLLOUT_READS=N (> 0): rollouts advance by reads of the service instead of by the wall
+  clock: a deployment completes at its N-th read (DescribeServices), a crashing one fails a task
+  every read; tests that count calls use it, so that counts do not depend on the machine's load.
 * With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
   that file (tests count side effects with it, repeated calls included).
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
@@ -81,6 +84,8 @@ effect at AWS, then its answer is lost", which moto cannot produce:
   new|repeat` (repeat: the same ClientToken got the existing change set back) and the start of
   an execution `cfn-begin STACK NAME TOKEN`: tests count effects, not requests.
 * GET /harness/ready answers 200 once the server serves.
+* GET /harness/requests: every AWS request served so far, in order, as {"op", "body"} (the body
+  cut at 16 KB): tests count calls at the wire with it. DELETE /harness/requests clears it.
 
 Usage: python server.py [PORT] [--port-file PATH]   (binds 127.0.0.1; PORT 0, the default, takes
 any free port; once serving, the port is written to PATH through a temporary file and a rename)
@@ -116,6 +121,10 @@ from moto.cloudformation import responses as cfn_responses  # noqa: E402
 from moto.cloudformation.exceptions import CloudFormationError, ValidationError  # noqa: E402
 
 ROLLOUT_SECONDS = float(os.environ.get("HARNESS_ROLLOUT_SECONDS", "1"))
+# When set (> 0), rollouts advance by reads of the service instead of wall-clock time: a
+# deployment completes at its N-th read (a crashing one fails a task every read), so that what a
+# test counts does not depend on the machine's load.
+ROLLOUT_READS = int(os.environ.get("HARNESS_ROLLOUT_READS", "0"))
 BREAKER_THRESHOLD = int(os.environ.get("HARNESS_BREAKER_THRESHOLD", "10"))
 
 _original_update = ecs.EC2ContainerServiceBackend.update_service
@@ -175,10 +184,17 @@ def _advance(backend, service):
     primary = service.deployments[0]
     if primary["rolloutState"] != "IN_PROGRESS":
         return
-    elapsed = time.monotonic() - primary["_harness_started"]
+    if ROLLOUT_READS > 0:
+        primary["_harness_reads"] = primary.get("_harness_reads", 0) + 1
+        # In units of a rollout: complete at the N-th read, a failed task every read.
+        elapsed = primary["_harness_reads"] * ROLLOUT_SECONDS / ROLLOUT_READS
+        crash_step = ROLLOUT_SECONDS / ROLLOUT_READS
+    else:
+        elapsed = time.monotonic() - primary["_harness_started"]
+        crash_step = ROLLOUT_SECONDS / 2
     images = _image_tags(backend, primary["taskDefinition"])
     if "-crash" in images:
-        primary["failedTasks"] = int(elapsed / (ROLLOUT_SECONDS / 2))
+        primary["failedTasks"] = int(elapsed / crash_step)
         if primary["failedTasks"] >= BREAKER_THRESHOLD:
             primary["rolloutState"] = "FAILED"
             primary["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
@@ -720,6 +736,9 @@ MUTATING = {
     "DeleteParameter",
 }
 LOSE_MODES = ("reset", "delay")
+_journal_lock = threading.Lock()
+_journal = []  # every AWS request served, in order: {"op": OPERATION, "body": TEXT (at most 16 KB)}
+JOURNAL_MAX = 100_000
 _rules_lock = threading.Lock()
 _rules = []  # dicts: id, operation, match (list of substrings), count (left), mode, delay, lost
 
@@ -781,6 +800,13 @@ def _control(environ, start_response):
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
     if path == "/harness/ready":
         return _json_response(start_response, "200 OK", {"ready": True, "moto": moto.__version__})
+    if path == "/harness/requests" and method == "GET":
+        with _journal_lock:
+            return _json_response(start_response, "200 OK", list(_journal))
+    if path == "/harness/requests" and method == "DELETE":
+        with _journal_lock:
+            _journal.clear()
+            return _json_response(start_response, "200 OK", [])
     if path == "/harness/lose-answer" and method == "GET":
         with _rules_lock:
             return _json_response(start_response, "200 OK", [dict(r) for r in _rules])
@@ -829,6 +855,10 @@ class Harness:
             body = b""
         environ["wsgi.input"] = io.BytesIO(body)
         operation = _operation(environ, body)
+        if operation is not None:
+            with _journal_lock:
+                if len(_journal) < JOURNAL_MAX:
+                    _journal.append({"op": operation, "body": body[:16384].decode("utf-8", "replace")})
         if operation not in MUTATING:
             return self.app(environ, start_response)
         answer = {}

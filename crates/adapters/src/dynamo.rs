@@ -90,6 +90,21 @@ impl Lock for DynamoLease {
         now: Millis,
         ttl: Duration,
     ) -> Result<LockOutcome, PortError> {
+        // A free lease (never taken, released, or expired past the skew tolerance) is taken
+        // in one write, the table counting the epoch on; only a lease that is not free is read
+        // (its holder's own, live or late; another's, busy; a take that raced ours).
+        let free_before = Millis(
+            now.0
+                .saturating_sub(u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(0))
+                .saturating_add(1),
+        );
+        if let Some(epoch) = self
+            .table
+            .take_free_lease(runner, holder, now.after(ttl), free_before)
+            .await?
+        {
+            return Ok(LockOutcome::Acquired { epoch });
+        }
         let current = self.lease(runner).await?;
         let (epoch, condition) = match current {
             None => (1, LeaseCondition::NoLease),
@@ -490,6 +505,23 @@ mod tests {
             }
             Ok(())
         }
+        async fn take_free_lease(
+            &self,
+            runner: &str,
+            holder: &str,
+            expires_at: Millis,
+            ended_before: Millis,
+        ) -> Result<Option<u64>, PortError> {
+            let taken = self
+                .inner
+                .take_free_lease(runner, holder, expires_at, ended_before)
+                .await?;
+            if self.lost.swap(false, Ordering::SeqCst) {
+                // The resend finds the lease taken (by this very write): not free.
+                return Ok(None);
+            }
+            Ok(taken)
+        }
         async fn write_record(
             &self,
             runner: &str,
@@ -582,6 +614,17 @@ mod tests {
             condition: &LeaseCondition,
         ) -> Result<(), PortError> {
             self.inner.write_lease(runner, lease, condition).await
+        }
+        async fn take_free_lease(
+            &self,
+            runner: &str,
+            holder: &str,
+            expires_at: Millis,
+            ended_before: Millis,
+        ) -> Result<Option<u64>, PortError> {
+            self.inner
+                .take_free_lease(runner, holder, expires_at, ended_before)
+                .await
         }
         async fn write_record(
             &self,
@@ -706,7 +749,8 @@ mod tests {
             table.inner.item("r").unwrap().lease.unwrap().expires_at,
             Millis(40_000)
         );
-        // Released meanwhile: refused, read, answered as a take (the next epoch).
+        // Released meanwhile: refused, answered as a take (the next epoch), the free lease
+        // taken in one write.
         lease.release("r", "c1", 1).await.unwrap();
         assert_eq!(
             lease
@@ -715,6 +759,52 @@ mod tests {
                 .unwrap(),
             LockOutcome::Acquired { epoch: 2 }
         );
-        assert!(table.gets.load(Ordering::SeqCst) > gets);
+        assert_eq!(table.gets.load(Ordering::SeqCst), gets, "no read");
+    }
+
+    #[tokio::test]
+    async fn a_free_lease_is_taken_in_one_write_and_only_a_lease_not_free_is_read() {
+        let ttl = Duration::from_secs(30);
+        let table = Arc::new(Counted::default());
+        let lease = DynamoLease::new(table.clone());
+        let gets = || table.gets.load(Ordering::SeqCst);
+        // Never taken: epoch 1, no read.
+        assert_eq!(
+            lease.acquire("r", "c1", Millis(0), ttl).await.unwrap(),
+            LockOutcome::Acquired { epoch: 1 }
+        );
+        assert_eq!(gets(), 0);
+        // Another's, live: read, busy; nothing written.
+        assert!(matches!(
+            lease.acquire("r", "c2", Millis(1_000), ttl).await.unwrap(),
+            LockOutcome::Busy { .. }
+        ));
+        assert_eq!(gets(), 1);
+        assert_eq!(table.inner.item("r").unwrap().lease.unwrap().holder, "c1");
+        // Ended, but within the clocks' skew tolerance: still busy.
+        let within = 30_000 + u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap() - 1;
+        assert!(matches!(
+            lease.acquire("r", "c2", Millis(within), ttl).await.unwrap(),
+            LockOutcome::Busy { .. }
+        ));
+        // Past it: the next epoch, in one write.
+        let before = gets();
+        assert_eq!(
+            lease
+                .acquire("r", "c2", Millis(within + 1), ttl)
+                .await
+                .unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        assert_eq!(gets(), before, "no read");
+        // Its holder's own live lease: read, kept (the epoch stays).
+        assert_eq!(
+            lease
+                .acquire("r", "c2", Millis(within + 2), ttl)
+                .await
+                .unwrap(),
+            LockOutcome::Acquired { epoch: 2 }
+        );
+        assert_eq!(gets(), before + 1);
     }
 }

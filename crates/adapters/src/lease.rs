@@ -24,8 +24,7 @@ use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{ErrorKind, Lock, LockOutcome, ParameterStore, PortError};
 
-/// Expiry is trusted only this much past its time: controllers' clocks may differ.
-pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(5);
+pub use runner_updater_ports::CLOCK_SKEW_TOLERANCE;
 
 /// A controller's identity in the lease: `<host>-<pid>-<random>`. The host name alone is
 /// shared by the containers of a pod's restarts, and the pid is 1 in every container: the

@@ -23,6 +23,10 @@ const RECORD: &str = "record";
 const VERSION: &str = "record_version";
 
 const LEASE_UPDATE: &str = "SET #h = :h, #e = :e, #x = :x";
+/// A free lease taken in one write: the next epoch computed by DynamoDB.
+const LEASE_TAKE: &str = "SET #h = :h, #x = :x, #e = if_not_exists(#e, :zero) + :one";
+/// Free: never taken, or ended (released: 0) before `:eb`.
+const LEASE_FREE: &str = "attribute_not_exists(#e) OR #x < :eb";
 const RECORD_UPDATE: &str = "SET #r = :r, #v = :v";
 
 /// The state table through the SDK.
@@ -231,6 +235,52 @@ impl StateTable for AwsTable {
             (":x", n(lease.expires_at.0)),
         ]);
         self.update(runner, LEASE_UPDATE, expression, values).await
+    }
+
+    async fn take_free_lease(
+        &self,
+        runner: &str,
+        holder: &str,
+        expires_at: Millis,
+        ended_before: Millis,
+    ) -> Result<Option<u64>, PortError> {
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(runner))
+            .update_expression(LEASE_TAKE)
+            .set_expression_attribute_names(Some(names(&[LEASE_TAKE, LEASE_FREE])))
+            .condition_expression(LEASE_FREE)
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":x", n(expires_at.0))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":eb", n(ended_before.0))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .traced(AwsOp::UpdateItem)
+            .await;
+        match output {
+            Ok(output) => {
+                let epoch = output.attributes().and_then(|a| number(a, EPOCH));
+                epoch.map(Some).ok_or_else(|| {
+                    PortError::new(
+                        runner_updater_ports::ErrorKind::Permanent,
+                        AwsOp::UpdateItem,
+                        format!("the take of {runner}'s lease answered no epoch"),
+                    )
+                })
+            }
+            Err(e) => {
+                let error = classify(AwsOp::UpdateItem, &e);
+                if error.kind == runner_updater_ports::ErrorKind::Conflict {
+                    Ok(None)
+                } else {
+                    Err(error)
+                }
+            }
+        }
     }
 
     async fn write_record(

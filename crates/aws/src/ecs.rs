@@ -321,7 +321,7 @@ fn service_state(
         service: service.to_owned(),
         task_definition_arn: found.task_definition().unwrap_or_default().to_owned(),
         deployments,
-        tasks: Vec::new(),
+        tasks: None,
     }
 }
 
@@ -335,8 +335,16 @@ impl Ecs for AwsEcs {
         let mut state = self
             .describe_service_without_tasks(cluster, service)
             .await?;
-        state.tasks = self.tasks(cluster, service).await?;
+        state.tasks = Some(self.tasks(cluster, service).await?);
         Ok(state)
+    }
+
+    async fn list_service_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Vec<Task>, PortError> {
+        self.tasks(cluster, service).await
     }
 
     async fn describe_service_without_tasks(

@@ -181,6 +181,8 @@ pub enum PortCall {
     DescribeService,
     /// `Ecs::describe_service_without_tasks`.
     DescribeServiceWithoutTasks,
+    /// `Ecs::list_service_tasks`.
+    ListServiceTasks,
     /// `Ecs::describe_services_without_tasks`, for this many services.
     DescribeServicesWithoutTasks {
         /// Services asked for.
@@ -241,6 +243,7 @@ impl PortCall {
                 (AwsOp::DescribeTasks, ONE),
             ],
             PortCall::DescribeServiceWithoutTasks => &[(AwsOp::DescribeServices, ONE)],
+            PortCall::ListServiceTasks => &[(AwsOp::ListTasks, 2), (AwsOp::DescribeTasks, ONE)],
             PortCall::DescribeServicesWithoutTasks { .. } => &[],
             PortCall::DescribeTaskDefinition => &[(AwsOp::DescribeTaskDefinition, ONE)],
             PortCall::ListTaskDefinitions => &[(AwsOp::ListTaskDefinitions, ONE)],
@@ -282,6 +285,7 @@ impl PortCall {
             PortCall::GetPage | PortCall::Get | PortCall::Put | PortCall::Delete => ApiFamily::Ssm,
             PortCall::DescribeService
             | PortCall::DescribeServiceWithoutTasks
+            | PortCall::ListServiceTasks
             | PortCall::DescribeServicesWithoutTasks { .. }
             | PortCall::DescribeTaskDefinition
             | PortCall::ListTaskDefinitions
@@ -358,6 +362,7 @@ mod tests {
         check(PortCall::RegisterClone, 2, AwsOp::RegisterTaskDefinition);
         check(PortCall::UpdateService, 2, AwsOp::UpdateService);
         check(PortCall::DescribeService, 4, AwsOp::DescribeServices);
+        check(PortCall::ListServiceTasks, 3, AwsOp::ListTasks);
         // An empty batch makes no call (the adapter asks nothing) and weighs nothing.
         check(
             PortCall::DescribeServicesWithoutTasks { services: 0 },
@@ -387,6 +392,7 @@ mod tests {
             PortCall::Delete,
             PortCall::DescribeService,
             PortCall::DescribeServiceWithoutTasks,
+            PortCall::ListServiceTasks,
             PortCall::DescribeServicesWithoutTasks { services: 11 },
             PortCall::DescribeTaskDefinition,
             PortCall::ListTaskDefinitions,
@@ -412,6 +418,7 @@ mod tests {
                 | PortCall::Delete
                 | PortCall::DescribeService
                 | PortCall::DescribeServiceWithoutTasks
+                | PortCall::ListServiceTasks
                 | PortCall::DescribeServicesWithoutTasks { .. }
                 | PortCall::DescribeTaskDefinition
                 | PortCall::ListTaskDefinitions

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState};
+use runner_updater_core::domain::observed::{ServiceState, StackState, Task};
 use runner_updater_core::domain::task_definition::TaskDefinition;
+use runner_updater_core::domain::Millis;
 
 use crate::{
     walk_pages, ChangeSetRequest, CloudFormation, Ecs, LeaseCondition, LeaseFields, Parameter,
@@ -180,6 +181,18 @@ impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
             self.inner.describe_service_without_tasks(cluster, service),
         )
         .await
+    }
+    async fn list_service_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Vec<Task>, PortError> {
+        let call = Call {
+            port: PortCall::ListServiceTasks,
+            target: Target::Service { cluster, service },
+        };
+        self.around(call, self.inner.list_service_tasks(cluster, service))
+            .await
     }
     async fn describe_services_without_tasks(
         &self,
@@ -351,6 +364,24 @@ impl<H: Hooks> StateTable for Decorated<dyn StateTable, H> {
         };
         self.around(call, self.inner.write_lease(runner, lease, condition))
             .await
+    }
+    async fn take_free_lease(
+        &self,
+        runner: &str,
+        holder: &str,
+        expires_at: Millis,
+        ended_before: Millis,
+    ) -> Result<Option<u64>, PortError> {
+        let call = Call {
+            port: PortCall::TableWriteLease,
+            target: Target::Item(runner),
+        };
+        self.around(
+            call,
+            self.inner
+                .take_free_lease(runner, holder, expires_at, ended_before),
+        )
+        .await
     }
     async fn write_record(
         &self,

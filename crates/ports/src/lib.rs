@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState};
+use runner_updater_core::domain::observed::{ServiceState, StackState, Task};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::{Record, RecordError};
@@ -143,6 +143,9 @@ pub trait ParameterStore: Send + Sync {
     async fn delete(&self, name: &str) -> Result<(), PortError>;
 }
 
+/// A lease's expiry is trusted only this much past its time: controllers' clocks may differ.
+pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(5);
+
 /// The most services one `DescribeServices` call takes (an AWS limit).
 pub const DESCRIBE_SERVICES_MAX: usize = 10;
 
@@ -176,6 +179,15 @@ pub trait Ecs: Send + Sync {
         cluster: &str,
         service: &str,
     ) -> Result<ServiceState, PortError>;
+    /// The service's tasks: running ones and those stopped recently (ECS lists them for about
+    /// an hour). Against AWS: `ListTasks` for each desired status (a page of 100 each, usually)
+    /// and one `DescribeTasks` per 100 tasks. What the health gate reads only when something
+    /// calls for it (`machine::gate_needs_tasks`).
+    async fn list_service_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Vec<Task>, PortError>;
     /// Several services of one cluster without their tasks, in the order asked. Against AWS
     /// one `DescribeServices` call per [`DESCRIBE_SERVICES_MAX`] services: what a fleet pass at
     /// rest reads. A missing service is an inner `NotFound`; a failed call fails the whole

@@ -126,6 +126,18 @@ pub trait StateTable: Send + Sync {
         lease: &LeaseFields,
         condition: &LeaseCondition,
     ) -> Result<(), PortError>;
+    /// Takes the runner's lease in one write if it is free: none was ever taken, or it ended
+    /// before `ended_before` (released, or expired past the clocks' skew tolerance). The
+    /// epoch becomes one more than it was (1 for the first), `holder` and `expires_at` are
+    /// set, the record is left as it is. Returns the epoch taken, or `None` when the lease
+    /// was not free (nothing written: the caller reads it and decides).
+    async fn take_free_lease(
+        &self,
+        runner: &str,
+        holder: &str,
+        expires_at: Millis,
+        ended_before: Millis,
+    ) -> Result<Option<u64>, PortError>;
     /// Writes the runner's record if `condition` holds; returns its new version. The lease is
     /// left as it is.
     async fn write_record(

@@ -779,17 +779,18 @@ fn read_service(
                 }
             })
             .collect(),
-        tasks: svc
-            .tasks
-            .iter()
-            .map(|t| Task {
-                task_definition_arn: t.task_definition_arn.clone(),
-                status: t.status,
-                health: t.health,
-                // The simulation stops tasks only when they fail.
-                failed: t.status == TaskStatus::Stopped,
-            })
-            .collect(),
+        tasks: Some(
+            svc.tasks
+                .iter()
+                .map(|t| Task {
+                    task_definition_arn: t.task_definition_arn.clone(),
+                    status: t.status,
+                    health: t.health,
+                    // The simulation stops tasks only when they fail.
+                    failed: t.status == TaskStatus::Stopped,
+                })
+                .collect(),
+        ),
     })
 }
 
@@ -822,7 +823,7 @@ impl Ecs for SimEcs {
             .iter()
             .map(|service| {
                 read_service(&mut world, cluster, service, now).map(|mut state| {
-                    state.tasks.clear();
+                    state.tasks = None;
                     state
                 })
             })
@@ -839,8 +840,24 @@ impl Ecs for SimEcs {
         let now = self.clock.now();
         let mut world = guard(&self.world, AwsOp::DescribeServices)?;
         let mut state = read_service(&mut world, cluster, service, now)?;
-        state.tasks.clear();
+        state.tasks = None;
         Ok(state)
+    }
+
+    async fn list_service_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+    ) -> Result<Vec<Task>, PortError> {
+        self.faults.check(AwsOp::ListTasks)?;
+        self.faults.check(AwsOp::DescribeTasks)?;
+        let now = self.clock.now();
+        let mut world = guard(&self.world, AwsOp::ListTasks)?;
+        let state = read_service(&mut world, cluster, service, now).map_err(|mut error| {
+            error.operation = AwsOp::ListTasks;
+            error
+        })?;
+        Ok(state.tasks.unwrap_or_default())
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinition, PortError> {

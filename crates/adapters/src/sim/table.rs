@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{guard, Faults};
+use runner_updater_core::domain::Millis;
 use runner_updater_ports::{
     AwsOp, ErrorKind, LeaseCondition, LeaseFields, PortError, RecordCondition, StateItem,
     StatePage, StateTable, StoredRecord,
@@ -100,6 +101,35 @@ impl StateTable for SimTable {
             });
             item.lease = Some(lease.clone());
             Ok(())
+        })
+    }
+
+    async fn take_free_lease(
+        &self,
+        runner: &str,
+        holder: &str,
+        expires_at: Millis,
+        ended_before: Millis,
+    ) -> Result<Option<u64>, PortError> {
+        const OP: AwsOp = AwsOp::UpdateItem;
+        self.faults.mutate(OP, || {
+            let mut items = guard(&self.items, OP)?;
+            let current = items.get(runner).and_then(|item| item.lease.as_ref());
+            if current.is_some_and(|lease| lease.expires_at >= ended_before) {
+                return Ok(None);
+            }
+            let epoch = current.map_or(1, |lease| lease.epoch + 1);
+            let item = items.entry(runner.to_owned()).or_insert_with(|| StateItem {
+                runner: runner.to_owned(),
+                lease: None,
+                record: None,
+            });
+            item.lease = Some(LeaseFields {
+                holder: holder.to_owned(),
+                epoch,
+                expires_at,
+            });
+            Ok(Some(epoch))
         })
     }
 

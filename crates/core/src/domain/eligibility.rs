@@ -424,7 +424,7 @@ mod tests {
                 service: "s".to_owned(),
                 task_definition_arn: "td:1".to_owned(),
                 deployments: vec![],
-                tasks: vec![],
+                tasks: None,
             },
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),

@@ -135,8 +135,9 @@ pub struct ServiceState {
     pub task_definition_arn: String,
     /// Its deployments, PRIMARY first.
     pub deployments: Vec<Deployment>,
-    /// Its tasks.
-    pub tasks: Vec<Task>,
+    /// Its tasks, when they were read (`None`: not read — three ECS calls a service, made only
+    /// where the health gate needs them).
+    pub tasks: Option<Vec<Task>>,
 }
 
 impl ServiceState {
@@ -159,6 +160,7 @@ impl ServiceState {
     pub fn stopped_tasks(&self, task_definition_arn: &str) -> usize {
         self.tasks
             .iter()
+            .flatten()
             .filter(|t| {
                 t.task_definition_arn == task_definition_arn
                     && t.status == TaskStatus::Stopped
@@ -172,6 +174,7 @@ impl ServiceState {
     pub fn tasks_with(&self, task_definition_arn: &str, health: Health) -> usize {
         self.tasks
             .iter()
+            .flatten()
             .filter(|t| {
                 t.task_definition_arn == task_definition_arn && t.status == TaskStatus::Running
             })

@@ -130,7 +130,7 @@ mod tests {
             service: "runner".to_owned(),
             task_definition_arn: on.to_owned(),
             deployments,
-            tasks: Vec::new(),
+            tasks: None,
         }
     }
 

@@ -36,7 +36,7 @@ use crate::domain::eligibility::{
 };
 use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
-use crate::domain::observed::{Health, ObserveError, Observed, RolloutState};
+use crate::domain::observed::{Health, ObserveError, Observed, RolloutState, ServiceState};
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use phase::Phase;
@@ -1925,7 +1925,10 @@ impl RunnerMachine {
                 ours.running_count, ours.desired_count
             ));
         }
-        if observed.has_health_check {
+        // Tasks are read where `gate_needs_tasks` says: a completed deployment's health is
+        // confirmed on its tasks once (on the way into the soak); in the soak, ECS's own counts
+        // stand for them until they show a task gone or failed.
+        if observed.has_health_check && service.tasks.is_some() {
             let healthy = service.tasks_with(new_td, Health::Healthy);
             if healthy < ours.desired_count as usize {
                 return GateStatus::Waiting(format!(
@@ -2075,6 +2078,43 @@ pub fn run_of(state: &State) -> Option<&Run> {
     }
 }
 
+/// Whether the health gate needs the service's tasks to judge `service` (read without them) in
+/// `state`. Tasks cost ECS three calls a service (`ListTasks` twice, `DescribeTasks`), so the
+/// gate reads them only when something calls for them:
+/// - the deployment reports failed tasks: the fail-fast count wants the evidence (stopped tasks
+///   of the new revision, which ECS's `failedTasks` stops counting once a task has run, and
+///   running ones reported UNHEALTHY);
+/// - a completed deployment short of its tasks (a task of the new revision went away after it
+///   ran: ECS's counts show it, its reason is on the task);
+/// - a deployment that claims completion while the gate still awaits it, with health-checked
+///   containers: its tasks confirm they are HEALTHY once, on the way into the soak.
+///
+/// Nothing else does: a rollout in progress, a soak whose counts hold, a deployment the circuit
+/// breaker failed, a service on another task definition (foreign, or rolled back) are all
+/// judged from the service alone.
+#[must_use]
+pub fn gate_needs_tasks(state: &State, service: &ServiceState, has_health_check: bool) -> bool {
+    let (gate, soaking) = match state {
+        State::AwaitingRollout { gate } => (gate, false),
+        State::Soaking { gate, .. } => (gate, true),
+        _ => return false,
+    };
+    if service.task_definition_arn != gate.new_task_definition_arn {
+        return false;
+    }
+    let Some(ours) = service.deployment(&gate.deployment_id) else {
+        return false;
+    };
+    match ours.rollout_state {
+        RolloutState::Failed => false,
+        _ if ours.failed_tasks > 0 => true,
+        RolloutState::InProgress => false,
+        RolloutState::Completed => {
+            ours.running_count < ours.desired_count || (has_health_check && !soaking)
+        }
+    }
+}
+
 /// A statig machine, initialised.
 pub type Machine = statig::blocking::InitializedStateMachine<RunnerMachine>;
 
@@ -2134,7 +2174,7 @@ mod tests {
                     running_count: 1,
                     failed_tasks: 0,
                 }],
-                tasks: vec![],
+                tasks: None,
             },
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),

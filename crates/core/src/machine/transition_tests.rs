@@ -9,7 +9,7 @@ use super::*;
 use crate::domain::desired::DesiredStack;
 use crate::domain::infra::StackStatus;
 use crate::domain::observed::{
-    Deployment, DeploymentStatus, ServiceState, StackState, INFRA_VERSION_TAG,
+    Deployment, DeploymentStatus, ServiceState, StackState, Task, TaskStatus, INFRA_VERSION_TAG,
 };
 
 const START: Millis = Millis(1_740_823_200_000);
@@ -78,7 +78,7 @@ fn service(td: &str, deployments: Vec<Deployment>) -> ServiceState {
         service: "s".to_owned(),
         task_definition_arn: td.to_owned(),
         deployments,
-        tasks: vec![],
+        tasks: None,
     }
 }
 
@@ -603,4 +603,96 @@ fn infrastructure_goes_first_and_a_failed_stack_update_ends_the_attempt() {
     assert!(late.commands.contains(&"delete_change_set"), "{late:?}");
     assert_eq!(drive.failure_code(), Some(Code::ChangeSetTimeout));
     assert_eq!(drive.phase(), Phase::RolledBack);
+}
+
+#[test]
+fn the_gate_reads_tasks_only_when_something_calls_for_them() {
+    let mut drive = Drive::to_the_gate();
+    let needs = |drive: &Drive, service: &ServiceState, health_check: bool| {
+        gate_needs_tasks(drive.machine.state(), service, health_check)
+    };
+    let in_progress = ours(RolloutState::InProgress, 0);
+    let completed = ours(RolloutState::Completed, 0);
+    let mut short = completed.clone();
+    short.deployments[0].running_count = 0;
+    // Awaiting the rollout.
+    assert!(!needs(&drive, &in_progress, true), "a rollout in progress");
+    assert!(
+        needs(&drive, &ours(RolloutState::InProgress, 1), false),
+        "failed tasks: the fail-fast count wants the evidence"
+    );
+    assert!(
+        !needs(&drive, &ours(RolloutState::Failed, 3), true),
+        "the breaker failed it: decided"
+    );
+    assert!(!needs(&drive, &baseline_service(), true), "rolled back");
+    assert!(
+        needs(&drive, &completed, true),
+        "completed, with health checks: confirmed once"
+    );
+    assert!(
+        !needs(&drive, &completed, false),
+        "completed, no health check"
+    );
+    // Soaking: ECS's counts stand for the tasks until they show one gone or failed.
+    assert_eq!(
+        drive.send(seen(desired(), completed.clone(), vec![])).phase,
+        Phase::Soaking
+    );
+    assert!(!needs(&drive, &completed, true), "soaking, counts hold");
+    assert!(needs(&drive, &short, false), "soaking, a task gone");
+    assert!(
+        needs(&drive, &ours(RolloutState::Completed, 1), false),
+        "soaking, a task failed"
+    );
+    // At rest and elsewhere: never.
+    assert!(!needs(&Drive::new(), &completed, true));
+}
+
+#[test]
+fn a_soak_read_without_tasks_stays_healthy_with_health_checks() {
+    let mut drive = Drive::to_the_gate();
+    let with_health_check = |service: ServiceState| {
+        let Event::Observed(mut observation) = seen(desired(), service, vec![]) else {
+            unreachable!()
+        };
+        if let Ok(observed) = observation.observed.as_mut() {
+            observed.has_health_check = true;
+        }
+        Event::Observed(observation)
+    };
+    // Into the soak on tasks that confirm health (one task, HEALTHY).
+    let mut confirmed = ours(RolloutState::Completed, 0);
+    confirmed.tasks = Some(vec![Task {
+        task_definition_arn: NEW.to_owned(),
+        status: TaskStatus::Running,
+        health: Health::Healthy,
+        failed: false,
+    }]);
+    assert_eq!(
+        drive.send(with_health_check(confirmed)).phase,
+        Phase::Soaking
+    );
+    // A soak read without tasks: still healthy (not "0/1 HEALTHY").
+    assert_eq!(
+        drive
+            .send(with_health_check(ours(RolloutState::Completed, 0)))
+            .phase,
+        Phase::Soaking
+    );
+    // Not into the soak on a read without tasks either way: tasks unread are not a verdict
+    // (the driver reads them here), but neither are they healthy ones.
+    let mut drive = Drive::to_the_gate();
+    let mut unhealthy = ours(RolloutState::Completed, 0);
+    unhealthy.tasks = Some(vec![Task {
+        task_definition_arn: NEW.to_owned(),
+        status: TaskStatus::Running,
+        health: Health::Unknown,
+        failed: false,
+    }]);
+    assert_eq!(
+        drive.send(with_health_check(unhealthy)).phase,
+        Phase::AwaitingRollout,
+        "0/1 HEALTHY: waiting"
+    );
 }

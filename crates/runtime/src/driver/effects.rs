@@ -31,8 +31,19 @@ impl RunnerDriver {
         }
         let first_call = self.first_call(command, now);
         self.fencing = fencing_epoch(command).map(|epoch| (command.name(), epoch));
-        if let Some(refused) = self.fence().await {
-            return Ok(refused);
+        // ECS's mutations are fenced right before their call, after the reads that decide
+        // them (a second check here would be the same read twice); what they find already
+        // made is saved under the store's own guard. Every other fenced command: here.
+        let fenced_at_its_call = matches!(
+            command,
+            Command::RegisterTaskDefinition { .. }
+                | Command::UpdateService { .. }
+                | Command::RollBackService { .. }
+        );
+        if !fenced_at_its_call {
+            if let Some(refused) = self.fence().await {
+                return Ok(refused);
+            }
         }
         let result = self.call(command, first_call, now).await?;
         Ok(result.unwrap_or_else(|error| Event::CommandFailed {
@@ -75,7 +86,17 @@ impl RunnerDriver {
         now: Millis,
     ) -> Result<Result<Event, PortError>, DriverError> {
         Ok(match command {
-            Command::Observe => Ok(Event::Observed(Box::new(self.observe().await?))),
+            Command::Observe => {
+                let kept = self
+                    .this_pass
+                    .fresh_observation
+                    .take()
+                    .filter(|_| self.phase() == Phase::Locked);
+                match kept {
+                    Some(observation) => Ok(Event::Observed(observation)),
+                    None => Ok(Event::Observed(Box::new(self.observe().await?))),
+                }
+            }
             Command::AcquireLock { .. } => self.acquire_lock(now).await,
             Command::ReleaseLock { epoch } => self
                 .ports
@@ -104,7 +125,7 @@ impl RunnerDriver {
                 baseline_deployment_ids,
                 ..
             } => {
-                self.update_service(task_definition_arn, baseline_deployment_ids)
+                self.update_service(task_definition_arn, baseline_deployment_ids, first_call)
                     .await
             }
             Command::RollBackService {
@@ -217,8 +238,21 @@ impl RunnerDriver {
         let arn = self
             .ports
             .ecs
-            .register_clone(base_arn, container, image, tags)
+            .register_clone(base_arn, container, image, tags.clone())
             .await?;
+        // The new revision is the base with this image and these tags, nothing else: kept as
+        // such, the gate's first read of the service needs no `DescribeTaskDefinition`.
+        let mut registered = base;
+        registered.arn.clone_from(&arn);
+        for c in registered
+            .containers
+            .iter_mut()
+            .filter(|c| c.name == *container)
+        {
+            c.image = Some(image.to_owned());
+        }
+        registered.tags.extend(tags);
+        self.remember_task_definition(registered);
         Ok(Event::TaskDefinitionRegistered { arn })
     }
 
@@ -270,47 +304,29 @@ impl RunnerDriver {
         &self,
         task_definition_arn: &str,
         baseline_ids: &[String],
+        first_call: bool,
     ) -> Result<Event, PortError> {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
-        // Only the deployments are needed: no task list (three AWS calls fewer).
-        let state = match self
-            .retrying(|| ecs.describe_service_without_tasks(cluster, service))
-            .await
-        {
-            Ok(state) => state,
-            Err(error) => return read_failed("update_service", error),
+        // A first call (its state entered in this pass, nothing called since) has nothing to
+        // find: the service was read at the start of this pass's attempt, and a deployment
+        // appearing since is the gate's to see (a foreign writer) as it would be a moment
+        // after any read. Otherwise the call may have been made: read before calling again.
+        let state = if first_call {
+            None
+        } else {
+            // Only the deployments are needed: no task list (three AWS calls fewer).
+            match self
+                .retrying(|| ecs.describe_service_without_tasks(cluster, service))
+                .await
+            {
+                Ok(state) => Some(state),
+                Err(error) => return read_failed("update_service", error),
+            }
         };
-        // Only a deployment of *our* task definition is ours. Any other deployment outside the
-        // baseline (a console force-deploy, Terraform, or ECS having rolled ours back while we
-        // were down) means the world moved under the attempt: a foreign writer, never "done".
-        // The one exception: ECS's own circuit-breaker rollback of our deployment, which
-        // leaves the service on the baseline; the gate then reports it.
-        match update_progress(&state, task_definition_arn, baseline_ids) {
-            UpdateProgress::NotMade => {}
-            UpdateProgress::Made { deployment_id } => {
-                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "service already updated by this attempt");
-                return Ok(Event::ServiceUpdated {
-                    deployment_id: deployment_id.to_owned(),
-                });
-            }
-            UpdateProgress::RolledBackByEcs { deployment_id } => {
-                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "ECS already rolled back this attempt's deployment");
-                return Ok(Event::ServiceUpdated {
-                    deployment_id: deployment_id.to_owned(),
-                });
-            }
-            UpdateProgress::Foreign {
-                deployment_id,
-                task_definition_arn: theirs,
-            } => {
-                return Err(PortError::new(
-                    ErrorKind::Conflict,
-                    AwsOp::UpdateService,
-                    format!(
-                        "deployment {deployment_id} of {theirs} appeared on the service outside this attempt"
-                    ),
-                ));
+        if let Some(state) = state {
+            if let Some(event) = self.already_updated(&state, task_definition_arn, baseline_ids)? {
+                return Ok(event);
             }
         }
         if let Some(refused) = self.fence().await {
@@ -322,6 +338,47 @@ impl RunnerDriver {
             .update_service(cluster, service, task_definition_arn)
             .await?;
         Ok(Event::ServiceUpdated { deployment_id })
+    }
+
+    /// What a read of the service says of an update that may have been made: `Some` event
+    /// when it was (by this attempt, or rolled back by ECS since), an error when another
+    /// deployment appeared outside the attempt, `None` when it is still to make.
+    fn already_updated(
+        &self,
+        state: &runner_updater_core::domain::observed::ServiceState,
+        task_definition_arn: &str,
+        baseline_ids: &[String],
+    ) -> Result<Option<Event>, PortError> {
+        // Only a deployment of *our* task definition is ours. Any other deployment outside the
+        // baseline (a console force-deploy, Terraform, or ECS having rolled ours back while we
+        // were down) means the world moved under the attempt: a foreign writer, never "done".
+        // The one exception: ECS's own circuit-breaker rollback of our deployment, which
+        // leaves the service on the baseline; the gate then reports it.
+        match update_progress(state, task_definition_arn, baseline_ids) {
+            UpdateProgress::NotMade => Ok(None),
+            UpdateProgress::Made { deployment_id } => {
+                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "service already updated by this attempt");
+                Ok(Some(Event::ServiceUpdated {
+                    deployment_id: deployment_id.to_owned(),
+                }))
+            }
+            UpdateProgress::RolledBackByEcs { deployment_id } => {
+                tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "ECS already rolled back this attempt's deployment");
+                Ok(Some(Event::ServiceUpdated {
+                    deployment_id: deployment_id.to_owned(),
+                }))
+            }
+            UpdateProgress::Foreign {
+                deployment_id,
+                task_definition_arn: theirs,
+            } => Err(PortError::new(
+                ErrorKind::Conflict,
+                AwsOp::UpdateService,
+                format!(
+                    "deployment {deployment_id} of {theirs} appeared on the service outside this attempt"
+                ),
+            )),
+        }
     }
 
     /// Finds the attempt's change set or creates it, and reports where its creation stands.

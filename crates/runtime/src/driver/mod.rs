@@ -45,14 +45,14 @@ use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::machine::{
-    self, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note, Observation,
-    RunnerMachine, Settings, State, TransitionEntry,
+    self, gate_needs_tasks, phase_of, Command, Ctx, Event, FailureClass, Input, Machine, Note,
+    Observation, RunnerMachine, Settings, State, TransitionEntry,
 };
 use runner_updater_core::record::Record;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
     ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
-    PortError, StateStore, StoreError,
+    PortError, StateStore, StoreError, CLOCK_SKEW_TOLERANCE,
 };
 
 /// Tag naming the runner on task definitions the controller registers.
@@ -64,6 +64,8 @@ const DELETE_WAITS_MAX: usize = 12;
 const DELETE_WAIT: Duration = Duration::from_secs(5);
 /// Task definitions kept in the per-runner cache (they are immutable).
 const TASK_DEFINITION_CACHE_MAX: usize = 8;
+/// How old a fenced record write may be and still stand for a mutation's fencing check.
+const FENCE_PROOF_MAX: Duration = Duration::from_secs(1);
 
 /// The ports a driver uses.
 #[derive(Clone)]
@@ -146,6 +148,10 @@ pub struct RunnerDriver {
     settings: Settings,
     policy: RunnerPolicy,
     lease_ttl: Duration,
+    /// A lease held here is renewed once less than this is left of it (the lease's floor,
+    /// `Config::lease_floor_secs`: the longest a renewal may take to come, so the next pass's
+    /// renewal is still in time); until then a pass makes no lease call.
+    renew_within: Duration,
     rest_interval: Duration,
     active_interval: Duration,
     retry: RetryPolicy,
@@ -189,6 +195,10 @@ pub struct RunnerDriver {
     /// fencing check and its write does not write (on the SSM store this only narrows the
     /// window, see README "The lock").
     lease_until: Option<Duration>,
+    /// The fencing token a conditional record write just proved held (a write the state table
+    /// made only because this controller's lease of that epoch was live), and when it was
+    /// sent, on the monotonic clock: the fence of a mutation right after it (see `fence`).
+    fence_proof: Option<(u64, Duration)>,
     /// The command being executed and its fencing token, if it has one (see `fence`).
     fencing: Option<(&'static str, u64)>,
     /// See `settle_secs`.
@@ -196,6 +206,10 @@ pub struct RunnerDriver {
     /// The fingerprint of the `desired/*` values last read, and when (by this controller's
     /// clock) they were first read as they are.
     settle_seen: Option<(u64, Millis)>,
+    /// The runner's folder (`desired/*`, `release`) as last read, relative names: what the
+    /// health gate's passes observe instead of reading it again (the gate does not act on
+    /// the desired state; the pass after the attempt reads it afresh).
+    desired_read: Option<BTreeMap<String, String>>,
     /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
     /// for).
     settles_at: Option<Millis>,
@@ -214,6 +228,10 @@ struct PassState {
     rest_outcome: Option<Box<(Option<Note>, Option<Verdict>)>>,
     /// The pass's observation used a fleet read or kept stacks.
     observed_cached: bool,
+    /// The pass's observation, when it was made of the runner's own fresh reads and the store
+    /// fences its writes: what the lock's re-check (`Locked`'s `Observe`) is given in the same
+    /// pass instead of reading everything again (see `pass`).
+    fresh_observation: Option<Box<Observation>>,
 }
 
 /// The stacks of a runner as read at rest, with what they were read for.
@@ -235,6 +253,8 @@ impl RunnerDriver {
             settings: config.settings(runner),
             policy: config.policy(runner),
             lease_ttl: Duration::from_secs(config.lease_secs),
+            renew_within: Duration::from_secs(config.lease_floor_secs()),
+            fence_proof: None,
             rest_interval: Duration::from_secs(config.poll_interval_secs),
             active_interval: Duration::from_secs(config.active_poll_interval_secs),
             retry: RetryPolicy::default(),
@@ -264,6 +284,7 @@ impl RunnerDriver {
             fencing: None,
             settle: Duration::from_secs(config.settle_secs),
             settle_seen: None,
+            desired_read: None,
             settles_at: None,
         }
     }
@@ -462,6 +483,7 @@ impl RunnerDriver {
             let view = view.filter(|_| self.phase().is_resting());
             self.this_pass.observed_cached = false;
             let mut observation = self.observe_with(view).await?;
+            let mut fresh = !self.this_pass.observed_cached;
             if self.this_pass.observed_cached
                 && self.machine.as_ref().is_some_and(|m| {
                     m.inner()
@@ -473,7 +495,16 @@ impl RunnerDriver {
                 // the stacks kept at rest may have been changed since by another controller.
                 self.stack_cache = None;
                 observation = self.observe().await?;
+                fresh = true;
             }
+            // On a store whose writes are conditional, the lock's re-check may use these very
+            // reads, made a moment before the lease was taken: an attempt another controller
+            // ran in between wrote the record, and the write of this one's first state, made
+            // on the version read before, is then refused (nothing is acted on). On a store
+            // without conditional writes the lock's re-check reads everything again.
+            self.this_pass.fresh_observation =
+                (fresh && self.phase().is_resting() && self.ports.store.fences_writes())
+                    .then(|| Box::new(observation.clone()));
             queue = self
                 .handle(Event::Observed(Box::new(observation)), report)
                 .await?;
@@ -575,6 +606,16 @@ impl RunnerDriver {
         if phase == Phase::Checking {
             // The lease comes first: nothing is written before it is ours. Taking it changes
             // nothing on the runner; its result leads to Locked (saved) or back to rest.
+            return Ok(ctx.commands);
+        }
+        if phase == Phase::Locked
+            && self.this_pass.fresh_observation.is_some()
+            && matches!(ctx.commands.as_slice(), [Command::Observe])
+        {
+            // Locked's only command is its re-check, answered from this pass's own reads (no
+            // call): the state it leads to is written before anything is acted on, Locked's
+            // transition with it. A crash in between leaves the lease taken and the record at
+            // rest: the lease runs out, nothing was changed.
             return Ok(ctx.commands);
         }
         if self.save_step(report).await? {

@@ -34,9 +34,17 @@ impl RunnerDriver {
         &mut self,
         view: Option<RunnerSnapshot>,
     ) -> Result<Observation, DriverError> {
+        let in_gate = matches!(
+            self.phase(),
+            Phase::AwaitingRollout | Phase::Soaking | Phase::RollingBack
+        );
         let (desired_read, service_read, read_at) = if let Some(view) = view {
             self.this_pass.observed_cached = true;
             (view.desired, Some(view.service), view.taken_at)
+        } else if let Some(kept) = self.desired_read.clone().filter(|_| in_gate) {
+            // The health gate does not act on the desired state (a change is acted on once the
+            // attempt ends, from a fresh read): one SSM call fewer a gate pass.
+            (Ok(kept), None, self.ports.clock.now())
         } else {
             // The runner's folder: `desired/…` and the `release` document (the status record
             // and the lease, read past, are read by their own paths).
@@ -60,6 +68,7 @@ impl RunnerDriver {
         // its deadlines.
         let desired = match desired_read {
             Ok(relative) => {
+                self.desired_read = Some(relative.clone());
                 // First seen when the answer is here, not when the read began (a fleet read's
                 // pages take a while): later, never earlier.
                 let seen_at = self.ports.clock.now().max(read_at);
@@ -116,21 +125,13 @@ impl RunnerDriver {
         fingerprint: Option<String>,
     ) -> Result<Result<runner_updater_core::domain::observed::Observed, ObserveError>, PortError>
     {
-        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
-        // Tasks are read only where they are judged: in the health gate.
-        let gate = matches!(self.phase(), Phase::AwaitingRollout | Phase::Soaking);
-        let ecs = &self.ports.ecs;
+        let (cluster, service) = (self.runner.cluster.clone(), self.runner.service.clone());
+        let ecs = Arc::clone(&self.ports.ecs);
         let read = match service_read {
             Some(read) => read,
             None => {
-                self.retrying(|| async move {
-                    if gate {
-                        ecs.describe_service(cluster, service).await
-                    } else {
-                        ecs.describe_service_without_tasks(cluster, service).await
-                    }
-                })
-                .await
+                self.retrying(|| ecs.describe_service_without_tasks(&cluster, &service))
+                    .await
             }
         };
         let state = match read {
@@ -172,12 +173,31 @@ impl RunnerDriver {
             };
             stacks
         };
-        Ok(observe(
-            state,
-            &task_definition,
-            &self.runner.container,
-            &stacks,
-        ))
+        let mut observed = observe(state, &task_definition, &self.runner.container, &stacks);
+        // Tasks are read only where the health gate judges them, and only when something
+        // calls for it (`gate_needs_tasks`): most gate passes are one `DescribeServices`.
+        if let (Ok(observed), Some(machine)) = (observed.as_mut(), self.machine.as_ref()) {
+            if gate_needs_tasks(
+                machine.state(),
+                &observed.service,
+                observed.has_health_check,
+            ) {
+                match self
+                    .retrying(|| ecs.list_service_tasks(&cluster, &service))
+                    .await
+                {
+                    Ok(tasks) => observed.service.tasks = Some(tasks),
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        return Ok(Err(ObserveError::ServiceNotFound {
+                            cluster: cluster.clone(),
+                            service: service.clone(),
+                        }))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(observed)
     }
 
     /// The stacks as last read at rest, if they still serve: at rest, under the same desired
@@ -205,11 +225,23 @@ impl RunnerDriver {
         let fetched = self
             .retrying(|| self.ports.ecs.describe_task_definition(arn))
             .await?;
+        self.remember_task_definition(fetched.clone());
+        Ok(fetched)
+    }
+
+    /// Keeps a task definition (revisions are immutable) for the reads to come.
+    pub(super) fn remember_task_definition(&mut self, definition: TaskDefinition) {
+        if self
+            .task_definitions
+            .iter()
+            .any(|td| td.arn == definition.arn)
+        {
+            return;
+        }
         if self.task_definitions.len() >= TASK_DEFINITION_CACHE_MAX {
             self.task_definitions.remove(0);
         }
-        self.task_definitions.push(fetched.clone());
-        Ok(fetched)
+        self.task_definitions.push(definition);
     }
 
     /// Reads the desired and observed state now (for `plan`).

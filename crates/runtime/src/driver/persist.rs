@@ -41,8 +41,13 @@ impl RunnerDriver {
             self.pending.clear();
             return Ok(false);
         }
+        let sent = self.ports.clock.monotonic();
+        let proves = checked_by_store
+            .then(|| self.machine.as_ref().and_then(|m| held_epoch(m.state())))
+            .flatten();
+        self.fence_proof = None;
         match self.ports.store.save(&record).await {
-            Ok(()) => {}
+            Ok(()) => self.fence_proof = proves.map(|epoch| (epoch, sent)),
             // The state table refused it by its condition: another controller wrote the record
             // since it was read, or holds the lease. Nothing was written: reload.
             Err(StoreError::Refused(why)) => {
@@ -170,8 +175,24 @@ impl RunnerDriver {
     /// the command starts and again right before its mutating call, after the reads that
     /// decide it (they may take long: a search through a busy family, retried reads). `Some`
     /// is the event that refuses the command.
+    ///
+    /// On a store whose writes are fenced (`StateStore::fences_writes`), a record write of the
+    /// same token that succeeded at most [`FENCE_PROOF_MAX`] ago is that check (its condition is
+    /// the same: this holder, this epoch, live), provided the lease still has more than the
+    /// clocks' skew tolerance left on this controller's own clock: no one can have taken over
+    /// a lease that was live for every clock since. The remote read is made otherwise.
     pub(super) async fn fence(&self) -> Option<Event> {
         let (command, epoch) = self.fencing?;
+        let monotonic = self.ports.clock.monotonic();
+        let proven = self.fence_proof.is_some_and(|(proven, at)| {
+            proven == epoch && monotonic.saturating_sub(at) <= FENCE_PROOF_MAX
+        });
+        let margin = self
+            .lease_until
+            .is_some_and(|until| until.saturating_sub(monotonic) > CLOCK_SKEW_TOLERANCE);
+        if proven && margin {
+            return None;
+        }
         let now = self.ports.clock.now();
         let held = self
             .ports
@@ -271,6 +292,14 @@ impl RunnerDriver {
         // conditional write where the lease has them; a machine just loaded (a restart, a
         // standby following another's attempt) asks as a take.
         let held_here = !fresh && self.lease_until.is_some();
+        let left = self
+            .lease_until
+            .map(|until| until.saturating_sub(self.ports.clock.monotonic()));
+        if held_here && left.is_some_and(|left| left > self.renew_within) {
+            // Held here with more than the floor left: the next pass still renews in time
+            // (every mutation is fenced by its own check, whatever this pass skips).
+            return Ok(true);
+        }
         let asked = if held_here {
             self.ports
                 .lock
