@@ -192,7 +192,8 @@ async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     driver.tick().await.unwrap();
     assert_eq!(stacks(), 6, "refreshed");
 
-    // Under the lock every pass reads them; after the attempt the first pass at rest too.
+    // Under the lock every pass reads them until the health gate, which keeps them (they were
+    // updated and checked before the service); after the attempt the first pass at rest too.
     s.clear_desired("runner-00", "stacks/runner-00-main/parameters");
     s.set_desired("runner-00", "auto-update", "true");
     s.set_desired("runner-00", "version", "2.14.0");
@@ -200,9 +201,12 @@ async fn at_rest_stacks_are_read_only_when_they_can_have_changed() {
     let mut active_passes = 0;
     for _ in 0..60 {
         s.aws.clock.advance(Duration::from_secs(10));
-        let resting_before = driver.phase().is_resting();
+        let (resting_before, gate_before) = (driver.phase().is_resting(), driver.in_gate());
+        let stacks_before = stacks();
         driver.tick().await.unwrap();
-        if !resting_before {
+        if gate_before {
+            assert_eq!(stacks(), stacks_before, "the gate keeps the stacks");
+        } else if !resting_before {
             active_passes += 1;
         }
         if driver.phase() == Phase::Done {
@@ -466,4 +470,59 @@ async fn a_runner_whose_desired_state_is_settling_is_passed_again_when_it_settle
     );
     // The others, with nothing to settle, were passed over by the sweep alone.
     assert_eq!(control.passes["runner-00"], 1, "{:?}", control.passes);
+}
+
+#[tokio::test]
+async fn the_runners_in_the_health_gate_are_read_together_ten_services_a_call() {
+    let s = fleet(24);
+    for runner in &s.config.runners {
+        s.set_desired(&runner.name, "version", "2.14.0");
+    }
+    let mut scheduler = scheduler(&s, None);
+    let mut control = Recorder::new(&s, Duration::ZERO, None);
+    // Into the gate: every runner updated its service in its first pass.
+    scheduler.step(true, &mut control).await;
+    let gate: Vec<&RunnerDriver> = scheduler.drivers().filter(|d| d.in_gate()).collect();
+    assert_eq!(gate.len(), 24, "every runner in the gate");
+    // Their next passes, due together: one gate read (12 services in each of two clusters,
+    // ten a call: four calls), no read of the service of their own, no desired folder.
+    s.aws.clock.advance(Duration::from_secs(10));
+    let (services, folders, tasks) = (
+        s.aws.ecs.faults.calls(AwsOp::DescribeServices),
+        s.aws.ssm.faults.calls(AwsOp::GetParametersByPath),
+        s.aws.ecs.faults.calls(AwsOp::ListTasks),
+    );
+    let mut control = Recorder::new(&s, Duration::ZERO, None);
+    scheduler.step(false, &mut control).await;
+    assert_eq!(control.passes.len(), 24, "{:?}", control.passes);
+    assert_eq!(
+        s.aws.ecs.faults.calls(AwsOp::DescribeServices) - services,
+        4
+    );
+    assert_eq!(
+        s.aws.ssm.faults.calls(AwsOp::GetParametersByPath) - folders,
+        0
+    );
+    assert_eq!(
+        s.aws.ecs.faults.calls(AwsOp::ListTasks) - tasks,
+        0,
+        "a rollout in progress calls for no task"
+    );
+    // And the gate ends as it does on the runners' own reads.
+    for _ in 0..40 {
+        if scheduler.drivers().all(RunnerDriver::at_rest) {
+            break;
+        }
+        s.aws.clock.advance(Duration::from_secs(10));
+        let mut control = Recorder::new(&s, Duration::ZERO, None);
+        scheduler.step(false, &mut control).await;
+    }
+    assert!(
+        scheduler.drivers().all(|d| d.phase() == Phase::Done),
+        "{:?}",
+        scheduler
+            .drivers()
+            .map(RunnerDriver::phase)
+            .collect::<Vec<_>>()
+    );
 }

@@ -480,12 +480,9 @@ impl Ecs for AwsEcs {
             .and_then(|s| s.deployment_configuration().cloned());
         let mut configuration =
             configuration.unwrap_or_else(|| DeploymentConfiguration::builder().build());
-        configuration.deployment_circuit_breaker = Some(
-            DeploymentCircuitBreaker::builder()
-                .enable(true)
-                .rollback(true)
-                .build(),
-        );
+        configuration.deployment_circuit_breaker = Some(with_rollback(
+            configuration.deployment_circuit_breaker.as_ref(),
+        ));
         let output = self
             .client
             .update_service()
@@ -519,9 +516,45 @@ impl Ecs for AwsEcs {
     }
 }
 
+/// The service's circuit breaker, on with rollback: its own settings (`thresholdConfiguration`,
+/// `resetOnHealthyTask`) kept as ops set them.
+fn with_rollback(current: Option<&DeploymentCircuitBreaker>) -> DeploymentCircuitBreaker {
+    DeploymentCircuitBreaker::builder()
+        .enable(true)
+        .rollback(true)
+        .set_reset_on_healthy_task(current.and_then(|b| b.reset_on_healthy_task))
+        .set_threshold_configuration(current.and_then(|b| b.threshold_configuration.clone()))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_circuit_breaker_is_turned_on_with_rollback_and_its_own_settings_kept() {
+        use aws_sdk_ecs::types::{ThresholdConfiguration, ThresholdType};
+        let threshold = ThresholdConfiguration::builder()
+            .r#type(ThresholdType::Count)
+            .value(7)
+            .build()
+            .unwrap();
+        let ops = DeploymentCircuitBreaker::builder()
+            .enable(false)
+            .rollback(false)
+            .reset_on_healthy_task(false)
+            .threshold_configuration(threshold.clone())
+            .build();
+        let ours = with_rollback(Some(&ops));
+        assert!(ours.enable && ours.rollback);
+        assert_eq!(ours.reset_on_healthy_task, Some(false));
+        assert_eq!(ours.threshold_configuration, Some(threshold));
+        // None set: ECS's defaults stay ECS's (nothing sent for them).
+        let none = with_rollback(None);
+        assert!(none.enable && none.rollback);
+        assert_eq!(none.reset_on_healthy_task, None);
+        assert_eq!(none.threshold_configuration, None);
+    }
 
     /// Top-level field names in a derived `Debug` of an SDK struct.
     fn debug_fields(debug: &str) -> Vec<String> {

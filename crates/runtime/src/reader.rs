@@ -53,6 +53,24 @@ pub struct FleetSnapshot {
     pub calls: (usize, usize),
 }
 
+/// What a gate read saw: the services of the runners in the health gate.
+#[derive(Debug)]
+pub struct GateSnapshot {
+    /// When the read started.
+    pub taken_at: Millis,
+    services: HashMap<String, Result<ServiceState, PortError>>,
+    /// `DescribeServices` calls the read made.
+    pub calls: usize,
+}
+
+impl GateSnapshot {
+    /// Takes `runner`'s service (once): `None` when the read did not cover it or could not
+    /// read it (the runner's pass then reads its own, with its retries and its errors).
+    pub fn take(&mut self, runner: &str) -> Option<ServiceState> {
+        self.services.remove(runner)?.ok()
+    }
+}
+
 impl FleetSnapshot {
     /// Takes `runner`'s part (once); `None` when the read did not cover it.
     pub fn take(&mut self, runner: &str) -> Option<RunnerSnapshot> {
@@ -142,6 +160,22 @@ impl FleetReader {
             desired,
             services,
             calls: (pages, batches),
+        }
+    }
+
+    /// The services of the runners in the health gate, ten a call by cluster: what their
+    /// passes judge (the gate keeps the desired state it last read, and reads tasks only when
+    /// something calls for them). One read for all the runners due at once, instead of one
+    /// `DescribeServices` each.
+    pub async fn read_gate(&self, runners: &[&RunnerConfig]) -> GateSnapshot {
+        let taken_at = self.clock.now();
+        let read = self.reads.fetch_add(1, Ordering::Relaxed);
+        let (services, batches) = self.read_services(runners, read).await;
+        tracing::debug!(runners = runners.len(), batches, "gate read");
+        GateSnapshot {
+            taken_at,
+            services,
+            calls: batches,
         }
     }
 

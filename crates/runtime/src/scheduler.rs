@@ -20,7 +20,7 @@ use runner_updater_core::domain::Millis;
 use runner_updater_ports::{Clock, ErrorKind, PortError};
 
 use crate::driver::{DriverError, RunnerDriver, TickReport};
-use crate::reader::{FleetReader, FleetSnapshot, RunnerSnapshot};
+use crate::reader::{FleetReader, FleetSnapshot, GateSnapshot, RunnerSnapshot};
 
 /// What wakes the scheduler besides its own timers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,13 @@ struct Slot {
 
 /// A fleet read under way, with the runners it is for.
 type Reading = (Vec<usize>, Pin<Box<dyn Future<Output = FleetSnapshot>>>);
+
+/// A gate read under way, with the runners it is for.
+type GateReading = (Vec<usize>, Pin<Box<dyn Future<Output = GateSnapshot>>>);
+
+/// The fewest runners due in the health gate at once that are read together: one alone reads
+/// its own service (the same one call).
+const GATE_READ_MIN: usize = 2;
 
 type Pass = Pin<Box<dyn Future<Output = (usize, RunnerDriver, Result<TickReport, DriverError>)>>>;
 
@@ -184,6 +191,10 @@ impl Scheduler {
         self.read_records_ahead().await;
         let mut queue = Queue::default();
         self.queue_due(self.clock.now(), &mut queue);
+        if let Some((gate, read)) = self.gate_reading(&mut queue) {
+            let mut snapshot = read.await;
+            self.hand_out_gate(&mut snapshot, gate, &mut queue);
+        }
         let mut leftover = None;
         if sweep {
             let resting = self.resting_idle();
@@ -212,6 +223,7 @@ impl Scheduler {
         let mut in_flight: FuturesUnordered<Pass> = FuturesUnordered::new();
         let mut queue = Queue::default();
         let mut reading: Option<Reading> = None;
+        let mut gate_reading: Option<GateReading> = None;
         let mut next_sweep = self.clock.now();
         let mut made: u64 = 0;
         let mut stopping = false;
@@ -224,6 +236,9 @@ impl Scheduler {
             let finishing = stopping || sweeps.is_some_and(|max| made >= max);
             if !finishing {
                 self.queue_due(now, &mut queue);
+                if gate_reading.is_none() {
+                    gate_reading = self.gate_reading(&mut queue);
+                }
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
                     next_sweep = now.after(self.sweep_interval);
@@ -233,31 +248,19 @@ impl Scheduler {
                         made += 1;
                         control.swept(&FleetSnapshot::empty(now));
                     } else {
-                        for &index in &resting {
-                            if let Some(slot) = self.slots.get_mut(index) {
-                                slot.queued = true;
-                            }
-                        }
-                        let configs: Vec<RunnerConfig> = resting
-                            .iter()
-                            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
-                            .map(|d| d.runner_config().clone())
-                            .collect();
-                        let reader = self.reader.clone();
-                        reading = Some((
-                            resting,
-                            Box::pin(async move {
-                                let refs: Vec<&RunnerConfig> = configs.iter().collect();
-                                reader.read(&refs).await
-                            }),
-                        ));
+                        reading = Some(self.fleet_reading(resting));
                     }
                 }
             }
             if !stopping {
                 self.dispatch(&mut queue, &mut in_flight);
             }
-            if finishing && reading.is_none() && queue.is_empty() && in_flight.is_empty() {
+            if finishing
+                && reading.is_none()
+                && gate_reading.is_none()
+                && queue.is_empty()
+                && in_flight.is_empty()
+            {
                 return;
             }
             if stopping {
@@ -287,7 +290,18 @@ impl Scheduler {
                         self.hand_out(&mut snapshot, resting, &mut queue);
                     }
                 }
-                wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() => match wake {
+                gate = async {
+                    match gate_reading.as_mut() {
+                        Some((_, read)) => read.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if gate_reading.is_some() => {
+                    let mut gate = gate;
+                    if let Some((runners, _)) = gate_reading.take() {
+                        self.hand_out_gate(&mut gate, runners, &mut queue);
+                    }
+                }
+                wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() || gate_reading.is_some() => match wake {
                     Wake::Timeout => {}
                     Wake::Trigger => {
                         next_sweep = self.clock.now();
@@ -398,6 +412,84 @@ impl Scheduler {
                 runners = postponed,
                 "the fleet read failed for these runners after its retries; they wait for the next sweep"
             );
+        }
+    }
+
+    /// A fleet read of the runners at rest `resting` (queued meanwhile), to hand out when done.
+    fn fleet_reading(&mut self, resting: Vec<usize>) -> Reading {
+        for &index in &resting {
+            if let Some(slot) = self.slots.get_mut(index) {
+                slot.queued = true;
+            }
+        }
+        let configs: Vec<RunnerConfig> = resting
+            .iter()
+            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+            .map(|d| d.runner_config().clone())
+            .collect();
+        let reader = self.reader.clone();
+        (
+            resting,
+            Box::pin(async move {
+                let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                reader.read(&refs).await
+            }),
+        )
+    }
+
+    /// The runners of `queue`'s urgent ones that are in the health gate, taken out of it with
+    /// a read of their services (ten a call by cluster) that hands them back: `None` when
+    /// fewer than [`GATE_READ_MIN`] are due (each reads its own).
+    fn gate_reading(&mut self, queue: &mut Queue) -> Option<GateReading> {
+        let gate: Vec<usize> = queue
+            .urgent
+            .iter()
+            .copied()
+            .filter(|&index| {
+                self.slots
+                    .get(index)
+                    .and_then(|slot| slot.driver.as_ref())
+                    .is_some_and(RunnerDriver::in_gate)
+            })
+            .collect();
+        if gate.len() < GATE_READ_MIN {
+            return None;
+        }
+        queue.urgent.retain(|index| !gate.contains(index));
+        let configs: Vec<RunnerConfig> = gate
+            .iter()
+            .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
+            .map(|d| d.runner_config().clone())
+            .collect();
+        let reader = self.reader.clone();
+        Some((
+            gate,
+            Box::pin(async move {
+                let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                reader.read_gate(&refs).await
+            }),
+        ))
+    }
+
+    /// Hands each runner of a gate read its service, and queues its pass (first: its lease is
+    /// running). A service the read could not give is read by the runner itself.
+    fn hand_out_gate(
+        &mut self,
+        snapshot: &mut GateSnapshot,
+        runners: Vec<usize>,
+        queue: &mut Queue,
+    ) {
+        for index in runners.into_iter().rev() {
+            let name = self.name_of(index);
+            if let (Some(name), Some(driver)) = (
+                name,
+                self.slots.get_mut(index).and_then(|s| s.driver.as_mut()),
+            ) {
+                if let Some(service) = snapshot.take(&name) {
+                    driver.offer_gate_read(snapshot.taken_at, service);
+                }
+            }
+            queue.urgent.push_front(index);
         }
     }
 

@@ -38,7 +38,9 @@ use runner_updater_core::domain::desired::{
 };
 use runner_updater_core::domain::eligibility::Verdict;
 use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
-use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
+use runner_updater_core::domain::observed::{
+    observe, ObserveError, ServiceState, ATTEMPT_TAG, VERSION_TAG,
+};
 use runner_updater_core::domain::resume::consistency_wait;
 use runner_updater_core::domain::revision_search::{self, RevisionSearch, SearchStep};
 use runner_updater_core::domain::task_definition::TaskDefinition;
@@ -210,6 +212,12 @@ pub struct RunnerDriver {
     /// health gate's passes observe instead of reading it again (the gate does not act on
     /// the desired state; the pass after the attempt reads it afresh).
     desired_read: Option<BTreeMap<String, String>>,
+    /// The stacks as last read, likewise kept through an attempt for the health gate (which
+    /// does not judge them: they were updated, and checked, before the service).
+    stacks_read: Option<Vec<runner_updater_core::domain::observed::StackState>>,
+    /// The service as a gate read of the scheduler's saw it (when, what), for the next pass
+    /// of a runner in the health gate (see `offer_gate_read`).
+    gate_read: Option<(Millis, ServiceState)>,
     /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
     /// for).
     settles_at: Option<Millis>,
@@ -285,6 +293,8 @@ impl RunnerDriver {
             settle: Duration::from_secs(config.settle_secs),
             settle_seen: None,
             desired_read: None,
+            stacks_read: None,
+            gate_read: None,
             settles_at: None,
         }
     }
@@ -340,6 +350,23 @@ impl RunnerDriver {
         self.machine
             .as_ref()
             .map_or(Phase::Idle, |m| phase_of(m.state()))
+    }
+
+    /// Whether the runner is in the health gate (its rollout watched, soaking, or rolling
+    /// back): its passes read the service alone, which a gate read serves.
+    #[must_use]
+    pub fn in_gate(&self) -> bool {
+        matches!(
+            self.phase(),
+            Phase::AwaitingRollout | Phase::Soaking | Phase::RollingBack
+        )
+    }
+
+    /// Offers the service as the scheduler's gate read saw it at `taken_at`, for the next pass
+    /// (used when the runner is still in the gate then and the read is not older than its last
+    /// pass; otherwise its own read is made).
+    pub fn offer_gate_read(&mut self, taken_at: Millis, service: ServiceState) {
+        self.gate_read = Some((taken_at, service));
     }
 
     /// The last saved record.
@@ -459,6 +486,13 @@ impl RunnerDriver {
         }
         self.this_pass = PassState::default();
         let result = self.pass(report, view).await;
+        // What the pass kept for itself goes with it; the desired folder is kept only through
+        // an attempt (the health gate's reads), not at rest.
+        self.this_pass.fresh_observation = None;
+        if self.phase().is_resting() {
+            self.desired_read = None;
+            self.stacks_read = None;
+        }
         if resting && !self.this_pass.attempt_active && self.phase().is_resting() {
             self.trace_check();
         }

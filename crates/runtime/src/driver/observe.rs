@@ -34,17 +34,22 @@ impl RunnerDriver {
         &mut self,
         view: Option<RunnerSnapshot>,
     ) -> Result<Observation, DriverError> {
-        let in_gate = matches!(
-            self.phase(),
-            Phase::AwaitingRollout | Phase::Soaking | Phase::RollingBack
-        );
+        let in_gate = self.in_gate();
+        // A gate read is used once, by the pass that follows it, if no pass ended since.
+        let last_end = self.last_tick_end;
+        let gate_read = self
+            .gate_read
+            .take()
+            .filter(|(taken_at, _)| in_gate && last_end.is_none_or(|end| *taken_at >= end));
         let (desired_read, service_read, read_at) = if let Some(view) = view {
             self.this_pass.observed_cached = true;
             (view.desired, Some(view.service), view.taken_at)
         } else if let Some(kept) = self.desired_read.clone().filter(|_| in_gate) {
             // The health gate does not act on the desired state (a change is acted on once the
-            // attempt ends, from a fresh read): one SSM call fewer a gate pass.
-            (Ok(kept), None, self.ports.clock.now())
+            // attempt ends, from a fresh read): one SSM call fewer a gate pass. Its service
+            // comes from the scheduler's gate read when there was one.
+            let service = gate_read.map(|(_, service)| Ok(service));
+            (Ok(kept), service, self.ports.clock.now())
         } else {
             // The runner's folder: `desired/…` and the `release` document (the status record
             // and the lease, read past, are read by their own paths).
@@ -145,7 +150,10 @@ impl RunnerDriver {
             Err(e) => return Err(e),
         };
         let task_definition = self.task_definition(&state.task_definition_arn).await?;
-        let stacks = if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
+        let kept = self.stacks_read.clone().filter(|_| self.in_gate());
+        let stacks = if let Some(stacks) = kept {
+            stacks
+        } else if let Some(stacks) = self.cached_stacks(fingerprint.as_ref()) {
             self.this_pass.observed_cached = true;
             stacks
         } else {
@@ -159,6 +167,7 @@ impl RunnerDriver {
                     Err(e) => return Err(e),
                 }
             }
+            self.stacks_read = Some(stacks.clone());
             // Kept for the passes at rest to come; anything read under the lock is not,
             // and an attempt leaves no cache behind.
             self.stack_cache = match fingerprint {
