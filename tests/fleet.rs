@@ -526,3 +526,36 @@ async fn the_runners_in_the_health_gate_are_read_together_ten_services_a_call() 
             .collect::<Vec<_>>()
     );
 }
+
+/// The controller's own loop (`run`, not a round at a time): runners in the gate together are
+/// read together and passed, again and again, until every one is Done (found by the timed
+/// benchmark: the runners a gate read handed out were taken by the next gate read, never
+/// passed).
+#[tokio::test]
+async fn in_the_controller_s_loop_the_runners_read_together_in_the_gate_are_passed_to_the_end() {
+    let s = fleet(12);
+    for runner in &s.config.runners {
+        s.set_desired(&runner.name, "version", "2.14.0");
+    }
+    let mut scheduler = scheduler(&s, None);
+    let services = s.aws.ecs.faults.calls(AwsOp::DescribeServices);
+    let mut control = Recorder::new(&s, Duration::from_mins(15), None);
+    tokio::time::timeout(Duration::from_mins(1), scheduler.run(&mut control, None))
+        .await
+        .expect("the loop stops at its deadline");
+    assert!(
+        scheduler.drivers().all(|d| d.phase() == Phase::Done),
+        "{:?}",
+        scheduler
+            .drivers()
+            .map(RunnerDriver::phase)
+            .collect::<Vec<_>>()
+    );
+    // Fewer service reads than one a runner a pass: the gate's are shared.
+    let passes: u32 = control.passes.values().sum();
+    let read = s.aws.ecs.faults.calls(AwsOp::DescribeServices) - services;
+    assert!(
+        read < u64::from(passes),
+        "{read} DescribeServices for {passes} passes"
+    );
+}

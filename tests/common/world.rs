@@ -22,8 +22,16 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// on quickly.
 pub const ATTEMPT_TIMEOUT_SECS: u32 = 2;
 /// The lease of the tests that take a runner over after a crash or a freeze: the shortest the
-/// configuration accepts with the timeouts above.
+/// configuration accepts with the timeouts above, for one runner (a world of more runners gets
+/// the floor of its size: see `lease_floor`).
 pub const LEASE_SECS: u32 = 6;
+
+/// The shortest lease the configuration accepts in a world of `runners` runners: the active
+/// interval (1 s), two timed-out calls, and a pass at `max_concurrent_runners` (16) with one
+/// registration each at AWS's pace of one a second (the rate limits are out of the way).
+pub fn lease_floor(runners: usize) -> u32 {
+    1 + 2 * ATTEMPT_TIMEOUT_SECS + u32::try_from(runners.clamp(1, 16)).unwrap()
+}
 
 pub struct World {
     pub moto: Moto,
@@ -66,6 +74,7 @@ impl World {
         harness_env: &[(&str, &str)],
         runner_keys: impl Fn(&str) -> String,
     ) -> World {
+        let lease_secs = lease_secs.max(lease_floor(runners.len()));
         let dir = tempfile::tempdir().unwrap();
         let updates_log = dir.path().join("updates.log");
         let rollout = rollout_secs.to_string();

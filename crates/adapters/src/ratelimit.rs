@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use runner_updater_core::domain::Millis;
+use runner_updater_core::domain::{capacity, Millis};
 use runner_updater_ports::{
     ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, ParameterStore,
     PortError, StateTable,
@@ -20,16 +20,20 @@ use runner_updater_ports::{
 
 /// The ECS operations AWS limits more tightly than the family: (operation, sustained calls a
 /// second, burst), from the ECS API's request-throttling quotas (per account and region). The
-/// benchmark bounds a wave by them; the limiter does not hold them yet: a wait of its own for
-/// these would fall between the driver's fencing check and the call (issue 18: take the
-/// tokens before the check).
+/// ECS limiter holds them, each in a bucket of its own taken by `Ecs::pace`, which the driver
+/// asks before the fencing check of the mutation (a wait there never falls between the check
+/// and the call); the call itself then takes only its family's tokens.
 pub const ECS_OPERATION_LIMITS: [(runner_updater_ports::AwsOp, f64, f64); 2] = [
     (
         runner_updater_ports::AwsOp::RegisterTaskDefinition,
-        1.0,
-        20.0,
+        capacity::REGISTER_TASK_DEFINITION_PER_SEC,
+        capacity::REGISTER_TASK_DEFINITION_BURST,
     ),
-    (runner_updater_ports::AwsOp::UpdateService, 5.0, 5.0),
+    (
+        runner_updater_ports::AwsOp::UpdateService,
+        capacity::UPDATE_SERVICE_PER_SEC,
+        capacity::UPDATE_SERVICE_BURST,
+    ),
 ];
 
 /// Waits before a call can go this many times at most (a bound on every loop).
@@ -42,12 +46,32 @@ struct Bucket {
     rate: f64,
 }
 
-/// A token bucket for one API family.
+/// A token bucket for one API family, with one of its own for each operation AWS limits more
+/// tightly ([`ECS_OPERATION_LIMITS`]).
 pub struct Limiter {
     family: ApiFamily,
     configured: f64,
     bucket: Mutex<Bucket>,
+    /// (operation, its bucket, its burst).
+    operations: Vec<(runner_updater_ports::AwsOp, Mutex<Bucket>, f64)>,
     clock: Arc<dyn Clock>,
+}
+
+/// Takes `needed` tokens from `bucket` (holding at most `cap`), or says how long to wait.
+fn take(bucket: &Mutex<Bucket>, needed: f64, cap: f64, now: Millis) -> Option<Duration> {
+    let Ok(mut bucket) = bucket.lock() else {
+        return None; // a poisoned lock: let the call go rather than stall the fleet
+    };
+    let elapsed = now.since(bucket.last).as_secs_f64();
+    bucket.last = now;
+    bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(cap.max(needed));
+    if bucket.tokens >= needed {
+        bucket.tokens -= needed;
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        (needed - bucket.tokens) / bucket.rate,
+    ))
 }
 
 impl Limiter {
@@ -57,6 +81,18 @@ impl Limiter {
     #[must_use]
     pub(crate) fn new(family: ApiFamily, per_sec: u32, clock: Arc<dyn Clock>) -> Self {
         let rate = f64::from(per_sec.max(1));
+        let operations = ECS_OPERATION_LIMITS
+            .iter()
+            .filter(|(operation, _, _)| operation.family() == family)
+            .map(|&(operation, rate, burst)| {
+                let bucket = Bucket {
+                    tokens: burst,
+                    last: clock.now(),
+                    rate,
+                };
+                (operation, Mutex::new(bucket), burst)
+            })
+            .collect();
         Limiter {
             family,
             configured: rate,
@@ -65,7 +101,23 @@ impl Limiter {
                 last: clock.now(),
                 rate,
             }),
+            operations,
             clock,
+        }
+    }
+
+    /// Waits for `operation`'s own turn, when AWS limits it more tightly than the family (at
+    /// once otherwise).
+    pub async fn pace(&self, operation: runner_updater_ports::AwsOp) {
+        let Some((_, bucket, burst)) = self.operations.iter().find(|(op, _, _)| *op == operation)
+        else {
+            return;
+        };
+        for _ in 0..WAITS_MAX {
+            match take(bucket, 1.0, *burst, self.clock.now()) {
+                None => return,
+                Some(wait) => self.clock.sleep(wait.max(Duration::from_millis(1))).await,
+            }
         }
     }
 
@@ -82,22 +134,12 @@ impl Limiter {
         }
         let needed = f64::from(tokens);
         for _ in 0..WAITS_MAX {
-            let wait = {
-                let Ok(mut bucket) = self.bucket.lock() else {
-                    return; // a poisoned lock: let the call go rather than stall the fleet
-                };
-                let now = self.clock.now();
-                let elapsed = now.since(bucket.last).as_secs_f64();
-                bucket.last = now;
-                bucket.tokens =
-                    (bucket.tokens + elapsed * bucket.rate).min(bucket.rate.max(needed));
-                if bucket.tokens >= needed {
-                    bucket.tokens -= needed;
-                    return;
-                }
-                Duration::from_secs_f64((needed - bucket.tokens) / bucket.rate)
-            };
-            self.clock.sleep(wait.max(Duration::from_millis(1))).await;
+            // A second's worth of burst at the current rate.
+            let cap = self.bucket.lock().map_or(self.configured, |b| b.rate);
+            match take(&self.bucket, needed, cap, self.clock.now()) {
+                None => return,
+                Some(wait) => self.clock.sleep(wait.max(Duration::from_millis(1))).await,
+            }
         }
     }
 
@@ -143,6 +185,10 @@ impl Hooks for Limiter {
             Some(_) => {}
             None => self.succeeded(),
         }
+    }
+
+    async fn pace(&self, op: runner_updater_ports::AwsOp) {
+        Limiter::pace(self, op).await;
     }
 }
 
@@ -223,6 +269,37 @@ mod tests {
             (1_900..=2_100).contains(&waited.as_millis()),
             "waited {waited:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_operation_aws_limits_more_tightly_is_paced_by_a_bucket_of_its_own() {
+        let clock = SimClock::new(SIM_EPOCH);
+        let limiter = Limiter::new(ApiFamily::Ecs, 15, Arc::new(clock.clone()));
+        // RegisterTaskDefinition: a burst of 20, then 1 a second.
+        for _ in 0..30 {
+            limiter.pace(AwsOp::RegisterTaskDefinition).await;
+        }
+        let waited = clock.now().since(SIM_EPOCH);
+        assert!(
+            (9_900..=10_100).contains(&waited.as_millis()),
+            "waited {waited:?}"
+        );
+        // UpdateService: its own bucket (5, then 5 a second), the other's wait aside.
+        let before = clock.now();
+        for _ in 0..10 {
+            limiter.pace(AwsOp::UpdateService).await;
+        }
+        let waited = clock.now().since(before);
+        assert!(
+            (900..=1_100).contains(&waited.as_millis()),
+            "waited {waited:?}"
+        );
+        // Any other operation, and another family's limiter: no wait of its own.
+        let before = clock.now();
+        limiter.pace(AwsOp::DescribeServices).await;
+        let ssm = Limiter::new(ApiFamily::Ssm, 1, Arc::new(clock.clone()));
+        ssm.pace(AwsOp::RegisterTaskDefinition).await;
+        assert_eq!(clock.now(), before);
     }
 
     #[tokio::test]

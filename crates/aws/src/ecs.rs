@@ -327,6 +327,8 @@ fn service_state(
 
 #[async_trait]
 impl Ecs for AwsEcs {
+    async fn pace(&self, _op: AwsOp) {}
+
     async fn describe_service(
         &self,
         cluster: &str,

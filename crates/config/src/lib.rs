@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use runner_updater_core::domain::capacity::REGISTER_TASK_DEFINITION_PER_SEC;
 use runner_updater_core::domain::desired::RunnerPolicy;
 use runner_updater_core::domain::image::ImageRef;
 use runner_updater_core::domain::infra::ApprovalPolicy;
@@ -525,9 +526,19 @@ impl Config {
             .min(limits.cloudformation_per_sec)
             .max(1);
         let concurrent = self.max_concurrent_runners.min(self.runners.len().max(1));
-        (u64::try_from(concurrent).unwrap_or(u64::MAX))
+        let concurrent = u64::try_from(concurrent).unwrap_or(u64::MAX);
+        // A registration waits for AWS's own pace (one a second) before its fencing check:
+        // every pass of the round may be waiting for one.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )] // whole seconds of a small count
+        let registrations = (concurrent as f64 / REGISTER_TASK_DEFINITION_PER_SEC).ceil() as u64;
+        concurrent
             .saturating_mul(CALLS_PER_ACTIVE_PASS)
             .div_ceil(u64::from(slowest))
+            .max(registrations)
     }
 
     /// Warnings about a configuration that is valid but risky (logged at start).
@@ -835,7 +846,8 @@ mod tests {
     #[test]
     fn a_lease_that_cannot_cover_a_late_renewal_is_refused_and_a_short_one_warned() {
         // floor = active interval + 2 x operation timeout + a pass at max_concurrent_runners
-        // (runners x 8 calls / the slowest rate, rounded up).
+        // (runners x 8 calls / the slowest rate, rounded up; at least one registration each at
+        // AWS's pace of one a second).
         let runners = |n: usize| {
             (0..n)
                 .map(|i| format!("[[runners]]\nname = \"r{i}\"\ncluster = \"c\"\nservice = \"s{i}\"\nimage_repository = \"registry.example/r\"\n"))
@@ -849,7 +861,8 @@ mod tests {
             ("", 40, 10 + 60 + 16),
             ("max_concurrent_runners = 4\n", 16, 10 + 60 + 4),
             ("active_poll_interval_secs = 2\n[aws]\noperation_timeout_secs = 2\nattempt_timeout_secs = 1\n", 9, 2 + 4 + 9),
-            ("[rate_limits]\ncloudformation_per_sec = 64\n", 16, 10 + 60 + 9),
+            // Faster limiters: the registrations' pace (16 at 1/s) is the pass's bound.
+            ("[rate_limits]\ncloudformation_per_sec = 64\n", 16, 10 + 60 + 16),
         ] {
             let text = format!("lease_secs = 1000\n{settings}{}", runners(count));
             let config = Config::from_toml(&text).unwrap();

@@ -29,6 +29,9 @@ use runner_updater_adapters::sim::SimAws;
 use runner_updater_adapters::sim::SIM_EPOCH;
 use runner_updater_adapters::store::MemoryStore;
 use runner_updater_config::{Config, ConfigError};
+use runner_updater_core::domain::capacity::{
+    REGISTER_TASK_DEFINITION_BURST, REGISTER_TASK_DEFINITION_PER_SEC,
+};
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::create_fleet;
@@ -373,6 +376,11 @@ pub struct FleetFigures {
     pub wave_per_operation: BTreeMap<&'static str, f64>,
     /// The lower bound the rate limits put on the wave's calls.
     pub wave_rate_bound: Duration,
+    /// The wave measured on tokio's paused clock with rollouts, soak, the assumed latency and
+    /// the client-side limiters (`RegisterTaskDefinition`'s pace included), by the
+    /// controller's own loop (`Scheduler::run`): its time, and the same measure of one
+    /// runner's update (a rollout and its soak).
+    pub wave_measured: Option<(Duration, Duration)>,
     /// SSM parameters the fleet needs on the state table, and on the SSM store.
     pub ssm_parameters: (usize, usize),
 }
@@ -394,6 +402,14 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
     // rates put on the calls it made (on a fleet of its own, this one dropped first).
     let (pass_time, rate_bound) = timed_sweep(runners, assumptions).await?;
     let wave = WaveCalls::of(&wave_counts, runners, assumptions);
+    let wave_measured = if runners >= WAVE_TIMED_FROM {
+        Some((
+            timed_wave(runners, assumptions).await?,
+            timed_wave(1, assumptions).await?,
+        ))
+    } else {
+        None
+    };
     Ok(FleetFigures {
         runners,
         calls_per_runner: steady.calls_per_runner,
@@ -412,6 +428,7 @@ pub async fn measure(runners: usize, assumptions: Assumptions) -> Result<FleetFi
         wave_calls_per_runner: wave.per_runner,
         wave_per_operation: wave.per_operation,
         wave_rate_bound: wave.rate_bound,
+        wave_measured,
         ssm_parameters,
     })
 }
@@ -657,6 +674,121 @@ fn timed_sweep_on_paused_clock(
     })
 }
 
+/// The fleet sizes whose update wave is also measured on the paused clock (smaller ones are
+/// all burst).
+const WAVE_TIMED_FROM: usize = 1_000;
+
+/// An update wave measured: every runner asked for a new version at once, the controller's own
+/// loop (`Scheduler::run`, its gate reads and pacing included) on tokio's paused clock, every
+/// call taking the assumed latency and going through the client-side limiters at the assumed
+/// rates. The simulated world's clock follows tokio's (within 100 ms), so rollouts and soaks
+/// run while the calls wait. Returns the time until every runner is Done.
+///
+/// # Errors
+/// When the fleet cannot be built, a pass fails, the wave does not converge in a day of
+/// simulated time, or the thread dies.
+pub async fn timed_wave(runners: usize, assumptions: Assumptions) -> Result<Duration, BenchError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(timed_wave_on_paused_clock(runners, assumptions));
+    });
+    receiver
+        .await
+        .map_err(|_| BenchError::Run("the timed wave's thread died".to_owned()))?
+}
+
+fn timed_wave_on_paused_clock(
+    runners: usize,
+    assumptions: Assumptions,
+) -> Result<Duration, BenchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| BenchError::Run(e.to_string()))?;
+    runtime.block_on(async move {
+        let mut fleet = Fleet::new(runners, Some(assumptions))?;
+        // The world's clock follows tokio's.
+        let world = fleet.aws.clock.clone();
+        let origin = tokio::time::Instant::now();
+        let follower = tokio::spawn(async move {
+            let mut followed = Duration::ZERO;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let elapsed = origin.elapsed();
+                world.advance(elapsed.saturating_sub(followed));
+                followed = elapsed;
+            }
+        });
+        let rest = Duration::from_secs(fleet.config.poll_interval_secs);
+        // At rest first: records loaded, stacks read.
+        fleet.pass(true, Duration::ZERO).await?;
+        tokio::time::sleep(rest).await;
+        for runner in &fleet.config.runners {
+            fleet.aws.ssm.set(
+                &format!("{}/{}/desired/version", fleet.config.prefix, runner.name),
+                "2.14.0",
+            );
+        }
+        let started = tokio::time::Instant::now();
+        let mut control = WaveControl {
+            runners,
+            done: std::collections::HashSet::new(),
+            failure: None,
+            deadline: started + Duration::from_hours(24),
+        };
+        fleet.scheduler.run(&mut control, None).await;
+        follower.abort();
+        if let Some(failure) = control.failure {
+            return Err(BenchError::Run(failure));
+        }
+        if control.done.len() < runners {
+            return Err(BenchError::Run(format!(
+                "the timed wave did not converge in a day ({} of {runners} done)",
+                control.done.len()
+            )));
+        }
+        Ok(started.elapsed())
+    })
+}
+
+/// The controller's loop in the timed wave: waits on tokio's clock, stops once every runner is
+/// Done (or at the deadline), remembers the first failed pass.
+struct WaveControl {
+    runners: usize,
+    done: std::collections::HashSet<String>,
+    failure: Option<String>,
+    deadline: tokio::time::Instant,
+}
+
+impl Control for WaveControl {
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            if self.done.len() >= self.runners
+                || self.failure.is_some()
+                || tokio::time::Instant::now() >= self.deadline
+            {
+                return Wake::Stop;
+            }
+            tokio::time::sleep(timeout.max(Duration::from_millis(1))).await;
+            Wake::Timeout
+        })
+    }
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        if let Err(error) = result {
+            self.failure
+                .get_or_insert_with(|| format!("{}: {error}", driver.runner()));
+        }
+        if driver.at_rest()
+            && driver
+                .record()
+                .is_some_and(|r| r.phase == Phase::Done.name())
+        {
+            self.done.insert(driver.runner().to_owned());
+        }
+    }
+}
+
 /// Time from a restart (the record of an attempt in flight loaded, the dead process's lease
 /// taken over) to its first resumed action, on the simulated AWS (no AWS latency): the
 /// controller's own share.
@@ -836,6 +968,19 @@ fn render_wave(out: &mut String, f: &FleetFigures, assumptions: &Assumptions) {
             f.concurrent,
             wave_latency
         );
+    if let Some((measured, one)) = f.wave_measured {
+        let register = (f.runners as f64 - REGISTER_TASK_DEFINITION_BURST).max(0.0)
+            / REGISTER_TASK_DEFINITION_PER_SEC;
+        let ideal = register.max(one.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "  update wave measured (the controller's loop on the paused clock: rollouts, soak, {} ms a call, the limiters and RegisterTaskDefinition's pace): {:.0} s; RegisterTaskDefinition's bound {register:.0} s, one runner's update {:.0} s; ratio to the larger {:.2}   (target: <= 1.1)",
+            assumptions.latency.as_millis(),
+            measured.as_secs_f64(),
+            one.as_secs_f64(),
+            measured.as_secs_f64() / ideal.max(f64::MIN_POSITIVE)
+        );
+    }
     let mut heaviest: Vec<(&&str, &f64)> = f.wave_per_operation.iter().collect();
     heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
     let parts: Vec<String> = heaviest
@@ -844,4 +989,15 @@ fn render_wave(out: &mut String, f: &FleetFigures, assumptions: &Assumptions) {
         .map(|(operation, per)| format!("{operation} {per:.1}"))
         .collect();
     let _ = writeln!(out, "    per runner: {}", parts.join(", "));
+}
+
+#[cfg(test)]
+mod wave_tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_wave_of_a_few_runners_converges() {
+        let took = timed_wave_on_paused_clock(3, Assumptions::default()).unwrap();
+        assert!(took < Duration::from_hours(1), "{took:?}");
+    }
 }

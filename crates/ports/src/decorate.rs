@@ -16,9 +16,9 @@ use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 
 use crate::{
-    walk_pages, ChangeSetRequest, CloudFormation, Ecs, LeaseCondition, LeaseFields, Parameter,
-    ParameterPage, ParameterStore, PortCall, PortError, RecordCondition, StateItem, StatePage,
-    StateTable, TaskDefinitionPage, TemplateSummary,
+    walk_pages, AwsOp, ChangeSetRequest, CloudFormation, Ecs, LeaseCondition, LeaseFields,
+    Parameter, ParameterPage, ParameterStore, PortCall, PortError, RecordCondition, StateItem,
+    StatePage, StateTable, TaskDefinitionPage, TemplateSummary,
 };
 
 /// What a call is about, for the hooks that audit it.
@@ -76,6 +76,11 @@ pub trait Hooks: Send + Sync {
     async fn before(&self, call: &Call<'_>);
     /// After it answered: `failed` is its error, if it failed.
     async fn after(&self, call: &Call<'_>, failed: Option<&PortError>);
+    /// `op`'s turn at the pace AWS allows it (`Ecs::pace`): a rate limit of its own waits here;
+    /// any other hook has nothing to do.
+    async fn pace(&self, op: AwsOp) {
+        let _ = op;
+    }
 }
 
 #[async_trait]
@@ -85,6 +90,9 @@ impl<H: Hooks + ?Sized> Hooks for Arc<H> {
     }
     async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
         (**self).after(call, failed).await;
+    }
+    async fn pace(&self, op: AwsOp) {
+        (**self).pace(op).await;
     }
 }
 
@@ -155,6 +163,10 @@ impl<H: Hooks> ParameterStore for Decorated<dyn ParameterStore, H> {
 
 #[async_trait]
 impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
+    async fn pace(&self, op: AwsOp) {
+        self.hooks.pace(op).await;
+        self.inner.pace(op).await;
+    }
     async fn describe_service(
         &self,
         cluster: &str,

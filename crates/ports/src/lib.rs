@@ -166,6 +166,12 @@ pub struct TaskDefinitionPage {
 /// wraps — the simulation once read services with their tasks at rest that way).
 #[async_trait]
 pub trait Ecs: Send + Sync {
+    /// Waits for `op`'s turn at the pace AWS allows it, where AWS limits it more tightly than
+    /// ECS's other calls (`RegisterTaskDefinition` 1 a second, `UpdateService` 5: see the rate
+    /// limiter). Asked by the driver *before* the fencing check of the mutation it is about to
+    /// make, so that no wait of the limiter's falls between that check and the call; the call
+    /// then goes without waiting for it again. Not a call to AWS: at once without a limiter.
+    async fn pace(&self, op: AwsOp);
     /// The service with its deployments and tasks.
     async fn describe_service(
         &self,

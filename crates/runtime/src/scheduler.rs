@@ -77,20 +77,23 @@ type Pass = Pin<Box<dyn Future<Output = (usize, RunnerDriver, Result<TickReport,
 /// sweep's runners at rest.
 #[derive(Default)]
 struct Queue {
+    /// Runners in the health gate whose service a gate read just handed them.
+    read: VecDeque<usize>,
     urgent: VecDeque<usize>,
     sweep: VecDeque<(usize, Option<RunnerSnapshot>)>,
 }
 
 impl Queue {
     fn pop(&mut self) -> Option<(usize, Option<RunnerSnapshot>)> {
-        self.urgent
+        self.read
             .pop_front()
+            .or_else(|| self.urgent.pop_front())
             .map(|index| (index, None))
             .or_else(|| self.sweep.pop_front())
     }
 
     fn is_empty(&self) -> bool {
-        self.urgent.is_empty() && self.sweep.is_empty()
+        self.read.is_empty() && self.urgent.is_empty() && self.sweep.is_empty()
     }
 }
 
@@ -489,7 +492,8 @@ impl Scheduler {
                     driver.offer_gate_read(snapshot.taken_at, service);
                 }
             }
-            queue.urgent.push_front(index);
+            // Not among the urgent ones: those are what the next gate read takes.
+            queue.read.push_front(index);
         }
     }
 

@@ -796,6 +796,8 @@ fn read_service(
 
 #[async_trait]
 impl Ecs for SimEcs {
+    async fn pace(&self, _op: AwsOp) {}
+
     async fn describe_service(
         &self,
         cluster: &str,

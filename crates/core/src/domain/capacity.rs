@@ -22,6 +22,16 @@ pub const NEAR_SHARE_PERCENT: usize = 80;
 /// and, during a takeover, the one being replaced.
 pub const LEASE_PARAMETERS_PER_RUNNER: usize = 2;
 
+/// ECS's request-throttling quota of `RegisterTaskDefinition`, per account and region: calls a
+/// second sustained, and burst. The bound of any large update wave (one registration a runner).
+pub const REGISTER_TASK_DEFINITION_PER_SEC: f64 = 1.0;
+/// Burst of `RegisterTaskDefinition`.
+pub const REGISTER_TASK_DEFINITION_BURST: f64 = 20.0;
+/// ECS's request-throttling quota of `UpdateService`, per account and region.
+pub const UPDATE_SERVICE_PER_SEC: f64 = 5.0;
+/// Burst of `UpdateService`.
+pub const UPDATE_SERVICE_BURST: f64 = 5.0;
+
 /// What the fleet needs of Parameter Store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParameterNeed {

@@ -230,6 +230,9 @@ impl RunnerDriver {
             (RUNNER_TAG.to_owned(), self.runner.name.clone()),
         ]);
         let container = &self.runner.container;
+        // AWS's pace for registrations (1 a second) first, then the fence: no wait between
+        // the check and the call.
+        self.ports.ecs.pace(AwsOp::RegisterTaskDefinition).await;
         if let Some(refused) = self.fence().await {
             return Ok(refused);
         }
@@ -329,6 +332,7 @@ impl RunnerDriver {
                 return Ok(event);
             }
         }
+        ecs.pace(AwsOp::UpdateService).await;
         if let Some(refused) = self.fence().await {
             return Ok(refused);
         }
@@ -612,6 +616,7 @@ impl RunnerDriver {
             .get(ATTEMPT_TAG)
             .is_some_and(|tag| tag == attempt_id);
         if !made && ours {
+            self.ports.ecs.pace(AwsOp::UpdateService).await;
             if let Some(refused) = self.fence().await {
                 return Ok(refused);
             }
