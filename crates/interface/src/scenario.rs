@@ -24,7 +24,7 @@ pub fn fleet_config(runners: usize, clusters: usize, stacks_every: usize) -> Str
     use std::fmt::Write as _;
     let width = runners.saturating_sub(1).to_string().len().max(2);
     let mut text = String::from(
-        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\nlease_secs = 120\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
+        "prefix = \"/runner-updater\"\npoll_interval_secs = 60\nactive_poll_interval_secs = 10\n[state_store]\nbackend = \"ssm\"\n[health]\nsoak_secs = 60\n",
     );
     for index in 0..runners {
         let name = format!("runner-{index:0width$}");
