@@ -861,6 +861,40 @@ async fn the_task_definition_clone_keeps_every_field_on_moto() {
     );
 }
 
+/// A service update only over the deployments the caller saw: one it did not see refuses it (a
+/// foreign writer), nothing changed. Returns the deployments there are.
+async fn only_over_contract(ecs: &dyn Ecs, base: &str, new: &str, who: &str) -> Vec<String> {
+    // Only over the baseline: a deployment the caller did not see refuses the update (a
+    // foreign writer), nothing changed; over the deployments there are, it is made.
+    let seen: Vec<String> = ecs
+        .describe_service_without_tasks("runners", "runner-a")
+        .await
+        .unwrap()
+        .deployments
+        .iter()
+        .map(|d| d.id.clone())
+        .collect();
+    let refused = ecs
+        .update_service(
+            "runners",
+            "runner-a",
+            new,
+            Some(&["ecs-svc/other".to_owned()]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Conflict, "{who}: {refused}");
+    assert_eq!(
+        ecs.describe_service_without_tasks("runners", "runner-a")
+            .await
+            .unwrap()
+            .task_definition_arn,
+        base,
+        "{who}: nothing changed"
+    );
+    seen
+}
+
 async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
     let service = ecs.describe_service("runners", "runner-a").await.unwrap();
     assert_eq!(service.task_definition_arn, base, "{who}");
@@ -940,8 +974,9 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         .await
         .unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Permanent, "{who}: {refused}");
+    let seen = only_over_contract(ecs, base, &new, who).await;
     let deployment = ecs
-        .update_service("runners", "runner-a", &new)
+        .update_service("runners", "runner-a", &new, Some(&seen))
         .await
         .unwrap();
     let service = ecs.describe_service("runners", "runner-a").await.unwrap();

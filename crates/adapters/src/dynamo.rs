@@ -98,12 +98,17 @@ impl Lock for DynamoLease {
                 .saturating_sub(u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(0))
                 .saturating_add(1),
         );
-        if let Some(epoch) = self
+        match self
             .table
             .take_free_lease(runner, holder, now.after(ttl), free_before)
-            .await?
+            .await
         {
-            return Ok(LockOutcome::Acquired { epoch });
+            Ok(Some(epoch)) => return Ok(LockOutcome::Acquired { epoch }),
+            // A transient failure is the take's answer (retried next pass).
+            Err(error) if error.is_transient() => return Err(error),
+            // Not free; or refused otherwise (an item whose lease attributes are not numbers:
+            // DynamoDB refuses the arithmetic): the read below decides, and names it.
+            Ok(None) | Err(_) => {}
         }
         let current = self.lease(runner).await?;
         let (epoch, condition) = match current {

@@ -1,8 +1,9 @@
 //! Client-side rate limits: one token bucket per AWS API family (SSM, ECS, CloudFormation),
 //! shared by every runner, in front of the SDK adapters.
 //!
-//! The bucket refills at the configured rate (a second's worth of burst); a call waits for its
-//! tokens through the `Clock` port. When AWS throttles anyway, the rate is halved (down to a
+//! The bucket refills at the configured rate (a second's worth of burst); a call reserves its
+//! tokens at once and waits, once, through the `Clock` port, for its place: callers are served
+//! in the order they asked. When AWS throttles anyway, the rate is halved (down to a
 //! sixteenth of the configured one), and it grows back by a twentieth of it per successful
 //! call: the controller slows down instead of retrying harder (the SDK's adaptive retry mode
 //! does the same per client).
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use runner_updater_core::domain::{capacity, Millis};
 use runner_updater_ports::{
     ApiFamily, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, ParameterStore,
-    PortError, StateTable,
+    PortCall, PortError, StateTable,
 };
 
 /// The ECS operations AWS limits more tightly than the family: (operation, sustained calls a
@@ -36,9 +37,6 @@ pub const ECS_OPERATION_LIMITS: [(runner_updater_ports::AwsOp, f64, f64); 2] = [
     ),
 ];
 
-/// Waits before a call can go this many times at most (a bound on every loop).
-const WAITS_MAX: u32 = 1_000;
-
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -54,10 +52,25 @@ pub struct Limiter {
     bucket: Mutex<Bucket>,
     /// (operation, its bucket, its burst).
     operations: Vec<(runner_updater_ports::AwsOp, Mutex<Bucket>, f64)>,
+    /// Calls of those operations whose family tokens `pace` took already: the call goes
+    /// without waiting for them again (a token taken is a token taken, whichever call of the
+    /// operation uses it).
+    prepaid: Mutex<Vec<(runner_updater_ports::AwsOp, u32)>>,
     clock: Arc<dyn Clock>,
 }
 
-/// Takes `needed` tokens from `bucket` (holding at most `cap`), or says how long to wait.
+/// The port call that makes `operation` (the two AWS paces more tightly).
+fn port_call_of(operation: runner_updater_ports::AwsOp) -> Option<PortCall> {
+    match operation {
+        runner_updater_ports::AwsOp::RegisterTaskDefinition => Some(PortCall::RegisterClone),
+        runner_updater_ports::AwsOp::UpdateService => Some(PortCall::UpdateService),
+        _ => None,
+    }
+}
+
+/// Reserves `needed` tokens from `bucket` (holding at most `cap`) and says how long to wait
+/// for them: a bucket in debt serves its callers in the order they asked (each waits once,
+/// for its own place in the queue), so no caller can lose a race for tokens again and again.
 fn take(bucket: &Mutex<Bucket>, needed: f64, cap: f64, now: Millis) -> Option<Duration> {
     let Ok(mut bucket) = bucket.lock() else {
         return None; // a poisoned lock: let the call go rather than stall the fleet
@@ -65,13 +78,8 @@ fn take(bucket: &Mutex<Bucket>, needed: f64, cap: f64, now: Millis) -> Option<Du
     let elapsed = now.since(bucket.last).as_secs_f64();
     bucket.last = now;
     bucket.tokens = (bucket.tokens + elapsed * bucket.rate).min(cap.max(needed));
-    if bucket.tokens >= needed {
-        bucket.tokens -= needed;
-        return None;
-    }
-    Some(Duration::from_secs_f64(
-        (needed - bucket.tokens) / bucket.rate,
-    ))
+    bucket.tokens -= needed;
+    (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / bucket.rate))
 }
 
 impl Limiter {
@@ -102,22 +110,45 @@ impl Limiter {
                 rate,
             }),
             operations,
+            prepaid: Mutex::new(Vec::new()),
             clock,
         }
     }
 
     /// Waits for `operation`'s own turn, when AWS limits it more tightly than the family (at
-    /// once otherwise).
+    /// once otherwise), then for the family's tokens of the call that makes it: that call then
+    /// goes without waiting (no wait of this limiter falls between the caller's fencing check
+    /// and the call).
     pub async fn pace(&self, operation: runner_updater_ports::AwsOp) {
-        let Some((_, bucket, burst)) = self.operations.iter().find(|(op, _, _)| *op == operation)
-        else {
+        let (Some((_, bucket, burst)), Some(call)) = (
+            self.operations.iter().find(|(op, _, _)| *op == operation),
+            port_call_of(operation),
+        ) else {
             return;
         };
-        for _ in 0..WAITS_MAX {
-            match take(bucket, 1.0, *burst, self.clock.now()) {
-                None => return,
-                Some(wait) => self.clock.sleep(wait.max(Duration::from_millis(1))).await,
+        if let Some(wait) = take(bucket, 1.0, *burst, self.clock.now()) {
+            self.clock.sleep(wait).await;
+        }
+        self.acquire(call.weight()).await;
+        if let Ok(mut prepaid) = self.prepaid.lock() {
+            match prepaid.iter_mut().find(|(op, _)| *op == operation) {
+                Some((_, credits)) => *credits += 1,
+                None => prepaid.push((operation, 1)),
             }
+        }
+    }
+
+    /// Uses a call's prepaid tokens, if `pace` took them.
+    fn prepaid(&self, operation: runner_updater_ports::AwsOp) -> bool {
+        let Ok(mut prepaid) = self.prepaid.lock() else {
+            return false;
+        };
+        match prepaid.iter_mut().find(|(op, _)| *op == operation) {
+            Some((_, credits)) if *credits > 0 => {
+                *credits -= 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -132,14 +163,10 @@ impl Limiter {
         if tokens == 0 {
             return;
         }
-        let needed = f64::from(tokens);
-        for _ in 0..WAITS_MAX {
-            // A second's worth of burst at the current rate.
-            let cap = self.bucket.lock().map_or(self.configured, |b| b.rate);
-            match take(&self.bucket, needed, cap, self.clock.now()) {
-                None => return,
-                Some(wait) => self.clock.sleep(wait.max(Duration::from_millis(1))).await,
-            }
+        // A second's worth of burst at the current rate.
+        let cap = self.bucket.lock().map_or(self.configured, |b| b.rate);
+        if let Some(wait) = take(&self.bucket, f64::from(tokens), cap, self.clock.now()) {
+            self.clock.sleep(wait).await;
         }
     }
 
@@ -176,6 +203,9 @@ pub fn is_throttling(error: &PortError) -> bool {
 impl Hooks for Limiter {
     async fn before(&self, call: &Call<'_>) {
         debug_assert_eq!(call.port.family(), self.family, "{call:?}");
+        if port_call_of(call.port.op()) == Some(call.port) && self.prepaid(call.port.op()) {
+            return;
+        }
         self.acquire(call.port.weight()).await;
     }
 
@@ -294,6 +324,20 @@ mod tests {
             (900..=1_100).contains(&waited.as_millis()),
             "waited {waited:?}"
         );
+        // The calls paced go without waiting again: their family tokens were taken.
+        let before = clock.now();
+        let call = Call {
+            port: PortCall::UpdateService,
+            target: Target::ServiceUpdate {
+                cluster: "c",
+                service: "s",
+                task_definition_arn: "td:1",
+            },
+        };
+        for _ in 0..10 {
+            Hooks::before(&limiter, &call).await;
+        }
+        assert_eq!(clock.now(), before, "prepaid");
         // Any other operation, and another family's limiter: no wait of its own.
         let before = clock.now();
         limiter.pace(AwsOp::DescribeServices).await;
@@ -353,7 +397,7 @@ mod tests {
         }
         assert_eq!(aws.clock.now(), start, "an empty batch waits for nothing");
         for _ in 0..3 {
-            let _ = ecs.update_service("c", "missing", "td:1").await;
+            let _ = ecs.update_service("c", "missing", "td:1", None).await;
         }
         // 1 token in the bucket, then 5 more at 1/s (the first waits for its second token).
         let waited = aws.clock.now().since(start);

@@ -470,12 +470,32 @@ impl Ecs for AwsEcs {
         cluster: &str,
         service: &str,
         task_definition_arn: &str,
+        only_over: Option<&[String]>,
     ) -> Result<String, PortError> {
         // Keep the service's deployment configuration (min/max percent, alarms, …); only make sure
         // the circuit breaker is on with rollback.
         let current = self
             .describe_services_raw(cluster, &[service.to_owned()])
             .await?;
+        if let Some(expected) = only_over {
+            let appeared = current
+                .services()
+                .first()
+                .into_iter()
+                .flat_map(aws_sdk_ecs::types::Service::deployments)
+                .find(|d| !expected.iter().any(|id| Some(id.as_str()) == d.id()));
+            if let Some(d) = appeared {
+                return Err(PortError::new(
+                    ErrorKind::Conflict,
+                    AwsOp::UpdateService,
+                    format!(
+                        "deployment {} of {} appeared on the service outside this attempt",
+                        d.id().unwrap_or("?"),
+                        d.task_definition().unwrap_or("?")
+                    ),
+                ));
+            }
+        }
         let configuration = current
             .services()
             .first()

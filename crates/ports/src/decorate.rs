@@ -266,6 +266,7 @@ impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
         cluster: &str,
         service: &str,
         task_definition_arn: &str,
+        only_over: Option<&[String]>,
     ) -> Result<String, PortError> {
         let call = Call {
             port: PortCall::UpdateService,
@@ -278,7 +279,7 @@ impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
         self.around(
             call,
             self.inner
-                .update_service(cluster, service, task_definition_arn),
+                .update_service(cluster, service, task_definition_arn, only_over),
         )
         .await
     }

@@ -168,9 +168,11 @@ pub struct TaskDefinitionPage {
 pub trait Ecs: Send + Sync {
     /// Waits for `op`'s turn at the pace AWS allows it, where AWS limits it more tightly than
     /// ECS's other calls (`RegisterTaskDefinition` 1 a second, `UpdateService` 5: see the rate
-    /// limiter). Asked by the driver *before* the fencing check of the mutation it is about to
-    /// make, so that no wait of the limiter's falls between that check and the call; the call
-    /// then goes without waiting for it again. Not a call to AWS: at once without a limiter.
+    /// limiter), and for the family's tokens of the call that makes it. Asked by the driver
+    /// *before* the fencing check of the mutation it is about to make, so that no wait of the
+    /// limiter's falls between that check and the call; the call then goes without waiting
+    /// (the adapter's own read before it, if it makes one, still does). Not a call to AWS: at
+    /// once without a limiter.
     async fn pace(&self, op: AwsOp);
     /// The service with its deployments and tasks.
     async fn describe_service(
@@ -224,12 +226,17 @@ pub trait Ecs: Send + Sync {
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError>;
     /// Points the service at a task definition with the circuit breaker (rollback on); returns
-    /// the id of the new PRIMARY deployment.
+    /// the id of the new PRIMARY deployment. With `only_over`, the update is made only while
+    /// every deployment of the service is one of those (the attempt's baseline): a deployment
+    /// that appeared since (a foreign writer) refuses it with `ErrorKind::Conflict`, nothing
+    /// changed. Against AWS the check is on the read of the service the adapter makes anyway
+    /// (for its deployment configuration): no call of its own.
     async fn update_service(
         &self,
         cluster: &str,
         service: &str,
         task_definition_arn: &str,
+        only_over: Option<&[String]>,
     ) -> Result<String, PortError>;
 }
 

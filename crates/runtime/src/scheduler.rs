@@ -482,7 +482,7 @@ impl Scheduler {
         runners: Vec<usize>,
         queue: &mut Queue,
     ) {
-        for index in runners.into_iter().rev() {
+        for index in runners {
             let name = self.name_of(index);
             if let (Some(name), Some(driver)) = (
                 name,
@@ -492,8 +492,9 @@ impl Scheduler {
                     driver.offer_gate_read(snapshot.taken_at, service);
                 }
             }
-            // Not among the urgent ones: those are what the next gate read takes.
-            queue.read.push_front(index);
+            // Not among the urgent ones: those are what the next gate read takes. In the order
+            // they became due, after those an earlier gate read handed out.
+            queue.read.push_back(index);
         }
     }
 

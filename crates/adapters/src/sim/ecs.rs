@@ -959,8 +959,28 @@ impl Ecs for SimEcs {
         cluster: &str,
         service: &str,
         task_definition_arn: &str,
+        only_over: Option<&[String]>,
     ) -> Result<String, PortError> {
         self.faults.mutate(AwsOp::UpdateService, || {
+            if let Some(expected) = only_over {
+                let now = self.clock.now();
+                let mut world = guard(&self.world, AwsOp::UpdateService)?;
+                let key = (cluster.to_owned(), service.to_owned());
+                world.advance(&key, now);
+                let appeared = world.services.get(&key).and_then(|svc| {
+                    svc.deployments
+                        .iter()
+                        .find(|d| !expected.contains(&d.id))
+                        .map(|d| (d.id.clone(), d.task_definition_arn.clone()))
+                });
+                if let Some((id, theirs)) = appeared {
+                    return Err(PortError::new(
+                        ErrorKind::Conflict,
+                        AwsOp::UpdateService,
+                        format!("deployment {id} of {theirs} appeared on the service outside this attempt"),
+                    ));
+                }
+            }
             self.update_service_as(cluster, service, task_definition_arn, "controller")
         })
     }

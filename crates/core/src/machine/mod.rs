@@ -1132,7 +1132,16 @@ impl RunnerMachine {
         let Event::Observed(observation) = &input.event else {
             return Super;
         };
-        let status = self.gate_status(gate, observation);
+        let mut status = self.gate_status(gate, observation);
+        let unconfirmed = observation
+            .observed
+            .as_ref()
+            .is_ok_and(|o| o.has_health_check && o.service.tasks.is_none());
+        if status == GateStatus::Healthy && unconfirmed {
+            // Health-checked containers are confirmed HEALTHY on their tasks on the way into
+            // the soak (the driver reads them: `gate_needs_tasks`); a read without them waits.
+            status = GateStatus::Waiting("the tasks' health is not read yet".to_owned());
+        }
         match status {
             GateStatus::Healthy => Transition(State::soaking(
                 gate.clone(),
@@ -2086,14 +2095,23 @@ pub fn run_of(state: &State) -> Option<&Run> {
 ///   running ones reported UNHEALTHY);
 /// - a completed deployment short of its tasks (a task of the new revision went away after it
 ///   ran: ECS's counts show it, its reason is on the task);
+/// - a rollout in progress whose running tasks are fewer than at the gate's previous read
+///   (`previous_running`: a task stopped after it ran — ECS's `failedTasks` does not count a
+///   task that crashes once running, so its stopped tasks are the only evidence; they stay
+///   listed for about an hour, so a read then counts every one so far);
 /// - a deployment that claims completion while the gate still awaits it, with health-checked
 ///   containers: its tasks confirm they are HEALTHY once, on the way into the soak.
 ///
-/// Nothing else does: a rollout in progress, a soak whose counts hold, a deployment the circuit
-/// breaker failed, a service on another task definition (foreign, or rolled back) are all
-/// judged from the service alone.
+/// Nothing else does: a rollout in progress whose running tasks hold or grow, a soak whose
+/// counts hold, a deployment the circuit breaker failed, a service on another task definition
+/// (foreign, or rolled back) are all judged from the service alone.
 #[must_use]
-pub fn gate_needs_tasks(state: &State, service: &ServiceState, has_health_check: bool) -> bool {
+pub fn gate_needs_tasks(
+    state: &State,
+    service: &ServiceState,
+    has_health_check: bool,
+    previous_running: Option<u32>,
+) -> bool {
     let (gate, soaking) = match state {
         State::AwaitingRollout { gate } => (gate, false),
         State::Soaking { gate, .. } => (gate, true),
@@ -2108,10 +2126,21 @@ pub fn gate_needs_tasks(state: &State, service: &ServiceState, has_health_check:
     match ours.rollout_state {
         RolloutState::Failed => false,
         _ if ours.failed_tasks > 0 => true,
-        RolloutState::InProgress => false,
+        RolloutState::InProgress => previous_running.is_some_and(|was| ours.running_count < was),
         RolloutState::Completed => {
             ours.running_count < ours.desired_count || (has_health_check && !soaking)
         }
+    }
+}
+
+/// The deployment the health gate watches, in a gate state.
+#[must_use]
+pub fn gate_deployment(state: &State) -> Option<&str> {
+    match state {
+        State::AwaitingRollout { gate } | State::Soaking { gate, .. } => {
+            Some(gate.deployment_id.as_str())
+        }
+        _ => None,
     }
 }
 

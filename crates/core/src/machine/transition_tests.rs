@@ -609,7 +609,7 @@ fn infrastructure_goes_first_and_a_failed_stack_update_ends_the_attempt() {
 fn the_gate_reads_tasks_only_when_something_calls_for_them() {
     let mut drive = Drive::to_the_gate();
     let needs = |drive: &Drive, service: &ServiceState, health_check: bool| {
-        gate_needs_tasks(drive.machine.state(), service, health_check)
+        gate_needs_tasks(drive.machine.state(), service, health_check, None)
     };
     let in_progress = ours(RolloutState::InProgress, 0);
     let completed = ours(RolloutState::Completed, 0);
@@ -617,6 +617,23 @@ fn the_gate_reads_tasks_only_when_something_calls_for_them() {
     short.deployments[0].running_count = 0;
     // Awaiting the rollout.
     assert!(!needs(&drive, &in_progress, true), "a rollout in progress");
+    // A rollout in progress that lost a running task since the gate's previous read: a task
+    // crashed after it ran (ECS's failedTasks does not count it).
+    let mut one_running = in_progress.clone();
+    one_running.deployments[0].running_count = 1;
+    let state = drive.machine.state();
+    assert!(
+        gate_needs_tasks(state, &in_progress, false, Some(1)),
+        "a task gone"
+    );
+    assert!(
+        !gate_needs_tasks(state, &one_running, false, Some(1)),
+        "running holds"
+    );
+    assert!(
+        !gate_needs_tasks(state, &one_running, false, Some(0)),
+        "running grows"
+    );
     assert!(
         needs(&drive, &ours(RolloutState::InProgress, 1), false),
         "failed tasks: the fail-fast count wants the evidence"
@@ -680,9 +697,17 @@ fn a_soak_read_without_tasks_stays_healthy_with_health_checks() {
             .phase,
         Phase::Soaking
     );
-    // Not into the soak on a read without tasks either way: tasks unread are not a verdict
-    // (the driver reads them here), but neither are they healthy ones.
+    // Not into the soak on a read without tasks: with health checks, completion is confirmed
+    // on the tasks (the driver reads them here).
     let mut drive = Drive::to_the_gate();
+    assert_eq!(
+        drive
+            .send(with_health_check(ours(RolloutState::Completed, 0)))
+            .phase,
+        Phase::AwaitingRollout,
+        "tasks not read: waiting"
+    );
+    // Nor on tasks that are not HEALTHY.
     let mut unhealthy = ours(RolloutState::Completed, 0);
     unhealthy.tasks = Some(vec![Task {
         task_definition_arn: NEW.to_owned(),

@@ -230,7 +230,7 @@ impl RunnerDriver {
             (RUNNER_TAG.to_owned(), self.runner.name.clone()),
         ]);
         let container = &self.runner.container;
-        // AWS's pace for registrations (1 a second) first, then the fence: no wait between
+        // AWS's pace for registrations (1 a second) first, then the fence: no limiter's wait between
         // the check and the call.
         self.ports.ecs.pace(AwsOp::RegisterTaskDefinition).await;
         if let Some(refused) = self.fence().await {
@@ -312,9 +312,9 @@ impl RunnerDriver {
         let (cluster, service) = (&self.runner.cluster, &self.runner.service);
         let ecs = &self.ports.ecs;
         // A first call (its state entered in this pass, nothing called since) has nothing to
-        // find: the service was read at the start of this pass's attempt, and a deployment
-        // appearing since is the gate's to see (a foreign writer) as it would be a moment
-        // after any read. Otherwise the call may have been made: read before calling again.
+        // find, and a deployment that appeared since the service was read refuses the update
+        // itself (`only_over` below). Otherwise the call may have been made: read before
+        // calling again.
         let state = if first_call {
             None
         } else {
@@ -338,8 +338,10 @@ impl RunnerDriver {
         }
         // Not retried here: a lost answer comes back next pass, and the baseline check above
         // finds the deployment instead of updating twice.
+        // Only over the baseline: a deployment that appeared since the service was read (a
+        // foreign writer) refuses the update, on the read the adapter makes anyway.
         let deployment_id = ecs
-            .update_service(cluster, service, task_definition_arn)
+            .update_service(cluster, service, task_definition_arn, Some(baseline_ids))
             .await?;
         Ok(Event::ServiceUpdated { deployment_id })
     }
@@ -623,7 +625,7 @@ impl RunnerDriver {
             let (cluster, service) = (&self.runner.cluster, &self.runner.service);
             self.ports
                 .ecs
-                .update_service(cluster, service, task_definition_arn)
+                .update_service(cluster, service, task_definition_arn, None)
                 .await?;
         }
         Ok(Event::RollbackStarted)

@@ -218,6 +218,9 @@ pub struct RunnerDriver {
     /// The service as a gate read of the scheduler's saw it (when, what), for the next pass
     /// of a runner in the health gate (see `offer_gate_read`).
     gate_read: Option<(Millis, ServiceState)>,
+    /// The health gate's deployment and its running tasks at the gate's last read: a drop is a
+    /// task that stopped after it ran (see `gate_needs_tasks`).
+    gate_running: Option<(String, u32)>,
     /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
     /// for).
     settles_at: Option<Millis>,
@@ -295,6 +298,7 @@ impl RunnerDriver {
             desired_read: None,
             stacks_read: None,
             gate_read: None,
+            gate_running: None,
             settles_at: None,
         }
     }

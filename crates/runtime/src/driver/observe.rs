@@ -37,10 +37,18 @@ impl RunnerDriver {
         let in_gate = self.in_gate();
         // A gate read is used once, by the pass that follows it, if no pass ended since.
         let last_end = self.last_tick_end;
-        let gate_read = self
-            .gate_read
-            .take()
-            .filter(|(taken_at, _)| in_gate && last_end.is_none_or(|end| *taken_at >= end));
+        // Nor one older than an active interval (a pass that waited long for a place reads
+        // its own).
+        let oldest = Millis(
+            self.ports
+                .clock
+                .now()
+                .0
+                .saturating_sub(u64::try_from(self.active_interval.as_millis()).unwrap_or(0)),
+        );
+        let gate_read = self.gate_read.take().filter(|(taken_at, _)| {
+            in_gate && last_end.is_none_or(|end| *taken_at >= end) && *taken_at >= oldest
+        });
         let (desired_read, service_read, read_at) = if let Some(view) = view {
             self.this_pass.observed_cached = true;
             (view.desired, Some(view.service), view.taken_at)
@@ -186,10 +194,22 @@ impl RunnerDriver {
         // Tasks are read only where the health gate judges them, and only when something
         // calls for it (`gate_needs_tasks`): most gate passes are one `DescribeServices`.
         if let (Ok(observed), Some(machine)) = (observed.as_mut(), self.machine.as_ref()) {
+            // The running tasks of the gate's deployment at its previous read, and now.
+            let deployment = machine::gate_deployment(machine.state());
+            let previous = self
+                .gate_running
+                .as_ref()
+                .filter(|(id, _)| Some(id.as_str()) == deployment)
+                .map(|(_, running)| *running);
+            self.gate_running = deployment.and_then(|id| {
+                let ours = observed.service.deployment(id)?;
+                Some((id.to_owned(), ours.running_count))
+            });
             if gate_needs_tasks(
                 machine.state(),
                 &observed.service,
                 observed.has_health_check,
+                previous,
             ) {
                 match self
                     .retrying(|| ecs.list_service_tasks(&cluster, &service))
