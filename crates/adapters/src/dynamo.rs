@@ -106,9 +106,13 @@ impl Lock for DynamoLease {
             Ok(Some(epoch)) => return Ok(LockOutcome::Acquired { epoch }),
             // A transient failure is the take's answer (retried next pass).
             Err(error) if error.is_transient() => return Err(error),
-            // Not free; or refused otherwise (an item whose lease attributes are not numbers:
-            // DynamoDB refuses the arithmetic): the read below decides, and names it.
-            Ok(None) | Err(_) => {}
+            // Not free: the read below decides.
+            Ok(None) => {}
+            // Refused otherwise (an item whose lease attributes are not numbers: DynamoDB
+            // refuses the arithmetic; access denied): the read below decides, and names it.
+            Err(error) => {
+                tracing::warn!(%runner, %error, "the lease could not be taken in one write: reading it");
+            }
         }
         let current = self.lease(runner).await?;
         let (epoch, condition) = match current {

@@ -52,12 +52,16 @@ pub struct Limiter {
     bucket: Mutex<Bucket>,
     /// (operation, its bucket, its burst).
     operations: Vec<(runner_updater_ports::AwsOp, Mutex<Bucket>, f64)>,
-    /// Calls of those operations whose family tokens `pace` took already: the call goes
-    /// without waiting for them again (a token taken is a token taken, whichever call of the
-    /// operation uses it).
-    prepaid: Mutex<Vec<(runner_updater_ports::AwsOp, u32)>>,
+    /// Calls of those operations whose family tokens `pace` took already, and when: the call
+    /// goes without waiting for them again (a token taken is a token taken, whichever call of
+    /// the operation uses it). One not used within [`PREPAID_FOR`] (its call was not made: the
+    /// fencing check refused it) is dropped, its tokens with it.
+    prepaid: Mutex<Vec<(runner_updater_ports::AwsOp, Millis)>>,
     clock: Arc<dyn Clock>,
 }
+
+/// How long tokens `pace` took for a call stay its.
+const PREPAID_FOR: Duration = Duration::from_secs(30);
 
 /// The port call that makes `operation` (the two AWS paces more tightly).
 fn port_call_of(operation: runner_updater_ports::AwsOp) -> Option<PortCall> {
@@ -131,24 +135,23 @@ impl Limiter {
         }
         self.acquire(call.weight()).await;
         if let Ok(mut prepaid) = self.prepaid.lock() {
-            match prepaid.iter_mut().find(|(op, _)| *op == operation) {
-                Some((_, credits)) => *credits += 1,
-                None => prepaid.push((operation, 1)),
-            }
+            prepaid.push((operation, self.clock.now()));
         }
     }
 
-    /// Uses a call's prepaid tokens, if `pace` took them.
+    /// Uses a call's prepaid tokens, if `pace` took them (lately).
     fn prepaid(&self, operation: runner_updater_ports::AwsOp) -> bool {
         let Ok(mut prepaid) = self.prepaid.lock() else {
             return false;
         };
-        match prepaid.iter_mut().find(|(op, _)| *op == operation) {
-            Some((_, credits)) if *credits > 0 => {
-                *credits -= 1;
+        let now = self.clock.now();
+        prepaid.retain(|(_, at)| now.since(*at) < PREPAID_FOR);
+        match prepaid.iter().position(|(op, _)| *op == operation) {
+            Some(index) => {
+                prepaid.remove(index);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -338,6 +341,18 @@ mod tests {
             Hooks::before(&limiter, &call).await;
         }
         assert_eq!(clock.now(), before, "prepaid");
+        // Used up: the next call waits for its own tokens (the family's bucket is in debt).
+        limiter.acquire(30).await;
+        let before = clock.now();
+        Hooks::before(&limiter, &call).await;
+        assert!(clock.now() > before, "the credits were used up");
+        // Prepaid tokens not used within their time are dropped with them.
+        limiter.pace(AwsOp::UpdateService).await;
+        clock.advance(PREPAID_FOR);
+        limiter.acquire(30).await;
+        let before = clock.now();
+        Hooks::before(&limiter, &call).await;
+        assert!(clock.now() > before, "an old credit is not used");
         // Any other operation, and another family's limiter: no wait of its own.
         let before = clock.now();
         limiter.pace(AwsOp::DescribeServices).await;

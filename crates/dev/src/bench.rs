@@ -620,13 +620,34 @@ pub async fn timed_sweep(
     runners: usize,
     assumptions: Assumptions,
 ) -> Result<(Duration, Duration), BenchError> {
+    in_a_thread("the timed sweep", move || {
+        timed_sweep_on_paused_clock(runners, assumptions)
+    })
+    .await
+}
+
+/// Runs `job` in a thread of its own (a runtime on tokio's paused clock cannot share this
+/// one's), waiting for its answer.
+async fn in_a_thread<T: Send + 'static>(
+    what: &'static str,
+    job: impl FnOnce() -> Result<T, BenchError> + Send + 'static,
+) -> Result<T, BenchError> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _ = sender.send(timed_sweep_on_paused_clock(runners, assumptions));
+        let _ = sender.send(job());
     });
     receiver
         .await
-        .map_err(|_| BenchError::Run("the timed sweep's thread died".to_owned()))?
+        .map_err(|_| BenchError::Run(format!("{what}'s thread died")))?
+}
+
+/// A runtime on tokio's paused clock: time passes only when every task waits.
+fn paused_runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| BenchError::Run(e.to_string()))
 }
 
 fn timed_sweep_on_paused_clock(
@@ -634,11 +655,7 @@ fn timed_sweep_on_paused_clock(
     assumptions: Assumptions,
 ) -> Result<(Duration, Duration), BenchError> {
     const SWEEPS: u32 = 3;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .map_err(|e| BenchError::Run(e.to_string()))?;
+    let runtime = paused_runtime()?;
     runtime.block_on(async move {
         let mut fleet = Fleet::new(runners, Some(assumptions))?;
         let rest = Duration::from_secs(fleet.config.poll_interval_secs);
@@ -688,24 +705,17 @@ const WAVE_TIMED_FROM: usize = 1_000;
 /// When the fleet cannot be built, a pass fails, the wave does not converge in a day of
 /// simulated time, or the thread dies.
 pub async fn timed_wave(runners: usize, assumptions: Assumptions) -> Result<Duration, BenchError> {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(timed_wave_on_paused_clock(runners, assumptions));
-    });
-    receiver
-        .await
-        .map_err(|_| BenchError::Run("the timed wave's thread died".to_owned()))?
+    in_a_thread("the timed wave", move || {
+        timed_wave_on_paused_clock(runners, assumptions)
+    })
+    .await
 }
 
 fn timed_wave_on_paused_clock(
     runners: usize,
     assumptions: Assumptions,
 ) -> Result<Duration, BenchError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .map_err(|e| BenchError::Run(e.to_string()))?;
+    let runtime = paused_runtime()?;
     runtime.block_on(async move {
         let mut fleet = Fleet::new(runners, Some(assumptions))?;
         // The world's clock follows tokio's.

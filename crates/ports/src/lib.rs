@@ -171,8 +171,9 @@ pub trait Ecs: Send + Sync {
     /// limiter), and for the family's tokens of the call that makes it. Asked by the driver
     /// *before* the fencing check of the mutation it is about to make, so that no wait of the
     /// limiter's falls between that check and the call; the call then goes without waiting
-    /// (the adapter's own read before it, if it makes one, still does). Not a call to AWS: at
-    /// once without a limiter.
+    /// (its tokens are prepaid; the adapter's own read before the mutation, if it makes one,
+    /// still falls between the check and the mutation). Not a call to AWS: at once without a
+    /// limiter.
     async fn pace(&self, op: AwsOp);
     /// The service with its deployments and tasks.
     async fn describe_service(

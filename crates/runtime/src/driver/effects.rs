@@ -338,10 +338,13 @@ impl RunnerDriver {
         }
         // Not retried here: a lost answer comes back next pass, and the baseline check above
         // finds the deployment instead of updating twice.
-        // Only over the baseline: a deployment that appeared since the service was read (a
-        // foreign writer) refuses the update, on the read the adapter makes anyway.
+        // A first call is made only over the baseline: a deployment that appeared since the
+        // service was read (a foreign writer) refuses it, on the read the adapter makes anyway.
+        // (Otherwise the read above judged the deployments there are, ours and ECS's rollback
+        // of ours included.)
+        let only_over = first_call.then_some(baseline_ids);
         let deployment_id = ecs
-            .update_service(cluster, service, task_definition_arn, Some(baseline_ids))
+            .update_service(cluster, service, task_definition_arn, only_over)
             .await?;
         Ok(Event::ServiceUpdated { deployment_id })
     }

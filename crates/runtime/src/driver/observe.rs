@@ -37,14 +37,14 @@ impl RunnerDriver {
         let in_gate = self.in_gate();
         // A gate read is used once, by the pass that follows it, if no pass ended since.
         let last_end = self.last_tick_end;
-        // Nor one older than an active interval (a pass that waited long for a place reads
+        // Nor one older than two active intervals (a pass that waited long for a place reads
         // its own).
         let oldest = Millis(
-            self.ports
-                .clock
-                .now()
-                .0
-                .saturating_sub(u64::try_from(self.active_interval.as_millis()).unwrap_or(0)),
+            self.ports.clock.now().0.saturating_sub(
+                u64::try_from(self.active_interval.as_millis())
+                    .unwrap_or(0)
+                    .saturating_mul(2),
+            ),
         );
         let gate_read = self.gate_read.take().filter(|(taken_at, _)| {
             in_gate && last_end.is_none_or(|end| *taken_at >= end) && *taken_at >= oldest
@@ -201,7 +201,9 @@ impl RunnerDriver {
                 .as_ref()
                 .filter(|(id, _)| Some(id.as_str()) == deployment)
                 .map(|(_, running)| *running);
-            self.gate_running = deployment.and_then(|id| {
+            // Kept once this read is complete (a failed task read keeps the count it had, so a
+            // drop is still seen next pass).
+            let now_running = deployment.and_then(|id| {
                 let ours = observed.service.deployment(id)?;
                 Some((id.to_owned(), ours.running_count))
             });
@@ -225,6 +227,7 @@ impl RunnerDriver {
                     Err(e) => return Err(e),
                 }
             }
+            self.gate_running = now_running;
         }
         Ok(observed)
     }
