@@ -67,7 +67,7 @@ fn status_reads_the_records_a_demo_left_behind() {
     assert_eq!(views[0]["runner"], "runner-a");
     assert_eq!(views[0]["state"], "Done");
     assert_eq!(views[1]["state"], "RolledBack");
-    assert_eq!(views[1]["reason_code"], "unhealthy-tasks");
+    assert_eq!(views[1]["reason_code"], "circuit-breaker");
     assert_eq!(
         views[0]["lease"]["state"], "not-read",
         "the file store is read without AWS"

@@ -25,7 +25,7 @@ use runner_updater_adapters::store::{FileStore, MemoryStore, SsmStore};
 use runner_updater_core::domain::code::Code;
 use runner_updater_core::domain::infra::{self, Creation, Execution, StackProgress, StackStatus};
 use runner_updater_core::domain::observed::{
-    DeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
+    DeploymentStatus, ServiceDeploymentStatus, StackState, ATTEMPT_TAG, INFRA_VERSION_TAG,
 };
 use runner_updater_core::domain::revision_search::{family_revision, RevisionSearch, SearchStep};
 use runner_updater_core::domain::Millis;
@@ -639,7 +639,12 @@ async fn free_lease_contract(table: &dyn StateTable, who: &str) {
 
 #[tokio::test]
 async fn the_state_table_lease_and_store_hold_on_the_simulation_and_on_moto() {
-    state_table_contract(Arc::new(SimTable::default()), "simulation", true).await;
+    Box::pin(state_table_contract(
+        Arc::new(SimTable::default()),
+        "simulation",
+        true,
+    ))
+    .await;
 
     let moto = common::Moto::start();
     moto.create_table("runner-updater-state", "runner").await;
@@ -648,7 +653,7 @@ async fn the_state_table_lease_and_store_hold_on_the_simulation_and_on_moto() {
         Arc::new(moto.clients().await.table("runner-updater-state")) as Arc<dyn StateTable>,
         check.clone(),
     ));
-    state_table_contract(on_moto, "moto", false).await;
+    Box::pin(state_table_contract(on_moto, "moto", false)).await;
     let checked = check.assert_agreed("DynamoDB on moto");
     assert!(checked > 20, "only {checked} calls checked");
 }
@@ -895,7 +900,7 @@ async fn only_over_contract(ecs: &dyn Ecs, base: &str, new: &str, who: &str) -> 
     seen
 }
 
-async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
+async fn ecs_contract(ecs: &dyn Ecs, base: &str, pace: &Pace, who: &str) {
     let service = ecs.describe_service("runners", "runner-a").await.unwrap();
     assert_eq!(service.task_definition_arn, base, "{who}");
     assert_eq!(
@@ -984,7 +989,7 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
     let primary = service.primary().unwrap();
     assert_eq!(
         (primary.id.as_str(), primary.task_definition_arn.as_str()),
-        (deployment.as_str(), new.as_str()),
+        (deployment.deployment_id.as_str(), new.as_str()),
         "{who}"
     );
     assert!(
@@ -995,6 +1000,143 @@ async fn ecs_contract(ecs: &dyn Ecs, base: &str, who: &str) {
         "{who}"
     );
     listing_contract(ecs, base, &new, who).await;
+    service_deployment_contract(ecs, base, &new, &deployment, pace, who).await;
+}
+
+/// The service deployment an update made, as the health gate reads it and the rollback stops
+/// it: described by ARN (twenty a call; an unknown one is an inner `NotFound`), `IN_PROGRESS`
+/// then `SUCCESSFUL` with its counts; a stop of one that succeeded is a conflict; a stop of one
+/// rolling out rolls the service back to the revision before it (again: a no-op).
+async fn service_deployment_contract(
+    ecs: &dyn Ecs,
+    base: &str,
+    new: &str,
+    made: &runner_updater_ports::ServiceUpdate,
+    pace: &Pace,
+    who: &str,
+) {
+    let arn = made
+        .service_deployment
+        .clone()
+        .unwrap_or_else(|| panic!("{who}: the update reports its service deployment"));
+    let service = ecs
+        .describe_service_without_tasks("runners", "runner-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        service.current_service_deployment.as_deref(),
+        Some(arn.as_str()),
+        "{who}"
+    );
+    let unknown = arn.replace("runner-a/", "runner-a/unknown-");
+    let read = ecs
+        .describe_service_deployments(&[arn.clone(), unknown])
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2, "{who}");
+    let first = read[0].as_ref().unwrap();
+    assert_eq!(
+        (first.arn.as_str(), first.requested),
+        (arn.as_str(), 1),
+        "{who}"
+    );
+    assert!(
+        matches!(
+            first.status,
+            ServiceDeploymentStatus::InProgress | ServiceDeploymentStatus::Successful
+        ),
+        "{who}: {first:?}"
+    );
+    assert_eq!(
+        read[1].as_ref().unwrap_err().kind,
+        ErrorKind::NotFound,
+        "{who}"
+    );
+    // It completes (the gate reads it as the service).
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+    let done = loop {
+        let read = ecs
+            .describe_service_deployments(std::slice::from_ref(&arn))
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        if read.status == ServiceDeploymentStatus::Successful {
+            break read;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{who}: still {read:?}"
+        );
+        pace.step().await;
+    };
+    assert_eq!((done.requested, done.running), (1, 1), "{who}: {done:?}");
+    let breaker = done.breaker.unwrap();
+    assert!(
+        !breaker.triggered && breaker.threshold >= 3,
+        "{who}: {breaker:?}"
+    );
+    stop_contract(ecs, base, new, &arn, who).await;
+}
+
+/// `StopServiceDeployment(ROLLBACK)`: refused once the deployment succeeded; a rollout in
+/// progress rolled back to the revision before it; again a no-op; an unknown one not found.
+async fn stop_contract(ecs: &dyn Ecs, base: &str, new: &str, arn: &str, who: &str) {
+    let ended = ecs
+        .stop_service_deployment("runners", "runner-a", arn)
+        .await
+        .unwrap_err();
+    assert_eq!(ended.kind, ErrorKind::Conflict, "{who}: {ended}");
+    // A rollout in progress (its tasks crash: on moto the breaker takes seconds) is stopped
+    // with a rollback to the revision before it.
+    let crashing = ecs
+        .register_clone(
+            base,
+            "runner",
+            "registry.example/runner:2.15.0-crash",
+            BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    let second = ecs
+        .update_service("runners", "runner-a", &crashing, None)
+        .await
+        .unwrap();
+    let second_arn = second.service_deployment.unwrap();
+    assert_ne!(second_arn, arn, "{who}");
+    ecs.stop_service_deployment("runners", "runner-a", &second_arn)
+        .await
+        .unwrap();
+    let service = ecs
+        .describe_service_without_tasks("runners", "runner-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        service.task_definition_arn, new,
+        "{who}: back to the revision before"
+    );
+    let read = ecs
+        .describe_service_deployments(std::slice::from_ref(&second_arn))
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert!(read.status.rolling_back(), "{who}: {read:?}");
+    // Again, while it rolls back: a no-op.
+    if read.status != ServiceDeploymentStatus::RollbackSuccessful {
+        ecs.stop_service_deployment("runners", "runner-a", &second_arn)
+            .await
+            .unwrap();
+    }
+    let missing = ecs
+        .stop_service_deployment(
+            "runners",
+            "runner-a",
+            &second_arn.replace("runner-a/", "runner-a/x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{who}: {missing}");
 }
 
 /// `ListTaskDefinitions` as the registration search walks it: a family prefix, newest first,
@@ -1069,7 +1211,7 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
     let clients = moto.clients().await;
     let check = table_check::TableCheck::new();
     let on_moto = Decorated::new(Arc::new(clients.ecs.clone()) as Arc<dyn Ecs>, check.clone());
-    ecs_contract(&on_moto, &base, "moto").await;
+    ecs_contract(&on_moto, &base, &Pace::Wall, "moto").await;
     let checked = check.assert_agreed("ECS on moto");
     assert!(checked > 10, "only {checked} calls checked");
 
@@ -1089,6 +1231,7 @@ async fn ecs_behaves_alike_on_the_simulation_and_on_moto_with_the_harness() {
     ecs_contract(
         &sim.ecs,
         "arn:aws:ecs:eu-west-1:123456789012:task-definition/runner-a:1",
+        &Pace::Sim(sim.clock.clone()),
         "simulation",
     )
     .await;

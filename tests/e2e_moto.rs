@@ -562,8 +562,8 @@ fn quoted(runner: &str) -> Vec<String> {
 fn forward_revision(runner: &str) -> Vec<String> {
     vec![format!("{runner}:2\"")]
 }
-fn baseline_revision(runner: &str) -> Vec<String> {
-    vec![format!("{runner}:1\"")]
+fn service_deployment(runner: &str) -> Vec<String> {
+    vec![format!("service-deployment/"), format!("/{runner}/")]
 }
 fn main_stack(runner: &str) -> Vec<String> {
     vec![format!("StackName={runner}-main")]
@@ -605,7 +605,7 @@ const LOST: &[LostCase] = &[
     LostCase { name: "register_task_definition_delayed", runner: "lost-register-delay", operation: AwsOp::RegisterTaskDefinition, mode: "delay", matching: quoted, story: Story::Update, old_epochs: 0 },
     LostCase { name: "update_service_forward", runner: "lost-update", operation: AwsOp::UpdateService, mode: "reset", matching: forward_revision, story: Story::Update, old_epochs: 0 },
     LostCase { name: "update_service_forward_delayed", runner: "lost-update-delay", operation: AwsOp::UpdateService, mode: "delay", matching: forward_revision, story: Story::Update, old_epochs: 0 },
-    LostCase { name: "update_service_rollback", runner: "lost-rollback", operation: AwsOp::UpdateService, mode: "reset", matching: baseline_revision, story: Story::Rollback, old_epochs: 0 },
+    LostCase { name: "stop_service_deployment_rollback", runner: "lost-rollback", operation: AwsOp::StopServiceDeployment, mode: "reset", matching: service_deployment, story: Story::Rollback, old_epochs: 0 },
     LostCase { name: "create_change_set", runner: "lost-cs-create", operation: AwsOp::CreateChangeSet, mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
     LostCase { name: "execute_change_set", runner: "lost-cs-execute", operation: AwsOp::ExecuteChangeSet, mode: "reset", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },
     LostCase { name: "execute_change_set_delayed", runner: "lost-cs-execute-delay", operation: AwsOp::ExecuteChangeSet, mode: "delay", matching: main_stack, story: Story::Infrastructure, old_epochs: 0 },

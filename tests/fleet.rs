@@ -473,7 +473,7 @@ async fn a_runner_whose_desired_state_is_settling_is_passed_again_when_it_settle
 }
 
 #[tokio::test]
-async fn the_runners_in_the_health_gate_are_read_together_ten_services_a_call() {
+async fn the_runners_in_the_health_gate_are_read_together_twenty_service_deployments_a_call() {
     let s = fleet(24);
     for runner in &s.config.runners {
         s.set_desired(&runner.name, "version", "2.14.0");
@@ -484,11 +484,13 @@ async fn the_runners_in_the_health_gate_are_read_together_ten_services_a_call() 
     scheduler.step(true, &mut control).await;
     let gate: Vec<&RunnerDriver> = scheduler.drivers().filter(|d| d.in_gate()).collect();
     assert_eq!(gate.len(), 24, "every runner in the gate");
-    // Their next passes, due together: one gate read (12 services in each of two clusters,
-    // ten a call: four calls), no read of the service of their own, no desired folder.
+    // Their next passes, due together: one gate read of their rollouts' service deployments
+    // (24, whatever their clusters, twenty a call: two calls), no read of the service, no
+    // desired folder.
     s.aws.clock.advance(Duration::from_secs(10));
-    let (services, folders, tasks) = (
+    let (services, deployments, folders, tasks) = (
         s.aws.ecs.faults.calls(AwsOp::DescribeServices),
+        s.aws.ecs.faults.calls(AwsOp::DescribeServiceDeployments),
         s.aws.ssm.faults.calls(AwsOp::GetParametersByPath),
         s.aws.ecs.faults.calls(AwsOp::ListTasks),
     );
@@ -496,8 +498,12 @@ async fn the_runners_in_the_health_gate_are_read_together_ten_services_a_call() 
     scheduler.step(false, &mut control).await;
     assert_eq!(control.passes.len(), 24, "{:?}", control.passes);
     assert_eq!(
+        s.aws.ecs.faults.calls(AwsOp::DescribeServiceDeployments) - deployments,
+        2
+    );
+    assert_eq!(
         s.aws.ecs.faults.calls(AwsOp::DescribeServices) - services,
-        4
+        0
     );
     assert_eq!(
         s.aws.ssm.faults.calls(AwsOp::GetParametersByPath) - folders,

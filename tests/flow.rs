@@ -237,6 +237,9 @@ async fn a_rollback_is_made_once_and_a_foreign_writer_after_it_is_not_fought() {
 #[tokio::test]
 async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write() {
     let s = scenario();
+    // The controller's rollback, not ECS's: the breaker's threshold above the fail-fast gate's
+    // (its three tasks are stopped at once, ECS's current threshold being 3).
+    s.aws.ecs.set_circuit_breaker_minimum(10);
     s.image_behaves(
         &s.image_for("runner-a", "2.15.0"),
         ImageBehaviour::NeverHealthy,
@@ -255,7 +258,11 @@ async fn a_rollback_made_before_a_crash_is_not_made_again_after_a_foreign_write(
     }
     drop(first);
     let updates = s.aws.ecs.updates();
-    assert_eq!(updates.len(), 2, "the forward update and the rollback");
+    assert_eq!(
+        updates.len(),
+        2,
+        "the forward update and the rollback: {updates:?}"
+    );
     s.aws
         .ecs
         .update_service_as(

@@ -81,6 +81,10 @@ impl World {
         let mut env = vec![
             ("HARNESS_LOG", updates_log.to_str().unwrap()),
             ("HARNESS_ROLLOUT_SECONDS", &rollout),
+            // The worlds tell the fail-fast gate's story (two failed tasks), not the breaker's:
+            // a crashing rollout fails a task every half rollout, and ECS's current threshold
+            // (3 at one task) would race the gate's read by half a rollout.
+            ("HARNESS_BREAKER_THRESHOLD", "10"),
         ];
         env.extend_from_slice(harness_env);
         let moto = Moto::start_with(&env);

@@ -18,8 +18,19 @@ task definitions and updates services, but never runs a rollout: UpdateService o
 * HARNESS_ROLLOUT_READS=N (> 0): rollouts advance by reads of the service instead of by the wall
   clock: a deployment completes at its N-th read (DescribeServices), a crashing one fails a task
   every read; tests that count calls use it, so that counts do not depend on the machine's load.
-* With HARNESS_LOG set, every UpdateService call that names a task definition is appended to
-  that file (tests count side effects with it, repeated calls included).
+* With HARNESS_LOG set, every UpdateService call that names a task definition, and every
+  StopServiceDeployment that rolls a deployment back (as the task definition it goes back to), is
+  appended to that file (tests count side effects with it, repeated calls included).
+* Service deployments (moto 5.2.1 has none of the APIs): every deployment UpdateService creates
+  belongs to a service deployment (the service's currentServiceDeployment). ListServiceDeployments,
+  DescribeServiceDeployments (up to 20 ARNs, unknown ones in `failures`; a read advances the
+  rollouts like DescribeServices) and StopServiceDeployment(ROLLBACK) behave as ECS documents them,
+  consistently with the rollouts above: IN_PROGRESS, then SUCCESSFUL; STOPPED when a newer update
+  replaces it while in progress; ROLLBACK_IN_PROGRESS when the circuit breaker (TRIGGERED, its
+  failureCount and threshold) or a stop rolls it back (a new PRIMARY deployment of the last
+  completed task definition), then ROLLBACK_SUCCESSFUL once that completes. A stop of a deployment
+  already stopping or rolling back is a no-op; of one that ended, ConflictException; of an unknown
+  ARN, ServiceDeploymentNotFoundException.
 * Services are created COMPLETED (moto's own MOTO_ECS_SERVICE_RUNNING knob, set below).
 * ListTaskDefinitions as AWS answers it (moto matches familyPrefix exactly and ignores sort,
   maxResults and nextToken): a family prefix, sorted by family then revision (DESC reversed),
@@ -116,6 +127,7 @@ from moto.ecs import responses as ecs_responses  # noqa: E402
 from moto.moto_api._internal import mock_random  # noqa: E402
 from moto.core.utils import utcnow  # noqa: E402
 from moto.core.responses import ActionResult, EmptyResult  # noqa: E402
+from moto.ecs.exceptions import ECSException  # noqa: E402
 from moto.cloudformation import models as cfn  # noqa: E402
 from moto.cloudformation import responses as cfn_responses  # noqa: E402
 from moto.cloudformation.exceptions import CloudFormationError, ValidationError  # noqa: E402
@@ -125,10 +137,72 @@ ROLLOUT_SECONDS = float(os.environ.get("HARNESS_ROLLOUT_SECONDS", "1"))
 # deployment completes at its N-th read (a crashing one fails a task every read), so that what a
 # test counts does not depend on the machine's load.
 ROLLOUT_READS = int(os.environ.get("HARNESS_ROLLOUT_READS", "0"))
-BREAKER_THRESHOLD = int(os.environ.get("HARNESS_BREAKER_THRESHOLD", "10"))
+# The circuit breaker's threshold: ECS's current rule, clamp(ceil(desired / 2), 3, 200), unless set.
+BREAKER_THRESHOLD = int(os.environ.get("HARNESS_BREAKER_THRESHOLD", "0"))
+
+
+def _threshold(service):
+    return BREAKER_THRESHOLD or max(3, min(200, -(-service.desired_count // 2)))
 
 _original_update = ecs.EC2ContainerServiceBackend.update_service
 _original_describe = ecs.EC2ContainerServiceBackend.describe_services
+
+
+_sd_lock = threading.RLock()
+_service_deployments = {}  # ARN -> the service deployment (a dict of the API's fields, "_..." ours)
+
+
+def _new_service_deployment(service, deployment):
+    """A service deployment for a deployment of `service` (the service's current one)."""
+    suffix = deployment["id"].split("/")[-1]
+    arn = f"arn:aws:ecs:{service.region_name}:{service._account_id}:service-deployment/{service.cluster_name}/{service.name}/{suffix}"
+    _service_deployments[arn] = {
+        "serviceDeploymentArn": arn,
+        "serviceArn": service.arn,
+        "clusterArn": service.cluster_arn,
+        "createdAt": utcnow(),
+        "startedAt": utcnow(),
+        "status": "IN_PROGRESS",
+        "_deployment": deployment["id"],
+        "_revision": f"arn:aws:ecs:{service.region_name}:{service._account_id}:service-revision/{service.cluster_name}/{service.name}/{suffix}",
+        "_requested": service.desired_count,
+        "_running": 0,
+        "_failures": 0,
+        "_threshold": _threshold(service),
+        "_triggered": False,
+    }
+    deployment["_harness_sd"] = arn
+    service.current_service_deployment = arn
+    return arn
+
+
+def _end_service_deployment(arn, status, reason=None):
+    record = _service_deployments.get(arn)
+    if record is not None:
+        record["status"] = status
+        record["updatedAt"] = utcnow()
+        if status in ("SUCCESSFUL", "ROLLBACK_SUCCESSFUL", "STOPPED"):
+            record["finishedAt"] = utcnow()
+        if reason:
+            record["statusReason"] = reason
+
+
+def _roll_back(service, primary, reason, why):
+    """The failing PRIMARY deployment rolled back: a new PRIMARY deployment of the last
+    completed task definition, the service deployment ROLLBACK_IN_PROGRESS."""
+    primary["rolloutState"] = "FAILED"
+    primary["rolloutStateReason"] = reason
+    primary["status"] = "ACTIVE"
+    target = service._harness_last_completed
+    rollback = _deployment(service, target, f"ECS deployment circuit breaker: rolling back to deploymentId {primary['id']}")
+    rollback["_harness_sd"] = primary.get("_harness_sd")
+    rollback["_harness_rollback"] = True
+    service.task_definition = target
+    service.deployments.insert(0, rollback)
+    record = _service_deployments.get(primary.get("_harness_sd"))
+    if record is not None:
+        record["status"] = "ROLLBACK_IN_PROGRESS"
+        record["rollback"] = {"reason": why, "startedAt": utcnow(), "serviceRevisionArn": record["_revision"]}
 
 
 def _deployment(service, task_definition, reason):
@@ -163,10 +237,16 @@ def update_service(self, properties):
         return service
     if not hasattr(service, "_harness_last_completed"):
         service._harness_last_completed = primary.get("taskDefinition")
-    for deployment in service.deployments:
-        if deployment["status"] == "PRIMARY":
-            deployment["status"] = "ACTIVE"
-    service.deployments.insert(0, _deployment(service, new_task_definition, "ECS deployment in progress."))
+    with _sd_lock:
+        for deployment in service.deployments:
+            if deployment["status"] == "PRIMARY":
+                deployment["status"] = "ACTIVE"
+                # A deployment still rolling out (or back) is stopped by the new one.
+                if deployment.get("rolloutState") == "IN_PROGRESS" and deployment.get("_harness_sd"):
+                    _end_service_deployment(deployment["_harness_sd"], "STOPPED", "a newer service deployment replaced it")
+        new = _deployment(service, new_task_definition, "ECS deployment in progress.")
+        service.deployments.insert(0, new)
+        _new_service_deployment(service, new)
     return service
 
 
@@ -193,18 +273,15 @@ def _advance(backend, service):
         elapsed = time.monotonic() - primary["_harness_started"]
         crash_step = ROLLOUT_SECONDS / 2
     images = _image_tags(backend, primary["taskDefinition"])
-    if "-crash" in images:
+    record = _service_deployments.get(primary.get("_harness_sd"))
+    if "-crash" in images and not primary.get("_harness_rollback"):
         primary["failedTasks"] = int(elapsed / crash_step)
-        if primary["failedTasks"] >= BREAKER_THRESHOLD:
-            primary["rolloutState"] = "FAILED"
-            primary["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
-            primary["status"] = "ACTIVE"
-            target = service._harness_last_completed
-            rollback = _deployment(
-                service, target, f"ECS deployment circuit breaker: rolling back to deploymentId {primary['id']}"
-            )
-            service.task_definition = target
-            service.deployments.insert(0, rollback)
+        if record is not None:
+            record["_failures"] = primary["failedTasks"]
+        if primary["failedTasks"] >= _threshold(service):
+            if record is not None:
+                record["_triggered"] = True
+            _roll_back(service, primary, "ECS deployment circuit breaker: tasks failed to start.", "tasks failed to start")
         return
     if elapsed >= ROLLOUT_SECONDS:
         primary["rolloutState"] = "COMPLETED"
@@ -216,13 +293,127 @@ def _advance(backend, service):
         service._harness_last_completed = primary["taskDefinition"]
         service.running_count = service.desired_count
         service.pending_count = 0
+        if record is not None:
+            if primary.get("_harness_rollback"):
+                _end_service_deployment(primary["_harness_sd"], "ROLLBACK_SUCCESSFUL")
+            else:
+                record["_running"] = service.desired_count
+                _end_service_deployment(primary["_harness_sd"], "SUCCESSFUL")
 
 
 def describe_services(self, cluster, names):
     services, failures = _original_describe(self, cluster, names)
-    for service in services:
-        _advance(self, service)
+    with _sd_lock:
+        for service in services:
+            _advance(self, service)
     return services, failures
+
+
+class ServiceDeploymentNotFound(ECSException):
+    def __init__(self, arn):
+        super().__init__("ServiceDeploymentNotFoundException", f"The service deployment {arn} does not exist.")
+
+
+class EcsConflict(ECSException):
+    def __init__(self, message):
+        super().__init__("ConflictException", message)
+
+
+def _service_of(backend, record):
+    cluster = record["clusterArn"].split("/")[-1]
+    name = record["serviceArn"].split("/")[-1]
+    try:
+        services, _ = _original_describe(backend, cluster, [name])
+    except Exception:  # noqa: BLE001 - a deleted cluster or service: nothing to advance
+        return None
+    return services[0] if services else None
+
+
+def _described(record):
+    """A service deployment as DescribeServiceDeployments answers it."""
+    answer = {k: v for k, v in record.items() if not k.startswith("_")}
+    answer["targetServiceRevision"] = {
+        "arn": record["_revision"],
+        "requestedTaskCount": record["_requested"],
+        "runningTaskCount": record["_running"],
+        "pendingTaskCount": max(0, record["_requested"] - record["_running"]),
+    }
+    answer["deploymentCircuitBreaker"] = {
+        "status": "TRIGGERED" if record["_triggered"] else ("MONITORING_COMPLETE" if record["status"] == "SUCCESSFUL" else "MONITORING"),
+        "failureCount": record["_failures"],
+        "threshold": record["_threshold"],
+    }
+    return answer
+
+
+def describe_service_deployments(self):
+    arns = self._get_param("serviceDeploymentArns", [])
+    found, failures = [], []
+    with _sd_lock:
+        for arn in arns:
+            record = _service_deployments.get(arn)
+            if record is None:
+                failures.append({"arn": arn, "reason": "MISSING", "detail": "The service deployment does not exist."})
+                continue
+            service = _service_of(self.ecs_backend, record)
+            if service is not None:
+                _advance(self.ecs_backend, service)
+            found.append(_described(record))
+    return ActionResult({"serviceDeployments": found, "failures": failures})
+
+
+def list_service_deployments(self):
+    cluster = (self._get_param("cluster") or "default").split("/")[-1]
+    service = self._get_param("service").split("/")[-1]
+    statuses = self._get_param("status") or []
+    with _sd_lock:
+        listed = [
+            {
+                "serviceDeploymentArn": r["serviceDeploymentArn"],
+                "serviceArn": r["serviceArn"],
+                "clusterArn": r["clusterArn"],
+                "createdAt": r["createdAt"],
+                "startedAt": r["startedAt"],
+                "status": r["status"],
+                "targetServiceRevisionArn": r["_revision"],
+            }
+            for r in _service_deployments.values()
+            if r["clusterArn"].split("/")[-1] == cluster
+            and r["serviceArn"].split("/")[-1] == service
+            and (not statuses or r["status"] in statuses)
+        ]
+    listed.sort(key=lambda r: r["createdAt"], reverse=True)
+    return ActionResult({"serviceDeployments": listed})
+
+
+def stop_service_deployment(self):
+    arn = self._get_param("serviceDeploymentArn")
+    with _sd_lock:
+        record = _service_deployments.get(arn)
+        if record is None:
+            raise ServiceDeploymentNotFound(arn)
+        service = _service_of(self.ecs_backend, record)
+        if service is not None:
+            _advance(self.ecs_backend, service)
+        status = record["status"]
+        if status in ("STOP_REQUESTED", "ROLLBACK_REQUESTED", "ROLLBACK_IN_PROGRESS"):
+            return ActionResult({"serviceDeploymentArn": arn})
+        if status not in ("PENDING", "IN_PROGRESS"):
+            raise EcsConflict(f"The service deployment is {status} and cannot be stopped.")
+        primary = service.deployments[0] if service is not None and service.deployments else None
+        if primary is None or primary.get("_harness_sd") != arn or primary["taskDefinition"] == service._harness_last_completed:
+            raise EcsConflict("The service deployment has no earlier service revision to roll back to.")
+        _roll_back(service, primary, "ECS deployment stopped: rolling back", "rollback requested (StopServiceDeployment)")
+        log = os.environ.get("HARNESS_LOG")
+        if log:  # the rollback is a change of the service's task definition: tests count them
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"{service.name} {service.task_definition}\n")
+    return ActionResult({"serviceDeploymentArn": arn})
+
+
+ecs_responses.EC2ContainerServiceResponse.describe_service_deployments = describe_service_deployments
+ecs_responses.EC2ContainerServiceResponse.list_service_deployments = list_service_deployments
+ecs_responses.EC2ContainerServiceResponse.stop_service_deployment = stop_service_deployment
 
 
 ecs.EC2ContainerServiceBackend.update_service = update_service
@@ -729,6 +920,7 @@ cfn_responses.CloudFormationResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["DescribeC
 MUTATING = {
     "RegisterTaskDefinition",
     "UpdateService",
+    "StopServiceDeployment",
     "CreateChangeSet",
     "ExecuteChangeSet",
     "DeleteChangeSet",
@@ -769,6 +961,7 @@ def _subject(operation, body):
         "DeleteParameter": ["Name"],
         "RegisterTaskDefinition": ["family"],
         "UpdateService": ["service", "taskDefinition"],
+        "StopServiceDeployment": ["serviceDeploymentArn"],
     }.get(operation, ["StackName", "ChangeSetName"])
     return " ".join(str(fields.get(k) or "-").split("/")[-1] if k == "service" else str(fields.get(k) or "-") for k in keys)
 

@@ -11,17 +11,19 @@ use async_trait::async_trait;
 use aws_sdk_ecs::operation::register_task_definition::builders::RegisterTaskDefinitionFluentBuilder;
 use aws_sdk_ecs::types::{
     DeploymentCircuitBreaker, DeploymentConfiguration, DeploymentRolloutState, DesiredStatus,
-    SortOrder, Tag, TaskDefinitionField,
+    SortOrder, StopServiceDeploymentStopType, Tag, TaskDefinitionField,
 };
 
 use super::{classify, Traced};
 use runner_updater_core::domain::observed::{
-    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus,
+    BreakerCount, Deployment, DeploymentStatus, Health, RolloutState, ServiceDeployment,
+    ServiceDeploymentStatus, ServiceState, Task, TaskStatus,
 };
 use runner_updater_core::domain::task_definition::{ContainerSummary, TaskDefinition};
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    Ecs, ErrorKind, PortError, TaskDefinitionPage, DESCRIBE_SERVICES_MAX, TASK_DEFINITIONS_PAGE_MAX,
+    Ecs, ErrorKind, PortError, ServiceUpdate, TaskDefinitionPage, DESCRIBE_SERVICES_MAX,
+    DESCRIBE_SERVICE_DEPLOYMENTS_MAX, TASK_DEFINITIONS_PAGE_MAX,
 };
 
 /// Task pages read per service at most (100 tasks a page).
@@ -322,6 +324,38 @@ fn service_state(
         task_definition_arn: found.task_definition().unwrap_or_default().to_owned(),
         deployments,
         tasks: None,
+        current_service_deployment: found.current_service_deployment().map(str::to_owned),
+    }
+}
+
+/// A service deployment's structured fields: status, the target revision's counts, the
+/// circuit breaker's count and the rollback's reason.
+fn service_deployment(found: &aws_sdk_ecs::types::ServiceDeployment) -> ServiceDeployment {
+    let target = found.target_service_revision();
+    let count = |n: i32| u32::try_from(n).unwrap_or(0);
+    ServiceDeployment {
+        arn: found
+            .service_deployment_arn()
+            .unwrap_or_default()
+            .to_owned(),
+        status: found.status().map_or(ServiceDeploymentStatus::Other, |s| {
+            ServiceDeploymentStatus::parse(s.as_str())
+        }),
+        status_reason: found.status_reason().map(str::to_owned),
+        requested: target.map_or(0, |t| count(t.requested_task_count())),
+        running: target.map_or(0, |t| count(t.running_task_count())),
+        breaker: found.deployment_circuit_breaker().map(|b| BreakerCount {
+            triggered: b
+                .status()
+                .map(aws_sdk_ecs::types::ServiceDeploymentRollbackMonitorsStatus::as_str)
+                == Some("TRIGGERED"),
+            failure_count: count(b.failure_count()),
+            threshold: count(b.threshold()),
+        }),
+        rollback_reason: found
+            .rollback()
+            .and_then(aws_sdk_ecs::types::Rollback::reason)
+            .map(str::to_owned),
     }
 }
 
@@ -471,7 +505,7 @@ impl Ecs for AwsEcs {
         service: &str,
         task_definition_arn: &str,
         only_over: Option<&[String]>,
-    ) -> Result<String, PortError> {
+    ) -> Result<ServiceUpdate, PortError> {
         // Keep the service's deployment configuration (min/max percent, alarms, …); only make sure
         // the circuit breaker is on with rollback.
         let current = self
@@ -518,8 +552,8 @@ impl Ecs for AwsEcs {
             .traced(AwsOp::UpdateService)
             .await
             .map_err(|e| classify(AwsOp::UpdateService, &e))?;
-        output
-            .service()
+        let updated = output.service();
+        let deployment_id = updated
             .and_then(|s| {
                 s.deployments().iter().find(|d| {
                     d.status() == Some("PRIMARY")
@@ -534,7 +568,76 @@ impl Ecs for AwsEcs {
                     AwsOp::UpdateService,
                     "the answer shows no PRIMARY deployment of the new task definition yet",
                 )
-            })
+            })?;
+        Ok(ServiceUpdate {
+            deployment_id,
+            service_deployment: updated
+                .and_then(aws_sdk_ecs::types::Service::current_service_deployment)
+                .map(str::to_owned),
+        })
+    }
+
+    async fn describe_service_deployments(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<Result<ServiceDeployment, PortError>>, PortError> {
+        let mut answers = Vec::with_capacity(arns.len());
+        for chunk in arns.chunks(DESCRIBE_SERVICE_DEPLOYMENTS_MAX) {
+            let output = self
+                .client
+                .describe_service_deployments()
+                .set_service_deployment_arns(Some(chunk.to_vec()))
+                .send()
+                .traced(AwsOp::DescribeServiceDeployments)
+                .await
+                .map_err(|e| classify(AwsOp::DescribeServiceDeployments, &e))?;
+            let found: Vec<ServiceDeployment> = output
+                .service_deployments()
+                .iter()
+                .map(service_deployment)
+                .collect();
+            for arn in chunk {
+                answers.push(
+                    found
+                        .iter()
+                        .find(|d| d.arn == *arn)
+                        .cloned()
+                        .ok_or_else(|| {
+                            let reason = output
+                                .failures()
+                                .iter()
+                                .find(|f| f.arn() == Some(arn.as_str()))
+                                .and_then(|f| f.reason())
+                                .unwrap_or("not in the answer");
+                            PortError::new(
+                                ErrorKind::NotFound,
+                                AwsOp::DescribeServiceDeployments,
+                                format!("{reason}: service deployment {arn}"),
+                            )
+                        }),
+                );
+            }
+        }
+        Ok(answers)
+    }
+
+    async fn stop_service_deployment(
+        &self,
+        _cluster: &str,
+        _service: &str,
+        arn: &str,
+    ) -> Result<(), PortError> {
+        self.client
+            .stop_service_deployment()
+            .service_deployment_arn(arn)
+            .stop_type(StopServiceDeploymentStopType::Rollback)
+            .customize()
+            .config_override(no_retries())
+            .send()
+            .traced(AwsOp::StopServiceDeployment)
+            .await
+            .map_err(|e| classify(AwsOp::StopServiceDeployment, &e))?;
+        Ok(())
     }
 }
 

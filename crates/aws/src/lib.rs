@@ -198,6 +198,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "ClusterNotFoundException",
     "ChangeSetNotFound",
     "ResourceNotFoundException",
+    "ServiceDeploymentNotFoundException",
 ];
 
 /// What an AWS error answer means to the controller, from its code, HTTP status and message:
@@ -215,6 +216,7 @@ fn kind_of(code: &str, status: u16, message: &str) -> ErrorKind {
     } else if code == "ParameterAlreadyExists"
         || code == "AlreadyExistsException"
         || code == "ConditionalCheckFailedException"
+        || code == "ConflictException"
     {
         ErrorKind::Conflict
     } else {

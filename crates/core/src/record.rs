@@ -49,6 +49,9 @@ pub struct Record {
     /// ECS deployment created by the attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
+    /// Its service deployment's ARN, when ECS reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_deployment_arn: Option<String>,
     /// Deadline of the current wait (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<u64>,
@@ -512,6 +515,7 @@ impl Record {
             baseline: None,
             new_task_definition_arn: None,
             deployment_id: None,
+            service_deployment_arn: None,
             deadline: None,
             soak_until: None,
             rollback_issued: false,
@@ -638,6 +642,8 @@ impl Record {
         self.set_run(&gate.run);
         self.new_task_definition_arn = Some(gate.new_task_definition_arn.clone());
         self.deployment_id = Some(gate.deployment_id.clone());
+        self.service_deployment_arn
+            .clone_from(&gate.service_deployment);
         self.deadline = Some(gate.deadline.0);
     }
 
@@ -759,6 +765,7 @@ impl Record {
             run: self.run()?,
             new_task_definition_arn: self.new_td()?,
             deployment_id: need(self.deployment_id.as_ref(), "deployment_id")?.clone(),
+            service_deployment: self.service_deployment_arn.clone(),
             deadline: self.deadline()?,
         })
     }

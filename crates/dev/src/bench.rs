@@ -999,7 +999,7 @@ fn render_wave(out: &mut String, f: &FleetFigures, assumptions: &Assumptions) {
     heaviest.sort_by(|a, b| b.1.total_cmp(a.1));
     let parts: Vec<String> = heaviest
         .iter()
-        .take(6)
+        .take(10)
         .map(|(operation, per)| format!("{operation} {per:.1}"))
         .collect();
     let _ = writeln!(out, "    per runner: {}", parts.join(", "));

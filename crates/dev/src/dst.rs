@@ -1892,13 +1892,36 @@ impl Audited {
                 true,
                 Target::ServiceUpdate {
                     cluster, service, ..
+                }
+                | Target::ServiceDeploymentStop {
+                    cluster, service, ..
                 },
             ) => Some(format!("{cluster}/{service}")),
             (true, Target::Stack(stack)) => Some(stack.to_owned()),
             _ => None,
         }
     }
+
+    /// The service a call changes, and what it points it at: the task definition of an
+    /// update; a stop's rollback, to the revision before (named by [`STOP_ROLLBACK`]: never an
+    /// attempt's own).
+    fn service_change<'a>(call: &Call<'a>) -> Option<(String, &'a str)> {
+        match call.target {
+            Target::ServiceUpdate {
+                cluster,
+                service,
+                task_definition_arn,
+            } => Some((format!("{cluster}/{service}"), task_definition_arn)),
+            Target::ServiceDeploymentStop {
+                cluster, service, ..
+            } => Some((format!("{cluster}/{service}"), STOP_ROLLBACK)),
+            _ => None,
+        }
+    }
 }
+
+/// What the audit records a `StopServiceDeployment(ROLLBACK)` as: a rollback update.
+const STOP_ROLLBACK: &str = "stop-service-deployment(rollback)";
 
 #[async_trait]
 impl Hooks for Audited {
@@ -1909,35 +1932,23 @@ impl Hooks for Audited {
                 .mutation(&self.holder, &key, call.port.op())
                 .await;
         }
-        if let Target::ServiceUpdate {
-            cluster, service, ..
-        } = call.target
-        {
+        if let Some((key, _)) = Self::service_change(call) {
             if let Ok(mut lost) = self.lost_before.lock() {
-                lost.insert(
-                    format!("{cluster}/{service}"),
-                    self.ecs_faults.answers_lost(AwsOp::UpdateService),
-                );
+                lost.insert(key, self.ecs_faults.answers_lost(call.port.op()));
             }
         }
     }
 
     async fn after(&self, call: &Call<'_>, failed: Option<&PortError>) {
-        let Target::ServiceUpdate {
-            cluster,
-            service,
-            task_definition_arn,
-        } = call.target
-        else {
+        let Some((key, task_definition_arn)) = Self::service_change(call) else {
             return;
         };
-        let key = format!("{cluster}/{service}");
         let before = self
             .lost_before
             .lock()
             .map_or(0, |mut lost| lost.remove(&key).unwrap_or_default());
-        // An update whose answer was lost was made all the same.
-        let lost = self.ecs_faults.answers_lost(AwsOp::UpdateService) > before;
+        // A change whose answer was lost was made all the same.
+        let lost = self.ecs_faults.answers_lost(call.port.op()) > before;
         if failed.is_none() || lost {
             self.audit.update(&key, task_definition_arn, lost).await;
         }

@@ -122,6 +122,10 @@ aws_ops! {
     RegisterTaskDefinition: Ecs, true;
     /// `ecs:UpdateService`.
     UpdateService: Ecs, true;
+    /// `ecs:DescribeServiceDeployments`, up to twenty service deployments.
+    DescribeServiceDeployments: Ecs, false;
+    /// `ecs:StopServiceDeployment` (stop type `ROLLBACK`).
+    StopServiceDeployment: Ecs, true;
     /// `cloudformation:DescribeStacks`.
     DescribeStacks: CloudFormation, false;
     /// `cloudformation:GetTemplateSummary`.
@@ -197,6 +201,13 @@ pub enum PortCall {
     /// `Ecs::update_service` (forward or rollback): reads the service's deployment
     /// configuration, then updates it.
     UpdateService,
+    /// `Ecs::describe_service_deployments`, for this many service deployments.
+    DescribeServiceDeployments {
+        /// Service deployments asked for.
+        deployments: usize,
+    },
+    /// `Ecs::stop_service_deployment`.
+    StopServiceDeployment,
     /// `CloudFormation::describe_stack`.
     DescribeStack,
     /// `CloudFormation::template_summary`.
@@ -224,6 +235,10 @@ pub enum PortCall {
 /// The services one `DescribeServices` call describes at most (an AWS limit).
 const SERVICES_PER_CALL: usize = 10;
 
+/// The service deployments one `DescribeServiceDeployments` call describes at most (an AWS
+/// limit).
+const SERVICE_DEPLOYMENTS_PER_CALL: usize = 20;
+
 impl PortCall {
     /// The SDK calls this port call makes against AWS, with how many of each, as the AWS
     /// adapters make them (no allocation: it is asked on every call). A call whose size
@@ -244,7 +259,9 @@ impl PortCall {
             ],
             PortCall::DescribeServiceWithoutTasks => &[(AwsOp::DescribeServices, ONE)],
             PortCall::ListServiceTasks => &[(AwsOp::ListTasks, 2), (AwsOp::DescribeTasks, ONE)],
-            PortCall::DescribeServicesWithoutTasks { .. } => &[],
+            PortCall::DescribeServicesWithoutTasks { .. }
+            | PortCall::DescribeServiceDeployments { .. } => &[],
+            PortCall::StopServiceDeployment => &[(AwsOp::StopServiceDeployment, ONE)],
             PortCall::DescribeTaskDefinition => &[(AwsOp::DescribeTaskDefinition, ONE)],
             PortCall::ListTaskDefinitions => &[(AwsOp::ListTaskDefinitions, ONE)],
             PortCall::RegisterClone => &[
@@ -273,6 +290,12 @@ impl PortCall {
                 u32::try_from(services.div_ceil(SERVICES_PER_CALL)).unwrap_or(u32::MAX),
             ))
             .filter(|(_, calls)| *calls > 0),
+            PortCall::DescribeServiceDeployments { deployments } => Some((
+                AwsOp::DescribeServiceDeployments,
+                u32::try_from(deployments.div_ceil(SERVICE_DEPLOYMENTS_PER_CALL))
+                    .unwrap_or(u32::MAX),
+            ))
+            .filter(|(_, calls)| *calls > 0),
             _ => None,
         };
         fixed.iter().copied().chain(batches)
@@ -290,7 +313,9 @@ impl PortCall {
             | PortCall::DescribeTaskDefinition
             | PortCall::ListTaskDefinitions
             | PortCall::RegisterClone
-            | PortCall::UpdateService => ApiFamily::Ecs,
+            | PortCall::UpdateService
+            | PortCall::DescribeServiceDeployments { .. }
+            | PortCall::StopServiceDeployment => ApiFamily::Ecs,
             PortCall::DescribeStack
             | PortCall::TemplateSummary
             | PortCall::CreateChangeSet
@@ -323,6 +348,7 @@ impl PortCall {
             | PortCall::DescribeServicesWithoutTasks { .. } => AwsOp::DescribeServices,
             PortCall::RegisterClone => AwsOp::RegisterTaskDefinition,
             PortCall::UpdateService => AwsOp::UpdateService,
+            PortCall::DescribeServiceDeployments { .. } => AwsOp::DescribeServiceDeployments,
             other => other
                 .sdk_calls()
                 .next()
@@ -379,6 +405,21 @@ mod tests {
             3,
             AwsOp::DescribeServices,
         );
+        check(
+            PortCall::DescribeServiceDeployments { deployments: 20 },
+            1,
+            AwsOp::DescribeServiceDeployments,
+        );
+        check(
+            PortCall::DescribeServiceDeployments { deployments: 21 },
+            2,
+            AwsOp::DescribeServiceDeployments,
+        );
+        check(
+            PortCall::StopServiceDeployment,
+            1,
+            AwsOp::StopServiceDeployment,
+        );
         check(PortCall::GetPage, 1, AwsOp::GetParametersByPath);
         check(PortCall::StackEvents, 1, AwsOp::DescribeStackEvents);
     }
@@ -398,6 +439,8 @@ mod tests {
             PortCall::ListTaskDefinitions,
             PortCall::RegisterClone,
             PortCall::UpdateService,
+            PortCall::DescribeServiceDeployments { deployments: 21 },
+            PortCall::StopServiceDeployment,
             PortCall::DescribeStack,
             PortCall::TemplateSummary,
             PortCall::CreateChangeSet,
@@ -424,6 +467,8 @@ mod tests {
                 | PortCall::ListTaskDefinitions
                 | PortCall::RegisterClone
                 | PortCall::UpdateService
+                | PortCall::DescribeServiceDeployments { .. }
+                | PortCall::StopServiceDeployment
                 | PortCall::DescribeStack
                 | PortCall::TemplateSummary
                 | PortCall::CreateChangeSet

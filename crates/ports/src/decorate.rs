@@ -11,14 +11,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState, Task};
+use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState, StackState, Task};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 
 use crate::{
     walk_pages, AwsOp, ChangeSetRequest, CloudFormation, Ecs, LeaseCondition, LeaseFields,
-    Parameter, ParameterPage, ParameterStore, PortCall, PortError, RecordCondition, StateItem,
-    StatePage, StateTable, TaskDefinitionPage, TemplateSummary,
+    Parameter, ParameterPage, ParameterStore, PortCall, PortError, RecordCondition, ServiceUpdate,
+    StateItem, StatePage, StateTable, TaskDefinitionPage, TemplateSummary,
 };
 
 /// What a call is about, for the hooks that audit it.
@@ -46,6 +46,17 @@ pub enum Target<'a> {
         service: &'a str,
         /// The task definition it is pointed at.
         task_definition_arn: &'a str,
+    },
+    /// Service deployments (`describe_service_deployments`), by ARN.
+    ServiceDeployments(&'a [String]),
+    /// A service deployment of a service, stopped (`stop_service_deployment`).
+    ServiceDeploymentStop {
+        /// The service's cluster.
+        cluster: &'a str,
+        /// The service.
+        service: &'a str,
+        /// The service deployment's ARN.
+        arn: &'a str,
     },
     /// A task definition (for `register_clone`: the base revision cloned).
     TaskDefinition(&'a str),
@@ -267,7 +278,7 @@ impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
         service: &str,
         task_definition_arn: &str,
         only_over: Option<&[String]>,
-    ) -> Result<String, PortError> {
+    ) -> Result<ServiceUpdate, PortError> {
         let call = Call {
             port: PortCall::UpdateService,
             target: Target::ServiceUpdate {
@@ -280,6 +291,39 @@ impl<H: Hooks> Ecs for Decorated<dyn Ecs, H> {
             call,
             self.inner
                 .update_service(cluster, service, task_definition_arn, only_over),
+        )
+        .await
+    }
+    async fn describe_service_deployments(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<Result<ServiceDeployment, PortError>>, PortError> {
+        let call = Call {
+            port: PortCall::DescribeServiceDeployments {
+                deployments: arns.len(),
+            },
+            target: Target::ServiceDeployments(arns),
+        };
+        self.around(call, self.inner.describe_service_deployments(arns))
+            .await
+    }
+    async fn stop_service_deployment(
+        &self,
+        cluster: &str,
+        service: &str,
+        arn: &str,
+    ) -> Result<(), PortError> {
+        let call = Call {
+            port: PortCall::StopServiceDeployment,
+            target: Target::ServiceDeploymentStop {
+                cluster,
+                service,
+                arn,
+            },
+        };
+        self.around(
+            call,
+            self.inner.stop_service_deployment(cluster, service, arn),
         )
         .await
     }

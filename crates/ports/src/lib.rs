@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
-use runner_updater_core::domain::observed::{ServiceState, StackState, Task};
+use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState, StackState, Task};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::{Record, RecordError};
@@ -149,6 +149,19 @@ pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 /// The most services one `DescribeServices` call takes (an AWS limit).
 pub const DESCRIBE_SERVICES_MAX: usize = 10;
 
+/// The most service deployments one `DescribeServiceDeployments` call describes (an AWS limit).
+pub const DESCRIBE_SERVICE_DEPLOYMENTS_MAX: usize = 20;
+
+/// What an `UpdateService` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUpdate {
+    /// The id of the new PRIMARY deployment (`ecs-svc/…`).
+    pub deployment_id: String,
+    /// Its service deployment's ARN (the service's `currentServiceDeployment`), where ECS
+    /// reports one.
+    pub service_deployment: Option<String>,
+}
+
 /// The most task definitions one `ListTaskDefinitions` call returns (an AWS limit).
 pub const TASK_DEFINITIONS_PAGE_MAX: usize = 100;
 
@@ -227,7 +240,7 @@ pub trait Ecs: Send + Sync {
         tags: BTreeMap<String, String>,
     ) -> Result<String, PortError>;
     /// Points the service at a task definition with the circuit breaker (rollback on); returns
-    /// the id of the new PRIMARY deployment. With `only_over`, the update is made only while
+    /// the id of the new PRIMARY deployment and its service deployment. With `only_over`, the update is made only while
     /// every deployment of the service is one of those (the attempt's baseline): a deployment
     /// that appeared since (a foreign writer) refuses it with `ErrorKind::Conflict`, nothing
     /// changed. Against AWS the check is on the read of the service the adapter makes anyway
@@ -238,7 +251,26 @@ pub trait Ecs: Send + Sync {
         service: &str,
         task_definition_arn: &str,
         only_over: Option<&[String]>,
-    ) -> Result<String, PortError>;
+    ) -> Result<ServiceUpdate, PortError>;
+    /// Service deployments by ARN, in the order asked. Against AWS one
+    /// `DescribeServiceDeployments` call per [`DESCRIBE_SERVICE_DEPLOYMENTS_MAX`] (any clusters
+    /// and services): what the health gate reads while rollouts are in progress. One ECS does
+    /// not know is an inner `NotFound`; a failed call fails the whole batch (the outer error).
+    async fn describe_service_deployments(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<Result<ServiceDeployment, PortError>>, PortError>;
+    /// `StopServiceDeployment(stopType = ROLLBACK)` on a deployment of `service`: ECS rolls the
+    /// service back to the exact service revision before it. Only a deployment in progress (or
+    /// already stopping or rolling back: then a no-op) can be stopped; one that completed is
+    /// refused with `ErrorKind::Conflict`, an API or deployment ECS does not offer with
+    /// `NotFound` or `Permanent` — the rollback then falls back to `update_service`.
+    async fn stop_service_deployment(
+        &self,
+        cluster: &str,
+        service: &str,
+        arn: &str,
+    ) -> Result<(), PortError>;
 }
 
 /// What `GetTemplateSummary` says about a template.

@@ -16,10 +16,11 @@ use futures_util::stream::StreamExt;
 
 use runner_updater_config::RunnerConfig;
 use runner_updater_core::domain::desired::is_desired_name;
-use runner_updater_core::domain::observed::ServiceState;
+use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState};
 use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
 use runner_updater_ports::{
-    Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX, PARAMETERS_PAGE_MAX,
+    Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX,
+    DESCRIBE_SERVICE_DEPLOYMENTS_MAX, PARAMETERS_PAGE_MAX,
 };
 
 use crate::retry::RetryPolicy;
@@ -53,21 +54,31 @@ pub struct FleetSnapshot {
     pub calls: (usize, usize),
 }
 
-/// What a gate read saw: the services of the runners in the health gate.
+/// What a gate read saw of one runner.
+#[derive(Debug, Clone)]
+pub enum GateRead {
+    /// The service, without its tasks (`DescribeServices`).
+    Service(ServiceState),
+    /// Its rollout's service deployment (`DescribeServiceDeployments`).
+    Deployment(ServiceDeployment),
+}
+
+/// What a gate read saw: the services of the runners in the health gate, or their rollouts'
+/// service deployments.
 #[derive(Debug)]
 pub struct GateSnapshot {
     /// When the read started.
     pub taken_at: Millis,
-    services: HashMap<String, Result<ServiceState, PortError>>,
-    /// `DescribeServices` calls the read made.
+    reads: HashMap<String, Result<GateRead, PortError>>,
+    /// Calls the read made: `DescribeServices`, `DescribeServiceDeployments`.
     pub calls: usize,
 }
 
 impl GateSnapshot {
-    /// Takes `runner`'s service (once): `None` when the read did not cover it or could not
-    /// read it (the runner's pass then reads its own, with its retries and its errors).
-    pub fn take(&mut self, runner: &str) -> Option<ServiceState> {
-        self.services.remove(runner)?.ok()
+    /// Takes `runner`'s read (once): `None` when the read did not cover it or could not read
+    /// it (the runner's pass then reads its own, with its retries and its errors).
+    pub fn take(&mut self, runner: &str) -> Option<GateRead> {
+        self.reads.remove(runner)?.ok()
     }
 }
 
@@ -163,20 +174,82 @@ impl FleetReader {
         }
     }
 
-    /// The services of the runners in the health gate, ten a call by cluster: what their
-    /// passes judge (the gate keeps the desired state it last read, and reads tasks only when
+    /// What the passes of the runners in the health gate judge: the rollouts' service
+    /// deployments where the gate reads one (the service deployment's ARN beside the runner),
+    /// twenty a call whatever their clusters; the other runners' services, ten a call by
+    /// cluster (the gate keeps the desired state it last read, and reads tasks only when
     /// something calls for them). One read for all the runners due at once, instead of one
-    /// `DescribeServices` each.
-    pub async fn read_gate(&self, runners: &[&RunnerConfig]) -> GateSnapshot {
+    /// call each.
+    pub async fn read_gate(&self, runners: &[(&RunnerConfig, Option<String>)]) -> GateSnapshot {
         let taken_at = self.clock.now();
         let read = self.reads.fetch_add(1, Ordering::Relaxed);
-        let (services, batches) = self.read_services(runners, read).await;
-        tracing::debug!(runners = runners.len(), batches, "gate read");
+        let (by_deployment, by_service): (Vec<_>, Vec<_>) =
+            runners.iter().partition(|(_, arn)| arn.is_some());
+        let services: Vec<&RunnerConfig> = by_service.iter().map(|(r, _)| *r).collect();
+        let ((from_services, batches), (from_deployments, deployment_batches)) = futures_util::join!(
+            self.read_services(&services, read),
+            self.read_service_deployments(&by_deployment, read)
+        );
+        let reads: HashMap<String, Result<GateRead, PortError>> = from_services
+            .into_iter()
+            .map(|(name, read)| (name, read.map(GateRead::Service)))
+            .chain(from_deployments)
+            .collect();
+        tracing::debug!(
+            runners = runners.len(),
+            batches,
+            deployment_batches,
+            "gate read"
+        );
         GateSnapshot {
             taken_at,
-            services,
-            calls: batches,
+            reads,
+            calls: batches + deployment_batches,
         }
+    }
+
+    /// Service deployments, twenty a call.
+    async fn read_service_deployments(
+        &self,
+        runners: &[&(&RunnerConfig, Option<String>)],
+        read: u64,
+    ) -> (Vec<(String, Result<GateRead, PortError>)>, usize) {
+        let wanted: Vec<(&str, &str)> = runners
+            .iter()
+            .filter_map(|(runner, arn)| Some((runner.name.as_str(), arn.as_deref()?)))
+            .collect();
+        let chunks: Vec<&[(&str, &str)]> =
+            wanted.chunks(DESCRIBE_SERVICE_DEPLOYMENTS_MAX).collect();
+        let count = chunks.len();
+        let results: Vec<Vec<(String, Result<GateRead, PortError>)>> =
+            futures_util::stream::iter(chunks)
+                .enumerate()
+                .map(|(batch, chunk)| async move {
+                    let arns: Vec<String> =
+                        chunk.iter().map(|(_, arn)| (*arn).to_owned()).collect();
+                    let answer = self
+                        .retrying(read ^ (1 << 41) ^ (batch as u64) << 20, || {
+                            self.ecs.describe_service_deployments(&arns)
+                        })
+                        .await;
+                    match answer {
+                        Ok(found) if found.len() == chunk.len() => chunk
+                            .iter()
+                            .zip(found)
+                            .map(|((name, _), read)| {
+                                ((*name).to_owned(), read.map(GateRead::Deployment))
+                            })
+                            .collect(),
+                        Ok(_) | Err(_) => {
+                            // The runners read their own (with their own retries and errors).
+                            Vec::new()
+                        }
+                    }
+                })
+                .buffer_unordered(ECS_BATCHES_IN_FLIGHT)
+                .collect()
+                .await;
+        (results.into_iter().flatten().collect(), count)
     }
 
     /// Every parameter under the prefix, page by page, grouped by runner (only `desired/…`
@@ -267,10 +340,18 @@ impl FleetReader {
                         })
                         .await;
                     match read {
+                        // What a pass judges, no more: the service deployment's ARN is read
+                        // by the calls that use it (the rollback, a resumed update), fresh.
                         Ok(states) if states.len() == chunk.len() => chunk
                             .iter()
                             .zip(states)
-                            .map(|(runner, state)| (runner.name.clone(), state))
+                            .map(|(runner, state)| {
+                                let state = state.map(|mut state| {
+                                    state.current_service_deployment = None;
+                                    state
+                                });
+                                (runner.name.clone(), state)
+                            })
                             .collect(),
                         Ok(states) => {
                             let error = PortError::new(

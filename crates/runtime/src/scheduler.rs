@@ -459,16 +459,17 @@ impl Scheduler {
             return None;
         }
         queue.urgent.retain(|index| !gate.contains(index));
-        let configs: Vec<RunnerConfig> = gate
+        let configs: Vec<(RunnerConfig, Option<String>)> = gate
             .iter()
             .filter_map(|&i| self.slots.get(i)?.driver.as_ref())
-            .map(|d| d.runner_config().clone())
+            .map(|d| (d.runner_config().clone(), d.gate_service_deployment()))
             .collect();
         let reader = self.reader.clone();
         Some((
             gate,
             Box::pin(async move {
-                let refs: Vec<&RunnerConfig> = configs.iter().collect();
+                let refs: Vec<(&RunnerConfig, Option<String>)> =
+                    configs.iter().map(|(c, arn)| (c, arn.clone())).collect();
                 reader.read_gate(&refs).await
             }),
         ))
@@ -488,8 +489,8 @@ impl Scheduler {
                 name,
                 self.slots.get_mut(index).and_then(|s| s.driver.as_mut()),
             ) {
-                if let Some(service) = snapshot.take(&name) {
-                    driver.offer_gate_read(snapshot.taken_at, service);
+                if let Some(read) = snapshot.take(&name) {
+                    driver.offer_gate_read(snapshot.taken_at, read);
                 }
             }
             // Not among the urgent ones: those are what the next gate read takes. In the order

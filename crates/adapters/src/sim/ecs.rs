@@ -5,9 +5,14 @@
 //! when a container has a health check. An image's [`ImageBehaviour`] can make its tasks crash,
 //! never become healthy, or turn unhealthy later; ECS stops a task that stays UNHEALTHY for
 //! 30 s and counts it as failed. The deployment circuit breaker fails a deployment once its
-//! failed tasks reach `max(10, min(200, ceil(desired / 2)))` (ECS's original minimum of 10;
-//! see [`SimEcs::set_circuit_breaker_minimum`]) and rolls back to the last completed task
-//! definition by creating a new PRIMARY deployment.
+//! failed tasks reach ECS's current threshold, `clamp(ceil(desired / 2), 3, 200)` (the minimum
+//! is configurable: [`SimEcs::set_circuit_breaker_minimum`]; ECS's pre-2024 one was 10), and
+//! rolls back to the last completed task definition by creating a new PRIMARY deployment.
+//!
+//! Every deployment belongs to a service deployment (`DescribeServiceDeployments`):
+//! `IN_PROGRESS` while it rolls out, `SUCCESSFUL` once complete, `STOPPED` when a newer one replaces it (or the
+//! breaker fails it with nothing to roll back to), `ROLLBACK_IN_PROGRESS` then
+//! `ROLLBACK_SUCCESSFUL` when the breaker or `StopServiceDeployment(ROLLBACK)` rolls it back.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +23,8 @@ use serde_json::{Map, Value};
 
 use super::{guard, Faults, Rng, SimClock, SimRunnerSpec};
 use runner_updater_core::domain::observed::{
-    Deployment, DeploymentStatus, Health, RolloutState, ServiceState, Task, TaskStatus, VERSION_TAG,
+    BreakerCount, Deployment, DeploymentStatus, Health, RolloutState, ServiceDeployment,
+    ServiceDeploymentStatus, ServiceState, Task, TaskStatus, VERSION_TAG,
 };
 use runner_updater_core::domain::task_definition::{
     clone_with_image, TaskDefinition, READ_ONLY_FIELDS,
@@ -26,7 +32,8 @@ use runner_updater_core::domain::task_definition::{
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    Clock, Ecs, ErrorKind, PortError, TaskDefinitionPage, TASK_DEFINITIONS_PAGE_MAX,
+    Clock, Ecs, ErrorKind, PortError, ServiceUpdate as Updated, TaskDefinitionPage,
+    DESCRIBE_SERVICE_DEPLOYMENTS_MAX, TASK_DEFINITIONS_PAGE_MAX,
 };
 
 /// The simulation's time step.
@@ -35,6 +42,10 @@ const START_DELAY: Duration = Duration::from_secs(10);
 const START_JITTER_MS: u64 = 5_000;
 const HEALTHY_AFTER: Duration = Duration::from_secs(15);
 const UNHEALTHY_GRACE: Duration = Duration::from_secs(30);
+/// The circuit breaker's least threshold (ECS's current rule; its pre-2024 one was 10).
+pub const BREAKER_MINIMUM: u32 = 3;
+/// Service deployments kept per service (the most recent).
+const SERVICE_DEPLOYMENTS_KEPT: usize = 5;
 /// Stopped tasks listed per service at most.
 const STOPPED_KEPT: usize = 50;
 const ACCOUNT: &str = "123456789012";
@@ -93,6 +104,26 @@ struct SimDeployment {
     rollout_state: RolloutState,
     reason: Option<String>,
     failed_tasks: u32,
+    /// The service deployment it belongs to (a rollback's: the one it rolls back).
+    service_deployment: String,
+}
+
+/// A service deployment as the simulation keeps it (listed after its deployments are gone).
+#[derive(Debug, Clone)]
+struct SimServiceDeployment {
+    cluster: String,
+    service: String,
+    /// The deployment that rolls it out.
+    deployment: String,
+    status: ServiceDeploymentStatus,
+    status_reason: Option<String>,
+    requested: u32,
+    /// Running tasks when it ended (while it rolls out: counted from its deployment).
+    running: u32,
+    failures: u32,
+    threshold: u32,
+    triggered: bool,
+    rollback_reason: Option<String>,
 }
 
 /// A simulated service.
@@ -140,6 +171,8 @@ struct EcsWorld {
     next_id: u64,
     rng: Rng,
     breaker_minimum: u32,
+    /// Service deployments by ARN.
+    service_deployments: BTreeMap<String, SimServiceDeployment>,
     /// Each service as it was just before its last `UpdateService`, and when: what a stale
     /// read returns.
     before_update: BTreeMap<(String, String), (Millis, SimService)>,
@@ -286,57 +319,105 @@ impl EcsWorld {
         });
     }
 
+    /// The breaker's threshold for a service: ECS's `clamp(ceil(desired / 2), minimum, 200)`.
+    fn threshold(&self, service: &SimService) -> u32 {
+        service
+            .desired_count
+            .div_ceil(2)
+            .clamp(self.breaker_minimum, 200.max(self.breaker_minimum))
+    }
+
     /// A primary deployment in progress with as many failed tasks as the threshold is failed
     /// and rolled back to the last completed task definition (or, with nothing to roll back
     /// to, marked failed and left primary).
     fn circuit_breaker(&mut self, service: &mut SimService) {
-        let threshold = self
-            .breaker_minimum
-            .max(service.desired_count.div_ceil(2).min(200));
+        let threshold = self.threshold(service);
         let tripped = service.deployments.iter().position(|d| {
             d.status == DeploymentStatus::Primary
                 && d.rollout_state == RolloutState::InProgress
                 && d.failed_tasks >= threshold
         });
-        if let Some(index) = tripped.filter(|&index| {
-            // Nothing to roll back to: the failing deployment runs the last completed task
-            // definition (a rollback that fails in turn). The deployment is marked FAILED and
-            // stays PRIMARY, as with the rollback option off, instead of rolling back into
-            // itself for ever.
-            let same = service.deployments[index].task_definition_arn
-                == service.last_completed_task_definition;
-            if same {
-                let deployment = &mut service.deployments[index];
-                deployment.rollout_state = RolloutState::Failed;
-                deployment.reason = Some(format!(
-                    "{}; failed in turn ({} failed tasks): nothing left to roll back to",
-                    deployment.reason.as_deref().unwrap_or("ECS deployment"),
-                    deployment.failed_tasks
-                ));
-            }
-            !same
-        }) {
-            let failed_id = service.deployments[index].id.clone();
-            service.deployments[index].rollout_state = RolloutState::Failed;
-            service.deployments[index].status = DeploymentStatus::Active;
-            service.deployments[index].reason = Some(format!(
-                "ECS deployment circuit breaker: tasks failed to start ({} failed, threshold {threshold})",
-                service.deployments[index].failed_tasks
+        let Some(index) = tripped else {
+            return;
+        };
+        let failed = service.deployments[index].failed_tasks;
+        if let Some(sd) = self
+            .service_deployments
+            .get_mut(&service.deployments[index].service_deployment)
+        {
+            sd.failures = failed;
+            sd.triggered = true;
+        }
+        // Nothing to roll back to: the failing deployment runs the last completed task
+        // definition (a rollback that fails in turn). The deployment is marked FAILED and
+        // stays PRIMARY, as with the rollback option off, instead of rolling back into itself
+        // for ever.
+        if service.deployments[index].task_definition_arn == service.last_completed_task_definition
+        {
+            let deployment = &mut service.deployments[index];
+            deployment.rollout_state = RolloutState::Failed;
+            deployment.reason = Some(format!(
+                "{}; failed in turn ({} failed tasks): nothing left to roll back to",
+                deployment.reason.as_deref().unwrap_or("ECS deployment"),
+                deployment.failed_tasks
             ));
-            service.tasks.retain(|task| task.deployment != failed_id);
-            let rollback_id = format!("ecs-svc/{:019}", self.id());
-            service.task_definition_arn = service.last_completed_task_definition.clone();
-            service.deployments.insert(
+            let arn = deployment.service_deployment.clone();
+            self.end_service_deployment(
+                &arn,
+                ServiceDeploymentStatus::Stopped,
+                Some("the circuit breaker failed it: nothing left to roll back to".to_owned()),
                 0,
-                SimDeployment {
-                    id: rollback_id,
-                    status: DeploymentStatus::Primary,
-                    task_definition_arn: service.last_completed_task_definition.clone(),
-                    rollout_state: RolloutState::InProgress,
-                    reason: Some("ECS deployment circuit breaker: rolling back".to_owned()),
-                    failed_tasks: 0,
-                },
             );
+            return;
+        }
+        let reason = format!(
+            "ECS deployment circuit breaker: tasks failed to start ({failed} failed, threshold {threshold})"
+        );
+        self.roll_back(service, index, reason, "tasks failed to start".to_owned());
+    }
+
+    /// Rolls `service`'s deployment at `index` back to the last completed task definition: the
+    /// deployment failed, a new PRIMARY deployment of that revision, its service deployment
+    /// `ROLLBACK_IN_PROGRESS` (the breaker's rollback, or `StopServiceDeployment(ROLLBACK)`).
+    fn roll_back(&mut self, service: &mut SimService, index: usize, reason: String, why: String) {
+        let failed_id = service.deployments[index].id.clone();
+        let arn = service.deployments[index].service_deployment.clone();
+        service.deployments[index].rollout_state = RolloutState::Failed;
+        service.deployments[index].status = DeploymentStatus::Active;
+        service.deployments[index].reason = Some(reason);
+        service.tasks.retain(|task| task.deployment != failed_id);
+        if let Some(sd) = self.service_deployments.get_mut(&arn) {
+            sd.status = ServiceDeploymentStatus::RollbackInProgress;
+            sd.rollback_reason = Some(why);
+        }
+        let rollback_id = format!("ecs-svc/{:019}", self.id());
+        service.task_definition_arn = service.last_completed_task_definition.clone();
+        service.deployments.insert(
+            0,
+            SimDeployment {
+                id: rollback_id,
+                status: DeploymentStatus::Primary,
+                task_definition_arn: service.last_completed_task_definition.clone(),
+                rollout_state: RolloutState::InProgress,
+                reason: Some("ECS deployment circuit breaker: rolling back".to_owned()),
+                failed_tasks: 0,
+                service_deployment: arn,
+            },
+        );
+    }
+
+    /// A service deployment ends (its counts kept as they were).
+    fn end_service_deployment(
+        &mut self,
+        arn: &str,
+        status: ServiceDeploymentStatus,
+        reason: Option<String>,
+        running: u32,
+    ) {
+        if let Some(sd) = self.service_deployments.get_mut(arn) {
+            sd.status = status;
+            sd.status_reason = reason;
+            sd.running = running;
         }
     }
 
@@ -384,6 +465,26 @@ impl EcsWorld {
                 d.rollout_state = RolloutState::Completed;
             }
             service.last_completed_task_definition = primary.task_definition_arn.clone();
+            // Its service deployment succeeded — or, for a rollback, rolled back.
+            let rolled_back = self
+                .service_deployments
+                .get(&primary.service_deployment)
+                .is_some_and(|sd| sd.deployment != primary.id);
+            let (status, reason) = if rolled_back {
+                (ServiceDeploymentStatus::RollbackSuccessful, None)
+            } else {
+                (ServiceDeploymentStatus::Successful, None)
+            };
+            self.end_service_deployment(
+                &primary.service_deployment,
+                status,
+                reason,
+                if rolled_back {
+                    0
+                } else {
+                    service.desired_count
+                },
+            );
         }
     }
 
@@ -473,7 +574,8 @@ impl SimEcs {
                 registrations: Vec::new(),
                 next_id: 0,
                 rng: Rng::new(seed),
-                breaker_minimum: 10,
+                breaker_minimum: BREAKER_MINIMUM,
+                service_deployments: BTreeMap::new(),
                 before_update: BTreeMap::new(),
                 stale_reads: 0,
             })),
@@ -511,7 +613,8 @@ impl SimEcs {
         }
     }
 
-    /// Sets the circuit breaker's minimum failure threshold (ECS's original was 10).
+    /// Sets the circuit breaker's minimum failure threshold ([`BREAKER_MINIMUM`] by default, as
+    /// ECS's current rule; its pre-2024 one was 10).
     pub fn set_circuit_breaker_minimum(&self, minimum: u32) {
         if let Ok(mut world) = self.world.lock() {
             world.breaker_minimum = minimum.max(1);
@@ -618,6 +721,24 @@ impl SimEcs {
         let arn = world.register(document, tags, now)?;
         world.registrations.clear();
         let deployment_id = format!("ecs-svc/{:019}", world.id());
+        let service_deployment =
+            service_deployment_arn(&spec.cluster, &spec.service, &deployment_id);
+        world.service_deployments.insert(
+            service_deployment.clone(),
+            SimServiceDeployment {
+                cluster: spec.cluster.clone(),
+                service: spec.service.clone(),
+                deployment: deployment_id.clone(),
+                status: ServiceDeploymentStatus::Successful,
+                status_reason: None,
+                requested: spec.desired_count,
+                running: spec.desired_count,
+                failures: 0,
+                threshold: BREAKER_MINIMUM,
+                triggered: false,
+                rollback_reason: None,
+            },
+        );
         let tasks = (0..spec.desired_count)
             .map(|_| SimTask {
                 deployment: deployment_id.clone(),
@@ -646,6 +767,7 @@ impl SimEcs {
                     rollout_state: RolloutState::Completed,
                     reason: None,
                     failed_tasks: 0,
+                    service_deployment,
                 }],
                 tasks,
                 last_completed_task_definition: arn,
@@ -695,11 +817,16 @@ impl SimEcs {
                 format!("ServiceNotFoundException: {service}"),
             ));
         };
+        let mut replaced = Vec::new();
         for deployment in &mut svc.deployments {
             if deployment.status == DeploymentStatus::Primary {
                 deployment.status = DeploymentStatus::Active;
+                if deployment.rollout_state == RolloutState::InProgress {
+                    replaced.push(deployment.service_deployment.clone());
+                }
             }
         }
+        let arn = service_deployment_arn(cluster, service, &id);
         svc.deployments.insert(
             0,
             SimDeployment {
@@ -709,9 +836,51 @@ impl SimEcs {
                 rollout_state: RolloutState::InProgress,
                 reason: None,
                 failed_tasks: 0,
+                service_deployment: arn.clone(),
             },
         );
         svc.task_definition_arn = task_definition_arn.to_owned();
+        let svc = svc.clone();
+        // A deployment still rolling out (or rolling back) is stopped by the new one.
+        for earlier in replaced {
+            world.end_service_deployment(
+                &earlier,
+                ServiceDeploymentStatus::Stopped,
+                Some("a newer service deployment replaced it".to_owned()),
+                0,
+            );
+        }
+        let threshold = world.threshold(&svc);
+        world.service_deployments.insert(
+            arn,
+            SimServiceDeployment {
+                cluster: cluster.to_owned(),
+                service: service.to_owned(),
+                deployment: id.clone(),
+                status: ServiceDeploymentStatus::InProgress,
+                status_reason: None,
+                requested: svc.desired_count,
+                running: 0,
+                failures: 0,
+                threshold,
+                triggered: false,
+                rollback_reason: None,
+            },
+        );
+        // Only the most recent ones of a service stay described (ids rise with time).
+        let prefix = service_deployment_arn(cluster, service, "");
+        let kept: Vec<String> = world
+            .service_deployments
+            .range(prefix.clone()..)
+            .take_while(|(arn, _)| arn.starts_with(&prefix))
+            .map(|(arn, _)| arn.clone())
+            .collect();
+        for old in kept
+            .iter()
+            .take(kept.len().saturating_sub(SERVICE_DEPLOYMENTS_KEPT))
+        {
+            world.service_deployments.remove(old);
+        }
         world.updates.push(ServiceUpdate {
             cluster: cluster.to_owned(),
             service: service.to_owned(),
@@ -791,6 +960,75 @@ fn read_service(
                 })
                 .collect(),
         ),
+        current_service_deployment: svc
+            .deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
+            .map(|d| d.service_deployment.clone()),
+    })
+}
+
+/// A service deployment's ARN, as ECS writes them (its id here: the deployment's).
+fn service_deployment_arn(cluster: &str, service: &str, deployment_id: &str) -> String {
+    let id = deployment_id.trim_start_matches("ecs-svc/");
+    format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service-deployment/{cluster}/{service}/{id}")
+}
+
+/// A service deployment as `DescribeServiceDeployments` shows it (its service advanced first).
+fn read_service_deployment(
+    world: &mut EcsWorld,
+    arn: &str,
+    now: Millis,
+) -> Result<ServiceDeployment, PortError> {
+    let missing = || {
+        PortError::new(
+            ErrorKind::NotFound,
+            AwsOp::DescribeServiceDeployments,
+            format!("MISSING: service deployment {arn}"),
+        )
+    };
+    let key = {
+        let sd = world.service_deployments.get(arn).ok_or_else(missing)?;
+        (sd.cluster.clone(), sd.service.clone())
+    };
+    world.advance(&key, now);
+    let sd = world.service_deployments.get(arn).ok_or_else(missing)?;
+    // While it rolls out, its counts are its deployment's.
+    let live = world
+        .services
+        .get(&key)
+        .and_then(|svc| {
+            svc.deployments
+                .iter()
+                .find(|d| d.id == sd.deployment)
+                .map(|d| (svc, d))
+        })
+        .filter(|_| sd.status == ServiceDeploymentStatus::InProgress);
+    let (running, failures) = match live {
+        Some((svc, d)) => (
+            u32::try_from(
+                svc.tasks
+                    .iter()
+                    .filter(|t| t.deployment == d.id && t.status == TaskStatus::Running)
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+            d.failed_tasks,
+        ),
+        None => (sd.running, sd.failures),
+    };
+    Ok(ServiceDeployment {
+        arn: arn.to_owned(),
+        status: sd.status,
+        status_reason: sd.status_reason.clone(),
+        requested: sd.requested,
+        running,
+        breaker: Some(BreakerCount {
+            triggered: sd.triggered,
+            failure_count: failures,
+            threshold: sd.threshold,
+        }),
+        rollback_reason: sd.rollback_reason.clone(),
     })
 }
 
@@ -960,7 +1198,7 @@ impl Ecs for SimEcs {
         service: &str,
         task_definition_arn: &str,
         only_over: Option<&[String]>,
-    ) -> Result<String, PortError> {
+    ) -> Result<Updated, PortError> {
         self.faults.mutate(AwsOp::UpdateService, || {
             if let Some(expected) = only_over {
                 let now = self.clock.now();
@@ -981,7 +1219,110 @@ impl Ecs for SimEcs {
                     ));
                 }
             }
-            self.update_service_as(cluster, service, task_definition_arn, "controller")
+            let deployment_id =
+                self.update_service_as(cluster, service, task_definition_arn, "controller")?;
+            Ok(Updated {
+                service_deployment: Some(service_deployment_arn(cluster, service, &deployment_id)),
+                deployment_id,
+            })
+        })
+    }
+
+    async fn describe_service_deployments(
+        &self,
+        arns: &[String],
+    ) -> Result<Vec<Result<ServiceDeployment, PortError>>, PortError> {
+        let mut answers = Vec::with_capacity(arns.len());
+        for chunk in arns.chunks(DESCRIBE_SERVICE_DEPLOYMENTS_MAX) {
+            // One call as against AWS: a fault fails the whole batch.
+            self.faults.check(AwsOp::DescribeServiceDeployments)?;
+            let now = self.clock.now();
+            let mut world = guard(&self.world, AwsOp::DescribeServiceDeployments)?;
+            answers.extend(
+                chunk
+                    .iter()
+                    .map(|arn| read_service_deployment(&mut world, arn, now)),
+            );
+        }
+        Ok(answers)
+    }
+
+    async fn stop_service_deployment(
+        &self,
+        cluster: &str,
+        service: &str,
+        arn: &str,
+    ) -> Result<(), PortError> {
+        self.faults.mutate(AwsOp::StopServiceDeployment, || {
+            let now = self.clock.now();
+            let mut world = guard(&self.world, AwsOp::StopServiceDeployment)?;
+            let refuse = |kind, message: String| {
+                PortError::new(kind, AwsOp::StopServiceDeployment, message)
+            };
+            let key = (cluster.to_owned(), service.to_owned());
+            world.advance(&key, now);
+            let Some(sd) = world
+                .service_deployments
+                .get(arn)
+                .filter(|sd| sd.cluster == cluster && sd.service == service)
+                .cloned()
+            else {
+                return Err(refuse(
+                    ErrorKind::NotFound,
+                    format!("ServiceDeploymentNotFoundException: {arn}"),
+                ));
+            };
+            match sd.status {
+                ServiceDeploymentStatus::Pending | ServiceDeploymentStatus::InProgress => {}
+                // Already stopping or rolling back: it goes on.
+                ServiceDeploymentStatus::StopRequested
+                | ServiceDeploymentStatus::RollbackRequested
+                | ServiceDeploymentStatus::RollbackInProgress => return Ok(()),
+                done => {
+                    return Err(refuse(
+                        ErrorKind::Conflict,
+                        format!(
+                            "ConflictException: service deployment {arn} is {} and cannot be stopped",
+                            done.name()
+                        ),
+                    ))
+                }
+            }
+            let Some(mut svc) = world.services.remove(&key) else {
+                return Err(refuse(
+                    ErrorKind::NotFound,
+                    format!("ServiceNotFoundException: {service}"),
+                ));
+            };
+            let index = svc.deployments.iter().position(|d| {
+                d.id == sd.deployment && d.task_definition_arn != svc.last_completed_task_definition
+            });
+            let result = match index {
+                Some(index) => {
+                    world.before_update.insert(key.clone(), (now, svc.clone()));
+                    world.roll_back(
+                        &mut svc,
+                        index,
+                        "stopped by StopServiceDeployment: rolling back".to_owned(),
+                        "rollback requested (StopServiceDeployment)".to_owned(),
+                    );
+                    let target = svc.task_definition_arn.clone();
+                    world.updates.push(ServiceUpdate {
+                        cluster: cluster.to_owned(),
+                        service: service.to_owned(),
+                        task_definition_arn: target,
+                        actor: "controller".to_owned(),
+                        at: now,
+                    });
+                    Ok(())
+                }
+                None => Err(refuse(
+                    ErrorKind::Conflict,
+                    format!("ConflictException: service deployment {arn} has no earlier revision to roll back to"),
+                )),
+            };
+            world.services.insert(key, svc);
+            result
         })
     }
 }

@@ -425,6 +425,7 @@ mod tests {
                 task_definition_arn: "td:1".to_owned(),
                 deployments: vec![],
                 tasks: None,
+                current_service_deployment: None,
             },
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),

@@ -138,6 +138,9 @@ pub struct ServiceState {
     /// Its tasks, when they were read (`None`: not read — three ECS calls a service, made only
     /// where the health gate needs them).
     pub tasks: Option<Vec<Task>>,
+    /// The ARN of its most recent service deployment (`currentServiceDeployment`), where ECS
+    /// reports one: what `DescribeServiceDeployments` and `StopServiceDeployment` take.
+    pub current_service_deployment: Option<String>,
 }
 
 impl ServiceState {
@@ -181,6 +184,112 @@ impl ServiceState {
             .filter(|t| t.health == health)
             .count()
     }
+}
+
+/// Where an ECS service deployment stands (`DescribeServiceDeployments`' `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceDeploymentStatus {
+    /// Created, not started.
+    Pending,
+    /// Rolling out.
+    InProgress,
+    /// Reached steady state.
+    Successful,
+    /// A stop was asked for.
+    StopRequested,
+    /// Stopped: by someone, by a newer deployment, or by a failure detector with rollback off.
+    Stopped,
+    /// A rollback was asked for (`StopServiceDeployment(ROLLBACK)`, the circuit breaker, an
+    /// alarm).
+    RollbackRequested,
+    /// Rolling back to the previous service revision.
+    RollbackInProgress,
+    /// Rolled back.
+    RollbackSuccessful,
+    /// The rollback failed in turn.
+    RollbackFailed,
+    /// A status this controller does not know (a newer API).
+    Other,
+}
+
+impl ServiceDeploymentStatus {
+    /// From AWS's name (`IN_PROGRESS`, …); unknown names are [`ServiceDeploymentStatus::Other`].
+    #[must_use]
+    pub fn parse(name: &str) -> ServiceDeploymentStatus {
+        match name {
+            "PENDING" => ServiceDeploymentStatus::Pending,
+            "IN_PROGRESS" => ServiceDeploymentStatus::InProgress,
+            "SUCCESSFUL" => ServiceDeploymentStatus::Successful,
+            "STOP_REQUESTED" => ServiceDeploymentStatus::StopRequested,
+            "STOPPED" => ServiceDeploymentStatus::Stopped,
+            "ROLLBACK_REQUESTED" => ServiceDeploymentStatus::RollbackRequested,
+            "ROLLBACK_IN_PROGRESS" => ServiceDeploymentStatus::RollbackInProgress,
+            "ROLLBACK_SUCCESSFUL" => ServiceDeploymentStatus::RollbackSuccessful,
+            "ROLLBACK_FAILED" => ServiceDeploymentStatus::RollbackFailed,
+            _ => ServiceDeploymentStatus::Other,
+        }
+    }
+
+    /// AWS's name (`OTHER` for one not known).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceDeploymentStatus::Pending => "PENDING",
+            ServiceDeploymentStatus::InProgress => "IN_PROGRESS",
+            ServiceDeploymentStatus::Successful => "SUCCESSFUL",
+            ServiceDeploymentStatus::StopRequested => "STOP_REQUESTED",
+            ServiceDeploymentStatus::Stopped => "STOPPED",
+            ServiceDeploymentStatus::RollbackRequested => "ROLLBACK_REQUESTED",
+            ServiceDeploymentStatus::RollbackInProgress => "ROLLBACK_IN_PROGRESS",
+            ServiceDeploymentStatus::RollbackSuccessful => "ROLLBACK_SUCCESSFUL",
+            ServiceDeploymentStatus::RollbackFailed => "ROLLBACK_FAILED",
+            ServiceDeploymentStatus::Other => "OTHER",
+        }
+    }
+
+    /// ECS is rolling it back, or has.
+    #[must_use]
+    pub fn rolling_back(self) -> bool {
+        matches!(
+            self,
+            ServiceDeploymentStatus::RollbackRequested
+                | ServiceDeploymentStatus::RollbackInProgress
+                | ServiceDeploymentStatus::RollbackSuccessful
+                | ServiceDeploymentStatus::RollbackFailed
+        )
+    }
+}
+
+/// The deployment circuit breaker's count on one service deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerCount {
+    /// It fired (`TRIGGERED`).
+    pub triggered: bool,
+    /// Failed tasks counted.
+    pub failure_count: u32,
+    /// The count at which it fires (ECS: `clamp(ceil(desired / 2), 3, 200)` unless the
+    /// service's `thresholdConfiguration` says otherwise).
+    pub threshold: u32,
+}
+
+/// One ECS service deployment as `DescribeServiceDeployments` reports it: the structured
+/// fields the health gate reads while a rollout is in progress (no text to parse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDeployment {
+    /// Its ARN.
+    pub arn: String,
+    /// Where it stands.
+    pub status: ServiceDeploymentStatus,
+    /// ECS's words for the status, when any (shown, never parsed).
+    pub status_reason: Option<String>,
+    /// Tasks the revision it deploys asks for.
+    pub requested: u32,
+    /// Of those, running.
+    pub running: u32,
+    /// The circuit breaker's count, when the breaker watches it.
+    pub breaker: Option<BreakerCount>,
+    /// Why it is being rolled back, when it is (ECS's words).
+    pub rollback_reason: Option<String>,
 }
 
 /// Infrastructure as seen through `DescribeStacks`.

@@ -131,6 +131,7 @@ mod tests {
             task_definition_arn: on.to_owned(),
             deployments,
             tasks: None,
+            current_service_deployment: None,
         }
     }
 

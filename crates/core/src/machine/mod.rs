@@ -36,7 +36,10 @@ use crate::domain::eligibility::{
 };
 use crate::domain::image::ImageRef;
 use crate::domain::infra::{self, ApprovalPolicy, Review, StackPlan};
-use crate::domain::observed::{Health, ObserveError, Observed, RolloutState, ServiceState};
+use crate::domain::observed::{
+    Deployment, DeploymentStatus, Health, ObserveError, Observed, RolloutState, ServiceDeployment,
+    ServiceDeploymentStatus, ServiceState,
+};
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use phase::Phase;
@@ -151,6 +154,9 @@ pub struct Gate {
     pub new_task_definition_arn: String,
     /// The ECS deployment this attempt created.
     pub deployment_id: String,
+    /// Its service deployment's ARN, where ECS reported one: the health gate then reads the
+    /// rollout's progress from `DescribeServiceDeployments`' structured fields.
+    pub service_deployment: Option<String>,
     /// When the rollout must be healthy by.
     pub deadline: Millis,
 }
@@ -368,6 +374,8 @@ pub enum Event {
     ServiceUpdated {
         /// The deployment this created.
         deployment_id: String,
+        /// Its service deployment's ARN, when ECS reported one.
+        service_deployment: Option<String>,
     },
     /// The rollback update was issued (or ECS had already rolled back).
     RollbackStarted,
@@ -786,12 +794,16 @@ impl RunnerMachine {
         input: &Input,
     ) -> Outcome<State> {
         match &input.event {
-            Event::ServiceUpdated { deployment_id } => {
+            Event::ServiceUpdated {
+                deployment_id,
+                service_deployment,
+            } => {
                 let deadline = input.now.after(self.settings.rollout_timeout);
                 let gate = Gate {
                     run: run.clone(),
                     new_task_definition_arn: new_td.clone(),
                     deployment_id: deployment_id.clone(),
+                    service_deployment: service_deployment.clone(),
                     deadline,
                 };
                 Transition(State::awaiting_rollout(gate))
@@ -2133,6 +2145,90 @@ pub fn gate_needs_tasks(
     }
 }
 
+/// The service deployment the health gate reads while the rollout is in progress (where ECS
+/// reported one): `DescribeServiceDeployments`, twenty a call, instead of the service. In the
+/// soak the service is read (a deployment that succeeded no longer moves; the service shows a
+/// task gone, or someone else's deployment).
+#[must_use]
+pub fn gate_service_deployment(state: &State) -> Option<&str> {
+    match state {
+        State::AwaitingRollout { gate } => gate.service_deployment.as_deref(),
+        _ => None,
+    }
+}
+
+/// The service as the health gate judges it, from its service deployment alone (read by
+/// [`gate_service_deployment`]): the attempt's deployment, PRIMARY, on the new task definition,
+/// with ECS's structured counts — rollout state from the deployment's status, failed tasks from
+/// the circuit breaker's count. `None` where the deployment alone cannot say (stopped without
+/// the breaker: by someone, or by a newer deployment; a status this controller does not know):
+/// the service is read instead.
+#[must_use]
+pub fn gate_view(
+    state: &State,
+    cluster: &str,
+    service: &str,
+    read: &ServiceDeployment,
+) -> Option<ServiceState> {
+    let State::AwaitingRollout { gate } = state else {
+        return None;
+    };
+    if gate.service_deployment.as_deref() != Some(read.arn.as_str()) {
+        return None;
+    }
+    let breaker_fired = read.breaker.is_some_and(|b| b.triggered);
+    let (rollout_state, reason) = match read.status {
+        status if status.rolling_back() || breaker_fired => {
+            let counted = read.breaker.filter(|b| b.triggered).map(|b| {
+                format!(
+                    "the circuit breaker counted {} failed task(s), threshold {}",
+                    b.failure_count, b.threshold
+                )
+            });
+            let why = [
+                counted,
+                read.rollback_reason
+                    .clone()
+                    .or_else(|| read.status_reason.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+            let words = if why.is_empty() {
+                format!("service deployment {}", status.name())
+            } else {
+                format!("service deployment {}: {why}", status.name())
+            };
+            (RolloutState::Failed, Some(words))
+        }
+        ServiceDeploymentStatus::Pending | ServiceDeploymentStatus::InProgress => {
+            (RolloutState::InProgress, read.status_reason.clone())
+        }
+        ServiceDeploymentStatus::Successful => {
+            (RolloutState::Completed, read.status_reason.clone())
+        }
+        _ => return None,
+    };
+    Some(ServiceState {
+        cluster: cluster.to_owned(),
+        service: service.to_owned(),
+        task_definition_arn: gate.new_task_definition_arn.clone(),
+        deployments: vec![Deployment {
+            id: gate.deployment_id.clone(),
+            status: DeploymentStatus::Primary,
+            task_definition_arn: gate.new_task_definition_arn.clone(),
+            rollout_state,
+            rollout_reason: reason,
+            desired_count: read.requested,
+            running_count: read.running,
+            failed_tasks: read.breaker.map_or(0, |b| b.failure_count),
+        }],
+        tasks: None,
+        current_service_deployment: Some(read.arn.clone()),
+    })
+}
+
 /// The deployment the health gate watches, in a gate state.
 #[must_use]
 pub fn gate_deployment(state: &State) -> Option<&str> {
@@ -2204,6 +2300,7 @@ mod tests {
                     failed_tasks: 0,
                 }],
                 tasks: None,
+                current_service_deployment: None,
             },
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),
@@ -2283,6 +2380,7 @@ mod tests {
                 },
                 Event::ServiceUpdated {
                     deployment_id: "ecs-svc/2".to_owned(),
+                    service_deployment: None,
                 },
             ],
             &[

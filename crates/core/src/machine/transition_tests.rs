@@ -9,12 +9,14 @@ use super::*;
 use crate::domain::desired::DesiredStack;
 use crate::domain::infra::StackStatus;
 use crate::domain::observed::{
-    Deployment, DeploymentStatus, ServiceState, StackState, Task, TaskStatus, INFRA_VERSION_TAG,
+    BreakerCount, Deployment, DeploymentStatus, ServiceDeployment, ServiceDeploymentStatus,
+    ServiceState, StackState, Task, TaskStatus, INFRA_VERSION_TAG,
 };
 
 const START: Millis = Millis(1_740_823_200_000);
 const BASE: &str = "td:1";
 const NEW: &str = "td:2";
+const SD: &str = "arn:aws:ecs:eu-west-1:123456789012:service-deployment/c/s/sd2";
 
 pub(crate) fn desired() -> DesiredState {
     DesiredState {
@@ -79,6 +81,7 @@ fn service(td: &str, deployments: Vec<Deployment>) -> ServiceState {
         task_definition_arn: td.to_owned(),
         deployments,
         tasks: None,
+        current_service_deployment: None,
     }
 }
 
@@ -225,6 +228,7 @@ impl Drive {
         });
         let step = drive.send(Event::ServiceUpdated {
             deployment_id: "ecs-svc/2".to_owned(),
+            service_deployment: Some(SD.to_owned()),
         });
         assert_eq!(step.phase, Phase::AwaitingRollout);
         drive
@@ -720,4 +724,117 @@ fn a_soak_read_without_tasks_stays_healthy_with_health_checks() {
         Phase::AwaitingRollout,
         "0/1 HEALTHY: waiting"
     );
+}
+
+/// A read of the attempt's service deployment.
+fn service_deployment(
+    status: ServiceDeploymentStatus,
+    running: u32,
+    failures: u32,
+    triggered: bool,
+) -> ServiceDeployment {
+    ServiceDeployment {
+        arn: SD.to_owned(),
+        status,
+        status_reason: None,
+        requested: 1,
+        running,
+        breaker: Some(BreakerCount {
+            triggered,
+            failure_count: failures,
+            threshold: 3,
+        }),
+        rollback_reason: triggered.then(|| "tasks failed to start".to_owned()),
+    }
+}
+
+#[test]
+fn the_gate_judges_a_rollout_in_progress_from_its_service_deployment() {
+    use ServiceDeploymentStatus as S;
+    let drive = Drive::to_the_gate();
+    assert_eq!(gate_service_deployment(drive.machine.state()), Some(SD));
+    // (status, running, breaker's failures, triggered) → the phase after the read, the code.
+    let cases: [(S, u32, u32, bool, Phase, Option<Code>); 8] = [
+        (S::Pending, 0, 0, false, Phase::AwaitingRollout, None),
+        (S::InProgress, 0, 1, false, Phase::AwaitingRollout, None),
+        (
+            S::InProgress,
+            0,
+            2,
+            false,
+            Phase::RollingBack,
+            Some(Code::UnhealthyTasks),
+        ),
+        (
+            S::InProgress,
+            0,
+            3,
+            true,
+            Phase::RollingBack,
+            Some(Code::CircuitBreaker),
+        ),
+        (
+            S::RollbackRequested,
+            0,
+            0,
+            false,
+            Phase::RollingBack,
+            Some(Code::CircuitBreaker),
+        ),
+        (
+            S::RollbackSuccessful,
+            0,
+            3,
+            true,
+            Phase::RollingBack,
+            Some(Code::CircuitBreaker),
+        ),
+        (S::Successful, 1, 0, false, Phase::Soaking, None),
+        (S::Successful, 0, 0, false, Phase::AwaitingRollout, None),
+    ];
+    for (status, running, failures, triggered, phase, code) in cases {
+        let name = format!("{status:?} running {running} failures {failures} {triggered}");
+        let mut drive = Drive::to_the_gate();
+        let read = service_deployment(status, running, failures, triggered);
+        let view = gate_view(drive.machine.state(), "c", "s", &read).expect(&name);
+        assert_eq!(view.task_definition_arn, NEW, "{name}");
+        assert_eq!(
+            view.current_service_deployment.as_deref(),
+            Some(SD),
+            "{name}"
+        );
+        let got = drive.send(seen(desired(), view, vec![]));
+        assert_eq!(got.phase, phase, "{name}");
+        assert_eq!(drive.failure_code(), code, "{name}");
+    }
+    // Stopped without the breaker (by someone, or by a newer deployment), or a status not
+    // known: the deployment alone cannot say; the service is read instead.
+    let drive = Drive::to_the_gate();
+    for status in [S::Stopped, S::StopRequested, S::Other] {
+        let read = service_deployment(status, 0, 0, false);
+        assert_eq!(
+            gate_view(drive.machine.state(), "c", "s", &read),
+            None,
+            "{status:?}"
+        );
+    }
+    // Stopped by the breaker (rollback off): failed, from the structured fields.
+    let read = service_deployment(S::Stopped, 0, 3, true);
+    let view = gate_view(drive.machine.state(), "c", "s", &read).unwrap();
+    let reason = view.deployments[0]
+        .rollout_reason
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("counted 3 failed task(s), threshold 3"),
+        "{reason}"
+    );
+    // Another deployment's read is not the gate's; nor is any read outside the rollout.
+    let mut other = service_deployment(S::InProgress, 0, 0, false);
+    other.arn.push_str("-other");
+    assert_eq!(gate_view(drive.machine.state(), "c", "s", &other), None);
+    let at_rest = Drive::new();
+    let read = service_deployment(S::InProgress, 0, 0, false);
+    assert_eq!(gate_view(at_rest.machine.state(), "c", "s", &read), None);
+    assert_eq!(gate_service_deployment(at_rest.machine.state()), None);
 }

@@ -343,10 +343,13 @@ impl RunnerDriver {
         // (Otherwise the read above judged the deployments there are, ours and ECS's rollback
         // of ours included.)
         let only_over = first_call.then_some(baseline_ids);
-        let deployment_id = ecs
+        let made = ecs
             .update_service(cluster, service, task_definition_arn, only_over)
             .await?;
-        Ok(Event::ServiceUpdated { deployment_id })
+        Ok(Event::ServiceUpdated {
+            deployment_id: made.deployment_id,
+            service_deployment: made.service_deployment,
+        })
     }
 
     /// What a read of the service says of an update that may have been made: `Some` event
@@ -367,14 +370,21 @@ impl RunnerDriver {
             UpdateProgress::NotMade => Ok(None),
             UpdateProgress::Made { deployment_id } => {
                 tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "service already updated by this attempt");
+                // Its service deployment is the service's current one while ours is PRIMARY.
+                let service_deployment = state
+                    .primary()
+                    .filter(|p| p.id == deployment_id)
+                    .and(state.current_service_deployment.clone());
                 Ok(Some(Event::ServiceUpdated {
                     deployment_id: deployment_id.to_owned(),
+                    service_deployment,
                 }))
             }
             UpdateProgress::RolledBackByEcs { deployment_id } => {
                 tracing::info!(runner = %self.runner.name, deployment = %deployment_id, "ECS already rolled back this attempt's deployment");
                 Ok(Some(Event::ServiceUpdated {
                     deployment_id: deployment_id.to_owned(),
+                    service_deployment: None,
                 }))
             }
             UpdateProgress::Foreign {
@@ -620,17 +630,45 @@ impl RunnerDriver {
             .tags
             .get(ATTEMPT_TAG)
             .is_some_and(|tag| tag == attempt_id);
-        if !made && ours {
-            self.ports.ecs.pace(AwsOp::UpdateService).await;
+        if made || !ours {
+            return Ok(Event::RollbackStarted);
+        }
+        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+        // ECS's own rollback of our service deployment, where it has one: back to the exact
+        // service revision before it. Only a deployment still rolling out can be stopped; one
+        // that completed (a failure in the soak), an API or a deployment ECS does not offer,
+        // falls back to pointing the service at the baseline. A lost answer comes back as an
+        // error; the retry reads the service first (the rollback made, or stopped again: a
+        // deployment already rolling back takes it as a no-op).
+        if let Some(arn) = state.current_service_deployment.as_deref() {
+            self.ports.ecs.pace(AwsOp::StopServiceDeployment).await;
             if let Some(refused) = self.fence().await {
                 return Ok(refused);
             }
-            let (cluster, service) = (&self.runner.cluster, &self.runner.service);
-            self.ports
+            match self
+                .ports
                 .ecs
-                .update_service(cluster, service, task_definition_arn, None)
-                .await?;
+                .stop_service_deployment(cluster, service, arn)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(runner = %self.runner.name, service_deployment = %arn, "rollback: ECS rolls the service deployment back");
+                    return Ok(Event::RollbackStarted);
+                }
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => {
+                    tracing::info!(runner = %self.runner.name, service_deployment = %arn, %error, "rollback: the service deployment cannot be stopped; updating the service to the baseline");
+                }
+            }
         }
+        self.ports.ecs.pace(AwsOp::UpdateService).await;
+        if let Some(refused) = self.fence().await {
+            return Ok(refused);
+        }
+        self.ports
+            .ecs
+            .update_service(cluster, service, task_definition_arn, None)
+            .await?;
         Ok(Event::RollbackStarted)
     }
 }

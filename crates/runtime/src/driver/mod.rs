@@ -27,7 +27,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::reader::RunnerSnapshot;
+use crate::reader::{GateRead, RunnerSnapshot};
 use crate::retry::RetryPolicy;
 use crate::telemetry;
 use runner_updater_config::{Config, RunnerConfig};
@@ -38,9 +38,7 @@ use runner_updater_core::domain::desired::{
 };
 use runner_updater_core::domain::eligibility::Verdict;
 use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
-use runner_updater_core::domain::observed::{
-    observe, ObserveError, ServiceState, ATTEMPT_TAG, VERSION_TAG,
-};
+use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use runner_updater_core::domain::resume::consistency_wait;
 use runner_updater_core::domain::revision_search::{self, RevisionSearch, SearchStep};
 use runner_updater_core::domain::task_definition::TaskDefinition;
@@ -217,7 +215,10 @@ pub struct RunnerDriver {
     stacks_read: Option<Vec<runner_updater_core::domain::observed::StackState>>,
     /// The service as a gate read of the scheduler's saw it (when, what), for the next pass
     /// of a runner in the health gate (see `offer_gate_read`).
-    gate_read: Option<(Millis, ServiceState)>,
+    gate_read: Option<Box<(Millis, GateRead)>>,
+    /// `DescribeServiceDeployments` refused for good (not offered, access denied): the gate
+    /// reads the service instead, without asking again.
+    deployments_unreadable: bool,
     /// The health gate's deployment and its running tasks at the gate's last read: a drop is a
     /// task that stopped after it ran (see `gate_needs_tasks`).
     gate_running: Option<(String, u32)>,
@@ -298,6 +299,7 @@ impl RunnerDriver {
             desired_read: None,
             stacks_read: None,
             gate_read: None,
+            deployments_unreadable: false,
             gate_running: None,
             settles_at: None,
         }
@@ -366,11 +368,21 @@ impl RunnerDriver {
         )
     }
 
-    /// Offers the service as the scheduler's gate read saw it at `taken_at`, for the next pass
-    /// (used when the runner is still in the gate then and the read is not older than its last
-    /// pass; otherwise its own read is made).
-    pub fn offer_gate_read(&mut self, taken_at: Millis, service: ServiceState) {
-        self.gate_read = Some((taken_at, service));
+    /// Offers the service (or its rollout's service deployment) as the scheduler's gate read
+    /// saw it at `taken_at`, for the next pass (used when the runner is still in the gate then
+    /// and the read is not older than its last pass; otherwise its own read is made).
+    pub fn offer_gate_read(&mut self, taken_at: Millis, read: GateRead) {
+        self.gate_read = Some(Box::new((taken_at, read)));
+    }
+
+    /// The service deployment the health gate reads instead of the service (a rollout in
+    /// progress whose service deployment ECS reported), unless the API was refused for good.
+    #[must_use]
+    pub fn gate_service_deployment(&self) -> Option<String> {
+        let machine = self.machine.as_ref()?;
+        machine::gate_service_deployment(machine.state())
+            .filter(|_| !self.deployments_unreadable)
+            .map(str::to_owned)
     }
 
     /// The last saved record.

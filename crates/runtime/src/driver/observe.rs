@@ -46,17 +46,37 @@ impl RunnerDriver {
                     .saturating_mul(2),
             ),
         );
-        let gate_read = self.gate_read.take().filter(|(taken_at, _)| {
-            in_gate && last_end.is_none_or(|end| *taken_at >= end) && *taken_at >= oldest
-        });
+        let gate_read = self
+            .gate_read
+            .take()
+            .map(|read| *read)
+            .filter(|(taken_at, _)| {
+                in_gate && last_end.is_none_or(|end| *taken_at >= end) && *taken_at >= oldest
+            });
         let (desired_read, service_read, read_at) = if let Some(view) = view {
             self.this_pass.observed_cached = true;
             (view.desired, Some(view.service), view.taken_at)
         } else if let Some(kept) = self.desired_read.clone().filter(|_| in_gate) {
             // The health gate does not act on the desired state (a change is acted on once the
             // attempt ends, from a fresh read): one SSM call fewer a gate pass. Its service
-            // comes from the scheduler's gate read when there was one.
-            let service = gate_read.map(|(_, service)| Ok(service));
+            // comes from the scheduler's gate read when there was one (its rollout's service
+            // deployment, judged as the service; one that cannot say: the service is read).
+            let service = match gate_read.map(|(_, read)| read) {
+                Some(GateRead::Service(service)) => Some(Ok(service)),
+                Some(GateRead::Deployment(deployment)) => {
+                    if let Some(view) = self.gate_view_of(&deployment) {
+                        Some(Ok(view))
+                    } else {
+                        let (cluster, service) = (&self.runner.cluster, &self.runner.service);
+                        let ecs = &self.ports.ecs;
+                        Some(
+                            self.retrying(|| ecs.describe_service_without_tasks(cluster, service))
+                                .await,
+                        )
+                    }
+                }
+                None => None,
+            };
             (Ok(kept), service, self.ports.clock.now())
         } else {
             // The runner's folder: `desired/…` and the `release` document (the status record
@@ -142,10 +162,13 @@ impl RunnerDriver {
         let ecs = Arc::clone(&self.ports.ecs);
         let read = match service_read {
             Some(read) => read,
-            None => {
-                self.retrying(|| ecs.describe_service_without_tasks(&cluster, &service))
-                    .await
-            }
+            None => match self.read_service_deployment().await {
+                Some(state) => Ok(state),
+                None => {
+                    self.retrying(|| ecs.describe_service_without_tasks(&cluster, &service))
+                        .await
+                }
+            },
         };
         let state = match read {
             Ok(state) => state,
@@ -230,6 +253,55 @@ impl RunnerDriver {
             self.gate_running = now_running;
         }
         Ok(observed)
+    }
+
+    /// The service as the health gate judges it from its rollout's service deployment (one
+    /// `DescribeServiceDeployments` call: structured status and counts), where the gate reads
+    /// one; `None` where it does not, or the deployment cannot say (the service is read). A
+    /// refusal for good (the API not offered, access denied) turns these reads off.
+    async fn read_service_deployment(
+        &mut self,
+    ) -> Option<runner_updater_core::domain::observed::ServiceState> {
+        let arn = self.gate_service_deployment()?;
+        let arns = [arn];
+        let read = self
+            .retrying(|| self.ports.ecs.describe_service_deployments(&arns))
+            .await
+            .and_then(|mut answers| {
+                answers.pop().unwrap_or_else(|| {
+                    Err(PortError::new(
+                        ErrorKind::Permanent,
+                        AwsOp::DescribeServiceDeployments,
+                        "no answer for the service deployment",
+                    ))
+                })
+            });
+        match read {
+            Ok(deployment) => self.gate_view_of(&deployment),
+            Err(error) => {
+                if error.kind == ErrorKind::Permanent {
+                    tracing::warn!(runner = %self.runner.name, %error, "service deployments cannot be read: the health gate reads the service instead");
+                    self.deployments_unreadable = true;
+                } else {
+                    tracing::debug!(runner = %self.runner.name, %error, "service deployment not read: reading the service");
+                }
+                None
+            }
+        }
+    }
+
+    /// [`machine::gate_view`] of a service deployment read for this runner.
+    pub(super) fn gate_view_of(
+        &self,
+        deployment: &runner_updater_core::domain::observed::ServiceDeployment,
+    ) -> Option<runner_updater_core::domain::observed::ServiceState> {
+        let machine = self.machine.as_ref()?;
+        machine::gate_view(
+            machine.state(),
+            &self.runner.cluster,
+            &self.runner.service,
+            deployment,
+        )
     }
 
     /// The stacks as last read at rest, if they still serve: at rest, under the same desired
