@@ -23,8 +23,8 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
-    AwsOp, Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, Lock, LockOutcome, PortError,
-    RecordCondition, StateItem, StateStore, StateTable, StoreError, StoredRecord,
+    AwsOp, Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, LeaseWritten, Lock, LockOutcome,
+    PortError, RecordCondition, StateItem, StateStore, StateTable, StoreError, StoredRecord,
 };
 
 /// The most scan pages `list` reads (a bound on a runaway table).
@@ -306,6 +306,8 @@ pub fn table_refusal(name: &str, error: &PortError) -> String {
 struct Seen {
     version: Option<u64>,
     attempt_epoch: Option<u64>,
+    /// What this controller's last write of the record did to the lease.
+    lease: LeaseWritten,
 }
 
 /// The records in the state table, written by compare-and-set.
@@ -316,6 +318,9 @@ pub struct DynamoStore {
     seen: Mutex<HashMap<String, Seen>>,
     /// Records read ahead by [`StateStore::prefetch`], each used by its runner's next load.
     ahead: Mutex<HashMap<String, Option<StoredRecord>>>,
+    /// The lease's length, when the lease is renewed by an attempt's record writes and
+    /// released by the write that leaves it (`with_lease_in_writes`).
+    lease_ttl: Option<Duration>,
 }
 
 impl DynamoStore {
@@ -328,7 +333,17 @@ impl DynamoStore {
             clock,
             seen: Mutex::new(HashMap::new()),
             ahead: Mutex::new(HashMap::new()),
+            lease_ttl: None,
         }
+    }
+
+    /// Folds the lease into the record writes (one `UpdateItem` instead of two): every write
+    /// of an attempt's record renews the lease for `ttl` (its fence is the renewal's condition:
+    /// this holder, this epoch, live), and the write that leaves the attempt releases it.
+    #[must_use]
+    pub fn with_lease_in_writes(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
     }
 
     fn remember(&self, runner: &str, seen: Seen) {
@@ -367,6 +382,11 @@ impl StateStore for DynamoStore {
         true
     }
 
+    fn lease_written(&self, runner: &str) -> LeaseWritten {
+        self.last_seen(runner)
+            .map_or(LeaseWritten::Untouched, |seen| seen.lease)
+    }
+
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let ahead = self
             .ahead
@@ -388,6 +408,7 @@ impl StateStore for DynamoStore {
                 Seen {
                     version: None,
                     attempt_epoch: None,
+                    lease: LeaseWritten::Untouched,
                 },
             );
             return Ok(None);
@@ -398,6 +419,7 @@ impl StateStore for DynamoStore {
             Seen {
                 version: Some(stored.version),
                 attempt_epoch: attempt_epoch(&record),
+                lease: LeaseWritten::Untouched,
             },
         );
         Ok(Some(record))
@@ -415,19 +437,38 @@ impl StateStore for DynamoStore {
             )));
         };
         let now = self.clock.now();
-        // In an attempt, or leaving one: fenced by the attempt's epoch.
-        let fence = match attempt_epoch(record).or(seen.attempt_epoch) {
-            Some(epoch) => Fence::Held {
-                holder: self.holder.clone(),
-                epoch,
-                now,
-            },
-            None => Fence::FreeOrOwn {
-                holder: self.holder.clone(),
-                free_before: Millis(now.0.saturating_sub(
-                    u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(u64::MAX),
-                )),
-            },
+        // In an attempt, or leaving one: fenced by the attempt's epoch; with the lease in the
+        // writes, renewed by the attempt's writes, released by the one that leaves it.
+        let in_attempt = attempt_epoch(record);
+        let (fence, lease) = match in_attempt.or(seen.attempt_epoch) {
+            Some(epoch) => {
+                let lease = match (self.lease_ttl, in_attempt) {
+                    (Some(ttl), Some(_)) => LeaseWritten::Renewed { ttl },
+                    (Some(_), None) => LeaseWritten::Released { epoch },
+                    (None, _) => LeaseWritten::Untouched,
+                };
+                let lease_end = match lease {
+                    LeaseWritten::Renewed { ttl } => Some(now.after(ttl)),
+                    LeaseWritten::Released { .. } => Some(Millis(0)),
+                    LeaseWritten::Untouched => None,
+                };
+                let fence = Fence::Held {
+                    holder: self.holder.clone(),
+                    epoch,
+                    now,
+                    lease_end,
+                };
+                (fence, lease)
+            }
+            None => (
+                Fence::FreeOrOwn {
+                    holder: self.holder.clone(),
+                    free_before: Millis(now.0.saturating_sub(
+                        u64::try_from(CLOCK_SKEW_TOLERANCE.as_millis()).unwrap_or(u64::MAX),
+                    )),
+                },
+                LeaseWritten::Untouched,
+            ),
         };
         let condition = RecordCondition {
             version: seen.version,
@@ -439,7 +480,8 @@ impl StateStore for DynamoStore {
                     runner,
                     Seen {
                         version: Some(version),
-                        attempt_epoch: attempt_epoch(record),
+                        attempt_epoch: in_attempt,
+                        lease,
                     },
                 );
                 Ok(())

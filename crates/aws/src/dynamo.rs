@@ -28,6 +28,8 @@ const LEASE_TAKE: &str = "SET #h = :h, #x = :x, #e = if_not_exists(#e, :zero) + 
 /// Free: never taken, or ended (released: 0) before `:eb`.
 const LEASE_FREE: &str = "attribute_not_exists(#e) OR #x < :eb";
 const RECORD_UPDATE: &str = "SET #r = :r, #v = :v";
+/// The record, and the lease's end (a renewal or a release folded into the write).
+const RECORD_AND_LEASE_END_UPDATE: &str = "SET #r = :r, #v = :v, #x = :le";
 
 /// The state table through the SDK.
 #[derive(Debug, Clone)]
@@ -100,7 +102,9 @@ fn record_condition(condition: &RecordCondition) -> (String, Vec<(&'static str, 
         None => ("attribute_not_exists(#v)", vec![]),
     };
     let fence = match &condition.fence {
-        Fence::Held { holder, epoch, now } => {
+        Fence::Held {
+            holder, epoch, now, ..
+        } => {
             values.extend([(":fh", s(holder)), (":fe", n(*epoch)), (":fn", n(now.0))]);
             "#h = :fh AND #e = :fe AND #x > :fn"
         }
@@ -292,8 +296,18 @@ impl StateTable for AwsTable {
         let (expression, mut values) = record_condition(condition);
         let version = condition.version.map_or(1, |v| v + 1);
         values.extend([(":r", s(text)), (":v", n(version))]);
-        self.update(runner, RECORD_UPDATE, expression, values)
-            .await?;
+        // A renewal or a release folded into the write: the lease's end set with the record.
+        let update = match &condition.fence {
+            Fence::Held {
+                lease_end: Some(end),
+                ..
+            } => {
+                values.push((":le", n(end.0)));
+                RECORD_AND_LEASE_END_UPDATE
+            }
+            _ => RECORD_UPDATE,
+        };
+        self.update(runner, update, expression, values).await?;
         Ok(version)
     }
 
@@ -331,6 +345,7 @@ mod tests {
                 holder: "c1".to_owned(),
                 epoch: 2,
                 now: Millis(9),
+                lease_end: None,
             },
         });
         assert_eq!(held, "#v = :cv AND #h = :fh AND #e = :fe AND #x > :fn");

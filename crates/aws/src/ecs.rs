@@ -246,6 +246,7 @@ fn summary(definition: &aws_sdk_ecs::types::TaskDefinition, tags: &[Tag]) -> Tas
                 name: c.name().unwrap_or_default().to_owned(),
                 image: c.image().map(str::to_owned),
                 has_health_check: c.health_check().is_some(),
+                essential: c.essential().unwrap_or(true),
             })
             .collect(),
         tags: tags

@@ -229,7 +229,10 @@ impl Fleet {
             ecs,
             cfn,
             lock: Arc::new(DynamoLease::new(table.clone())),
-            store: Arc::new(DynamoStore::new(table, "bench", clock.clone())),
+            store: Arc::new(
+                DynamoStore::new(table, "bench", clock.clone())
+                    .with_lease_in_writes(Duration::from_secs(config.lease_secs)),
+            ),
             clock,
         };
         let drivers = config

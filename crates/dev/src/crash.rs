@@ -175,6 +175,10 @@ impl StateStore for CrashStore {
     fn fences_writes(&self) -> bool {
         self.inner.fences_writes()
     }
+
+    fn lease_written(&self, runner: &str) -> runner_updater_ports::LeaseWritten {
+        self.inner.lease_written(runner)
+    }
 }
 
 /// Around ECS: aborts right after the call the crash point names returns.

@@ -641,7 +641,10 @@ impl World {
         let (lock, store) = lock_and_store(
             table,
             &self.audit,
-            &self.config.prefix,
+            (
+                &self.config.prefix,
+                Duration::from_secs(self.config.lease_secs),
+            ),
             &holder,
             ssm.clone(),
             clock.clone(),
@@ -1815,6 +1818,10 @@ impl StateStore for AuditedStore {
     fn fences_writes(&self) -> bool {
         self.inner.fences_writes()
     }
+
+    fn lease_written(&self, runner: &str) -> runner_updater_ports::LeaseWritten {
+        self.inner.lease_written(runner)
+    }
 }
 
 /// A controller's lease and store: on the state table (`table`: with its faults) with the
@@ -1822,7 +1829,7 @@ impl StateStore for AuditedStore {
 fn lock_and_store(
     table: Option<&SimTable>,
     audit: &Audit,
-    prefix: &str,
+    (prefix, lease): (&str, Duration),
     holder: &str,
     ssm: Arc<dyn ParameterStore>,
     clock: Arc<dyn Clock>,
@@ -1836,7 +1843,7 @@ fn lock_and_store(
         ));
         (
             Arc::new(DynamoLease::new(table.clone())),
-            Arc::new(DynamoStore::new(table, holder, clock)),
+            Arc::new(DynamoStore::new(table, holder, clock).with_lease_in_writes(lease)),
         )
     } else {
         (

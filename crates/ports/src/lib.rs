@@ -437,6 +437,26 @@ pub enum StoreError {
     Refused(String),
 }
 
+/// What a record write did to the runner's lease, besides the record: a store that holds both
+/// in one item (the state table) folds the lease's renewal into an attempt's record writes and
+/// its release into the write that leaves the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseWritten {
+    /// Nothing (the lease is the [`Lock`]'s alone).
+    Untouched,
+    /// Renewed for `ttl` from the write (this holder, this epoch, live: the renewal's own
+    /// condition).
+    Renewed {
+        /// How long from the write.
+        ttl: Duration,
+    },
+    /// Released: the attempt of `epoch` was left.
+    Released {
+        /// The epoch released.
+        epoch: u64,
+    },
+}
+
 /// Where records are persisted.
 #[async_trait]
 pub trait StateStore: Send + Sync {
@@ -452,6 +472,14 @@ pub trait StateStore: Send + Sync {
     /// first: the write is the check.
     fn fences_writes(&self) -> bool {
         false
+    }
+    /// What the last successful [`StateStore::save`] of `runner`'s record did to its lease.
+    /// A store that does not know says [`LeaseWritten::Untouched`], the safe answer: the caller
+    /// then renews and releases through the [`Lock`] (a release made twice is a no-op; a
+    /// renewal not known of only renews again).
+    fn lease_written(&self, runner: &str) -> LeaseWritten {
+        let _ = runner;
+        LeaseWritten::Untouched
     }
     /// Reads the records of `runners` ahead, in as few calls as the store allows, so that
     /// each one's next [`StateStore::load`] makes no call of its own (the state table: one

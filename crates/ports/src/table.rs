@@ -82,6 +82,11 @@ pub enum Fence {
         epoch: u64,
         /// The lease must end after this.
         now: Millis,
+        /// The lease's end, set by the same write (holder and epoch kept): a renewal folded
+        /// into a record write of the attempt, or the release (0) folded into the write that
+        /// leaves it. The condition is the renewal's own (this holder, this epoch, live), and
+        /// stronger than the release's.
+        lease_end: Option<Millis>,
     },
     /// At rest: nobody else holds a live lease (none was taken, it ended before `free_before`,
     /// or it is `holder`'s own).
@@ -181,9 +186,12 @@ impl RecordCondition {
     pub fn holds(&self, record: Option<&StoredRecord>, lease: Option<&LeaseFields>) -> bool {
         let version = record.map(|r| r.version) == self.version;
         let fence = match (&self.fence, lease) {
-            (Fence::Held { holder, epoch, now }, Some(lease)) => {
-                lease.holder == *holder && lease.epoch == *epoch && lease.expires_at > *now
-            }
+            (
+                Fence::Held {
+                    holder, epoch, now, ..
+                },
+                Some(lease),
+            ) => lease.holder == *holder && lease.epoch == *epoch && lease.expires_at > *now,
             (Fence::Held { .. }, None) => false,
             (Fence::FreeOrOwn { .. }, None) => true,
             (
@@ -345,6 +353,7 @@ mod tests {
             holder: "c1".to_owned(),
             epoch,
             now: Millis(now),
+            lease_end: None,
         };
         let at_rest = |holder: &str, free_before: u64| Fence::FreeOrOwn {
             holder: holder.to_owned(),

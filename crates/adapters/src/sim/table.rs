@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::{guard, Faults};
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{
-    AwsOp, ErrorKind, LeaseCondition, LeaseFields, PortError, RecordCondition, StateItem,
+    AwsOp, ErrorKind, Fence, LeaseCondition, LeaseFields, PortError, RecordCondition, StateItem,
     StatePage, StateTable, StoredRecord,
 };
 
@@ -159,6 +159,17 @@ impl StateTable for SimTable {
                 text: text.to_owned(),
                 version,
             });
+            // A renewal or a release folded into the write (the condition held: the lease is
+            // the fence's).
+            if let Fence::Held {
+                lease_end: Some(end),
+                ..
+            } = &condition.fence
+            {
+                if let Some(lease) = item.lease.as_mut() {
+                    lease.expires_at = *end;
+                }
+            }
             Ok(version)
         })
     }

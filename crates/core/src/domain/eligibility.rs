@@ -430,6 +430,7 @@ mod tests {
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),
             has_health_check: true,
+            health_gated_by_ecs: true,
             stacks: vec![main_stack(Some("7"))],
         }
     }

@@ -320,6 +320,12 @@ pub struct Observed {
     pub current_version: Option<Version>,
     /// Whether the runner container has a health check (then HEALTHY is required).
     pub has_health_check: bool,
+    /// Whether ECS itself waits for that health check before it counts a task toward a
+    /// deployment (an essential container with a health check): a deployment ECS reports
+    /// COMPLETED then ran HEALTHY tasks by ECS's own rule, and the gate need not read them to
+    /// confirm it. A non-essential runner container with a health check is confirmed on its
+    /// tasks.
+    pub health_gated_by_ecs: bool,
     /// The runner's stacks, in the configured order.
     pub stacks: Vec<StackState>,
 }
@@ -415,6 +421,7 @@ pub fn observe(
     Ok(Observed {
         service,
         has_health_check: runner.has_health_check,
+        health_gated_by_ecs: runner.has_health_check && runner.essential,
         running_image,
         current_version,
         stacks: stacks.to_vec(),

@@ -46,6 +46,9 @@ pub struct ContainerSummary {
     pub image: Option<String>,
     /// Whether it defines a health check.
     pub has_health_check: bool,
+    /// Whether it is essential (ECS's default when the field is absent): the task stops when it
+    /// does, and ECS counts the task toward a deployment only once its health check passes.
+    pub essential: bool,
 }
 
 /// Why a clone cannot be made.
@@ -87,6 +90,7 @@ impl TaskDefinition {
                     .to_owned(),
                 image: c.get("image").and_then(Value::as_str).map(str::to_owned),
                 has_health_check: c.get("healthCheck").is_some_and(|h| !h.is_null()),
+                essential: c.get("essential").and_then(Value::as_bool).unwrap_or(true),
             })
             .collect();
         TaskDefinition {

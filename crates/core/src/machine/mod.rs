@@ -1145,13 +1145,13 @@ impl RunnerMachine {
             return Super;
         };
         let mut status = self.gate_status(gate, observation);
-        let unconfirmed = observation
-            .observed
-            .as_ref()
-            .is_ok_and(|o| o.has_health_check && o.service.tasks.is_none());
+        let unconfirmed = observation.observed.as_ref().is_ok_and(|o| {
+            o.has_health_check && !o.health_gated_by_ecs && o.service.tasks.is_none()
+        });
         if status == GateStatus::Healthy && unconfirmed {
-            // Health-checked containers are confirmed HEALTHY on their tasks on the way into
-            // the soak (the driver reads them: `gate_needs_tasks`); a read without them waits.
+            // Health-checked containers ECS does not wait for (not essential) are confirmed
+            // HEALTHY on their tasks on the way into the soak (the driver reads them:
+            // `gate_needs_tasks`); a read without them waits.
             status = GateStatus::Waiting("the tasks' health is not read yet".to_owned());
         }
         match status {
@@ -2111,8 +2111,10 @@ pub fn run_of(state: &State) -> Option<&Run> {
 ///   (`previous_running`: a task stopped after it ran — ECS's `failedTasks` does not count a
 ///   task that crashes once running, so its stopped tasks are the only evidence; they stay
 ///   listed for about an hour, so a read then counts every one so far);
-/// - a deployment that claims completion while the gate still awaits it, with health-checked
-///   containers: its tasks confirm they are HEALTHY once, on the way into the soak.
+/// - a deployment that claims completion while the gate still awaits it, with a health check
+///   ECS does not wait for itself (`confirm_health`: a non-essential runner container; an
+///   essential one's tasks are counted by ECS only once HEALTHY, so its completion says so):
+///   its tasks confirm they are HEALTHY once, on the way into the soak.
 ///
 /// Nothing else does: a rollout in progress whose running tasks hold or grow, a soak whose
 /// counts hold, a deployment the circuit breaker failed, a service on another task definition
@@ -2121,7 +2123,7 @@ pub fn run_of(state: &State) -> Option<&Run> {
 pub fn gate_needs_tasks(
     state: &State,
     service: &ServiceState,
-    has_health_check: bool,
+    confirm_health: bool,
     previous_running: Option<u32>,
 ) -> bool {
     let (gate, soaking) = match state {
@@ -2140,7 +2142,7 @@ pub fn gate_needs_tasks(
         _ if ours.failed_tasks > 0 => true,
         RolloutState::InProgress => previous_running.is_some_and(|was| ours.running_count < was),
         RolloutState::Completed => {
-            ours.running_count < ours.desired_count || (has_health_check && !soaking)
+            ours.running_count < ours.desired_count || (confirm_health && !soaking)
         }
     }
 }
@@ -2305,6 +2307,7 @@ mod tests {
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),
             has_health_check: false,
+            health_gated_by_ecs: false,
             stacks: vec![],
         }
     }

@@ -122,6 +122,7 @@ pub(crate) fn seen(desired: DesiredState, service: ServiceState, stacks: Vec<Sta
             running_image: ImageRef::parse("registry.example/runner:2.13.0").unwrap(),
             current_version: Some(Version::parse("2.13.0").unwrap()),
             has_health_check: false,
+            health_gated_by_ecs: false,
             stacks,
         }),
         settles_at: None,
@@ -678,7 +679,9 @@ fn a_soak_read_without_tasks_stays_healthy_with_health_checks() {
             unreachable!()
         };
         if let Ok(observed) = observation.observed.as_mut() {
+            // A health check ECS does not wait for (the runner container not essential).
             observed.has_health_check = true;
+            observed.health_gated_by_ecs = false;
         }
         Event::Observed(observation)
     };
@@ -723,6 +726,33 @@ fn a_soak_read_without_tasks_stays_healthy_with_health_checks() {
         drive.send(with_health_check(unhealthy)).phase,
         Phase::AwaitingRollout,
         "0/1 HEALTHY: waiting"
+    );
+}
+
+#[test]
+fn a_completion_ecs_counted_on_health_checks_goes_into_the_soak_without_a_task_read() {
+    // An essential runner container with a health check: ECS counts a task toward the
+    // deployment only once HEALTHY, so a COMPLETED deployment ran healthy tasks.
+    let mut drive = Drive::to_the_gate();
+    let Event::Observed(mut observation) =
+        seen(desired(), ours(RolloutState::Completed, 0), vec![])
+    else {
+        unreachable!()
+    };
+    if let Ok(observed) = observation.observed.as_mut() {
+        observed.has_health_check = true;
+        observed.health_gated_by_ecs = true;
+    }
+    let state = drive.machine.state();
+    assert!(!gate_needs_tasks(
+        state,
+        &ours(RolloutState::Completed, 0),
+        false,
+        None
+    ));
+    assert_eq!(
+        drive.send(Event::Observed(observation)).phase,
+        Phase::Soaking
     );
 }
 

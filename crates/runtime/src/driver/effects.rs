@@ -65,14 +65,20 @@ impl RunnerDriver {
             .machine
             .as_ref()
             .map_or(now, |m| m.inner().memory.since);
-        let first_call = self.this_pass.entered && self.last_call_at.is_none_or(|at| at < since);
+        // A call of this command made at the very millisecond the state was entered may be
+        // this state's own (a simulated clock does not move within a pass); one of another
+        // command (the call that led here) is not.
+        let first_call = self.this_pass.entered
+            && self
+                .last_call
+                .is_none_or(|(at, name)| at < since || (at == since && name != command.name()));
         if matches!(
             command,
             Command::RegisterTaskDefinition { .. }
                 | Command::UpdateService { .. }
                 | Command::RollBackService { .. }
         ) {
-            self.last_call_at = Some(now);
+            self.last_call = Some((now, command.name()));
         }
         first_call
     }
@@ -98,6 +104,10 @@ impl RunnerDriver {
                 }
             }
             Command::AcquireLock { .. } => self.acquire_lock(now).await,
+            // Released already by the write that left the attempt (the state table).
+            Command::ReleaseLock { epoch } if self.released_by_save.take() == Some(*epoch) => {
+                Ok(Event::LockReleased)
+            }
             Command::ReleaseLock { epoch } => self
                 .ports
                 .lock

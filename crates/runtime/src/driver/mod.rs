@@ -51,8 +51,8 @@ use runner_updater_core::machine::{
 use runner_updater_core::record::Record;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, Lock, LockOutcome, ParameterStore,
-    PortError, StateStore, StoreError, CLOCK_SKEW_TOLERANCE,
+    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, LeaseWritten, Lock, LockOutcome,
+    ParameterStore, PortError, StateStore, StoreError, CLOCK_SKEW_TOLERANCE,
 };
 
 /// Tag naming the runner on task definitions the controller registers.
@@ -177,8 +177,12 @@ pub struct RunnerDriver {
     check_sampler: telemetry::CheckSampler,
     /// See `consistency_window_secs`.
     consistency_window: Duration,
-    /// When this driver last made (or may have made) a non-idempotent ECS call.
-    last_call_at: Option<Millis>,
+    /// When this driver last made (or may have made) a non-idempotent ECS call, and which
+    /// command made it.
+    last_call: Option<(Millis, &'static str)>,
+    /// The epoch whose lease the last record write released (left the attempt, on a store
+    /// that folds the lease into its writes): its `ReleaseLock` makes no call.
+    released_by_save: Option<u64>,
     /// The last load found the record unreadable.
     unreadable: bool,
     /// When the last pass ended: a fleet read older than that is not used.
@@ -285,7 +289,8 @@ impl RunnerDriver {
             metrics: None,
             aws_readable: true,
             check_sampler: telemetry::CheckSampler::new(config.telemetry.check_span_every_passes),
-            last_call_at: None,
+            last_call: None,
+            released_by_save: None,
             consistency_window: Duration::from_secs(config.consistency_window_secs),
             unreadable: false,
             last_tick_end: None,
@@ -690,14 +695,14 @@ impl RunnerDriver {
             return None;
         }
         // The call may have been made later than the state was entered: by this process
-        // before a failed save or a reload (remembered in `last_call_at`), or by a crashed
+        // before a failed save or a reload (remembered in `last_call`), or by a crashed
         // process before its lease expired (then the lease's expiry, longer than the window,
         // covers it).
         let since = self.machine.as_ref()?.inner().memory.since;
         consistency_wait(
             self.this_pass.entered,
             since,
-            self.last_call_at,
+            self.last_call.map(|(at, _)| at),
             now,
             self.consistency_window,
         )

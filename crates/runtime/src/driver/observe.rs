@@ -233,7 +233,7 @@ impl RunnerDriver {
             if gate_needs_tasks(
                 machine.state(),
                 &observed.service,
-                observed.has_health_check,
+                observed.has_health_check && !observed.health_gated_by_ecs,
                 previous,
             ) {
                 match self

@@ -58,6 +58,15 @@ impl RunnerDriver {
             }
             Err(error) => return Err(error.into()),
         }
+        // A lease folded into the write (the state table): renewed from when the write was
+        // sent, or released with the attempt it left.
+        match self.ports.store.lease_written(&self.runner.name) {
+            LeaseWritten::Renewed { ttl } if self.lease_until.is_some() => {
+                self.lease_until = Some(sent + ttl);
+            }
+            LeaseWritten::Released { epoch } => self.released_by_save = Some(epoch),
+            _ => {}
+        }
         self.last_saved = Some(record);
         self.saves += 1;
         report.saves += 1;
