@@ -113,10 +113,7 @@ pub fn lock_and_store(
         ));
         return (
             Arc::new(DynamoLease::new(table.clone())),
-            Arc::new(
-                DynamoStore::new(table, holder, clock)
-                    .with_lease_in_writes(Duration::from_secs(config.lease_secs)),
-            ),
+            Arc::new(DynamoStore::new(table, holder, clock)),
         );
     }
     (

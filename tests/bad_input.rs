@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
+#[path = "common/scoped_tracing.rs"]
+mod scoped_tracing;
+
 use std::sync::Arc;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -482,7 +485,7 @@ async fn run(case: &Case) -> Outcome {
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = scoped_tracing::set_default(subscriber);
 
     let mut s = Scenario::with_config(9, Config::from_toml(EMBEDDED_CONFIG).unwrap()).unwrap();
     if let Bad::Config(change) = case.bad {
@@ -747,6 +750,8 @@ async fn every_case_of_bad_input_is_named_acts_on_nothing_and_spares_the_other_r
 #[tokio::test]
 async fn a_state_table_that_throttles_or_denies_access_is_named_and_nothing_moves() {
     use runner_updater_ports::{AwsOp, ErrorKind};
+    // Runs beside the catalogue, which captures its thread's spans.
+    scoped_tracing::install();
     let mut s = Scenario::with_config(9, Config::from_toml(EMBEDDED_CONFIG).unwrap()).unwrap();
     s.use_state_table("controller-1");
     s.set_desired("runner-b", "version", "2.14.0");

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
+#[path = "common/scoped_tracing.rs"]
+mod scoped_tracing;
+
 use std::time::Duration;
 
 use runner_updater_adapters::sim::ImageBehaviour;
@@ -931,7 +934,7 @@ struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 impl Warnings {
     fn capture(&self) -> tracing::subscriber::DefaultGuard {
         use tracing_subscriber::layer::SubscriberExt;
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+        scoped_tracing::set_default(tracing_subscriber::registry().with(self.clone()))
     }
 
     fn take(&self) -> Vec<String> {

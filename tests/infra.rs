@@ -283,24 +283,39 @@ async fn a_held_change_set_runs_only_once_approved() {
     assert!(matches!(late, ApproveError::NotAwaiting { .. }), "{late}");
 }
 
+/// On both stores: on the state table the write that leaves the attempt would release the lease
+/// with it, but a change set still to delete keeps it until the (fenced) deletion is made
+/// (found by review: the release folded into that write fenced the deletion out).
 #[tokio::test]
 async fn switching_auto_update_off_cancels_a_held_change_set() {
-    let s = scenario();
-    let mut driver = s.driver(RUNNER).unwrap();
-    want_infra_2(&s, "main-2-replacing");
-    s.drive_to(&mut driver, Phase::AwaitingApproval, TICKS)
-        .await
-        .unwrap();
-    let held = record(&s).await.change_set.unwrap().name;
-    s.set_desired(RUNNER, "auto-update", "false");
-    s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
-    assert!(!s.aws.cfn.change_sets(MAIN).contains(&held), "deleted");
-    assert_eq!(stacks_of(&s.aws.cfn.executions()), [IAM]);
-    assert_eq!(record(&s).await.note.unwrap().code, "auto-update");
-    assert!(
-        record(&s).await.failed.is_empty(),
-        "a cancel is not a failure"
-    );
+    for on_table in [false, true] {
+        let mut s = scenario();
+        if on_table {
+            s.use_state_table("controller-1");
+        }
+        let mut driver = s.driver(RUNNER).unwrap();
+        want_infra_2(&s, "main-2-replacing");
+        s.drive_to(&mut driver, Phase::AwaitingApproval, TICKS)
+            .await
+            .unwrap();
+        let held = record(&s).await.change_set.unwrap().name;
+        s.set_desired(RUNNER, "auto-update", "false");
+        s.drive_to(&mut driver, Phase::Idle, TICKS).await.unwrap();
+        assert!(
+            !s.aws.cfn.change_sets(MAIN).contains(&held),
+            "deleted (state table: {on_table})"
+        );
+        assert_eq!(stacks_of(&s.aws.cfn.executions()), [IAM]);
+        assert_eq!(record(&s).await.note.unwrap().code, "auto-update");
+        assert!(
+            record(&s).await.failed.is_empty(),
+            "a cancel is not a failure"
+        );
+        if on_table {
+            let lease = s.aws.table.item(RUNNER).unwrap().lease.unwrap();
+            assert_eq!(lease.expires_at.0, 0, "released after the deletion");
+        }
+    }
 }
 
 #[tokio::test]

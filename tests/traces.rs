@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
 
+#[path = "common/scoped_tracing.rs"]
+mod scoped_tracing;
+
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use runner_updater_core::machine::phase::Phase;
@@ -31,7 +34,7 @@ fn capture() -> (
         .build();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let guard = tracing::subscriber::set_default(subscriber);
+    let guard = scoped_tracing::set_default(subscriber);
     (exporter, provider, guard)
 }
 

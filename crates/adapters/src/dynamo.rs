@@ -23,8 +23,9 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
-    AwsOp, Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, LeaseWritten, Lock, LockOutcome,
-    PortError, RecordCondition, StateItem, StateStore, StateTable, StoreError, StoredRecord,
+    AwsOp, Clock, ErrorKind, Fence, LeaseCondition, LeaseFields, LeaseFold, LeaseWritten, Lock,
+    LockOutcome, PortError, RecordCondition, StateItem, StateStore, StateTable, StoreError,
+    StoredRecord,
 };
 
 /// The most scan pages `list` reads (a bound on a runaway table).
@@ -306,8 +307,6 @@ pub fn table_refusal(name: &str, error: &PortError) -> String {
 struct Seen {
     version: Option<u64>,
     attempt_epoch: Option<u64>,
-    /// What this controller's last write of the record did to the lease.
-    lease: LeaseWritten,
 }
 
 /// The records in the state table, written by compare-and-set.
@@ -318,9 +317,6 @@ pub struct DynamoStore {
     seen: Mutex<HashMap<String, Seen>>,
     /// Records read ahead by [`StateStore::prefetch`], each used by its runner's next load.
     ahead: Mutex<HashMap<String, Option<StoredRecord>>>,
-    /// The lease's length, when the lease is renewed by an attempt's record writes and
-    /// released by the write that leaves it (`with_lease_in_writes`).
-    lease_ttl: Option<Duration>,
 }
 
 impl DynamoStore {
@@ -333,17 +329,7 @@ impl DynamoStore {
             clock,
             seen: Mutex::new(HashMap::new()),
             ahead: Mutex::new(HashMap::new()),
-            lease_ttl: None,
         }
-    }
-
-    /// Folds the lease into the record writes (one `UpdateItem` instead of two): every write
-    /// of an attempt's record renews the lease for `ttl` (its fence is the renewal's condition:
-    /// this holder, this epoch, live), and the write that leaves the attempt releases it.
-    #[must_use]
-    pub fn with_lease_in_writes(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = Some(ttl);
-        self
     }
 
     fn remember(&self, runner: &str, seen: Seen) {
@@ -382,11 +368,6 @@ impl StateStore for DynamoStore {
         true
     }
 
-    fn lease_written(&self, runner: &str) -> LeaseWritten {
-        self.last_seen(runner)
-            .map_or(LeaseWritten::Untouched, |seen| seen.lease)
-    }
-
     async fn load(&self, runner: &str) -> Result<Option<Record>, StoreError> {
         let ahead = self
             .ahead
@@ -408,7 +389,6 @@ impl StateStore for DynamoStore {
                 Seen {
                     version: None,
                     attempt_epoch: None,
-                    lease: LeaseWritten::Untouched,
                 },
             );
             return Ok(None);
@@ -419,13 +399,23 @@ impl StateStore for DynamoStore {
             Seen {
                 version: Some(stored.version),
                 attempt_epoch: attempt_epoch(&record),
-                lease: LeaseWritten::Untouched,
             },
         );
         Ok(Some(record))
     }
 
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
+        self.save_folding(record, LeaseFold::Keep).await.map(|_| ())
+    }
+
+    /// The lease rides on the record write (one `UpdateItem` instead of two) as `fold` asks:
+    /// renewed with a write of an attempt's record (its fence is the renewal's own condition:
+    /// this holder, this epoch, live), released with the write that leaves the attempt.
+    async fn save_folding(
+        &self,
+        record: &Record,
+        fold: LeaseFold,
+    ) -> Result<LeaseWritten, StoreError> {
         let runner = record.runner.as_str();
         let text = record.encode()?;
         // Compare-and-set needs what this controller read: a record it never read (or whose
@@ -442,10 +432,10 @@ impl StateStore for DynamoStore {
         let in_attempt = attempt_epoch(record);
         let (fence, lease) = match in_attempt.or(seen.attempt_epoch) {
             Some(epoch) => {
-                let lease = match (self.lease_ttl, in_attempt) {
-                    (Some(ttl), Some(_)) => LeaseWritten::Renewed { ttl },
-                    (Some(_), None) => LeaseWritten::Released { epoch },
-                    (None, _) => LeaseWritten::Untouched,
+                let lease = match (fold, in_attempt) {
+                    (LeaseFold::Renew { ttl }, Some(_)) => LeaseWritten::Renewed { ttl },
+                    (LeaseFold::Release, None) => LeaseWritten::Released { epoch },
+                    _ => LeaseWritten::Untouched,
                 };
                 let lease_end = match lease {
                     LeaseWritten::Renewed { ttl } => Some(now.after(ttl)),
@@ -481,10 +471,9 @@ impl StateStore for DynamoStore {
                     Seen {
                         version: Some(version),
                         attempt_epoch: in_attempt,
-                        lease,
                     },
                 );
-                Ok(())
+                Ok(lease)
             }
             Err(error) if error.kind == ErrorKind::Conflict => {
                 // What this controller knew is stale: the next load reads it again.

@@ -570,11 +570,20 @@ impl Ecs for AwsEcs {
                     "the answer shows no PRIMARY deployment of the new task definition yet",
                 )
             })?;
+        // The new deployment's service deployment: the service's current one, unless it is
+        // still the one from before the update (then it is not known yet: the gate reads the
+        // service, and a resumed attempt finds it there).
+        let before = current
+            .services()
+            .first()
+            .and_then(aws_sdk_ecs::types::Service::current_service_deployment);
+        let service_deployment = updated
+            .and_then(aws_sdk_ecs::types::Service::current_service_deployment)
+            .filter(|arn| Some(*arn) != before)
+            .map(str::to_owned);
         Ok(ServiceUpdate {
             deployment_id,
-            service_deployment: updated
-                .and_then(aws_sdk_ecs::types::Service::current_service_deployment)
-                .map(str::to_owned),
+            service_deployment,
         })
     }
 

@@ -216,7 +216,6 @@ fn kind_of(code: &str, status: u16, message: &str) -> ErrorKind {
     } else if code == "ParameterAlreadyExists"
         || code == "AlreadyExistsException"
         || code == "ConditionalCheckFailedException"
-        || code == "ConflictException"
     {
         ErrorKind::Conflict
     } else {
@@ -254,7 +253,13 @@ where
             let code = context.err().code().unwrap_or("Unknown");
             let message = context.err().message().unwrap_or("");
             let status = context.raw().status().as_u16();
-            let kind = kind_of(code, status, message);
+            // ECS's `ConflictException` is a conflict where it means one: a service deployment
+            // that cannot be stopped in its state. Elsewhere it is a refusal.
+            let kind = if code == "ConflictException" && operation == AwsOp::StopServiceDeployment {
+                ErrorKind::Conflict
+            } else {
+                kind_of(code, status, message)
+            };
             PortError::new(
                 kind,
                 operation,

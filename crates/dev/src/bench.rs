@@ -229,10 +229,7 @@ impl Fleet {
             ecs,
             cfn,
             lock: Arc::new(DynamoLease::new(table.clone())),
-            store: Arc::new(
-                DynamoStore::new(table, "bench", clock.clone())
-                    .with_lease_in_writes(Duration::from_secs(config.lease_secs)),
-            ),
+            store: Arc::new(DynamoStore::new(table, "bench", clock.clone())),
             clock,
         };
         let drivers = config

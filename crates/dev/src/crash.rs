@@ -147,7 +147,17 @@ impl StateStore for CrashStore {
     }
 
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
-        self.inner.save(record).await?;
+        self.save_folding(record, runner_updater_ports::LeaseFold::Keep)
+            .await
+            .map(|_| ())
+    }
+
+    async fn save_folding(
+        &self,
+        record: &Record,
+        fold: runner_updater_ports::LeaseFold,
+    ) -> Result<runner_updater_ports::LeaseWritten, StoreError> {
+        let written = self.inner.save_folding(record, fold).await?;
         if let CrashPoint::AfterSave(at) = self.point {
             let saves = self.saves.lock().map(|mut saves| {
                 let count = saves.entry(record.runner.clone()).or_default();
@@ -161,7 +171,7 @@ impl StateStore for CrashStore {
                 );
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {
@@ -174,10 +184,6 @@ impl StateStore for CrashStore {
 
     fn fences_writes(&self) -> bool {
         self.inner.fences_writes()
-    }
-
-    fn lease_written(&self, runner: &str) -> runner_updater_ports::LeaseWritten {
-        self.inner.lease_written(runner)
     }
 }
 

@@ -641,10 +641,7 @@ impl World {
         let (lock, store) = lock_and_store(
             table,
             &self.audit,
-            (
-                &self.config.prefix,
-                Duration::from_secs(self.config.lease_secs),
-            ),
+            &self.config.prefix,
             &holder,
             ssm.clone(),
             clock.clone(),
@@ -1787,9 +1784,19 @@ impl StateStore for AuditedStore {
     }
 
     async fn save(&self, record: &Record) -> Result<(), runner_updater_ports::StoreError> {
+        self.save_folding(record, runner_updater_ports::LeaseFold::Keep)
+            .await
+            .map(|_| ())
+    }
+
+    async fn save_folding(
+        &self,
+        record: &Record,
+        fold: runner_updater_ports::LeaseFold,
+    ) -> Result<runner_updater_ports::LeaseWritten, runner_updater_ports::StoreError> {
         let truth = self.audit.records();
         let before = truth.load(&record.runner).await.ok().flatten();
-        let result = self.inner.save(record).await;
+        let result = self.inner.save_folding(record, fold).await;
         // Checked when the write took effect (a lost answer too; a refused write not): what
         // identifies the state, as the store may shorten what it keeps.
         let key = |r: &Record| {
@@ -1818,10 +1825,6 @@ impl StateStore for AuditedStore {
     fn fences_writes(&self) -> bool {
         self.inner.fences_writes()
     }
-
-    fn lease_written(&self, runner: &str) -> runner_updater_ports::LeaseWritten {
-        self.inner.lease_written(runner)
-    }
 }
 
 /// A controller's lease and store: on the state table (`table`: with its faults) with the
@@ -1829,7 +1832,7 @@ impl StateStore for AuditedStore {
 fn lock_and_store(
     table: Option<&SimTable>,
     audit: &Audit,
-    (prefix, lease): (&str, Duration),
+    prefix: &str,
     holder: &str,
     ssm: Arc<dyn ParameterStore>,
     clock: Arc<dyn Clock>,
@@ -1843,7 +1846,7 @@ fn lock_and_store(
         ));
         (
             Arc::new(DynamoLease::new(table.clone())),
-            Arc::new(DynamoStore::new(table, holder, clock).with_lease_in_writes(lease)),
+            Arc::new(DynamoStore::new(table, holder, clock)),
         )
     } else {
         (

@@ -102,10 +102,11 @@ impl Scenario {
     /// same table, writing as its own holder (as separate controller processes do).
     pub fn use_state_table(&mut self, holder: &str) {
         let table: Arc<dyn StateTable> = Arc::new(self.aws.table.clone());
-        self.store = Arc::new(
-            DynamoStore::new(table, holder, Arc::new(self.aws.clock.clone()))
-                .with_lease_in_writes(std::time::Duration::from_secs(self.config.lease_secs)),
-        );
+        self.store = Arc::new(DynamoStore::new(
+            table,
+            holder,
+            Arc::new(self.aws.clock.clone()),
+        ));
         self.leases_in_table = true;
     }
 
@@ -115,10 +116,11 @@ impl Scenario {
         let mut ports = self.ports();
         if self.leases_in_table {
             let table: Arc<dyn StateTable> = Arc::new(self.aws.table.clone());
-            ports.store = Arc::new(
-                DynamoStore::new(table, holder, Arc::new(self.aws.clock.clone()))
-                    .with_lease_in_writes(std::time::Duration::from_secs(self.config.lease_secs)),
-            );
+            ports.store = Arc::new(DynamoStore::new(
+                table,
+                holder,
+                Arc::new(self.aws.clock.clone()),
+            ));
         }
         ports
     }

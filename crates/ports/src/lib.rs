@@ -437,9 +437,24 @@ pub enum StoreError {
     Refused(String),
 }
 
-/// What a record write did to the runner's lease, besides the record: a store that holds both
-/// in one item (the state table) folds the lease's renewal into an attempt's record writes and
-/// its release into the write that leaves the attempt.
+/// What a record write is asked to do to the runner's lease as well, where the store holds both
+/// in one item (the state table): its renewal folded into a write of an attempt's record, its
+/// release into the write that leaves the attempt — asked by the driver only when nothing else
+/// fenced follows that write (a change set still to delete keeps the lease until it is done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseFold {
+    /// Nothing.
+    Keep,
+    /// Renew it for `ttl` from the write, if the record is an attempt's.
+    Renew {
+        /// How long from the write.
+        ttl: Duration,
+    },
+    /// Release it, if the write leaves an attempt.
+    Release,
+}
+
+/// What a record write did to the runner's lease, besides the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseWritten {
     /// Nothing (the lease is the [`Lock`]'s alone).
@@ -473,13 +488,19 @@ pub trait StateStore: Send + Sync {
     fn fences_writes(&self) -> bool {
         false
     }
-    /// What the last successful [`StateStore::save`] of `runner`'s record did to its lease.
-    /// A store that does not know says [`LeaseWritten::Untouched`], the safe answer: the caller
-    /// then renews and releases through the [`Lock`] (a release made twice is a no-op; a
-    /// renewal not known of only renews again).
-    fn lease_written(&self, runner: &str) -> LeaseWritten {
-        let _ = runner;
-        LeaseWritten::Untouched
+    /// Saves the record as [`StateStore::save`] does, and does to the lease what `fold` asks
+    /// where the store holds it with the record and the write allows it (a renewal with a write
+    /// of an attempt's record, a release with the write that leaves one); says what it did. A
+    /// store that does not hold the lease (the default) does nothing to it and says
+    /// [`LeaseWritten::Untouched`], the safe answer: the caller then renews and releases
+    /// through the [`Lock`].
+    async fn save_folding(
+        &self,
+        record: &Record,
+        fold: LeaseFold,
+    ) -> Result<LeaseWritten, StoreError> {
+        let _ = fold;
+        self.save(record).await.map(|()| LeaseWritten::Untouched)
     }
     /// Reads the records of `runners` ahead, in as few calls as the store allows, so that
     /// each one's next [`StateStore::load`] makes no call of its own (the state table: one

@@ -1211,7 +1211,13 @@ impl RunnerMachine {
                     self.roll_back(&gate.run, failure, input.now)
                 } else {
                     self.pending_note = Some(format!("health wavered during the soak: {why}"));
-                    Transition(State::awaiting_rollout(gate.clone()))
+                    // The service deployment succeeded and no longer moves: the gate reads the
+                    // service from here on.
+                    let gate = Gate {
+                        service_deployment: None,
+                        ..gate.clone()
+                    };
+                    Transition(State::awaiting_rollout(gate))
                 }
             }
         }

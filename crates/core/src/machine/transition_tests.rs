@@ -278,6 +278,9 @@ fn a_healthy_rollout_soaks_then_is_done_and_gives_the_lock_back() {
             .phase,
         Phase::AwaitingRollout
     );
+    // The service deployment succeeded and no longer moves: from here the gate reads the
+    // service, not the deployment that would say "successful" again.
+    assert_eq!(gate_service_deployment(drive.machine.state()), None);
     assert_eq!(drive.send(healthy()).phase, Phase::Soaking);
     assert_eq!(
         drive.wait(Duration::from_mins(5)).send(healthy()),

@@ -666,6 +666,12 @@ impl RunnerDriver {
                     return Ok(Event::RollbackStarted);
                 }
                 Err(error) if error.is_transient() => return Err(error),
+                // Refused because ECS is already rolling it back (its own rollback, on a read
+                // of the service too old to show it): made.
+                Err(error) if error.kind == ErrorKind::Conflict && self.rolling_back(arn).await => {
+                    tracing::info!(runner = %self.runner.name, service_deployment = %arn, "rollback: ECS already rolls the service deployment back");
+                    return Ok(Event::RollbackStarted);
+                }
                 Err(error) => {
                     tracing::info!(runner = %self.runner.name, service_deployment = %arn, %error, "rollback: the service deployment cannot be stopped; updating the service to the baseline");
                 }
@@ -680,6 +686,18 @@ impl RunnerDriver {
             .update_service(cluster, service, task_definition_arn, None)
             .await?;
         Ok(Event::RollbackStarted)
+    }
+}
+
+impl RunnerDriver {
+    /// Whether ECS rolls `arn` back, or has (its status, read now); `false` when it cannot be
+    /// read.
+    async fn rolling_back(&self, arn: &str) -> bool {
+        let arns = [arn.to_owned()];
+        matches!(
+            self.ports.ecs.describe_service_deployments(&arns).await.as_deref(),
+            Ok([Ok(deployment)]) if deployment.status.rolling_back()
+        )
     }
 }
 

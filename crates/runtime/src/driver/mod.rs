@@ -51,8 +51,8 @@ use runner_updater_core::machine::{
 use runner_updater_core::record::Record;
 use runner_updater_ports::AwsOp;
 use runner_updater_ports::{
-    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, LeaseWritten, Lock, LockOutcome,
-    ParameterStore, PortError, StateStore, StoreError, CLOCK_SKEW_TOLERANCE,
+    ChangeSetRequest, Clock, CloudFormation, Ecs, ErrorKind, LeaseFold, LeaseWritten, Lock,
+    LockOutcome, ParameterStore, PortError, StateStore, StoreError, CLOCK_SKEW_TOLERANCE,
 };
 
 /// Tag naming the runner on task definitions the controller registers.
@@ -673,7 +673,7 @@ impl RunnerDriver {
             // rest: the lease runs out, nothing was changed.
             return Ok(ctx.commands);
         }
-        if self.save_step(report).await? {
+        if self.save_step(&ctx.commands, report).await? {
             Ok(ctx.commands)
         } else {
             Ok(Vec::new())

@@ -10,7 +10,16 @@ impl RunnerDriver {
     /// controller wrote the record since it was read, when this controller may write, and
     /// before its lease ends on its own clock. `false`: not written, the machine dropped (the
     /// next pass reloads), nothing to execute.
-    pub(super) async fn save_step(&mut self, report: &mut TickReport) -> Result<bool, DriverError> {
+    ///
+    /// On a store that holds the lease with the record (the state table), the write renews the
+    /// lease when it is an attempt's held here, and releases it when it leaves the attempt with
+    /// nothing fenced to do after it but the release (`commands`: a change set still to delete
+    /// keeps the lease until it is deleted).
+    pub(super) async fn save_step(
+        &mut self,
+        commands: &[Command],
+        report: &mut TickReport,
+    ) -> Result<bool, DriverError> {
         let Some(machine) = self.machine.as_ref() else {
             return Err(DriverError::Bug("save without a machine".to_owned()));
         };
@@ -45,9 +54,29 @@ impl RunnerDriver {
         let proves = checked_by_store
             .then(|| self.machine.as_ref().and_then(|m| held_epoch(m.state())))
             .flatten();
+        let fold = if proves.is_some() && self.lease_until.is_some() {
+            LeaseFold::Renew {
+                ttl: self.lease_ttl,
+            }
+        } else if checked_by_store && matches!(commands, [Command::ReleaseLock { .. }]) {
+            LeaseFold::Release
+        } else {
+            LeaseFold::Keep
+        };
         self.fence_proof = None;
-        match self.ports.store.save(&record).await {
-            Ok(()) => self.fence_proof = proves.map(|epoch| (epoch, sent)),
+        match self.ports.store.save_folding(&record, fold).await {
+            Ok(written) => {
+                self.fence_proof = proves.map(|epoch| (epoch, sent));
+                // The lease rode on the write: renewed from when it was sent, or released
+                // with the attempt it left.
+                match written {
+                    LeaseWritten::Renewed { ttl } if self.lease_until.is_some() => {
+                        self.lease_until = Some(sent + ttl);
+                    }
+                    LeaseWritten::Released { epoch } => self.released_by_save = Some(epoch),
+                    _ => {}
+                }
+            }
             // The state table refused it by its condition: another controller wrote the record
             // since it was read, or holds the lease. Nothing was written: reload.
             Err(StoreError::Refused(why)) => {
@@ -57,15 +86,6 @@ impl RunnerDriver {
                 return Ok(false);
             }
             Err(error) => return Err(error.into()),
-        }
-        // A lease folded into the write (the state table): renewed from when the write was
-        // sent, or released with the attempt it left.
-        match self.ports.store.lease_written(&self.runner.name) {
-            LeaseWritten::Renewed { ttl } if self.lease_until.is_some() => {
-                self.lease_until = Some(sent + ttl);
-            }
-            LeaseWritten::Released { epoch } => self.released_by_save = Some(epoch),
-            _ => {}
         }
         self.last_saved = Some(record);
         self.saves += 1;
