@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod cfn_status;
+pub mod channel;
 pub mod code;
 pub mod desired;
 pub mod eligibility;

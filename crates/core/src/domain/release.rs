@@ -74,6 +74,19 @@ pub fn parse_release(text: &str, name: &str) -> Result<Release, DesiredError> {
             format!("not a JSON object: {}", kind(&value)),
         ));
     };
+    parse_release_object(object, name)
+}
+
+/// Reads a release document's keys from a JSON object already parsed (a channel's release
+/// takes its own keys out first); `name` names it in messages.
+///
+/// # Errors
+/// [`DesiredError::InvalidRelease`] naming the field at fault.
+pub fn parse_release_object(
+    object: serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Release, DesiredError> {
+    let invalid = |field: String, reason: String| DesiredError::InvalidRelease { field, reason };
     let mut release = Release::default();
     for (key, value) in object {
         let field = format!("{name}.{key}");
