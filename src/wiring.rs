@@ -133,20 +133,36 @@ fn store_on(config: &Config, ssm: Arc<dyn ParameterStore>) -> Arc<dyn StateStore
     }
 }
 
+/// What `status` reads: the store, the lease (not with the file store), SSM (the channels'
+/// releases; not with the file store).
+pub type StatusSources = (
+    Arc<dyn StateStore>,
+    Option<Arc<dyn Lock>>,
+    Option<Arc<dyn ParameterStore>>,
+);
+
 /// What `status` reads: the configured state store and, with a shared store, the leases (the
 /// file store is read without AWS, so it works with no credentials at all). It never writes.
 ///
 /// # Errors
 /// A state table that cannot be used, by name.
-pub async fn status_sources(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn StateStore>, Option<Arc<dyn Lock>>)> {
+pub async fn status_sources(config: &Config) -> anyhow::Result<StatusSources> {
     if config.state_store.backend == StateBackend::File {
-        return Ok((Arc::new(FileStore::new(&config.state_store.path)), None));
+        return Ok((
+            Arc::new(FileStore::new(&config.state_store.path)),
+            None,
+            None,
+        ));
     }
     let clients = AwsClients::from_env(sdk_settings(config)).await;
     check_state_table(config, &clients).await?;
     let ssm: Arc<dyn ParameterStore> = Arc::new(clients.ssm.clone());
-    let (lock, store) = lock_and_store(config, &clients, ssm, "status", Arc::new(SystemClock));
-    Ok((store, Some(lock)))
+    let (lock, store) = lock_and_store(
+        config,
+        &clients,
+        ssm.clone(),
+        "status",
+        Arc::new(SystemClock),
+    );
+    Ok((store, Some(lock), Some(ssm)))
 }

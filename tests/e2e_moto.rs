@@ -1366,3 +1366,197 @@ async fn hold_ssm_lease(
     };
     (lease, epoch)
 }
+
+/// Ops: a channel's release in one command, with the real AWS CLI, as the README shows it.
+fn put_channel_release(world: &World, document: &str) {
+    let status = Command::new(common::venv_bin().join("aws"))
+        .args(["ssm", "put-parameter", "--overwrite", "--type", "String"])
+        .args(["--name", &format!("{PREFIX}/_channels/stable/release")])
+        .args(["--value", document, "--endpoint-url", &world.moto.url])
+        .envs(world.moto.env())
+        .env("AWS_CONFIG_FILE", world.cli_config())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "aws ssm put-parameter failed");
+}
+
+/// `release status --json` of channel stable, from the real binary.
+fn release_status(world: &World) -> serde_json::Value {
+    let output = world.cli(&["release", "status", "stable", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let views: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    views[0].clone()
+}
+
+/// Twenty runners follow channel stable on the state table, with two controllers contending for
+/// the channel: a good release rolls out in its waves, in order, each runner once; a crashing one
+/// halts after its canary wave within its budget, the others untouched.
+#[tokio::test]
+async fn a_channel_release_rolls_out_in_waves_and_a_crashing_one_halts_within_its_budget() {
+    let names: Vec<String> = (0..20).map(|i| format!("runner-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let world = World::on_state_table(&refs, 1, 1).await;
+    let first = world.controller("controller-1", None);
+    let second = world.controller("controller-2", None);
+    let good = r#"{"version": "2.15.0", "plan": {"canary": 2, "waves": [25, 100], "concurrency": 5, "bake-secs": 2}, "budget": 1}"#;
+    good_release_in_waves(&world, &names, good).await;
+    crashing_release_halts(&world, &names, good).await;
+    kill(first);
+    kill(second);
+}
+
+/// A good release: every runner once, wave after wave (bake 2 s), at most five at once.
+async fn good_release_in_waves(world: &World, names: &[String], good: &str) {
+    put_channel_release(world, good);
+    let release =
+        runner_updater_core::domain::channel::parse_channel_release(good, "release").unwrap();
+    let plan = runner_updater_core::domain::channel::waves(&release.plan, names);
+    assert_eq!(plan.len(), 3);
+    let mut records = std::collections::BTreeMap::new();
+    for name in names {
+        let record = common::eventually(
+            &format!("{name} on 2.15.0"),
+            Duration::from_mins(5),
+            || async {
+                world.record(name).await.filter(|r| {
+                    r.phase == "done"
+                        && r.attempt
+                            .as_ref()
+                            .is_some_and(|a| a.target_version == "2.15.0")
+                })
+            },
+        )
+        .await;
+        assert_eq!(record.attempts_started, 1, "{name}");
+        assert_eq!(world.updates(name).len(), 1, "{name}: one service update");
+        records.insert(name.clone(), record);
+    }
+    let started = |n: &String| records[n].attempt.as_ref().unwrap().started_at;
+    let done = |n: &String| records[n].last_success.unwrap();
+    for pair in plan.windows(2) {
+        let before = pair[0].runners.iter().map(done).max().unwrap();
+        let next = pair[1].runners.iter().map(started).min().unwrap();
+        assert!(
+            next >= before + 2_000,
+            "a wave began {} ms after the previous one was done",
+            next.cast_signed() - before.cast_signed()
+        );
+    }
+    for wave in &plan {
+        for runner in &wave.runners {
+            let at = started(runner);
+            let at_once = wave
+                .runners
+                .iter()
+                .filter(|o| started(o) <= at && done(o) > at)
+                .count();
+            assert!(at_once <= 5, "{at_once} of a wave at once");
+        }
+    }
+    let finished = common::eventually("the release finished", WAIT, || async {
+        Some(release_status(world)).filter(|v| v["state"] == "finished")
+    })
+    .await;
+    assert_eq!(
+        finished["waves"][2]["counts"]["done"],
+        plan[2].runners.len()
+    );
+}
+
+/// A release whose containers crash: the canary wave fails, the release halts (budget 1, the
+/// canary wave's two runners), nobody else starts it; `release status`, `status`, a resume.
+async fn crashing_release_halts(world: &World, names: &[String], good: &str) {
+    let bad = r#"{"version": "2.16.0", "image": "registry.example/runner:2.16.0-crash", "plan": {"canary": 2, "waves": [25, 100], "concurrency": 5}, "budget": 1}"#;
+    put_channel_release(world, bad);
+    let halted = common::eventually(
+        "the crashing release halted",
+        Duration::from_mins(3),
+        || async { Some(release_status(world)).filter(|v| v["state"] == "halted") },
+    )
+    .await;
+    assert_eq!(halted["failed"], 2, "{halted:#}");
+    let canary = &runner_updater_core::domain::channel::waves(
+        &runner_updater_core::domain::channel::parse_channel_release(bad, "release")
+            .unwrap()
+            .plan,
+        names,
+    )[0]
+    .runners;
+    for name in names {
+        let record = common::eventually(&format!("{name} at rest"), WAIT, || async {
+            world
+                .record(name)
+                .await
+                .filter(|r| matches!(r.phase.as_str(), "done" | "rolled_back" | "idle"))
+        })
+        .await;
+        let tried = record
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.target_version == "2.16.0");
+        if canary.contains(name) {
+            assert!(
+                tried && record.phase == "rolled_back",
+                "{name}: {:?}",
+                record.phase
+            );
+        } else {
+            assert!(!tried, "{name} started the halted release");
+            assert_eq!(
+                record.note.as_ref().map(|n| n.code.as_str()),
+                Some("awaiting-wave"),
+                "{name}"
+            );
+        }
+    }
+    let text =
+        String::from_utf8_lossy(&world.cli(&["release", "status", "stable"]).stdout).into_owned();
+    assert!(
+        text.contains("channel stable: halted (20 runners)")
+            && text.contains("quarantined: 2.16.0"),
+        "{text}"
+    );
+    let status = String::from_utf8_lossy(&world.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("RELEASE") && status.contains("2.16.0 w"),
+        "{status}"
+    );
+    // A resume is acknowledged by the controller (the token recorded); one on a release that
+    // is not halted is refused by name.
+    let resume = world.cli(&["release", "resume", "stable"]);
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    common::eventually("the resume acknowledged", WAIT, || async {
+        Some(release_status(world)).filter(|v| v["resumes"] == 1)
+    })
+    .await;
+    put_channel_release(world, good.replace("2.15.0", "2.15.1").as_str());
+    common::eventually("the fixed release taken", WAIT, || async {
+        Some(release_status(world))
+            .filter(|v| v["version"] == "2.15.1" && v["state"] != "not-started")
+    })
+    .await;
+    let stranger = world.cli(&["release", "status", "beta"]);
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr)
+            .contains("no runner of this configuration follows channel beta"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    let refused = world.cli(&["release", "resume", "stable"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not halted"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

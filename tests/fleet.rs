@@ -252,6 +252,19 @@ impl StateStore for Stuck {
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         self.inner.list().await
     }
+    async fn load_release(
+        &self,
+        channel: &str,
+    ) -> Result<Option<runner_updater_core::domain::rollout::ReleaseRecord>, StoreError> {
+        self.inner.load_release(channel).await
+    }
+    async fn save_release(
+        &self,
+        record: &runner_updater_core::domain::rollout::ReleaseRecord,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.save_release(record, epoch).await
+    }
 }
 
 /// Simulated time for the scheduler: each wait advances the clock; a stop after `until`.

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod diagram;
 pub mod migrate;
 pub mod plan;
+pub mod release;
 pub mod run;
 pub mod setup;
 pub mod status;
@@ -71,6 +72,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Approve the change set a runner holds for review (`awaiting_approval` in `status`).
     Approve(approve::ApproveArgs),
+    /// A channel's release: `release status [CHANNEL] [--json]` (waves, counts, budget, next
+    /// step), `release resume CHANNEL` (a halted release, after looking).
+    Release(release::ReleaseArgs),
     /// Creates or updates the controller's own AWS resources (the state table) from the
     /// repository's CloudFormation template, with the set-up rights (`iam/setup-policy.json`).
     Setup(setup::SetupArgs),
@@ -154,6 +158,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(config, args).await,
         Command::Status(args) => status::status(config, args).await,
         Command::Plan(args) => plan::plan(config, args).await,
+        Command::Release(args) => release::release(config, args).await,
         Command::Approve(args) => approve::approve(config, args).await,
         Command::Setup(args) => setup::setup(config, args).await,
         Command::MigrateState(args) => migrate::migrate_state(config, args).await,

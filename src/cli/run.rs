@@ -15,6 +15,7 @@ use runner_updater_config::Config;
 use runner_updater_interface::ops;
 use runner_updater_interface::scenario::Scenario;
 use runner_updater_ports::{Clock, ParameterStore};
+use runner_updater_runtime::channels::Channels;
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
 use runner_updater_runtime::metrics::Metrics;
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
@@ -280,7 +281,15 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         ports.clock.clone(),
         &config.prefix,
     );
-    let mut scheduler = Scheduler::new(config, drivers, reader, ports.clock.clone());
+    let channels = Channels::new(
+        config,
+        &holder,
+        ports.store.clone(),
+        ports.lock.clone(),
+        ports.clock.clone(),
+    );
+    let mut scheduler =
+        Scheduler::new(config, drivers, reader, ports.clock.clone()).with_channels(channels);
     let mut control = LoopControl {
         metrics: metrics.clone(),
         clock: ports.clock.clone(),

@@ -8,8 +8,8 @@ use clap::Args;
 
 use runner_updater_adapters::clock::SystemClock;
 use runner_updater_config::StateBackend;
-use runner_updater_interface::ops;
 use runner_updater_interface::report::render_status;
+use runner_updater_interface::{ops, release};
 use runner_updater_ports::Clock as _;
 
 use crate::wiring::status_sources;
@@ -30,7 +30,7 @@ pub struct StatusArgs {
 /// A configuration refused, or a store that cannot be listed.
 pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config)?;
-    let (store, lock) = status_sources(&config).await?;
+    let (store, lock, ssm) = status_sources(&config).await?;
     // Configured runners first (listing a whole SSM prefix does not scale to a fleet).
     let runners = match args.runner {
         Some(runner) => vec![runner],
@@ -47,6 +47,21 @@ pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Resul
         SystemClock.now(),
     )
     .await?;
+    let mut views = views;
+    if let Some(ssm) = ssm {
+        // Each runner's channel release and wave (the channels' documents and records).
+        let channels = config.channels();
+        let releases = release::release_views(
+            &config,
+            store.as_ref(),
+            ssm.as_ref(),
+            None,
+            &channels,
+            SystemClock.now(),
+        )
+        .await?;
+        release::annotate(&mut views, &releases);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&views)?);
     } else {

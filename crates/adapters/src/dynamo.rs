@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::lease::CLOCK_SKEW_TOLERANCE;
+use runner_updater_core::domain::rollout::{channel_key, ReleaseRecord};
 use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
@@ -486,11 +487,70 @@ impl StateStore for DynamoStore {
         }
     }
 
+    /// The item `_channels/<channel>`, beside the channel's lease (the same item).
+    async fn load_release(&self, channel: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        let key = channel_key(channel);
+        let item = self.table.get(&key).await.map_err(|e| io(&e))?;
+        let stored = item.and_then(|item| item.record);
+        self.remember(
+            &key,
+            Seen {
+                version: stored.as_ref().map(|s| s.version),
+                attempt_epoch: None,
+            },
+        );
+        stored
+            .map(|s| ReleaseRecord::decode(&s.text, channel).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Compare-and-set on what this controller last read, fenced by the channel's lease of
+    /// `epoch` in the same write.
+    async fn save_release(&self, record: &ReleaseRecord, epoch: u64) -> Result<(), StoreError> {
+        let key = channel_key(&record.channel);
+        let text = record.encode()?;
+        let Some(seen) = self.last_seen(&key) else {
+            return Err(StoreError::Refused(format!(
+                "channel {}'s release record was not read by this controller before its write: load it first",
+                record.channel
+            )));
+        };
+        let condition = RecordCondition {
+            version: seen.version,
+            fence: Fence::Held {
+                holder: self.holder.clone(),
+                epoch,
+                now: self.clock.now(),
+                lease_end: None,
+            },
+        };
+        match self.table.write_record(&key, &text, &condition).await {
+            Ok(version) => {
+                self.remember(
+                    &key,
+                    Seen {
+                        version: Some(version),
+                        attempt_epoch: None,
+                    },
+                );
+                Ok(())
+            }
+            Err(error) if error.kind == ErrorKind::Conflict => {
+                self.forget(&key);
+                Err(StoreError::Refused(format!(
+                    "the state table refused the write of channel {}'s release record: another controller wrote it, or holds the channel's lease ({error})",
+                    record.channel
+                )))
+            }
+            Err(error) => Err(io(&error)),
+        }
+    }
+
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         let items = scan_all(self.table.as_ref()).await.map_err(|e| io(&e))?;
         let mut runners: Vec<String> = items
             .into_values()
-            .filter(|item| item.record.is_some())
+            .filter(|item| item.record.is_some() && !item.runner.starts_with('_'))
             .map(|item| item.runner)
             .collect();
         runners.sort();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use runner_updater_core::domain::rollout::{channel_key, ReleaseRecord};
 use runner_updater_core::record::Record;
 use runner_updater_ports::{ParameterStore, StateStore, StoreError};
 
@@ -40,6 +41,16 @@ impl FileStore {
             )));
         }
         Ok(self.directory.join(format!("{runner}.json")))
+    }
+
+    /// `<directory>/_channels/<channel>.json` (not a runner's: `list` reads the top level).
+    fn release_path(&self, channel: &str) -> Result<(PathBuf, PathBuf), StoreError> {
+        let file = self.path(channel)?;
+        let folder = self
+            .directory
+            .join(runner_updater_core::domain::channel::CHANNELS_FOLDER);
+        let name = file.file_name().map(PathBuf::from).unwrap_or_default();
+        Ok((folder.join(name), folder))
     }
 }
 
@@ -78,6 +89,24 @@ impl StateStore for FileStore {
         let text = record.encode()?;
         let directory = self.directory.clone();
         tokio::task::spawn_blocking(move || write_atomically(&directory, &path, &text))
+            .await
+            .map_err(|e| StoreError::Io(format!("save task: {e}")))?
+    }
+
+    async fn load_release(&self, channel: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        let (path, _) = self.release_path(channel)?;
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", &path, &e)),
+        };
+        Ok(Some(ReleaseRecord::decode(&text, channel)?))
+    }
+
+    async fn save_release(&self, record: &ReleaseRecord, _epoch: u64) -> Result<(), StoreError> {
+        let (path, folder) = self.release_path(&record.channel)?;
+        let text = record.encode()?;
+        tokio::task::spawn_blocking(move || write_atomically(&folder, &path, &text))
             .await
             .map_err(|e| StoreError::Io(format!("save task: {e}")))?
     }
@@ -149,12 +178,32 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    async fn load_release(&self, channel: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        self.raw(&channel_key(channel))
+            .map(|text| ReleaseRecord::decode(&text, channel).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn save_release(&self, record: &ReleaseRecord, _epoch: u64) -> Result<(), StoreError> {
+        let text = record.encode()?;
+        let mut records = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
+        records.insert(channel_key(&record.channel), text);
+        Ok(())
+    }
+
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         let records = self
             .records
             .lock()
             .map_err(|_| StoreError::Io("memory store poisoned".to_owned()))?;
-        Ok(records.keys().cloned().collect())
+        Ok(records
+            .keys()
+            .filter(|key| !key.starts_with('_'))
+            .cloned()
+            .collect())
     }
 }
 
@@ -202,6 +251,34 @@ impl StateStore for SsmStore {
         let text = record.encode_within(SSM_RECORD_BYTES_MAX)?;
         self.ssm
             .put(&self.name(&record.runner), &text, true)
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(())
+    }
+
+    /// At `<prefix>/_channels/<channel>/status`.
+    async fn load_release(&self, channel: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        let parameter = self
+            .ssm
+            .get(&self.name(&channel_key(channel)))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        parameter
+            .map(|p| ReleaseRecord::decode(&p.value, channel).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn save_release(&self, record: &ReleaseRecord, _epoch: u64) -> Result<(), StoreError> {
+        let text = record.encode()?;
+        if text.len() > SSM_RECORD_BYTES_MAX {
+            return Err(StoreError::Io(format!(
+                "channel {}'s release record is {} bytes, more than an SSM parameter holds ({SSM_RECORD_BYTES_MAX})",
+                record.channel,
+                text.len()
+            )));
+        }
+        self.ssm
+            .put(&self.name(&channel_key(&record.channel)), &text, true)
             .await
             .map_err(|e| StoreError::Io(e.to_string()))?;
         Ok(())

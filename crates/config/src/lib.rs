@@ -392,6 +392,10 @@ pub struct RunnerConfig {
     /// replacement, no IAM change) or `always`.
     #[serde(default, deserialize_with = "auto_execute")]
     pub auto_execute: ApprovalPolicy,
+    /// The release channel the runner follows (`<prefix>/_channels/<channel>/release`);
+    /// absent: the controller's `channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// Why a configuration is refused.
@@ -662,6 +666,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some(channel) = &runner.channel {
+                if !self.known_channels.contains(channel) {
+                    return invalid(format!(
+                        "runner {:?}: channel {channel:?} is not in known_channels",
+                        runner.name
+                    ));
+                }
+            }
             if self.health(runner).fail_fast_tasks == 0 {
                 return invalid(format!(
                     "runner {:?}: fail_fast_tasks must be at least 1",
@@ -670,6 +682,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The release channel a runner follows: its own, else the controller's.
+    #[must_use]
+    pub fn channel_of<'a>(&'a self, runner: &'a RunnerConfig) -> &'a str {
+        runner.channel.as_deref().unwrap_or(&self.channel)
+    }
+
+    /// The channels this controller serves (those its runners follow), each with its runners
+    /// in the configuration's order.
+    #[must_use]
+    pub fn channels(&self) -> Vec<(String, Vec<String>)> {
+        let mut channels: Vec<(String, Vec<String>)> = Vec::new();
+        for runner in &self.runners {
+            let channel = self.channel_of(runner);
+            match channels.iter_mut().find(|(name, _)| name == channel) {
+                Some((_, runners)) => runners.push(runner.name.clone()),
+                None => channels.push((channel.to_owned(), vec![runner.name.clone()])),
+            }
+        }
+        channels
     }
 
     /// The runner of that name.
@@ -689,7 +722,7 @@ impl Config {
     pub fn settings(&self, runner: &RunnerConfig) -> Settings {
         let health = self.health(runner);
         Settings {
-            channel: self.channel.clone(),
+            channel: self.channel_of(runner).to_owned(),
             fail_fast_tasks: health.fail_fast_tasks,
             rollout_timeout: Duration::from_secs(health.rollout_timeout_secs),
             soak: Duration::from_secs(health.soak_secs),

@@ -564,7 +564,9 @@ impl Record {
             infra_applied: memory.infra_applied.clone(),
             service_after: None,
             desired: memory.seen.as_ref().map(|seen| DesiredSeenRecord {
-                source: if seen.release {
+                source: if seen.channel {
+                    "channel"
+                } else if seen.release {
                     "release"
                 } else {
                     "parameters"
@@ -856,6 +858,7 @@ impl Record {
             infra_applied: self.infra_applied.clone(),
             seen: self.desired.as_ref().map(|seen| DesiredSeen {
                 release: seen.source == "release",
+                channel: seen.source == "channel",
                 ignored: seen.ignored.clone(),
                 image: seen.image.clone().zip(seen.running_image.clone()),
             }),

@@ -146,6 +146,21 @@ impl StateStore for CrashStore {
         self.inner.load(runner).await
     }
 
+    async fn load_release(
+        &self,
+        channel: &str,
+    ) -> Result<Option<runner_updater_core::domain::rollout::ReleaseRecord>, StoreError> {
+        self.inner.load_release(channel).await
+    }
+
+    async fn save_release(
+        &self,
+        record: &runner_updater_core::domain::rollout::ReleaseRecord,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.save_release(record, epoch).await
+    }
+
     async fn save(&self, record: &Record) -> Result<(), StoreError> {
         self.save_folding(record, runner_updater_ports::LeaseFold::Keep)
             .await

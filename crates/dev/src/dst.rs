@@ -50,6 +50,7 @@ use runner_updater_adapters::sim::{
 };
 use runner_updater_adapters::store::SsmStore;
 use runner_updater_config::{Config, ConfigError};
+use runner_updater_core::domain::channel::{parse_channel_release, release_id, waves};
 use runner_updater_core::domain::observed::{ServiceState, StackState, ATTEMPT_TAG};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
@@ -61,6 +62,7 @@ use runner_updater_ports::{
     ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, Lock,
     ParameterStore, PortError, StateStore, StateTable, Target,
 };
+use runner_updater_runtime::channels::{Channels, RESUME_NAME};
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
 use runner_updater_runtime::retry::RetryPolicy;
@@ -181,6 +183,14 @@ const BAD_RELEASES: [&str; 3] = [
     "version: 2.99.0",
 ];
 
+/// Bad channel release documents ops may write (each refused by name; no runner moves).
+const BAD_CHANNEL_RELEASES: [&str; 4] = [
+    r#"{"version": "2.99.0", "plan": {"waves": [50]}}"#,
+    r#"{"version": "2.99.0", "budget": 9}"#,
+    r#"{"version": "2.99.0", "plan": {"canary": ["runner-z"]}}"#,
+    "{not json",
+];
+
 /// The promises checked after every step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
@@ -203,7 +213,16 @@ pub enum Invariant {
     AttemptsEndInTime,
     /// A failed version is never retried while its quarantine mark stands.
     FailedNotRetried,
-    /// After the drain, every runner runs the last valid, deployable desired state.
+    /// A halted channel release starts no runner: no attempt on it begins after its halt.
+    HaltedReleaseStartsNone,
+    /// A channel release's failed runners stay within its budget plus the concurrency of the
+    /// wave in flight (once more per resume).
+    ReleaseFailuresWithinBudget,
+    /// A channel release's waves go in order: no runner of a wave after the current one
+    /// attempts it.
+    ReleaseWavesInOrder,
+    /// After the drain, every runner runs the last valid, deployable desired state: its pin,
+    /// or its channel's release.
     Converges,
 }
 
@@ -220,6 +239,9 @@ impl Invariant {
             Invariant::RecordParses => "record-parses",
             Invariant::AttemptsEndInTime => "attempts-end-in-time",
             Invariant::FailedNotRetried => "failed-not-retried",
+            Invariant::HaltedReleaseStartsNone => "halted-release-starts-none",
+            Invariant::ReleaseFailuresWithinBudget => "release-failures-within-budget",
+            Invariant::ReleaseWavesInOrder => "release-waves-in-order",
             Invariant::Converges => "converges",
         }
     }
@@ -340,6 +362,14 @@ pub struct Tally {
     pub fleet_reads: u64,
     /// Passes at rest that observed from a fleet read.
     pub fleet_read_passes: u64,
+    /// Channel releases ops published (valid ones).
+    pub channel_releases: u64,
+    /// Of which halted by their budget (counted once each).
+    pub channel_halts: u64,
+    /// Resumes of a halted release ops wrote.
+    pub channel_resumes: u64,
+    /// Attempts on a channel's release that ended (Done or `RolledBack`).
+    pub channel_attempts: u64,
     /// Attempts that ended Done.
     pub done: u64,
     /// Attempts that ended `RolledBack`.
@@ -376,6 +406,10 @@ impl Tally {
             foreign_registrations,
             fleet_reads,
             fleet_read_passes,
+            channel_releases,
+            channel_halts,
+            channel_resumes,
+            channel_attempts,
             done,
             rolled_back,
             fingerprint,
@@ -403,6 +437,10 @@ impl Tally {
         self.foreign_registrations += foreign_registrations;
         self.fleet_reads += fleet_reads;
         self.fleet_read_passes += fleet_read_passes;
+        self.channel_releases += channel_releases;
+        self.channel_halts += channel_halts;
+        self.channel_resumes += channel_resumes;
+        self.channel_attempts += channel_attempts;
         self.done += done;
         self.rolled_back += rolled_back;
         self.fingerprint = self.fingerprint.wrapping_add(*fingerprint);
@@ -410,7 +448,7 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 25] {
+    pub fn rows(&self) -> [(&'static str, u64); 29] {
         [
             ("seeds", self.seeds),
             ("of which on the DynamoDB state store", self.dynamodb_seeds),
@@ -435,6 +473,10 @@ impl Tally {
             ("foreign registrations", self.foreign_registrations),
             ("fleet reads", self.fleet_reads),
             ("passes from a fleet read", self.fleet_read_passes),
+            ("channel releases", self.channel_releases),
+            ("channel releases halted", self.channel_halts),
+            ("channel releases resumed", self.channel_resumes),
+            ("attempts on a channel release ended", self.channel_attempts),
             ("attempts Done", self.done),
             ("attempts RolledBack", self.rolled_back),
         ]
@@ -490,6 +532,8 @@ struct Controller {
     /// runner to later passes (which refuse it once older than their own last pass).
     reader: Option<FleetReader>,
     snapshot: Option<FleetSnapshot>,
+    /// The channels' coordinator, stepped after each of this controller's fleet reads.
+    channels: Option<Arc<Channels>>,
     down_since: Millis,
     skew: Arc<Mutex<i64>>,
 }
@@ -526,6 +570,12 @@ struct World {
     ambiguous_rollbacks: std::collections::BTreeSet<String>,
     /// Attempts in a runner's record when a foreign writer moved its service.
     foreign_written: std::collections::BTreeSet<String>,
+    /// The channel's releases ops published, by version: (budget, largest wave concurrency).
+    channel_plans: HashMap<String, (u32, u32)>,
+    /// The channel's release documents, by release id.
+    channel_documents: HashMap<String, String>,
+    /// Halts seen (release id and time), each counted once.
+    halts_seen: std::collections::BTreeSet<(String, u64)>,
     log: VecDeque<String>,
     tally: Tally,
 }
@@ -555,6 +605,9 @@ impl World {
             phases: HashMap::new(),
             ambiguous_rollbacks: std::collections::BTreeSet::new(),
             foreign_written: std::collections::BTreeSet::new(),
+            channel_plans: HashMap::new(),
+            channel_documents: HashMap::new(),
+            halts_seen: std::collections::BTreeSet::new(),
             log: VecDeque::new(),
             tally: Tally {
                 seeds: 1,
@@ -569,10 +622,17 @@ impl World {
                 drivers: None,
                 reader: None,
                 snapshot: None,
+                channels: None,
                 down_since: Millis(0),
                 skew: Arc::new(Mutex::new(0)),
             };
             world.controllers.push(controller);
+        }
+        if seed.is_multiple_of(2) {
+            // runner-b and runner-c follow the channel from the start (their own versions come
+            // back when ops write them: a pin).
+            world.unpin("runner-b");
+            world.unpin("runner-c");
         }
         for index in 0..world.controllers.len() {
             world.start(index, true);
@@ -595,10 +655,9 @@ impl World {
         self.config.runners.iter().map(|r| r.name.clone()).collect()
     }
 
-    /// Starts (or restarts) a controller: a new process, so a new lease identity; with
-    /// `crashes`, some of its drivers carry a planned crash point.
-    fn start(&mut self, index: usize, crashes: bool) {
-        let plans: Vec<CrashPlan> = (0..self.config.runners.len())
+    /// Planned crash points for a controller's drivers (none without `crashes`).
+    fn crash_plans(&mut self, crashes: bool) -> Vec<CrashPlan> {
+        (0..self.config.runners.len())
             .map(|_| {
                 if !crashes || self.rng.below(4) != 0 {
                     return CrashPlan::default();
@@ -615,7 +674,13 @@ impl World {
                     }
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Starts (or restarts) a controller: a new process, so a new lease identity; with
+    /// `crashes`, some of its drivers carry a planned crash point.
+    fn start(&mut self, index: usize, crashes: bool) {
+        let plans = self.crash_plans(crashes);
         let Some(controller) = self.controllers.get_mut(index) else {
             return;
         };
@@ -678,15 +743,27 @@ impl World {
             .with_jitter_seed(self.seed ^ u64::from(controller.incarnation) << 32),
         );
         controller.snapshot = None;
+        let channels = Channels::new(
+            &self.config,
+            &holder,
+            ports.store.clone(),
+            ports.lock.clone(),
+            ports.clock.clone(),
+        );
+        let board = channels.board();
+        controller.channels = Some(Arc::new(channels));
         controller.drivers = Some(
             self.config
                 .runners
                 .iter()
                 .zip(plans)
                 .map(|(runner, plan)| {
-                    RunnerDriver::new(&self.config, runner, &holder, ports.clone())
-                        .with_retry(retry)
-                        .with_crash(plan)
+                    let mut driver =
+                        RunnerDriver::new(&self.config, runner, &holder, ports.clone())
+                            .with_retry(retry)
+                            .with_crash(plan);
+                    driver.follow_channels(board.clone());
+                    driver
                 })
                 .collect(),
         );
@@ -700,6 +777,7 @@ impl World {
             controller.drivers = None;
             controller.reader = None;
             controller.snapshot = None;
+            controller.channels = None;
             controller.down_since = now;
             let line = format!("crash {} ({why})", controller.holder());
             self.note(line);
@@ -729,7 +807,8 @@ impl World {
                 self.note(format!("clock jumps {seconds}s"));
                 self.aws.clock.advance(Duration::from_secs(seconds));
             }
-            72..=79 => self.ops(),
+            72..=75 => self.ops(),
+            76..=79 => self.channel_ops().await,
             80..=86 => self.fault(),
             87..=88 => {
                 let index = self.pick_controller();
@@ -774,6 +853,12 @@ impl World {
     /// at rest observe from it.
     async fn fleet_read(&mut self) {
         let index = self.pick_controller();
+        self.fleet_read_of(index).await;
+    }
+
+    /// Controller `index` reads the fleet, then steps its channels' releases from that read
+    /// (as a sweep of `run` does).
+    async fn fleet_read_of(&mut self, index: usize) {
         let Some(reader) = self.controllers[index].reader.clone() else {
             return;
         };
@@ -783,6 +868,12 @@ impl World {
         self.tally.fleet_reads += 1;
         let line = format!("fleet read by {}", self.controllers[index].holder());
         self.note(line);
+        if let (Some(channels), Some(documents)) = (
+            self.controllers[index].channels.clone(),
+            snapshot.channel_documents(),
+        ) {
+            channels.sweep(&documents).await;
+        }
         self.controllers[index].snapshot = Some(snapshot);
     }
 
@@ -878,6 +969,124 @@ impl World {
             .or_default()
             .push(version.clone());
         version
+    }
+
+    /// The next version of the channel's release: above every runner's own versions so far,
+    /// and every runner's next own version above it (a pin never reuses a channel's version).
+    fn channel_version(&mut self) -> String {
+        let minor = self
+            .next_minor
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(14)
+            .max(14);
+        for runner in self.runner_names() {
+            self.next_minor.insert(runner, minor + 1);
+        }
+        format!("2.{minor}.0")
+    }
+
+    /// Ops publish the channel's release (`None`: delete it).
+    fn publish_channel(&mut self, document: Option<&str>) {
+        let name = format!("{}/_channels/stable/release", self.config.prefix);
+        if let Some(document) = document {
+            self.ssm.set(&name, document);
+            self.channel_documents
+                .insert(release_id(document), document.to_owned());
+            self.note(format!("ops channel stable release = {document}"));
+        } else {
+            self.ssm.remove(&name);
+            self.note("ops channel stable release deleted".to_owned());
+        }
+    }
+
+    /// Ops make a runner follow the channel: its own desired version, image, channel,
+    /// infrastructure and release document deleted (the switches stay).
+    fn unpin(&mut self, runner: &str) {
+        for key in [
+            "version",
+            "image",
+            "channel",
+            "infra-version",
+            "stacks/runner-a-iam/template-url",
+            "stacks/runner-a-main/template-url",
+        ] {
+            let name = self.desired(runner, key);
+            self.ssm.remove(&name);
+        }
+        self.release(runner, None);
+        self.note(format!("ops {runner}: follows the channel (pins deleted)"));
+    }
+
+    /// Ops on the channel: a release (good, crashing, never healthy; a bad document now and
+    /// then), a runner following it, a resume of a halted one, its deletion.
+    async fn channel_ops(&mut self) {
+        match self.rng.below(100) {
+            0..=24 => {
+                if self.rng.below(8) == 0 {
+                    self.tally.bad_values += 1;
+                    let index = usize::try_from(self.rng.below(BAD_CHANNEL_RELEASES.len() as u64))
+                        .unwrap_or(0);
+                    self.publish_channel(Some(BAD_CHANNEL_RELEASES[index]));
+                    return;
+                }
+                self.tally.channel_releases += 1;
+                let version = self.channel_version();
+                let behaviour = match self.rng.below(100) {
+                    0..=49 => ImageBehaviour::Healthy,
+                    50..=84 => ImageBehaviour::Crashing {
+                        after: Duration::from_secs(5 + self.rng.below(30)),
+                    },
+                    85..=94 => ImageBehaviour::NeverHealthy,
+                    _ => ImageBehaviour::UnhealthyAfter {
+                        after: Duration::from_secs(5 + self.rng.below(60)),
+                    },
+                };
+                for runner in self.runner_names() {
+                    let image = self.image_of(&runner, &version);
+                    self.aws.ecs.set_behaviour(&image, behaviour);
+                }
+                let canary = if self.rng.below(3) == 0 {
+                    ""
+                } else {
+                    "\"canary\": 1, "
+                };
+                let waves = if self.rng.below(2) == 0 {
+                    "[50, 100]"
+                } else {
+                    "[100]"
+                };
+                let concurrency = 1 + u32::try_from(self.rng.below(2)).unwrap_or(0);
+                let bake = 30 * self.rng.below(3);
+                let budget = u32::try_from(self.rng.below(2)).unwrap_or(0);
+                self.channel_plans
+                    .insert(version.clone(), (budget, concurrency));
+                let document = format!(
+                    "{{\"version\": \"{version}\", \"plan\": {{{canary}\"waves\": {waves}, \"concurrency\": {concurrency}, \"bake-secs\": {bake}}}, \"budget\": {budget}}}"
+                );
+                self.note(format!(
+                    "ops channel stable: {version} behaves {behaviour:?}"
+                ));
+                self.publish_channel(Some(&document));
+            }
+            25..=64 => {
+                let runner = self.pick_runner();
+                self.unpin(&runner);
+            }
+            65..=94 => {
+                let store = self.audit.records();
+                if let Ok(Some(record)) = store.load_release("stable").await {
+                    if let Some(token) = record.resume_token() {
+                        self.tally.channel_resumes += 1;
+                        let name = format!("{}/_channels/stable/{RESUME_NAME}", self.config.prefix);
+                        self.ssm.set(&name, &token);
+                        self.note(format!("ops channel stable: release resume ({token})"));
+                    }
+                }
+            }
+            _ => self.publish_channel(None),
+        }
     }
 
     fn image_of(&self, runner: &str, version: &str) -> String {
@@ -1219,6 +1428,7 @@ impl World {
             return Err(self.violation(step, invariant, detail));
         }
         self.check_effects(step)?;
+        self.check_channel(step).await?;
         let now = self.aws.clock.now();
         for runner in self.runner_names() {
             let record = match self.record(&runner).await {
@@ -1277,6 +1487,102 @@ impl World {
         Ok(())
     }
 
+    /// The channel's release against the runners' records: a halted release starts nobody,
+    /// its failures stay within its budget, its waves go in order.
+    async fn check_channel(&mut self, step: usize) -> Result<(), Box<Violation>> {
+        let store = self.audit.records();
+        let record = match store.load_release("stable").await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                return Err(self.violation(
+                    step,
+                    Invariant::RecordParses,
+                    format!("channel stable: {error}"),
+                ))
+            }
+        };
+        let mut records = Vec::new();
+        for runner in self.runner_names() {
+            if let Ok(Some(runner_record)) = self.record(&runner).await {
+                records.push(runner_record);
+            }
+        }
+        if let Some(halt) = &record.halted {
+            if self.halts_seen.insert((record.release_id.clone(), halt.at)) {
+                self.tally.channel_halts += 1;
+            }
+            // Clocks differ by the skew at most (both ways), and a pass takes a moment.
+            let tolerance = 2 * SKEW_MAX_MS + 1_000;
+            if let Some((runner, attempt)) = records.iter().find_map(|r| {
+                on(r, &record.version)
+                    .filter(|a| a.started_at > halt.at + tolerance)
+                    .map(|a| (&r.runner, a))
+            }) {
+                return Err(self.violation(
+                    step,
+                    Invariant::HaltedReleaseStartsNone,
+                    format!(
+                        "{runner}: attempt {} on {} began at {}, after the release halted at {}",
+                        attempt.id,
+                        record.version,
+                        Millis(attempt.started_at),
+                        Millis(halt.at)
+                    ),
+                ));
+            }
+        }
+        if let Some(&(budget, concurrency)) = self.channel_plans.get(&record.version) {
+            let failed = records
+                .iter()
+                .filter(|r| {
+                    r.failed.iter().any(|f| f.version == record.version)
+                        || (r.phase == "rolled_back" && on(r, &record.version).is_some())
+                })
+                .count();
+            let resumes = record.resumes.len() + 1;
+            let bound = usize::try_from(budget + concurrency).unwrap_or(usize::MAX) * resumes;
+            if failed > bound {
+                return Err(self.violation(
+                    step,
+                    Invariant::ReleaseFailuresWithinBudget,
+                    format!(
+                        "{failed} runners failed release {} (budget {budget}, concurrency {concurrency}, {} resume(s))",
+                        record.version,
+                        resumes - 1
+                    ),
+                ));
+            }
+        }
+        if record.finished_at.is_none() {
+            let plan = self
+                .channel_documents
+                .get(&record.release_id)
+                .and_then(|text| parse_channel_release(text, "release").ok());
+            if let Some(release) = plan {
+                let laid = waves(&release.plan, &self.runner_names());
+                for wave in laid.iter().skip(record.wave + 1) {
+                    if let Some(early) = records.iter().find(|r| {
+                        wave.runners.contains(&r.runner) && on(r, &record.version).is_some()
+                    }) {
+                        return Err(self.violation(
+                            step,
+                            Invariant::ReleaseWavesInOrder,
+                            format!(
+                                "{} attempts release {} in a wave after the current one (wave {} of {})",
+                                early.runner,
+                                record.version,
+                                record.wave + 1,
+                                laid.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The longest an attempt may take, every deadline and every wait for a crashed
     /// controller's lease included.
     fn deadline_bound(&self) -> Duration {
@@ -1308,6 +1614,13 @@ impl World {
             "done" => self.tally.done += 1,
             "rolled_back" => self.tally.rolled_back += 1,
             _ => {}
+        }
+        let on_channel = record
+            .attempt
+            .as_ref()
+            .is_some_and(|a| self.channel_plans.contains_key(&a.target_version));
+        if on_channel && matches!(record.phase.as_str(), "done" | "rolled_back") {
+            self.tally.channel_attempts += 1;
         }
         self.phases.insert(record.runner.clone(), key);
     }
@@ -1425,13 +1738,32 @@ impl World {
         }
         self.note("drain: faults off, every controller restarted".to_owned());
         let mut targets = BTreeMap::new();
+        // One last good channel release, followed by runner-b and runner-c each one time in
+        // two; the others pinned to a version of their own (runner-a always: its
+        // infrastructure is its own).
+        let channel = self.channel_version();
         for runner in self.runner_names() {
+            let image = self.image_of(&runner, &channel);
+            self.aws.ecs.set_behaviour(&image, ImageBehaviour::Healthy);
+        }
+        self.channel_plans.insert(channel.clone(), (3, 3));
+        let document = format!(
+            "{{\"version\": \"{channel}\", \"plan\": {{\"waves\": [100], \"concurrency\": 3}}, \"budget\": 3}}"
+        );
+        self.publish_channel(Some(&document));
+        for runner in self.runner_names() {
+            self.set(&runner, "auto-update", "true");
+            if runner != "runner-a" && self.rng.below(2) == 0 {
+                self.unpin(&runner);
+                let image = self.image_of(&runner, &channel);
+                targets.insert(runner, image);
+                continue;
+            }
             for key in ["image", "channel"] {
                 let name = self.desired(&runner, key);
                 self.ssm.remove(&name);
             }
             self.release(&runner, None);
-            self.set(&runner, "auto-update", "true");
             let version = self.new_version(&runner);
             let image = self.image_of(&runner, &version);
             self.aws.ecs.set_behaviour(&image, ImageBehaviour::Healthy);
@@ -1450,6 +1782,8 @@ impl World {
         }
         for round in 0..settings.drain_rounds {
             for index in 0..self.controllers.len() {
+                // A sweep: the fleet read, then the channel's step.
+                self.fleet_read_of(index).await;
                 for runner in 0..self.config.runners.len() {
                     self.pass_of(index, runner).await;
                     if self.controllers[index].drivers.is_none() {
@@ -1539,6 +1873,17 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// The attempt of `record`, if it targets `version`.
+fn on<'r>(
+    record: &'r Record,
+    version: &str,
+) -> Option<&'r runner_updater_core::record::AttemptRecord> {
+    record
+        .attempt
+        .as_ref()
+        .filter(|a| a.target_version == version)
 }
 
 /// The domain's FNV-1a over `bytes`, continuing from `hash` (a tally's zero: from the start).
@@ -1781,6 +2126,24 @@ struct AuditedStore {
 impl StateStore for AuditedStore {
     async fn load(&self, runner: &str) -> Result<Option<Record>, runner_updater_ports::StoreError> {
         self.inner.load(runner).await
+    }
+
+    async fn load_release(
+        &self,
+        channel: &str,
+    ) -> Result<
+        Option<runner_updater_core::domain::rollout::ReleaseRecord>,
+        runner_updater_ports::StoreError,
+    > {
+        self.inner.load_release(channel).await
+    }
+
+    async fn save_release(
+        &self,
+        record: &runner_updater_core::domain::rollout::ReleaseRecord,
+        epoch: u64,
+    ) -> Result<(), runner_updater_ports::StoreError> {
+        self.inner.save_release(record, epoch).await
     }
 
     async fn save(&self, record: &Record) -> Result<(), runner_updater_ports::StoreError> {

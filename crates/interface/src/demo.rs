@@ -15,6 +15,10 @@ use runner_updater_core::machine::Command;
 use runner_updater_ports::{Clock, StateStore};
 use runner_updater_runtime::driver::{CrashPlan, DriverError, RunnerDriver, TickReport};
 
+mod fleet;
+
+pub use fleet::FleetOutcome;
+
 /// Where the demo's templates are published (the simulation's S3).
 const TEMPLATES: &str = "https://runner-templates.s3.amazonaws.com/";
 
@@ -215,6 +219,7 @@ pub async fn run(
     let Demo { scenario, out } = demo;
     summary(out, &outcomes)?;
     final_status(&scenario, out).await?;
+    fleet::fleet_release(seed, out).await?;
     Ok(outcomes)
 }
 

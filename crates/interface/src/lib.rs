@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod migrate;
 pub mod ops;
+pub mod release;
 pub mod report;
 pub mod scenario;
 pub mod setup;

@@ -54,8 +54,40 @@ pub struct StatusView {
     pub desired: Option<DesiredSeenRecord>,
     /// Who holds the runner's lease now (read from SSM by `status`, not from the record).
     pub lease: LeaseView,
+    /// Its channel's release and its wave, when the channel has one (read by `status` from
+    /// SSM and the channel's record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<RunnerReleaseView>,
     /// The full record (`None` when it cannot be read: see the reason).
     pub record: Option<Record>,
+}
+
+/// A runner's place in its channel's release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunnerReleaseView {
+    /// The channel.
+    pub channel: String,
+    /// The release's version.
+    pub version: String,
+    /// The runner's wave (1-based) and the release's waves.
+    pub wave: usize,
+    /// The waves.
+    pub waves: usize,
+    /// `following` (its desired state is the release), `waiting` (its wave has not come, or
+    /// the release halted or is refused), `pinned` (its own `release` or `desired/*` wins).
+    pub standing: String,
+}
+
+impl RunnerReleaseView {
+    /// The table's short form: `2.14.0 w2/3`, `pinned`.
+    #[must_use]
+    pub fn short(&self) -> String {
+        match self.standing.as_str() {
+            "pinned" => "pinned".to_owned(),
+            "waiting" => format!("{} w{}/{} waits", self.version, self.wave, self.waves),
+            _ => format!("{} w{}/{}", self.version, self.wave, self.waves),
+        }
+    }
 }
 
 /// What the service runs after an attempt, as far as the record tells.
@@ -259,6 +291,7 @@ pub fn status_view(record: &Record) -> StatusView {
         }),
         desired: record.desired.clone(),
         lease: LeaseView::NotRead("not read".to_owned()),
+        release: None,
         record: Some(record.clone()),
     }
 }
@@ -288,6 +321,7 @@ pub fn unreadable_view(runner: &str, prefix: &str, code: &Code, reason: &str) ->
         change_set: None,
         desired: None,
         lease: LeaseView::NotRead("not read".to_owned()),
+        release: None,
         record: None,
     }
 }
@@ -315,6 +349,7 @@ pub fn no_record_view(runner: &str) -> StatusView {
         change_set: None,
         desired: None,
         lease: LeaseView::NotRead("not read".to_owned()),
+        release: None,
         record: None,
     }
 }
@@ -422,10 +457,32 @@ pub fn render_status(views: &[StatusView], transitions_max: usize) -> String {
 
 /// One line per runner.
 fn status_table(out: &mut String, views: &[StatusView]) {
+    let releases = views.iter().any(|v| v.release.is_some());
+    let release_column = |v: Option<&StatusView>| {
+        if !releases {
+            return String::new();
+        }
+        let text = v.map_or_else(
+            || "RELEASE".to_owned(),
+            |v| {
+                v.release
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), RunnerReleaseView::short)
+            },
+        );
+        format!("{text:<20} ")
+    };
     let _ = writeln!(
         out,
-        "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} REASON",
-        "RUNNER", "STATE", "PHASE", "SINCE", "TARGET", "RUNNING", "LEASE"
+        "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} {}REASON",
+        "RUNNER",
+        "STATE",
+        "PHASE",
+        "SINCE",
+        "TARGET",
+        "RUNNING",
+        "LEASE",
+        release_column(None)
     );
     for v in views {
         let target = match (&v.target_version, v.target_failed) {
@@ -435,7 +492,7 @@ fn status_table(out: &mut String, views: &[StatusView]) {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} {}",
+            "{:<16} {:<12} {:<28} {:<22} {:<16} {:<18} {:<20} {}{}",
             v.runner,
             v.state,
             v.phase,
@@ -445,6 +502,7 @@ fn status_table(out: &mut String, views: &[StatusView]) {
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), RunningView::short),
             v.lease.short(),
+            release_column(Some(v)),
             v.reason_code.as_deref().unwrap_or("-")
         );
     }
@@ -458,6 +516,13 @@ fn status_detail(out: &mut String, v: &StatusView, transitions_max: usize) {
         let _ = writeln!(out, "  running   : {}", running.summary);
     }
     let _ = writeln!(out, "  next step : {}", v.next_step);
+    if let Some(release) = &v.release {
+        let _ = writeln!(
+            out,
+            "  release   : channel {}'s {}, wave {} of {} ({})",
+            release.channel, release.version, release.wave, release.waves, release.standing
+        );
+    }
     if let Some(reason) = &v.reason {
         let _ = writeln!(out, "  reason    : {reason}");
     }
@@ -540,6 +605,9 @@ fn desired_lines(runner: &str, desired: &DesiredSeenRecord) -> Vec<String> {
         };
         lines.push(format!("desired   : {runner}/release{ignored}"));
     }
+    if desired.source == "channel" {
+        lines.push("desired   : its channel's release (_channels/<channel>/release)".to_owned());
+    }
     lines
 }
 
@@ -620,6 +688,7 @@ pub fn plan_view(
     view.source = Some(
         match desired.source {
             DesiredSource::Release => "release",
+            DesiredSource::Channel => "channel",
             DesiredSource::Parameters => "parameters",
         }
         .to_owned(),
@@ -631,7 +700,7 @@ pub fn plan_view(
             desired.image, observed.running_image
         )
     });
-    if desired.source == DesiredSource::Release {
+    if desired.source != DesiredSource::Parameters {
         view.settling = None; // the document is acted on at once
     }
     let verdict = evaluate(EligibilityInput {

@@ -1,17 +1,25 @@
 //! A scenario: the simulated AWS, a configuration and a state store, wired together, with the
 //! ops-side helpers (write a desired value) and a bounded drive loop on simulated time.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use runner_updater_adapters::dynamo::{DynamoLease, DynamoStore};
 use runner_updater_adapters::lease::SsmLease;
-use runner_updater_adapters::sim::{ImageBehaviour, SimAws, SimRunnerSpec};
+use runner_updater_adapters::sim::{ImageBehaviour, SimAws, SimClock, SimRunnerSpec};
 use runner_updater_adapters::store::MemoryStore;
 use runner_updater_config::{Config, ConfigError, EMBEDDED_CONFIG};
+use runner_updater_core::domain::rollout::ReleaseRecord;
+use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_ports::{Clock, Lock, PortError, StateStore, StateTable};
+use runner_updater_runtime::channels::Channels;
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater_runtime::reader::FleetReader;
 use runner_updater_runtime::retry::RetryPolicy;
+use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
 
 /// The version every scenario runner starts on.
 pub const START_VERSION: &str = "2.13.0";
@@ -183,6 +191,55 @@ impl Scenario {
         );
     }
 
+    /// Ops: writes a channel's release document (`<prefix>/_channels/<channel>/release`).
+    pub fn set_channel_release(&self, channel: &str, document: &str) {
+        self.aws.ssm.set(
+            &format!("{}/_channels/{channel}/release", self.config.prefix),
+            document,
+        );
+    }
+
+    /// Makes every runner of the configuration follow its channel: deletes the
+    /// `desired/version` the set-up wrote (it would pin the runner).
+    pub fn follow_channels(&self) {
+        for runner in &self.config.runners {
+            self.clear_desired(&runner.name, "version");
+        }
+    }
+
+    /// The controller `holder`'s scheduler over every configured runner, serving the
+    /// channels' releases (what `run` builds, on this world).
+    #[must_use]
+    pub fn scheduler_as(&self, holder: &str) -> Scheduler {
+        let ports = self.ports_as(holder);
+        let retry = RetryPolicy {
+            retries: 3,
+            ..RetryPolicy::default()
+        };
+        let drivers = self
+            .config
+            .runners
+            .iter()
+            .map(|runner| {
+                RunnerDriver::new(&self.config, runner, holder, ports.clone()).with_retry(retry)
+            })
+            .collect();
+        let reader = FleetReader::new(
+            ports.ssm.clone(),
+            ports.ecs.clone(),
+            ports.clock.clone(),
+            &self.config.prefix,
+        );
+        let channels = Channels::new(
+            &self.config,
+            holder,
+            ports.store.clone(),
+            ports.lock.clone(),
+            ports.clock.clone(),
+        );
+        Scheduler::new(&self.config, drivers, reader, ports.clock.clone()).with_channels(channels)
+    }
+
     /// Ops: deletes the runner's release document.
     pub fn clear_release(&self, runner: &str) {
         self.aws
@@ -312,4 +369,94 @@ pub fn create_fleet(aws: &SimAws, config: &Config, version: &str) -> Result<(), 
         );
     }
     Ok(())
+}
+
+/// Simulated time for a [`Scheduler`] on a scenario: each wait advances the simulated clock (by
+/// the scheduler's timeout, at most `step`), every ended pass is kept, and the run stops once a
+/// channel's release record satisfies `done` or `until` has passed.
+pub struct SimulatedLoop {
+    clock: SimClock,
+    store: Arc<dyn StateStore>,
+    channel: String,
+    done: Box<dyn Fn(&ReleaseRecord) -> bool + Send>,
+    until: Millis,
+    step: Duration,
+    /// Every pass that ended: the runner and what it did (or its error).
+    pub passes: Vec<(String, Result<TickReport, String>)>,
+    /// The channel's record each time it changed (waves, halts), when it changed.
+    pub records: Vec<ReleaseRecord>,
+    /// Whether `done` held (else the time ran out).
+    pub finished: bool,
+}
+
+impl SimulatedLoop {
+    /// A loop on `scenario`'s clock until `channel`'s record satisfies `done`, for at most
+    /// `for_how_long` of simulated time.
+    #[must_use]
+    pub fn new(
+        scenario: &Scenario,
+        channel: &str,
+        for_how_long: Duration,
+        done: impl Fn(&ReleaseRecord) -> bool + Send + 'static,
+    ) -> Self {
+        SimulatedLoop {
+            clock: scenario.aws.clock.clone(),
+            store: scenario.store.clone(),
+            channel: channel.to_owned(),
+            done: Box::new(done),
+            until: scenario.aws.clock.now().after(for_how_long),
+            step: Duration::from_secs(10),
+            passes: Vec::new(),
+            records: Vec::new(),
+            finished: false,
+        }
+    }
+}
+
+impl Control for SimulatedLoop {
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            // The passes in flight run before time moves.
+            tokio::task::yield_now().await;
+            if let Ok(Some(record)) = self.store.load_release(&self.channel).await {
+                let changed = self.records.last().is_none_or(|last| {
+                    (
+                        last.release_id.as_str(),
+                        last.wave,
+                        &last.halted,
+                        last.finished_at,
+                    ) != (
+                        record.release_id.as_str(),
+                        record.wave,
+                        &record.halted,
+                        record.finished_at,
+                    )
+                });
+                let done = (self.done)(&record);
+                if changed {
+                    self.records.push(record);
+                }
+                if done {
+                    self.finished = true;
+                    return Wake::Stop;
+                }
+            }
+            if self.clock.now() >= self.until {
+                return Wake::Stop;
+            }
+            self.clock
+                .advance(timeout.min(self.step).max(Duration::from_millis(1)));
+            Wake::Timeout
+        })
+    }
+
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        self.passes.push((
+            driver.runner().to_owned(),
+            match result {
+                Ok(report) => Ok(report.clone()),
+                Err(error) => Err(error.to_string()),
+            },
+        ));
+    }
 }

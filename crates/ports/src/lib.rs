@@ -17,6 +17,7 @@ use async_trait::async_trait;
 
 use runner_updater_core::domain::infra::{ChangeSet, StackEvent};
 use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState, StackState, Task};
+use runner_updater_core::domain::rollout::{ReleaseRecord, ReleaseRecordError};
 use runner_updater_core::domain::task_definition::TaskDefinition;
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::{Record, RecordError};
@@ -427,6 +428,9 @@ pub enum StoreError {
     /// The stored record cannot be used.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A channel's stored release record cannot be used.
+    #[error(transparent)]
+    Release(#[from] ReleaseRecordError),
     /// IO or service failure.
     #[error("state store: {0}")]
     Io(String),
@@ -502,6 +506,14 @@ pub trait StateStore: Send + Sync {
         let _ = fold;
         self.save(record).await.map(|()| LeaseWritten::Untouched)
     }
+    /// A channel's release record (under `_channels/<channel>`), if one was saved.
+    async fn load_release(&self, channel: &str) -> Result<Option<ReleaseRecord>, StoreError>;
+    /// Saves a channel's release record before anyone acts on it. The caller holds the
+    /// channel's lease with `epoch`: a store that holds leases in its writes (the state table)
+    /// writes only while that lease is live and the record is as this controller last read it
+    /// (else [`StoreError::Refused`]); any other store is fenced by the caller's check of the
+    /// lease right before.
+    async fn save_release(&self, record: &ReleaseRecord, epoch: u64) -> Result<(), StoreError>;
     /// Reads the records of `runners` ahead, in as few calls as the store allows, so that
     /// each one's next [`StateStore::load`] makes no call of its own (the state table: one
     /// scan, a page per megabyte, instead of a read per runner). A store with nothing better

@@ -5,6 +5,7 @@
 //! The runtime reaches AWS, the lock, the store and the clock only through the ports: it
 //! depends on no adapter (checked by the crate graph).
 
+pub mod channels;
 pub mod driver;
 pub mod metrics;
 pub mod reader;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::stream::StreamExt;
 
 use runner_updater_config::RunnerConfig;
+use runner_updater_core::domain::channel::{CHANNELS_FOLDER, RELEASE_NAME};
 use runner_updater_core::domain::desired::is_desired_name;
 use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState};
 use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
@@ -95,6 +96,16 @@ impl FleetSnapshot {
             desired,
             service,
         })
+    }
+
+    /// The channels' documents the read found (names relative to `_channels/`:
+    /// `<channel>/release`, `<channel>/resume`); `None` when the parameters could not be read.
+    #[must_use]
+    pub fn channel_documents(&self) -> Option<BTreeMap<String, String>> {
+        match &self.desired {
+            Ok(folders) => Some(folders.get(CHANNELS_FOLDER).cloned().unwrap_or_default()),
+            Err(_) => None,
+        }
     }
 
     /// When the read started.
@@ -295,7 +306,11 @@ impl FleetReader {
                 else {
                     continue;
                 };
-                if is_desired_name(relative) && wanted.contains(runner) {
+                let channel_document = runner == CHANNELS_FOLDER
+                    && relative.split_once('/').is_some_and(|(_, name)| {
+                        name == RELEASE_NAME || name == crate::channels::RESUME_NAME
+                    });
+                if channel_document || (is_desired_name(relative) && wanted.contains(runner)) {
                     folders
                         .entry(runner.to_owned())
                         .or_default()

@@ -19,6 +19,7 @@ use runner_updater_config::{Config, RunnerConfig};
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{Clock, ErrorKind, PortError};
 
+use crate::channels::Channels;
 use crate::driver::{DriverError, RunnerDriver, TickReport};
 use crate::reader::{FleetReader, FleetSnapshot, GateSnapshot, RunnerSnapshot};
 
@@ -111,6 +112,16 @@ pub struct Scheduler {
     /// The earliest `due` of the runners in an attempt that are neither queued nor in a pass
     /// (no earlier than this, no slot needs looking at).
     earliest_due: Millis,
+    /// The channels' releases, moved on after each sweep's fleet read.
+    channels: Option<Arc<Channels>>,
+}
+
+/// One step of the channels' releases, from a fleet read (none when it could not read the
+/// parameters: the followers keep what they were told).
+async fn step_channels(channels: Option<&Channels>, snapshot: &FleetSnapshot) {
+    if let (Some(channels), Some(documents)) = (channels, snapshot.channel_documents()) {
+        channels.sweep(&documents).await;
+    }
 }
 
 impl Scheduler {
@@ -165,7 +176,22 @@ impl Scheduler {
             loaded: 0,
             read_ahead: false,
             earliest_due: now,
+            channels: None,
         }
+    }
+
+    /// Serves the channels' releases: the coordinator steps after each sweep's fleet read, and
+    /// every driver follows its channel on the coordinator's board.
+    #[must_use]
+    pub fn with_channels(mut self, channels: Channels) -> Self {
+        let board = channels.board();
+        for slot in &mut self.slots {
+            if let Some(driver) = slot.driver.as_mut() {
+                driver.follow_channels(board.clone());
+            }
+        }
+        self.channels = Some(Arc::new(channels));
+        self
     }
 
     /// Sets how long passes under way are given to end after a stop (default 25 s: within
@@ -202,6 +228,7 @@ impl Scheduler {
         if sweep {
             let resting = self.resting_idle();
             let mut snapshot = self.read(&resting).await;
+            step_channels(self.channels.as_deref(), &snapshot).await;
             control.swept(&snapshot);
             self.hand_out(&mut snapshot, resting, &mut queue);
             leftover = Some(snapshot);
@@ -431,11 +458,14 @@ impl Scheduler {
             .map(|d| d.runner_config().clone())
             .collect();
         let reader = self.reader.clone();
+        let channels = self.channels.clone();
         (
             resting,
             Box::pin(async move {
                 let refs: Vec<&RunnerConfig> = configs.iter().collect();
-                reader.read(&refs).await
+                let snapshot = reader.read(&refs).await;
+                step_channels(channels.as_deref(), &snapshot).await;
+                snapshot
             }),
         )
     }

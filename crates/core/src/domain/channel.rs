@@ -445,6 +445,39 @@ pub fn validate_for_channel(
     Ok(())
 }
 
+/// The identity of a channel's release: a hash of its document (another document, even with the
+/// same version, is another release: it starts from its own first wave).
+#[must_use]
+pub fn release_id(text: &str) -> String {
+    format!("{:016x}", fnv1a(FNV_OFFSET, text.trim().as_bytes()))
+}
+
+/// What a runner following the channel's release is given as its desired state: a release
+/// document with the release's keys (not the plan nor the budget) and the channel.
+///
+/// # Errors
+/// [`DesiredError::InvalidRelease`] when the document is not a JSON object (parse it first).
+pub fn runner_release_text(text: &str, channel: &str) -> Result<String, DesiredError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| invalid(RELEASE_NAME.to_owned(), format!("not JSON ({e})")))?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err(invalid(
+            RELEASE_NAME.to_owned(),
+            "not a JSON object".to_owned(),
+        ));
+    };
+    object.remove("plan");
+    object.remove("budget");
+    object.insert(
+        "channel".to_owned(),
+        serde_json::Value::String(channel.to_owned()),
+    );
+    Ok(serde_json::Value::Object(object).to_string())
+}
+
+/// The name of a channel's release document relative to its channel's folder.
+pub const RELEASE_NAME: &str = "release";
+
 /// The runners in the order a release reaches them: by a stable hash of their names (the same
 /// in every process and version), ties by name.
 #[must_use]

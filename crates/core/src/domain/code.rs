@@ -154,6 +154,9 @@ codes! {
     InvalidApproval = "invalid-approval",
     /// A release document that does not validate.
     InvalidRelease = "invalid-release",
+    /// The runner follows its channel's release and waits for its wave (or the release halted,
+    /// or cannot be acted on).
+    AwaitingWave = "awaiting-wave",
     // A record that cannot be used.
     /// Not JSON, or not a record.
     RecordCorrupt = "record-corrupt",

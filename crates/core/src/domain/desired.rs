@@ -67,6 +67,9 @@ pub enum DesiredSource {
     Parameters,
     /// The one-document form `<prefix>/<runner>/release` (acted on at once).
     Release,
+    /// The runner's channel's release (`<prefix>/_channels/<channel>/release`), the runner
+    /// admitted to it (acted on at once).
+    Channel,
 }
 
 impl DesiredSource {
@@ -76,7 +79,9 @@ impl DesiredSource {
     pub fn field(self, key: &str) -> String {
         match self {
             DesiredSource::Parameters => format!("desired/{key}"),
-            DesiredSource::Release => format!("{RELEASE_PARAMETER}.{}", key.replace('/', ".")),
+            DesiredSource::Release | DesiredSource::Channel => {
+                format!("{RELEASE_PARAMETER}.{}", key.replace('/', "."))
+            }
         }
     }
 }
@@ -231,6 +236,15 @@ pub enum DesiredError {
         /// What is wrong.
         reason: String,
     },
+    /// The runner follows its channel's release and is not admitted to it now: its wave has
+    /// not come, the release halted, or the channel's release cannot be acted on.
+    #[error("follows channel {channel}'s release: {why}")]
+    AwaitingWave {
+        /// The channel.
+        channel: String,
+        /// Why it waits.
+        why: String,
+    },
 }
 
 impl DesiredError {
@@ -254,6 +268,7 @@ impl DesiredError {
             DesiredError::TemplateWithoutInfraVersion { .. } => Code::TemplateWithoutInfraVersion,
             DesiredError::InvalidApproval(_) => Code::InvalidApproval,
             DesiredError::InvalidRelease { .. } => Code::InvalidRelease,
+            DesiredError::AwaitingWave { .. } => Code::AwaitingWave,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod observed;
 pub mod release;
 pub mod resume;
 pub mod revision_search;
+pub mod rollout;
 pub mod task_definition;
 pub mod version;
 

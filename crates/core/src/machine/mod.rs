@@ -477,6 +477,8 @@ pub struct Note {
 pub struct DesiredSeen {
     /// The desired state came from the release document (`<prefix>/<runner>/release`).
     pub release: bool,
+    /// It came from the runner's channel's release.
+    pub channel: bool,
     /// The `desired/*` parameters that document made ignored.
     pub ignored: Vec<String>,
     /// The desired image and the running one, when they differ.
@@ -490,6 +492,7 @@ impl DesiredSeen {
     pub fn of(desired: &DesiredState, observed: &Observed) -> Option<DesiredSeen> {
         let seen = DesiredSeen {
             release: desired.source == DesiredSource::Release,
+            channel: desired.source == DesiredSource::Channel,
             ignored: desired.ignored.clone(),
             image: (desired.image != observed.running_image).then(|| {
                 (

@@ -15,6 +15,7 @@
 //! - Every loop and retry is bounded.
 
 mod effects;
+mod follow;
 mod observe;
 mod persist;
 mod trace;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::channels::Board;
 use crate::metrics::Metrics;
 use crate::reader::{GateRead, RunnerSnapshot};
 use crate::retry::RetryPolicy;
@@ -33,7 +35,7 @@ use crate::telemetry;
 use runner_updater_config::{Config, RunnerConfig};
 use runner_updater_core::domain::code::Code;
 use runner_updater_core::domain::desired::{
-    is_desired_name, parse_desired, settle_fingerprint, DesiredError, RunnerPolicy,
+    is_desired_name, settle_fingerprint, DesiredError, DesiredSource, RunnerPolicy,
     RELEASE_PARAMETER,
 };
 use runner_updater_core::domain::eligibility::Verdict;
@@ -185,6 +187,10 @@ pub struct RunnerDriver {
     released_by_save: Option<u64>,
     /// The last load found the record unreadable.
     unreadable: bool,
+    /// The channels' board, when the controller serves channel releases.
+    board: Option<Arc<Board>>,
+    /// How the runner stood with its channel's release at its last observation.
+    following: Following,
     /// When the last pass ended: a fleet read older than that is not used.
     last_tick_end: Option<Millis>,
     /// The stacks as last read at rest (see `stack_refresh_secs`).
@@ -250,6 +256,29 @@ struct PassState {
     fresh_observation: Option<Box<Observation>>,
 }
 
+/// How the runner stood with its channel's release at its last observation.
+#[derive(Debug, Clone, Copy, Default)]
+struct Following {
+    /// Pinned, passed over, or following.
+    standing: Standing,
+    /// Admitted to the release (its desired state).
+    admitted: bool,
+    /// Admitted to the release, and already running it (its desired image).
+    running_it: bool,
+}
+
+/// Whether a runner follows its channel's release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Standing {
+    /// It does.
+    #[default]
+    Follows,
+    /// Its own `release` or `desired/*` pin it.
+    Pinned,
+    /// `desired/auto-update` is `false`: passed over.
+    Excused,
+}
+
 /// The stacks of a runner as read at rest, with what they were read for.
 struct StackCache {
     /// The fingerprint of the desired infrastructure they were read under ("" for none).
@@ -293,6 +322,8 @@ impl RunnerDriver {
             released_by_save: None,
             consistency_window: Duration::from_secs(config.consistency_window_secs),
             unreadable: false,
+            board: None,
+            following: Following::default(),
             last_tick_end: None,
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
@@ -315,6 +346,11 @@ impl RunnerDriver {
     pub fn with_crash(mut self, crash: CrashPlan) -> Self {
         self.crash = crash;
         self
+    }
+
+    /// Follows the runner's channel on `board` (see [`crate::channels`]).
+    pub fn follow_channels(&mut self, board: Arc<Board>) {
+        self.board = Some(board);
     }
 
     /// Reports into these metrics.
@@ -464,6 +500,7 @@ impl RunnerDriver {
         let started = self.ports.clock.now();
         let result = self.tick_inner(&mut report, view).await;
         self.last_tick_end = Some(self.ports.clock.now());
+        self.report_channel_progress();
         if let Some(metrics) = &self.metrics {
             let now = self.ports.clock.now();
             metrics.pass(

@@ -106,7 +106,12 @@ impl RunnerDriver {
                 // pages take a while): later, never earlier.
                 let seen_at = self.ports.clock.now().max(read_at);
                 self.settles_at = self.settle_of(&relative, seen_at);
-                parse_desired(&relative, &self.policy)
+                let desired = self.desired_following(&relative);
+                if matches!(&desired, Ok(d) if d.source == DesiredSource::Channel) {
+                    // A channel's release is one document: acted on at once.
+                    self.settles_at = None;
+                }
+                desired
             }
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
         };
@@ -120,6 +125,7 @@ impl RunnerDriver {
             Ok(observed) => observed,
             Err(error) => Err(ObserveError::Unavailable(error.to_string())),
         };
+        self.note_running(&desired, &observed);
         self.aws_readable = !matches!(desired, Err(DesiredError::Unavailable(_)))
             && !matches!(observed, Err(ObserveError::Unavailable(_)));
         Ok(Observation {

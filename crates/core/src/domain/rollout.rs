@@ -1,0 +1,820 @@
+//! A channel's release as it rolls out (issue 19): the release's persisted state
+//! ([`ReleaseRecord`]) and the one pure step that moves it on ([`advance`]) from where each
+//! runner of the channel stands with it ([`Progress`]).
+//!
+//! The step decides, every sweep, which runners may follow the release now (the **admitted**
+//! ones: the release is their desired state; every other follower waits, at rest): the runners
+//! of the waves before the current one, and in the current wave the runners already on their way
+//! plus the next pending ones up to the wave's concurrency, in the wave's order. A wave is
+//! *settled* when each of its runners is done, failed within the budget, pinned or excused; the
+//! next wave starts once it has stayed settled for the bake. When the failed runners exceed the
+//! budget, the release **halts**: only the runners already on their way stay admitted (they end
+//! through their own gate and rollback), no other starts, and the (version, image) is
+//! quarantined on the channel until ops resume it or publish another release.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::channel::{Budget, Wave};
+use super::Millis;
+
+/// The release record's schema version.
+pub const RELEASE_SCHEMA_VERSION: u32 = 1;
+
+/// The key of a channel's release record and lease in the state store and the lock:
+/// `_channels/<channel>` (an underscore cannot begin a runner's name).
+#[must_use]
+pub fn channel_key(channel: &str) -> String {
+    format!("{}/{channel}", super::channel::CHANNELS_FOLDER)
+}
+
+/// Where one runner of the channel stands with the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Progress {
+    /// Has not started it.
+    Pending,
+    /// In an attempt on it.
+    InFlight,
+    /// Runs it (after an attempt, or already did).
+    Done,
+    /// Failed it (rolled back, the version quarantined on the runner).
+    Failed,
+    /// Follows its own `release` or `desired/*` instead (a pin wins).
+    Pinned,
+    /// Auto-update off: passed over.
+    Excused,
+}
+
+impl Progress {
+    /// The stable name (`in-flight`, …).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Progress::Pending => "pending",
+            Progress::InFlight => "in-flight",
+            Progress::Done => "done",
+            Progress::Failed => "failed",
+            Progress::Pinned => "pinned",
+            Progress::Excused => "excused",
+        }
+    }
+
+    /// Whether the wave need not wait for it any more.
+    #[must_use]
+    pub fn settled(self) -> bool {
+        !matches!(self, Progress::Pending | Progress::InFlight)
+    }
+
+    /// Whether it attempted the release (what a share budget counts).
+    #[must_use]
+    pub fn attempted(self) -> bool {
+        matches!(self, Progress::InFlight | Progress::Done | Progress::Failed)
+    }
+}
+
+/// Runners of one wave by where they stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveCounts {
+    /// Runners in the wave.
+    pub runners: u32,
+    /// Not started.
+    pub pending: u32,
+    /// In an attempt.
+    pub in_flight: u32,
+    /// Done.
+    pub done: u32,
+    /// Failed (rolled back).
+    pub rolled_back: u32,
+    /// Pinned.
+    pub pinned: u32,
+    /// Auto-update off.
+    pub excused: u32,
+}
+
+impl WaveCounts {
+    fn add(&mut self, progress: Progress) {
+        self.runners += 1;
+        let field = match progress {
+            Progress::Pending => &mut self.pending,
+            Progress::InFlight => &mut self.in_flight,
+            Progress::Done => &mut self.done,
+            Progress::Failed => &mut self.rolled_back,
+            Progress::Pinned => &mut self.pinned,
+            Progress::Excused => &mut self.excused,
+        };
+        *field += 1;
+    }
+}
+
+/// Why a release halted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltRecord {
+    /// When (ms).
+    pub at: u64,
+    /// Failed runners counted against the budget then.
+    pub failed: u32,
+    /// Runners that had attempted it then.
+    pub attempted: u32,
+    /// The failed runners (the first few, by name).
+    pub runners: Vec<String>,
+}
+
+/// A channel's release, persisted before any runner acts on it (write-ahead, as a runner's
+/// record): which release, which wave, and whether it halted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// [`RELEASE_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The channel.
+    pub channel: String,
+    /// The release's identity: a hash of its document (another document is another release).
+    pub release_id: String,
+    /// Its version.
+    pub version: String,
+    /// Its image, when the document names one (else each runner's repository and the version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Bumped by every write (compare-and-set where the store offers it).
+    pub revision: u64,
+    /// When it was first seen (ms).
+    pub started_at: u64,
+    /// The wave in progress (0-based).
+    pub wave: usize,
+    /// Waves in the plan over the channel's runners.
+    pub waves: usize,
+    /// Since when the current wave is settled: its bake runs from here (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<u64>,
+    /// When every wave was done and baked (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// Set when the failures exceeded the budget: no runner starts it any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltRecord>,
+    /// Failures before the last resume (not counted against the budget again).
+    #[serde(default)]
+    pub forgiven: u32,
+    /// Resumes acknowledged, each the token `release resume` wrote.
+    #[serde(default)]
+    pub resumes: Vec<String>,
+    /// Runners by where they stand, per wave, as last counted.
+    #[serde(default)]
+    pub counts: Vec<WaveCounts>,
+    /// Failed runners counted against the budget, as last counted.
+    #[serde(default)]
+    pub failed: u32,
+    /// Runners that attempted it, as last counted.
+    #[serde(default)]
+    pub attempted: u32,
+    /// The budget, in words (`2`, `10%`).
+    pub budget: String,
+    /// Releases of this channel that halted and were not resumed: (version, image or "") —
+    /// quarantined on the channel: a new document with one of them is refused.
+    #[serde(default)]
+    pub quarantined: Vec<(String, String)>,
+    /// When it was last counted (ms).
+    pub counted_at: u64,
+}
+
+/// Why a release record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseRecordError {
+    /// Not a release record this version reads.
+    #[error("release record of channel {channel}: {reason}")]
+    Unreadable {
+        /// The channel.
+        channel: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ReleaseRecord {
+    /// A new release's record: wave 0, nothing counted, the channel's quarantine carried.
+    #[must_use]
+    pub fn new(
+        channel: &str,
+        release_id: &str,
+        version: &str,
+        image: Option<&str>,
+        budget: Budget,
+        now: Millis,
+        quarantined: Vec<(String, String)>,
+    ) -> Self {
+        ReleaseRecord {
+            schema_version: RELEASE_SCHEMA_VERSION,
+            channel: channel.to_owned(),
+            release_id: release_id.to_owned(),
+            version: version.to_owned(),
+            image: image.map(str::to_owned),
+            revision: 0,
+            started_at: now.0,
+            wave: 0,
+            waves: 0,
+            settled_at: None,
+            finished_at: None,
+            halted: None,
+            forgiven: 0,
+            resumes: Vec::new(),
+            counts: Vec::new(),
+            failed: 0,
+            attempted: 0,
+            budget: budget_words(budget),
+            quarantined,
+            counted_at: now.0,
+        }
+    }
+
+    /// The JSON text stored.
+    ///
+    /// # Errors
+    /// Never in practice (plain data); typed for the caller.
+    pub fn encode(&self) -> Result<String, ReleaseRecordError> {
+        serde_json::to_string(self).map_err(|e| ReleaseRecordError::Unreadable {
+            channel: self.channel.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a stored record of `channel`.
+    ///
+    /// # Errors
+    /// Not JSON of a release record, another channel's, or a newer schema.
+    pub fn decode(text: &str, channel: &str) -> Result<Self, ReleaseRecordError> {
+        let unreadable = |reason: String| ReleaseRecordError::Unreadable {
+            channel: channel.to_owned(),
+            reason,
+        };
+        let record: ReleaseRecord =
+            serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+        if record.schema_version > RELEASE_SCHEMA_VERSION {
+            return Err(unreadable(format!(
+                "schema version {} is newer than this build's {RELEASE_SCHEMA_VERSION}",
+                record.schema_version
+            )));
+        }
+        if record.channel != channel {
+            return Err(unreadable(format!("it is channel {}'s", record.channel)));
+        }
+        Ok(record)
+    }
+
+    /// Whether (version, image) is quarantined on the channel.
+    #[must_use]
+    pub fn is_quarantined(&self, version: &str, image: Option<&str>) -> bool {
+        let image = image.unwrap_or_default();
+        self.quarantined
+            .iter()
+            .any(|(v, i)| v == version && i == image)
+    }
+
+    /// The token `release resume` writes to resume this halt.
+    #[must_use]
+    pub fn resume_token(&self) -> Option<String> {
+        self.halted
+            .as_ref()
+            .map(|halt| format!("{}@{}", self.release_id, halt.at))
+    }
+
+    /// Runners of the channel by where they stand, in all.
+    #[must_use]
+    pub fn totals(&self) -> WaveCounts {
+        self.counts
+            .iter()
+            .fold(WaveCounts::default(), |mut all, w| {
+                all.runners += w.runners;
+                all.pending += w.pending;
+                all.in_flight += w.in_flight;
+                all.done += w.done;
+                all.rolled_back += w.rolled_back;
+                all.pinned += w.pinned;
+                all.excused += w.excused;
+                all
+            })
+    }
+
+    /// The next step, in words (`release status`).
+    #[must_use]
+    pub fn next_step(&self, bake: Duration) -> String {
+        if let Some(halt) = &self.halted {
+            return format!(
+                "halted at {}: {} failed of {} attempted, over the budget of {}; no runner starts it. Publish another release, or `runner-updater release resume {}` after looking",
+                Millis(halt.at),
+                halt.failed,
+                halt.attempted,
+                self.budget,
+                self.channel
+            );
+        }
+        if let Some(at) = self.finished_at {
+            return format!("finished at {}: every wave done", Millis(at));
+        }
+        let wave = self.wave + 1;
+        let counts = self.counts.get(self.wave).copied().unwrap_or_default();
+        match self.settled_at {
+            Some(at) if self.wave + 1 < self.waves => format!(
+                "wave {wave} of {} settled; baking until {}, then wave {}",
+                self.waves,
+                Millis(at).after(bake),
+                wave + 1
+            ),
+            Some(at) => format!(
+                "last wave settled; baking until {}, then finished",
+                Millis(at).after(bake)
+            ),
+            None => format!(
+                "wave {wave} of {}: {} in flight, {} pending, {} done",
+                self.waves, counts.in_flight, counts.pending, counts.done
+            ),
+        }
+    }
+}
+
+/// The budget in words.
+#[must_use]
+pub fn budget_words(budget: Budget) -> String {
+    match budget {
+        Budget::Count(count) => count.to_string(),
+        Budget::Share(percent) => format!("{percent}%"),
+    }
+}
+
+/// What one step decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// The record after the step (the caller saves it when it changed, before acting on it).
+    pub record: ReleaseRecord,
+    /// The runners that may follow the release now.
+    pub admitted: BTreeSet<String>,
+    /// What changed, for the log (`halted`, `wave 2 started`, …); empty when nothing did.
+    pub events: Vec<String>,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Moves the release on by one step: counts the runners, halts it when the failures exceed the
+/// budget, resumes it when `resume` is the token of its halt, moves to the next wave once the
+/// current one stayed settled for `bake`, and says which runners are admitted. A runner missing
+/// from `progress` (its pass has not reported yet) is pending.
+#[must_use]
+pub fn advance(
+    record: &ReleaseRecord,
+    waves: &[Wave],
+    budget: Budget,
+    bake: Duration,
+    progress: &BTreeMap<String, Progress>,
+    resume: Option<&str>,
+    now: Millis,
+) -> Advance {
+    let mut next = record.clone();
+    let mut events = Vec::new();
+    let of = |runner: &String| progress.get(runner).copied().unwrap_or(Progress::Pending);
+    next.waves = waves.len();
+    next.counts = waves
+        .iter()
+        .map(|wave| {
+            wave.runners.iter().fold(WaveCounts::default(), |mut c, r| {
+                c.add(of(r));
+                c
+            })
+        })
+        .collect();
+    let all = || waves.iter().flat_map(|w| w.runners.iter());
+    let failed_runners: Vec<String> = all()
+        .filter(|r| of(r) == Progress::Failed)
+        .cloned()
+        .collect();
+    let failed = u32::try_from(failed_runners.len()).unwrap_or(u32::MAX);
+    let attempted = u32::try_from(all().filter(|r| of(r).attempted()).count()).unwrap_or(u32::MAX);
+    next.failed = failed.saturating_sub(next.forgiven);
+    next.attempted = attempted;
+    next.counted_at = now.0;
+    let quarantine = (next.version.clone(), next.image.clone().unwrap_or_default());
+    if let (Some(token), Some(expected)) = (resume, next.resume_token()) {
+        if token == expected && !next.resumes.iter().any(|t| t == token) {
+            next.resumes.push(token.to_owned());
+            next.halted = None;
+            next.forgiven = failed;
+            next.failed = 0;
+            next.quarantined.retain(|q| *q != quarantine);
+            events.push(format!("resumed ({failed} failure(s) forgiven)"));
+        }
+    }
+    if next.halted.is_none()
+        && next.finished_at.is_none()
+        && budget.exceeded(next.failed, attempted)
+    {
+        next.halted = Some(HaltRecord {
+            at: now.0,
+            failed: next.failed,
+            attempted,
+            runners: failed_runners.iter().take(10).cloned().collect(),
+        });
+        if !next.quarantined.contains(&quarantine) {
+            next.quarantined.push(quarantine);
+        }
+        next.settled_at = None;
+        events.push(format!(
+            "halted: {} failed of {attempted} attempted, over the budget of {}",
+            next.failed, next.budget
+        ));
+    }
+    let on_the_way = |r: &String| {
+        matches!(
+            of(r),
+            Progress::InFlight | Progress::Done | Progress::Failed
+        )
+    };
+    if next.halted.is_some() {
+        let admitted = all().filter(|r| on_the_way(r)).cloned().collect();
+        return Advance {
+            record: next,
+            admitted,
+            events,
+        };
+    }
+    if next.finished_at.is_none() {
+        settle_and_move(&mut next, waves, &of, bake, now, &mut events);
+    }
+    let admitted = admitted_runners(&next, waves, &of);
+    Advance {
+        record: next,
+        admitted,
+        events,
+    }
+}
+
+/// The current wave's bake and the move to the next wave (or the end).
+fn settle_and_move(
+    next: &mut ReleaseRecord,
+    waves: &[Wave],
+    of: &dyn Fn(&String) -> Progress,
+    bake: Duration,
+    now: Millis,
+    events: &mut Vec<String>,
+) {
+    loop {
+        let Some(wave) = waves.get(next.wave) else {
+            next.finished_at = Some(now.0);
+            events.push("finished".to_owned());
+            return;
+        };
+        if !wave.runners.iter().all(|r| of(r).settled()) {
+            next.settled_at = None;
+            return;
+        }
+        let settled = *next.settled_at.get_or_insert(now.0);
+        if now < Millis(settled).after(bake) {
+            return;
+        }
+        next.wave += 1;
+        next.settled_at = None;
+        if next.wave < waves.len() {
+            events.push(format!("wave {} of {} started", next.wave + 1, waves.len()));
+        }
+    }
+}
+
+/// The runners admitted: every runner of the waves before the current one, and in the current
+/// wave those on their way plus the next pending ones up to its concurrency.
+fn admitted_runners(
+    next: &ReleaseRecord,
+    waves: &[Wave],
+    of: &dyn Fn(&String) -> Progress,
+) -> BTreeSet<String> {
+    let mut admitted = BTreeSet::new();
+    for (index, wave) in waves.iter().enumerate() {
+        if index < next.wave || next.finished_at.is_some() {
+            admitted.extend(wave.runners.iter().cloned());
+            continue;
+        }
+        if index > next.wave {
+            break;
+        }
+        let in_flight = wave
+            .runners
+            .iter()
+            .filter(|r| of(r) == Progress::InFlight)
+            .count();
+        let mut room = usize::try_from(wave.concurrency)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(in_flight);
+        for runner in &wave.runners {
+            match of(runner) {
+                Progress::Pending if room > 0 => {
+                    room -= 1;
+                    admitted.insert(runner.clone());
+                }
+                Progress::Pending => {}
+                _ => {
+                    admitted.insert(runner.clone());
+                }
+            }
+        }
+    }
+    admitted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wave(names: &[&str], concurrency: u32) -> Wave {
+        Wave {
+            runners: names.iter().map(|n| (*n).to_owned()).collect(),
+            concurrency,
+        }
+    }
+
+    fn plan() -> Vec<Wave> {
+        vec![
+            wave(&["a"], 1),
+            wave(&["b", "c", "d"], 2),
+            wave(&["e", "f"], 2),
+        ]
+    }
+
+    fn record() -> ReleaseRecord {
+        ReleaseRecord::new(
+            "stable",
+            "r1",
+            "2.0.0",
+            None,
+            Budget::Count(0),
+            Millis(0),
+            Vec::new(),
+        )
+    }
+
+    fn progress(pairs: &[(&str, Progress)]) -> BTreeMap<String, Progress> {
+        pairs.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect()
+    }
+
+    fn names(set: &BTreeSet<String>) -> Vec<&str> {
+        set.iter().map(String::as_str).collect()
+    }
+
+    const BAKE: Duration = Duration::from_mins(1);
+
+    #[test]
+    fn the_canary_goes_first_and_the_next_wave_waits_for_its_bake() {
+        let step = advance(
+            &record(),
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &BTreeMap::new(),
+            None,
+            Millis(0),
+        );
+        assert_eq!(names(&step.admitted), ["a"]);
+        assert_eq!(step.record.wave, 0);
+        let done = progress(&[("a", Progress::Done)]);
+        let step = advance(
+            &step.record,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &done,
+            None,
+            Millis(1_000),
+        );
+        assert_eq!(step.record.settled_at, Some(1_000), "the bake starts");
+        assert_eq!(
+            names(&step.admitted),
+            ["a"],
+            "no second wave before the bake"
+        );
+        let step = advance(
+            &step.record,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &done,
+            None,
+            Millis(61_000),
+        );
+        assert_eq!(step.record.wave, 1);
+        assert_eq!(
+            names(&step.admitted),
+            ["a", "b", "c"],
+            "two at once in wave 2"
+        );
+        assert_eq!(step.events, ["wave 2 of 3 started"]);
+    }
+
+    #[test]
+    fn a_wave_admits_no_more_than_its_concurrency_in_flight() {
+        let mut at_wave_2 = record();
+        at_wave_2.wave = 1;
+        let going = progress(&[
+            ("a", Progress::Done),
+            ("b", Progress::InFlight),
+            ("c", Progress::Done),
+        ]);
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &going,
+            None,
+            Millis(5),
+        );
+        assert_eq!(names(&step.admitted), ["a", "b", "c", "d"]);
+        let both = progress(&[
+            ("a", Progress::Done),
+            ("b", Progress::InFlight),
+            ("c", Progress::InFlight),
+        ]);
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &both,
+            None,
+            Millis(5),
+        );
+        assert_eq!(
+            names(&step.admitted),
+            ["a", "b", "c"],
+            "d waits for a place"
+        );
+    }
+
+    #[test]
+    fn a_failure_over_the_budget_halts_and_quarantines_and_only_those_on_their_way_stay() {
+        let mut at_wave_2 = record();
+        at_wave_2.wave = 1;
+        let seen = progress(&[
+            ("a", Progress::Done),
+            ("b", Progress::Failed),
+            ("c", Progress::InFlight),
+        ]);
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(7),
+        );
+        let halt = step.record.halted.clone().expect("halted");
+        assert_eq!(
+            (halt.failed, halt.attempted, halt.runners),
+            (1, 3, vec!["b".to_owned()])
+        );
+        assert_eq!(names(&step.admitted), ["a", "b", "c"], "d never starts");
+        assert!(step.record.is_quarantined("2.0.0", None));
+        // Stays halted: nothing new is admitted however long it waits.
+        let later = advance(
+            &step.record,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(1_000_000),
+        );
+        assert!(later.record.halted.is_some());
+        assert_eq!(names(&later.admitted), ["a", "b", "c"]);
+        // A budget of one tolerates it.
+        let tolerant = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(1),
+            BAKE,
+            &seen,
+            None,
+            Millis(7),
+        );
+        assert!(tolerant.record.halted.is_none());
+        // A share counts the runners that attempted it: 1 of 3 is 33 %.
+        let share = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Share(30),
+            BAKE,
+            &seen,
+            None,
+            Millis(7),
+        );
+        assert!(share.record.halted.is_some());
+        let share = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Share(34),
+            BAKE,
+            &seen,
+            None,
+            Millis(7),
+        );
+        assert!(share.record.halted.is_none());
+    }
+
+    #[test]
+    fn a_resume_with_the_halts_token_forgives_its_failures_once_and_lifts_the_quarantine() {
+        let seen = progress(&[("a", Progress::Failed)]);
+        let halted = advance(
+            &record(),
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(3),
+        )
+        .record;
+        let token = halted.resume_token().expect("a token");
+        let stale = advance(
+            &halted,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            Some("r1@1"),
+            Millis(4),
+        );
+        assert!(
+            stale.record.halted.is_some(),
+            "another halt's token resumes nothing"
+        );
+        let resumed = advance(
+            &halted,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            Some(&token),
+            Millis(4),
+        );
+        assert!(resumed.record.halted.is_none());
+        assert!(!resumed.record.is_quarantined("2.0.0", None));
+        assert_eq!(resumed.record.forgiven, 1);
+        assert_eq!(
+            resumed.record.settled_at,
+            Some(4),
+            "the canary wave is settled (its runner failed)"
+        );
+        // A second failure halts again; the same token does not resume it twice.
+        let again = progress(&[("a", Progress::Failed), ("b", Progress::Failed)]);
+        let halted = advance(
+            &resumed.record,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &again,
+            Some(&token),
+            Millis(5),
+        );
+        assert!(halted.record.halted.is_some());
+    }
+
+    #[test]
+    fn pinned_and_excused_runners_do_not_hold_a_wave_and_the_release_finishes() {
+        let seen = progress(&[
+            ("a", Progress::Pinned),
+            ("b", Progress::Done),
+            ("c", Progress::Excused),
+            ("d", Progress::Done),
+            ("e", Progress::Done),
+            ("f", Progress::Done),
+        ]);
+        let step = advance(
+            &record(),
+            &plan(),
+            Budget::Count(0),
+            Duration::ZERO,
+            &seen,
+            None,
+            Millis(9),
+        );
+        assert_eq!(step.record.finished_at, Some(9));
+        assert_eq!(step.admitted.len(), 6);
+        assert_eq!(step.record.totals().done, 4);
+        assert!(step.record.next_step(BAKE).starts_with("finished"));
+    }
+
+    #[test]
+    fn a_record_reads_back_and_refuses_another_channel_or_a_newer_schema() {
+        let text = record().encode().expect("encodes");
+        assert_eq!(
+            ReleaseRecord::decode(&text, "stable").expect("reads"),
+            record()
+        );
+        assert!(ReleaseRecord::decode(&text, "beta").is_err());
+        let newer = text.replace("\"schema_version\":1", "\"schema_version\":9");
+        assert!(ReleaseRecord::decode(&newer, "stable").is_err());
+        assert!(ReleaseRecord::decode("{", "stable").is_err());
+    }
+}

@@ -1,0 +1,500 @@
+//! Channel releases (issue 19): one release per channel, rolled out in waves, halted by its
+//! failure budget.
+//!
+//! Every sweep, after the fleet read (which brings each channel's document,
+//! `<prefix>/_channels/<channel>/release`, and a `resume` token if ops wrote one), the
+//! [`Channels`] coordinator moves each channel this controller serves on by one step:
+//!
+//! 1. parses and checks the document (a bad one is refused by name; no runner moves);
+//! 2. takes or renews the **channel's lease** (`_channels/<channel>` in the lock: one controller
+//!    advances a channel at a time across replicas; the others' followers wait);
+//! 3. loads the channel's [`ReleaseRecord`] (a new document starts a new record at its first
+//!    wave; a version the channel quarantined is refused);
+//! 4. counts where each runner stands with the release, from what the runners' own passes
+//!    reported ([`Board::report`]), and takes the pure step ([`rollout::advance`]);
+//! 5. **saves the record before anything acts on it** (fenced by the channel's lease: in the
+//!    write itself on the state table, by a check right before on the other stores);
+//! 6. publishes on the [`Board`] which runners are admitted: an admitted follower's desired
+//!    state is the release (a runner's own `release` or `desired/*` is a pin and wins); every
+//!    other follower waits at rest, its note saying why (`awaiting-wave`).
+//!
+//! A runner's attempt is its own (its lease, its gate, its rollback), exactly as for a release
+//! of its own; the channel decides only when it may start. Under the lock an attempt reads its
+//! desired state fresh, admission included: a runner whose admission was withdrawn (the release
+//! halted) between its check and its lock does not start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runner_updater_config::Config;
+use runner_updater_core::domain::channel::{
+    parse_channel_release, release_id, runner_release_text, validate_for_channel, waves,
+    ChannelRelease, CHANNELS_FOLDER, RELEASE_NAME,
+};
+use runner_updater_core::domain::rollout::{self, channel_key, Progress, ReleaseRecord};
+use runner_updater_core::domain::Millis;
+use runner_updater_ports::{Clock, Lock, LockOutcome, StateStore};
+
+/// How much sooner than its end this controller stops trusting its lease on a channel (the
+/// clocks' tolerance and a pass's length), at most: a third of a shorter lease.
+const LEASE_MARGIN_MS: u64 = 30_000;
+
+/// The parameter `release resume` writes, relative to a channel's folder.
+pub const RESUME_NAME: &str = "resume";
+
+/// What a follower of a channel is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// The channel has not been read yet since this process started (a runner in an attempt
+    /// waits for it, as for an unreadable AWS: its attempt is neither continued on a guess nor
+    /// abandoned).
+    Unknown,
+    /// The channel has no release: the runner's own desired state, as without channels.
+    Nothing,
+    /// Admitted: this release document is its desired state.
+    Admitted(Arc<str>),
+    /// Not admitted now, and why.
+    Waiting(Arc<str>),
+}
+
+/// What a channel's followers are told now.
+#[derive(Debug, Clone)]
+struct ChannelView {
+    release_id: Arc<str>,
+    version: Arc<str>,
+    image: Option<Arc<str>>,
+    /// The runners' release document (`Follow::Admitted`).
+    text: Arc<str>,
+    admitted: HashSet<String>,
+    /// What the others are told.
+    waiting: Arc<str>,
+    /// Until when this controller's lease on the channel is surely live (less a margin for
+    /// the clocks): past it, only the runners already in an attempt keep the release.
+    valid_until: Millis,
+}
+
+/// One runner's last report: where it stands with which release.
+#[derive(Debug, Clone)]
+struct Report {
+    release_id: Arc<str>,
+    progress: Progress,
+}
+
+/// Where the coordinator and the runners' passes meet: the admission of each channel (written
+/// by the coordinator after the channel's record is saved), and where each runner stands with
+/// its channel's release (written by its passes).
+#[derive(Debug, Default)]
+pub struct Board {
+    views: Mutex<HashMap<String, Option<ChannelView>>>,
+    blocked: Mutex<HashMap<String, Arc<str>>>,
+    reports: Mutex<HashMap<String, Report>>,
+}
+
+/// The release a follower reports against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentRelease {
+    /// Its identity.
+    pub release_id: Arc<str>,
+    /// Its version.
+    pub version: Arc<str>,
+    /// Its image, when the document names one.
+    pub image: Option<Arc<str>>,
+}
+
+impl Board {
+    /// What `runner`, a follower of `channel`, is told at `now`.
+    #[must_use]
+    pub fn follow(&self, channel: &str, runner: &str, now: Millis) -> Follow {
+        if let Some(why) = self
+            .blocked
+            .lock()
+            .ok()
+            .and_then(|blocked| blocked.get(channel).cloned())
+        {
+            return Follow::Waiting(why);
+        }
+        let Ok(views) = self.views.lock() else {
+            return Follow::Waiting(Arc::from("the channel's state is unavailable"));
+        };
+        match views.get(channel) {
+            None => Follow::Unknown,
+            Some(None) => Follow::Nothing,
+            Some(Some(view)) if view.admitted.contains(runner) => {
+                if now < view.valid_until || self.in_flight(runner, &view.release_id) {
+                    Follow::Admitted(view.text.clone())
+                } else {
+                    Follow::Waiting(Arc::from(
+                        "this controller's lease on the channel lapsed before its next sweep",
+                    ))
+                }
+            }
+            Some(Some(view)) => Follow::Waiting(view.waiting.clone()),
+        }
+    }
+
+    /// Whether `runner` last reported being in an attempt on release `id`.
+    fn in_flight(&self, runner: &str, id: &str) -> bool {
+        self.reports.lock().ok().is_some_and(|reports| {
+            reports
+                .get(runner)
+                .is_some_and(|r| &*r.release_id == id && r.progress == Progress::InFlight)
+        })
+    }
+
+    /// The release of `channel` its followers report against, if it has one.
+    #[must_use]
+    pub fn current(&self, channel: &str) -> Option<CurrentRelease> {
+        let views = self.views.lock().ok()?;
+        let view = views.get(channel)?.as_ref()?;
+        Some(CurrentRelease {
+            release_id: view.release_id.clone(),
+            version: view.version.clone(),
+            image: view.image.clone(),
+        })
+    }
+
+    /// Where `runner` stands with `release` (its pass just ended).
+    pub fn report(&self, runner: &str, release: &CurrentRelease, progress: Progress) {
+        if let Ok(mut reports) = self.reports.lock() {
+            let same = reports
+                .get(runner)
+                .is_some_and(|r| r.release_id == release.release_id && r.progress == progress);
+            if !same {
+                reports.insert(
+                    runner.to_owned(),
+                    Report {
+                        release_id: release.release_id.clone(),
+                        progress,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Where each of `runners` stands with release `id` (a runner that has not reported on
+    /// it is left out: pending).
+    fn progress(&self, runners: &[String], id: &str) -> BTreeMap<String, Progress> {
+        let Ok(reports) = self.reports.lock() else {
+            return BTreeMap::new();
+        };
+        runners
+            .iter()
+            .filter_map(|runner| {
+                let report = reports.get(runner)?;
+                (&*report.release_id == id).then(|| (runner.clone(), report.progress))
+            })
+            .collect()
+    }
+
+    fn publish(&self, channel: &str, view: Option<ChannelView>) {
+        if let Ok(mut blocked) = self.blocked.lock() {
+            blocked.remove(channel);
+        }
+        if let Ok(mut views) = self.views.lock() {
+            views.insert(channel.to_owned(), view);
+        }
+    }
+
+    /// Nobody of `channel` starts the release now, for `why`; those on their way keep it.
+    fn block(&self, channel: &str, why: &str) {
+        if let Ok(mut views) = self.views.lock() {
+            if let Some(Some(view)) = views.get_mut(channel) {
+                // The runners in an attempt keep their desired state (their attempt ends
+                // through its own gate); the others wait.
+                let reports = self.reports.lock().ok();
+                view.admitted.retain(|runner| {
+                    reports.as_ref().is_some_and(|reports| {
+                        reports.get(runner).is_some_and(|r| {
+                            r.release_id == view.release_id && r.progress == Progress::InFlight
+                        })
+                    })
+                });
+                view.waiting = Arc::from(why);
+                return;
+            }
+        }
+        if let Ok(mut blocked) = self.blocked.lock() {
+            blocked.insert(channel.to_owned(), Arc::from(why));
+        }
+    }
+}
+
+/// A channel this controller serves.
+#[derive(Debug)]
+struct Served {
+    channel: String,
+    runners: Vec<String>,
+    /// The channel's lease epoch, while held.
+    epoch: Option<u64>,
+    /// The record as last saved or loaded (`None`: load it).
+    record: Option<ReleaseRecord>,
+    /// What was last logged about the channel (logged again only when it changes).
+    said: String,
+}
+
+/// The coordinator of the channels' releases (see the module documentation).
+pub struct Channels {
+    board: Arc<Board>,
+    served: tokio::sync::Mutex<Vec<Served>>,
+    store: Arc<dyn StateStore>,
+    lock: Arc<dyn Lock>,
+    clock: Arc<dyn Clock>,
+    holder: String,
+    lease_ttl: Duration,
+}
+
+impl Channels {
+    /// The coordinator of the channels `config`'s runners follow, as `holder`; its lease on a
+    /// channel lasts `lease_secs` (renewed every sweep: keep it above the poll interval).
+    #[must_use]
+    pub fn new(
+        config: &Config,
+        holder: &str,
+        store: Arc<dyn StateStore>,
+        lock: Arc<dyn Lock>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let served = config
+            .channels()
+            .into_iter()
+            .map(|(channel, runners)| Served {
+                channel,
+                runners,
+                epoch: None,
+                record: None,
+                said: String::new(),
+            })
+            .collect();
+        Channels {
+            board: Arc::new(Board::default()),
+            served: tokio::sync::Mutex::new(served),
+            store,
+            lock,
+            clock,
+            holder: holder.to_owned(),
+            lease_ttl: Duration::from_secs(
+                config
+                    .lease_secs
+                    .max(config.poll_interval_secs.saturating_mul(3)),
+            ),
+        }
+    }
+
+    /// The board the runners' drivers follow.
+    #[must_use]
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// One step of every channel, from the documents of the fleet read (names relative to
+    /// `_channels/`: `<channel>/release`, `<channel>/resume`).
+    pub async fn sweep(&self, documents: &BTreeMap<String, String>) {
+        let mut served = self.served.lock().await;
+        for channel in served.iter_mut() {
+            self.step(channel, documents).await;
+        }
+    }
+
+    async fn step(&self, served: &mut Served, documents: &BTreeMap<String, String>) {
+        let channel = served.channel.clone();
+        let name = format!("{CHANNELS_FOLDER}/{channel}/{RELEASE_NAME}");
+        let Some(text) = documents.get(&format!("{channel}/{RELEASE_NAME}")) else {
+            self.board.publish(&channel, None);
+            served.record = None;
+            return;
+        };
+        let parsed = parse_channel_release(text, &name).and_then(|release| {
+            validate_for_channel(&release, &served.runners, &name).map(|()| release)
+        });
+        let release = match parsed {
+            Ok(release) => release,
+            Err(error) => {
+                let why = format!("its release document is refused: {error}");
+                say(served, &why, true);
+                self.board.block(&channel, &why);
+                return;
+            }
+        };
+        let now = self.clock.now();
+        let key = channel_key(&channel);
+        let epoch = match self
+            .lock
+            .acquire(&key, &self.holder, now, self.lease_ttl)
+            .await
+        {
+            Ok(LockOutcome::Acquired { epoch }) => epoch,
+            Ok(LockOutcome::Busy { holder, .. }) => {
+                served.epoch = None;
+                served.record = None;
+                let why = format!("the release is advanced by another controller ({holder})");
+                say(served, &why, false);
+                self.board.block(&channel, &why);
+                return;
+            }
+            Err(error) => {
+                let why = format!("the channel's lease cannot be taken: {error}");
+                say(served, &why, true);
+                self.board.block(&channel, &why);
+                return;
+            }
+        };
+        if served.epoch != Some(epoch) {
+            // Newly ours: what another controller wrote since is read again.
+            served.record = None;
+            served.epoch = Some(epoch);
+        }
+        if let Err(why) = self
+            .advance(served, &release, text, documents, epoch, now)
+            .await
+        {
+            say(served, &why, true);
+            self.board.block(&channel, &why);
+        }
+    }
+
+    /// Loads, steps, saves and publishes one channel's release.
+    async fn advance(
+        &self,
+        served: &mut Served,
+        release: &ChannelRelease,
+        text: &str,
+        documents: &BTreeMap<String, String>,
+        epoch: u64,
+        now: Millis,
+    ) -> Result<(), String> {
+        let channel = served.channel.clone();
+        let stored = match served.record.take() {
+            Some(record) => Some(record),
+            None => self
+                .store
+                .load_release(&channel)
+                .await
+                .map_err(|e| format!("the channel's release record cannot be read: {e}"))?,
+        };
+        let id = release_id(text);
+        let version = release.release.version.clone().unwrap_or_default();
+        let image = release.release.image.clone();
+        let current = match stored {
+            Some(record) if record.release_id == id => record,
+            other => {
+                let fresh = new_release(&channel, &id, release, other, now);
+                if fresh.is_quarantined(&version, image.as_deref()) {
+                    served.record = Some(fresh);
+                    return Err(format!(
+                        "{version} is quarantined on this channel (a release of it halted): publish another version, or resume the halted release"
+                    ));
+                }
+                fresh
+            }
+        };
+        let waves = waves(&release.plan, &served.runners);
+        let progress = self.board.progress(&served.runners, &id);
+        let resume = documents.get(&format!("{channel}/{RESUME_NAME}"));
+        let bake = Duration::from_secs(release.plan.bake_secs);
+        let step = rollout::advance(
+            &current,
+            &waves,
+            release.budget,
+            bake,
+            &progress,
+            resume.map(String::as_str),
+            now,
+        );
+        let mut record = step.record;
+        if changed(&current, &record) {
+            record.revision = current.revision + 1;
+            if !self.store.fences_writes()
+                && !self
+                    .lock
+                    .check(
+                        &channel_key(&channel),
+                        &self.holder,
+                        epoch,
+                        self.clock.now(),
+                    )
+                    .await
+                    .unwrap_or(false)
+            {
+                return Err("the channel's lease was lost before its record was written".to_owned());
+            }
+            self.store
+                .save_release(&record, epoch)
+                .await
+                .map_err(|e| format!("the channel's release record cannot be written: {e}"))?;
+        } else {
+            record.revision = current.revision;
+        }
+        for event in &step.events {
+            tracing::info!(channel = %channel, release = %version, event = %event, "channel release");
+        }
+        let waiting = match &record.halted {
+            Some(_) => format!("its release {version} halted (failures over the budget of {}): no runner starts it", record.budget),
+            None => format!("its release {version} has not reached this runner's wave yet"),
+        };
+        let runner_text = runner_release_text(text, &channel)
+            .map_err(|e| format!("its release document is refused: {e}"))?;
+        self.board.publish(
+            &channel,
+            Some(ChannelView {
+                release_id: Arc::from(id.as_str()),
+                version: Arc::from(version.as_str()),
+                image: image.as_deref().map(Arc::from),
+                text: Arc::from(runner_text.as_str()),
+                admitted: step.admitted.into_iter().collect(),
+                waiting: Arc::from(waiting.as_str()),
+                valid_until: Millis(
+                    now.after(self.lease_ttl)
+                        .0
+                        .saturating_sub(LEASE_MARGIN_MS.min(
+                            u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX),
+                        )),
+                ),
+            }),
+        );
+        let words = record.next_step(bake);
+        say(served, &words, false);
+        served.record = Some(record);
+        Ok(())
+    }
+}
+
+/// The record of a release the channel has not had yet (its quarantine carried from `before`).
+fn new_release(
+    channel: &str,
+    id: &str,
+    release: &ChannelRelease,
+    before: Option<ReleaseRecord>,
+    now: Millis,
+) -> ReleaseRecord {
+    ReleaseRecord::new(
+        channel,
+        id,
+        release.release.version.as_deref().unwrap_or_default(),
+        release.release.image.as_deref(),
+        release.budget,
+        now,
+        before.map(|r| r.quarantined).unwrap_or_default(),
+    )
+}
+
+/// Whether a step changed the record (not counting when it was counted).
+fn changed(before: &ReleaseRecord, after: &ReleaseRecord) -> bool {
+    let mut same = after.clone();
+    same.counted_at = before.counted_at;
+    same.revision = before.revision;
+    same != *before
+}
+
+/// Logs what is new about a channel.
+fn say(served: &mut Served, words: &str, warn: bool) {
+    if served.said == words {
+        return;
+    }
+    served.said = words.to_owned();
+    if warn {
+        tracing::warn!(channel = %served.channel, "{words}");
+    } else {
+        tracing::info!(channel = %served.channel, "{words}");
+    }
+}

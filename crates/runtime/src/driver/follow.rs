@@ -1,0 +1,118 @@
+//! A runner following its channel's release (see [`crate::channels`]): its desired state is
+//! the release while it is admitted, unless its own `release` or `desired/*` pin it; and where
+//! it stands with the release, reported to the coordinator after each pass.
+
+use std::collections::BTreeMap;
+
+use runner_updater_core::domain::desired::{
+    parse_desired, DesiredError, DesiredSource, DesiredState, RELEASE_PARAMETER, SWITCHES,
+};
+use runner_updater_core::domain::observed::{ObserveError, Observed};
+use runner_updater_core::domain::rollout::Progress;
+use runner_updater_core::machine::phase::Phase;
+
+use super::{Following, RunnerDriver, Standing};
+use crate::channels::{CurrentRelease, Follow};
+
+impl RunnerDriver {
+    /// The desired state from the runner's folder (`relative`), its channel's release taking
+    /// the place of the `release` document while the runner is admitted and not pinned.
+    pub(super) fn desired_following(
+        &mut self,
+        relative: &BTreeMap<String, String>,
+    ) -> Result<DesiredState, DesiredError> {
+        let Some(board) = &self.board else {
+            return parse_desired(relative, &self.policy);
+        };
+        let pinned = relative
+            .keys()
+            .any(|name| !SWITCHES.contains(&name.as_str()));
+        let excused = relative
+            .get("desired/auto-update")
+            .is_some_and(|value| value == "false");
+        self.following = Following {
+            standing: if pinned {
+                Standing::Pinned
+            } else if excused {
+                Standing::Excused
+            } else {
+                Standing::Follows
+            },
+            admitted: false,
+            running_it: false,
+        };
+        if pinned {
+            return parse_desired(relative, &self.policy);
+        }
+        let now = self.ports.clock.now();
+        match board.follow(&self.settings.channel, &self.runner.name, now) {
+            Follow::Unknown => Err(DesiredError::Unavailable(format!(
+                "channel {}'s release is not read yet (the first sweep reads it)",
+                self.settings.channel
+            ))),
+            Follow::Nothing => parse_desired(relative, &self.policy),
+            Follow::Waiting(why) => Err(DesiredError::AwaitingWave {
+                channel: self.settings.channel.clone(),
+                why: why.to_string(),
+            }),
+            Follow::Admitted(text) => {
+                self.following.admitted = true;
+                let mut with = relative.clone();
+                with.insert(RELEASE_PARAMETER.to_owned(), text.to_string());
+                parse_desired(&with, &self.policy).map(|mut desired| {
+                    desired.source = DesiredSource::Channel;
+                    desired
+                })
+            }
+        }
+    }
+
+    /// Notes whether an admitted runner already runs the release it was given.
+    pub(super) fn note_running(
+        &mut self,
+        desired: &Result<DesiredState, DesiredError>,
+        observed: &Result<Observed, ObserveError>,
+    ) {
+        self.following.running_it = self.following.admitted
+            && matches!((desired, observed), (Ok(d), Ok(o)) if o.running_image == d.image);
+    }
+
+    /// Tells the coordinator where the runner stands with its channel's release.
+    pub(super) fn report_channel_progress(&self) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        let Some(release) = board.current(&self.settings.channel) else {
+            return;
+        };
+        board.report(&self.runner.name, &release, self.progress_on(&release));
+    }
+
+    /// Where the runner stands with `release`, from its state and its record: what it did
+    /// with the release first (failed it, in an attempt on it — a pin written meanwhile does
+    /// not end that attempt's count), then a pin.
+    fn progress_on(&self, release: &CurrentRelease) -> Progress {
+        let phase = self.phase();
+        let on = |version: &str, image: &str| {
+            version == &*release.version && release.image.as_deref().is_none_or(|i| i == image)
+        };
+        let record = self.last_saved.as_ref();
+        let failed = record.is_some_and(|r| r.failed.iter().any(|f| on(&f.version, &f.image)));
+        let attempt_on = record
+            .and_then(|r| r.attempt.as_ref())
+            .is_some_and(|a| on(&a.target_version, &a.target_image));
+        if failed || (phase == Phase::RolledBack && attempt_on) {
+            Progress::Failed
+        } else if !phase.is_resting() && attempt_on {
+            Progress::InFlight
+        } else if self.following.standing == Standing::Pinned {
+            Progress::Pinned
+        } else if self.following.running_it || (phase == Phase::Done && attempt_on) {
+            Progress::Done
+        } else if self.following.standing == Standing::Excused {
+            Progress::Excused
+        } else {
+            Progress::Pending
+        }
+    }
+}
