@@ -72,10 +72,20 @@ pub async fn migrate_state(
     let lock = SsmLease::new(ssm, &config.prefix);
     let table = clients.table(&table_name);
     let hold = std::time::Duration::from_secs(args.hold_mins.max(1) * 60);
-    let migration = migrate(&store, &lock, &table, SystemClock.now(), hold, args.dry_run).await?;
+    let channels: Vec<String> = config.channels().into_iter().map(|(c, _)| c).collect();
+    let migration = migrate(
+        &store,
+        &lock,
+        &table,
+        &channels,
+        SystemClock.now(),
+        hold,
+        args.dry_run,
+    )
+    .await?;
     let verb = if args.dry_run { "would copy" } else { "copied" };
     for (runner, copy) in &migration.runners {
-        let configured = if config.runner(runner).is_some() {
+        let configured = if config.runner(runner).is_some() || runner.starts_with("_channels/") {
             ""
         } else {
             " (not in this configuration)"

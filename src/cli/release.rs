@@ -73,7 +73,7 @@ pub async fn release(config: Option<&PathBuf>, args: ReleaseArgs) -> anyhow::Res
                 &channels,
                 SystemClock.now(),
             )
-            .await?;
+            .await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {

@@ -59,7 +59,7 @@ pub async fn status(config: Option<&PathBuf>, args: StatusArgs) -> anyhow::Resul
             &channels,
             SystemClock.now(),
         )
-        .await?;
+        .await;
         release::annotate(&mut views, &releases);
     }
     if args.json {

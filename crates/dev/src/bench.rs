@@ -243,7 +243,17 @@ impl Fleet {
             ports.clock.clone(),
             &config.prefix,
         );
-        let scheduler = Scheduler::new(&config, drivers, reader, ports.clock.clone());
+        // Wired as `run` wires it (the fleet's runners follow channel stable, which has no
+        // release here: what serving channels costs a fleet that does not use them).
+        let channels = runner_updater_runtime::channels::Channels::new(
+            &config,
+            "bench",
+            ports.store.clone(),
+            ports.lock.clone(),
+            ports.clock.clone(),
+        );
+        let scheduler =
+            Scheduler::new(&config, drivers, reader, ports.clock.clone()).with_channels(channels);
         Ok(Fleet {
             aws,
             config,

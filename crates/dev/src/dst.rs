@@ -221,6 +221,9 @@ pub enum Invariant {
     /// A channel release's waves go in order: no runner of a wave after the current one
     /// attempts it.
     ReleaseWavesInOrder,
+    /// A channel release never has more runners in an attempt on it (past their lock) than
+    /// the largest concurrency of its plan.
+    ReleaseWithinConcurrency,
     /// After the drain, every runner runs the last valid, deployable desired state: its pin,
     /// or its channel's release.
     Converges,
@@ -242,6 +245,7 @@ impl Invariant {
             Invariant::HaltedReleaseStartsNone => "halted-release-starts-none",
             Invariant::ReleaseFailuresWithinBudget => "release-failures-within-budget",
             Invariant::ReleaseWavesInOrder => "release-waves-in-order",
+            Invariant::ReleaseWithinConcurrency => "release-within-concurrency",
             Invariant::Converges => "converges",
         }
     }
@@ -1532,28 +1536,7 @@ impl World {
                 ));
             }
         }
-        if let Some(&(budget, concurrency)) = self.channel_plans.get(&record.version) {
-            let failed = records
-                .iter()
-                .filter(|r| {
-                    r.failed.iter().any(|f| f.version == record.version)
-                        || (r.phase == "rolled_back" && on(r, &record.version).is_some())
-                })
-                .count();
-            let resumes = record.resumes.len() + 1;
-            let bound = usize::try_from(budget + concurrency).unwrap_or(usize::MAX) * resumes;
-            if failed > bound {
-                return Err(self.violation(
-                    step,
-                    Invariant::ReleaseFailuresWithinBudget,
-                    format!(
-                        "{failed} runners failed release {} (budget {budget}, concurrency {concurrency}, {} resume(s))",
-                        record.version,
-                        resumes - 1
-                    ),
-                ));
-            }
-        }
+        self.check_release_load(step, &record, &records)?;
         if record.finished_at.is_none() {
             let plan = self
                 .channel_documents
@@ -1578,6 +1561,58 @@ impl World {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A channel release's failures within its budget, its attempts within its concurrency.
+    fn check_release_load(
+        &self,
+        step: usize,
+        record: &runner_updater_core::domain::rollout::ReleaseRecord,
+        records: &[Record],
+    ) -> Result<(), Box<Violation>> {
+        if let Some(&(budget, concurrency)) = self.channel_plans.get(&record.version) {
+            let failed = records
+                .iter()
+                .filter(|r| {
+                    r.failed.iter().any(|f| f.version == record.version)
+                        || (r.phase == "rolled_back" && on(r, &record.version).is_some())
+                })
+                .count();
+            let in_flight: Vec<&str> = records
+                .iter()
+                .filter(|r| {
+                    on(r, &record.version).is_some()
+                        && r.phase().is_ok_and(|p| {
+                            !p.is_resting() && !matches!(p, Phase::Checking | Phase::Locked)
+                        })
+                })
+                .map(|r| r.runner.as_str())
+                .collect();
+            if in_flight.len() > usize::try_from(concurrency).unwrap_or(usize::MAX) {
+                return Err(self.violation(
+                    step,
+                    Invariant::ReleaseWithinConcurrency,
+                    format!(
+                        "{in_flight:?} in an attempt on release {} at once (concurrency {concurrency})",
+                        record.version
+                    ),
+                ));
+            }
+            let resumes = record.resumes.len() + 1;
+            let bound = usize::try_from(budget + concurrency).unwrap_or(usize::MAX) * resumes;
+            if failed > bound {
+                return Err(self.violation(
+                    step,
+                    Invariant::ReleaseFailuresWithinBudget,
+                    format!(
+                        "{failed} runners failed release {} (budget {budget}, concurrency {concurrency}, {} resume(s))",
+                        record.version,
+                        resumes - 1
+                    ),
+                ));
             }
         }
         Ok(())

@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use runner_updater_adapters::lease::CLOCK_SKEW_TOLERANCE;
+use runner_updater_core::domain::rollout::{channel_key, ReleaseRecord};
 use runner_updater_core::domain::Millis;
 use runner_updater_core::record::Record;
 use runner_updater_ports::{
@@ -78,7 +79,9 @@ pub enum MigrateError {
 }
 
 /// Copies the records of `source` (the SSM store, with its lease `source_lock`) into `table`,
-/// holding each runner's SSM lease for `hold`.
+/// holding each runner's SSM lease for `hold`; and the release records of `channels` (each
+/// under its channel's lease, `_channels/<channel>`), so that a halted release stays halted
+/// and its quarantine stands across the move.
 ///
 /// # Errors
 /// A [`MigrateError`]: attempts in flight (nothing copied), or a store that cannot be read.
@@ -86,13 +89,32 @@ pub async fn migrate(
     source: &dyn StateStore,
     source_lock: &dyn Lock,
     table: &dyn StateTable,
+    channels: &[String],
     now: Millis,
     hold_for: Duration,
     dry_run: bool,
 ) -> Result<Migration, MigrateError> {
     let runners = source.list().await?;
-    let leases = hold_all(source_lock, &runners, now, hold_for).await?;
-    let outcome = copy_all(source, table, &runners, &leases, now, dry_run).await;
+    let keys: Vec<String> = runners
+        .iter()
+        .cloned()
+        .chain(channels.iter().map(|c| channel_key(c)))
+        .collect();
+    let leases = hold_all(source_lock, &keys, now, hold_for).await?;
+    let outcome = match copy_all(source, table, &runners, &leases, now, dry_run).await {
+        Ok(mut migration) => copy_channels(
+            source,
+            table,
+            channels,
+            &leases,
+            now,
+            dry_run,
+            &mut migration,
+        )
+        .await
+        .map(|()| migration),
+        Err(error) => Err(error),
+    };
     if dry_run || outcome.is_err() {
         release_all(source_lock, &leases).await;
     }
@@ -183,6 +205,39 @@ async fn copy_all(
     Ok(migration)
 }
 
+/// The channels' release records, each copied as a runner's is (under the channel's lease).
+async fn copy_channels(
+    source: &dyn StateStore,
+    table: &dyn StateTable,
+    channels: &[String],
+    held: &[(String, u64)],
+    now: Millis,
+    dry_run: bool,
+    migration: &mut Migration,
+) -> Result<(), MigrateError> {
+    for channel in channels {
+        let key = channel_key(channel);
+        let epoch = held
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, epoch)| *epoch);
+        let copied = match source.load_release(channel).await {
+            Ok(Some(record)) => {
+                let text = record.encode().map_err(StoreError::from)?;
+                let same = |stored: &str| {
+                    ReleaseRecord::decode(stored, channel).ok().as_ref() == Some(&record)
+                };
+                copy_text(table, &key, &text, same, epoch, "release", now, dry_run).await?
+            }
+            Ok(None) => continue,
+            Err(StoreError::Release(error)) => Copy::Unreadable(error.to_string()),
+            Err(error) => return Err(error.into()),
+        };
+        migration.runners.push((key, copied));
+    }
+    Ok(())
+}
+
 /// One runner's copy: the record written only if the table holds none, then its lease seeded
 /// (released) at `epoch` or the record's, whichever is higher.
 async fn copy(
@@ -195,9 +250,36 @@ async fn copy(
 ) -> Result<Copy, MigrateError> {
     let text = record.encode().map_err(StoreError::from)?;
     let seed = epoch.max(record.lock_epoch.unwrap_or(0));
+    let same = |stored: &str| Record::decode(stored, runner).ok().as_ref() == Some(record);
+    copy_text(
+        table,
+        runner,
+        &text,
+        same,
+        seed,
+        &record.phase,
+        now,
+        dry_run,
+    )
+    .await
+}
+
+/// A record's text written under `key` only if the table holds none (the same one there is
+/// "unchanged", another a conflict), then the key's lease seeded (released) at `seed`.
+#[allow(clippy::too_many_arguments)]
+async fn copy_text(
+    table: &dyn StateTable,
+    key: &str,
+    text: &str,
+    same: impl Fn(&str) -> bool,
+    seed: u64,
+    phase: &str,
+    now: Millis,
+    dry_run: bool,
+) -> Result<Copy, MigrateError> {
+    let runner = key;
     if let Some(stored) = table.get(runner).await?.and_then(|item| item.record) {
-        let same = Record::decode(&stored.text, runner).ok().as_ref() == Some(record);
-        if !same {
+        if !same(&stored.text) {
             return Ok(Copy::Conflict);
         }
         if !dry_run {
@@ -207,7 +289,7 @@ async fn copy(
         return Ok(Copy::Unchanged);
     }
     let copied = Copy::Copied {
-        phase: record.phase.clone(),
+        phase: phase.to_owned(),
     };
     if dry_run {
         return Ok(copied);
@@ -220,7 +302,7 @@ async fn copy(
             free_before: Millis(now.0.saturating_sub(tolerance)),
         },
     };
-    match table.write_record(runner, &text, &condition).await {
+    match table.write_record(runner, text, &condition).await {
         Ok(_) => {}
         // Written meanwhile (a controller already on the table): not ours to overwrite.
         Err(error) if error.kind == ErrorKind::Conflict => return Ok(Copy::Conflict),
@@ -288,7 +370,7 @@ mod tests {
         lock.acquire("runner-b", "c1", now, Duration::from_mins(1))
             .await
             .unwrap();
-        let refused = migrate(&store, &lock, &table, now, HOLD, false)
+        let refused = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap_err();
         assert!(
@@ -306,7 +388,7 @@ mod tests {
         let mut deploying = record("runner-b");
         deploying.phase = "awaiting_rollout".to_owned();
         store.save(&deploying).await.unwrap();
-        let refused = migrate(&store, &lock, &table, now, HOLD, false)
+        let refused = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap_err();
         assert!(
@@ -317,13 +399,13 @@ mod tests {
         );
         store.save(&record("runner-b")).await.unwrap();
         // Dry: told, not written, the leases released.
-        let dry = migrate(&store, &lock, &table, now, HOLD, true)
+        let dry = migrate(&store, &lock, &table, &[], now, HOLD, true)
             .await
             .unwrap();
         assert_eq!(dry.runners.len(), 2);
         assert!(table.item("runner-a").is_none());
         assert_eq!(lock.holder("runner-a", now).await.unwrap(), None);
-        let done = migrate(&store, &lock, &table, now, HOLD, false)
+        let done = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap();
         assert!(done
@@ -344,14 +426,14 @@ mod tests {
         assert_eq!(lease.expires_at, Millis(0));
         assert!(lease.epoch >= 7, "{lease:?}: at least the record's epoch");
         // Again: unchanged. A record the table holds otherwise: a conflict, left alone.
-        let again = migrate(&store, &lock, &table, now, HOLD, false)
+        let again = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap();
         assert!(again.runners.iter().all(|(_, c)| *c == Copy::Unchanged));
         let mut other = record("runner-a");
         other.lock_epoch = Some(8);
         store.save(&other).await.unwrap();
-        let conflict = migrate(&store, &lock, &table, now, HOLD, false)
+        let conflict = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap();
         assert_eq!(conflict.left_behind(), 1);
@@ -375,10 +457,60 @@ mod tests {
             }),
         });
         let now = Millis(1_000_000);
-        let again = migrate(&store, &lock, &table, now, HOLD, false)
+        let again = migrate(&store, &lock, &table, &[], now, HOLD, false)
             .await
             .unwrap();
         assert_eq!(again.runners[0].1, Copy::Unchanged);
         assert!(table.item("runner-a").unwrap().lease.unwrap().epoch >= 7);
+    }
+
+    #[tokio::test]
+    async fn a_channels_release_record_moves_with_the_records_so_a_halt_stays_a_halt() {
+        use runner_updater_core::domain::channel::Budget;
+        use runner_updater_core::domain::rollout::HaltRecord;
+        let ssm = SimSsm::default();
+        let port: Arc<dyn ParameterStore> = Arc::new(ssm.clone());
+        let store = SsmStore::new(port.clone(), "/ru");
+        let lock = SsmLease::new(port, "/ru");
+        store.save(&record("runner-a")).await.unwrap();
+        let mut halted = ReleaseRecord::new(
+            "stable",
+            "r1",
+            "2.15.0",
+            None,
+            Budget::Count(0),
+            Millis(5),
+            vec![("2.15.0".to_owned(), String::new())],
+        );
+        halted.halted = Some(HaltRecord {
+            at: 6,
+            failed: 1,
+            attempted: 1,
+            runners: vec!["runner-a".to_owned()],
+            reason: "1 failed".to_owned(),
+        });
+        store.save_release(&halted, 1).await.unwrap();
+        let table = SimTable::default();
+        let now = Millis(1_000_000);
+        let channels = ["stable".to_owned(), "beta".to_owned()];
+        let done = migrate(&store, &lock, &table, &channels, now, HOLD, false)
+            .await
+            .unwrap();
+        assert!(
+            done.runners
+                .iter()
+                .any(|(key, c)| key == "_channels/stable" && matches!(c, Copy::Copied { .. })),
+            "{done:?}"
+        );
+        assert_eq!(done.runners.len(), 2, "beta has no record: nothing to copy");
+        let moved = runner_updater_adapters::dynamo::DynamoStore::new(
+            Arc::new(table.clone()),
+            "c1",
+            Arc::new(runner_updater_adapters::sim::SimClock::new(Millis(
+                1_000_000,
+            ))),
+        );
+        assert_eq!(moved.load_release("stable").await.unwrap(), Some(halted));
+        assert_eq!(moved.list().await.unwrap(), ["runner-a"], "not a runner");
     }
 }

@@ -94,11 +94,9 @@ pub fn channels_of(
     }
 }
 
-/// The views of `channels`: the document read from SSM, the record from the store, the lease
-/// holder from the lock (when given).
-///
-/// # Errors
-/// The store cannot be read; SSM cannot be read.
+/// The views of `channels`: the document read from SSM, the record from the store (only when
+/// there is a document), the lease holder from the lock (when given). A channel that cannot be
+/// read is a view saying why (`unreadable`), beside the others.
 pub async fn release_views(
     config: &Config,
     store: &dyn StateStore,
@@ -106,15 +104,27 @@ pub async fn release_views(
     lock: Option<&dyn Lock>,
     channels: &[(String, Vec<String>)],
     now: Millis,
-) -> Result<Vec<ReleaseView>, ReleaseError> {
+) -> Vec<ReleaseView> {
     let mut views = Vec::with_capacity(channels.len());
     for (channel, runners) in channels {
         let name = format!("{CHANNELS_FOLDER}/{channel}/{RELEASE_NAME}");
-        let document = ssm
-            .get(&format!("{}/{name}", config.prefix))
-            .await?
-            .map(|p| p.value);
-        let record = store.load_release(channel).await?;
+        let document = match ssm.get(&format!("{}/{name}", config.prefix)).await {
+            Ok(parameter) => parameter.map(|p| p.value),
+            Err(error) => {
+                views.push(unreadable(channel, runners, &error.to_string()));
+                continue;
+            }
+        };
+        let record = match &document {
+            Some(_) => match store.load_release(channel).await {
+                Ok(record) => record,
+                Err(error) => {
+                    views.push(unreadable(channel, runners, &error.to_string()));
+                    continue;
+                }
+            },
+            None => None,
+        };
         let holder = match lock {
             Some(lock) => lock
                 .holder(
@@ -134,7 +144,16 @@ pub async fn release_views(
             holder,
         ));
     }
-    Ok(views)
+    views
+}
+
+/// The view of a channel that could not be read.
+fn unreadable(channel: &str, runners: &[String], why: &str) -> ReleaseView {
+    let mut view = view_of(channel, runners, None, None, None);
+    view.state = "unreadable".to_owned();
+    view.refused = Some(why.to_owned());
+    view.next_step = "read it again once the cause is mended".to_owned();
+    view
 }
 
 /// A channel's view from its document, record and lease holder (pure).
@@ -278,7 +297,7 @@ pub fn render_release(views: &[ReleaseView]) -> String {
         if !view.waves.is_empty() {
             let _ = writeln!(
                 out,
-                "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>11}",
+                "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>11}",
                 "WAVE",
                 "RUNNERS",
                 "PENDING",
@@ -287,13 +306,14 @@ pub fn render_release(views: &[ReleaseView]) -> String {
                 "ROLLED BACK",
                 "PINNED",
                 "EXCUSED",
+                "REFUSED",
                 "CONCURRENCY"
             );
             for wave in &view.waves {
                 let c = wave.counts;
                 let _ = writeln!(
                     out,
-                    "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>11}",
+                    "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>11}",
                     wave.wave,
                     c.runners,
                     c.pending,
@@ -302,6 +322,7 @@ pub fn render_release(views: &[ReleaseView]) -> String {
                     c.rolled_back,
                     c.pinned,
                     c.excused,
+                    c.refused,
                     wave.concurrency
                 );
             }

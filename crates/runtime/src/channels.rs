@@ -103,43 +103,48 @@ pub struct CurrentRelease {
 }
 
 impl Board {
-    /// What `runner`, a follower of `channel`, is told at `now`.
+    /// What `runner`, a follower of `channel`, is told at `now`. `attempt_target` is the
+    /// version of the attempt it is in past its lock, if it is in one: an attempt on the
+    /// channel's current release keeps it, whatever else happened (a halt, a lapsed lease, a
+    /// refused document: the attempt ends through its own gate and rollback), and one on an
+    /// unknown release waits rather than being abandoned.
     #[must_use]
-    pub fn follow(&self, channel: &str, runner: &str, now: Millis) -> Follow {
+    pub fn follow(
+        &self,
+        channel: &str,
+        runner: &str,
+        attempt_target: Option<&str>,
+        now: Millis,
+    ) -> Follow {
+        let Ok(views) = self.views.lock() else {
+            return Follow::Unknown;
+        };
+        let view = views.get(channel);
+        if let (Some(target), Some(Some(view))) = (attempt_target, view) {
+            if *view.version == *target {
+                return Follow::Admitted(view.text.clone());
+            }
+        }
         if let Some(why) = self
             .blocked
             .lock()
             .ok()
             .and_then(|blocked| blocked.get(channel).cloned())
         {
-            return Follow::Waiting(why);
+            return if attempt_target.is_some() {
+                Follow::Unknown
+            } else {
+                Follow::Waiting(why)
+            };
         }
-        let Ok(views) = self.views.lock() else {
-            return Follow::Waiting(Arc::from("the channel's state is unavailable"));
-        };
-        match views.get(channel) {
+        match view {
             None => Follow::Unknown,
             Some(None) => Follow::Nothing,
-            Some(Some(view)) if view.admitted.contains(runner) => {
-                if now < view.valid_until || self.in_flight(runner, &view.release_id) {
-                    Follow::Admitted(view.text.clone())
-                } else {
-                    Follow::Waiting(Arc::from(
-                        "this controller's lease on the channel lapsed before its next sweep",
-                    ))
-                }
+            Some(Some(view)) if view.admitted.contains(runner) && now < view.valid_until => {
+                Follow::Admitted(view.text.clone())
             }
             Some(Some(view)) => Follow::Waiting(view.waiting.clone()),
         }
-    }
-
-    /// Whether `runner` last reported being in an attempt on release `id`.
-    fn in_flight(&self, runner: &str, id: &str) -> bool {
-        self.reports.lock().ok().is_some_and(|reports| {
-            reports
-                .get(runner)
-                .is_some_and(|r| &*r.release_id == id && r.progress == Progress::InFlight)
-        })
     }
 
     /// The release of `channel` its followers report against, if it has one.
@@ -196,20 +201,12 @@ impl Board {
         }
     }
 
-    /// Nobody of `channel` starts the release now, for `why`; those on their way keep it.
+    /// Nobody of `channel` starts the release now, for `why` (those in an attempt on it keep
+    /// it: see [`Board::follow`]).
     fn block(&self, channel: &str, why: &str) {
         if let Ok(mut views) = self.views.lock() {
             if let Some(Some(view)) = views.get_mut(channel) {
-                // The runners in an attempt keep their desired state (their attempt ends
-                // through its own gate); the others wait.
-                let reports = self.reports.lock().ok();
-                view.admitted.retain(|runner| {
-                    reports.as_ref().is_some_and(|reports| {
-                        reports.get(runner).is_some_and(|r| {
-                            r.release_id == view.release_id && r.progress == Progress::InFlight
-                        })
-                    })
-                });
+                view.admitted.clear();
                 view.waiting = Arc::from(why);
                 return;
             }
@@ -327,9 +324,12 @@ impl Channels {
             Ok(LockOutcome::Busy { holder, .. }) => {
                 served.epoch = None;
                 served.record = None;
-                let why = format!("the release is advanced by another controller ({holder})");
-                say(served, &why, false);
-                self.board.block(&channel, &why);
+                say(
+                    served,
+                    &format!("the release is advanced by another controller ({holder})"),
+                    false,
+                );
+                self.board.block(&channel, &waiting_words(&channel));
                 return;
             }
             Err(error) => {
@@ -377,86 +377,106 @@ impl Channels {
         let image = release.release.image.clone();
         let current = match stored {
             Some(record) if record.release_id == id => record,
-            other => {
-                let fresh = new_release(&channel, &id, release, other, now);
-                if fresh.is_quarantined(&version, image.as_deref()) {
-                    served.record = Some(fresh);
-                    return Err(format!(
-                        "{version} is quarantined on this channel (a release of it halted): publish another version, or resume the halted release"
-                    ));
-                }
-                fresh
-            }
+            other => new_release(&channel, &id, release, other, now),
         };
-        let waves = waves(&release.plan, &served.runners);
+        if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
+            // Read again next time: a resume may lift it meanwhile.
+            return Err(format!(
+                "{version} is quarantined on this channel (a release of it halted): publish another version, or resume the halted release"
+            ));
+        }
+        let runner_text = runner_release_text(text, &channel)
+            .map_err(|e| format!("its release document is refused: {e}"))?;
+        let mut view = ChannelView {
+            release_id: Arc::from(id.as_str()),
+            version: Arc::from(version.as_str()),
+            image: image.as_deref().map(Arc::from),
+            text: Arc::from(runner_text.as_str()),
+            admitted: HashSet::new(),
+            waiting: Arc::from(waiting_words(&channel).as_str()),
+            valid_until: Millis(
+                now.after(self.lease_ttl).0.saturating_sub(
+                    LEASE_MARGIN_MS
+                        .min(u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX)),
+                ),
+            ),
+        };
         let progress = self.board.progress(&served.runners, &id);
-        let resume = documents.get(&format!("{channel}/{RESUME_NAME}"));
+        if progress.len() < served.runners.len() {
+            // Not every runner has said where it stands with this release since this process
+            // has had it (a new release, a restart, a takeover): nobody new starts it until they
+            // have (those in an attempt on it keep it); their next passes report.
+            self.board.publish(&channel, Some(view));
+            say(
+                served,
+                "counting where the channel's runners stand with the release",
+                false,
+            );
+            served.record = Some(current);
+            return Ok(());
+        }
         let bake = Duration::from_secs(release.plan.bake_secs);
         let step = rollout::advance(
             &current,
-            &waves,
+            &waves(&release.plan, &served.runners),
             release.budget,
             bake,
             &progress,
-            resume.map(String::as_str),
+            documents
+                .get(&format!("{channel}/{RESUME_NAME}"))
+                .map(String::as_str),
             now,
         );
-        let mut record = step.record;
-        if changed(&current, &record) {
-            record.revision = current.revision + 1;
-            if !self.store.fences_writes()
-                && !self
-                    .lock
-                    .check(
-                        &channel_key(&channel),
-                        &self.holder,
-                        epoch,
-                        self.clock.now(),
-                    )
-                    .await
-                    .unwrap_or(false)
-            {
-                return Err("the channel's lease was lost before its record was written".to_owned());
-            }
-            self.store
-                .save_release(&record, epoch)
-                .await
-                .map_err(|e| format!("the channel's release record cannot be written: {e}"))?;
-        } else {
-            record.revision = current.revision;
-        }
+        let record = self.save(&current, step.record, epoch).await?;
         for event in &step.events {
             tracing::info!(channel = %channel, release = %version, event = %event, "channel release");
         }
-        let waiting = match &record.halted {
-            Some(_) => format!("its release {version} halted (failures over the budget of {}): no runner starts it", record.budget),
-            None => format!("its release {version} has not reached this runner's wave yet"),
-        };
-        let runner_text = runner_release_text(text, &channel)
-            .map_err(|e| format!("its release document is refused: {e}"))?;
-        self.board.publish(
-            &channel,
-            Some(ChannelView {
-                release_id: Arc::from(id.as_str()),
-                version: Arc::from(version.as_str()),
-                image: image.as_deref().map(Arc::from),
-                text: Arc::from(runner_text.as_str()),
-                admitted: step.admitted.into_iter().collect(),
-                waiting: Arc::from(waiting.as_str()),
-                valid_until: Millis(
-                    now.after(self.lease_ttl)
-                        .0
-                        .saturating_sub(LEASE_MARGIN_MS.min(
-                            u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX),
-                        )),
-                ),
-            }),
-        );
-        let words = record.next_step(bake);
-        say(served, &words, false);
+        view.admitted = step.admitted.into_iter().collect();
+        self.board.publish(&channel, Some(view));
+        say(served, &record.next_step(bake), false);
         served.record = Some(record);
         Ok(())
     }
+
+    /// Saves the record after a step when the step changed it, fenced by the channel's lease
+    /// of `epoch`; returns what is now stored.
+    async fn save(
+        &self,
+        current: &ReleaseRecord,
+        mut record: ReleaseRecord,
+        epoch: u64,
+    ) -> Result<ReleaseRecord, String> {
+        if !changed(current, &record) {
+            record.revision = current.revision;
+            return Ok(record);
+        }
+        record.revision = current.revision + 1;
+        let key = channel_key(&record.channel);
+        if !self.store.fences_writes() {
+            match self.lock.check(&key, &self.holder, epoch, self.clock.now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err("the channel's lease was lost before its record was written".to_owned())
+                }
+                Err(error) => {
+                    return Err(format!(
+                        "the channel's lease could not be checked before its record was written: {error}"
+                    ))
+                }
+            }
+        }
+        self.store
+            .save_release(&record, epoch)
+            .await
+            .map_err(|e| format!("the channel's release record cannot be written: {e}"))?;
+        Ok(record)
+    }
+}
+
+/// What a follower not admitted is told: the same words on every controller (the runner's
+/// note does not change with the replica that passes over it), pointing at `release status`.
+fn waiting_words(channel: &str) -> String {
+    format!("waits for its turn in the channel's release (`runner-updater release status {channel}` says why)")
 }
 
 /// The record of a release the channel has not had yet (its quarantine carried from `before`).

@@ -39,6 +39,9 @@ pub enum Progress {
     Pending,
     /// In an attempt on it.
     InFlight,
+    /// Failed it, and still rolling back: a failure (the budget counts it) that still holds its
+    /// place (the concurrency counts it).
+    RollingBack,
     /// Runs it (after an attempt, or already did).
     Done,
     /// Failed it (rolled back, the version quarantined on the runner).
@@ -47,6 +50,9 @@ pub enum Progress {
     Pinned,
     /// Auto-update off: passed over.
     Excused,
+    /// Admitted, but it refuses a value of the release (its allowed repositories, its stacks,
+    /// a pre-release on its channel): passed over, named in its own status.
+    Refused,
 }
 
 impl Progress {
@@ -56,23 +62,43 @@ impl Progress {
         match self {
             Progress::Pending => "pending",
             Progress::InFlight => "in-flight",
+            Progress::RollingBack => "rolling-back",
             Progress::Done => "done",
             Progress::Failed => "failed",
             Progress::Pinned => "pinned",
             Progress::Excused => "excused",
+            Progress::Refused => "refused",
         }
     }
 
     /// Whether the wave need not wait for it any more.
     #[must_use]
     pub fn settled(self) -> bool {
-        !matches!(self, Progress::Pending | Progress::InFlight)
+        !matches!(
+            self,
+            Progress::Pending | Progress::InFlight | Progress::RollingBack
+        )
+    }
+
+    /// Whether it holds a place of its wave's concurrency (in an attempt).
+    #[must_use]
+    pub fn busy(self) -> bool {
+        matches!(self, Progress::InFlight | Progress::RollingBack)
+    }
+
+    /// Whether it failed the release (what the budget counts).
+    #[must_use]
+    pub fn failed(self) -> bool {
+        matches!(self, Progress::Failed | Progress::RollingBack)
     }
 
     /// Whether it attempted the release (what a share budget counts).
     #[must_use]
     pub fn attempted(self) -> bool {
-        matches!(self, Progress::InFlight | Progress::Done | Progress::Failed)
+        matches!(
+            self,
+            Progress::InFlight | Progress::RollingBack | Progress::Done | Progress::Failed
+        )
     }
 }
 
@@ -93,6 +119,9 @@ pub struct WaveCounts {
     pub pinned: u32,
     /// Auto-update off.
     pub excused: u32,
+    /// Refusing a value of the release.
+    #[serde(default)]
+    pub refused: u32,
 }
 
 impl WaveCounts {
@@ -102,9 +131,10 @@ impl WaveCounts {
             Progress::Pending => &mut self.pending,
             Progress::InFlight => &mut self.in_flight,
             Progress::Done => &mut self.done,
-            Progress::Failed => &mut self.rolled_back,
+            Progress::Failed | Progress::RollingBack => &mut self.rolled_back,
             Progress::Pinned => &mut self.pinned,
             Progress::Excused => &mut self.excused,
+            Progress::Refused => &mut self.refused,
         };
         *field += 1;
     }
@@ -121,6 +151,9 @@ pub struct HaltRecord {
     pub attempted: u32,
     /// The failed runners (the first few, by name).
     pub runners: Vec<String>,
+    /// Why, in words.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A channel's release, persisted before any runner acts on it (write-ahead, as a runner's
@@ -293,6 +326,7 @@ impl ReleaseRecord {
                 all.rolled_back += w.rolled_back;
                 all.pinned += w.pinned;
                 all.excused += w.excused;
+                all.refused += w.refused;
                 all
             })
     }
@@ -302,11 +336,9 @@ impl ReleaseRecord {
     pub fn next_step(&self, bake: Duration) -> String {
         if let Some(halt) = &self.halted {
             return format!(
-                "halted at {}: {} failed of {} attempted, over the budget of {}; no runner starts it. Publish another release, or `runner-updater release resume {}` after looking",
+                "halted at {}: {}; no runner starts it. Publish another release, or `runner-updater release resume {}` after looking",
                 Millis(halt.at),
-                halt.failed,
-                halt.attempted,
-                self.budget,
+                halt.reason,
                 self.channel
             );
         }
@@ -361,9 +393,10 @@ impl fmt::Display for Progress {
 }
 
 /// Moves the release on by one step: counts the runners, halts it when the failures exceed the
-/// budget, resumes it when `resume` is the token of its halt, moves to the next wave once the
-/// current one stayed settled for `bake`, and says which runners are admitted. A runner missing
-/// from `progress` (its pass has not reported yet) is pending.
+/// budget (or every runner of a wave that attempted it failed), resumes it when `resume` is the
+/// token of its halt, moves to the next wave once the current one stayed settled for `bake`,
+/// and says which runners are admitted. A runner missing from `progress` (its pass has not
+/// reported yet) is pending.
 #[must_use]
 pub fn advance(
     record: &ReleaseRecord,
@@ -388,10 +421,7 @@ pub fn advance(
         })
         .collect();
     let all = || waves.iter().flat_map(|w| w.runners.iter());
-    let failed_runners: Vec<String> = all()
-        .filter(|r| of(r) == Progress::Failed)
-        .cloned()
-        .collect();
+    let failed_runners: Vec<String> = all().filter(|r| of(r).failed()).cloned().collect();
     let failed = u32::try_from(failed_runners.len()).unwrap_or(u32::MAX);
     let attempted = u32::try_from(all().filter(|r| of(r).attempted()).count()).unwrap_or(u32::MAX);
     next.failed = failed.saturating_sub(next.forgiven);
@@ -401,6 +431,7 @@ pub fn advance(
     if let (Some(token), Some(expected)) = (resume, next.resume_token()) {
         if token == expected && !next.resumes.iter().any(|t| t == token) {
             next.resumes.push(token.to_owned());
+            keep_last(&mut next.resumes, KEPT_MAX);
             next.halted = None;
             next.forgiven = failed;
             next.failed = 0;
@@ -408,33 +439,38 @@ pub fn advance(
             events.push(format!("resumed ({failed} failure(s) forgiven)"));
         }
     }
-    if next.halted.is_none()
-        && next.finished_at.is_none()
-        && budget.exceeded(next.failed, attempted)
-    {
+    // Judged even once finished: a runner that joins late (unpinned, switched back on) and
+    // fails still counts.
+    let why = if budget.exceeded(next.failed, attempted) {
+        Some(format!(
+            "{} failed of {attempted} attempted, over the budget of {}",
+            next.failed, next.budget
+        ))
+    } else if next.failed > 0 {
+        // Failures forgiven by a resume do not condemn their wave again.
+        wave_failed_whole(waves, &of, next.wave.min(waves.len().saturating_sub(1)))
+    } else {
+        None
+    };
+    if let (None, Some(why)) = (&next.halted, why) {
         next.halted = Some(HaltRecord {
             at: now.0,
             failed: next.failed,
             attempted,
             runners: failed_runners.iter().take(10).cloned().collect(),
+            reason: why.clone(),
         });
         if !next.quarantined.contains(&quarantine) {
             next.quarantined.push(quarantine);
+            keep_last(&mut next.quarantined, KEPT_MAX);
         }
         next.settled_at = None;
-        events.push(format!(
-            "halted: {} failed of {attempted} attempted, over the budget of {}",
-            next.failed, next.budget
-        ));
+        events.push(format!("halted: {why}"));
     }
-    let on_the_way = |r: &String| {
-        matches!(
-            of(r),
-            Progress::InFlight | Progress::Done | Progress::Failed
-        )
-    };
     if next.halted.is_some() {
-        let admitted = all().filter(|r| on_the_way(r)).cloned().collect();
+        // Only the runners in an attempt on it keep it (their attempt ends through its own
+        // gate); nobody else starts it, whatever it did before.
+        let admitted = all().filter(|r| of(r).busy()).cloned().collect();
         return Advance {
             record: next,
             admitted,
@@ -450,6 +486,39 @@ pub fn advance(
         admitted,
         events,
     }
+}
+
+/// Entries kept of a record's growing lists (resumes, quarantined versions): the record stays
+/// small at any age.
+pub const KEPT_MAX: usize = 10;
+
+fn keep_last<T>(list: &mut Vec<T>, max: usize) {
+    let extra = list.len().saturating_sub(max);
+    list.drain(..extra);
+}
+
+/// Why the wave `index` condemns the release, if it does: it is settled, some of its runners
+/// attempted it and none of them is done (all failed) — a canary that failed whole halts the
+/// release whatever the budget.
+fn wave_failed_whole(
+    waves: &[Wave],
+    of: &dyn Fn(&String) -> Progress,
+    index: usize,
+) -> Option<String> {
+    let wave = waves.get(index)?;
+    let settled = wave.runners.iter().all(|r| of(r).settled());
+    let attempted = wave.runners.iter().filter(|r| of(r).attempted()).count();
+    let done = wave
+        .runners
+        .iter()
+        .filter(|r| of(r) == Progress::Done)
+        .count();
+    (settled && attempted > 0 && done == 0).then(|| {
+        format!(
+            "every runner of wave {} that attempted it failed ({attempted})",
+            index + 1
+        )
+    })
 }
 
 /// The current wave's bake and the move to the next wave (or the end).
@@ -483,41 +552,44 @@ fn settle_and_move(
     }
 }
 
-/// The runners admitted: every runner of the waves before the current one, and in the current
-/// wave those on their way plus the next pending ones up to its concurrency.
+/// The runners admitted: those of the waves up to the current one (every wave once finished)
+/// already on their way, and the next pending ones in wave order while fewer than the current
+/// wave's concurrency (the last wave's once finished) are in an attempt, across those waves —
+/// a runner of an earlier wave that joins late (unpinned, switched back on) takes a place too.
 fn admitted_runners(
     next: &ReleaseRecord,
     waves: &[Wave],
     of: &dyn Fn(&String) -> Progress,
 ) -> BTreeSet<String> {
+    let open = if next.finished_at.is_some() {
+        waves.len()
+    } else {
+        (next.wave + 1).min(waves.len())
+    };
+    let Some(current) = open.checked_sub(1).and_then(|i| waves.get(i)) else {
+        return BTreeSet::new();
+    };
+    let open_waves = || waves.iter().take(open).flat_map(|w| w.runners.iter());
+    let in_flight = open_waves().filter(|r| of(r).busy()).count();
+    let mut room = usize::try_from(current.concurrency)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(in_flight);
     let mut admitted = BTreeSet::new();
-    for (index, wave) in waves.iter().enumerate() {
-        if index < next.wave || next.finished_at.is_some() {
-            admitted.extend(wave.runners.iter().cloned());
-            continue;
-        }
-        if index > next.wave {
-            break;
-        }
-        let in_flight = wave
-            .runners
-            .iter()
-            .filter(|r| of(r) == Progress::InFlight)
-            .count();
-        let mut room = usize::try_from(wave.concurrency)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(in_flight);
-        for runner in &wave.runners {
-            match of(runner) {
-                Progress::Pending if room > 0 => {
-                    room -= 1;
-                    admitted.insert(runner.clone());
-                }
-                Progress::Pending => {}
-                _ => {
-                    admitted.insert(runner.clone());
-                }
+    for runner in open_waves() {
+        match of(runner) {
+            Progress::Pending if room > 0 => {
+                room -= 1;
+                admitted.insert(runner.clone());
             }
+            // On their way or there (their desired state stays the release), or refusing it
+            // (their status names why).
+            Progress::InFlight | Progress::RollingBack | Progress::Done | Progress::Refused => {
+                admitted.insert(runner.clone());
+            }
+            // A failed runner does not start it again, nor a pinned or excused one the moment
+            // its pin goes or its switch comes back on: it becomes pending, and waits for a
+            // place like any other.
+            Progress::Pending | Progress::Failed | Progress::Pinned | Progress::Excused => {}
         }
     }
     admitted
@@ -674,7 +746,11 @@ mod tests {
             (halt.failed, halt.attempted, halt.runners),
             (1, 3, vec!["b".to_owned()])
         );
-        assert_eq!(names(&step.admitted), ["a", "b", "c"], "d never starts");
+        assert_eq!(
+            names(&step.admitted),
+            ["c"],
+            "only the one in flight keeps it"
+        );
         assert!(step.record.is_quarantined("2.0.0", None));
         // Stays halted: nothing new is admitted however long it waits.
         let later = advance(
@@ -687,7 +763,7 @@ mod tests {
             Millis(1_000_000),
         );
         assert!(later.record.halted.is_some());
-        assert_eq!(names(&later.admitted), ["a", "b", "c"]);
+        assert_eq!(names(&later.admitted), ["c"]);
         // A budget of one tolerates it.
         let tolerant = advance(
             &at_wave_2,
@@ -800,9 +876,77 @@ mod tests {
             Millis(9),
         );
         assert_eq!(step.record.finished_at, Some(9));
-        assert_eq!(step.admitted.len(), 6);
+        assert_eq!(
+            step.admitted.len(),
+            4,
+            "the pinned and the excused ones are not: they wait for a place once they follow"
+        );
         assert_eq!(step.record.totals().done, 4);
         assert!(step.record.next_step(BAKE).starts_with("finished"));
+    }
+
+    #[test]
+    fn a_canary_that_failed_whole_halts_whatever_the_budget_and_a_halt_comes_even_once_finished() {
+        let seen = progress(&[("a", Progress::Failed)]);
+        let step = advance(
+            &record(),
+            &plan(),
+            Budget::Count(5),
+            BAKE,
+            &seen,
+            None,
+            Millis(1),
+        );
+        let halt = step.record.halted.expect("halted");
+        assert!(
+            halt.reason.contains("every runner of wave 1"),
+            "{}",
+            halt.reason
+        );
+        // Finished, then a runner that joined late fails over the budget: halted still.
+        let mut finished = record();
+        finished.wave = 3;
+        finished.finished_at = Some(1);
+        let late = progress(&[
+            ("a", Progress::Done),
+            ("b", Progress::Done),
+            ("c", Progress::Done),
+            ("d", Progress::Failed),
+            ("e", Progress::Done),
+            ("f", Progress::Done),
+        ]);
+        let step = advance(
+            &finished,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &late,
+            None,
+            Millis(2),
+        );
+        assert!(step.record.halted.is_some());
+    }
+
+    #[test]
+    fn runners_joining_an_earlier_wave_late_take_places_within_the_current_waves_concurrency() {
+        let mut at_wave_3 = record();
+        at_wave_3.wave = 2;
+        // Wave 2's b, c, d were pinned, then unpinned all at once: pending again.
+        let seen = progress(&[("a", Progress::Done), ("e", Progress::InFlight)]);
+        let step = advance(
+            &at_wave_3,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(3),
+        );
+        assert_eq!(
+            names(&step.admitted),
+            ["a", "b", "e"],
+            "one place left of two"
+        );
     }
 
     #[test]

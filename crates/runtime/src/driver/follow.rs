@@ -40,12 +40,30 @@ impl RunnerDriver {
             },
             admitted: false,
             running_it: false,
+            refused: false,
         };
         if pinned {
             return parse_desired(relative, &self.policy);
         }
         let now = self.ports.clock.now();
-        match board.follow(&self.settings.channel, &self.runner.name, now) {
+        // An attempt past its lock keeps its release (see `Board::follow`); at rest, in
+        // Checking or under the lock's re-check, admission is asked afresh.
+        let phase = self.phase();
+        let attempt_target = (!phase.is_resting()
+            && !matches!(phase, Phase::Checking | Phase::Locked))
+        .then(|| {
+            self.last_saved
+                .as_ref()
+                .and_then(|r| r.attempt.as_ref())
+                .map(|a| a.target_version.clone())
+        })
+        .flatten();
+        match board.follow(
+            &self.settings.channel,
+            &self.runner.name,
+            attempt_target.as_deref(),
+            now,
+        ) {
             Follow::Unknown => Err(DesiredError::Unavailable(format!(
                 "channel {}'s release is not read yet (the first sweep reads it)",
                 self.settings.channel
@@ -59,10 +77,16 @@ impl RunnerDriver {
                 self.following.admitted = true;
                 let mut with = relative.clone();
                 with.insert(RELEASE_PARAMETER.to_owned(), text.to_string());
-                parse_desired(&with, &self.policy).map(|mut desired| {
+                let desired = parse_desired(&with, &self.policy).map(|mut desired| {
                     desired.source = DesiredSource::Channel;
                     desired
-                })
+                });
+                // A value of the release this runner refuses (its allowed repositories, its
+                // stacks, a pre-release on its channel) stops this runner only: its wave does
+                // not wait for it.
+                self.following.refused =
+                    matches!(&desired, Err(e) if !matches!(e, DesiredError::Unavailable(_)));
+                desired
             }
         }
     }
@@ -101,12 +125,18 @@ impl RunnerDriver {
         let attempt_on = record
             .and_then(|r| r.attempt.as_ref())
             .is_some_and(|a| on(&a.target_version, &a.target_image));
-        if failed || (phase == Phase::RolledBack && attempt_on) {
+        if !phase.is_resting() && attempt_on {
+            if failed || phase == Phase::RollingBack {
+                Progress::RollingBack
+            } else {
+                Progress::InFlight
+            }
+        } else if failed || (phase == Phase::RolledBack && attempt_on) {
             Progress::Failed
-        } else if !phase.is_resting() && attempt_on {
-            Progress::InFlight
         } else if self.following.standing == Standing::Pinned {
             Progress::Pinned
+        } else if self.following.refused {
+            Progress::Refused
         } else if self.following.running_it || (phase == Phase::Done && attempt_on) {
             Progress::Done
         } else if self.following.standing == Standing::Excused {

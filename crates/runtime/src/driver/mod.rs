@@ -263,6 +263,8 @@ struct Following {
     standing: Standing,
     /// Admitted to the release (its desired state).
     admitted: bool,
+    /// Admitted, but it refuses a value of the release.
+    refused: bool,
     /// Admitted to the release, and already running it (its desired image).
     running_it: bool,
 }
