@@ -257,3 +257,56 @@ async fn a_bad_channel_document_is_refused_by_name_and_nothing_moves() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_halted_version_published_again_is_refused_at_every_sweep_until_resumed() {
+    let s = fleet(6);
+    let bad = r#"{"version": "2.15.0", "plan": {"canary": 1, "waves": [100], "concurrency": 2}, "budget": 0}"#;
+    s.image_behaves(
+        &s.image_for("runner-00", "2.15.0"),
+        ImageBehaviour::Crashing {
+            after: Duration::from_secs(20),
+        },
+    );
+    s.set_channel_release("stable", bad);
+    let _ = run_until(&s, 2, |r| r.halted.is_some() && r.totals().in_flight == 0).await;
+    let updates = s
+        .aws
+        .ecs
+        .faults
+        .calls(runner_updater_ports::AwsOp::UpdateService);
+    // The same version again, with another plan: another document, the same quarantined
+    // version — refused at every sweep (an hour of them), nobody moves.
+    s.set_channel_release(
+        "stable",
+        r#"{"version": "2.15.0", "plan": {"canary": 2, "waves": [100], "concurrency": 3}, "budget": 3}"#,
+    );
+    let _ = run_until(&s, 1, |_| false).await;
+    assert_eq!(
+        s.aws
+            .ecs
+            .faults
+            .calls(runner_updater_ports::AwsOp::UpdateService),
+        updates,
+        "no runner moved"
+    );
+    let record = s.store.load_release("stable").await.unwrap().unwrap();
+    assert!(record.halted.is_some() && record.is_quarantined("2.15.0", None));
+    for (name, record) in records_of(&s).await {
+        if record
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.target_version == "2.15.0")
+        {
+            continue;
+        }
+        let note = record.note.expect("a note");
+        assert_eq!(note.code, "awaiting-wave", "{name}");
+        assert!(
+            note.message
+                .contains("2.15.0 is quarantined on this channel"),
+            "{name}: {}",
+            note.message
+        );
+    }
+}

@@ -327,8 +327,8 @@ async fn a_pre_release_is_refused_on_stable_and_deployed_on_a_channel_that_accep
 
     // A controller of the beta channel, configured to accept pre-releases there.
     let mut config = Config::from_toml(EMBEDDED_CONFIG).unwrap();
-    config.channel = "beta".to_owned();
-    config.prerelease_channels = vec!["beta".to_owned()];
+    config.channel = "beta".into();
+    config.prerelease_channels = vec!["beta".to_owned()].into();
     let mut beta = Scenario::with_config(11, config).unwrap();
     beta.aws = s.aws.clone();
     beta.store = s.store.clone();

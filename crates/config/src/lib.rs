@@ -1,6 +1,7 @@
 //! Configuration: a TOML file plus environment overrides, validated into typed settings.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,14 +21,14 @@ pub struct Config {
     pub prefix: String,
     /// The controller's release channel.
     #[serde(default = "default_channel")]
-    pub channel: String,
+    pub channel: Arc<str>,
     /// Channels that exist (a desired channel outside them is a bad value).
     #[serde(default = "default_known_channels")]
-    pub known_channels: Vec<String>,
+    pub known_channels: Arc<[String]>,
     /// Channels that accept pre-release versions (`2.19.0-rc.1`); none by default, so a
     /// pre-release on any other channel is refused (`pre-release-not-allowed`).
     #[serde(default)]
-    pub prerelease_channels: Vec<String>,
+    pub prerelease_channels: Arc<[String]>,
     /// Seconds a runner's separate `desired/*` parameters must stay unchanged before a pass at
     /// rest acts on them (ops write them one by one: a half-written desired state is never
     /// deployed). The one-document `release` is acted on at once.
@@ -395,7 +396,7 @@ pub struct RunnerConfig {
     /// The release channel the runner follows (`<prefix>/_channels/<channel>/release`);
     /// absent: the controller's `channel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
+    pub channel: Option<Arc<str>>,
 }
 
 /// Why a configuration is refused.
@@ -412,11 +413,11 @@ pub enum ConfigError {
 fn default_prefix() -> String {
     "/runner-updater".to_owned()
 }
-fn default_channel() -> String {
-    "stable".to_owned()
+fn default_channel() -> Arc<str> {
+    "stable".into()
 }
-fn default_known_channels() -> Vec<String> {
-    ["stable", "beta", "edge"].map(str::to_owned).to_vec()
+fn default_known_channels() -> Arc<[String]> {
+    ["stable", "beta", "edge"].map(str::to_owned).into()
 }
 fn default_settle_secs() -> u64 {
     10
@@ -492,7 +493,7 @@ impl Config {
             self.prefix = prefix;
         }
         if let Some(channel) = get("RUNNER_UPDATER_CHANNEL") {
-            self.channel = channel;
+            self.channel = channel.into();
         }
         if let Some(path) = get("RUNNER_UPDATER_STATE_DIR") {
             self.state_store.path = PathBuf::from(path);
@@ -574,7 +575,7 @@ impl Config {
                 self.state_store.table
             ));
         }
-        if !self.known_channels.contains(&self.channel) {
+        if !self.known_channels.iter().any(|c| **c == *self.channel) {
             return invalid(format!(
                 "channel {:?} is not in known_channels",
                 self.channel
@@ -667,7 +668,7 @@ impl Config {
                 }
             }
             if let Some(channel) = &runner.channel {
-                if !self.known_channels.contains(channel) {
+                if !self.known_channels.iter().any(|c| **c == **channel) {
                     return invalid(format!(
                         "runner {:?}: channel {channel:?} is not in known_channels",
                         runner.name
@@ -722,7 +723,10 @@ impl Config {
     pub fn settings(&self, runner: &RunnerConfig) -> Settings {
         let health = self.health(runner);
         Settings {
-            channel: self.channel_of(runner).to_owned(),
+            channel: runner
+                .channel
+                .clone()
+                .unwrap_or_else(|| self.channel.clone()),
             fail_fast_tasks: health.fail_fast_tasks,
             rollout_timeout: Duration::from_secs(health.rollout_timeout_secs),
             soak: Duration::from_secs(health.soak_secs),
@@ -924,7 +928,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.settle_secs, 0);
         let policy = config.policy(&config.runners[0]);
-        assert_eq!(policy.prerelease_channels, ["beta", "edge"]);
+        assert_eq!(*policy.prerelease_channels, ["beta", "edge"]);
     }
 
     #[test]

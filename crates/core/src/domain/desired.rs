@@ -43,11 +43,12 @@ pub struct RunnerPolicy {
     pub allowed_repositories: Vec<String>,
     /// The runner's stacks, in update order.
     pub stacks: Vec<String>,
-    /// Channels that exist; a value outside them is a bad value, not an ineligible one.
-    pub known_channels: Vec<String>,
+    /// Channels that exist; a value outside them is a bad value, not an ineligible one
+    /// (shared by every runner's policy: one list for the fleet).
+    pub known_channels: std::sync::Arc<[String]>,
     /// Channels that accept pre-release versions (`2.19.0-rc.1`); on any other channel a
     /// pre-release is refused (`pre-release-not-allowed`).
-    pub prerelease_channels: Vec<String>,
+    pub prerelease_channels: std::sync::Arc<[String]>,
 }
 
 /// Per-stack desired infrastructure.
@@ -610,8 +611,8 @@ mod tests {
             image_repository: "registry.example/runner".to_owned(),
             allowed_repositories: vec!["registry.example/runner-canary".to_owned()],
             stacks: vec!["iam".to_owned(), "main".to_owned()],
-            known_channels: vec!["stable".to_owned(), "beta".to_owned()],
-            prerelease_channels: vec!["beta".to_owned()],
+            known_channels: vec!["stable".to_owned(), "beta".to_owned()].into(),
+            prerelease_channels: vec!["beta".to_owned()].into(),
         }
     }
 

@@ -47,8 +47,9 @@ use phase::Phase;
 /// Settings that shape decisions (from the configuration; not persisted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// The controller's release channel.
-    pub channel: String,
+    /// The runner's release channel (shared by the runners of a channel: one string for the
+    /// fleet).
+    pub channel: std::sync::Arc<str>,
     /// Failed or unhealthy tasks of the new revision that trigger a rollback (fail fast).
     pub fail_fast_tasks: u32,
     /// How long the rollout may take to become healthy.
@@ -70,7 +71,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            channel: "stable".to_owned(),
+            channel: "stable".into(),
             fail_fast_tasks: 2,
             rollout_timeout: Duration::from_mins(30),
             soak: Duration::from_mins(5),
@@ -1757,7 +1758,7 @@ impl RunnerMachine {
                 Code::Ineligible(Rule::AutoUpdate),
                 "auto-update was switched off".to_owned(),
             ))
-        } else if desired.channel != self.settings.channel {
+        } else if *desired.channel != *self.settings.channel {
             Some((
                 Code::Ineligible(Rule::Channel),
                 format!("the channel changed to {}", desired.channel),

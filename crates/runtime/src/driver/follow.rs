@@ -70,7 +70,7 @@ impl RunnerDriver {
             ))),
             Follow::Nothing => parse_desired(relative, &self.policy),
             Follow::Waiting(why) => Err(DesiredError::AwaitingWave {
-                channel: self.settings.channel.clone(),
+                channel: self.settings.channel.to_string(),
                 why: why.to_string(),
             }),
             Follow::Admitted(text) => {
