@@ -277,10 +277,8 @@ async fn a_halted_version_published_again_is_refused_at_every_sweep_until_resume
         .calls(runner_updater_ports::AwsOp::UpdateService);
     // The same version again, with another plan: another document, the same quarantined
     // version — refused at every sweep (an hour of them), nobody moves.
-    s.set_channel_release(
-        "stable",
-        r#"{"version": "2.15.0", "plan": {"canary": 2, "waves": [100], "concurrency": 3}, "budget": 3}"#,
-    );
+    let again = r#"{"version": "2.15.0", "plan": {"canary": 2, "waves": [100], "concurrency": 3}, "budget": 3}"#;
+    s.set_channel_release("stable", again);
     let _ = run_until(&s, 1, |_| false).await;
     assert_eq!(
         s.aws
@@ -302,11 +300,33 @@ async fn a_halted_version_published_again_is_refused_at_every_sweep_until_resume
         }
         let note = record.note.expect("a note");
         assert_eq!(note.code, "awaiting-wave", "{name}");
-        assert!(
-            note.message
-                .contains("2.15.0 is quarantined on this channel"),
-            "{name}: {}",
-            note.message
-        );
     }
+    // `release status` says why.
+    let stored = s.store.load_release("stable").await.unwrap();
+    let view = runner_updater_interface::release::view_of(
+        "stable",
+        &names(&s),
+        Some(again),
+        stored.clone(),
+        None,
+    );
+    assert_eq!(view.state, "refused");
+    assert!(
+        view.refused
+            .as_deref()
+            .unwrap_or_default()
+            .contains("2.15.0 is quarantined on this channel"),
+        "{view:?}"
+    );
+    // A resume of the halt lifts it for the edited document: the new release starts (its
+    // canaries crash again and it halts in turn, its resume recorded).
+    let token = stored.unwrap().resume_token().unwrap();
+    s.aws
+        .ssm
+        .set("/runner-updater/_channels/stable/resume", &token);
+    let id = runner_updater_core::domain::channel::release_id(again);
+    let control = run_until(&s, 2, move |r| r.release_id == id && r.halted.is_some()).await;
+    assert!(control.finished, "{:#?}", control.records);
+    let record = s.store.load_release("stable").await.unwrap().unwrap();
+    assert_eq!(record.resumes, [token]);
 }

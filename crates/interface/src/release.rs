@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use runner_updater_config::Config;
 use runner_updater_core::domain::channel::{
-    parse_channel_release, release_id, validate_for_channel, waves, CHANNELS_FOLDER, RELEASE_NAME,
+    parse_channel_release, release_id, validate_for_channel, waves, Wave, CHANNELS_FOLDER,
+    RELEASE_NAME,
 };
 use runner_updater_core::domain::rollout::{HaltRecord, ReleaseRecord, WaveCounts};
 use runner_updater_core::domain::Millis;
@@ -213,24 +214,20 @@ pub fn view_of(
         release.budget,
     ));
     let plan = waves(&release.plan, runners);
+    if let Some(stored) = record.as_ref().filter(|r| r.release_id != id) {
+        let version = release.release.version.as_deref().unwrap_or_default();
+        if stored.is_quarantined(version, release.release.image.as_deref()) {
+            view.state = "refused".to_owned();
+            view.refused = Some(format!(
+                "{version} is quarantined on this channel (a release of it halted): publish another version, or `runner-updater release resume {channel}` to lift it"
+            ));
+            view.next_step = "nothing: no runner starts a quarantined version".to_owned();
+            view.halted.clone_from(&stored.halted);
+            return view;
+        }
+    }
     let record = record.filter(|r| r.release_id == id);
-    view.waves = plan
-        .iter()
-        .enumerate()
-        .map(|(index, wave)| WaveView {
-            wave: index + 1,
-            concurrency: wave.concurrency,
-            runners: wave.runners.clone(),
-            counts: record
-                .as_ref()
-                .and_then(|r| r.counts.get(index).copied())
-                .unwrap_or(WaveCounts {
-                    runners: u32::try_from(wave.runners.len()).unwrap_or(u32::MAX),
-                    pending: u32::try_from(wave.runners.len()).unwrap_or(u32::MAX),
-                    ..WaveCounts::default()
-                }),
-        })
-        .collect();
+    view.waves = wave_views(&plan, record.as_ref());
     let Some(record) = record else {
         view.state = "not-started".to_owned();
         view.wave = Some(1);
@@ -257,6 +254,25 @@ pub fn view_of(
     view.next_step = record.next_step(bake);
     view.counted_at = Some(Millis(record.counted_at).to_string());
     view
+}
+
+/// The waves of a plan with the counts of the record (when it is the release's).
+fn wave_views(plan: &[Wave], record: Option<&ReleaseRecord>) -> Vec<WaveView> {
+    plan.iter()
+        .enumerate()
+        .map(|(index, wave)| WaveView {
+            wave: index + 1,
+            concurrency: wave.concurrency,
+            runners: wave.runners.clone(),
+            counts: record
+                .and_then(|r| r.counts.get(index).copied())
+                .unwrap_or(WaveCounts {
+                    runners: u32::try_from(wave.runners.len()).unwrap_or(u32::MAX),
+                    pending: u32::try_from(wave.runners.len()).unwrap_or(u32::MAX),
+                    ..WaveCounts::default()
+                }),
+        })
+        .collect()
 }
 
 /// `release status` for humans.

@@ -24,6 +24,7 @@
 //! halted) between its check and its lock does not start.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +90,10 @@ pub struct Board {
     views: Mutex<HashMap<String, Option<ChannelView>>>,
     blocked: Mutex<HashMap<String, Arc<str>>>,
     reports: Mutex<HashMap<String, Report>>,
+    /// Bumped for a channel whenever this controller takes its lease anew: the channel's
+    /// drivers at rest then read their records again before they report (another controller
+    /// may have moved their runners meanwhile).
+    generations: Mutex<HashMap<String, u64>>,
 }
 
 /// The release a follower reports against.
@@ -157,6 +162,29 @@ impl Board {
             version: view.version.clone(),
             image: view.image.clone(),
         })
+    }
+
+    /// The channel's generation (see [`Board`]): a driver seeing it change re-reads its record.
+    #[must_use]
+    pub fn generation(&self, channel: &str) -> u64 {
+        self.generations
+            .lock()
+            .ok()
+            .and_then(|g| g.get(channel).copied())
+            .unwrap_or(0)
+    }
+
+    /// This controller took `channel`'s lease anew: what its runners reported is forgotten
+    /// (they report again after reading their records again).
+    fn taken_anew(&self, channel: &str, runners: &[String]) {
+        if let Ok(mut generations) = self.generations.lock() {
+            *generations.entry(channel.to_owned()).or_insert(0) += 1;
+        }
+        if let Ok(mut reports) = self.reports.lock() {
+            for runner in runners {
+                reports.remove(runner);
+            }
+        }
     }
 
     /// Where `runner` stands with `release` (its pass just ended).
@@ -239,6 +267,10 @@ pub struct Channels {
     clock: Arc<dyn Clock>,
     holder: String,
     lease_ttl: Duration,
+    /// Stepped at least once since this process started.
+    stepped: AtomicBool,
+    /// The last step saw a channel's release document.
+    releasing: AtomicBool,
 }
 
 impl Channels {
@@ -270,12 +302,23 @@ impl Channels {
             lock,
             clock,
             holder: holder.to_owned(),
+            stepped: AtomicBool::new(false),
+            releasing: AtomicBool::new(false),
             lease_ttl: Duration::from_secs(
                 config
                     .lease_secs
                     .max(config.poll_interval_secs.saturating_mul(3)),
             ),
         }
+    }
+
+    /// Whether a sweep should read the fleet for the channels even when no runner is at rest
+    /// (all in attempts): until the first step of this process, and while a channel has a
+    /// release (its runners in flight keep following it, the waves go on). A fleet that uses
+    /// no channel costs nothing more.
+    #[must_use]
+    pub fn wants_sweep(&self) -> bool {
+        !self.stepped.load(Ordering::Relaxed) || self.releasing.load(Ordering::Relaxed)
     }
 
     /// The board the runners' drivers follow.
@@ -287,6 +330,9 @@ impl Channels {
     /// One step of every channel, from the documents of the fleet read (names relative to
     /// `_channels/`: `<channel>/release`, `<channel>/resume`).
     pub async fn sweep(&self, documents: &BTreeMap<String, String>) {
+        self.stepped.store(true, Ordering::Relaxed);
+        let releasing = served_documents(documents);
+        self.releasing.store(releasing, Ordering::Relaxed);
         let mut served = self.served.lock().await;
         for channel in served.iter_mut() {
             self.step(channel, documents).await;
@@ -333,23 +379,29 @@ impl Channels {
                 return;
             }
             Err(error) => {
-                let why = format!("the channel's lease cannot be taken: {error}");
-                say(served, &why, true);
-                self.board.block(&channel, &why);
+                say(
+                    served,
+                    &format!("the channel's lease cannot be taken: {error}"),
+                    true,
+                );
+                self.board.block(&channel, &waiting_words(&channel));
                 return;
             }
         };
         if served.epoch != Some(epoch) {
-            // Newly ours: what another controller wrote since is read again.
+            // Newly ours: what another controller wrote since is read again, the channel's
+            // record and its runners' records alike.
             served.record = None;
             served.epoch = Some(epoch);
+            self.board.taken_anew(&channel, &served.runners);
         }
+        // Why it stopped is logged; the followers are told the same words on every replica.
         if let Err(why) = self
             .advance(served, &release, text, documents, epoch, now)
             .await
         {
             say(served, &why, true);
-            self.board.block(&channel, &why);
+            self.board.block(&channel, &waiting_words(&channel));
         }
     }
 
@@ -375,9 +427,12 @@ impl Channels {
         let id = release_id(text);
         let version = release.release.version.clone().unwrap_or_default();
         let image = release.release.image.clone();
+        let resume = documents
+            .get(&format!("{channel}/{RESUME_NAME}"))
+            .map(String::as_str);
         let current = match stored {
             Some(record) if record.release_id == id => record,
-            other => new_release(&channel, &id, release, other, now),
+            other => new_release(&channel, &id, release, other, resume, now),
         };
         if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
             // Read again next time: a resume may lift it meanwhile.
@@ -401,20 +456,9 @@ impl Channels {
                 ),
             ),
         };
+        // A runner that has not reported on this release yet (a new release, a restart, a
+        // takeover) holds a place and keeps its wave from settling until it does.
         let progress = self.board.progress(&served.runners, &id);
-        if progress.len() < served.runners.len() {
-            // Not every runner has said where it stands with this release since this process
-            // has had it (a new release, a restart, a takeover): nobody new starts it until they
-            // have (those in an attempt on it keep it); their next passes report.
-            self.board.publish(&channel, Some(view));
-            say(
-                served,
-                "counting where the channel's runners stand with the release",
-                false,
-            );
-            served.record = Some(current);
-            return Ok(());
-        }
         let bake = Duration::from_secs(release.plan.bake_secs);
         let step = rollout::advance(
             &current,
@@ -422,9 +466,7 @@ impl Channels {
             release.budget,
             bake,
             &progress,
-            documents
-                .get(&format!("{channel}/{RESUME_NAME}"))
-                .map(String::as_str),
+            resume,
             now,
         );
         let record = self.save(&current, step.record, epoch).await?;
@@ -479,23 +521,48 @@ fn waiting_words(channel: &str) -> String {
     format!("waits for its turn in the channel's release (`runner-updater release status {channel}` says why)")
 }
 
-/// The record of a release the channel has not had yet (its quarantine carried from `before`).
+/// The record of a release the channel has not had yet: the quarantine carried from `before`,
+/// less `before`'s own version when ops resumed `before`'s halt (`resume` its token: a halted
+/// release resumed with its document edited).
 fn new_release(
     channel: &str,
     id: &str,
     release: &ChannelRelease,
     before: Option<ReleaseRecord>,
+    resume: Option<&str>,
     now: Millis,
 ) -> ReleaseRecord {
-    ReleaseRecord::new(
+    let mut quarantined = Vec::new();
+    let mut resumes = Vec::new();
+    if let Some(before) = before {
+        let acknowledged = before
+            .resume_token()
+            .filter(|token| Some(token.as_str()) == resume);
+        quarantined = before.quarantined;
+        if let Some(token) = acknowledged {
+            let image = before.image.unwrap_or_default();
+            quarantined.retain(|(v, i)| !(*v == before.version && *i == image));
+            resumes.push(token);
+        }
+    }
+    let mut record = ReleaseRecord::new(
         channel,
         id,
         release.release.version.as_deref().unwrap_or_default(),
         release.release.image.as_deref(),
         release.budget,
         now,
-        before.map(|r| r.quarantined).unwrap_or_default(),
-    )
+        quarantined,
+    );
+    record.resumes = resumes;
+    record
+}
+
+/// Whether the fleet read found any channel's release document.
+fn served_documents(documents: &BTreeMap<String, String>) -> bool {
+    documents
+        .keys()
+        .any(|name| name.ends_with(&format!("/{RELEASE_NAME}")))
 }
 
 /// Whether a step changed the record (not counting when it was counted).

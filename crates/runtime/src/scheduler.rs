@@ -273,7 +273,8 @@ impl Scheduler {
                 if reading.is_none() && now >= next_sweep {
                     next_sweep = now.after(self.sweep_interval);
                     let resting = self.resting_idle();
-                    if resting.is_empty() {
+                    let for_channels = self.channels.as_ref().is_some_and(|c| c.wants_sweep());
+                    if resting.is_empty() && !for_channels {
                         // Nothing at rest to sweep: no read.
                         made += 1;
                         control.swept(&FleetSnapshot::empty(now));

@@ -37,6 +37,10 @@ pub fn channel_key(channel: &str) -> String {
 pub enum Progress {
     /// Has not started it.
     Pending,
+    /// Not heard from on this release yet (a new release, a restart, a takeover), or taking
+    /// its lock: it holds a place of its wave (it may be on its way), is never admitted by
+    /// this step, and its wave does not settle before it is heard from.
+    Unknown,
     /// In an attempt on it.
     InFlight,
     /// Failed it, and still rolling back: a failure (the budget counts it) that still holds its
@@ -61,6 +65,7 @@ impl Progress {
     pub fn name(self) -> &'static str {
         match self {
             Progress::Pending => "pending",
+            Progress::Unknown => "unknown",
             Progress::InFlight => "in-flight",
             Progress::RollingBack => "rolling-back",
             Progress::Done => "done",
@@ -76,14 +81,17 @@ impl Progress {
     pub fn settled(self) -> bool {
         !matches!(
             self,
-            Progress::Pending | Progress::InFlight | Progress::RollingBack
+            Progress::Pending | Progress::Unknown | Progress::InFlight | Progress::RollingBack
         )
     }
 
     /// Whether it holds a place of its wave's concurrency (in an attempt).
     #[must_use]
     pub fn busy(self) -> bool {
-        matches!(self, Progress::InFlight | Progress::RollingBack)
+        matches!(
+            self,
+            Progress::Unknown | Progress::InFlight | Progress::RollingBack
+        )
     }
 
     /// Whether it failed the release (what the budget counts).
@@ -128,7 +136,7 @@ impl WaveCounts {
     fn add(&mut self, progress: Progress) {
         self.runners += 1;
         let field = match progress {
-            Progress::Pending => &mut self.pending,
+            Progress::Pending | Progress::Unknown => &mut self.pending,
             Progress::InFlight => &mut self.in_flight,
             Progress::Done => &mut self.done,
             Progress::Failed | Progress::RollingBack => &mut self.rolled_back,
@@ -300,9 +308,10 @@ impl ReleaseRecord {
     #[must_use]
     pub fn is_quarantined(&self, version: &str, image: Option<&str>) -> bool {
         let image = image.unwrap_or_default();
+        // Recorded without an image (each runner's own repository): any image of the version.
         self.quarantined
             .iter()
-            .any(|(v, i)| v == version && i == image)
+            .any(|(v, i)| v == version && (i.is_empty() || i == image))
     }
 
     /// The token `release resume` writes to resume this halt.
@@ -396,7 +405,8 @@ impl fmt::Display for Progress {
 /// budget (or every runner of a wave that attempted it failed), resumes it when `resume` is the
 /// token of its halt, moves to the next wave once the current one stayed settled for `bake`,
 /// and says which runners are admitted. A runner missing from `progress` (its pass has not
-/// reported yet) is pending.
+/// reported on this release yet) is [`Progress::Unknown`]: it holds a place, and its wave
+/// waits for it.
 #[must_use]
 pub fn advance(
     record: &ReleaseRecord,
@@ -409,7 +419,7 @@ pub fn advance(
 ) -> Advance {
     let mut next = record.clone();
     let mut events = Vec::new();
-    let of = |runner: &String| progress.get(runner).copied().unwrap_or(Progress::Pending);
+    let of = |runner: &String| progress.get(runner).copied().unwrap_or(Progress::Unknown);
     next.waves = waves.len();
     next.counts = waves
         .iter()
@@ -470,7 +480,10 @@ pub fn advance(
     if next.halted.is_some() {
         // Only the runners in an attempt on it keep it (their attempt ends through its own
         // gate); nobody else starts it, whatever it did before.
-        let admitted = all().filter(|r| of(r).busy()).cloned().collect();
+        let admitted = all()
+            .filter(|r| matches!(of(r), Progress::InFlight | Progress::RollingBack))
+            .cloned()
+            .collect();
         return Advance {
             record: next,
             admitted,
@@ -589,7 +602,11 @@ fn admitted_runners(
             // A failed runner does not start it again, nor a pinned or excused one the moment
             // its pin goes or its switch comes back on: it becomes pending, and waits for a
             // place like any other.
-            Progress::Pending | Progress::Failed | Progress::Pinned | Progress::Excused => {}
+            Progress::Pending
+            | Progress::Unknown
+            | Progress::Failed
+            | Progress::Pinned
+            | Progress::Excused => {}
         }
     }
     admitted
@@ -626,8 +643,14 @@ mod tests {
         )
     }
 
+    /// Every runner of the plan heard from: pending, unless said otherwise.
     fn progress(pairs: &[(&str, Progress)]) -> BTreeMap<String, Progress> {
-        pairs.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect()
+        let mut all: BTreeMap<String, Progress> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|n| ((*n).to_owned(), Progress::Pending))
+            .collect();
+        all.extend(pairs.iter().map(|(n, p)| ((*n).to_owned(), *p)));
+        all
     }
 
     fn names(set: &BTreeSet<String>) -> Vec<&str> {
@@ -643,7 +666,7 @@ mod tests {
             &plan(),
             Budget::Count(0),
             BAKE,
-            &BTreeMap::new(),
+            &progress(&[]),
             None,
             Millis(0),
         );
@@ -947,6 +970,52 @@ mod tests {
             ["a", "b", "e"],
             "one place left of two"
         );
+    }
+
+    #[test]
+    fn a_runner_not_heard_from_holds_a_place_and_its_wave_waits_for_it() {
+        let mut at_wave_2 = record();
+        at_wave_2.wave = 1;
+        // After a takeover nobody has reported: nobody new is admitted.
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &BTreeMap::new(),
+            None,
+            Millis(1),
+        );
+        assert!(step.admitted.is_empty(), "{:?}", step.admitted);
+        // b not heard from (or taking its lock): one place of two left, c admitted, d waits.
+        let mut seen = progress(&[("a", Progress::Done), ("b", Progress::Unknown)]);
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(2),
+        );
+        assert_eq!(names(&step.admitted), ["a", "c"]);
+        // Halted, a runner taking its lock is not admitted: its lock's re-check stops it.
+        seen.insert("c".to_owned(), Progress::Failed);
+        let step = advance(
+            &at_wave_2,
+            &plan(),
+            Budget::Count(0),
+            BAKE,
+            &seen,
+            None,
+            Millis(3),
+        );
+        assert!(step.record.halted.is_some());
+        assert!(step.admitted.is_empty(), "{:?}", step.admitted);
+        // Quarantined without an image: any image of the version.
+        assert!(step
+            .record
+            .is_quarantined("2.0.0", Some("registry.example/runner:2.0.0-b2")));
     }
 
     #[test]

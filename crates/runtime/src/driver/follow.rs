@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use runner_updater_core::domain::desired::{
     parse_desired, DesiredError, DesiredSource, DesiredState, RELEASE_PARAMETER, SWITCHES,
 };
+use runner_updater_core::domain::eligibility::Rule;
 use runner_updater_core::domain::observed::{ObserveError, Observed};
 use runner_updater_core::domain::rollout::Progress;
 use runner_updater_core::machine::phase::Phase;
@@ -99,6 +100,45 @@ impl RunnerDriver {
     ) {
         self.following.running_it = self.following.admitted
             && matches!((desired, observed), (Ok(d), Ok(o)) if o.running_image == d.image);
+        // Admitted but unable to take it for a reason of its own that waiting does not mend
+        // (its service or container not found): it does not hold its wave.
+        if self.following.admitted
+            && matches!(observed, Err(e) if !matches!(e, ObserveError::Unavailable(_)))
+        {
+            self.following.refused = true;
+        }
+    }
+
+    /// When this controller has just taken the runner's channel over, a runner at rest reads its
+    /// record again before it reports (its machine is dropped: the pass reloads it), so that an
+    /// attempt another controller made meanwhile is seen, not counted as pending.
+    pub(super) fn reread_after_channel_takeover(&mut self) {
+        let Some(board) = &self.board else {
+            return;
+        };
+        let generation = board.generation(&self.settings.channel);
+        if generation == self.channel_generation {
+            return;
+        }
+        self.channel_generation = generation;
+        if self.machine.is_some() && self.phase().is_resting() && self.pending.is_empty() {
+            self.machine = None;
+        }
+    }
+
+    /// Whether an admitted runner at rest found the release not for it by a rule that waiting
+    /// does not change: it runs a newer version, or lacks the infrastructure version it needs.
+    fn refuses_by_rule(&self, phase: Phase) -> bool {
+        self.following.admitted
+            && phase.is_resting()
+            && self
+                .machine
+                .as_ref()
+                .and_then(|m| m.inner().memory.verdict.as_ref())
+                .and_then(|v| v.first_failure())
+                .is_some_and(|failure| {
+                    matches!(failure.rule, Rule::NewerVersion | Rule::Infrastructure)
+                })
     }
 
     /// Tells the coordinator where the runner stands with its channel's release.
@@ -116,7 +156,20 @@ impl RunnerDriver {
     /// with the release first (failed it, in an attempt on it — a pin written meanwhile does
     /// not end that attempt's count), then a pin.
     fn progress_on(&self, release: &CurrentRelease) -> Progress {
-        let phase = self.phase();
+        // Without its machine (dropped after a failed or fenced pass, to be reloaded), what its
+        // record last said.
+        let phase = match &self.machine {
+            Some(_) => self.phase(),
+            None => self
+                .last_saved
+                .as_ref()
+                .and_then(|r| r.phase().ok())
+                .unwrap_or(Phase::Idle),
+        };
+        if matches!(phase, Phase::Checking | Phase::Locked) {
+            // Taking its lock: it holds a place, and its lock's re-check decides.
+            return Progress::Unknown;
+        }
         let on = |version: &str, image: &str| {
             version == &*release.version && release.image.as_deref().is_none_or(|i| i == image)
         };
@@ -135,10 +188,10 @@ impl RunnerDriver {
             Progress::Failed
         } else if self.following.standing == Standing::Pinned {
             Progress::Pinned
-        } else if self.following.refused {
-            Progress::Refused
         } else if self.following.running_it || (phase == Phase::Done && attempt_on) {
             Progress::Done
+        } else if self.following.refused || self.refuses_by_rule(phase) {
+            Progress::Refused
         } else if self.following.standing == Standing::Excused {
             Progress::Excused
         } else {

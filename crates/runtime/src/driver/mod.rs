@@ -191,6 +191,8 @@ pub struct RunnerDriver {
     board: Option<Arc<Board>>,
     /// How the runner stood with its channel's release at its last observation.
     following: Following,
+    /// The channel's generation this driver last saw (see `channels::Board`).
+    channel_generation: u64,
     /// When the last pass ended: a fleet read older than that is not used.
     last_tick_end: Option<Millis>,
     /// The stacks as last read at rest (see `stack_refresh_secs`).
@@ -326,6 +328,7 @@ impl RunnerDriver {
             unreadable: false,
             board: None,
             following: Following::default(),
+            channel_generation: 0,
             last_tick_end: None,
             stack_cache: None,
             stack_refresh: stack_refresh(config.stack_refresh_secs, &runner.name),
@@ -500,6 +503,7 @@ impl RunnerDriver {
         let view = view.filter(|v| self.last_tick_end.is_none_or(|end| v.taken_at >= end));
         let mut report = TickReport::default();
         let started = self.ports.clock.now();
+        self.reread_after_channel_takeover();
         let result = self.tick_inner(&mut report, view).await;
         self.last_tick_end = Some(self.ports.clock.now());
         self.report_channel_progress();
