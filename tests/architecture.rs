@@ -89,7 +89,16 @@ const PRODUCT_ONLY: [(&str, &[&str]); 5] = [
 const PURE: [(&str, &[&str]); 3] = [
     (
         "runner-updater-core",
-        &["semver", "serde", "serde_json", "statig", "thiserror"],
+        // jiff: update windows in their time zones, from the tz database compiled into it
+        // (`tzdb-bundle-always`; `tz-system` off: it reads no zoneinfo file).
+        &[
+            "jiff",
+            "semver",
+            "serde",
+            "serde_json",
+            "statig",
+            "thiserror",
+        ],
     ),
     ("runner-updater-config", &["serde", "thiserror", "toml"]),
     ("runner-updater-ports", &["async-trait", "thiserror"]),

@@ -79,7 +79,13 @@ async fn a_half_written_desired_state_is_not_deployed_until_it_has_settled() {
         Some("settling")
     );
     let observation = driver.observe_now().await.unwrap();
-    let plan = plan_view("runner-b", Some(&waiting), &observation, "stable");
+    let plan = plan_view(
+        "runner-b",
+        Some(&waiting),
+        &observation,
+        "stable",
+        Millis(0),
+    );
     assert!(plan.settling.is_some(), "{plan:?}");
     assert!(
         plan.next.contains("once the desired/* parameters settle"),
@@ -219,6 +225,7 @@ async fn the_release_document_is_acted_on_at_once_and_wins_over_the_desired_para
         driver.record(),
         &observation,
         "stable",
+        Millis(0),
     ));
     assert!(
         plan.contains("desired: runner-b/release; ignored: desired/version"),
@@ -282,6 +289,7 @@ async fn shows_divergence(
         Some(&record),
         &observation,
         "stable",
+        Millis(0),
     ));
     let line = format!("image: desired {image}, running {running}");
     assert!(plan.contains(&line), "{line:?} missing:\n{plan}");

@@ -7,6 +7,7 @@ pub mod diagram;
 pub mod migrate;
 pub mod plan;
 pub mod release;
+pub mod retry;
 pub mod run;
 pub mod setup;
 pub mod status;
@@ -72,8 +73,12 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Approve the change set a runner holds for review (`awaiting_approval` in `status`).
     Approve(approve::ApproveArgs),
+    /// Try a quarantined version again on a runner (`retry RUNNER [VERSION]`): an intent the
+    /// controller acknowledges at its next pass.
+    Retry(retry::RetryArgs),
     /// A channel's release: `release status [CHANNEL] [--json]` (waves, counts, budget, next
-    /// step), `release resume CHANNEL` (a halted release, after looking).
+    /// step), `release resume CHANNEL` (a halted release, after looking), `release retry
+    /// CHANNEL [VERSION]` (a version quarantined on the channel).
     Release(release::ReleaseArgs),
     /// Creates or updates the controller's own AWS resources (the state table) from the
     /// repository's CloudFormation template, with the set-up rights (`iam/setup-policy.json`).
@@ -160,6 +165,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::plan(config, args).await,
         Command::Release(args) => release::release(config, args).await,
         Command::Approve(args) => approve::approve(config, args).await,
+        Command::Retry(args) => retry::retry(config, args).await,
         Command::Setup(args) => setup::setup(config, args).await,
         Command::MigrateState(args) => migrate::migrate_state(config, args).await,
         Command::Diagram(args) => diagram::diagram(&args),

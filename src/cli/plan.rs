@@ -71,6 +71,7 @@ pub async fn plan(config: Option<&PathBuf>, args: PlanArgs) -> anyhow::Result<Ex
             record.as_ref(),
             &observation,
             &config.channel,
+            ports.clock.now(),
         ));
     }
     if args.json {

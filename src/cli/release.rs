@@ -41,6 +41,15 @@ pub enum ReleaseCommand {
         /// The channel.
         channel: String,
     },
+    /// Tries a version quarantined on the channel again: its quarantine, the halt of its
+    /// release and its runners' marks of it are lifted once (acknowledged by the controller at
+    /// its next sweep).
+    Retry {
+        /// The channel.
+        channel: String,
+        /// The quarantined version (default: the only one quarantined).
+        version: Option<String>,
+    },
 }
 
 /// Runs `release status` or `release resume`.
@@ -87,6 +96,24 @@ pub async fn release(config: Option<&PathBuf>, args: ReleaseArgs) -> anyhow::Res
             let written = release::resume(&config, store.as_ref(), ssm.as_ref(), &channel).await?;
             println!(
                 "resume of channel {channel}'s release requested (written to {written}); the controller acknowledges it at its next sweep"
+            );
+        }
+        ReleaseCommand::Retry { channel, version } => {
+            if let Err(why) = channels_of(&config, Some(&channel)) {
+                bail!(why);
+            }
+            let written = runner_updater_interface::retry::retry_channel(
+                &config,
+                store.as_ref(),
+                ssm.as_ref(),
+                &channel,
+                version.as_deref(),
+                &super::retry::requester(),
+            )
+            .await?;
+            println!(
+                "retry of {} on channel {channel} requested (written to {}); the controller acknowledges it at its next sweep: `runner-updater release status {channel}`",
+                written.version, written.parameter
             );
         }
     }

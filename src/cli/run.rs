@@ -201,6 +201,30 @@ fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
         .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
+/// The scheduler `run` drives: the fleet read and the channels' coordinator over `ports`.
+fn scheduler_of(
+    config: &Config,
+    drivers: Vec<RunnerDriver>,
+    ports: &Ports,
+    holder: &str,
+) -> Scheduler {
+    let reader = FleetReader::new(
+        ports.ssm.clone(),
+        ports.ecs.clone(),
+        ports.clock.clone(),
+        &config.prefix,
+    );
+    let channels = Channels::new(
+        config,
+        holder,
+        ports.store.clone(),
+        ports.lock.clone(),
+        ports.clock.clone(),
+        ports.ssm.clone(),
+    );
+    Scheduler::new(config, drivers, reader, ports.clock.clone()).with_channels(channels)
+}
+
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
 /// done. A simulated clock, when given, is advanced by the time slept.
 ///
@@ -275,21 +299,7 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         })
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
-    let reader = FleetReader::new(
-        ports.ssm.clone(),
-        ports.ecs.clone(),
-        ports.clock.clone(),
-        &config.prefix,
-    );
-    let channels = Channels::new(
-        config,
-        &holder,
-        ports.store.clone(),
-        ports.lock.clone(),
-        ports.clock.clone(),
-    );
-    let mut scheduler =
-        Scheduler::new(config, drivers, reader, ports.clock.clone()).with_channels(channels);
+    let mut scheduler = scheduler_of(config, drivers, &ports, &holder);
     let mut control = LoopControl {
         metrics: metrics.clone(),
         clock: ports.clock.clone(),

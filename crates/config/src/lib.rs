@@ -10,6 +10,7 @@ use runner_updater_core::domain::capacity::REGISTER_TASK_DEFINITION_PER_SEC;
 use runner_updater_core::domain::desired::RunnerPolicy;
 use runner_updater_core::domain::image::ImageRef;
 use runner_updater_core::domain::infra::ApprovalPolicy;
+use runner_updater_core::domain::window::{parse_windows, UpdateWindows};
 use runner_updater_core::machine::Settings;
 
 /// The whole configuration.
@@ -22,6 +23,10 @@ pub struct Config {
     /// The controller's release channel.
     #[serde(default = "default_channel")]
     pub channel: Arc<str>,
+    /// When updates may start, for every runner without its own `update_window`
+    /// (`"Sat 02:00-05:00 Europe/Berlin; …"`); absent: any time.
+    #[serde(default, deserialize_with = "update_window")]
+    pub update_window: Option<WindowSetting>,
     /// Channels that exist (a desired channel outside them is a bad value).
     #[serde(default = "default_known_channels")]
     pub known_channels: Arc<[String]>,
@@ -397,6 +402,23 @@ pub struct RunnerConfig {
     /// absent: the controller's `channel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Arc<str>>,
+    /// When updates of this runner may start (`"Sat 02:00-05:00 Europe/Berlin; …"`, or
+    /// `"any"`); absent: the global `update_window`. Its `desired/update-window` overrides it.
+    #[serde(default, deserialize_with = "update_window")]
+    pub update_window: Option<WindowSetting>,
+}
+
+/// A configured update window: windows, or `any` (no window, overriding the global one).
+pub type WindowSetting = Option<Arc<UpdateWindows>>;
+
+fn update_window<'de, D>(deserializer: D) -> Result<Option<WindowSetting>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    parse_windows(&text)
+        .map(|windows| Some(windows.map(Arc::new)))
+        .map_err(|e| serde::de::Error::custom(format!("update_window {text:?}: {e}")))
 }
 
 /// Why a configuration is refused.
@@ -749,6 +771,11 @@ impl Config {
             stacks: runner.stacks.clone(),
             known_channels: self.known_channels.clone(),
             prerelease_channels: self.prerelease_channels.clone(),
+            update_windows: runner
+                .update_window
+                .clone()
+                .or_else(|| self.update_window.clone())
+                .flatten(),
         }
     }
 }

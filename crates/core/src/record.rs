@@ -99,6 +99,9 @@ pub struct Record {
     /// the `desired/*` it made ignored), a desired image that is not the running one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<DesiredSeenRecord>,
+    /// Retry intents acknowledged (their ids, the last few): each acted on once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<String>,
 }
 
 /// What the service runs after an attempt that ended in `RolledBack`.
@@ -576,6 +579,7 @@ impl Record {
                 image: seen.image.as_ref().map(|(desired, _)| desired.clone()),
                 running_image: seen.image.as_ref().map(|(_, running)| running.clone()),
             }),
+            retries: memory.retries.clone(),
         }
     }
 
@@ -862,6 +866,7 @@ impl Record {
                 ignored: seen.ignored.clone(),
                 image: seen.image.clone().zip(seen.running_image.clone()),
             }),
+            retries: self.retries.clone(),
         })
     }
 }

@@ -251,6 +251,7 @@ impl Fleet {
             ports.store.clone(),
             ports.lock.clone(),
             ports.clock.clone(),
+            ports.ssm.clone(),
         );
         let scheduler =
             Scheduler::new(&config, drivers, reader, ports.clock.clone()).with_channels(channels);

@@ -753,6 +753,7 @@ impl World {
             ports.store.clone(),
             ports.lock.clone(),
             ports.clock.clone(),
+            ports.ssm.clone(),
         );
         let board = channels.board();
         controller.channels = Some(Arc::new(channels));

@@ -8,5 +8,6 @@ pub mod migrate;
 pub mod ops;
 pub mod release;
 pub mod report;
+pub mod retry;
 pub mod scenario;
 pub mod setup;

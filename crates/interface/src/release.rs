@@ -313,7 +313,7 @@ pub fn render_release(views: &[ReleaseView]) -> String {
         if !view.waves.is_empty() {
             let _ = writeln!(
                 out,
-                "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>11}",
+                "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>14} {:>11}",
                 "WAVE",
                 "RUNNERS",
                 "PENDING",
@@ -323,13 +323,14 @@ pub fn render_release(views: &[ReleaseView]) -> String {
                 "PINNED",
                 "EXCUSED",
                 "REFUSED",
+                "OUTSIDE WINDOW",
                 "CONCURRENCY"
             );
             for wave in &view.waves {
                 let c = wave.counts;
                 let _ = writeln!(
                     out,
-                    "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>11}",
+                    "  {:<6} {:>7} {:>8} {:>9} {:>6} {:>11} {:>7} {:>8} {:>8} {:>14} {:>11}",
                     wave.wave,
                     c.runners,
                     c.pending,
@@ -339,6 +340,7 @@ pub fn render_release(views: &[ReleaseView]) -> String {
                     c.pinned,
                     c.excused,
                     c.refused,
+                    c.outside_window,
                     wave.concurrency
                 );
             }

@@ -642,6 +642,7 @@ pub fn plan_view(
     record: Option<&Record>,
     observation: &Observation,
     channel: &str,
+    now: Millis,
 ) -> PlanView {
     let phase = record.map_or_else(|| "idle".to_owned(), |r| r.phase.clone());
     let failed: Vec<FailedMark> = record
@@ -708,6 +709,7 @@ pub fn plan_view(
         observed,
         controller_channel: channel,
         failed: &failed,
+        now,
     });
     view.rules = verdict
         .outcomes
@@ -737,8 +739,16 @@ pub fn plan_view(
             observed.service.service
         )
     } else {
-        let first = verdict.first_failure().map_or(Rule::Channel, |o| o.rule);
-        format!("nothing: rule {first} fails")
+        match verdict.first_failure() {
+            Some(failure) if failure.rule == Rule::UpdateWindow => format!(
+                "update to {} once its update window opens: {}",
+                desired.version, failure.reason
+            ),
+            first => format!(
+                "nothing: rule {} fails",
+                first.map_or(Rule::Channel, |o| o.rule)
+            ),
+        }
     };
     view
 }

@@ -236,6 +236,7 @@ impl Scenario {
             ports.store.clone(),
             ports.lock.clone(),
             ports.clock.clone(),
+            ports.ssm.clone(),
         );
         Scheduler::new(&self.config, drivers, reader, ports.clock.clone()).with_channels(channels)
     }

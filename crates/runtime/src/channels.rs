@@ -33,9 +33,10 @@ use runner_updater_core::domain::channel::{
     parse_channel_release, release_id, runner_release_text, validate_for_channel, waves,
     ChannelRelease, CHANNELS_FOLDER, RELEASE_NAME,
 };
-use runner_updater_core::domain::rollout::{self, channel_key, Progress, ReleaseRecord};
+use runner_updater_core::domain::retry::{intent_id, IntentDocument, RETRY_FOLDER};
+use runner_updater_core::domain::rollout::{self, channel_key, Progress, ReleaseRecord, RetryAck};
 use runner_updater_core::domain::Millis;
-use runner_updater_ports::{Clock, Lock, LockOutcome, StateStore};
+use runner_updater_ports::{Clock, Lock, LockOutcome, ParameterStore, StateStore};
 
 /// How much sooner than its end this controller stops trusting its lease on a channel (the
 /// clocks' tolerance and a pass's length), at most: a third of a shorter lease.
@@ -80,6 +81,9 @@ struct ChannelView {
 struct Report {
     release_id: Arc<str>,
     progress: Progress,
+    /// For [`Progress::OutsideWindow`]: when its window opens (ms; `u64::MAX`: not within the
+    /// next days). Past it, the runner counts as pending.
+    opens_at: u64,
 }
 
 /// Where the coordinator and the runners' passes meet: the admission of each channel (written
@@ -90,6 +94,9 @@ pub struct Board {
     views: Mutex<HashMap<String, Option<ChannelView>>>,
     blocked: Mutex<HashMap<String, Arc<str>>>,
     reports: Mutex<HashMap<String, Report>>,
+    /// The retries each channel acknowledged (`release retry`), for its runners to lift their
+    /// marks of the version.
+    retries: Mutex<HashMap<String, Arc<[RetryAck]>>>,
     /// Bumped for a channel whenever this controller takes its lease anew: the channel's
     /// drivers at rest then read their records again before they report (another controller
     /// may have moved their runners meanwhile).
@@ -188,26 +195,37 @@ impl Board {
     }
 
     /// Where `runner` stands with `release` (its pass just ended).
-    pub fn report(&self, runner: &str, release: &CurrentRelease, progress: Progress) {
+    pub fn report(
+        &self,
+        runner: &str,
+        release: &CurrentRelease,
+        progress: Progress,
+        opens_at: Option<Millis>,
+    ) {
+        let opens_at = opens_at.map_or(u64::MAX, |at| at.0);
         if let Ok(mut reports) = self.reports.lock() {
-            let same = reports
-                .get(runner)
-                .is_some_and(|r| r.release_id == release.release_id && r.progress == progress);
+            let same = reports.get(runner).is_some_and(|r| {
+                r.release_id == release.release_id
+                    && r.progress == progress
+                    && r.opens_at == opens_at
+            });
             if !same {
                 reports.insert(
                     runner.to_owned(),
                     Report {
                         release_id: release.release_id.clone(),
                         progress,
+                        opens_at,
                     },
                 );
             }
         }
     }
 
-    /// Where each of `runners` stands with release `id` (a runner that has not reported on
-    /// it is left out: pending).
-    fn progress(&self, runners: &[String], id: &str) -> BTreeMap<String, Progress> {
+    /// Where each of `runners` stands with release `id` at `now` (a runner that has not
+    /// reported on it is left out: unknown; one outside its update window whose window has
+    /// opened since is pending).
+    fn progress(&self, runners: &[String], id: &str, now: Millis) -> BTreeMap<String, Progress> {
         let Ok(reports) = self.reports.lock() else {
             return BTreeMap::new();
         };
@@ -215,9 +233,42 @@ impl Board {
             .iter()
             .filter_map(|runner| {
                 let report = reports.get(runner)?;
-                (&*report.release_id == id).then(|| (runner.clone(), report.progress))
+                let progress = match report.progress {
+                    Progress::OutsideWindow if report.opens_at <= now.0 => Progress::Pending,
+                    other => other,
+                };
+                (&*report.release_id == id).then(|| (runner.clone(), progress))
             })
             .collect()
+    }
+
+    /// The retries `channel` acknowledged, as last read by this controller.
+    #[must_use]
+    pub fn retries(&self, channel: &str) -> Option<Arc<[RetryAck]>> {
+        self.retries.lock().ok()?.get(channel).cloned()
+    }
+
+    fn set_retries(&self, channel: &str, retries: &[RetryAck]) {
+        if let Ok(mut all) = self.retries.lock() {
+            let same = all.get(channel).is_some_and(|r| **r == *retries);
+            if !same {
+                all.insert(channel.to_owned(), Arc::from(retries));
+            }
+        }
+    }
+
+    /// A retry lifted the failures of release `id`: its runners' reports of a failure are
+    /// forgotten (each reports again after its next pass, its marks lifted).
+    fn forget_failures(&self, runners: &[String], id: &str) {
+        if let Ok(mut reports) = self.reports.lock() {
+            for runner in runners {
+                if let Some(report) = reports.get_mut(runner) {
+                    if &*report.release_id == id && report.progress.failed() {
+                        report.progress = Progress::Unknown;
+                    }
+                }
+            }
+        }
     }
 
     fn publish(&self, channel: &str, view: Option<ChannelView>) {
@@ -265,6 +316,8 @@ pub struct Channels {
     store: Arc<dyn StateStore>,
     lock: Arc<dyn Lock>,
     clock: Arc<dyn Clock>,
+    ssm: Arc<dyn ParameterStore>,
+    prefix: String,
     holder: String,
     lease_ttl: Duration,
     /// Stepped at least once since this process started.
@@ -283,6 +336,7 @@ impl Channels {
         store: Arc<dyn StateStore>,
         lock: Arc<dyn Lock>,
         clock: Arc<dyn Clock>,
+        ssm: Arc<dyn ParameterStore>,
     ) -> Self {
         let served = config
             .channels()
@@ -301,6 +355,8 @@ impl Channels {
             store,
             lock,
             clock,
+            ssm,
+            prefix: config.prefix.clone(),
             holder: holder.to_owned(),
             stepped: AtomicBool::new(false),
             releasing: AtomicBool::new(false),
@@ -430,10 +486,23 @@ impl Channels {
         let resume = documents
             .get(&format!("{channel}/{RESUME_NAME}"))
             .map(String::as_str);
-        let current = match stored {
+        let before = match stored {
             Some(record) if record.release_id == id => record,
             other => new_release(&channel, &id, release, other, resume, now),
         };
+        // Ops' retries of a quarantined version, acknowledged in the record before they are
+        // deleted (each acted on once).
+        let intents = retry_intents(documents, &channel);
+        let mut current = before.clone();
+        let retried: Vec<String> = intents
+            .iter()
+            .filter_map(|(intent, document)| {
+                current.acknowledge_retry(intent, &document.version, now)
+            })
+            .collect();
+        if !retried.is_empty() {
+            self.board.forget_failures(&served.runners, &id);
+        }
         if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
             // Read again next time: a resume may lift it meanwhile.
             return Err(format!(
@@ -458,26 +527,53 @@ impl Channels {
         };
         // A runner that has not reported on this release yet (a new release, a restart, a
         // takeover) holds a place and keeps its wave from settling until it does.
-        let progress = self.board.progress(&served.runners, &id);
+        let progress = self.board.progress(&served.runners, &id, now);
         let bake = Duration::from_secs(release.plan.bake_secs);
+        let pace = rollout::Pace {
+            budget: release.budget,
+            bake,
+            window_wait: Duration::from_secs(release.plan.window_wait_secs),
+        };
         let step = rollout::advance(
             &current,
             &waves(&release.plan, &served.runners),
-            release.budget,
-            bake,
+            pace,
             &progress,
             resume,
             now,
         );
-        let record = self.save(&current, step.record, epoch).await?;
-        for event in &step.events {
+        let record = self.save(&before, step.record, epoch).await?;
+        self.board.set_retries(&channel, &record.retries);
+        for event in retried.iter().chain(&step.events) {
             tracing::info!(channel = %channel, release = %version, event = %event, "channel release");
         }
+        self.delete_acknowledged(&channel, &intents, &record).await;
         view.admitted = step.admitted.into_iter().collect();
         self.board.publish(&channel, Some(view));
         say(served, &record.next_step(bake), false);
         served.record = Some(record);
         Ok(())
+    }
+
+    /// Deletes the retry intents the saved `record` acknowledged (a failed delete is tried again
+    /// at the next step; the record says it was acted on).
+    async fn delete_acknowledged(
+        &self,
+        channel: &str,
+        intents: &[(String, IntentDocument)],
+        record: &ReleaseRecord,
+    ) {
+        for (id, _) in intents {
+            if record.retries.iter().any(|r| r.id == *id) {
+                let name = format!(
+                    "{}/{CHANNELS_FOLDER}/{channel}/{RETRY_FOLDER}/{id}",
+                    self.prefix
+                );
+                if let Err(error) = self.ssm.delete(&name).await {
+                    tracing::warn!(%channel, intent = %id, %error, "an acknowledged retry intent could not be deleted; tried again at the next sweep");
+                }
+            }
+        }
     }
 
     /// Saves the record after a step when the step changed it, fenced by the channel's lease
@@ -556,6 +652,28 @@ fn new_release(
     );
     record.resumes = resumes;
     record
+}
+
+/// The channel's retry intents in the fleet read (`<channel>/retry/<id>`), in id order; one that
+/// does not parse is named in the log and left alone.
+fn retry_intents(
+    documents: &BTreeMap<String, String>,
+    channel: &str,
+) -> Vec<(String, IntentDocument)> {
+    let folder = format!("{channel}/");
+    documents
+        .iter()
+        .filter_map(|(name, text)| {
+            let id = intent_id(name.strip_prefix(&folder)?)?;
+            match IntentDocument::parse(text) {
+                Ok(document) => Some((id.to_owned(), document)),
+                Err(error) => {
+                    tracing::warn!(%channel, intent = %id, %error, "a retry intent that does not parse is ignored (`runner-updater release retry` writes them)");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Whether the fleet read found any channel's release document.

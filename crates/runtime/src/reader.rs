@@ -18,6 +18,7 @@ use runner_updater_config::RunnerConfig;
 use runner_updater_core::domain::channel::{CHANNELS_FOLDER, RELEASE_NAME};
 use runner_updater_core::domain::desired::is_desired_name;
 use runner_updater_core::domain::observed::{ServiceDeployment, ServiceState};
+use runner_updater_core::domain::retry::is_retry_name;
 use runner_updater_core::domain::{fnv1a, Millis, FNV_OFFSET};
 use runner_updater_ports::{
     Clock, Ecs, ErrorKind, ParameterStore, PortError, DESCRIBE_SERVICES_MAX,
@@ -308,9 +309,12 @@ impl FleetReader {
                 };
                 let channel_document = runner == CHANNELS_FOLDER
                     && relative.split_once('/').is_some_and(|(_, name)| {
-                        name == RELEASE_NAME || name == crate::channels::RESUME_NAME
+                        name == RELEASE_NAME
+                            || name == crate::channels::RESUME_NAME
+                            || is_retry_name(name)
                     });
-                if channel_document || (is_desired_name(relative) && wanted.contains(runner)) {
+                let read = is_desired_name(relative) || is_retry_name(relative);
+                if channel_document || (read && wanted.contains(runner)) {
                     folders
                         .entry(runner.to_owned())
                         .or_default()

@@ -26,6 +26,9 @@
 //!   [`DEFAULT_CONCURRENCY`]), unless a wave says otherwise.
 //! - `plan.bake-secs`: how long every runner of a wave must stay Done before the next wave
 //!   starts (default 0).
+//! - `plan.window-wait-secs`: how long a wave waits for its runners outside their update
+//!   windows once its other runners settled (default a day, at most a week); then it goes on,
+//!   and they update when their windows open.
 //! - `budget`: failed runners the release tolerates before it halts: a count, or a share of the
 //!   runners that attempted it (`"10%"`); 0 (the default) halts at the first failure.
 //!
@@ -53,10 +56,19 @@ pub const CHANNEL_RELEASE_KEYS: [&str; 6] = [
 ];
 
 /// The keys of a plan.
-pub const PLAN_KEYS: [&str; 4] = ["canary", "waves", "concurrency", "bake-secs"];
+pub const PLAN_KEYS: [&str; 5] = [
+    "canary",
+    "waves",
+    "concurrency",
+    "bake-secs",
+    "window-wait-secs",
+];
 
 /// The runners of a wave updating at once unless the plan says otherwise.
 pub const DEFAULT_CONCURRENCY: u32 = 10;
+
+/// How long a wave waits for its runners outside their update windows by default (a day).
+pub const DEFAULT_WINDOW_WAIT_SECS: u64 = 24 * 3600;
 
 /// The longest bake accepted (a week): a longer one is a typo more often than a plan.
 pub const BAKE_SECS_MAX: u64 = 7 * 24 * 3600;
@@ -104,6 +116,9 @@ pub struct RolloutPlan {
     pub canary_concurrency: u32,
     /// Seconds every runner of a wave stays Done before the next starts.
     pub bake_secs: u64,
+    /// Seconds a wave waits for its runners outside their update windows once the others
+    /// settled (then it goes on; they update when their windows open).
+    pub window_wait_secs: u64,
 }
 
 impl Default for RolloutPlan {
@@ -116,6 +131,7 @@ impl Default for RolloutPlan {
             }],
             canary_concurrency: DEFAULT_CONCURRENCY,
             bake_secs: 0,
+            window_wait_secs: DEFAULT_WINDOW_WAIT_SECS,
         }
     }
 }
@@ -277,24 +293,25 @@ fn parse_plan(value: serde_json::Value, field: &str) -> Result<RolloutPlan, Desi
             ))
         }
     };
-    let bake_secs = match object.get("bake-secs") {
+    let week = |key: &str, default: u64| match object.get(key) {
         Some(value) => {
-            let secs = count(value, &format!("{field}.bake-secs"), 0)?;
+            let secs = count(value, &format!("{field}.{key}"), 0)?;
             if secs > BAKE_SECS_MAX {
                 return Err(invalid(
-                    format!("{field}.bake-secs"),
+                    format!("{field}.{key}"),
                     format!("{secs} s is longer than a week ({BAKE_SECS_MAX} s)"),
                 ));
             }
-            secs
+            Ok(secs)
         }
-        None => 0,
+        None => Ok(default),
     };
     Ok(RolloutPlan {
         canary,
         waves,
         canary_concurrency: default_concurrency,
-        bake_secs,
+        bake_secs: week("bake-secs", 0)?,
+        window_wait_secs: week("window-wait-secs", DEFAULT_WINDOW_WAIT_SECS)?,
     })
 }
 
@@ -602,6 +619,8 @@ mod tests {
         (r#"{"version": "2.19.0", "plan": {"canary": ["a", "a"]}}"#, ".plan.canary[1]:"),
         (r#"{"version": "2.19.0", "plan": {"bake-secs": -1}}"#, ".plan.bake-secs:"),
         (r#"{"version": "2.19.0", "plan": {"bake-secs": 99999999}}"#, ".plan.bake-secs:"),
+        (r#"{"version": "2.19.0", "plan": {"window-wait-secs": 99999999}}"#, ".plan.window-wait-secs:"),
+        (r#"{"version": "2.19.0", "plan": {"window-wait-secs": "1d"}}"#, ".plan.window-wait-secs:"),
         (r#"{"version": "2.19.0", "budget": "ten"}"#, ".budget:"),
         (r#"{"version": "2.19.0", "budget": "150%"}"#, ".budget:"),
         (r#"{"version": "2.19.0", "budget": -1}"#, ".budget:"),

@@ -154,6 +154,10 @@ codes! {
     InvalidApproval = "invalid-approval",
     /// A release document that does not validate.
     InvalidRelease = "invalid-release",
+    /// An update window that does not parse, names no time zone known, or lasts no time.
+    InvalidUpdateWindow = "invalid-update-window",
+    /// Ops retried a quarantined version (`retry`): the intent acknowledged, its marks lifted.
+    Retried = "retried",
     /// The runner follows its channel's release and waits for its wave (or the release halted,
     /// or cannot be acted on).
     AwaitingWave = "awaiting-wave",

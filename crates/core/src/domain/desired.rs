@@ -16,6 +16,7 @@ use super::code::Code;
 use super::image::{ImageError, ImageRef};
 use super::release::{self, Release, RELEASE_LENGTH_MAX};
 use super::version::{Version, VersionError};
+use super::window::{parse_windows, UpdateWindows, WindowError};
 
 /// The longest value read from any desired parameter (SSM's own limit is 4 KB / 8 KB).
 pub const PARAMETER_LENGTH_MAX: usize = 4096;
@@ -32,7 +33,15 @@ pub fn is_desired_name(relative: &str) -> bool {
 
 /// The `desired/*` parameters that stay operational switches beside a release document (and
 /// that a change of takes effect at once: they are not part of the settle either).
-pub const SWITCHES: [&str; 2] = ["desired/auto-update", "desired/approved-change-set"];
+pub const SWITCHES: [&str; 3] = [
+    "desired/auto-update",
+    "desired/approved-change-set",
+    UPDATE_WINDOW_PARAMETER,
+];
+
+/// A runner's update windows (`Sat 02:00-05:00 Europe/Berlin; …`, or `any`), overriding its
+/// configuration's: a switch (read beside a release document, not settled, not a pin).
+pub const UPDATE_WINDOW_PARAMETER: &str = "desired/update-window";
 
 /// What the runner's configuration says about what may be deployed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +58,9 @@ pub struct RunnerPolicy {
     /// Channels that accept pre-release versions (`2.19.0-rc.1`); on any other channel a
     /// pre-release is refused (`pre-release-not-allowed`).
     pub prerelease_channels: std::sync::Arc<[String]>,
+    /// The runner's update windows from its configuration (`None`: any time), unless its
+    /// `desired/update-window` says otherwise.
+    pub update_windows: Option<std::sync::Arc<UpdateWindows>>,
 }
 
 /// Per-stack desired infrastructure.
@@ -108,6 +120,9 @@ pub struct DesiredState {
     /// The held change set ops approved (`desired/approved-change-set`, written by
     /// `runner-updater approve`).
     pub approved_change_set: Option<String>,
+    /// When an update may start (`None`: any time): `desired/update-window`, else the
+    /// configuration's.
+    pub update_windows: Option<std::sync::Arc<UpdateWindows>>,
     /// Where it was read from.
     pub source: DesiredSource,
     /// The `desired/*` parameters present but ignored because the release document wins
@@ -237,6 +252,10 @@ pub enum DesiredError {
         /// What is wrong.
         reason: String,
     },
+    /// `desired/update-window` does not parse (a bad window, an unknown time zone, an empty
+    /// window).
+    #[error("{UPDATE_WINDOW_PARAMETER}: {0}")]
+    InvalidUpdateWindow(#[source] WindowError),
     /// The runner follows its channel's release and is not admitted to it now: its wave has
     /// not come, the release halted, or the channel's release cannot be acted on.
     #[error("follows channel {channel}'s release: {why}")]
@@ -269,6 +288,7 @@ impl DesiredError {
             DesiredError::TemplateWithoutInfraVersion { .. } => Code::TemplateWithoutInfraVersion,
             DesiredError::InvalidApproval(_) => Code::InvalidApproval,
             DesiredError::InvalidRelease { .. } => Code::InvalidRelease,
+            DesiredError::InvalidUpdateWindow(_) => Code::InvalidUpdateWindow,
             DesiredError::AwaitingWave { .. } => Code::AwaitingWave,
         }
     }
@@ -331,6 +351,12 @@ pub fn parse_desired(
         None => None,
         Some(text) if is_change_set_name(text) => Some(text.to_owned()),
         Some(text) => return Err(DesiredError::InvalidApproval(text.to_owned())),
+    };
+    state.update_windows = match get(UPDATE_WINDOW_PARAMETER) {
+        None => policy.update_windows.clone(),
+        Some(text) => parse_windows(text)
+            .map_err(DesiredError::InvalidUpdateWindow)?
+            .map(std::sync::Arc::new),
     };
     Ok(state)
 }
@@ -513,6 +539,7 @@ fn build(fields: Fields, policy: &RunnerPolicy) -> Result<DesiredState, DesiredE
         infra_version,
         stacks,
         approved_change_set: None,
+        update_windows: policy.update_windows.clone(),
         source,
         ignored: Vec::new(),
     })
@@ -613,6 +640,7 @@ mod tests {
             stacks: vec!["iam".to_owned(), "main".to_owned()],
             known_channels: vec!["stable".to_owned(), "beta".to_owned()].into(),
             prerelease_channels: vec!["beta".to_owned()].into(),
+            update_windows: None,
         }
     }
 
@@ -919,6 +947,57 @@ mod tests {
     }
 
     #[test]
+    fn the_update_window_parameter_overrides_the_configuration_and_is_refused_by_name() {
+        let configured = RunnerPolicy {
+            update_windows: crate::domain::window::parse_windows("Sun 01:00-02:00 UTC")
+                .unwrap()
+                .map(std::sync::Arc::new),
+            ..policy()
+        };
+        let windows = |pairs: &[(&str, &str)]| {
+            parse_desired(&params(pairs), &configured)
+                .map(|d| d.update_windows.map(|w| w.to_string()))
+        };
+        let version = ("desired/version", "2.19.0");
+        assert_eq!(
+            windows(&[version]),
+            Ok(Some("Sun 01:00-02:00 UTC".to_owned()))
+        );
+        assert_eq!(
+            windows(&[
+                version,
+                (UPDATE_WINDOW_PARAMETER, "Sat 02:00-05:00 Europe/Berlin")
+            ]),
+            Ok(Some("Sat 02:00-05:00 Europe/Berlin".to_owned()))
+        );
+        assert_eq!(
+            windows(&[version, (UPDATE_WINDOW_PARAMETER, "any")]),
+            Ok(None)
+        );
+        // Beside a release document, still read (a switch, not a pin).
+        assert_eq!(
+            windows(&[
+                ("release", r#"{"version": "2.20.0"}"#),
+                (UPDATE_WINDOW_PARAMETER, "daily 01:00-02:00 UTC")
+            ]),
+            Ok(Some("daily 01:00-02:00 UTC".to_owned()))
+        );
+        for bad in [
+            "",
+            "Sat 02:00-02:00 UTC",
+            "Sat 02:00-05:00 Mars/Olympus",
+            "soon",
+        ] {
+            let error = windows(&[version, (UPDATE_WINDOW_PARAMETER, bad)]).unwrap_err();
+            assert_eq!(error.code(), Code::InvalidUpdateWindow, "{bad:?}");
+            assert!(
+                error.to_string().starts_with(UPDATE_WINDOW_PARAMETER),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn the_settle_fingerprint_moves_on_a_write_a_change_or_a_deletion_but_not_on_a_switch() {
         let base = params(&[("desired/version", "2.19.0")]);
         let fingerprint = settle_fingerprint(&base);
@@ -937,6 +1016,10 @@ mod tests {
         let mut switched = base.clone();
         switched.insert("desired/auto-update".to_owned(), "false".to_owned());
         switched.insert("desired/approved-change-set".to_owned(), "ru-x".to_owned());
+        switched.insert(
+            UPDATE_WINDOW_PARAMETER.to_owned(),
+            "Sat 02:00-05:00 UTC".to_owned(),
+        );
         switched.insert("status".to_owned(), "{}".to_owned());
         assert_eq!(settle_fingerprint(&switched), fingerprint);
         // A release document appearing or going away moves it (its value does not: it is

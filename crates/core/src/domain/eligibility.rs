@@ -1,4 +1,5 @@
-//! The six eligibility rules (CONTRACT.md, "Eligibility"), each with a name and a human reason.
+//! The eligibility rules (CONTRACT.md, "Eligibility": its six, and the update window), each with a
+//! name and a human reason.
 //!
 //! Every rule is always evaluated, so `plan`, `status` and traces show the whole picture even
 //! when an early rule already fails.
@@ -11,6 +12,7 @@ use super::image::ImageRef;
 use super::infra;
 use super::observed::Observed;
 use super::version::Version;
+use super::window;
 use super::Millis;
 
 /// The rules, in the contract's order.
@@ -29,17 +31,20 @@ pub enum Rule {
     DifferentImage,
     /// 6. This version and image have not already failed.
     NotFailed,
+    /// 7. The runner's update window is open (or it has none).
+    UpdateWindow,
 }
 
 impl Rule {
     /// All rules, in order.
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 7] = [
         Rule::Channel,
         Rule::AutoUpdate,
         Rule::Infrastructure,
         Rule::NewerVersion,
         Rule::DifferentImage,
         Rule::NotFailed,
+        Rule::UpdateWindow,
     ];
 
     /// The rule's stable name.
@@ -52,6 +57,7 @@ impl Rule {
             Rule::NewerVersion => "newer-version",
             Rule::DifferentImage => "different-image",
             Rule::NotFailed => "not-failed",
+            Rule::UpdateWindow => "update-window",
         }
     }
 
@@ -79,7 +85,7 @@ pub struct RuleOutcome {
     pub reason: String,
 }
 
-/// All six outcomes.
+/// All seven outcomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     /// One per rule, in order.
@@ -153,6 +159,7 @@ pub fn attempt_kind(verdict: &Verdict, infra_due: bool) -> Option<AttemptKind> {
         Rule::AutoUpdate,
         Rule::Infrastructure,
         Rule::NotFailed,
+        Rule::UpdateWindow,
     ];
     (infra_due && same_image && gates.into_iter().all(passed))
         .then_some(AttemptKind::InfrastructureOnly)
@@ -169,6 +176,8 @@ pub struct EligibilityInput<'a> {
     pub controller_channel: &'a str,
     /// Quarantined versions.
     pub failed: &'a [FailedMark],
+    /// Now (the update window's rule).
+    pub now: Millis,
 }
 
 /// Evaluates every rule, in order.
@@ -179,6 +188,7 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
         observed,
         controller_channel,
         failed,
+        now,
     } = input;
     Verdict {
         outcomes: vec![
@@ -188,6 +198,7 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
             newer_version(desired, observed),
             different_image(desired, observed),
             not_failed(desired, failed),
+            update_window(desired, now),
         ],
     }
 }
@@ -377,6 +388,22 @@ fn not_failed(desired: &DesiredState, failed: &[FailedMark]) -> RuleOutcome {
     }
 }
 
+/// Rule 7, `update-window`: an update starts only inside the runner's update window.
+fn update_window(desired: &DesiredState, now: Millis) -> RuleOutcome {
+    match &desired.update_windows {
+        None => outcome(
+            Rule::UpdateWindow,
+            true,
+            "no update window: updates may start at any time".to_owned(),
+        ),
+        Some(windows) => outcome(
+            Rule::UpdateWindow,
+            windows.is_open(now),
+            window::describe(windows, now),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +420,7 @@ mod tests {
             infra_version: None,
             stacks: BTreeMap::new(),
             approved_change_set: None,
+            update_windows: None,
             source: crate::domain::desired::DesiredSource::Parameters,
             ignored: Vec::new(),
         }
@@ -583,7 +611,24 @@ mod tests {
             },
             None,
         ),
+        (
+            // Now is 1970-01-01T00:00Z, a Thursday.
+            "outside its update window",
+            |d, _, _| d.update_windows = windows("Sat 02:00-05:00 Europe/Berlin"),
+            Some(Rule::UpdateWindow),
+        ),
+        (
+            "inside its update window",
+            |d, _, _| d.update_windows = windows("Wed,Thu 23:00-02:00 Europe/Berlin"),
+            None,
+        ),
     ];
+
+    fn windows(text: &str) -> Option<std::sync::Arc<crate::domain::window::UpdateWindows>> {
+        crate::domain::window::parse_windows(text)
+            .unwrap()
+            .map(std::sync::Arc::new)
+    }
 
     #[test]
     fn each_rule_passes_and_fails_on_its_own() {
@@ -596,6 +641,7 @@ mod tests {
                 observed: &o,
                 controller_channel: "stable",
                 failed: &f,
+                now: Millis(0),
             });
             let failed_rules: Vec<Rule> = verdict
                 .outcomes
@@ -609,7 +655,7 @@ mod tests {
                 "row {name:?}: {verdict:?}"
             );
             assert_eq!(verdict.eligible(), failing.is_none(), "row {name:?}");
-            assert_eq!(verdict.outcomes.len(), 6);
+            assert_eq!(verdict.outcomes.len(), Rule::ALL.len());
             assert!(verdict.outcomes.iter().all(|o| !o.reason.is_empty()));
         }
     }
@@ -624,6 +670,7 @@ mod tests {
             observed: &o,
             controller_channel: "stable",
             failed: &[],
+            now: Millis(0),
         });
         let failed: Vec<Rule> = verdict
             .outcomes
@@ -643,7 +690,7 @@ mod tests {
 
     #[test]
     fn infrastructure_only_attempts_need_the_gates_and_the_runner_in_place() {
-        let verdict = |pass: &[bool; 6]| Verdict {
+        let verdict = |pass: &[bool; 7]| Verdict {
             outcomes: Rule::ALL
                 .iter()
                 .zip(pass)
@@ -654,23 +701,29 @@ mod tests {
                 })
                 .collect(),
         };
-        let all = verdict(&[true; 6]);
+        let all = verdict(&[true; 7]);
         assert_eq!(attempt_kind(&all, false), Some(AttemptKind::Runner));
-        let in_place = verdict(&[true, true, true, false, false, true]);
+        let in_place = verdict(&[true, true, true, false, false, true, true]);
         assert_eq!(
             attempt_kind(&in_place, true),
             Some(AttemptKind::InfrastructureOnly)
         );
         assert_eq!(attempt_kind(&in_place, false), None, "nothing due");
-        let paused = verdict(&[true, false, true, false, false, true]);
+        let paused = verdict(&[true, false, true, false, false, true, true]);
         assert_eq!(
             attempt_kind(&paused, true),
             None,
             "auto-update off holds stacks too"
         );
-        let quarantined = verdict(&[true, true, true, false, false, false]);
+        let quarantined = verdict(&[true, true, true, false, false, false, true]);
         assert_eq!(attempt_kind(&quarantined, true), None);
-        let downgrade = verdict(&[true, true, true, false, true, true]);
+        let closed = verdict(&[true, true, true, false, false, true, false]);
+        assert_eq!(
+            attempt_kind(&closed, true),
+            None,
+            "stacks wait for the window too"
+        );
+        let downgrade = verdict(&[true, true, true, false, true, true, true]);
         assert_eq!(
             attempt_kind(&downgrade, true),
             None,

@@ -722,6 +722,7 @@ mod tests {
                 })
                 .collect(),
             approved_change_set: None,
+            update_windows: None,
             source: crate::domain::desired::DesiredSource::Parameters,
             ignored: Vec::new(),
         }

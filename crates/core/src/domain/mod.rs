@@ -12,10 +12,12 @@ pub mod infra;
 pub mod observed;
 pub mod release;
 pub mod resume;
+pub mod retry;
 pub mod revision_search;
 pub mod rollout;
 pub mod task_definition;
 pub mod version;
+pub mod window;
 
 use std::fmt;
 use std::time::Duration;

@@ -57,6 +57,10 @@ pub enum Progress {
     /// Admitted, but it refuses a value of the release (its allowed repositories, its stacks,
     /// a pre-release on its channel): passed over, named in its own status.
     Refused,
+    /// Has not started it, and its update window is closed: holds no place, is not admitted
+    /// until the window opens, and its wave waits for it at most the plan's
+    /// `window-wait-secs` (then goes on; it updates when its window opens).
+    OutsideWindow,
 }
 
 impl Progress {
@@ -73,6 +77,7 @@ impl Progress {
             Progress::Pinned => "pinned",
             Progress::Excused => "excused",
             Progress::Refused => "refused",
+            Progress::OutsideWindow => "outside-window",
         }
     }
 
@@ -81,7 +86,11 @@ impl Progress {
     pub fn settled(self) -> bool {
         !matches!(
             self,
-            Progress::Pending | Progress::Unknown | Progress::InFlight | Progress::RollingBack
+            Progress::Pending
+                | Progress::Unknown
+                | Progress::InFlight
+                | Progress::RollingBack
+                | Progress::OutsideWindow
         )
     }
 
@@ -130,6 +139,9 @@ pub struct WaveCounts {
     /// Refusing a value of the release.
     #[serde(default)]
     pub refused: u32,
+    /// Not started, its update window closed.
+    #[serde(default)]
+    pub outside_window: u32,
 }
 
 impl WaveCounts {
@@ -143,6 +155,7 @@ impl WaveCounts {
             Progress::Pinned => &mut self.pinned,
             Progress::Excused => &mut self.excused,
             Progress::Refused => &mut self.refused,
+            Progress::OutsideWindow => &mut self.outside_window,
         };
         *field += 1;
     }
@@ -190,6 +203,10 @@ pub struct ReleaseRecord {
     /// Since when the current wave is settled: its bake runs from here (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<u64>,
+    /// Since when the current wave waits only for runners outside their update windows: it
+    /// goes on without them `window-wait-secs` later (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_wait_since: Option<u64>,
     /// When every wave was done and baked (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<u64>,
@@ -219,6 +236,25 @@ pub struct ReleaseRecord {
     pub quarantined: Vec<(String, String)>,
     /// When it was last counted (ms).
     pub counted_at: u64,
+    /// Retries of a quarantined version acknowledged (`release retry`), the last few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryAck>,
+    /// The W3C `traceparent` of the release's trace (every step of the coordinator is a span
+    /// of it, linked to the runners' attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// A retry intent acknowledged: its id, the version it cleared, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryAck {
+    /// The intent's id (written by `retry`).
+    pub id: String,
+    /// The version it retried.
+    pub version: String,
+    /// When it was acknowledged (ms): quarantine marks made before are lifted, never later
+    /// ones.
+    pub at: u64,
 }
 
 /// Why a release record cannot be used.
@@ -257,6 +293,7 @@ impl ReleaseRecord {
             wave: 0,
             waves: 0,
             settled_at: None,
+            window_wait_since: None,
             finished_at: None,
             halted: None,
             forgiven: 0,
@@ -267,6 +304,8 @@ impl ReleaseRecord {
             budget: budget_words(budget),
             quarantined,
             counted_at: now.0,
+            retries: Vec::new(),
+            traceparent: None,
         }
     }
 
@@ -314,6 +353,46 @@ impl ReleaseRecord {
             .any(|(v, i)| v == version && (i.is_empty() || i == image))
     }
 
+    /// Acknowledges the channel's retry intent `id` of `version` (once; `None` when it was
+    /// already): the channel's quarantine of the version is lifted and, when this release is
+    /// of that version and halted, its halt too — its runners' failures are lifted by the same
+    /// retry (each runner lifts its marks made before `now`), so nothing is forgiven twice.
+    /// Returns what happened, for the log and the trace.
+    pub fn acknowledge_retry(&mut self, id: &str, version: &str, now: Millis) -> Option<String> {
+        if self.retries.iter().any(|r| r.id == id) {
+            return None;
+        }
+        let before = self.quarantined.len();
+        self.quarantined.retain(|(v, _)| v != version);
+        let lifted = before - self.quarantined.len();
+        let mut words = format!(
+            "retry {id} of {version} acknowledged: {lifted} channel quarantine(s) lifted, and its runners' marks"
+        );
+        if self.version == version && self.halted.is_some() {
+            self.halted = None;
+            self.forgiven = 0;
+            self.failed = 0;
+            self.settled_at = None;
+            words.push_str("; the halt lifted");
+        }
+        self.retries.push(RetryAck {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            at: now.0,
+        });
+        keep_last(&mut self.retries, KEPT_MAX);
+        Some(words)
+    }
+
+    /// Whether a runner's quarantine mark of `version` made at `at` is lifted by one of the
+    /// channel's retries.
+    #[must_use]
+    pub fn retried(&self, version: &str, at: Millis) -> bool {
+        self.retries
+            .iter()
+            .any(|r| r.version == version && at.0 <= r.at)
+    }
+
     /// The token `release resume` writes to resume this halt.
     #[must_use]
     pub fn resume_token(&self) -> Option<String> {
@@ -336,6 +415,7 @@ impl ReleaseRecord {
                 all.pinned += w.pinned;
                 all.excused += w.excused;
                 all.refused += w.refused;
+                all.outside_window += w.outside_window;
                 all
             })
     }
@@ -367,6 +447,18 @@ impl ReleaseRecord {
                 "last wave settled; baking until {}, then finished",
                 Millis(at).after(bake)
             ),
+            None if counts.outside_window > 0 => format!(
+                "wave {wave} of {}: {} in flight, {} pending, {} done, {} waiting for their update windows{}",
+                self.waves,
+                counts.in_flight,
+                counts.pending,
+                counts.done,
+                counts.outside_window,
+                self.window_wait_since.map_or_else(String::new, |since| format!(
+                    " (only they are left since {}: the wave goes on without them after window-wait-secs)",
+                    Millis(since)
+                ))
+            ),
             None => format!(
                 "wave {wave} of {}: {} in flight, {} pending, {} done",
                 self.waves, counts.in_flight, counts.pending, counts.done
@@ -381,6 +473,31 @@ pub fn budget_words(budget: Budget) -> String {
     match budget {
         Budget::Count(count) => count.to_string(),
         Budget::Share(percent) => format!("{percent}%"),
+    }
+}
+
+/// How a release moves: its failure budget, its bake, and how long a wave waits for runners
+/// outside their update windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Failed runners tolerated.
+    pub budget: Budget,
+    /// How long a settled wave stays settled before the next starts.
+    pub bake: Duration,
+    /// How long a wave waits for runners outside their update windows once every other
+    /// runner of it settled.
+    pub window_wait: Duration,
+}
+
+impl Pace {
+    /// A budget and a bake, with the default window wait.
+    #[must_use]
+    pub fn new(budget: Budget, bake: Duration) -> Pace {
+        Pace {
+            budget,
+            bake,
+            window_wait: Duration::from_secs(super::channel::DEFAULT_WINDOW_WAIT_SECS),
+        }
     }
 }
 
@@ -411,12 +528,12 @@ impl fmt::Display for Progress {
 pub fn advance(
     record: &ReleaseRecord,
     waves: &[Wave],
-    budget: Budget,
-    bake: Duration,
+    pace: Pace,
     progress: &BTreeMap<String, Progress>,
     resume: Option<&str>,
     now: Millis,
 ) -> Advance {
+    let Pace { budget, .. } = pace;
     let mut next = record.clone();
     let mut events = Vec::new();
     let of = |runner: &String| progress.get(runner).copied().unwrap_or(Progress::Unknown);
@@ -491,7 +608,7 @@ pub fn advance(
         };
     }
     if next.finished_at.is_none() {
-        settle_and_move(&mut next, waves, &of, bake, now, &mut events);
+        settle_and_move(&mut next, waves, &of, pace, now, &mut events);
     }
     let admitted = admitted_runners(&next, waves, &of);
     Advance {
@@ -539,7 +656,7 @@ fn settle_and_move(
     next: &mut ReleaseRecord,
     waves: &[Wave],
     of: &dyn Fn(&String) -> Progress,
-    bake: Duration,
+    pace: Pace,
     now: Millis,
     events: &mut Vec<String>,
 ) {
@@ -549,16 +666,36 @@ fn settle_and_move(
             events.push("finished".to_owned());
             return;
         };
-        if !wave.runners.iter().all(|r| of(r).settled()) {
-            next.settled_at = None;
-            return;
+        let unsettled = || wave.runners.iter().filter(|r| !of(r).settled());
+        let outside = unsettled().count();
+        if outside > 0 {
+            if !unsettled().all(|r| of(r) == Progress::OutsideWindow) {
+                next.settled_at = None;
+                next.window_wait_since = None;
+                return;
+            }
+            // Only runners outside their update windows are left: the wave waits for them a
+            // while, then goes on (they update when their windows open).
+            let since = *next.window_wait_since.get_or_insert(now.0);
+            if now < Millis(since).after(pace.window_wait) {
+                next.settled_at = None;
+                return;
+            }
+            if next.settled_at.is_none() {
+                events.push(format!(
+                    "wave {} goes on without {outside} runner(s) outside their update windows (waited {} s)",
+                    next.wave + 1,
+                    pace.window_wait.as_secs()
+                ));
+            }
         }
         let settled = *next.settled_at.get_or_insert(now.0);
-        if now < Millis(settled).after(bake) {
+        if now < Millis(settled).after(pace.bake) {
             return;
         }
         next.wave += 1;
         next.settled_at = None;
+        next.window_wait_since = None;
         if next.wave < waves.len() {
             events.push(format!("wave {} of {} started", next.wave + 1, waves.len()));
         }
@@ -602,11 +739,13 @@ fn admitted_runners(
             // A failed runner does not start it again, nor a pinned or excused one the moment
             // its pin goes or its switch comes back on: it becomes pending, and waits for a
             // place like any other.
+            // Outside its window: no place until the window opens (then it reports pending).
             Progress::Pending
             | Progress::Unknown
             | Progress::Failed
             | Progress::Pinned
-            | Progress::Excused => {}
+            | Progress::Excused
+            | Progress::OutsideWindow => {}
         }
     }
     admitted
@@ -660,12 +799,48 @@ mod tests {
     const BAKE: Duration = Duration::from_mins(1);
 
     #[test]
+    fn a_runner_outside_its_window_holds_no_place_and_its_wave_waits_for_it_only_a_while() {
+        use Progress::{Done, OutsideWindow};
+        let pace = Pace {
+            budget: Budget::Count(0),
+            bake: Duration::ZERO,
+            window_wait: Duration::from_mins(10),
+        };
+        let mut at_wave_2 = record();
+        at_wave_2.wave = 1;
+        // b waits for its window: no place, never admitted; c and d take the two places.
+        let first = progress(&[("a", Done), ("b", OutsideWindow)]);
+        let step = advance(&at_wave_2, &plan(), pace, &first, None, Millis(1_000));
+        assert_eq!(names(&step.admitted), ["a", "c", "d"]);
+        assert_eq!(step.record.counts[1].outside_window, 1);
+        assert!(step
+            .record
+            .next_step(pace.bake)
+            .contains("1 waiting for their update windows"));
+        // c and d done: only b is left; the wave waits window-wait-secs for it, no more.
+        let rest = progress(&[("a", Done), ("b", OutsideWindow), ("c", Done), ("d", Done)]);
+        let waiting = advance(&step.record, &plan(), pace, &rest, None, Millis(2_000));
+        assert_eq!(waiting.record.wave, 1, "{:?}", waiting.events);
+        assert_eq!(waiting.record.window_wait_since, Some(2_000));
+        let still = advance(&waiting.record, &plan(), pace, &rest, None, Millis(601_999));
+        assert_eq!(still.record.wave, 1);
+        let on = advance(&still.record, &plan(), pace, &rest, None, Millis(602_000));
+        assert_eq!(on.record.wave, 2, "{:?}", on.events);
+        assert_eq!(on.record.window_wait_since, None);
+        assert!(on.events[0].contains("without 1 runner(s) outside their update windows"));
+        // Its window open (it reports pending), b takes a place beside wave 3's runners.
+        let opened = progress(&[("a", Done), ("c", Done), ("d", Done)]);
+        let late = advance(&on.record, &plan(), pace, &opened, None, Millis(700_000));
+        assert_eq!(names(&late.admitted), ["a", "b", "c", "d", "e"]);
+        assert!(late.record.halted.is_none(), "a window is not a failure");
+    }
+
+    #[test]
     fn the_canary_goes_first_and_the_next_wave_waits_for_its_bake() {
         let step = advance(
             &record(),
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &progress(&[]),
             None,
             Millis(0),
@@ -676,8 +851,7 @@ mod tests {
         let step = advance(
             &step.record,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &done,
             None,
             Millis(1_000),
@@ -691,8 +865,7 @@ mod tests {
         let step = advance(
             &step.record,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &done,
             None,
             Millis(61_000),
@@ -718,8 +891,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &going,
             None,
             Millis(5),
@@ -733,8 +905,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &both,
             None,
             Millis(5),
@@ -758,8 +929,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(7),
@@ -779,8 +949,7 @@ mod tests {
         let later = advance(
             &step.record,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(1_000_000),
@@ -791,8 +960,7 @@ mod tests {
         let tolerant = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(1),
-            BAKE,
+            Pace::new(Budget::Count(1), BAKE),
             &seen,
             None,
             Millis(7),
@@ -802,8 +970,7 @@ mod tests {
         let share = advance(
             &at_wave_2,
             &plan(),
-            Budget::Share(30),
-            BAKE,
+            Pace::new(Budget::Share(30), BAKE),
             &seen,
             None,
             Millis(7),
@@ -812,8 +979,7 @@ mod tests {
         let share = advance(
             &at_wave_2,
             &plan(),
-            Budget::Share(34),
-            BAKE,
+            Pace::new(Budget::Share(34), BAKE),
             &seen,
             None,
             Millis(7),
@@ -827,8 +993,7 @@ mod tests {
         let halted = advance(
             &record(),
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(3),
@@ -838,8 +1003,7 @@ mod tests {
         let stale = advance(
             &halted,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             Some("r1@1"),
             Millis(4),
@@ -851,8 +1015,7 @@ mod tests {
         let resumed = advance(
             &halted,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             Some(&token),
             Millis(4),
@@ -870,8 +1033,7 @@ mod tests {
         let halted = advance(
             &resumed.record,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &again,
             Some(&token),
             Millis(5),
@@ -892,8 +1054,7 @@ mod tests {
         let step = advance(
             &record(),
             &plan(),
-            Budget::Count(0),
-            Duration::ZERO,
+            Pace::new(Budget::Count(0), Duration::ZERO),
             &seen,
             None,
             Millis(9),
@@ -914,8 +1075,7 @@ mod tests {
         let step = advance(
             &record(),
             &plan(),
-            Budget::Count(5),
-            BAKE,
+            Pace::new(Budget::Count(5), BAKE),
             &seen,
             None,
             Millis(1),
@@ -941,8 +1101,7 @@ mod tests {
         let step = advance(
             &finished,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &late,
             None,
             Millis(2),
@@ -959,8 +1118,7 @@ mod tests {
         let step = advance(
             &at_wave_3,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(3),
@@ -980,8 +1138,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &BTreeMap::new(),
             None,
             Millis(1),
@@ -992,8 +1149,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(2),
@@ -1004,8 +1160,7 @@ mod tests {
         let step = advance(
             &at_wave_2,
             &plan(),
-            Budget::Count(0),
-            BAKE,
+            Pace::new(Budget::Count(0), BAKE),
             &seen,
             None,
             Millis(3),

@@ -40,6 +40,7 @@ use crate::domain::observed::{
     Deployment, DeploymentStatus, Health, ObserveError, Observed, RolloutState, ServiceDeployment,
     ServiceDeploymentStatus, ServiceState,
 };
+use crate::domain::retry::{RetryFrom, RetryIntent, RETRIES_KEPT};
 use crate::domain::version::Version;
 use crate::domain::Millis;
 use phase::Phase;
@@ -316,6 +317,9 @@ pub struct Observation {
     /// pass at rest does not start an attempt on them (`settling`). `None` when nothing needs
     /// to settle (the release document is acted on at once). Attempts in flight ignore it.
     pub settles_at: Option<Millis>,
+    /// Retry intents for the runner (its own, and its channel's acknowledged ones): acted on
+    /// at rest, each once.
+    pub retries: Vec<RetryIntent>,
 }
 
 impl Observation {
@@ -531,6 +535,8 @@ pub struct Memory {
     pub infra_applied: Option<String>,
     /// What the last pass at rest saw of the desired state (see [`DesiredSeen`]).
     pub seen: Option<DesiredSeen>,
+    /// Retry intents acknowledged (their ids, the last [`RETRIES_KEPT`]): each acted on once.
+    pub retries: Vec<String>,
 }
 
 /// Quarantine marks kept at most (the oldest go first; only a return to a very old desired
@@ -648,7 +654,7 @@ impl RunnerMachine {
                 )
             }
         };
-        let verdict = self.verdict(desired, observed);
+        let verdict = self.verdict(desired, observed, input.now);
         let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if kind.is_none() {
@@ -1448,9 +1454,53 @@ impl RunnerMachine {
         if observation.settling(now) {
             return false;
         }
-        let verdict = self.verdict(desired, observed);
+        let verdict = self.verdict(desired, observed, now);
         let due = self.infra_due(desired, observed);
         attempt_kind(&verdict, !due.is_empty()).is_some() && steady(observed).is_ok()
+    }
+
+    /// Acts on the retry intents not acknowledged yet: lifts the quarantine marks of their
+    /// version made up to their acknowledgement (never a later one), and records their ids.
+    fn apply_retries(&mut self, intents: &[RetryIntent], now: Millis) {
+        for intent in intents {
+            if self.memory.retries.contains(&intent.id) {
+                continue;
+            }
+            let cutoff = match intent.from {
+                RetryFrom::Runner => now,
+                RetryFrom::Channel(at) => at,
+            };
+            let before = self.memory.failed.len();
+            self.memory.failed.retain(|mark| {
+                !(mark.version == intent.version
+                    && intent.image.as_ref().is_none_or(|i| *i == mark.image)
+                    && mark.at <= cutoff)
+            });
+            let lifted = before - self.memory.failed.len();
+            self.memory.retries.push(intent.id.clone());
+            let excess = self.memory.retries.len().saturating_sub(RETRIES_KEPT);
+            self.memory.retries.drain(..excess);
+            let by = match intent.from {
+                RetryFrom::Runner => format!(
+                    "retry {} by {}",
+                    intent.id,
+                    intent.requested_by.as_deref().unwrap_or("ops")
+                ),
+                RetryFrom::Channel(_) => format!("the channel's retry {}", intent.id),
+            };
+            let message = if lifted == 0 {
+                format!(
+                    "{by} of {}: nothing was quarantined (acknowledged, nothing lifted)",
+                    intent.version
+                )
+            } else {
+                format!(
+                    "{by} of {}: its quarantine lifted ({lifted} mark(s)); it may be tried once more",
+                    intent.version
+                )
+            };
+            self.note_now(Code::Retried, message, now);
+        }
     }
 
     /// Resting states: evaluate eligibility and start an attempt when every rule passes.
@@ -1458,6 +1508,7 @@ impl RunnerMachine {
         let Event::Observed(observation) = &input.event else {
             return Handled;
         };
+        self.apply_retries(&observation.retries, input.now);
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
             (Err(error), _) => {
@@ -1473,7 +1524,7 @@ impl RunnerMachine {
             }
         };
         self.memory.seen = DesiredSeen::of(desired, observed);
-        let verdict = self.verdict(desired, observed);
+        let verdict = self.verdict(desired, observed, input.now);
         let due = self.infra_due(desired, observed);
         let kind = attempt_kind(&verdict, !due.is_empty());
         if let (Some(failure), None) = (verdict.first_failure(), kind) {
@@ -1541,12 +1592,13 @@ impl RunnerMachine {
         Transition(State::checking(attempt))
     }
 
-    fn verdict(&self, desired: &DesiredState, observed: &Observed) -> Verdict {
+    fn verdict(&self, desired: &DesiredState, observed: &Observed, now: Millis) -> Verdict {
         evaluate(EligibilityInput {
             desired,
             observed,
             controller_channel: &self.settings.channel,
             failed: &self.memory.failed,
+            now,
         })
     }
 
@@ -2290,6 +2342,7 @@ mod tests {
             infra_version: None,
             stacks: BTreeMap::new(),
             approved_change_set: None,
+            update_windows: None,
             source: DesiredSource::Parameters,
             ignored: Vec::new(),
         }
@@ -2330,6 +2383,7 @@ mod tests {
             desired,
             observed: Ok(observed()),
             settles_at,
+            retries: Vec::new(),
         }))
     }
 

@@ -28,6 +28,7 @@ pub(crate) fn desired() -> DesiredState {
         infra_version: None,
         stacks: BTreeMap::new(),
         approved_change_set: None,
+        update_windows: None,
         source: DesiredSource::Parameters,
         ignored: Vec::new(),
     }
@@ -126,6 +127,7 @@ pub(crate) fn seen(desired: DesiredState, service: ServiceState, stacks: Vec<Sta
             stacks,
         }),
         settles_at: None,
+        retries: Vec::new(),
     }))
 }
 

@@ -3,13 +3,18 @@
 //! it stands with the release, reported to the coordinator after each pass.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use runner_updater_core::domain::desired::{
     parse_desired, DesiredError, DesiredSource, DesiredState, RELEASE_PARAMETER, SWITCHES,
+    UPDATE_WINDOW_PARAMETER,
 };
 use runner_updater_core::domain::eligibility::Rule;
 use runner_updater_core::domain::observed::{ObserveError, Observed};
+use runner_updater_core::domain::retry::is_retry_name;
 use runner_updater_core::domain::rollout::Progress;
+use runner_updater_core::domain::window::parse_windows;
+use runner_updater_core::domain::Millis;
 use runner_updater_core::machine::phase::Phase;
 
 use super::{Following, RunnerDriver, Standing};
@@ -27,7 +32,7 @@ impl RunnerDriver {
         };
         let pinned = relative
             .keys()
-            .any(|name| !SWITCHES.contains(&name.as_str()));
+            .any(|name| !SWITCHES.contains(&name.as_str()) && !is_retry_name(name));
         let excused = relative
             .get("desired/auto-update")
             .is_some_and(|value| value == "false");
@@ -42,11 +47,20 @@ impl RunnerDriver {
             admitted: false,
             running_it: false,
             refused: false,
+            outside_window: None,
         };
         if pinned {
             return parse_desired(relative, &self.policy);
         }
         let now = self.ports.clock.now();
+        // Its window (its own, else its configuration's; a bad one is refused when admitted).
+        let windows = match relative.get(UPDATE_WINDOW_PARAMETER) {
+            Some(text) => parse_windows(text).ok().flatten().map(Arc::new),
+            None => self.policy.update_windows.clone(),
+        };
+        self.following.outside_window = windows
+            .filter(|w| !w.is_open(now))
+            .map(|w| w.next_open(now).unwrap_or(Millis(u64::MAX)));
         // An attempt past its lock keeps its release (see `Board::follow`); at rest, in
         // Checking or under the lock's re-check, admission is asked afresh.
         let phase = self.phase();
@@ -149,7 +163,9 @@ impl RunnerDriver {
         let Some(release) = board.current(&self.settings.channel) else {
             return;
         };
-        board.report(&self.runner.name, &release, self.progress_on(&release));
+        let progress = self.progress_on(&release);
+        let opens_at = self.following.outside_window;
+        board.report(&self.runner.name, &release, progress, opens_at);
     }
 
     /// Where the runner stands with `release`, from its state and its record: what it did
@@ -174,17 +190,28 @@ impl RunnerDriver {
             version == &*release.version && release.image.as_deref().is_none_or(|i| i == image)
         };
         let record = self.last_saved.as_ref();
-        let failed = record.is_some_and(|r| r.failed.iter().any(|f| on(&f.version, &f.image)));
+        let failed = record.is_some_and(|r| {
+            r.failed
+                .iter()
+                .any(|f| on(&f.version, &f.image) && !self.channel_retried(&f.version, f.at))
+        });
         let attempt_on = record
             .and_then(|r| r.attempt.as_ref())
             .is_some_and(|a| on(&a.target_version, &a.target_image));
+        // A mark a retry lifted (the runner's own, or its channel's) is no failure: it may try
+        // once more.
+        let lifted = record.is_some_and(|r| {
+            r.failed
+                .iter()
+                .any(|f| on(&f.version, &f.image) && self.channel_retried(&f.version, f.at))
+        });
         if !phase.is_resting() && attempt_on {
-            if failed || phase == Phase::RollingBack {
+            if failed || (phase == Phase::RollingBack && !lifted) {
                 Progress::RollingBack
             } else {
                 Progress::InFlight
             }
-        } else if failed || (phase == Phase::RolledBack && attempt_on) {
+        } else if failed {
             Progress::Failed
         } else if self.following.standing == Standing::Pinned {
             Progress::Pinned
@@ -194,6 +221,8 @@ impl RunnerDriver {
             Progress::Refused
         } else if self.following.standing == Standing::Excused {
             Progress::Excused
+        } else if self.following.outside_window.is_some() {
+            Progress::OutsideWindow
         } else {
             Progress::Pending
         }

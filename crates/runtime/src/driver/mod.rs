@@ -16,6 +16,7 @@
 
 mod effects;
 mod follow;
+mod intents;
 mod observe;
 mod persist;
 mod trace;
@@ -269,6 +270,8 @@ struct Following {
     refused: bool,
     /// Admitted to the release, and already running it (its desired image).
     running_it: bool,
+    /// Its update window is closed: when it opens (`Millis(u64::MAX)`: not in the next days).
+    outside_window: Option<Millis>,
 }
 
 /// Whether a runner follows its channel's release.

@@ -3,6 +3,7 @@
 
 #[allow(clippy::wildcard_imports)] // the driver's own vocabulary, shared by its parts
 use super::*;
+use runner_updater_core::domain::retry::is_retry_name;
 
 impl RunnerDriver {
     /// Runs an operation with bounded, jittered retries on transient errors.
@@ -91,7 +92,8 @@ impl RunnerDriver {
                         .into_iter()
                         .filter_map(|(name, value)| {
                             let relative = name.strip_prefix(&folder)?.strip_prefix('/')?;
-                            is_desired_name(relative).then(|| (relative.to_owned(), value))
+                            (is_desired_name(relative) || is_retry_name(relative))
+                                .then(|| (relative.to_owned(), value))
                         })
                         .collect::<BTreeMap<String, String>>()
                 });
@@ -99,8 +101,10 @@ impl RunnerDriver {
         };
         // An unreadable AWS is an observation too: the machine still sees time pass and checks
         // its deadlines.
+        let mut retries = Vec::new();
         let desired = match desired_read {
             Ok(relative) => {
+                retries = self.retry_intents(&relative).await;
                 self.desired_read = Some(relative.clone());
                 // First seen when the answer is here, not when the read began (a fleet read's
                 // pages take a while): later, never earlier.
@@ -132,6 +136,7 @@ impl RunnerDriver {
             desired,
             observed,
             settles_at: self.settles_at,
+            retries,
         })
     }
 
