@@ -329,3 +329,79 @@ async fn a_desired_state_still_settling_is_a_check_span_that_says_so() {
         names(&spans)
     );
 }
+
+#[tokio::test]
+async fn a_channel_release_is_a_trace_of_its_own_linked_both_ways_to_each_attempt() {
+    use runner_updater_config::Config;
+    use runner_updater_interface::scenario::{fleet_config, SimulatedLoop};
+    let (exporter, provider, _guard) = capture();
+    let mut config = Config::from_toml(&fleet_config(3, 1, 1000)).unwrap();
+    config.settle_secs = 0;
+    let s = Scenario::with_config(7, config).unwrap();
+    s.follow_channels();
+    s.set_channel_release(
+        "stable",
+        r#"{"version": "2.14.0", "plan": {"canary": 1, "waves": [100], "concurrency": 2}}"#,
+    );
+    let mut scheduler = s.scheduler_as("controller-1");
+    let mut control = SimulatedLoop::new(&s, "stable", std::time::Duration::from_hours(2), |r| {
+        r.finished_at.is_some()
+    });
+    scheduler.run(&mut control, None).await;
+    assert!(control.finished);
+    drop(scheduler);
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+
+    let roots: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "release stable 2.14.0")
+        .collect();
+    assert_eq!(roots.len(), 1, "one root per release: {:#?}", names(&spans));
+    let release = roots[0].span_context.clone();
+    let record = s.store.load_release("stable").await.unwrap().unwrap();
+    assert_eq!(
+        record
+            .traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1)),
+        Some(release.trace_id().to_string().as_str()),
+        "the record keeps the release's trace"
+    );
+    let in_release = |name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.span_context.trace_id() == release.trace_id())
+            .count()
+    };
+    assert_eq!(in_release("wave 2 of 2 started"), 1, "{:#?}", names(&spans));
+    assert_eq!(in_release("finished"), 1);
+    // Each attempt: a span in the release's trace linked to the attempt's root, and the
+    // attempt's root linked to the release.
+    let attempts: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("update runner-"))
+        .collect();
+    assert_eq!(attempts.len(), 3, "{:#?}", names(&spans));
+    for attempt in attempts {
+        assert!(
+            attempt
+                .links
+                .iter()
+                .any(|l| l.span_context.trace_id() == release.trace_id()),
+            "{} links to the release",
+            attempt.name
+        );
+        let runner = attribute(attempt, "runner").unwrap();
+        let told: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == format!("{runner} started its attempt").as_str())
+            .collect();
+        assert_eq!(told.len(), 1, "{runner}: {:#?}", names(&spans));
+        assert_eq!(told[0].span_context.trace_id(), release.trace_id());
+        assert!(told[0]
+            .links
+            .iter()
+            .any(|l| l.span_context.trace_id() == attempt.span_context.trace_id()));
+    }
+}

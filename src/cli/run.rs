@@ -207,6 +207,7 @@ fn scheduler_of(
     drivers: Vec<RunnerDriver>,
     ports: &Ports,
     holder: &str,
+    metrics: Arc<Metrics>,
 ) -> Scheduler {
     let reader = FleetReader::new(
         ports.ssm.clone(),
@@ -221,7 +222,8 @@ fn scheduler_of(
         ports.lock.clone(),
         ports.clock.clone(),
         ports.ssm.clone(),
-    );
+    )
+    .with_metrics(metrics);
     Scheduler::new(config, drivers, reader, ports.clock.clone()).with_channels(channels)
 }
 
@@ -299,7 +301,7 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         })
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
-    let mut scheduler = scheduler_of(config, drivers, &ports, &holder);
+    let mut scheduler = scheduler_of(config, drivers, &ports, &holder, metrics.clone());
     let mut control = LoopControl {
         metrics: metrics.clone(),
         clock: ports.clock.clone(),

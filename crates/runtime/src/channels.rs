@@ -30,13 +30,16 @@ use std::time::Duration;
 
 use runner_updater_config::Config;
 use runner_updater_core::domain::channel::{
-    parse_channel_release, release_id, runner_release_text, validate_for_channel, waves,
+    parse_channel_release, release_id, runner_release_text, validate_for_channel, waves, Budget,
     ChannelRelease, CHANNELS_FOLDER, RELEASE_NAME,
 };
 use runner_updater_core::domain::retry::{intent_id, IntentDocument, RETRY_FOLDER};
 use runner_updater_core::domain::rollout::{self, channel_key, Progress, ReleaseRecord, RetryAck};
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{Clock, Lock, LockOutcome, ParameterStore, StateStore};
+
+use crate::metrics::{Metrics, ReleaseGauges};
+use crate::telemetry;
 
 /// How much sooner than its end this controller stops trusting its lease on a channel (the
 /// clocks' tolerance and a pass's length), at most: a third of a shorter lease.
@@ -71,6 +74,8 @@ struct ChannelView {
     admitted: HashSet<String>,
     /// What the others are told.
     waiting: Arc<str>,
+    /// The release's trace (its root's `traceparent`), for the attempts to link to.
+    traceparent: Option<Arc<str>>,
     /// Until when this controller's lease on the channel is surely live (less a margin for
     /// the clocks): past it, only the runners already in an attempt keep the release.
     valid_until: Millis,
@@ -97,6 +102,9 @@ pub struct Board {
     /// The retries each channel acknowledged (`release retry`), for its runners to lift their
     /// marks of the version.
     retries: Mutex<HashMap<String, Arc<[RetryAck]>>>,
+    /// Attempts started on a channel's release since its last step: (runner, the attempt's
+    /// `traceparent`), told in the release's trace by the next step.
+    attempts: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Bumped for a channel whenever this controller takes its lease anew: the channel's
     /// drivers at rest then read their records again before they report (another controller
     /// may have moved their runners meanwhile).
@@ -242,6 +250,31 @@ impl Board {
             .collect()
     }
 
+    /// The trace of `channel`'s release, while this controller advances it.
+    #[must_use]
+    pub fn release_traceparent(&self, channel: &str) -> Option<Arc<str>> {
+        let views = self.views.lock().ok()?;
+        views.get(channel)?.as_ref()?.traceparent.clone()
+    }
+
+    /// `runner` started an attempt on `channel`'s release, its trace `traceparent`.
+    pub fn attempt_started(&self, channel: &str, runner: &str, traceparent: &str) {
+        if let Ok(mut attempts) = self.attempts.lock() {
+            attempts
+                .entry(channel.to_owned())
+                .or_default()
+                .push((runner.to_owned(), traceparent.to_owned()));
+        }
+    }
+
+    fn take_attempts(&self, channel: &str) -> Vec<(String, String)> {
+        self.attempts
+            .lock()
+            .ok()
+            .and_then(|mut attempts| attempts.remove(channel))
+            .unwrap_or_default()
+    }
+
     /// The retries `channel` acknowledged, as last read by this controller.
     #[must_use]
     pub fn retries(&self, channel: &str) -> Option<Arc<[RetryAck]>> {
@@ -324,6 +357,7 @@ pub struct Channels {
     stepped: AtomicBool,
     /// The last step saw a channel's release document.
     releasing: AtomicBool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Channels {
@@ -360,11 +394,25 @@ impl Channels {
             holder: holder.to_owned(),
             stepped: AtomicBool::new(false),
             releasing: AtomicBool::new(false),
+            metrics: None,
             lease_ttl: Duration::from_secs(
                 config
                     .lease_secs
                     .max(config.poll_interval_secs.saturating_mul(3)),
             ),
+        }
+    }
+
+    /// Reports each channel's release to `metrics` (the channels this controller advances).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn gone(&self, channel: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.release_gone(channel);
         }
     }
 
@@ -401,6 +449,7 @@ impl Channels {
         let Some(text) = documents.get(&format!("{channel}/{RELEASE_NAME}")) else {
             self.board.publish(&channel, None);
             served.record = None;
+            self.gone(&channel);
             return;
         };
         let parsed = parse_channel_release(text, &name).and_then(|release| {
@@ -426,6 +475,7 @@ impl Channels {
             Ok(LockOutcome::Busy { holder, .. }) => {
                 served.epoch = None;
                 served.record = None;
+                self.gone(&channel);
                 say(
                     served,
                     &format!("the release is advanced by another controller ({holder})"),
@@ -518,6 +568,7 @@ impl Channels {
             text: Arc::from(runner_text.as_str()),
             admitted: HashSet::new(),
             waiting: Arc::from(waiting_words(&channel).as_str()),
+            traceparent: None,
             valid_until: Millis(
                 now.after(self.lease_ttl).0.saturating_sub(
                     LEASE_MARGIN_MS
@@ -544,10 +595,25 @@ impl Channels {
         );
         let record = self.save(&before, step.record, epoch).await?;
         self.board.set_retries(&channel, &record.retries);
+        let trace = record.traceparent.as_deref();
         for event in retried.iter().chain(&step.events) {
-            tracing::info!(channel = %channel, release = %version, event = %event, "channel release");
+            let span = telemetry::release_step_span(
+                &channel,
+                trace,
+                event,
+                record.wave,
+                record.halted.is_some(),
+            );
+            tracing::info!(parent: &span, channel = %channel, release = %version, event = %event, "channel release");
         }
+        for (runner, attempt) in self.board.take_attempts(&channel) {
+            telemetry::release_attempt_span(&channel, trace, record.wave, &runner, &attempt);
+        }
+        view.traceparent = record.traceparent.as_deref().map(Arc::from);
         self.delete_acknowledged(&channel, &intents, &record).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.release(&channel, &gauges(&record, release.budget));
+        }
         view.admitted = step.admitted.into_iter().collect();
         self.board.publish(&channel, Some(view));
         say(served, &record.next_step(bake), false);
@@ -630,7 +696,11 @@ fn new_release(
 ) -> ReleaseRecord {
     let mut quarantined = Vec::new();
     let mut resumes = Vec::new();
+    let mut retries = Vec::new();
     if let Some(before) = before {
+        // The channel's retries carry over: a runner that has not lifted its marks yet still
+        // does (once).
+        retries.clone_from(&before.retries);
         let acknowledged = before
             .resume_token()
             .filter(|token| Some(token.as_str()) == resume);
@@ -641,16 +711,20 @@ fn new_release(
             resumes.push(token);
         }
     }
+    let version = release.release.version.as_deref().unwrap_or_default();
     let mut record = ReleaseRecord::new(
         channel,
         id,
-        release.release.version.as_deref().unwrap_or_default(),
+        version,
         release.release.image.as_deref(),
         release.budget,
         now,
         quarantined,
     );
     record.resumes = resumes;
+    record.retries = retries;
+    // The release's trace: its root, ended at once (a crash cannot lose it).
+    record.traceparent = telemetry::traceparent(&telemetry::release_span(channel, id, version));
     record
 }
 
@@ -674,6 +748,21 @@ fn retry_intents(
             }
         })
         .collect()
+}
+
+/// The metrics of a release record.
+fn gauges(record: &ReleaseRecord, budget: Budget) -> ReleaseGauges {
+    let waves = u32::try_from(record.waves).unwrap_or(u32::MAX);
+    ReleaseGauges {
+        wave: u32::try_from(record.wave + 1)
+            .unwrap_or(u32::MAX)
+            .min(waves),
+        waves,
+        failed: record.failed,
+        allowed: budget.allowed(record.attempted),
+        halted: record.halted.is_some(),
+        counts: record.totals(),
+    }
 }
 
 /// Whether the fleet read found any channel's release document.

@@ -52,6 +52,90 @@ struct CommandLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelStateLabels {
+    channel: String,
+    state: String,
+}
+
+/// A channel's release as its coordinator last counted it, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleaseGauges {
+    /// The wave in progress, 1-based (0: no release).
+    pub wave: u32,
+    /// Its waves.
+    pub waves: u32,
+    /// Failures counted against the budget.
+    pub failed: u32,
+    /// Failures tolerated now (one more halts it).
+    pub allowed: u32,
+    /// Halted.
+    pub halted: bool,
+    /// Runners by where they stand.
+    pub counts: runner_updater_core::domain::rollout::WaveCounts,
+}
+
+/// Registers the channels' release families.
+fn register_releases(registry: &mut Registry, metrics: &Metrics) {
+    let releases: [(&str, &str, &Family<ChannelLabels, Gauge>); 6] = [
+        (
+            "release_wave",
+            "The wave in progress of the channel's release, 1-based (0: no release)",
+            &metrics.release_wave,
+        ),
+        (
+            "release_waves",
+            "Waves of the channel's release",
+            &metrics.release_waves,
+        ),
+        (
+            "release_failures",
+            "Failed runners of the channel's release counted against its budget",
+            &metrics.release_failures,
+        ),
+        (
+            "release_budget",
+            "Failed runners the channel's release tolerates now (one more halts it)",
+            &metrics.release_budget,
+        ),
+        (
+            "release_halted",
+            "1 while the channel's release is halted",
+            &metrics.release_halted,
+        ),
+        (
+            "release_waiting_for_window",
+            "Runners of the channel's release not started because their update window is closed",
+            &metrics.release_waiting,
+        ),
+    ];
+    for (name, help, family) in releases {
+        registry.register(name, help, family.clone());
+    }
+    registry.register(
+        "release_runners",
+        "Runners of the channel's release by where they stand (pending, in-flight, done, rolled-back, pinned, excused, refused, outside-window)",
+        metrics.release_runners.clone(),
+    );
+}
+
+/// The `state` label values of `release_runners`.
+const RELEASE_STATES: [&str; 8] = [
+    "pending",
+    "in-flight",
+    "done",
+    "rolled-back",
+    "pinned",
+    "excused",
+    "refused",
+    "outside-window",
+];
+
 fn reconcile_histogram() -> Histogram {
     Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
 }
@@ -71,6 +155,13 @@ pub struct Metrics {
     lease_held: Family<RunnerLabels, Gauge>,
     last_success: Family<RunnerLabels, Gauge>,
     aws_reachable: Family<RunnerLabels, Gauge>,
+    release_wave: Family<ChannelLabels, Gauge>,
+    release_waves: Family<ChannelLabels, Gauge>,
+    release_runners: Family<ChannelStateLabels, Gauge>,
+    release_failures: Family<ChannelLabels, Gauge>,
+    release_budget: Family<ChannelLabels, Gauge>,
+    release_halted: Family<ChannelLabels, Gauge>,
+    release_waiting: Family<ChannelLabels, Gauge>,
     passes: AtomicU64,
     last_pass_ms: AtomicU64,
     loaded: AtomicBool,
@@ -99,6 +190,13 @@ impl Metrics {
             lease_held: Family::default(),
             last_success: Family::default(),
             aws_reachable: Family::default(),
+            release_wave: Family::default(),
+            release_waves: Family::default(),
+            release_runners: Family::default(),
+            release_failures: Family::default(),
+            release_budget: Family::default(),
+            release_halted: Family::default(),
+            release_waiting: Family::default(),
             passes: AtomicU64::new(0),
             last_pass_ms: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
@@ -159,9 +257,69 @@ impl Metrics {
             "1 when the last observation of the runner could read AWS",
             metrics.aws_reachable.clone(),
         );
+        register_releases(&mut registry, &metrics);
         Metrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// This controller does not advance `channel`'s release (another does, or it has none):
+    /// its series go (the controller that advances it exposes them).
+    pub fn release_gone(&self, channel: &str) {
+        let labels = ChannelLabels {
+            channel: channel.to_owned(),
+        };
+        for family in [
+            &self.release_wave,
+            &self.release_waves,
+            &self.release_failures,
+            &self.release_budget,
+            &self.release_halted,
+            &self.release_waiting,
+        ] {
+            family.remove(&labels);
+        }
+        for state in RELEASE_STATES {
+            self.release_runners.remove(&ChannelStateLabels {
+                channel: channel.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+    }
+
+    /// A channel's release as its coordinator last counted it.
+    pub fn release(&self, channel: &str, gauges: &ReleaseGauges) {
+        let labels = ChannelLabels {
+            channel: channel.to_owned(),
+        };
+        let set = |family: &Family<ChannelLabels, Gauge>, value: u32| {
+            family.get_or_create(&labels).set(i64::from(value));
+        };
+        set(&self.release_wave, gauges.wave);
+        set(&self.release_waves, gauges.waves);
+        set(&self.release_failures, gauges.failed);
+        set(&self.release_budget, gauges.allowed);
+        set(&self.release_halted, u32::from(gauges.halted));
+        set(&self.release_waiting, gauges.counts.outside_window);
+        let c = gauges.counts;
+        let values = [
+            c.pending,
+            c.in_flight,
+            c.done,
+            c.rolled_back,
+            c.pinned,
+            c.excused,
+            c.refused,
+            c.outside_window,
+        ];
+        for (state, value) in RELEASE_STATES.into_iter().zip(values) {
+            self.release_runners
+                .get_or_create(&ChannelStateLabels {
+                    channel: channel.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(i64::from(value));
         }
     }
 
@@ -374,5 +532,43 @@ mod tests {
         assert!(metrics.ready());
         metrics.pass("runner-a", 0.2, Millis(12_000), false);
         assert!(!metrics.ready(), "not ready while AWS cannot be read");
+    }
+
+    #[test]
+    fn a_release_is_exposed_per_channel_and_a_halt_leaves_readiness_alone() {
+        let metrics = Metrics::new();
+        metrics.set_loaded();
+        metrics.pass("runner-a", 0.2, Millis(5_000), true);
+        let mut gauges = ReleaseGauges {
+            wave: 2,
+            waves: 3,
+            failed: 1,
+            allowed: 0,
+            halted: true,
+            ..ReleaseGauges::default()
+        };
+        gauges.counts.done = 4;
+        gauges.counts.outside_window = 2;
+        metrics.release("stable", &gauges);
+        let text = metrics.render();
+        for line in [
+            "runner_updater_release_wave{channel=\"stable\"} 2",
+            "runner_updater_release_waves{channel=\"stable\"} 3",
+            "runner_updater_release_failures{channel=\"stable\"} 1",
+            "runner_updater_release_budget{channel=\"stable\"} 0",
+            "runner_updater_release_halted{channel=\"stable\"} 1",
+            "runner_updater_release_waiting_for_window{channel=\"stable\"} 2",
+            "runner_updater_release_runners{channel=\"stable\",state=\"done\"} 4",
+            "runner_updater_release_runners{channel=\"stable\",state=\"outside-window\"} 2",
+            "# TYPE runner_updater_release_halted gauge",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            metrics.ready(),
+            "a halted release is not the controller's unreadiness"
+        );
+        metrics.release_gone("stable");
+        assert!(!metrics.render().contains("channel=\"stable\""));
     }
 }

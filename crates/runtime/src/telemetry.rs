@@ -213,6 +213,77 @@ pub fn state_span(
     span
 }
 
+/// The root span of a channel's release (ended by the caller at once): every step of the
+/// release that changes it is a span of this trace, and each runner's attempt on it a span
+/// linked to the attempt's own trace.
+#[must_use]
+pub fn release_span(channel: &str, release_id: &str, version: &str) -> Span {
+    tracing::info_span!(
+        parent: None,
+        "release",
+        otel.name = %format!("release {channel} {version}"),
+        channel = %channel,
+        release.id = %release_id,
+        version.to = %version,
+    )
+}
+
+/// A step of a channel's release (`events`: what changed), in the release's trace.
+#[must_use]
+pub fn release_step_span(
+    channel: &str,
+    traceparent: Option<&str>,
+    event: &str,
+    wave: usize,
+    halted: bool,
+) -> Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "release step",
+        otel.name = %event,
+        channel = %channel,
+        event = %event,
+        release.wave = wave + 1,
+        release.halted = halted,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(id) = traceparent.and_then(trace_id) {
+        span.record("trace_id", id);
+    }
+    if let Some(context) = traceparent.and_then(parent_context) {
+        let _ = span.set_parent(context);
+    }
+    span
+}
+
+/// A runner's attempt on a channel's release, in the release's trace, linked to the attempt's
+/// own trace (`attempt`: its root's `traceparent`).
+pub fn release_attempt_span(
+    channel: &str,
+    release_traceparent: Option<&str>,
+    wave: usize,
+    runner: &str,
+    attempt: &str,
+) {
+    let span = release_step_span(
+        channel,
+        release_traceparent,
+        &format!("{runner} started its attempt"),
+        wave,
+        false,
+    );
+    span.set_attribute("runner", runner.to_owned());
+    link(&span, attempt);
+}
+
+/// Links `span` to the span of `traceparent` (another trace: a release and its attempts).
+pub fn link(span: &Span, traceparent: &str) {
+    if let Some(context) = parent_context(traceparent) {
+        let remote = context.span().span_context().clone();
+        span.add_link(remote);
+    }
+}
+
 /// Records each eligibility rule's outcome on a span: `eligibility.<rule>` = `pass` or
 /// `fail: <reason>`, and `eligibility.eligible`.
 pub fn record_verdict(span: &Span, verdict: &Verdict) {

@@ -157,6 +157,17 @@ impl Budget {
             }
         }
     }
+
+    /// The failures tolerated among `attempted` runners (one more halts the release).
+    #[must_use]
+    pub fn allowed(self, attempted: u32) -> u32 {
+        match self {
+            Budget::Count(count) => count,
+            Budget::Share(percent) => {
+                u32::try_from(u64::from(percent) * u64::from(attempted) / 100).unwrap_or(u32::MAX)
+            }
+        }
+    }
 }
 
 /// One wave as the channel's runners fill it.

@@ -61,6 +61,7 @@ impl RunnerDriver {
                 // that ends without the lock is not an attempt: it is told by a check span.
                 let root = telemetry::attempt_span(&self.runner.name, attempt);
                 self.traceparent = telemetry::traceparent(&root);
+                self.link_to_release(&root);
                 let checking = telemetry::state_span(
                     &self.runner.name,
                     Phase::Checking,
@@ -103,6 +104,21 @@ impl RunnerDriver {
             (&self.state_span, machine::change_set_of(machine.state()))
         {
             telemetry::record_change_set(span, step);
+        }
+    }
+
+    /// An attempt on the runner's channel's release: its root links to the release's trace,
+    /// and the release's next step tells it (linked back).
+    fn link_to_release(&self, root: &tracing::Span) {
+        let (Some(board), true) = (&self.board, self.following.admitted) else {
+            return;
+        };
+        let channel = &self.settings.channel;
+        if let Some(release) = board.release_traceparent(channel) {
+            telemetry::link(root, &release);
+        }
+        if let Some(traceparent) = &self.traceparent {
+            board.attempt_started(channel, &self.runner.name, traceparent);
         }
     }
 
