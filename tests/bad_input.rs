@@ -230,6 +230,32 @@ const CASES: &[Case] = &[
         Bad::Desired("auto-update", "maybe"),
         "invalid-auto-update",
     ),
+    // desired/update-window (issue 20)
+    case(
+        "update window that does not parse",
+        Bad::Desired("update-window", "weekends at night"),
+        "invalid-update-window",
+    ),
+    case(
+        "update window in a time zone that does not exist",
+        Bad::Desired("update-window", "Sat 02:00-05:00 Mars/Olympus"),
+        "invalid-update-window",
+    ),
+    case(
+        "update window empty",
+        Bad::Desired("update-window", ""),
+        "invalid-update-window",
+    ),
+    case(
+        "update window that lasts no time",
+        Bad::Desired("update-window", "Sat 02:00-02:00 UTC"),
+        "invalid-update-window",
+    ),
+    case(
+        "update window closed (Sunday 03:00 in Berlin, the demo starts on a Saturday)",
+        Bad::Desired("update-window", "Sun 03:00-04:00 Europe/Berlin"),
+        "update-window",
+    ),
     case(
         "auto-update off",
         Bad::Desired("auto-update", "false"),

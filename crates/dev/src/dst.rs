@@ -57,6 +57,7 @@ use runner_updater_core::domain::Millis;
 use runner_updater_core::domain::{fnv1a, FNV_OFFSET};
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_core::record::Record;
+use runner_updater_interface::retry::{retry_channel, retry_runner, Requester};
 use runner_updater_interface::scenario::create_fleet;
 use runner_updater_ports::{
     ApiFamily, AwsOp, Call, Clock, CloudFormation, Decorated, Ecs, ErrorKind, Hooks, Lock,
@@ -66,6 +67,8 @@ use runner_updater_runtime::channels::{Channels, RESUME_NAME};
 use runner_updater_runtime::driver::{CrashPlan, DriverError, Ports, RunnerDriver};
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
 use runner_updater_runtime::retry::RetryPolicy;
+
+use crate::promises::{Broken, Promises};
 
 /// The fleet of a simulation: runner-a with two stacks, runner-b and runner-c without. Each
 /// runner has its own image repository, so that an image's behaviour (chosen when ops ask for
@@ -191,6 +194,34 @@ const BAD_CHANNEL_RELEASES: [&str; 4] = [
     "{not json",
 ];
 
+/// Update windows ops may write (`desired/update-window`): around the nights Europe's clocks
+/// change (the seeds that start there), always open, mostly closed, `any`, and bad ones.
+const WINDOWS: [&str; 12] = [
+    "Sun 02:00-03:00 Europe/Berlin",
+    "Sun 01:30-02:30 Europe/Berlin",
+    "daily 02:30-04:00 Europe/Berlin",
+    "Sat,Sun 00:00-01:30 Europe/London; Sat 10:00-11:00 UTC",
+    "daily 03:00-23:00 Europe/Berlin",
+    "daily 00:00-24:00 UTC",
+    "Mon-Fri 09:00-17:00 America/New_York",
+    "any",
+    "",
+    "Sun 02:00-02:00 UTC",
+    "Sun 02:00-03:00 Europe/Atlantis",
+    "sometimes",
+];
+
+/// Where a seed's simulated time starts, after the usual epoch (a Saturday morning): one seed
+/// in three 40 minutes before Europe's clocks go forward (2025-03-30 01:00Z), one in three
+/// before they go back (2025-10-26 01:00Z).
+fn time_shift(seed: u64) -> Duration {
+    match seed % 3 {
+        1 => Duration::from_mins(41_180),
+        2 => Duration::from_mins(343_580),
+        _ => Duration::ZERO,
+    }
+}
+
 /// The promises checked after every step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
@@ -224,6 +255,13 @@ pub enum Invariant {
     /// A channel release never has more runners in an attempt on it (past their lock) than
     /// the largest concurrency of its plan.
     ReleaseWithinConcurrency,
+    /// No attempt starts while the runner's update window is closed (every window ops had
+    /// written for it around that moment, daylight-saving nights included).
+    OutsideWindowNeverUpdated,
+    /// A retried version goes forward at most once per retry: a quarantine mark is lifted only
+    /// by a retry acknowledged then (or pushed out by newer marks), a retry is acknowledged
+    /// once per runner, and each lift allows one attempt on its target.
+    RetriedAtMostOnce,
     /// After the drain, every runner runs the last valid, deployable desired state: its pin,
     /// or its channel's release.
     Converges,
@@ -246,6 +284,8 @@ impl Invariant {
             Invariant::ReleaseFailuresWithinBudget => "release-failures-within-budget",
             Invariant::ReleaseWavesInOrder => "release-waves-in-order",
             Invariant::ReleaseWithinConcurrency => "release-within-concurrency",
+            Invariant::OutsideWindowNeverUpdated => "outside-window-never-updated",
+            Invariant::RetriedAtMostOnce => "retried-at-most-once",
             Invariant::Converges => "converges",
         }
     }
@@ -374,6 +414,12 @@ pub struct Tally {
     pub channel_resumes: u64,
     /// Attempts on a channel's release that ended (Done or `RolledBack`).
     pub channel_attempts: u64,
+    /// Update windows ops wrote (valid, bad, `any`) or deleted.
+    pub windows_written: u64,
+    /// Retries ops asked for (`retry`, `release retry`), written or refused.
+    pub retries_asked: u64,
+    /// Of which refused (nothing quarantined, not that version, one pending).
+    pub retries_refused: u64,
     /// Attempts that ended Done.
     pub done: u64,
     /// Attempts that ended `RolledBack`.
@@ -414,6 +460,9 @@ impl Tally {
             channel_halts,
             channel_resumes,
             channel_attempts,
+            windows_written,
+            retries_asked,
+            retries_refused,
             done,
             rolled_back,
             fingerprint,
@@ -445,6 +494,9 @@ impl Tally {
         self.channel_halts += channel_halts;
         self.channel_resumes += channel_resumes;
         self.channel_attempts += channel_attempts;
+        self.windows_written += windows_written;
+        self.retries_asked += retries_asked;
+        self.retries_refused += retries_refused;
         self.done += done;
         self.rolled_back += rolled_back;
         self.fingerprint = self.fingerprint.wrapping_add(*fingerprint);
@@ -452,7 +504,7 @@ impl Tally {
 
     /// The figures as `(name, value)` rows, in a stable order (for reports).
     #[must_use]
-    pub fn rows(&self) -> [(&'static str, u64); 29] {
+    pub fn rows(&self) -> [(&'static str, u64); 32] {
         [
             ("seeds", self.seeds),
             ("of which on the DynamoDB state store", self.dynamodb_seeds),
@@ -481,6 +533,9 @@ impl Tally {
             ("channel releases halted", self.channel_halts),
             ("channel releases resumed", self.channel_resumes),
             ("attempts on a channel release ended", self.channel_attempts),
+            ("update windows written", self.windows_written),
+            ("retries asked", self.retries_asked),
+            ("retries refused", self.retries_refused),
             ("attempts Done", self.done),
             ("attempts RolledBack", self.rolled_back),
         ]
@@ -588,6 +643,7 @@ impl World {
     fn new(seed: u64, verbose: bool) -> Result<World, SimulationError> {
         let config = Config::from_toml(CONFIG)?;
         let aws = SimAws::new(seed);
+        aws.clock.advance(time_shift(seed));
         let ssm = aws.ssm.without_faults();
         let table = on_dynamodb(seed).then(|| aws.table.without_faults());
         create_fleet(&aws, &config, START_VERSION)
@@ -813,7 +869,8 @@ impl World {
                 self.aws.clock.advance(Duration::from_secs(seconds));
             }
             72..=75 => self.ops(),
-            76..=79 => self.channel_ops().await,
+            76..=78 => self.channel_ops().await,
+            79 => self.retry_op().await,
             80..=86 => self.fault(),
             87..=88 => {
                 let index = self.pick_controller();
@@ -1064,11 +1121,12 @@ impl World {
                 };
                 let concurrency = 1 + u32::try_from(self.rng.below(2)).unwrap_or(0);
                 let bake = 30 * self.rng.below(3);
+                let window_wait = [0, 60, 600][usize::try_from(self.rng.below(3)).unwrap_or(0)];
                 let budget = u32::try_from(self.rng.below(2)).unwrap_or(0);
                 self.channel_plans
                     .insert(version.clone(), (budget, concurrency));
                 let document = format!(
-                    "{{\"version\": \"{version}\", \"plan\": {{{canary}\"waves\": {waves}, \"concurrency\": {concurrency}, \"bake-secs\": {bake}}}, \"budget\": {budget}}}"
+                    "{{\"version\": \"{version}\", \"plan\": {{{canary}\"waves\": {waves}, \"concurrency\": {concurrency}, \"bake-secs\": {bake}, \"window-wait-secs\": {window_wait}}}, \"budget\": {budget}}}"
                 );
                 self.note(format!(
                     "ops channel stable: {version} behaves {behaviour:?}"
@@ -1174,7 +1232,105 @@ impl World {
                 };
                 self.set(&runner, "version", &version);
             }
+            86..=93 => self.window_op(&runner),
             _ => self.new_infrastructure(None),
+        }
+    }
+
+    /// Ops write (or delete) a runner's update window.
+    fn window_op(&mut self, runner: &str) {
+        self.tally.windows_written += 1;
+        let index = usize::try_from(self.rng.below(WINDOWS.len() as u64 + 2)).unwrap_or(0);
+        let now = self.aws.clock.now();
+        if let Some(window) = WINDOWS.get(index) {
+            self.set(runner, "update-window", window);
+            self.window_written(runner, now, Some(window));
+        } else {
+            let name = self.desired(runner, "update-window");
+            self.ssm.remove(&name);
+            self.note(format!("ops {runner}: update window deleted"));
+            self.window_written(runner, now, None);
+        }
+    }
+
+    fn window_written(&self, runner: &str, at: Millis, value: Option<&str>) {
+        if let Ok(mut promises) = self.audit.promises.lock() {
+            promises.window_written(runner, at, value);
+        }
+    }
+
+    /// Ops retry a version on a runner or on the channel, as `retry` and `release retry` do:
+    /// a quarantined one mostly, one that is not now and then (refused, nothing written).
+    async fn retry_op(&mut self) {
+        self.tally.retries_asked += 1;
+        let store = self.audit.records();
+        let runner = self.pick_runner();
+        let on_channel = self.rng.below(3) == 0;
+        let quarantined: Vec<String> = if on_channel {
+            match store.load_release("stable").await {
+                Ok(Some(record)) => record.quarantined.into_iter().map(|(v, _)| v).collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            match store.load(&runner).await {
+                Ok(Some(record)) => record.failed.into_iter().map(|f| f.version).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let version = if quarantined.is_empty() || self.rng.below(5) == 0 {
+            None
+        } else {
+            let index = usize::try_from(self.rng.below(quarantined.len() as u64)).unwrap_or(0);
+            Some(quarantined[index].clone())
+        };
+        let requester = Requester {
+            now: self.aws.clock.now(),
+            salt: self.rng.below(u64::MAX),
+            by: Some("ops".to_owned()),
+        };
+        let written = if on_channel {
+            retry_channel(
+                &self.config,
+                store.as_ref(),
+                &self.ssm,
+                "stable",
+                version.as_deref(),
+                &requester,
+            )
+            .await
+        } else {
+            retry_runner(
+                &self.config,
+                store.as_ref(),
+                &self.ssm,
+                &runner,
+                version.as_deref(),
+                &requester,
+            )
+            .await
+        };
+        let whom = if on_channel {
+            "channel stable"
+        } else {
+            runner.as_str()
+        };
+        match written {
+            Ok(written) => {
+                let id = written.parameter.rsplit('/').next().unwrap_or_default();
+                let id = if on_channel {
+                    format!("channel-stable-{id}")
+                } else {
+                    id.to_owned()
+                };
+                self.note(format!("ops retry {} on {whom} ({id})", written.version));
+                if let Ok(mut promises) = self.audit.promises.lock() {
+                    promises.intent_written(id, written.version);
+                }
+            }
+            Err(error) => {
+                self.tally.retries_refused += 1;
+                self.note(format!("ops retry on {whom} refused: {error}"));
+            }
         }
     }
 
@@ -1787,8 +1943,13 @@ impl World {
             "{{\"version\": \"{channel}\", \"plan\": {{\"waves\": [100], \"concurrency\": 3}}, \"budget\": 3}}"
         );
         self.publish_channel(Some(&document));
+        let now = self.aws.clock.now();
         for runner in self.runner_names() {
             self.set(&runner, "auto-update", "true");
+            // Windows go: the fleet must converge now.
+            let window = self.desired(&runner, "update-window");
+            self.ssm.remove(&window);
+            self.window_written(&runner, now, None);
             if runner != "runner-a" && self.rng.below(2) == 0 {
                 self.unpin(&runner);
                 let image = self.image_of(&runner, &channel);
@@ -1980,6 +2141,8 @@ struct Audit {
     /// Slow calls queued per operation: the next call of it takes this long (simulated time).
     slow: Arc<Mutex<BTreeMap<AwsOp, VecDeque<Duration>>>>,
     clock: SimClock,
+    /// Update windows and retries (`outside-window-never-updated`, `retried-at-most-once`).
+    promises: Arc<Mutex<Promises>>,
 }
 
 impl Audit {
@@ -2005,6 +2168,7 @@ impl Audit {
             lost_updates: Arc::new(Mutex::new(std::collections::BTreeSet::new())),
             slow: Arc::new(Mutex::new(BTreeMap::new())),
             clock,
+            promises: Arc::new(Mutex::new(Promises::default())),
         }
     }
 
@@ -2060,6 +2224,18 @@ impl Audit {
     /// must continue it (same attempt, or a transition out of the stored phase after it was
     /// entered: the attempt ending or stopping).
     fn save(&self, holder: &str, record: &Record, before: Option<Record>) {
+        let broken = self
+            .promises
+            .lock()
+            .ok()
+            .and_then(|mut promises| promises.saved(record, before.as_ref()).err());
+        if let Some((broken, detail)) = broken {
+            let invariant = match broken {
+                Broken::Window => Invariant::OutsideWindowNeverUpdated,
+                Broken::Retry => Invariant::RetriedAtMostOnce,
+            };
+            self.report(invariant, format!("{holder} wrote it: {detail}"));
+        }
         let Some(stored) = before else {
             return;
         };
@@ -2179,7 +2355,19 @@ impl StateStore for AuditedStore {
         record: &runner_updater_core::domain::rollout::ReleaseRecord,
         epoch: u64,
     ) -> Result<(), runner_updater_ports::StoreError> {
-        self.inner.save_release(record, epoch).await
+        let result = self.inner.save_release(record, epoch).await;
+        // The channel's acknowledgements, as written (a refused write acknowledged nothing).
+        if !matches!(result, Err(runner_updater_ports::StoreError::Refused(_))) {
+            if let Ok(mut promises) = self.audit.promises.lock() {
+                for ack in &record.retries {
+                    promises.channel_acknowledged(
+                        format!("channel-{}-{}", record.channel, ack.id),
+                        ack.at,
+                    );
+                }
+            }
+        }
+        result
     }
 
     async fn save(&self, record: &Record) -> Result<(), runner_updater_ports::StoreError> {
@@ -2197,13 +2385,19 @@ impl StateStore for AuditedStore {
         let before = truth.load(&record.runner).await.ok().flatten();
         let result = self.inner.save_folding(record, fold).await;
         // Checked when the write took effect (a lost answer too; a refused write not): what
-        // identifies the state, as the store may shorten what it keeps.
+        // identifies the state, as the store may shorten what it keeps — with the marks and
+        // the retries, which change at rest.
         let key = |r: &Record| {
             (
                 r.phase.clone(),
                 r.since,
                 r.attempt.as_ref().map(|a| a.id.clone()),
                 r.lock_epoch,
+                r.failed
+                    .iter()
+                    .map(|m| (m.version.clone(), m.image.clone(), m.at))
+                    .collect::<Vec<_>>(),
+                r.retries.clone(),
             )
         };
         let after = truth.load(&record.runner).await.ok().flatten();

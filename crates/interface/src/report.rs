@@ -433,7 +433,7 @@ fn next_step(record: &Record, phase: Option<Phase>) -> String {
                     .any(|f| f.version == a.target_version && f.image == a.target_image)
             });
             if quarantined {
-                format!("{target} is quarantined; change desired/version or desired/image to try again")
+                format!("{target} is quarantined; change desired/version or desired/image, or `runner-updater retry {}` to try it once more", record.runner)
             } else {
                 format!("{target} is not quarantined (nothing was learnt about it): the next pass tries it again")
             }
@@ -574,6 +574,19 @@ fn status_detail(out: &mut String, v: &StatusView, transitions_max: usize) {
             failed.image,
             Millis(failed.at),
             failed.reason
+        );
+    }
+    if let Some(retries) = v
+        .record
+        .as_ref()
+        .map(|r| &r.retries)
+        .filter(|r| !r.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "  retries   : {} acknowledged (last {})",
+            retries.len(),
+            retries.last().map_or("", String::as_str)
         );
     }
     if !transitions.is_empty() {

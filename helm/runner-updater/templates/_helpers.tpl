@@ -117,6 +117,9 @@ lease_secs = {{ int64 $c.lease_secs }}
 consistency_window_secs = {{ int64 $c.consistency_window_secs }}
 stack_refresh_secs = {{ int64 $c.stack_refresh_secs }}
 max_concurrent_runners = {{ int64 $c.max_concurrent_runners }}
+{{- if $c.update_window }}
+update_window = {{ include "runner-updater.tomlString" $c.update_window }}
+{{- end }}
 
 [state_store]
 backend = {{ include "runner-updater.tomlString" $c.state_store.backend }}
@@ -169,6 +172,12 @@ stacks = {{ include "runner-updater.tomlStrings" .stacks }}
 {{- end }}
 {{- if .auto_execute }}
 auto_execute = {{ include "runner-updater.tomlString" .auto_execute }}
+{{- end }}
+{{- if .channel }}
+channel = {{ include "runner-updater.tomlString" .channel }}
+{{- end }}
+{{- if .update_window }}
+update_window = {{ include "runner-updater.tomlString" .update_window }}
 {{- end }}
 {{- if .health }}
 

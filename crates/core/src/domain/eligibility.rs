@@ -376,8 +376,8 @@ fn not_failed(desired: &DesiredState, failed: &[FailedMark]) -> RuleOutcome {
             Rule::NotFailed,
             false,
             format!(
-                "{} ({}) is quarantined: {}; change the desired version or image to try again",
-                mark.version, mark.image, mark.reason
+                "{} ({}) is quarantined: {}; change the desired version or image, or `runner-updater retry RUNNER {}` to try it once more",
+                mark.version, mark.image, mark.reason, mark.version
             ),
         ),
         None => outcome(

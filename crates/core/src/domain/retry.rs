@@ -18,8 +18,8 @@ use super::Millis;
 /// The folder of the intents, relative to a runner's (or a channel's) folder.
 pub const RETRY_FOLDER: &str = "retry";
 
-/// Retry ids kept as acknowledged in a runner's record (its own, and up to ten of its channel's).
-pub const RETRIES_KEPT: usize = 20;
+/// Retry ids kept as acknowledged in a runner's record (its own, and the channel's that lifted a mark of it).
+pub const RETRIES_KEPT: usize = 10;
 
 /// Whether a name relative to a runner's folder is a retry intent (`retry/<id>`).
 #[must_use]

@@ -1477,6 +1477,11 @@ impl RunnerMachine {
                     && mark.at <= cutoff)
             });
             let lifted = before - self.memory.failed.len();
+            if lifted == 0 && matches!(intent.from, RetryFrom::Channel(_)) {
+                // The channel's retry of a version this runner has no mark of: nothing to do,
+                // nothing to remember (it is offered again while the channel keeps it).
+                continue;
+            }
             self.memory.retries.push(intent.id.clone());
             let excess = self.memory.retries.len().saturating_sub(RETRIES_KEPT);
             self.memory.retries.drain(..excess);
@@ -2326,6 +2331,74 @@ pub(crate) mod transition_tests;
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_retry_lifts_the_marks_of_its_version_made_up_to_its_acknowledgement_once() {
+        use crate::domain::retry::{RetryFrom, RetryIntent};
+        let mark = |version: &str, at: u64| FailedMark {
+            version: version.to_owned(),
+            image: format!("registry.example/runner:{version}"),
+            reason: "circuit-breaker".to_owned(),
+            at: Millis(at),
+            infra: None,
+        };
+        let intent = |id: &str, version: &str, from: RetryFrom| RetryIntent {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            image: None,
+            requested_by: None,
+            from,
+        };
+        let mut machine = RunnerMachine::new("runner-a", Settings::default());
+        machine.memory.failed = vec![mark("2.15.0", 100), mark("2.15.0", 300), mark("2.16.0", 50)];
+        // The channel acknowledged its retry at 200: the mark made at 300 (a failure after it)
+        // stays, and so does another version's.
+        let channel = intent(
+            "channel-stable-a",
+            "2.15.0",
+            RetryFrom::Channel(Millis(200)),
+        );
+        machine.apply_retries(std::slice::from_ref(&channel), Millis(400));
+        let left: Vec<(String, u64)> = machine
+            .memory
+            .failed
+            .iter()
+            .map(|m| (m.version.clone(), m.at.0))
+            .collect();
+        assert_eq!(
+            left,
+            [("2.15.0".to_owned(), 300), ("2.16.0".to_owned(), 50)]
+        );
+        assert_eq!(machine.memory.retries, ["channel-stable-a"]);
+        assert_eq!(
+            machine.memory.note.as_ref().map(|n| n.code.clone()),
+            Some(Code::Retried)
+        );
+        // Offered again (the channel keeps it): nothing more is lifted.
+        machine.apply_retries(std::slice::from_ref(&channel), Millis(500));
+        assert_eq!(machine.memory.failed.len(), 2);
+        // A channel's retry with nothing to lift here is not remembered.
+        let other = intent(
+            "channel-stable-b",
+            "2.17.0",
+            RetryFrom::Channel(Millis(600)),
+        );
+        machine.apply_retries(&[other], Millis(700));
+        assert_eq!(machine.memory.retries, ["channel-stable-a"]);
+        // The runner's own retry lifts every mark of its version existing when acknowledged,
+        // once.
+        let own = intent("19a1dec0aa9-dc1178af", "2.15.0", RetryFrom::Runner);
+        machine.apply_retries(std::slice::from_ref(&own), Millis(800));
+        assert_eq!(machine.memory.failed.len(), 1);
+        machine.memory.failed.push(mark("2.15.0", 900));
+        machine.apply_retries(&[own], Millis(1_000));
+        assert_eq!(
+            machine.memory.failed.len(),
+            2,
+            "the same retry lifts nothing twice"
+        );
+        assert_eq!(machine.memory.retries.len(), 2);
+    }
 
     use super::*;
     use crate::domain::observed::{Deployment, DeploymentStatus, ServiceState};

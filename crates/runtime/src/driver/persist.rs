@@ -187,13 +187,20 @@ impl RunnerDriver {
             return Ok(false);
         }
         let stored = self.ports.store.load(&self.runner.name).await?;
-        // The store may shorten what it keeps (the 4 KB fit): compare what identifies a state.
+        // The store may shorten what it keeps (the 4 KB fit): compare what identifies a state,
+        // and what another controller may change at rest — the quarantine marks and the retries
+        // acknowledged (a stale machine writing over them would lift a mark again, or lose one).
         let key = |r: &Record| {
             (
                 r.phase.clone(),
                 r.since,
                 r.attempt.as_ref().map(|a| a.id.clone()),
                 r.lock_epoch,
+                r.failed
+                    .iter()
+                    .map(|m| (m.version.clone(), m.image.clone(), m.at))
+                    .collect::<Vec<_>>(),
+                r.retries.clone(),
             )
         };
         Ok(stored.as_ref().map(key) != self.last_saved.as_ref().map(key))
