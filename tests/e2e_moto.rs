@@ -45,6 +45,7 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
     );
     assert_eq!(rolled_back.failed.len(), 1, "{:?}", rolled_back.failed);
     assert_eq!(world.updates("runner-b").len(), 2, "forward and rollback");
+    retry_once_more(&world).await;
 
     // auto-update=false holds.
     world.put("runner-a", "auto-update", "false");
@@ -77,6 +78,78 @@ async fn the_controller_updates_rolls_back_holds_and_reports_on_moto() {
 
     an_unreadable_record_and_a_refused_image(&world).await;
     kill(controller);
+}
+
+/// Ops retry runner-b's quarantined version with the real binary (issue 20): a version that
+/// is not quarantined is refused by name; the intent is written once, acknowledged by the
+/// controller, which tries the version once more (it fails again: rolled back, quarantined
+/// again, no third attempt) and deletes the intent; `status` shows the retry.
+async fn retry_once_more(world: &World) {
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let refused = world.cli(&["retry", "runner-b", "2.99.0"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused)
+            .contains("2.99.0 is not quarantined on runner runner-b (quarantined: 2.15.0)"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(intents(world, "runner-b").is_empty(), "nothing written");
+    let written = world.cli(&["retry", "runner-b"]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    let again = common::eventually(
+        "the retry acknowledged and tried once more",
+        WAIT,
+        || async {
+            world.record("runner-b").await.filter(|r| {
+                r.retries.len() == 1 && r.attempts_started == 2 && r.phase == "rolled_back"
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        again.failed.len(),
+        1,
+        "quarantined again: {:?}",
+        again.failed
+    );
+    common::eventually("the acknowledged intent deleted", WAIT, || async {
+        intents(world, "runner-b").is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        world.updates("runner-b").len(),
+        4,
+        "forward and rollback, twice"
+    );
+    let status = String::from_utf8_lossy(&world.cli(&["status", "runner-b"]).stdout).into_owned();
+    assert!(status.contains("retries   : 1 acknowledged"), "{status}");
+    assert_eq!(
+        world.record("runner-b").await.map(|r| r.attempts_started),
+        Some(2),
+        "once per retry"
+    );
+}
+
+/// The retry intents under a runner's folder, read with the real AWS CLI.
+fn intents(world: &World, runner: &str) -> Vec<String> {
+    let output = Command::new(common::venv_bin().join("aws"))
+        .args(["ssm", "get-parameters-by-path", "--recursive"])
+        .args(["--path", &format!("{PREFIX}/{runner}/retry")])
+        .args(["--query", "Parameters[].Name", "--output", "text"])
+        .args(["--endpoint-url", &world.moto.url])
+        .envs(world.moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// From the catalogue of bad input (`tests/bad_input.rs`), on moto: runner-b's record made

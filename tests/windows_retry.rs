@@ -298,6 +298,20 @@ async fn a_wave_waits_for_closed_windows_a_while_then_goes_on_and_they_update_in
 async fn a_channel_retry_lifts_a_halt_once_and_a_fixed_image_then_completes() {
     let s = fleet(6);
     let document = r#"{"version": "2.15.0", "plan": {"canary": ["runner-00"], "waves": [100], "concurrency": 3}, "budget": 0}"#;
+    let no_release = retry_channel(
+        &s.config,
+        s.store.as_ref(),
+        &s.aws.ssm,
+        "stable",
+        None,
+        &requester(&s, 9),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(no_release, RetryError::NoRelease(_)),
+        "nothing would acknowledge it: {no_release}"
+    );
     let image = s.image_for("runner-00", "2.15.0");
     s.image_behaves(
         &image,

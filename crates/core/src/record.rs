@@ -4,6 +4,7 @@
 //! Decoding checks `schema_version` before anything else, so a record written by a newer
 //! controller is refused with a clear reason instead of being misread or overwritten.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -273,12 +274,12 @@ pub struct NoteRecord {
 /// One rule's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRecord {
-    /// Rule name.
-    pub rule: String,
+    /// Rule name (borrowed from the rule when captured: kept per runner).
+    pub rule: Cow<'static, str>,
     /// Passed.
     pub passed: bool,
-    /// Reason.
-    pub reason: String,
+    /// Reason (a fixed text stays borrowed).
+    pub reason: Cow<'static, str>,
 }
 
 /// A transition.
@@ -428,7 +429,8 @@ impl Record {
 
     /// Encodes within `limit` bytes (an SSM Standard parameter holds 4 KB): long texts are
     /// shortened first, then the oldest transitions dropped (at least three are kept), then the
-    /// verdict's reasons. Quarantine marks are never dropped.
+    /// verdict's reasons, then the oldest acknowledged retries (three are kept), then the verdict
+    /// (evaluated again at the next pass). Quarantine marks are never dropped.
     ///
     /// # Errors
     /// [`RecordError::TooLarge`] when even that is not enough.
@@ -476,8 +478,16 @@ impl Record {
                 review.warnings.clear();
             } else if fitted.verdict.iter().any(|r| !r.reason.is_empty()) {
                 for rule in &mut fitted.verdict {
-                    rule.reason.clear();
+                    rule.reason = Cow::Borrowed("");
                 }
+            } else if fitted.retries.len() > RETRIES_FITTED {
+                // The oldest acknowledged retries (their intents deleted long since; a
+                // channel's kept is offered again but lifts only marks older than itself).
+                let extra = fitted.retries.len() - RETRIES_FITTED;
+                fitted.retries.drain(..extra);
+            } else if !fitted.verdict.is_empty() {
+                // The verdict is evaluated again at the next pass.
+                fitted.verdict.clear();
             } else {
                 return Err(RecordError::TooLarge {
                     bytes: text.len(),
@@ -545,7 +555,7 @@ impl Record {
                 .iter()
                 .flat_map(|v| &v.outcomes)
                 .map(|o| RuleRecord {
-                    rule: o.rule.name().to_owned(),
+                    rule: Cow::Borrowed(o.rule.name()),
                     passed: o.passed,
                     reason: o.reason.clone(),
                 })
@@ -871,6 +881,9 @@ impl Record {
     }
 }
 
+/// Acknowledged retries a record keeps however little room it has.
+const RETRIES_FITTED: usize = 3;
+
 fn shorten(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max.saturating_sub(1);
@@ -969,6 +982,22 @@ mod tests {
         }
     }
 
+    /// The most acknowledged retries and a verdict of every rule with long reasons.
+    fn retries_and_verdict(big: &mut Record) {
+        for n in 0..crate::domain::retry::RETRIES_KEPT {
+            big.retries
+                .push(format!("channel-stable-{}-{n:08x}", "19a1dec0aa9"));
+        }
+        big.verdict = crate::domain::eligibility::Rule::ALL
+            .iter()
+            .map(|rule| RuleRecord {
+                rule: Cow::Borrowed(rule.name()),
+                passed: false,
+                reason: Cow::Owned("z".repeat(300)),
+            })
+            .collect();
+    }
+
     #[test]
     fn truncated_corrupt_and_newer_records_are_named() {
         let machine = crate::machine::restore(
@@ -1038,6 +1067,7 @@ mod tests {
             }),
             updated: false,
         });
+        retries_and_verdict(&mut big);
         let fitted = big.encode_within(4096).unwrap();
         assert!(fitted.len() <= 4096);
         let back = Record::decode(&fitted, "runner-a").unwrap();
@@ -1047,6 +1077,7 @@ mod tests {
             "quarantine marks are never dropped"
         );
         assert!(back.transitions.len() >= 3);
+        assert!(back.retries.len() >= RETRIES_FITTED, "{:?}", back.retries);
         let review = back.change_set.unwrap().review.unwrap();
         assert_eq!(
             (review.added, review.removed, review.iam.len()),

@@ -728,7 +728,7 @@ pub fn plan_view(
         .outcomes
         .iter()
         .map(|o| RuleRecord {
-            rule: o.rule.name().to_owned(),
+            rule: o.rule.name().into(),
             passed: o.passed,
             reason: o.reason.clone(),
         })

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use runner_updater_config::Config;
-use runner_updater_core::domain::channel::CHANNELS_FOLDER;
+use runner_updater_core::domain::channel::{CHANNELS_FOLDER, RELEASE_NAME};
 use runner_updater_core::domain::retry::{intent_id, new_intent_id, IntentDocument, RETRY_FOLDER};
 use runner_updater_core::domain::Millis;
 use runner_updater_ports::{ParameterStore, PortError, StateStore, StoreError};
@@ -30,6 +30,9 @@ pub enum RetryError {
     /// A retry of that version is already written and not acknowledged yet.
     #[error("{0}")]
     Pending(String),
+    /// The channel has no release document: nothing would acknowledge the retry.
+    #[error("{0}")]
+    NoRelease(String),
 }
 
 /// A retry written.
@@ -96,6 +99,15 @@ pub async fn retry_channel(
     version: Option<&str>,
     requester: &Requester,
 ) -> Result<RetryWritten, RetryError> {
+    let document = format!(
+        "{}/{CHANNELS_FOLDER}/{channel}/{RELEASE_NAME}",
+        config.prefix
+    );
+    if ssm.get(&document).await?.is_none() {
+        return Err(RetryError::NoRelease(format!(
+            "channel {channel} has no release document ({document}): the controller acknowledges a channel's retry when it steps its release; publish the release (a quarantined version is refused until the retry is acknowledged, which it then is)"
+        )));
+    }
     let record = store.load_release(channel).await?;
     let mut quarantined: BTreeSet<String> = record
         .as_ref()

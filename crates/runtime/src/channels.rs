@@ -461,6 +461,7 @@ impl Channels {
                 let why = format!("its release document is refused: {error}");
                 say(served, &why, true);
                 self.board.block(&channel, &why);
+                self.gone(&channel);
                 return;
             }
         };
@@ -491,6 +492,7 @@ impl Channels {
                     true,
                 );
                 self.board.block(&channel, &waiting_words(&channel));
+                self.gone(&channel);
                 return;
             }
         };
@@ -508,6 +510,7 @@ impl Channels {
         {
             say(served, &why, true);
             self.board.block(&channel, &waiting_words(&channel));
+            self.gone(&channel);
         }
     }
 
@@ -544,20 +547,18 @@ impl Channels {
         // deleted (each acted on once).
         let intents = retry_intents(documents, &channel);
         let mut current = before.clone();
-        let retried: Vec<String> = intents
-            .iter()
-            .filter_map(|(intent, document)| {
-                current.acknowledge_retry(intent, &document.version, now)
-            })
-            .collect();
-        if !retried.is_empty() {
-            self.board.forget_failures(&served.runners, &id);
-        }
+        let retried = self.acknowledge_retries(served, &mut current, &intents, &id, now);
         if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
             // Read again next time: a resume may lift it meanwhile.
             return Err(format!(
-                "{version} is quarantined on this channel (a release of it halted): publish another version, or resume the halted release"
+                "{version} is quarantined on this channel (a release of it halted): publish another version, `runner-updater release retry {channel}`, or resume the halted release"
             ));
+        }
+        if current.traceparent.is_none() {
+            // The release's trace: its root, ended at once (a crash cannot lose it); made once
+            // the release is taken, kept in its record.
+            current.traceparent =
+                telemetry::traceparent(&telemetry::release_span(&channel, &id, &version));
         }
         let runner_text = runner_release_text(text, &channel)
             .map_err(|e| format!("its release document is refused: {e}"))?;
@@ -619,6 +620,33 @@ impl Channels {
         say(served, &record.next_step(bake), false);
         served.record = Some(record);
         Ok(())
+    }
+
+    /// Acknowledges ops' retry intents in `current` (each once); the runners read the
+    /// acknowledgements from now on (a pass ending before the save must not report a lifted
+    /// failure again), and their reports of a failure of release `id` are forgotten when a
+    /// retry is of its version. What happened, for the log and the trace.
+    fn acknowledge_retries(
+        &self,
+        served: &Served,
+        current: &mut ReleaseRecord,
+        intents: &[(String, IntentDocument)],
+        id: &str,
+        now: Millis,
+    ) -> Vec<String> {
+        let retried: Vec<String> = intents
+            .iter()
+            .filter_map(|(intent, document)| {
+                current.acknowledge_retry(intent, &document.version, now)
+            })
+            .collect();
+        if !retried.is_empty() {
+            self.board.set_retries(&served.channel, &current.retries);
+            if intents.iter().any(|(_, d)| d.version == current.version) {
+                self.board.forget_failures(&served.runners, id);
+            }
+        }
+        retried
     }
 
     /// Deletes the retry intents the saved `record` acknowledged (a failed delete is tried again
@@ -723,8 +751,6 @@ fn new_release(
     );
     record.resumes = resumes;
     record.retries = retries;
-    // The release's trace: its root, ended at once (a crash cannot lose it).
-    record.traceparent = telemetry::traceparent(&telemetry::release_span(channel, id, version));
     record
 }
 

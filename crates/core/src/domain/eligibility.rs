@@ -4,6 +4,7 @@
 //! Every rule is always evaluated, so `plan`, `status` and traces show the whole picture even
 //! when an early rule already fails.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -81,8 +82,9 @@ pub struct RuleOutcome {
     pub rule: Rule,
     /// Whether it passed.
     pub passed: bool,
-    /// Why, in words for on-call.
-    pub reason: String,
+    /// Why, in words for on-call (a fixed text borrowed, not allocated: a verdict is kept per
+    /// runner, twice, at every size of fleet).
+    pub reason: Cow<'static, str>,
 }
 
 /// All seven outcomes.
@@ -203,11 +205,11 @@ pub fn evaluate(input: EligibilityInput<'_>) -> Verdict {
     }
 }
 
-fn outcome(rule: Rule, passed: bool, reason: String) -> RuleOutcome {
+fn outcome(rule: Rule, passed: bool, reason: impl Into<Cow<'static, str>>) -> RuleOutcome {
     RuleOutcome {
         rule,
         passed,
-        reason,
+        reason: reason.into(),
     }
 }
 
@@ -234,12 +236,12 @@ fn channel(desired: &DesiredState, controller_channel: &str) -> RuleOutcome {
 /// Rule 2, `auto-update`: the runner is not held.
 fn auto_update(desired: &DesiredState) -> RuleOutcome {
     if desired.auto_update {
-        outcome(Rule::AutoUpdate, true, "auto-update is on".to_owned())
+        outcome(Rule::AutoUpdate, true, "auto-update is on")
     } else {
         outcome(
             Rule::AutoUpdate,
             false,
-            "auto-update is off: the runner is held where it is".to_owned(),
+            "auto-update is off: the runner is held where it is",
         )
     }
 }
@@ -271,7 +273,7 @@ fn infrastructure(desired: &DesiredState, observed: &Observed) -> RuleOutcome {
             None => outcome(
                 Rule::Infrastructure,
                 true,
-                "no infrastructure version required".to_owned(),
+                "no infrastructure version required",
             ),
             Some(wanted) => outcome(
                 Rule::Infrastructure,
@@ -383,7 +385,7 @@ fn not_failed(desired: &DesiredState, failed: &[FailedMark]) -> RuleOutcome {
         None => outcome(
             Rule::NotFailed,
             true,
-            "this version has not failed before".to_owned(),
+            "this version has not failed before",
         ),
     }
 }
@@ -394,7 +396,7 @@ fn update_window(desired: &DesiredState, now: Millis) -> RuleOutcome {
         None => outcome(
             Rule::UpdateWindow,
             true,
-            "no update window: updates may start at any time".to_owned(),
+            "no update window: updates may start at any time",
         ),
         Some(windows) => outcome(
             Rule::UpdateWindow,
@@ -697,7 +699,7 @@ mod tests {
                 .map(|(rule, passed)| RuleOutcome {
                     rule: *rule,
                     passed: *passed,
-                    reason: "r".to_owned(),
+                    reason: "r".into(),
                 })
                 .collect(),
         };

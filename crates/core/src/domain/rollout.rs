@@ -137,11 +137,16 @@ pub struct WaveCounts {
     /// Auto-update off.
     pub excused: u32,
     /// Refusing a value of the release.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub refused: u32,
     /// Not started, its update window closed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub outside_window: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 impl WaveCounts {
@@ -551,6 +556,12 @@ pub fn advance(
     let failed_runners: Vec<String> = all().filter(|r| of(r).failed()).cloned().collect();
     let failed = u32::try_from(failed_runners.len()).unwrap_or(u32::MAX);
     let attempted = u32::try_from(all().filter(|r| of(r).attempted()).count()).unwrap_or(u32::MAX);
+    // A forgiven failure lifted since by a retry is no failure any more: the forgiveness it had
+    // goes with it (judged only when every runner said where it stands: a takeover forgets the
+    // reports, and a forgiven runner not heard from yet must not take its forgiveness along).
+    if all().all(|r| of(r) != Progress::Unknown) {
+        next.forgiven = next.forgiven.min(failed);
+    }
     next.failed = failed.saturating_sub(next.forgiven);
     next.attempted = attempted;
     next.counted_at = now.0;
@@ -636,7 +647,12 @@ fn wave_failed_whole(
     index: usize,
 ) -> Option<String> {
     let wave = waves.get(index)?;
-    let settled = wave.runners.iter().all(|r| of(r).settled());
+    // A runner outside its update window attempted nothing: the others judge the wave (a
+    // canary whose only runner that tried failed halts, whoever waits for a window).
+    let settled = wave
+        .runners
+        .iter()
+        .all(|r| of(r).settled() || of(r) == Progress::OutsideWindow);
     let attempted = wave.runners.iter().filter(|r| of(r).attempted()).count();
     let done = wave
         .runners
@@ -669,15 +685,24 @@ fn settle_and_move(
         let unsettled = || wave.runners.iter().filter(|r| !of(r).settled());
         let outside = unsettled().count();
         if outside > 0 {
-            if !unsettled().all(|r| of(r) == Progress::OutsideWindow) {
+            let waiting =
+                |r: &&String| matches!(of(r), Progress::OutsideWindow | Progress::Unknown);
+            if !unsettled().all(|r| waiting(&r)) {
                 next.settled_at = None;
                 next.window_wait_since = None;
                 return;
             }
+            if unsettled().any(|r| of(r) == Progress::Unknown) {
+                // Not heard from (a takeover, a restart): the wait goes on, unmoved.
+                next.settled_at = None;
+                return;
+            }
             // Only runners outside their update windows are left: the wave waits for them a
-            // while, then goes on (they update when their windows open).
+            // while, then goes on (they update when their windows open) — provided one runner
+            // of it took the release: a wave is never skipped untried (a canary least of all).
             let since = *next.window_wait_since.get_or_insert(now.0);
-            if now < Millis(since).after(pace.window_wait) {
+            let tried = wave.runners.iter().any(|r| of(r) == Progress::Done);
+            if now < Millis(since).after(pace.window_wait) || !tried {
                 next.settled_at = None;
                 return;
             }
@@ -833,6 +858,42 @@ mod tests {
         let late = advance(&on.record, &plan(), pace, &opened, None, Millis(700_000));
         assert_eq!(names(&late.admitted), ["a", "b", "c", "d", "e"]);
         assert!(late.record.halted.is_none(), "a window is not a failure");
+    }
+
+    #[test]
+    fn windows_never_let_a_wave_go_untried_nor_hide_a_failed_canary_and_a_retry_takes_its_forgiveness(
+    ) {
+        use Progress::{Done, Failed, OutsideWindow, Pending};
+        let pace = Pace {
+            budget: Budget::Count(1),
+            bake: Duration::ZERO,
+            window_wait: Duration::ZERO,
+        };
+        let canary = vec![wave(&["a", "b"], 2), wave(&["c", "d", "e", "f"], 2)];
+        // Every canary outside its window: the wait is over at once, yet the release does not
+        // go on untried.
+        let closed = progress(&[("a", OutsideWindow), ("b", OutsideWindow)]);
+        let step = advance(&record(), &canary, pace, &closed, None, Millis(10));
+        let step = advance(&step.record, &canary, pace, &closed, None, Millis(20));
+        assert_eq!(step.record.wave, 0, "{:?}", step.events);
+        // The one canary that tried failed, the other waits for its window: halted (a canary
+        // that failed whole), whatever the budget.
+        let failed = progress(&[("a", Failed), ("b", OutsideWindow)]);
+        let step = advance(&record(), &canary, pace, &failed, None, Millis(30));
+        assert!(step.record.halted.is_some(), "{:?}", step.events);
+        // Two failures forgiven by a resume; one is lifted by a retry (pending again): the
+        // forgiveness it had goes, and a new failure counts.
+        let mut resumed = record();
+        resumed.forgiven = 2;
+        let both = progress(&[("a", Done), ("c", Failed), ("d", Failed)]);
+        let step = advance(&resumed, &canary, pace, &both, None, Millis(40));
+        assert_eq!(step.record.failed, 0);
+        let lifted = progress(&[("a", Done), ("c", Pending), ("d", Failed)]);
+        let step = advance(&step.record, &canary, pace, &lifted, None, Millis(50));
+        assert_eq!(step.record.forgiven, 1);
+        let again = progress(&[("a", Done), ("c", Pending), ("d", Failed), ("e", Failed)]);
+        let step = advance(&step.record, &canary, pace, &again, None, Millis(60));
+        assert_eq!(step.record.failed, 1, "e counts: {:?}", step.record);
     }
 
     #[test]

@@ -160,7 +160,13 @@ fn parse_window(text: &str) -> Result<UpdateWindow, WindowError> {
         .ok_or_else(|| invalid("the start is not a time HH:MM (00:00 to 23:59)"))?;
     let end = parse_minutes(end, true)
         .ok_or_else(|| invalid("the end is not a time HH:MM (00:00 to 24:00)"))?;
-    let end = if end == 0 { MINUTES_PER_DAY } else { end };
+    // `00:00` as an end is midnight, the day's end (`22:00-00:00`); a window from midnight to
+    // midnight is written `00:00-24:00` (`00:00-00:00` lasts no time, as `02:00-02:00`).
+    let end = if end == 0 && start != 0 {
+        MINUTES_PER_DAY
+    } else {
+        end
+    };
     if end == start {
         return Err(WindowError::Empty(format!(" ({text:?} lasts no time)")));
     }
@@ -225,7 +231,8 @@ fn parse_days(text: &str) -> Option<u8> {
 
 fn parse_minutes(text: &str, end: bool) -> Option<u16> {
     let (hours, minutes) = text.split_once(':')?;
-    if hours.len() != 2 || minutes.len() != 2 {
+    let digits = |text: &str| text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits(hours) || !digits(minutes) {
         return None;
     }
     let hours: u16 = hours.parse().ok()?;
@@ -459,6 +466,10 @@ mod tests {
             WindowError::Empty(_)
         ));
         assert!(matches!(
+            refused("Sat 00:00-00:00 UTC"),
+            WindowError::Empty(_)
+        ));
+        assert!(matches!(
             refused("Sat 02:00-05:00 Mars/Olympus"),
             WindowError::UnknownZone { .. }
         ));
@@ -471,6 +482,7 @@ mod tests {
             "Sat 02:60-03:00 UTC",
             "Sat 02:00 UTC",
             "Sat,,Sun 02:00-03:00 UTC",
+            "Sat +2:00-05:00 UTC",
         ] {
             assert!(
                 matches!(refused(bad), WindowError::Invalid { .. }),

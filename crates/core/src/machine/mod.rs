@@ -1461,7 +1461,9 @@ impl RunnerMachine {
 
     /// Acts on the retry intents not acknowledged yet: lifts the quarantine marks of their
     /// version made up to their acknowledgement (never a later one), and records their ids.
-    fn apply_retries(&mut self, intents: &[RetryIntent], now: Millis) {
+    /// Whether it acknowledged any.
+    fn apply_retries(&mut self, intents: &[RetryIntent], now: Millis) -> bool {
+        let mut acknowledged = false;
         for intent in intents {
             if self.memory.retries.contains(&intent.id) {
                 continue;
@@ -1482,6 +1484,7 @@ impl RunnerMachine {
                 // nothing to remember (it is offered again while the channel keeps it).
                 continue;
             }
+            acknowledged = true;
             self.memory.retries.push(intent.id.clone());
             let excess = self.memory.retries.len().saturating_sub(RETRIES_KEPT);
             self.memory.retries.drain(..excess);
@@ -1506,6 +1509,7 @@ impl RunnerMachine {
             };
             self.note_now(Code::Retried, message, now);
         }
+        acknowledged
     }
 
     /// Resting states: evaluate eligibility and start an attempt when every rule passes.
@@ -1513,7 +1517,11 @@ impl RunnerMachine {
         let Event::Observed(observation) = &input.event else {
             return Handled;
         };
-        self.apply_retries(&observation.retries, input.now);
+        if self.apply_retries(&observation.retries, input.now) {
+            // This pass says so (the note `retried`, in `status` and the pass's check span); the
+            // next one decides on fresh reads, the quarantine lifted.
+            return Handled;
+        }
         let (desired, observed) = match (&observation.desired, &observation.observed) {
             (Ok(desired), Ok(observed)) => (desired, observed),
             (Err(error), _) => {
@@ -1534,7 +1542,7 @@ impl RunnerMachine {
         let kind = attempt_kind(&verdict, !due.is_empty());
         if let (Some(failure), None) = (verdict.first_failure(), kind) {
             let (code, reason) = (Code::from(failure.rule), failure.reason.clone());
-            self.note_now(code, reason, input.now);
+            self.note_now(code, reason.into_owned(), input.now);
         }
         self.memory.verdict = Some(verdict);
         let Some(kind) = kind else {
@@ -2358,7 +2366,7 @@ mod tests {
             "2.15.0",
             RetryFrom::Channel(Millis(200)),
         );
-        machine.apply_retries(std::slice::from_ref(&channel), Millis(400));
+        assert!(machine.apply_retries(std::slice::from_ref(&channel), Millis(400)));
         let left: Vec<(String, u64)> = machine
             .memory
             .failed
@@ -2375,7 +2383,7 @@ mod tests {
             Some(Code::Retried)
         );
         // Offered again (the channel keeps it): nothing more is lifted.
-        machine.apply_retries(std::slice::from_ref(&channel), Millis(500));
+        assert!(!machine.apply_retries(std::slice::from_ref(&channel), Millis(500)));
         assert_eq!(machine.memory.failed.len(), 2);
         // A channel's retry with nothing to lift here is not remembered.
         let other = intent(
@@ -2383,7 +2391,7 @@ mod tests {
             "2.17.0",
             RetryFrom::Channel(Millis(600)),
         );
-        machine.apply_retries(&[other], Millis(700));
+        assert!(!machine.apply_retries(&[other], Millis(700)));
         assert_eq!(machine.memory.retries, ["channel-stable-a"]);
         // The runner's own retry lifts every mark of its version existing when acknowledged,
         // once.

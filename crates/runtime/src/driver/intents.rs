@@ -39,6 +39,15 @@ impl RunnerDriver {
                 ),
             }
         }
+        // At rest only: a health gate's passes reuse the folder read before the attempt.
+        let resting = self
+            .last_saved
+            .as_ref()
+            .and_then(|record| record.phase().ok())
+            .is_none_or(runner_updater_core::machine::phase::Phase::is_resting);
+        if !resting {
+            done.clear();
+        }
         for name in done {
             let full = format!("{}/{}/{name}", self.prefix, self.runner.name);
             if let Err(error) = self.ports.ssm.delete(&full).await {
