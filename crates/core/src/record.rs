@@ -429,8 +429,10 @@ impl Record {
 
     /// Encodes within `limit` bytes (an SSM Standard parameter holds 4 KB): long texts are
     /// shortened first, then the oldest transitions dropped (at least three are kept), then the
-    /// verdict's reasons, then the oldest acknowledged retries (three are kept), then the verdict
-    /// (evaluated again at the next pass). Quarantine marks are never dropped.
+    /// verdict's reasons, the marks' reasons, then the verdict (evaluated again at the next pass).
+    /// Quarantine marks and
+    /// the retries acknowledged are never dropped (they keep a failed version held, and a retry
+    /// from acting twice).
     ///
     /// # Errors
     /// [`RecordError::TooLarge`] when even that is not enough.
@@ -480,11 +482,16 @@ impl Record {
                 for rule in &mut fitted.verdict {
                     rule.reason = Cow::Borrowed("");
                 }
-            } else if fitted.retries.len() > RETRIES_FITTED {
-                // The oldest acknowledged retries (their intents deleted long since; a
-                // channel's kept is offered again but lifts only marks older than itself).
-                let extra = fitted.retries.len() - RETRIES_FITTED;
-                fitted.retries.drain(..extra);
+            } else if fitted
+                .failed
+                .iter()
+                .any(|m| m.reason.len() > 40 + '…'.len_utf8())
+            {
+                // The marks stay; their reasons (also in the transitions and the trace) shrink
+                // (once: a shortened reason is at most 40 bytes and the ellipsis).
+                for mark in &mut fitted.failed {
+                    shorten(&mut mark.reason, 40);
+                }
             } else if !fitted.verdict.is_empty() {
                 // The verdict is evaluated again at the next pass.
                 fitted.verdict.clear();
@@ -881,9 +888,6 @@ impl Record {
     }
 }
 
-/// Acknowledged retries a record keeps however little room it has.
-const RETRIES_FITTED: usize = 3;
-
 fn shorten(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max.saturating_sub(1);
@@ -1077,7 +1081,11 @@ mod tests {
             "quarantine marks are never dropped"
         );
         assert!(back.transitions.len() >= 3);
-        assert!(back.retries.len() >= RETRIES_FITTED, "{:?}", back.retries);
+        assert_eq!(
+            back.retries.len(),
+            crate::domain::retry::RETRIES_KEPT,
+            "retries acknowledged are never dropped"
+        );
         let review = back.change_set.unwrap().review.unwrap();
         assert_eq!(
             (review.added, review.removed, review.iam.len()),

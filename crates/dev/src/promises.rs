@@ -18,8 +18,8 @@ use runner_updater_core::record::{FailedRecord, Record};
 pub enum Broken {
     /// An attempt started outside the runner's window.
     Window,
-    /// A mark lifted without a retry, a retry acknowledged twice, or an attempt on a failed
-    /// target without a lift left.
+    /// A mark lifted without a retry, a retry acknowledged twice, or a channel's retry lifting a
+    /// mark made after it (an attempt on a target still marked is `failed-not-retried`'s).
     Retry,
 }
 

@@ -86,9 +86,10 @@ struct ChannelView {
 struct Report {
     release_id: Arc<str>,
     progress: Progress,
-    /// For [`Progress::OutsideWindow`]: when its window opens (ms; `u64::MAX`: not within the
-    /// next days). Past it, the runner counts as pending.
-    opens_at: u64,
+    /// For [`Progress::OutsideWindow`]: when its window opens (past it, the runner counts as
+    /// pending); for a failure ([`Progress::Failed`], [`Progress::RollingBack`]): when it
+    /// failed (up to the last resume, it is forgiven). Ms; `u64::MAX`: not known, or never.
+    at: u64,
 }
 
 /// Where the coordinator and the runners' passes meet: the admission of each channel (written
@@ -208,14 +209,12 @@ impl Board {
         runner: &str,
         release: &CurrentRelease,
         progress: Progress,
-        opens_at: Option<Millis>,
+        at: Option<Millis>,
     ) {
-        let opens_at = opens_at.map_or(u64::MAX, |at| at.0);
+        let at = at.map_or(u64::MAX, |at| at.0);
         if let Ok(mut reports) = self.reports.lock() {
             let same = reports.get(runner).is_some_and(|r| {
-                r.release_id == release.release_id
-                    && r.progress == progress
-                    && r.opens_at == opens_at
+                r.release_id == release.release_id && r.progress == progress && r.at == at
             });
             if !same {
                 reports.insert(
@@ -223,7 +222,7 @@ impl Board {
                     Report {
                         release_id: release.release_id.clone(),
                         progress,
-                        opens_at,
+                        at,
                     },
                 );
             }
@@ -232,8 +231,16 @@ impl Board {
 
     /// Where each of `runners` stands with release `id` at `now` (a runner that has not
     /// reported on it is left out: unknown; one outside its update window whose window has
-    /// opened since is pending).
-    fn progress(&self, runners: &[String], id: &str, now: Millis) -> BTreeMap<String, Progress> {
+    /// opened since is pending; a failure made up to `forgiven_before`, the last resume, is
+    /// forgiven — one still rolling back holds its place as in flight).
+    fn progress(
+        &self,
+        runners: &[String],
+        id: &str,
+        now: Millis,
+        forgiven_before: Option<u64>,
+    ) -> BTreeMap<String, Progress> {
+        let forgiven = |at: u64| forgiven_before.is_some_and(|before| at <= before);
         let Ok(reports) = self.reports.lock() else {
             return BTreeMap::new();
         };
@@ -242,7 +249,9 @@ impl Board {
             .filter_map(|runner| {
                 let report = reports.get(runner)?;
                 let progress = match report.progress {
-                    Progress::OutsideWindow if report.opens_at <= now.0 => Progress::Pending,
+                    Progress::OutsideWindow if report.at <= now.0 => Progress::Pending,
+                    Progress::Failed if forgiven(report.at) => Progress::Forgiven,
+                    Progress::RollingBack if forgiven(report.at) => Progress::InFlight,
                     other => other,
                 };
                 (&*report.release_id == id).then(|| (runner.clone(), progress))
@@ -492,7 +501,6 @@ impl Channels {
                     true,
                 );
                 self.board.block(&channel, &waiting_words(&channel));
-                self.gone(&channel);
                 return;
             }
         };
@@ -510,7 +518,6 @@ impl Channels {
         {
             say(served, &why, true);
             self.board.block(&channel, &waiting_words(&channel));
-            self.gone(&channel);
         }
     }
 
@@ -548,78 +555,89 @@ impl Channels {
         let intents = retry_intents(documents, &channel);
         let mut current = before.clone();
         let retried = self.acknowledge_retries(served, &mut current, &intents, &id, now);
-        if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
-            // Read again next time: a resume may lift it meanwhile.
-            return Err(format!(
-                "{version} is quarantined on this channel (a release of it halted): publish another version, `runner-updater release retry {channel}`, or resume the halted release"
-            ));
-        }
-        if current.traceparent.is_none() {
-            // The release's trace: its root, ended at once (a crash cannot lose it); made once
-            // the release is taken, kept in its record.
-            current.traceparent =
-                telemetry::traceparent(&telemetry::release_span(&channel, &id, &version));
-        }
-        let runner_text = runner_release_text(text, &channel)
-            .map_err(|e| format!("its release document is refused: {e}"))?;
-        let mut view = ChannelView {
-            release_id: Arc::from(id.as_str()),
-            version: Arc::from(version.as_str()),
-            image: image.as_deref().map(Arc::from),
-            text: Arc::from(runner_text.as_str()),
-            admitted: HashSet::new(),
-            waiting: Arc::from(waiting_words(&channel).as_str()),
-            traceparent: None,
-            valid_until: Millis(
-                now.after(self.lease_ttl).0.saturating_sub(
-                    LEASE_MARGIN_MS
-                        .min(u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX)),
+        // The rest in one block: when it fails, the acknowledgements published early go back
+        // to what the store holds (the runners must not lift marks against an unsaved one).
+        let result: Result<(), String> = async {
+            if current.halted.is_none() && current.is_quarantined(&version, image.as_deref()) {
+                // Read again next time: a resume may lift it meanwhile.
+                return Err(format!(
+                    "{version} is quarantined on this channel (a release of it halted): publish another version, `runner-updater release retry {channel}`, or resume the halted release"
+                ));
+            }
+            if current.traceparent.is_none() {
+                // The release's trace: its root, ended at once (a crash cannot lose it); made once
+                // the release is taken, kept in its record.
+                current.traceparent =
+                    telemetry::traceparent(&telemetry::release_span(&channel, &id, &version));
+            }
+            let runner_text = runner_release_text(text, &channel)
+                .map_err(|e| format!("its release document is refused: {e}"))?;
+            let mut view = ChannelView {
+                release_id: Arc::from(id.as_str()),
+                version: Arc::from(version.as_str()),
+                image: image.as_deref().map(Arc::from),
+                text: Arc::from(runner_text.as_str()),
+                admitted: HashSet::new(),
+                waiting: Arc::from(waiting_words(&channel).as_str()),
+                traceparent: None,
+                valid_until: Millis(
+                    now.after(self.lease_ttl).0.saturating_sub(
+                        LEASE_MARGIN_MS
+                            .min(u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX)),
+                    ),
                 ),
-            ),
-        };
-        // A runner that has not reported on this release yet (a new release, a restart, a
-        // takeover) holds a place and keeps its wave from settling until it does.
-        let progress = self.board.progress(&served.runners, &id, now);
-        let bake = Duration::from_secs(release.plan.bake_secs);
-        let pace = rollout::Pace {
-            budget: release.budget,
-            bake,
-            window_wait: Duration::from_secs(release.plan.window_wait_secs),
-        };
-        let step = rollout::advance(
-            &current,
-            &waves(&release.plan, &served.runners),
-            pace,
-            &progress,
-            resume,
-            now,
-        );
-        let record = self.save(&before, step.record, epoch).await?;
-        self.board.set_retries(&channel, &record.retries);
-        let trace = record.traceparent.as_deref();
-        for event in retried.iter().chain(&step.events) {
-            let span = telemetry::release_step_span(
-                &channel,
-                trace,
-                event,
-                record.wave,
-                record.halted.is_some(),
+            };
+            // A runner that has not reported on this release yet (a new release, a restart, a
+            // takeover) holds a place and keeps its wave from settling until it does.
+            let progress = self
+                .board
+                .progress(&served.runners, &id, now, current.forgiven_before);
+            let bake = Duration::from_secs(release.plan.bake_secs);
+            let pace = rollout::Pace {
+                budget: release.budget,
+                bake,
+                window_wait: Duration::from_secs(release.plan.window_wait_secs),
+            };
+            let step = rollout::advance(
+                &current,
+                &waves(&release.plan, &served.runners),
+                pace,
+                &progress,
+                resume,
+                now,
             );
-            tracing::info!(parent: &span, channel = %channel, release = %version, event = %event, "channel release");
+            let record = self.save(&before, step.record, epoch).await?;
+            self.board.set_retries(&channel, &record.retries);
+            let trace = record.traceparent.as_deref();
+            for event in retried.iter().chain(&step.events) {
+                let span = telemetry::release_step_span(
+                    &channel,
+                    trace,
+                    event,
+                    record.wave,
+                    record.halted.is_some(),
+                );
+                tracing::info!(parent: &span, channel = %channel, release = %version, event = %event, "channel release");
+            }
+            for (runner, attempt) in self.board.take_attempts(&channel) {
+                telemetry::release_attempt_span(&channel, trace, record.wave, &runner, &attempt);
+            }
+            view.traceparent = record.traceparent.as_deref().map(Arc::from);
+            self.delete_acknowledged(&channel, &intents, &record).await;
+            if let Some(metrics) = &self.metrics {
+                metrics.release(&channel, &gauges(&record, release.budget));
+            }
+            view.admitted = step.admitted.into_iter().collect();
+            self.board.publish(&channel, Some(view));
+            say(served, &record.next_step(bake), false);
+            served.record = Some(record);
+            Ok(())
         }
-        for (runner, attempt) in self.board.take_attempts(&channel) {
-            telemetry::release_attempt_span(&channel, trace, record.wave, &runner, &attempt);
+        .await;
+        if result.is_err() && !retried.is_empty() {
+            self.board.set_retries(&channel, &before.retries);
         }
-        view.traceparent = record.traceparent.as_deref().map(Arc::from);
-        self.delete_acknowledged(&channel, &intents, &record).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.release(&channel, &gauges(&record, release.budget));
-        }
-        view.admitted = step.admitted.into_iter().collect();
-        self.board.publish(&channel, Some(view));
-        say(served, &record.next_step(bake), false);
-        served.record = Some(record);
-        Ok(())
+        result
     }
 
     /// Acknowledges ops' retry intents in `current` (each once); the runners read the
@@ -634,15 +652,18 @@ impl Channels {
         id: &str,
         now: Millis,
     ) -> Vec<String> {
+        let mut of_this_release = false;
         let retried: Vec<String> = intents
             .iter()
             .filter_map(|(intent, document)| {
-                current.acknowledge_retry(intent, &document.version, now)
+                let words = current.acknowledge_retry(intent, &document.version, now)?;
+                of_this_release |= document.version == current.version;
+                Some(words)
             })
             .collect();
         if !retried.is_empty() {
             self.board.set_retries(&served.channel, &current.retries);
-            if intents.iter().any(|(_, d)| d.version == current.version) {
+            if of_this_release {
                 self.board.forget_failures(&served.runners, id);
             }
         }
@@ -816,5 +837,37 @@ fn say(served: &mut Served, words: &str, warn: bool) {
         tracing::warn!(channel = %served.channel, "{words}");
     } else {
         tracing::info!(channel = %served.channel, "{words}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_forgives_failures_by_their_time_and_opens_windows_by_theirs() {
+        let board = Board::default();
+        let release = CurrentRelease {
+            release_id: Arc::from("r1"),
+            version: Arc::from("2.0.0"),
+            image: None,
+        };
+        board.report("a", &release, Progress::Failed, Some(Millis(100)));
+        board.report("b", &release, Progress::Failed, Some(Millis(300)));
+        board.report("c", &release, Progress::RollingBack, Some(Millis(150)));
+        board.report("d", &release, Progress::OutsideWindow, Some(Millis(500)));
+        board.report("e", &release, Progress::Failed, None);
+        let runners: Vec<String> = ["a", "b", "c", "d", "e"].map(str::to_owned).to_vec();
+        let seen = board.progress(&runners, "r1", Millis(400), Some(200));
+        let of = |r: &str| seen[r];
+        assert_eq!(of("a"), Progress::Forgiven, "failed before the resume");
+        assert_eq!(of("b"), Progress::Failed, "failed after it");
+        assert_eq!(of("c"), Progress::InFlight, "forgiven, still holding its place");
+        assert_eq!(of("d"), Progress::OutsideWindow);
+        assert_eq!(of("e"), Progress::Failed, "a failure of unknown time is not forgiven");
+        let later = board.progress(&runners, "r1", Millis(500), None);
+        assert_eq!(later["d"], Progress::Pending, "its window has opened");
+        assert_eq!(later["a"], Progress::Failed, "no resume: nothing forgiven");
+        assert!(board.progress(&runners, "r2", Millis(500), None).is_empty());
     }
 }

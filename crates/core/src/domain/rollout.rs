@@ -61,6 +61,9 @@ pub enum Progress {
     /// until the window opens, and its wave waits for it at most the plan's
     /// `window-wait-secs` (then goes on; it updates when its window opens).
     OutsideWindow,
+    /// Failed it before the release was resumed: settled, not admitted, and no longer counted
+    /// against the budget (the coordinator tells it by the time of its failure).
+    Forgiven,
 }
 
 impl Progress {
@@ -78,6 +81,7 @@ impl Progress {
             Progress::Excused => "excused",
             Progress::Refused => "refused",
             Progress::OutsideWindow => "outside-window",
+            Progress::Forgiven => "forgiven",
         }
     }
 
@@ -114,7 +118,11 @@ impl Progress {
     pub fn attempted(self) -> bool {
         matches!(
             self,
-            Progress::InFlight | Progress::RollingBack | Progress::Done | Progress::Failed
+            Progress::InFlight
+                | Progress::RollingBack
+                | Progress::Done
+                | Progress::Failed
+                | Progress::Forgiven
         )
     }
 }
@@ -156,7 +164,7 @@ impl WaveCounts {
             Progress::Pending | Progress::Unknown => &mut self.pending,
             Progress::InFlight => &mut self.in_flight,
             Progress::Done => &mut self.done,
-            Progress::Failed | Progress::RollingBack => &mut self.rolled_back,
+            Progress::Failed | Progress::RollingBack | Progress::Forgiven => &mut self.rolled_back,
             Progress::Pinned => &mut self.pinned,
             Progress::Excused => &mut self.excused,
             Progress::Refused => &mut self.refused,
@@ -218,9 +226,13 @@ pub struct ReleaseRecord {
     /// Set when the failures exceeded the budget: no runner starts it any more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halted: Option<HaltRecord>,
-    /// Failures before the last resume (not counted against the budget again).
+    /// Failures forgiven by resumes, as last counted (not counted against the budget again).
     #[serde(default)]
     pub forgiven: u32,
+    /// When the last resume was acknowledged (ms): a runner's failure of this release made up to
+    /// then is forgiven (by identity: a failure lifted since by a retry takes nothing along).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgiven_before: Option<u64>,
     /// Resumes acknowledged, each the token `release resume` wrote.
     #[serde(default)]
     pub resumes: Vec<String>,
@@ -302,6 +314,7 @@ impl ReleaseRecord {
             finished_at: None,
             halted: None,
             forgiven: 0,
+            forgiven_before: None,
             resumes: Vec::new(),
             counts: Vec::new(),
             failed: 0,
@@ -375,7 +388,6 @@ impl ReleaseRecord {
         );
         if self.version == version && self.halted.is_some() {
             self.halted = None;
-            self.forgiven = 0;
             self.failed = 0;
             self.settled_at = None;
             words.push_str("; the halt lifted");
@@ -556,13 +568,11 @@ pub fn advance(
     let failed_runners: Vec<String> = all().filter(|r| of(r).failed()).cloned().collect();
     let failed = u32::try_from(failed_runners.len()).unwrap_or(u32::MAX);
     let attempted = u32::try_from(all().filter(|r| of(r).attempted()).count()).unwrap_or(u32::MAX);
-    // A forgiven failure lifted since by a retry is no failure any more: the forgiveness it had
-    // goes with it (judged only when every runner said where it stands: a takeover forgets the
-    // reports, and a forgiven runner not heard from yet must not take its forgiveness along).
-    if all().all(|r| of(r) != Progress::Unknown) {
-        next.forgiven = next.forgiven.min(failed);
-    }
-    next.failed = failed.saturating_sub(next.forgiven);
+    // Forgiven failures are told apart by the coordinator (their time, before the resume): a
+    // failure lifted since by a retry is pending again and takes no forgiveness along.
+    next.forgiven =
+        u32::try_from(all().filter(|r| of(r) == Progress::Forgiven).count()).unwrap_or(u32::MAX);
+    next.failed = failed;
     next.attempted = attempted;
     next.counted_at = now.0;
     let quarantine = (next.version.clone(), next.image.clone().unwrap_or_default());
@@ -571,7 +581,8 @@ pub fn advance(
             next.resumes.push(token.to_owned());
             keep_last(&mut next.resumes, KEPT_MAX);
             next.halted = None;
-            next.forgiven = failed;
+            next.forgiven += failed;
+            next.forgiven_before = Some(now.0);
             next.failed = 0;
             next.quarantined.retain(|q| *q != quarantine);
             events.push(format!("resumed ({failed} failure(s) forgiven)"));
@@ -647,12 +658,13 @@ fn wave_failed_whole(
     index: usize,
 ) -> Option<String> {
     let wave = waves.get(index)?;
-    // A runner outside its update window attempted nothing: the others judge the wave (a
-    // canary whose only runner that tried failed halts, whoever waits for a window).
+    // A canary outside its update window attempted nothing: the others judge the canary wave
+    // (one whose runners that tried all failed halts, whoever waits for a window); a later
+    // wave's failures are the budget's.
     let settled = wave
         .runners
         .iter()
-        .all(|r| of(r).settled() || of(r) == Progress::OutsideWindow);
+        .all(|r| of(r).settled() || (index == 0 && of(r) == Progress::OutsideWindow));
     let attempted = wave.runners.iter().filter(|r| of(r).attempted()).count();
     let done = wave
         .runners
@@ -770,7 +782,8 @@ fn admitted_runners(
             | Progress::Failed
             | Progress::Pinned
             | Progress::Excused
-            | Progress::OutsideWindow => {}
+            | Progress::OutsideWindow
+            | Progress::Forgiven => {}
         }
     }
     admitted
@@ -863,7 +876,7 @@ mod tests {
     #[test]
     fn windows_never_let_a_wave_go_untried_nor_hide_a_failed_canary_and_a_retry_takes_its_forgiveness(
     ) {
-        use Progress::{Done, Failed, OutsideWindow, Pending};
+        use Progress::{Done, Failed, Forgiven, OutsideWindow, Pending};
         let pace = Pace {
             budget: Budget::Count(1),
             bake: Duration::ZERO,
@@ -881,19 +894,21 @@ mod tests {
         let failed = progress(&[("a", Failed), ("b", OutsideWindow)]);
         let step = advance(&record(), &canary, pace, &failed, None, Millis(30));
         assert!(step.record.halted.is_some(), "{:?}", step.events);
-        // Two failures forgiven by a resume; one is lifted by a retry (pending again): the
-        // forgiveness it had goes, and a new failure counts.
-        let mut resumed = record();
-        resumed.forgiven = 2;
-        let both = progress(&[("a", Done), ("c", Failed), ("d", Failed)]);
-        let step = advance(&resumed, &canary, pace, &both, None, Millis(40));
-        assert_eq!(step.record.failed, 0);
-        let lifted = progress(&[("a", Done), ("c", Pending), ("d", Failed)]);
-        let step = advance(&step.record, &canary, pace, &lifted, None, Millis(50));
-        assert_eq!(step.record.forgiven, 1);
-        let again = progress(&[("a", Done), ("c", Pending), ("d", Failed), ("e", Failed)]);
+        // Two failures forgiven by a resume (told apart by the coordinator); one is lifted by a
+        // retry (pending again): forgiveness is by runner, so a new failure counts in full.
+        let both = progress(&[("a", Done), ("c", Forgiven), ("d", Forgiven)]);
+        let step = advance(&record(), &canary, pace, &both, None, Millis(40));
+        assert_eq!((step.record.failed, step.record.forgiven), (0, 2));
+        let again = progress(&[("a", Done), ("c", Pending), ("d", Forgiven), ("e", Failed)]);
         let step = advance(&step.record, &canary, pace, &again, None, Millis(60));
         assert_eq!(step.record.failed, 1, "e counts: {:?}", step.record);
+        assert!(step.record.halted.is_none(), "within the budget of 1");
+        let more = progress(&[("a", Done), ("c", Failed), ("d", Forgiven), ("e", Failed)]);
+        let step = advance(&step.record, &canary, pace, &more, None, Millis(70));
+        assert!(
+            step.record.halted.is_some(),
+            "c failed again after its retry: 2 > 1"
+        );
     }
 
     #[test]
@@ -1089,8 +1104,10 @@ mod tests {
             Some(4),
             "the canary wave is settled (its runner failed)"
         );
-        // A second failure halts again; the same token does not resume it twice.
-        let again = progress(&[("a", Progress::Failed), ("b", Progress::Failed)]);
+        assert_eq!(resumed.record.forgiven_before, Some(4));
+        // A second failure halts again (a's, before the resume, the coordinator tells
+        // forgiven); the same token does not resume it twice.
+        let again = progress(&[("a", Progress::Forgiven), ("b", Progress::Failed)]);
         let halted = advance(
             &resumed.record,
             &plan(),

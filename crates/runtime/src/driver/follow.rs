@@ -164,14 +164,32 @@ impl RunnerDriver {
             return;
         };
         let progress = self.progress_on(&release);
-        let opens_at = self.following.outside_window;
-        board.report(&self.runner.name, &release, progress, opens_at);
+        let at = match progress {
+            Progress::OutsideWindow => self.following.outside_window,
+            // When it failed: a failure up to the release's last resume is forgiven.
+            Progress::Failed | Progress::RollingBack => self.last_saved.as_ref().and_then(|r| {
+                r.failed
+                    .iter()
+                    .filter(|f| {
+                        f.version == *release.version
+                            && release.image.as_deref().is_none_or(|i| i == f.image)
+                    })
+                    .map(|f| Millis(f.at))
+                    .max()
+            }),
+            _ => None,
+        };
+        board.report(&self.runner.name, &release, progress, at);
     }
 
     /// Where the runner stands with `release`, from its state and its record: what it did
     /// with the release first (failed it, in an attempt on it — a pin written meanwhile does
     /// not end that attempt's count), then a pin.
     fn progress_on(&self, release: &CurrentRelease) -> Progress {
+        if self.machine.is_none() && self.last_saved.is_none() {
+            // Its record not read yet (a first load that failed): nothing is known of it.
+            return Progress::Unknown;
+        }
         // Without its machine (dropped after a failed or fenced pass, to be reloaded), what its
         // record last said.
         let phase = match &self.machine {
