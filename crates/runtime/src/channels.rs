@@ -862,9 +862,17 @@ mod tests {
         let of = |r: &str| seen[r];
         assert_eq!(of("a"), Progress::Forgiven, "failed before the resume");
         assert_eq!(of("b"), Progress::Failed, "failed after it");
-        assert_eq!(of("c"), Progress::InFlight, "forgiven, still holding its place");
+        assert_eq!(
+            of("c"),
+            Progress::InFlight,
+            "forgiven, still holding its place"
+        );
         assert_eq!(of("d"), Progress::OutsideWindow);
-        assert_eq!(of("e"), Progress::Failed, "a failure of unknown time is not forgiven");
+        assert_eq!(
+            of("e"),
+            Progress::Failed,
+            "a failure of unknown time is not forgiven"
+        );
         let later = board.progress(&runners, "r1", Millis(500), None);
         assert_eq!(later["d"], Progress::Pending, "its window has opened");
         assert_eq!(later["a"], Progress::Failed, "no resume: nothing forgiven");
