@@ -7,6 +7,7 @@ pub mod channel;
 pub mod code;
 pub mod desired;
 pub mod eligibility;
+pub mod events;
 pub mod image;
 pub mod infra;
 pub mod observed;
