@@ -11,7 +11,7 @@ use runner_updater_adapters::ratelimit::{limit_cfn, limit_ecs, limit_ssm, limit_
 use runner_updater_adapters::store::{FileStore, SsmStore};
 use runner_updater_aws::{AwsClients, SdkSettings};
 use runner_updater_config::{Config, StateBackend};
-use runner_updater_ports::{Clock, Lock, ParameterStore, StateStore, StateTable};
+use runner_updater_ports::{Clock, EventQueue, Lock, ParameterStore, StateStore, StateTable};
 use runner_updater_runtime::driver::Ports;
 
 /// This host's name: `HOSTNAME` (the pod's name on Kubernetes), else the kernel's.
@@ -52,8 +52,16 @@ pub fn sdk_settings(config: &Config) -> SdkSettings {
 ///
 /// # Errors
 /// A state table that cannot be used (missing, another key schema, access denied), by name.
-pub async fn aws_ports(config: &Config, holder: &str) -> anyhow::Result<Ports> {
+pub async fn aws_ports(
+    config: &Config,
+    holder: &str,
+) -> anyhow::Result<(Ports, Option<Arc<dyn EventQueue>>)> {
     let clients = AwsClients::from_env(sdk_settings(config)).await;
+    let events = config
+        .events
+        .queue_url
+        .as_deref()
+        .map(|url| Arc::new(clients.queue(url)) as Arc<dyn EventQueue>);
     check_state_table(config, &clients).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = config.rate_limits;
@@ -63,7 +71,7 @@ pub async fn aws_ports(config: &Config, holder: &str) -> anyhow::Result<Ports> {
         clock.clone(),
     ));
     let (lock, store) = lock_and_store(config, &clients, ssm.clone(), holder, clock.clone());
-    Ok(Ports {
+    let ports = Ports {
         ssm,
         ecs: Arc::new(limit_ecs(
             Arc::new(clients.ecs),
@@ -78,7 +86,8 @@ pub async fn aws_ports(config: &Config, holder: &str) -> anyhow::Result<Ports> {
         lock,
         store,
         clock,
-    })
+    };
+    Ok((ports, events))
 }
 
 /// With the `dynamodb` backend, the table is checked once before it is relied on.

@@ -1,5 +1,5 @@
 //! `iam/policy.json` grants exactly what the AWS adapters call: every SDK operation of
-//! `crates/aws/src/ssm.rs`, `ecs.rs` and `cfn.rs`, plus the documented extras, and
+//! `crates/aws/src/ssm.rs`, `ecs.rs`, `cfn.rs`, `dynamo.rs` and `sqs.rs`, plus the documented extras, and
 //! nothing else; no `*` action, and a `*` resource only for actions AWS cannot scope.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failure with a message
@@ -12,11 +12,12 @@ use serde_json::Value;
 
 /// Adapter file, its IAM service prefix, and the fewest operations a working scan finds there
 /// (so that a broken scan cannot pass with nothing to check).
-const ADAPTERS: [(&str, &str, usize); 4] = [
+const ADAPTERS: [(&str, &str, usize); 5] = [
     ("ssm.rs", "ssm", 4),
     ("ecs.rs", "ecs", 6),
     ("cfn.rs", "cloudformation", 6),
     ("dynamo.rs", "dynamodb", 3),
+    ("sqs.rs", "sqs", 3),
 ];
 
 /// Actions AWS authorizes on the controller's behalf, beyond its own SDK calls, with the reason.
@@ -304,6 +305,26 @@ const TABLE_HANDLER: [&str; 12] = [
     "dynamodb:UpdateTable",
 ];
 
+/// What CloudFormation calls with the caller's credentials to create, update and remove the
+/// change events' path (`Events=on`): the `AWS::SQS::Queue` and `AWS::SQS::QueuePolicy`
+/// handlers, and the `AWS::Events::Rule` handler (the rules have no tags, so no tagging).
+const EVENTS_HANDLER: [&str; 14] = [
+    "sqs:CreateQueue",
+    "sqs:DeleteQueue",
+    "sqs:GetQueueAttributes",
+    "sqs:GetQueueUrl",
+    "sqs:ListQueueTags",
+    "sqs:SetQueueAttributes",
+    "sqs:TagQueue",
+    "sqs:UntagQueue",
+    "events:DeleteRule",
+    "events:DescribeRule",
+    "events:ListTargetsByRule",
+    "events:PutRule",
+    "events:PutTargets",
+    "events:RemoveTargets",
+];
+
 fn setup_statements() -> Vec<Value> {
     let policy: Value =
         serde_json::from_str(&read("iam/setup-policy.json")).expect("iam/setup-policy.json");
@@ -355,6 +376,7 @@ fn the_setup_policy_grants_exactly_what_setup_and_the_table_handler_need() {
     }
     let mut needed = setup_calls();
     needed.extend(TABLE_HANDLER.iter().map(|a| (*a).to_owned()));
+    needed.extend(EVENTS_HANDLER.iter().map(|a| (*a).to_owned()));
     assert_eq!(
         granted, needed,
         "iam/setup-policy.json against setup's calls"
@@ -371,6 +393,15 @@ fn the_running_controller_cannot_manage_the_table_or_the_setup_stack() {
         assert!(
             !granted.contains(action),
             "iam/policy.json grants {action}: creating and changing the table is the set-up's"
+        );
+    }
+    for action in EVENTS_HANDLER {
+        if action == "sqs:GetQueueAttributes" {
+            continue;
+        }
+        assert!(
+            !granted.contains(action),
+            "iam/policy.json grants {action}: making the events' queue and rules is the set-up's"
         );
     }
     assert!(!read("iam/policy.json").contains("${SetupStack}"));

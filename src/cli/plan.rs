@@ -48,7 +48,7 @@ pub async fn plan(config: Option<&PathBuf>, args: PlanArgs) -> anyhow::Result<Ex
             bail!("--desired is for --simulated only: against AWS, ops write desired versions into SSM");
         }
         // `plan` never writes: its holder id is never used by a write.
-        aws_ports(&config, "plan").await?
+        aws_ports(&config, "plan").await?.0
     };
     let names: Vec<String> = match args.runner {
         Some(runner) => vec![runner],

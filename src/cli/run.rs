@@ -9,14 +9,15 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use runner_updater_adapters::lease;
-use runner_updater_adapters::sim::SimClock;
+use runner_updater_adapters::sim::{SimClock, SimQueue};
 use runner_updater_adapters::store::FileStore;
 use runner_updater_config::Config;
 use runner_updater_interface::ops;
 use runner_updater_interface::scenario::Scenario;
-use runner_updater_ports::{Clock, ParameterStore};
+use runner_updater_ports::{Clock, EventQueue, ParameterStore};
 use runner_updater_runtime::channels::Channels;
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
+use runner_updater_runtime::events::EventConsumer;
 use runner_updater_runtime::metrics::Metrics;
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
 use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
@@ -60,6 +61,9 @@ pub async fn run(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<Exit
     control_loop(prepare(config, args).await?).await
 }
 
+/// The change events' queue.
+type Events = Arc<dyn EventQueue>;
+
 /// What the controller loop runs on: the configuration, the ports (AWS, or the simulated AWS),
 /// how many sweeps, the simulated clock to advance (if simulated), where to serve.
 pub struct RunSetup {
@@ -75,6 +79,8 @@ pub struct RunSetup {
     pub listen: Option<Listen>,
     /// This process's lease holder id (what the state table's conditional writes name).
     pub holder: String,
+    /// The change events' queue, when `events.queue_url` is set.
+    pub events: Option<Events>,
 }
 
 /// Loads the configuration, checks the options and builds the ports `run` runs on.
@@ -100,7 +106,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
     };
     let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     if args.simulated {
-        let (ports, clock) = simulated_ports(&config, &args.desired, args.seed, &holder)?;
+        let (ports, clock, events) = simulated_ports(&config, &args.desired, args.seed, &holder)?;
         check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
         return Ok(RunSetup {
             config,
@@ -109,6 +115,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             simulated: Some(clock),
             listen,
             holder,
+            events,
         });
     }
     if !args.desired.is_empty() {
@@ -116,7 +123,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             "--desired is for --simulated only: against AWS, ops write desired versions into SSM"
         );
     }
-    let ports = aws_ports(&config, &holder).await?;
+    let (ports, events) = aws_ports(&config, &holder).await?;
     check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
     Ok(RunSetup {
         config,
@@ -125,6 +132,7 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
         simulated: None,
         listen,
         holder,
+        events,
     })
 }
 
@@ -163,8 +171,15 @@ fn simulated_ports(
     desired: &[(String, String)],
     seed: u64,
     holder: &str,
-) -> anyhow::Result<(Ports, SimClock)> {
+) -> anyhow::Result<(Ports, SimClock, Option<Events>)> {
     let mut scenario = Scenario::with_config(seed, config.clone())?;
+    // The simulated AWS announces its SSM changes on a simulated queue, as the set-up's
+    // EventBridge rule does on AWS.
+    let events = config.events.enabled().then(|| {
+        let queue = SimQueue::new(Arc::new(scenario.aws.clock.clone()));
+        scenario.aws.ssm.publish_to(&queue);
+        Arc::new(queue) as Events
+    });
     if config.state_store.backend == runner_updater_config::StateBackend::DynamoDb {
         scenario.use_state_table(holder);
     } else {
@@ -177,7 +192,7 @@ fn simulated_ports(
         // Written whole, as the release document: the controller acts on it at once.
         scenario.set_release(name, &format!("{{\"version\": {version:?}}}"));
     }
-    Ok((scenario.ports(), scenario.aws.clock.clone()))
+    Ok((scenario.ports(), scenario.aws.clock.clone(), events))
 }
 
 /// Where `run` serves its endpoints.
@@ -227,6 +242,39 @@ fn scheduler_of(
     Scheduler::new(config, drivers, reader, ports.clock.clone()).with_channels(channels)
 }
 
+/// Starts the change events' consumer (after a check of the queue that names what is wrong,
+/// not fatal: the sweeps carry on and the consumer keeps trying) and hands the scheduler its
+/// nudges.
+async fn read_events(
+    config: &Config,
+    scheduler: Scheduler,
+    queue: Events,
+    metrics: &Arc<Metrics>,
+) -> Scheduler {
+    let consumer = EventConsumer::new(
+        queue,
+        &config.prefix,
+        Duration::from_secs(config.events.wait_secs),
+    )
+    .with_metrics(metrics.clone());
+    match consumer.check().await {
+        Ok(waiting) => tracing::info!(
+            waiting,
+            backstop_secs = config.events.backstop_interval_secs,
+            "reading change events; sweeps are the backstop"
+        ),
+        // Not fatal: polling carries on, and the consumer keeps trying.
+        Err(error) => tracing::warn!(
+            %error,
+            "the events' queue cannot be read ({}): sweeps every poll_interval_secs until it can",
+            runner_updater_runtime::events::failure_reason(&error)
+        ),
+    }
+    let (nudges, received) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(consumer.run(nudges));
+    scheduler.with_events(config, received, Some(metrics.clone()))
+}
+
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are
 /// done. A simulated clock, when given, is advanced by the time slept.
 ///
@@ -241,6 +289,7 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         simulated,
         listen,
         holder,
+        events,
     } = setup;
     let config = &config;
     let metrics = Arc::new(Metrics::new());
@@ -302,6 +351,9 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
         .collect();
     tracing::info!(runners = drivers.len(), %holder, simulated = simulated.is_some(), "controller started");
     let mut scheduler = scheduler_of(config, drivers, &ports, &holder, metrics.clone());
+    if let Some(queue) = events {
+        scheduler = read_events(config, scheduler, queue, &metrics).await;
+    }
     let mut control = LoopControl {
         metrics: metrics.clone(),
         clock: ports.clock.clone(),

@@ -13,7 +13,8 @@ use runner_updater_adapters::clock::SystemClock;
 use runner_updater_adapters::dynamo::{check_table, table_refusal, PROBE_KEY};
 use runner_updater_aws::AwsClients;
 use runner_updater_interface::setup::{
-    setup as deploy, SetupAction, SetupRequest, DEFAULT_STACK, TABLE_PARAMETER,
+    setup as deploy, SetupAction, SetupRequest, DEFAULT_STACK, EVENTS_PARAMETER,
+    EVENTS_QUEUE_OUTPUT, PREFIX_PARAMETER, TABLE_PARAMETER,
 };
 use runner_updater_ports::{ErrorKind, StateTable};
 
@@ -38,6 +39,12 @@ pub struct SetupArgs {
     /// empty one; the old one is retained).
     #[arg(long)]
     pub allow_replacement: bool,
+    /// Also make the change events' path: the `EventBridge` rules, the SQS queue, its
+    /// dead-letter queue and its policy (on whenever the configuration sets
+    /// `events.queue_url`). Turning it off later removes them: refused unless
+    /// `--allow-replacement`.
+    #[arg(long)]
+    pub events: bool,
 }
 
 /// Creates or updates the stack, reports each step and the outcome, then checks the table.
@@ -48,6 +55,7 @@ pub struct SetupArgs {
 pub async fn setup(config: Option<&PathBuf>, args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config)?;
     let table = config.state_store.table.clone();
+    let events = args.events || config.events.enabled();
     let clients = AwsClients::from_env(sdk_settings(&config)).await;
     let mut tags = BTreeMap::from([("app".to_owned(), "runner-updater".to_owned())]);
     tags.extend(args.tags);
@@ -58,7 +66,14 @@ pub async fn setup(config: Option<&PathBuf>, args: SetupArgs) -> anyhow::Result<
     };
     let request = SetupRequest {
         stack: args.stack,
-        parameters: BTreeMap::from([(TABLE_PARAMETER.to_owned(), table.clone())]),
+        parameters: BTreeMap::from([
+            (TABLE_PARAMETER.to_owned(), table.clone()),
+            (
+                EVENTS_PARAMETER.to_owned(),
+                if events { "on" } else { "off" }.to_owned(),
+            ),
+            (PREFIX_PARAMETER.to_owned(), config.prefix.clone()),
+        ]),
         tags,
         timeout: Duration::from_secs(args.timeout_secs),
         poll: Duration::from_secs(args.poll_secs.max(1)),
@@ -79,6 +94,11 @@ pub async fn setup(config: Option<&PathBuf>, args: SetupArgs) -> anyhow::Result<
     check_table(&clients.table(&table), &table)
         .await
         .map_err(anyhow::Error::msg)?;
+    if let Some(url) = report.outputs.get(EVENTS_QUEUE_OUTPUT) {
+        println!(
+            "change events: the controller reads them with events.queue_url = \"{url}\" (its role needs the ReadChangeEvents statement of iam/policy.json)"
+        );
+    }
     println!(
         "state table {table}: ready; the controller uses it with state_store.backend = \"dynamodb\" and state_store.table = \"{table}\""
     );

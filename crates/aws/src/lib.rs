@@ -1,4 +1,4 @@
-//! Adapters on the AWS SDK behind the ports: SSM, ECS, CloudFormation.
+//! Adapters on the AWS SDK behind the ports: SSM, ECS, CloudFormation, DynamoDB, SQS.
 //!
 //! **Boundary module**: SDK types never leave it. Credentials come from the standard chain;
 //! `AWS_REGION` and `AWS_ENDPOINT_URL` are honoured by `aws-config`. The SDK retries its own
@@ -8,6 +8,7 @@
 mod cfn;
 mod dynamo;
 mod ecs;
+mod sqs;
 mod ssm;
 
 use std::future::Future;
@@ -95,6 +96,7 @@ where
 pub use cfn::AwsCloudFormation;
 pub use dynamo::AwsTable;
 pub use ecs::{AwsEcs, COPIED_FIELDS, READ_ONLY_SDK_FIELDS};
+pub use sqs::AwsQueue;
 pub use ssm::AwsSsm;
 
 /// How the SDK clients are set up.
@@ -129,6 +131,9 @@ pub struct AwsClients {
     pub cfn: AwsCloudFormation,
     /// DynamoDB (the state table: [`AwsClients::table`]).
     dynamodb: aws_sdk_dynamodb::Client,
+    /// SQS (the change events' queue: [`AwsClients::queue`]), with timeouts that allow a long
+    /// poll.
+    sqs: aws_sdk_sqs::Client,
 }
 
 impl AwsClients {
@@ -158,7 +163,23 @@ impl AwsClients {
             ecs: AwsEcs::new(aws_sdk_ecs::Client::new(config)),
             cfn: AwsCloudFormation::new(aws_sdk_cloudformation::Client::new(config)),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(config)
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_attempt_timeout(LONG_POLL_ATTEMPT_TIMEOUT)
+                            .operation_timeout(LONG_POLL_ATTEMPT_TIMEOUT * 2)
+                            .build(),
+                    )
+                    .build(),
+            ),
         }
+    }
+
+    /// The SQS queue at `url` (the change events').
+    #[must_use]
+    pub fn queue(&self, url: &str) -> AwsQueue {
+        AwsQueue::new(self.sqs.clone(), url)
     }
 
     /// The state table named `table`.
@@ -167,6 +188,9 @@ impl AwsClients {
         AwsTable::new(self.dynamodb.clone(), table)
     }
 }
+
+/// One attempt of an SQS call: a long poll's 20 seconds and room for the answer.
+const LONG_POLL_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Error codes that mean "slow down and try again".
 const THROTTLING_CODES: &[&str] = &[
@@ -199,6 +223,8 @@ const NOT_FOUND_CODES: &[&str] = &[
     "ChangeSetNotFound",
     "ResourceNotFoundException",
     "ServiceDeploymentNotFoundException",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
 ];
 
 /// What an AWS error answer means to the controller, from its code, HTTP status and message:

@@ -81,6 +81,9 @@ pub struct Config {
     /// The AWS SDK's timeouts.
     #[serde(default)]
     pub aws: AwsConfig,
+    /// Change events through `EventBridge` and SQS (off unless `events.queue_url` is set).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// The runners.
     #[serde(default)]
     pub runners: Vec<RunnerConfig>,
@@ -197,6 +200,52 @@ impl Default for TelemetryConfig {
 
 fn default_check_span_every_passes() -> u32 {
     60
+}
+
+/// Change events: an SQS queue that an `EventBridge` rule delivers SSM's and ECS's change
+/// events to (the set-up template makes both). With it, a change is acted on within seconds and
+/// the sweeps become the backstop.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The queue's URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`, the set-up
+    /// stack's output `EventsQueueUrl`); absent: no events, sweeps every `poll_interval_secs`.
+    #[serde(default)]
+    pub queue_url: Option<String>,
+    /// Seconds between sweeps while the events arrive (the backstop that catches a change whose
+    /// event was lost). While the queue cannot be read, or a channel's release is under way,
+    /// the sweeps come every `poll_interval_secs` again.
+    #[serde(default = "default_backstop_interval_secs")]
+    pub backstop_interval_secs: u64,
+    /// Seconds a receive waits for a first message (SQS's long poll, 1 to 20).
+    #[serde(default = "default_events_wait_secs")]
+    pub wait_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            queue_url: None,
+            backstop_interval_secs: default_backstop_interval_secs(),
+            wait_secs: default_events_wait_secs(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Whether the controller reads change events.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.queue_url.is_some()
+    }
+}
+
+fn default_backstop_interval_secs() -> u64 {
+    600
+}
+
+fn default_events_wait_secs() -> u64 {
+    20
 }
 
 /// The state store.
@@ -655,6 +704,7 @@ impl Config {
                     .to_owned(),
             );
         }
+        self.validate_events()?;
         let floor = self.lease_floor_secs();
         if self.lease_secs < floor {
             return invalid(format!(
@@ -666,6 +716,43 @@ impl Config {
             ));
         }
         self.validate_runners()
+    }
+
+    /// The events' queue: an SQS URL, a long poll SQS allows, a backstop no shorter than the
+    /// sweeps it replaces.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let events = &self.events;
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(url) = &events.queue_url {
+            let path = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .and_then(|rest| rest.split_once('/'));
+            let named = path.is_some_and(|(host, path)| {
+                !host.is_empty()
+                    && !path.is_empty()
+                    && !path.ends_with('/')
+                    && !url.chars().any(char::is_whitespace)
+            });
+            if !named {
+                return invalid(format!(
+                    "events.queue_url {url:?} is not an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+                ));
+            }
+        }
+        if !(1..=20).contains(&events.wait_secs) {
+            return invalid(format!(
+                "events.wait_secs ({}) must be 1 to 20 (SQS's long poll)",
+                events.wait_secs
+            ));
+        }
+        if events.enabled() && events.backstop_interval_secs < self.poll_interval_secs {
+            return invalid(format!(
+                "events.backstop_interval_secs ({}) must be at least poll_interval_secs ({}): it is the longer interval the sweeps take while events arrive",
+                events.backstop_interval_secs, self.poll_interval_secs
+            ));
+        }
+        Ok(())
     }
 
     /// Each runner: a name that is one, once; image repositories; a fail-fast count.
@@ -1034,5 +1121,45 @@ mod tests {
         let text = format!("{RUNNER}[runners.health]\nsoak = 30\n");
         let error = Config::from_toml(&text).unwrap_err().to_string();
         assert!(error.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn change_events_are_off_by_default_and_a_bad_events_section_is_refused_by_name() {
+        let config = Config::from_toml("").unwrap();
+        assert!(!config.events.enabled());
+        assert_eq!(config.events.backstop_interval_secs, 600);
+        let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/runner-updater-events";
+        let on = Config::from_toml(&format!("[events]\nqueue_url = {url:?}\n")).unwrap();
+        assert!(on.events.enabled());
+        for (section, named) in [
+            (
+                "queue_url = \"runner-updater-events\"",
+                "is not an SQS queue URL",
+            ),
+            (
+                "queue_url = \"https://sqs.eu-west-1.amazonaws.com/\"",
+                "is not an SQS queue URL",
+            ),
+            (
+                "queue_url = \"https://sqs.example/1/q\"\nwait_secs = 0",
+                "events.wait_secs (0)",
+            ),
+            (
+                "queue_url = \"https://sqs.example/1/q\"\nwait_secs = 21",
+                "events.wait_secs (21)",
+            ),
+            (
+                "queue_url = \"https://sqs.example/1/q\"\nbackstop_interval_secs = 30",
+                "events.backstop_interval_secs (30) must be at least poll_interval_secs (60)",
+            ),
+            ("queue = \"x\"", "unknown field"),
+        ] {
+            let error = Config::from_toml(&format!("[events]\n{section}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{section}: {error}");
+        }
+        // The backstop matters only with events on.
+        assert!(Config::from_toml("poll_interval_secs = 3600\n").is_ok());
     }
 }

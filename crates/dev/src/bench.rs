@@ -68,7 +68,8 @@ pub struct Assumptions {
     /// defaults are safely under AWS's published throttling limits: SSM `GetParametersByPath`
     /// 40/s shared with `GetParameter`, ECS `DescribeServices` 20/s sustained, CloudFormation
     /// `DescribeStacks` about 10/s; DynamoDB on demand has no such limit, 50/s is the
-    /// controller's default).
+    /// controller's default; SQS is not limited: the events' consumer makes one long poll at a
+    /// time, and no bench fleet reads it).
     pub rates: [f64; FAMILIES],
 }
 
@@ -76,7 +77,7 @@ impl Default for Assumptions {
     fn default() -> Self {
         Assumptions {
             latency: Duration::from_millis(20),
-            rates: [30.0, 15.0, 8.0, 50.0],
+            rates: [30.0, 15.0, 8.0, 50.0, 300.0],
         }
     }
 }
@@ -216,7 +217,7 @@ impl Fleet {
                 origin: tokio::time::Instant::now(),
             });
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole rates
-            let [ssm_rate, ecs_rate, cfn_rate, table_rate] =
+            let [ssm_rate, ecs_rate, cfn_rate, table_rate, _sqs] =
                 timed.rates.map(|rate| rate.round() as u32);
             ssm = Arc::new(limit_ssm(ssm, ssm_rate, clock.clone()));
             ecs = Arc::new(limit_ecs(ecs, ecs_rate, clock.clone()));
@@ -900,6 +901,7 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
         for (operation, per) in &f.calls_per_runner {
             let _ = writeln!(out, "    {operation:<24} {per:.3}");
         }
+        render_events_at_rest(&mut out, f.runners, total);
         for (name, calls) in ApiFamily::ALL
             .iter()
             .map(|f| f.name())
@@ -975,6 +977,30 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
         render_wave(&mut out, f, assumptions);
     }
     out
+}
+
+/// What change events save at rest: the sweeps' calls per runner per hour at the default
+/// `poll_interval_secs`, and with events at the default backstop interval plus the queue's
+/// long polls (an empty one every `events.wait_secs`, shared by the fleet).
+#[allow(clippy::cast_precision_loss)] // figures for a report
+fn render_events_at_rest(out: &mut String, runners: usize, per_pass: f64) {
+    let Ok(defaults) = runner_updater_config::Config::from_toml("") else {
+        return;
+    };
+    let per_hour = |interval: u64| 3600.0 / interval.max(1) as f64;
+    let polling = per_pass * per_hour(defaults.poll_interval_secs);
+    let sweeps = per_pass * per_hour(defaults.events.backstop_interval_secs);
+    let receives = per_hour(defaults.events.wait_secs) / runners.max(1) as f64;
+    let _ = writeln!(
+        out,
+        "  AWS calls at rest per runner per hour: {polling:.1} with a sweep every {} s; with change events {:.2} (a sweep every {} s: {sweeps:.2}; the queue's long polls, {:.0} an hour for the fleet: {receives:.3}): {:.1}x fewer   (target: reduced by the ratio of the intervals, {:.0}x)",
+        defaults.poll_interval_secs,
+        sweeps + receives,
+        defaults.events.backstop_interval_secs,
+        per_hour(defaults.events.wait_secs),
+        polling / (sweeps + receives).max(f64::MIN_POSITIVE),
+        defaults.events.backstop_interval_secs as f64 / defaults.poll_interval_secs.max(1) as f64,
+    );
 }
 
 /// The update wave's lines of the report.

@@ -1434,6 +1434,8 @@ impl World {
                 ApiFamily::Ecs => self.aws.ecs.faults.lose_answer(operation),
                 ApiFamily::CloudFormation => self.aws.cfn.faults.lose_answer(operation),
                 ApiFamily::DynamoDb => self.aws.table.faults.lose_answer(operation),
+                // The events' queue is not among the faultable operations.
+                ApiFamily::Sqs => {}
             }
             self.note(format!(
                 "answer lost: the next {operation} takes effect, its answer is lost"
@@ -1454,6 +1456,7 @@ impl World {
                 ApiFamily::Ecs => self.aws.ecs.faults.push(operation, kind),
                 ApiFamily::CloudFormation => self.aws.cfn.faults.push(operation, kind),
                 ApiFamily::DynamoDb => self.aws.table.faults.push(operation, kind),
+                ApiFamily::Sqs => {}
             }
         }
         self.note(format!("fault {count} x {kind:?} on {operation}"));

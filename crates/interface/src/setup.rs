@@ -23,6 +23,15 @@ pub const DEFAULT_STACK: &str = "runner-updater";
 /// The template's parameter naming the state table.
 pub const TABLE_PARAMETER: &str = "StateTableName";
 
+/// The template's parameter that makes the change events' path (`on` or `off`).
+pub const EVENTS_PARAMETER: &str = "Events";
+
+/// The template's parameter naming the controller's SSM prefix (the rule's filter).
+pub const PREFIX_PARAMETER: &str = "ParameterPrefix";
+
+/// The stack's output naming the events' queue (`events.queue_url`).
+pub const EVENTS_QUEUE_OUTPUT: &str = "EventsQueueUrl";
+
 /// What to deploy, and how long to wait.
 #[derive(Debug, Clone)]
 pub struct SetupRequest {
@@ -771,6 +780,54 @@ mod tests {
             "DeletionPolicy: Retain",
         ] {
             assert!(TEMPLATE.contains(setting), "{setting}");
+        }
+    }
+
+    #[test]
+    fn the_template_declares_the_events_path_behind_its_switch() {
+        for part in [
+            EVENTS_PARAMETER,
+            PREFIX_PARAMETER,
+            EVENTS_QUEUE_OUTPUT,
+            "EventsOn: !Equals [!Ref Events, \"on\"]",
+            "Type: AWS::SQS::Queue",
+            "Type: AWS::SQS::QueuePolicy",
+            "Type: AWS::Events::Rule",
+            "deadLetterTargetArn: !GetAtt EventsDeadLetterQueue.Arn",
+            "source: [aws.ssm]",
+            "detail-type: [Parameter Store Change]",
+            "- prefix: !Sub \"${ParameterPrefix}/\"",
+            "source: [aws.ecs]",
+            "Service: events.amazonaws.com",
+            "aws:SourceArn:",
+        ] {
+            assert!(TEMPLATE.contains(part), "{part}");
+        }
+        // Every resource of the path exists only with the switch on.
+        let resources = TEMPLATE
+            .split("\nResources:\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\nOutputs:\n").next())
+            .unwrap();
+        let mut blocks: Vec<String> = Vec::new();
+        for line in resources.lines() {
+            let header =
+                line.starts_with("  ") && !line.starts_with("   ") && !line.starts_with("  #");
+            match blocks.last_mut() {
+                Some(block) if !header => {
+                    block.push_str(line);
+                    block.push('\n');
+                }
+                _ => blocks.push(format!("{line}\n")),
+            }
+        }
+        let events: Vec<&String> = blocks
+            .iter()
+            .filter(|b| b.contains("Type: AWS::SQS") || b.contains("Type: AWS::Events"))
+            .collect();
+        assert_eq!(events.len(), 5, "{blocks:?}");
+        for block in events {
+            assert!(block.contains("Condition: EventsOn"), "{block}");
         }
     }
 

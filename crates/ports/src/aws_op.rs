@@ -19,18 +19,21 @@ pub enum ApiFamily {
     CloudFormation,
     /// DynamoDB (the state table).
     DynamoDb,
+    /// SQS (the change events' queue).
+    Sqs,
 }
 
 impl ApiFamily {
     /// Every family, in the order of the configuration's rate limits.
-    pub const ALL: [ApiFamily; 4] = [
+    pub const ALL: [ApiFamily; 5] = [
         ApiFamily::Ssm,
         ApiFamily::Ecs,
         ApiFamily::CloudFormation,
         ApiFamily::DynamoDb,
+        ApiFamily::Sqs,
     ];
 
-    /// The family's name as AWS writes it (`SSM`, `ECS`, `CloudFormation`, `DynamoDB`).
+    /// The family's name as AWS writes it (`SSM`, `ECS`, `CloudFormation`, `DynamoDB`, `SQS`).
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -38,10 +41,11 @@ impl ApiFamily {
             ApiFamily::Ecs => "ECS",
             ApiFamily::CloudFormation => "CloudFormation",
             ApiFamily::DynamoDb => "DynamoDB",
+            ApiFamily::Sqs => "SQS",
         }
     }
 
-    /// The IAM service prefix (`ssm`, `ecs`, `cloudformation`, `dynamodb`).
+    /// The IAM service prefix (`ssm`, `ecs`, `cloudformation`, `dynamodb`, `sqs`).
     #[must_use]
     pub fn iam_prefix(self) -> &'static str {
         match self {
@@ -49,6 +53,7 @@ impl ApiFamily {
             ApiFamily::Ecs => "ecs",
             ApiFamily::CloudFormation => "cloudformation",
             ApiFamily::DynamoDb => "dynamodb",
+            ApiFamily::Sqs => "sqs",
         }
     }
 }
@@ -147,6 +152,12 @@ aws_ops! {
     UpdateItem: DynamoDb, true;
     /// `dynamodb:Scan`, one page.
     Scan: DynamoDb, false;
+    /// `sqs:ReceiveMessage`, up to ten messages (a long poll).
+    ReceiveMessage: Sqs, false;
+    /// `sqs:DeleteMessage`.
+    DeleteMessage: Sqs, true;
+    /// `sqs:GetQueueAttributes`.
+    GetQueueAttributes: Sqs, false;
 }
 
 impl AwsOp {

@@ -144,6 +144,40 @@ pub trait ParameterStore: Send + Sync {
     async fn delete(&self, name: &str) -> Result<(), PortError>;
 }
 
+/// The most messages one `ReceiveMessage` call returns (an AWS limit).
+pub const RECEIVE_MESSAGES_MAX: usize = 10;
+
+/// The longest one `ReceiveMessage` call waits for a first message (an AWS limit: a long
+/// poll of 20 seconds).
+pub const LONG_POLL_MAX: Duration = Duration::from_secs(20);
+
+/// A message of the change events' queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// SQS's message id (logs).
+    pub id: String,
+    /// The receipt handle of this reception (what deletes it).
+    pub receipt: String,
+    /// The body: an `EventBridge` event, as the rule delivered it.
+    pub body: String,
+    /// How many times it was received, this time included (SQS's `ApproximateReceiveCount`).
+    pub receives: u32,
+}
+
+/// The SQS queue an `EventBridge` rule delivers the change events to.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    /// Up to `max` (at most [`RECEIVE_MESSAGES_MAX`]) messages, waiting up to `wait` (at most
+    /// [`LONG_POLL_MAX`]) for a first one: empty when none came. A message received is hidden
+    /// from other receivers for the queue's visibility timeout, then comes back unless deleted.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<QueueMessage>, PortError>;
+    /// Deletes a message received (handled); a receipt that has expired is an error.
+    async fn delete(&self, receipt: &str) -> Result<(), PortError>;
+    /// The messages waiting (`ApproximateNumberOfMessages`): the check at start, which names a
+    /// queue that does not exist or cannot be read before the first long poll.
+    async fn waiting(&self) -> Result<u64, PortError>;
+}
+
 /// A lease's expiry is trusted only this much past its time: controllers' clocks may differ.
 pub const CLOCK_SKEW_TOLERANCE: Duration = Duration::from_secs(5);
 

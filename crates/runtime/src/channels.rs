@@ -45,8 +45,7 @@ use crate::telemetry;
 /// clocks' tolerance and a pass's length), at most: a third of a shorter lease.
 const LEASE_MARGIN_MS: u64 = 30_000;
 
-/// The parameter `release resume` writes, relative to a channel's folder.
-pub const RESUME_NAME: &str = "resume";
+pub use runner_updater_core::domain::channel::RESUME_NAME;
 
 /// What a follower of a channel is told.
 #[derive(Debug, Clone, PartialEq, Eq)]

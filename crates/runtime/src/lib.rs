@@ -7,6 +7,7 @@
 
 pub mod channels;
 pub mod driver;
+pub mod events;
 pub mod metrics;
 pub mod reader;
 pub mod retry;

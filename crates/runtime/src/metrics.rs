@@ -53,6 +53,16 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelLabels {
     channel: String,
 }
@@ -136,6 +146,56 @@ const RELEASE_STATES: [&str; 8] = [
     "outside-window",
 ];
 
+/// The change events' families (issue 21).
+#[derive(Debug)]
+struct EventFamilies {
+    received: Family<KindLabels, Counter>,
+    lag: Histogram,
+    queue_errors: Family<ReasonLabels, Counter>,
+    queue_up: Gauge,
+    backstop_catches: Counter,
+}
+
+impl EventFamilies {
+    fn new() -> Self {
+        EventFamilies {
+            received: Family::default(),
+            lag: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            queue_errors: Family::default(),
+            queue_up: Gauge::default(),
+            backstop_catches: Counter::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "events_received",
+            "Change events received from the queue, by kind (runner, channel, service, ignored: for nothing this controller serves or its own writes, malformed: not an event it reads)",
+            self.received.clone(),
+        );
+        registry.register(
+            "event_lag_seconds",
+            "From a change event's time (AWS's) to the start of the pass it asked for",
+            self.lag.clone(),
+        );
+        registry.register(
+            "event_queue_errors",
+            "Failed calls to the events' queue, by reason (not-found, access-denied, throttled, transient, other)",
+            self.queue_errors.clone(),
+        );
+        registry.register(
+            "event_queue_up",
+            "1 while the events' queue is read (its last call succeeded), 0 while it fails or when events are off",
+            self.queue_up.clone(),
+        );
+        registry.register(
+            "backstop_catches",
+            "Update attempts started by a sweep with no change event announcing the change (events on): events lost or late",
+            self.backstop_catches.clone(),
+        );
+    }
+}
+
 fn reconcile_histogram() -> Histogram {
     Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
 }
@@ -162,6 +222,7 @@ pub struct Metrics {
     release_budget: Family<ChannelLabels, Gauge>,
     release_halted: Family<ChannelLabels, Gauge>,
     release_waiting: Family<ChannelLabels, Gauge>,
+    events: EventFamilies,
     passes: AtomicU64,
     last_pass_ms: AtomicU64,
     loaded: AtomicBool,
@@ -197,6 +258,7 @@ impl Metrics {
             release_budget: Family::default(),
             release_halted: Family::default(),
             release_waiting: Family::default(),
+            events: EventFamilies::new(),
             passes: AtomicU64::new(0),
             last_pass_ms: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
@@ -258,6 +320,7 @@ impl Metrics {
             metrics.aws_reachable.clone(),
         );
         register_releases(&mut registry, &metrics);
+        metrics.events.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -382,6 +445,42 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// A change event of `kind` was received (`runner`, `channel`, `service`, `ignored`,
+    /// `malformed`).
+    pub fn event_received(&self, kind: &str) {
+        self.events
+            .received
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A pass asked for by a change event started `seconds` after the event's time.
+    pub fn event_lag(&self, seconds: f64) {
+        self.events.lag.observe(seconds.max(0.0));
+    }
+
+    /// A call to the events' queue failed for `reason`.
+    pub fn event_queue_error(&self, reason: &str) {
+        self.events
+            .queue_errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Whether the events' queue is read now.
+    pub fn event_queue_up(&self, up: bool) {
+        self.events.queue_up.set(i64::from(up));
+    }
+
+    /// A sweep started an update attempt that no change event announced.
+    pub fn backstop_catch(&self) {
+        self.events.backstop_catches.inc();
     }
 
     /// A transient error is retried.

@@ -7,20 +7,24 @@
 //! `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
 //! never waited for: a slow or failing runner delays no other.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
 
 use runner_updater_config::{Config, RunnerConfig};
 use runner_updater_core::domain::Millis;
+use runner_updater_core::machine::phase::Phase;
 use runner_updater_ports::{Clock, ErrorKind, PortError};
 
 use crate::channels::Channels;
 use crate::driver::{DriverError, RunnerDriver, TickReport};
+use crate::events::Nudge;
+use crate::metrics::Metrics;
 use crate::reader::{FleetReader, FleetSnapshot, GateSnapshot, RunnerSnapshot};
 
 /// What wakes the scheduler besides its own timers.
@@ -60,6 +64,48 @@ struct Slot {
     /// A runner at rest waiting for its desired state to settle: its pass is due then, not at
     /// the next sweep (`RunnerDriver::wake_at`).
     wake: Option<Millis>,
+    /// What change events asked of this runner.
+    heard: Heard,
+}
+
+/// What change events asked of a runner.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heard {
+    /// A change event asked for a pass while this runner was in one (or queued with a read
+    /// that may predate it): another pass follows at once.
+    again: bool,
+    /// The time of the earliest change event not yet followed by a pass (the events' lag).
+    announced: Option<Millis>,
+    /// A change event announced a change since this runner's last attempt started: an attempt
+    /// starting now is not one of the backstop's catches.
+    flagged: bool,
+}
+
+impl Heard {
+    fn announce(&mut self, at: Millis) {
+        self.announced = Some(self.announced.map_or(at, |a| a.min(at)));
+    }
+}
+
+/// The change events' side of the scheduler (see [`Scheduler::with_events`]).
+struct Events {
+    /// Taken by [`Scheduler::run`] for its loop.
+    nudges: Option<mpsc::Receiver<Nudge>>,
+    /// The sweeps' interval while the queue is read.
+    backstop: Duration,
+    /// Whether the queue was read at its last call.
+    up: bool,
+    by_name: HashMap<String, usize>,
+    by_service: HashMap<(String, String), usize>,
+    by_channel: HashMap<String, Vec<usize>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The cluster's name in `cluster` (a name or an ARN, as the configuration may give it).
+fn cluster_name(cluster: &str) -> &str {
+    cluster
+        .rsplit_once(":cluster/")
+        .map_or(cluster, |(_, name)| name)
 }
 
 /// A fleet read under way, with the runners it is for.
@@ -114,6 +160,16 @@ pub struct Scheduler {
     earliest_due: Millis,
     /// The channels' releases, moved on after each sweep's fleet read.
     channels: Option<Arc<Channels>>,
+    /// The change events, when the controller reads them.
+    events: Option<Events>,
+}
+
+/// The next nudge of the consumer's, if there is a consumer (else never).
+async fn next_nudge(nudges: &mut Option<mpsc::Receiver<Nudge>>) -> Option<Nudge> {
+    match nudges.as_mut() {
+        Some(nudges) => nudges.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One step of the channels' releases, from a fleet read (none when it could not read the
@@ -166,6 +222,7 @@ impl Scheduler {
                     queued: false,
                     loaded: false,
                     wake: None,
+                    heard: Heard::default(),
                 })
                 .collect(),
             reader,
@@ -177,7 +234,138 @@ impl Scheduler {
             read_ahead: false,
             earliest_due: now,
             channels: None,
+            events: None,
         }
+    }
+
+    /// Follows the change events `nudges` brings (the [`crate::events::EventConsumer`]'s): a
+    /// pass of the runner, or a step of the channel, an event concerns, at once; the runner's
+    /// next read when its service changed. While they arrive, sweeps come every `backstop`
+    /// instead of every `poll_interval_secs` (unless a channel's release is under way).
+    #[must_use]
+    pub fn with_events(
+        mut self,
+        config: &Config,
+        nudges: mpsc::Receiver<Nudge>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        let mut by_name = HashMap::new();
+        let mut by_service = HashMap::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(driver) = &slot.driver {
+                let runner = driver.runner_config();
+                by_name.insert(runner.name.clone(), index);
+                by_service.insert(
+                    (
+                        cluster_name(&runner.cluster).to_owned(),
+                        runner.service.clone(),
+                    ),
+                    index,
+                );
+            }
+        }
+        let by_channel = config
+            .channels()
+            .into_iter()
+            .map(|(channel, runners)| {
+                let indices = runners
+                    .iter()
+                    .filter_map(|name| by_name.get(name).copied())
+                    .collect();
+                (channel, indices)
+            })
+            .collect();
+        self.events = Some(Events {
+            nudges: Some(nudges),
+            backstop: Duration::from_secs(config.events.backstop_interval_secs)
+                .max(self.sweep_interval),
+            up: false,
+            by_name,
+            by_service,
+            by_channel,
+            metrics,
+        });
+        self
+    }
+
+    /// The interval to the next sweep: the backstop's while the events arrive and no channel's
+    /// release is under way, `poll_interval_secs` otherwise.
+    fn sweep_every(&self) -> Duration {
+        match &self.events {
+            Some(events)
+                if events.up && !self.channels.as_ref().is_some_and(|c| c.wants_sweep()) =>
+            {
+                events.backstop
+            }
+            _ => self.sweep_interval,
+        }
+    }
+
+    /// What a change event asks: a pass of its runner now (after the one under way, if any),
+    /// the runner's next read now when its service changed, a sweep now for a channel (whose
+    /// step reads its documents). Names this controller does not serve are ignored. Returns
+    /// whether a sweep is wanted now.
+    pub fn nudge(&mut self, nudge: Nudge) -> bool {
+        let now = self.clock.now();
+        let Some(events) = self.events.as_mut() else {
+            return false;
+        };
+        let (indices, at, announces): (Vec<usize>, Millis, bool) = match nudge {
+            Nudge::Queue { up } => {
+                events.up = up;
+                // Back to the short interval at once when the events stop.
+                return !up;
+            }
+            Nudge::Runner { name, at } => {
+                let Some(&index) = events.by_name.get(&name) else {
+                    tracing::debug!(runner = %name, "a change event for a runner this controller does not serve");
+                    return false;
+                };
+                (vec![index], at, true)
+            }
+            Nudge::Service {
+                cluster,
+                service,
+                at,
+            } => {
+                let Some(&index) = events.by_service.get(&(cluster, service)) else {
+                    return false;
+                };
+                (vec![index], at, false)
+            }
+            Nudge::Channel { name, at } => {
+                let Some(indices) = events.by_channel.get(&name) else {
+                    return false;
+                };
+                for &index in indices {
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.heard.flagged = true;
+                        slot.heard.announce(at);
+                    }
+                }
+                return true;
+            }
+        };
+        for index in indices {
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
+            slot.heard.announce(at);
+            slot.heard.flagged |= announces;
+            match &slot.driver {
+                Some(driver) if !slot.queued => {
+                    if driver.at_rest() {
+                        slot.wake = Some(now);
+                    } else {
+                        slot.due = now;
+                    }
+                    self.earliest_due = now;
+                }
+                // In a pass, or queued with a read that may predate the change.
+                _ => slot.heard.again = true,
+            }
+        }
+        false
     }
 
     /// Serves the channels' releases: the coordinator steps after each sweep's fleet read, and
@@ -257,10 +445,11 @@ impl Scheduler {
         let mut next_sweep = self.clock.now();
         let mut made: u64 = 0;
         let mut stopping = false;
+        let mut nudges = self.events.as_mut().and_then(|events| events.nudges.take());
         loop {
             let now = self.clock.now();
             // The wall clock stepped back: what was due stays due.
-            if next_sweep > now.after(self.sweep_interval) {
+            if next_sweep > now.after(self.sweep_every()) {
                 next_sweep = now;
             }
             let finishing = stopping || sweeps.is_some_and(|max| made >= max);
@@ -271,7 +460,7 @@ impl Scheduler {
                 }
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
-                    next_sweep = now.after(self.sweep_interval);
+                    next_sweep = now.after(self.sweep_every());
                     let resting = self.resting_idle();
                     let for_channels = self.channels.as_ref().is_some_and(|c| c.wants_sweep());
                     if resting.is_empty() && !for_channels {
@@ -332,18 +521,42 @@ impl Scheduler {
                         self.hand_out_gate(&mut gate, runners, &mut queue);
                     }
                 }
+                nudge = next_nudge(&mut nudges), if nudges.is_some() && !finishing => {
+                    self.heard(nudge, &mut nudges, &mut next_sweep);
+                },
                 wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() || gate_reading.is_some() => match wake {
                     Wake::Timeout => {}
-                    Wake::Trigger => {
-                        next_sweep = self.clock.now();
-                        for slot in &mut self.slots {
-                            slot.due = slot.due.min(next_sweep);
-                        }
-                        self.earliest_due = next_sweep;
-                    }
+                    Wake::Trigger => next_sweep = self.trigger(),
                     Wake::Stop => stopping = true,
                 },
             }
+        }
+    }
+
+    /// `POST /trigger`, SIGHUP: everything is due now. Returns the next sweep's time (now).
+    fn trigger(&mut self) -> Millis {
+        let now = self.clock.now();
+        for slot in &mut self.slots {
+            slot.due = slot.due.min(now);
+        }
+        self.earliest_due = now;
+        now
+    }
+
+    /// A nudge the consumer sent (`None`: the consumer ended, so no more events and the short
+    /// interval again).
+    fn heard(
+        &mut self,
+        nudge: Option<Nudge>,
+        nudges: &mut Option<mpsc::Receiver<Nudge>>,
+        next_sweep: &mut Millis,
+    ) {
+        let nudge = nudge.unwrap_or_else(|| {
+            *nudges = None;
+            Nudge::Queue { up: false }
+        });
+        if self.nudge(nudge) {
+            *next_sweep = (*next_sweep).min(self.clock.now());
         }
     }
 
@@ -588,8 +801,15 @@ impl Scheduler {
 
     /// Takes the driver out of its slot and starts its pass.
     fn start(&mut self, index: usize, view: Option<RunnerSnapshot>) -> Option<Pass> {
+        let now = self.clock.now();
+        let metrics = self.events.as_ref().and_then(|e| e.metrics.clone());
         let slot = self.slots.get_mut(index)?;
         slot.queued = false;
+        if let Some(at) = slot.heard.announced.take() {
+            if let Some(metrics) = metrics {
+                metrics.event_lag(now.since(at).as_secs_f64());
+            }
+        }
         let mut driver = slot.driver.take()?;
         Some(Box::pin(async move {
             let result = driver.tick_with(view).await;
@@ -616,6 +836,28 @@ impl Scheduler {
             self.earliest_due = self.earliest_due.min(slot.due);
         }
         slot.wake = driver.wake_at();
+        if let Some(events) = &self.events {
+            let started = result.as_ref().is_ok_and(|report| {
+                report
+                    .transitions
+                    .iter()
+                    .any(|t| t.from == Phase::Idle && t.to == Phase::Checking)
+            });
+            if started && !std::mem::take(&mut slot.heard.flagged) && events.up {
+                if let Some(metrics) = &events.metrics {
+                    metrics.backstop_catch();
+                }
+                tracing::info!(runner = %driver.runner(), "a sweep found a change no event announced (the backstop's catch)");
+            }
+            if std::mem::take(&mut slot.heard.again) {
+                if driver.at_rest() {
+                    slot.wake = Some(now);
+                } else {
+                    slot.due = now;
+                    self.earliest_due = now;
+                }
+            }
+        }
         if let Some(wake) = slot.wake {
             self.earliest_due = self.earliest_due.min(wake);
         }

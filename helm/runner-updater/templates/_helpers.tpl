@@ -154,6 +154,15 @@ operation_timeout_secs = {{ int64 $c.aws.operation_timeout_secs }}
 {{- if $c.aws.ssm_parameters_max }}
 ssm_parameters_max = {{ int64 $c.aws.ssm_parameters_max }}
 {{- end }}
+{{- with $c.events }}
+{{- if .queue_url }}
+
+[events]
+queue_url = {{ include "runner-updater.tomlString" .queue_url }}
+backstop_interval_secs = {{ int64 .backstop_interval_secs }}
+wait_secs = {{ int64 .wait_secs }}
+{{- end }}
+{{- end }}
 {{- range $c.runners }}
 
 [[runners]]

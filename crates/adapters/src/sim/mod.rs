@@ -7,6 +7,7 @@
 
 mod cfn;
 mod ecs;
+mod queue;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,6 +25,7 @@ use runner_updater_ports::{
 
 pub use cfn::{SimCfn, SimResource, SimTemplate, CREATE_DELAY, UPDATE_DURATION};
 pub use ecs::{ImageBehaviour, ServiceUpdate, SimEcs, SimService};
+pub use queue::{SimQueue, VISIBILITY_TIMEOUT};
 pub use table::{SimTable, SCAN_PAGE_ITEMS};
 
 /// Locks a mutex, turning poisoning into a port error (a panicked test thread).
@@ -274,6 +276,9 @@ pub struct SimSsm {
     parameters: Arc<Mutex<BTreeMap<String, Parameter>>>,
     /// The Advanced tier's limits instead of the Standard tier's.
     advanced: Arc<std::sync::atomic::AtomicBool>,
+    /// Where each change is announced, as `EventBridge` delivers SSM's "Parameter Store Change"
+    /// events to a queue (none: AWS without the rule).
+    events: Arc<Mutex<Option<SimQueue>>>,
     /// Faults to inject.
     pub faults: Faults,
 }
@@ -294,6 +299,20 @@ impl SimSsm {
         }
     }
 
+    /// Announces every change from now on to `queue` (the `EventBridge` rule and its target).
+    pub fn publish_to(&self, queue: &SimQueue) {
+        if let Ok(mut events) = self.events.lock() {
+            *events = Some(queue.clone());
+        }
+    }
+
+    fn announce(&self, name: &str, operation: &str) {
+        let queue = self.events.lock().ok().and_then(|events| events.clone());
+        if let Some(queue) = queue {
+            queue.parameter_changed(name, operation);
+        }
+    }
+
     /// Parameters held.
     #[must_use]
     pub fn count(&self) -> usize {
@@ -310,8 +329,10 @@ impl SimSsm {
 
     /// Writes a parameter as ops would (overwrite).
     pub fn set(&self, name: &str, value: &str) {
+        let mut created = false;
         if let Ok(mut parameters) = self.parameters.lock() {
             let version = parameters.get(name).map_or(1, |p| p.version + 1);
+            created = version == 1;
             parameters.insert(
                 name.to_owned(),
                 Parameter {
@@ -320,6 +341,7 @@ impl SimSsm {
                 },
             );
         }
+        self.announce(name, if created { "Create" } else { "Update" });
     }
 
     /// The same parameters without fault injection: what a checker reads, so that it neither
@@ -329,6 +351,7 @@ impl SimSsm {
         SimSsm {
             parameters: self.parameters.clone(),
             advanced: self.advanced.clone(),
+            events: self.events.clone(),
             faults: Faults::default(),
         }
     }
@@ -347,8 +370,12 @@ impl SimSsm {
 
     /// Deletes a parameter as ops would.
     pub fn remove(&self, name: &str) {
-        if let Ok(mut parameters) = self.parameters.lock() {
-            parameters.remove(name);
+        let removed = self
+            .parameters
+            .lock()
+            .is_ok_and(|mut parameters| parameters.remove(name).is_some());
+        if removed {
+            self.announce(name, "Delete");
         }
     }
 }
@@ -402,7 +429,8 @@ impl ParameterStore for SimSsm {
 
     async fn put(&self, name: &str, value: &str, overwrite: bool) -> Result<u64, PortError> {
         let (parameters_max, value_max) = self.limits();
-        self.faults.mutate(AwsOp::PutParameter, || {
+        let mut made = None;
+        let version = self.faults.mutate(AwsOp::PutParameter, || {
             let mut parameters = guard(&self.parameters, AwsOp::PutParameter)?;
             if value.len() > value_max {
                 return Err(PortError::new(
@@ -436,15 +464,28 @@ impl ParameterStore for SimSsm {
                     version,
                 },
             );
+            made = Some(version);
             Ok(version)
-        })
+        });
+        // The event follows the change, lost answer or not (AWS made the change).
+        if let Some(made) = made {
+            self.announce(name, if made == 1 { "Create" } else { "Update" });
+        }
+        version
     }
 
     async fn delete(&self, name: &str) -> Result<(), PortError> {
-        self.faults.mutate(AwsOp::DeleteParameter, || {
-            guard(&self.parameters, AwsOp::DeleteParameter)?.remove(name);
+        let mut removed = false;
+        let result = self.faults.mutate(AwsOp::DeleteParameter, || {
+            removed = guard(&self.parameters, AwsOp::DeleteParameter)?
+                .remove(name)
+                .is_some();
             Ok(())
-        })
+        });
+        if removed {
+            self.announce(name, "Delete");
+        }
+        result
     }
 }
 

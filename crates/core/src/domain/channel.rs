@@ -506,6 +506,9 @@ pub fn runner_release_text(text: &str, channel: &str) -> Result<String, DesiredE
 /// The name of a channel's release document relative to its channel's folder.
 pub const RELEASE_NAME: &str = "release";
 
+/// The parameter `release resume` writes, relative to a channel's folder.
+pub const RESUME_NAME: &str = "resume";
+
 /// The runners in the order a release reaches them: by a stable hash of their names (the same
 /// in every process and version), ties by name.
 #[must_use]

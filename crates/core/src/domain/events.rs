@@ -9,7 +9,9 @@
 
 use jiff::Timestamp;
 
-use super::channel::CHANNELS_FOLDER;
+use super::channel::{CHANNELS_FOLDER, RELEASE_NAME, RESUME_NAME};
+use super::desired::is_desired_name;
+use super::retry::RETRY_FOLDER;
 use super::Millis;
 
 /// What an SSM change did to a parameter.
@@ -53,12 +55,15 @@ pub enum ChangeEvent {
 /// What a parameter change concerns, under the controller's prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Concerns {
-    /// A runner's folder (`<prefix>/<runner>/…`): its desired state, its release document, a
-    /// retry intent.
+    /// A runner's desired state, release document or retry intent
+    /// (`<prefix>/<runner>/desired/…`, `…/release`, `…/retry/…`).
     Runner(String),
-    /// A channel's release, resume or retry (`<prefix>/_channels/<channel>/…`).
+    /// A channel's release, resume or retry (`<prefix>/_channels/<channel>/release`,
+    /// `…/resume`, `…/retry/…`).
     Channel(String),
-    /// Outside the prefix.
+    /// Outside the prefix, or what the controller writes itself (a record `…/status`, a lease
+    /// `…/lock/…`): a change of those asks for no pass (else each write of a record would
+    /// ask for another pass).
     Nothing,
 }
 
@@ -175,15 +180,29 @@ pub fn concerns(prefix: &str, name: &str) -> Concerns {
     else {
         return Concerns::Nothing;
     };
-    let mut parts = rest.split('/');
-    match (parts.next(), parts.next()) {
-        (Some(CHANNELS_FOLDER), Some(channel)) if !channel.is_empty() => {
-            Concerns::Channel(channel.to_owned())
-        }
-        (Some(runner), Some(_)) if !runner.is_empty() && runner != CHANNELS_FOLDER => {
-            Concerns::Runner(runner.to_owned())
-        }
-        _ => Concerns::Nothing,
+    let Some((owner, relative)) = rest.split_once('/') else {
+        return Concerns::Nothing;
+    };
+    let retry = |relative: &str| {
+        relative
+            .strip_prefix(RETRY_FOLDER)
+            .is_some_and(|id| id.len() > 1 && id.starts_with('/'))
+    };
+    if owner == CHANNELS_FOLDER {
+        return match relative.split_once('/') {
+            Some((channel, document))
+                if !channel.is_empty()
+                    && (document == RELEASE_NAME || document == RESUME_NAME || retry(document)) =>
+            {
+                Concerns::Channel(channel.to_owned())
+            }
+            _ => Concerns::Nothing,
+        };
+    }
+    if !owner.is_empty() && (is_desired_name(relative) || retry(relative)) {
+        Concerns::Runner(owner.to_owned())
+    } else {
+        Concerns::Nothing
     }
 }
 
@@ -217,7 +236,31 @@ mod tests {
             ),
             Concerns::Channel("stable".to_owned())
         );
+        for (inside, runner) in [
+            ("/runner-updater/runner-a/release", "runner-a"),
+            ("/runner-updater/runner-a/retry/r-1", "runner-a"),
+            ("/runner-updater/runner-b/desired/auto-update", "runner-b"),
+        ] {
+            assert_eq!(
+                concerns("/runner-updater", inside),
+                Concerns::Runner(runner.to_owned()),
+                "{inside}"
+            );
+        }
+        for inside in [
+            "/runner-updater/_channels/stable/resume",
+            "/runner-updater/_channels/stable/retry/r-2",
+        ] {
+            assert_eq!(
+                concerns("/runner-updater", inside),
+                Concerns::Channel("stable".to_owned())
+            );
+        }
         for outside in [
+            "/runner-updater/runner-a/status",
+            "/runner-updater/runner-a/lock/1",
+            "/runner-updater/runner-a/retry",
+            "/runner-updater/_channels/stable/status",
             "/other/runner-a/desired/version",
             "/runner-updater",
             "/runner-updater/runner-a",
