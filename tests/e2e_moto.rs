@@ -1672,27 +1672,33 @@ fn put_release_announced(world: &World, runner: &str, document: &str) -> u64 {
     .unwrap()
 }
 
-/// Change events on moto: an `EventBridge` rule with a `prefix` pattern delivers SSM's change
-/// events to SQS; with sweeps every 300 s, an update starts within seconds of the
+/// Change events on moto: `setup --events` deploys the template's `EventBridge` rule (a `prefix`
+/// pattern) and SQS queue, which deliver SSM's change events; with sweeps every 300 s, an update starts within seconds of the
 /// `put-parameter` (the reaction time is printed, not asserted: the issue's ≤ 2 s p95). A
 /// poison message is counted and deleted; a deleted queue is named in the logs, and the sweeps
 /// carry on without events.
 #[tokio::test]
 async fn change_events_start_updates_within_seconds_and_sweeps_carry_on_without_them_on_moto() {
     let world = World::new(&["runner-a", "runner-b"]).await;
-    let url = boto(
-        &world,
-        &format!(
-            "sqs = boto3.client('sqs', **kw)\n\
-             url = sqs.create_queue(QueueName='ru-events')['QueueUrl']\n\
-             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=['QueueArn'])['Attributes']['QueueArn']\n\
-             events = boto3.client('events', **kw)\n\
-             pattern = {{'source': ['aws.ssm'], 'detail-type': ['Parameter Store Change'], 'detail': {{'name': [{{'prefix': '{PREFIX}/'}}]}}}}\n\
-             events.put_rule(Name='ru-parameter-changes', EventPattern=json.dumps(pattern), State='ENABLED')\n\
-             events.put_targets(Rule='ru-parameter-changes', Targets=[{{'Id': 'q', 'Arn': arn}}])\n\
-             print(url)"
-        ),
+    // The rules, the queue, its dead-letter queue and policy, from the repository's template.
+    let setup = world.cli(&["setup", "--stack", "ru", "--events", "--poll-secs", "1"]);
+    let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
+    assert!(
+        setup.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&setup.stderr)
     );
+    // moto does not refresh a stack's outputs after a change set: setup then names the queue.
+    let url = if let Some(rest) = printed.split("events.queue_url = \"").nth(1) {
+        rest.split('"').next().unwrap().to_owned()
+    } else {
+        assert!(printed.contains("the queue is ru-events"), "{printed}");
+        boto(
+            &world,
+            "print(boto3.client('sqs', **kw).get_queue_url(QueueName='ru-events')['QueueUrl'])",
+        )
+    };
+    assert!(url.ends_with("/ru-events"), "{url}");
     let config = std::fs::read_to_string(&world.config).unwrap();
     let with_events = config.replacen("poll_interval_secs = 1\n", "poll_interval_secs = 300\n", 1)
         + &format!(

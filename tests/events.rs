@@ -188,6 +188,10 @@ async fn duplicates_unknown_names_own_writes_and_poison_are_harmless() {
 #[tokio::test]
 async fn a_service_event_brings_the_next_read_of_a_runner_in_an_attempt_forward() {
     let mut w = World::new().await;
+    // At rest, its service is the sweeps' to read.
+    w.queue
+        .service_event("fleet-0", "runner-01", "SERVICE_DEPLOYMENT_COMPLETED");
+    assert!(w.deliver().await.is_empty());
     w.s.set_release("runner-01", r#"{"version": "2.14.0"}"#);
     w.deliver().await;
     assert_ne!(w.phase("runner-01"), Phase::Idle);

@@ -307,8 +307,9 @@ const TABLE_HANDLER: [&str; 12] = [
 
 /// What CloudFormation calls with the caller's credentials to create, update and remove the
 /// change events' path (`Events=on`): the `AWS::SQS::Queue` and `AWS::SQS::QueuePolicy`
-/// handlers, and the `AWS::Events::Rule` handler (the rules have no tags, so no tagging).
-const EVENTS_HANDLER: [&str; 14] = [
+/// handlers, and the `AWS::Events::Rule` handler (tagging included: CloudFormation gives the
+/// stack's tags, which `setup` always sets, to every resource that takes tags).
+const EVENTS_HANDLER: [&str; 17] = [
     "sqs:CreateQueue",
     "sqs:DeleteQueue",
     "sqs:GetQueueAttributes",
@@ -319,10 +320,13 @@ const EVENTS_HANDLER: [&str; 14] = [
     "sqs:UntagQueue",
     "events:DeleteRule",
     "events:DescribeRule",
+    "events:ListTagsForResource",
     "events:ListTargetsByRule",
     "events:PutRule",
     "events:PutTargets",
     "events:RemoveTargets",
+    "events:TagResource",
+    "events:UntagResource",
 ];
 
 fn setup_statements() -> Vec<Value> {

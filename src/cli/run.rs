@@ -270,7 +270,7 @@ async fn read_events(
             runner_updater_runtime::events::failure_reason(&error)
         ),
     }
-    let (nudges, received) = tokio::sync::mpsc::channel(1024);
+    let (nudges, received) = tokio::sync::mpsc::channel(1);
     tokio::spawn(consumer.run(nudges));
     scheduler.with_events(config, received, Some(metrics.clone()))
 }
@@ -323,8 +323,9 @@ pub async fn control_loop(setup: RunSetup) -> anyhow::Result<ExitCode> {
             let endpoints = Arc::new(Endpoints {
                 metrics: metrics.clone(),
                 clock: ports.clock.clone(),
-                // Alive while passes keep ending: three rest intervals, plus a pass's own time.
-                liveness: Duration::from_secs(3 * config.poll_interval_secs + 60),
+                // Alive while passes keep ending: three sweep intervals (the backstop's, the
+                // longer, with change events on), plus a pass's own time.
+                liveness: Duration::from_secs(3 * config.longest_sweep_interval_secs() + 60),
                 trigger: trigger.clone(),
             });
             let server = tokio::spawn(server::serve(listener, endpoints, async {

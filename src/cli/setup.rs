@@ -94,10 +94,16 @@ pub async fn setup(config: Option<&PathBuf>, args: SetupArgs) -> anyhow::Result<
     check_table(&clients.table(&table), &table)
         .await
         .map_err(anyhow::Error::msg)?;
-    if let Some(url) = report.outputs.get(EVENTS_QUEUE_OUTPUT) {
-        println!(
+    match report.outputs.get(EVENTS_QUEUE_OUTPUT) {
+        Some(url) => println!(
             "change events: the controller reads them with events.queue_url = \"{url}\" (its role needs the ReadChangeEvents statement of iam/policy.json)"
-        );
+        ),
+        // The stack's outputs not read back (an emulator that does not refresh them).
+        None if events => println!(
+            "change events: the queue is {stack}-events; events.queue_url is its URL (aws sqs get-queue-url --queue-name {stack}-events)",
+            stack = request.stack
+        ),
+        None => {}
     }
     println!(
         "state table {table}: ready; the controller uses it with state_store.backend = \"dynamodb\" and state_store.table = \"{table}\""

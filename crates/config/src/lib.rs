@@ -718,6 +718,19 @@ impl Config {
         self.validate_runners()
     }
 
+    /// The longest a controller goes between two sweeps: `events.backstop_interval_secs` with
+    /// change events on (while they arrive), else `poll_interval_secs` (what liveness allows).
+    #[must_use]
+    pub fn longest_sweep_interval_secs(&self) -> u64 {
+        if self.events.enabled() {
+            self.events
+                .backstop_interval_secs
+                .max(self.poll_interval_secs)
+        } else {
+            self.poll_interval_secs
+        }
+    }
+
     /// The events' queue: an SQS URL, a long poll SQS allows, a backstop no shorter than the
     /// sweeps it replaces.
     fn validate_events(&self) -> Result<(), ConfigError> {

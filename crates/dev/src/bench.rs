@@ -901,7 +901,6 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
         for (operation, per) in &f.calls_per_runner {
             let _ = writeln!(out, "    {operation:<24} {per:.3}");
         }
-        render_events_at_rest(&mut out, f.runners, total);
         for (name, calls) in ApiFamily::ALL
             .iter()
             .map(|f| f.name())
@@ -909,6 +908,7 @@ pub fn render(figures: &[FleetFigures], assumptions: &Assumptions) -> String {
         {
             let _ = writeln!(out, "    {name:<24} {calls} calls a pass");
         }
+        render_events_at_rest(&mut out, f.runners, total);
         // Below a second of calls per family the limiter does not bind: the ratio is to the
         // latency alone then.
         #[allow(clippy::cast_precision_loss)] // a ratio for a report

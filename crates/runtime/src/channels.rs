@@ -365,6 +365,9 @@ pub struct Channels {
     stepped: AtomicBool,
     /// The last step saw a channel's release document.
     releasing: AtomicBool,
+    /// Whether this controller advances a release that is neither finished nor halted (its
+    /// bake, its waves and its window waits move on at sweeps).
+    advancing: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -402,6 +405,7 @@ impl Channels {
             holder: holder.to_owned(),
             stepped: AtomicBool::new(false),
             releasing: AtomicBool::new(false),
+            advancing: AtomicBool::new(false),
             metrics: None,
             lease_ttl: Duration::from_secs(
                 config
@@ -449,6 +453,21 @@ impl Channels {
         for channel in served.iter_mut() {
             self.step(channel, documents).await;
         }
+        let advancing = served.iter().any(|channel| {
+            channel
+                .record
+                .as_ref()
+                .is_some_and(|r| r.finished_at.is_none() && r.halted.is_none())
+        });
+        self.advancing.store(advancing, Ordering::Relaxed);
+    }
+
+    /// Whether this controller advances a release under way (neither finished nor halted):
+    /// its steps come at sweeps, so with change events on the sweeps keep `poll_interval_secs`
+    /// meanwhile (a halted or finished release waits for ops, whose writes are events).
+    #[must_use]
+    pub fn advancing(&self) -> bool {
+        self.advancing.load(Ordering::Relaxed)
     }
 
     async fn step(&self, served: &mut Served, documents: &BTreeMap<String, String>) {

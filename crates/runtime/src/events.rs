@@ -4,8 +4,9 @@
 //! next sweep.
 //!
 //! Long polling (up to 20 s a call), batches of ten; a message is deleted once its nudge is
-//! handed to the scheduler (a crash before the pass loses nothing: the controller sweeps as it
-//! starts). Events are best effort, so nothing depends on them: a duplicate, one out of order
+//! handed to the scheduler (through a channel of one place, so at most one is handed over and
+//! not yet taken; a crash before the pass loses nothing: the controller sweeps as it starts,
+//! and a scheduler that stops closes the channel, leaving the rest in the queue). Events are best effort, so nothing depends on them: a duplicate, one out of order
 //! or one for a name this controller does not serve only asks for a pass; a body that is not
 //! an event it reads is counted, logged and deleted; a queue that cannot be read (deleted,
 //! access denied, throttled, an outage) is named in the logs and `/metrics`, retried with a

@@ -5,7 +5,9 @@
 //! passed over on its own every `active_poll_interval_secs`, and a runner at rest waiting for
 //! its `desired/*` parameters to settle when they do (`RunnerDriver::wake_at`). At most
 //! `max_concurrent_runners` passes run at a time, and a runner still in its pass is skipped,
-//! never waited for: a slow or failing runner delays no other.
+//! never waited for: a slow or failing runner delays no other. With change events
+//! (`with_events`), a runner, a channel or a service an event concerns is passed over at once,
+//! and the sweeps become the backstop (`events.backstop_interval_secs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -64,6 +66,9 @@ struct Slot {
     /// A runner at rest waiting for its desired state to settle: its pass is due then, not at
     /// the next sweep (`RunnerDriver::wake_at`).
     wake: Option<Millis>,
+    /// Queued for a pass that reads for itself when it starts (no read taken before): a
+    /// change event meanwhile needs no pass of its own.
+    own_reads: bool,
     /// What change events asked of this runner.
     heard: Heard,
 }
@@ -164,6 +169,33 @@ pub struct Scheduler {
     events: Option<Events>,
 }
 
+/// When the loop sweeps next: the sweep interval in force after the last sweep, or now when
+/// one was asked for (the first, a trigger, a channel's change event) or the wall clock stepped
+/// back past the last one (what was due stays due).
+#[derive(Debug, Default)]
+struct SweepClock {
+    last: Option<Millis>,
+    asked: bool,
+}
+
+impl SweepClock {
+    fn next(&self, now: Millis, every: Duration) -> Millis {
+        match self.last {
+            Some(last) if !self.asked && last <= now => last.after(every),
+            _ => now,
+        }
+    }
+
+    fn swept(&mut self, now: Millis) {
+        self.last = Some(now);
+        self.asked = false;
+    }
+
+    fn ask(&mut self) {
+        self.asked = true;
+    }
+}
+
 /// The next nudge of the consumer's, if there is a consumer (else never).
 async fn next_nudge(nudges: &mut Option<mpsc::Receiver<Nudge>>) -> Option<Nudge> {
     match nudges.as_mut() {
@@ -222,6 +254,7 @@ impl Scheduler {
                     queued: false,
                     loaded: false,
                     wake: None,
+                    own_reads: false,
                     heard: Heard::default(),
                 })
                 .collect(),
@@ -288,13 +321,11 @@ impl Scheduler {
         self
     }
 
-    /// The interval to the next sweep: the backstop's while the events arrive and no channel's
-    /// release is under way, `poll_interval_secs` otherwise.
+    /// The interval to the next sweep: the backstop's while the events arrive and this
+    /// controller advances no channel's release under way, `poll_interval_secs` otherwise.
     fn sweep_every(&self) -> Duration {
         match &self.events {
-            Some(events)
-                if events.up && !self.channels.as_ref().is_some_and(|c| c.wants_sweep()) =>
-            {
+            Some(events) if events.up && !self.channels.as_ref().is_some_and(|c| c.advancing()) => {
                 events.backstop
             }
             _ => self.sweep_interval,
@@ -302,7 +333,7 @@ impl Scheduler {
     }
 
     /// What a change event asks: a pass of its runner now (after the one under way, if any),
-    /// the runner's next read now when its service changed, a sweep now for a channel (whose
+    /// the runner's next read now when its service changed and it is in an attempt, a sweep now for a channel (whose
     /// step reads its documents). Names this controller does not serve are ignored. Returns
     /// whether a sweep is wanted now.
     pub fn nudge(&mut self, nudge: Nudge) -> bool {
@@ -312,9 +343,11 @@ impl Scheduler {
         };
         let (indices, at, announces): (Vec<usize>, Millis, bool) = match nudge {
             Nudge::Queue { up } => {
+                // The sweeps' interval follows (`sweep_every`): `poll_interval_secs` from the
+                // last sweep while the queue fails, without a sweep of its own (a flapping
+                // queue would make a storm of them).
                 events.up = up;
-                // Back to the short interval at once when the events stop.
-                return !up;
+                return false;
             }
             Nudge::Runner { name, at } => {
                 let Some(&index) = events.by_name.get(&name) else {
@@ -331,6 +364,16 @@ impl Scheduler {
                 let Some(&index) = events.by_service.get(&(cluster, service)) else {
                     return false;
                 };
+                // Only a runner in an attempt reads its service on its own time; at rest the
+                // sweeps read it (someone else's deployment is theirs to notice).
+                let resting = self
+                    .slots
+                    .get(index)
+                    .and_then(|slot| slot.driver.as_ref())
+                    .is_some_and(RunnerDriver::at_rest);
+                if resting {
+                    return false;
+                }
                 (vec![index], at, false)
             }
             Nudge::Channel { name, at } => {
@@ -361,6 +404,8 @@ impl Scheduler {
                     }
                     self.earliest_due = now;
                 }
+                // Queued for a pass that reads when it starts: it will see the change.
+                Some(_) if slot.own_reads => {}
                 // In a pass, or queued with a read that may predate the change.
                 _ => slot.heard.again = true,
             }
@@ -442,25 +487,26 @@ impl Scheduler {
         let mut queue = Queue::default();
         let mut reading: Option<Reading> = None;
         let mut gate_reading: Option<GateReading> = None;
-        let mut next_sweep = self.clock.now();
+        let mut sweeping = SweepClock::default();
         let mut made: u64 = 0;
         let mut stopping = false;
         let mut nudges = self.events.as_mut().and_then(|events| events.nudges.take());
         loop {
             let now = self.clock.now();
-            // The wall clock stepped back: what was due stays due.
-            if next_sweep > now.after(self.sweep_every()) {
-                next_sweep = now;
-            }
+            let next_sweep = sweeping.next(now, self.sweep_every());
             let finishing = stopping || sweeps.is_some_and(|max| made >= max);
-            if !finishing {
+            if finishing {
+                // No more nudges: the consumer leaves what it receives now in the queue (for
+                // another replica, or this one's next start).
+                nudges = None;
+            } else {
                 self.queue_due(now, &mut queue);
                 if gate_reading.is_none() {
                     gate_reading = self.gate_reading(&mut queue);
                 }
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
-                    next_sweep = now.after(self.sweep_every());
+                    sweeping.swept(now);
                     let resting = self.resting_idle();
                     let for_channels = self.channels.as_ref().is_some_and(|c| c.wants_sweep());
                     if resting.is_empty() && !for_channels {
@@ -522,42 +568,39 @@ impl Scheduler {
                     }
                 }
                 nudge = next_nudge(&mut nudges), if nudges.is_some() && !finishing => {
-                    self.heard(nudge, &mut nudges, &mut next_sweep);
+                    if self.heard(nudge, &mut nudges) {
+                        sweeping.ask();
+                    }
                 },
                 wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() || gate_reading.is_some() => match wake {
                     Wake::Timeout => {}
-                    Wake::Trigger => next_sweep = self.trigger(),
+                    Wake::Trigger => {
+                        self.trigger();
+                        sweeping.ask();
+                    }
                     Wake::Stop => stopping = true,
                 },
             }
         }
     }
 
-    /// `POST /trigger`, SIGHUP: everything is due now. Returns the next sweep's time (now).
-    fn trigger(&mut self) -> Millis {
+    /// `POST /trigger`, SIGHUP: everything is due now (the sweep too: the caller asks it).
+    fn trigger(&mut self) {
         let now = self.clock.now();
         for slot in &mut self.slots {
             slot.due = slot.due.min(now);
         }
         self.earliest_due = now;
-        now
     }
 
     /// A nudge the consumer sent (`None`: the consumer ended, so no more events and the short
-    /// interval again).
-    fn heard(
-        &mut self,
-        nudge: Option<Nudge>,
-        nudges: &mut Option<mpsc::Receiver<Nudge>>,
-        next_sweep: &mut Millis,
-    ) {
+    /// interval again). Returns whether a sweep is wanted now.
+    fn heard(&mut self, nudge: Option<Nudge>, nudges: &mut Option<mpsc::Receiver<Nudge>>) -> bool {
         let nudge = nudge.unwrap_or_else(|| {
             *nudges = None;
             Nudge::Queue { up: false }
         });
-        if self.nudge(nudge) {
-            *next_sweep = (*next_sweep).min(self.clock.now());
-        }
+        self.nudge(nudge)
     }
 
     /// The grace period of a stop: passes under way may end; what does not is left as a crash
@@ -600,6 +643,7 @@ impl Scheduler {
                     if wake <= now {
                         slot.wake = None;
                         slot.queued = true;
+                        slot.own_reads = true;
                         queue.sweep.push_back((index, None));
                     } else {
                         earliest = earliest.min(wake);
@@ -634,8 +678,14 @@ impl Scheduler {
                         || part.service.as_ref().err().is_some_and(transient) =>
                 {
                     postponed += 1;
+                    let now = self.clock.now();
                     if let Some(slot) = self.slots.get_mut(index) {
                         slot.queued = false;
+                        // A change event came meanwhile: its pass, on its own reads, now.
+                        if std::mem::take(&mut slot.heard.again) {
+                            slot.wake = Some(now);
+                            self.earliest_due = now;
+                        }
                     }
                 }
                 Some(part)
@@ -646,6 +696,9 @@ impl Scheduler {
                             .err()
                             .is_some_and(|e| e.kind != ErrorKind::NotFound) =>
                 {
+                    if let Some(slot) = self.slots.get_mut(index) {
+                        slot.own_reads = true;
+                    }
                     queue.sweep.push_back((index, None));
                 }
                 part => queue.sweep.push_back((index, part)),
@@ -805,8 +858,10 @@ impl Scheduler {
         let metrics = self.events.as_ref().and_then(|e| e.metrics.clone());
         let slot = self.slots.get_mut(index)?;
         slot.queued = false;
-        if let Some(at) = slot.heard.announced.take() {
-            if let Some(metrics) = metrics {
+        slot.own_reads = false;
+        // A pass on a read that may predate the event (`again`) is not the one it asked for.
+        if !slot.heard.again {
+            if let (Some(at), Some(metrics)) = (slot.heard.announced.take(), metrics) {
                 metrics.event_lag(now.since(at).as_secs_f64());
             }
         }
@@ -837,19 +892,25 @@ impl Scheduler {
         }
         slot.wake = driver.wake_at();
         if let Some(events) = &self.events {
-            let started = result.as_ref().is_ok_and(|report| {
-                report
-                    .transitions
-                    .iter()
-                    .any(|t| t.from == Phase::Idle && t.to == Phase::Checking)
-            });
-            if started && !std::mem::take(&mut slot.heard.flagged) && events.up {
-                if let Some(metrics) = &events.metrics {
-                    metrics.backstop_catch();
+            // An attempt started: its lease taken (not a lease found busy).
+            let started = result
+                .as_ref()
+                .is_ok_and(|report| report.transitions.iter().any(|t| t.to == Phase::Locked));
+            let again = std::mem::take(&mut slot.heard.again);
+            if started {
+                let announced = std::mem::take(&mut slot.heard.flagged);
+                if !announced && events.up && !driver.follows_channel_release() {
+                    if let Some(metrics) = &events.metrics {
+                        metrics.backstop_catch();
+                    }
+                    tracing::info!(runner = %driver.runner(), "an update started on a change no event announced (the backstop's catch)");
                 }
-                tracing::info!(runner = %driver.runner(), "a sweep found a change no event announced (the backstop's catch)");
+            } else if !again && result.is_ok() && driver.at_rest() && slot.wake.is_none() {
+                // What an event announced was read and led nowhere (or nowhere yet: a
+                // settle keeps it).
+                slot.heard.flagged = false;
             }
-            if std::mem::take(&mut slot.heard.again) {
+            if again {
                 if driver.at_rest() {
                     slot.wake = Some(now);
                 } else {
@@ -869,5 +930,40 @@ impl Scheduler {
             }
         }
         slot.driver = Some(driver);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_comes_one_interval_after_the_last_or_now_when_asked_or_the_clock_stepped_back() {
+        let every = Duration::from_mins(10);
+        let mut clock = SweepClock::default();
+        assert_eq!(
+            clock.next(Millis(1_000), every),
+            Millis(1_000),
+            "the first: now"
+        );
+        clock.swept(Millis(1_000));
+        assert_eq!(clock.next(Millis(2_000), every), Millis(601_000));
+        // The interval in force counts from the last sweep (the queue failed: 60 s).
+        assert_eq!(
+            clock.next(Millis(2_000), Duration::from_mins(1)),
+            Millis(61_000)
+        );
+        clock.ask();
+        assert_eq!(
+            clock.next(Millis(2_000), every),
+            Millis(2_000),
+            "asked: now"
+        );
+        clock.swept(Millis(2_000));
+        assert_eq!(
+            clock.next(Millis(500), every),
+            Millis(500),
+            "stepped back: now"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! A simulated SQS queue with the `EventBridge` rule in front of it: what the simulated SSM
-//! and ECS publish (when [`SimQueue`] is attached to them) arrives here as the AWS-shaped event
-//! an `EventBridge` rule would deliver, and the controller's consumer reads it through the
+//! publishes (once [`SimQueue`] is attached to it: `SimSsm::publish_to`) arrives here as the
+//! AWS-shaped event an `EventBridge` rule would deliver (the simulated ECS publishes nothing:
+//! [`SimQueue::service_event`] sends its events by hand), and the controller's consumer reads it through the
 //! [`EventQueue`] port. Modelled: long polling (a receiver waits for a first message, up to
 //! the time asked), batches, the visibility timeout (a message received and not deleted comes
 //! back), receive counts, a deleted queue and a denied one (every call refused, as AWS names

@@ -440,6 +440,16 @@ impl RunnerDriver {
         self.last_saved.as_ref()
     }
 
+    /// Whether the desired state last observed is the runner's channel's release (an attempt
+    /// for it is the release's, admitted by its coordinator).
+    #[must_use]
+    pub fn follows_channel_release(&self) -> bool {
+        self.machine
+            .as_ref()
+            .and_then(|machine| machine.inner().memory.seen.as_ref())
+            .is_some_and(|seen| seen.channel)
+    }
+
     /// Whether the runner is at rest: its machine rests, or (dropped after a failed or fenced
     /// pass, to be reloaded) its last record did. A runner mid-attempt whose machine was dropped
     /// is not at rest: it keeps its own, short, time (its lease is running).
