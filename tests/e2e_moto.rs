@@ -1634,42 +1634,10 @@ async fn crashing_release_halts(world: &World, names: &[String], good: &str) {
     );
 }
 
-/// Runs `script` (Python, with boto3 against this world's moto) and returns what it printed.
-fn boto(world: &World, script: &str) -> String {
-    let output = Command::new(common::python())
-        .arg("-c")
-        .arg(format!(
-            "import boto3, json, sys, time\nkw = dict(endpoint_url={:?}, region_name='eu-west-1')\n{script}",
-            world.moto.url
-        ))
-        .envs(world.moto.env())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// Ops write a runner's release document; AWS then publishes SSM's "Parameter Store Change"
-/// event (moto's SSM publishes none: the test does, on `EventBridge`, right after). Returns when
-/// the parameter was written (ms).
+/// Ops write a runner's release document; AWS then publishes SSM's event (see
+/// `World::put_announced`). Returns when the parameter was written (ms).
 fn put_release_announced(world: &World, runner: &str, document: &str) -> u64 {
-    let name = format!("{PREFIX}/{runner}/release");
-    boto(
-        world,
-        &format!(
-            "boto3.client('ssm', **kw).put_parameter(Name={name:?}, Value={document:?}, Type='String', Overwrite=True)\n\
-             written = int(time.time() * 1000)\n\
-             detail = json.dumps({{'operation': 'Update', 'name': {name:?}, 'type': 'String'}})\n\
-             boto3.client('events', **kw).put_events(Entries=[{{'Source': 'aws.ssm', 'DetailType': 'Parameter Store Change', 'Detail': detail, 'Resources': ['arn:aws:ssm:eu-west-1:123456789012:parameter' + {name:?}]}}])\n\
-             print(written)"
-        ),
-    )
-    .parse()
-    .unwrap()
+    world.put_announced(&format!("{PREFIX}/{runner}/release"), document)
 }
 
 /// Change events on moto: `setup --events` deploys the template's `EventBridge` rule (a `prefix`
@@ -1681,23 +1649,7 @@ fn put_release_announced(world: &World, runner: &str, document: &str) -> u64 {
 async fn change_events_start_updates_within_seconds_and_sweeps_carry_on_without_them_on_moto() {
     let world = World::new(&["runner-a", "runner-b"]).await;
     // The rules, the queue, its dead-letter queue and policy, from the repository's template.
-    let setup = world.cli(&["setup", "--stack", "ru", "--events", "--poll-secs", "1"]);
-    let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
-    assert!(
-        setup.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    // moto does not refresh a stack's outputs after a change set: setup then names the queue.
-    let url = if let Some(rest) = printed.split("events.queue_url = \"").nth(1) {
-        rest.split('"').next().unwrap().to_owned()
-    } else {
-        assert!(printed.contains("the queue is ru-events"), "{printed}");
-        boto(
-            &world,
-            "print(boto3.client('sqs', **kw).get_queue_url(QueueName='ru-events')['QueueUrl'])",
-        )
-    };
+    let url = world.setup_events();
     assert!(url.ends_with("/ru-events"), "{url}");
     let config = std::fs::read_to_string(&world.config).unwrap();
     let with_events = config.replacen("poll_interval_secs = 1\n", "poll_interval_secs = 300\n", 1)
@@ -1744,25 +1696,21 @@ async fn change_events_start_updates_within_seconds_and_sweeps_carry_on_without_
         reactions[reactions.len() - 1]
     );
     // Poison: counted, logged and deleted.
-    boto(
-        &world,
-        &format!("boto3.client('sqs', **kw).send_message(QueueUrl={url:?}, MessageBody='poison')"),
-    );
+    world.boto(&format!(
+        "boto3.client('sqs', **kw).send_message(QueueUrl={url:?}, MessageBody='poison')"
+    ));
     common::eventually("the poison message named and deleted", WAIT, || async {
         let logs = world.logs();
         let named = logs.contains("not a change event this controller reads: deleted");
-        let left = boto(
-            &world,
-            &format!("print(boto3.client('sqs', **kw).get_queue_attributes(QueueUrl={url:?}, AttributeNames=['All'])['Attributes']['ApproximateNumberOfMessagesNotVisible'])"),
+        let left = world.boto(&format!("print(boto3.client('sqs', **kw).get_queue_attributes(QueueUrl={url:?}, AttributeNames=['All'])['Attributes']['ApproximateNumberOfMessagesNotVisible'])"),
         );
         (named && left == "0").then_some(())
     })
     .await;
     // The queue deleted: named in the logs; the controller carries on.
-    boto(
-        &world,
-        &format!("boto3.client('sqs', **kw).delete_queue(QueueUrl={url:?})"),
-    );
+    world.boto(&format!(
+        "boto3.client('sqs', **kw).delete_queue(QueueUrl={url:?})"
+    ));
     common::eventually("the deleted queue named", WAIT, || async {
         world
             .logs()

@@ -18,6 +18,7 @@ use runner_updater_adapters::sim::SimQueue;
 use runner_updater_config::Config;
 use runner_updater_core::machine::phase::Phase;
 use runner_updater_interface::scenario::{fleet_config, Scenario};
+use runner_updater_ports::Clock as _;
 use runner_updater_runtime::driver::{DriverError, RunnerDriver, TickReport};
 use runner_updater_runtime::events::{EventConsumer, Nudge};
 use runner_updater_runtime::metrics::Metrics;
@@ -257,4 +258,101 @@ async fn a_deleted_or_denied_queue_is_named_and_counted_and_the_events_come_back
     ] {
         assert!(w.metric(line), "{line}:\n{}", w.metrics.render());
     }
+}
+
+/// Simulated time for `Scheduler::run` (each wait advances the clock by at most 5 s, after the
+/// passes and the consumer had their turn) that writes a channel's release at `write_at` — the
+/// simulated SSM announces it — and stops once the channel's release record exists.
+struct WritesARelease {
+    s: Scenario,
+    write_at: runner_updater_core::domain::Millis,
+    written: Option<runner_updater_core::domain::Millis>,
+    started: Option<runner_updater_core::domain::Millis>,
+    until: runner_updater_core::domain::Millis,
+}
+
+impl Control for WritesARelease {
+    fn wait(&mut self, timeout: Duration) -> Pin<Box<dyn Future<Output = Wake> + Send + '_>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            let now = self.s.aws.clock.now();
+            if self.written.is_none() && now >= self.write_at {
+                self.s.set_channel_release(
+                    "stable",
+                    r#"{"version": "2.14.0", "plan": {"canary": 1, "waves": [100]}}"#,
+                );
+                self.written = Some(now);
+            }
+            if self.written.is_some()
+                && self.s.store.load_release("stable").await.unwrap().is_some()
+            {
+                self.started = Some(now);
+                return Wake::Stop;
+            }
+            if now >= self.until {
+                return Wake::Stop;
+            }
+            self.s
+                .aws
+                .clock
+                .advance(timeout.clamp(Duration::from_millis(1), Duration::from_secs(5)));
+            Wake::Timeout
+        })
+    }
+
+    fn ticked(&mut self, driver: &RunnerDriver, result: &Result<TickReport, DriverError>) {
+        assert!(result.is_ok(), "{}: {result:?}", driver.runner());
+    }
+}
+
+/// The controller's own loop with the consumer running beside it: a channel's release written
+/// two minutes after the first sweep is stepped within seconds (of simulated time), though the
+/// sweeps come every 600 s.
+#[tokio::test]
+async fn the_loop_steps_a_channel_release_its_event_announced_long_before_the_next_sweep() {
+    let mut config = Config::from_toml(&fleet_config(4, 1, 1000)).unwrap();
+    config.events.queue_url =
+        Some("https://sqs.eu-west-1.amazonaws.com/000000000000/ru-events".to_owned());
+    config.settle_secs = 0;
+    let s = Scenario::with_config(5, config).unwrap();
+    s.follow_channels();
+    let queue = SimQueue::new(Arc::new(s.aws.clock.clone()));
+    s.aws.ssm.publish_to(&queue);
+    let metrics = Arc::new(Metrics::new());
+    let consumer = EventConsumer::new(
+        Arc::new(queue.clone()),
+        &s.config.prefix,
+        Duration::from_millis(100),
+    )
+    .with_metrics(metrics.clone());
+    let (nudges, received) = mpsc::channel(1);
+    let consuming = tokio::spawn(consumer.run(nudges));
+    let mut scheduler =
+        s.scheduler_as("controller-1")
+            .with_events(&s.config, received, Some(metrics.clone()));
+    scheduler.nudge(Nudge::Queue { up: true });
+    let start = s.aws.clock.now();
+    let mut control = WritesARelease {
+        s: s.clone(),
+        write_at: start.after(Duration::from_mins(2)),
+        written: None,
+        started: None,
+        until: start.after(Duration::from_mins(20)),
+    };
+    scheduler.run(&mut control, None).await;
+    drop(scheduler);
+    consuming.await.unwrap();
+    let (written, started) = (control.written.unwrap(), control.started.unwrap());
+    let took = started.since(written);
+    assert!(
+        took < Duration::from_mins(5),
+        "stepped {took:?} after its event: the backstop sweep (600 s), not the event"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("runner_updater_events_received_total{kind=\"channel\"} 1"),
+        "{}",
+        metrics.render()
+    );
 }

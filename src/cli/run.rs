@@ -17,7 +17,7 @@ use runner_updater_interface::scenario::Scenario;
 use runner_updater_ports::{Clock, EventQueue, ParameterStore};
 use runner_updater_runtime::channels::Channels;
 use runner_updater_runtime::driver::{DriverError, Ports, RunnerDriver, TickReport};
-use runner_updater_runtime::events::EventConsumer;
+use runner_updater_runtime::events::{EventConsumer, Nudge};
 use runner_updater_runtime::metrics::Metrics;
 use runner_updater_runtime::reader::{FleetReader, FleetSnapshot};
 use runner_updater_runtime::scheduler::{Control, Scheduler, Wake};
@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// as the runner's release document (complete, so acted on at once).
     #[arg(long, value_parser = super::parse_pair)]
     pub desired: Vec<(String, String)>,
+    /// Simulated mode only: a channel's release document to publish first, as
+    /// CHANNEL=DOCUMENT (repeatable; `stable={"version": "2.14.0"}`), followed by the runners
+    /// of that channel ("Fleet releases per channel").
+    #[arg(long, value_parser = super::parse_pair)]
+    pub channel_release: Vec<(String, String)>,
     /// Simulated mode only: seed of the simulation.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -101,12 +106,12 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             address: address.parse().with_context(|| {
                 format!("--listen {address:?}: use HOST:PORT (0.0.0.0:9464) or off")
             })?,
-            port_file: args.listen_port_file,
+            port_file: args.listen_port_file.clone(),
         }),
     };
     let holder = lease::holder_id(&host_name(), std::process::id(), process_random());
     if args.simulated {
-        let (ports, clock, events) = simulated_ports(&config, &args.desired, args.seed, &holder)?;
+        let (ports, clock, events) = simulated_ports(&config, &args, &holder)?;
         check_parameter_capacity(&config, ports.ssm.as_ref()).await?;
         return Ok(RunSetup {
             config,
@@ -118,9 +123,9 @@ pub async fn prepare(config: Option<&PathBuf>, args: RunArgs) -> anyhow::Result<
             events,
         });
     }
-    if !args.desired.is_empty() {
+    if !args.desired.is_empty() || !args.channel_release.is_empty() {
         bail!(
-            "--desired is for --simulated only: against AWS, ops write desired versions into SSM"
+            "--desired and --channel-release are for --simulated only: against AWS, ops write desired versions into SSM"
         );
     }
     let (ports, events) = aws_ports(&config, &holder).await?;
@@ -168,11 +173,10 @@ async fn check_parameter_capacity(config: &Config, ssm: &dyn ParameterStore) -> 
 /// state table (in memory, for the run).
 fn simulated_ports(
     config: &Config,
-    desired: &[(String, String)],
-    seed: u64,
+    args: &RunArgs,
     holder: &str,
 ) -> anyhow::Result<(Ports, SimClock, Option<Events>)> {
-    let mut scenario = Scenario::with_config(seed, config.clone())?;
+    let mut scenario = Scenario::with_config(args.seed, config.clone())?;
     // The simulated AWS announces its SSM changes on a simulated queue, as the set-up's
     // EventBridge rule does on AWS.
     let events = config.events.enabled().then(|| {
@@ -185,12 +189,22 @@ fn simulated_ports(
     } else {
         scenario.store = Arc::new(FileStore::new(&config.state_store.path));
     }
-    for (name, version) in desired {
+    for (name, version) in &args.desired {
         if config.runner(name).is_none() {
             bail!("--desired {name}={version}: runner {name} is not configured");
         }
         // Written whole, as the release document: the controller acts on it at once.
         scenario.set_release(name, &format!("{{\"version\": {version:?}}}"));
+    }
+    for (channel, document) in &args.channel_release {
+        let Some((_, runners)) = config.channels().into_iter().find(|(c, _)| c == channel) else {
+            bail!("--channel-release {channel}=…: no configured runner follows channel {channel}");
+        };
+        // Its runners follow it: the set-up's pinned desired versions go.
+        for runner in &runners {
+            scenario.clear_desired(runner, "version");
+        }
+        scenario.set_channel_release(channel, document);
     }
     Ok((scenario.ports(), scenario.aws.clock.clone(), events))
 }
@@ -257,22 +271,33 @@ async fn read_events(
         Duration::from_secs(config.events.wait_secs),
     )
     .with_metrics(metrics.clone());
-    match consumer.check().await {
-        Ok(waiting) => tracing::info!(
-            waiting,
-            backstop_secs = config.events.backstop_interval_secs,
-            "reading change events; sweeps are the backstop"
-        ),
+    let up = match consumer.check().await {
+        Ok(waiting) => {
+            tracing::info!(
+                waiting,
+                backstop_secs = config.events.backstop_interval_secs,
+                "reading change events; sweeps are the backstop"
+            );
+            true
+        }
         // Not fatal: polling carries on, and the consumer keeps trying.
-        Err(error) => tracing::warn!(
-            %error,
-            "the events' queue cannot be read ({}): sweeps every poll_interval_secs until it can",
-            runner_updater_runtime::events::failure_reason(&error)
-        ),
-    }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "the events' queue cannot be read ({}): sweeps every poll_interval_secs until it can",
+                runner_updater_runtime::events::failure_reason(&error)
+            );
+            false
+        }
+    };
     let (nudges, received) = tokio::sync::mpsc::channel(1);
     tokio::spawn(consumer.run(nudges));
-    scheduler.with_events(config, received, Some(metrics.clone()))
+    let mut scheduler = scheduler.with_events(config, received, Some(metrics.clone()));
+    // Read at start: the backstop's interval from the first sweep on.
+    metrics.events_enabled(true);
+    metrics.event_queue_up(up);
+    scheduler.nudge(Nudge::Queue { up });
+    scheduler
 }
 
 /// Runs the fleet's scheduler until interrupted (SIGINT, SIGTERM) or `passes` sweeps are

@@ -252,6 +252,89 @@ impl World {
         path
     }
 
+    /// Runs `script` (Python, with boto3 against this world's moto, `kw` its client
+    /// arguments) and returns what it printed.
+    pub fn boto(&self, script: &str) -> String {
+        let output = Command::new(super::python())
+            .arg("-c")
+            .arg(format!(
+                "import boto3, json, sys, time\nkw = dict(endpoint_url={:?}, region_name='eu-west-1')\n{script}",
+                self.moto.url
+            ))
+            .envs(self.moto.env())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Ops write the parameter `name`; AWS then publishes SSM's "Parameter Store Change"
+    /// event (moto's SSM publishes none: this does, on `EventBridge`, right after). Returns
+    /// when the parameter was written (ms).
+    pub fn put_announced(&self, name: &str, value: &str) -> u64 {
+        self.boto(&format!(
+            "boto3.client('ssm', **kw).put_parameter(Name={name:?}, Value={value:?}, Type='String', Overwrite=True)\n\
+             written = int(time.time() * 1000)\n\
+             detail = json.dumps({{'operation': 'Update', 'name': {name:?}, 'type': 'String'}})\n\
+             boto3.client('events', **kw).put_events(Entries=[{{'Source': 'aws.ssm', 'DetailType': 'Parameter Store Change', 'Detail': detail, 'Resources': ['arn:aws:ssm:eu-west-1:123456789012:parameter' + {name:?}]}}])\n\
+             print(written)"
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// `runner-updater setup --stack ru --events` on this world: the template's change events'
+    /// rules and queue (and a state table). Returns the queue's URL.
+    pub fn setup_events(&self) -> String {
+        let setup = self.cli(&["setup", "--stack", "ru", "--events", "--poll-secs", "1"]);
+        let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
+        assert!(
+            setup.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+        // moto does not refresh a stack's outputs after a change set: setup then names the queue.
+        if let Some(rest) = printed.split("events.queue_url = \"").nth(1) {
+            rest.split('"').next().unwrap().to_owned()
+        } else {
+            assert!(printed.contains("the queue is ru-events"), "{printed}");
+            self.boto(
+                "print(boto3.client('sqs', **kw).get_queue_url(QueueName='ru-events')['QueueUrl'])",
+            )
+        }
+    }
+
+    /// A controller serving `/metrics` on a port of its own choosing: the process and the port.
+    pub fn controller_serving(&self, name: &str) -> (Proc, u16) {
+        let port_file = self.dir.path().join(format!("{name}.port"));
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .args(["--listen", "127.0.0.1:0", "--listen-port-file"])
+            .arg(&port_file)
+            .envs(self.moto.env())
+            .env("HOSTNAME", name)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let port = super::reported_port(
+            &mut child,
+            &port_file,
+            "runner-updater run",
+            Some(&log_path),
+        );
+        (Proc(child), port)
+    }
+
     pub fn controller(&self, name: &str, crash: Option<&str>) -> Proc {
         self.controller_with(name, crash, &[])
     }

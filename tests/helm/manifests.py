@@ -25,6 +25,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 # apiVersion/kind of custom resources -> the schema they are validated against.
 CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): HERE / "servicemonitor.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): HERE / "prometheusrule.schema.json",
 }
 
 # Groups of the built-in APIs (kubernetes-validate has their schemas).
@@ -98,8 +99,8 @@ def main() -> int:
         else:
             print(f"FAIL {path}: {api_version} {kind} is a custom resource without a schema here")
             failures += 1
-        if kind == "ConfigMap":
-            config_text = document.get("data", {}).get("config.toml")
+        if kind == "ConfigMap" and "config.toml" in document.get("data", {}):
+            config_text = document["data"]["config.toml"]
 
     (out / "core-files.txt").write_text("".join(f"{f}\n" for f in core_files))
 

@@ -26,7 +26,7 @@ use aws_sdk_ecs::operation::RequestId;
 use runner_updater_ports::{AwsOp, ErrorKind, PortError};
 
 /// Hears of every SDK call this crate sends: its operation and its outcome (`ok`,
-/// `transient-error`, `permanent-error`, `not-found`, `conflict`).
+/// `throttled`, `transient-error`, `permanent-error`, `not-found`, `conflict`).
 pub type CallObserver = Box<dyn Fn(AwsOp, &'static str) + Send + Sync>;
 
 static CALL_OBSERVER: OnceLock<CallObserver> = OnceLock::new();
@@ -65,7 +65,8 @@ where
                 Ok(output) => ("ok", output.request_id().map(str::to_owned)),
                 Err(error) => (
                     match classify(operation, error).kind {
-                        ErrorKind::Transient | ErrorKind::Throttled => "transient-error",
+                        ErrorKind::Throttled => "throttled",
+                        ErrorKind::Transient => "transient-error",
                         ErrorKind::Permanent => "permanent-error",
                         ErrorKind::NotFound => "not-found",
                         ErrorKind::Conflict => "conflict",

@@ -348,6 +348,15 @@ struct Served {
     record: Option<ReleaseRecord>,
     /// What was last logged about the channel (logged again only when it changes).
     said: String,
+    /// The length of the lease taken at the last step: short while the release moves on at
+    /// every sweep, long enough to outlast the sweeps' longest interval once it waits for ops
+    /// (finished or halted), so that it is renewed in time at the backstop's sweeps.
+    ttl: Duration,
+    /// Another controller holds the lease on a short length (it advances a release under way):
+    /// this one sweeps often enough to take over soon after it stops.
+    watching: bool,
+    /// The release and wave in progress as last counted, and since when (the metrics).
+    wave_seen: Option<(String, usize, Millis)>,
 }
 
 /// The coordinator of the channels' releases (see the module documentation).
@@ -361,6 +370,9 @@ pub struct Channels {
     prefix: String,
     holder: String,
     lease_ttl: Duration,
+    /// The lease's length while the release waits for ops (finished or halted): outlasts three
+    /// of the sweeps' longest intervals (the backstop's, with change events on).
+    idle_lease_ttl: Duration,
     /// Stepped at least once since this process started.
     stepped: AtomicBool,
     /// The last step saw a channel's release document.
@@ -392,6 +404,9 @@ impl Channels {
                 epoch: None,
                 record: None,
                 said: String::new(),
+                ttl: Duration::ZERO,
+                watching: false,
+                wave_seen: None,
             })
             .collect();
         Channels {
@@ -411,6 +426,11 @@ impl Channels {
                 config
                     .lease_secs
                     .max(config.poll_interval_secs.saturating_mul(3)),
+            ),
+            idle_lease_ttl: Duration::from_secs(
+                config
+                    .lease_secs
+                    .max(config.longest_sweep_interval_secs().saturating_mul(3)),
             ),
         }
     }
@@ -454,10 +474,11 @@ impl Channels {
             self.step(channel, documents).await;
         }
         let advancing = served.iter().any(|channel| {
-            channel
-                .record
-                .as_ref()
-                .is_some_and(|r| r.finished_at.is_none() && r.halted.is_none())
+            channel.watching
+                || channel
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.finished_at.is_none() && r.halted.is_none())
         });
         self.advancing.store(advancing, Ordering::Relaxed);
     }
@@ -494,13 +515,20 @@ impl Channels {
         };
         let now = self.clock.now();
         let key = channel_key(&channel);
-        let epoch = match self
-            .lock
-            .acquire(&key, &self.holder, now, self.lease_ttl)
-            .await
-        {
+        let waits_for_ops = served
+            .record
+            .as_ref()
+            .is_some_and(|r| r.finished_at.is_some() || r.halted.is_some());
+        served.ttl = if waits_for_ops {
+            self.idle_lease_ttl
+        } else {
+            self.lease_ttl
+        };
+        served.watching = false;
+        let epoch = match self.lock.acquire(&key, &self.holder, now, served.ttl).await {
             Ok(LockOutcome::Acquired { epoch }) => epoch,
-            Ok(LockOutcome::Busy { holder, .. }) => {
+            Ok(LockOutcome::Busy { holder, expires_at }) => {
+                served.watching = expires_at.since(now) <= self.lease_ttl;
                 served.epoch = None;
                 served.record = None;
                 self.gone(&channel);
@@ -599,9 +627,9 @@ impl Channels {
                 waiting: Arc::from(waiting_words(&channel).as_str()),
                 traceparent: None,
                 valid_until: Millis(
-                    now.after(self.lease_ttl).0.saturating_sub(
+                    now.after(served.ttl).0.saturating_sub(
                         LEASE_MARGIN_MS
-                            .min(u64::try_from(self.lease_ttl.as_millis() / 3).unwrap_or(u64::MAX)),
+                            .min(u64::try_from(served.ttl.as_millis() / 3).unwrap_or(u64::MAX)),
                     ),
                 ),
             };
@@ -642,9 +670,7 @@ impl Channels {
             }
             view.traceparent = record.traceparent.as_deref().map(Arc::from);
             self.delete_acknowledged(&channel, &intents, &record).await;
-            if let Some(metrics) = &self.metrics {
-                metrics.release(&channel, &gauges(&record, release.budget));
-            }
+            self.report(served, &record, release, now);
             view.admitted = step.admitted.into_iter().collect();
             self.board.publish(&channel, Some(view));
             say(served, &record.next_step(bake), false);
@@ -815,6 +841,32 @@ fn retry_intents(
         .collect()
 }
 
+impl Channels {
+    /// Reports the channel's release to the metrics, if any (the wave's start as this
+    /// controller first counted it).
+    fn report(
+        &self,
+        served: &mut Served,
+        record: &ReleaseRecord,
+        release: &ChannelRelease,
+        now: Millis,
+    ) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let since = match &served.wave_seen {
+            Some((id, wave, since)) if *id == record.release_id && *wave == record.wave => *since,
+            _ => now,
+        };
+        served.wave_seen = Some((record.release_id.clone(), record.wave, since));
+        let mut gauges = gauges(record, release.budget);
+        gauges.wave_since = since;
+        gauges.bake_secs = release.plan.bake_secs;
+        gauges.window_wait_secs = release.plan.window_wait_secs;
+        metrics.release(&served.channel, &gauges);
+    }
+}
+
 /// The metrics of a release record.
 fn gauges(record: &ReleaseRecord, budget: Budget) -> ReleaseGauges {
     let waves = u32::try_from(record.waves).unwrap_or(u32::MAX);
@@ -827,6 +879,7 @@ fn gauges(record: &ReleaseRecord, budget: Budget) -> ReleaseGauges {
         allowed: budget.allowed(record.attempted),
         halted: record.halted.is_some(),
         counts: record.totals(),
+        ..ReleaseGauges::default()
     }
 }
 

@@ -88,11 +88,53 @@ pub struct ReleaseGauges {
     pub halted: bool,
     /// Runners by where they stand.
     pub counts: runner_updater_core::domain::rollout::WaveCounts,
+    /// When the wave in progress started, as this controller saw it (its first step of the
+    /// wave; after a restart or a takeover, that step's time).
+    pub wave_since: Millis,
+    /// The release's bake, in seconds.
+    pub bake_secs: u64,
+    /// How long a wave waits for its runners outside their windows at most, in seconds.
+    pub window_wait_secs: u64,
+}
+
+/// Registers what the records and the loop say for the alerts: since when each runner is in
+/// its state, whether its record can be read, when a pass last ended.
+fn register_records(registry: &mut Registry, metrics: &Metrics) {
+    registry.register(
+        "state_since_timestamp_seconds",
+        "When the runner entered its current state (Unix seconds), as its record says",
+        metrics.state_since.clone(),
+    );
+    registry.register(
+        "record_unreadable",
+        "1 while the runner's record cannot be read (it is neither updated nor rolled back)",
+        metrics.record_unreadable.clone(),
+    );
+    registry.register(
+        "last_pass_timestamp_seconds",
+        "When this controller last ended a pass or a sweep (Unix seconds): its loop is alive",
+        metrics.last_pass.clone(),
+    );
 }
 
 /// Registers the channels' release families.
 fn register_releases(registry: &mut Registry, metrics: &Metrics) {
-    let releases: [(&str, &str, &Family<ChannelLabels, Gauge>); 6] = [
+    let releases: [(&str, &str, &Family<ChannelLabels, Gauge>); 9] = [
+        (
+            "release_wave_since_timestamp_seconds",
+            "When the wave in progress of the channel's release started, as this controller saw it (Unix seconds; after a restart or a takeover, its first step since)",
+            &metrics.release_wave_since,
+        ),
+        (
+            "release_bake_seconds",
+            "The bake of the channel's release (seconds a settled wave waits before the next)",
+            &metrics.release_bake,
+        ),
+        (
+            "release_window_wait_seconds",
+            "How long a wave of the channel's release waits at most for its runners outside their update windows (seconds)",
+            &metrics.release_window_wait,
+        ),
         (
             "release_wave",
             "The wave in progress of the channel's release, 1-based (0: no release)",
@@ -154,6 +196,7 @@ struct EventFamilies {
     queue_errors: Family<ReasonLabels, Counter>,
     queue_up: Gauge,
     backstop_catches: Counter,
+    enabled: Gauge,
 }
 
 impl EventFamilies {
@@ -164,6 +207,7 @@ impl EventFamilies {
             queue_errors: Family::default(),
             queue_up: Gauge::default(),
             backstop_catches: Counter::default(),
+            enabled: Gauge::default(),
         }
     }
 
@@ -187,6 +231,11 @@ impl EventFamilies {
             "event_queue_up",
             "1 while the events' queue is read (its last call succeeded), 0 while it fails or when events are off",
             self.queue_up.clone(),
+        );
+        registry.register(
+            "events_enabled",
+            "1 when change events are configured (events.queue_url)",
+            self.enabled.clone(),
         );
         registry.register(
             "backstop_catches",
@@ -222,6 +271,12 @@ pub struct Metrics {
     release_budget: Family<ChannelLabels, Gauge>,
     release_halted: Family<ChannelLabels, Gauge>,
     release_waiting: Family<ChannelLabels, Gauge>,
+    release_wave_since: Family<ChannelLabels, Gauge>,
+    release_bake: Family<ChannelLabels, Gauge>,
+    release_window_wait: Family<ChannelLabels, Gauge>,
+    state_since: Family<RunnerLabels, Gauge>,
+    record_unreadable: Family<RunnerLabels, Gauge>,
+    last_pass: Gauge,
     events: EventFamilies,
     passes: AtomicU64,
     last_pass_ms: AtomicU64,
@@ -258,6 +313,12 @@ impl Metrics {
             release_budget: Family::default(),
             release_halted: Family::default(),
             release_waiting: Family::default(),
+            release_wave_since: Family::default(),
+            release_bake: Family::default(),
+            release_window_wait: Family::default(),
+            state_since: Family::default(),
+            record_unreadable: Family::default(),
+            last_pass: Gauge::default(),
             events: EventFamilies::new(),
             passes: AtomicU64::new(0),
             last_pass_ms: AtomicU64::new(0),
@@ -291,7 +352,7 @@ impl Metrics {
         );
         registry.register(
             "aws_calls",
-            "AWS API calls, by operation and outcome (ok, transient-error, permanent-error, not-found, conflict)",
+            "AWS API calls, by operation and outcome (ok, throttled, transient-error, permanent-error, not-found, conflict)",
             metrics.aws_calls.clone(),
         );
         registry.register(
@@ -319,6 +380,7 @@ impl Metrics {
             "1 when the last observation of the runner could read AWS",
             metrics.aws_reachable.clone(),
         );
+        register_records(&mut registry, &metrics);
         register_releases(&mut registry, &metrics);
         metrics.events.register(&mut registry);
         Metrics {
@@ -340,6 +402,9 @@ impl Metrics {
             &self.release_budget,
             &self.release_halted,
             &self.release_waiting,
+            &self.release_wave_since,
+            &self.release_bake,
+            &self.release_window_wait,
         ] {
             family.remove(&labels);
         }
@@ -365,6 +430,16 @@ impl Metrics {
         set(&self.release_budget, gauges.allowed);
         set(&self.release_halted, u32::from(gauges.halted));
         set(&self.release_waiting, gauges.counts.outside_window);
+        let seconds = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.release_wave_since
+            .get_or_create(&labels)
+            .set(seconds(gauges.wave_since.0 / 1000));
+        self.release_bake
+            .get_or_create(&labels)
+            .set(seconds(gauges.bake_secs));
+        self.release_window_wait
+            .get_or_create(&labels)
+            .set(seconds(gauges.window_wait_secs));
         let c = gauges.counts;
         let values = [
             c.pending,
@@ -502,7 +577,7 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::from(aws_reachable));
         self.passes.fetch_add(1, Ordering::Relaxed);
-        self.last_pass_ms.store(now.0, Ordering::Relaxed);
+        self.heartbeat(now);
     }
 
     /// The runner's lease and last success, as the record says.
@@ -524,6 +599,40 @@ impl Metrics {
     /// all: liveness is the loop's, not a runner's).
     pub fn heartbeat(&self, now: Millis) {
         self.last_pass_ms.store(now.0, Ordering::Relaxed);
+        self.last_pass
+            .set(i64::try_from(now.0 / 1000).unwrap_or(i64::MAX));
+    }
+
+    /// What the runner's record says: since when it is in its state (none: no record yet),
+    /// and whether it could be read at all.
+    pub fn runner_record(&self, runner: &str, since: Option<Millis>, unreadable: bool) {
+        let labels = RunnerLabels {
+            runner: runner.to_owned(),
+        };
+        if let Some(since) = since {
+            self.state_since
+                .get_or_create(&labels)
+                .set(i64::try_from(since.0 / 1000).unwrap_or(i64::MAX));
+        }
+        self.record_unreadable
+            .get_or_create(&labels)
+            .set(i64::from(unreadable));
+        // Counted from zero, so that the first rollback is an increase (and the series exists
+        // for the alert rules before any rollback).
+        let _ = self.rollbacks.get_or_create(&labels);
+    }
+
+    /// Whether change events are configured (`events.queue_url`). When they are, the queue's
+    /// failures are counted from zero for every reason (their series exist before a failure).
+    pub fn events_enabled(&self, enabled: bool) {
+        self.events.enabled.set(i64::from(enabled));
+        if enabled {
+            for reason in ["not-found", "access-denied", "throttled", "transient", "other"] {
+                let _ = self.events.queue_errors.get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                });
+            }
+        }
     }
 
     /// Every runner's record was loaded from the store at least once.

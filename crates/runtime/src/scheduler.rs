@@ -84,6 +84,8 @@ struct Heard {
     /// A change event announced a change since this runner's last attempt started: an attempt
     /// starting now is not one of the backstop's catches.
     flagged: bool,
+    /// At rest when its pass (the last, or the one under way) started.
+    rested: bool,
 }
 
 impl Heard {
@@ -176,6 +178,8 @@ pub struct Scheduler {
 struct SweepClock {
     last: Option<Millis>,
     asked: bool,
+    /// The sweep asked for is a channel's: it reads the fleet even with no runner at rest.
+    for_channels: bool,
 }
 
 impl SweepClock {
@@ -189,10 +193,16 @@ impl SweepClock {
     fn swept(&mut self, now: Millis) {
         self.last = Some(now);
         self.asked = false;
+        self.for_channels = false;
     }
 
     fn ask(&mut self) {
         self.asked = true;
+    }
+
+    fn ask_for_channels(&mut self) {
+        self.asked = true;
+        self.for_channels = true;
     }
 }
 
@@ -506,9 +516,10 @@ impl Scheduler {
                 }
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
+                    let for_channels = sweeping.for_channels
+                        || self.channels.as_ref().is_some_and(|c| c.wants_sweep());
                     sweeping.swept(now);
                     let resting = self.resting_idle();
-                    let for_channels = self.channels.as_ref().is_some_and(|c| c.wants_sweep());
                     if resting.is_empty() && !for_channels {
                         // Nothing at rest to sweep: no read.
                         made += 1;
@@ -569,7 +580,7 @@ impl Scheduler {
                 }
                 nudge = next_nudge(&mut nudges), if nudges.is_some() && !finishing => {
                     if self.heard(nudge, &mut nudges) {
-                        sweeping.ask();
+                        sweeping.ask_for_channels();
                     }
                 },
                 wake = control.wait(wait), if !finishing || !in_flight.is_empty() || reading.is_some() || gate_reading.is_some() => match wake {
@@ -697,7 +708,9 @@ impl Scheduler {
                             .is_some_and(|e| e.kind != ErrorKind::NotFound) =>
                 {
                     if let Some(slot) = self.slots.get_mut(index) {
+                        // It reads for itself: what an event announced meanwhile it sees.
                         slot.own_reads = true;
+                        slot.heard.again = false;
                     }
                     queue.sweep.push_back((index, None));
                 }
@@ -859,6 +872,7 @@ impl Scheduler {
         let slot = self.slots.get_mut(index)?;
         slot.queued = false;
         slot.own_reads = false;
+        slot.heard.rested = slot.driver.as_ref().is_some_and(RunnerDriver::at_rest);
         // A pass on a read that may predate the event (`again`) is not the one it asked for.
         if !slot.heard.again {
             if let (Some(at), Some(metrics)) = (slot.heard.announced.take(), metrics) {
@@ -905,10 +919,16 @@ impl Scheduler {
                     }
                     tracing::info!(runner = %driver.runner(), "an update started on a change no event announced (the backstop's catch)");
                 }
-            } else if !again && result.is_ok() && driver.at_rest() && slot.wake.is_none() {
-                // What an event announced was read and led nowhere (or nowhere yet: a
-                // settle keeps it).
+            } else if !again && result.is_ok() && driver.nothing_to_do() {
+                // What an event announced was read and there is nothing to do (a change held
+                // back by a rule, a settle or a busy lease keeps it announced).
                 slot.heard.flagged = false;
+            }
+            // An attempt ended: one pass at rest on its own reads, at once, for what changed
+            // meanwhile (a change announced during the attempt waits for no sweep).
+            let ended = !slot.heard.rested && driver.at_rest();
+            if ended && slot.wake.is_none() && !again {
+                slot.wake = Some(now);
             }
             if again {
                 if driver.at_rest() {

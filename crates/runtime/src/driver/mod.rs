@@ -39,7 +39,7 @@ use runner_updater_core::domain::desired::{
     is_desired_name, settle_fingerprint, DesiredError, DesiredSource, RunnerPolicy,
     RELEASE_PARAMETER,
 };
-use runner_updater_core::domain::eligibility::Verdict;
+use runner_updater_core::domain::eligibility::{Rule, Verdict};
 use runner_updater_core::domain::infra::{self, Creation, StackPlan, StackProgress};
 use runner_updater_core::domain::observed::{observe, ObserveError, ATTEMPT_TAG, VERSION_TAG};
 use runner_updater_core::domain::resume::consistency_wait;
@@ -238,6 +238,8 @@ pub struct RunnerDriver {
     /// When the `desired/*` values of the last observation settle (`None`: nothing to wait
     /// for).
     settles_at: Option<Millis>,
+    /// When the runner's update window opens next, when its last observation found it closed.
+    window_opens_at: Option<Millis>,
 }
 
 /// What one pass has seen so far: reset when a pass starts, read by its later steps (never
@@ -346,6 +348,7 @@ impl RunnerDriver {
             deployments_unreadable: false,
             gate_running: None,
             settles_at: None,
+            window_opens_at: None,
         }
     }
 
@@ -479,19 +482,38 @@ impl RunnerDriver {
     }
 
     /// When this runner at rest wants its next pass before the next sweep: the moment the
-    /// `desired/*` parameters it is waiting for settle (its last pass found it `settling`).
+    /// `desired/*` parameters it is waiting for settle (its last pass found it `settling`), or
+    /// the moment its update window opens (its last pass found it outside the window).
     #[must_use]
     pub fn wake_at(&self) -> Option<Millis> {
         let machine = self.machine.as_ref()?;
-        let settling = phase_of(machine.state()).is_resting()
-            && machine
-                .inner()
-                .memory
-                .note
-                .as_ref()
-                .is_some_and(|note| note.code == Code::Settling);
-        self.settles_at
-            .filter(|at| settling && *at > self.ports.clock.now())
+        if !phase_of(machine.state()).is_resting() {
+            return None;
+        }
+        let code = machine.inner().memory.note.as_ref().map(|note| &note.code);
+        let at = match code {
+            Some(Code::Settling) => self.settles_at,
+            Some(Code::Ineligible(Rule::UpdateWindow)) => self.window_opens_at,
+            _ => None,
+        };
+        at.filter(|at| *at > self.ports.clock.now())
+    }
+
+    /// Whether the runner at rest has nothing to do: its last pass found the desired version
+    /// and image running (or nothing to say at all), not a change held back by a rule, a
+    /// settle, a busy lease or an unreadable AWS.
+    #[must_use]
+    pub fn nothing_to_do(&self) -> bool {
+        let Some(machine) = self.machine.as_ref() else {
+            return false;
+        };
+        phase_of(machine.state()).is_resting()
+            && machine.inner().memory.note.as_ref().is_none_or(|note| {
+                matches!(
+                    note.code,
+                    Code::Ineligible(Rule::NewerVersion | Rule::DifferentImage)
+                )
+            })
     }
 
     /// One pass.
@@ -535,6 +557,11 @@ impl RunnerDriver {
                     machine.inner().memory.last_success,
                 );
             }
+            metrics.runner_record(
+                &self.runner.name,
+                self.last_saved.as_ref().map(|record| Millis(record.since)),
+                self.unreadable,
+            );
         }
         if result.is_err() {
             // Whatever happened, the store is the truth: rebuild from it next time.

@@ -115,6 +115,13 @@ impl RunnerDriver {
                     // A channel's release is one document: acted on at once.
                     self.settles_at = None;
                 }
+                let now = self.ports.clock.now();
+                self.window_opens_at = desired
+                    .as_ref()
+                    .ok()
+                    .and_then(|d| d.update_windows.as_ref())
+                    .filter(|windows| !windows.is_open(now))
+                    .and_then(|windows| windows.next_open(now));
                 desired
             }
             Err(error) => Err(DesiredError::Unavailable(error.to_string())),
