@@ -47,6 +47,33 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+CHART_FILES = HERE.parent.parent / "helm" / "runner-updater" / "files"
+
+
+def same_as_the_files(kind: str, name: str, document: dict) -> int:
+    """The PrometheusRule carries files/alerts.yaml's groups and the dashboard ConfigMap
+    files/dashboard.json, unchanged by the templates. Returns the failures (0 or 1)."""
+    if kind == "PrometheusRule":
+        rendered = document.get("spec", {}).get("groups")
+        expected = yaml.safe_load((CHART_FILES / "alerts.yaml").read_text())["groups"]
+        what = "files/alerts.yaml's groups"
+    elif kind == "ConfigMap" and "runner-updater.json" in document.get("data", {}):
+        try:
+            rendered = json.loads(document["data"]["runner-updater.json"])
+        except json.JSONDecodeError as error:
+            print(f"FAIL {kind}/{name}: the dashboard is not JSON: {error}")
+            return 1
+        expected = json.loads((CHART_FILES / "dashboard.json").read_text())
+        what = "files/dashboard.json"
+    else:
+        return 0
+    if rendered != expected:
+        print(f"FAIL {kind}/{name}: differs from {what}")
+        return 1
+    print(f"ok   {kind}/{name}: the same as {what}")
+    return 0
+
+
 def group_of(api_version: str) -> str:
     return api_version.split("/")[0] if "/" in api_version else ""
 
@@ -101,6 +128,7 @@ def main() -> int:
             failures += 1
         if kind == "ConfigMap" and "config.toml" in document.get("data", {}):
             config_text = document["data"]["config.toml"]
+        failures += same_as_the_files(kind, name, document)
 
     (out / "core-files.txt").write_text("".join(f"{f}\n" for f in core_files))
 

@@ -493,6 +493,7 @@ impl Channels {
 
     async fn step(&self, served: &mut Served, documents: &BTreeMap<String, String>) {
         let channel = served.channel.clone();
+        served.watching = false;
         let name = format!("{CHANNELS_FOLDER}/{channel}/{RELEASE_NAME}");
         let Some(text) = documents.get(&format!("{channel}/{RELEASE_NAME}")) else {
             self.board.publish(&channel, None);
@@ -524,7 +525,6 @@ impl Channels {
         } else {
             self.lease_ttl
         };
-        served.watching = false;
         let epoch = match self.lock.acquire(&key, &self.holder, now, served.ttl).await {
             Ok(LockOutcome::Acquired { epoch }) => epoch,
             Ok(LockOutcome::Busy { holder, expires_at }) => {
@@ -564,6 +564,37 @@ impl Channels {
         {
             say(served, &why, true);
             self.board.block(&channel, &waiting_words(&channel));
+        }
+        self.fit_lease(served, &key, epoch, now).await;
+    }
+
+    /// Renews the channel's lease for the length its release needs now, when the step changed
+    /// it: long once it waits for ops (finished, halted: renewed by the backstop's sweeps),
+    /// short again once it moves on (a new release, a resume: another controller takes over
+    /// soon if this one stops, and watches it meanwhile).
+    async fn fit_lease(&self, served: &mut Served, key: &str, epoch: u64, now: Millis) {
+        let waits_for_ops = served
+            .record
+            .as_ref()
+            .is_some_and(|r| r.finished_at.is_some() || r.halted.is_some());
+        let wanted = if waits_for_ops {
+            self.idle_lease_ttl
+        } else {
+            self.lease_ttl
+        };
+        if wanted == served.ttl {
+            return;
+        }
+        match self.lock.renew(key, &self.holder, epoch, now, wanted).await {
+            Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => served.ttl = wanted,
+            Ok(outcome) => {
+                tracing::info!(channel = %served.channel, ?outcome, "the channel's lease changed hands while its length was fitted: read again at the next step");
+                served.epoch = None;
+                served.record = None;
+            }
+            Err(error) => {
+                tracing::warn!(channel = %served.channel, %error, "the channel's lease could not be fitted to its release; renewed at the next step");
+            }
         }
     }
 
@@ -878,6 +909,7 @@ fn gauges(record: &ReleaseRecord, budget: Budget) -> ReleaseGauges {
         failed: record.failed,
         allowed: budget.allowed(record.attempted),
         halted: record.halted.is_some(),
+        finished: record.finished_at.is_some(),
         counts: record.totals(),
         ..ReleaseGauges::default()
     }

@@ -86,6 +86,8 @@ pub struct ReleaseGauges {
     pub allowed: u32,
     /// Halted.
     pub halted: bool,
+    /// Finished (every wave done).
+    pub finished: bool,
     /// Runners by where they stand.
     pub counts: runner_updater_core::domain::rollout::WaveCounts,
     /// When the wave in progress started, as this controller saw it (its first step of the
@@ -102,8 +104,13 @@ pub struct ReleaseGauges {
 fn register_records(registry: &mut Registry, metrics: &Metrics) {
     registry.register(
         "state_since_timestamp_seconds",
-        "When the runner entered its current state (Unix seconds), as its record says",
+        "When the runner entered its state (Unix seconds), as its record says where this controller last saved or read it; one series per runner, labelled with that state",
         metrics.state_since.clone(),
+    );
+    registry.register(
+        "lease_lost",
+        "Times this controller found the lease of a runner it was updating taken or lapsed (its write refused, its renewal refused, a command fenced)",
+        metrics.lease_lost.clone(),
     );
     registry.register(
         "record_unreadable",
@@ -119,7 +126,12 @@ fn register_records(registry: &mut Registry, metrics: &Metrics) {
 
 /// Registers the channels' release families.
 fn register_releases(registry: &mut Registry, metrics: &Metrics) {
-    let releases: [(&str, &str, &Family<ChannelLabels, Gauge>); 9] = [
+    let releases: [(&str, &str, &Family<ChannelLabels, Gauge>); 10] = [
+        (
+            "release_finished",
+            "1 once the channel's release has finished (every wave done)",
+            &metrics.release_finished,
+        ),
         (
             "release_wave_since_timestamp_seconds",
             "When the wave in progress of the channel's release started, as this controller saw it (Unix seconds; after a restart or a takeover, its first step since)",
@@ -272,9 +284,11 @@ pub struct Metrics {
     release_halted: Family<ChannelLabels, Gauge>,
     release_waiting: Family<ChannelLabels, Gauge>,
     release_wave_since: Family<ChannelLabels, Gauge>,
+    release_finished: Family<ChannelLabels, Gauge>,
     release_bake: Family<ChannelLabels, Gauge>,
     release_window_wait: Family<ChannelLabels, Gauge>,
-    state_since: Family<RunnerLabels, Gauge>,
+    state_since: Family<StateLabels, Gauge>,
+    lease_lost: Family<RunnerLabels, Counter>,
     record_unreadable: Family<RunnerLabels, Gauge>,
     last_pass: Gauge,
     events: EventFamilies,
@@ -314,9 +328,11 @@ impl Metrics {
             release_halted: Family::default(),
             release_waiting: Family::default(),
             release_wave_since: Family::default(),
+            release_finished: Family::default(),
             release_bake: Family::default(),
             release_window_wait: Family::default(),
             state_since: Family::default(),
+            lease_lost: Family::default(),
             record_unreadable: Family::default(),
             last_pass: Gauge::default(),
             events: EventFamilies::new(),
@@ -403,6 +419,7 @@ impl Metrics {
             &self.release_halted,
             &self.release_waiting,
             &self.release_wave_since,
+            &self.release_finished,
             &self.release_bake,
             &self.release_window_wait,
         ] {
@@ -429,6 +446,7 @@ impl Metrics {
         set(&self.release_failures, gauges.failed);
         set(&self.release_budget, gauges.allowed);
         set(&self.release_halted, u32::from(gauges.halted));
+        set(&self.release_finished, u32::from(gauges.finished));
         set(&self.release_waiting, gauges.counts.outside_window);
         let seconds = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.release_wave_since
@@ -603,17 +621,28 @@ impl Metrics {
             .set(i64::try_from(now.0 / 1000).unwrap_or(i64::MAX));
     }
 
-    /// What the runner's record says: since when it is in its state (none: no record yet),
-    /// and whether it could be read at all.
-    pub fn runner_record(&self, runner: &str, since: Option<Millis>, unreadable: bool) {
+    /// What the runner's record says, as this controller last saved or read it: its state and
+    /// since when (none: no record yet), and whether it could be read at all.
+    pub fn runner_record(&self, runner: &str, state: Option<(Phase, Millis)>, unreadable: bool) {
         let labels = RunnerLabels {
             runner: runner.to_owned(),
         };
-        if let Some(since) = since {
-            self.state_since
-                .get_or_create(&labels)
-                .set(i64::try_from(since.0 / 1000).unwrap_or(i64::MAX));
+        if let Some((phase, since)) = state {
+            for each in Phase::ALL {
+                let labels = StateLabels {
+                    runner: runner.to_owned(),
+                    state: each.name().to_owned(),
+                };
+                if each == phase {
+                    self.state_since
+                        .get_or_create(&labels)
+                        .set(i64::try_from(since.0 / 1000).unwrap_or(i64::MAX));
+                } else {
+                    self.state_since.remove(&labels);
+                }
+            }
         }
+        let _ = self.lease_lost.get_or_create(&labels);
         self.record_unreadable
             .get_or_create(&labels)
             .set(i64::from(unreadable));
@@ -622,12 +651,27 @@ impl Metrics {
         let _ = self.rollbacks.get_or_create(&labels);
     }
 
+    /// This controller found the lease of `runner`, which it was updating, taken or lapsed.
+    pub fn lease_lost(&self, runner: &str) {
+        self.lease_lost
+            .get_or_create(&RunnerLabels {
+                runner: runner.to_owned(),
+            })
+            .inc();
+    }
+
     /// Whether change events are configured (`events.queue_url`). When they are, the queue's
     /// failures are counted from zero for every reason (their series exist before a failure).
     pub fn events_enabled(&self, enabled: bool) {
         self.events.enabled.set(i64::from(enabled));
         if enabled {
-            for reason in ["not-found", "access-denied", "throttled", "transient", "other"] {
+            for reason in [
+                "not-found",
+                "access-denied",
+                "throttled",
+                "transient",
+                "other",
+            ] {
                 let _ = self.events.queue_errors.get_or_create(&ReasonLabels {
                     reason: reason.to_owned(),
                 });

@@ -121,6 +121,10 @@ type Reading = (Vec<usize>, Pin<Box<dyn Future<Output = FleetSnapshot>>>);
 /// A gate read under way, with the runners it is for.
 type GateReading = (Vec<usize>, Pin<Box<dyn Future<Output = GateSnapshot>>>);
 
+/// The most runners at rest waking at once (a settle's end, an update window's opening) that
+/// read for themselves; more wait for a sweep's fleet read, which reads them ten a call.
+const WAKES_ALONE_MAX: usize = 16;
+
 /// The fewest runners due in the health gate at once that are read together: one alone reads
 /// its own service (the same one call).
 const GATE_READ_MIN: usize = 2;
@@ -462,7 +466,7 @@ impl Scheduler {
     ) -> (usize, Option<FleetSnapshot>) {
         self.read_records_ahead().await;
         let mut queue = Queue::default();
-        self.queue_due(self.clock.now(), &mut queue);
+        self.queue_due(self.clock.now(), &mut queue, false);
         if let Some((gate, read)) = self.gate_reading(&mut queue) {
             let mut snapshot = read.await;
             self.hand_out_gate(&mut snapshot, gate, &mut queue);
@@ -506,27 +510,18 @@ impl Scheduler {
             let next_sweep = sweeping.next(now, self.sweep_every());
             let finishing = stopping || sweeps.is_some_and(|max| made >= max);
             if finishing {
-                // No more nudges: the consumer leaves what it receives now in the queue (for
-                // another replica, or this one's next start).
+                // No more nudges: what arrives now stays in the queue, for others.
                 nudges = None;
             } else {
-                self.queue_due(now, &mut queue);
+                if self.queue_due(now, &mut queue, true) {
+                    sweeping.ask();
+                }
                 if gate_reading.is_none() {
                     gate_reading = self.gate_reading(&mut queue);
                 }
                 // A sweep: the runners at rest that are not in a pass, after a fleet read.
                 if reading.is_none() && now >= next_sweep {
-                    let for_channels = sweeping.for_channels
-                        || self.channels.as_ref().is_some_and(|c| c.wants_sweep());
-                    sweeping.swept(now);
-                    let resting = self.resting_idle();
-                    if resting.is_empty() && !for_channels {
-                        // Nothing at rest to sweep: no read.
-                        made += 1;
-                        control.swept(&FleetSnapshot::empty(now));
-                    } else {
-                        reading = Some(self.fleet_reading(resting));
-                    }
+                    reading = self.sweep_now(now, &mut sweeping, &mut made, control);
                 }
             }
             if !stopping {
@@ -595,6 +590,27 @@ impl Scheduler {
         }
     }
 
+    /// A sweep starts: the fleet read of the runners at rest that are not in a pass (none when
+    /// nobody is at rest and the channels need no read: the sweep is made at once).
+    fn sweep_now(
+        &mut self,
+        now: Millis,
+        sweeping: &mut SweepClock,
+        made: &mut u64,
+        control: &mut dyn Control,
+    ) -> Option<Reading> {
+        let for_channels =
+            sweeping.for_channels || self.channels.as_ref().is_some_and(|c| c.wants_sweep());
+        sweeping.swept(now);
+        let resting = self.resting_idle();
+        if resting.is_empty() && !for_channels {
+            *made += 1;
+            control.swept(&FleetSnapshot::empty(now));
+            return None;
+        }
+        Some(self.fleet_reading(resting))
+    }
+
     /// `POST /trigger`, SIGHUP: everything is due now (the sweep too: the caller asks it).
     fn trigger(&mut self) {
         let now = self.clock.now();
@@ -635,13 +651,18 @@ impl Scheduler {
 
     /// Queues the runners in an attempt that are due (on their own time), and the runners at
     /// rest whose desired state settles now (after them, with their own reads).
-    fn queue_due(&mut self, now: Millis, queue: &mut Queue) {
+    ///
+    /// With `batch`, more than [`WAKES_ALONE_MAX`] runners at rest waking at once (an update
+    /// window many share opening) are left to a sweep, one fleet read instead of a read each:
+    /// returns whether a sweep is wanted for them.
+    fn queue_due(&mut self, now: Millis, queue: &mut Queue, batch: bool) -> bool {
         // The wall clock stepped back: nothing waits longer than a sweep interval.
         let latest = now.after(self.sweep_interval);
         if self.earliest_due > now && self.earliest_due <= latest {
-            return;
+            return false;
         }
         let mut earliest = latest;
+        let mut waking = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(driver) = &slot.driver else {
                 continue;
@@ -653,9 +674,7 @@ impl Scheduler {
                 if let Some(wake) = slot.wake.map(|wake| wake.min(latest)) {
                     if wake <= now {
                         slot.wake = None;
-                        slot.queued = true;
-                        slot.own_reads = true;
-                        queue.sweep.push_back((index, None));
+                        waking.push(index);
                     } else {
                         earliest = earliest.min(wake);
                     }
@@ -671,6 +690,18 @@ impl Scheduler {
             }
         }
         self.earliest_due = earliest;
+        if batch && waking.len() > WAKES_ALONE_MAX {
+            // Not queued: the sweep asked for passes over them with everyone at rest.
+            return true;
+        }
+        for index in waking {
+            if let Some(slot) = self.slots.get_mut(index) {
+                slot.queued = true;
+                slot.own_reads = true;
+                queue.sweep.push_back((index, None));
+            }
+        }
+        false
     }
 
     /// Hands each runner of a sweep its part of the fleet read. A part that AWS failed to
@@ -919,9 +950,9 @@ impl Scheduler {
                     }
                     tracing::info!(runner = %driver.runner(), "an update started on a change no event announced (the backstop's catch)");
                 }
-            } else if !again && result.is_ok() && driver.nothing_to_do() {
-                // What an event announced was read and there is nothing to do (a change held
-                // back by a rule, a settle or a busy lease keeps it announced).
+            } else if !again && result.is_ok() && driver.at_rest() && !driver.waits_for_time() {
+                // What an event announced was read, and nothing of it waits for time (a settle,
+                // a window, a busy lease keep it announced; ops' next write is an event).
                 slot.heard.flagged = false;
             }
             // An attempt ended: one pass at rest on its own reads, at once, for what changed

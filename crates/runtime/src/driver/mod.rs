@@ -443,6 +443,13 @@ impl RunnerDriver {
         self.last_saved.as_ref()
     }
 
+    /// Counts a lease this controller was updating the runner under, found taken or lapsed.
+    fn lease_lost(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.lease_lost(&self.runner.name);
+        }
+    }
+
     /// Whether the desired state last observed is the runner's channel's release (an attempt
     /// for it is the release's, admitted by its coordinator).
     #[must_use]
@@ -499,19 +506,27 @@ impl RunnerDriver {
         at.filter(|at| *at > self.ports.clock.now())
     }
 
-    /// Whether the runner at rest has nothing to do: its last pass found the desired version
-    /// and image running (or nothing to say at all), not a change held back by a rule, a
-    /// settle, a busy lease or an unreadable AWS.
+    /// Whether the runner at rest holds back a change that time alone lets through: a settle,
+    /// a closed update window, a lease busy elsewhere, someone else's deployment or stack
+    /// update under way, AWS unreadable, a retry pending. (A change held back by ops — a
+    /// quarantine, auto-update off, a bad value — waits for ops' next write, itself an event.)
     #[must_use]
-    pub fn nothing_to_do(&self) -> bool {
+    pub fn waits_for_time(&self) -> bool {
         let Some(machine) = self.machine.as_ref() else {
             return false;
         };
         phase_of(machine.state()).is_resting()
-            && machine.inner().memory.note.as_ref().is_none_or(|note| {
+            && machine.inner().memory.note.as_ref().is_some_and(|note| {
                 matches!(
                     note.code,
-                    Code::Ineligible(Rule::NewerVersion | Rule::DifferentImage)
+                    Code::Settling
+                        | Code::Ineligible(Rule::UpdateWindow)
+                        | Code::LockBusy
+                        | Code::LockFailed
+                        | Code::ServiceNotSteady
+                        | Code::StackBusy
+                        | Code::AwsUnavailable
+                        | Code::Retrying
                 )
             })
     }
@@ -559,7 +574,9 @@ impl RunnerDriver {
             }
             metrics.runner_record(
                 &self.runner.name,
-                self.last_saved.as_ref().map(|record| Millis(record.since)),
+                self.last_saved
+                    .as_ref()
+                    .and_then(|record| Some((record.phase().ok()?, Millis(record.since)))),
                 self.unreadable,
             );
         }
@@ -665,7 +682,10 @@ impl RunnerDriver {
                 Event::CommandFailed { class, .. } => match class {
                     FailureClass::Transient => "transient-error",
                     FailureClass::Permanent => "permanent-error",
-                    FailureClass::Fenced => "fenced",
+                    FailureClass::Fenced => {
+                        self.lease_lost();
+                        "fenced"
+                    }
                     FailureClass::Conflict => "conflict",
                     FailureClass::Unreadable => "read-error",
                 },

@@ -46,6 +46,9 @@ impl RunnerDriver {
         };
         if let Some(why) = refused {
             tracing::info!(runner = %self.runner.name, "{why}");
+            if self.held_in_memory() {
+                self.lease_lost();
+            }
             self.machine = None;
             self.pending.clear();
             return Ok(false);
@@ -81,6 +84,9 @@ impl RunnerDriver {
             // since it was read, or holds the lease. Nothing was written: reload.
             Err(StoreError::Refused(why)) => {
                 tracing::info!(runner = %self.runner.name, "{why}: not written; reloading next pass");
+                if self.held_in_memory() {
+                    self.lease_lost();
+                }
                 self.machine = None;
                 self.pending.clear();
                 return Ok(false);
@@ -259,6 +265,16 @@ impl RunnerDriver {
     }
 
     /// Whether the lease this driver holds ended on its own monotonic clock.
+    /// Whether this driver holds the runner's lease in memory (taken or renewed by it, for an
+    /// attempt its machine is in): a write refused then means the lease was lost mid-attempt.
+    fn held_in_memory(&self) -> bool {
+        self.lease_until.is_some()
+            && self
+                .machine
+                .as_ref()
+                .is_some_and(|m| held_epoch(m.state()).is_some())
+    }
+
     pub(super) fn lease_lapsed(&self) -> bool {
         self.lease_until
             .is_some_and(|until| self.ports.clock.monotonic() >= until)
@@ -365,6 +381,7 @@ impl RunnerDriver {
                 if still != Some(epoch) {
                     if !fresh {
                         tracing::warn!(runner = %self.runner.name, epoch, "the lease is no longer ours: it lapsed and another controller moved the attempt on; reloading from the store");
+                        self.lease_lost();
                     }
                     self.ports
                         .lock
@@ -391,6 +408,7 @@ impl RunnerDriver {
                     tracing::info!(runner = %self.runner.name, ?outcome, "another controller holds the runner's attempt; following it from the store");
                 } else {
                     tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
+                    self.lease_lost();
                 }
                 self.machine = None;
                 self.pending.clear();
