@@ -321,6 +321,16 @@ impl Board {
         }
     }
 
+    /// The channel's published admissions are trusted until `until` at the latest (its lease
+    /// was shortened after they were published).
+    fn trust_until(&self, channel: &str, until: Millis) {
+        if let Ok(mut views) = self.views.lock() {
+            if let Some(Some(view)) = views.get_mut(channel) {
+                view.valid_until = view.valid_until.min(until);
+            }
+        }
+    }
+
     /// Nobody of `channel` starts the release now, for `why` (those in an attempt on it keep
     /// it: see [`Board::follow`]).
     fn block(&self, channel: &str, why: &str) {
@@ -565,18 +575,19 @@ impl Channels {
             say(served, &why, true);
             self.board.block(&channel, &waiting_words(&channel));
         }
-        self.fit_lease(served, &key, epoch, now).await;
+        self.fit_lease(served, &key, epoch).await;
     }
 
     /// Renews the channel's lease for the length its release needs now, when the step changed
     /// it: long once it waits for ops (finished, halted: renewed by the backstop's sweeps),
     /// short again once it moves on (a new release, a resume: another controller takes over
     /// soon if this one stops, and watches it meanwhile).
-    async fn fit_lease(&self, served: &mut Served, key: &str, epoch: u64, now: Millis) {
-        let waits_for_ops = served
-            .record
-            .as_ref()
-            .is_some_and(|r| r.finished_at.is_some() || r.halted.is_some());
+    async fn fit_lease(&self, served: &mut Served, key: &str, epoch: u64) {
+        // A step that failed left no record to judge by: the lease stays as it was taken.
+        let Some(record) = served.record.as_ref() else {
+            return;
+        };
+        let waits_for_ops = record.finished_at.is_some() || record.halted.is_some();
         let wanted = if waits_for_ops {
             self.idle_lease_ttl
         } else {
@@ -585,10 +596,21 @@ impl Channels {
         if wanted == served.ttl {
             return;
         }
+        let now = self.clock.now();
+        if wanted < served.ttl {
+            // Shorter: what was published under the longer lease is trusted no longer than the
+            // lease now lasts (before the renewal, so never past it).
+            self.board.trust_until(
+                &served.channel,
+                Millis(now.after(wanted).0.saturating_sub(margin(wanted))),
+            );
+        }
         match self.lock.renew(key, &self.holder, epoch, now, wanted).await {
             Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => served.ttl = wanted,
             Ok(outcome) => {
                 tracing::info!(channel = %served.channel, ?outcome, "the channel's lease changed hands while its length was fitted: read again at the next step");
+                self.board
+                    .block(&served.channel, &waiting_words(&served.channel));
                 served.epoch = None;
                 served.record = None;
             }
@@ -657,12 +679,7 @@ impl Channels {
                 admitted: HashSet::new(),
                 waiting: Arc::from(waiting_words(&channel).as_str()),
                 traceparent: None,
-                valid_until: Millis(
-                    now.after(served.ttl).0.saturating_sub(
-                        LEASE_MARGIN_MS
-                            .min(u64::try_from(served.ttl.as_millis() / 3).unwrap_or(u64::MAX)),
-                    ),
-                ),
+                valid_until: Millis(now.after(served.ttl).0.saturating_sub(margin(served.ttl))),
             };
             // A runner that has not reported on this release yet (a new release, a restart, a
             // takeover) holds a place and keeps its wave from settling until it does.
@@ -885,8 +902,16 @@ impl Channels {
         let Some(metrics) = &self.metrics else {
             return;
         };
+        // Since the wave started, or last had runners waiting for their windows (a wait the
+        // release allows for: `window-wait-secs`).
         let since = match &served.wave_seen {
-            Some((id, wave, since)) if *id == record.release_id && *wave == record.wave => *since,
+            Some((id, wave, since))
+                if *id == record.release_id
+                    && *wave == record.wave
+                    && record.totals().outside_window == 0 =>
+            {
+                *since
+            }
             _ => now,
         };
         served.wave_seen = Some((record.release_id.clone(), record.wave, since));
@@ -896,6 +921,12 @@ impl Channels {
         gauges.window_wait_secs = release.plan.window_wait_secs;
         metrics.release(&served.channel, &gauges);
     }
+}
+
+/// How much sooner than a lease of `ttl` ends its holder stops trusting it (the clocks'
+/// tolerance and a pass's length): at most a third of it.
+fn margin(ttl: Duration) -> u64 {
+    LEASE_MARGIN_MS.min(u64::try_from(ttl.as_millis() / 3).unwrap_or(u64::MAX))
 }
 
 /// The metrics of a release record.

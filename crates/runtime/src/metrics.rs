@@ -90,8 +90,9 @@ pub struct ReleaseGauges {
     pub finished: bool,
     /// Runners by where they stand.
     pub counts: runner_updater_core::domain::rollout::WaveCounts,
-    /// When the wave in progress started, as this controller saw it (its first step of the
-    /// wave; after a restart or a takeover, that step's time).
+    /// When the wave in progress started, or last had runners waiting for their windows, as
+    /// this controller saw it (its first step of the wave; after a restart or a takeover, that
+    /// step's time).
     pub wave_since: Millis,
     /// The release's bake, in seconds.
     pub bake_secs: u64,
@@ -134,7 +135,7 @@ fn register_releases(registry: &mut Registry, metrics: &Metrics) {
         ),
         (
             "release_wave_since_timestamp_seconds",
-            "When the wave in progress of the channel's release started, as this controller saw it (Unix seconds; after a restart or a takeover, its first step since)",
+            "When the wave in progress of the channel's release started, or last had runners waiting for their update windows, as this controller saw it (Unix seconds; after a restart or a takeover, its first step since)",
             &metrics.release_wave_since,
         ),
         (
@@ -642,13 +643,20 @@ impl Metrics {
                 }
             }
         }
-        let _ = self.lease_lost.get_or_create(&labels);
+
         self.record_unreadable
             .get_or_create(&labels)
             .set(i64::from(unreadable));
-        // Counted from zero, so that the first rollback is an increase (and the series exists
-        // for the alert rules before any rollback).
+    }
+
+    /// A runner this controller passes over: its counters start at zero, so that the first
+    /// rollback or lost lease is an increase (and the series exist for the alert rules).
+    pub fn runner_known(&self, runner: &str) {
+        let labels = RunnerLabels {
+            runner: runner.to_owned(),
+        };
         let _ = self.rollbacks.get_or_create(&labels);
+        let _ = self.lease_lost.get_or_create(&labels);
     }
 
     /// This controller found the lease of `runner`, which it was updating, taken or lapsed.

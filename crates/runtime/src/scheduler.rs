@@ -121,10 +121,6 @@ type Reading = (Vec<usize>, Pin<Box<dyn Future<Output = FleetSnapshot>>>);
 /// A gate read under way, with the runners it is for.
 type GateReading = (Vec<usize>, Pin<Box<dyn Future<Output = GateSnapshot>>>);
 
-/// The most runners at rest waking at once (a settle's end, an update window's opening) that
-/// read for themselves; more wait for a sweep's fleet read, which reads them ten a call.
-const WAKES_ALONE_MAX: usize = 16;
-
 /// The fewest runners due in the health gate at once that are read together: one alone reads
 /// its own service (the same one call).
 const GATE_READ_MIN: usize = 2;
@@ -466,7 +462,7 @@ impl Scheduler {
     ) -> (usize, Option<FleetSnapshot>) {
         self.read_records_ahead().await;
         let mut queue = Queue::default();
-        self.queue_due(self.clock.now(), &mut queue, false);
+        self.queue_due(self.clock.now(), &mut queue);
         if let Some((gate, read)) = self.gate_reading(&mut queue) {
             let mut snapshot = read.await;
             self.hand_out_gate(&mut snapshot, gate, &mut queue);
@@ -513,9 +509,7 @@ impl Scheduler {
                 // No more nudges: what arrives now stays in the queue, for others.
                 nudges = None;
             } else {
-                if self.queue_due(now, &mut queue, true) {
-                    sweeping.ask();
-                }
+                self.queue_due(now, &mut queue);
                 if gate_reading.is_none() {
                     gate_reading = self.gate_reading(&mut queue);
                 }
@@ -651,18 +645,13 @@ impl Scheduler {
 
     /// Queues the runners in an attempt that are due (on their own time), and the runners at
     /// rest whose desired state settles now (after them, with their own reads).
-    ///
-    /// With `batch`, more than [`WAKES_ALONE_MAX`] runners at rest waking at once (an update
-    /// window many share opening) are left to a sweep, one fleet read instead of a read each:
-    /// returns whether a sweep is wanted for them.
-    fn queue_due(&mut self, now: Millis, queue: &mut Queue, batch: bool) -> bool {
+    fn queue_due(&mut self, now: Millis, queue: &mut Queue) {
         // The wall clock stepped back: nothing waits longer than a sweep interval.
         let latest = now.after(self.sweep_interval);
         if self.earliest_due > now && self.earliest_due <= latest {
-            return false;
+            return;
         }
         let mut earliest = latest;
-        let mut waking = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(driver) = &slot.driver else {
                 continue;
@@ -674,7 +663,9 @@ impl Scheduler {
                 if let Some(wake) = slot.wake.map(|wake| wake.min(latest)) {
                     if wake <= now {
                         slot.wake = None;
-                        waking.push(index);
+                        slot.queued = true;
+                        slot.own_reads = true;
+                        queue.sweep.push_back((index, None));
                     } else {
                         earliest = earliest.min(wake);
                     }
@@ -690,18 +681,6 @@ impl Scheduler {
             }
         }
         self.earliest_due = earliest;
-        if batch && waking.len() > WAKES_ALONE_MAX {
-            // Not queued: the sweep asked for passes over them with everyone at rest.
-            return true;
-        }
-        for index in waking {
-            if let Some(slot) = self.slots.get_mut(index) {
-                slot.queued = true;
-                slot.own_reads = true;
-                queue.sweep.push_back((index, None));
-            }
-        }
-        false
     }
 
     /// Hands each runner of a sweep its part of the fleet read. A part that AWS failed to
@@ -950,7 +929,8 @@ impl Scheduler {
                     }
                     tracing::info!(runner = %driver.runner(), "an update started on a change no event announced (the backstop's catch)");
                 }
-            } else if !again && result.is_ok() && driver.at_rest() && !driver.waits_for_time() {
+            } else if !again && result.is_ok() && driver.at_rest() && !driver.change_still_to_come()
+            {
                 // What an event announced was read, and nothing of it waits for time (a settle,
                 // a window, a busy lease keep it announced; ops' next write is an event).
                 slot.heard.flagged = false;

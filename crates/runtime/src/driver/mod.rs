@@ -208,6 +208,9 @@ pub struct RunnerDriver {
     /// fencing check and its write does not write (on the SSM store this only narrows the
     /// window, see README "The lock").
     lease_until: Option<Duration>,
+    /// The lease epoch of the attempt this driver last wrote a record of (none at rest, or
+    /// after a load): a lease found lost while it is the machine's was this driver's own.
+    wrote_epoch: Option<u64>,
     /// The fencing token a conditional record write just proved held (a write the state table
     /// made only because this controller's lease of that epoch was live), and when it was
     /// sent, on the monotonic clock: the fence of a mutation right after it (see `fence`).
@@ -347,6 +350,7 @@ impl RunnerDriver {
             gate_read: None,
             deployments_unreadable: false,
             gate_running: None,
+            wrote_epoch: None,
             settles_at: None,
             window_opens_at: None,
         }
@@ -367,6 +371,8 @@ impl RunnerDriver {
     /// Reports into these metrics.
     #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        // Its counters start at zero, so that a first rollback or lost lease is an increase.
+        metrics.runner_known(&self.runner.name);
         self.metrics = Some(metrics);
         self
     }
@@ -443,11 +449,20 @@ impl RunnerDriver {
         self.last_saved.as_ref()
     }
 
-    /// Counts a lease this controller was updating the runner under, found taken or lapsed.
-    fn lease_lost(&self) {
-        if let Some(metrics) = &self.metrics {
-            metrics.lease_lost(&self.runner.name);
+    /// Counts a lease this controller was updating the runner under, found taken or lapsed:
+    /// only when this driver wrote a record of the attempt under `epoch` (not a standby
+    /// following another's attempt, nor a lease just taken and not yet used).
+    fn lease_lost(&self, epoch: Option<u64>) {
+        if let (Some(epoch), Some(metrics)) = (epoch, &self.metrics) {
+            if self.wrote_epoch == Some(epoch) {
+                metrics.lease_lost(&self.runner.name);
+            }
         }
+    }
+
+    /// The lease epoch the machine's attempt holds, if any.
+    fn held(&self) -> Option<u64> {
+        self.machine.as_ref().and_then(|m| held_epoch(m.state()))
     }
 
     /// Whether the desired state last observed is the runner's channel's release (an attempt
@@ -506,29 +521,37 @@ impl RunnerDriver {
         at.filter(|at| *at > self.ports.clock.now())
     }
 
-    /// Whether the runner at rest holds back a change that time alone lets through: a settle,
-    /// a closed update window, a lease busy elsewhere, someone else's deployment or stack
-    /// update under way, AWS unreadable, a retry pending. (A change held back by ops — a
-    /// quarantine, auto-update off, a bad value — waits for ops' next write, itself an event.)
+    /// Whether the runner at rest holds back a change that is still to come without ops'
+    /// doing anything (a settle, a closed window, a busy lease, someone else's deployment or
+    /// stack update, a stack or service to appear or recover, AWS unreadable, a retry pending):
+    /// what an event announced stays announced. Not when nothing is left to do (the desired
+    /// version runs), nor when ops must act first (a quarantine, auto-update off, another
+    /// channel, a bad value): their next write is an event again.
     #[must_use]
-    pub fn waits_for_time(&self) -> bool {
+    pub fn change_still_to_come(&self) -> bool {
         let Some(machine) = self.machine.as_ref() else {
             return false;
         };
-        phase_of(machine.state()).is_resting()
-            && machine.inner().memory.note.as_ref().is_some_and(|note| {
-                matches!(
-                    note.code,
-                    Code::Settling
-                        | Code::Ineligible(Rule::UpdateWindow)
-                        | Code::LockBusy
-                        | Code::LockFailed
-                        | Code::ServiceNotSteady
-                        | Code::StackBusy
-                        | Code::AwsUnavailable
-                        | Code::Retrying
-                )
-            })
+        let Some(note) = machine.inner().memory.note.as_ref() else {
+            return false;
+        };
+        let done_or_ops = matches!(
+            note.code,
+            Code::Ineligible(
+                Rule::NewerVersion
+                    | Rule::DifferentImage
+                    | Rule::NotFailed
+                    | Rule::AutoUpdate
+                    | Rule::Channel
+            ) | Code::MissingVersion
+                | Code::ValueTooLong
+                | Code::InvalidVersion
+                | Code::InvalidImage
+                | Code::ImageNotAllowed
+                | Code::UnknownChannel
+                | Code::PreReleaseNotAllowed
+        );
+        phase_of(machine.state()).is_resting() && !done_or_ops
     }
 
     /// One pass.
@@ -683,7 +706,7 @@ impl RunnerDriver {
                     FailureClass::Transient => "transient-error",
                     FailureClass::Permanent => "permanent-error",
                     FailureClass::Fenced => {
-                        self.lease_lost();
+                        self.lease_lost(self.held());
                         "fenced"
                     }
                     FailureClass::Conflict => "conflict",

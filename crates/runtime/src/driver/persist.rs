@@ -46,9 +46,7 @@ impl RunnerDriver {
         };
         if let Some(why) = refused {
             tracing::info!(runner = %self.runner.name, "{why}");
-            if self.held_in_memory() {
-                self.lease_lost();
-            }
+            self.lease_lost(self.held());
             self.machine = None;
             self.pending.clear();
             return Ok(false);
@@ -84,15 +82,14 @@ impl RunnerDriver {
             // since it was read, or holds the lease. Nothing was written: reload.
             Err(StoreError::Refused(why)) => {
                 tracing::info!(runner = %self.runner.name, "{why}: not written; reloading next pass");
-                if self.held_in_memory() {
-                    self.lease_lost();
-                }
+                self.lease_lost(self.held());
                 self.machine = None;
                 self.pending.clear();
                 return Ok(false);
             }
             Err(error) => return Err(error.into()),
         }
+        self.wrote_epoch = self.held().or(self.wrote_epoch);
         self.last_saved = Some(record);
         self.saves += 1;
         report.saves += 1;
@@ -265,16 +262,6 @@ impl RunnerDriver {
     }
 
     /// Whether the lease this driver holds ended on its own monotonic clock.
-    /// Whether this driver holds the runner's lease in memory (taken or renewed by it, for an
-    /// attempt its machine is in): a write refused then means the lease was lost mid-attempt.
-    fn held_in_memory(&self) -> bool {
-        self.lease_until.is_some()
-            && self
-                .machine
-                .as_ref()
-                .is_some_and(|m| held_epoch(m.state()).is_some())
-    }
-
     pub(super) fn lease_lapsed(&self) -> bool {
         self.lease_until
             .is_some_and(|until| self.ports.clock.monotonic() >= until)
@@ -381,7 +368,7 @@ impl RunnerDriver {
                 if still != Some(epoch) {
                     if !fresh {
                         tracing::warn!(runner = %self.runner.name, epoch, "the lease is no longer ours: it lapsed and another controller moved the attempt on; reloading from the store");
-                        self.lease_lost();
+                        self.lease_lost(Some(epoch));
                     }
                     self.ports
                         .lock
@@ -408,7 +395,7 @@ impl RunnerDriver {
                     tracing::info!(runner = %self.runner.name, ?outcome, "another controller holds the runner's attempt; following it from the store");
                 } else {
                     tracing::warn!(runner = %self.runner.name, ?outcome, "the lease is no longer ours; reloading from the store next pass");
-                    self.lease_lost();
+                    self.lease_lost(Some(epoch));
                 }
                 self.machine = None;
                 self.pending.clear();
