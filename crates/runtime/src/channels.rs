@@ -321,12 +321,17 @@ impl Board {
         }
     }
 
-    /// The channel's published admissions are trusted until `until` at the latest (its lease
-    /// was shortened after they were published).
-    fn trust_until(&self, channel: &str, until: Millis) {
+    /// The channel's published admissions are trusted until `until`: at the latest, when its
+    /// lease is about to be shortened (`longer` false); at least, once it was lengthened
+    /// (`longer` true).
+    fn trust_until(&self, channel: &str, until: Millis, longer: bool) {
         if let Ok(mut views) = self.views.lock() {
             if let Some(Some(view)) = views.get_mut(channel) {
-                view.valid_until = view.valid_until.min(until);
+                view.valid_until = if longer {
+                    view.valid_until.max(until)
+                } else {
+                    view.valid_until.min(until)
+                };
             }
         }
     }
@@ -597,16 +602,20 @@ impl Channels {
             return;
         }
         let now = self.clock.now();
+        let until = Millis(now.after(wanted).0.saturating_sub(margin(wanted)));
         if wanted < served.ttl {
             // Shorter: what was published under the longer lease is trusted no longer than the
-            // lease now lasts (before the renewal, so never past it).
-            self.board.trust_until(
-                &served.channel,
-                Millis(now.after(wanted).0.saturating_sub(margin(wanted))),
-            );
+            // lease will last (before the renewal, so never past it).
+            self.board.trust_until(&served.channel, until, false);
         }
         match self.lock.renew(key, &self.holder, epoch, now, wanted).await {
-            Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => served.ttl = wanted,
+            Ok(LockOutcome::Acquired { epoch: renewed }) if renewed == epoch => {
+                if wanted > served.ttl {
+                    // Longer, and renewed: trusted as long as the lease now lasts.
+                    self.board.trust_until(&served.channel, until, true);
+                }
+                served.ttl = wanted;
+            }
             Ok(outcome) => {
                 tracing::info!(channel = %served.channel, ?outcome, "the channel's lease changed hands while its length was fitted: read again at the next step");
                 self.board
