@@ -1169,3 +1169,51 @@ async fn a_record_write_the_state_table_refuses_is_reloaded_and_nothing_is_made_
     assert_eq!(s.aws.ecs.registrations().len(), 1, "one registration");
     assert_eq!(s.aws.ecs.updates().len(), 1, "one service update");
 }
+
+/// `runner_updater_lease_lost_total` (what `RunnerUpdaterLeaseLost` alerts on) counts a lease
+/// lost by the controller that was updating the runner under it — here one frozen past its
+/// lease while another adopted the attempt — and nothing else: not the controller that adopted
+/// the expired lease, not the attempt's normal end.
+#[tokio::test]
+async fn a_lease_lost_mid_attempt_is_counted_by_its_holder_only() {
+    use runner_updater_runtime::metrics::Metrics;
+    use std::sync::Arc;
+    let lost = |metrics: &Metrics| {
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("runner_updater_lease_lost_total{runner=\"runner-a\"} ")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no lease_lost series:\n{}", metrics.render()))
+    };
+    let s = scenario();
+    let (m1, m2) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+    let mut holder = s
+        .driver_as("runner-a", "controller-1")
+        .unwrap()
+        .with_metrics(m1.clone());
+    let mut standby = s
+        .driver_as("runner-a", "controller-2")
+        .unwrap()
+        .with_metrics(m2.clone());
+    standby.tick().await.unwrap();
+    s.set_desired("runner-a", "version", "2.14.0");
+    s.drive_to(&mut holder, Phase::AwaitingRollout, TICKS)
+        .await
+        .unwrap();
+    assert_eq!(lost(&m1), "0", "counted from zero");
+    // The holder freezes past its lease; the standby adopts the attempt and finishes it.
+    s.aws.clock.advance(Duration::from_mins(4));
+    s.drive_to(&mut standby, Phase::Done, TICKS).await.unwrap();
+    assert_eq!(
+        lost(&m2),
+        "0",
+        "adopting an expired lease is not losing one"
+    );
+    // The holder thaws: its next pass finds the lease gone.
+    let _ = holder.tick().await;
+    assert_eq!(lost(&m1), "1", "{}", m1.render());
+    assert_eq!(lost(&m2), "0");
+}
